@@ -1,0 +1,164 @@
+//! Pickled `torch.nn.Module` objects: recognising them, their attributes and children, and
+//! flattening one to exactly what `module.state_dict()` returns in Python.
+
+use std::fmt;
+
+use super::value::{Graph, Node, NodeId, Value};
+
+/// How deep module trees may nest before the file is considered hostile.
+pub const MAX_MODULE_DEPTH: usize = 256;
+
+/// Why a module could not be flattened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleError(pub String);
+
+impl fmt::Display for ModuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ModuleError {}
+
+/// Whether `v` is a pickled `nn.Module`: an object whose state holds `_parameters` and `_modules`.
+pub fn is_module(graph: &Graph, v: &Value) -> bool {
+    graph.attr(v, "_parameters").is_some() && graph.attr(v, "_modules").is_some()
+}
+
+/// The module's class as `module.Name`, e.g. `ultralytics.nn.modules.conv.Conv`.
+pub fn class_name(graph: &Graph, v: &Value) -> Option<String> {
+    graph.object(v)?.class.as_ref().map(|g| g.dotted())
+}
+
+/// The module's class name without its module path, e.g. `Conv`.
+pub fn short_class(graph: &Graph, v: &Value) -> Option<String> {
+    graph.object(v)?.class.as_ref().map(|g| g.name.to_string())
+}
+
+/// The child modules in registration order (`None` children skipped, as torch does).
+pub fn children<'g>(graph: &'g Graph, v: &Value) -> Vec<(&'g str, &'g Value)> {
+    let Some(m) = graph.attr(v, "_modules") else {
+        return Vec::new();
+    };
+    graph
+        .dict(m)
+        .unwrap_or_default()
+        .iter()
+        .filter(|(_, c)| *c != Value::None)
+        .filter_map(|(k, c)| Some((k.as_str()?, c)))
+        .collect()
+}
+
+/// The names of buffers registered with `persistent=False`.
+fn non_persistent(graph: &Graph, v: &Value) -> Vec<String> {
+    let Some(set) = graph.attr(v, "_non_persistent_buffers_set") else {
+        return Vec::new();
+    };
+    match graph.get(set) {
+        Some(Node::Set(items) | Node::FrozenSet(items) | Node::List(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `module.state_dict()`: each module's parameters, then its persistent buffers, then its
+/// children, with dotted names; `None` entries skipped.
+pub fn state_dict(graph: &Graph, v: &Value) -> Result<Vec<(String, Value)>, ModuleError> {
+    let mut out = Vec::new();
+    let mut path: Vec<NodeId> = Vec::new();
+    walk(graph, v, "", &mut out, &mut path)?;
+    Ok(out)
+}
+
+fn walk(
+    graph: &Graph,
+    v: &Value,
+    prefix: &str,
+    out: &mut Vec<(String, Value)>,
+    path: &mut Vec<NodeId>,
+) -> Result<(), ModuleError> {
+    let id = v
+        .node()
+        .ok_or_else(|| ModuleError(format!("'{prefix}' is not a module")))?;
+    if path.contains(&id) {
+        return Err(ModuleError(format!("module '{prefix}' contains itself")));
+    }
+    if path.len() >= MAX_MODULE_DEPTH {
+        return Err(ModuleError(format!(
+            "modules nest deeper than {MAX_MODULE_DEPTH} at '{prefix}'"
+        )));
+    }
+    if !is_module(graph, v) {
+        return Err(ModuleError(format!(
+            "child '{prefix}' is a {} without _parameters/_modules, not an nn.Module",
+            graph.get(v).map(|n| n.kind()).unwrap_or("scalar")
+        )));
+    }
+    path.push(id);
+    let skip = non_persistent(graph, v);
+    for (attr, is_buffer) in [("_parameters", false), ("_buffers", true)] {
+        let Some(d) = graph.attr(v, attr).and_then(|d| graph.dict(d)) else {
+            continue;
+        };
+        for (k, t) in d {
+            let Some(name) = k.as_str() else { continue };
+            if *t == Value::None || (is_buffer && skip.iter().any(|s| s == name)) {
+                continue;
+            }
+            if graph.tensor(t).is_none() {
+                return Err(ModuleError(format!(
+                    "{attr} entry '{prefix}{name}' is not a tensor"
+                )));
+            }
+            out.push((format!("{prefix}{name}"), t.clone()));
+        }
+    }
+    for (name, child) in children(graph, v) {
+        walk(graph, child, &format!("{prefix}{name}."), out, path)?;
+    }
+    path.pop();
+    Ok(())
+}
+
+/// One node of a module tree, for `inspect --tree`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TreeNode {
+    /// Attribute name under the parent (empty for the root).
+    pub name: String,
+    /// Class as `module.Name`.
+    pub class: String,
+    /// Parameters and persistent buffers held directly by this module.
+    pub tensors: usize,
+    /// Child modules.
+    pub children: Vec<TreeNode>,
+}
+
+/// The module tree below `v` (depth-limited; a cycle ends the branch).
+pub fn tree(graph: &Graph, v: &Value, name: &str) -> TreeNode {
+    tree_at(graph, v, name, 0)
+}
+
+fn tree_at(graph: &Graph, v: &Value, name: &str, depth: usize) -> TreeNode {
+    let own = ["_parameters", "_buffers"]
+        .iter()
+        .filter_map(|a| graph.attr(v, a).and_then(|d| graph.dict(d)))
+        .map(|d| d.iter().filter(|(_, t)| graph.tensor(t).is_some()).count())
+        .sum();
+    let children = if depth < MAX_MODULE_DEPTH {
+        children(graph, v)
+            .into_iter()
+            .filter(|(_, c)| is_module(graph, c))
+            .map(|(n, c)| tree_at(graph, c, n, depth + 1))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    TreeNode {
+        name: name.to_string(),
+        class: class_name(graph, v).unwrap_or_else(|| "?".into()),
+        tensors: own,
+        children,
+    }
+}

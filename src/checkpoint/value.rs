@@ -1,0 +1,275 @@
+//! The object graph a checkpoint decodes to: inert values in an arena.
+//!
+//! Containers and objects live in a [`Graph`] and are referred to by [`NodeId`], so that pickle
+//! memo references share one node (a memo bomb costs one id per reference, not a copy) and later
+//! mutations (`APPENDS`, `SETITEMS`, `BUILD`) reach every holder.
+
+use std::sync::Arc;
+
+use crate::tensor::Tensor;
+
+/// Index of a node in a [`Graph`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+/// A value: scalars inline, everything else a reference into the graph.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Python `None`.
+    None,
+    /// Python `bool`.
+    Bool(bool),
+    /// Python `int` that fits in 64 bits.
+    Int(i64),
+    /// Python `int` beyond 64 bits, as decimal text.
+    BigInt(Arc<str>),
+    /// Python `float`.
+    Float(f64),
+    /// Python `str`.
+    Str(Arc<str>),
+    /// A container, object, tensor or global.
+    Node(NodeId),
+}
+
+impl Value {
+    /// The string, if this is a `str`.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The integer, if this is an `int` (or a bool, as Python treats it).
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            Value::Bool(b) => Some(*b as i64),
+            _ => None,
+        }
+    }
+
+    /// The number as f64, if this is an `int` or `float`.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// The node id, if this refers to the graph.
+    pub fn node(&self) -> Option<NodeId> {
+        match self {
+            Value::Node(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+/// A pickled global: a (module, name) pair. Never imported, never called.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Global {
+    /// Module path, e.g. `torch._utils`.
+    pub module: Arc<str>,
+    /// Qualified name inside the module, e.g. `_rebuild_tensor_v2`.
+    pub name: Arc<str>,
+}
+
+impl Global {
+    /// `module.name`.
+    pub fn dotted(&self) -> String {
+        format!("{}.{}", self.module, self.name)
+    }
+
+    /// Whether this is `module.name`.
+    pub fn is(&self, module: &str, name: &str) -> bool {
+        &*self.module == module && &*self.name == name
+    }
+}
+
+/// An instance the pickle asked to build, kept as data: its class and what it was built from.
+#[derive(Clone, Debug, Default)]
+pub struct Object {
+    /// The class (or callable) as a global, when the pickle named one.
+    pub class: Option<Global>,
+    /// Positional arguments given to REDUCE / NEWOBJ.
+    pub args: Vec<Value>,
+    /// Keyword arguments given to NEWOBJ_EX.
+    pub kwargs: Vec<(Value, Value)>,
+    /// What BUILD passed (usually the instance `__dict__`).
+    pub state: Option<Value>,
+    /// Items appended with APPEND / APPENDS.
+    pub items: Vec<Value>,
+    /// Items set with SETITEM / SETITEMS.
+    pub entries: Vec<(Value, Value)>,
+}
+
+/// A node of the graph.
+#[derive(Clone, Debug)]
+pub enum Node {
+    /// `tuple` (also `torch.Size`).
+    Tuple(Vec<Value>),
+    /// `list`.
+    List(Vec<Value>),
+    /// `dict` or `collections.OrderedDict`, insertion order preserved.
+    Dict(Vec<(Value, Value)>),
+    /// `set`.
+    Set(Vec<Value>),
+    /// `frozenset`.
+    FrozenSet(Vec<Value>),
+    /// `bytes` / `bytearray`.
+    Bytes(Arc<[u8]>),
+    /// A global reference.
+    Global(Global),
+    /// An inert instance.
+    Object(Object),
+    /// A torch storage before a tensor view is put on it.
+    Storage(Tensor),
+    /// A tensor (or parameter).
+    Tensor(Tensor),
+}
+
+impl Node {
+    /// A short name of the node's kind for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Tuple(_) => "tuple",
+            Node::List(_) => "list",
+            Node::Dict(_) => "dict",
+            Node::Set(_) => "set",
+            Node::FrozenSet(_) => "frozenset",
+            Node::Bytes(_) => "bytes",
+            Node::Global(_) => "global",
+            Node::Object(_) => "object",
+            Node::Storage(_) => "storage",
+            Node::Tensor(_) => "tensor",
+        }
+    }
+}
+
+/// The arena of nodes plus a record of every global the data referenced.
+#[derive(Debug, Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    globals: Vec<(Global, usize)>,
+    /// Set by readers whose storage bytes come after the pickle (legacy torch): tensor views are
+    /// checked against their storages once the bytes are located.
+    pub(crate) defer_view_checks: bool,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// Adds a node and returns a value referring to it.
+    pub fn add(&mut self, node: Node) -> Value {
+        let id = NodeId(self.nodes.len() as u32);
+        self.nodes.push(node);
+        Value::Node(id)
+    }
+
+    /// Every node, mutably (readers patch storages located after the pickle).
+    pub(crate) fn nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.nodes.iter_mut()
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the graph has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The node behind an id.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0 as usize]
+    }
+
+    /// Mutable access to a node.
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id.0 as usize]
+    }
+
+    /// The node a value refers to, if any.
+    pub fn get(&self, v: &Value) -> Option<&Node> {
+        v.node().map(|id| self.node(id))
+    }
+
+    /// Records one reference to a global (for `inspect`'s list of what the file names).
+    pub fn note_global(&mut self, g: &Global) {
+        match self.globals.iter_mut().find(|(x, _)| x == g) {
+            Some((_, n)) => *n += 1,
+            None => self.globals.push((g.clone(), 1)),
+        }
+    }
+
+    /// Every global referenced, with how often, in order of first appearance.
+    pub fn globals(&self) -> &[(Global, usize)] {
+        &self.globals
+    }
+
+    /// The tensor a value refers to.
+    pub fn tensor(&self, v: &Value) -> Option<&Tensor> {
+        match self.get(v)? {
+            Node::Tensor(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The entries of a dict value.
+    pub fn dict(&self, v: &Value) -> Option<&[(Value, Value)]> {
+        match self.get(v)? {
+            Node::Dict(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The items of a tuple or list value.
+    pub fn seq(&self, v: &Value) -> Option<&[Value]> {
+        match self.get(v)? {
+            Node::Tuple(e) | Node::List(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The object a value refers to.
+    pub fn object(&self, v: &Value) -> Option<&Object> {
+        match self.get(v)? {
+            Node::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Looks up a string key in a dict value.
+    pub fn dict_get(&self, v: &Value, key: &str) -> Option<&Value> {
+        self.dict(v)?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// The instance attributes of an object: the dict its BUILD state holds (also the first
+    /// element of a `(dict, slotstate)` pair).
+    pub fn attrs(&self, v: &Value) -> Option<&[(Value, Value)]> {
+        let state = self.object(v)?.state.as_ref()?;
+        if let Some(d) = self.dict(state) {
+            return Some(d);
+        }
+        let pair = self.seq(state)?;
+        self.dict(pair.first()?)
+    }
+
+    /// One attribute of an object.
+    pub fn attr(&self, v: &Value, name: &str) -> Option<&Value> {
+        self.attrs(v)?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(name))
+            .map(|(_, v)| v)
+    }
+}

@@ -1,0 +1,165 @@
+//! Text rendering of reports.
+
+use std::fmt::Write;
+
+use crate::checkpoint::module::TreeNode;
+use crate::checkpoint::sets::{EntryKind, Stats};
+use crate::inspect::Report;
+
+/// `12.3 MB` style sizes (decimal units, as file managers show).
+pub fn bytes(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1000.0 && u + 1 < units.len() {
+        x /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", units[u])
+    }
+}
+
+/// `3.01 M` style counts.
+pub fn count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1} k", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        _ => format!("{:.2} B", n as f64 / 1e9),
+    }
+}
+
+fn stats_text(s: &Stats) -> String {
+    let dtypes: Vec<String> = s.dtypes.iter().map(|(d, n)| format!("{d}×{n}")).collect();
+    format!(
+        "{} tensors, {} parameters, {}, {}",
+        s.tensors,
+        count(s.parameters),
+        dtypes.join(" "),
+        bytes(s.bytes)
+    )
+}
+
+/// The human-readable `inspect` output.
+pub fn inspect_text(r: &Report) -> String {
+    let mut o = String::new();
+    let c = &r.container;
+    let mut facts = vec![c.format.name().to_string()];
+    if let Some(v) = &c.serialization_version {
+        facts.push(format!("serialization {v}"));
+    }
+    if let Some(p) = c.pickle_protocol {
+        facts.push(format!("pickle protocol {p}"));
+    }
+    if let Some(rec) = &c.record {
+        facts.push(format!("record {rec:?}"));
+    }
+    if c.torchscript {
+        facts.push("TorchScript".into());
+    }
+    if !c.shards.is_empty() {
+        facts.push(format!("{} shards", c.shards.len()));
+    }
+    if c.compressed_storages > 0 {
+        facts.push(format!("{} compressed storages", c.compressed_storages));
+    }
+    let _ = writeln!(o, "{}: {}, {}", r.file, facts.join(", "), bytes(c.file_size));
+
+    if !r.metadata.is_empty() {
+        let _ = writeln!(o, "metadata:");
+        for (k, v) in &r.metadata {
+            let text = match v {
+                serde_json::Value::String(s) => s.escape_debug().to_string(),
+                other => other.to_string(),
+            };
+            let text = if text.chars().count() > 100 {
+                format!("{}…", text.chars().take(99).collect::<String>())
+            } else {
+                text
+            };
+            let _ = writeln!(o, "  {k:<20} {text}");
+        }
+    }
+
+    let _ = writeln!(o, "entries:");
+    let width = r.entries.iter().map(|e| e.key.len()).max().unwrap_or(0).max(6);
+    for e in &r.entries {
+        let key = if e.key.is_empty() { "(root)" } else { &e.key };
+        let what = match &e.kind {
+            EntryKind::Module { class } => format!("module {class}"),
+            EntryKind::TensorDict => "tensor dict".into(),
+            EntryKind::Tensor => "tensor".into(),
+            EntryKind::Optimizer => "optimizer state".into(),
+            EntryKind::None => "None".into(),
+            EntryKind::Scalar => {
+                let v = e.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+                let v: String = v.chars().take(60).collect();
+                format!("= {v}")
+            }
+            EntryKind::Dict => "dict".into(),
+            EntryKind::List => "list".into(),
+            EntryKind::Object { class } => {
+                format!("object {}", class.as_deref().unwrap_or("?"))
+            }
+        };
+        let _ = write!(o, "  {key:<width$}  {what}");
+        if let Some(s) = &e.stats {
+            let _ = write!(o, " — {}", stats_text(s));
+        }
+        o.push('\n');
+    }
+
+    let _ = writeln!(o, "weight sets:");
+    if r.weight_sets.is_empty() {
+        let _ = writeln!(o, "  none");
+    }
+    for s in &r.weight_sets {
+        let path = if s.path.is_empty() { "(root)" } else { &s.path };
+        let class = s
+            .class
+            .as_deref()
+            .map(|c| format!(" ({})", c.rsplit('.').next().unwrap_or(c)))
+            .unwrap_or_default();
+        let _ = writeln!(o, "  {path}{class}: {}", stats_text(&s.stats));
+    }
+
+    let _ = writeln!(
+        o,
+        "globals: {} referenced, {} dangerous",
+        r.globals.len(),
+        r.dangerous.len()
+    );
+    for d in &r.dangerous {
+        let _ = writeln!(
+            o,
+            "  DANGEROUS {} ({}) ×{} — never executed by fuse-ema; torch.load(weights_only=False) would run it",
+            d.name,
+            d.danger.unwrap_or(""),
+            d.count
+        );
+    }
+    if let Some(trees) = &r.tree {
+        let _ = writeln!(o, "module tree:");
+        for t in trees {
+            tree_text(&mut o, t, 1);
+        }
+    }
+    o
+}
+
+fn tree_text(o: &mut String, t: &TreeNode, depth: usize) {
+    let class = t.class.rsplit('.').next().unwrap_or(&t.class);
+    let name = if t.name.is_empty() { "(root)" } else { &t.name };
+    let own = if t.tensors > 0 {
+        format!(" [{} tensors]", t.tensors)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(o, "{}{name}: {class}{own}", "  ".repeat(depth));
+    for c in &t.children {
+        tree_text(o, c, depth + 1);
+    }
+}

@@ -1,0 +1,170 @@
+//! `inspect`: what a checkpoint holds and whether anything in it is dangerous, as a stable
+//! serialisable report (schema in `docs/inspect-json.md`).
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+use crate::checkpoint::globals::{self, GlobalReport};
+use crate::checkpoint::module::{self, ModuleError, TreeNode};
+use crate::checkpoint::sets::{self, EntryKind, Stats};
+use crate::checkpoint::value::{Graph, Node, NodeId, Value};
+use crate::checkpoint::{Checkpoint, FormatInfo, metadata};
+use crate::tensor::Tensor;
+
+/// Version of the JSON layout; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// The file as given.
+    pub file: String,
+    /// Container facts.
+    pub container: FormatInfo,
+    /// Each top-level entry.
+    pub entries: Vec<EntryReport>,
+    /// Training metadata.
+    pub metadata: Map<String, Json>,
+    /// Every weight set found.
+    pub weight_sets: Vec<SetReport>,
+    /// Every global the pickle names.
+    pub globals: Vec<GlobalReport>,
+    /// The dangerous ones among them.
+    pub dangerous: Vec<GlobalReport>,
+    /// Module trees of the module entries, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<Vec<TreeNode>>,
+}
+
+/// One top-level entry.
+#[derive(Debug, Serialize)]
+pub struct EntryReport {
+    /// The dict key (empty when the root is not a dict).
+    pub key: String,
+    /// What it holds.
+    #[serde(flatten)]
+    pub kind: EntryKind,
+    /// Tensor figures, for modules, tensor dicts, tensors and optimizer states.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+    /// The value, for scalars.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Json>,
+}
+
+/// One weight set.
+#[derive(Debug, Serialize)]
+pub struct SetReport {
+    /// Its path ([`crate::checkpoint::sets::WeightSet::path`]).
+    pub path: String,
+    /// `module` or `tensor-dict`.
+    pub source: &'static str,
+    /// The module class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Figures.
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+/// Builds the report; `tree` adds the module trees.
+pub fn inspect(ckpt: &Checkpoint, tree: bool) -> Result<Report, ModuleError> {
+    let g = &ckpt.graph;
+    let entries = ckpt
+        .entries()
+        .into_iter()
+        .map(|(key, v, kind)| {
+            let stats = match kind {
+                // A module's figures are its state dict's, as torch counts them.
+                EntryKind::Module { .. } => {
+                    let sd = module::state_dict(g, &v)?;
+                    Some(sets::stats(sd.iter().filter_map(|(_, t)| g.tensor(t))))
+                }
+                EntryKind::TensorDict
+                | EntryKind::Tensor
+                | EntryKind::Optimizer
+                | EntryKind::Dict
+                | EntryKind::List => {
+                    let ts = reachable_tensors(g, &v);
+                    (!ts.is_empty()).then(|| sets::stats(ts.into_iter()))
+                }
+                _ => None,
+            };
+            let value = matches!(kind, EntryKind::Scalar).then(|| metadata::to_json(g, &v));
+            Ok(EntryReport {
+                key,
+                kind,
+                stats,
+                value,
+            })
+        })
+        .collect::<Result<_, ModuleError>>()?;
+    let weight_sets = ckpt
+        .weight_sets()?
+        .into_iter()
+        .map(|s| SetReport {
+            source: if s.class.is_some() { "module" } else { "tensor-dict" },
+            stats: s.stats(),
+            path: s.path,
+            class: s.class,
+        })
+        .collect();
+    let all = globals::report(g.globals());
+    let dangerous = all.iter().filter(|r| r.danger.is_some()).cloned().collect();
+    let tree = tree.then(|| {
+        ckpt.entries()
+            .into_iter()
+            .filter(|(_, v, _)| module::is_module(g, v))
+            .map(|(k, v, _)| module::tree(g, &v, &k))
+            .collect()
+    });
+    Ok(Report {
+        schema: SCHEMA_VERSION,
+        file: ckpt.path.display().to_string(),
+        container: ckpt.info.clone(),
+        entries,
+        metadata: metadata::metadata(ckpt),
+        weight_sets,
+        globals: all,
+        dangerous,
+        tree,
+    })
+}
+
+/// Every distinct tensor reachable from `v` (each node once, however often it is referenced).
+fn reachable_tensors<'g>(g: &'g Graph, v: &Value) -> Vec<&'g Tensor> {
+    let mut seen: HashSet<NodeId> = HashSet::new();
+    let mut out = Vec::new();
+    let mut stack: Vec<&Value> = vec![v];
+    while let Some(v) = stack.pop() {
+        let Some(id) = v.node() else { continue };
+        if !seen.insert(id) {
+            continue;
+        }
+        match g.node(id) {
+            Node::Tensor(t) => out.push(t),
+            Node::Tuple(items) | Node::List(items) | Node::Set(items) | Node::FrozenSet(items) => {
+                stack.extend(items.iter().rev())
+            }
+            Node::Dict(e) => {
+                for (_, x) in e.iter().rev() {
+                    stack.push(x);
+                }
+            }
+            Node::Object(o) => {
+                stack.extend(o.args.iter());
+                stack.extend(o.items.iter());
+                stack.extend(o.entries.iter().map(|(_, x)| x));
+                if let Some(s) = &o.state {
+                    stack.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}

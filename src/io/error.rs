@@ -1,0 +1,62 @@
+//! The reader layer's error: which file, and what is wrong with it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A checkpoint could not be read. Displays as `<file>: <problem>`.
+#[derive(Debug)]
+pub struct ReadError {
+    /// The file (or the shard of a set) that is at fault.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub kind: ReadErrorKind,
+}
+
+/// The kinds of reading failure, each with the offending entry, key or offset in its text.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadErrorKind {
+    /// The operating system refused (missing file, permissions, …).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes are not a format fuse-ema reads.
+    #[error("not a checkpoint: {0}")]
+    NotACheckpoint(String),
+    /// The zip container is damaged or hostile.
+    #[error("broken zip archive: {0}")]
+    Zip(String),
+    /// A pickle could not be decoded.
+    #[error("{entry}: {source}")]
+    Pickle {
+        /// The pickle's entry name or role (`archive/data.pkl`, `main pickle`).
+        entry: String,
+        /// The failure and its offset.
+        source: super::pickle::PickleError,
+    },
+    /// A storage or tensor does not fit the bytes the file holds.
+    #[error("{0}")]
+    Storage(String),
+    /// A safetensors header or shard index is invalid.
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+    /// The file is valid but uses a feature fuse-ema does not read.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl ReadError {
+    /// An error about `path`.
+    pub fn new(path: &Path, kind: impl Into<ReadErrorKind>) -> ReadError {
+        ReadError {
+            path: path.to_path_buf(),
+            kind: kind.into(),
+        }
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.kind)
+    }
+}
+
+impl std::error::Error for ReadError {}

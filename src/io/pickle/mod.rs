@@ -1,0 +1,74 @@
+//! A pickle virtual machine that never executes anything.
+//!
+//! It decodes every opcode of protocols 0–5 into the inert object graph of
+//! [`crate::checkpoint::value`]: a global is a `(module, name)` value, REDUCE / NEWOBJ / BUILD make
+//! inert objects that keep their class, arguments and state. A small table of well-known
+//! reconstructors (tensors, `OrderedDict`, `torch.Size`, sets, `_codecs.encode`, numpy scalars) is
+//! interpreted as data; no other global is looked up, imported or called.
+
+mod ops;
+mod reconstruct;
+mod vm;
+
+use std::fmt;
+
+use crate::checkpoint::value::{Graph, Value};
+
+pub use vm::unpickle;
+
+/// Hard limits that bound the work and memory a hostile pickle can demand.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Opcodes executed at most.
+    pub max_ops: u64,
+    /// Graph nodes created at most.
+    pub max_nodes: usize,
+    /// Values held in containers and on the stack at most.
+    pub max_values: usize,
+    /// Open MARKs (container nesting) at most.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_ops: 50_000_000,
+            max_nodes: 5_000_000,
+            max_values: 8_000_000,
+            max_depth: 10_000,
+        }
+    }
+}
+
+/// Why a pickle could not be decoded; `offset` is the byte position of the failing opcode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PickleError {
+    /// Byte offset of the opcode that failed.
+    pub offset: usize,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for PickleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pickle offset {}: {}", self.offset, self.message)
+    }
+}
+
+impl std::error::Error for PickleError {}
+
+/// Resolves a persistent id (torch's storage references) to a value; the only way a pickle reaches
+/// data outside itself.
+pub trait PersistentLoad {
+    /// Turns the pid into a value, usually a storage node.
+    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, String>;
+}
+
+/// A persistent loader for pickles that must not reference anything outside themselves.
+pub struct NoPersistentLoad;
+
+impl PersistentLoad for NoPersistentLoad {
+    fn load(&mut self, _graph: &mut Graph, _pid: &Value) -> Result<Value, String> {
+        Err("persistent id in a pickle that may not have any".into())
+    }
+}

@@ -1,0 +1,281 @@
+//! The reconstructors interpreted as data. Everything else becomes an inert [`Object`].
+//!
+//! These mirror what torch's weights-only unpickler allows, plus the containers and numpy scalars
+//! training code commonly stores. Interpreting means reading the arguments; no callable runs.
+
+use std::sync::Arc;
+
+use crate::checkpoint::value::{Global, Graph, Node, Object, Value};
+use crate::tensor::{DType, Tensor};
+
+type R<T> = Result<T, String>;
+
+/// Handles REDUCE / NEWOBJ of a global with these arguments.
+pub fn construct(
+    graph: &mut Graph,
+    g: &Global,
+    args: Vec<Value>,
+    kwargs: Vec<(Value, Value)>,
+    is_new: bool,
+) -> R<Value> {
+    let module = &*g.module;
+    let name = &*g.name;
+    match (module, name) {
+        ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+            rebuild_tensor(graph, &args)
+        }
+        ("torch._utils", "_rebuild_parameter")
+        | ("torch._utils", "_rebuild_parameter_with_state") => {
+            let data = args.first().ok_or("_rebuild_parameter without data")?;
+            mark_parameter(graph, data)
+        }
+        ("torch._tensor", "_rebuild_from_type_v2") => {
+            // (func, new_type, args, state): the tensor is func(*args); new_type is the subclass.
+            let func = args.first().ok_or("_rebuild_from_type_v2 without func")?;
+            let inner = args
+                .get(2)
+                .and_then(|a| graph.seq(a))
+                .ok_or("_rebuild_from_type_v2 without args")?
+                .to_vec();
+            let func = match graph.get(func) {
+                Some(Node::Global(f)) => f.clone(),
+                _ => return Err("_rebuild_from_type_v2 with a func that is not a global".into()),
+            };
+            let t = construct(graph, &func, inner, Vec::new(), false)?;
+            let is_param = matches!(
+                args.get(1).and_then(|v| graph.get(v)),
+                Some(Node::Global(c)) if c.is("torch.nn.parameter", "Parameter")
+            );
+            if is_param {
+                mark_parameter(graph, &t)
+            } else {
+                Ok(t)
+            }
+        }
+        ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
+            let mut entries = Vec::new();
+            if let Some(items) = args.first().and_then(|a| graph.seq(a)) {
+                for item in items {
+                    if let Some([k, v]) = graph.seq(item) {
+                        entries.push((k.clone(), v.clone()));
+                    }
+                }
+            }
+            Ok(graph.add(Node::Dict(entries)))
+        }
+        ("builtins", "set") | ("__builtin__", "set") => {
+            let items = first_seq(graph, &args);
+            Ok(graph.add(Node::Set(items)))
+        }
+        ("builtins", "frozenset") | ("__builtin__", "frozenset") => {
+            let items = first_seq(graph, &args);
+            Ok(graph.add(Node::FrozenSet(items)))
+        }
+        ("builtins", "list") | ("__builtin__", "list") => {
+            let items = first_seq(graph, &args);
+            Ok(graph.add(Node::List(items)))
+        }
+        ("builtins", "tuple") | ("__builtin__", "tuple") | ("torch", "Size") => {
+            let items = first_seq(graph, &args);
+            Ok(graph.add(Node::Tuple(items)))
+        }
+        ("_codecs", "encode") => {
+            // Protocol 2 stores bytes as _codecs.encode(latin-1 text, 'latin1').
+            let s = args.first().and_then(Value::as_str).ok_or("encode without text")?;
+            let bytes: Arc<[u8]> = s.chars().map(|c| c as u32 as u8).collect::<Vec<_>>().into();
+            Ok(graph.add(Node::Bytes(bytes)))
+        }
+        ("builtins", "bytearray") | ("builtins", "bytes") | ("__builtin__", "bytearray") => {
+            match args.first() {
+                Some(v @ Value::Node(_)) if matches!(graph.get(v), Some(Node::Bytes(_))) => {
+                    Ok(v.clone())
+                }
+                _ => Ok(graph.add(Node::Bytes(Arc::from(&[][..])))),
+            }
+        }
+        ("numpy.core.multiarray", "scalar") | ("numpy._core.multiarray", "scalar") => {
+            Ok(numpy_scalar(graph, &args).unwrap_or_else(|| inert(graph, g, args, kwargs)))
+        }
+        ("copyreg", "_reconstructor") | ("copy_reg", "_reconstructor") => {
+            // Protocol 0/1 instances: (cls, base, state); the class is what matters.
+            let class = match args.first().and_then(|a| graph.get(a)) {
+                Some(Node::Global(c)) => Some(c.clone()),
+                _ => None,
+            };
+            Ok(graph.add(Node::Object(Object {
+                class,
+                args,
+                ..Object::default()
+            })))
+        }
+        _ => {
+            let _ = is_new;
+            Ok(inert(graph, g, args, kwargs))
+        }
+    }
+}
+
+/// BUILD targets whose state carries the data itself (numpy arrays); `None` for the rest.
+pub fn build_special(graph: &Graph, target: &Value, state: &Value) -> Option<Node> {
+    let obj = graph.object(target)?;
+    let class = obj.class.as_ref()?;
+    let is_ndarray = class.is("numpy.core.multiarray", "_reconstruct")
+        || class.is("numpy._core.multiarray", "_reconstruct");
+    if !is_ndarray {
+        return None;
+    }
+    // state = (version, shape, dtype, is_fortran, raw bytes)
+    let s = graph.seq(state)?;
+    let shape: Vec<usize> = graph
+        .seq(s.get(1)?)?
+        .iter()
+        .map(|v| v.as_int().and_then(|i| usize::try_from(i).ok()))
+        .collect::<Option<_>>()?;
+    let dtype = numpy_dtype(graph, s.get(2)?)?;
+    if s.get(3)? != &Value::Bool(false) {
+        return None;
+    }
+    let raw = match graph.get(s.get(4)?)? {
+        Node::Bytes(b) => b.clone(),
+        _ => return None,
+    };
+    let strides = crate::tensor::contiguous_strides(&shape);
+    let storage = crate::tensor::Buffer::Owned(raw);
+    let t = Tensor::new_view(dtype, shape, strides, 0, storage, "numpy".into()).ok()?;
+    Some(Node::Tensor(t))
+}
+
+fn inert(graph: &mut Graph, g: &Global, args: Vec<Value>, kwargs: Vec<(Value, Value)>) -> Value {
+    graph.add(Node::Object(Object {
+        class: Some(g.clone()),
+        args,
+        kwargs,
+        ..Object::default()
+    }))
+}
+
+fn first_seq(graph: &Graph, args: &[Value]) -> Vec<Value> {
+    args.first()
+        .and_then(|a| match graph.get(a) {
+            Some(Node::Tuple(v) | Node::List(v) | Node::Set(v) | Node::FrozenSet(v)) => {
+                Some(v.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn mark_parameter(graph: &mut Graph, data: &Value) -> R<Value> {
+    let t = graph
+        .tensor(data)
+        .ok_or("parameter data is not a tensor")?
+        .clone();
+    Ok(graph.add(Node::Tensor(Tensor {
+        is_parameter: true,
+        ..t
+    })))
+}
+
+fn usize_list(graph: &Graph, v: &Value, what: &str) -> R<Vec<usize>> {
+    let items = graph
+        .seq(v)
+        .ok_or_else(|| format!("tensor {what} is not a tuple"))?;
+    items
+        .iter()
+        .map(|x| {
+            x.as_int()
+                .and_then(|i| usize::try_from(i).ok())
+                .ok_or_else(|| format!("tensor {what} has a negative or non-integer entry"))
+        })
+        .collect()
+}
+
+/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
+fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
+    if args.len() < 4 {
+        return Err(format!("_rebuild_tensor with {} arguments", args.len()));
+    }
+    let storage = match graph.get(&args[0]) {
+        Some(Node::Storage(s)) => s.clone(),
+        _ => return Err("_rebuild_tensor on something that is not a storage".into()),
+    };
+    let offset = args[1]
+        .as_int()
+        .and_then(|i| usize::try_from(i).ok())
+        .ok_or("tensor storage offset is negative or not an integer")?;
+    let shape = usize_list(graph, &args[2], "size")?;
+    let strides = usize_list(graph, &args[3], "stride")?;
+    let t = Tensor {
+        dtype: storage.dtype,
+        shape,
+        strides,
+        offset,
+        storage: storage.storage,
+        storage_key: storage.storage_key,
+        is_parameter: false,
+    };
+    if !graph.defer_view_checks {
+        t.check_view()
+            .map_err(|e| format!("tensor on storage '{}': {}", t.storage_key, e.0))?;
+    }
+    Ok(graph.add(Node::Tensor(t)))
+}
+
+/// The dtype of a pickled `numpy.dtype('<code>', ...)` object.
+fn numpy_dtype(graph: &Graph, v: &Value) -> Option<DType> {
+    let obj = graph.object(v)?;
+    let code = obj.args.first()?.as_str()?;
+    // A big-endian byte order in the dtype's state would need swapping; refuse it instead.
+    if let Some(state) = obj.state.as_ref().and_then(|s| graph.seq(s))
+        && state.get(1).and_then(Value::as_str) == Some(">")
+    {
+        return None;
+    }
+    Some(match code {
+        "f8" => DType::F64,
+        "f4" => DType::F32,
+        "f2" => DType::F16,
+        "i8" => DType::I64,
+        "i4" => DType::I32,
+        "i2" => DType::I16,
+        "i1" => DType::I8,
+        "u8" => DType::U64,
+        "u4" => DType::U32,
+        "u2" => DType::U16,
+        "u1" => DType::U8,
+        "b1" => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// `numpy.core.multiarray.scalar(dtype, bytes)` as a plain number.
+fn numpy_scalar(graph: &Graph, args: &[Value]) -> Option<Value> {
+    let dtype = numpy_dtype(graph, args.first()?)?;
+    let raw: &[u8] = match graph.get(args.get(1)?)? {
+        Node::Bytes(b) => b,
+        _ => return None,
+    };
+    if raw.len() != dtype.size() {
+        return None;
+    }
+    let mut a = [0u8; 8];
+    a[..raw.len()].copy_from_slice(raw);
+    Some(match dtype {
+        DType::F64 => Value::Float(f64::from_le_bytes(a)),
+        DType::F32 => Value::Float(f32::from_le_bytes([a[0], a[1], a[2], a[3]]) as f64),
+        DType::F16 => Value::Float(half::f16::from_le_bytes([a[0], a[1]]).to_f64()),
+        DType::Bool => Value::Bool(a[0] != 0),
+        DType::U64 => match i64::try_from(u64::from_le_bytes(a)) {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::BigInt(u64::from_le_bytes(a).to_string().into()),
+        },
+        DType::I64 => Value::Int(i64::from_le_bytes(a)),
+        DType::I32 => Value::Int(i32::from_le_bytes([a[0], a[1], a[2], a[3]]) as i64),
+        DType::I16 => Value::Int(i16::from_le_bytes([a[0], a[1]]) as i64),
+        DType::I8 => Value::Int(a[0] as i8 as i64),
+        DType::U32 => Value::Int(u32::from_le_bytes([a[0], a[1], a[2], a[3]]) as i64),
+        DType::U16 => Value::Int(u16::from_le_bytes([a[0], a[1]]) as i64),
+        DType::U8 => Value::Int(a[0] as i64),
+        _ => return None,
+    })
+}

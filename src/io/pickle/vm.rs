@@ -1,0 +1,760 @@
+//! The opcode loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::ops::*;
+use super::reconstruct;
+use super::{Limits, PersistentLoad, PickleError};
+use crate::checkpoint::value::{Global, Graph, Node, Object, Value};
+
+/// Decodes one pickle from `data` into `graph`; returns its top value and the number of bytes it
+/// took (the offset just past STOP).
+///
+/// Nothing named by the pickle is executed; persistent ids go to `loader`.
+pub fn unpickle(
+    data: &[u8],
+    graph: &mut Graph,
+    loader: &mut dyn PersistentLoad,
+    limits: &Limits,
+) -> Result<(Value, usize), PickleError> {
+    let mut vm = Vm {
+        data,
+        pos: 0,
+        op_start: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        values: 0,
+        graph,
+        loader,
+        limits,
+    };
+    vm.run()
+}
+
+struct Vm<'a> {
+    data: &'a [u8],
+    pos: usize,
+    op_start: usize,
+    stack: Vec<Value>,
+    marks: Vec<Vec<Value>>,
+    memo: HashMap<u32, Value>,
+    values: usize,
+    graph: &'a mut Graph,
+    loader: &'a mut dyn PersistentLoad,
+    limits: &'a Limits,
+}
+
+type R<T> = Result<T, String>;
+
+impl<'a> Vm<'a> {
+    fn run(&mut self) -> Result<(Value, usize), PickleError> {
+        let mut ops: u64 = 0;
+        loop {
+            self.op_start = self.pos;
+            ops += 1;
+            if ops > self.limits.max_ops {
+                return Err(self.err(format!("more than {} opcodes", self.limits.max_ops)));
+            }
+            let op = match self.data.get(self.pos) {
+                Some(&b) => b,
+                None => return Err(self.err("truncated: no STOP opcode".into())),
+            };
+            self.pos += 1;
+            if op == STOP {
+                let v = self.pop().map_err(|m| self.err(m))?;
+                return Ok((v, self.pos));
+            }
+            if let Err(m) = self.step(op) {
+                return Err(self.err(m));
+            }
+            if self.graph.len() > self.limits.max_nodes {
+                return Err(self.err(format!("more than {} objects", self.limits.max_nodes)));
+            }
+            if self.values > self.limits.max_values {
+                return Err(self.err(format!("more than {} values", self.limits.max_values)));
+            }
+        }
+    }
+
+    fn err(&self, message: String) -> PickleError {
+        PickleError {
+            offset: self.op_start,
+            message,
+        }
+    }
+
+    fn step(&mut self, op: u8) -> R<()> {
+        match op {
+            PROTO => {
+                let p = self.take(1)?[0];
+                if p > 5 {
+                    return Err(format!("unsupported pickle protocol {p}"));
+                }
+            }
+            FRAME => {
+                self.take(8)?;
+            }
+            MARK => {
+                if self.marks.len() >= self.limits.max_depth {
+                    return Err(format!("nesting deeper than {}", self.limits.max_depth));
+                }
+                self.marks.push(std::mem::take(&mut self.stack));
+            }
+            POP => {
+                if self.stack.is_empty() {
+                    // Python's POP with an empty stack after MARK pops the mark.
+                    self.pop_mark()?;
+                } else {
+                    self.pop()?;
+                }
+            }
+            POP_MARK => {
+                self.pop_mark()?;
+            }
+            DUP => {
+                let v = self.top()?.clone();
+                self.push(v);
+            }
+            NONE => self.push(Value::None),
+            NEWTRUE => self.push(Value::Bool(true)),
+            NEWFALSE => self.push(Value::Bool(false)),
+            BININT => {
+                let b = self.take(4)?;
+                let v = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                self.push(Value::Int(v as i64));
+            }
+            BININT1 => {
+                let v = self.take(1)?[0];
+                self.push(Value::Int(v as i64));
+            }
+            BININT2 => {
+                let b = self.take(2)?;
+                self.push(Value::Int(u16::from_le_bytes([b[0], b[1]]) as i64));
+            }
+            LONG1 => {
+                let n = self.take(1)?[0] as usize;
+                let b = self.take(n)?;
+                let v = long_from_le(b);
+                self.push(v);
+            }
+            LONG4 => {
+                let n = self.len4()?;
+                let b = self.take(n)?;
+                let v = long_from_le(b);
+                self.push(v);
+            }
+            INT => {
+                let line = self.line()?;
+                let v = match line.trim() {
+                    "00" => Value::Bool(false),
+                    "01" => Value::Bool(true),
+                    s => parse_decimal(s)?,
+                };
+                self.push(v);
+            }
+            LONG => {
+                let line = self.line()?;
+                let s = line.trim();
+                let s = s.strip_suffix('L').unwrap_or(s);
+                let v = parse_decimal(s)?;
+                self.push(v);
+            }
+            FLOAT => {
+                let line = self.line()?;
+                let f: f64 = line
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad FLOAT literal {line:?}"))?;
+                self.push(Value::Float(f));
+            }
+            BINFLOAT => {
+                let b = self.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                self.push(Value::Float(f64::from_be_bytes(a)));
+            }
+            STRING => {
+                let line = self.line()?;
+                let s = unquote_py_string(line.trim_end())?;
+                self.push(Value::Str(bytes_to_str(&s)));
+            }
+            BINSTRING => {
+                let n = self.len4()?;
+                let b = self.take(n)?;
+                self.push(Value::Str(bytes_to_str(b)));
+            }
+            SHORT_BINSTRING => {
+                let n = self.take(1)?[0] as usize;
+                let b = self.take(n)?;
+                self.push(Value::Str(bytes_to_str(b)));
+            }
+            UNICODE => {
+                // raw-unicode-escape: code points below 256 are written as single latin-1 bytes.
+                let line: String = self.line_bytes()?.iter().map(|&b| b as char).collect();
+                let s = raw_unicode_unescape(&line)?;
+                self.push(Value::Str(s.into()));
+            }
+            BINUNICODE => {
+                let n = self.len4()?;
+                self.push_utf8(n)?;
+            }
+            SHORT_BINUNICODE => {
+                let n = self.take(1)?[0] as usize;
+                self.push_utf8(n)?;
+            }
+            BINUNICODE8 => {
+                let n = self.len8()?;
+                self.push_utf8(n)?;
+            }
+            BINBYTES => {
+                let n = self.len4()?;
+                self.push_bytes(n)?;
+            }
+            SHORT_BINBYTES => {
+                let n = self.take(1)?[0] as usize;
+                self.push_bytes(n)?;
+            }
+            BINBYTES8 | BYTEARRAY8 => {
+                let n = self.len8()?;
+                self.push_bytes(n)?;
+            }
+            NEXT_BUFFER | READONLY_BUFFER => {
+                return Err("out-of-band buffers (protocol 5) are not supported".into());
+            }
+            EMPTY_TUPLE => self.push_node(Node::Tuple(Vec::new())),
+            TUPLE1 | TUPLE2 | TUPLE3 => {
+                let n = (op - TUPLE1 + 1) as usize;
+                if self.stack.len() < n {
+                    return Err("stack underflow".into());
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.push_node(Node::Tuple(items));
+            }
+            TUPLE => {
+                let items = self.pop_mark()?;
+                self.push_node(Node::Tuple(items));
+            }
+            EMPTY_LIST => self.push_node(Node::List(Vec::new())),
+            LIST => {
+                let items = self.pop_mark()?;
+                self.push_node(Node::List(items));
+            }
+            EMPTY_DICT => self.push_node(Node::Dict(Vec::new())),
+            DICT => {
+                let items = self.pop_mark()?;
+                let pairs = pairs(items)?;
+                self.push_node(Node::Dict(pairs));
+            }
+            EMPTY_SET => self.push_node(Node::Set(Vec::new())),
+            FROZENSET => {
+                let items = self.pop_mark()?;
+                self.push_node(Node::FrozenSet(items));
+            }
+            APPEND => {
+                let v = self.pop()?;
+                self.extend_seq(vec![v])?;
+            }
+            APPENDS => {
+                let items = self.pop_mark()?;
+                self.extend_seq(items)?;
+            }
+            ADDITEMS => {
+                let items = self.pop_mark()?;
+                let target = self.top()?.clone();
+                match target.node().map(|id| self.graph.node_mut(id)) {
+                    Some(Node::Set(s)) => s.extend(items),
+                    _ => return Err("ADDITEMS to something that is not a set".into()),
+                }
+            }
+            SETITEM => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.extend_map(vec![(k, v)])?;
+            }
+            SETITEMS => {
+                let items = self.pop_mark()?;
+                let p = pairs(items)?;
+                self.extend_map(p)?;
+            }
+            GET => {
+                let line = self.line()?;
+                let i = parse_index(&line)?;
+                self.get(i)?;
+            }
+            BINGET => {
+                let i = self.take(1)?[0] as u32;
+                self.get(i)?;
+            }
+            LONG_BINGET => {
+                let i = self.len4()? as u32;
+                self.get(i)?;
+            }
+            PUT => {
+                let line = self.line()?;
+                let i = parse_index(&line)?;
+                self.put(i)?;
+            }
+            BINPUT => {
+                let i = self.take(1)?[0] as u32;
+                self.put(i)?;
+            }
+            LONG_BINPUT => {
+                let i = self.len4()? as u32;
+                self.put(i)?;
+            }
+            MEMOIZE => {
+                let i = u32::try_from(self.memo.len()).map_err(|_| "memo too large")?;
+                self.put(i)?;
+            }
+            GLOBAL => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.push_global(module, name);
+            }
+            STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (module, name) {
+                    (Value::Str(m), Value::Str(n)) => self.push_global(m.to_string(), n.to_string()),
+                    _ => return Err("STACK_GLOBAL needs two strings".into()),
+                }
+            }
+            EXT1 | EXT2 | EXT4 => {
+                let n = match op {
+                    EXT1 => 1,
+                    EXT2 => 2,
+                    _ => 4,
+                };
+                let b = self.take(n)?;
+                let mut a = [0u8; 4];
+                a[..n].copy_from_slice(b);
+                let code = u32::from_le_bytes(a);
+                // The copyreg extension registry lives in the loading process; record the code.
+                self.push_global("copyreg.extension".into(), code.to_string());
+            }
+            REDUCE => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                let args = self.tuple_items(&args)?;
+                let v = self.construct(callable, args, Vec::new(), false)?;
+                self.push(v);
+            }
+            NEWOBJ => {
+                let args = self.pop()?;
+                let cls = self.pop()?;
+                let args = self.tuple_items(&args)?;
+                let v = self.construct(cls, args, Vec::new(), true)?;
+                self.push(v);
+            }
+            NEWOBJ_EX => {
+                let kwargs = self.pop()?;
+                let args = self.pop()?;
+                let cls = self.pop()?;
+                let args = self.tuple_items(&args)?;
+                let kwargs = self.graph.dict(&kwargs).map(|d| d.to_vec()).unwrap_or_default();
+                let v = self.construct(cls, args, kwargs, true)?;
+                self.push(v);
+            }
+            INST => {
+                let module = self.line()?;
+                let name = self.line()?;
+                let args = self.pop_mark()?;
+                let g = Global {
+                    module: module.into(),
+                    name: name.into(),
+                };
+                self.graph.note_global(&g);
+                let cls = self.graph.add(Node::Global(g));
+                let v = self.construct(cls, args, Vec::new(), true)?;
+                self.push(v);
+            }
+            OBJ => {
+                let mut items = self.pop_mark()?;
+                if items.is_empty() {
+                    return Err("OBJ without a class".into());
+                }
+                let cls = items.remove(0);
+                let v = self.construct(cls, items, Vec::new(), true)?;
+                self.push(v);
+            }
+            BUILD => {
+                let state = self.pop()?;
+                let target = self.top()?.clone();
+                self.build(&target, state)?;
+            }
+            PERSID => {
+                let line = self.line()?;
+                let pid = Value::Str(line.into());
+                let v = self.loader.load(self.graph, &pid)?;
+                self.push(v);
+            }
+            BINPERSID => {
+                let pid = self.pop()?;
+                let v = self.loader.load(self.graph, &pid)?;
+                self.push(v);
+            }
+            other => return Err(format!("unknown opcode 0x{other:02x}")),
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, v: Value) {
+        self.values += 1;
+        self.stack.push(v);
+    }
+
+    fn push_node(&mut self, n: Node) {
+        let v = self.graph.add(n);
+        self.push(v);
+    }
+
+    fn push_global(&mut self, module: String, name: String) {
+        let g = Global {
+            module: module.into(),
+            name: name.into(),
+        };
+        self.graph.note_global(&g);
+        self.push_node(Node::Global(g));
+    }
+
+    fn push_utf8(&mut self, n: usize) -> R<()> {
+        let b = self.take(n)?;
+        // Python writes surrogates with 'surrogatepass'; keep going with a replacement character.
+        let s: Arc<str> = String::from_utf8_lossy(b).into();
+        self.push(Value::Str(s));
+        Ok(())
+    }
+
+    fn push_bytes(&mut self, n: usize) -> R<()> {
+        let b: Arc<[u8]> = self.take(n)?.into();
+        self.push_node(Node::Bytes(b));
+        Ok(())
+    }
+
+    fn pop(&mut self) -> R<Value> {
+        self.stack.pop().ok_or_else(|| "stack underflow".to_string())
+    }
+
+    fn top(&self) -> R<&Value> {
+        self.stack.last().ok_or_else(|| "stack underflow".to_string())
+    }
+
+    fn pop_mark(&mut self) -> R<Vec<Value>> {
+        let outer = self.marks.pop().ok_or("no MARK on the stack")?;
+        Ok(std::mem::replace(&mut self.stack, outer))
+    }
+
+    fn get(&mut self, i: u32) -> R<()> {
+        let v = self
+            .memo
+            .get(&i)
+            .cloned()
+            .ok_or_else(|| format!("memo key {i} was never stored"))?;
+        self.push(v);
+        Ok(())
+    }
+
+    fn put(&mut self, i: u32) -> R<()> {
+        let v = self.top()?.clone();
+        if self.memo.len() >= self.limits.max_nodes {
+            return Err("memo too large".into());
+        }
+        self.memo.insert(i, v);
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> R<&'a [u8]> {
+        let remaining = self.data.len() - self.pos;
+        if n > remaining {
+            return Err(format!(
+                "truncated: needs {n} bytes, {remaining} remain in the pickle"
+            ));
+        }
+        let data: &'a [u8] = self.data;
+        let s = &data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn len4(&mut self) -> R<usize> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    fn len8(&mut self) -> R<usize> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        usize::try_from(u64::from_le_bytes(a)).map_err(|_| "length overflows".to_string())
+    }
+
+    fn line_bytes(&mut self) -> R<&'a [u8]> {
+        let data: &'a [u8] = self.data;
+        let rest = &data[self.pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("truncated: line without newline")?;
+        self.pos += end + 1;
+        Ok(&rest[..end])
+    }
+
+    fn line(&mut self) -> R<String> {
+        Ok(String::from_utf8_lossy(self.line_bytes()?).into_owned())
+    }
+
+    fn tuple_items(&self, v: &Value) -> R<Vec<Value>> {
+        match self.graph.get(v) {
+            Some(Node::Tuple(items)) | Some(Node::List(items)) => Ok(items.clone()),
+            _ => Err("arguments are not a tuple".into()),
+        }
+    }
+
+    fn construct(
+        &mut self,
+        callable: Value,
+        args: Vec<Value>,
+        kwargs: Vec<(Value, Value)>,
+        is_new: bool,
+    ) -> R<Value> {
+        self.values += args.len() + kwargs.len();
+        let global = match self.graph.get(&callable) {
+            Some(Node::Global(g)) => Some(g.clone()),
+            _ => None,
+        };
+        match global {
+            Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new),
+            None => Ok(self.graph.add(Node::Object(Object {
+                class: None,
+                args,
+                kwargs,
+                ..Object::default()
+            }))),
+        }
+    }
+
+    fn extend_seq(&mut self, items: Vec<Value>) -> R<()> {
+        self.values += items.len();
+        let target = self.top()?.clone();
+        match target.node().map(|id| self.graph.node_mut(id)) {
+            Some(Node::List(l)) => l.extend(items),
+            Some(Node::Object(o)) => o.items.extend(items),
+            Some(Node::Set(s)) => s.extend(items),
+            other => {
+                let kind = other.map(|n| n.kind()).unwrap_or("scalar");
+                return Err(format!("APPEND to a {kind}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn extend_map(&mut self, entries: Vec<(Value, Value)>) -> R<()> {
+        self.values += 2 * entries.len();
+        let target = self.top()?.clone();
+        match target.node().map(|id| self.graph.node_mut(id)) {
+            Some(Node::Dict(d)) => d.extend(entries),
+            Some(Node::Object(o)) => o.entries.extend(entries),
+            other => {
+                let kind = other.map(|n| n.kind()).unwrap_or("scalar");
+                return Err(format!("SETITEM on a {kind}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn build(&mut self, target: &Value, state: Value) -> R<()> {
+        let Some(id) = target.node() else {
+            return Err("BUILD on a scalar".into());
+        };
+        if let Some(v) = reconstruct::build_special(self.graph, target, &state) {
+            self.graph.node_mut(id).clone_from(&v);
+            return Ok(());
+        }
+        match self.graph.node_mut(id) {
+            Node::Object(o) => o.state = Some(state),
+            // A parameter's or an OrderedDict's extra state: nothing in it affects the data.
+            Node::Tensor(_) | Node::Dict(_) | Node::Set(_) | Node::List(_) => {}
+            other => return Err(format!("BUILD on a {}", other.kind())),
+        }
+        Ok(())
+    }
+}
+
+fn pairs(items: Vec<Value>) -> R<Vec<(Value, Value)>> {
+    if items.len() % 2 != 0 {
+        return Err("odd number of items for a dict".into());
+    }
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn bytes_to_str(b: &[u8]) -> Arc<str> {
+    // Protocol 0–2 strings are bytes; torch loads them as UTF-8 with latin-1 as the fallback.
+    match std::str::from_utf8(b) {
+        Ok(s) => s.into(),
+        Err(_) => b.iter().map(|&c| c as char).collect::<String>().into(),
+    }
+}
+
+fn parse_index(line: &str) -> R<u32> {
+    line.trim()
+        .parse()
+        .map_err(|_| format!("bad memo index {line:?}"))
+}
+
+fn parse_decimal(s: &str) -> R<Value> {
+    if let Ok(i) = s.parse::<i64>() {
+        return Ok(Value::Int(i));
+    }
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("bad integer literal {s:?}"));
+    }
+    Ok(Value::BigInt(s.into()))
+}
+
+/// Decodes a little-endian two's-complement integer of any length.
+fn long_from_le(b: &[u8]) -> Value {
+    if b.is_empty() {
+        return Value::Int(0);
+    }
+    if b.len() <= 8 {
+        let neg = b[b.len() - 1] & 0x80 != 0;
+        let mut a = if neg { [0xffu8; 8] } else { [0u8; 8] };
+        a[..b.len()].copy_from_slice(b);
+        return Value::Int(i64::from_le_bytes(a));
+    }
+    let neg = b[b.len() - 1] & 0x80 != 0;
+    // Magnitude, big-endian, in base 256.
+    let mut mag: Vec<u8> = b.iter().rev().copied().collect();
+    if neg {
+        for x in mag.iter_mut() {
+            *x = !*x;
+        }
+        for x in mag.iter_mut().rev() {
+            let (v, carry) = x.overflowing_add(1);
+            *x = v;
+            if !carry {
+                break;
+            }
+        }
+    }
+    let mut digits = Vec::new();
+    while mag.iter().any(|&x| x != 0) {
+        let mut rem = 0u32;
+        for x in mag.iter_mut() {
+            let cur = (rem << 8) | *x as u32;
+            *x = (cur / 10) as u8;
+            rem = cur % 10;
+        }
+        digits.push(b'0' + rem as u8);
+    }
+    if neg {
+        digits.push(b'-');
+    }
+    digits.reverse();
+    Value::BigInt(String::from_utf8_lossy(&digits).into())
+}
+
+/// Decodes a protocol-0 STRING argument: a Python bytes repr in single or double quotes.
+fn unquote_py_string(s: &str) -> R<Vec<u8>> {
+    let b = s.as_bytes();
+    if b.len() < 2 || b[0] != b[b.len() - 1] || !(b[0] == b'\'' || b[0] == b'"') {
+        return Err(format!("STRING argument is not quoted: {s:?}"));
+    }
+    let inner = &b[1..b.len() - 1];
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        let c = inner[i];
+        i += 1;
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        let e = *inner.get(i).ok_or("dangling backslash in STRING")?;
+        i += 1;
+        match e {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'0'..=b'7' => {
+                let mut v = (e - b'0') as u32;
+                for _ in 0..2 {
+                    match inner.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + (d - b'0') as u32;
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            b'x' => {
+                let h = inner.get(i..i + 2).ok_or("short \\x escape in STRING")?;
+                let h = std::str::from_utf8(h).map_err(|_| "bad \\x escape")?;
+                out.push(u8::from_str_radix(h, 16).map_err(|_| "bad \\x escape")?);
+                i += 2;
+            }
+            b'a' => out.push(7),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'v' => out.push(11),
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes Python's raw-unicode-escape (only `\uXXXX` and `\UXXXXXXXX` are escapes).
+fn raw_unicode_unescape(s: &str) -> R<String> {
+    let mut out = String::with_capacity(s.len());
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '\\' && i + 1 < chars.len() && (chars[i + 1] == 'u' || chars[i + 1] == 'U') {
+            let n = if chars[i + 1] == 'u' { 4 } else { 8 };
+            let hex: String = chars
+                .get(i + 2..i + 2 + n)
+                .ok_or("short unicode escape")?
+                .iter()
+                .collect();
+            let cp = u32::from_str_radix(&hex, 16).map_err(|_| "bad unicode escape")?;
+            out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
+            i += 2 + n;
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_decoding_handles_sign_and_size() {
+        assert_eq!(long_from_le(&[0xff]), Value::Int(-1));
+        assert_eq!(long_from_le(&[0x00, 0x80]), Value::Int(-32768));
+        // 2**64 = 0x1_0000_0000_0000_0000
+        let v = long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(v, Value::BigInt("18446744073709551616".into()));
+        let v = long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff]);
+        assert_eq!(v, Value::BigInt("-18446744073709551616".into()));
+    }
+
+    #[test]
+    fn protocol0_string_escapes() {
+        assert_eq!(unquote_py_string(r"'a\n\x41\'b'").unwrap(), b"a\nA'b");
+        assert_eq!(raw_unicode_unescape(r"caf\u00e9").unwrap(), "café");
+    }
+}

@@ -1,0 +1,10 @@
+//! fuse-ema: read training checkpoints without executing them, find the EMA weights, and ship
+//! them. The modules follow the pipeline: [`io`] reads files into the [`checkpoint`] object model,
+//! [`inspect`] reports on it, and [`cli`] parses arguments and renders results.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod convert;
+pub mod inspect;
+pub mod io;
+pub mod tensor;

@@ -1,0 +1,378 @@
+//! The tensor abstraction shared by every reader: a dtype, a shape, strides and an offset into a
+//! storage whose bytes usually live in the memory-mapped input file.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+/// Element types that torch and safetensors files can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    /// IEEE binary64.
+    F64,
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// float8 e4m3 (finite, no infinities).
+    F8E4M3,
+    /// float8 e5m2.
+    F8E5M2,
+    /// Signed integers.
+    I64,
+    /// Signed 32-bit integer.
+    I32,
+    /// Signed 16-bit integer.
+    I16,
+    /// Signed 8-bit integer.
+    I8,
+    /// Unsigned 64-bit integer.
+    U64,
+    /// Unsigned 32-bit integer.
+    U32,
+    /// Unsigned 16-bit integer.
+    U16,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// One byte, 0 or 1.
+    Bool,
+    /// Complex of two f32.
+    C64,
+    /// Complex of two f64.
+    C128,
+}
+
+impl DType {
+    /// Size of one element in bytes.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 | DType::U64 | DType::C64 => 8,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
+            DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::C128 => 16,
+        }
+    }
+
+    /// Whether the type is a floating-point type (EMA applies to these only).
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            DType::F64 | DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
+        )
+    }
+
+    /// Short lowercase name used in reports (`f16`, `i64`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F64 => "f64",
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F8E4M3 => "f8e4m3",
+            DType::F8E5M2 => "f8e5m2",
+            DType::I64 => "i64",
+            DType::I32 => "i32",
+            DType::I16 => "i16",
+            DType::I8 => "i8",
+            DType::U64 => "u64",
+            DType::U32 => "u32",
+            DType::U16 => "u16",
+            DType::U8 => "u8",
+            DType::Bool => "bool",
+            DType::C64 => "c64",
+            DType::C128 => "c128",
+        }
+    }
+
+    /// The dtype of a pickled torch storage class (`FloatStorage`, `BFloat16Storage`, …) or of a
+    /// `torch.<dtype>` global (`float32`, `bfloat16`, …).
+    pub fn from_torch_name(name: &str) -> Option<DType> {
+        let base = name.strip_suffix("Storage").unwrap_or(name);
+        Some(match base {
+            "Double" | "float64" | "double" => DType::F64,
+            "Float" | "float32" | "float" => DType::F32,
+            "Half" | "float16" | "half" => DType::F16,
+            "BFloat16" | "bfloat16" => DType::BF16,
+            "Float8_e4m3fn" | "float8_e4m3fn" => DType::F8E4M3,
+            "Float8_e5m2" | "float8_e5m2" => DType::F8E5M2,
+            "Long" | "int64" | "long" => DType::I64,
+            "Int" | "int32" | "int" => DType::I32,
+            "Short" | "int16" | "short" => DType::I16,
+            "Char" | "int8" => DType::I8,
+            "UInt64" | "uint64" => DType::U64,
+            "UInt32" | "uint32" => DType::U32,
+            "UInt16" | "uint16" => DType::U16,
+            // `UntypedStorage` holds raw bytes; torch rebuilds it as uint8.
+            "Byte" | "uint8" | "Untyped" => DType::U8,
+            "Bool" | "bool" => DType::Bool,
+            "ComplexFloat" | "complex64" | "cfloat" => DType::C64,
+            "ComplexDouble" | "complex128" | "cdouble" => DType::C128,
+            _ => return None,
+        })
+    }
+
+    /// The dtype of a safetensors dtype tag (`F32`, `BF16`, …).
+    pub fn from_safetensors(d: safetensors::Dtype) -> Option<DType> {
+        use safetensors::Dtype as S;
+        Some(match d {
+            S::BOOL => DType::Bool,
+            S::U8 => DType::U8,
+            S::I8 => DType::I8,
+            S::F8_E5M2 => DType::F8E5M2,
+            S::F8_E4M3 => DType::F8E4M3,
+            S::I16 => DType::I16,
+            S::U16 => DType::U16,
+            S::F16 => DType::F16,
+            S::BF16 => DType::BF16,
+            S::I32 => DType::I32,
+            S::U32 => DType::U32,
+            S::F32 => DType::F32,
+            S::C64 => DType::C64,
+            S::F64 => DType::F64,
+            S::I64 => DType::I64,
+            S::U64 => DType::U64,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Bytes of one storage: a range of the memory-mapped input (zero copy) or an owned buffer when
+/// the bytes had to be decompressed.
+#[derive(Clone)]
+pub enum Buffer {
+    /// A range inside a memory map shared by every tensor of the file.
+    Mapped {
+        /// The whole file.
+        map: Arc<Mmap>,
+        /// Where this buffer lies in it.
+        range: Range<usize>,
+    },
+    /// Bytes that exist only in memory (decompressed entries).
+    Owned(Arc<[u8]>),
+}
+
+impl Buffer {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Buffer::Mapped { map, range } => &map[range.clone()],
+            Buffer::Owned(v) => v,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Buffer::Mapped { range, .. } => range.len(),
+            Buffer::Owned(v) => v.len(),
+        }
+    }
+
+    /// Whether the buffer holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the bytes are read in place from the memory map.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Buffer::Mapped { .. })
+    }
+}
+
+impl fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Buffer::Mapped { range, .. } => write!(f, "Mapped({range:?})"),
+            Buffer::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+        }
+    }
+}
+
+/// A view into a storage, as torch describes it: element offset, shape and element strides.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Element strides, one per dimension.
+    pub strides: Vec<usize>,
+    /// Offset of the first element, in elements.
+    pub offset: usize,
+    /// The storage's bytes, shared with every view of the same storage.
+    pub storage: Buffer,
+    /// Identifies the storage inside its file (torch storage key or safetensors name), so that
+    /// views of one storage can be recognised.
+    pub storage_key: Arc<str>,
+    /// Whether the tensor was pickled as an `nn.Parameter`.
+    pub is_parameter: bool,
+}
+
+/// Why a tensor view does not fit its storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewError(pub String);
+
+impl Tensor {
+    /// Builds a view after checking that every element it addresses lies inside the storage and
+    /// that no size computation overflows.
+    pub fn new_view(
+        dtype: DType,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+        offset: usize,
+        storage: Buffer,
+        storage_key: Arc<str>,
+    ) -> Result<Tensor, ViewError> {
+        let t = Tensor {
+            dtype,
+            shape,
+            strides,
+            offset,
+            storage,
+            storage_key,
+            is_parameter: false,
+        };
+        t.check_view()?;
+        Ok(t)
+    }
+
+    /// Checks that every element the view addresses lies inside its storage.
+    pub fn check_view(&self) -> Result<(), ViewError> {
+        let (shape, strides, offset, dtype) = (&self.shape, &self.strides, self.offset, self.dtype);
+        if shape.len() != strides.len() {
+            return Err(ViewError(format!(
+                "shape {shape:?} and stride {strides:?} differ in rank"
+            )));
+        }
+        let numel = checked_numel(shape)
+            .ok_or_else(|| ViewError(format!("shape {shape:?} overflows")))?;
+        let capacity = self.storage.len() / dtype.size();
+        if numel > 0 {
+            let mut last = offset;
+            for (&d, &s) in shape.iter().zip(strides.iter()) {
+                let span = (d - 1)
+                    .checked_mul(s)
+                    .ok_or_else(|| ViewError(format!("stride {strides:?} overflows")))?;
+                last = last
+                    .checked_add(span)
+                    .ok_or_else(|| ViewError(format!("stride {strides:?} overflows")))?;
+            }
+            if last >= capacity {
+                return Err(ViewError(format!(
+                    "view (offset {offset}, shape {shape:?}, stride {strides:?}) reaches element {last} \
+                     but the storage holds {capacity} {dtype} elements"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size of the elements in bytes (not of the storage).
+    pub fn nbytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+
+    /// Whether the elements are laid out row-major without gaps.
+    pub fn is_contiguous(&self) -> bool {
+        let mut expected = 1usize;
+        for (&d, &s) in self.shape.iter().zip(&self.strides).rev() {
+            if d != 1 && s != expected {
+                return false;
+            }
+            expected *= d;
+        }
+        true
+    }
+
+    /// The elements' bytes without copying, when the view is contiguous.
+    pub fn contiguous_bytes(&self) -> Option<&[u8]> {
+        if !self.is_contiguous() {
+            return None;
+        }
+        let start = self.offset * self.dtype.size();
+        self.storage.as_slice().get(start..start + self.nbytes())
+    }
+
+    /// The elements' bytes in row-major order: borrowed when contiguous, gathered otherwise.
+    pub fn to_contiguous_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        if let Some(b) = self.contiguous_bytes() {
+            return std::borrow::Cow::Borrowed(b);
+        }
+        let es = self.dtype.size();
+        let src = self.storage.as_slice();
+        let mut out = Vec::with_capacity(self.nbytes());
+        let mut index = vec![0usize; self.shape.len()];
+        for _ in 0..self.numel() {
+            let el: usize = self.offset
+                + index
+                    .iter()
+                    .zip(&self.strides)
+                    .map(|(i, s)| i * s)
+                    .sum::<usize>();
+            out.extend_from_slice(&src[el * es..(el + 1) * es]);
+            for d in (0..index.len()).rev() {
+                index[d] += 1;
+                if index[d] < self.shape[d] {
+                    break;
+                }
+                index[d] = 0;
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// Product of dimensions, `None` on overflow.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Row-major element strides for a shape.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1].saturating_mul(shape[i + 1]);
+    }
+    strides
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(n: usize) -> Buffer {
+        Buffer::Owned((0..n as u8).collect::<Vec<_>>().into())
+    }
+
+    #[test]
+    fn strided_view_gathers_in_row_major_order() {
+        // 2x3 u8 matrix viewed transposed (3x2, strides 1,3).
+        let t = Tensor::new_view(DType::U8, vec![3, 2], vec![1, 3], 0, owned(6), "0".into()).unwrap();
+        assert!(!t.is_contiguous());
+        assert_eq!(&*t.to_contiguous_bytes(), &[0, 3, 1, 4, 2, 5]);
+    }
+
+    #[test]
+    fn view_past_storage_end_is_rejected() {
+        let err = Tensor::new_view(DType::F32, vec![2], vec![1], 1, owned(8), "0".into());
+        assert!(err.is_err());
+        let err = Tensor::new_view(DType::U8, vec![usize::MAX, 3], vec![1, 1], 0, owned(8), "0".into());
+        assert!(err.unwrap_err().0.contains("overflows"));
+    }
+}

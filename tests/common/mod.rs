@@ -1,0 +1,101 @@
+//! Helpers shared by the integration tests: fixture paths, the expectations the generator saved
+//! from PyTorch, and running the binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A committed fixture.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// What PyTorch loaded for a fixture: `(weight set path -> names in order, facts)`.
+pub struct Expected {
+    /// Raw bytes of `expected/<name>.safetensors`.
+    pub bytes: Vec<u8>,
+    /// The JSON sidecar.
+    pub json: serde_json::Value,
+}
+
+impl Expected {
+    /// Loads `fixtures/expected/<name>.{safetensors,json}`.
+    pub fn load(name: &str) -> Expected {
+        let bytes = std::fs::read(fixture(&format!("expected/{name}.safetensors")))
+            .expect("expected tensors exist (run fixtures/generate.py)");
+        let text = std::fs::read_to_string(fixture(&format!("expected/{name}.json"))).unwrap();
+        Expected {
+            bytes,
+            json: serde_json::from_str(&text).unwrap(),
+        }
+    }
+
+    /// Weight set paths and their names in state-dict order.
+    pub fn sets(&self) -> Vec<(String, Vec<String>)> {
+        let sets = self.json["sets"].as_object().unwrap();
+        sets.iter()
+            .map(|(k, v)| {
+                let names = v
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_string())
+                    .collect();
+                (k.clone(), names)
+            })
+            .collect()
+    }
+
+    /// A fact recorded by the generator.
+    pub fn fact(&self, key: &str) -> &serde_json::Value {
+        &self.json["facts"][key]
+    }
+
+    /// The tensors, read by the `safetensors` crate directly (not by fuse-ema's reader).
+    pub fn tensors(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).unwrap()
+    }
+}
+
+/// The dtype name fuse-ema uses for a safetensors dtype.
+pub fn dtype_name(d: safetensors::Dtype) -> &'static str {
+    use safetensors::Dtype as D;
+    match d {
+        D::F64 => "f64",
+        D::F32 => "f32",
+        D::F16 => "f16",
+        D::BF16 => "bf16",
+        D::I64 => "i64",
+        D::I32 => "i32",
+        D::I16 => "i16",
+        D::I8 => "i8",
+        D::U8 => "u8",
+        D::BOOL => "bool",
+        D::U16 => "u16",
+        D::U32 => "u32",
+        D::U64 => "u64",
+        _ => "other",
+    }
+}
+
+/// Runs the binary with arguments.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fuse-ema"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// Runs the binary and parses its stdout as JSON.
+pub fn run_json(args: &[&str]) -> (i32, serde_json::Value) {
+    let out = run(args);
+    let code = out.status.code().expect("exited, not killed by a signal");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, v)
+}
