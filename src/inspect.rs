@@ -107,7 +107,11 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool) -> Result<Report, ModuleError> {
         .weight_sets()?
         .into_iter()
         .map(|s| SetReport {
-            source: if s.class.is_some() { "module" } else { "tensor-dict" },
+            source: if s.class.is_some() {
+                "module"
+            } else {
+                "tensor-dict"
+            },
             stats: s.stats(),
             path: s.path,
             class: s.class,

@@ -255,8 +255,8 @@ impl Tensor {
                 "shape {shape:?} and stride {strides:?} differ in rank"
             )));
         }
-        let numel = checked_numel(shape)
-            .ok_or_else(|| ViewError(format!("shape {shape:?} overflows")))?;
+        let numel =
+            checked_numel(shape).ok_or_else(|| ViewError(format!("shape {shape:?} overflows")))?;
         let capacity = self.storage.len() / dtype.size();
         if numel > 0 {
             let mut last = offset;
@@ -363,7 +363,8 @@ mod tests {
     #[test]
     fn strided_view_gathers_in_row_major_order() {
         // 2x3 u8 matrix viewed transposed (3x2, strides 1,3).
-        let t = Tensor::new_view(DType::U8, vec![3, 2], vec![1, 3], 0, owned(6), "0".into()).unwrap();
+        let t =
+            Tensor::new_view(DType::U8, vec![3, 2], vec![1, 3], 0, owned(6), "0".into()).unwrap();
         assert!(!t.is_contiguous());
         assert_eq!(&*t.to_contiguous_bytes(), &[0, 3, 1, 4, 2, 5]);
     }
@@ -372,7 +373,14 @@ mod tests {
     fn view_past_storage_end_is_rejected() {
         let err = Tensor::new_view(DType::F32, vec![2], vec![1], 1, owned(8), "0".into());
         assert!(err.is_err());
-        let err = Tensor::new_view(DType::U8, vec![usize::MAX, 3], vec![1, 1], 0, owned(8), "0".into());
+        let err = Tensor::new_view(
+            DType::U8,
+            vec![usize::MAX, 3],
+            vec![1, 1],
+            0,
+            owned(8),
+            "0".into(),
+        );
         assert!(err.unwrap_err().0.contains("overflows"));
     }
 }

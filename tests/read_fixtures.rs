@@ -13,16 +13,24 @@ fn check(file: &str, expected: &str, format: Format) {
     let tensors = exp.tensors();
     let sets = ckpt.weight_sets().unwrap();
     for (path, names) in exp.sets() {
-        let set = sets
-            .iter()
-            .find(|s| s.path == path)
-            .unwrap_or_else(|| panic!("{file}: no weight set '{path}' among {:?}",
-                sets.iter().map(|s| &s.path).collect::<Vec<_>>()));
+        let set = sets.iter().find(|s| s.path == path).unwrap_or_else(|| {
+            panic!(
+                "{file}: no weight set '{path}' among {:?}",
+                sets.iter().map(|s| &s.path).collect::<Vec<_>>()
+            )
+        });
         let ours: Vec<&str> = set.tensors.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(ours, names, "{file}: '{path}' names and order differ from state_dict()");
+        assert_eq!(
+            ours, names,
+            "{file}: '{path}' names and order differ from state_dict()"
+        );
         for (name, t) in &set.tensors {
             let want = tensors.tensor(&format!("{path}/{name}")).unwrap();
-            assert_eq!(t.dtype.name(), dtype_name(want.dtype()), "{file}: {path}/{name} dtype");
+            assert_eq!(
+                t.dtype.name(),
+                dtype_name(want.dtype()),
+                "{file}: {path}/{name} dtype"
+            );
             assert_eq!(t.shape, want.shape(), "{file}: {path}/{name} shape");
             assert!(
                 *t.to_contiguous_bytes() == *want.data(),
@@ -59,12 +67,20 @@ fn legacy_torch_format() {
 
 #[test]
 fn safetensors_file() {
-    check("ema-prefixed.safetensors", "ema-prefixed", Format::Safetensors);
+    check(
+        "ema-prefixed.safetensors",
+        "ema-prefixed",
+        Format::Safetensors,
+    );
 }
 
 #[test]
 fn sharded_safetensors_by_index_and_by_folder() {
-    check("sharded/model.safetensors.index.json", "sharded", Format::SafetensorsSharded);
+    check(
+        "sharded/model.safetensors.index.json",
+        "sharded",
+        Format::SafetensorsSharded,
+    );
     check("sharded", "sharded", Format::SafetensorsSharded);
 }
 
@@ -84,7 +100,10 @@ fn views_share_one_storage_and_read_in_place() {
     let offset = set.get("offset").unwrap();
     assert_eq!(t.storage_key, base.storage_key);
     assert_eq!(strided.storage_key, base.storage_key);
-    assert_eq!((t.strides.as_slice(), t.is_contiguous()), (&[1, 6][..], false));
+    assert_eq!(
+        (t.strides.as_slice(), t.is_contiguous()),
+        (&[1, 6][..], false)
+    );
     assert_eq!(offset.offset, 12);
     // Stored zip entries are views into the memory map: zero copies.
     assert!(base.storage.is_mapped());

@@ -70,7 +70,11 @@ const DANGEROUS_NAMES: &[(&str, &str, &str)] = &[
     ("operator", "itemgetter", "gadget for chained calls"),
     ("functools", "partial", "gadget for chained calls"),
     ("torch", "load", "loads another file with pickle"),
-    ("torch.serialization", "load", "loads another file with pickle"),
+    (
+        "torch.serialization",
+        "load",
+        "loads another file with pickle",
+    ),
     ("torch.hub", "load", "downloads and runs code"),
     ("torch.hub", "load_state_dict_from_url", "downloads files"),
     ("numpy", "load", "loads another file with pickle"),

@@ -10,14 +10,22 @@ use super::value::{Graph, Node, Value};
 /// Containers deeper than this, or longer than [`MAX_ITEMS`], are summarised, not expanded.
 const MAX_JSON_DEPTH: usize = 6;
 const MAX_ITEMS: usize = 256;
+/// Values emitted for one conversion at most: shared references (a memo bomb) cannot make the
+/// output grow beyond this however they are arranged.
+const MAX_EMITTED: usize = 20_000;
 
 /// Converts a value to JSON: scalars as themselves, containers expanded up to a bounded depth and
 /// size, tensors and objects as short descriptions.
 pub fn to_json(graph: &Graph, v: &Value) -> Json {
-    to_json_at(graph, v, 0)
+    let mut budget = MAX_EMITTED;
+    to_json_at(graph, v, 0, &mut budget)
 }
 
-fn to_json_at(graph: &Graph, v: &Value, depth: usize) -> Json {
+fn to_json_at(graph: &Graph, v: &Value, depth: usize, budget: &mut usize) -> Json {
+    if *budget == 0 {
+        return json!("<truncated>");
+    }
+    *budget -= 1;
     match v {
         Value::None => Json::Null,
         Value::Bool(b) => json!(b),
@@ -32,11 +40,19 @@ fn to_json_at(graph: &Graph, v: &Value, depth: usize) -> Json {
                 return json!(format!("<{}>", node.kind()));
             }
             match node {
-                Node::Tuple(items) | Node::List(items) | Node::Set(items) | Node::FrozenSet(items) => {
+                Node::Tuple(items)
+                | Node::List(items)
+                | Node::Set(items)
+                | Node::FrozenSet(items) => {
                     if items.len() > MAX_ITEMS {
                         return json!(format!("<{} of {} items>", node.kind(), items.len()));
                     }
-                    Json::Array(items.iter().map(|i| to_json_at(graph, i, depth + 1)).collect())
+                    Json::Array(
+                        items
+                            .iter()
+                            .map(|i| to_json_at(graph, i, depth + 1, budget))
+                            .collect(),
+                    )
                 }
                 Node::Dict(entries) => {
                     if entries.len() > MAX_ITEMS {
@@ -44,17 +60,18 @@ fn to_json_at(graph: &Graph, v: &Value, depth: usize) -> Json {
                     }
                     let mut m = Map::new();
                     for (k, val) in entries {
-                        m.insert(super::sets::key_text(k), to_json_at(graph, val, depth + 1));
+                        m.insert(
+                            super::sets::key_text(k),
+                            to_json_at(graph, val, depth + 1, budget),
+                        );
                     }
                     Json::Object(m)
                 }
                 Node::Bytes(b) => json!(format!("<{} bytes>", b.len())),
                 Node::Global(g) => json!(format!("<global {}>", g.dotted())),
                 Node::Tensor(t) | Node::Storage(t) => {
-                    if t.numel() == 1 {
-                        if let Some(x) = crate::convert::scalar_f64(t) {
-                            return json!(x);
-                        }
+                    if let Some(x) = crate::convert::scalar_f64(t) {
+                        return json!(x);
                     }
                     json!(format!("<tensor {} {:?}>", t.dtype, t.shape))
                 }
@@ -65,7 +82,10 @@ fn to_json_at(graph: &Graph, v: &Value, depth: usize) -> Json {
                     {
                         let mut m = Map::new();
                         for (k, val) in attrs.iter().take(MAX_ITEMS) {
-                            m.insert(super::sets::key_text(k), to_json_at(graph, val, depth + 1));
+                            m.insert(
+                                super::sets::key_text(k),
+                                to_json_at(graph, val, depth + 1, budget),
+                            );
                         }
                         return Json::Object(m);
                     }
@@ -100,7 +120,8 @@ pub fn framework(ckpt: &Checkpoint) -> Option<&'static str> {
         return Some("lightning");
     }
     if let Some(meta) = g.dict_get(&ckpt.root, "meta")
-        && (g.dict_get(meta, "mmengine_version").is_some() || g.dict_get(meta, "mmcv_version").is_some())
+        && (g.dict_get(meta, "mmengine_version").is_some()
+            || g.dict_get(meta, "mmcv_version").is_some())
     {
         return Some("mmengine");
     }
@@ -131,7 +152,16 @@ pub fn metadata(ckpt: &Checkpoint) -> Map<String, Json> {
     }
     if let Some(args) = g.dict_get(&ckpt.root, "train_args") {
         let full = to_json(g, args);
-        let keys = ["task", "mode", "model", "data", "epochs", "imgsz", "batch", "optimizer"];
+        let keys = [
+            "task",
+            "mode",
+            "model",
+            "data",
+            "epochs",
+            "imgsz",
+            "batch",
+            "optimizer",
+        ];
         let summary: Map<String, Json> = keys
             .iter()
             .filter_map(|k| full.get(*k).map(|v| (k.to_string(), v.clone())))

@@ -7,6 +7,12 @@ use super::value::{Graph, Node, NodeId, Value};
 
 /// How deep module trees may nest before the file is considered hostile.
 pub const MAX_MODULE_DEPTH: usize = 256;
+/// Module visits while flattening, at most. A module shared under several names is visited once
+/// per name (as torch does), so a hostile file sharing modules level after level could otherwise
+/// demand exponentially many.
+pub const MAX_MODULE_VISITS: usize = 1_000_000;
+/// State dict entries at most (real models have thousands).
+pub const MAX_ENTRIES: usize = 2_000_000;
 
 /// Why a module could not be flattened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +74,8 @@ fn non_persistent(graph: &Graph, v: &Value) -> Vec<String> {
 pub fn state_dict(graph: &Graph, v: &Value) -> Result<Vec<(String, Value)>, ModuleError> {
     let mut out = Vec::new();
     let mut path: Vec<NodeId> = Vec::new();
-    walk(graph, v, "", &mut out, &mut path)?;
+    let mut visits = 0usize;
+    walk(graph, v, "", &mut out, &mut path, &mut visits)?;
     Ok(out)
 }
 
@@ -78,7 +85,14 @@ fn walk(
     prefix: &str,
     out: &mut Vec<(String, Value)>,
     path: &mut Vec<NodeId>,
+    visits: &mut usize,
 ) -> Result<(), ModuleError> {
+    *visits += 1;
+    if *visits > MAX_MODULE_VISITS {
+        return Err(ModuleError(format!(
+            "more than {MAX_MODULE_VISITS} module visits (modules shared under many names)"
+        )));
+    }
     let id = v
         .node()
         .ok_or_else(|| ModuleError(format!("'{prefix}' is not a module")))?;
@@ -112,11 +126,16 @@ fn walk(
                     "{attr} entry '{prefix}{name}' is not a tensor"
                 )));
             }
+            if out.len() >= MAX_ENTRIES {
+                return Err(ModuleError(format!(
+                    "state dict larger than {MAX_ENTRIES} entries"
+                )));
+            }
             out.push((format!("{prefix}{name}"), t.clone()));
         }
     }
     for (name, child) in children(graph, v) {
-        walk(graph, child, &format!("{prefix}{name}."), out, path)?;
+        walk(graph, child, &format!("{prefix}{name}."), out, path, visits)?;
     }
     path.pop();
     Ok(())
@@ -137,28 +156,35 @@ pub struct TreeNode {
 
 /// The module tree below `v` (depth-limited; a cycle ends the branch).
 pub fn tree(graph: &Graph, v: &Value, name: &str) -> TreeNode {
-    tree_at(graph, v, name, 0)
+    let mut budget = MAX_TREE_NODES;
+    tree_at(graph, v, name, 0, &mut budget)
 }
 
-fn tree_at(graph: &Graph, v: &Value, name: &str, depth: usize) -> TreeNode {
+/// Nodes a module tree shows at most.
+const MAX_TREE_NODES: usize = 100_000;
+
+fn tree_at(graph: &Graph, v: &Value, name: &str, depth: usize, budget: &mut usize) -> TreeNode {
+    *budget = budget.saturating_sub(1);
     let own = ["_parameters", "_buffers"]
         .iter()
         .filter_map(|a| graph.attr(v, a).and_then(|d| graph.dict(d)))
         .map(|d| d.iter().filter(|(_, t)| graph.tensor(t).is_some()).count())
         .sum();
-    let children = if depth < MAX_MODULE_DEPTH {
-        children(graph, v)
-            .into_iter()
-            .filter(|(_, c)| is_module(graph, c))
-            .map(|(n, c)| tree_at(graph, c, n, depth + 1))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let mut kids = Vec::new();
+    if depth < MAX_MODULE_DEPTH {
+        for (n, c) in children(graph, v) {
+            if *budget == 0 {
+                break;
+            }
+            if is_module(graph, c) {
+                kids.push(tree_at(graph, c, n, depth + 1, budget));
+            }
+        }
+    }
     TreeNode {
         name: name.to_string(),
         class: class_name(graph, v).unwrap_or_else(|| "?".into()),
         tensors: own,
-        children,
+        children: kids,
     }
 }

@@ -66,7 +66,13 @@ pub fn inspect_text(r: &Report) -> String {
     if c.compressed_storages > 0 {
         facts.push(format!("{} compressed storages", c.compressed_storages));
     }
-    let _ = writeln!(o, "{}: {}, {}", r.file, facts.join(", "), bytes(c.file_size));
+    let _ = writeln!(
+        o,
+        "{}: {}, {}",
+        r.file,
+        facts.join(", "),
+        bytes(c.file_size)
+    );
 
     if !r.metadata.is_empty() {
         let _ = writeln!(o, "metadata:");
@@ -85,7 +91,13 @@ pub fn inspect_text(r: &Report) -> String {
     }
 
     let _ = writeln!(o, "entries:");
-    let width = r.entries.iter().map(|e| e.key.len()).max().unwrap_or(0).max(6);
+    let width = r
+        .entries
+        .iter()
+        .map(|e| e.key.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     for e in &r.entries {
         let key = if e.key.is_empty() { "(root)" } else { &e.key };
         let what = match &e.kind {

@@ -41,7 +41,8 @@ fn add_tensors(
     entries: &mut Vec<(Value, Value)>,
     wanted: Option<&[&str]>,
 ) -> Result<BTreeMap<String, String>, ReadError> {
-    let (n, meta) = safetensors::SafeTensors::read_metadata(map).map_err(|e| st_err(path, e.to_string()))?;
+    let (n, meta) =
+        safetensors::SafeTensors::read_metadata(map).map_err(|e| st_err(path, e.to_string()))?;
     let data_start = 8 + n;
     // The writer's order is the data-offset order; an index only says which file holds what.
     let mut names = meta.offset_keys();
@@ -57,16 +58,27 @@ fn add_tensors(
     }
     for name in names {
         let ti = meta.info(&name).expect("name comes from the header");
-        let dtype = DType::from_safetensors(ti.dtype)
-            .ok_or_else(|| st_err(path, format!("tensor '{name}' has unsupported dtype {:?}", ti.dtype)))?;
+        let dtype = DType::from_safetensors(ti.dtype).ok_or_else(|| {
+            st_err(
+                path,
+                format!("tensor '{name}' has unsupported dtype {:?}", ti.dtype),
+            )
+        })?;
         let (a, b) = ti.data_offsets;
         let buffer = Buffer::Mapped {
             map: map.clone(),
             range: data_start + a..data_start + b,
         };
         let strides = crate::tensor::contiguous_strides(&ti.shape);
-        let t = Tensor::new_view(dtype, ti.shape.clone(), strides, 0, buffer, name.as_str().into())
-            .map_err(|e| st_err(path, format!("tensor '{name}': {}", e.0)))?;
+        let t = Tensor::new_view(
+            dtype,
+            ti.shape.clone(),
+            strides,
+            0,
+            buffer,
+            name.as_str().into(),
+        )
+        .map_err(|e| st_err(path, format!("tensor '{name}': {}", e.0)))?;
         let v = graph.add(Node::Tensor(t));
         entries.push((Value::Str(name.into()), v));
     }
@@ -83,7 +95,11 @@ pub fn open_sharded_dir(dir: &Path) -> Result<Checkpoint, ReadError> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| ReadError::new(dir, e))? {
         let p = e.map_err(|e| ReadError::new(dir, e))?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
         if name.ends_with(".safetensors.index.json") {
             indexes.push(p);
         } else if name.ends_with(".safetensors") {
@@ -116,8 +132,8 @@ pub fn open_sharded(index: &Path) -> Result<Checkpoint, ReadError> {
     if text.len() > 64 << 20 {
         return Err(st_err(index, "index larger than 64 MiB"));
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| st_err(index, format!("index is not JSON: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| st_err(index, format!("index is not JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -126,9 +142,12 @@ pub fn open_sharded(index: &Path) -> Result<Checkpoint, ReadError> {
     // Shard name -> tensor names, in index order within each shard.
     let mut by_shard: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (name, shard) in map {
-        let shard = shard
-            .as_str()
-            .ok_or_else(|| st_err(index, format!("weight_map entry '{name}' is not a file name")))?;
+        let shard = shard.as_str().ok_or_else(|| {
+            st_err(
+                index,
+                format!("weight_map entry '{name}' is not a file name"),
+            )
+        })?;
         if shard.contains('/') || shard.contains('\\') || shard == ".." || shard.is_empty() {
             return Err(st_err(
                 index,
@@ -151,7 +170,10 @@ pub fn open_sharded(index: &Path) -> Result<Checkpoint, ReadError> {
             if let Some(other) = seen.insert(k.clone(), path.clone()) {
                 return Err(st_err(
                     index,
-                    format!("tensor '{k}' appears in both {} and {shard}", other.display()),
+                    format!(
+                        "tensor '{k}' appears in both {} and {shard}",
+                        other.display()
+                    ),
                 ));
             }
         }

@@ -45,10 +45,11 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
     let mut pos = 0usize;
     let mut scratch = Graph::new();
     let next = |name: &str, graph: &mut Graph, loader: &mut dyn PersistentLoad, pos: &mut usize| {
-        let (v, used) = pickle::unpickle(&map[*pos..], graph, loader, &limits).map_err(|mut e| {
-            e.offset += *pos;
-            pickle_err(name, e)
-        })?;
+        let (v, used) =
+            pickle::unpickle(&map[*pos..], graph, loader, &limits).map_err(|mut e| {
+                e.offset += *pos;
+                pickle_err(name, e)
+            })?;
         *pos += used;
         Ok::<Value, ReadError>(v)
     };
@@ -66,11 +67,24 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
     }
 
     let (mut graph, mut info) = new_parts(Format::TorchLegacy, map.len() as u64);
-    let magic = next("magic number", &mut scratch, &mut NoPersistentLoad, &mut pos)?;
+    let magic = next(
+        "magic number",
+        &mut scratch,
+        &mut NoPersistentLoad,
+        &mut pos,
+    )?;
     if magic != Value::BigInt(MAGIC_DECIMAL.into()) {
-        return Err(ReadError::new(path, ReadErrorKind::NotACheckpoint("bad magic number".into())));
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::NotACheckpoint("bad magic number".into()),
+        ));
     }
-    let version = next("protocol version", &mut scratch, &mut NoPersistentLoad, &mut pos)?;
+    let version = next(
+        "protocol version",
+        &mut scratch,
+        &mut NoPersistentLoad,
+        &mut pos,
+    )?;
     if version.as_int() != Some(PROTOCOL_VERSION) {
         return Err(ReadError::new(
             path,
@@ -92,7 +106,12 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
     let mut storages = LegacyStorages::default();
     let root = next("main pickle", &mut graph, &mut storages, &mut pos)?;
     graph.defer_view_checks = false;
-    let keys_value = next("storage key list", &mut scratch, &mut NoPersistentLoad, &mut pos)?;
+    let keys_value = next(
+        "storage key list",
+        &mut scratch,
+        &mut NoPersistentLoad,
+        &mut pos,
+    )?;
     let keys: Vec<String> = scratch
         .seq(&keys_value)
         .ok_or_else(|| storage_err(path, "the storage key list is not a list".into()))?
@@ -104,10 +123,16 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
     let mut located: HashMap<&str, Buffer> = HashMap::new();
     for key in &keys {
         let dtype = *storages.dtypes.get(key).ok_or_else(|| {
-            storage_err(path, format!("storage '{key}' is listed but never referenced"))
+            storage_err(
+                path,
+                format!("storage '{key}' is listed but never referenced"),
+            )
         })?;
         let head = map.get(pos..pos + 8).ok_or_else(|| {
-            storage_err(path, format!("truncated at offset {pos}: storage '{key}' is missing"))
+            storage_err(
+                path,
+                format!("truncated at offset {pos}: storage '{key}' is missing"),
+            )
         })?;
         let numel = i64::from_le_bytes(head.try_into().expect("8 bytes"));
         let len = usize::try_from(numel)
@@ -125,14 +150,23 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
                 )
             })?;
         let start = pos + 8;
-        located.insert(key, Buffer::Mapped { map: map.clone(), range: start..start + len });
+        located.insert(
+            key,
+            Buffer::Mapped {
+                map: map.clone(),
+                range: start..start + len,
+            },
+        );
         pos = start + len;
     }
 
     for node in graph.nodes_mut() {
         if let Node::Storage(t) | Node::Tensor(t) = node {
             let buffer = located.get(&*t.storage_key).ok_or_else(|| {
-                storage_err(path, format!("storage '{}' has no bytes in the file", t.storage_key))
+                storage_err(
+                    path,
+                    format!("storage '{}' has no bytes in the file", t.storage_key),
+                )
             })?;
             t.storage = buffer.clone();
             if let Node::Storage(t) = node {
@@ -143,7 +177,10 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
     for node in graph.nodes_mut() {
         if let Node::Tensor(t) = node {
             t.check_view().map_err(|e| {
-                storage_err(path, format!("tensor on storage '{}': {}", t.storage_key, e.0))
+                storage_err(
+                    path,
+                    format!("tensor on storage '{}': {}", t.storage_key, e.0),
+                )
             })?;
         }
     }
@@ -168,17 +205,28 @@ struct LegacyStorages {
 
 impl PersistentLoad for LegacyStorages {
     fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, String> {
-        let fields = graph.seq(pid).ok_or("persistent id is not a tuple")?.to_vec();
+        let fields = graph
+            .seq(pid)
+            .ok_or("persistent id is not a tuple")?
+            .to_vec();
         let [kind, ty, key, _loc, _numel, view] = fields.as_slice() else {
-            return Err(format!("persistent id with {} fields, expected 6", fields.len()));
+            return Err(format!(
+                "persistent id with {} fields, expected 6",
+                fields.len()
+            ));
         };
         if kind.as_str() != Some("storage") {
-            return Err(format!("persistent id of kind {kind:?}, expected 'storage'"));
+            return Err(format!(
+                "persistent id of kind {kind:?}, expected 'storage'"
+            ));
         }
         if *view != Value::None {
             return Err("storage views (torch < 0.4) are not supported".into());
         }
-        let key = key.as_str().ok_or("storage key is not a string")?.to_string();
+        let key = key
+            .as_str()
+            .ok_or("storage key is not a string")?
+            .to_string();
         if let Some(v) = self.nodes.get(&key) {
             return Ok(v.clone());
         }

@@ -58,13 +58,18 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
 
     let (mut graph, mut info) = new_parts(Format::TorchZip, map.len() as u64);
     info.record = Some(record.clone());
-    info.torchscript = entries.keys().any(|n| n.starts_with(&format!("{record}code/")));
+    info.torchscript = entries
+        .keys()
+        .any(|n| n.starts_with(&format!("{record}code/")));
     let small = |name: &str| -> Result<Option<String>, ReadError> {
         match entries.get(&format!("{record}{name}")) {
             None => Ok(None),
             Some(e) => {
-                let b = entry_bytes(&map, e, 4096).map_err(|m| zip_err(format!("{record}{name}: {m}")))?;
-                Ok(Some(String::from_utf8_lossy(b.as_slice()).trim().to_string()))
+                let b = entry_bytes(&map, e, 4096)
+                    .map_err(|m| zip_err(format!("{record}{name}: {m}")))?;
+                Ok(Some(
+                    String::from_utf8_lossy(b.as_slice()).trim().to_string(),
+                ))
             }
         }
     };
@@ -93,14 +98,14 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
     };
     let (root, _) = pickle::unpickle(pkl.as_slice(), &mut graph, &mut loader, &Limits::default())
         .map_err(|source| {
-            ReadError::new(
-                path,
-                ReadErrorKind::Pickle {
-                    entry: pkl_name.clone(),
-                    source,
-                },
-            )
-        })?;
+        ReadError::new(
+            path,
+            ReadErrorKind::Pickle {
+                entry: pkl_name.clone(),
+                source,
+            },
+        )
+    })?;
     info.compressed_storages = loader.compressed;
     Ok(Checkpoint {
         path: path.to_path_buf(),
@@ -126,7 +131,9 @@ fn directory(map: &[u8]) -> Result<HashMap<String, Entry>, String> {
     }
     let mut out = HashMap::with_capacity(archive.len());
     for i in 0..archive.len() {
-        let f = archive.by_index_raw(i).map_err(|e| format!("entry {i}: {e}"))?;
+        let f = archive
+            .by_index_raw(i)
+            .map_err(|e| format!("entry {i}: {e}"))?;
         let name = f.name().map_err(|e| format!("entry {i}: {e}"))?.to_string();
         let data_start = f
             .data_start()
@@ -141,7 +148,9 @@ fn directory(map: &[u8]) -> Result<HashMap<String, Entry>, String> {
             ));
         }
         if f.encrypted() {
-            return Err(format!("{name}: encrypted entries are not torch checkpoints"));
+            return Err(format!(
+                "{name}: encrypted entries are not torch checkpoints"
+            ));
         }
         out.insert(
             name,
@@ -175,7 +184,10 @@ fn entry_bytes(map: &Arc<Mmap>, e: &Entry, limit: usize) -> Result<Buffer, Strin
         }
         CompressionMethod::Deflated => {
             if e.size > limit {
-                return Err(format!("declares {} bytes, more than {limit} expected", e.size));
+                return Err(format!(
+                    "declares {} bytes, more than {limit} expected",
+                    e.size
+                ));
             }
             // Never trust the declared size for more than the allocation: read one byte past it to
             // catch a bomb that claims to be small.
@@ -210,15 +222,23 @@ struct ZipStorages<'a> {
 
 impl PersistentLoad for ZipStorages<'_> {
     fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, String> {
-        let fields = graph.seq(pid).ok_or("persistent id is not a tuple")?.to_vec();
+        let fields = graph
+            .seq(pid)
+            .ok_or("persistent id is not a tuple")?
+            .to_vec();
         let (kind, ty, key, numel) = match fields.as_slice() {
             [k, t, key, _loc, n, ..] => (k, t, key, n),
             _ => return Err(format!("persistent id with {} fields", fields.len())),
         };
         if kind.as_str() != Some("storage") {
-            return Err(format!("persistent id of kind {kind:?}, expected 'storage'"));
+            return Err(format!(
+                "persistent id of kind {kind:?}, expected 'storage'"
+            ));
         }
-        let key = key.as_str().ok_or("storage key is not a string")?.to_string();
+        let key = key
+            .as_str()
+            .ok_or("storage key is not a string")?
+            .to_string();
         if let Some(v) = self.cache.get(&key) {
             return Ok(v.clone());
         }
@@ -228,10 +248,9 @@ impl PersistentLoad for ZipStorages<'_> {
             .and_then(|n| usize::try_from(n).ok())
             .ok_or("storage size is negative or not an integer")?;
         let name = format!("{}data/{key}", self.record);
-        let entry = self
-            .entries
-            .get(&name)
-            .ok_or_else(|| format!("data.pkl references storage '{key}' but the archive has no {name}"))?;
+        let entry = self.entries.get(&name).ok_or_else(|| {
+            format!("data.pkl references storage '{key}' but the archive has no {name}")
+        })?;
         let need = numel
             .checked_mul(dtype.size())
             .ok_or_else(|| format!("storage '{key}' size overflows"))?;
@@ -241,7 +260,8 @@ impl PersistentLoad for ZipStorages<'_> {
                 entry.size
             ));
         }
-        let buffer = entry_bytes(self.map, entry, usize::MAX).map_err(|m| format!("{name}: {m}"))?;
+        let buffer =
+            entry_bytes(self.map, entry, usize::MAX).map_err(|m| format!("{name}: {m}"))?;
         if !buffer.is_mapped() {
             self.compressed += 1;
         }

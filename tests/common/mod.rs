@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 
 /// A committed fixture.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// What PyTorch loaded for a fixture: `(weight set path -> names in order, facts)`.

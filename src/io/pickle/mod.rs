@@ -23,7 +23,8 @@ pub struct Limits {
     pub max_ops: u64,
     /// Graph nodes created at most.
     pub max_nodes: usize,
-    /// Values held in containers and on the stack at most.
+    /// Values pushed or stored, counted cumulatively, at most: bounds memory whatever the mix of
+    /// opcodes (real checkpoints push a few dozen per tensor).
     pub max_values: usize,
     /// Open MARKs (container nesting) at most.
     pub max_depth: usize,

@@ -81,7 +81,10 @@ pub fn construct(
         }
         ("_codecs", "encode") => {
             // Protocol 2 stores bytes as _codecs.encode(latin-1 text, 'latin1').
-            let s = args.first().and_then(Value::as_str).ok_or("encode without text")?;
+            let s = args
+                .first()
+                .and_then(Value::as_str)
+                .ok_or("encode without text")?;
             let bytes: Arc<[u8]> = s.chars().map(|c| c as u32 as u8).collect::<Vec<_>>().into();
             Ok(graph.add(Node::Bytes(bytes)))
         }

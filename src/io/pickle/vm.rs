@@ -73,7 +73,10 @@ impl<'a> Vm<'a> {
                 return Err(self.err(format!("more than {} objects", self.limits.max_nodes)));
             }
             if self.values > self.limits.max_values {
-                return Err(self.err(format!("more than {} values", self.limits.max_values)));
+                return Err(self.err(format!(
+                    "more than {} values pushed",
+                    self.limits.max_values
+                )));
             }
         }
     }
@@ -317,7 +320,9 @@ impl<'a> Vm<'a> {
                 let name = self.pop()?;
                 let module = self.pop()?;
                 match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => self.push_global(m.to_string(), n.to_string()),
+                    (Value::Str(m), Value::Str(n)) => {
+                        self.push_global(m.to_string(), n.to_string())
+                    }
                     _ => return Err("STACK_GLOBAL needs two strings".into()),
                 }
             }
@@ -353,7 +358,11 @@ impl<'a> Vm<'a> {
                 let args = self.pop()?;
                 let cls = self.pop()?;
                 let args = self.tuple_items(&args)?;
-                let kwargs = self.graph.dict(&kwargs).map(|d| d.to_vec()).unwrap_or_default();
+                let kwargs = self
+                    .graph
+                    .dict(&kwargs)
+                    .map(|d| d.to_vec())
+                    .unwrap_or_default();
                 let v = self.construct(cls, args, kwargs, true)?;
                 self.push(v);
             }
@@ -434,11 +443,15 @@ impl<'a> Vm<'a> {
     }
 
     fn pop(&mut self) -> R<Value> {
-        self.stack.pop().ok_or_else(|| "stack underflow".to_string())
+        self.stack
+            .pop()
+            .ok_or_else(|| "stack underflow".to_string())
     }
 
     fn top(&self) -> R<&Value> {
-        self.stack.last().ok_or_else(|| "stack underflow".to_string())
+        self.stack
+            .last()
+            .ok_or_else(|| "stack underflow".to_string())
     }
 
     fn pop_mark(&mut self) -> R<Vec<Value>> {
@@ -583,7 +596,7 @@ impl<'a> Vm<'a> {
 }
 
 fn pairs(items: Vec<Value>) -> R<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("odd number of items for a dict".into());
     }
     let mut out = Vec::with_capacity(items.len() / 2);
