@@ -63,6 +63,11 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>, ReadError> {
     // SAFETY: the map is read-only; a file truncated by another process while mapped would fault,
     // which is the accepted trade-off of every memory-mapped reader.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| ReadError::new(path, e))?;
+    // Opening reads a few bytes at many places (zip local headers, the pickle): random access
+    // keeps the kernel from faulting in whole read-ahead windows of tensor data around each one.
+    // Writers that stream tensors switch the advice back to sequential.
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Random);
     Ok(Arc::new(map))
 }
 

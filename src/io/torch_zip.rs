@@ -5,7 +5,7 @@
 //! memory map. A file someone re-zipped with compression is still read, by decompressing.
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ struct Entry {
 /// Reads a torch zip checkpoint.
 pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
     let zip_err = |m: String| ReadError::new(path, ReadErrorKind::Zip(m));
-    let entries = directory(&map).map_err(zip_err)?;
+    let entries = directory(path, &map).map_err(zip_err)?;
 
     let mut records: Vec<&str> = entries
         .keys()
@@ -124,8 +124,14 @@ pub(super) fn protocol_of(pkl: &[u8]) -> Option<u8> {
 }
 
 /// Lists the archive's files with the offset of their data, checked against the file's size.
-fn directory(map: &[u8]) -> Result<HashMap<String, Entry>, String> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(map)).map_err(|e| e.to_string())?;
+///
+/// The directory and local headers are read with small positioned reads, not through the map:
+/// a local header sits in front of every storage, and touching each through the map would fault
+/// tens of megabytes of tensor data into memory just to open the file.
+fn directory(path: &Path, map: &[u8]) -> Result<HashMap<String, Entry>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let reader = std::io::BufReader::with_capacity(4096, file);
+    let mut archive = zip::ZipArchive::new(reader).map_err(|e| e.to_string())?;
     if archive.has_duplicate_names() {
         return Err("the archive lists the same file name twice".into());
     }
