@@ -46,3 +46,40 @@ pub fn scalar_f64(t: &Tensor) -> Option<f64> {
     }
     to_f64_vec(t)?.first().copied()
 }
+
+/// Appends `bytes` (elements of `src`) converted to `dst` to `out`. Both must be among f64, f32,
+/// f16 and bf16; rounding is to nearest-even, as torch's `.to(dtype)` does.
+pub fn convert_float(src: DType, bytes: &[u8], dst: DType, out: &mut Vec<u8>) {
+    out.reserve(bytes.len() / src.size() * dst.size());
+    let push = |out: &mut Vec<u8>, x: f64| match dst {
+        DType::F64 => out.extend_from_slice(&x.to_le_bytes()),
+        DType::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
+        DType::F16 => out.extend_from_slice(&f16::from_f64(x).to_le_bytes()),
+        DType::BF16 => out.extend_from_slice(&bf16::from_f64(x).to_le_bytes()),
+        other => unreachable!("convert_float to {other}"),
+    };
+    // f32 -> f16/bf16 must round once from the f32 value; widening to f64 first is exact.
+    for_each_f64(src, bytes, |x| push(out, x));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_conversion_rounds_to_nearest_even() {
+        let mut out = Vec::new();
+        // 1 + 2^-11 is a tie between two f16 values; nearest-even gives 1.0.
+        let x = 1.0f32 + f32::powi(2.0, -11);
+        convert_float(DType::F32, &x.to_le_bytes(), DType::F16, &mut out);
+        assert_eq!(f16::from_le_bytes([out[0], out[1]]), f16::from_f32(1.0));
+        out.clear();
+        convert_float(
+            DType::F16,
+            &f16::from_f32(0.5).to_le_bytes(),
+            DType::BF16,
+            &mut out,
+        );
+        assert_eq!(bf16::from_le_bytes([out[0], out[1]]).to_f32(), 0.5);
+    }
+}

@@ -11,6 +11,7 @@ use crate::checkpoint::module::{self, ModuleError, TreeNode};
 use crate::checkpoint::sets::{self, EntryKind, Stats};
 use crate::checkpoint::value::{Graph, Node, NodeId, Value};
 use crate::checkpoint::{Checkpoint, FormatInfo, metadata};
+use crate::ema::{self, LayoutReport};
 use crate::tensor::Tensor;
 
 /// Version of the JSON layout; bumped on any incompatible change.
@@ -31,6 +32,11 @@ pub struct Report {
     pub metadata: Map<String, Json>,
     /// Every weight set found.
     pub weight_sets: Vec<SetReport>,
+    /// Where the EMA is, when the locator recognises the layout.
+    pub layout: Option<LayoutReport>,
+    /// Why no EMA was located, when none was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout_error: Option<String>,
     /// Every global the pickle names.
     pub globals: Vec<GlobalReport>,
     /// The dangerous ones among them.
@@ -126,8 +132,14 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool) -> Result<Report, ModuleError> {
             .map(|(k, v, _)| module::tree(g, &v, &k))
             .collect()
     });
+    let (layout, layout_error) = match ema::locate(ckpt, &ema::Selectors::default()) {
+        Ok(l) => (Some(l.report()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     Ok(Report {
         schema: SCHEMA_VERSION,
+        layout,
+        layout_error,
         file: ckpt.path.display().to_string(),
         container: ckpt.info.clone(),
         entries,

@@ -5,6 +5,9 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod convert;
+pub mod diff;
+pub mod ema;
 pub mod inspect;
 pub mod io;
 pub mod tensor;
+pub mod write;

@@ -188,6 +188,41 @@ impl Buffer {
     pub fn is_mapped(&self) -> bool {
         matches!(self, Buffer::Mapped { .. })
     }
+
+    /// Passes the bytes in `range` (relative to this buffer) to `f` in chunks. Mapped bytes are
+    /// read ahead and each chunk is dropped from this process's memory once used, so streaming a
+    /// file of any size keeps the resident set flat. Chunk sizes are multiples of 64 bytes.
+    pub fn for_each_chunk(
+        &self,
+        range: Range<usize>,
+        mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        const CHUNK: usize = 8 << 20;
+        match self {
+            Buffer::Owned(v) => f(&v[range]),
+            Buffer::Mapped { map, range: base } => {
+                let start = base.start + range.start;
+                let end = base.start + range.end;
+                let _ = map.advise_range(memmap2::Advice::Sequential, start, end - start);
+                let mut at = start;
+                while at < end {
+                    let stop = (at + CHUNK).min(end);
+                    f(&map[at..stop])?;
+                    // SAFETY: the map is a read-only shared file mapping; dropping its pages only
+                    // makes the next access fault them in again from the page cache.
+                    unsafe {
+                        let _ = map.unchecked_advise_range(
+                            memmap2::UncheckedAdvice::DontNeed,
+                            at,
+                            stop - at,
+                        );
+                    }
+                    at = stop;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Buffer {
@@ -307,6 +342,42 @@ impl Tensor {
         }
         let start = self.offset * self.dtype.size();
         self.storage.as_slice().get(start..start + self.nbytes())
+    }
+
+    /// Passes the elements' bytes in row-major order to `f`, in chunks (see
+    /// [`Buffer::for_each_chunk`]); a non-contiguous view is gathered first.
+    pub fn for_each_chunk(
+        &self,
+        f: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        if self.is_contiguous() {
+            let start = self.offset * self.dtype.size();
+            return self.storage.for_each_chunk(start..start + self.nbytes(), f);
+        }
+        let mut f = f;
+        f(&self.to_contiguous_bytes())
+    }
+
+    /// Elements `range` (row-major) as f64 into `out` (cleared first); mapped pages are released
+    /// afterwards. `false` for dtypes without a real value.
+    pub fn read_f64(&self, range: Range<usize>, out: &mut Vec<f64>) -> bool {
+        out.clear();
+        let es = self.dtype.size();
+        if self.is_contiguous() {
+            let start = (self.offset + range.start) * es;
+            let mut ok = true;
+            let _ = self
+                .storage
+                .for_each_chunk(start..start + range.len() * es, |c| {
+                    ok &= crate::convert::for_each_f64(self.dtype, c, |x| out.push(x));
+                    Ok(())
+                });
+            return ok;
+        }
+        let all = self.to_contiguous_bytes();
+        crate::convert::for_each_f64(self.dtype, &all[range.start * es..range.end * es], |x| {
+            out.push(x)
+        })
     }
 
     /// The elements' bytes in row-major order: borrowed when contiguous, gathered otherwise.

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Logic lives in the library; this module only turns
 //! arguments into calls and results into text, JSON and exit codes.
 
+mod commands;
 mod render;
 
 use std::path::PathBuf;
@@ -21,20 +22,41 @@ pub const EXIT_BAD_INPUT: i32 = 2;
     about = "Read training checkpoints safely, find the EMA weights, and ship them.",
     long_about = "Read training checkpoints safely (no pickle code ever runs), find the EMA \
                   weights, and ship them.\n\nExit codes: 0 ok, 1 a check failed, 2 bad input or usage.",
-    after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json | jq .weight_sets\n  fuse-ema inspect model.safetensors.index.json --tree"
+    after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema fold last.pt -o model.safetensors\n  fuse-ema diff last.pt --fail-above 0.05\n  fuse-ema inspect last.pt --json | jq .layout"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where the EMA and raw weights are, when the automatic search is not wanted.
+#[derive(clap::Args, Clone, Default)]
+struct SelectArgs {
+    /// Take the EMA from this weight set (`state_dict_ema`, `ema.module`) or key prefix (`model_ema.`).
+    #[arg(long, value_name = "SELECTOR")]
+    ema: Option<String>,
+    /// Take the raw weights from this weight set or key prefix.
+    #[arg(long, value_name = "SELECTOR")]
+    raw: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Show what a checkpoint holds: format, entries, metadata, weight sets, referenced globals.
+    /// Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals.
     #[command(
         after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n\nExit codes: 0 nothing dangerous, 1 the file names dangerous globals (os.system, eval, …),\n2 the file cannot be read."
     )]
     Inspect(InspectArgs),
+    /// Write the EMA weights alone, under the model's own names (.safetensors or .pt).
+    #[command(
+        after_help = "Examples:\n  fuse-ema fold last.pt -o model.safetensors\n  fuse-ema fold last.ckpt -o ema.pt --dtype f16\n  fuse-ema fold train.pth.tar -o out/model.safetensors --max-shard-size 2GB\n  fuse-ema fold ckpt.pt -o ema.safetensors --ema model_ema. --raw model.\n\nFloating tensors come from the EMA, integer buffers (num_batches_tracked) from the raw model.\nThe output is written to a temporary file and renamed: a failed run leaves nothing behind.\nExit codes: 0 written, 2 no EMA / ambiguous / unreadable input / cannot write."
+    )]
+    Fold(FoldArgs),
+    /// Measure how far the EMA has drifted from the raw weights (or one checkpoint from another).
+    #[command(
+        after_help = "Examples:\n  fuse-ema diff last.pt\n  fuse-ema diff last.pt --top 20 --plot drift.svg\n  fuse-ema diff last.pt --fail-above 0.05      # CI gate\n  fuse-ema diff new.pt --against old.pt --json\n\nPer tensor: max |Δ|, mean |Δ|, relative L2 ‖Δ‖/‖raw‖, cosine similarity (in f64).\nExit codes: 0 ok, 1 a tensor drifted above --fail-above, 2 bad input."
+    )]
+    Diff(DiffArgs),
 }
 
 #[derive(clap::Args)]
@@ -47,6 +69,52 @@ struct InspectArgs {
     /// Also print the module tree with classes.
     #[arg(long)]
     tree: bool,
+}
+
+#[derive(clap::Args)]
+struct FoldArgs {
+    /// Training checkpoint.
+    file: PathBuf,
+    /// Output: `.safetensors`, or `.pt` / `.pth` / `.bin` for a torch state dict.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Fold even when names are missing on either side or shapes differ (missing ones come from the raw model).
+    #[arg(long)]
+    allow_missing: bool,
+    /// dtype of floating tensors: keep, f32, f16, bf16.
+    #[arg(long, default_value = "keep", value_name = "DTYPE")]
+    dtype: String,
+    /// Write Hugging Face-style shards of at most this size (e.g. 2GB, 500MB) plus an index (safetensors only).
+    #[arg(long, value_name = "SIZE")]
+    max_shard_size: Option<String>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DiffArgs {
+    /// Checkpoint whose EMA is compared with its raw weights.
+    file: PathBuf,
+    /// Compare the EMA of FILE with the EMA of this checkpoint instead.
+    #[arg(long, value_name = "OTHER")]
+    against: Option<PathBuf>,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Print the full comparison as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG chart of relative drift by layer.
+    #[arg(long, value_name = "SVG")]
+    plot: Option<PathBuf>,
+    /// How many of the most drifted tensors to list.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    top: usize,
+    /// Exit 1 when any tensor's relative L2 drift is above this.
+    #[arg(long, value_name = "REL")]
+    fail_above: Option<f64>,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -63,46 +131,13 @@ pub fn run() -> i32 {
         }
     };
     match cli.command {
-        Command::Inspect(a) => inspect(a),
+        Command::Inspect(a) => commands::inspect(a),
+        Command::Fold(a) => commands::fold(a),
+        Command::Diff(a) => commands::diff(a),
     }
 }
 
 fn fail(message: impl std::fmt::Display) -> i32 {
     eprintln!("fuse-ema: error: {message}");
     EXIT_BAD_INPUT
-}
-
-fn inspect(a: InspectArgs) -> i32 {
-    let ckpt = match crate::io::open(&a.file) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let report = match crate::inspect::inspect(&ckpt, a.tree) {
-        Ok(r) => r,
-        Err(e) => return fail(format_args!("{}: {e}", a.file.display())),
-    };
-    if a.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return fail(e),
-        }
-    } else {
-        print!("{}", render::inspect_text(&report));
-    }
-    if report.dangerous.is_empty() {
-        EXIT_OK
-    } else {
-        eprintln!(
-            "fuse-ema: DANGER: {} names {} dangerous global(s): {}",
-            a.file.display(),
-            report.dangerous.len(),
-            report
-                .dangerous
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        EXIT_CHECK_FAILED
-    }
 }

@@ -138,6 +138,25 @@ pub fn inspect_text(r: &Report) -> String {
         let _ = writeln!(o, "  {path}{class}: {}", stats_text(&s.stats));
     }
 
+    match (&r.layout, &r.layout_error) {
+        (Some(l), _) => {
+            let raw = l
+                .raw
+                .as_deref()
+                .map(|r| format!(", raw in '{r}'"))
+                .unwrap_or_default();
+            let _ = writeln!(o, "EMA: {} — {}; EMA in '{}'{raw}", l.layout, l.rule, l.ema);
+        }
+        (None, Some(e)) => {
+            let short = e.split(". ").next().unwrap_or(e);
+            let _ = writeln!(
+                o,
+                "EMA: not located ({})",
+                short.rsplit(": ").next().unwrap_or(short)
+            );
+        }
+        _ => {}
+    }
     let _ = writeln!(
         o,
         "globals: {} referenced, {} dangerous",
@@ -174,4 +193,126 @@ fn tree_text(o: &mut String, t: &TreeNode, depth: usize) {
     for c in &t.children {
         tree_text(o, c, depth + 1);
     }
+}
+
+/// The `fold` summary.
+pub fn fold_text(
+    l: &crate::ema::Located,
+    r: &crate::ema::FoldReport,
+    written: &[std::path::PathBuf],
+    total: u64,
+) -> String {
+    let mut o = String::new();
+    let raw = l
+        .raw
+        .as_ref()
+        .map(|r| format!(", raw from '{}'", r.origin))
+        .unwrap_or_default();
+    let _ = writeln!(o, "layout: {} — {}", l.layout, l.rule);
+    let _ = writeln!(o, "EMA from '{}'{raw}", l.ema.origin);
+    if let Some(u) = l.updates {
+        let _ = writeln!(o, "EMA updates: {u}");
+    }
+    let _ = writeln!(
+        o,
+        "folded {} tensors: {} from the EMA, {} from the raw model",
+        r.tensors,
+        r.from_ema,
+        r.from_raw.len()
+    );
+    for (what, v) in [
+        (
+            "raw keys missing from the EMA (taken from raw)",
+            &r.raw_only,
+        ),
+        ("EMA keys with no raw counterpart (left out)", &r.ema_only),
+        ("shape mismatches (taken from raw)", &r.shape_mismatch),
+        ("dtype differences (EMA dtype kept)", &r.dtype_mismatch),
+    ] {
+        if !v.is_empty() {
+            let _ = writeln!(
+                o,
+                "  {} {what}: {}",
+                v.len(),
+                v.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    for p in written {
+        let _ = writeln!(o, "wrote {}", p.display());
+    }
+    let _ = writeln!(o, "{} in all", bytes(total));
+    o
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.3e}"))
+        .unwrap_or_else(|| "undefined".into())
+}
+
+/// The `diff` summary.
+pub fn diff_text(
+    what: &str,
+    d: &crate::diff::Drift,
+    top: usize,
+    fail_above: Option<f64>,
+    above: &[&crate::diff::TensorDrift],
+) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{what}: {} tensors compared", d.tensors.len());
+    let _ = writeln!(o, "layers (relative L2 drift, max |Δ|):");
+    for l in &d.layers {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>10}  {:.3e}  ({} tensors)",
+            l.layer,
+            opt(l.rel_l2),
+            l.max_abs,
+            l.tensors
+        );
+    }
+    let _ = writeln!(
+        o,
+        "most drifted tensors (rel L2, max |Δ|, mean |Δ|, cosine):"
+    );
+    for t in d.top(top) {
+        let _ = writeln!(
+            o,
+            "  {:<40} {:>10}  {:.3e}  {:.3e}  {}",
+            t.name,
+            opt(t.rel_l2),
+            t.max_abs,
+            t.mean_abs,
+            t.cosine
+                .map(|c| format!("{c:.6}"))
+                .unwrap_or_else(|| "undefined".into())
+        );
+    }
+    for (what, v) in [
+        ("only in the EMA", &d.only_a),
+        ("only in the reference", &d.only_b),
+        ("skipped (not float or shapes differ)", &d.skipped),
+    ] {
+        if !v.is_empty() {
+            let _ = writeln!(o, "{} {what}", v.len());
+        }
+    }
+    if let Some(limit) = fail_above {
+        if above.is_empty() {
+            let _ = writeln!(o, "PASS: no tensor drifted above {limit}");
+        } else {
+            let _ = writeln!(
+                o,
+                "FAIL: {} tensor(s) drifted above {limit}: {}",
+                above.len(),
+                above
+                    .iter()
+                    .take(10)
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    o
 }

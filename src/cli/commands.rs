@@ -1,0 +1,239 @@
+//! One function per command: call the library, render, choose the exit code.
+
+use serde_json::json;
+
+use super::{
+    DiffArgs, EXIT_CHECK_FAILED, EXIT_OK, FoldArgs, InspectArgs, SelectArgs, fail, render,
+};
+use crate::ema::{self, FoldOptions, Selectors};
+use crate::write::{self, OutDType};
+
+fn selectors(s: &SelectArgs) -> Selectors {
+    Selectors {
+        ema: s.ema.clone(),
+        raw: s.raw.clone(),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            Ok(())
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+pub(super) fn inspect(a: InspectArgs) -> i32 {
+    let ckpt = match crate::io::open(&a.file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let report = match crate::inspect::inspect(&ckpt, a.tree) {
+        Ok(r) => r,
+        Err(e) => return fail(format_args!("{}: {e}", a.file.display())),
+    };
+    if a.json {
+        if let Err(code) = print_json(&report) {
+            return code;
+        }
+    } else {
+        print!("{}", render::inspect_text(&report));
+    }
+    if report.dangerous.is_empty() {
+        return EXIT_OK;
+    }
+    let names: Vec<&str> = report.dangerous.iter().map(|d| d.name.as_str()).collect();
+    eprintln!(
+        "fuse-ema: DANGER: {} names {} dangerous global(s): {}",
+        a.file.display(),
+        names.len(),
+        names.join(", ")
+    );
+    EXIT_CHECK_FAILED
+}
+
+pub(super) fn fold(a: FoldArgs) -> i32 {
+    let Some(dtype) = OutDType::parse(&a.dtype) else {
+        return fail(format_args!(
+            "--dtype {}: expected keep, f32, f16 or bf16",
+            a.dtype
+        ));
+    };
+    let max_shard = match &a.max_shard_size {
+        None => None,
+        Some(s) => match write::parse_size(s) {
+            Some(n) => Some(n),
+            None => {
+                return fail(format_args!(
+                    "--max-shard-size {s}: expected a size such as 2GB or 500MB"
+                ));
+            }
+        },
+    };
+    let ext = a
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let torch_out = matches!(ext.as_str(), "pt" | "pth" | "bin");
+    if !torch_out && ext != "safetensors" {
+        return fail(format_args!(
+            "{}: output must end in .safetensors, .pt, .pth or .bin",
+            a.output.display()
+        ));
+    }
+    if torch_out && max_shard.is_some() {
+        return fail("--max-shard-size writes safetensors shards; use a .safetensors output");
+    }
+    let ckpt = match crate::io::open(&a.file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let located = match ema::locate(&ckpt, &selectors(&a.select)) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let folded = match ema::fold(
+        &located,
+        &a.file,
+        FoldOptions {
+            allow_missing: a.allow_missing,
+        },
+    ) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let inputs = [a.file.as_path()];
+    let written = if torch_out {
+        write::torch_zip::write(&a.output, &inputs, &folded.tensors, dtype)
+            .map(|()| vec![a.output.clone()])
+    } else {
+        let meta = located.output_metadata(&a.file);
+        write::safetensors::write(&a.output, &inputs, &folded.tensors, dtype, &meta, max_shard)
+    };
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    let bytes: u64 = written
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    if a.json {
+        let v = json!({
+            "file": a.file.display().to_string(),
+            "layout": located.report(),
+            "fold": folded.report,
+            "outputs": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "bytes": bytes,
+        });
+        if let Err(code) = print_json(&v) {
+            return code;
+        }
+    } else {
+        print!(
+            "{}",
+            render::fold_text(&located, &folded.report, &written, bytes)
+        );
+    }
+    EXIT_OK
+}
+
+pub(super) fn diff(a: DiffArgs) -> i32 {
+    let sel = selectors(&a.select);
+    let ckpt = match crate::io::open(&a.file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let located = match ema::locate(&ckpt, &sel) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let (subject, reference, what) = match &a.against {
+        Some(other) => {
+            let other_ckpt = match crate::io::open(other) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let other_l = match ema::locate(&other_ckpt, &Selectors::default()) {
+                Ok(l) => l,
+                Err(e) => return fail(e),
+            };
+            let what = format!("EMA of {} vs EMA of {}", a.file.display(), other.display());
+            (located.ema.tensors.clone(), other_l.ema.tensors, what)
+        }
+        None => match &located.raw {
+            Some(raw) => (
+                located.ema.tensors.clone(),
+                raw.tensors.clone(),
+                format!(
+                    "EMA ({}) vs raw ({}) of {}",
+                    located.ema.origin,
+                    raw.origin,
+                    a.file.display()
+                ),
+            ),
+            None => {
+                return fail(format_args!(
+                    "{}: has no raw weights to compare the EMA with ({}); use --against OTHER",
+                    a.file.display(),
+                    if located.stripped {
+                        "stripped checkpoint"
+                    } else {
+                        "EMA only"
+                    }
+                ));
+            }
+        },
+    };
+    let drift = crate::diff::diff(&subject, &reference);
+    if let Some(svg) = &a.plot {
+        let text = crate::diff::svg::chart(&drift, &what);
+        let mut f = match write::AtomicFile::create(svg, &[a.file.as_path()]) {
+            Ok(f) => f,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = std::io::Write::write_all(f.file(), text.as_bytes()) {
+            return fail(format_args!("{}: {e}", svg.display()));
+        }
+        if let Err(e) = f.commit() {
+            return fail(e);
+        }
+    }
+    let above = a.fail_above.map(|l| drift.above(l)).unwrap_or_default();
+    if a.json {
+        let v = json!({
+            "compared": what,
+            "layout": located.report(),
+            "summary": {
+                "tensors": drift.tensors.len(),
+                "max_rel_l2": drift.tensors.iter().filter_map(|t| t.rel_l2).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
+                "fail_above": a.fail_above,
+                "above": above.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            },
+            "top": drift.top(a.top),
+            "layers": drift.layers,
+            "tensors": drift.tensors,
+            "only_ema": drift.only_a,
+            "only_reference": drift.only_b,
+            "skipped": drift.skipped,
+        });
+        if let Err(code) = print_json(&v) {
+            return code;
+        }
+    } else {
+        print!(
+            "{}",
+            render::diff_text(&what, &drift, a.top, a.fail_above, &above)
+        );
+    }
+    if above.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_CHECK_FAILED
+    }
+}

@@ -1,0 +1,211 @@
+//! Drift between two sets of weights (EMA vs raw, or one checkpoint against another): per-tensor
+//! statistics accumulated in f64, per-layer summaries, and the most drifted tensors.
+
+pub mod svg;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::ema::Named;
+
+/// Elements read per step; bounds memory for tensors of any size.
+const CHUNK: usize = 1 << 20;
+
+/// Statistics of one tensor pair, `a` against the reference `b`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorDrift {
+    /// State dict name.
+    pub name: String,
+    /// Elements compared.
+    pub numel: usize,
+    /// max |a − b|.
+    pub max_abs: f64,
+    /// mean |a − b|.
+    pub mean_abs: f64,
+    /// ‖a − b‖ / ‖b‖ (`None` when b is all zeros and a differs).
+    pub rel_l2: Option<f64>,
+    /// a·b / (‖a‖‖b‖) (`None` when either is all zeros).
+    pub cosine: Option<f64>,
+}
+
+/// Summary of the tensors of one layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerDrift {
+    /// Layer name (`model.3`, `blocks.2`, `head`).
+    pub layer: String,
+    /// Tensors in it.
+    pub tensors: usize,
+    /// sqrt(Σ‖a − b‖²) / sqrt(Σ‖b‖²) over its tensors.
+    pub rel_l2: Option<f64>,
+    /// Largest |a − b| in it.
+    pub max_abs: f64,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct Drift {
+    /// Per tensor, in state dict order.
+    pub tensors: Vec<TensorDrift>,
+    /// Per layer, in order of first appearance.
+    pub layers: Vec<LayerDrift>,
+    /// Names only in `a`.
+    pub only_a: Vec<String>,
+    /// Names only in `b`.
+    pub only_b: Vec<String>,
+    /// Names skipped: not floating point, or shapes differ.
+    pub skipped: Vec<String>,
+}
+
+impl Drift {
+    /// The `n` tensors with the largest relative drift (undefined drift first).
+    pub fn top(&self, n: usize) -> Vec<&TensorDrift> {
+        let mut v: Vec<&TensorDrift> = self.tensors.iter().collect();
+        v.sort_by(|x, y| {
+            let k = |t: &TensorDrift| t.rel_l2.unwrap_or(f64::INFINITY);
+            k(y).total_cmp(&k(x))
+        });
+        v.truncate(n);
+        v
+    }
+
+    /// Tensors whose relative drift exceeds `limit` (undefined or NaN drift counts as exceeding).
+    pub fn above(&self, limit: f64) -> Vec<&TensorDrift> {
+        self.tensors
+            .iter()
+            .filter(|t| !matches!(t.rel_l2, Some(r) if r <= limit))
+            .collect()
+    }
+}
+
+/// The layer a tensor belongs to: the name up to its first numeric component (`model.3`,
+/// `blocks.2`), else its first component.
+pub fn layer_of(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.iter().position(|p| p.parse::<usize>().is_ok()) {
+        Some(i) if i + 1 < parts.len() => parts[..=i].join("."),
+        _ => parts[0].to_string(),
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    max_abs: f64,
+    sum_abs: f64,
+    dd: f64,
+    aa: f64,
+    bb: f64,
+    ab: f64,
+}
+
+/// Compares `a` with `b` tensor by tensor (matched by name).
+pub fn diff(a: &Named, b: &Named) -> Drift {
+    let b_map: HashMap<&str, &crate::tensor::Tensor> =
+        b.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut tensors = Vec::new();
+    let mut skipped = Vec::new();
+    let mut layers: Vec<(String, usize, f64, f64, f64)> = Vec::new();
+    let (mut xa, mut xb) = (Vec::new(), Vec::new());
+    for (name, ta) in a {
+        let Some(tb) = b_map.get(name.as_str()) else {
+            continue;
+        };
+        if !ta.dtype.is_float() || !tb.dtype.is_float() || ta.shape != tb.shape {
+            skipped.push(name.clone());
+            continue;
+        }
+        let n = ta.numel();
+        let mut acc = Acc::default();
+        let mut ok = true;
+        let mut start = 0;
+        while start < n && ok {
+            let end = (start + CHUNK).min(n);
+            ok = ta.read_f64(start..end, &mut xa) && tb.read_f64(start..end, &mut xb);
+            for (&x, &y) in xa.iter().zip(&xb) {
+                let d = (x - y).abs();
+                // NaN must win the max, so compare explicitly.
+                if d > acc.max_abs || d.is_nan() {
+                    acc.max_abs = d;
+                }
+                acc.sum_abs += d;
+                acc.dd += d * d;
+                acc.aa += x * x;
+                acc.bb += y * y;
+                acc.ab += x * y;
+            }
+            start = end;
+        }
+        if !ok {
+            skipped.push(name.clone());
+            continue;
+        }
+        let rel_l2 = if acc.bb > 0.0 {
+            Some(acc.dd.sqrt() / acc.bb.sqrt())
+        } else if acc.dd == 0.0 {
+            Some(0.0)
+        } else {
+            None
+        };
+        let cosine =
+            (acc.aa > 0.0 && acc.bb > 0.0).then(|| acc.ab / (acc.aa.sqrt() * acc.bb.sqrt()));
+        let layer = layer_of(name);
+        match layers.iter_mut().find(|l| l.0 == layer) {
+            Some(l) => {
+                l.1 += 1;
+                l.2 += acc.dd;
+                l.3 += acc.bb;
+                l.4 = l.4.max(acc.max_abs);
+            }
+            None => layers.push((layer, 1, acc.dd, acc.bb, acc.max_abs)),
+        }
+        tensors.push(TensorDrift {
+            name: name.clone(),
+            numel: n,
+            max_abs: acc.max_abs,
+            mean_abs: if n > 0 { acc.sum_abs / n as f64 } else { 0.0 },
+            rel_l2,
+            cosine,
+        });
+    }
+    let a_names: std::collections::HashSet<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    Drift {
+        tensors,
+        layers: layers
+            .into_iter()
+            .map(|(layer, tensors, dd, bb, max_abs)| LayerDrift {
+                layer,
+                tensors,
+                rel_l2: if bb > 0.0 {
+                    Some(dd.sqrt() / bb.sqrt())
+                } else {
+                    (dd == 0.0).then_some(0.0)
+                },
+                max_abs,
+            })
+            .collect(),
+        only_a: a
+            .iter()
+            .filter(|(n, _)| !b_map.contains_key(n.as_str()))
+            .map(|(n, _)| n.clone())
+            .collect(),
+        only_b: b
+            .iter()
+            .filter(|(n, _)| !a_names.contains(n.as_str()))
+            .map(|(n, _)| n.clone())
+            .collect(),
+        skipped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layer_of;
+
+    #[test]
+    fn layers() {
+        assert_eq!(layer_of("model.3.cv1.conv.weight"), "model.3");
+        assert_eq!(layer_of("blocks.2.0.bn1.weight"), "blocks.2");
+        assert_eq!(layer_of("conv_stem.weight"), "conv_stem");
+        assert_eq!(layer_of("bias"), "bias");
+    }
+}

@@ -1,0 +1,221 @@
+//! The locator: named layouts first, then the general rule, with explicit selectors overriding
+//! both. Several fits are an error listing the flag that picks each; none is an error saying what
+//! was looked for.
+
+use std::collections::HashMap;
+
+use super::layouts::{NAMED, set};
+use super::{EmaError, EmaErrorKind, Located, Named, Side, strip_wrappers};
+use crate::checkpoint::Checkpoint;
+use crate::checkpoint::sets::WeightSet;
+
+/// Key names that mark a set as an average of another.
+const AVERAGE_WORDS: &[&str] = &[
+    "ema", "shadow", "swa", "teacher", "averaged", "average", "avg",
+];
+
+/// `--ema` / `--raw` overrides.
+#[derive(Clone, Debug, Default)]
+pub struct Selectors {
+    /// Where the EMA is: a weight set path (`state_dict_ema`, `ema.module`) or a key prefix
+    /// ending in `.` (`model_ema.`).
+    pub ema: Option<String>,
+    /// Where the raw weights are, likewise.
+    pub raw: Option<String>,
+}
+
+/// Finds the EMA (and the raw weights) in a checkpoint.
+pub fn locate(ck: &Checkpoint, sel: &Selectors) -> Result<Located, EmaError> {
+    let err = |kind| EmaError {
+        path: ck.path.clone(),
+        kind,
+    };
+    let sets = ck
+        .weight_sets()
+        .map_err(|e| err(EmaErrorKind::Module(e.0)))?;
+    let mut l = match &sel.ema {
+        Some(s) => {
+            let ema = select(&sets, s).map_err(|m| err(EmaErrorKind::Selector(m)))?;
+            let raw = matching_raw(&sets, s, &ema.tensors);
+            Located {
+                layout: "selected",
+                rule: format!("--ema {s}"),
+                ema,
+                raw,
+                stripped: false,
+                params_only: false,
+                updates: None,
+                decay: None,
+            }
+        }
+        None => auto(ck, &sets).map_err(err)?,
+    };
+    if let Some(r) = &sel.raw {
+        l.raw = Some(select(&sets, r).map_err(|m| err(EmaErrorKind::Selector(m)))?);
+        l.rule = format!("{}; --raw {r}", l.rule);
+    }
+    Ok(l)
+}
+
+fn auto(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Located, EmaErrorKind> {
+    for (_, detect) in NAMED {
+        if let Some(l) = detect(ck, sets).map_err(EmaErrorKind::Selector)? {
+            return Ok(l);
+        }
+    }
+    let mut candidates: Vec<Located> = sets
+        .iter()
+        .filter(|s| names_an_average(&s.path))
+        .filter_map(|s| {
+            let ema = strip_wrappers(s.tensors.clone());
+            let raw = matching_raw(sets, &s.path, &ema)?;
+            Some(Located {
+                layout: "generic",
+                rule: format!(
+                    "'{}' names an average and matches '{}' by name and shape",
+                    s.path, raw.origin
+                ),
+                ema: Side {
+                    origin: s.path.clone(),
+                    tensors: ema,
+                },
+                raw: Some(raw),
+                stripped: false,
+                params_only: false,
+                updates: None,
+                decay: None,
+            })
+        })
+        .collect();
+    match candidates.len() {
+        1 => Ok(candidates.remove(0)),
+        0 => Err(EmaErrorKind::NotFound {
+            holds: sets
+                .iter()
+                .map(|s| {
+                    let p = if s.path.is_empty() { "(root)" } else { &s.path };
+                    format!("'{p}' ({} tensors)", s.tensors.len())
+                })
+                .collect(),
+        }),
+        _ => Err(EmaErrorKind::Ambiguous(
+            candidates
+                .iter()
+                .map(|c| (c.ema.origin.clone(), format!("--ema {}", c.ema.origin)))
+                .collect(),
+        )),
+    }
+}
+
+fn names_an_average(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path).to_ascii_lowercase();
+    last.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| AVERAGE_WORDS.contains(&w))
+}
+
+/// The weight set (other than `exclude`) whose names and shapes match `ema`'s best: at least half
+/// of the EMA's names, and every shared name with the same shape.
+pub(super) fn matching_raw(sets: &[WeightSet], exclude: &str, ema: &Named) -> Option<Side> {
+    let by_name: HashMap<&str, &crate::tensor::Tensor> =
+        ema.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    sets.iter()
+        .filter(|s| s.path != exclude)
+        .filter_map(|s| {
+            let raw = strip_wrappers(s.tensors.clone());
+            let mut hits = 0;
+            for (n, t) in &raw {
+                if let Some(e) = by_name.get(n.as_str()) {
+                    if e.shape != t.shape {
+                        return None;
+                    }
+                    hits += 1;
+                }
+            }
+            (hits > 0 && hits * 2 >= ema.len()).then_some((hits, s.path.clone(), raw))
+        })
+        .max_by_key(|(hits, _, _)| *hits)
+        .map(|(_, path, tensors)| Side {
+            origin: path,
+            tensors,
+        })
+}
+
+/// Resolves a selector: a weight set path, or a key prefix ending in `.`.
+fn select(sets: &[WeightSet], s: &str) -> Result<Side, String> {
+    let available = || {
+        sets.iter()
+            .map(|s| {
+                if s.path.is_empty() {
+                    "(root)".to_string()
+                } else {
+                    s.path.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let path = if s == "(root)" { "" } else { s };
+    if let Some(set) = set(sets, path) {
+        return Ok(Side {
+            origin: s.to_string(),
+            tensors: strip_wrappers(set.tensors.clone()),
+        });
+    }
+    if s.ends_with('.') {
+        let hits: Vec<(&WeightSet, Named)> = sets
+            .iter()
+            .filter_map(|set| {
+                let t: Named = set
+                    .tensors
+                    .iter()
+                    .filter_map(|(n, t)| n.strip_prefix(s).map(|k| (k.to_string(), t.clone())))
+                    .collect();
+                (!t.is_empty()).then_some((set, t))
+            })
+            .collect();
+        return match hits.len() {
+            1 => Ok(Side {
+                origin: s.to_string(),
+                tensors: strip_wrappers(hits.into_iter().next().expect("one").1),
+            }),
+            0 => Err(format!(
+                "no tensor name starts with '{s}' (weight sets: {})",
+                available()
+            )),
+            _ => Err(format!(
+                "names starting with '{s}' appear in several weight sets ({}); select the set by path",
+                hits.iter()
+                    .map(|(set, _)| set.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+    }
+    Err(format!(
+        "no weight set '{s}' (weight sets: {}; a key prefix must end with '.')",
+        available()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_an_average;
+
+    #[test]
+    fn average_names() {
+        for p in [
+            "ema",
+            "model_ema",
+            "ema_model",
+            "state_dict_ema",
+            "swa_model",
+            "teacher",
+            "x.shadow",
+        ] {
+            assert!(names_an_average(p), "{p}");
+        }
+        for p in ["model", "state_dict", "schema", "student", "temperature"] {
+            assert!(!names_an_average(p), "{p}");
+        }
+    }
+}

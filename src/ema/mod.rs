@@ -1,0 +1,191 @@
+//! Finding the EMA: where a checkpoint keeps its averaged weights and its raw weights
+//! ([`locate`]), the recognised layouts ([`layouts`]), and folding the EMA into one state dict
+//! under the model's own names ([`fold`]).
+
+pub mod fold;
+pub mod layouts;
+pub mod locate;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::tensor::Tensor;
+
+pub use fold::{FoldOptions, FoldReport, Folded, fold};
+pub use locate::{Selectors, locate};
+
+/// Tensors under names, in order.
+pub type Named = Vec<(String, Tensor)>;
+
+/// One side (EMA or raw) of a located checkpoint.
+#[derive(Clone, Debug)]
+pub struct Side {
+    /// Where it came from, as a user would select it (`ema`, `state_dict_ema`, `model_ema.`).
+    pub origin: String,
+    /// The tensors under the model's own names.
+    pub tensors: Named,
+}
+
+/// What the locator found.
+#[derive(Clone, Debug)]
+pub struct Located {
+    /// The recognised layout's id (see `docs/layouts.md`).
+    pub layout: &'static str,
+    /// Which rule matched, in words.
+    pub rule: String,
+    /// The EMA weights.
+    pub ema: Side,
+    /// The raw (trained) weights, when the file still has them.
+    pub raw: Option<Side>,
+    /// The file holds only the EMA in the model slot (e.g. a stripped Ultralytics `best.pt`).
+    pub stripped: bool,
+    /// Whether this layout keeps an EMA of parameters only, so buffers (BatchNorm statistics)
+    /// legitimately come from the raw model.
+    pub params_only: bool,
+    /// EMA update count, where the file records it.
+    pub updates: Option<f64>,
+    /// EMA decay, where the file records it.
+    pub decay: Option<f64>,
+}
+
+/// A located EMA as reported (`inspect`, `fold --json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct LayoutReport {
+    /// Layout id.
+    pub layout: &'static str,
+    /// Rule that matched.
+    pub rule: String,
+    /// Where the EMA was taken from.
+    pub ema: String,
+    /// Where the raw weights were taken from.
+    pub raw: Option<String>,
+    /// Whether the model slot already holds the EMA.
+    pub stripped: bool,
+    /// EMA update count.
+    pub updates: Option<f64>,
+    /// EMA decay.
+    pub decay: Option<f64>,
+}
+
+impl Located {
+    /// The report form.
+    pub fn report(&self) -> LayoutReport {
+        LayoutReport {
+            layout: self.layout,
+            rule: self.rule.clone(),
+            ema: self.ema.origin.clone(),
+            raw: self.raw.as_ref().map(|r| r.origin.clone()),
+            stripped: self.stripped,
+            updates: self.updates,
+            decay: self.decay,
+        }
+    }
+}
+
+/// The EMA layer's error: the file, and why no EMA could be chosen.
+#[derive(Debug)]
+pub struct EmaError {
+    /// The checkpoint.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub kind: EmaErrorKind,
+}
+
+/// Why no EMA could be chosen or folded.
+#[derive(Debug)]
+pub enum EmaErrorKind {
+    /// No rule found an EMA.
+    NotFound {
+        /// What the file holds (weight sets with sizes).
+        holds: Vec<String>,
+    },
+    /// Several candidates fit; each with the flag that picks it.
+    Ambiguous(Vec<(String, String)>),
+    /// A `--ema` / `--raw` selector names nothing usable.
+    Selector(String),
+    /// The EMA and raw weights disagree (names, shapes), and `--allow-missing` was not given.
+    Mismatch(String),
+    /// The checkpoint's module tree is broken.
+    Module(String),
+}
+
+impl fmt::Display for EmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.path.display();
+        match &self.kind {
+            EmaErrorKind::NotFound { holds } => write!(
+                f,
+                "{p}: no EMA found. Looked for the Ultralytics/YOLOv5 `ema` entry, timm \
+                 `state_dict_ema`/`model_ema`, mmengine `ema_state_dict`, mmcv `ema_*` buffers, \
+                 LDM `model_ema.*`, AveragedModel `n_averaged`, Lightning `current_model_state`, \
+                 RT-DETR `ema.module`, DINO `teacher`, `ema.`/`model_ema.`/`ema_model.` key \
+                 prefixes, and any `ema`/`shadow`/`swa`/`teacher`/`averaged` set matching the raw \
+                 weights. The file holds: {}. Name the EMA with --ema SELECTOR.",
+                if holds.is_empty() {
+                    "no weight sets".to_string()
+                } else {
+                    holds.join("; ")
+                }
+            ),
+            EmaErrorKind::Ambiguous(c) => {
+                write!(f, "{p}: {} EMA candidates fit; choose one:", c.len())?;
+                for (what, flag) in c {
+                    write!(f, " [{what}: {flag}]")?;
+                }
+                Ok(())
+            }
+            EmaErrorKind::Selector(m) | EmaErrorKind::Mismatch(m) | EmaErrorKind::Module(m) => {
+                write!(f, "{p}: {m}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EmaError {}
+
+/// Removes wrapper prefixes (`module.` from DDP / DataParallel / AveragedModel, `_orig_mod.` from
+/// `torch.compile`) when every name carries them.
+pub fn strip_wrappers(mut t: Named) -> Named {
+    loop {
+        let mut changed = false;
+        for prefix in ["module.", "_orig_mod."] {
+            if !t.is_empty() && t.iter().all(|(n, _)| n.starts_with(prefix)) {
+                for (n, _) in t.iter_mut() {
+                    n.drain(..prefix.len());
+                }
+                changed = true;
+            }
+        }
+        if !changed {
+            return t;
+        }
+    }
+}
+
+impl Located {
+    /// Metadata recorded in written files: where the weights came from and how.
+    pub fn output_metadata(
+        &self,
+        source: &std::path::Path,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("format".into(), "pt".into());
+        let name = source.file_name().map(|n| n.to_string_lossy().to_string());
+        m.insert("source".into(), name.unwrap_or_default());
+        m.insert("layout".into(), self.layout.into());
+        m.insert("ema".into(), self.ema.origin.clone());
+        if let Some(u) = self.updates {
+            m.insert("ema_updates".into(), u.to_string());
+        }
+        if let Some(d) = self.decay {
+            m.insert("ema_decay".into(), d.to_string());
+        }
+        m.insert(
+            "producer".into(),
+            format!("fuse-ema {}", env!("CARGO_PKG_VERSION")),
+        );
+        m
+    }
+}

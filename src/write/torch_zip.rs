@@ -1,0 +1,68 @@
+//! torch-loadable `.pt` output: the zip layout `torch.save` writes (`archive/data.pkl`,
+//! `archive/data/<key>` stored and 64-byte aligned, `archive/version`, `archive/byteorder`), so
+//! `torch.load(path, weights_only=True)` and `torch.load(path, mmap=True)` both open it.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, DateTime, ZipWriter};
+
+use super::pickle::{self, Entry};
+use super::{AtomicFile, OutDType, WriteError, write_tensor};
+use crate::ema::Named;
+
+/// Writes `tensors` as a plain torch state dict to `target`.
+pub fn write(
+    target: &Path,
+    inputs: &[&Path],
+    tensors: &Named,
+    dtype: OutDType,
+) -> Result<(), WriteError> {
+    let mut entries = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let d = dtype.of(t);
+        if pickle::storage_class(d).is_none() {
+            return Err(WriteError::new(
+                target,
+                format!("tensor '{name}': torch files cannot hold {d} here"),
+            ));
+        }
+        entries.push(Entry {
+            name,
+            dtype: d,
+            shape: &t.shape,
+        });
+    }
+    let pkl = pickle::state_dict(&entries);
+    let mut file = AtomicFile::create(target, inputs)?;
+    let err = |e: &dyn std::fmt::Display| WriteError::new(target, format!("write failed: {e}"));
+    {
+        let w = BufWriter::with_capacity(1 << 20, file.file());
+        let mut z = ZipWriter::new(w);
+        // Fixed timestamps: identical input gives identical bytes.
+        let base = SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Stored)
+            .last_modified_time(DateTime::default())
+            .with_alignment(64);
+        z.start_file("archive/data.pkl", base)
+            .map_err(|e| err(&e))?;
+        z.write_all(&pkl).map_err(|e| err(&e))?;
+        z.start_file("archive/byteorder", base)
+            .map_err(|e| err(&e))?;
+        z.write_all(b"little").map_err(|e| err(&e))?;
+        for (i, (_, t)) in tensors.iter().enumerate() {
+            let d = dtype.of(t);
+            let len = (t.numel() * d.size()) as u64;
+            let opts = base.large_file(len >= u32::MAX as u64);
+            z.start_file(format!("archive/data/{i}"), opts)
+                .map_err(|e| err(&e))?;
+            write_tensor(&mut z, t, d).map_err(|e| err(&e))?;
+        }
+        z.start_file("archive/version", base).map_err(|e| err(&e))?;
+        z.write_all(b"3\n").map_err(|e| err(&e))?;
+        let mut w = z.finish().map_err(|e| err(&e))?;
+        w.flush().map_err(|e| err(&e))?;
+    }
+    file.commit()
+}
