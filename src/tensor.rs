@@ -7,6 +7,43 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+/// An input file, memory-mapped for in-place reads, with its handle kept for positioned reads
+/// and kernel-side copies when whole tensors are streamed.
+pub struct MappedFile {
+    map: Mmap,
+    file: std::fs::File,
+}
+
+impl MappedFile {
+    /// Wraps a map of `file`.
+    pub fn new(map: Mmap, file: std::fs::File) -> MappedFile {
+        MappedFile { map, file }
+    }
+
+    /// The file handle.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// The map itself.
+    pub fn map(&self) -> &Mmap {
+        &self.map
+    }
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MappedFile({} bytes)", self.map.len())
+    }
+}
+
 /// Element types that torch and safetensors files can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
@@ -154,7 +191,7 @@ pub enum Buffer {
     /// A range inside a memory map shared by every tensor of the file.
     Mapped {
         /// The whole file.
-        map: Arc<Mmap>,
+        map: Arc<MappedFile>,
         /// Where this buffer lies in it.
         range: Range<usize>,
     },
@@ -189,9 +226,10 @@ impl Buffer {
         matches!(self, Buffer::Mapped { .. })
     }
 
-    /// Passes the bytes in `range` (relative to this buffer) to `f` in chunks. Mapped bytes are
-    /// read ahead and each chunk is dropped from this process's memory once used, so streaming a
-    /// file of any size keeps the resident set flat. Chunk sizes are multiples of 64 bytes.
+    /// Passes the bytes in `range` (relative to this buffer) to `f` in chunks of at most 8 MiB
+    /// (multiples of 64 bytes). Mapped bytes are fetched with positioned reads into one reused
+    /// buffer rather than faulted in through the map, so streaming a file of any size keeps the
+    /// resident set flat.
     pub fn for_each_chunk(
         &self,
         range: Range<usize>,
@@ -201,26 +239,96 @@ impl Buffer {
         match self {
             Buffer::Owned(v) => f(&v[range]),
             Buffer::Mapped { map, range: base } => {
+                use std::os::unix::fs::FileExt;
                 let start = base.start + range.start;
                 let end = base.start + range.end;
-                let _ = map.advise_range(memmap2::Advice::Sequential, start, end - start);
+                let mut buf = vec![0u8; (end - start).min(CHUNK)];
                 let mut at = start;
                 while at < end {
-                    let stop = (at + CHUNK).min(end);
-                    f(&map[at..stop])?;
-                    // SAFETY: the map is a read-only shared file mapping; dropping its pages only
-                    // makes the next access fault them in again from the page cache.
-                    unsafe {
-                        let _ = map.unchecked_advise_range(
-                            memmap2::UncheckedAdvice::DontNeed,
-                            at,
-                            stop - at,
-                        );
-                    }
-                    at = stop;
+                    let n = (end - at).min(CHUNK);
+                    map.file().read_exact_at(&mut buf[..n], at as u64)?;
+                    f(&buf[..n])?;
+                    at += n;
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Replaces `buf`'s contents with the bytes in `range` (a positioned read for mapped bytes,
+    /// so nothing stays mapped; `buf` is reused across calls).
+    pub fn read_into(&self, range: Range<usize>, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        match self {
+            Buffer::Owned(v) => {
+                buf.clear();
+                buf.extend_from_slice(&v[range]);
+                Ok(())
+            }
+            Buffer::Mapped { map, range: base } => {
+                use std::os::unix::fs::FileExt;
+                buf.resize(range.len(), 0);
+                map.file()
+                    .read_exact_at(buf, (base.start + range.start) as u64)
+            }
+        }
+    }
+
+    /// Copies the bytes in `range` to `out` at its current position: kernel-side
+    /// (`copy_file_range`) for mapped bytes, so a large contiguous tensor never passes through
+    /// this process; a plain read/write loop where the kernel cannot copy between the two files.
+    pub fn copy_to(&self, range: Range<usize>, out: &mut std::fs::File) -> std::io::Result<()> {
+        use std::io::Write;
+        let (map, base) = match self {
+            Buffer::Owned(v) => return out.write_all(&v[range]),
+            Buffer::Mapped { map, range: base } => (map, base),
+        };
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut off = (base.start + range.start) as libc::loff_t;
+            let mut left = range.len();
+            while left > 0 {
+                // SAFETY: both descriptors are open files owned by the caller for the duration
+                // of the call; the input offset is ours, the output uses its file position.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        map.file().as_raw_fd(),
+                        &mut off,
+                        out.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        left,
+                        0,
+                    )
+                };
+                if n > 0 {
+                    left -= n as usize;
+                    continue;
+                }
+                let err = std::io::Error::last_os_error();
+                let unsupported = matches!(
+                    err.raw_os_error(),
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)
+                );
+                if n == 0 || !unsupported {
+                    return Err(if n == 0 {
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "input file shrank while being read",
+                        )
+                    } else {
+                        err
+                    });
+                }
+                // Fall back for what is left.
+                let done = range.len() - left;
+                return self.for_each_chunk(range.start + done..range.end, |c| out.write_all(c));
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (map, base);
+            self.for_each_chunk(range, |c| out.write_all(c))
         }
     }
 }
@@ -333,6 +441,14 @@ impl Tensor {
             expected *= d;
         }
         true
+    }
+
+    /// Where the elements' bytes lie in the storage, when the view is contiguous.
+    pub fn contiguous_range(&self) -> Option<Range<usize>> {
+        self.is_contiguous().then(|| {
+            let start = self.offset * self.dtype.size();
+            start..start + self.nbytes()
+        })
     }
 
     /// The elements' bytes without copying, when the view is contiguous.

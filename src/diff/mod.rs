@@ -1,6 +1,7 @@
 //! Drift between two sets of weights (EMA vs raw, or one checkpoint against another): per-tensor
 //! statistics accumulated in f64, per-layer summaries, and the most drifted tensors.
 
+mod kernel;
 pub mod svg;
 
 use std::collections::HashMap;
@@ -8,9 +9,6 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::ema::Named;
-
-/// Elements read per step; bounds memory for tensors of any size.
-const CHUNK: usize = 1 << 20;
 
 /// Statistics of one tensor pair, `a` against the reference `b`.
 #[derive(Clone, Debug, Serialize)]
@@ -88,24 +86,42 @@ pub fn layer_of(name: &str) -> String {
     }
 }
 
-#[derive(Default)]
-struct Acc {
-    max_abs: f64,
-    sum_abs: f64,
-    dd: f64,
-    aa: f64,
-    bb: f64,
-    ab: f64,
+/// Computes each pair's sums on all cores (largest tensors first); results in input order.
+fn parallel_sums(
+    pairs: &[(&crate::tensor::Tensor, &crate::tensor::Tensor)],
+) -> Vec<Option<kernel::Sums>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].0.numel()));
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(vec![None; pairs.len()]);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    let r = kernel::sums(pairs[i].0, pairs[i].1);
+                    out.lock().expect("no panics while held")[i] = r;
+                }
+            });
+        }
+    });
+    out.into_inner().expect("threads joined")
 }
 
 /// Compares `a` with `b` tensor by tensor (matched by name).
 pub fn diff(a: &Named, b: &Named) -> Drift {
     let b_map: HashMap<&str, &crate::tensor::Tensor> =
         b.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut tensors = Vec::new();
     let mut skipped = Vec::new();
-    let mut layers: Vec<(String, usize, f64, f64, f64)> = Vec::new();
-    let (mut xa, mut xb) = (Vec::new(), Vec::new());
+    let mut names = Vec::new();
+    let mut pairs = Vec::new();
     for (name, ta) in a {
         let Some(tb) = b_map.get(name.as_str()) else {
             continue;
@@ -114,31 +130,18 @@ pub fn diff(a: &Named, b: &Named) -> Drift {
             skipped.push(name.clone());
             continue;
         }
-        let n = ta.numel();
-        let mut acc = Acc::default();
-        let mut ok = true;
-        let mut start = 0;
-        while start < n && ok {
-            let end = (start + CHUNK).min(n);
-            ok = ta.read_f64(start..end, &mut xa) && tb.read_f64(start..end, &mut xb);
-            for (&x, &y) in xa.iter().zip(&xb) {
-                let d = (x - y).abs();
-                // NaN must win the max, so compare explicitly.
-                if d > acc.max_abs || d.is_nan() {
-                    acc.max_abs = d;
-                }
-                acc.sum_abs += d;
-                acc.dd += d * d;
-                acc.aa += x * x;
-                acc.bb += y * y;
-                acc.ab += x * y;
-            }
-            start = end;
-        }
-        if !ok {
+        names.push(name);
+        pairs.push((ta, *tb));
+    }
+    let sums = parallel_sums(&pairs);
+    let mut tensors = Vec::new();
+    let mut layers: Vec<(String, usize, f64, f64, f64)> = Vec::new();
+    for ((name, (ta, _)), acc) in names.into_iter().zip(&pairs).zip(sums) {
+        let Some(acc) = acc else {
             skipped.push(name.clone());
             continue;
-        }
+        };
+        let n = ta.numel();
         let rel_l2 = if acc.bb > 0.0 {
             Some(acc.dd.sqrt() / acc.bb.sqrt())
         } else if acc.dd == 0.0 {

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::tensor::MappedFile;
 
 use crate::checkpoint::value::Graph;
 use crate::checkpoint::{Checkpoint, Format, FormatInfo};
@@ -51,7 +51,7 @@ pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
 }
 
 /// Memory-maps a whole file read-only.
-pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>, ReadError> {
+pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>, ReadError> {
     let file = File::open(path).map_err(|e| ReadError::new(path, e))?;
     let len = file.metadata().map_err(|e| ReadError::new(path, e))?.len();
     if len == 0 {
@@ -62,13 +62,13 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>, ReadError> {
     }
     // SAFETY: the map is read-only; a file truncated by another process while mapped would fault,
     // which is the accepted trade-off of every memory-mapped reader.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| ReadError::new(path, e))?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ReadError::new(path, e))?;
     // Opening reads a few bytes at many places (zip local headers, the pickle): random access
     // keeps the kernel from faulting in whole read-ahead windows of tensor data around each one.
-    // Writers that stream tensors switch the advice back to sequential.
+    // Streaming writers read with positioned reads, not through the map.
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
-    Ok(Arc::new(map))
+    Ok(Arc::new(MappedFile::new(map, file)))
 }
 
 /// Identifies the format from the first bytes.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::tensor::MappedFile;
 
 use super::{ReadError, ReadErrorKind, map_file, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
@@ -19,7 +19,7 @@ fn st_err(path: &Path, m: impl Into<String>) -> ReadError {
 }
 
 /// Reads one safetensors file.
-pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
+pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> {
     let (mut graph, mut info) = new_parts(Format::Safetensors, map.len() as u64);
     let mut entries = Vec::new();
     info.metadata = add_tensors(path, &map, &mut graph, &mut entries, None)?;
@@ -36,7 +36,7 @@ pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
 /// file's `__metadata__`.
 fn add_tensors(
     path: &Path,
-    map: &Arc<Mmap>,
+    map: &Arc<MappedFile>,
     graph: &mut Graph,
     entries: &mut Vec<(Value, Value)>,
     wanted: Option<&[&str]>,

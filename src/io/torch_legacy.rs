@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::tensor::MappedFile;
 
 use super::pickle::{self, Limits, NoPersistentLoad, PersistentLoad};
 use super::torch_zip::{protocol_of, storage_dtype};
@@ -31,7 +31,7 @@ pub fn has_magic(b: &[u8]) -> bool {
 }
 
 /// Reads a legacy torch file, or a plain pickle when the magic number is absent.
-pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
+pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> {
     let pickle_err = |entry: &str, source| {
         ReadError::new(
             path,

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::tensor::MappedFile;
 use zip::CompressionMethod;
 
 use super::pickle::{self, Limits, PersistentLoad};
@@ -28,7 +28,7 @@ struct Entry {
 }
 
 /// Reads a torch zip checkpoint.
-pub fn read(path: &Path, map: Arc<Mmap>) -> Result<Checkpoint, ReadError> {
+pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> {
     let zip_err = |m: String| ReadError::new(path, ReadErrorKind::Zip(m));
     let entries = directory(path, &map).map_err(zip_err)?;
 
@@ -173,7 +173,7 @@ fn directory(path: &Path, map: &[u8]) -> Result<HashMap<String, Entry>, String> 
 
 /// An entry's bytes: borrowed from the map when stored, decompressed (at most `limit` bytes and
 /// exactly the declared size) otherwise.
-fn entry_bytes(map: &Arc<Mmap>, e: &Entry, limit: usize) -> Result<Buffer, String> {
+fn entry_bytes(map: &Arc<MappedFile>, e: &Entry, limit: usize) -> Result<Buffer, String> {
     let raw = e.data_start..e.data_start + e.compressed_size;
     match e.method {
         CompressionMethod::Stored => {
@@ -219,7 +219,7 @@ fn entry_bytes(map: &Arc<Mmap>, e: &Entry, limit: usize) -> Result<Buffer, Strin
 
 /// Resolves `('storage', StorageType, key, location, numel)` to the `data/<key>` entry.
 struct ZipStorages<'a> {
-    map: &'a Arc<Mmap>,
+    map: &'a Arc<MappedFile>,
     entries: &'a HashMap<String, Entry>,
     record: &'a str,
     cache: HashMap<String, Value>,

@@ -86,6 +86,19 @@ pub fn write_tensor(w: &mut impl Write, t: &Tensor, dtype: DType) -> std::io::Re
     })
 }
 
+/// Appends a tensor to `file`: kernel-side copy when the bytes can go out unchanged, buffered
+/// streaming (with conversion) otherwise.
+pub fn append_tensor(file: &mut std::fs::File, t: &Tensor, dtype: DType) -> std::io::Result<()> {
+    if dtype == t.dtype
+        && let Some(range) = t.contiguous_range()
+    {
+        return t.storage.copy_to(range, file);
+    }
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    write_tensor(&mut w, t, dtype)?;
+    w.flush()
+}
+
 /// A file written under a temporary name beside its target and renamed into place on
 /// [`AtomicFile::commit`]; dropped uncommitted, it disappears.
 pub struct AtomicFile {

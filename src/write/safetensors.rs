@@ -2,10 +2,10 @@
 //! `<stem>.safetensors.index.json`.
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{AtomicFile, OutDType, WriteError, write_tensor};
+use super::{AtomicFile, OutDType, WriteError, append_tensor};
 use crate::ema::Named;
 use crate::tensor::DType;
 
@@ -85,13 +85,9 @@ fn write_one(
     let head = header(target, tensors, dtype, metadata)?;
     let mut file = AtomicFile::create(target, inputs)?;
     let io = |e: std::io::Error| WriteError::new(target, format!("write failed: {e}"));
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, file.file());
-        w.write_all(&head).map_err(io)?;
-        for (_, t) in tensors {
-            write_tensor(&mut w, t, dtype.of(t)).map_err(io)?;
-        }
-        w.flush().map_err(io)?;
+    file.file().write_all(&head).map_err(io)?;
+    for (_, t) in tensors {
+        append_tensor(file.file(), t, dtype.of(t)).map_err(io)?;
     }
     Ok(file)
 }
