@@ -148,12 +148,9 @@ pub fn inspect_text(r: &Report) -> String {
             let _ = writeln!(o, "EMA: {} — {}; EMA in '{}'{raw}", l.layout, l.rule, l.ema);
         }
         (None, Some(e)) => {
-            let short = e.split(". ").next().unwrap_or(e);
-            let _ = writeln!(
-                o,
-                "EMA: not located ({})",
-                short.rsplit(": ").next().unwrap_or(short)
-            );
+            let e = e.strip_prefix(&format!("{}: ", r.file)).unwrap_or(e);
+            let first = e.split(". ").next().unwrap_or(e);
+            let _ = writeln!(o, "EMA: not located — {first}");
         }
         _ => {}
     }
