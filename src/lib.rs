@@ -9,5 +9,6 @@ pub mod diff;
 pub mod ema;
 pub mod inspect;
 pub mod io;
+pub mod progress;
 pub mod tensor;
 pub mod write;

@@ -2,6 +2,8 @@
 
 use serde_json::json;
 
+use super::progress::Bar;
+
 use super::{
     DiffArgs, EXIT_CHECK_FAILED, EXIT_OK, FoldArgs, InspectArgs, SelectArgs, fail, render,
 };
@@ -108,11 +110,25 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
     };
     let inputs = [a.file.as_path()];
     let written = if torch_out {
-        write::torch_zip::write(&a.output, &inputs, &folded.tensors, dtype)
-            .map(|()| vec![a.output.clone()])
+        write::torch_zip::write(
+            &a.output,
+            &inputs,
+            &folded.tensors,
+            dtype,
+            &Bar::new("fold"),
+        )
+        .map(|()| vec![a.output.clone()])
     } else {
         let meta = located.output_metadata(&a.file);
-        write::safetensors::write(&a.output, &inputs, &folded.tensors, dtype, &meta, max_shard)
+        write::safetensors::write(
+            &a.output,
+            &inputs,
+            &folded.tensors,
+            dtype,
+            &meta,
+            max_shard,
+            &Bar::new("fold"),
+        )
     };
     let written = match written {
         Ok(w) => w,
@@ -190,7 +206,7 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
             }
         },
     };
-    let drift = crate::diff::diff(&subject, &reference);
+    let drift = crate::diff::diff(&subject, &reference, &Bar::new("diff"));
     if let Some(svg) = &a.plot {
         let text = crate::diff::svg::chart(&drift, &what);
         let mut f = match write::AtomicFile::create(svg, &[a.file.as_path()]) {

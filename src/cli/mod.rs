@@ -2,6 +2,7 @@
 //! arguments into calls and results into text, JSON and exit codes.
 
 mod commands;
+mod progress;
 mod render;
 
 use std::path::PathBuf;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::ema::Named;
+use crate::progress::Progress;
 
 /// Statistics of one tensor pair, `a` against the reference `b`.
 #[derive(Clone, Debug, Serialize)]
@@ -89,6 +90,7 @@ pub fn layer_of(name: &str) -> String {
 /// Computes each pair's sums on all cores (largest tensors first); results in input order.
 fn parallel_sums(
     pairs: &[(&crate::tensor::Tensor, &crate::tensor::Tensor)],
+    progress: &dyn Progress,
 ) -> Vec<Option<kernel::Sums>> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,6 +109,7 @@ fn parallel_sums(
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = order.get(k) else { break };
                     let r = kernel::sums(pairs[i].0, pairs[i].1);
+                    progress.advance((pairs[i].0.nbytes() + pairs[i].1.nbytes()) as u64);
                     out.lock().expect("no panics while held")[i] = r;
                 }
             });
@@ -116,7 +119,7 @@ fn parallel_sums(
 }
 
 /// Compares `a` with `b` tensor by tensor (matched by name).
-pub fn diff(a: &Named, b: &Named) -> Drift {
+pub fn diff(a: &Named, b: &Named, progress: &dyn Progress) -> Drift {
     let b_map: HashMap<&str, &crate::tensor::Tensor> =
         b.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut skipped = Vec::new();
@@ -133,7 +136,14 @@ pub fn diff(a: &Named, b: &Named) -> Drift {
         names.push(name);
         pairs.push((ta, *tb));
     }
-    let sums = parallel_sums(&pairs);
+    progress.start(
+        pairs
+            .iter()
+            .map(|(x, y)| (x.nbytes() + y.nbytes()) as u64)
+            .sum(),
+    );
+    let sums = parallel_sums(&pairs, progress);
+    progress.finish();
     let mut tensors = Vec::new();
     let mut layers: Vec<(String, usize, f64, f64, f64)> = Vec::new();
     for ((name, (ta, _)), acc) in names.into_iter().zip(&pairs).zip(sums) {

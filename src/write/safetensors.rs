@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{AtomicFile, OutDType, WriteError, append_tensor};
 use crate::ema::Named;
+use crate::progress::Progress;
 use crate::tensor::DType;
 
 fn tag(d: DType) -> Option<&'static str> {
@@ -81,6 +82,7 @@ fn write_one(
     tensors: &[(String, crate::tensor::Tensor)],
     dtype: OutDType,
     metadata: &BTreeMap<String, String>,
+    progress: &dyn Progress,
 ) -> Result<AtomicFile, WriteError> {
     let head = header(target, tensors, dtype, metadata)?;
     let mut file = AtomicFile::create(target, inputs)?;
@@ -88,6 +90,7 @@ fn write_one(
     file.file().write_all(&head).map_err(io)?;
     for (_, t) in tensors {
         append_tensor(file.file(), t, dtype.of(t)).map_err(io)?;
+        progress.advance(t.nbytes() as u64);
     }
     Ok(file)
 }
@@ -102,9 +105,12 @@ pub fn write(
     dtype: OutDType,
     metadata: &BTreeMap<String, String>,
     max_shard: Option<u64>,
+    progress: &dyn Progress,
 ) -> Result<Vec<PathBuf>, WriteError> {
+    progress.start(tensors.iter().map(|(_, t)| t.nbytes() as u64).sum());
     let Some(max) = max_shard else {
-        write_one(target, inputs, tensors, dtype, metadata)?.commit()?;
+        write_one(target, inputs, tensors, dtype, metadata, progress)?.commit()?;
+        progress.finish();
         return Ok(vec![target.to_path_buf()]);
     };
     // Greedy split in order; a tensor larger than the limit gets a shard of its own.
@@ -144,6 +150,7 @@ pub fn write(
             shard,
             dtype,
             metadata,
+            progress,
         )?);
     }
     let index_path = dir.join(format!("{stem}.safetensors.index.json"));
@@ -164,6 +171,7 @@ pub fn write(
         f.commit()?;
     }
     idx.commit()?;
+    progress.finish();
     written.push(index_path);
     Ok(written)
 }

@@ -11,6 +11,7 @@ use zip::{CompressionMethod, DateTime, ZipWriter};
 use super::pickle::{self, Entry};
 use super::{AtomicFile, OutDType, WriteError, write_tensor};
 use crate::ema::Named;
+use crate::progress::Progress;
 
 /// Writes `tensors` as a plain torch state dict to `target`.
 pub fn write(
@@ -18,7 +19,9 @@ pub fn write(
     inputs: &[&Path],
     tensors: &Named,
     dtype: OutDType,
+    progress: &dyn Progress,
 ) -> Result<(), WriteError> {
+    progress.start(tensors.iter().map(|(_, t)| t.nbytes() as u64).sum());
     let mut entries = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let d = dtype.of(t);
@@ -58,11 +61,14 @@ pub fn write(
             z.start_file(format!("archive/data/{i}"), opts)
                 .map_err(|e| err(&e))?;
             write_tensor(&mut z, t, d).map_err(|e| err(&e))?;
+            progress.advance(t.nbytes() as u64);
         }
         z.start_file("archive/version", base).map_err(|e| err(&e))?;
         z.write_all(b"3\n").map_err(|e| err(&e))?;
         let mut w = z.finish().map_err(|e| err(&e))?;
         w.flush().map_err(|e| err(&e))?;
     }
-    file.commit()
+    file.commit()?;
+    progress.finish();
+    Ok(())
 }
