@@ -9,6 +9,8 @@ pub mod diff;
 pub mod ema;
 pub mod inspect;
 pub mod io;
+pub mod onnx;
 pub mod progress;
+pub mod runtime;
 pub mod tensor;
 pub mod write;

@@ -5,7 +5,8 @@ use serde_json::json;
 use super::progress::Bar;
 
 use super::{
-    DiffArgs, EXIT_CHECK_FAILED, EXIT_OK, FoldArgs, InspectArgs, SelectArgs, fail, render,
+    DiffArgs, EXIT_CHECK_FAILED, EXIT_OK, ExportArgs, FoldArgs, InspectArgs, SelectArgs, fail,
+    render,
 };
 use crate::ema::{self, FoldOptions, Selectors};
 use crate::write::{self, OutDType};
@@ -252,4 +253,129 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
     } else {
         EXIT_CHECK_FAILED
     }
+}
+
+fn parse_imgsz(s: &str) -> Option<(i64, i64)> {
+    let parts: Vec<i64> = s
+        .split([',', 'x'])
+        .map(|p| p.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [n] => Some((*n, *n)),
+        [h, w] => Some((*h, *w)),
+        _ => None,
+    }
+}
+
+pub(super) fn export(a: ExportArgs) -> i32 {
+    let imgsz = match a.imgsz.as_deref().map(parse_imgsz) {
+        None => None,
+        Some(Some(s)) => Some(s),
+        Some(None) => {
+            return fail(format_args!(
+                "--imgsz {}: expected N or H,W",
+                a.imgsz.unwrap_or_default()
+            ));
+        }
+    };
+    if a.batch < 1 {
+        return fail("--batch must be at least 1");
+    }
+    let ckpt = match crate::io::open(&a.file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let located = match ema::locate(&ckpt, &Selectors::default()) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    if located.layout != "ultralytics" {
+        return fail(format_args!(
+            "{}: export reads Ultralytics checkpoints (pickled model modules); this file's layout is {}",
+            a.file.display(),
+            located.layout
+        ));
+    }
+    let module_key = if a.source == "raw" {
+        match &located.raw {
+            Some(r) => r.origin.clone(),
+            None => {
+                return fail(format_args!(
+                    "{}: --source raw: the file holds no raw weights ({})",
+                    a.file.display(),
+                    if located.stripped {
+                        "stripped checkpoint: `model` is the EMA"
+                    } else {
+                        "`model` is None"
+                    }
+                ));
+            }
+        }
+    } else {
+        located.ema.origin.clone()
+    };
+    let opts = crate::onnx::ExportOptions {
+        imgsz,
+        batch: a.batch,
+        dynamic: a.dynamic,
+        opset: a.opset,
+        half: a.half,
+        module_key: module_key.clone(),
+    };
+    let exported = match crate::onnx::export(&ckpt, &opts) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let mut f = match write::AtomicFile::create(&a.output, &[a.file.as_path()]) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = std::io::Write::write_all(f.file(), &exported.bytes) {
+        return fail(format_args!("{}: {e}", a.output.display()));
+    }
+    if let Err(e) = f.commit() {
+        return fail(e);
+    }
+    let parity = "not run (the parity check is not implemented yet)";
+    if a.json {
+        let v = json!({
+            "file": a.file.display().to_string(),
+            "output": a.output.display().to_string(),
+            "source": a.source,
+            "weights_from": module_key,
+            "layout": located.report(),
+            "task": exported.task,
+            "input": {"name": "images", "shape": exported.input},
+            "outputs": exported.outputs.iter().map(|(n, s)| json!({"name": n, "shape": s})).collect::<Vec<_>>(),
+            "opset": a.opset,
+            "half": a.half,
+            "bytes": exported.bytes.len(),
+            "parity": parity,
+        });
+        if let Err(code) = print_json(&v) {
+            return code;
+        }
+    } else {
+        let shapes: Vec<String> = exported
+            .outputs
+            .iter()
+            .map(|(n, s)| format!("{n} {s:?}"))
+            .collect();
+        println!(
+            "{} → {} ({}, {} weights from '{}', images {:?} → {}, opset {}{}), {}",
+            a.file.display(),
+            a.output.display(),
+            exported.task,
+            a.source.to_uppercase(),
+            module_key,
+            exported.input,
+            shapes.join(", "),
+            a.opset,
+            if a.half { ", f16" } else { "" },
+            render::bytes(exported.bytes.len() as u64)
+        );
+        let _ = a.no_parity;
+        println!("parity: {parity}");
+    }
+    EXIT_OK
 }

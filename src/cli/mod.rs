@@ -23,7 +23,7 @@ pub const EXIT_BAD_INPUT: i32 = 2;
     about = "Read training checkpoints safely, find the EMA weights, and ship them.",
     long_about = "Read training checkpoints safely (no pickle code ever runs), find the EMA \
                   weights, and ship them.\n\nExit codes: 0 ok, 1 a check failed, 2 bad input or usage.",
-    after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema fold last.pt -o model.safetensors\n  fuse-ema diff last.pt --fail-above 0.05\n  fuse-ema inspect last.pt --json | jq .layout"
+    after_help = "Examples:\n  fuse-ema best.pt -o model.onnx\n  fuse-ema inspect best.pt\n  fuse-ema fold last.pt -o model.safetensors\n  fuse-ema diff last.pt --fail-above 0.05\n  fuse-ema inspect last.pt --json | jq .layout"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,6 +58,44 @@ enum Command {
         after_help = "Examples:\n  fuse-ema diff last.pt\n  fuse-ema diff last.pt --top 20 --plot drift.svg\n  fuse-ema diff last.pt --fail-above 0.05      # CI gate\n  fuse-ema diff new.pt --against old.pt --json\n\nPer tensor: max |Δ|, mean |Δ|, relative L2 ‖Δ‖/‖raw‖, cosine similarity (in f64).\nExit codes: 0 ok, 1 a tensor drifted above --fail-above, 2 bad input."
     )]
     Diff(DiffArgs),
+    /// Build an ONNX model from the checkpoint's own module tree, EMA weights folded in.
+    #[command(
+        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nExit codes: 0 written, 2 unsupported model / bad input / cannot write."
+    )]
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Ultralytics training checkpoint (best.pt, last.pt, …).
+    file: PathBuf,
+    /// Output .onnx file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Input size: N, or H,W. Default: the training size.
+    #[arg(long, value_name = "N|H,W")]
+    imgsz: Option<String>,
+    /// Batch size of the input.
+    #[arg(long, default_value_t = 1)]
+    batch: i64,
+    /// Dynamic batch dimension.
+    #[arg(long)]
+    dynamic: bool,
+    /// ONNX opset (13–21; 17 suits TensorRT 8.6+).
+    #[arg(long, default_value_t = 17)]
+    opset: i64,
+    /// f16 weights and compute, f32 input and output.
+    #[arg(long)]
+    half: bool,
+    /// Which weights: ema (default) or raw.
+    #[arg(long, default_value = "ema", value_parser = ["ema", "raw"])]
+    source: String,
+    /// Skip the parity check.
+    #[arg(long)]
+    no_parity: bool,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -120,7 +158,16 @@ struct DiffArgs {
 
 /// Runs the command line; returns the process exit code.
 pub fn run() -> i32 {
-    let cli = match Cli::try_parse() {
+    // `fuse-ema CKPT -o OUT.onnx` is shorthand for `fuse-ema export CKPT -o OUT.onnx`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let known = ["inspect", "fold", "diff", "export", "help"];
+    if let Some(first) = args.get(1).and_then(|a| a.to_str())
+        && !first.starts_with('-')
+        && !known.contains(&first)
+    {
+        args.insert(1, "export".into());
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -135,6 +182,7 @@ pub fn run() -> i32 {
         Command::Inspect(a) => commands::inspect(a),
         Command::Fold(a) => commands::fold(a),
         Command::Diff(a) => commands::diff(a),
+        Command::Export(a) => commands::export(a),
     }
 }
 

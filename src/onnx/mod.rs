@@ -1,0 +1,338 @@
+//! ONNX export: the graph is built from the checkpoint's own pickled module tree (the EMA's, by
+//! default), dispatching on class names and pickled attributes, and written as protobuf.
+
+pub mod graph;
+pub mod proto;
+pub mod py;
+pub mod ultralytics;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use graph::{GraphBuilder, V};
+use proto::{Attr, Dim, ElemType, Model, ValueInfo};
+use py::M;
+
+use crate::checkpoint::Checkpoint;
+use crate::checkpoint::metadata::to_json;
+use crate::checkpoint::module;
+
+/// Opsets the builder's operators are valid in (Split with a sizes input, Softmax over one axis,
+/// Resize with scales: 13 and later).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+
+/// What to export and how.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// Input height and width; `None` takes the checkpoint's training size.
+    pub imgsz: Option<(i64, i64)>,
+    /// Batch size of the static input.
+    pub batch: i64,
+    /// A dynamic batch dimension.
+    pub dynamic: bool,
+    /// Default-domain opset.
+    pub opset: i64,
+    /// f16 weights and compute, f32 inputs and outputs.
+    pub half: bool,
+    /// The module to export: a top-level key (`ema`, `model`).
+    pub module_key: String,
+}
+
+/// An exported model.
+#[derive(Debug)]
+pub struct Exported {
+    /// The serialised `ModelProto`.
+    pub bytes: Vec<u8>,
+    /// Input shape (batch −1 when dynamic).
+    pub input: Vec<i64>,
+    /// Output names and shapes.
+    pub outputs: Vec<(String, Vec<i64>)>,
+    /// Task (`detect`, …).
+    pub task: String,
+    /// `metadata_props` written.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// The ONNX layer's error.
+#[derive(Debug)]
+pub struct ExportError {
+    /// The checkpoint.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: cannot export: {}",
+            self.path.display(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ExportError {}
+
+/// The task of an Ultralytics model class.
+fn task_of(class: &str) -> Option<&'static str> {
+    Some(match class {
+        "DetectionModel" => "detect",
+        "SegmentationModel" => "segment",
+        "PoseModel" => "pose",
+        "OBBModel" => "obb",
+        "ClassificationModel" => "classify",
+        _ => return None,
+    })
+}
+
+/// Python `repr` of JSON-like data, for metadata Ultralytics reads with `ast.literal_eval`.
+fn py_repr(v: &serde_json::Value) -> String {
+    use serde_json::Value as J;
+    match v {
+        J::Null => "None".into(),
+        J::Bool(b) => if *b { "True" } else { "False" }.into(),
+        J::Number(n) => n.to_string(),
+        J::String(s) => {
+            let mut o = String::from("'");
+            for c in s.chars() {
+                match c {
+                    '\'' => o.push_str("\\'"),
+                    '\\' => o.push_str("\\\\"),
+                    '\n' => o.push_str("\\n"),
+                    c => o.push(c),
+                }
+            }
+            o.push('\'');
+            o
+        }
+        J::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        J::Object(m) => {
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, v)| {
+                    // Ultralytics class names are keyed by int.
+                    let key = if k.parse::<i64>().is_ok() {
+                        k.clone()
+                    } else {
+                        py_repr(&J::String(k.clone()))
+                    };
+                    format!("{key}: {}", py_repr(v))
+                })
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+    }
+}
+
+/// The training image size recorded in the checkpoint (`train_args.imgsz`, or the model's args).
+pub fn training_imgsz(ckpt: &Checkpoint, model: M) -> Option<(i64, i64)> {
+    let g = &ckpt.graph;
+    let from = |v: &crate::checkpoint::value::Value| -> Option<(i64, i64)> {
+        if let Some(i) = v.as_int() {
+            return Some((i, i));
+        }
+        match g.seq(v)? {
+            [h, w] => Some((h.as_int()?, w.as_int()?)),
+            [s] => s.as_int().map(|i| (i, i)),
+            _ => None,
+        }
+    };
+    g.dict_get(&ckpt.root, "train_args")
+        .and_then(|a| g.dict_get(a, "imgsz"))
+        .and_then(from)
+        .or_else(|| {
+            model
+                .attr("args")
+                .and_then(|a| g.dict_get(a, "imgsz").or_else(|| g.attr(a, "imgsz")))
+                .and_then(from)
+        })
+}
+
+/// Exports the Ultralytics model at `opts.module_key`.
+pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, ExportError> {
+    let err = |m: String| ExportError {
+        path: ckpt.path.clone(),
+        message: m,
+    };
+    if !OPSETS.contains(&opts.opset) {
+        return Err(err(format!(
+            "opset {} is not supported (supported: {}–{})",
+            opts.opset,
+            OPSETS.start(),
+            OPSETS.end()
+        )));
+    }
+    let g = &ckpt.graph;
+    let v = g
+        .dict_get(&ckpt.root, &opts.module_key)
+        .filter(|v| module::is_module(g, v))
+        .ok_or_else(|| {
+            err(format!(
+                "'{}' is not a pickled model module",
+                opts.module_key
+            ))
+        })?;
+    let root = M { g, v };
+    let class = root.class();
+    let task = task_of(&class).ok_or_else(|| {
+        err(format!(
+            "'{}' is a {class}, not an Ultralytics model",
+            opts.module_key
+        ))
+    })?;
+    let bad = ultralytics::unsupported(root.child("model").map_err(err)?);
+    if !bad.is_empty() {
+        return Err(err(format!(
+            "unsupported module classes: {}",
+            bad.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let strides = root.attr_tensor_f64("stride").unwrap_or_else(|| vec![32.0]);
+    let max_stride = strides.iter().cloned().fold(1.0, f64::max) as i64;
+    let (h, w) = opts
+        .imgsz
+        .or_else(|| training_imgsz(ckpt, root))
+        .unwrap_or((640, 640));
+    if h % max_stride != 0 || w % max_stride != 0 || h <= 0 || w <= 0 {
+        return Err(err(format!(
+            "image size {h}x{w} is not a multiple of the model stride {max_stride}"
+        )));
+    }
+    let batch = if opts.dynamic { -1 } else { opts.batch };
+    let dtype = if opts.half {
+        ElemType::Float16
+    } else {
+        ElemType::Float
+    };
+    let mut bld = ultralytics::Builder::new(GraphBuilder::new(dtype));
+    let mut input = V {
+        name: "images".into(),
+        shape: vec![batch, 3, h, w],
+    };
+    if opts.half {
+        let c = bld.b.node(
+            "input",
+            "Cast",
+            &["images"],
+            vec![("to", Attr::Int(ElemType::Float16 as i64))],
+        );
+        input = V {
+            name: c,
+            shape: input.shape,
+        };
+    }
+    let out = ultralytics::forward(&mut bld, root, input).map_err(err)?;
+    let last = if opts.half {
+        bld.b.node(
+            "output",
+            "Cast",
+            &[&out.name],
+            vec![("to", Attr::Int(ElemType::Float as i64))],
+        )
+    } else {
+        out.name.clone()
+    };
+    // Name the output `output0` with an Identity so every exporter path ends the same way.
+    bld.b.nodes.push(proto::Node {
+        op: "Identity".into(),
+        name: "output0/Identity".into(),
+        inputs: vec![last],
+        outputs: vec!["output0".into()],
+        attrs: vec![],
+    });
+    let dim = |d: i64, p: &str| {
+        if d < 0 {
+            Dim::Param(p.into())
+        } else {
+            Dim::Fixed(d)
+        }
+    };
+    let names = root
+        .attr("names")
+        .map(|n| to_json(g, n))
+        .unwrap_or(serde_json::Value::Null);
+    let mut metadata = vec![
+        (
+            "description".to_string(),
+            format!(
+                "{class} exported by fuse-ema from {}",
+                file_name(&ckpt.path)
+            ),
+        ),
+        ("author".into(), "fuse-ema".into()),
+    ];
+    for key in ["date", "version"] {
+        if let Some(s) = g.dict_get(&ckpt.root, key).and_then(|v| v.as_str()) {
+            metadata.push((key.into(), s.to_string()));
+        }
+    }
+    metadata.extend([
+        ("stride".into(), max_stride.to_string()),
+        ("task".into(), task.to_string()),
+        ("batch".into(), opts.batch.to_string()),
+        ("imgsz".into(), format!("[{h}, {w}]")),
+        ("names".into(), py_repr(&names)),
+        ("channels".into(), "3".into()),
+        ("end2end".into(), "False".into()),
+        (
+            "args".into(),
+            format!(
+                "{{'batch': {}, 'dynamic': {}, 'half': {}, 'imgsz': [{h}, {w}], 'nms': False, 'opset': {}}}",
+                opts.batch,
+                if opts.dynamic { "True" } else { "False" },
+                if opts.half { "True" } else { "False" },
+                opts.opset
+            ),
+        ),
+        ("producer".into(), format!("fuse-ema {}", env!("CARGO_PKG_VERSION"))),
+    ]);
+    let model = Model {
+        opset: opts.opset,
+        graph_name: class.clone(),
+        nodes: std::mem::take(&mut bld.b.nodes),
+        initializers: std::mem::take(&mut bld.b.initializers),
+        inputs: vec![ValueInfo {
+            name: "images".into(),
+            elem: ElemType::Float,
+            dims: vec![
+                dim(batch, "batch"),
+                Dim::Fixed(3),
+                Dim::Fixed(h),
+                Dim::Fixed(w),
+            ],
+        }],
+        outputs: vec![ValueInfo {
+            name: "output0".into(),
+            elem: ElemType::Float,
+            dims: out
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| {
+                    if i == 0 {
+                        dim(batch, "batch")
+                    } else {
+                        Dim::Fixed(d)
+                    }
+                })
+                .collect(),
+        }],
+        metadata: metadata.clone(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    Ok(Exported {
+        bytes: model.encode(),
+        input: vec![batch, 3, h, w],
+        outputs: vec![("output0".into(), out.shape)],
+        task: task.into(),
+        metadata,
+    })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,119 @@
+//! Reading pickled `nn.Module` attributes and weights as the graph builder needs them.
+
+use crate::checkpoint::module;
+use crate::checkpoint::value::{Graph, Node, Value};
+use crate::convert::to_f64_vec;
+
+/// A module in the checkpoint's object graph.
+#[derive(Clone, Copy)]
+pub struct M<'g> {
+    /// The object graph.
+    pub g: &'g Graph,
+    /// The module object.
+    pub v: &'g Value,
+}
+
+/// Result type of the builder.
+pub type R<T> = Result<T, String>;
+
+impl<'g> M<'g> {
+    /// The class name without module path (`Conv`, `C2f`).
+    pub fn class(&self) -> String {
+        module::short_class(self.g, self.v).unwrap_or_else(|| "?".into())
+    }
+
+    /// A named child module.
+    pub fn child(&self, name: &str) -> R<M<'g>> {
+        let c = module::children(self.g, self.v)
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c)
+            .ok_or_else(|| format!("{} has no child module '{name}'", self.class()))?;
+        Ok(M { g: self.g, v: c })
+    }
+
+    /// A named child, if present.
+    pub fn opt_child(&self, name: &str) -> Option<M<'g>> {
+        self.child(name).ok()
+    }
+
+    /// All child modules in order.
+    pub fn children(&self) -> Vec<(&'g str, M<'g>)> {
+        module::children(self.g, self.v)
+            .into_iter()
+            .map(|(n, c)| (n, M { g: self.g, v: c }))
+            .collect()
+    }
+
+    /// An instance attribute.
+    pub fn attr(&self, name: &str) -> Option<&'g Value> {
+        self.g.attr(self.v, name)
+    }
+
+    /// An integer attribute.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.attr(name)?.as_int()
+    }
+
+    /// A float attribute (ints accepted).
+    pub fn float(&self, name: &str) -> Option<f64> {
+        self.attr(name)?.as_f64()
+    }
+
+    /// A bool attribute.
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        match self.attr(name)? {
+            Value::Bool(b) => Some(*b),
+            Value::Int(i) => Some(*i != 0),
+            _ => None,
+        }
+    }
+
+    /// An int, or a tuple/list of ints (kernel sizes, strides, `f`).
+    pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        let v = self.attr(name)?;
+        if let Some(i) = v.as_int() {
+            return Some(vec![i]);
+        }
+        self.g.seq(v)?.iter().map(Value::as_int).collect()
+    }
+
+    /// A string attribute.
+    pub fn str(&self, name: &str) -> Option<&'g str> {
+        self.attr(name)?.as_str()
+    }
+
+    /// A parameter or buffer as f32 with its shape (f16/bf16 upcast exactly).
+    pub fn tensor_f32(&self, name: &str) -> R<Option<(Vec<f32>, Vec<i64>)>> {
+        let t = ["_parameters", "_buffers"]
+            .iter()
+            .filter_map(|a| self.attr(a))
+            .find_map(|d| self.g.dict_get(d, name));
+        let t = match t {
+            None | Some(Value::None) => return Ok(None),
+            Some(t) => t,
+        };
+        let t = match self.g.get(t) {
+            Some(Node::Tensor(t)) => t,
+            _ => return Err(format!("{}.{name} is not a tensor", self.class())),
+        };
+        let data = to_f64_vec(t)
+            .ok_or_else(|| format!("{}.{name} has dtype {}", self.class(), t.dtype))?
+            .into_iter()
+            .map(|x| x as f32)
+            .collect();
+        Ok(Some((data, t.shape.iter().map(|&d| d as i64).collect())))
+    }
+
+    /// A required parameter or buffer.
+    pub fn need_f32(&self, name: &str) -> R<(Vec<f32>, Vec<i64>)> {
+        self.tensor_f32(name)?
+            .ok_or_else(|| format!("{} has no tensor '{name}'", self.class()))
+    }
+
+    /// A tensor attribute that is not a parameter or buffer (Detect's `stride`).
+    pub fn attr_tensor_f64(&self, name: &str) -> Option<Vec<f64>> {
+        let t = self.g.tensor(self.attr(name)?)?;
+        to_f64_vec(t)
+    }
+}

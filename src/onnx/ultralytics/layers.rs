@@ -1,0 +1,292 @@
+//! torch.nn and Ultralytics building blocks: convolutions (BatchNorm folded), activations,
+//! pooling, resizing, concatenation, and the Bottleneck / C2f / C3 / SPPF blocks.
+
+use super::Builder;
+use crate::onnx::graph::V;
+use crate::onnx::proto::Attr;
+use crate::onnx::py::{M, R};
+
+/// What a layer receives: one tensor, or several (Concat, Detect).
+pub enum In {
+    /// A single input.
+    One(V),
+    /// A list of inputs.
+    Many(Vec<V>),
+}
+
+impl In {
+    /// The single input, or an error naming the layer.
+    pub fn one(self, what: &str) -> R<V> {
+        match self {
+            In::One(v) => Ok(v),
+            In::Many(_) => Err(format!("{what} expects one input, got a list")),
+        }
+    }
+}
+
+fn pair(m: &M, name: &str, default: i64) -> R<[i64; 2]> {
+    match m.ints(name).as_deref() {
+        None => Ok([default, default]),
+        Some([a]) => Ok([*a, *a]),
+        Some([a, b]) => Ok([*a, *b]),
+        Some(other) => Err(format!("{}.{name} = {other:?} is not 2-D", m.class())),
+    }
+}
+
+fn out_size(size: i64, k: i64, s: i64, p: i64, d: i64) -> i64 {
+    (size + 2 * p - d * (k - 1) - 1).div_euclid(s) + 1
+}
+
+impl Builder<'_> {
+    /// `nn.Conv2d`, with an optional `nn.BatchNorm2d` folded into its weights in f32.
+    pub fn conv2d(&mut self, scope: &str, m: M, bn: Option<M>, x: &V) -> R<V> {
+        let (mut w, ws) = m.need_f32("weight")?;
+        let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
+        let [sh, sw] = pair(&m, "stride", 1)?;
+        let [dh, dw] = pair(&m, "dilation", 1)?;
+        let [ph, pw] = match m.str("padding") {
+            Some("valid") => [0, 0],
+            Some("same") => [dh * (ws[2] - 1) / 2, dw * (ws[3] - 1) / 2],
+            Some(other) => return Err(format!("Conv2d padding '{other}'")),
+            None => pair(&m, "padding", 0)?,
+        };
+        if m.str("padding_mode").is_some_and(|p| p != "zeros") {
+            return Err(format!("Conv2d padding_mode {:?}", m.str("padding_mode")));
+        }
+        let groups = m.int("groups").unwrap_or(1);
+        let out_c = ws[0] as usize;
+        let per = w.len() / out_c.max(1);
+        let mut b = bias.unwrap_or_else(|| vec![0.0; out_c]);
+        if let Some(bn) = bn {
+            // Same operations, in the same order and precision, as Ultralytics' fuse_conv_and_bn.
+            let (gamma, _) = bn.need_f32("weight")?;
+            let (beta, _) = bn.need_f32("bias")?;
+            let (mean, _) = bn.need_f32("running_mean")?;
+            let (var, _) = bn.need_f32("running_var")?;
+            let eps = bn.float("eps").unwrap_or(1e-5) as f32;
+            for o in 0..out_c {
+                let scale = gamma[o] / (eps + var[o]).sqrt();
+                for v in &mut w[o * per..(o + 1) * per] {
+                    *v *= scale;
+                }
+                let b_bn = beta[o] - gamma[o] * mean[o] / (var[o] + eps).sqrt();
+                b[o] = scale * b[o] + b_bn;
+            }
+        }
+        let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
+        let bn_ = self.b.weight(&format!("{scope}.bias"), &[out_c as i64], &b);
+        let y = self.b.node(
+            scope,
+            "Conv",
+            &[&x.name, &wn, &bn_],
+            vec![
+                ("dilations", Attr::Ints(vec![dh, dw])),
+                ("group", Attr::Int(groups)),
+                ("kernel_shape", Attr::Ints(vec![ws[2], ws[3]])),
+                ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ("strides", Attr::Ints(vec![sh, sw])),
+            ],
+        );
+        let shape = vec![
+            x.shape[0],
+            ws[0],
+            out_size(x.shape[2], ws[2], sh, ph, dh),
+            out_size(x.shape[3], ws[3], sw, pw, dw),
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// An activation module applied to `x` (Identity returns `x`).
+    pub fn act(&mut self, scope: &str, m: Option<M>, x: V) -> R<V> {
+        let Some(m) = m else { return Ok(x) };
+        let s = format!("{scope}/act");
+        let name = match m.class().as_str() {
+            "Identity" => return Ok(x),
+            "SiLU" => {
+                let sig = self.b.node(&s, "Sigmoid", &[&x.name], vec![]);
+                self.b.bin(&s, "Mul", &x.name, &sig)
+            }
+            "ReLU" => self.b.node(&s, "Relu", &[&x.name], vec![]),
+            "Sigmoid" => self.b.node(&s, "Sigmoid", &[&x.name], vec![]),
+            "Tanh" => self.b.node(&s, "Tanh", &[&x.name], vec![]),
+            "Hardswish" => self.b.node(&s, "HardSwish", &[&x.name], vec![]),
+            "LeakyReLU" => {
+                let alpha = m.float("negative_slope").unwrap_or(0.01) as f32;
+                self.b.node(
+                    &s,
+                    "LeakyRelu",
+                    &[&x.name],
+                    vec![("alpha", Attr::Float(alpha))],
+                )
+            }
+            "Mish" => {
+                let sp = self.b.node(&s, "Softplus", &[&x.name], vec![]);
+                let t = self.b.node(&s, "Tanh", &[&sp], vec![]);
+                self.b.bin(&s, "Mul", &x.name, &t)
+            }
+            other => return Err(format!("activation {other}")),
+        };
+        Ok(V {
+            name,
+            shape: x.shape,
+        })
+    }
+
+    /// Ultralytics `Conv` / `DWConv`: conv, batch norm (folded), activation.
+    pub fn conv_block(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let y = self.conv2d(
+            &format!("{scope}.conv"),
+            m.child("conv")?,
+            m.opt_child("bn"),
+            x,
+        )?;
+        self.act(scope, m.opt_child("act"), y)
+    }
+
+    /// `nn.MaxPool2d`.
+    pub fn maxpool(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let [kh, kw] = pair(&m, "kernel_size", 1)?;
+        let [sh, sw] = match m.attr("stride") {
+            None | Some(crate::checkpoint::value::Value::None) => [kh, kw],
+            _ => pair(&m, "stride", 1)?,
+        };
+        let [ph, pw] = pair(&m, "padding", 0)?;
+        let [dh, dw] = pair(&m, "dilation", 1)?;
+        if m.bool("ceil_mode") == Some(true) {
+            return Err("MaxPool2d ceil_mode=True".into());
+        }
+        let y = self.b.node(
+            scope,
+            "MaxPool",
+            &[&x.name],
+            vec![
+                ("dilations", Attr::Ints(vec![dh, dw])),
+                ("kernel_shape", Attr::Ints(vec![kh, kw])),
+                ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ("strides", Attr::Ints(vec![sh, sw])),
+            ],
+        );
+        let shape = vec![
+            x.shape[0],
+            x.shape[1],
+            out_size(x.shape[2], kh, sh, ph, dh),
+            out_size(x.shape[3], kw, sw, pw, dw),
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// `nn.Upsample(scale_factor, mode='nearest')` as `Resize`.
+    pub fn upsample(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let mode = m.str("mode").unwrap_or("nearest");
+        if mode != "nearest" {
+            return Err(format!("Upsample mode '{mode}'"));
+        }
+        let f = m
+            .float("scale_factor")
+            .or_else(|| {
+                m.ints("scale_factor")
+                    .and_then(|v| v.first().map(|&i| i as f64))
+            })
+            .ok_or("Upsample without scale_factor")?;
+        let scales = self
+            .b
+            .f32s(&format!("{scope}/scales"), &[1.0, 1.0, f as f32, f as f32]);
+        let y = self.b.node(
+            scope,
+            "Resize",
+            &[&x.name, "", &scales],
+            vec![
+                (
+                    "coordinate_transformation_mode",
+                    Attr::Str("asymmetric".into()),
+                ),
+                ("mode", Attr::Str("nearest".into())),
+                ("nearest_mode", Attr::Str("floor".into())),
+            ],
+        );
+        let shape = vec![
+            x.shape[0],
+            x.shape[1],
+            (x.shape[2] as f64 * f).floor() as i64,
+            (x.shape[3] as f64 * f).floor() as i64,
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// Channel concatenation of several feature maps.
+    pub fn cat(&mut self, scope: &str, xs: &[V], axis: i64) -> V {
+        let names: Vec<&str> = xs.iter().map(|v| v.name.as_str()).collect();
+        let y = self.b.concat(scope, &names, axis);
+        let mut shape = xs[0].shape.clone();
+        let ax = axis.rem_euclid(shape.len() as i64) as usize;
+        shape[ax] = xs.iter().map(|v| v.shape[ax]).sum();
+        V { name: y, shape }
+    }
+
+    /// Elementwise sum of two same-shaped values.
+    pub fn add(&mut self, scope: &str, a: &V, b: &V) -> V {
+        V {
+            name: self.b.bin(scope, "Add", &a.name, &b.name),
+            shape: a.shape.clone(),
+        }
+    }
+
+    /// `Bottleneck`: cv2(cv1(x)), plus x when `add`.
+    pub fn bottleneck(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &a)?;
+        Ok(if m.bool("add").unwrap_or(false) {
+            self.add(scope, x, &y)
+        } else {
+            y
+        })
+    }
+
+    /// `C2f`: split cv1's output in two, chain the bottlenecks on the second half, concatenate all.
+    pub fn c2f(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let c = m.int("c").unwrap_or(a.shape[1] / 2);
+        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
+        let mut ys: Vec<V> = parts
+            .into_iter()
+            .map(|name| V {
+                name,
+                shape: vec![a.shape[0], c, a.shape[2], a.shape[3]],
+            })
+            .collect();
+        for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
+            let last = ys.last().expect("two halves").clone();
+            ys.push(self.module(&format!("{scope}.m.{i}"), b, In::One(last))?);
+        }
+        let cat = self.cat(scope, &ys, 1);
+        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
+    }
+
+    /// `C3`: cv3(cat(m(cv1(x)), cv2(x))).
+    pub fn c3(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let mut a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
+            a = self.module(&format!("{scope}.m.{i}"), b, In::One(a))?;
+        }
+        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, x)?;
+        let cat = self.cat(scope, &[a, b], 1);
+        self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &cat)
+    }
+
+    /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
+    pub fn sppf(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];
+        let pool = m.child("m")?;
+        for _ in 0..m.int("n").unwrap_or(3) {
+            let last = ys.last().expect("cv1 output").clone();
+            ys.push(self.maxpool(&format!("{scope}.m"), pool, &last)?);
+        }
+        let cat = self.cat(scope, &ys, 1);
+        let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)?;
+        Ok(if m.bool("add").unwrap_or(false) {
+            self.add(scope, x, &y)
+        } else {
+            y
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! Running ONNX models in ONNX Runtime, loaded at run time (`ort` with `load-dynamic`) from
+//! `ORT_DYLIB_PATH` or from an installed `onnxruntime` Python package.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ndarray::ArrayD;
+
+/// The runtime layer's error.
+#[derive(Debug, Clone)]
+pub struct RuntimeError(pub String);
+
+impl fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
+/// A loaded ONNX Runtime.
+pub struct OrtRuntime {
+    /// The shared library.
+    pub path: PathBuf,
+    /// Its version (`1.32.0`).
+    pub version: String,
+    env: ort::environment::Environment,
+}
+
+impl fmt::Debug for OrtRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ONNX Runtime {} ({})", self.version, self.path.display())
+    }
+}
+
+static ORT: OnceLock<Result<OrtRuntime, RuntimeError>> = OnceLock::new();
+
+/// The shared library's version, from its file name (`libonnxruntime.so.1.32.0`).
+fn version_of(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    name.split(".so.")
+        .nth(1)
+        .or_else(|| {
+            name.strip_prefix("libonnxruntime.")
+                .and_then(|r| r.strip_suffix(".dylib"))
+        })
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Finds `libonnxruntime` in an `onnxruntime` package folder (`…/onnxruntime/capi/`).
+fn in_package(dir: &Path) -> Option<PathBuf> {
+    let capi = dir.join("capi");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&capi)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            n.starts_with("libonnxruntime.so")
+                || (n.starts_with("libonnxruntime.") && n.ends_with(".dylib"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Where the ONNX Runtime library is: `ORT_DYLIB_PATH`, then the `onnxruntime` package of the
+/// active virtual environment, then of `python3` on the PATH (asked only for its location).
+pub fn find_library() -> Result<PathBuf, RuntimeError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(RuntimeError(format!(
+                "ORT_DYLIB_PATH={} is not a file",
+                p.display()
+            )))
+        };
+    }
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        let lib = PathBuf::from(venv).join("lib");
+        for e in std::fs::read_dir(&lib).into_iter().flatten().flatten() {
+            if let Some(p) = in_package(&e.path().join("site-packages").join("onnxruntime")) {
+                return Ok(p);
+            }
+        }
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import importlib.util as u; s = u.find_spec('onnxruntime'); print(s.submodule_search_locations[0] if s else '')"])
+        .output();
+    if let Ok(out) = out {
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !dir.is_empty()
+            && let Some(p) = in_package(Path::new(&dir))
+        {
+            return Ok(p);
+        }
+    }
+    Err(RuntimeError(
+        "ONNX Runtime not found: set ORT_DYLIB_PATH to libonnxruntime, or `pip install onnxruntime`".into(),
+    ))
+}
+
+/// The process-wide ONNX Runtime, loaded on first use.
+pub fn ort() -> Result<&'static OrtRuntime, RuntimeError> {
+    ORT.get_or_init(|| {
+        let path = find_library()?;
+        let env = ort::init_from(&path).map_err(|e| {
+            RuntimeError(format!(
+                "cannot load ONNX Runtime from {}: {e}",
+                path.display()
+            ))
+        })?;
+        let env = env
+            .with_name("fuse-ema")
+            .build()
+            .map_err(|e| RuntimeError(format!("ONNX Runtime at {}: {e}", path.display())))?;
+        Ok(OrtRuntime {
+            version: version_of(&path),
+            path,
+            env,
+        })
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+impl OrtRuntime {
+    /// Runs `model` on named f32 inputs and returns every output as f32, in the model's order.
+    pub fn run(
+        &self,
+        model: &[u8],
+        inputs: &[(&str, ArrayD<f32>)],
+    ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
+        fn e(m: &'static str) -> impl Fn(ort::Error) -> RuntimeError {
+            move |err| RuntimeError(format!("ONNX Runtime {m}: {err}"))
+        }
+        let mut session = ort::session::Session::builder(&self.env)
+            .map_err(e("session"))?
+            .with_intra_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            )
+            .map_err(|err| RuntimeError(format!("ONNX Runtime threads: {err}")))?
+            .commit_from_memory(model)
+            .map_err(e("cannot load the model"))?;
+        let mut values = Vec::new();
+        for (name, a) in inputs {
+            let t = ort::value::Tensor::from_array(a.clone()).map_err(e("input"))?;
+            values.push((
+                std::borrow::Cow::from(name.to_string()),
+                ort::session::SessionInputValue::from(t),
+            ));
+        }
+        let outputs = session.run(values).map_err(e("run"))?;
+        let mut out = Vec::new();
+        for (name, v) in outputs.iter() {
+            let a = v.try_extract_array::<f32>().map_err(e("output"))?;
+            out.push((name.to_string(), a.to_owned()));
+        }
+        Ok(out)
+    }
+}
