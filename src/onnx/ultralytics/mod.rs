@@ -1,6 +1,7 @@
 //! Ultralytics models: walk the pickled module tree the way `BaseModel._predict_once` runs it
 //! (each layer's `f` says where its input comes from) and emit each module by its class.
 
+mod attention;
 mod head;
 mod layers;
 
@@ -36,6 +37,16 @@ const SUPPORTED: &[&str] = &[
     "Tanh",
     "Hardswish",
     "Mish",
+    "C3k2",
+    "C3k",
+    "C2PSA",
+    "PSA",
+    "PSABlock",
+    "Attention",
+    "Classify",
+    "AdaptiveAvgPool2d",
+    "Dropout",
+    "Linear",
 ];
 
 /// Emits modules into a graph.
@@ -71,8 +82,12 @@ impl<'g> Builder<'g> {
             "MaxPool2d" => self.maxpool(scope, m, &x.one(&class)?),
             "Upsample" => self.upsample(scope, m, &x.one(&class)?),
             "Bottleneck" => self.bottleneck(scope, m, &x.one(&class)?),
-            "C2f" => self.c2f(scope, m, &x.one(&class)?),
-            "C3" => self.c3(scope, m, &x.one(&class)?),
+            "C2f" | "C3k2" => self.c2f(scope, m, &x.one(&class)?),
+            "C3" | "C3k" => self.c3(scope, m, &x.one(&class)?),
+            "C2PSA" | "PSA" => self.c2psa(scope, m, &x.one(&class)?),
+            "PSABlock" => self.psablock(scope, m, &x.one(&class)?),
+            "Attention" => self.attention(scope, m, &x.one(&class)?),
+            "Classify" => self.classify(scope, m, x),
             "SPPF" => self.sppf(scope, m, &x.one(&class)?),
             "Concat" => match x {
                 In::Many(xs) => Ok(self.cat(scope, &xs, m.int("d").unwrap_or(1))),
