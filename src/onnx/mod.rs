@@ -223,25 +223,32 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             shape: input.shape,
         };
     }
-    let out = ultralytics::forward(&mut bld, root, input).map_err(err)?;
-    let last = if opts.half {
-        bld.b.node(
-            "output",
-            "Cast",
-            &[&out.name],
-            vec![("to", Attr::Int(ElemType::Float as i64))],
-        )
-    } else {
-        out.name.clone()
-    };
-    // Name the output `output0` with an Identity so every exporter path ends the same way.
-    bld.b.nodes.push(proto::Node {
-        op: "Identity".into(),
-        name: "output0/Identity".into(),
-        inputs: vec![last],
-        outputs: vec!["output0".into()],
-        attrs: vec![],
-    });
+    let main = ultralytics::forward(&mut bld, root, input).map_err(err)?;
+    let mut results = vec![main];
+    results.append(&mut bld.extra_outputs);
+    let mut outputs = Vec::new();
+    for (i, out) in results.iter().enumerate() {
+        let name = format!("output{i}");
+        let last = if opts.half {
+            bld.b.node(
+                &name,
+                "Cast",
+                &[&out.name],
+                vec![("to", Attr::Int(ElemType::Float as i64))],
+            )
+        } else {
+            out.name.clone()
+        };
+        // An Identity gives every output its Ultralytics name whatever produced it.
+        bld.b.nodes.push(proto::Node {
+            op: "Identity".into(),
+            name: format!("{name}/Identity"),
+            inputs: vec![last],
+            outputs: vec![name.clone()],
+            attrs: vec![],
+        });
+        outputs.push((name, out.shape.clone()));
+    }
     let dim = |d: i64, p: &str| {
         if d < 0 {
             Dim::Param(p.into())
@@ -268,6 +275,11 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             metadata.push((key.into(), s.to_string()));
         }
     }
+    let head = root
+        .child("model")
+        .ok()
+        .and_then(|l| l.children().pop().map(|(_, h)| h));
+    let kpt_shape = head.and_then(|h| h.ints("kpt_shape"));
     metadata.extend([
         ("stride".into(), max_stride.to_string()),
         ("task".into(), task.to_string()),
@@ -288,6 +300,15 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         ),
         ("producer".into(), format!("fuse-ema {}", env!("CARGO_PKG_VERSION"))),
     ]);
+    if let Some(k) = kpt_shape {
+        metadata.push((
+            "kpt_shape".into(),
+            format!(
+                "[{}]",
+                k.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
     let model = Model {
         opset: opts.opset,
         graph_name: class.clone(),
@@ -303,29 +324,31 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
                 Dim::Fixed(w),
             ],
         }],
-        outputs: vec![ValueInfo {
-            name: "output0".into(),
-            elem: ElemType::Float,
-            dims: out
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| {
-                    if i == 0 {
-                        dim(batch, "batch")
-                    } else {
-                        Dim::Fixed(d)
-                    }
-                })
-                .collect(),
-        }],
+        outputs: outputs
+            .iter()
+            .map(|(name, shape)| ValueInfo {
+                name: name.clone(),
+                elem: ElemType::Float,
+                dims: shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| {
+                        if i == 0 {
+                            dim(batch, "batch")
+                        } else {
+                            Dim::Fixed(d)
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
         metadata: metadata.clone(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
     };
     Ok(Exported {
         bytes: model.encode(),
         input: vec![batch, 3, h, w],
-        outputs: vec![("output0".into(), out.shape)],
+        outputs,
         task: task.into(),
         metadata,
     })

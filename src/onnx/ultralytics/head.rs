@@ -12,43 +12,58 @@ impl Builder<'_> {
         self.module(scope, m, super::layers::In::One(x.clone()))
     }
 
-    /// `Detect` (YOLOv8 / YOLO11 / YOLOv5u forms, one-to-many head): output (B, 4 + nc, anchors)
-    /// with boxes as centre-x, centre-y, width, height in input pixels and sigmoid class scores.
+    /// `Detect`, `Segment`, `Pose` and `OBB` (one-to-many heads) in export form: output
+    /// (B, 4 + nc [+ masks | keypoints | angle], anchors), boxes in input pixels (centre x, centre
+    /// y, width, height; rotated boxes for OBB), sigmoid class scores. `Segment` also emits the
+    /// prototypes as a second output.
     pub fn detect(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+        let class = m.class();
         if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
-            return Err("end-to-end (one-to-one) Detect heads (YOLOv10 / YOLO26)".into());
+            return Err(format!(
+                "end-to-end (one-to-one) {class} heads (YOLOv10 / YOLO26)"
+            ));
         }
         if m.bool("xyxy") == Some(true) {
-            return Err("Detect with xyxy output".into());
+            return Err(format!("{class} with xyxy output"));
         }
         let nc = m.int("nc").ok_or("Detect without nc")?;
         let reg_max = m.int("reg_max").unwrap_or(16);
         let strides = m.attr_tensor_f64("stride").ok_or("Detect without stride")?;
         if strides.len() != xs.len() {
             return Err(format!(
-                "Detect has {} strides for {} inputs",
+                "{class} has {} strides for {} inputs",
                 strides.len(),
                 xs.len()
             ));
         }
+        let extra_ch = match class.as_str() {
+            "Detect" => 0,
+            "Segment" => m.int("nm").ok_or("Segment without nm")?,
+            "Pose" => m.int("nk").ok_or("Pose without nk")?,
+            "OBB" => m.int("ne").ok_or("OBB without ne")?,
+            other => return Err(format!("head {other}")),
+        };
         let (cv2, cv3) = (m.child("cv2")?.children(), m.child("cv3")?.children());
+        let cv4 = if extra_ch > 0 {
+            m.child("cv4")?.children()
+        } else {
+            Vec::new()
+        };
         let batch = xs[0].shape[0];
-        let (mut boxes, mut scores) = (Vec::new(), Vec::new());
+        let (mut boxes, mut scores, mut extra) = (Vec::new(), Vec::new(), Vec::new());
         let (mut anchors, mut stride_row) = (Vec::new(), Vec::new());
         for (i, x) in xs.iter().enumerate() {
-            let b = self.branch(&format!("{scope}.cv2.{i}"), cv2[i].1, x)?;
-            let c = self.branch(&format!("{scope}.cv3.{i}"), cv3[i].1, x)?;
             let hw = x.shape[2] * x.shape[3];
-            boxes.push(self.b.reshape(
-                &format!("{scope}.cv2.{i}"),
-                &b.name,
-                &[batch.max(0), 4 * reg_max, hw],
-            ));
-            scores.push(self.b.reshape(
-                &format!("{scope}.cv3.{i}"),
-                &c.name,
-                &[batch.max(0), nc, hw],
-            ));
+            let level = |b: &mut Self, name: &str, head: &[(&str, M)], ch: i64| -> R<String> {
+                let s = format!("{scope}.{name}.{i}");
+                let y = b.branch(&s, head[i].1, x)?;
+                Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
+            };
+            boxes.push(level(self, "cv2", &cv2, 4 * reg_max)?);
+            scores.push(level(self, "cv3", &cv3, nc)?);
+            if extra_ch > 0 {
+                extra.push(level(self, "cv4", &cv4, extra_ch)?);
+            }
             for yy in 0..x.shape[2] {
                 for xx in 0..x.shape[3] {
                     anchors.push((xx as f32 + 0.5, yy as f32 + 0.5));
@@ -57,41 +72,141 @@ impl Builder<'_> {
             stride_row.extend(std::iter::repeat_n(strides[i] as f32, hw as usize));
         }
         let a = anchors.len() as i64;
-        let box_refs: Vec<&str> = boxes.iter().map(String::as_str).collect();
-        let score_refs: Vec<&str> = scores.iter().map(String::as_str).collect();
-        let boxes = self.b.concat(scope, &box_refs, 2);
-        let scores = self.b.concat(scope, &score_refs, 2);
-
+        let cat = |b: &mut Self, v: &[String]| {
+            let r: Vec<&str> = v.iter().map(String::as_str).collect();
+            b.b.concat(scope, &r, 2)
+        };
+        let boxes = cat(self, &boxes);
+        let scores = cat(self, &scores);
+        let extra = if extra_ch > 0 {
+            Some(cat(self, &extra))
+        } else {
+            None
+        };
         let dist = if reg_max > 1 {
             self.dfl(&format!("{scope}.dfl"), m.child("dfl")?, &boxes, reg_max)?
         } else {
             boxes
         };
-        // dist2bbox (xywh): lt, rb = chunk(2); x1y1 = anchor − lt; x2y2 = anchor + rb.
         let ax: Vec<f32> = anchors
             .iter()
             .map(|p| p.0)
             .chain(anchors.iter().map(|p| p.1))
             .collect();
         let anchor = self.b.weight(&format!("{scope}/anchors"), &[1, 2, a], &ax);
-        let parts = self.b.split(scope, &dist, 1, &[2, 2]);
-        let x1y1 = self.b.bin(scope, "Sub", &anchor, &parts[0]);
-        let x2y2 = self.b.bin(scope, "Add", &anchor, &parts[1]);
-        let sum = self.b.bin(scope, "Add", &x1y1, &x2y2);
-        let two = self.b.weight(&format!("{scope}/two"), &[], &[2.0]);
-        let cxy = self.b.bin(scope, "Div", &sum, &two);
-        let wh = self.b.bin(scope, "Sub", &x2y2, &x1y1);
-        let xywh = self.b.concat(scope, &[&cxy, &wh], 1);
         let st = self
             .b
             .weight(&format!("{scope}/strides"), &[1, a], &stride_row);
-        let dbox = self.b.bin(scope, "Mul", &xywh, &st);
+        let parts = self.b.split(scope, &dist, 1, &[2, 2]);
+        let two = self.b.weight(&format!("{scope}/two"), &[], &[2.0]);
+        let mut angle = None;
+        let decoded = if class == "OBB" {
+            // θ = (sigmoid(raw) − 1/4)·π, then dist2rbox: rotate the (rb − lt)/2 offset by θ.
+            let raw = extra.clone().expect("OBB has cv4");
+            let sig = self.b.node(scope, "Sigmoid", &[&raw], vec![]);
+            let q = self.b.weight(&format!("{scope}/quarter"), &[], &[0.25]);
+            let pi = self
+                .b
+                .weight(&format!("{scope}/pi"), &[], &[std::f32::consts::PI]);
+            let shifted = self.b.bin(scope, "Sub", &sig, &q);
+            let theta = self.b.bin(scope, "Mul", &shifted, &pi);
+            let cos = self.b.node(scope, "Cos", &[&theta], vec![]);
+            let sin = self.b.node(scope, "Sin", &[&theta], vec![]);
+            let diff = self.b.bin(scope, "Sub", &parts[1], &parts[0]);
+            let half = self.b.bin(scope, "Div", &diff, &two);
+            let f = self.b.split(scope, &half, 1, &[1, 1]);
+            let (xc, ys) = (
+                self.b.bin(scope, "Mul", &f[0], &cos),
+                self.b.bin(scope, "Mul", &f[1], &sin),
+            );
+            let xr = self.b.bin(scope, "Sub", &xc, &ys);
+            let (xs_, yc) = (
+                self.b.bin(scope, "Mul", &f[0], &sin),
+                self.b.bin(scope, "Mul", &f[1], &cos),
+            );
+            let yr = self.b.bin(scope, "Add", &xs_, &yc);
+            let xy = self.b.concat(scope, &[&xr, &yr], 1);
+            let xy = self.b.bin(scope, "Add", &xy, &anchor);
+            let wh = self.b.bin(scope, "Add", &parts[0], &parts[1]);
+            angle = Some(theta);
+            self.b.concat(scope, &[&xy, &wh], 1)
+        } else {
+            // dist2bbox (xywh): x1y1 = anchor − lt; x2y2 = anchor + rb.
+            let x1y1 = self.b.bin(scope, "Sub", &anchor, &parts[0]);
+            let x2y2 = self.b.bin(scope, "Add", &anchor, &parts[1]);
+            let sum = self.b.bin(scope, "Add", &x1y1, &x2y2);
+            let cxy = self.b.bin(scope, "Div", &sum, &two);
+            let wh = self.b.bin(scope, "Sub", &x2y2, &x1y1);
+            self.b.concat(scope, &[&cxy, &wh], 1)
+        };
+        let dbox = self.b.bin(scope, "Mul", &decoded, &st);
         let sig = self.b.node(scope, "Sigmoid", &[&scores], vec![]);
-        let y = self.b.concat(scope, &[&dbox, &sig], 1);
+        let mut outs = vec![dbox, sig];
+        match class.as_str() {
+            "Segment" => {
+                outs.push(extra.expect("Segment has cv4"));
+                let proto = self.proto(&format!("{scope}.proto"), m.child("proto")?, &xs[0])?;
+                self.extra_outputs.push(proto);
+            }
+            "Pose" => outs.push(self.keypoints(
+                scope,
+                m,
+                &extra.expect("Pose has cv4"),
+                &anchor,
+                &st,
+                a,
+            )?),
+            "OBB" => outs.push(angle.expect("OBB angle")),
+            _ => {}
+        }
+        let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
+        let y = self.b.concat(scope, &refs, 1);
         Ok(V {
             name: y,
-            shape: vec![batch, 4 + nc, a],
+            shape: vec![batch, 4 + nc + extra_ch, a],
         })
+    }
+
+    /// Pose keypoints in export form: (xy·2 + anchor − 0.5)·stride, visibility through a sigmoid.
+    fn keypoints(
+        &mut self,
+        scope: &str,
+        m: M,
+        kpts: &str,
+        anchor: &str,
+        st: &str,
+        a: i64,
+    ) -> R<String> {
+        let shape = m.ints("kpt_shape").ok_or("Pose without kpt_shape")?;
+        let (n, ndim) = match shape.as_slice() {
+            [n, d] => (*n, *d),
+            other => return Err(format!("kpt_shape {other:?}")),
+        };
+        let y = self.b.reshape(scope, kpts, &[0, n, ndim, a]);
+        let parts = if ndim == 3 {
+            self.b.split(scope, &y, 2, &[2, 1])
+        } else {
+            vec![y]
+        };
+        let two = self.b.weight(&format!("{scope}/kpt_two"), &[], &[2.0]);
+        let half = self.b.weight(&format!("{scope}/kpt_half"), &[], &[0.5]);
+        let xy2 = self.b.bin(scope, "Mul", &parts[0], &two);
+        let shifted = self.b.bin(scope, "Sub", anchor, &half);
+        let xy = self.b.bin(scope, "Add", &xy2, &shifted);
+        let mut xy = self.b.bin(scope, "Mul", &xy, st);
+        if ndim == 3 {
+            let vis = self.b.node(scope, "Sigmoid", &[&parts[1]], vec![]);
+            xy = self.b.concat(scope, &[&xy, &vis], 2);
+        }
+        Ok(self.b.reshape(scope, &xy, &[0, n * ndim, a]))
+    }
+
+    /// `Proto`: cv1, a stride-2 transposed conv, cv2, cv3 — the mask prototypes (B, nm, H/4, W/4).
+    fn proto(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let up = self.conv_transpose(&format!("{scope}.upsample"), m.child("upsample")?, &a)?;
+        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &up)?;
+        self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &b)
     }
 
     /// `DFL`: softmax over the `reg_max` bins of each side, then the expectation (a 1×1 conv with

@@ -96,6 +96,46 @@ impl Builder<'_> {
         Ok(V { name: y, shape })
     }
 
+    /// `nn.ConvTranspose2d` (weights laid out as ONNX expects: in, out/groups, kh, kw).
+    pub fn conv_transpose(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let (w, ws) = m.need_f32("weight")?;
+        let groups = m.int("groups").unwrap_or(1);
+        let out_c = ws[1] * groups;
+        let b = m
+            .tensor_f32("bias")?
+            .map(|(b, _)| b)
+            .unwrap_or_else(|| vec![0.0; out_c as usize]);
+        let [sh, sw] = pair(&m, "stride", 1)?;
+        let [ph, pw] = pair(&m, "padding", 0)?;
+        let [dh, dw] = pair(&m, "dilation", 1)?;
+        let [oh, ow] = pair(&m, "output_padding", 0)?;
+        let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
+        let bn = self.b.weight(&format!("{scope}.bias"), &[out_c], &b);
+        let y = self.b.node(
+            scope,
+            "ConvTranspose",
+            &[&x.name, &wn, &bn],
+            vec![
+                ("dilations", Attr::Ints(vec![dh, dw])),
+                ("group", Attr::Int(groups)),
+                ("kernel_shape", Attr::Ints(vec![ws[2], ws[3]])),
+                ("output_padding", Attr::Ints(vec![oh, ow])),
+                ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ("strides", Attr::Ints(vec![sh, sw])),
+            ],
+        );
+        let size = |i: i64, k: i64, s: i64, p: i64, d: i64, o: i64| {
+            (i - 1) * s - 2 * p + d * (k - 1) + o + 1
+        };
+        let shape = vec![
+            x.shape[0],
+            out_c,
+            size(x.shape[2], ws[2], sh, ph, dh, oh),
+            size(x.shape[3], ws[3], sw, pw, dw, ow),
+        ];
+        Ok(V { name: y, shape })
+    }
+
     /// An activation module applied to `x` (Identity returns `x`).
     pub fn act(&mut self, scope: &str, m: Option<M>, x: V) -> R<V> {
         let Some(m) = m else { return Ok(x) };

@@ -47,12 +47,19 @@ const SUPPORTED: &[&str] = &[
     "AdaptiveAvgPool2d",
     "Dropout",
     "Linear",
+    "Segment",
+    "Pose",
+    "OBB",
+    "Proto",
+    "ConvTranspose2d",
 ];
 
 /// Emits modules into a graph.
 pub struct Builder<'g> {
     /// The graph under construction.
     pub b: GraphBuilder,
+    /// Outputs beyond the model's main one (`Segment`'s prototypes), in order.
+    pub extra_outputs: Vec<V>,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -61,6 +68,7 @@ impl<'g> Builder<'g> {
     pub fn new(b: GraphBuilder) -> Builder<'g> {
         Builder {
             b,
+            extra_outputs: Vec::new(),
             _g: std::marker::PhantomData,
         }
     }
@@ -93,7 +101,7 @@ impl<'g> Builder<'g> {
                 In::Many(xs) => Ok(self.cat(scope, &xs, m.int("d").unwrap_or(1))),
                 In::One(v) => Ok(v),
             },
-            "Detect" => match x {
+            "Detect" | "Segment" | "Pose" | "OBB" => match x {
                 In::Many(xs) => self.detect(scope, m, &xs),
                 In::One(v) => self.detect(scope, m, &[v]),
             },
