@@ -252,3 +252,29 @@ fn shorthand_and_errors() {
     assert_eq!(r.status.code(), Some(2));
     assert!(!bad.exists(), "no partial output");
 }
+
+#[test]
+fn external_data_file_runs_in_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ext.onnx");
+    export("yolov8-best.pt", &out, &["--external-data"]);
+    let data = dir.path().join("ext.onnx.data");
+    assert!(
+        data.exists() && std::fs::metadata(&data).unwrap().len() > 1_000_000,
+        "weights moved out"
+    );
+    assert!(
+        std::fs::metadata(&out).unwrap().len() < 100_000,
+        "the model keeps only the graph"
+    );
+    let bytes = golden("yolov8-best.io");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rt = fuse_ema::runtime::ort().unwrap_or_else(|e| panic!("{e}"));
+    let y = rt
+        .run_file(&out, &[("images", array(&st, "images_1x64x64"))])
+        .unwrap()
+        .remove(0)
+        .1;
+    let (d, m) = deviation(&y, &array(&st, "output0_1x64x64"));
+    assert!(d <= 1e-4 * m + 1e-4, "external data: {d}");
+}

@@ -321,20 +321,42 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         opset: a.opset,
         half: a.half,
         module_key: module_key.clone(),
+        force_external: a.external_data,
+        // Named after the model; export decides whether one is needed.
+        external_name: format!(
+            "{}.data",
+            a.output
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "model.onnx".into())
+        ),
     };
     let exported = match crate::onnx::export(&ckpt, &opts) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
-    let mut f = match write::AtomicFile::create(&a.output, &[a.file.as_path()]) {
-        Ok(f) => f,
-        Err(e) => return fail(e),
-    };
-    if let Err(e) = std::io::Write::write_all(f.file(), &exported.bytes) {
-        return fail(format_args!("{}: {e}", a.output.display()));
+    // The data file (when any) goes in first, so a model never points at a missing file.
+    let mut files = Vec::new();
+    if let Some((name, data)) = &exported.external {
+        let target = a.output.with_file_name(name);
+        files.push((target, data.as_slice()));
     }
-    if let Err(e) = f.commit() {
-        return fail(e);
+    files.push((a.output.clone(), exported.bytes.as_slice()));
+    let mut pending = Vec::new();
+    for (target, bytes) in &files {
+        let mut f = match write::AtomicFile::create(target, &[a.file.as_path()]) {
+            Ok(f) => f,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = std::io::Write::write_all(f.file(), bytes) {
+            return fail(format_args!("{}: {e}", target.display()));
+        }
+        pending.push(f);
+    }
+    for f in pending {
+        if let Err(e) = f.commit() {
+            return fail(e);
+        }
     }
     let parity = "not run (the parity check is not implemented yet)";
     if a.json {

@@ -93,6 +93,9 @@ struct ExportArgs {
     /// Skip the parity check.
     #[arg(long)]
     no_parity: bool,
+    /// Write the weights to OUT.onnx.data beside the model (automatic above 1.9 GB).
+    #[arg(long)]
+    external_data: bool,
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,

@@ -36,13 +36,23 @@ pub struct ExportOptions {
     pub half: bool,
     /// The module to export: a top-level key (`ema`, `model`).
     pub module_key: String,
+    /// Always put the weights in the external data file.
+    pub force_external: bool,
+    /// The external data file's name (beside the model), used when the weights go there: when
+    /// forced, or when they exceed [`EXTERNAL_DATA_ABOVE`].
+    pub external_name: String,
 }
+
+/// Protobuf messages cannot exceed 2 GiB; weights above this go to an external data file.
+pub const EXTERNAL_DATA_ABOVE: usize = 1_900_000_000;
 
 /// An exported model.
 #[derive(Debug)]
 pub struct Exported {
     /// The serialised `ModelProto`.
     pub bytes: Vec<u8>,
+    /// The external data file (its name, its bytes), when the weights were moved out.
+    pub external: Option<(String, Vec<u8>)>,
     /// Input shape (batch −1 when dynamic).
     pub input: Vec<i64>,
     /// Output names and shapes.
@@ -345,8 +355,19 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         metadata: metadata.clone(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
     };
+    let weights: usize = model.initializers.iter().map(|t| t.raw.len()).sum();
+    let location =
+        (opts.force_external || weights > EXTERNAL_DATA_ABOVE).then(|| opts.external_name.clone());
+    let (bytes, external) = match location {
+        Some(loc) => {
+            let (m, d) = model.encode_external(&loc);
+            (m, Some((loc, d)))
+        }
+        None => (model.encode(), None),
+    };
     Ok(Exported {
-        bytes: model.encode(),
+        bytes,
+        external,
         input: vec![batch, 3, h, w],
         outputs,
         task: task.into(),

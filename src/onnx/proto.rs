@@ -142,11 +142,32 @@ fn packed_ints(out: &mut Vec<u8>, field: u32, v: &[i64]) {
     bytes(out, field, &inner);
 }
 
-fn tensor(out: &mut Vec<u8>, t: &TensorProto) {
+/// Where a tensor's bytes went when they were moved to the external data file.
+struct External<'a> {
+    location: &'a str,
+    offset: usize,
+}
+
+fn tensor(out: &mut Vec<u8>, t: &TensorProto, ext: Option<External>) {
     packed_ints(out, 1, &t.dims);
     int(out, 2, t.elem as i64);
     string(out, 8, &t.name);
-    bytes(out, 9, &t.raw);
+    match ext {
+        None => bytes(out, 9, &t.raw),
+        Some(e) => {
+            for (k, v) in [
+                ("location", e.location.to_string()),
+                ("offset", e.offset.to_string()),
+                ("length", t.raw.len().to_string()),
+            ] {
+                message(out, 13, |m| {
+                    string(m, 1, k);
+                    string(m, 2, &v);
+                });
+            }
+            int(out, 14, 1);
+        }
+    }
 }
 
 fn value_info(out: &mut Vec<u8>, v: &ValueInfo) {
@@ -211,9 +232,23 @@ fn node(out: &mut Vec<u8>, n: &Node) {
     }
 }
 
+/// Initializers at least this large go to the external data file when one is used.
+const EXTERNAL_MIN: usize = 1024;
+
 impl Model {
     /// The serialised `ModelProto`.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(None).0
+    }
+
+    /// The `ModelProto` with large initializers moved to an external data file named `location`
+    /// (beside the model), each 4096-byte aligned; returns the model and the data file's bytes.
+    pub fn encode_external(&self, location: &str) -> (Vec<u8>, Vec<u8>) {
+        self.encode_with(Some(location))
+    }
+
+    fn encode_with(&self, location: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+        let mut data = Vec::new();
         let mut out = Vec::new();
         int(&mut out, 1, IR_VERSION);
         string(&mut out, 2, "fuse-ema");
@@ -224,7 +259,21 @@ impl Model {
             }
             string(g, 2, &self.graph_name);
             for t in &self.initializers {
-                message(g, 5, |m| tensor(m, t));
+                let ext = match location {
+                    Some(loc) if t.raw.len() >= EXTERNAL_MIN => {
+                        while data.len() % 4096 != 0 {
+                            data.push(0);
+                        }
+                        let offset = data.len();
+                        data.extend_from_slice(&t.raw);
+                        Some(External {
+                            location: loc,
+                            offset,
+                        })
+                    }
+                    _ => None,
+                };
+                message(g, 5, |m| tensor(m, t, ext));
             }
             for v in &self.inputs {
                 message(g, 11, |m| value_info(m, v));
@@ -243,7 +292,7 @@ impl Model {
                 string(m, 2, v);
             });
         }
-        out
+        (out, data)
     }
 }
 

@@ -34,6 +34,11 @@ impl fmt::Debug for OrtRuntime {
     }
 }
 
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
 static ORT: OnceLock<Result<OrtRuntime, RuntimeError>> = OnceLock::new();
 
 /// The shared library's version, from its file name (`libonnxruntime.so.1.32.0`).
@@ -134,25 +139,44 @@ pub fn ort() -> Result<&'static OrtRuntime, RuntimeError> {
 }
 
 impl OrtRuntime {
+    /// Runs the model file at `path` (external data files are found beside it).
+    pub fn run_file(
+        &self,
+        path: &Path,
+        inputs: &[(&str, ArrayD<f32>)],
+    ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
+        self.run_source(Source::File(path), inputs)
+    }
+
     /// Runs `model` on named f32 inputs and returns every output as f32, in the model's order.
     pub fn run(
         &self,
         model: &[u8],
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
+        self.run_source(Source::Bytes(model), inputs)
+    }
+
+    fn run_source(
+        &self,
+        model: Source,
+        inputs: &[(&str, ArrayD<f32>)],
+    ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         fn e(m: &'static str) -> impl Fn(ort::Error) -> RuntimeError {
             move |err| RuntimeError(format!("ONNX Runtime {m}: {err}"))
         }
-        let mut session = ort::session::Session::builder(&self.env)
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut builder = ort::session::Session::builder(&self.env)
             .map_err(e("session"))?
-            .with_intra_threads(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
-            )
-            .map_err(|err| RuntimeError(format!("ONNX Runtime threads: {err}")))?
-            .commit_from_memory(model)
-            .map_err(e("cannot load the model"))?;
+            .with_intra_threads(threads)
+            .map_err(|err| RuntimeError(format!("ONNX Runtime threads: {err}")))?;
+        let mut session = match model {
+            Source::Bytes(b) => builder.commit_from_memory(b),
+            Source::File(p) => builder.commit_from_file(p),
+        }
+        .map_err(e("cannot load the model"))?;
         let mut values = Vec::new();
         for (name, a) in inputs {
             let t = ort::value::Tensor::from_array(a.clone()).map_err(e("input"))?;
