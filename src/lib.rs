@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod io;
 pub mod onnx;
 pub mod progress;
+pub mod reference;
 pub mod runtime;
 pub mod tensor;
 pub mod write;

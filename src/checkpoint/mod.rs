@@ -4,6 +4,7 @@
 pub mod globals;
 pub mod metadata;
 pub mod module;
+pub mod py;
 pub mod sets;
 pub mod value;
 

@@ -3,15 +3,14 @@
 
 pub mod graph;
 pub mod proto;
-pub mod py;
 pub mod ultralytics;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::py::M;
 use graph::{GraphBuilder, V};
 use proto::{Attr, Dim, ElemType, Model, ValueInfo};
-use py::M;
 
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::metadata::to_json;

@@ -2,9 +2,9 @@
 
 use super::Builder;
 use super::layers::In;
+use crate::checkpoint::py::{M, R};
 use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
-use crate::onnx::py::{M, R};
 
 impl Builder<'_> {
     /// `Attention`: multi-head self-attention over the H·W positions, plus a depthwise positional

@@ -2,9 +2,9 @@
 //! decoding with anchors and strides as constants for the static input size.
 
 use super::Builder;
+use crate::checkpoint::py::{M, R};
 use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
-use crate::onnx::py::{M, R};
 
 impl Builder<'_> {
     /// Runs a head branch (`nn.Sequential` or a single module) on one level.

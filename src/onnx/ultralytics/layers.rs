@@ -2,9 +2,9 @@
 //! pooling, resizing, concatenation, and the Bottleneck / C2f / C3 / SPPF blocks.
 
 use super::Builder;
+use crate::checkpoint::py::{M, R};
 use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
-use crate::onnx::py::{M, R};
 
 /// What a layer receives: one tensor, or several (Concat, Detect).
 pub enum In {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use layers::In;
 
 use super::graph::{GraphBuilder, V};
-use super::py::{M, R};
+use crate::checkpoint::py::{M, R};
 
 /// Module classes the builder emits.
 const SUPPORTED: &[&str] = &[

@@ -1,4 +1,5 @@
-//! Reading pickled `nn.Module` attributes and weights as the graph builder needs them.
+//! Reading pickled `nn.Module` attributes and weights, as the ONNX builder and the reference
+//! interpreter need them.
 
 use crate::checkpoint::module;
 use crate::checkpoint::value::{Graph, Node, Value};
