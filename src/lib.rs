@@ -10,6 +10,7 @@ pub mod ema;
 pub mod inspect;
 pub mod io;
 pub mod onnx;
+pub mod parity;
 pub mod progress;
 pub mod reference;
 pub mod runtime;

@@ -2,6 +2,7 @@
 //! arguments into calls and results into text, JSON and exit codes.
 
 mod commands;
+mod export;
 mod progress;
 mod render;
 
@@ -60,9 +61,51 @@ enum Command {
     Diff(DiffArgs),
     /// Build an ONNX model from the checkpoint's own module tree, EMA weights folded in.
     #[command(
-        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nExit codes: 0 written, 2 unsupported model / bad input / cannot write."
+        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed, 2 unsupported model / bad input."
     )]
     Export(ExportArgs),
+    /// Check an ONNX model against a checkpoint's EMA: outputs, and which weights it holds.
+    #[command(
+        after_help = "Examples:\n  fuse-ema verify model.onnx --checkpoint best.pt\n  fuse-ema verify yolo-exported.onnx --checkpoint last.pt --json\n  fuse-ema verify model.onnx --checkpoint last.pt --golden io.npz\n\nRuns the ONNX in ONNX Runtime and the checkpoint's EMA in the reference interpreter on the\nONNX's input shape; compares outputs and detections; compares the ONNX initializers with the EMA\nand raw weights (BatchNorm folded) and says plainly when the ONNX holds the raw weights.\nExit codes: 0 verified, 1 parity failed or not the EMA's weights, 2 bad input."
+    )]
+    Verify(VerifyArgs),
+}
+
+/// How parity is checked.
+#[derive(clap::Args, Clone)]
+struct ParityArgs {
+    /// Seeded uniform [0,1) input batches to compare on.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    parity_samples: usize,
+    /// Compare with a golden .npz holding `images` and PyTorch's `output0`, `output1`, … instead.
+    #[arg(long, value_name = "IO.npz")]
+    golden: Option<PathBuf>,
+    /// Absolute tolerance (default 1e-4; 1e-2 for f16 models).
+    #[arg(long)]
+    atol: Option<f64>,
+    /// Tolerance relative to the largest reference magnitude (default 1e-4; 1e-2 for f16).
+    #[arg(long)]
+    rtol: Option<f64>,
+    /// Runtime that runs the ONNX: ort (ONNX Runtime) or tract.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ort", "tract"])]
+    runtime: String,
+    /// Write the parity report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// ONNX model made by any exporter (e.g. `yolo export`).
+    model: PathBuf,
+    /// The training checkpoint it should come from.
+    #[arg(long, value_name = "CKPT")]
+    checkpoint: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    parity: ParityArgs,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +139,8 @@ struct ExportArgs {
     /// Write the weights to OUT.onnx.data beside the model (automatic above 1.9 GB).
     #[arg(long)]
     external_data: bool,
+    #[command(flatten)]
+    parity: ParityArgs,
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
@@ -163,7 +208,7 @@ struct DiffArgs {
 pub fn run() -> i32 {
     // `fuse-ema CKPT -o OUT.onnx` is shorthand for `fuse-ema export CKPT -o OUT.onnx`.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let known = ["inspect", "fold", "diff", "export", "help"];
+    let known = ["inspect", "fold", "diff", "export", "verify", "help"];
     if let Some(first) = args.get(1).and_then(|a| a.to_str())
         && !first.starts_with('-')
         && !known.contains(&first)
@@ -185,7 +230,8 @@ pub fn run() -> i32 {
         Command::Inspect(a) => commands::inspect(a),
         Command::Fold(a) => commands::fold(a),
         Command::Diff(a) => commands::diff(a),
-        Command::Export(a) => commands::export(a),
+        Command::Export(a) => export::export(a),
+        Command::Verify(a) => export::verify(a),
     }
 }
 

@@ -313,3 +313,44 @@ pub fn diff_text(
     }
     o
 }
+
+/// The parity result: one summary line, then one line per output and any task mismatch.
+pub fn parity_text(r: &crate::parity::ParityReport) -> String {
+    let mut o = String::new();
+    let tasks_ok = r.task.iter().filter(|t| t.pass).count();
+    let _ = writeln!(
+        o,
+        "parity: {} — {} vs {}; {}",
+        if r.pass { "PASS" } else { "FAIL" },
+        r.runtime,
+        r.compared_with,
+        r.inputs
+    );
+    for s in &r.outputs {
+        let _ = writeln!(
+            o,
+            "  {} {:?}: max |Δ| {:.3e}, mean |Δ| {:.3e}, cosine {:.6}; tightest channel {}: |Δ| {:.3e} vs limit {:.3e} — {}",
+            s.name,
+            s.shape,
+            s.max_abs,
+            s.mean_abs,
+            s.cosine,
+            s.worst_channel,
+            s.worst_channel_max_abs,
+            s.worst_channel_limit,
+            if s.pass { "ok" } else { "FAIL" }
+        );
+    }
+    if !r.task.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {}: {tasks_ok}/{} images agree",
+            r.task[0].kind,
+            r.task.len()
+        );
+        for t in r.task.iter().filter(|t| !t.pass) {
+            let _ = writeln!(o, "    image {}: {}", t.image, t.detail);
+        }
+    }
+    o
+}

@@ -2,7 +2,9 @@
 //! default), dispatching on class names and pickled attributes, and written as protobuf.
 
 pub mod graph;
+pub mod origin;
 pub mod proto;
+pub mod read;
 pub mod ultralytics;
 
 use std::fmt;
@@ -378,4 +380,24 @@ fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default()
+}
+
+/// The task and class count of an Ultralytics model module (from its last layer).
+pub fn task_and_classes(root: M) -> (String, usize) {
+    let task = task_of(&root.class()).unwrap_or("detect").to_string();
+    let head = root
+        .child("model")
+        .ok()
+        .and_then(|l| l.children().pop().map(|(_, h)| h));
+    let nc = head
+        .and_then(|h| {
+            h.int("nc").or_else(|| {
+                h.child("linear")
+                    .ok()
+                    .and_then(|l| l.need_f32("weight").ok())
+                    .map(|(_, s)| s[0])
+            })
+        })
+        .unwrap_or(0);
+    (task, nc as usize)
 }

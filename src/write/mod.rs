@@ -147,6 +147,18 @@ impl AtomicFile {
         &self.target
     }
 
+    /// Where the bytes are being written (the temporary name).
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Flushes to disk and renames to `other` instead of the target (a parity failure keeps the
+    /// file for inspection under a name no deployment would pick up).
+    pub fn commit_as(mut self, other: &Path) -> Result<(), WriteError> {
+        self.target = other.to_path_buf();
+        self.commit()
+    }
+
     /// Flushes to disk and renames into place.
     pub fn commit(self) -> Result<(), WriteError> {
         let target = self.target.clone();

@@ -1,0 +1,379 @@
+//! `export` (with its parity check) and `verify`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{EXIT_CHECK_FAILED, EXIT_OK, ExportArgs, ParityArgs, VerifyArgs, fail, render};
+use crate::checkpoint::py::M;
+use crate::ema::{self, Selectors};
+use crate::parity::{self, OnnxModel, ParityReport, Tolerance};
+use crate::write;
+
+fn parse_imgsz(s: &str) -> Option<(i64, i64)> {
+    let parts: Vec<i64> = s
+        .split([',', 'x'])
+        .map(|p| p.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [n] => Some((*n, *n)),
+        [h, w] => Some((*h, *w)),
+        _ => None,
+    }
+}
+
+/// The runtime the parity check runs the ONNX in; forcing one that is missing is an error.
+fn runtime(choice: &str) -> Result<&'static crate::runtime::OrtRuntime, String> {
+    match choice {
+        "auto" | "ort" => crate::runtime::ort().map_err(|e| {
+            format!("{e}. The parity check needs ONNX Runtime (pass --no-parity to skip it)")
+        }),
+        "tract" => {
+            Err("--runtime tract: this build has no tract runtime; use --runtime ort".into())
+        }
+        other => Err(format!("--runtime {other}: expected ort or tract")),
+    }
+}
+
+fn tolerance(p: &ParityArgs, half: bool) -> Tolerance {
+    let d = if half { Tolerance::F16 } else { Tolerance::F32 };
+    Tolerance {
+        atol: p.atol.unwrap_or(d.atol),
+        rtol: p.rtol.unwrap_or(d.rtol),
+    }
+}
+
+/// Runs parity for an ONNX against the checkpoint module `root` (or a golden file).
+fn run_parity(
+    p: &ParityArgs,
+    model: OnnxModel,
+    root: M,
+    shape: &[usize],
+    half: bool,
+) -> Result<ParityReport, String> {
+    let rt = runtime(&p.runtime)?;
+    let task = crate::onnx::task_and_classes(root);
+    let tol = tolerance(p, half);
+    match &p.golden {
+        Some(g) => {
+            let npz = parity::npz::Npz::open(g)?;
+            parity::against_golden(rt, model, &npz, (&task.0, task.1), tol)
+        }
+        None => parity::against_reference(
+            rt,
+            model,
+            root,
+            (&task.0, task.1),
+            shape,
+            p.parity_samples,
+            tol,
+        ),
+    }
+}
+
+fn write_report(path: &Option<PathBuf>, r: &ParityReport, inputs: &[&Path]) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let mut f = write::AtomicFile::create(path, inputs).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(r).map_err(|e| e.to_string())? + "\n";
+    std::io::Write::write_all(f.file(), text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.commit().map_err(|e| e.to_string())
+}
+
+pub(super) fn export(a: ExportArgs) -> i32 {
+    let imgsz = match a.imgsz.as_deref().map(parse_imgsz) {
+        None => None,
+        Some(Some(s)) => Some(s),
+        Some(None) => {
+            return fail(format_args!(
+                "--imgsz {}: expected N or H,W",
+                a.imgsz.unwrap_or_default()
+            ));
+        }
+    };
+    if a.batch < 1 {
+        return fail("--batch must be at least 1");
+    }
+    // Settle the runtime before any work, so a missing one fails fast.
+    if !a.no_parity
+        && let Err(m) = runtime(&a.parity.runtime)
+    {
+        return fail(m);
+    }
+    let ckpt = match crate::io::open(&a.file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let located = match ema::locate(&ckpt, &Selectors::default()) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    if located.layout != "ultralytics" {
+        return fail(format_args!(
+            "{}: export reads Ultralytics checkpoints (pickled model modules); this file's layout is {}",
+            a.file.display(),
+            located.layout
+        ));
+    }
+    let module_key = if a.source == "raw" {
+        match &located.raw {
+            Some(r) => r.origin.clone(),
+            None => {
+                return fail(format_args!(
+                    "{}: --source raw: the file holds no raw weights ({})",
+                    a.file.display(),
+                    if located.stripped {
+                        "stripped checkpoint: `model` is the EMA"
+                    } else {
+                        "`model` is None"
+                    }
+                ));
+            }
+        }
+    } else {
+        located.ema.origin.clone()
+    };
+    let opts = crate::onnx::ExportOptions {
+        imgsz,
+        batch: a.batch,
+        dynamic: a.dynamic,
+        opset: a.opset,
+        half: a.half,
+        module_key: module_key.clone(),
+        force_external: a.external_data,
+        external_name: format!(
+            "{}.data",
+            a.output
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "model.onnx".into())
+        ),
+    };
+    let exported = match crate::onnx::export(&ckpt, &opts) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let inputs = [a.file.as_path()];
+    // The data file (when any) goes in first, so a model never points at a missing file.
+    if let Some((name, data)) = &exported.external {
+        let target = a.output.with_file_name(name);
+        let written = write::AtomicFile::create(&target, &inputs).and_then(|mut f| {
+            std::io::Write::write_all(f.file(), data)
+                .map_err(|e| write::WriteError::new(&target, e.to_string()))?;
+            f.commit()
+        });
+        if let Err(e) = written {
+            return fail(e);
+        }
+    }
+    let mut model_file = match write::AtomicFile::create(&a.output, &inputs) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = std::io::Write::write_all(model_file.file(), &exported.bytes) {
+        return fail(format_args!("{}: {e}", a.output.display()));
+    }
+    let g = &ckpt.graph;
+    let root_v = g
+        .dict_get(&ckpt.root, &module_key)
+        .expect("export checked the module");
+    let root = M { g, v: root_v };
+    let shape: Vec<usize> = exported.input.iter().map(|&d| d.max(1) as usize).collect();
+    let report = if a.no_parity {
+        None
+    } else {
+        let model = if exported.external.is_some() {
+            OnnxModel::File(model_file.path())
+        } else {
+            OnnxModel::Bytes(&exported.bytes)
+        };
+        match run_parity(&a.parity, model, root, &shape, a.half) {
+            Ok(r) => Some(r),
+            Err(m) => {
+                return fail(format_args!(
+                    "{}: parity check could not run: {m}",
+                    a.file.display()
+                ));
+            }
+        }
+    };
+    let passed = report.as_ref().is_none_or(|r| r.pass);
+    let final_path = if passed {
+        a.output.clone()
+    } else {
+        let name = a
+            .output
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        a.output
+            .with_file_name(format!("{name}.parity-failed.onnx"))
+    };
+    let committed = if passed {
+        model_file.commit()
+    } else {
+        model_file.commit_as(&final_path)
+    };
+    if let Err(e) = committed {
+        return fail(e);
+    }
+    if let Some(r) = &report
+        && let Err(m) = write_report(&a.parity.report, r, &inputs)
+    {
+        return fail(m);
+    }
+    if a.json {
+        let v = json!({
+            "file": a.file.display().to_string(),
+            "output": final_path.display().to_string(),
+            "source": a.source,
+            "weights_from": module_key,
+            "layout": located.report(),
+            "task": exported.task,
+            "input": {"name": "images", "shape": exported.input},
+            "outputs": exported.outputs.iter().map(|(n, s)| json!({"name": n, "shape": s})).collect::<Vec<_>>(),
+            "opset": a.opset,
+            "half": a.half,
+            "external_data": exported.external.as_ref().map(|(n, _)| n),
+            "bytes": exported.bytes.len(),
+            "parity": report,
+        });
+        match serde_json::to_string_pretty(&v) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(e),
+        }
+    } else {
+        let shapes: Vec<String> = exported
+            .outputs
+            .iter()
+            .map(|(n, s)| format!("{n} {s:?}"))
+            .collect();
+        println!(
+            "{} → {} ({}, {} weights from '{}', images {:?} → {}, opset {}{}), {}",
+            a.file.display(),
+            final_path.display(),
+            exported.task,
+            a.source.to_uppercase(),
+            module_key,
+            exported.input,
+            shapes.join(", "),
+            a.opset,
+            if a.half { ", f16" } else { "" },
+            render::bytes(exported.bytes.len() as u64)
+        );
+        match &report {
+            None => println!("parity: not run (--no-parity)"),
+            Some(r) => print!("{}", render::parity_text(r)),
+        }
+    }
+    if passed { EXIT_OK } else { EXIT_CHECK_FAILED }
+}
+
+pub(super) fn verify(a: VerifyArgs) -> i32 {
+    if let Err(m) = runtime(&a.parity.runtime) {
+        return fail(m);
+    }
+    let bytes = match std::fs::read(&a.model) {
+        Ok(b) => b,
+        Err(e) => return fail(format_args!("{}: {e}", a.model.display())),
+    };
+    let model = match crate::onnx::read::parse(&bytes, Some(&a.model)) {
+        Ok(m) => m,
+        Err(m) => {
+            return fail(format_args!(
+                "{}: not a readable ONNX model: {m}",
+                a.model.display()
+            ));
+        }
+    };
+    let ckpt = match crate::io::open(&a.checkpoint) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let located = match ema::locate(&ckpt, &Selectors::default()) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    if located.layout != "ultralytics" {
+        return fail(format_args!(
+            "{}: verify reads Ultralytics checkpoints",
+            a.checkpoint.display()
+        ));
+    }
+    let g = &ckpt.graph;
+    let ema_root = M {
+        g,
+        v: g.dict_get(&ckpt.root, &located.ema.origin)
+            .expect("located"),
+    };
+    let input = match model.inputs.first() {
+        Some(i) => i,
+        None => {
+            return fail(format_args!(
+                "{}: the model has no input",
+                a.model.display()
+            ));
+        }
+    };
+    let (task, _) = crate::onnx::task_and_classes(ema_root);
+    let train = crate::onnx::training_imgsz(&ckpt, ema_root).unwrap_or((640, 640));
+    let shape: Vec<usize> = input
+        .dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            crate::onnx::proto::Dim::Fixed(n) if *n > 0 => *n as usize,
+            _ => [1, 3, train.0 as usize, train.1 as usize][i.min(3)],
+        })
+        .collect();
+    let half = model
+        .initializers
+        .iter()
+        .any(|t| t.elem == crate::onnx::proto::ElemType::Float16);
+    let report = match run_parity(&a.parity, OnnxModel::File(&a.model), ema_root, &shape, half) {
+        Ok(r) => r,
+        Err(m) => {
+            return fail(format_args!(
+                "{}: parity check could not run: {m}",
+                a.model.display()
+            ));
+        }
+    };
+    let weights = crate::onnx::origin::weights_origin(&ckpt, &located, &model);
+    let weights = match weights {
+        Ok(w) => w,
+        Err(m) => return fail(format_args!("{}: {m}", a.checkpoint.display())),
+    };
+    let pass = report.pass && weights.verdict == "ema";
+    if let Err(m) = write_report(
+        &a.parity.report,
+        &report,
+        &[a.model.as_path(), a.checkpoint.as_path()],
+    ) {
+        return fail(m);
+    }
+    if a.json {
+        let v = json!({
+            "model": a.model.display().to_string(),
+            "checkpoint": a.checkpoint.display().to_string(),
+            "task": task,
+            "input_shape": shape,
+            "parity": report,
+            "weights": weights,
+            "pass": pass,
+        });
+        match serde_json::to_string_pretty(&v) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(e),
+        }
+    } else {
+        println!(
+            "{} vs the EMA of {} ({task}, input {shape:?})",
+            a.model.display(),
+            a.checkpoint.display()
+        );
+        print!("{}", render::parity_text(&report));
+        println!("weights: {}", weights.summary);
+    }
+    if pass { EXIT_OK } else { EXIT_CHECK_FAILED }
+}

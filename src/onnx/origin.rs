@@ -1,0 +1,171 @@
+//! Which weights an ONNX file was exported from: its initializers compared with what the EMA and
+//! the raw weights give once BatchNorm is folded (as every exporter folds it), tensor by tensor.
+
+use serde::Serialize;
+
+use super::proto::{ElemType, Model, TensorProto};
+use super::{ExportOptions, export, read};
+use crate::checkpoint::Checkpoint;
+use crate::ema::Located;
+
+/// The finding.
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightsOrigin {
+    /// `ema`, `raw`, `neither` or `unknown`.
+    pub verdict: &'static str,
+    /// Initializers that had a same-shaped counterpart.
+    pub compared: usize,
+    /// Of which within tolerance of the EMA.
+    pub matching_ema: usize,
+    /// Of which within tolerance of the raw weights.
+    pub matching_raw: usize,
+    /// Of which nearer the EMA than the raw weights.
+    pub closer_to_ema: usize,
+    /// Of which nearer the raw weights.
+    pub closer_to_raw: usize,
+    /// One sentence for people.
+    pub summary: String,
+}
+
+fn floats(t: &TensorProto) -> Option<Vec<f32>> {
+    match t.elem {
+        ElemType::Float => Some(
+            t.raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                .collect(),
+        ),
+        ElemType::Float16 => Some(
+            t.raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
+        ElemType::Int64 => None,
+    }
+}
+
+/// Float initializers: dimensions and values.
+type Pool = Vec<(Vec<i64>, Vec<f32>)>;
+
+/// Our own export of `key`'s weights, parsed back (initializers only matter).
+fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
+    let opts = ExportOptions {
+        imgsz: None,
+        batch: 1,
+        dynamic: false,
+        opset: 17,
+        half: false,
+        module_key: key.to_string(),
+        force_external: false,
+        external_name: String::new(),
+    };
+    let e = export(ckpt, &opts).map_err(|e| e.to_string())?;
+    let m = read::parse(&e.bytes, None)?;
+    Ok(m.initializers
+        .iter()
+        .filter_map(|t| floats(t).map(|f| (t.dims.clone(), f)))
+        .collect())
+}
+
+fn distance(a: &[f32], b: &[f32]) -> f64 {
+    let (mut d, mut n) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        d += ((x - y) as f64).powi(2);
+        n += (y as f64).powi(2);
+    }
+    d.sqrt() / n.sqrt().max(1e-12)
+}
+
+fn nearest(t: &[f32], dims: &[i64], pool: &Pool) -> Option<f64> {
+    pool.iter()
+        .filter(|(d, v)| d == dims && v.len() == t.len())
+        .map(|(_, v)| distance(t, v))
+        .min_by(f64::total_cmp)
+}
+
+/// Compares `model`'s initializers with the EMA and (when the file keeps them) raw weights.
+pub fn weights_origin(
+    ckpt: &Checkpoint,
+    located: &Located,
+    model: &Model,
+) -> Result<WeightsOrigin, String> {
+    let ema = folded(ckpt, &located.ema.origin)?;
+    let raw = match &located.raw {
+        Some(r) => Some(folded(ckpt, &r.origin)?),
+        None => None,
+    };
+    let half = model
+        .initializers
+        .iter()
+        .any(|t| t.elem == ElemType::Float16);
+    let tol = if half { 5e-3 } else { 1e-3 };
+    let mut w = WeightsOrigin {
+        verdict: "unknown",
+        compared: 0,
+        matching_ema: 0,
+        matching_raw: 0,
+        closer_to_ema: 0,
+        closer_to_raw: 0,
+        summary: String::new(),
+    };
+    for t in &model.initializers {
+        let Some(v) = floats(t) else { continue };
+        if v.len() < 16 {
+            continue;
+        }
+        let de = nearest(&v, &t.dims, &ema);
+        let dr = raw.as_ref().and_then(|r| nearest(&v, &t.dims, r));
+        if de.is_none() && dr.is_none() {
+            continue;
+        }
+        w.compared += 1;
+        w.matching_ema += de.is_some_and(|d| d <= tol) as usize;
+        w.matching_raw += dr.is_some_and(|d| d <= tol) as usize;
+        if let (Some(de), Some(dr)) = (de, dr)
+            && (de - dr).abs() > 1e-7
+        {
+            if de < dr {
+                w.closer_to_ema += 1;
+            } else {
+                w.closer_to_raw += 1;
+            }
+        }
+    }
+    let (verdict, summary) = if w.compared == 0 {
+        ("unknown", "no initializer has the shape of a checkpoint weight: cannot tell which weights were exported".to_string())
+    } else if raw.is_some() && w.closer_to_raw > w.closer_to_ema {
+        (
+            "raw",
+            format!(
+                "this ONNX was exported from the raw weights, not the EMA ({} of {} tensors nearer the raw weights, {} match them)",
+                w.closer_to_raw, w.compared, w.matching_raw
+            ),
+        )
+    } else if w.matching_ema * 2 >= w.compared {
+        (
+            "ema",
+            format!(
+                "exported from the EMA: {} of {} weight tensors match it{}",
+                w.matching_ema,
+                w.compared,
+                if raw.is_some() {
+                    format!(" ({} nearer the EMA than the raw weights)", w.closer_to_ema)
+                } else {
+                    " (the checkpoint keeps no raw weights to compare)".into()
+                }
+            ),
+        )
+    } else {
+        (
+            "neither",
+            format!(
+                "the weights match neither the EMA nor the raw weights ({} of {} match the EMA): another checkpoint?",
+                w.matching_ema, w.compared
+            ),
+        )
+    };
+    w.verdict = verdict;
+    w.summary = summary;
+    Ok(w)
+}

@@ -1,0 +1,357 @@
+//! Reading ONNX files (any exporter's) into [`Model`]: graph, nodes, attributes, initializers
+//! (raw, typed or external data), inputs, outputs, metadata. Unknown fields are skipped; every
+//! length is checked against the bytes left.
+
+use std::path::Path;
+
+use super::proto::{Attr, Dim, ElemType, Model, Node, TensorProto, ValueInfo};
+
+type R<T> = Result<T, String>;
+
+struct Buf<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+/// One protobuf field.
+enum Field<'a> {
+    Varint(u64),
+    Fixed32([u8; 4]),
+    Fixed64,
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Buf<'a> {
+    fn new(b: &'a [u8]) -> Buf<'a> {
+        Buf { b, pos: 0 }
+    }
+
+    fn varint(&mut self) -> R<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.b.get(self.pos).ok_or("truncated varint")?;
+            self.pos += 1;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint longer than 10 bytes".into())
+    }
+
+    fn next(&mut self) -> R<Option<(u32, Field<'a>)>> {
+        if self.pos >= self.b.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = (key >> 3) as u32;
+        let f = match key & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Field::Fixed64
+            }
+            2 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| "length overflows")?;
+                Field::Bytes(self.take(n)?)
+            }
+            5 => Field::Fixed32(self.take(4)?.try_into().expect("4 bytes")),
+            w => return Err(format!("wire type {w} at byte {}", self.pos)),
+        };
+        Ok(Some((field, f)))
+    }
+
+    fn take(&mut self, n: usize) -> R<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| {
+                format!(
+                    "a field of {n} bytes at byte {} runs past the end ({} bytes)",
+                    self.pos,
+                    self.b.len()
+                )
+            })?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn packed_varints(b: &[u8]) -> R<Vec<i64>> {
+    let mut p = Buf::new(b);
+    let mut out = Vec::new();
+    while p.pos < b.len() {
+        out.push(p.varint()? as i64);
+    }
+    Ok(out)
+}
+
+fn elem(code: u64) -> R<ElemType> {
+    match code {
+        1 => Ok(ElemType::Float),
+        7 => Ok(ElemType::Int64),
+        10 => Ok(ElemType::Float16),
+        other => Err(format!("tensor data type {other} is not read")),
+    }
+}
+
+fn tensor(b: &[u8], dir: Option<&Path>) -> R<TensorProto> {
+    let mut p = Buf::new(b);
+    let (mut name, mut dims, mut code, mut raw) = (String::new(), Vec::new(), 0u64, Vec::new());
+    let (mut floats, mut ints) = (Vec::new(), Vec::new());
+    let mut external: Vec<(String, String)> = Vec::new();
+    while let Some((f, v)) = p.next()? {
+        match (f, v) {
+            (1, Field::Bytes(d)) => dims.extend(packed_varints(d)?),
+            (1, Field::Varint(d)) => dims.push(d as i64),
+            (2, Field::Varint(c)) => code = c,
+            (8, Field::Bytes(s)) => name = text(s),
+            (9, Field::Bytes(r)) => raw = r.to_vec(),
+            (4, Field::Bytes(d)) => floats.extend(
+                d.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
+            ),
+            (4, Field::Fixed32(d)) => floats.push(f32::from_le_bytes(d)),
+            (7, Field::Bytes(d)) => ints.extend(packed_varints(d)?),
+            (7, Field::Varint(d)) => ints.push(d as i64),
+            (13, Field::Bytes(kv)) => {
+                let mut q = Buf::new(kv);
+                let (mut k, mut v) = (String::new(), String::new());
+                while let Some((f, x)) = q.next()? {
+                    match (f, x) {
+                        (1, Field::Bytes(s)) => k = text(s),
+                        (2, Field::Bytes(s)) => v = text(s),
+                        _ => {}
+                    }
+                }
+                external.push((k, v));
+            }
+            _ => {}
+        }
+    }
+    let elem = elem(code).map_err(|m| format!("initializer '{name}': {m}"))?;
+    if raw.is_empty() {
+        if !floats.is_empty() {
+            raw = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+        } else if !ints.is_empty() {
+            raw = ints.iter().flat_map(|i| i.to_le_bytes()).collect();
+        } else if !external.is_empty() {
+            raw = external_bytes(&name, &external, dir)?;
+        }
+    }
+    Ok(TensorProto {
+        name,
+        elem,
+        dims,
+        raw,
+    })
+}
+
+fn external_bytes(name: &str, kv: &[(String, String)], dir: Option<&Path>) -> R<Vec<u8>> {
+    let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+    let loc = get("location")
+        .ok_or_else(|| format!("initializer '{name}': external data without location"))?;
+    if loc.contains("..") || loc.starts_with('/') {
+        return Err(format!(
+            "initializer '{name}': external data location '{loc}' leaves the model's folder"
+        ));
+    }
+    let dir =
+        dir.ok_or_else(|| format!("initializer '{name}': external data needs the model's path"))?;
+    let bytes =
+        std::fs::read(dir.join(loc)).map_err(|e| format!("{}: {e}", dir.join(loc).display()))?;
+    let off: usize = get("offset")
+        .unwrap_or("0")
+        .parse()
+        .map_err(|_| "bad external offset")?;
+    let len: usize = match get("length") {
+        Some(l) => l.parse().map_err(|_| "bad external length")?,
+        None => bytes.len().saturating_sub(off),
+    };
+    bytes
+        .get(off..off.saturating_add(len))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| format!("initializer '{name}': external range {off}+{len} outside {loc}"))
+}
+
+fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
+    let mut p = Buf::new(b);
+    let (mut name, mut f, mut i, mut s, mut ty) = (String::new(), None, None, None, 0u64);
+    let (mut floats, mut ints) = (Vec::new(), Vec::new());
+    while let Some((fnum, v)) = p.next()? {
+        match (fnum, v) {
+            (1, Field::Bytes(x)) => name = text(x),
+            (2, Field::Fixed32(x)) => f = Some(f32::from_le_bytes(x)),
+            (3, Field::Varint(x)) => i = Some(x as i64),
+            (4, Field::Bytes(x)) => s = Some(text(x)),
+            (7, Field::Bytes(x)) => floats.extend(
+                x.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
+            ),
+            (7, Field::Fixed32(x)) => floats.push(f32::from_le_bytes(x)),
+            (8, Field::Bytes(x)) => ints.extend(packed_varints(x)?),
+            (8, Field::Varint(x)) => ints.push(x as i64),
+            (20, Field::Varint(x)) => ty = x,
+            _ => {}
+        }
+    }
+    let a = match ty {
+        1 => f.map(Attr::Float),
+        2 => i.map(Attr::Int),
+        3 => s.map(Attr::Str),
+        6 => Some(Attr::Floats(floats)),
+        7 => Some(Attr::Ints(ints)),
+        _ => None,
+    };
+    Ok((name, a))
+}
+
+fn node(b: &[u8]) -> R<Node> {
+    let mut p = Buf::new(b);
+    let mut n = Node {
+        op: String::new(),
+        name: String::new(),
+        inputs: vec![],
+        outputs: vec![],
+        attrs: vec![],
+    };
+    while let Some((f, v)) = p.next()? {
+        match (f, v) {
+            (1, Field::Bytes(s)) => n.inputs.push(text(s)),
+            (2, Field::Bytes(s)) => n.outputs.push(text(s)),
+            (3, Field::Bytes(s)) => n.name = text(s),
+            (4, Field::Bytes(s)) => n.op = text(s),
+            (5, Field::Bytes(a)) => {
+                if let (name, Some(a)) = attribute(a)? {
+                    n.attrs.push((name, a));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(n)
+}
+
+fn value_info(b: &[u8]) -> R<ValueInfo> {
+    let mut p = Buf::new(b);
+    let mut v = ValueInfo {
+        name: String::new(),
+        elem: ElemType::Float,
+        dims: Vec::new(),
+    };
+    while let Some((f, x)) = p.next()? {
+        match (f, x) {
+            (1, Field::Bytes(s)) => v.name = text(s),
+            (2, Field::Bytes(ty)) => {
+                let mut t = Buf::new(ty);
+                while let Some((1, Field::Bytes(tt))) = t.next()? {
+                    let mut q = Buf::new(tt);
+                    while let Some((f, y)) = q.next()? {
+                        match (f, y) {
+                            (1, Field::Varint(c)) => v.elem = elem(c).unwrap_or(ElemType::Float),
+                            (2, Field::Bytes(shape)) => {
+                                let mut sh = Buf::new(shape);
+                                while let Some((1, Field::Bytes(dim))) = sh.next()? {
+                                    let mut d = Buf::new(dim);
+                                    let mut got = Dim::Param("?".into());
+                                    while let Some((f, z)) = d.next()? {
+                                        match (f, z) {
+                                            (1, Field::Varint(n)) => got = Dim::Fixed(n as i64),
+                                            (2, Field::Bytes(s)) => got = Dim::Param(text(s)),
+                                            _ => {}
+                                        }
+                                    }
+                                    v.dims.push(got);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(v)
+}
+
+/// Parses an ONNX model; `path` (the model file) locates external data.
+pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
+    let dir = path.and_then(Path::parent);
+    let mut p = Buf::new(bytes);
+    let mut m = Model {
+        opset: 0,
+        graph_name: String::new(),
+        nodes: vec![],
+        initializers: vec![],
+        inputs: vec![],
+        outputs: vec![],
+        metadata: vec![],
+        producer_version: String::new(),
+    };
+    let mut has_graph = false;
+    while let Some((f, v)) = p.next()? {
+        match (f, v) {
+            (3, Field::Bytes(s)) => m.producer_version = text(s),
+            (7, Field::Bytes(g)) => {
+                has_graph = true;
+                let mut q = Buf::new(g);
+                while let Some((f, x)) = q.next()? {
+                    match (f, x) {
+                        (1, Field::Bytes(n)) => m.nodes.push(node(n)?),
+                        (2, Field::Bytes(s)) => m.graph_name = text(s),
+                        (5, Field::Bytes(t)) => m.initializers.push(tensor(t, dir)?),
+                        (11, Field::Bytes(v)) => m.inputs.push(value_info(v)?),
+                        (12, Field::Bytes(v)) => m.outputs.push(value_info(v)?),
+                        _ => {}
+                    }
+                }
+            }
+            (8, Field::Bytes(o)) => {
+                let mut q = Buf::new(o);
+                let (mut domain, mut version) = (String::new(), 0);
+                while let Some((f, x)) = q.next()? {
+                    match (f, x) {
+                        (1, Field::Bytes(s)) => domain = text(s),
+                        (2, Field::Varint(n)) => version = n as i64,
+                        _ => {}
+                    }
+                }
+                if domain.is_empty() || domain == "ai.onnx" {
+                    m.opset = version;
+                }
+            }
+            (14, Field::Bytes(kv)) => {
+                let mut q = Buf::new(kv);
+                let (mut k, mut v) = (String::new(), String::new());
+                while let Some((f, x)) = q.next()? {
+                    match (f, x) {
+                        (1, Field::Bytes(s)) => k = text(s),
+                        (2, Field::Bytes(s)) => v = text(s),
+                        _ => {}
+                    }
+                }
+                m.metadata.push((k, v));
+            }
+            _ => {}
+        }
+    }
+    if !has_graph {
+        return Err("no graph: not an ONNX model".into());
+    }
+    // Graph inputs that are initializers (older exporters list them) are not model inputs.
+    let init: std::collections::HashSet<&str> =
+        m.initializers.iter().map(|t| t.name.as_str()).collect();
+    let inputs = std::mem::take(&mut m.inputs);
+    m.inputs = inputs
+        .into_iter()
+        .filter(|i| !init.contains(i.name.as_str()))
+        .collect();
+    Ok(m)
+}

@@ -1,0 +1,320 @@
+//! Parity: does the ONNX compute what the checkpoint's EMA model computes? The ONNX runs in ONNX
+//! Runtime; the checkpoint runs in the independent reference interpreter; outputs are compared
+//! numerically and at task level (detections after NMS, classification top-k).
+
+pub mod npz;
+mod task;
+
+use serde::Serialize;
+
+use crate::checkpoint::py::M;
+use crate::reference::Reference;
+use crate::reference::ops::T;
+use crate::runtime::{OrtRuntime, RuntimeError};
+
+pub use task::{TaskCheck, task_check};
+
+/// Pass criterion, per channel of each output: max |Δ| ≤ atol + rtol · max |reference| over that
+/// channel. Per channel, because one output mixes scales — box coordinates in the hundreds beside
+/// class scores below one — and a tolerance scaled by the largest would hide every score error.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Tolerance {
+    /// Absolute part.
+    pub atol: f64,
+    /// Relative part (of the channel's largest reference magnitude).
+    pub rtol: f64,
+}
+
+impl Tolerance {
+    /// Defaults for f32 models.
+    pub const F32: Tolerance = Tolerance {
+        atol: 1e-4,
+        rtol: 1e-4,
+    };
+    /// Defaults for `--half` models.
+    pub const F16: Tolerance = Tolerance {
+        atol: 1e-2,
+        rtol: 1e-2,
+    };
+}
+
+/// Statistics of one output.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputStats {
+    /// Output name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// max |onnx − reference|.
+    pub max_abs: f64,
+    /// max |Δ| / (|reference| + 1e-6).
+    pub max_rel: f64,
+    /// mean |Δ|.
+    pub mean_abs: f64,
+    /// Cosine similarity of the flattened outputs.
+    pub cosine: f64,
+    /// max |reference|.
+    pub reference_max: f64,
+    /// The channel (index along dimension 1) nearest to or furthest over its limit.
+    pub worst_channel: usize,
+    /// max |Δ| in that channel.
+    pub worst_channel_max_abs: f64,
+    /// Its limit, atol + rtol · max |reference| in that channel.
+    pub worst_channel_limit: f64,
+    /// Whether every channel is within its limit.
+    pub pass: bool,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParityReport {
+    /// Runtime that ran the ONNX (`onnxruntime 1.32.0`).
+    pub runtime: String,
+    /// What the ONNX was compared with.
+    pub compared_with: String,
+    /// Inputs used.
+    pub inputs: String,
+    /// Tolerance applied.
+    pub tolerance: Tolerance,
+    /// Per output, worst over all samples.
+    pub outputs: Vec<OutputStats>,
+    /// Task-level checks, per image.
+    pub task: Vec<TaskCheck>,
+    /// Everything passed.
+    pub pass: bool,
+}
+
+/// Compares two same-shaped outputs, channel by channel (dimension 1; the whole output when it
+/// has fewer than three dimensions).
+pub fn compare(
+    name: &str,
+    shape: &[usize],
+    got: &[f32],
+    want: &[f32],
+    tol: Tolerance,
+) -> OutputStats {
+    let (mut max_abs, mut max_rel, mut sum, mut dot, mut gg, mut ww, mut rmax) =
+        (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
+    let mut nan = got.len() != want.len();
+    let channels = if shape.len() >= 3 { shape[1] } else { 1 };
+    let inner: usize = if shape.len() >= 3 {
+        shape[2..].iter().product()
+    } else {
+        got.len().max(1)
+    };
+    let (mut cmax, mut cref) = (vec![0f64; channels], vec![0f64; channels]);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g as f64, w as f64);
+        let d = (g - w).abs();
+        nan |= d.is_nan();
+        let c = (i / inner) % channels;
+        cmax[c] = cmax[c].max(d);
+        cref[c] = cref[c].max(w.abs());
+        max_abs = max_abs.max(d);
+        max_rel = max_rel.max(d / (w.abs() + 1e-6));
+        sum += d;
+        dot += g * w;
+        gg += g * g;
+        ww += w * w;
+        rmax = rmax.max(w.abs());
+    }
+    let limit = |c: usize| tol.atol + tol.rtol * cref[c];
+    let worst = (0..channels)
+        .max_by(|&a, &b| (cmax[a] / limit(a)).total_cmp(&(cmax[b] / limit(b))))
+        .unwrap_or(0);
+    let cosine = if gg > 0.0 && ww > 0.0 {
+        dot / (gg.sqrt() * ww.sqrt())
+    } else if gg == ww {
+        1.0
+    } else {
+        0.0
+    };
+    let pass = !nan && (0..channels).all(|c| cmax[c] <= limit(c));
+    OutputStats {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        max_abs: if nan { f64::NAN } else { max_abs },
+        max_rel,
+        mean_abs: sum / got.len().max(1) as f64,
+        cosine,
+        reference_max: rmax,
+        worst_channel: worst,
+        worst_channel_max_abs: cmax.get(worst).copied().unwrap_or(0.0),
+        worst_channel_limit: limit(worst),
+        pass,
+    }
+}
+
+/// Deterministic uniform [0, 1) images (splitmix64), the same for every runtime and run.
+pub fn seeded_images(shape: &[usize], seed: u64) -> T {
+    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    T::new(data, shape.to_vec())
+}
+
+/// Where the ONNX comes from.
+pub enum OnnxModel<'a> {
+    /// Serialised bytes.
+    Bytes(&'a [u8]),
+    /// A file (external data beside it).
+    File(&'a std::path::Path),
+}
+
+fn run_onnx(
+    rt: &OrtRuntime,
+    model: &OnnxModel,
+    images: &T,
+) -> Result<Vec<(String, T)>, RuntimeError> {
+    let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())
+        .map_err(|e| RuntimeError(e.to_string()))?;
+    let outs = match model {
+        OnnxModel::Bytes(b) => rt.run(b, &[("images", a)])?,
+        OnnxModel::File(p) => rt.run_file(p, &[("images", a)])?,
+    };
+    Ok(outs
+        .into_iter()
+        .map(|(n, a)| {
+            let shape = a.shape().to_vec();
+            (n, T::new(a.iter().copied().collect(), shape))
+        })
+        .collect())
+}
+
+/// Merges per-sample statistics, keeping the worst of each.
+fn worst(acc: &mut Vec<OutputStats>, new: Vec<OutputStats>) {
+    if acc.is_empty() {
+        *acc = new;
+        return;
+    }
+    for (a, n) in acc.iter_mut().zip(new) {
+        a.max_abs = a.max_abs.max(n.max_abs);
+        a.max_rel = a.max_rel.max(n.max_rel);
+        a.mean_abs = a.mean_abs.max(n.mean_abs);
+        a.cosine = a.cosine.min(n.cosine);
+        a.reference_max = a.reference_max.max(n.reference_max);
+        if n.worst_channel_max_abs / n.worst_channel_limit
+            > a.worst_channel_max_abs / a.worst_channel_limit
+        {
+            a.worst_channel = n.worst_channel;
+            a.worst_channel_max_abs = n.worst_channel_max_abs;
+            a.worst_channel_limit = n.worst_channel_limit;
+        }
+        a.pass &= n.pass;
+    }
+}
+
+/// Runs the ONNX and the reference on `samples` seeded inputs of `shape` and compares them.
+pub fn against_reference(
+    rt: &OrtRuntime,
+    model: OnnxModel,
+    reference: M,
+    (task, nc): (&str, usize),
+    shape: &[usize],
+    samples: usize,
+    tol: Tolerance,
+) -> Result<ParityReport, String> {
+    let mut r = Reference::new(reference).map_err(|e| e.to_string())?;
+    let (mut outputs, mut tasks) = (Vec::new(), Vec::new());
+    for s in 0..samples.max(1) {
+        let images = seeded_images(shape, s as u64);
+        let got = run_onnx(rt, &model, &images).map_err(|e| e.to_string())?;
+        let want = r
+            .run(images)
+            .map_err(|e| format!("reference interpreter: {e}"))?;
+        if got.len() != want.len() {
+            return Err(format!(
+                "the ONNX has {} outputs, the model {}",
+                got.len(),
+                want.len()
+            ));
+        }
+        let stats = got
+            .iter()
+            .zip(&want)
+            .map(|((name, g), w)| {
+                if g.shape != w.shape {
+                    let mut s = compare(name, &[], &[], &[], tol);
+                    s.shape = g.shape.clone();
+                    s.max_abs = f64::INFINITY;
+                    s.pass = false;
+                    s
+                } else {
+                    compare(name, &g.shape, &g.data, &w.data, tol)
+                }
+            })
+            .collect();
+        worst(&mut outputs, stats);
+        if let (Some((_, g)), Some(w)) = (got.first(), want.first())
+            && g.shape == w.shape
+        {
+            tasks.extend(task_check(task, nc, g, w, tol));
+        }
+    }
+    let pass = outputs.iter().all(|o| o.pass) && tasks.iter().all(|t| t.pass);
+    Ok(ParityReport {
+        runtime: format!("onnxruntime {}", rt.version),
+        compared_with:
+            "reference interpreter on the checkpoint's EMA module tree (BatchNorm unfolded, f32)"
+                .into(),
+        inputs: format!(
+            "{} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds 0..{})",
+            samples.max(1),
+            samples.max(1)
+        ),
+        tolerance: tol,
+        outputs,
+        task: tasks,
+        pass,
+    })
+}
+
+/// Runs the ONNX on a golden file's `images` and compares with its `output0`, `output1`, ….
+pub fn against_golden(
+    rt: &OrtRuntime,
+    model: OnnxModel,
+    golden: &npz::Npz,
+    (task, nc): (&str, usize),
+    tol: Tolerance,
+) -> Result<ParityReport, String> {
+    let images = golden
+        .get("images")
+        .ok_or("the golden file has no `images` array")?;
+    let got = run_onnx(rt, &model, images).map_err(|e| e.to_string())?;
+    let mut outputs = Vec::new();
+    let mut tasks = Vec::new();
+    for (name, g) in &got {
+        let w = golden
+            .get(name)
+            .ok_or_else(|| format!("the golden file has no `{name}` array"))?;
+        if w.shape != g.shape {
+            return Err(format!(
+                "`{name}`: the ONNX gives {:?}, the golden file holds {:?}",
+                g.shape, w.shape
+            ));
+        }
+        outputs.push(compare(name, &g.shape, &g.data, &w.data, tol));
+        if name == "output0" {
+            tasks.extend(task_check(task, nc, g, w, tol));
+        }
+    }
+    let pass = outputs.iter().all(|o| o.pass) && tasks.iter().all(|t| t.pass);
+    Ok(ParityReport {
+        runtime: format!("onnxruntime {}", rt.version),
+        compared_with: "golden outputs".into(),
+        inputs: format!("golden `images` {:?}", images.shape),
+        tolerance: tol,
+        outputs,
+        task: tasks,
+        pass,
+    })
+}

@@ -1,0 +1,90 @@
+//! Golden files: NumPy `.npz` archives of float32 `.npy` arrays (`images`, `output0`, …).
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::reference::ops::T;
+
+/// The arrays of an `.npz`, by name.
+pub struct Npz {
+    arrays: Vec<(String, T)>,
+}
+
+impl Npz {
+    /// An array by name (without `.npy`).
+    pub fn get(&self, name: &str) -> Option<&T> {
+        self.arrays.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Reads an `.npz` (stored or deflated), accepting little-endian f32 C-order arrays.
+    pub fn open(path: &Path) -> Result<Npz, String> {
+        let err = |m: String| format!("{}: {m}", path.display());
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let mut zip = zip::ZipArchive::new(file).map_err(|e| err(format!("not an .npz: {e}")))?;
+        let mut arrays = Vec::new();
+        for i in 0..zip.len() {
+            let mut f = zip.by_index(i).map_err(|e| err(e.to_string()))?;
+            let name = f
+                .name()
+                .map_err(|e| err(e.to_string()))?
+                .trim_end_matches(".npy")
+                .to_string();
+            if f.size() > 1 << 32 {
+                return Err(err(format!("{name}: larger than 4 GiB")));
+            }
+            let mut bytes = Vec::with_capacity(f.size() as usize);
+            f.read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+            arrays.push((
+                name.clone(),
+                npy(&bytes).map_err(|m| err(format!("{name}.npy: {m}")))?,
+            ));
+        }
+        Ok(Npz { arrays })
+    }
+}
+
+/// Parses one `.npy`.
+fn npy(b: &[u8]) -> Result<T, String> {
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        return Err("not an .npy array".into());
+    }
+    let (hlen, start) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+        2 | 3 => (
+            u32::from_le_bytes(b.get(8..12).ok_or("truncated")?.try_into().expect("4")) as usize,
+            12,
+        ),
+        v => return Err(format!("npy version {v}")),
+    };
+    let header = std::str::from_utf8(b.get(start..start + hlen).ok_or("truncated header")?)
+        .map_err(|_| "bad header")?;
+    if !header.contains("'descr': '<f4'") {
+        return Err(format!(
+            "only little-endian float32 arrays are read (header {header})"
+        ));
+    }
+    if header.contains("'fortran_order': True") {
+        return Err("Fortran-order arrays are not read".into());
+    }
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or("no shape")?;
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| format!("bad shape {shape_txt}")))
+        .collect::<Result<_, _>>()?;
+    let n: usize = shape.iter().product();
+    let data = b
+        .get(start + hlen..start + hlen + 4 * n)
+        .ok_or("fewer elements than the shape says")?;
+    Ok(T::new(
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect(),
+        shape,
+    ))
+}

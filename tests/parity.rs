@@ -1,0 +1,207 @@
+//! Parity and `verify`: passing models pass, broken ones fail with exit 1 and a report naming the
+//! output, and an ONNX exported (by Ultralytics) from the raw weights is called out as such.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixture, run, run_json};
+use fuse_ema::onnx::proto::{Attr, ElemType};
+
+fn export_bytes(file: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    let r = run(&[
+        "export",
+        fixture(file).to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--no-parity",
+    ]);
+    assert_eq!(r.status.code(), Some(0));
+    std::fs::read(out).unwrap()
+}
+
+fn verify(model: &Path, ckpt: &str) -> (i32, serde_json::Value) {
+    run_json(&[
+        "verify",
+        model.to_str().unwrap(),
+        "--checkpoint",
+        fixture(ckpt).to_str().unwrap(),
+        "--json",
+    ])
+}
+
+#[test]
+fn onnx_reader_round_trips_our_writer() {
+    let bytes = export_bytes("yolov8-seg.pt");
+    let m = fuse_ema::onnx::read::parse(&bytes, None).unwrap();
+    assert_eq!(
+        m.encode(),
+        bytes,
+        "parse ∘ encode is the identity on our own files"
+    );
+    assert_eq!(m.outputs.len(), 2);
+    assert!(
+        m.metadata
+            .iter()
+            .any(|(k, v)| k == "task" && v == "segment")
+    );
+}
+
+#[test]
+fn verify_tells_ema_from_raw_in_ultralytics_exports() {
+    let (code, r) = verify(&fixture("yolo-export-ema.onnx"), "yolov8-v80-style.pt");
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["weights"]["verdict"], "ema");
+    assert_eq!(r["parity"]["pass"], true);
+    assert!(
+        r["parity"]["runtime"]
+            .as_str()
+            .unwrap()
+            .starts_with("onnxruntime 1.")
+    );
+    let (code, r) = verify(&fixture("yolo-export-raw.onnx"), "yolov8-v80-style.pt");
+    assert_eq!(code, 1);
+    assert_eq!(r["weights"]["verdict"], "raw");
+    assert!(
+        r["weights"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("exported from the raw weights, not the EMA")
+    );
+    let out = run(&[
+        "verify",
+        fixture("yolo-export-raw.onnx").to_str().unwrap(),
+        "--checkpoint",
+        fixture("yolov8-v80-style.pt").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("raw weights, not the EMA"));
+}
+
+fn broken(
+    edit: impl FnOnce(&mut fuse_ema::onnx::proto::Model),
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    // yolo11-detect's BatchNorm statistics are calibrated: its outputs depend on the input, so a
+    // wrong graph shows.
+    let bytes = export_bytes("yolo11-detect.pt");
+    let mut m = fuse_ema::onnx::read::parse(&bytes, None).unwrap();
+    edit(&mut m);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("broken.onnx");
+    std::fs::write(&p, m.encode()).unwrap();
+    (dir, p)
+}
+
+#[test]
+fn a_perturbed_initializer_fails_parity() {
+    let (_d, p) = broken(|m| {
+        // The class branch's last bias of the first level: every class score shifts.
+        let t = m
+            .initializers
+            .iter_mut()
+            .rev()
+            .find(|t| t.name.contains("cv3.0") && t.name.ends_with("bias"))
+            .unwrap();
+        assert_eq!(t.elem, ElemType::Float);
+        let mut v: Vec<f32> = t
+            .raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        v[0] += 0.5;
+        t.raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    });
+    let (code, r) = verify(&p, "yolo11-detect.pt");
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["parity"]["pass"], false);
+    assert_eq!(r["parity"]["outputs"][0]["name"], "output0");
+    assert_eq!(r["parity"]["outputs"][0]["pass"], false);
+}
+
+#[test]
+fn swapped_concat_inputs_fail_parity() {
+    let (_d, p) = broken(|m| {
+        // A C2f concatenation of equally wide halves: shapes stay valid, meaning does not.
+        let n = m
+            .nodes
+            .iter_mut()
+            .find(|n| n.op == "Concat" && n.inputs.len() >= 3 && n.inputs[0].contains("Split"))
+            .unwrap();
+        n.inputs.swap(0, 1);
+        assert!(matches!(n.attrs[0].1, Attr::Int(1)));
+    });
+    let (code, r) = verify(&p, "yolo11-detect.pt");
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["parity"]["outputs"][0]["name"], "output0");
+    assert_eq!(r["parity"]["outputs"][0]["pass"], false);
+}
+
+#[test]
+fn export_parity_failure_keeps_no_model_at_the_output_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    let report = dir.path().join("parity.json");
+    // Checked against another model's golden outputs: parity must fail.
+    let r = run(&[
+        "export",
+        fixture("yolo11-detect.pt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--golden",
+        fixture("yolov8-epoch1.io.npz").to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(String::from_utf8_lossy(&r.stdout).contains("parity: FAIL"));
+    assert!(
+        !out.exists(),
+        "a model that failed parity is never left at the output path"
+    );
+    assert!(dir.path().join("model.parity-failed.onnx").exists());
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(rep["pass"], false);
+    assert_eq!(rep["compared_with"], "golden outputs");
+}
+
+#[test]
+fn golden_npz_written_by_numpy_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    let (code, v) = run_json(&[
+        "export",
+        fixture("yolov8-epoch1.pt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--golden",
+        fixture("yolov8-epoch1.io.npz").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["parity"]["pass"], true);
+    assert!(v["parity"]["inputs"].as_str().unwrap().contains("golden"));
+}
+
+#[test]
+fn forcing_a_missing_runtime_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    let r = run(&[
+        "export",
+        fixture("yolov8-best.pt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--runtime",
+        "tract",
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("tract"));
+    assert!(!out.exists());
+}
