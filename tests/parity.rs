@@ -190,18 +190,95 @@ fn golden_npz_written_by_numpy_passes() {
 }
 
 #[test]
-fn forcing_a_missing_runtime_is_an_error() {
+fn forcing_a_missing_runtime_is_an_error_and_auto_falls_back_to_tract() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.onnx");
-    let r = run(&[
+    let bin = env!("CARGO_BIN_EXE_fuse-ema");
+    let ckpt = fixture("yolov8-best.pt");
+    let args = [
         "export",
-        fixture("yolov8-best.pt").to_str().unwrap(),
+        ckpt.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
-        "--runtime",
-        "tract",
-    ]);
+    ];
+    let r = std::process::Command::new(bin)
+        .args(args)
+        .args(["--runtime", "ort"])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
     assert_eq!(r.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("tract"));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("ORT_DYLIB_PATH"));
     assert!(!out.exists());
+    let r = std::process::Command::new(bin)
+        .args(args)
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(String::from_utf8_lossy(&r.stdout).contains("parity: PASS — tract"));
+}
+
+#[test]
+fn tract_and_onnx_runtime_agree_on_every_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "yolov8-epoch1.pt",
+        "yolo11-detect.pt",
+        "yolov5u-detect.pt",
+        "yolov8-cls.pt",
+        "yolov8-seg.pt",
+        "yolov8-pose.pt",
+        "yolov8-obb.pt",
+    ] {
+        let out = dir.path().join(format!("{f}.onnx"));
+        let mut reports = Vec::new();
+        for rt in ["ort", "tract"] {
+            let (code, v) = run_json(&[
+                "export",
+                fixture(f).to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--runtime",
+                rt,
+                "--parity-samples",
+                "2",
+                "--json",
+            ]);
+            assert_eq!(code, 0, "{f} on {rt}: {v}");
+            assert!(
+                v["parity"]["runtime"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(if rt == "ort" { "onnxruntime" } else { "tract" })
+            );
+            reports.push(v);
+        }
+        // Both runtimes sit within the tolerance of the same reference, so within twice it of each
+        // other; compare their worst deviations per output.
+        for (a, b) in reports[0]["parity"]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(reports[1]["parity"]["outputs"].as_array().unwrap())
+        {
+            let (da, db) = (
+                a["max_abs"].as_f64().unwrap(),
+                b["max_abs"].as_f64().unwrap(),
+            );
+            let limit = a["worst_channel_limit"]
+                .as_f64()
+                .unwrap()
+                .max(b["worst_channel_limit"].as_f64().unwrap());
+            assert!(
+                (da - db).abs() <= 2.0 * limit.max(1e-3),
+                "{f}: {da} vs {db}"
+            );
+        }
+    }
 }

@@ -22,17 +22,10 @@ fn parse_imgsz(s: &str) -> Option<(i64, i64)> {
     }
 }
 
-/// The runtime the parity check runs the ONNX in; forcing one that is missing is an error.
-fn runtime(choice: &str) -> Result<&'static crate::runtime::OrtRuntime, String> {
-    match choice {
-        "auto" | "ort" => crate::runtime::ort().map_err(|e| {
-            format!("{e}. The parity check needs ONNX Runtime (pass --no-parity to skip it)")
-        }),
-        "tract" => {
-            Err("--runtime tract: this build has no tract runtime; use --runtime ort".into())
-        }
-        other => Err(format!("--runtime {other}: expected ort or tract")),
-    }
+/// The runtime the parity check runs the ONNX in; forcing one that is missing is an error,
+/// `auto` falls back to tract only when ONNX Runtime is absent (and the report says so).
+fn runtime(choice: &str) -> Result<crate::runtime::Engine, String> {
+    crate::runtime::Engine::choose(choice).map_err(|e| format!("--runtime {choice}: {e}"))
 }
 
 fn tolerance(p: &ParityArgs, half: bool) -> Tolerance {
@@ -52,6 +45,7 @@ fn run_parity(
     half: bool,
 ) -> Result<ParityReport, String> {
     let rt = runtime(&p.runtime)?;
+    let rt = &rt;
     let task = crate::onnx::task_and_classes(root);
     let tol = tolerance(p, half);
     match &p.golden {

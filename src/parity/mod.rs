@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::checkpoint::py::M;
 use crate::reference::Reference;
 use crate::reference::ops::T;
-use crate::runtime::{OrtRuntime, RuntimeError};
+use crate::runtime::{Engine, RuntimeError};
 
 pub use task::{TaskCheck, task_check};
 
@@ -26,10 +26,12 @@ pub struct Tolerance {
 }
 
 impl Tolerance {
-    /// Defaults for f32 models.
+    /// Defaults for f32 models. The interpreter applies BatchNorm unfolded and accumulates in
+    /// its own order; on calibrated deep models box coordinates then differ from any runtime by up
+    /// to ~2e-4 relative, so rtol is 1e-3 (a class-score channel still fails at 1.1e-3).
     pub const F32: Tolerance = Tolerance {
         atol: 1e-4,
-        rtol: 1e-4,
+        rtol: 1e-3,
     };
     /// Defaults for `--half` models.
     pub const F16: Tolerance = Tolerance {
@@ -170,11 +172,7 @@ pub enum OnnxModel<'a> {
     File(&'a std::path::Path),
 }
 
-fn run_onnx(
-    rt: &OrtRuntime,
-    model: &OnnxModel,
-    images: &T,
-) -> Result<Vec<(String, T)>, RuntimeError> {
+fn run_onnx(rt: &Engine, model: &OnnxModel, images: &T) -> Result<Vec<(String, T)>, RuntimeError> {
     let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())
         .map_err(|e| RuntimeError(e.to_string()))?;
     let outs = match model {
@@ -215,7 +213,7 @@ fn worst(acc: &mut Vec<OutputStats>, new: Vec<OutputStats>) {
 
 /// Runs the ONNX and the reference on `samples` seeded inputs of `shape` and compares them.
 pub fn against_reference(
-    rt: &OrtRuntime,
+    rt: &Engine,
     model: OnnxModel,
     reference: M,
     (task, nc): (&str, usize),
@@ -262,7 +260,7 @@ pub fn against_reference(
     }
     let pass = outputs.iter().all(|o| o.pass) && tasks.iter().all(|t| t.pass);
     Ok(ParityReport {
-        runtime: format!("onnxruntime {}", rt.version),
+        runtime: rt.name(),
         compared_with:
             "reference interpreter on the checkpoint's EMA module tree (BatchNorm unfolded, f32)"
                 .into(),
@@ -280,7 +278,7 @@ pub fn against_reference(
 
 /// Runs the ONNX on a golden file's `images` and compares with its `output0`, `output1`, ….
 pub fn against_golden(
-    rt: &OrtRuntime,
+    rt: &Engine,
     model: OnnxModel,
     golden: &npz::Npz,
     (task, nc): (&str, usize),
@@ -309,7 +307,7 @@ pub fn against_golden(
     }
     let pass = outputs.iter().all(|o| o.pass) && tasks.iter().all(|t| t.pass);
     Ok(ParityReport {
-        runtime: format!("onnxruntime {}", rt.version),
+        runtime: rt.name(),
         compared_with: "golden outputs".into(),
         inputs: format!("golden `images` {:?}", images.shape),
         tolerance: tol,

@@ -7,6 +7,63 @@ use std::sync::OnceLock;
 
 use ndarray::ArrayD;
 
+pub mod tract;
+
+/// The runtime a check runs the ONNX in.
+#[derive(Debug, Clone, Copy)]
+pub enum Engine {
+    /// ONNX Runtime, loaded from its shared library.
+    Ort(&'static OrtRuntime),
+    /// tract, built in.
+    Tract,
+}
+
+impl Engine {
+    /// Chooses: `ort` (must load), `tract`, or `auto` (ONNX Runtime when found, else tract).
+    pub fn choose(choice: &str) -> Result<Engine, RuntimeError> {
+        match choice {
+            "ort" => ort().map(Engine::Ort),
+            "tract" => Ok(Engine::Tract),
+            "auto" => Ok(ort().map(Engine::Ort).unwrap_or(Engine::Tract)),
+            other => Err(RuntimeError(format!(
+                "unknown runtime '{other}' (ort, tract)"
+            ))),
+        }
+    }
+
+    /// `onnxruntime 1.32.0` / `tract 0.23`.
+    pub fn name(&self) -> String {
+        match self {
+            Engine::Ort(rt) => format!("onnxruntime {}", rt.version),
+            Engine::Tract => format!("tract {}", tract::VERSION),
+        }
+    }
+
+    /// Runs model bytes.
+    pub fn run(
+        &self,
+        model: &[u8],
+        inputs: &[(&str, ArrayD<f32>)],
+    ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
+        match self {
+            Engine::Ort(rt) => rt.run(model, inputs),
+            Engine::Tract => tract::run(Some(model), None, inputs),
+        }
+    }
+
+    /// Runs a model file (external data beside it).
+    pub fn run_file(
+        &self,
+        path: &Path,
+        inputs: &[(&str, ArrayD<f32>)],
+    ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
+        match self {
+            Engine::Ort(rt) => rt.run_file(path, inputs),
+            Engine::Tract => tract::run(None, Some(path), inputs),
+        }
+    }
+}
+
 /// The runtime layer's error.
 #[derive(Debug, Clone)]
 pub struct RuntimeError(pub String);

@@ -1,0 +1,67 @@
+//! tract, the pure-Rust ONNX runtime: the parity check still runs where ONNX Runtime is absent.
+
+use std::path::Path;
+
+use ndarray::ArrayD;
+use tract_onnx::prelude::*;
+
+use super::RuntimeError;
+
+/// The version of tract built in.
+pub const VERSION: &str = "0.23";
+
+fn err(what: &str) -> impl Fn(TractError) -> RuntimeError + '_ {
+    move |e| RuntimeError(format!("tract {what}: {e:#}"))
+}
+
+/// Runs an ONNX model (bytes, or a file for external data) on named f32 inputs.
+pub fn run(
+    bytes: Option<&[u8]>,
+    path: Option<&Path>,
+    inputs: &[(&str, ArrayD<f32>)],
+) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
+    let onnx = tract_onnx::onnx();
+    let mut model = match (bytes, path) {
+        (Some(b), _) => onnx.model_for_read(&mut std::io::Cursor::new(b)),
+        (None, Some(p)) => onnx.model_for_path(p),
+        _ => return Err(RuntimeError("tract: no model".into())),
+    }
+    .map_err(err("cannot load the model"))?;
+    for (i, (_, a)) in inputs.iter().enumerate() {
+        model = model
+            .with_input_fact(i, f32::fact(a.shape()).into())
+            .map_err(err("input shape"))?;
+    }
+    let names: Vec<String> = model
+        .output_outlets()
+        .map_err(err("outputs"))?
+        .iter()
+        .map(|o| {
+            model
+                .outlet_label(*o)
+                .map(str::to_string)
+                .unwrap_or_else(|| model.node(o.node).name.clone())
+        })
+        .collect();
+    let runnable = model
+        .into_optimized()
+        .map_err(err("optimisation"))?
+        .into_runnable()
+        .map_err(err("plan"))?;
+    let values: TVec<TValue> = inputs
+        .iter()
+        .map(|(_, a)| Tensor::from(a.clone()).into())
+        .collect();
+    let out = runnable.run(values).map_err(err("run"))?;
+    out.iter()
+        .zip(names)
+        .map(|(t, n)| {
+            let v = t.to_plain_array_view::<f32>().map_err(err("output"))?;
+            Ok((
+                n,
+                ArrayD::from_shape_vec(v.shape().to_vec(), v.iter().copied().collect())
+                    .map_err(|e| RuntimeError(e.to_string()))?,
+            ))
+        })
+        .collect()
+}
