@@ -282,3 +282,91 @@ fn tract_and_onnx_runtime_agree_on_every_architecture() {
         }
     }
 }
+
+#[test]
+fn letterbox_matches_ultralytics_and_drives_parity() {
+    let bytes = std::fs::read(fixture("expected/letterbox.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want: Vec<f32> = st
+        .tensor("images")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let got =
+        fuse_ema::parity::letterbox::letterbox(&fixture("letterbox-in.png"), 1, 64, 64).unwrap();
+    assert_eq!(got.shape, vec![1, 3, 64, 64]);
+    let d = got
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    // OpenCV resizes with 11-bit fixed-point weights; one grey level is the most it may differ.
+    assert!(
+        d <= 1.01 / 255.0,
+        "letterbox differs from Ultralytics' by {d}"
+    );
+    let padded = got
+        .data
+        .iter()
+        .zip(&want)
+        .filter(|(_, b)| (**b - 114.0 / 255.0).abs() < 1e-6)
+        .count();
+    assert!(
+        padded > 3 * 64 * 20,
+        "the grey border is where Ultralytics puts it"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    let (code, v) = run_json(&[
+        "export",
+        fixture("yolo11-detect.pt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--parity-input",
+        fixture("letterbox-in.png").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        v["parity"]["inputs"]
+            .as_str()
+            .unwrap()
+            .contains("letterbox-in.png")
+    );
+}
+
+#[test]
+fn an_execution_provider_the_runtime_lacks_fails_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    // The CPU build of ONNX Runtime from PyPI has no CUDA provider.
+    let r = run(&[
+        "export",
+        fixture("yolov8-best.pt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--ep",
+        "cuda",
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("CUDA execution provider"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(!out.exists());
+    let r = run(&[
+        "export",
+        fixture("yolov8-best.pt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--ep",
+        "cuda",
+        "--runtime",
+        "tract",
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+}

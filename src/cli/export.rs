@@ -24,8 +24,10 @@ fn parse_imgsz(s: &str) -> Option<(i64, i64)> {
 
 /// The runtime the parity check runs the ONNX in; forcing one that is missing is an error,
 /// `auto` falls back to tract only when ONNX Runtime is absent (and the report says so).
-fn runtime(choice: &str) -> Result<crate::runtime::Engine, String> {
-    crate::runtime::Engine::choose(choice).map_err(|e| format!("--runtime {choice}: {e}"))
+fn runtime(p: &ParityArgs) -> Result<crate::runtime::Engine, String> {
+    let ep = p.ep.as_deref().and_then(crate::runtime::Ep::parse);
+    crate::runtime::Engine::choose(&p.runtime, ep)
+        .map_err(|e| format!("--runtime {}: {e}", p.runtime))
 }
 
 fn tolerance(p: &ParityArgs, half: bool) -> Tolerance {
@@ -44,7 +46,7 @@ fn run_parity(
     shape: &[usize],
     half: bool,
 ) -> Result<ParityReport, String> {
-    let rt = runtime(&p.runtime)?;
+    let rt = runtime(p)?;
     let rt = &rt;
     let task = crate::onnx::task_and_classes(root);
     let tol = tolerance(p, half);
@@ -53,15 +55,23 @@ fn run_parity(
             let npz = parity::npz::Npz::open(g)?;
             parity::against_golden(rt, model, &npz, (&task.0, task.1), tol)
         }
-        None => parity::against_reference(
-            rt,
-            model,
-            root,
-            (&task.0, task.1),
-            shape,
-            p.parity_samples,
-            tol,
-        ),
+        None => {
+            let inputs = match &p.parity_input {
+                Some(img) => {
+                    let t = parity::letterbox::letterbox(img, shape[0], shape[2], shape[3])?;
+                    let name = img
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    parity::Inputs::Image(t, name)
+                }
+                None => parity::Inputs::Seeded {
+                    shape,
+                    samples: p.parity_samples,
+                },
+            };
+            parity::against_reference(rt, model, root, (&task.0, task.1), inputs, tol)
+        }
     }
 }
 
@@ -90,7 +100,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     }
     // Settle the runtime before any work, so a missing one fails fast.
     if !a.no_parity
-        && let Err(m) = runtime(&a.parity.runtime)
+        && let Err(m) = runtime(&a.parity)
     {
         return fail(m);
     }
@@ -264,7 +274,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
 }
 
 pub(super) fn verify(a: VerifyArgs) -> i32 {
-    if let Err(m) = runtime(&a.parity.runtime) {
+    if let Err(m) = runtime(&a.parity) {
         return fail(m);
     }
     let bytes = match std::fs::read(&a.model) {

@@ -77,6 +77,9 @@ struct ParityArgs {
     /// Seeded uniform [0,1) input batches to compare on.
     #[arg(long, default_value_t = 1, value_name = "N")]
     parity_samples: usize,
+    /// Compare on this image (jpg/png), letterboxed as Ultralytics does, instead of random inputs.
+    #[arg(long, value_name = "IMAGE")]
+    parity_input: Option<PathBuf>,
     /// Compare with a golden .npz holding `images` and PyTorch's `output0`, `output1`, … instead.
     #[arg(long, value_name = "IO.npz")]
     golden: Option<PathBuf>,
@@ -86,9 +89,12 @@ struct ParityArgs {
     /// Tolerance relative to the largest reference magnitude (default 1e-4; 1e-2 for f16).
     #[arg(long)]
     rtol: Option<f64>,
-    /// Runtime that runs the ONNX: ort (ONNX Runtime) or tract.
+    /// Runtime that runs the ONNX: ort (ONNX Runtime) or tract; auto takes ONNX Runtime when found.
     #[arg(long, default_value = "auto", value_parser = ["auto", "ort", "tract"])]
     runtime: String,
+    /// ONNX Runtime execution provider (fails loudly if the loaded ONNX Runtime lacks it).
+    #[arg(long, value_parser = ["cuda", "tensorrt"])]
+    ep: Option<String>,
     /// Write the parity report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,

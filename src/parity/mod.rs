@@ -2,6 +2,7 @@
 //! Runtime; the checkpoint runs in the independent reference interpreter; outputs are compared
 //! numerically and at task level (detections after NMS, classification top-k).
 
+pub mod letterbox;
 pub mod npz;
 mod task;
 
@@ -164,6 +165,19 @@ pub fn seeded_images(shape: &[usize], seed: u64) -> T {
     T::new(data, shape.to_vec())
 }
 
+/// What the reference comparison runs on.
+pub enum Inputs<'a> {
+    /// `samples` seeded uniform batches of `shape`.
+    Seeded {
+        /// Input shape.
+        shape: &'a [usize],
+        /// How many batches.
+        samples: usize,
+    },
+    /// A prepared image and its file name.
+    Image(T, String),
+}
+
 /// Where the ONNX comes from.
 pub enum OnnxModel<'a> {
     /// Serialised bytes.
@@ -217,14 +231,28 @@ pub fn against_reference(
     model: OnnxModel,
     reference: M,
     (task, nc): (&str, usize),
-    shape: &[usize],
-    samples: usize,
+    inputs: Inputs,
     tol: Tolerance,
 ) -> Result<ParityReport, String> {
     let mut r = Reference::new(reference).map_err(|e| e.to_string())?;
     let (mut outputs, mut tasks) = (Vec::new(), Vec::new());
-    for s in 0..samples.max(1) {
-        let images = seeded_images(shape, s as u64);
+    let (batches, described) = match inputs {
+        Inputs::Seeded { shape, samples } => (
+            (0..samples.max(1))
+                .map(|s| seeded_images(shape, s as u64))
+                .collect::<Vec<_>>(),
+            format!(
+                "{} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds 0..{})",
+                samples.max(1),
+                samples.max(1)
+            ),
+        ),
+        Inputs::Image(t, name) => {
+            let d = format!("{name} letterboxed to {:?}", t.shape);
+            (vec![t], d)
+        }
+    };
+    for images in batches {
         let got = run_onnx(rt, &model, &images).map_err(|e| e.to_string())?;
         let want = r
             .run(images)
@@ -264,11 +292,7 @@ pub fn against_reference(
         compared_with:
             "reference interpreter on the checkpoint's EMA module tree (BatchNorm unfolded, f32)"
                 .into(),
-        inputs: format!(
-            "{} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds 0..{})",
-            samples.max(1),
-            samples.max(1)
-        ),
+        inputs: described,
         tolerance: tol,
         outputs,
         task: tasks,

@@ -9,23 +9,58 @@ use ndarray::ArrayD;
 
 pub mod tract;
 
+/// Execution providers that can be requested from ONNX Runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ep {
+    /// NVIDIA CUDA.
+    Cuda,
+    /// NVIDIA TensorRT.
+    TensorRt,
+}
+
+impl Ep {
+    /// Parses `cuda` / `tensorrt`.
+    pub fn parse(s: &str) -> Option<Ep> {
+        match s {
+            "cuda" => Some(Ep::Cuda),
+            "tensorrt" | "trt" => Some(Ep::TensorRt),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Ep::Cuda => "CUDA",
+            Ep::TensorRt => "TensorRT",
+        }
+    }
+}
+
 /// The runtime a check runs the ONNX in.
 #[derive(Debug, Clone, Copy)]
 pub enum Engine {
-    /// ONNX Runtime, loaded from its shared library.
-    Ort(&'static OrtRuntime),
+    /// ONNX Runtime, loaded from its shared library, with an execution provider if requested.
+    Ort(&'static OrtRuntime, Option<Ep>),
     /// tract, built in.
     Tract,
 }
 
 impl Engine {
-    /// Chooses: `ort` (must load), `tract`, or `auto` (ONNX Runtime when found, else tract).
-    pub fn choose(choice: &str) -> Result<Engine, RuntimeError> {
-        match choice {
-            "ort" => ort().map(Engine::Ort),
-            "tract" => Ok(Engine::Tract),
-            "auto" => Ok(ort().map(Engine::Ort).unwrap_or(Engine::Tract)),
-            other => Err(RuntimeError(format!(
+    /// Chooses: `ort` (must load), `tract`, or `auto` (ONNX Runtime when found, else tract). An
+    /// execution provider needs ONNX Runtime and is registered strictly (failure is an error).
+    pub fn choose(choice: &str, ep: Option<Ep>) -> Result<Engine, RuntimeError> {
+        if ep.is_some() && choice == "tract" {
+            return Err(RuntimeError(
+                "execution providers are ONNX Runtime's; tract has none".into(),
+            ));
+        }
+        match (choice, ep) {
+            ("ort", _) | ("auto", Some(_)) => ort().map(|rt| Engine::Ort(rt, ep)),
+            ("tract", _) => Ok(Engine::Tract),
+            ("auto", None) => Ok(ort()
+                .map(|rt| Engine::Ort(rt, None))
+                .unwrap_or(Engine::Tract)),
+            (other, _) => Err(RuntimeError(format!(
                 "unknown runtime '{other}' (ort, tract)"
             ))),
         }
@@ -34,7 +69,8 @@ impl Engine {
     /// `onnxruntime 1.32.0` / `tract 0.23`.
     pub fn name(&self) -> String {
         match self {
-            Engine::Ort(rt) => format!("onnxruntime {}", rt.version),
+            Engine::Ort(rt, None) => format!("onnxruntime {}", rt.version),
+            Engine::Ort(rt, Some(ep)) => format!("onnxruntime {} ({})", rt.version, ep.name()),
             Engine::Tract => format!("tract {}", tract::VERSION),
         }
     }
@@ -46,7 +82,7 @@ impl Engine {
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         match self {
-            Engine::Ort(rt) => rt.run(model, inputs),
+            Engine::Ort(rt, ep) => rt.run_source(Source::Bytes(model), inputs, *ep),
             Engine::Tract => tract::run(Some(model), None, inputs),
         }
     }
@@ -58,7 +94,7 @@ impl Engine {
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         match self {
-            Engine::Ort(rt) => rt.run_file(path, inputs),
+            Engine::Ort(rt, ep) => rt.run_source(Source::File(path), inputs, *ep),
             Engine::Tract => tract::run(None, Some(path), inputs),
         }
     }
@@ -202,7 +238,7 @@ impl OrtRuntime {
         path: &Path,
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        self.run_source(Source::File(path), inputs)
+        self.run_source(Source::File(path), inputs, None)
     }
 
     /// Runs `model` on named f32 inputs and returns every output as f32, in the model's order.
@@ -211,13 +247,14 @@ impl OrtRuntime {
         model: &[u8],
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        self.run_source(Source::Bytes(model), inputs)
+        self.run_source(Source::Bytes(model), inputs, None)
     }
 
     fn run_source(
         &self,
         model: Source,
         inputs: &[(&str, ArrayD<f32>)],
+        ep: Option<Ep>,
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         fn e(m: &'static str) -> impl Fn(ort::Error) -> RuntimeError {
             move |err| RuntimeError(format!("ONNX Runtime {m}: {err}"))
@@ -229,6 +266,22 @@ impl OrtRuntime {
             .map_err(e("session"))?
             .with_intra_threads(threads)
             .map_err(|err| RuntimeError(format!("ONNX Runtime threads: {err}")))?;
+        if let Some(ep) = ep {
+            let dispatch = match ep {
+                Ep::Cuda => ort::ep::CUDA::default().build(),
+                Ep::TensorRt => ort::ep::TensorRT::default().build(),
+            };
+            builder = builder
+                .with_execution_providers([dispatch.error_on_failure()])
+                .map_err(|err| {
+                    RuntimeError(format!(
+                        "ONNX Runtime {} at {} cannot register the {} execution provider: {err}",
+                        self.version,
+                        self.path.display(),
+                        ep.name()
+                    ))
+                })?;
+        }
         let mut session = match model {
             Source::Bytes(b) => builder.commit_from_memory(b),
             Source::File(p) => builder.commit_from_file(p),
