@@ -9,7 +9,8 @@ fn main() {
     let located = fuse_ema::ema::locate(&ckpt, &Default::default()).expect("EMA");
     let g = &ckpt.graph;
     let v = g.dict_get(&ckpt.root, &located.ema.origin).expect("module");
-    let mut r = fuse_ema::reference::Reference::new(fuse_ema::checkpoint::py::M { g, v }).expect("model");
+    let mut r =
+        fuse_ema::reference::Reference::new(fuse_ema::checkpoint::py::M { g, v }).expect("model");
     let images = fuse_ema::parity::seeded_images(&[1, 3, size, size], 0);
     let mut times = Vec::new();
     for _ in 0..5 {
@@ -19,5 +20,8 @@ fn main() {
         assert!(!out.is_empty());
     }
     times.sort_by(f64::total_cmp);
-    println!("reference interpreter, 1x3x{size}x{size}: median {:.3} s (min {:.3} s)", times[2], times[0]);
+    println!(
+        "reference interpreter, 1x3x{size}x{size}: median {:.3} s (min {:.3} s)",
+        times[2], times[0]
+    );
 }

@@ -41,6 +41,8 @@ pub struct Report {
     pub globals: Vec<GlobalReport>,
     /// The dangerous ones among them.
     pub dangerous: Vec<GlobalReport>,
+    /// Those outside the `--strict` allow-list (dangerous ones included).
+    pub not_allowed: Vec<String>,
     /// Module trees of the module entries, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tree: Option<Vec<TreeNode>>,
@@ -78,7 +80,7 @@ pub struct SetReport {
 }
 
 /// Builds the report; `tree` adds the module trees.
-pub fn inspect(ckpt: &Checkpoint, tree: bool) -> Result<Report, ModuleError> {
+pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report, ModuleError> {
     let g = &ckpt.graph;
     let entries = ckpt
         .entries()
@@ -123,8 +125,13 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool) -> Result<Report, ModuleError> {
             class: s.class,
         })
         .collect();
-    let all = globals::report(g.globals());
+    let all = globals::report(g.globals(), allow);
     let dangerous = all.iter().filter(|r| r.danger.is_some()).cloned().collect();
+    let not_allowed = all
+        .iter()
+        .filter(|r| !r.allowed)
+        .map(|r| r.name.clone())
+        .collect();
     let tree = tree.then(|| {
         ckpt.entries()
             .into_iter()
@@ -147,6 +154,7 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool) -> Result<Report, ModuleError> {
         weight_sets,
         globals: all,
         dangerous,
+        not_allowed,
         tree,
     })
 }

@@ -32,7 +32,7 @@ pub(super) fn inspect(a: InspectArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let report = match crate::inspect::inspect(&ckpt, a.tree) {
+    let report = match crate::inspect::inspect(&ckpt, a.tree, &a.strict.allow) {
         Ok(r) => r,
         Err(e) => return fail(format_args!("{}: {e}", a.file.display())),
     };
@@ -44,6 +44,15 @@ pub(super) fn inspect(a: InspectArgs) -> i32 {
         print!("{}", render::inspect_text(&report));
     }
     if report.dangerous.is_empty() {
+        if a.strict.strict && !report.not_allowed.is_empty() {
+            eprintln!(
+                "fuse-ema: strict: {} names {} global(s) outside the allow-list: {}",
+                a.file.display(),
+                report.not_allowed.len(),
+                report.not_allowed.join(", ")
+            );
+            return EXIT_CHECK_FAILED;
+        }
         return EXIT_OK;
     }
     let names: Vec<&str> = report.dangerous.iter().map(|d| d.name.as_str()).collect();
@@ -94,6 +103,9 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
+        return code;
+    }
     let located = match ema::locate(&ckpt, &selectors(&a.select)) {
         Ok(l) => l,
         Err(e) => return fail(e),

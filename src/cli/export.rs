@@ -108,6 +108,9 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
+        return code;
+    }
     let located = match ema::locate(&ckpt, &Selectors::default()) {
         Ok(l) => l,
         Err(e) => return fail(e),

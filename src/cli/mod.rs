@@ -31,6 +31,17 @@ struct Cli {
     command: Command,
 }
 
+/// Refusing checkpoints that name globals outside the allow-list.
+#[derive(clap::Args, Clone, Default)]
+struct StrictArgs {
+    /// Exit 1 when the file names any global outside the allow-list (docs/security.md).
+    #[arg(long)]
+    strict: bool,
+    /// With --strict, also accept globals under this module prefix (repeatable), e.g. `mypkg.models.`.
+    #[arg(long, value_name = "PREFIX")]
+    allow: Vec<String>,
+}
+
 /// Where the EMA and raw weights are, when the automatic search is not wanted.
 #[derive(clap::Args, Clone, Default)]
 struct SelectArgs {
@@ -46,7 +57,7 @@ struct SelectArgs {
 enum Command {
     /// Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals.
     #[command(
-        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n\nExit codes: 0 nothing dangerous, 1 the file names dangerous globals (os.system, eval, …),\n2 the file cannot be read."
+        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n\nExit codes: 0 nothing dangerous, 1 the file names dangerous globals (os.system, eval, …) or, with\n--strict, any global outside the allow-list, 2 the file cannot be read."
     )]
     Inspect(InspectArgs),
     /// Write the EMA weights alone, under the model's own names (.safetensors or .pt).
@@ -150,6 +161,8 @@ struct ExportArgs {
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
 }
 
 #[derive(clap::Args)]
@@ -162,6 +175,8 @@ struct InspectArgs {
     /// Also print the module tree with classes.
     #[arg(long)]
     tree: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
 }
 
 #[derive(clap::Args)]
@@ -185,6 +200,8 @@ struct FoldArgs {
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
 }
 
 #[derive(clap::Args)]
@@ -239,6 +256,29 @@ pub fn run() -> i32 {
         Command::Export(a) => export::export(a),
         Command::Verify(a) => export::verify(a),
     }
+}
+
+/// With `--strict`, refuses a checkpoint naming globals outside the allow-list: the exit code to
+/// stop with, or `None` to go on.
+fn strict_refusal(ckpt: &crate::checkpoint::Checkpoint, s: &StrictArgs) -> Option<i32> {
+    if !s.strict {
+        return None;
+    }
+    let bad: Vec<String> = crate::checkpoint::globals::report(ckpt.graph.globals(), &s.allow)
+        .into_iter()
+        .filter(|r| !r.allowed)
+        .map(|r| r.name)
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    eprintln!(
+        "fuse-ema: strict: {} names {} global(s) outside the allow-list: {} (see docs/security.md; --allow PREFIX extends it)",
+        ckpt.path.display(),
+        bad.len(),
+        bad.join(", ")
+    );
+    Some(EXIT_CHECK_FAILED)
 }
 
 fn fail(message: impl std::fmt::Display) -> i32 {

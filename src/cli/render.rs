@@ -156,9 +156,10 @@ pub fn inspect_text(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "globals: {} referenced, {} dangerous",
+        "globals: {} referenced, {} dangerous, {} outside the --strict allow-list",
         r.globals.len(),
-        r.dangerous.len()
+        r.dangerous.len(),
+        r.not_allowed.len()
     );
     for d in &r.dangerous {
         let _ = writeln!(

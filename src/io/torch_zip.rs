@@ -129,6 +129,7 @@ pub(super) fn protocol_of(pkl: &[u8]) -> Option<u8> {
 /// a local header sits in front of every storage, and touching each through the map would fault
 /// tens of megabytes of tensor data into memory just to open the file.
 fn directory(path: &Path, map: &[u8]) -> Result<HashMap<String, Entry>, String> {
+    check_end_record(map)?;
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let reader = std::io::BufReader::with_capacity(4096, file);
     let mut archive = zip::ZipArchive::new(reader).map_err(|e| e.to_string())?;
@@ -169,6 +170,33 @@ fn directory(path: &Path, map: &[u8]) -> Result<HashMap<String, Entry>, String> 
         );
     }
     Ok(out)
+}
+
+/// The end-of-central-directory record must describe a directory that lies before it: zip
+/// readers recover from a lying size by searching, which would hide a tampered archive.
+fn check_end_record(map: &[u8]) -> Result<(), String> {
+    let tail = map.len().saturating_sub(65_557);
+    let Some(pos) = map[tail..]
+        .windows(4)
+        .rposition(|w| w == b"PK\x05\x06")
+        .map(|p| p + tail)
+    else {
+        return Err("no end-of-central-directory record (truncated?)".into());
+    };
+    let rec = map
+        .get(pos..pos + 22)
+        .ok_or("truncated end-of-central-directory record")?;
+    let size = u32::from_le_bytes(rec[12..16].try_into().expect("4")) as u64;
+    let offset = u32::from_le_bytes(rec[16..20].try_into().expect("4")) as u64;
+    if size == u32::MAX as u64 || offset == u32::MAX as u64 {
+        return Ok(()); // zip64: the zip64 record carries the real values
+    }
+    if offset + size > pos as u64 {
+        return Err(format!(
+            "the end record places a {size}-byte central directory at offset {offset}, past the record itself (offset {pos})"
+        ));
+    }
+    Ok(())
 }
 
 /// An entry's bytes: borrowed from the map when stored, decompressed (at most `limit` bytes and
