@@ -32,8 +32,19 @@ impl Npz {
             if f.size() > 1 << 32 {
                 return Err(err(format!("{name}: larger than 4 GiB")));
             }
-            let mut bytes = Vec::with_capacity(f.size() as usize);
-            f.read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+            // The declared size only bounds the read; memory grows with the bytes really there.
+            let declared = f.size();
+            let mut bytes = Vec::new();
+            (&mut f)
+                .take(declared + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| err(e.to_string()))?;
+            if bytes.len() as u64 != declared {
+                return Err(err(format!(
+                    "{name}: declares {declared} bytes, holds {}",
+                    bytes.len()
+                )));
+            }
             arrays.push((
                 name.clone(),
                 npy(&bytes).map_err(|m| err(format!("{name}.npy: {m}")))?,

@@ -144,12 +144,22 @@ impl<'a> Vm<'a> {
             }
             LONG4 => {
                 let n = self.len4()?;
+                // Decimal conversion is quadratic in the length; no checkpoint stores integers of
+                // thousands of digits.
+                if n > MAX_LONG_BYTES {
+                    return Err(format!(
+                        "LONG4 of {n} bytes (at most {MAX_LONG_BYTES} are read)"
+                    ));
+                }
                 let b = self.take(n)?;
                 let v = long_from_le(b);
                 self.push(v);
             }
             INT => {
                 let line = self.line()?;
+                if line.len() > 2 * MAX_LONG_BYTES + 2 {
+                    return Err(format!("INT literal of {} characters", line.len()));
+                }
                 let v = match line.trim() {
                     "00" => Value::Bool(false),
                     "01" => Value::Bool(true),
@@ -159,6 +169,9 @@ impl<'a> Vm<'a> {
             }
             LONG => {
                 let line = self.line()?;
+                if line.len() > 2 * MAX_LONG_BYTES + 2 {
+                    return Err(format!("LONG literal of {} characters", line.len()));
+                }
                 let s = line.trim();
                 let s = s.strip_suffix('L').unwrap_or(s);
                 let v = parse_decimal(s)?;
@@ -594,6 +607,9 @@ impl<'a> Vm<'a> {
         Ok(())
     }
 }
+
+/// Largest LONG4 integer read, in bytes (about 9,900 decimal digits).
+const MAX_LONG_BYTES: usize = 4096;
 
 fn pairs(items: Vec<Value>) -> R<Vec<(Value, Value)>> {
     if !items.len().is_multiple_of(2) {

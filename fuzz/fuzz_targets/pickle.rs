@@ -1,0 +1,21 @@
+#![no_main]
+//! The pickle VM on arbitrary bytes, then the value-to-JSON walk over what it built.
+
+use fuse_ema::checkpoint::value::Graph;
+use fuse_ema::io::pickle::{Limits, NoPersistentLoad, unpickle};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut g = Graph::new();
+    // Tighter limits keep each run short; the same code paths check them.
+    let limits = Limits {
+        max_ops: 1_000_000,
+        max_nodes: 100_000,
+        max_values: 200_000,
+        max_depth: 1_000,
+    };
+    if let Ok((v, _)) = unpickle(data, &mut g, &mut NoPersistentLoad, &limits) {
+        let _ = fuse_ema::checkpoint::metadata::to_json(&g, &v);
+        let _ = fuse_ema::checkpoint::module::state_dict(&g, &v);
+    }
+});
