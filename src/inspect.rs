@@ -170,7 +170,7 @@ fn reachable_tensors<'g>(g: &'g Graph, v: &Value) -> Vec<&'g Tensor> {
             continue;
         }
         match g.node(id) {
-            Node::Tensor(t) => out.push(t),
+            Node::Tensor(t) => out.push(&**t),
             Node::Tuple(items) | Node::List(items) | Node::Set(items) | Node::FrozenSet(items) => {
                 stack.extend(items.iter().rev())
             }

@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         max_nodes: 100_000,
         max_values: 200_000,
         max_depth: 1_000,
+        max_bytes: 64 << 20,
     };
     if let Ok((v, _)) = unpickle(data, &mut g, &mut NoPersistentLoad, &limits) {
         let _ = fuse_ema::checkpoint::metadata::to_json(&g, &v);

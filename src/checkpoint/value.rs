@@ -122,12 +122,12 @@ pub enum Node {
     Bytes(Arc<[u8]>),
     /// A global reference.
     Global(Global),
-    /// An inert instance.
-    Object(Object),
+    /// An inert instance (boxed: most nodes are small containers).
+    Object(Box<Object>),
     /// A torch storage before a tensor view is put on it.
-    Storage(Tensor),
+    Storage(Box<Tensor>),
     /// A tensor (or parameter).
-    Tensor(Tensor),
+    Tensor(Box<Tensor>),
 }
 
 impl Node {

@@ -79,7 +79,7 @@ fn add_tensors(
             name.as_str().into(),
         )
         .map_err(|e| st_err(path, format!("tensor '{name}': {}", e.0)))?;
-        let v = graph.add(Node::Tensor(t));
+        let v = graph.add(Node::Tensor(Box::new(t)));
         entries.push((Value::Str(name.into()), v));
     }
     Ok(meta

@@ -41,7 +41,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
             },
         )
     };
-    let limits = Limits::default();
+    let limits = Limits::for_file(map.len() as u64);
     let mut pos = 0usize;
     let mut scratch = Graph::new();
     let next = |name: &str, graph: &mut Graph, loader: &mut dyn PersistentLoad, pos: &mut usize| {
@@ -240,7 +240,7 @@ impl PersistentLoad for LegacyStorages {
             storage_key: key.as_str().into(),
             is_parameter: false,
         };
-        let v = graph.add(Node::Storage(t));
+        let v = graph.add(Node::Storage(Box::new(t)));
         self.dtypes.insert(key.clone(), dtype);
         self.nodes.insert(key, v.clone());
         Ok(v)

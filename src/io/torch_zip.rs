@@ -96,8 +96,13 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         cache: HashMap::new(),
         compressed: 0,
     };
-    let (root, _) = pickle::unpickle(pkl.as_slice(), &mut graph, &mut loader, &Limits::default())
-        .map_err(|source| {
+    let (root, _) = pickle::unpickle(
+        pkl.as_slice(),
+        &mut graph,
+        &mut loader,
+        &Limits::for_file(map.len() as u64),
+    )
+    .map_err(|source| {
         ReadError::new(
             path,
             ReadErrorKind::Pickle {
@@ -302,7 +307,7 @@ impl PersistentLoad for ZipStorages<'_> {
         let key: Arc<str> = key.into();
         let t = Tensor::new_view(dtype, vec![numel], vec![1], 0, buffer, key.clone())
             .map_err(|e| e.0)?;
-        let v = graph.add(Node::Storage(t));
+        let v = graph.add(Node::Storage(Box::new(t)));
         self.cache.insert(key.to_string(), v.clone());
         Ok(v)
     }

@@ -28,6 +28,20 @@ pub struct Limits {
     pub max_values: usize,
     /// Open MARKs (container nesting) at most.
     pub max_depth: usize,
+    /// Approximate bytes of decoded objects at most (nodes and values); readers set it to
+    /// 48 MiB plus the file's size, so a hostile file cannot make memory outgrow itself.
+    pub max_bytes: usize,
+}
+
+impl Limits {
+    /// The default limits with the memory budget of a file of `file_size` bytes.
+    pub fn for_file(file_size: u64) -> Limits {
+        Limits {
+            max_bytes: (48usize << 20)
+                .saturating_add(usize::try_from(file_size).unwrap_or(usize::MAX)),
+            ..Limits::default()
+        }
+    }
 }
 
 impl Default for Limits {
@@ -37,6 +51,7 @@ impl Default for Limits {
             max_nodes: 5_000_000,
             max_values: 8_000_000,
             max_depth: 10_000,
+            max_bytes: 48 << 20,
         }
     }
 }

@@ -105,11 +105,11 @@ pub fn construct(
                 Some(Node::Global(c)) => Some(c.clone()),
                 _ => None,
             };
-            Ok(graph.add(Node::Object(Object {
+            Ok(graph.add(Node::Object(Box::new(Object {
                 class,
                 args,
                 ..Object::default()
-            })))
+            }))))
         }
         _ => {
             let _ = is_new;
@@ -145,16 +145,16 @@ pub fn build_special(graph: &Graph, target: &Value, state: &Value) -> Option<Nod
     let strides = crate::tensor::contiguous_strides(&shape);
     let storage = crate::tensor::Buffer::Owned(raw);
     let t = Tensor::new_view(dtype, shape, strides, 0, storage, "numpy".into()).ok()?;
-    Some(Node::Tensor(t))
+    Some(Node::Tensor(Box::new(t)))
 }
 
 fn inert(graph: &mut Graph, g: &Global, args: Vec<Value>, kwargs: Vec<(Value, Value)>) -> Value {
-    graph.add(Node::Object(Object {
+    graph.add(Node::Object(Box::new(Object {
         class: Some(g.clone()),
         args,
         kwargs,
         ..Object::default()
-    }))
+    })))
 }
 
 fn first_seq(graph: &Graph, args: &[Value]) -> Vec<Value> {
@@ -173,10 +173,10 @@ fn mark_parameter(graph: &mut Graph, data: &Value) -> R<Value> {
         .tensor(data)
         .ok_or("parameter data is not a tensor")?
         .clone();
-    Ok(graph.add(Node::Tensor(Tensor {
+    Ok(graph.add(Node::Tensor(Box::new(Tensor {
         is_parameter: true,
         ..t
-    })))
+    }))))
 }
 
 fn usize_list(graph: &Graph, v: &Value, what: &str) -> R<Vec<usize>> {
@@ -221,7 +221,7 @@ fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
         t.check_view()
             .map_err(|e| format!("tensor on storage '{}': {}", t.storage_key, e.0))?;
     }
-    Ok(graph.add(Node::Tensor(t)))
+    Ok(graph.add(Node::Tensor(Box::new(t))))
 }
 
 /// The dtype of a pickled `numpy.dtype('<code>', ...)` object.

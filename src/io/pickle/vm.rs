@@ -78,6 +78,16 @@ impl<'a> Vm<'a> {
                     self.limits.max_values
                 )));
             }
+            // Nodes carry ~48 bytes of heap on average beyond their own size (boxed objects,
+            // container buffers); values are counted as they are pushed.
+            let approx = self.graph.len() * (std::mem::size_of::<Node>() + 48)
+                + self.values * std::mem::size_of::<Value>();
+            if approx > self.limits.max_bytes {
+                return Err(self.err(format!(
+                    "the decoded objects would take more than {} MiB, more than a file of this size can hold",
+                    self.limits.max_bytes >> 20
+                )));
+            }
         }
     }
 
@@ -552,12 +562,12 @@ impl<'a> Vm<'a> {
         };
         match global {
             Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new),
-            None => Ok(self.graph.add(Node::Object(Object {
+            None => Ok(self.graph.add(Node::Object(Box::new(Object {
                 class: None,
                 args,
                 kwargs,
                 ..Object::default()
-            }))),
+            })))),
         }
     }
 
