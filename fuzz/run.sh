@@ -21,6 +21,6 @@ cp ../fixtures/sharded/model.safetensors.index.json corpus/shard_index/
 cp ../fixtures/yolo-export-ema.onnx corpus/onnx_read/
 for t in ${TARGETS:-pickle torch_zip torch_legacy safetensors shard_index onnx_read}; do
   echo "== $t"
-  cargo fuzz run "$t" "corpus/$t" -- -runs="$RUNS" -timeout=1 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
-    -max_len=1048576 -print_final_stats=1 2>&1 | tail -25 | grep -E "stat::|Done|SUMMARY|ERROR|crash|cov:" | tail -12
+  cargo fuzz run -s none "$t" "corpus/$t" -- -runs="$RUNS" -timeout=1 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
+    -max_len=${MAX_LEN:-65536} -print_final_stats=1 2>&1 | tail -25 | grep -E "stat::|Done|SUMMARY|ERROR|crash|cov:" | tail -12
 done
