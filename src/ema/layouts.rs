@@ -45,7 +45,12 @@ fn root_number(ck: &Checkpoint, key: &str) -> Option<f64> {
         .or_else(|| ck.graph.tensor(v).and_then(scalar_f64))
 }
 
-fn located(layout: &'static str, rule: impl Into<String>, ema: Side, raw: Option<Side>) -> Located {
+pub(super) fn located(
+    layout: &'static str,
+    rule: impl Into<String>,
+    ema: Side,
+    raw: Option<Side>,
+) -> Located {
     Located {
         layout,
         rule: rule.into(),

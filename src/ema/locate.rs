@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::layouts::{NAMED, set};
+use super::layouts::{NAMED, located, set};
 use super::{EmaError, EmaErrorKind, Located, Named, Side, strip_wrappers};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::sets::WeightSet;
@@ -37,16 +37,7 @@ pub fn locate(ck: &Checkpoint, sel: &Selectors) -> Result<Located, EmaError> {
         Some(s) => {
             let ema = select(&sets, s).map_err(|m| err(EmaErrorKind::Selector(m)))?;
             let raw = matching_raw(&sets, s, &ema.tensors);
-            Located {
-                layout: "selected",
-                rule: format!("--ema {s}"),
-                ema,
-                raw,
-                stripped: false,
-                params_only: false,
-                updates: None,
-                decay: None,
-            }
+            located("selected", format!("--ema {s}"), ema, raw)
         }
         None => auto(ck, &sets).map_err(err)?,
     };
@@ -69,22 +60,15 @@ fn auto(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Located, EmaErrorKind> {
         .filter_map(|s| {
             let ema = strip_wrappers(s.tensors.clone());
             let raw = matching_raw(sets, &s.path, &ema)?;
-            Some(Located {
-                layout: "generic",
-                rule: format!(
-                    "'{}' names an average and matches '{}' by name and shape",
-                    s.path, raw.origin
-                ),
-                ema: Side {
-                    origin: s.path.clone(),
-                    tensors: ema,
-                },
-                raw: Some(raw),
-                stripped: false,
-                params_only: false,
-                updates: None,
-                decay: None,
-            })
+            let rule = format!(
+                "'{}' names an average and matches '{}' by name and shape",
+                s.path, raw.origin
+            );
+            let ema = Side {
+                origin: s.path.clone(),
+                tensors: ema,
+            };
+            Some(located("generic", rule, ema, Some(raw)))
         })
         .collect();
     match candidates.len() {

@@ -83,6 +83,20 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A `StringStringEntryProto` (key 1, value 2).
+fn string_pair(b: &[u8]) -> R<(String, String)> {
+    let mut q = Buf::new(b);
+    let (mut k, mut v) = (String::new(), String::new());
+    while let Some((f, x)) = q.next()? {
+        match (f, x) {
+            (1, Field::Bytes(s)) => k = text(s),
+            (2, Field::Bytes(s)) => v = text(s),
+            _ => {}
+        }
+    }
+    Ok((k, v))
+}
+
 fn packed_varints(b: &[u8]) -> R<Vec<i64>> {
     let mut p = Buf::new(b);
     let mut out = Vec::new();
@@ -120,18 +134,7 @@ fn tensor(b: &[u8], dir: Option<&Path>) -> R<TensorProto> {
             (4, Field::Fixed32(d)) => floats.push(f32::from_le_bytes(d)),
             (7, Field::Bytes(d)) => ints.extend(packed_varints(d)?),
             (7, Field::Varint(d)) => ints.push(d as i64),
-            (13, Field::Bytes(kv)) => {
-                let mut q = Buf::new(kv);
-                let (mut k, mut v) = (String::new(), String::new());
-                while let Some((f, x)) = q.next()? {
-                    match (f, x) {
-                        (1, Field::Bytes(s)) => k = text(s),
-                        (2, Field::Bytes(s)) => v = text(s),
-                        _ => {}
-                    }
-                }
-                external.push((k, v));
-            }
+            (13, Field::Bytes(kv)) => external.push(string_pair(kv)?),
             _ => {}
         }
     }
@@ -327,18 +330,7 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
                     m.opset = version;
                 }
             }
-            (14, Field::Bytes(kv)) => {
-                let mut q = Buf::new(kv);
-                let (mut k, mut v) = (String::new(), String::new());
-                while let Some((f, x)) = q.next()? {
-                    match (f, x) {
-                        (1, Field::Bytes(s)) => k = text(s),
-                        (2, Field::Bytes(s)) => v = text(s),
-                        _ => {}
-                    }
-                }
-                m.metadata.push((k, v));
-            }
+            (14, Field::Bytes(kv)) => m.metadata.push(string_pair(kv)?),
             _ => {}
         }
     }
