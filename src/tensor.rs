@@ -401,6 +401,16 @@ impl Tensor {
         let numel =
             checked_numel(shape).ok_or_else(|| ViewError(format!("shape {shape:?} overflows")))?;
         let capacity = self.storage.len() / dtype.size();
+        // A view with zero or overlapping strides can address more elements than its storage
+        // holds (torch's expand). Checkpoints do not store those, and a tiny file could otherwise
+        // describe a tensor of 2^62 elements that every later step would try to materialise.
+        // (Found by fuzzing: the byte size of such a view overflowed.)
+        if numel > capacity && !self.storage.is_empty() || numel.checked_mul(dtype.size()).is_none()
+        {
+            return Err(ViewError(format!(
+                "view of shape {shape:?} (stride {strides:?}) has {numel} elements but its storage holds {capacity}"
+            )));
+        }
         if numel > 0 {
             let mut last = offset;
             for (&d, &s) in shape.iter().zip(strides.iter()) {
