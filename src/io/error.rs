@@ -38,6 +38,10 @@ pub enum ReadErrorKind {
     /// A safetensors header or shard index is invalid.
     #[error("safetensors: {0}")]
     Safetensors(String),
+    /// Two readers (torch's and another, or two of torch's own) could read the bytes
+    /// differently, so no judgement of them can be trusted.
+    #[error("ambiguous: {0}")]
+    Ambiguous(String),
     /// The file is valid but uses a feature fuse-ema does not read.
     #[error("unsupported: {0}")]
     Unsupported(String),
