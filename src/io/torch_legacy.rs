@@ -93,7 +93,15 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     )?;
     let keys: Vec<String> = graph
         .seq(&keys_value)
-        .ok_or_else(|| storage_err(path, "the storage key list is not a list".into()))?
+        .ok_or_else(|| {
+            storage_err(
+                path,
+                format!(
+                    "the storage key list is not a list{}",
+                    super::names_suffix(&graph)
+                ),
+            )
+        })?
         .iter()
         .map(|k| k.as_str().map(str::to_string))
         .collect::<Option<_>>()
