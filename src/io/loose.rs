@@ -13,7 +13,7 @@ use super::pickle::{self, Limits};
 use super::torch_zip::{Entry, entry_bytes};
 use super::zipdir::ZipDir;
 use super::{InertPersistentLoad, ReadError, ReadErrorKind, new_parts};
-use crate::checkpoint::value::{Node, Value};
+use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::tensor::MappedFile;
 
@@ -49,17 +49,7 @@ pub fn read_zip(path: &Path, map: Arc<MappedFile>, dir: &ZipDir) -> Result<Check
             None
         };
         let Some(at) = at else { continue };
-        let (v, _) = pickle::unpickle(&bytes[at..], &mut graph, &mut InertPersistentLoad, &limits)
-            .map_err(|mut err| {
-                err.offset += at;
-                ReadError::new(
-                    path,
-                    ReadErrorKind::Pickle {
-                        entry: name.clone(),
-                        source: super::with_names(err, &graph),
-                    },
-                )
-            })?;
+        let v = judge(path, &name, bytes, at, &mut graph, &limits)?;
         items.push((Value::Str(name.into()), v));
     }
     if items.is_empty() {
@@ -79,6 +69,31 @@ pub fn read_zip(path: &Path, map: Arc<MappedFile>, dir: &ZipDir) -> Result<Check
         graph,
         root,
     })
+}
+
+/// Unpickles the pickle at `at` of `data` (an `entry` of the file) into `graph`; its persistent
+/// ids become `None`, since the pickle is only judged.
+fn judge(
+    path: &Path,
+    entry: &str,
+    data: &[u8],
+    at: usize,
+    graph: &mut Graph,
+    limits: &Limits,
+) -> Result<Value, ReadError> {
+    match pickle::unpickle(&data[at..], graph, &mut InertPersistentLoad, limits) {
+        Ok((v, _)) => Ok(v),
+        Err(mut e) => {
+            e.offset += at;
+            Err(ReadError::new(
+                path,
+                ReadErrorKind::Pickle {
+                    entry: entry.to_string(),
+                    source: super::with_names(e, graph),
+                },
+            ))
+        }
+    }
 }
 
 fn npy_err(path: &Path, name: &str, m: String) -> ReadError {
@@ -108,17 +123,7 @@ pub fn read_npy(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadErr
         })?;
     let (mut graph, info) = new_parts(Format::Npy, map.len() as u64);
     let limits = Limits::for_file(map.len() as u64);
-    let (root, _) = pickle::unpickle(&map[at..], &mut graph, &mut InertPersistentLoad, &limits)
-        .map_err(|mut e| {
-            e.offset += at;
-            ReadError::new(
-                path,
-                ReadErrorKind::Pickle {
-                    entry: "object array".into(),
-                    source: super::with_names(e, &graph),
-                },
-            )
-        })?;
+    let root = judge(path, "object array", &map, at, &mut graph, &limits)?;
     Ok(Checkpoint {
         path: path.to_path_buf(),
         info,
