@@ -91,7 +91,8 @@ fn judge(
                     entry: entry.to_string(),
                     source: super::with_names(e, graph),
                 },
-            ))
+            )
+            .naming(graph))
         }
     }
 }

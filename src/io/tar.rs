@@ -203,7 +203,8 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
                     "a tar archive without a {name:?} member (torch.load fails on it){}",
                     super::names_suffix(graph)
                 )),
-            )),
+            )
+            .naming(graph)),
             [m] if matches!(m.kind, b'0' | 0 | b'7') => Ok(m.data.clone()),
             [_] => Err(ambiguous(format!(
                 "tar member {name:?} is not a regular file (extracting it follows a link or \
@@ -371,6 +372,7 @@ impl<'a> Stream<'a> {
                     source: super::with_names(e, graph),
                 },
             )
+            .naming(graph)
         })?;
         self.pos += used;
         Ok(v)

@@ -45,7 +45,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         let (v, used) =
             pickle::unpickle(&map[*pos..], graph, loader, &limits).map_err(|mut e| {
                 e.offset += *pos;
-                pickle_err(name, super::with_names(e, graph))
+                pickle_err(name, super::with_names(e, graph)).naming(graph)
             })?;
         *pos += used;
         Ok::<Value, ReadError>(v)
@@ -101,6 +101,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
                     super::names_suffix(&graph)
                 ),
             )
+            .naming(&graph)
         })?
         .iter()
         .map(|k| k.as_str().map(str::to_string))
@@ -190,8 +191,9 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
 }
 
 /// A plain pickle: torch.load unpickles it, then fails on the magic number. Pickles that follow
-/// it are judged too (a reader that calls `pickle.load` again runs them); bytes after it that
-/// are not pickles are refused, since readers disagree on where such a stream ends.
+/// it are judged too (a reader that calls `pickle.load` again runs them), up to bytes that are
+/// not a pickle: the globals such a broken tail names before it breaks stay in the graph (Python
+/// would have imported them), the rest is read by no one.
 fn read_plain(
     path: &Path,
     map: &[u8],
@@ -203,7 +205,6 @@ fn read_plain(
     let (_, mut info) = new_parts(Format::Pickle, map.len() as u64);
     info.pickle_protocol = protocol_of(map);
     while pos < map.len() {
-        let start = pos;
         match pickle::unpickle(
             &map[pos..],
             &mut graph,
@@ -211,18 +212,7 @@ fn read_plain(
             limits,
         ) {
             Ok((_, used)) => pos += used,
-            Err(e) => {
-                return Err(ReadError::new(
-                    path,
-                    ReadErrorKind::Ambiguous(format!(
-                        "{} bytes after the pickle's STOP (offset {start}) are not a pickle \
-                         (pickle offset {}: {}); readers disagree on where the stream ends",
-                        map.len() - start,
-                        e.offset + start,
-                        super::with_names(e, &graph).message
-                    )),
-                ));
-            }
+            Err(_) => break,
         }
     }
     Ok(Checkpoint {
@@ -233,12 +223,16 @@ fn read_plain(
     })
 }
 
-/// The first pickle of a file that is no zip, tar or safetensors file could not be read: the
-/// file is not a checkpoint (the error still names any global it reached).
+/// The first pickle of a file that is no zip, tar or safetensors file could not be read. When it
+/// fails within its first bytes without naming anything, the file is simply not a pickle (nor
+/// a checkpoint); a pickle that breaks later keeps its pickle error, with the globals it named.
 fn not_a_pickle(path: &Path, map: &[u8], e: ReadError) -> ReadError {
-    let ReadErrorKind::Pickle { source, .. } = e.kind else {
+    let ReadErrorKind::Pickle { source, .. } = &e.kind else {
         return e;
     };
+    if source.offset >= 8 || !e.named.is_empty() {
+        return e;
+    }
     let head: Vec<String> = map.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let what = if map.starts_with(b"PK\x05\x06") {
         "an empty zip archive, without data.pkl (torch.load reads a zip only when it starts \

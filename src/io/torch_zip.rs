@@ -99,6 +99,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
                 source: super::with_names(source, &graph),
             },
         )
+        .naming(&graph)
     })?;
     if used != pkl.len() {
         return Err(ReadError::new(

@@ -249,7 +249,7 @@ def cases():
     yield "pickle-starts-with-none.pkl", b"N0cos\nsystem\n(S'id'\ntR.", "dangerous", "os.system"
     yield "pickle-broken-after-global.pkl", b"cos\nsystem\n(S'id'\ntR\xff", "error", "os.system"
     yield "pickle-second-pickle-os-system.pkl", clean_pkl() + b"cos\nsystem\n(S'id'\ntR.", "dangerous", "os.system"
-    yield "pickle-trailing-garbage.pkl", clean_pkl() + b"\xff\xfe", "error", "ambiguous"
+    yield "pickle-trailing-global-then-garbage.pkl", clean_pkl() + b"cos\nsystem\n(S'id'\ntR\xff", "dangerous", "os.system"
     # ---- other containers other loaders unpickle ----
     yield "zip-plain-pickle-member.zip", zip_bytes([("model.pkl", bad_pkl())]), "dangerous", "posix.system"
     yield "npz-object-array.npz", zip_bytes([("arr_0.npy", npy_object(bad_pkl()))]), "dangerous", "posix.system"
