@@ -3,7 +3,7 @@
 //! which files are refused because two readers could read them differently.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fuse_ema::checkpoint::Format;
 use fuse_ema::checkpoint::value::Graph;
@@ -37,7 +37,7 @@ fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     buf.into_inner()
 }
 
-fn open_err(p: &PathBuf) -> ReadError {
+fn open_err(p: &Path) -> ReadError {
     match fuse_ema::io::open(p) {
         Ok(c) => panic!("{} opened as {:?}", p.display(), c.info.format),
         Err(e) => e,
