@@ -438,9 +438,14 @@ fn local_header(file: &[u8], e: &mut ZipEntry) -> Result<(), ZipDirError> {
     let extra = &rest[nlen..];
     let z64 = zip64_field(extra, &shown)?;
     let (mut csize, mut size) = (u64::from(c32), u64::from(u32_));
-    if let Some(mut d) = z64.filter(|_| c32 == u32::MAX || u32_ == u32::MAX) {
-        size = take64(&mut d, &shown)?;
-        csize = take64(&mut d, &shown)?;
+    if let Some(mut d) = z64 {
+        // The zip64 field holds the sizes whose 32-bit fields carry the marker, in this order.
+        if u32_ == u32::MAX {
+            size = take64(&mut d, &shown)?;
+        }
+        if c32 == u32::MAX {
+            csize = take64(&mut d, &shown)?;
+        }
     }
     let deferred = flags & DATA_DESCRIPTOR_FLAG != 0 && csize == 0 && size == 0;
     if !deferred && (csize != e.compressed_size || size != e.size) {
