@@ -17,17 +17,47 @@ use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::tensor::MappedFile;
 
-/// Whether a member is read as a pickle: by its name, or by a PROTO opcode first.
-fn is_pickle_member(name: &str, first: Option<u8>) -> bool {
+/// The most a member read for its pickle may decompress to.
+const MAX_MEMBER: usize = 256 << 20;
+
+/// How a member is read: as a pickle (by its name, or by a PROTO opcode first), as a `.npy`
+/// array (pickled when its dtype holds objects), or not at all.
+#[derive(PartialEq)]
+enum Member {
+    Pickle,
+    Npy,
+    Skip,
+}
+
+fn classify(name: &str, first: Option<u8>) -> Member {
     let lower = name.to_ascii_lowercase();
-    [".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib"]
+    if lower.ends_with(".npy") {
+        Member::Npy
+    } else if [".pkl", ".pickle", ".joblib"]
         .iter()
         .any(|s| lower.ends_with(s))
         || first == Some(0x80)
+    {
+        Member::Pickle
+    } else {
+        Member::Skip
+    }
+}
+
+/// A member's first byte, decompressing no more than that.
+fn first_byte(map: &[u8], e: &Entry) -> Option<u8> {
+    let raw = map.get(e.data_start..e.data_start + e.compressed_size)?;
+    if e.method == zip::CompressionMethod::Stored {
+        return raw.first().copied();
+    }
+    let mut b = [0u8; 1];
+    let mut dec = flate2::read::DeflateDecoder::new(raw);
+    std::io::Read::read_exact(&mut dec, &mut b).ok()?;
+    Some(b[0])
 }
 
 /// Reads every pickle member of a zip that torch would not read as a checkpoint; the root is a
-/// dict from member name to its unpickled value.
+/// dict from member name to its (first) unpickled value.
 pub fn read_zip(path: &Path, map: Arc<MappedFile>, dir: &ZipDir) -> Result<Checkpoint, ReadError> {
     let (mut graph, info) = new_parts(Format::Zip, map.len() as u64);
     let limits = Limits::for_file(map.len() as u64);
@@ -38,18 +68,27 @@ pub fn read_zip(path: &Path, map: Arc<MappedFile>, dir: &ZipDir) -> Result<Check
             continue;
         }
         let entry = Entry::from(e);
-        let first = entry_bytes(&map, &entry, 1 << 30)
+        let kind = classify(&name, first_byte(&map, &entry));
+        if kind == Member::Skip {
+            continue;
+        }
+        let data = entry_bytes(&map, &entry, MAX_MEMBER)
             .map_err(|m| ReadError::new(path, ReadErrorKind::Zip(format!("{name}: {m}"))))?;
-        let bytes = first.as_slice();
-        let at = if is_pickle_member(&name, bytes.first().copied()) {
-            Some(0)
-        } else if name.to_ascii_lowercase().ends_with(".npy") {
-            npy_pickle_offset(bytes).map_err(|m| npy_err(path, &name, m))?
-        } else {
-            None
+        let bytes = data.as_slice();
+        let at = match kind {
+            Member::Npy => npy_pickle_offset(bytes).map_err(|m| npy_err(path, &name, m))?,
+            _ => Some(0),
         };
         let Some(at) = at else { continue };
-        let v = judge(path, &name, bytes, at, &mut graph, &limits)?;
+        let (v, used) = judge(path, &name, bytes, at, &mut graph, &limits)?;
+        // Pickles after the first (a legacy torch file, a multi-dump stream) are judged as far
+        // as they parse: a reader that loads on runs them.
+        let mut pos = at + used;
+        while let Ok((_, used)) =
+            pickle::unpickle(&bytes[pos..], &mut graph, &mut InertPersistentLoad, &limits)
+        {
+            pos += used;
+        }
         items.push((Value::Str(name.into()), v));
     }
     if items.is_empty() {
@@ -71,8 +110,8 @@ pub fn read_zip(path: &Path, map: Arc<MappedFile>, dir: &ZipDir) -> Result<Check
     })
 }
 
-/// Unpickles the pickle at `at` of `data` (an `entry` of the file) into `graph`; its persistent
-/// ids become `None`, since the pickle is only judged.
+/// Unpickles the pickle at `at` of `data` (an `entry` of the file) into `graph`, returning it and
+/// its length; its persistent ids become `None`, since the pickle is only judged.
 fn judge(
     path: &Path,
     entry: &str,
@@ -80,9 +119,9 @@ fn judge(
     at: usize,
     graph: &mut Graph,
     limits: &Limits,
-) -> Result<Value, ReadError> {
+) -> Result<(Value, usize), ReadError> {
     match pickle::unpickle(&data[at..], graph, &mut InertPersistentLoad, limits) {
-        Ok((v, _)) => Ok(v),
+        Ok(v) => Ok(v),
         Err(mut e) => {
             e.offset += at;
             Err(ReadError::new(
@@ -124,7 +163,7 @@ pub fn read_npy(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadErr
         })?;
     let (mut graph, info) = new_parts(Format::Npy, map.len() as u64);
     let limits = Limits::for_file(map.len() as u64);
-    let root = judge(path, "object array", &map, at, &mut graph, &limits)?;
+    let (root, _) = judge(path, "object array", &map, at, &mut graph, &limits)?;
     Ok(Checkpoint {
         path: path.to_path_buf(),
         info,

@@ -22,10 +22,10 @@ use crate::tensor::{Buffer, DType, Tensor};
 /// One file of the archive, as its directory and local header describe it.
 #[derive(Clone, Debug)]
 pub(super) struct Entry {
-    method: CompressionMethod,
-    data_start: usize,
-    compressed_size: usize,
-    size: usize,
+    pub(super) method: CompressionMethod,
+    pub(super) data_start: usize,
+    pub(super) compressed_size: usize,
+    pub(super) size: usize,
 }
 
 /// Reads a zip that starts with a local header (torch's own test for its zip format): a torch
