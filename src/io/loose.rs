@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::pickle::{self, Limits};
 use super::torch_zip::{Entry, entry_bytes};
-use super::zipdir::ZipDir;
+use super::zipdir::{ZipDir, ZipEntry};
 use super::{InertPersistentLoad, ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
@@ -132,6 +132,35 @@ fn judge(
                 },
             )
             .naming(graph))
+        }
+    }
+}
+
+/// Judges every member that looks like a pickle, as far as each parses, into `graph`: only the
+/// globals matter (for an archive that is refused anyway), so every failure is ignored.
+pub fn judge_members(map: &Arc<MappedFile>, entries: &[ZipEntry], graph: &mut Graph) {
+    let limits = Limits::for_file(map.len() as u64);
+    for e in entries {
+        let entry = Entry::from(e);
+        let kind = classify(&e.display(), first_byte(map, &entry));
+        if kind == Member::Skip {
+            continue;
+        }
+        let Ok(data) = entry_bytes(map, &entry, MAX_MEMBER) else {
+            continue;
+        };
+        let bytes = data.as_slice();
+        let mut pos = match kind {
+            Member::Npy => match npy_pickle_offset(bytes) {
+                Ok(Some(at)) => at,
+                _ => continue,
+            },
+            _ => 0,
+        };
+        while let Ok((_, used)) =
+            pickle::unpickle(&bytes[pos..], graph, &mut InertPersistentLoad, &limits)
+        {
+            pos += used;
         }
     }
 }

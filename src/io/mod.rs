@@ -49,7 +49,17 @@ pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
         return safetensors::read(path, map);
     }
     if tar::is_tar(&map) {
-        refuse_if_pickle(path, &map, "a tar archive (which torch.load reads first)")?;
+        if let Err(e) = refuse_if_pickle(path, &map, "a tar archive (which torch.load reads first)")
+        {
+            // Name what torch would run from the tar too, not only what the pickle names.
+            let tar_named = match tar::read(path, map) {
+                Ok(c) => c.graph.globals().iter().map(|(g, _)| g.clone()).collect(),
+                Err(t) => t.named,
+            };
+            let mut e = e;
+            e.named.extend(tar_named);
+            return Err(e);
+        }
         return tar::read(path, map);
     }
     if loose::is_npy(&map) {
@@ -78,7 +88,8 @@ fn refuse_if_pickle(path: &Path, b: &[u8], what: &str) -> Result<(), ReadError> 
                  which one it is",
                 names_suffix(&scratch)
             )),
-        ));
+        )
+        .naming(&scratch));
     }
     Ok(())
 }

@@ -149,14 +149,25 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     }
 
     if pos != map.len() {
+        // Judge them as the pickles another reader could take them for.
+        let start = pos;
+        while let Ok((_, used)) = pickle::unpickle(
+            &map[pos..],
+            &mut graph,
+            &mut super::InertPersistentLoad,
+            &limits,
+        ) {
+            pos += used;
+        }
         return Err(ReadError::new(
             path,
             ReadErrorKind::Ambiguous(format!(
-                "{} bytes after the last storage (offset {pos}) that torch never reads; another \
-                 reader could read them as more pickles",
-                map.len() - pos
+                "{} bytes after the last storage (offset {start}) that torch never reads; \
+                 another reader could read them as more pickles",
+                map.len() - start
             )),
-        ));
+        )
+        .naming(&graph));
     }
     for node in graph.nodes_mut() {
         if let Node::Storage(t) | Node::Tensor(t) = node {

@@ -13,7 +13,7 @@ use crate::tensor::MappedFile;
 use zip::CompressionMethod;
 
 use super::pickle::{self, Limits, PersistentLoad};
-use super::zipdir::{ZipDir, ZipDirError, ZipEntry};
+use super::zipdir::{self, UNREADABLE_FLAGS, ZipDir, ZipDirError, ZipEntry};
 use super::{ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
@@ -30,13 +30,59 @@ pub(super) struct Entry {
 
 /// Reads a zip that starts with a local header (torch's own test for its zip format): a torch
 /// archive, or any other zip whose pickle members are judged (see [`super::loose`]).
+///
+/// An archive refused as ambiguous or unsupported still has its pickles judged (as miniz reads
+/// them, every member that looks like a pickle): the error then carries the globals they name,
+/// so a hostile archive is reported as such and not only as broken.
 pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> {
-    let zip_err = |m: String| ReadError::new(path, ReadErrorKind::Zip(m));
-    let dir = ZipDir::parse(&map).map_err(|e| dir_error(path, e))?;
-    let Some(record) = torch_record(path, &dir)? else {
-        return super::loose::read_zip(path, map, &dir);
+    let dir = match ZipDir::parse(&map) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let entries = zipdir::miniz_entries(&map);
+            return Err(judged_anyway(dir_error(path, e), &map, &entries));
+        }
     };
-    let entries = entry_index(&dir);
+    let result = match torch_record(path, &dir) {
+        Ok(None) => return super::loose::read_zip(path, map, &dir),
+        Ok(Some(record)) => read_record(path, &map, &dir, record),
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| judged_anyway(e, &map, &dir.entries))
+}
+
+/// Adds to an ambiguity or unsupported-feature error the globals that the archive's pickles name.
+fn judged_anyway(e: ReadError, map: &Arc<MappedFile>, entries: &[ZipEntry]) -> ReadError {
+    if !matches!(
+        e.kind,
+        ReadErrorKind::Ambiguous(_) | ReadErrorKind::Unsupported(_)
+    ) || !e.named.is_empty()
+    {
+        return e;
+    }
+    let mut graph = Graph::new();
+    super::loose::judge_members(map, entries, &mut graph);
+    e.naming(&graph)
+}
+
+/// Reads the torch archive whose record folder is `record`.
+fn read_record(
+    path: &Path,
+    map: &Arc<MappedFile>,
+    dir: &ZipDir,
+    record: String,
+) -> Result<Checkpoint, ReadError> {
+    let zip_err = |m: String| ReadError::new(path, ReadErrorKind::Zip(m));
+    if let Some(e) = dir.entries.iter().find(|e| e.flags & UNREADABLE_FLAGS != 0) {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Unsupported(format!(
+                "{}: an encrypted or patch-compressed entry (torch's reader refuses to extract \
+                 it, other readers may ignore the flag)",
+                e.display()
+            )),
+        ));
+    }
+    let entries = entry_index(dir);
     let (mut graph, mut info) = new_parts(Format::TorchZip, map.len() as u64);
     info.record = Some(record.clone());
     info.torchscript = dir
@@ -47,7 +93,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         match entries.get(&format!("{record}{name}").to_ascii_lowercase()) {
             None => Ok(None),
             Some(e) => {
-                let b = entry_bytes(&map, e, 4096)
+                let b = entry_bytes(map, e, 4096)
                     .map_err(|m| zip_err(format!("{record}{name}: {m}")))?;
                 Ok(Some(
                     String::from_utf8_lossy(b.as_slice()).trim().to_string(),
@@ -74,12 +120,12 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     let pkl_entry = entries
         .get(&pkl_name.to_ascii_lowercase())
         .ok_or_else(|| zip_err(format!("{pkl_name}: not found")))?;
-    let pkl = entry_bytes(&map, pkl_entry, usize::MAX)
-        .map_err(|m| zip_err(format!("{pkl_name}: {m}")))?;
+    let pkl =
+        entry_bytes(map, pkl_entry, usize::MAX).map_err(|m| zip_err(format!("{pkl_name}: {m}")))?;
     info.pickle_protocol = protocol_of(pkl.as_slice());
 
     let mut loader = ZipStorages {
-        map: &map,
+        map,
         entries: &entries,
         record: &record,
         cache: HashMap::new(),

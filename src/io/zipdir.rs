@@ -39,6 +39,8 @@ pub(crate) struct ZipEntry {
     pub name: Vec<u8>,
     /// 0 stored, 8 deflated.
     pub method: u16,
+    /// The general-purpose flags of the directory record.
+    pub flags: u16,
     /// Bytes of (possibly compressed) data.
     pub compressed_size: u64,
     /// Bytes once decompressed.
@@ -75,8 +77,11 @@ const CDH_LEN: usize = 46;
 const LFH_SIG: &[u8] = b"PK\x03\x04";
 const LFH_LEN: usize = 30;
 const ZIP64_EXTRA: u16 = 0x0001;
-/// Encrypted, compressed patch data, strong encryption, masked local header.
-const UNSUPPORTED_FLAGS: u16 = 0x0001 | 0x0020 | 0x0040 | 0x2000;
+/// Encrypted, compressed patch data, strong encryption: miniz refuses to extract such an entry,
+/// other readers may ignore the flag and read it.
+pub(crate) const UNREADABLE_FLAGS: u16 = 0x0001 | 0x0020 | 0x0040;
+/// A masked local header: miniz refuses the whole archive.
+const MASKED_HEADER: u16 = 0x2000;
 const DATA_DESCRIPTOR_FLAG: u16 = 0x0008;
 
 fn slice(b: &[u8], at: u64, len: usize) -> Option<&[u8]> {
@@ -171,6 +176,81 @@ impl ZipDir {
             .get(&name.as_bytes().to_ascii_lowercase())
             .map(|&i| &self.entries[i])
     }
+}
+
+/// The entries exactly as miniz reads them, without any of the cross-checks of
+/// [`ZipDir::parse`] and skipping what it cannot read. Only for judging the pickles of an archive
+/// that is refused anyway, so that the refusal still names what torch would have run.
+pub(crate) fn miniz_entries(file: &[u8]) -> Vec<ZipEntry> {
+    let mut out = Vec::new();
+    let Some(last) = file.len().checked_sub(EOCD_LEN) else {
+        return out;
+    };
+    let lowest = file.len().saturating_sub(EOCD_LEN + usize::from(u16::MAX));
+    let Some(pos) = (lowest..=last).rev().find(|&p| &file[p..p + 4] == EOCD_SIG) else {
+        return out;
+    };
+    let r = &file[pos..pos + EOCD_LEN];
+    let (mut total, mut cd) = (u64::from(le16(r, 10)), u64::from(le32(r, 16)));
+    if let Some(l) = pos.checked_sub(LOCATOR_LEN).map(|l| &file[l..pos])
+        && &l[..4] == LOCATOR_SIG
+        && let Some(z) = slice(file, le64(l, 8), EOCD64_LEN).filter(|z| &z[..4] == EOCD64_SIG)
+    {
+        total = le64(z, 32);
+        cd = le64(z, 48);
+    }
+    for _ in 0..total.min(1 << 20) {
+        let Some(h) = slice(file, cd, CDH_LEN).filter(|h| &h[..4] == CDH_SIG) else {
+            break;
+        };
+        let (nlen, elen, clen) = (
+            usize::from(le16(h, 28)),
+            usize::from(le16(h, 30)),
+            usize::from(le16(h, 32)),
+        );
+        let (Some(name), Some(extra)) = (
+            slice(file, cd + CDH_LEN as u64, nlen),
+            slice(file, cd + (CDH_LEN + nlen) as u64, elen),
+        ) else {
+            break;
+        };
+        let (c32, u32_, lofs32) = (le32(h, 20), le32(h, 24), le32(h, 42));
+        let (mut csize, mut size, mut lofs) = (u64::from(c32), u64::from(u32_), u64::from(lofs32));
+        let z64 = extra_fields(extra)
+            .ok()
+            .and_then(|f| f.into_iter().find(|(id, _)| *id == ZIP64_EXTRA));
+        if let Some((_, mut d)) = z64.filter(|_| c32.max(u32_).max(lofs32) == u32::MAX) {
+            let mut next = |v: &mut u64, marked: bool| {
+                if marked && let Ok(x) = take64(&mut d, "") {
+                    *v = x;
+                }
+            };
+            next(&mut size, u32_ == u32::MAX);
+            next(&mut csize, c32 == u32::MAX);
+            next(&mut lofs, lofs32 == u32::MAX);
+        }
+        cd += (CDH_LEN + nlen + elen + clen) as u64;
+        let Some(l) = slice(file, lofs, LFH_LEN).filter(|l| &l[..4] == LFH_SIG) else {
+            continue;
+        };
+        let data_start =
+            lofs + (LFH_LEN + usize::from(le16(l, 26)) + usize::from(le16(l, 28))) as u64;
+        if data_start
+            .checked_add(csize)
+            .is_some_and(|e| e <= file.len() as u64)
+        {
+            out.push(ZipEntry {
+                name: name.to_vec(),
+                method: le16(h, 10),
+                flags: le16(h, 8),
+                compressed_size: csize,
+                size,
+                local_offset: lofs,
+                data_start,
+            });
+        }
+    }
+    out
 }
 
 /// Finds the end record as miniz does (the last signature with room for a record, in the last
@@ -360,9 +440,9 @@ fn central_header(b: &[u8], file_len: u64) -> Result<(ZipEntry, usize), ZipDirEr
     } else {
         zip64_field(extra, &shown)?;
     }
-    if flags & UNSUPPORTED_FLAGS != 0 {
+    if flags & MASKED_HEADER != 0 {
         return Err(Unsupported(format!(
-            "{shown}: encrypted or patch-compressed entries (torch's reader refuses them)"
+            "{shown}: a masked local header (torch's reader refuses the archive)"
         )));
     }
     if method != 0 && method != 8 {
@@ -391,6 +471,7 @@ fn central_header(b: &[u8], file_len: u64) -> Result<(ZipEntry, usize), ZipDirEr
     let entry = ZipEntry {
         name,
         method,
+        flags,
         compressed_size: csize,
         size,
         local_offset: lofs,

@@ -127,13 +127,14 @@ def legacy_tar(location):
     return tar([(b"storages", storages), (b"tensors", tensors), (b"pickle", main)])
 
 
-def tar_pickle_polyglot():
+def tar_pickle_polyglot(clean=False):
     """Block 0 is a tar header whose name field starts a pickle; the pickle's BINBYTES swallows
     the whole tar, and a clean dict follows it. tarfile (and so torch) reads the tar, whose
     `storages` member runs os.system; a pickle reader sees a clean dict."""
     import torch
 
-    storages = pickle.dumps(1, protocol=2) + pickle.dumps(("0", os_system(), torch.FloatStorage), protocol=2)
+    location = "cpu" if clean else os_system()
+    storages = pickle.dumps(1, protocol=2) + pickle.dumps(("0", location, torch.FloatStorage), protocol=2)
     storages += struct.pack("<q", 0) + pickle.dumps([], protocol=2)
     rest = tar([(b"storages", storages), (b"tensors", pickle.dumps(0, protocol=2)), (b"pickle", clean_pkl())])
     tail = b"0" + clean_pkl()[2:]  # POP the bytes, then the clean dict (no second PROTO needed)
@@ -196,11 +197,12 @@ def cases():
     import torch
 
     # ---- zip: names as miniz looks them up ----
-    yield "zip-case-collision.pt", zip_bytes([("base/version", b"3\n"), ("base/data.pkl", clean_pkl()), ("base/DATA.PKL", bad_pkl())]), "error", "ambiguous"
+    yield "zip-case-collision.pt", zip_bytes([("base/version", b"3\n"), ("base/data.pkl", clean_pkl()), ("base/DATA.PKL", bad_pkl())]), "dangerous", "posix.system"
+    yield "zip-case-collision-clean.pt", zip_bytes([("base/version", b"3\n"), ("base/data.pkl", clean_pkl()), ("base/DATA.PKL", clean_pkl())]), "error", "ambiguous"
     yield "zip-upper-data-pkl.pt", zip_bytes([("base/version", b"3\n"), ("base/DATA.PKL", bad_pkl()), ("base/good/data.pkl", clean_pkl())]), "dangerous", "posix.system"
-    yield "zip-entry-outside-archive.pt", zip_bytes([("archive/data.pkl", clean_pkl()), ("archive/version", b"3\n"), ("other/data.pkl", bad_pkl())]), "error", "ambiguous"
+    yield "zip-entry-outside-archive.pt", zip_bytes([("archive/data.pkl", clean_pkl()), ("archive/version", b"3\n"), ("other/data.pkl", bad_pkl())]), "dangerous", "posix.system"
     # ---- zip: directories and end records ----
-    yield "zip-two-directories.pt", two_directories(), "error", "ambiguous"
+    yield "zip-two-directories.pt", two_directories(), "dangerous", "posix.system"
     body, cd = zip_parts([("archive/data.pkl", clean_pkl()), ("archive/version", b"3\n")])
     yield "zip-second-end-record-in-comment.pt", body + cd + eocd(2, len(cd), len(body), b"x" * 4 + eocd(2, len(cd), len(body))), "error", "ambiguous"
     lying = bytearray(body + cd + eocd(2, len(cd), len(body)))
@@ -220,7 +222,7 @@ def cases():
         i += 4
     yield "zip-prepended-bytes.pt", fake + b2 + bytes(cd2) + eocd(2, len(cd2), len(fake) + len(b2)), "error", "ambiguous"
     # ---- zip: data.pkl ----
-    yield "zip-data-pkl-trailing-pickle.pt", torch_zip_with(clean_pkl() + bad_pkl()), "error", "ambiguous"
+    yield "zip-data-pkl-trailing-pickle.pt", torch_zip_with(clean_pkl() + bad_pkl()), "dangerous", "posix.system"
     frame_body = b"\x8c\x05posix\x8c\x06system\x93"
     framed = b"\x80\x04\x95" + struct.pack("<Q", 10) + frame_body + b"\x8c\x02id\x85R0}."
     yield "frame-crossing-read.pt", torch_zip_with(framed), "error", "ambiguous"
@@ -237,17 +239,19 @@ def cases():
     yield "torchscript.pt", buf.getvalue(), "error", "TorchScript"
     # ---- legacy tar ----
     yield "tar-storages-os-system.pt", legacy_tar(os_system()), "dangerous", "posix.system"
-    yield "tar-pickle-polyglot.pt", tar_pickle_polyglot(), "error", "ambiguous"
+    yield "tar-pickle-polyglot.pt", tar_pickle_polyglot(), "dangerous", "posix.system"
+    yield "tar-pickle-polyglot-clean.pt", tar_pickle_polyglot(clean=True), "error", "ambiguous"
     yield "tar-empty-block.pt", b"\0" * 2048, "error", "storages"
     dup = tar([(b"storages", pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2)), (b"storages", b"")])
     yield "tar-duplicate-member.pt", dup, "error", "ambiguous"
     # ---- legacy pickle sequence: every pickle is unpickled by torch ----
     yield "legacy-sys-info-os-system.pt", legacy_sequence(sys_info_extra=os_system()), "dangerous", "posix.system"
-    yield "legacy-keys-os-system.pt", legacy_sequence(keys=os_system()), "error", "posix.system"
-    yield "legacy-trailing-bytes.pt", legacy_sequence() + b"cos\nsystem\n(S'id'\ntR.", "error", "ambiguous"
+    yield "legacy-keys-os-system.pt", legacy_sequence(keys=os_system()), "dangerous", "posix.system"
+    yield "legacy-trailing-pickle.pt", legacy_sequence() + b"cos\nsystem\n(S'id'\ntR.", "dangerous", "os.system"
+    yield "legacy-trailing-bytes.pt", legacy_sequence() + b"junk", "error", "ambiguous"
     # ---- plain pickles ----
     yield "pickle-starts-with-none.pkl", b"N0cos\nsystem\n(S'id'\ntR.", "dangerous", "os.system"
-    yield "pickle-broken-after-global.pkl", b"cos\nsystem\n(S'id'\ntR\xff", "error", "os.system"
+    yield "pickle-broken-after-global.pkl", b"cos\nsystem\n(S'id'\ntR\xff", "dangerous", "os.system"
     yield "pickle-second-pickle-os-system.pkl", clean_pkl() + b"cos\nsystem\n(S'id'\ntR.", "dangerous", "os.system"
     yield "pickle-trailing-global-then-garbage.pkl", clean_pkl() + b"cos\nsystem\n(S'id'\ntR\xff", "dangerous", "os.system"
     # ---- other containers other loaders unpickle ----
