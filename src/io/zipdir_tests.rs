@@ -140,3 +140,30 @@ fn truncated_and_foreign_files_are_broken_not_panics() {
         assert!(ZipDir::parse(&z[..cut]).is_err(), "cut at {cut}");
     }
 }
+
+#[test]
+fn miniz_reading_follows_the_end_record_without_checks() {
+    // Two directories: the end record points at the first, which names other data.
+    let z = build(&[("a/data.pkl", b"clean"), ("a/evil.pkl", b"hostile")]);
+    let n = z.len();
+    let cd_ofs = u32::from_le_bytes(z[n - 6..n - 2].try_into().unwrap()) as usize;
+    let cd = &z[cd_ofs..n - 22];
+    let mut hostile = cd.to_vec();
+    // Rename the second record to a/data.pkl's case twin: miniz takes it, strict parsing refuses.
+    let second = hostile[4..]
+        .windows(4)
+        .position(|w| w == b"PK\x01\x02")
+        .unwrap()
+        + 4;
+    hostile[second + 46..second + 56].copy_from_slice(b"a/DATA.PKL");
+    let mut f = z[..cd_ofs].to_vec();
+    f.extend_from_slice(&hostile);
+    f.extend_from_slice(&z[n - 22..]);
+    assert!(ZipDir::parse(&f).is_err());
+    let entries = miniz_entries(&f);
+    let names: Vec<String> = entries.iter().map(ZipEntry::display).collect();
+    assert_eq!(names, ["a/data.pkl", "a/DATA.PKL"]);
+    let e = &entries[1];
+    assert_eq!(&f[e.data_start as usize..][..7], b"hostile");
+    assert!(miniz_entries(b"PK\x03\x04 not a zip").is_empty());
+}
