@@ -604,8 +604,8 @@ fn check_tiling(file: &[u8], entries: &[ZipEntry], cd_offset: u64) -> Result<(),
             )));
         }
         cursor = e.data_start + e.compressed_size;
-        if cursor < cd_offset
-            && slice(file, cursor, 4) != Some(LFH_SIG)
+        if e.flags & DATA_DESCRIPTOR_FLAG != 0
+            && cursor < cd_offset
             && let Some(n) = descriptor_len(file, e, cursor)
         {
             cursor += n;

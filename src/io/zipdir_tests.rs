@@ -167,3 +167,42 @@ fn miniz_reading_follows_the_end_record_without_checks() {
     assert_eq!(&f[e.data_start as usize..][..7], b"hostile");
     assert!(miniz_entries(b"PK\x03\x04 not a zip").is_empty());
 }
+
+#[test]
+fn data_descriptors_are_part_of_their_entry() {
+    // One entry written by a streaming writer: flag bit 3, zero sizes in the local header, a
+    // signed data descriptor after the data.
+    let name = b"a/data.pkl";
+    let data = b"xyz";
+    let mut f = b"PK\x03\x04\x14\x00\x08\x00\x00\x00\x00\x00\x00\x00".to_vec();
+    f.extend_from_slice(&[0; 12]); // crc and both sizes deferred
+    f.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    f.extend_from_slice(&0u16.to_le_bytes());
+    f.extend_from_slice(name);
+    f.extend_from_slice(data);
+    f.extend_from_slice(b"PK\x07\x08\x00\x00\x00\x00");
+    f.extend_from_slice(&3u32.to_le_bytes());
+    f.extend_from_slice(&3u32.to_le_bytes());
+    let cd_ofs = f.len() as u32;
+    let mut cd = b"PK\x01\x02\x14\x00\x14\x00\x08\x00\x00\x00\x00\x00\x00\x00".to_vec();
+    cd.extend_from_slice(&0u32.to_le_bytes());
+    cd.extend_from_slice(&3u32.to_le_bytes());
+    cd.extend_from_slice(&3u32.to_le_bytes());
+    cd.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    cd.extend_from_slice(&[0; 12]);
+    cd.extend_from_slice(&0u32.to_le_bytes());
+    cd.extend_from_slice(name);
+    f.extend_from_slice(&cd);
+    f.extend_from_slice(b"PK\x05\x06\x00\x00\x00\x00\x01\x00\x01\x00");
+    f.extend_from_slice(&(cd.len() as u32).to_le_bytes());
+    f.extend_from_slice(&cd_ofs.to_le_bytes());
+    f.extend_from_slice(&0u16.to_le_bytes());
+    let d = ZipDir::parse(&f).unwrap();
+    assert_eq!(d.find("a/data.pkl").unwrap().size, 3);
+    // Without the flag the same 16 bytes belong to no entry.
+    let mut unflagged = f.clone();
+    unflagged[6] = 0;
+    let at = cd_ofs as usize + 8;
+    unflagged[at] = 0;
+    assert!(ZipDir::parse(&unflagged).is_err());
+}
