@@ -8,22 +8,23 @@ use std::path::{Path, PathBuf};
 
 use common::run;
 
+/// Every manifest's files: `manifest.json` (generate.py) and `manifest-container.json`
+/// (gen_container.py, the container decisions).
 fn corpus() -> Vec<(PathBuf, String, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    manifest
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, v)| {
+    let mut out = Vec::new();
+    for file in ["manifest.json", "manifest-container.json"] {
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        out.extend(manifest.as_object().unwrap().iter().map(|(name, v)| {
             (
                 dir.join("files").join(name),
                 v["expect"].as_str().unwrap().to_string(),
                 v["contains"].as_str().unwrap().to_string(),
             )
-        })
-        .collect()
+        }));
+    }
+    out
 }
 
 #[test]

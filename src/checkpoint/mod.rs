@@ -30,6 +30,12 @@ pub enum Format {
     Safetensors,
     /// A set of safetensors shards with a `*.index.json`.
     SafetensorsSharded,
+    /// torch's oldest format (before 0.4): a tar with `storages`, `tensors` and `pickle` members.
+    TorchTar,
+    /// A zip that is not a torch archive; only its pickle members are read (to judge them).
+    Zip,
+    /// A numpy `.npy` array of Python objects (a pickle after the header).
+    Npy,
 }
 
 impl Format {
@@ -41,6 +47,9 @@ impl Format {
             Format::Pickle => "pickle",
             Format::Safetensors => "safetensors",
             Format::SafetensorsSharded => "safetensors-sharded",
+            Format::TorchTar => "torch-tar",
+            Format::Zip => "zip",
+            Format::Npy => "npy",
         }
     }
 }

@@ -30,7 +30,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
 pub(super) fn inspect(a: InspectArgs) -> i32 {
     let ckpt = match crate::io::open(&a.file) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => return unreadable(&a, e),
     };
     let report = match crate::inspect::inspect(&ckpt, a.tree, &a.strict.allow) {
         Ok(r) => r,
@@ -56,13 +56,42 @@ pub(super) fn inspect(a: InspectArgs) -> i32 {
         return EXIT_OK;
     }
     let names: Vec<&str> = report.dangerous.iter().map(|d| d.name.as_str()).collect();
+    danger(&a.file, &names)
+}
+
+/// The DANGER line and its exit code.
+fn danger(file: &std::path::Path, names: &[&str]) -> i32 {
     eprintln!(
         "fuse-ema: DANGER: {} names {} dangerous global(s): {}",
-        a.file.display(),
+        file.display(),
         names.len(),
         names.join(", ")
     );
     EXIT_CHECK_FAILED
+}
+
+/// A file that cannot be read (broken, or refused as ambiguous) is still judged on the globals it
+/// named before the failure: Python imports each one it reaches, so a dangerous one exits 1.
+fn unreadable(a: &InspectArgs, e: crate::io::ReadError) -> i32 {
+    let named: Vec<_> = e.named.iter().map(|g| (g.clone(), 1)).collect();
+    let report = crate::checkpoint::globals::report(&named, &a.strict.allow);
+    let dangerous: Vec<_> = report.iter().filter(|g| g.danger.is_some()).collect();
+    if dangerous.is_empty() {
+        return fail(e);
+    }
+    eprintln!("fuse-ema: error: {e}");
+    if !a.json {
+        for d in &dangerous {
+            println!(
+                "  DANGEROUS {} ({}) — named before the file failed to read; \
+                 torch.load(weights_only=False) would run it",
+                d.name,
+                d.danger.unwrap_or("")
+            );
+        }
+    }
+    let names: Vec<&str> = dangerous.iter().map(|d| d.name.as_str()).collect();
+    danger(&a.file, &names)
 }
 
 pub(super) fn fold(a: FoldArgs) -> i32 {

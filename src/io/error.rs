@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::value::{Global, Graph};
+
 /// A checkpoint could not be read. Displays as `<file>: <problem>`.
 #[derive(Debug)]
 pub struct ReadError {
@@ -10,6 +12,9 @@ pub struct ReadError {
     pub path: PathBuf,
     /// What is wrong with it.
     pub kind: ReadErrorKind,
+    /// The globals the file named before a pickle failed: Python imports each one as it reaches
+    /// it, so a broken pickle may already have run them (empty for other failures).
+    pub named: Vec<Global>,
 }
 
 /// The kinds of reading failure, each with the offending entry, key or offset in its text.
@@ -38,6 +43,10 @@ pub enum ReadErrorKind {
     /// A safetensors header or shard index is invalid.
     #[error("safetensors: {0}")]
     Safetensors(String),
+    /// Two readers (torch's and another, or two of torch's own) could read the bytes
+    /// differently, so no judgement of them can be trusted.
+    #[error("ambiguous: {0}")]
+    Ambiguous(String),
     /// The file is valid but uses a feature fuse-ema does not read.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -49,7 +58,14 @@ impl ReadError {
         ReadError {
             path: path.to_path_buf(),
             kind: kind.into(),
+            named: Vec::new(),
         }
+    }
+
+    /// Records the globals `graph` holds as named before the failure.
+    pub(crate) fn naming(mut self, graph: &Graph) -> ReadError {
+        self.named = graph.globals().iter().map(|(g, _)| g.clone()).collect();
+        self
     }
 }
 

@@ -4,10 +4,13 @@
 //! compressed entries are ever copied (decompressed).
 
 pub mod error;
+mod loose;
 pub mod pickle;
 mod safetensors;
+mod tar;
 mod torch_legacy;
 mod torch_zip;
+mod zipdir;
 
 use std::fs::File;
 use std::path::Path;
@@ -15,12 +18,19 @@ use std::sync::Arc;
 
 use crate::tensor::MappedFile;
 
-use crate::checkpoint::value::Graph;
+use crate::checkpoint::value::{Graph, Value};
 use crate::checkpoint::{Checkpoint, Format, FormatInfo};
 pub use error::{ReadError, ReadErrorKind};
 
 /// Opens a checkpoint of any supported format: torch zip (`.pt .pth .ckpt .bin .pth.tar`), legacy
-/// torch, plain pickle, safetensors, or a sharded safetensors set (its `*.index.json` or folder).
+/// torch (pickle sequence or tar), plain pickle, safetensors, or a sharded safetensors set (its
+/// `*.index.json` or folder). Zips that are not torch archives and `.npy` files with an object
+/// dtype are read for their pickles only, so that their globals can be judged.
+///
+/// The container is chosen the way `torch.load` chooses it (see `docs/security.md`): a zip only
+/// when the first four bytes are a local-header signature, otherwise a tar when Python's
+/// `tarfile` would open one, otherwise a sequence of pickles. Safetensors files are never
+/// unpickled by torch and are read as such, unless they are also a pickle.
 pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
     let meta = std::fs::metadata(path).map_err(|e| ReadError::new(path, e))?;
     if meta.is_dir() {
@@ -31,23 +41,86 @@ pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
         return safetensors::open_sharded(path);
     }
     let map = map_file(path)?;
-    let format = sniff(&map).ok_or_else(|| {
-        let head: Vec<String> = map.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        ReadError::new(
+    if map.starts_with(b"PK\x03\x04") {
+        return torch_zip::read(path, map);
+    }
+    if looks_like_safetensors(&map) {
+        refuse_if_pickle(path, &map, "a safetensors file")?;
+        return safetensors::read(path, map);
+    }
+    if tar::is_tar(&map) {
+        if let Err(e) = refuse_if_pickle(path, &map, "a tar archive (which torch.load reads first)")
+        {
+            // Name what torch would run from the tar too, not only what the pickle names.
+            let tar_named = match tar::read(path, map) {
+                Ok(c) => c.graph.globals().iter().map(|(g, _)| g.clone()).collect(),
+                Err(t) => t.named,
+            };
+            let mut e = e;
+            e.named.extend(tar_named);
+            return Err(e);
+        }
+        return tar::read(path, map);
+    }
+    if loose::is_npy(&map) {
+        return loose::read_npy(path, map);
+    }
+    torch_legacy::read(path, map)
+}
+
+/// A safetensors header: a little-endian length, then a JSON object.
+fn looks_like_safetensors(b: &[u8]) -> bool {
+    b.len() >= 10
+        && b[8] == b'{'
+        && u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) >= 2
+}
+
+/// Refuses a file that is `what` and, read from byte 0, also a complete pickle: one reader would
+/// judge the pickle, another load the other format.
+fn refuse_if_pickle(path: &Path, b: &[u8], what: &str) -> Result<(), ReadError> {
+    let mut scratch = Graph::new();
+    let limits = pickle::Limits::for_file(b.len() as u64);
+    if let Ok((_, end)) = pickle::unpickle(b, &mut scratch, &mut InertPersistentLoad, &limits) {
+        return Err(ReadError::new(
             path,
-            ReadErrorKind::NotACheckpoint(format!(
-                "unrecognised format (first bytes {}); expected a torch zip, legacy torch, \
-                 pickle or safetensors file",
-                head.join(" ")
+            ReadErrorKind::Ambiguous(format!(
+                "the file is both {what} and a pickle (bytes 0..{end}{}): readers disagree on \
+                 which one it is",
+                names_suffix(&scratch)
             )),
         )
-    })?;
-    match format {
-        Format::TorchZip => torch_zip::read(path, map),
-        Format::TorchLegacy | Format::Pickle => torch_legacy::read(path, map),
-        Format::Safetensors => safetensors::read(path, map),
-        _ => unreachable!("sniff returns only single-file formats"),
+        .naming(&scratch));
     }
+    Ok(())
+}
+
+/// Accepts every persistent id as `None`: for pickles that are only judged, never used.
+pub(crate) struct InertPersistentLoad;
+
+impl pickle::PersistentLoad for InertPersistentLoad {
+    fn load(&mut self, _graph: &mut Graph, _pid: &Value) -> Result<Value, String> {
+        Ok(Value::None)
+    }
+}
+
+/// `"; before that it names a.b, c.d"` for the globals recorded so far: Python imports (and
+/// may call) each before it reaches a later error, so a failed read still names them.
+pub(crate) fn names_suffix(graph: &Graph) -> String {
+    let names: Vec<String> = graph.globals().iter().map(|(g, _)| g.dotted()).collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("; it names {}", names.join(", "))
+    }
+}
+
+/// Adds to a pickle error the globals the file named before the failure (see `names_suffix`).
+pub(crate) fn with_names(mut e: pickle::PickleError, graph: &Graph) -> pickle::PickleError {
+    let names: Vec<String> = graph.globals().iter().map(|(g, _)| g.dotted()).collect();
+    if !names.is_empty() {
+        e.message = format!("{}; before that it names {}", e.message, names.join(", "));
+    }
+    e
 }
 
 /// Memory-maps a whole file read-only.
@@ -69,32 +142,6 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>, ReadError> {
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
     Ok(Arc::new(MappedFile::new(map, file)))
-}
-
-/// Identifies the format from the first bytes.
-fn sniff(b: &[u8]) -> Option<Format> {
-    if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
-        return Some(Format::TorchZip);
-    }
-    if b.first() == Some(&0x80) && b.len() >= 2 && b[1] <= 5 {
-        // Legacy torch files start with a pickled LONG1 magic number.
-        return Some(if torch_legacy::has_magic(b) {
-            Format::TorchLegacy
-        } else {
-            Format::Pickle
-        });
-    }
-    if b.len() >= 10 {
-        let n = u64::from_le_bytes(b[..8].try_into().ok()?);
-        if n >= 2 && b[8] == b'{' {
-            return Some(Format::Safetensors);
-        }
-    }
-    if matches!(b.first(), Some(b'(' | b'}' | b']' | b'c')) {
-        // Protocol 0/1 pickles have no PROTO opcode.
-        return Some(Format::Pickle);
-    }
-    None
 }
 
 /// A fresh graph and the info every reader fills in.

@@ -18,19 +18,16 @@ use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::tensor::{Buffer, DType, Tensor};
 
-/// `pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)` without the trailing STOP.
-const MAGIC_PICKLE: &[u8] = &[
-    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
-];
+/// `0x1950A86A20F9469CFC6C`, the legacy magic number, in decimal.
 const MAGIC_DECIMAL: &str = "119547037146038801333356";
 const PROTOCOL_VERSION: i64 = 1001;
 
-/// Whether the bytes start with the legacy magic number pickle (any protocol ≥ 2).
-pub fn has_magic(b: &[u8]) -> bool {
-    b.len() > MAGIC_PICKLE.len() && b[0] == 0x80 && b[2..MAGIC_PICKLE.len()] == MAGIC_PICKLE[2..]
-}
-
-/// Reads a legacy torch file, or a plain pickle when the magic number is absent.
+/// Reads a file that is neither a zip nor a tar the way torch's `_legacy_load` does: the first
+/// pickle is always unpickled (whatever it holds); when it is the legacy magic number, the
+/// protocol version, sys_info, main object and storage-key pickles follow, then the storages.
+/// Otherwise the file is a plain pickle and the first pickle is the checkpoint.
+///
+/// Every pickle goes into the checkpoint's graph, so every global any of them names is judged.
 pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> {
     let pickle_err = |entry: &str, source| {
         ReadError::new(
@@ -43,45 +40,27 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     };
     let limits = Limits::for_file(map.len() as u64);
     let mut pos = 0usize;
-    let mut scratch = Graph::new();
+    let mut graph = Graph::new();
     let next = |name: &str, graph: &mut Graph, loader: &mut dyn PersistentLoad, pos: &mut usize| {
         let (v, used) =
             pickle::unpickle(&map[*pos..], graph, loader, &limits).map_err(|mut e| {
                 e.offset += *pos;
-                pickle_err(name, e)
+                pickle_err(name, super::with_names(e, graph)).naming(graph)
             })?;
         *pos += used;
         Ok::<Value, ReadError>(v)
     };
 
-    if !has_magic(&map) {
-        let (mut graph, mut info) = new_parts(Format::Pickle, map.len() as u64);
-        info.pickle_protocol = protocol_of(&map);
-        let root = next("pickle", &mut graph, &mut NoPersistentLoad, &mut pos)?;
-        return Ok(Checkpoint {
-            path: path.to_path_buf(),
-            info,
-            graph,
-            root,
-        });
+    // torch.load unpickles this first pickle before it looks at anything.
+    let first = next("pickle", &mut graph, &mut NoPersistentLoad, &mut pos)
+        .map_err(|e| not_a_pickle(path, &map, e))?;
+    if first != Value::BigInt(MAGIC_DECIMAL.into()) {
+        return read_plain(path, &map, graph, first, pos, &limits);
     }
-
-    let (mut graph, mut info) = new_parts(Format::TorchLegacy, map.len() as u64);
-    let magic = next(
-        "magic number",
-        &mut scratch,
-        &mut NoPersistentLoad,
-        &mut pos,
-    )?;
-    if magic != Value::BigInt(MAGIC_DECIMAL.into()) {
-        return Err(ReadError::new(
-            path,
-            ReadErrorKind::NotACheckpoint("bad magic number".into()),
-        ));
-    }
+    let (_, mut info) = new_parts(Format::TorchLegacy, map.len() as u64);
     let version = next(
         "protocol version",
-        &mut scratch,
+        &mut graph,
         &mut NoPersistentLoad,
         &mut pos,
     )?;
@@ -92,8 +71,8 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         ));
     }
     info.serialization_version = Some(PROTOCOL_VERSION.to_string());
-    let sys_info = next("sys_info", &mut scratch, &mut NoPersistentLoad, &mut pos)?;
-    if scratch.dict_get(&sys_info, "little_endian") == Some(&Value::Bool(false)) {
+    let sys_info = next("sys_info", &mut graph, &mut NoPersistentLoad, &mut pos)?;
+    if graph.dict_get(&sys_info, "little_endian") == Some(&Value::Bool(false)) {
         return Err(ReadError::new(
             path,
             ReadErrorKind::Unsupported("storages written on a big-endian machine".into()),
@@ -108,13 +87,22 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     graph.defer_view_checks = false;
     let keys_value = next(
         "storage key list",
-        &mut scratch,
+        &mut graph,
         &mut NoPersistentLoad,
         &mut pos,
     )?;
-    let keys: Vec<String> = scratch
+    let keys: Vec<String> = graph
         .seq(&keys_value)
-        .ok_or_else(|| storage_err(path, "the storage key list is not a list".into()))?
+        .ok_or_else(|| {
+            storage_err(
+                path,
+                format!(
+                    "the storage key list is not a list{}",
+                    super::names_suffix(&graph)
+                ),
+            )
+            .naming(&graph)
+        })?
         .iter()
         .map(|k| k.as_str().map(str::to_string))
         .collect::<Option<_>>()
@@ -160,6 +148,27 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         pos = start + len;
     }
 
+    if pos != map.len() {
+        // Judge them as the pickles another reader could take them for.
+        let start = pos;
+        while let Ok((_, used)) = pickle::unpickle(
+            &map[pos..],
+            &mut graph,
+            &mut super::InertPersistentLoad,
+            &limits,
+        ) {
+            pos += used;
+        }
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Ambiguous(format!(
+                "{} bytes after the last storage (offset {start}) that torch never reads; \
+                 another reader could read them as more pickles",
+                map.len() - start
+            )),
+        )
+        .naming(&graph));
+    }
     for node in graph.nodes_mut() {
         if let Node::Storage(t) | Node::Tensor(t) = node {
             let buffer = located.get(&*t.storage_key).ok_or_else(|| {
@@ -190,6 +199,69 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         graph,
         root,
     })
+}
+
+/// A plain pickle: torch.load unpickles it, then fails on the magic number. Pickles that follow
+/// it are judged too (a reader that calls `pickle.load` again runs them), up to bytes that are
+/// not a pickle: the globals such a broken tail names before it breaks stay in the graph (Python
+/// would have imported them), the rest is read by no one.
+fn read_plain(
+    path: &Path,
+    map: &[u8],
+    mut graph: Graph,
+    root: Value,
+    mut pos: usize,
+    limits: &Limits,
+) -> Result<Checkpoint, ReadError> {
+    let (_, mut info) = new_parts(Format::Pickle, map.len() as u64);
+    info.pickle_protocol = protocol_of(map);
+    while pos < map.len() {
+        match pickle::unpickle(
+            &map[pos..],
+            &mut graph,
+            &mut super::InertPersistentLoad,
+            limits,
+        ) {
+            Ok((_, used)) => pos += used,
+            Err(_) => break,
+        }
+    }
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        info,
+        graph,
+        root,
+    })
+}
+
+/// The first pickle of a file that is no zip, tar or safetensors file could not be read. When it
+/// fails within its first bytes without naming anything, the file is simply not a pickle (nor
+/// a checkpoint); a pickle that breaks later keeps its pickle error, with the globals it named.
+fn not_a_pickle(path: &Path, map: &[u8], e: ReadError) -> ReadError {
+    let ReadErrorKind::Pickle { source, .. } = &e.kind else {
+        return e;
+    };
+    if source.offset >= 8 || !e.named.is_empty() {
+        return e;
+    }
+    let head: Vec<String> = map.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let what = if map.starts_with(b"PK\x05\x06") {
+        "an empty zip archive, without data.pkl (torch.load reads a zip only when it starts \
+         with a local header)"
+            .to_string()
+    } else {
+        format!(
+            "unrecognised format (first bytes {}); expected a torch zip, legacy torch, pickle \
+             or safetensors file",
+            head.join(" ")
+        )
+    };
+    ReadError::new(
+        path,
+        ReadErrorKind::NotACheckpoint(format!(
+            "{what}; read as a pickle, as torch.load would: {source}"
+        )),
+    )
 }
 
 fn storage_err(path: &Path, m: String) -> ReadError {

@@ -13,6 +13,7 @@ use crate::tensor::MappedFile;
 use zip::CompressionMethod;
 
 use super::pickle::{self, Limits, PersistentLoad};
+use super::zipdir::{self, UNREADABLE_FLAGS, ZipDir, ZipDirError, ZipEntry};
 use super::{ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
@@ -20,52 +21,79 @@ use crate::tensor::{Buffer, DType, Tensor};
 
 /// One file of the archive, as its directory and local header describe it.
 #[derive(Clone, Debug)]
-struct Entry {
-    method: CompressionMethod,
-    data_start: usize,
-    compressed_size: usize,
-    size: usize,
+pub(super) struct Entry {
+    pub(super) method: CompressionMethod,
+    pub(super) data_start: usize,
+    pub(super) compressed_size: usize,
+    pub(super) size: usize,
 }
 
-/// Reads a torch zip checkpoint.
+/// Reads a zip that starts with a local header (torch's own test for its zip format): a torch
+/// archive, or any other zip whose pickle members are judged (see [`super::loose`]).
+///
+/// An archive refused as ambiguous or unsupported still has its pickles judged (as miniz reads
+/// them, every member that looks like a pickle): the error then carries the globals they name,
+/// so a hostile archive is reported as such and not only as broken.
 pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> {
-    let zip_err = |m: String| ReadError::new(path, ReadErrorKind::Zip(m));
-    let entries = directory(path, &map).map_err(zip_err)?;
-
-    let mut records: Vec<&str> = entries
-        .keys()
-        .filter_map(|n| n.strip_suffix("data.pkl"))
-        .filter(|p| p.is_empty() || p.ends_with('/'))
-        .collect();
-    records.sort();
-    let record = match records.as_slice() {
-        [] => {
-            return Err(ReadError::new(
-                path,
-                ReadErrorKind::NotACheckpoint(
-                    "a zip archive without a data.pkl (not saved by torch.save)".into(),
-                ),
-            ));
-        }
-        [one] => one.to_string(),
-        many => {
-            return Err(zip_err(format!(
-                "several data.pkl records ({}); torch.save writes one",
-                many.join(", ")
-            )));
+    let dir = match ZipDir::parse(&map) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let entries = zipdir::miniz_entries(&map);
+            return Err(judged_anyway(dir_error(path, e), &map, &entries));
         }
     };
+    let result = match torch_record(path, &dir) {
+        Ok(None) => return super::loose::read_zip(path, map, &dir),
+        Ok(Some(record)) => read_record(path, &map, &dir, record),
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| judged_anyway(e, &map, &dir.entries))
+}
 
+/// Adds to an ambiguity or unsupported-feature error the globals that the archive's pickles name.
+fn judged_anyway(e: ReadError, map: &Arc<MappedFile>, entries: &[ZipEntry]) -> ReadError {
+    if !matches!(
+        e.kind,
+        ReadErrorKind::Ambiguous(_) | ReadErrorKind::Unsupported(_)
+    ) || !e.named.is_empty()
+    {
+        return e;
+    }
+    let mut graph = Graph::new();
+    super::loose::judge_members(map, entries, &mut graph);
+    e.naming(&graph)
+}
+
+/// Reads the torch archive whose record folder is `record`.
+fn read_record(
+    path: &Path,
+    map: &Arc<MappedFile>,
+    dir: &ZipDir,
+    record: String,
+) -> Result<Checkpoint, ReadError> {
+    let zip_err = |m: String| ReadError::new(path, ReadErrorKind::Zip(m));
+    if let Some(e) = dir.entries.iter().find(|e| e.flags & UNREADABLE_FLAGS != 0) {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Unsupported(format!(
+                "{}: an encrypted or patch-compressed entry (torch's reader refuses to extract \
+                 it, other readers may ignore the flag)",
+                e.display()
+            )),
+        ));
+    }
+    let entries = entry_index(dir);
     let (mut graph, mut info) = new_parts(Format::TorchZip, map.len() as u64);
     info.record = Some(record.clone());
-    info.torchscript = entries
-        .keys()
-        .any(|n| n.starts_with(&format!("{record}code/")));
+    info.torchscript = dir
+        .entries
+        .iter()
+        .any(|e| e.name.starts_with(format!("{record}code/").as_bytes()));
     let small = |name: &str| -> Result<Option<String>, ReadError> {
-        match entries.get(&format!("{record}{name}")) {
+        match entries.get(&format!("{record}{name}").to_ascii_lowercase()) {
             None => Ok(None),
             Some(e) => {
-                let b = entry_bytes(&map, e, 4096)
+                let b = entry_bytes(map, e, 4096)
                     .map_err(|m| zip_err(format!("{record}{name}: {m}")))?;
                 Ok(Some(
                     String::from_utf8_lossy(b.as_slice()).trim().to_string(),
@@ -73,7 +101,11 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
             }
         }
     };
-    info.serialization_version = small("version")?;
+    // torch reads `.data/version` when there is one, `version` otherwise.
+    info.serialization_version = match small(".data/version")? {
+        Some(v) => Some(v),
+        None => small("version")?,
+    };
     info.byteorder = small("byteorder")?;
     if let Some(order) = &info.byteorder
         && order != "little"
@@ -85,32 +117,46 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     }
 
     let pkl_name = format!("{record}data.pkl");
-    let pkl = entry_bytes(&map, &entries[&pkl_name], usize::MAX)
-        .map_err(|m| zip_err(format!("{pkl_name}: {m}")))?;
+    let pkl_entry = entries
+        .get(&pkl_name.to_ascii_lowercase())
+        .ok_or_else(|| zip_err(format!("{pkl_name}: not found")))?;
+    let pkl =
+        entry_bytes(map, pkl_entry, usize::MAX).map_err(|m| zip_err(format!("{pkl_name}: {m}")))?;
     info.pickle_protocol = protocol_of(pkl.as_slice());
 
     let mut loader = ZipStorages {
-        map: &map,
+        map,
         entries: &entries,
         record: &record,
         cache: HashMap::new(),
         compressed: 0,
     };
-    let (root, _) = pickle::unpickle(
+    let result = pickle::unpickle(
         pkl.as_slice(),
         &mut graph,
         &mut loader,
         &Limits::for_file(map.len() as u64),
-    )
-    .map_err(|source| {
+    );
+    let (root, used) = result.map_err(|source| {
         ReadError::new(
             path,
             ReadErrorKind::Pickle {
                 entry: pkl_name.clone(),
-                source,
+                source: super::with_names(source, &graph),
             },
         )
+        .naming(&graph)
     })?;
+    if used != pkl.len() {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Ambiguous(format!(
+                "{pkl_name}: {} bytes after the pickle's STOP at offset {used} (torch ignores \
+                 them; a reader that reads on would see more)",
+                pkl.len() - used
+            )),
+        ));
+    }
     info.compressed_storages = loader.compressed;
     Ok(Checkpoint {
         path: path.to_path_buf(),
@@ -118,6 +164,96 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         graph,
         root,
     })
+}
+
+/// The record folder torch reads (`archive/`), or `None` when the zip is not a torch archive to
+/// torch either (its first entry is in no folder, or there is no `<folder>/data.pkl`).
+///
+/// torch takes the folder from the first directory entry, refuses archives with entries outside
+/// it (torch 2.x; older versions read them) and hands archives with `constants.pkl` to
+/// `torch.jit.load`.
+fn torch_record(path: &Path, dir: &ZipDir) -> Result<Option<String>, ReadError> {
+    let Some(first) = dir.entries.first() else {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::NotACheckpoint("a zip archive without any entries".into()),
+        ));
+    };
+    let Some(slash) = first.name.iter().position(|&b| b == b'/') else {
+        return Ok(None);
+    };
+    let Ok(folder) = std::str::from_utf8(&first.name[..=slash]) else {
+        return Ok(None);
+    };
+    let record = folder.to_string();
+    if dir.find(&format!("{record}data.pkl")).is_none() {
+        return Ok(None);
+    }
+    if let Some(out) = dir
+        .entries
+        .iter()
+        .find(|e| !e.name.starts_with(record.as_bytes()))
+    {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Ambiguous(format!(
+                "{} lies outside the archive folder {record} (torch 2.x refuses such archives, \
+                 older torch reads {record}data.pkl)",
+                out.display()
+            )),
+        ));
+    }
+    if dir
+        .entries
+        .iter()
+        .any(|e| e.name == format!("{record}constants.pkl").as_bytes())
+    {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Unsupported(
+                "TorchScript archive: torch.load would run its code with torch.jit.load".into(),
+            ),
+        ));
+    }
+    Ok(Some(record))
+}
+
+/// The entries torch can look up, keyed by their ASCII-lowercased name (names that are not
+/// UTF-8 cannot be asked for by a Python string and are left out).
+fn entry_index(dir: &ZipDir) -> HashMap<String, Entry> {
+    dir.entries
+        .iter()
+        .filter_map(|e| {
+            let name = std::str::from_utf8(&e.name).ok()?;
+            Some((name.to_ascii_lowercase(), Entry::from(e)))
+        })
+        .collect()
+}
+
+impl From<&ZipEntry> for Entry {
+    fn from(e: &ZipEntry) -> Entry {
+        Entry {
+            method: if e.method == 0 {
+                CompressionMethod::Stored
+            } else {
+                CompressionMethod::Deflated
+            },
+            // The directory checked both against the file's length, which fits in memory.
+            data_start: e.data_start as usize,
+            compressed_size: e.compressed_size as usize,
+            size: usize::try_from(e.size).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// The reader error for a directory that cannot be read as torch reads it.
+pub(super) fn dir_error(path: &Path, e: ZipDirError) -> ReadError {
+    let kind = match e {
+        ZipDirError::Ambiguous(m) => ReadErrorKind::Ambiguous(format!("zip archive: {m}")),
+        ZipDirError::Broken(m) => ReadErrorKind::Zip(m),
+        ZipDirError::Unsupported(m) => ReadErrorKind::Unsupported(m),
+    };
+    ReadError::new(path, kind)
 }
 
 /// The pickle protocol a PROTO opcode at the start declares.
@@ -128,85 +264,13 @@ pub(super) fn protocol_of(pkl: &[u8]) -> Option<u8> {
     }
 }
 
-/// Lists the archive's files with the offset of their data, checked against the file's size.
-///
-/// The directory and local headers are read with small positioned reads, not through the map:
-/// a local header sits in front of every storage, and touching each through the map would fault
-/// tens of megabytes of tensor data into memory just to open the file.
-fn directory(path: &Path, map: &[u8]) -> Result<HashMap<String, Entry>, String> {
-    check_end_record(map)?;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let reader = std::io::BufReader::with_capacity(4096, file);
-    let mut archive = zip::ZipArchive::new(reader).map_err(|e| e.to_string())?;
-    if archive.has_duplicate_names() {
-        return Err("the archive lists the same file name twice".into());
-    }
-    let mut out = HashMap::with_capacity(archive.len());
-    for i in 0..archive.len() {
-        let f = archive
-            .by_index_raw(i)
-            .map_err(|e| format!("entry {i}: {e}"))?;
-        let name = f.name().map_err(|e| format!("entry {i}: {e}"))?.to_string();
-        let data_start = f
-            .data_start()
-            .ok_or_else(|| format!("{name}: no local header"))?;
-        let compressed_size = f.compressed_size();
-        let end = data_start.checked_add(compressed_size);
-        if end.is_none_or(|e| e > map.len() as u64) {
-            return Err(format!(
-                "{name}: data at offset {data_start} of {compressed_size} bytes runs past the end of \
-                 the file ({} bytes)",
-                map.len()
-            ));
-        }
-        if f.encrypted() {
-            return Err(format!(
-                "{name}: encrypted entries are not torch checkpoints"
-            ));
-        }
-        out.insert(
-            name,
-            Entry {
-                method: f.compression(),
-                data_start: data_start as usize,
-                compressed_size: compressed_size as usize,
-                size: usize::try_from(f.size()).map_err(|_| "entry size overflows")?,
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// The end-of-central-directory record must describe a directory that lies before it: zip
-/// readers recover from a lying size by searching, which would hide a tampered archive.
-fn check_end_record(map: &[u8]) -> Result<(), String> {
-    let tail = map.len().saturating_sub(65_557);
-    let Some(pos) = map[tail..]
-        .windows(4)
-        .rposition(|w| w == b"PK\x05\x06")
-        .map(|p| p + tail)
-    else {
-        return Err("no end-of-central-directory record (truncated?)".into());
-    };
-    let rec = map
-        .get(pos..pos + 22)
-        .ok_or("truncated end-of-central-directory record")?;
-    let size = u32::from_le_bytes(rec[12..16].try_into().expect("4")) as u64;
-    let offset = u32::from_le_bytes(rec[16..20].try_into().expect("4")) as u64;
-    if size == u32::MAX as u64 || offset == u32::MAX as u64 {
-        return Ok(()); // zip64: the zip64 record carries the real values
-    }
-    if offset + size > pos as u64 {
-        return Err(format!(
-            "the end record places a {size}-byte central directory at offset {offset}, past the record itself (offset {pos})"
-        ));
-    }
-    Ok(())
-}
-
 /// An entry's bytes: borrowed from the map when stored, decompressed (at most `limit` bytes and
 /// exactly the declared size) otherwise.
-fn entry_bytes(map: &Arc<MappedFile>, e: &Entry, limit: usize) -> Result<Buffer, String> {
+pub(super) fn entry_bytes(
+    map: &Arc<MappedFile>,
+    e: &Entry,
+    limit: usize,
+) -> Result<Buffer, String> {
     let raw = e.data_start..e.data_start + e.compressed_size;
     match e.method {
         CompressionMethod::Stored => {
@@ -287,9 +351,12 @@ impl PersistentLoad for ZipStorages<'_> {
             .and_then(|n| usize::try_from(n).ok())
             .ok_or("storage size is negative or not an integer")?;
         let name = format!("{}data/{key}", self.record);
-        let entry = self.entries.get(&name).ok_or_else(|| {
-            format!("data.pkl references storage '{key}' but the archive has no {name}")
-        })?;
+        let entry = self
+            .entries
+            .get(&name.to_ascii_lowercase())
+            .ok_or_else(|| {
+                format!("data.pkl references storage '{key}' but the archive has no {name}")
+            })?;
         let need = numel
             .checked_mul(dtype.size())
             .ok_or_else(|| format!("storage '{key}' size overflows"))?;

@@ -6,6 +6,7 @@
 //! reconstructors (tensors, `OrderedDict`, `torch.Size`, sets, `_codecs.encode`, numpy scalars) is
 //! interpreted as data; no other global is looked up, imported or called.
 
+mod frame;
 mod literal;
 mod ops;
 mod reconstruct;

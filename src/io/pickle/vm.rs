@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::frame::Frames;
 use super::literal::*;
 use super::ops::*;
 use super::reconstruct;
@@ -27,6 +28,7 @@ pub fn unpickle(
         marks: Vec::new(),
         memo: HashMap::new(),
         values: 0,
+        frames: Frames::default(),
         graph,
         loader,
         limits,
@@ -42,6 +44,7 @@ struct Vm<'a> {
     marks: Vec<Vec<Value>>,
     memo: HashMap<u32, Value>,
     values: usize,
+    frames: Frames,
     graph: &'a mut Graph,
     loader: &'a mut dyn PersistentLoad,
     limits: &'a Limits,
@@ -62,8 +65,10 @@ impl<'a> Vm<'a> {
                 Some(&b) => b,
                 None => return Err(self.err("truncated: no STOP opcode".into())),
             };
+            self.frames.read(self.pos, 1).map_err(|m| self.err(m))?;
             self.pos += 1;
             if op == STOP {
+                self.frames.stop(self.pos).map_err(|m| self.err(m))?;
                 let v = self.pop().map_err(|m| self.err(m))?;
                 return Ok((v, self.pos));
             }
@@ -108,7 +113,9 @@ impl<'a> Vm<'a> {
                 }
             }
             FRAME => {
-                self.take(8)?;
+                let len = self.len8()?;
+                let remaining = self.data.len() - self.pos;
+                self.frames.start(self.pos, len, remaining)?;
             }
             MARK => {
                 if self.marks.len() >= self.limits.max_depth {
@@ -503,6 +510,7 @@ impl<'a> Vm<'a> {
     }
 
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
+        self.frames.read(self.pos, n)?;
         let remaining = self.data.len() - self.pos;
         if n > remaining {
             return Err(format!(
@@ -534,6 +542,7 @@ impl<'a> Vm<'a> {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or("truncated: line without newline")?;
+        self.frames.line(self.pos, self.pos + end)?;
         self.pos += end + 1;
         Ok(&rest[..end])
     }
