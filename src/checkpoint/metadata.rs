@@ -109,7 +109,8 @@ pub fn framework(ckpt: &Checkpoint) -> Option<&'static str> {
         if c.starts_with("ultralytics.") {
             return Some("ultralytics");
         }
-        if c.starts_with("models.yolo.") {
+        // The classic repository's classes, or the pip package's copy of them.
+        if c.starts_with("models.yolo.") || c.starts_with("yolov5.models.yolo.") {
             return Some("yolov5");
         }
     }
