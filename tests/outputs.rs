@@ -515,3 +515,61 @@ fn metadata_has_the_keys_ultralytics_writes() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(meta(&metadata(&out), "kpt_names"), None);
 }
+
+#[test]
+fn export_and_verify_reports_never_replace_what_the_run_reads_or_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = fixture("yolov8-epoch1.pt");
+    let model = dir.path().join("m.onnx");
+    // The report onto the model being written (or its parity-failed twin).
+    for report in ["m.onnx", "m.parity-failed.onnx"] {
+        let o = run(&[
+            "export",
+            s(&ckpt),
+            "-o",
+            s(&model),
+            "--report",
+            s(&dir.path().join(report)),
+            "--runtime",
+            "tract",
+        ]);
+        assert_refused(&o, "would overwrite the model this export writes");
+        assert!(!model.exists());
+    }
+    // The report onto the golden file the parity check reads.
+    let golden = dir.path().join("g.npz");
+    std::fs::copy(fixture("yolov8-epoch1.io.npz"), &golden).unwrap();
+    let before = std::fs::read(&golden).unwrap();
+    let o = run(&[
+        "export",
+        s(&ckpt),
+        "-o",
+        s(&model),
+        "--golden",
+        s(&golden),
+        "--report",
+        s(&golden),
+        "--runtime",
+        "tract",
+    ]);
+    assert_refused(&o, "refusing to overwrite the input");
+    assert_eq!(std::fs::read(&golden).unwrap(), before);
+    assert!(!model.exists(), "refused before anything was written");
+    // verify: the report onto the model it reads.
+    let o = run(&["export", s(&ckpt), "-o", s(&model), "--no-parity"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let before = std::fs::read(&model).unwrap();
+    let o = run(&[
+        "verify",
+        s(&model),
+        "--checkpoint",
+        s(&ckpt),
+        "--runtime",
+        "tract",
+        "--report",
+        s(&model),
+    ]);
+    assert_refused(&o, "refusing to overwrite the input");
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    assert!(temporaries(dir.path()).is_empty());
+}

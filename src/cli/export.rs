@@ -110,6 +110,32 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     {
         return fail(m);
     }
+    if let Some(report) = &a.parity.report {
+        let stem = a.output.file_stem().unwrap_or_default().to_string_lossy();
+        let data = a.output.with_file_name(format!(
+            "{}.data",
+            a.output.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let failed = a
+            .output
+            .with_file_name(format!("{stem}.parity-failed.onnx"));
+        if [&a.output, &data, &failed]
+            .iter()
+            .any(|o| write::same_target(report, o))
+        {
+            return fail(format_args!(
+                "--report {}: would overwrite the model this export writes",
+                report.display()
+            ));
+        }
+        // The checkpoint's shards are checked again when the report is written.
+        let mut early = parity_inputs(&a.parity);
+        early.push(a.file.clone());
+        let early: Vec<&Path> = early.iter().map(PathBuf::as_path).collect();
+        if let Err(e) = write::check_target(report, &early) {
+            return fail(e);
+        }
+    }
     let ckpt = match crate::io::open(&a.file) {
         Ok(c) => c,
         Err(e) => return fail(e),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::convert::convert_float;
 use crate::tensor::{DType, Tensor};
-pub use target::{check_target, checkpoint_inputs};
+pub use target::{check_target, checkpoint_inputs, same_target};
 
 /// The writer layer's error: which output, and what went wrong.
 #[derive(Debug)]

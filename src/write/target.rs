@@ -69,6 +69,15 @@ pub fn check_target(target: &Path, inputs: &[&Path]) -> Result<(), WriteError> {
     Ok(())
 }
 
+/// Whether two targets, existing or not, name the same directory entry (after resolving their
+/// folders): two outputs of one run that would overwrite each other.
+pub fn same_target(a: &Path, b: &Path) -> bool {
+    match (landing_path(a), landing_path(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// Where a rename onto `target` lands: its folder resolved, its own name kept (the rename
 /// replaces that directory entry, whatever it is).
 fn landing_path(target: &Path) -> Option<PathBuf> {
@@ -123,5 +132,13 @@ mod tests {
         let alias = dir.path().join("alias");
         std::os::unix::fs::symlink(dir.path(), &alias).unwrap();
         assert!(check_target(&alias.join("in.pt"), &inputs).is_err());
+        assert!(same_target(
+            &alias.join("x.json"),
+            &dir.path().join("x.json")
+        ));
+        assert!(!same_target(
+            &alias.join("x.json"),
+            &dir.path().join("y.json")
+        ));
     }
 }
