@@ -151,7 +151,8 @@ impl AtomicFile {
         let replaced_mode = std::fs::metadata(target)
             .ok()
             .filter(|m| m.is_file())
-            .map(|m| m.permissions().mode() & 0o7777);
+            // Permission bits only: set-id bits are not carried to new content (as cp does).
+            .map(|m| m.permissions().mode() & 0o777);
         let tmp = tempfile::Builder::new()
             .prefix(".fuse-ema-")
             .suffix(".partial")
