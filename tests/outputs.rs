@@ -375,18 +375,25 @@ fn maps_file(pid: u32, path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The state letter of `pid` in /proc (`T` stopped, `Z` exited).
+fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.chars().next().unwrap()
+}
+
 #[test]
 fn a_checkpoint_truncated_while_mapped_is_an_error_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("last.pkl");
-    // A protocol-2 pickle whose parse walks every byte of a 256 MiB map: NONE, POP repeated,
-    // then an empty dict. Parsing takes long enough to truncate the file under it.
+    // A protocol-2 pickle whose parse walks every byte of a 12 MiB map (NONE, POP repeated, then
+    // an empty dict), so there is time to stop the reader right after it maps the file.
     {
         use std::io::Write;
         let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
         f.write_all(b"\x80\x02").unwrap();
         let chunk = b"N0".repeat(1 << 20);
-        for _ in 0..128 {
+        for _ in 0..6 {
             f.write_all(&chunk).unwrap();
         }
         f.write_all(b"}.").unwrap();
@@ -398,14 +405,28 @@ fn a_checkpoint_truncated_while_mapped_is_an_error_not_a_crash() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = child.id();
     let start = Instant::now();
-    while !maps_file(child.id(), &input) {
+    while !maps_file(pid, &input) {
         assert!(child.try_wait().unwrap().is_none(), "ended before mapping");
         assert!(start.elapsed() < Duration::from_secs(60), "never mapped");
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(Duration::from_micros(100));
     }
-    // What Ultralytics does to last.pt each epoch: open for writing, truncating.
+    // Freeze the reader mid-parse, then do what Ultralytics does to last.pt each epoch (open for
+    // writing, truncating), then let it go on: its next access to the map faults.
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) }, 0);
+    while !matches!(proc_state(pid), 'T' | 'Z') {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert_eq!(
+        proc_state(pid),
+        'T',
+        "the reader finished before it could be stopped"
+    );
     std::fs::File::create(&input).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) }, 0);
     let o = child.wait_with_output().unwrap();
     let e = stderr(&o);
     assert_eq!(
