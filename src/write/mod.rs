@@ -12,7 +12,7 @@ pub mod torch_zip;
 
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::convert::convert_float;
@@ -153,19 +153,31 @@ impl AtomicFile {
             .filter(|m| m.is_file())
             // Permission bits only: set-id bits are not carried to new content (as cp does).
             .map(|m| m.permissions().mode() & 0o777);
+        // The name is registered for removal on a signal before the file exists, so no signal
+        // can leave it behind; a name already taken is dropped and another one tried.
+        let mut guard = None;
         let tmp = tempfile::Builder::new()
             .prefix(".fuse-ema-")
             .suffix(".partial")
-            // The kernel applies the umask to this, as for any file a program creates.
-            .permissions(std::fs::Permissions::from_mode(0o666))
-            .tempfile_in(dir)
+            .make_in(dir, |path| {
+                guard = Some(crate::signals::register_temp(path));
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    // The kernel applies the umask to this, as for any file a program creates.
+                    .mode(0o666)
+                    .open(path)
+            })
             .map_err(|e| {
                 WriteError::new(
                     target,
                     format!("cannot create a file in {}: {e}", dir.display()),
                 )
             })?;
-        let guard = crate::signals::register_temp(tmp.path());
+        let Some(guard) = guard else {
+            return Err(WriteError::new(target, "no temporary file was created"));
+        };
         if let Some(mode) = replaced_mode {
             tmp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(mode))
