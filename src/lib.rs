@@ -14,5 +14,6 @@ pub mod parity;
 pub mod progress;
 pub mod reference;
 pub mod runtime;
+pub mod signals;
 pub mod tensor;
 pub mod write;

@@ -149,7 +149,8 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let inputs = [a.file.as_path()];
+    let input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    let inputs: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
     let written = if torch_out {
         write::torch_zip::write(
             &a.output,
@@ -210,13 +211,16 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let (subject, reference, what) = match &a.against {
-        Some(other) => {
-            let other_ckpt = match crate::io::open(other) {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            let other_l = match ema::locate(&other_ckpt, &Selectors::default()) {
+    let against = match &a.against {
+        Some(other) => match crate::io::open(other) {
+            Ok(c) => Some((other, c)),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+    let (subject, reference, what) = match &against {
+        Some((other, other_ckpt)) => {
+            let other_l = match ema::locate(other_ckpt, &Selectors::default()) {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
@@ -247,10 +251,22 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
             }
         },
     };
+    // Both checkpoints (every shard of either) are inputs the chart must not replace; checked
+    // before the comparison runs.
+    let mut input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    if let Some((path, c)) = &against {
+        input_paths.extend(write::checkpoint_inputs(path, c));
+    }
+    let inputs: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
+    if let Some(svg) = &a.plot
+        && let Err(e) = write::check_target(svg, &inputs)
+    {
+        return fail(e);
+    }
     let drift = crate::diff::diff(&subject, &reference, &Bar::new("diff"));
     if let Some(svg) = &a.plot {
         let text = crate::diff::svg::chart(&drift, &what);
-        let mut f = match write::AtomicFile::create(svg, &[a.file.as_path()]) {
+        let mut f = match write::AtomicFile::create(svg, &inputs) {
             Ok(f) => f,
             Err(e) => return fail(e),
         };

@@ -35,6 +35,7 @@ fn tolerance(p: &ParityArgs, half: bool) -> Tolerance {
     Tolerance {
         atol: p.atol.unwrap_or(d.atol),
         rtol: p.rtol.unwrap_or(d.rtol),
+        f16_noise: d.f16_noise,
     }
 }
 
@@ -75,6 +76,11 @@ fn run_parity(
     }
 }
 
+/// The files a parity check reads besides the checkpoint and the model.
+fn parity_inputs(p: &ParityArgs) -> Vec<PathBuf> {
+    p.golden.iter().chain(&p.parity_input).cloned().collect()
+}
+
 fn write_report(path: &Option<PathBuf>, r: &ParityReport, inputs: &[&Path]) -> Result<(), String> {
     let Some(path) = path else { return Ok(()) };
     let mut f = write::AtomicFile::create(path, inputs).map_err(|e| e.to_string())?;
@@ -103,6 +109,32 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         && let Err(m) = runtime(&a.parity)
     {
         return fail(m);
+    }
+    if let Some(report) = &a.parity.report {
+        let stem = a.output.file_stem().unwrap_or_default().to_string_lossy();
+        let data = a.output.with_file_name(format!(
+            "{}.data",
+            a.output.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let failed = a
+            .output
+            .with_file_name(format!("{stem}.parity-failed.onnx"));
+        if [&a.output, &data, &failed]
+            .iter()
+            .any(|o| write::same_target(report, o))
+        {
+            return fail(format_args!(
+                "--report {}: would overwrite the model this export writes",
+                report.display()
+            ));
+        }
+        // The checkpoint's shards are checked again when the report is written.
+        let mut early = parity_inputs(&a.parity);
+        early.push(a.file.clone());
+        let early: Vec<&Path> = early.iter().map(PathBuf::as_path).collect();
+        if let Err(e) = write::check_target(report, &early) {
+            return fail(e);
+        }
     }
     let ckpt = match crate::io::open(&a.file) {
         Ok(c) => c,
@@ -160,7 +192,9 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
-    let inputs = [a.file.as_path()];
+    let mut input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    input_paths.extend(parity_inputs(&a.parity));
+    let inputs: Vec<&Path> = input_paths.iter().map(PathBuf::as_path).collect();
     // The data file (when any) goes in first, so a model never points at a missing file.
     if let Some((name, data)) = &exported.external {
         let target = a.output.with_file_name(name);
@@ -224,8 +258,16 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     if let Err(e) = committed {
         return fail(e);
     }
+    // The report must replace neither an input nor what this run just wrote.
+    let mut written = inputs.clone();
+    written.push(&final_path);
+    let external_target = exported
+        .external
+        .as_ref()
+        .map(|(name, _)| a.output.with_file_name(name));
+    written.extend(external_target.as_deref());
     if let Some(r) = &report
-        && let Err(m) = write_report(&a.parity.report, r, &inputs)
+        && let Err(m) = write_report(&a.parity.report, r, &written)
     {
         return fail(m);
     }
@@ -352,11 +394,11 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         Err(m) => return fail(format_args!("{}: {m}", a.checkpoint.display())),
     };
     let pass = report.pass && weights.verdict == "ema";
-    if let Err(m) = write_report(
-        &a.parity.report,
-        &report,
-        &[a.model.as_path(), a.checkpoint.as_path()],
-    ) {
+    let mut input_paths = write::checkpoint_inputs(&a.checkpoint, &ckpt);
+    input_paths.push(a.model.clone());
+    input_paths.extend(parity_inputs(&a.parity));
+    let inputs: Vec<&Path> = input_paths.iter().map(PathBuf::as_path).collect();
+    if let Err(m) = write_report(&a.parity.report, &report, &inputs) {
         return fail(m);
     }
     if a.json {

@@ -133,9 +133,10 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>, ReadError> {
             ReadErrorKind::NotACheckpoint("the file is empty".into()),
         ));
     }
-    // SAFETY: the map is read-only; a file truncated by another process while mapped would fault,
-    // which is the accepted trade-off of every memory-mapped reader.
+    // SAFETY: the map is read-only; a file truncated by another process while mapped faults
+    // (SIGBUS), which crate::signals turns into "file changed while reading", exit 2.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ReadError::new(path, e))?;
+    crate::signals::watch_mapping(path, map.as_ptr(), map.len());
     // Opening reads a few bytes at many places (zip local headers, the pickle): random access
     // keeps the kernel from faulting in whole read-ahead windows of tensor data around each one.
     // Streaming writers read with positioned reads, not through the map.

@@ -22,6 +22,12 @@ use crate::checkpoint::module;
 /// Resize with scales: 13 and later).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
 
+/// The `license` metadata Ultralytics writes: the weights are those of an Ultralytics model.
+pub const ULTRALYTICS_LICENSE: &str = "AGPL-3.0 License (https://ultralytics.com/license)";
+
+/// The `docs` metadata Ultralytics writes.
+pub const ULTRALYTICS_DOCS: &str = "https://docs.ultralytics.com";
+
 /// What to export and how.
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
@@ -291,9 +297,13 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         .ok()
         .and_then(|l| l.children().pop().map(|(_, h)| h));
     let kpt_shape = head.and_then(|h| h.ints("kpt_shape"));
+    // The keys and values Ultralytics' exporter writes (engine/exporter.py), in its order.
     metadata.extend([
+        ("license".into(), ULTRALYTICS_LICENSE.into()),
+        ("docs".into(), ULTRALYTICS_DOCS.into()),
         ("stride".into(), max_stride.to_string()),
         ("task".into(), task.to_string()),
+        ("head".into(), head.map(|h| h.class()).unwrap_or_default()),
         ("batch".into(), opts.batch.to_string()),
         ("imgsz".into(), format!("[{h}, {w}]")),
         ("names".into(), py_repr(&names)),
@@ -319,6 +329,10 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
                 k.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
             ),
         ));
+        // Ultralytics ≥ 8.3.x pose models carry `kpt_names` ({class: [name per keypoint]}).
+        if let Some(names) = root.attr("kpt_names") {
+            metadata.push(("kpt_names".into(), py_repr(&to_json(g, names))));
+        }
     }
     let model = Model {
         opset: opts.opset,

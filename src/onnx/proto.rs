@@ -97,9 +97,20 @@ pub struct Model {
     pub producer_version: String,
 }
 
-/// IR version written: 8 is what opsets 17–18 were released with, readable by every runtime
-/// that reads those opsets.
-pub const IR_VERSION: i64 = 8;
+/// The IR version written for a default-domain opset: the IR version of the ONNX release that
+/// introduced that opset (onnx's `VERSION_TABLE`, as `onnx.helper.find_min_ir_version_for`
+/// computes it), so a runtime that reads the opset reads the header too. Opsets 13–14 came with
+/// IR 7 (onnx 1.8–1.9), 15–18 with IR 8 (1.10–1.13), 19–20 with IR 9 (1.14–1.15), 21 with IR 10
+/// (1.16), 22 with IR 10 (1.17). `None` outside that range.
+pub fn ir_version(opset: i64) -> Option<i64> {
+    Some(match opset {
+        13..=14 => 7,
+        15..=18 => 8,
+        19..=20 => 9,
+        21..=22 => 10,
+        _ => return None,
+    })
+}
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -250,7 +261,8 @@ impl Model {
     fn encode_with(&self, location: Option<&str>) -> (Vec<u8>, Vec<u8>) {
         let mut data = Vec::new();
         let mut out = Vec::new();
-        int(&mut out, 1, IR_VERSION);
+        // The exporter accepts only opsets the table covers (crate::onnx::OPSETS).
+        int(&mut out, 1, ir_version(self.opset).unwrap_or(10));
         string(&mut out, 2, "fuse-ema");
         string(&mut out, 3, &self.producer_version);
         message(&mut out, 7, |g| {

@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-use super::Tolerance;
 use crate::reference::ops::T;
 
 /// Confidence threshold and IoU of Ultralytics' `predict` defaults.
@@ -29,7 +28,19 @@ struct Det {
     anchor: usize,
     cls: usize,
     score: f32,
-    b: [f32; 4], // x1 y1 x2 y2
+    b: [f32; 4],   // x1 y1 x2 y2
+    raw: [f32; 4], // cx cy w h, as output
+}
+
+/// How close the two sides' predictions at one anchor must be to agree.
+#[derive(Clone, Copy, Debug)]
+pub struct Agreement {
+    /// Largest difference of the detection's class score.
+    pub score: f64,
+    /// f16 models: the largest difference of each box row (cx, cy, w, h), in place of the IoU
+    /// test — f16 rounding moves a box by more than IoU 0.99 allows, by an amount each row's
+    /// limit already accounts for.
+    pub boxes: Option<[f64; 4]>,
 }
 
 fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
@@ -53,6 +64,7 @@ fn at_anchor(y: &T, i: usize, nc: usize, k: usize) -> Det {
         cls,
         score,
         b: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+        raw: [cx, cy, w, h],
     }
 }
 
@@ -76,8 +88,8 @@ fn detections(y: &T, i: usize, nc: usize) -> Vec<Det> {
 }
 
 /// Compares what `got` and `want` (reference) predict, image by image; `nc` is the number of
-/// classes (the score rows follow the four box rows).
-pub fn task_check(task: &str, nc: usize, got: &T, want: &T, tol: Tolerance) -> Vec<TaskCheck> {
+/// classes (the score rows follow the four box rows); `agree` says how close is alike.
+pub fn task_check(task: &str, nc: usize, got: &T, want: &T, agree: Agreement) -> Vec<TaskCheck> {
     let batch = got.shape[0];
     match task {
         "classify" => (0..batch)
@@ -114,7 +126,11 @@ pub fn task_check(task: &str, nc: usize, got: &T, want: &T, tol: Tolerance) -> V
                     let o = at_anchor(other, i, nc, d.anchor);
                     let (rows, a) = (other.shape[1], other.shape[2]);
                     let score = other.data[(i * rows + 4 + d.cls) * a + d.anchor];
-                    iou(&o.b, &d.b) >= MATCH_IOU && ((score - d.score).abs() as f64) <= tol.atol + tol.rtol
+                    let boxes = match agree.boxes {
+                        Some(l) => (0..4).all(|r| ((o.raw[r] - d.raw[r]).abs() as f64) <= l[r]),
+                        None => iou(&o.b, &d.b) >= MATCH_IOU,
+                    };
+                    boxes && ((score - d.score).abs() as f64) <= agree.score
                 };
                 let mut unmatched: Vec<String> = w
                     .iter()

@@ -22,20 +22,81 @@ fn tensor(m: &M, name: &str) -> R<(Vec<f32>, Vec<usize>)> {
 pub fn conv(m: M, x: &T) -> R<T> {
     let (w, ws) = tensor(&m, "weight")?;
     let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
-    let dil = pair(&m, "dilation", 1)?;
+    Ok(ops::conv2d(
+        x,
+        &w,
+        &ws,
+        bias.as_deref(),
+        &conv_spec(&m, &ws)?,
+    ))
+}
+
+/// Rounds to the nearest f16 (the f16 emulation).
+fn to_f16(v: &mut [f32]) {
+    for x in v {
+        *x = half::f16::from_f32(*x).to_f32();
+    }
+}
+
+/// `nn.Conv2d` followed by an optional BatchNorm, computed as an f16 graph stores it: BatchNorm
+/// folded into the weights and bias, both rounded to f16 (the f16 emulation only; the exact
+/// reference never folds).
+fn conv_f16(c: M, bn: Option<M>, x: &T) -> R<T> {
+    let (mut w, ws) = tensor(&c, "weight")?;
+    let out = ws[0];
+    let mut b = c
+        .tensor_f32("bias")
+        .map_err(e)?
+        .map(|(b, _)| b)
+        .unwrap_or_else(|| vec![0.0; out]);
+    if let Some(bn) = bn {
+        let g = tensor(&bn, "weight")?.0;
+        let beta = tensor(&bn, "bias")?.0;
+        let mean = tensor(&bn, "running_mean")?.0;
+        let var = tensor(&bn, "running_var")?.0;
+        let eps = bn.float("eps").unwrap_or(1e-5);
+        let per = w.len() / out.max(1);
+        for o in 0..out {
+            let (Some(&g), Some(&beta), Some(&mean), Some(&var)) =
+                (g.get(o), beta.get(o), mean.get(o), var.get(o))
+            else {
+                return Err(e("BatchNorm narrower than its convolution"));
+            };
+            let scale = g as f64 / (var as f64 + eps).sqrt();
+            for v in &mut w[o * per..(o + 1) * per] {
+                *v = (*v as f64 * scale) as f32;
+            }
+            b[o] = ((b[o] as f64 - mean as f64) * scale + beta as f64) as f32;
+        }
+    }
+    to_f16(&mut w);
+    to_f16(&mut b);
+    Ok(ops::conv2d(x, &w, &ws, Some(&b), &conv_spec(&c, &ws)?))
+}
+
+/// `nn.Conv2d`, with f16-rounded weights when `f16`.
+pub fn conv_as(m: M, x: &T, f16: bool) -> R<T> {
+    if f16 {
+        conv_f16(m, None, x)
+    } else {
+        conv(m, x)
+    }
+}
+
+fn conv_spec(m: &M, ws: &[usize]) -> R<ConvSpec> {
+    let dil = pair(m, "dilation", 1)?;
     let pad = match m.str("padding") {
         Some("same") => (dil.0 * (ws[2] - 1) / 2, dil.1 * (ws[3] - 1) / 2),
         Some("valid") => (0, 0),
         Some(p) => return Err(e(format!("padding {p}"))),
-        None => pair(&m, "padding", 0)?,
+        None => pair(m, "padding", 0)?,
     };
-    let spec = ConvSpec {
-        stride: pair(&m, "stride", 1)?,
+    Ok(ConvSpec {
+        stride: pair(m, "stride", 1)?,
         pad,
         dil,
         groups: m.int("groups").unwrap_or(1) as usize,
-    };
-    Ok(ops::conv2d(x, &w, &ws, bias.as_deref(), &spec))
+    })
 }
 
 /// Applies an activation module in place.
@@ -86,6 +147,11 @@ pub fn upsample(m: M, x: &T) -> R<T> {
 impl Reference<'_> {
     /// Ultralytics `Conv`: conv, BatchNorm (as BatchNorm), activation.
     pub(super) fn conv_bn_act(&mut self, m: M, x: &T) -> R<T> {
+        if self.f16 {
+            let mut y = conv_f16(m.child("conv").map_err(e)?, m.opt_child("bn"), x)?;
+            activation(m.opt_child("act"), &mut y)?;
+            return Ok(y);
+        }
         let mut y = conv(m.child("conv").map_err(e)?, x)?;
         if let Some(bn) = m.opt_child("bn") {
             let g = tensor(&bn, "weight")?.0;

@@ -42,6 +42,8 @@ pub struct Reference<'g> {
     root: M<'g>,
     /// Extra outputs (Segment's prototypes) produced by the last run.
     extra: Vec<T>,
+    /// Round the input and every module's output to f16 (see [`Reference::emulating_f16`]).
+    f16: bool,
 }
 
 impl<'g> Reference<'g> {
@@ -51,7 +53,25 @@ impl<'g> Reference<'g> {
         Ok(Reference {
             root,
             extra: Vec::new(),
+            f16: false,
         })
+    }
+
+    /// The same interpreter with f16 storage emulated: convolution weights and biases
+    /// (BatchNorm folded in, as an exported graph holds them), the input and every module's output
+    /// (each Conv, block, head level) are rounded to the nearest f16, as an f16 graph stores
+    /// them. The difference from the exact run estimates, per output channel, how much f16
+    /// rounding moves that channel through this graph (docs/parity.md).
+    pub fn emulating_f16(mut self) -> Reference<'g> {
+        self.f16 = true;
+        self
+    }
+
+    fn round(&self, mut t: T) -> T {
+        if self.f16 {
+            ops::map(&mut t, |v| half::f16::from_f32(v).to_f32());
+        }
+        t
     }
 
     /// Runs the model on `images` (N, 3, H, W) and returns its outputs in export form
@@ -60,7 +80,7 @@ impl<'g> Reference<'g> {
         self.extra.clear();
         let layers = self.root.child("model").map_err(e)?.children();
         let mut kept: Vec<Option<T>> = Vec::new();
-        let mut x = Input::One(images);
+        let mut x = Input::One(self.round(images));
         for (name, layer) in layers {
             let f = layer
                 .attr("f")
@@ -98,11 +118,18 @@ impl<'g> Reference<'g> {
             return Err(e("model ended on a list"));
         };
         let mut outs = vec![out];
-        outs.append(&mut self.extra);
+        for t in std::mem::take(&mut self.extra) {
+            outs.push(self.round(t));
+        }
         Ok(outs)
     }
 
     fn module(&mut self, m: M, x: Input) -> R<T> {
+        let y = self.module_exact(m, x)?;
+        Ok(self.round(y))
+    }
+
+    fn module_exact(&mut self, m: M, x: Input) -> R<T> {
         let class = m.class();
         let one = |x: Input| match x {
             Input::One(t) => Ok(t),
@@ -117,7 +144,7 @@ impl<'g> Reference<'g> {
                 one(x)
             }
             "Conv" | "DWConv" => self.conv_bn_act(m, &one(x)?),
-            "Conv2d" => blocks::conv(m, &one(x)?),
+            "Conv2d" => blocks::conv_as(m, &one(x)?, self.f16),
             "Identity" => one(x),
             "MaxPool2d" => blocks::maxpool(m, &one(x)?),
             "Upsample" => blocks::upsample(m, &one(x)?),

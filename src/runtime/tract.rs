@@ -14,7 +14,17 @@ fn err(what: &str) -> impl Fn(TractError) -> RuntimeError + '_ {
     move |e| RuntimeError(format!("tract {what}: {e:#}"))
 }
 
-/// Runs an ONNX model (bytes, or a file for external data) on named f32 inputs.
+/// Whether any value in the typed model is f16.
+fn has_f16(model: &TypedModel) -> bool {
+    model.nodes().iter().any(|n| {
+        n.outputs
+            .iter()
+            .any(|o| o.fact.datum_type == DatumType::F16)
+    })
+}
+
+/// Runs an ONNX model (bytes, or a file for external data) on named f32 inputs. A model with
+/// f16 weights or arithmetic is run in f32 (its f16 values widened exactly).
 pub fn run(
     bytes: Option<&[u8]>,
     path: Option<&Path>,
@@ -43,7 +53,18 @@ pub fn run(
                 .unwrap_or_else(|| model.node(o.node).name.clone())
         })
         .collect();
-    let runnable = model
+    let mut typed = model.into_typed().map_err(err("typing"))?;
+    if has_f16(&typed) {
+        // tract's f16 kernels are reference loops on most CPUs (yolov8n at 640: 51 s). The
+        // weights stay f16-rounded, but the arithmetic runs in f32: seconds instead of a minute,
+        // at the price of not reproducing f16 activation rounding (the report says so).
+        typed = tract_onnx::tract_core::transform::get_transform("f16_to_f32")
+            .map_err(err("f16 to f32"))?
+            .ok_or_else(|| RuntimeError("tract: no f16_to_f32 transform".into()))?
+            .transform_into(typed)
+            .map_err(err("f16 to f32"))?;
+    }
+    let runnable = typed
         .into_optimized()
         .map_err(err("optimisation"))?
         .into_runnable()

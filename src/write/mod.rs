@@ -1,19 +1,23 @@
 //! Writers of EMA-only weights: safetensors (single or sharded) and torch-loadable `.pt`.
 //!
 //! Every output goes through [`AtomicFile`]: a temporary file beside the target, fsync, rename —
-//! so a failed run leaves nothing behind — and an output that would replace an input is refused.
+//! so a failed run (or one stopped by a signal) leaves nothing behind — and an output that would
+//! replace an input, or a target that is not a regular file, is refused.
 //! Tensor bytes are streamed from the input's memory map in order; memory stays flat.
 
 mod pickle;
 pub mod safetensors;
+mod target;
 pub mod torch_zip;
 
 use std::fmt;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::convert::convert_float;
 use crate::tensor::{DType, Tensor};
+pub use target::{check_target, checkpoint_inputs, same_target};
 
 /// The writer layer's error: which output, and what went wrong.
 #[derive(Debug)]
@@ -76,7 +80,9 @@ impl OutDType {
 /// Streams a tensor's bytes, converted to `dtype`, to `w`.
 pub fn write_tensor(w: &mut impl Write, t: &Tensor, dtype: DType) -> std::io::Result<()> {
     if dtype == t.dtype {
-        return t.for_each_chunk(|c| w.write_all(c));
+        return t
+            .for_each_chunk(|c| w.write_all(c))
+            .map_err(|e| changed(t, e));
     }
     let mut buf = Vec::new();
     t.for_each_chunk(|c| {
@@ -84,6 +90,27 @@ pub fn write_tensor(w: &mut impl Write, t: &Tensor, dtype: DType) -> std::io::Re
         convert_float(t.dtype, c, dtype, &mut buf);
         w.write_all(&buf)
     })
+    .map_err(|e| changed(t, e))
+}
+
+/// A read that ran past the end of a mapped input means another process shrank the file while
+/// it was being copied: say so, naming the input.
+fn changed(t: &Tensor, e: std::io::Error) -> std::io::Error {
+    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+        return e;
+    }
+    match &t.storage {
+        crate::tensor::Buffer::Mapped { map, .. } => {
+            match crate::signals::mapped_path(map.as_ptr()) {
+                Some(p) => std::io::Error::new(
+                    e.kind(),
+                    format!("{}: file changed while reading", p.display()),
+                ),
+                None => e,
+            }
+        }
+        crate::tensor::Buffer::Owned(_) => e,
+    }
 }
 
 /// Appends a tensor to `file`: kernel-side copy when the bytes can go out unchanged, buffered
@@ -92,7 +119,7 @@ pub fn append_tensor(file: &mut std::fs::File, t: &Tensor, dtype: DType) -> std:
     if dtype == t.dtype
         && let Some(range) = t.contiguous_range()
     {
-        return t.storage.copy_to(range, file);
+        return t.storage.copy_to(range, file).map_err(|e| changed(t, e));
     }
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     write_tensor(&mut w, t, dtype)?;
@@ -100,40 +127,67 @@ pub fn append_tensor(file: &mut std::fs::File, t: &Tensor, dtype: DType) -> std:
 }
 
 /// A file written under a temporary name beside its target and renamed into place on
-/// [`AtomicFile::commit`]; dropped uncommitted, it disappears.
+/// [`AtomicFile::commit`]; dropped uncommitted, it disappears, and a terminating signal removes
+/// it too (see [`crate::signals`]).
+///
+/// Permissions follow `cp`: a new file gets 0666 less the umask; a file replaced keeps its mode.
 pub struct AtomicFile {
     tmp: tempfile::NamedTempFile,
     target: PathBuf,
+    inputs: Vec<PathBuf>,
+    // Declared after `tmp`: the file is removed before its path leaves the signal registry.
+    _guard: crate::signals::TempGuard,
 }
 
 impl AtomicFile {
-    /// Starts writing `target`, refusing when it is one of `inputs`.
+    /// Starts writing `target`, refusing when it is (or would land on) one of `inputs`, or
+    /// exists and is not a regular file.
     pub fn create(target: &Path, inputs: &[&Path]) -> Result<AtomicFile, WriteError> {
-        for input in inputs {
-            if same_file(target, input) {
-                return Err(WriteError::new(
-                    target,
-                    format!("refusing to overwrite the input {}", input.display()),
-                ));
-            }
-        }
+        check_target(target, inputs)?;
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
+        let replaced_mode = std::fs::metadata(target)
+            .ok()
+            .filter(|m| m.is_file())
+            // Permission bits only: set-id bits are not carried to new content (as cp does).
+            .map(|m| m.permissions().mode() & 0o777);
+        // The name is registered for removal on a signal before the file exists, so no signal
+        // can leave it behind; a name already taken is dropped and another one tried.
+        let mut guard = None;
         let tmp = tempfile::Builder::new()
             .prefix(".fuse-ema-")
             .suffix(".partial")
-            .tempfile_in(dir)
+            .make_in(dir, |path| {
+                guard = Some(crate::signals::register_temp(path));
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    // The kernel applies the umask to this, as for any file a program creates.
+                    .mode(0o666)
+                    .open(path)
+            })
             .map_err(|e| {
                 WriteError::new(
                     target,
                     format!("cannot create a file in {}: {e}", dir.display()),
                 )
             })?;
+        let Some(guard) = guard else {
+            return Err(WriteError::new(target, "no temporary file was created"));
+        };
+        if let Some(mode) = replaced_mode {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| WriteError::new(target, format!("cannot set permissions: {e}")))?;
+        }
         Ok(AtomicFile {
             tmp,
             target: target.to_path_buf(),
+            inputs: inputs.iter().map(|p| p.to_path_buf()).collect(),
+            _guard: guard,
         })
     }
 
@@ -153,31 +207,34 @@ impl AtomicFile {
     }
 
     /// Flushes to disk and renames to `other` instead of the target (a parity failure keeps the
-    /// file for inspection under a name no deployment would pick up).
+    /// file for inspection under a name no deployment would pick up); `other` is checked like
+    /// the target was.
     pub fn commit_as(mut self, other: &Path) -> Result<(), WriteError> {
+        let inputs: Vec<&Path> = self.inputs.iter().map(PathBuf::as_path).collect();
+        check_target(other, &inputs)?;
         self.target = other.to_path_buf();
         self.commit()
     }
 
     /// Flushes to disk and renames into place.
     pub fn commit(self) -> Result<(), WriteError> {
-        let target = self.target.clone();
-        self.tmp
-            .as_file()
+        let AtomicFile {
+            tmp,
+            target,
+            inputs,
+            _guard,
+        } = self;
+        tmp.as_file()
             .sync_all()
             .map_err(|e| WriteError::new(&target, format!("cannot sync: {e}")))?;
-        self.tmp.persist(&target).map_err(|e| {
+        // Checked again just before the rename: the target may have changed since the start.
+        let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+        check_target(&target, &inputs)?;
+        tmp.persist(&target).map_err(|e| {
             WriteError::new(&target, format!("cannot rename into place: {}", e.error))
         })?;
+        drop(_guard);
         Ok(())
-    }
-}
-
-/// Whether two paths name the same file (following links), when both exist.
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
     }
 }
 

@@ -135,11 +135,19 @@ pub fn write(
     let stem = name.strip_suffix(".safetensors").unwrap_or(name);
     let dir = target.parent().unwrap_or(Path::new(""));
     let total = shards.len();
+    let index_path = dir.join(format!("{stem}.safetensors.index.json"));
+    // Every name is checked before the first byte is written: a shard name that collides with
+    // an input (a shard of the set being folded) must not cost a full write to find out.
+    let shard_name = |i: usize| format!("{stem}-{:05}-of-{total:05}.safetensors", i + 1);
+    for i in 0..total {
+        super::check_target(&dir.join(shard_name(i)), inputs)?;
+    }
+    super::check_target(&index_path, inputs)?;
     let mut files = Vec::new();
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0u64;
     for (i, shard) in shards.iter().enumerate() {
-        let file_name = format!("{stem}-{:05}-of-{total:05}.safetensors", i + 1);
+        let file_name = shard_name(i);
         for (n, t) in shard.iter() {
             weight_map.insert(n.clone(), file_name.clone());
             total_size += (t.numel() * dtype.of(t).size()) as u64;
@@ -153,7 +161,6 @@ pub fn write(
             progress,
         )?);
     }
-    let index_path = dir.join(format!("{stem}.safetensors.index.json"));
     let mut meta: BTreeMap<String, serde_json::Value> = metadata
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::json!(v)))
