@@ -32,7 +32,11 @@ pub(super) fn inspect(a: InspectArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let report = match crate::inspect::inspect(&ckpt, a.tree, &a.strict.allow) {
+    let allow = match a.strict.allow_list() {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let report = match crate::inspect::inspect(&ckpt, a.tree, &allow) {
         Ok(r) => r,
         Err(e) => return fail(format_args!("{}: {e}", a.file.display())),
     };
@@ -43,25 +47,23 @@ pub(super) fn inspect(a: InspectArgs) -> i32 {
     } else {
         print!("{}", render::inspect_text(&report));
     }
-    if report.dangerous.is_empty() {
-        if a.strict.strict && !report.not_allowed.is_empty() {
-            eprintln!(
-                "fuse-ema: strict: {} names {} global(s) outside the allow-list: {}",
-                a.file.display(),
-                report.not_allowed.len(),
-                report.not_allowed.join(", ")
-            );
-            return EXIT_CHECK_FAILED;
-        }
+    if report.findings.is_empty() {
         return EXIT_OK;
     }
-    let names: Vec<&str> = report.dangerous.iter().map(|d| d.name.as_str()).collect();
-    eprintln!(
-        "fuse-ema: DANGER: {} names {} dangerous global(s): {}",
-        a.file.display(),
-        names.len(),
-        names.join(", ")
-    );
+    if a.strict.strict {
+        super::strict_message(&a.file, &report.findings);
+    } else {
+        let label = if report.dangerous.is_empty() {
+            "NOT ALLOWED"
+        } else {
+            "DANGER"
+        };
+        eprintln!(
+            "fuse-ema: {label}: {}: {} (torch.load would import or run these; see docs/security.md)",
+            a.file.display(),
+            crate::checkpoint::judge::summary(&report.findings)
+        );
+    }
     EXIT_CHECK_FAILED
 }
 

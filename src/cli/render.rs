@@ -156,18 +156,18 @@ pub fn inspect_text(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "globals: {} referenced, {} dangerous, {} outside the --strict allow-list",
+        "globals: {} referenced, {} finding(s), {} dangerous",
         r.globals.len(),
-        r.dangerous.len(),
-        r.not_allowed.len()
+        r.findings.len(),
+        r.dangerous.len()
     );
-    for d in &r.dangerous {
+    for f in &r.findings {
+        let _ = writeln!(o, "  {f}");
+    }
+    if !r.findings.is_empty() {
         let _ = writeln!(
             o,
-            "  DANGEROUS {} ({}) ×{} — never executed by fuse-ema; torch.load(weights_only=False) would run it",
-            d.name,
-            d.danger.unwrap_or(""),
-            d.count
+            "  (never executed by fuse-ema; torch.load(weights_only=False) would import or run them)"
         );
     }
     if let Some(trees) = &r.tree {

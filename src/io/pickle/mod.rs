@@ -9,6 +9,7 @@
 mod literal;
 mod ops;
 mod reconstruct;
+mod record;
 mod vm;
 
 use std::fmt;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::literal::*;
 use super::ops::*;
 use super::reconstruct;
+use super::record::{self, Call};
 use super::{Limits, PersistentLoad, PickleError};
 use crate::checkpoint::value::{Global, Graph, Node, Object, Value};
 
@@ -27,6 +28,7 @@ pub fn unpickle(
         marks: Vec::new(),
         memo: HashMap::new(),
         values: 0,
+        proto: 0,
         graph,
         loader,
         limits,
@@ -42,6 +44,8 @@ struct Vm<'a> {
     marks: Vec<Vec<Value>>,
     memo: HashMap<u32, Value>,
     values: usize,
+    /// The protocol of the last PROTO opcode (0 before any): Python maps Python 2 names below 3.
+    proto: u8,
     graph: &'a mut Graph,
     loader: &'a mut dyn PersistentLoad,
     limits: &'a Limits,
@@ -106,6 +110,7 @@ impl<'a> Vm<'a> {
                 if p > 5 {
                     return Err(format!("unsupported pickle protocol {p}"));
                 }
+                self.proto = p;
             }
             FRAME => {
                 self.take(8)?;
@@ -367,14 +372,14 @@ impl<'a> Vm<'a> {
                 let args = self.pop()?;
                 let callable = self.pop()?;
                 let args = self.tuple_items(&args)?;
-                let v = self.construct(callable, args, Vec::new(), false)?;
+                let v = self.construct(callable, args, Vec::new(), Call::Reduce)?;
                 self.push(v);
             }
             NEWOBJ => {
                 let args = self.pop()?;
                 let cls = self.pop()?;
                 let args = self.tuple_items(&args)?;
-                let v = self.construct(cls, args, Vec::new(), true)?;
+                let v = self.construct(cls, args, Vec::new(), Call::NewObj)?;
                 self.push(v);
             }
             NEWOBJ_EX => {
@@ -387,7 +392,7 @@ impl<'a> Vm<'a> {
                     .dict(&kwargs)
                     .map(|d| d.to_vec())
                     .unwrap_or_default();
-                let v = self.construct(cls, args, kwargs, true)?;
+                let v = self.construct(cls, args, kwargs, Call::NewObj)?;
                 self.push(v);
             }
             INST => {
@@ -398,9 +403,9 @@ impl<'a> Vm<'a> {
                     module: module.into(),
                     name: name.into(),
                 };
-                self.graph.note_global(&g);
-                let cls = self.graph.add(Node::Global(g));
-                let v = self.construct(cls, args, Vec::new(), true)?;
+                let cls = self.graph.add(Node::Global(g.clone()));
+                record::named(self.graph, &cls, &g, self.proto);
+                let v = self.construct(cls, args, Vec::new(), Call::Inst)?;
                 self.push(v);
             }
             OBJ => {
@@ -409,7 +414,7 @@ impl<'a> Vm<'a> {
                     return Err("OBJ without a class".into());
                 }
                 let cls = items.remove(0);
-                let v = self.construct(cls, items, Vec::new(), true)?;
+                let v = self.construct(cls, items, Vec::new(), Call::Inst)?;
                 self.push(v);
             }
             BUILD => {
@@ -448,8 +453,9 @@ impl<'a> Vm<'a> {
             module: module.into(),
             name: name.into(),
         };
-        self.graph.note_global(&g);
-        self.push_node(Node::Global(g));
+        let v = self.graph.add(Node::Global(g.clone()));
+        record::named(self.graph, &v, &g, self.proto);
+        self.push(v);
     }
 
     fn push_utf8(&mut self, n: usize) -> R<()> {
@@ -554,27 +560,33 @@ impl<'a> Vm<'a> {
         callable: Value,
         args: Vec<Value>,
         kwargs: Vec<(Value, Value)>,
-        is_new: bool,
+        how: Call,
     ) -> R<Value> {
         self.values += args.len() + kwargs.len();
+        record::call(self.graph, &callable, &args, how);
+        let maker = record::type_node(self.graph, &callable, &args);
         let global = match self.graph.get(&callable) {
             Some(Node::Global(g)) => Some(g.clone()),
             _ => None,
         };
-        match global {
-            Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new),
-            None => Ok(self.graph.add(Node::Object(Box::new(Object {
+        let is_new = how != Call::Reduce;
+        let v = match global {
+            Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new)?,
+            None => self.graph.add(Node::Object(Box::new(Object {
                 class: None,
                 args,
                 kwargs,
                 ..Object::default()
-            })))),
-        }
+            }))),
+        };
+        record::made(self.graph, &v, maker);
+        Ok(v)
     }
 
     fn extend_seq(&mut self, items: Vec<Value>) -> R<()> {
         self.values += items.len();
         let target = self.top()?.clone();
+        record::filled(self.graph, &target);
         match target.node().map(|id| self.graph.node_mut(id)) {
             Some(Node::List(l)) => l.extend(items),
             Some(Node::Object(o)) => o.items.extend(items),
@@ -590,6 +602,7 @@ impl<'a> Vm<'a> {
     fn extend_map(&mut self, entries: Vec<(Value, Value)>) -> R<()> {
         self.values += 2 * entries.len();
         let target = self.top()?.clone();
+        record::filled(self.graph, &target);
         match target.node().map(|id| self.graph.node_mut(id)) {
             Some(Node::Dict(d)) => d.extend(entries),
             Some(Node::Object(o)) => o.entries.extend(entries),
@@ -605,6 +618,10 @@ impl<'a> Vm<'a> {
         let Some(id) = target.node() else {
             return Err("BUILD on a scalar".into());
         };
+        if record::build(self.graph, target) {
+            // Setting attributes of a global is recorded for the judge; the graph keeps it as is.
+            return Ok(());
+        }
         if let Some(v) = reconstruct::build_special(self.graph, target, &state) {
             self.graph.node_mut(id).clone_from(&v);
             return Ok(());
