@@ -161,8 +161,17 @@ pub fn inspect_text(r: &Report) -> String {
         r.findings.len(),
         r.dangerous.len()
     );
-    for f in &r.findings {
+    // One line each; a file naming thousands of globals is summarised (--json lists all).
+    const SHOWN: usize = 1000;
+    for f in r.findings.iter().take(SHOWN) {
         let _ = writeln!(o, "  {f}");
+    }
+    if r.findings.len() > SHOWN {
+        let _ = writeln!(
+            o,
+            "  … and {} more (--json lists all)",
+            r.findings.len() - SHOWN
+        );
     }
     if !r.findings.is_empty() {
         let _ = writeln!(

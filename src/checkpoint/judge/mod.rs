@@ -103,7 +103,8 @@ pub struct GlobalReport {
 pub struct Judgement {
     /// Every global, in order of first appearance.
     pub globals: Vec<GlobalReport>,
-    /// Every finding: one per global that does not pass, then one per loose call.
+    /// Every finding: one per global that does not pass and one per loose call, dangerous ones
+    /// first, then dotted names, gadget calls, the rest.
     pub findings: Vec<Finding>,
 }
 
@@ -224,6 +225,13 @@ pub fn judge(log: &UseLog, allow: &AllowList) -> Judgement {
             category: None,
         });
     }
+    // The worst first, so that one-line summaries name them; otherwise in order of appearance.
+    j.findings.sort_by_key(|f| match f.kind {
+        FindingKind::Dangerous => 0,
+        FindingKind::AttributeLookup => 1,
+        FindingKind::Gadget => 2,
+        FindingKind::NotAllowed => 3,
+    });
     j
 }
 
@@ -232,12 +240,19 @@ pub fn judge(log: &UseLog, allow: &AllowList) -> Judgement {
 #[error("{}", summary(.0))]
 pub struct Refusal(pub Vec<Finding>);
 
-/// `N finding(s): name (problem), …` for messages.
+/// Findings a one-line message names before it summarises the rest.
+const SUMMARY_NAMES: usize = 20;
+
+/// `N finding(s): name (problem), …` for one-line messages (the first [`SUMMARY_NAMES`]).
 pub fn summary(findings: &[Finding]) -> String {
-    let items: Vec<String> = findings
+    let mut items: Vec<String> = findings
         .iter()
+        .take(SUMMARY_NAMES)
         .map(|f| format!("{} ({})", f.name, f.problem))
         .collect();
+    if findings.len() > SUMMARY_NAMES {
+        items.push(format!("and {} more", findings.len() - SUMMARY_NAMES));
+    }
     format!("{} finding(s): {}", findings.len(), items.join(", "))
 }
 
