@@ -8,10 +8,11 @@ use std::path::PathBuf;
 
 use common::{fixture, run};
 
-/// Every committed checkpoint written by a real library (all but the deliberately malicious one).
+/// Every committed checkpoint written by a real library (all but the deliberately malicious one),
+/// with the allow-list samples (fixtures/allowlist/samples.py).
 fn real_fixtures() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in [fixture(""), fixture("pickles")] {
+    for dir in [fixture(""), fixture("pickles"), fixture("allowlist/samples")] {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             let name = p.file_name().unwrap().to_str().unwrap().to_string();
