@@ -12,7 +12,11 @@ use common::{fixture, run};
 /// with the allow-list samples (fixtures/allowlist/samples.py).
 fn real_fixtures() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in [fixture(""), fixture("pickles"), fixture("allowlist/samples")] {
+    for dir in [
+        fixture(""),
+        fixture("pickles"),
+        fixture("allowlist/samples"),
+    ] {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             let name = p.file_name().unwrap().to_str().unwrap().to_string();

@@ -226,4 +226,33 @@ mod tests {
         assert_eq!(r.count, 2);
         assert!(r.uses.contains(&Use::Created) && r.uses.contains(&Use::StateSet));
     }
+
+    #[test]
+    fn another_pickle_s_record_is_absorbed() {
+        let x = g("os", "system");
+        let y = g("collections", "OrderedDict");
+        let mut main = UseLog::default();
+        main.name(NodeId(0), &y, y.clone());
+        let mut scratch = UseLog::default();
+        scratch.name(NodeId(0), &x, x.clone());
+        scratch.use_global(
+            NodeId(0),
+            Use::Called(Args {
+                count: 1,
+                constants: true,
+            }),
+        );
+        scratch.name(NodeId(1), &y, y.clone());
+        scratch.loose_call("list");
+        main.absorb(&scratch);
+        assert_eq!(main.records().len(), 2);
+        assert_eq!(main.records()[0].count, 2);
+        assert!(
+            main.records()[1]
+                .uses
+                .iter()
+                .any(|u| matches!(u, Use::Called(_)))
+        );
+        assert_eq!(main.loose_calls().count(), 1);
+    }
 }
