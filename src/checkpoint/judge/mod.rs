@@ -81,6 +81,10 @@ pub struct GlobalReport {
     /// The name as written in the pickle, when Python 3 maps it to another one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pickled_as: Option<String>,
+    /// The module exactly as the pickle writes it (what a recording `find_class` receives).
+    pub pickled_module: String,
+    /// The name exactly as the pickle writes it.
+    pub pickled_name: String,
     /// How many times the pickle names it.
     pub count: usize,
     /// Its role on the allow-list, when it is on it.
@@ -191,6 +195,8 @@ fn judge_one(r: &GlobalRecord, allow: &AllowList) -> (GlobalReport, Option<Findi
     });
     let report = GlobalReport {
         pickled_as: (written != name).then_some(written),
+        pickled_module: r.written.module.to_string(),
+        pickled_name: r.written.name.to_string(),
         name,
         module: m.to_string(),
         qualname: n.to_string(),
