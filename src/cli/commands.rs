@@ -28,13 +28,13 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
 }
 
 pub(super) fn inspect(a: InspectArgs) -> i32 {
-    let ckpt = match crate::io::open(&a.file) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
     let allow = match a.strict.allow_list() {
         Ok(l) => l,
         Err(code) => return code,
+    };
+    let ckpt = match crate::io::open(&a.file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
     };
     let report = match crate::inspect::inspect(&ckpt, a.tree, &allow) {
         Ok(r) => r,
