@@ -112,13 +112,24 @@ pub struct Judgement {
     pub findings: Vec<Finding>,
 }
 
-/// `module.name`, or `module:name` when the name itself has dots.
+/// `module.name`, or `module:name` when the name itself has dots. Control characters are
+/// escaped (`\n`, `\u{1b}`): a hostile name must not break a report line or drive the terminal.
 pub fn display_name(module: &str, name: &str) -> String {
-    if name.contains('.') {
-        format!("{module}:{name}")
-    } else {
-        format!("{module}.{name}")
+    let sep = if name.contains('.') { ':' } else { '.' };
+    let mut out = String::with_capacity(module.len() + name.len() + 1);
+    for (i, part) in [module, name].into_iter().enumerate() {
+        if i == 1 {
+            out.push(sep);
+        }
+        for c in part.chars() {
+            if c.is_control() {
+                out.extend(c.escape_debug());
+            } else {
+                out.push(c);
+            }
+        }
     }
+    out
 }
 
 fn describe(u: &Use) -> String {

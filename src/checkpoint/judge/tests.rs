@@ -488,3 +488,17 @@ fn a_hundred_thousand_distinct_globals_decode_in_linear_time() {
     assert_eq!(j.globals.len(), 100_000);
     assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
 }
+
+#[test]
+fn names_with_control_characters_cannot_break_report_lines() {
+    let data = P::proto(4)
+        .stack_global("os\nglobals: 0 finding(s)\x1b[8m", "system")
+        .s("x")
+        .tuple(1)
+        .reduce()
+        .stop();
+    let j = judged(&data);
+    let line = j.findings[0].to_string();
+    assert!(!line.contains('\n') && !line.contains('\x1b'), "{line}");
+    assert!(line.contains("os\\nglobals"), "{line}");
+}
