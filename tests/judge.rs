@@ -151,3 +151,110 @@ fn bad_allow_values_are_usage_errors() {
         assert!(!target.exists());
     }
 }
+
+/// SHORT_BINUNICODE of `s`.
+fn text(s: &str) -> Vec<u8> {
+    let mut v = vec![0x8c, s.len() as u8];
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// A protocol 4 pickle: `parts` concatenated after PROTO, then STOP.
+fn pickle4(parts: &[&[u8]]) -> Vec<u8> {
+    let mut v = vec![0x80, 4];
+    for p in parts {
+        v.extend_from_slice(p);
+    }
+    v.push(b'.');
+    v
+}
+
+/// STACK_GLOBAL of module and name.
+fn global(m: &str, n: &str) -> Vec<u8> {
+    [text(m), text(n), vec![0x93]].concat()
+}
+
+#[test]
+fn issue_13_attacks_through_the_binary() {
+    let one_arg_call = |m: &str, n: &str| pickle4(&[&global(m, n), &text("x"), &[0x85, b'R']]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dotted-torch-load",
+            one_arg_call("torch.nn.modules.module", "torch.load"),
+            "ATTRIBUTE LOOKUP torch.nn.modules.module:torch.load",
+        ),
+        (
+            "dotted-eval-call",
+            one_arg_call("builtins", "eval.__call__"),
+            "ATTRIBUTE LOOKUP builtins:eval.__call__",
+        ),
+        (
+            "dotted-argparse-os",
+            one_arg_call("argparse", "_os.system"),
+            "ATTRIBUTE LOOKUP argparse:_os.system",
+        ),
+        (
+            "dotted-builtins-get",
+            one_arg_call("torch.nn.modules.module", "__builtins__.get"),
+            "ATTRIBUTE LOOKUP torch.nn.modules.module:__builtins__.get",
+        ),
+        (
+            "parse-model",
+            one_arg_call("ultralytics.nn.tasks", "parse_model"),
+            "DANGEROUS ultralytics.nn.tasks.parse_model",
+        ),
+        (
+            "detection-model-init",
+            one_arg_call("ultralytics.nn.tasks", "DetectionModel"),
+            "NOT ALLOWED ultralytics.nn.tasks.DetectionModel — class called by REDUCE (runs __init__)",
+        ),
+        (
+            "timm-load-state-dict",
+            one_arg_call("timm.models", "load_state_dict"),
+            "DANGEROUS timm.models.load_state_dict",
+        ),
+        (
+            "getattr-private",
+            pickle4(&[
+                &global("builtins", "getattr"),
+                &global("ultralytics.nn.modules.head", "Detect"),
+                &text("__init__"),
+                &[0x86, b'R'],
+            ]),
+            "DANGEROUS builtins.getattr",
+        ),
+        (
+            "getattr-result-called",
+            pickle4(&[
+                &global("builtins", "getattr"),
+                &global("ultralytics.nn.modules.head", "Detect"),
+                &text("forward"),
+                &[0x86, b'R'],
+                &text("x"),
+                &[0x85, b'R'],
+            ]),
+            "DANGEROUS builtins.getattr",
+        ),
+        (
+            "timeit",
+            one_arg_call("timeit", "timeit"),
+            "DANGEROUS timeit.timeit",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, data, line) in cases {
+        let path = dir.path().join(format!("{name}.pkl"));
+        std::fs::write(&path, &data).unwrap();
+        let p = path.to_str().unwrap();
+        let r = run(&["inspect", p]);
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(1), "{name}: {out}");
+        assert!(out.contains(line), "{name}: {out}");
+        let s = run(&["inspect", "--strict", p]);
+        assert_eq!(s.status.code(), Some(1), "{name}");
+        let target = dir.path().join("out.safetensors");
+        let f = run(&["fold", p, "-o", target.to_str().unwrap(), "--strict"]);
+        assert_eq!(f.status.code(), Some(1), "{name}");
+        assert!(!target.exists(), "{name}");
+    }
+}
