@@ -5,6 +5,7 @@
 //! every way the pickle uses it: pushed, called, created, given state, and so on.
 
 use std::collections::{BTreeSet, HashMap};
+use std::mem::size_of;
 
 use serde::Serialize;
 
@@ -51,6 +52,50 @@ pub enum Use {
     BadArguments(&'static str),
 }
 
+/// The distinct uses of one global, in the order first seen. Bounded: call shapes beyond
+/// [`Uses::MAX_SHAPES`] collapse into one saturated shape (255 arguments, not constants), which
+/// every role that limits its arguments refuses, as it would refuse one of the shapes collapsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Uses(Vec<Use>);
+
+impl Uses {
+    /// Distinct call shapes kept before they collapse.
+    pub const MAX_SHAPES: usize = 16;
+
+    /// Adds a use; false when it was there already.
+    pub fn insert(&mut self, u: Use) -> bool {
+        let shapes = self
+            .0
+            .iter()
+            .filter(|x| matches!(x, Use::Called(_) | Use::Instantiated(_)))
+            .count();
+        let saturated = Args {
+            count: u8::MAX,
+            constants: false,
+        };
+        let u = match u {
+            Use::Called(_) if shapes >= Self::MAX_SHAPES => Use::Called(saturated),
+            Use::Instantiated(_) if shapes >= Self::MAX_SHAPES => Use::Instantiated(saturated),
+            u => u,
+        };
+        if self.0.contains(&u) {
+            return false;
+        }
+        self.0.push(u);
+        true
+    }
+
+    /// Whether `u` is among them.
+    pub fn contains(&self, u: &Use) -> bool {
+        self.0.contains(u)
+    }
+
+    /// Every use.
+    pub fn iter(&self) -> impl Iterator<Item = &Use> {
+        self.0.iter()
+    }
+}
+
 /// One distinct global of the file, with everything the pickle does with it.
 #[derive(Clone, Debug)]
 pub struct GlobalRecord {
@@ -61,7 +106,7 @@ pub struct GlobalRecord {
     /// How many times the pickle names it.
     pub count: usize,
     /// Every distinct use.
-    pub uses: BTreeSet<Use>,
+    pub uses: Uses,
 }
 
 /// A call of something that is not a global and was not made by one (e.g. REDUCE on a list).
@@ -82,7 +127,14 @@ pub struct UseLog {
     /// function that made it).
     made_by: HashMap<NodeId, u32>,
     loose: BTreeSet<LooseCall>,
+    /// Approximate heap bytes of the record, for the decoder's memory budget.
+    bytes: usize,
 }
+
+/// Bytes charged per distinct global: its record, index entry and the report line it becomes.
+const RECORD_BYTES: usize = 256;
+/// Bytes charged per node link and per use.
+const LINK_BYTES: usize = 2 * size_of::<(NodeId, u32)>() + 16;
 
 impl UseLog {
     /// Records one naming of `written` (resolved to `resolved`) as the global node `node`.
@@ -99,13 +151,15 @@ impl UseLog {
                     written: key.0.clone(),
                     resolved: key.1.clone(),
                     count: 1,
-                    uses: BTreeSet::from([Use::Referenced]),
+                    uses: Uses(vec![Use::Referenced]),
                 });
                 self.index.insert(key, i);
+                self.bytes += RECORD_BYTES;
                 i
             }
         };
         self.global_nodes.insert(node, i);
+        self.bytes += LINK_BYTES;
     }
 
     /// The record of a global node.
@@ -119,7 +173,9 @@ impl UseLog {
     pub fn use_global(&mut self, node: NodeId, u: Use) -> bool {
         match self.global_nodes.get(&node) {
             Some(&i) => {
-                self.records[i as usize].uses.insert(u);
+                if self.records[i as usize].uses.insert(u) {
+                    self.bytes += LINK_BYTES;
+                }
                 true
             }
             None => false,
@@ -130,7 +186,9 @@ impl UseLog {
     pub fn use_maker(&mut self, node: NodeId, u: Use) -> bool {
         match self.made_by.get(&node) {
             Some(&i) => {
-                self.records[i as usize].uses.insert(u);
+                if self.records[i as usize].uses.insert(u) {
+                    self.bytes += LINK_BYTES;
+                }
                 true
             }
             None => false,
@@ -140,8 +198,11 @@ impl UseLog {
     /// Notes that `made` is an instance made through the global node `by` (first maker wins:
     /// a reconstructor may hand back a node it was given).
     pub fn made(&mut self, made: NodeId, by: NodeId) {
-        if let Some(&i) = self.global_nodes.get(&by) {
-            self.made_by.entry(made).or_insert(i);
+        if let Some(&i) = self.global_nodes.get(&by)
+            && !self.made_by.contains_key(&made)
+        {
+            self.made_by.insert(made, i);
+            self.bytes += LINK_BYTES;
         }
     }
 
@@ -153,6 +214,11 @@ impl UseLog {
     /// Records a call of something no global made.
     pub fn loose_call(&mut self, callee: &'static str) {
         self.loose.insert(LooseCall { callee });
+    }
+
+    /// Approximate heap bytes the record (and the report made from it) takes.
+    pub fn approx_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Every distinct global, in order of first appearance.
@@ -174,11 +240,14 @@ impl UseLog {
                 Some(&i) => {
                     let mine = &mut self.records[i as usize];
                     mine.count += r.count;
-                    mine.uses.extend(r.uses.iter().cloned());
+                    for u in r.uses.iter() {
+                        mine.uses.insert(u.clone());
+                    }
                 }
                 None => {
                     self.index.insert(key, self.records.len() as u32);
                     self.records.push(r.clone());
+                    self.bytes += RECORD_BYTES;
                 }
             }
         }
@@ -225,6 +294,22 @@ mod tests {
         let r = &log.records()[0];
         assert_eq!(r.count, 2);
         assert!(r.uses.contains(&Use::Created) && r.uses.contains(&Use::StateSet));
+    }
+
+    #[test]
+    fn call_shapes_collapse_into_one_every_limited_role_refuses() {
+        let mut u = Uses::default();
+        for count in 0..=255u8 {
+            u.insert(Use::Called(Args {
+                count,
+                constants: true,
+            }));
+        }
+        assert_eq!(u.iter().count(), Uses::MAX_SHAPES + 1);
+        assert!(u.contains(&Use::Called(Args {
+            count: 255,
+            constants: false
+        })));
     }
 
     #[test]

@@ -502,3 +502,15 @@ fn names_with_control_characters_cannot_break_report_lines() {
     assert!(!line.contains('\n') && !line.contains('\x1b'), "{line}");
     assert!(line.contains("os\\nglobals"), "{line}");
 }
+
+#[test]
+fn the_record_of_globals_counts_against_the_memory_budget() {
+    let mut p = P::proto(4);
+    for i in 0..400_000 {
+        p = p.stack_global("m", &format!("n{i}")).op(b"0");
+    }
+    let data = p.op(b"N").stop();
+    let mut g = Graph::new();
+    let err = unpickle(&data, &mut g, &mut NoPersistentLoad, &Limits::default()).unwrap_err();
+    assert!(err.message.contains("would take more than"), "{err}");
+}

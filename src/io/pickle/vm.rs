@@ -86,7 +86,8 @@ impl<'a> Vm<'a> {
             // Nodes carry ~48 bytes of heap on average beyond their own size (boxed objects,
             // container buffers); values are counted as they are pushed.
             let approx = self.graph.len() * (std::mem::size_of::<Node>() + 48)
-                + self.values * std::mem::size_of::<Value>();
+                + self.values * std::mem::size_of::<Value>()
+                + self.graph.uses().approx_bytes();
             if approx > self.limits.max_bytes {
                 return Err(self.err(format!(
                     "the decoded objects would take more than {} MiB, more than a file of this size can hold",
