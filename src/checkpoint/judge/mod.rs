@@ -260,7 +260,7 @@ pub struct Refusal(pub Vec<Finding>);
 /// Findings a one-line message names before it summarises the rest.
 const SUMMARY_NAMES: usize = 20;
 
-/// `N finding(s): name (problem), …` for one-line messages (the first [`SUMMARY_NAMES`]).
+/// `N finding(s): name (problem), …` for one-line messages (the first 20, then a count).
 pub fn summary(findings: &[Finding]) -> String {
     let mut items: Vec<String> = findings
         .iter()
