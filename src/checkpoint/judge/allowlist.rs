@@ -21,6 +21,10 @@ const TABLES: &[(&str, &str)] = &[
         "ultralytics.tsv",
         include_str!("../allowlist/ultralytics.tsv"),
     ),
+    (
+        "torchvision-models.tsv",
+        include_str!("../allowlist/torchvision-models.tsv"),
+    ),
 ];
 
 /// A line of an allow-list table.
