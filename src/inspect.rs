@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
-use crate::checkpoint::globals::{self, GlobalReport};
+use crate::checkpoint::judge::{self, AllowList, Finding, GlobalReport};
 use crate::checkpoint::module::{self, ModuleError, TreeNode};
 use crate::checkpoint::sets::{self, EntryKind, Stats};
 use crate::checkpoint::value::{Graph, Node, NodeId, Value};
@@ -37,11 +37,14 @@ pub struct Report {
     /// Why no EMA was located, when none was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout_error: Option<String>,
-    /// Every global the pickle names.
+    /// Every global the pickle names, judged.
     pub globals: Vec<GlobalReport>,
-    /// The dangerous ones among them.
+    /// Every reason `torch.load` of the file could run code (docs/security.md); `inspect` exits 1
+    /// and `--strict` refuses when there is any.
+    pub findings: Vec<Finding>,
+    /// The globals with a finding that a deny category explains.
     pub dangerous: Vec<GlobalReport>,
-    /// Those outside the `--strict` allow-list (dangerous ones included).
+    /// The names of every finding.
     pub not_allowed: Vec<String>,
     /// Module trees of the module entries, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,8 +82,8 @@ pub struct SetReport {
     pub stats: Stats,
 }
 
-/// Builds the report; `tree` adds the module trees.
-pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report, ModuleError> {
+/// Builds the report; `tree` adds the module trees; `allow` judges the globals.
+pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &AllowList) -> Result<Report, ModuleError> {
     let g = &ckpt.graph;
     let entries = ckpt
         .entries()
@@ -125,13 +128,14 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report
             class: s.class,
         })
         .collect();
-    let all = globals::report(g.globals(), allow);
-    let dangerous = all.iter().filter(|r| r.danger.is_some()).cloned().collect();
-    let not_allowed = all
+    let verdict = judge::judge(g.uses(), allow);
+    let dangerous = verdict
+        .globals
         .iter()
-        .filter(|r| !r.allowed)
-        .map(|r| r.name.clone())
+        .filter(|r| r.danger.is_some())
+        .cloned()
         .collect();
+    let not_allowed = verdict.findings.iter().map(|f| f.name.clone()).collect();
     let tree = tree.then(|| {
         ckpt.entries()
             .into_iter()
@@ -152,7 +156,8 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report
         entries,
         metadata: metadata::metadata(ckpt),
         weight_sets,
-        globals: all,
+        globals: verdict.globals,
+        findings: verdict.findings,
         dangerous,
         not_allowed,
         tree,

@@ -19,7 +19,7 @@ fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn names(g: &Graph) -> Vec<String> {
-    g.globals().iter().map(|(g, _)| g.dotted()).collect()
+    g.globals().iter().map(|r| r.written.dotted()).collect()
 }
 
 fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
@@ -132,7 +132,7 @@ fn any_first_opcode_starts_a_pickle_and_failures_still_name_globals() {
             .contains("unknown opcode 0xff; before that it names os.system"),
         "{e}"
     );
-    assert_eq!(e.named.len(), 1);
+    assert_eq!(e.named.records().len(), 1);
 }
 
 /// `pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)`.

@@ -1,5 +1,5 @@
 //! The hostile corpus (tests/hostile/, made by tests/hostile/generate.py): every file gets the
-//! answer its manifest promises — a loud "dangerous", a `--strict` refusal, or one clear error
+//! answer its manifest promises — a loud "dangerous", a "not allowed", or one clear error
 //! line naming the file — and nothing in it runs, and no command leaves an output behind.
 
 mod common;
@@ -52,9 +52,12 @@ fn every_hostile_file_gets_its_promised_answer() {
                 code == Some(1)
                     && String::from_utf8_lossy(&r.stdout).contains(&format!("DANGEROUS {contains}"))
             }
-            "strict" => {
+            // Outside the allow-list without a known danger: still exit 1, and --strict names it.
+            "not-allowed" => {
                 let s = run(&["inspect", "--strict", p]);
-                code == Some(0)
+                code == Some(1)
+                    && String::from_utf8_lossy(&r.stdout)
+                        .contains(&format!("NOT ALLOWED {contains}"))
                     && s.status.code() == Some(1)
                     && String::from_utf8_lossy(&s.stderr).contains(&contains)
             }

@@ -1,5 +1,5 @@
 #![no_main]
-//! The pickle VM on arbitrary bytes, then the value-to-JSON walk over what it built.
+//! The pickle VM on arbitrary bytes, then the value-to-JSON walk over what it built and the judge.
 
 use fuse_ema::checkpoint::value::Graph;
 use fuse_ema::io::pickle::{Limits, NoPersistentLoad, unpickle};
@@ -19,4 +19,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = fuse_ema::checkpoint::metadata::to_json(&g, &v);
         let _ = fuse_ema::checkpoint::module::state_dict(&g, &v);
     }
+    // The judge reads whatever was recorded, also from pickles that failed part way.
+    let _ = fuse_ema::checkpoint::judge::judge(
+        g.uses(),
+        &fuse_ema::checkpoint::judge::AllowList::builtin(),
+    );
 });

@@ -1,11 +1,12 @@
 //! The checkpoint object model: the decoded object graph of a file, and the views that read
 //! training concepts out of it (modules, state dicts, weight sets, metadata).
 
-pub mod globals;
+pub mod judge;
 pub mod metadata;
 pub mod module;
 pub mod py;
 pub mod sets;
+pub mod uses;
 pub mod value;
 
 use std::collections::BTreeMap;

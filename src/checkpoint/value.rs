@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::uses::{GlobalRecord, UseLog};
 use crate::tensor::Tensor;
 
 /// Index of a node in a [`Graph`].
@@ -148,11 +149,11 @@ impl Node {
     }
 }
 
-/// The arena of nodes plus a record of every global the data referenced.
+/// The arena of nodes plus a record of every global the data referenced and how it used them.
 #[derive(Debug, Default)]
 pub struct Graph {
     nodes: Vec<Node>,
-    globals: Vec<(Global, usize)>,
+    uses: UseLog,
     /// Set by readers whose storage bytes come after the pickle (legacy torch): tensor views are
     /// checked against their storages once the bytes are located.
     pub(crate) defer_view_checks: bool,
@@ -201,17 +202,19 @@ impl Graph {
         v.node().map(|id| self.node(id))
     }
 
-    /// Records one reference to a global (for `inspect`'s list of what the file names).
-    pub fn note_global(&mut self, g: &Global) {
-        match self.globals.iter_mut().find(|(x, _)| x == g) {
-            Some((_, n)) => *n += 1,
-            None => self.globals.push((g.clone(), 1)),
-        }
+    /// The record of every global the pickles named and how they used each.
+    pub fn uses(&self) -> &UseLog {
+        &self.uses
     }
 
-    /// Every global referenced, with how often, in order of first appearance.
-    pub fn globals(&self) -> &[(Global, usize)] {
-        &self.globals
+    /// The record, for the pickle VM (and readers merging further pickles of one file).
+    pub fn uses_mut(&mut self) -> &mut UseLog {
+        &mut self.uses
+    }
+
+    /// Every distinct global referenced, in order of first appearance.
+    pub fn globals(&self) -> &[GlobalRecord] {
+        self.uses.records()
     }
 
     /// The tensor a value refers to.

@@ -28,11 +28,15 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
 }
 
 pub(super) fn inspect(a: InspectArgs) -> i32 {
+    let allow = match a.strict.allow_list() {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let ckpt = match crate::io::open(&a.file) {
         Ok(c) => c,
-        Err(e) => return unreadable(&a, e),
+        Err(e) => return unreadable(&a, &allow, e),
     };
-    let report = match crate::inspect::inspect(&ckpt, a.tree, &a.strict.allow) {
+    let report = match crate::inspect::inspect(&ckpt, a.tree, &allow) {
         Ok(r) => r,
         Err(e) => return fail(format_args!("{}: {e}", a.file.display())),
     };
@@ -43,55 +47,53 @@ pub(super) fn inspect(a: InspectArgs) -> i32 {
     } else {
         print!("{}", render::inspect_text(&report));
     }
-    if report.dangerous.is_empty() {
-        if a.strict.strict && !report.not_allowed.is_empty() {
-            eprintln!(
-                "fuse-ema: strict: {} names {} global(s) outside the allow-list: {}",
-                a.file.display(),
-                report.not_allowed.len(),
-                report.not_allowed.join(", ")
-            );
-            return EXIT_CHECK_FAILED;
-        }
+    if report.findings.is_empty() {
         return EXIT_OK;
     }
-    let names: Vec<&str> = report.dangerous.iter().map(|d| d.name.as_str()).collect();
-    danger(&a.file, &names)
-}
-
-/// The DANGER line and its exit code.
-fn danger(file: &std::path::Path, names: &[&str]) -> i32 {
-    eprintln!(
-        "fuse-ema: DANGER: {} names {} dangerous global(s): {}",
-        file.display(),
-        names.len(),
-        names.join(", ")
-    );
+    if a.strict.strict {
+        super::strict_message(&a.file, &report.findings);
+    } else {
+        let label = if report.dangerous.is_empty() {
+            "NOT ALLOWED"
+        } else {
+            "DANGER"
+        };
+        eprintln!(
+            "fuse-ema: {label}: {}: {} (torch.load would import or run these; see docs/security.md)",
+            a.file.display(),
+            crate::checkpoint::judge::summary(&report.findings)
+        );
+    }
     EXIT_CHECK_FAILED
 }
 
-/// A file that cannot be read (broken, or refused as ambiguous) is still judged on the globals it
-/// named before the failure: Python imports each one it reaches, so a dangerous one exits 1.
-fn unreadable(a: &InspectArgs, e: crate::io::ReadError) -> i32 {
-    let named: Vec<_> = e.named.iter().map(|g| (g.clone(), 1)).collect();
-    let report = crate::checkpoint::globals::report(&named, &a.strict.allow);
-    let dangerous: Vec<_> = report.iter().filter(|g| g.danger.is_some()).collect();
-    if dangerous.is_empty() {
+/// A file that cannot be read: exit 2, unless the globals it named before the failure already
+/// fail the judgement (Python imports, and may call, each one as it reaches it) — then they are
+/// reported and the exit code is 1.
+fn unreadable(
+    a: &InspectArgs,
+    allow: &crate::checkpoint::judge::AllowList,
+    e: crate::io::ReadError,
+) -> i32 {
+    let judged = crate::checkpoint::judge::judge(&e.named, allow);
+    if judged.findings.is_empty() {
         return fail(e);
     }
     eprintln!("fuse-ema: error: {e}");
     if !a.json {
-        for d in &dangerous {
+        for f in &judged.findings {
             println!(
-                "  DANGEROUS {} ({}) — named before the file failed to read; \
-                 torch.load(weights_only=False) would run it",
-                d.name,
-                d.danger.unwrap_or("")
+                "  {f} (named before the file failed to read; torch.load(weights_only=False) \
+                 would already have reached it)"
             );
         }
     }
-    let names: Vec<&str> = dangerous.iter().map(|d| d.name.as_str()).collect();
-    danger(&a.file, &names)
+    eprintln!(
+        "fuse-ema: DANGER: {}: {} (torch.load would import or run these; see docs/security.md)",
+        a.file.display(),
+        crate::checkpoint::judge::summary(&judged.findings)
+    );
+    EXIT_CHECK_FAILED
 }
 
 pub(super) fn fold(a: FoldArgs) -> i32 {

@@ -31,15 +31,25 @@ struct Cli {
     command: Command,
 }
 
-/// Refusing checkpoints that name globals outside the allow-list.
+/// Refusing checkpoints whose globals fail the allow-list check.
 #[derive(clap::Args, Clone, Default)]
 struct StrictArgs {
-    /// Exit 1 when the file names any global outside the allow-list (docs/security.md).
+    /// Refuse (exit 1, write nothing) when any global is outside the allow-list, used against its
+    /// role, dotted, or part of a gadget chain (docs/security.md).
     #[arg(long)]
     strict: bool,
-    /// With --strict, also accept globals under this module prefix (repeatable), e.g. `mypkg.models.`.
-    #[arg(long, value_name = "PREFIX")]
+    /// Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE`
+    /// (class, namespace, enum, container, value, rebuild), or the classes of a package and its
+    /// submodules, `mypkg.models.*`.
+    #[arg(long, value_name = "NAME")]
     allow: Vec<String>,
+}
+
+impl StrictArgs {
+    /// The allow-list with the user's additions, or the exit code of a usage error.
+    fn allow_list(&self) -> Result<crate::checkpoint::judge::AllowList, i32> {
+        crate::checkpoint::judge::AllowList::with_user(&self.allow).map_err(fail)
+    }
 }
 
 /// Where the EMA and raw weights are, when the automatic search is not wanted.
@@ -57,7 +67,7 @@ struct SelectArgs {
 enum Command {
     /// Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals.
     #[command(
-        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n\nExit codes: 0 nothing dangerous, 1 the file names dangerous globals (os.system, eval, …) or, with\n--strict, any global outside the allow-list, 2 the file cannot be read."
+        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read."
     )]
     Inspect(InspectArgs),
     /// Write the EMA weights alone, under the model's own names (.safetensors or .pt).
@@ -258,27 +268,28 @@ pub fn run() -> i32 {
     }
 }
 
-/// With `--strict`, refuses a checkpoint naming globals outside the allow-list: the exit code to
-/// stop with, or `None` to go on.
+/// With `--strict`, refuses a checkpoint whose globals fail the allow-list check: the exit code
+/// to stop with, or `None` to go on. A malformed `--allow` is a usage error with or without it.
 fn strict_refusal(ckpt: &crate::checkpoint::Checkpoint, s: &StrictArgs) -> Option<i32> {
+    let allow = match s.allow_list() {
+        Ok(a) => a,
+        Err(code) => return Some(code),
+    };
     if !s.strict {
         return None;
     }
-    let bad: Vec<String> = crate::checkpoint::globals::report(ckpt.graph.globals(), &s.allow)
-        .into_iter()
-        .filter(|r| !r.allowed)
-        .map(|r| r.name)
-        .collect();
-    if bad.is_empty() {
-        return None;
-    }
-    eprintln!(
-        "fuse-ema: strict: {} names {} global(s) outside the allow-list: {} (see docs/security.md; --allow PREFIX extends it)",
-        ckpt.path.display(),
-        bad.len(),
-        bad.join(", ")
-    );
+    let refusal = crate::checkpoint::judge::strict_check(ckpt.graph.uses(), &allow).err()?;
+    strict_message(&ckpt.path, &refusal.0);
     Some(EXIT_CHECK_FAILED)
+}
+
+/// The one-line `--strict` refusal on stderr, naming every finding.
+fn strict_message(path: &std::path::Path, findings: &[crate::checkpoint::judge::Finding]) {
+    eprintln!(
+        "fuse-ema: strict: {} refused: {} (see docs/security.md; --allow extends the allow-list)",
+        path.display(),
+        crate::checkpoint::judge::summary(findings)
+    );
 }
 
 fn fail(message: impl std::fmt::Display) -> i32 {

@@ -156,18 +156,27 @@ pub fn inspect_text(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "globals: {} referenced, {} dangerous, {} outside the --strict allow-list",
+        "globals: {} referenced, {} finding(s), {} dangerous",
         r.globals.len(),
-        r.dangerous.len(),
-        r.not_allowed.len()
+        r.findings.len(),
+        r.dangerous.len()
     );
-    for d in &r.dangerous {
+    // One line each; a file naming thousands of globals is summarised (--json lists all).
+    const SHOWN: usize = 1000;
+    for f in r.findings.iter().take(SHOWN) {
+        let _ = writeln!(o, "  {f}");
+    }
+    if r.findings.len() > SHOWN {
         let _ = writeln!(
             o,
-            "  DANGEROUS {} ({}) ×{} — never executed by fuse-ema; torch.load(weights_only=False) would run it",
-            d.name,
-            d.danger.unwrap_or(""),
-            d.count
+            "  … and {} more (--json lists all)",
+            r.findings.len() - SHOWN
+        );
+    }
+    if !r.findings.is_empty() {
+        let _ = writeln!(
+            o,
+            "  (never executed by fuse-ema; torch.load(weights_only=False) would import or run them)"
         );
     }
     if let Some(trees) = &r.tree {

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::value::{Global, Graph};
+use crate::checkpoint::uses::UseLog;
+use crate::checkpoint::value::Graph;
 
 /// A checkpoint could not be read. Displays as `<file>: <problem>`.
 #[derive(Debug)]
@@ -14,7 +15,7 @@ pub struct ReadError {
     pub kind: ReadErrorKind,
     /// The globals the file named before a pickle failed: Python imports each one as it reaches
     /// it, so a broken pickle may already have run them (empty for other failures).
-    pub named: Vec<Global>,
+    pub named: UseLog,
 }
 
 /// The kinds of reading failure, each with the offending entry, key or offset in its text.
@@ -58,13 +59,13 @@ impl ReadError {
         ReadError {
             path: path.to_path_buf(),
             kind: kind.into(),
-            named: Vec::new(),
+            named: UseLog::default(),
         }
     }
 
     /// Records the globals `graph` holds as named before the failure.
     pub(crate) fn naming(mut self, graph: &Graph) -> ReadError {
-        self.named = graph.globals().iter().map(|(g, _)| g.clone()).collect();
+        self.named = graph.uses().clone();
         self
     }
 }

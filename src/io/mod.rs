@@ -53,11 +53,11 @@ pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
         {
             // Name what torch would run from the tar too, not only what the pickle names.
             let tar_named = match tar::read(path, map) {
-                Ok(c) => c.graph.globals().iter().map(|(g, _)| g.clone()).collect(),
+                Ok(c) => c.graph.uses().clone(),
                 Err(t) => t.named,
             };
             let mut e = e;
-            e.named.extend(tar_named);
+            e.named.absorb(&tar_named);
             return Err(e);
         }
         return tar::read(path, map);
@@ -106,7 +106,7 @@ impl pickle::PersistentLoad for InertPersistentLoad {
 /// `"; before that it names a.b, c.d"` for the globals recorded so far: Python imports (and
 /// may call) each before it reaches a later error, so a failed read still names them.
 pub(crate) fn names_suffix(graph: &Graph) -> String {
-    let names: Vec<String> = graph.globals().iter().map(|(g, _)| g.dotted()).collect();
+    let names = global_names(graph);
     if names.is_empty() {
         String::new()
     } else {
@@ -114,9 +114,18 @@ pub(crate) fn names_suffix(graph: &Graph) -> String {
     }
 }
 
+/// The globals `graph` records, as the pickle writes them (escaped for one-line messages).
+fn global_names(graph: &Graph) -> Vec<String> {
+    graph
+        .globals()
+        .iter()
+        .map(|r| crate::checkpoint::judge::display_name(&r.written.module, &r.written.name))
+        .collect()
+}
+
 /// Adds to a pickle error the globals the file named before the failure (see `names_suffix`).
 pub(crate) fn with_names(mut e: pickle::PickleError, graph: &Graph) -> pickle::PickleError {
-    let names: Vec<String> = graph.globals().iter().map(|(g, _)| g.dotted()).collect();
+    let names = global_names(graph);
     if !names.is_empty() {
         e.message = format!("{}; before that it names {}", e.message, names.join(", "));
     }

@@ -241,7 +241,7 @@ fn not_a_pickle(path: &Path, map: &[u8], e: ReadError) -> ReadError {
     let ReadErrorKind::Pickle { source, .. } = &e.kind else {
         return e;
     };
-    if source.offset >= 8 || !e.named.is_empty() {
+    if source.offset >= 8 || !e.named.records().is_empty() {
         return e;
     }
     let head: Vec<String> = map.iter().take(8).map(|b| format!("{b:02x}")).collect();

@@ -55,7 +55,7 @@ fn judged_anyway(e: ReadError, map: &Arc<MappedFile>, entries: &[ZipEntry]) -> R
     if !matches!(
         e.kind,
         ReadErrorKind::Ambiguous(_) | ReadErrorKind::Unsupported(_)
-    ) || !e.named.is_empty()
+    ) || !e.named.records().is_empty()
     {
         return e;
     }

@@ -3,7 +3,7 @@
 not checkpoints at all. `manifest.json` says what fuse-ema must answer for each:
 
 - "dangerous": `inspect` exits 1 naming the global (and nothing runs);
-- "strict": `inspect` exits 0, `inspect --strict` exits 1;
+- "not-allowed": `inspect` and `inspect --strict` exit 1 naming it as NOT ALLOWED;
 - "error": one error line naming the file, containing `contains`, exit 2.
 
 Run from the repository root with the fixtures venv (torch 2.15): python tests/hostile/generate.py
@@ -74,7 +74,7 @@ import sys, types  # noqa: E401,E402
 sys.modules["mypkg"] = types.ModuleType("mypkg")
 sys.modules["mypkg.models"] = types.ModuleType("mypkg.models")
 sys.modules["mypkg.models"].Innocent = Innocent
-add("unknown-class.pt", tsave({"state_dict": sd, "cfg": Innocent()}), "strict", "mypkg.models.Innocent")
+add("unknown-class.pt", tsave({"state_dict": sd, "cfg": Innocent()}), "not-allowed", "mypkg.models.Innocent")
 
 # ---- zip containers ----
 good = tsave(sd)

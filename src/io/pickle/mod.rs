@@ -10,6 +10,7 @@ mod frame;
 mod literal;
 mod ops;
 mod reconstruct;
+mod record;
 mod vm;
 
 use std::fmt;

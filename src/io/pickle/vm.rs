@@ -7,6 +7,7 @@ use super::frame::Frames;
 use super::literal::*;
 use super::ops::*;
 use super::reconstruct;
+use super::record::{self, Call};
 use super::{Limits, PersistentLoad, PickleError};
 use crate::checkpoint::value::{Global, Graph, Node, Object, Value};
 
@@ -29,6 +30,7 @@ pub fn unpickle(
         memo: HashMap::new(),
         values: 0,
         frames: Frames::default(),
+        proto: 0,
         graph,
         loader,
         limits,
@@ -45,6 +47,8 @@ struct Vm<'a> {
     memo: HashMap<u32, Value>,
     values: usize,
     frames: Frames,
+    /// The protocol of the last PROTO opcode (0 before any): Python maps Python 2 names below 3.
+    proto: u8,
     graph: &'a mut Graph,
     loader: &'a mut dyn PersistentLoad,
     limits: &'a Limits,
@@ -87,7 +91,8 @@ impl<'a> Vm<'a> {
             // Nodes carry ~48 bytes of heap on average beyond their own size (boxed objects,
             // container buffers); values are counted as they are pushed.
             let approx = self.graph.len() * (std::mem::size_of::<Node>() + 48)
-                + self.values * std::mem::size_of::<Value>();
+                + self.values * std::mem::size_of::<Value>()
+                + self.graph.uses().approx_bytes();
             if approx > self.limits.max_bytes {
                 return Err(self.err(format!(
                     "the decoded objects would take more than {} MiB, more than a file of this size can hold",
@@ -111,6 +116,7 @@ impl<'a> Vm<'a> {
                 if p > 5 {
                     return Err(format!("unsupported pickle protocol {p}"));
                 }
+                self.proto = p;
             }
             FRAME => {
                 let len = self.len8()?;
@@ -374,14 +380,14 @@ impl<'a> Vm<'a> {
                 let args = self.pop()?;
                 let callable = self.pop()?;
                 let args = self.tuple_items(&args)?;
-                let v = self.construct(callable, args, Vec::new(), false)?;
+                let v = self.construct(callable, args, Vec::new(), Call::Reduce)?;
                 self.push(v);
             }
             NEWOBJ => {
                 let args = self.pop()?;
                 let cls = self.pop()?;
                 let args = self.tuple_items(&args)?;
-                let v = self.construct(cls, args, Vec::new(), true)?;
+                let v = self.construct(cls, args, Vec::new(), Call::NewObj)?;
                 self.push(v);
             }
             NEWOBJ_EX => {
@@ -394,7 +400,7 @@ impl<'a> Vm<'a> {
                     .dict(&kwargs)
                     .map(|d| d.to_vec())
                     .unwrap_or_default();
-                let v = self.construct(cls, args, kwargs, true)?;
+                let v = self.construct(cls, args, kwargs, Call::NewObj)?;
                 self.push(v);
             }
             INST => {
@@ -405,9 +411,9 @@ impl<'a> Vm<'a> {
                     module: module.into(),
                     name: name.into(),
                 };
-                self.graph.note_global(&g);
-                let cls = self.graph.add(Node::Global(g));
-                let v = self.construct(cls, args, Vec::new(), true)?;
+                let cls = self.graph.add(Node::Global(g.clone()));
+                record::named(self.graph, &cls, &g, self.proto);
+                let v = self.construct(cls, args, Vec::new(), Call::Inst)?;
                 self.push(v);
             }
             OBJ => {
@@ -416,7 +422,7 @@ impl<'a> Vm<'a> {
                     return Err("OBJ without a class".into());
                 }
                 let cls = items.remove(0);
-                let v = self.construct(cls, items, Vec::new(), true)?;
+                let v = self.construct(cls, items, Vec::new(), Call::Inst)?;
                 self.push(v);
             }
             BUILD => {
@@ -455,8 +461,9 @@ impl<'a> Vm<'a> {
             module: module.into(),
             name: name.into(),
         };
-        self.graph.note_global(&g);
-        self.push_node(Node::Global(g));
+        let v = self.graph.add(Node::Global(g.clone()));
+        record::named(self.graph, &v, &g, self.proto);
+        self.push(v);
     }
 
     fn push_utf8(&mut self, n: usize) -> R<()> {
@@ -563,27 +570,33 @@ impl<'a> Vm<'a> {
         callable: Value,
         args: Vec<Value>,
         kwargs: Vec<(Value, Value)>,
-        is_new: bool,
+        how: Call,
     ) -> R<Value> {
         self.values += args.len() + kwargs.len();
+        record::call(self.graph, &callable, &args, how);
+        let maker = record::type_node(self.graph, &callable, &args);
         let global = match self.graph.get(&callable) {
             Some(Node::Global(g)) => Some(g.clone()),
             _ => None,
         };
-        match global {
-            Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new),
-            None => Ok(self.graph.add(Node::Object(Box::new(Object {
+        let is_new = how != Call::Reduce;
+        let v = match global {
+            Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new)?,
+            None => self.graph.add(Node::Object(Box::new(Object {
                 class: None,
                 args,
                 kwargs,
                 ..Object::default()
-            })))),
-        }
+            }))),
+        };
+        record::made(self.graph, &v, maker);
+        Ok(v)
     }
 
     fn extend_seq(&mut self, items: Vec<Value>) -> R<()> {
         self.values += items.len();
         let target = self.top()?.clone();
+        record::filled(self.graph, &target);
         match target.node().map(|id| self.graph.node_mut(id)) {
             Some(Node::List(l)) => l.extend(items),
             Some(Node::Object(o)) => o.items.extend(items),
@@ -599,6 +612,7 @@ impl<'a> Vm<'a> {
     fn extend_map(&mut self, entries: Vec<(Value, Value)>) -> R<()> {
         self.values += 2 * entries.len();
         let target = self.top()?.clone();
+        record::filled(self.graph, &target);
         match target.node().map(|id| self.graph.node_mut(id)) {
             Some(Node::Dict(d)) => d.extend(entries),
             Some(Node::Object(o)) => o.entries.extend(entries),
@@ -614,6 +628,10 @@ impl<'a> Vm<'a> {
         let Some(id) = target.node() else {
             return Err("BUILD on a scalar".into());
         };
+        if record::build(self.graph, target) {
+            // Setting attributes of a global is recorded for the judge; the graph keeps it as is.
+            return Ok(());
+        }
         if let Some(v) = reconstruct::build_special(self.graph, target, &state) {
             self.graph.node_mut(id).clone_from(&v);
             return Ok(());
