@@ -1,57 +1,28 @@
-//! The Ultralytics `Detect` head in export form: per-level box and class branches, DFL, anchor
-//! decoding with anchors and strides as constants for the static input size.
+//! The emit side of the detection heads: per-level box and class branches, DFL, anchor decoding
+//! with anchors and strides as constants for the static input size.
 
-use super::Builder;
-use super::layers::nchw;
+use super::HeadSpec;
 use crate::checkpoint::py::{M, R};
+use crate::models::In;
 use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
+use crate::onnx::ultralytics::{Builder, check};
 
 impl Builder<'_> {
     /// Runs a head branch (`nn.Sequential` or a single module) on one level.
     fn branch(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        self.module(scope, m, super::layers::In::One(x.clone()))
+        self.module(scope, m, In::One(x.clone()))
     }
 
     /// `Detect`, `Segment`, `Pose` and `OBB` (one-to-many heads) in export form: output
     /// (B, 4 + nc [+ masks | keypoints | angle], anchors), boxes in input pixels (centre x, centre
     /// y, width, height; rotated boxes for OBB), sigmoid class scores. `Segment` also emits the
     /// prototypes as a second output.
-    pub fn detect(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
-        let class = m.class();
-        if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
-            return Err(format!(
-                "end-to-end (one-to-one) {class} heads (YOLOv10 / YOLO26)"
-            ));
-        }
-        if m.bool("xyxy") == Some(true) {
-            return Err(format!("{class} with xyxy output"));
-        }
-        let nc = m.int("nc").ok_or("Detect without nc")?;
-        let reg_max = m.int("reg_max").unwrap_or(16);
-        let strides = m.attr_tensor_f64("stride").ok_or("Detect without stride")?;
-        if strides.len() != xs.len() {
-            return Err(format!(
-                "{class} has {} strides for {} inputs",
-                strides.len(),
-                xs.len()
-            ));
-        }
-        let extra_ch = match class.as_str() {
-            "Detect" => 0,
-            "Segment" => m.int("nm").ok_or("Segment without nm")?,
-            "Pose" => m.int("nk").ok_or("Pose without nk")?,
-            "OBB" => m.int("ne").ok_or("OBB without ne")?,
-            other => return Err(format!("head {other}")),
-        };
-        if (class != "Detect" && extra_ch <= 0)
-            || !(1..=1 << 16).contains(&nc)
-            || !(1..=1 << 10).contains(&reg_max)
-        {
-            return Err(format!(
-                "{class} with nc={nc}, reg_max={reg_max}, extra channels {extra_ch}"
-            ));
-        }
+    pub(crate) fn detect(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+        let spec = HeadSpec::parse(m, xs.len())?;
+        let class = spec.class.clone();
+        let (nc, reg_max, extra_ch) = (spec.nc, spec.reg_max, spec.extra);
+        let strides = &spec.strides;
         let (cv2, cv3) = (m.child("cv2")?.children(), m.child("cv3")?.children());
         let cv4 = if extra_ch > 0 {
             m.child("cv4")?.children()
@@ -61,11 +32,11 @@ impl Builder<'_> {
         let first = xs
             .first()
             .ok_or_else(|| format!("{class} without inputs"))?;
-        let batch = nchw(first, scope)?[0];
+        let batch = check::nchw(first, scope)?[0];
         let (mut boxes, mut scores, mut extra) = (Vec::new(), Vec::new(), Vec::new());
         let (mut anchors, mut stride_row) = (Vec::new(), Vec::new());
         for (i, x) in xs.iter().enumerate() {
-            let [_, _, xh, xw] = nchw(x, scope)?;
+            let [_, _, xh, xw] = check::nchw(x, scope)?;
             let hw = xh * xw;
             let level = |b: &mut Self, name: &str, head: &[(&str, M)], ch: i64| -> R<String> {
                 let s = format!("{scope}.{name}.{i}");
@@ -219,14 +190,6 @@ impl Builder<'_> {
             xy = self.b.concat(scope, &[&xy, &vis], 2);
         }
         Ok(self.b.reshape(scope, &xy, &[0, n * ndim, a]))
-    }
-
-    /// `Proto`: cv1, a stride-2 transposed conv, cv2, cv3 — the mask prototypes (B, nm, H/4, W/4).
-    fn proto(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let up = self.conv_transpose(&format!("{scope}.upsample"), m.child("upsample")?, &a)?;
-        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &up)?;
-        self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &b)
     }
 
     /// `DFL`: softmax over the `reg_max` bins of each side, then the expectation (a 1×1 conv with

@@ -1,47 +1,27 @@
-//! Detection heads of the reference interpreter: per-anchor decoding written as plain loops.
+//! The run side of the detection heads: per-anchor decoding written as plain loops.
 
-use super::ops::{self, T};
-use super::shape;
-use super::{Input, R, Reference, e};
+use super::HeadSpec;
 use crate::checkpoint::py::M;
+use crate::models::In;
+use crate::reference::ops::{self, T};
+use crate::reference::{RefResult, Reference, e, shape};
 
 impl Reference<'_> {
-    fn level(&mut self, head: M, list: &str, i: usize, x: &T) -> R<T> {
+    fn level(&mut self, head: M, list: &str, i: usize, x: &T) -> RefResult<T> {
         let branch = head.child(list).map_err(e)?.children();
         let m = branch
             .get(i)
             .ok_or_else(|| e(format!("{list} has no branch {i}")))?
             .1;
-        self.module(m, Input::One(x.clone()))
+        self.module(m, In::One(x.clone()))
     }
 
     /// `Detect`, `Segment`, `Pose`, `OBB` in export form.
-    pub(super) fn head(&mut self, m: M, xs: &[T]) -> R<T> {
-        let class = m.class();
-        if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
-            return Err(e("end-to-end heads"));
-        }
-        let count = |k: &str, v: Option<i64>| {
-            v.and_then(|v| usize::try_from(v).ok())
-                .filter(|v| (1..=1 << 16).contains(v))
-                .ok_or_else(|| e(format!("{class} {k} = {v:?}")))
-        };
-        let nc = count("nc", m.int("nc"))?;
-        let rm = count("reg_max", Some(m.int("reg_max").unwrap_or(16)))?;
-        let strides = m.attr_tensor_f64("stride").ok_or_else(|| e("stride"))?;
-        let extra = match class.as_str() {
-            "Segment" => count("nm", m.int("nm"))?,
-            "Pose" => count("nk", m.int("nk"))?,
-            "OBB" => count("ne", m.int("ne"))?,
-            _ => 0,
-        };
-        if xs.is_empty() || strides.len() < xs.len() {
-            return Err(e(format!(
-                "{class}: {} inputs, {} strides",
-                xs.len(),
-                strides.len()
-            )));
-        }
+    pub(crate) fn head(&mut self, m: M, xs: &[T]) -> RefResult<T> {
+        let spec = HeadSpec::parse(m, xs.len())?;
+        let class = spec.class.clone();
+        let (nc, rm, extra) = (spec.nc as usize, spec.reg_max as usize, spec.extra as usize);
+        let strides = &spec.strides;
         let mut n = 0;
         let mut total = 0usize;
         for x in xs {
@@ -182,90 +162,9 @@ impl Reference<'_> {
         }
         if class == "Segment" {
             let p = m.child("proto").map_err(e)?;
-            let a = self.conv_bn_act(p.child("cv1").map_err(e)?, &xs[0])?;
-            let up = conv_transpose(p.child("upsample").map_err(e)?, &a)?;
-            let b = self.conv_bn_act(p.child("cv2").map_err(e)?, &up)?;
-            let c = self.conv_bn_act(p.child("cv3").map_err(e)?, &b)?;
-            self.extra.push(c);
+            let protos = self.proto(p, &xs[0])?;
+            self.extra.push(protos);
         }
         Ok(T::new(out, vec![n, rows, total]))
     }
-}
-
-/// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.
-fn conv_transpose(m: M, x: &T) -> R<T> {
-    let (w, ws) = m.need_f32("weight").map_err(e)?;
-    let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
-    let first = |k: &str, default: usize| -> R<usize> {
-        match m.ints(k) {
-            None => Ok(default),
-            Some(v) => v
-                .first()
-                .and_then(|&v| usize::try_from(v).ok())
-                .filter(|&v| v <= 1 << 16)
-                .ok_or_else(|| e(format!("ConvTranspose2d {k} = {v:?}"))),
-        }
-    };
-    let (s, p) = (first("stride", 1)?, first("padding", 0)?);
-    if m.int("groups").unwrap_or(1) != 1 {
-        return Err(e("grouped ConvTranspose2d"));
-    }
-    let (n, c, h, wd) = shape::nchw(x, "ConvTranspose2d")?;
-    let dims: Vec<usize> = ws.iter().filter_map(|&d| usize::try_from(d).ok()).collect();
-    let [ci, o, kh, kw] = dims[..] else {
-        return Err(e(format!("ConvTranspose2d weight has shape {ws:?}")));
-    };
-    if s == 0
-        || ci != c
-        || o == 0
-        || kh == 0
-        || kw == 0
-        || ci * o * kh * kw != w.len()
-        || h.saturating_sub(1) * s + kh < 2 * p + 1
-        || wd.saturating_sub(1) * s + kw < 2 * p + 1
-    {
-        return Err(e(format!(
-            "ConvTranspose2d weight {ws:?} (stride {s}, padding {p}) does not fit input {:?}",
-            x.shape
-        )));
-    }
-    if let Some(b) = &bias {
-        shape::per_channel(b.len(), o, "ConvTranspose2d bias")?;
-    }
-    let oh = (h - 1) * s + kh - 2 * p;
-    let ow = (wd - 1) * s + kw - 2 * p;
-    let mut out = vec![0.0f32; n * o * oh * ow];
-    for b in 0..n {
-        for ci in 0..c {
-            for iy in 0..h {
-                for ix in 0..wd {
-                    let v = x.data[((b * c + ci) * h + iy) * wd + ix];
-                    for oc in 0..o {
-                        for ky in 0..kh {
-                            let y = (iy * s + ky) as isize - p as isize;
-                            if y < 0 || y >= oh as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let xx = (ix * s + kx) as isize - p as isize;
-                                if xx < 0 || xx >= ow as isize {
-                                    continue;
-                                }
-                                out[((b * o + oc) * oh + y as usize) * ow + xx as usize] +=
-                                    v * w[((ci * o + oc) * kh + ky) * kw + kx];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(bias) = &bias {
-            for oc in 0..o {
-                for v in &mut out[(b * o + oc) * oh * ow..(b * o + oc + 1) * oh * ow] {
-                    *v += bias[oc];
-                }
-            }
-        }
-    }
-    Ok(T::new(out, vec![n, o, oh, ow]))
 }

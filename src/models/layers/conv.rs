@@ -1,0 +1,314 @@
+//! Convolutions: `Conv2d`, Ultralytics `Conv` / `DWConv` (conv, BatchNorm, activation) and
+//! `ConvTranspose2d`. The emission folds BatchNorm into the weights exactly as Ultralytics'
+//! `fuse_conv_and_bn` does; the reference applies it unfolded, after its own convolution loops.
+
+use crate::checkpoint::py::{M, R};
+use crate::models::registry::{Layer, layer, part};
+use crate::onnx::graph::V;
+use crate::onnx::proto::Attr;
+use crate::onnx::ultralytics::{Builder, check};
+use crate::reference::ops::{self, ConvSpec, T};
+use crate::reference::{self as reference, RefResult, Reference, e, shape};
+
+/// The classes of this file.
+pub const LAYERS: &[Layer] = &[
+    layer(
+        "Conv",
+        "convolution, BatchNorm, activation",
+        |b, s, m, x| b.conv_block(s, m, &x.one("Conv")?),
+        |r, m, x| r.conv_bn_act(m, &x.one("Conv")?),
+    ),
+    layer(
+        "DWConv",
+        "depthwise `Conv`",
+        |b, s, m, x| b.conv_block(s, m, &x.one("DWConv")?),
+        |r, m, x| r.conv_bn_act(m, &x.one("DWConv")?),
+    ),
+    layer(
+        "Conv2d",
+        "`torch.nn.Conv2d` with its own bias",
+        |b, s, m, x| b.conv2d(s, m, None, &x.one("Conv2d")?),
+        |_, m, x| conv(m, &x.one("Conv2d")?),
+    ),
+    part(
+        "BatchNorm2d",
+        "Conv, DWConv",
+        "inference BatchNorm (folded into the convolution when emitted)",
+    ),
+    part("ConvTranspose2d", "Proto", "transposed convolution"),
+];
+
+// ---- emit ----
+
+impl Builder<'_> {
+    /// `nn.Conv2d`, with an optional `nn.BatchNorm2d` folded into its weights in f32.
+    pub(crate) fn conv2d(&mut self, scope: &str, m: M, bn: Option<M>, x: &V) -> R<V> {
+        let (mut w, ws) = m.need_f32("weight")?;
+        let ws = check::weight4(&m, &w, &ws)?;
+        let [xn, _, xh, xw] = check::nchw(x, scope)?;
+        let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
+        let [sh, sw] = check::pair(&m, "stride", 1)?;
+        let [dh, dw] = check::pair(&m, "dilation", 1)?;
+        let [ph, pw] = match m.str("padding") {
+            Some("valid") => [0, 0],
+            Some("same") => [dh * (ws[2] - 1) / 2, dw * (ws[3] - 1) / 2],
+            Some(other) => return Err(format!("Conv2d padding '{other}'")),
+            None => check::pair(&m, "padding", 0)?,
+        };
+        if m.str("padding_mode").is_some_and(|p| p != "zeros") {
+            return Err(format!("Conv2d padding_mode {:?}", m.str("padding_mode")));
+        }
+        check::check_geometry(&m, &[[sh, sw], [dh, dw]], &[[ph, pw]])?;
+        let groups = m.int("groups").unwrap_or(1);
+        let out_c = ws[0] as usize;
+        let per = w.len() / out_c.max(1);
+        let mut b = bias.unwrap_or_else(|| vec![0.0; out_c]);
+        check::per_channel(&m, "bias", &b, out_c)?;
+        if let Some(bn) = bn {
+            // Same operations, in the same order and precision, as Ultralytics' fuse_conv_and_bn.
+            let (gamma, _) = bn.need_f32("weight")?;
+            let (beta, _) = bn.need_f32("bias")?;
+            let (mean, _) = bn.need_f32("running_mean")?;
+            let (var, _) = bn.need_f32("running_var")?;
+            for (name, v) in [
+                ("weight", &gamma),
+                ("bias", &beta),
+                ("running_mean", &mean),
+                ("running_var", &var),
+            ] {
+                check::per_channel(&bn, name, v, out_c)?;
+            }
+            let eps = bn.float("eps").unwrap_or(1e-5) as f32;
+            for o in 0..out_c {
+                let scale = gamma[o] / (eps + var[o]).sqrt();
+                for v in &mut w[o * per..(o + 1) * per] {
+                    *v *= scale;
+                }
+                let b_bn = beta[o] - gamma[o] * mean[o] / (var[o] + eps).sqrt();
+                b[o] = scale * b[o] + b_bn;
+            }
+        }
+        let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
+        let bn_ = self.b.weight(&format!("{scope}.bias"), &[out_c as i64], &b);
+        let y = self.b.node(
+            scope,
+            "Conv",
+            &[&x.name, &wn, &bn_],
+            vec![
+                ("dilations", Attr::Ints(vec![dh, dw])),
+                ("group", Attr::Int(groups)),
+                ("kernel_shape", Attr::Ints(vec![ws[2], ws[3]])),
+                ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ("strides", Attr::Ints(vec![sh, sw])),
+            ],
+        );
+        let shape = vec![
+            xn,
+            ws[0],
+            check::out_size(xh, ws[2], sh, ph, dh),
+            check::out_size(xw, ws[3], sw, pw, dw),
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// `nn.ConvTranspose2d` (weights laid out as ONNX expects: in, out/groups, kh, kw).
+    pub(crate) fn conv_transpose(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let (w, ws) = m.need_f32("weight")?;
+        let ws = check::weight4(&m, &w, &ws)?;
+        let [xn, _, xh, xw] = check::nchw(x, scope)?;
+        let groups = m.int("groups").unwrap_or(1);
+        if !(1..=1 << 16).contains(&groups) {
+            return Err(format!("{} groups = {groups}", m.class()));
+        }
+        let out_c = ws[1] * groups;
+        let b = m
+            .tensor_f32("bias")?
+            .map(|(b, _)| b)
+            .unwrap_or_else(|| vec![0.0; out_c as usize]);
+        check::per_channel(&m, "bias", &b, out_c as usize)?;
+        let [sh, sw] = check::pair(&m, "stride", 1)?;
+        let [ph, pw] = check::pair(&m, "padding", 0)?;
+        let [dh, dw] = check::pair(&m, "dilation", 1)?;
+        let [oh, ow] = check::pair(&m, "output_padding", 0)?;
+        check::check_geometry(&m, &[[sh, sw], [dh, dw]], &[[ph, pw], [oh, ow]])?;
+        let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
+        let bn = self.b.weight(&format!("{scope}.bias"), &[out_c], &b);
+        let y = self.b.node(
+            scope,
+            "ConvTranspose",
+            &[&x.name, &wn, &bn],
+            vec![
+                ("dilations", Attr::Ints(vec![dh, dw])),
+                ("group", Attr::Int(groups)),
+                ("kernel_shape", Attr::Ints(vec![ws[2], ws[3]])),
+                ("output_padding", Attr::Ints(vec![oh, ow])),
+                ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ("strides", Attr::Ints(vec![sh, sw])),
+            ],
+        );
+        let size = |i: i64, k: i64, s: i64, p: i64, d: i64, o: i64| {
+            (i - 1) * s - 2 * p + d * (k - 1) + o + 1
+        };
+        let shape = vec![
+            xn,
+            out_c,
+            size(xh, ws[2], sh, ph, dh, oh),
+            size(xw, ws[3], sw, pw, dw, ow),
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// Ultralytics `Conv` / `DWConv`: conv, batch norm (folded), activation.
+    pub(crate) fn conv_block(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let y = self.conv2d(
+            &format!("{scope}.conv"),
+            m.child("conv")?,
+            m.opt_child("bn"),
+            x,
+        )?;
+        self.act(scope, m.opt_child("act"), y)
+    }
+}
+
+// ---- run ----
+
+/// `nn.Conv2d` (with its own bias, if any).
+pub fn conv(m: M, x: &T) -> RefResult<T> {
+    let (w, ws) = reference::tensor(&m, "weight")?;
+    let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
+    let dil = reference::pair(&m, "dilation", 1)?;
+    let pad = match (m.str("padding"), &ws[..]) {
+        (Some("same"), [_, _, kh, kw]) => (
+            dil.0.saturating_mul(kh.saturating_sub(1)) / 2,
+            dil.1.saturating_mul(kw.saturating_sub(1)) / 2,
+        ),
+        (Some("valid"), _) => (0, 0),
+        (Some(p), _) => return Err(e(format!("padding {p}"))),
+        (None, _) => reference::pair(&m, "padding", 0)?,
+    };
+    let spec = ConvSpec {
+        stride: reference::pair(&m, "stride", 1)?,
+        pad,
+        dil,
+        groups: usize::try_from(m.int("groups").unwrap_or(1)).unwrap_or(0),
+    };
+    shape::conv(
+        x,
+        w.len(),
+        &ws,
+        bias.as_ref().map(Vec::len),
+        &spec,
+        "Conv2d",
+    )?;
+    Ok(ops::conv2d(x, &w, &ws, bias.as_deref(), &spec))
+}
+
+impl Reference<'_> {
+    /// Ultralytics `Conv`: conv, BatchNorm (as BatchNorm), activation.
+    pub(crate) fn conv_bn_act(&mut self, m: M, x: &T) -> RefResult<T> {
+        let mut y = conv(m.child("conv").map_err(e)?, x)?;
+        if let Some(bn) = m.opt_child("bn") {
+            let g = reference::tensor(&bn, "weight")?.0;
+            let b = reference::tensor(&bn, "bias")?.0;
+            let mean = reference::tensor(&bn, "running_mean")?.0;
+            let var = reference::tensor(&bn, "running_var")?.0;
+            let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
+            for (name, v) in [
+                ("weight", &g),
+                ("bias", &b),
+                ("running_mean", &mean),
+                ("running_var", &var),
+            ] {
+                shape::per_channel(v.len(), c, &format!("BatchNorm2d.{name}"))?;
+            }
+            ops::batch_norm(
+                &mut y,
+                &g,
+                &b,
+                &mean,
+                &var,
+                bn.float("eps").unwrap_or(1e-5) as f32,
+            );
+        }
+        super::act::run(m.opt_child("act"), &mut y)?;
+        Ok(y)
+    }
+}
+
+/// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.
+pub(crate) fn conv_transpose(m: M, x: &T) -> RefResult<T> {
+    let (w, ws) = m.need_f32("weight").map_err(e)?;
+    let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
+    let first = |k: &str, default: usize| -> RefResult<usize> {
+        match m.ints(k) {
+            None => Ok(default),
+            Some(v) => v
+                .first()
+                .and_then(|&v| usize::try_from(v).ok())
+                .filter(|&v| v <= 1 << 16)
+                .ok_or_else(|| e(format!("ConvTranspose2d {k} = {v:?}"))),
+        }
+    };
+    let (s, p) = (first("stride", 1)?, first("padding", 0)?);
+    if m.int("groups").unwrap_or(1) != 1 {
+        return Err(e("grouped ConvTranspose2d"));
+    }
+    let (n, c, h, wd) = shape::nchw(x, "ConvTranspose2d")?;
+    let dims: Vec<usize> = ws.iter().filter_map(|&d| usize::try_from(d).ok()).collect();
+    let [ci, o, kh, kw] = dims[..] else {
+        return Err(e(format!("ConvTranspose2d weight has shape {ws:?}")));
+    };
+    if s == 0
+        || ci != c
+        || o == 0
+        || kh == 0
+        || kw == 0
+        || ci * o * kh * kw != w.len()
+        || h.saturating_sub(1) * s + kh < 2 * p + 1
+        || wd.saturating_sub(1) * s + kw < 2 * p + 1
+    {
+        return Err(e(format!(
+            "ConvTranspose2d weight {ws:?} (stride {s}, padding {p}) does not fit input {:?}",
+            x.shape
+        )));
+    }
+    if let Some(b) = &bias {
+        shape::per_channel(b.len(), o, "ConvTranspose2d bias")?;
+    }
+    let oh = (h - 1) * s + kh - 2 * p;
+    let ow = (wd - 1) * s + kw - 2 * p;
+    let mut out = vec![0.0f32; n * o * oh * ow];
+    for b in 0..n {
+        for ci in 0..c {
+            for iy in 0..h {
+                for ix in 0..wd {
+                    let v = x.data[((b * c + ci) * h + iy) * wd + ix];
+                    for oc in 0..o {
+                        for ky in 0..kh {
+                            let y = (iy * s + ky) as isize - p as isize;
+                            if y < 0 || y >= oh as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let xx = (ix * s + kx) as isize - p as isize;
+                                if xx < 0 || xx >= ow as isize {
+                                    continue;
+                                }
+                                out[((b * o + oc) * oh + y as usize) * ow + xx as usize] +=
+                                    v * w[((ci * o + oc) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(bias) = &bias {
+            for oc in 0..o {
+                for v in &mut out[(b * o + oc) * oh * ow..(b * o + oc + 1) * oh * ow] {
+                    *v += bias[oc];
+                }
+            }
+        }
+    }
+    Ok(T::new(out, vec![n, o, oh, ow]))
+}
