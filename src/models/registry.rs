@@ -194,6 +194,10 @@ pub fn docs_table() -> String {
             ));
         }
     }
+    s.push_str("\n| model class (pickled root) | task |\n|---|---|\n");
+    for (model, task) in MODELS {
+        s.push_str(&format!("| `{model}` | {task} |\n"));
+    }
     s
 }
 

@@ -77,7 +77,7 @@ impl HeadSpec {
         let class = m.class();
         if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
             return Err(format!(
-                "end-to-end (one-to-one) {class} heads (YOLOv10 / YOLO26)"
+                "end-to-end (one-to-one) {class} heads (YOLOv10 / YOLO26) are not supported"
             ));
         }
         if m.bool("xyxy") == Some(true) {
