@@ -8,6 +8,7 @@
 //! live side by side in [`layers`]; the supported-class list, the "unsupported" error and the
 //! support table in `docs/export.md` all come from it.
 
+pub(crate) mod attrs;
 pub mod layers;
 pub mod registry;
 

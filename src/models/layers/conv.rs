@@ -8,7 +8,7 @@ use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, ConvSpec, T};
-use crate::reference::{self as reference, RefResult, Reference, e, shape};
+use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -38,47 +38,120 @@ pub const LAYERS: &[Layer] = &[
     part("ConvTranspose2d", "Proto", "transposed convolution"),
 ];
 
-// ---- emit ----
+// ---- parse (shared) ----
 
-impl Builder<'_> {
-    /// `nn.Conv2d`, with an optional `nn.BatchNorm2d` folded into its weights in f32.
-    pub(crate) fn conv2d(&mut self, scope: &str, m: M, bn: Option<M>, x: &V) -> R<V> {
-        let (mut w, ws) = m.need_f32("weight")?;
-        let ws = check::weight4(&m, &w, &ws)?;
-        let [xn, _, xh, xw] = check::nchw(x, scope)?;
+/// `nn.Conv2d`'s weights and geometry, read and checked once for both backends.
+pub struct Conv2dParams {
+    /// The weight, (O, I/groups, kh, kw) row-major.
+    pub weight: Vec<f32>,
+    /// The weight's shape.
+    pub shape: [i64; 4],
+    /// One bias per output channel, if the module has one.
+    pub bias: Option<Vec<f32>>,
+    /// Stride (h, w).
+    pub stride: [i64; 2],
+    /// Padding on each side (h, w).
+    pub pad: [i64; 2],
+    /// Dilation (h, w).
+    pub dil: [i64; 2],
+    /// Groups; divides the output channels.
+    pub groups: i64,
+}
+
+impl Conv2dParams {
+    /// Reads `m`, an `nn.Conv2d`.
+    pub fn parse(m: M) -> R<Conv2dParams> {
+        let (w, ws) = m.need_f32("weight")?;
+        let shape = check::weight4(&m, &w, &ws)?;
         let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
-        let [sh, sw] = check::pair(&m, "stride", 1)?;
-        let [dh, dw] = check::pair(&m, "dilation", 1)?;
-        let [ph, pw] = match m.str("padding") {
+        if let Some(b) = &bias {
+            check::per_channel(&m, "bias", b, shape[0] as usize)?;
+        }
+        let stride = check::pair(&m, "stride", 1)?;
+        let dil = check::pair(&m, "dilation", 1)?;
+        let pad = match m.str("padding") {
             Some("valid") => [0, 0],
-            Some("same") => [dh * (ws[2] - 1) / 2, dw * (ws[3] - 1) / 2],
+            Some("same") => [dil[0] * (shape[2] - 1) / 2, dil[1] * (shape[3] - 1) / 2],
             Some(other) => return Err(format!("Conv2d padding '{other}'")),
             None => check::pair(&m, "padding", 0)?,
         };
         if m.str("padding_mode").is_some_and(|p| p != "zeros") {
             return Err(format!("Conv2d padding_mode {:?}", m.str("padding_mode")));
         }
-        check::check_geometry(&m, &[[sh, sw], [dh, dw]], &[[ph, pw]])?;
+        check::check_geometry(&m, &[stride, dil], &[pad])?;
         let groups = m.int("groups").unwrap_or(1);
+        if !(1..=1 << 16).contains(&groups) || shape[0] % groups != 0 {
+            return Err(format!(
+                "Conv2d groups = {groups} for {} output channels",
+                shape[0]
+            ));
+        }
+        Ok(Conv2dParams {
+            weight: w,
+            shape,
+            bias,
+            stride,
+            pad,
+            dil,
+            groups,
+        })
+    }
+}
+
+/// `nn.BatchNorm2d`'s inference parameters, one per channel.
+pub struct BatchNorm {
+    /// Scale (γ, `weight`).
+    pub gamma: Vec<f32>,
+    /// Shift (β, `bias`).
+    pub beta: Vec<f32>,
+    /// `running_mean`.
+    pub mean: Vec<f32>,
+    /// `running_var`.
+    pub var: Vec<f32>,
+    /// `eps`.
+    pub eps: f32,
+}
+
+impl BatchNorm {
+    /// Reads `bn` for `channels` channels.
+    pub fn parse(bn: M, channels: usize) -> R<BatchNorm> {
+        let read = |name: &str| -> R<Vec<f32>> {
+            let (v, _) = bn.need_f32(name)?;
+            check::per_channel(&bn, name, &v, channels)?;
+            Ok(v)
+        };
+        Ok(BatchNorm {
+            gamma: read("weight")?,
+            beta: read("bias")?,
+            mean: read("running_mean")?,
+            var: read("running_var")?,
+            eps: bn.float("eps").unwrap_or(1e-5) as f32,
+        })
+    }
+}
+
+// ---- emit ----
+
+impl Builder<'_> {
+    /// `nn.Conv2d`, with an optional `nn.BatchNorm2d` folded into its weights in f32.
+    pub(crate) fn conv2d(&mut self, scope: &str, m: M, bn: Option<M>, x: &V) -> R<V> {
+        let p = Conv2dParams::parse(m)?;
+        let [xn, _, xh, xw] = check::nchw(x, scope)?;
+        let (ws, [sh, sw], [dh, dw], [ph, pw]) = (p.shape, p.stride, p.dil, p.pad);
+        let groups = p.groups;
         let out_c = ws[0] as usize;
+        let mut w = p.weight;
         let per = w.len() / out_c.max(1);
-        let mut b = bias.unwrap_or_else(|| vec![0.0; out_c]);
-        check::per_channel(&m, "bias", &b, out_c)?;
+        let mut b = p.bias.unwrap_or_else(|| vec![0.0; out_c]);
         if let Some(bn) = bn {
+            let BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                eps,
+            } = BatchNorm::parse(bn, out_c)?;
             // Same operations, in the same order and precision, as Ultralytics' fuse_conv_and_bn.
-            let (gamma, _) = bn.need_f32("weight")?;
-            let (beta, _) = bn.need_f32("bias")?;
-            let (mean, _) = bn.need_f32("running_mean")?;
-            let (var, _) = bn.need_f32("running_var")?;
-            for (name, v) in [
-                ("weight", &gamma),
-                ("bias", &beta),
-                ("running_mean", &mean),
-                ("running_var", &var),
-            ] {
-                check::per_channel(&bn, name, v, out_c)?;
-            }
-            let eps = bn.float("eps").unwrap_or(1e-5) as f32;
             for o in 0..out_c {
                 let scale = gamma[o] / (eps + var[o]).sqrt();
                 for v in &mut w[o * per..(o + 1) * per] {
@@ -174,33 +247,24 @@ impl Builder<'_> {
 
 /// `nn.Conv2d` (with its own bias, if any).
 pub fn conv(m: M, x: &T) -> RefResult<T> {
-    let (w, ws) = reference::tensor(&m, "weight")?;
-    let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
-    let dil = reference::pair(&m, "dilation", 1)?;
-    let pad = match (m.str("padding"), &ws[..]) {
-        (Some("same"), [_, _, kh, kw]) => (
-            dil.0.saturating_mul(kh.saturating_sub(1)) / 2,
-            dil.1.saturating_mul(kw.saturating_sub(1)) / 2,
-        ),
-        (Some("valid"), _) => (0, 0),
-        (Some(p), _) => return Err(e(format!("padding {p}"))),
-        (None, _) => reference::pair(&m, "padding", 0)?,
-    };
+    let p = Conv2dParams::parse(m)?;
+    let u = |v: [i64; 2]| (v[0] as usize, v[1] as usize);
+    let ws: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
     let spec = ConvSpec {
-        stride: reference::pair(&m, "stride", 1)?,
-        pad,
-        dil,
-        groups: usize::try_from(m.int("groups").unwrap_or(1)).unwrap_or(0),
+        stride: u(p.stride),
+        pad: u(p.pad),
+        dil: u(p.dil),
+        groups: p.groups as usize,
     };
     shape::conv(
         x,
-        w.len(),
+        p.weight.len(),
         &ws,
-        bias.as_ref().map(Vec::len),
+        p.bias.as_ref().map(Vec::len),
         &spec,
         "Conv2d",
     )?;
-    Ok(ops::conv2d(x, &w, &ws, bias.as_deref(), &spec))
+    Ok(ops::conv2d(x, &p.weight, &ws, p.bias.as_deref(), &spec))
 }
 
 impl Reference<'_> {
@@ -208,27 +272,9 @@ impl Reference<'_> {
     pub(crate) fn conv_bn_act(&mut self, m: M, x: &T) -> RefResult<T> {
         let mut y = conv(m.child("conv").map_err(e)?, x)?;
         if let Some(bn) = m.opt_child("bn") {
-            let g = reference::tensor(&bn, "weight")?.0;
-            let b = reference::tensor(&bn, "bias")?.0;
-            let mean = reference::tensor(&bn, "running_mean")?.0;
-            let var = reference::tensor(&bn, "running_var")?.0;
             let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
-            for (name, v) in [
-                ("weight", &g),
-                ("bias", &b),
-                ("running_mean", &mean),
-                ("running_var", &var),
-            ] {
-                shape::per_channel(v.len(), c, &format!("BatchNorm2d.{name}"))?;
-            }
-            ops::batch_norm(
-                &mut y,
-                &g,
-                &b,
-                &mean,
-                &var,
-                bn.float("eps").unwrap_or(1e-5) as f32,
-            );
+            let p = BatchNorm::parse(bn, c)?;
+            ops::batch_norm(&mut y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
         }
         super::act::run(m.opt_child("act"), &mut y)?;
         Ok(y)

@@ -1,19 +1,11 @@
-//! Checks and small helpers the emissions in `src/models/layers/` share: attribute pairs,
-//! output sizes, and the shape checks that keep a malformed module tree from indexing out of
-//! range (errors name the layer).
+//! Checks and small helpers the emissions in `src/models/layers/` share: output sizes and the
+//! shape checks that keep a malformed module tree from indexing out of range (errors name the
+//! layer); the attribute checks come from `models::attrs`, shared with the reference.
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::R;
 use crate::onnx::graph::V;
 
-/// A 2-D attribute (`stride`, `padding`): one value for both sides, or two.
-pub(crate) fn pair(m: &M, name: &str, default: i64) -> R<[i64; 2]> {
-    match m.ints(name).as_deref() {
-        None => Ok([default, default]),
-        Some([a]) => Ok([*a, *a]),
-        Some([a, b]) => Ok([*a, *b]),
-        Some(other) => Err(format!("{}.{name} = {other:?} is not 2-D", m.class())),
-    }
-}
+pub(crate) use crate::models::attrs::{check_geometry, pair, per_channel, weight4};
 
 /// Output size of a convolution or pooling along one axis.
 pub(crate) fn out_size(size: i64, k: i64, s: i64, p: i64, d: i64) -> i64 {
@@ -30,50 +22,4 @@ pub(crate) fn nchw(x: &V, what: &str) -> R<[i64; 4]> {
             x.shape
         )),
     }
-}
-
-/// A convolution weight's (O, I, kh, kw) dims, checked against the data and for sizes the
-/// arithmetic below can hold.
-pub(crate) fn weight4(m: &M, data: &[f32], ws: &[i64]) -> R<[i64; 4]> {
-    let [o, i, kh, kw] = ws[..] else {
-        return Err(format!("{} weight has shape {ws:?}, not 4-D", m.class()));
-    };
-    let limit = 1 << 20;
-    if [o, i, kh, kw].iter().any(|&d| d <= 0 || d > limit)
-        || (o * i * kh * kw) as usize != data.len()
-    {
-        return Err(format!("{} weight shape {ws:?} is not usable", m.class()));
-    }
-    Ok([o, i, kh, kw])
-}
-
-/// Strides and dilations must be positive, paddings non-negative, all small.
-pub(crate) fn check_geometry(m: &M, positive: &[[i64; 2]], non_negative: &[[i64; 2]]) -> R<()> {
-    let bad_pos = positive
-        .iter()
-        .flatten()
-        .any(|&v| !(1..=1 << 16).contains(&v));
-    let bad_nonneg = non_negative
-        .iter()
-        .flatten()
-        .any(|&v| !(0..=1 << 16).contains(&v));
-    if bad_pos || bad_nonneg {
-        return Err(format!(
-            "{} has an unusable stride, dilation or padding ({positive:?}, {non_negative:?})",
-            m.class()
-        ));
-    }
-    Ok(())
-}
-
-/// A per-channel vector of a module (BatchNorm parameter, bias) must have one value per channel.
-pub(crate) fn per_channel(m: &M, name: &str, v: &[f32], channels: usize) -> R<()> {
-    if v.len() != channels {
-        return Err(format!(
-            "{}.{name} has {} values for {channels} channels",
-            m.class(),
-            v.len()
-        ));
-    }
-    Ok(())
 }
