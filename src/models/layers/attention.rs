@@ -80,6 +80,7 @@ impl Builder<'_> {
     }
 
     /// `PSABlock`: attention then feed-forward, each with a residual when `add`.
+    /// `PSABlock`: attention then feed-forward, each with a residual when `add`.
     pub(crate) fn psablock(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let add = m.bool("add").unwrap_or(true);
         let a = self.attention(&format!("{scope}.attn"), m.child("attn")?, x)?;
@@ -90,6 +91,7 @@ impl Builder<'_> {
 
     /// `C2PSA` (and `PSA`): split cv1's output, run the attention part on the second half,
     /// concatenate, cv2.
+    /// `C2PSA` / `PSA`: split cv1's output, attention on the second half, concatenate, cv2.
     pub(crate) fn c2psa(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let c = m.int("c").ok_or("C2PSA without c")?;

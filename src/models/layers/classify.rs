@@ -35,6 +35,7 @@ pub const LAYERS: &[Layer] = &[
 
 impl Builder<'_> {
     /// `Classify`: conv, global average pool, linear, softmax (export form): output (B, classes).
+    /// `Classify`: conv, mean over H·W, linear, softmax.
     pub(crate) fn classify(&mut self, scope: &str, m: M, x: In<V>) -> R<V> {
         let x = match x {
             In::One(v) => v,

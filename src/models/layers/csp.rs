@@ -52,6 +52,7 @@ pub const LAYERS: &[Layer] = &[
 
 impl Builder<'_> {
     /// `Bottleneck`: cv2(cv1(x)), plus x when `add`.
+    /// `Bottleneck`: cv2(cv1(x)), plus x when `add`.
     pub(crate) fn bottleneck(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &a)?;
@@ -63,6 +64,7 @@ impl Builder<'_> {
     }
 
     /// `C2f`: split cv1's output in two, chain the bottlenecks on the second half, concatenate all.
+    /// `C2f` / `C3k2`: halves of cv1, chained blocks on the second, concatenation, cv2.
     pub(crate) fn c2f(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let [an, ac, ah, aw] = check::nchw(&a, scope)?;
@@ -89,6 +91,7 @@ impl Builder<'_> {
     }
 
     /// `C3`: cv3(cat(m(cv1(x)), cv2(x))).
+    /// `C3` / `C3k`: cv3(cat(m(cv1(x)), cv2(x))).
     pub(crate) fn c3(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let mut a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
@@ -99,6 +102,7 @@ impl Builder<'_> {
         self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &cat)
     }
 
+    /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
     /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
     pub(crate) fn sppf(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];

@@ -141,7 +141,7 @@ impl Builder<'_> {
             }
             "Pose" => outs.push(self.keypoints(
                 scope,
-                m,
+                spec.kpt_shape.ok_or("Pose without kpt_shape")?,
                 &extra.ok_or("Pose without keypoint channels")?,
                 &anchor,
                 &st,
@@ -162,17 +162,12 @@ impl Builder<'_> {
     fn keypoints(
         &mut self,
         scope: &str,
-        m: M,
+        (n, ndim): (i64, i64),
         kpts: &str,
         anchor: &str,
         st: &str,
         a: i64,
     ) -> R<String> {
-        let shape = m.ints("kpt_shape").ok_or("Pose without kpt_shape")?;
-        let (n, ndim) = match shape.as_slice() {
-            [n, d] => (*n, *d),
-            other => return Err(format!("kpt_shape {other:?}")),
-        };
         let y = self.b.reshape(scope, kpts, &[0, n, ndim, a]);
         let parts = if ndim == 3 {
             self.b.split(scope, &y, 2, &[2, 1])

@@ -7,6 +7,7 @@ use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
 
 impl Reference<'_> {
+    /// Runs branch `i` of the head's branch list `list` (`cv2`, `cv3`, `cv4`) on level `x`.
     fn level(&mut self, head: M, list: &str, i: usize, x: &T) -> RefResult<T> {
         let branch = head.child(list).map_err(e)?.children();
         let m = branch
@@ -89,17 +90,8 @@ impl Reference<'_> {
             vec![1.0]
         };
         shape::per_channel(bins.len(), rm, &format!("{class} DFL bins"))?;
-        if class == "Pose" {
-            let nd = m
-                .ints("kpt_shape")
-                .and_then(|v| v.get(1).copied())
-                .unwrap_or(3);
-            if !(2..=3).contains(&nd) || extra % nd as usize != 0 {
-                return Err(e(format!(
-                    "Pose kpt_shape dimension {nd} for {extra} channels"
-                )));
-            }
-        }
+        // HeadSpec checked that the keypoints fill the extra channels exactly.
+        let nd = spec.kpt_shape.map_or(1, |(_, d)| d as usize);
         let rows = 4 + nc + extra;
         let mut out = vec![0.0f32; n * rows * total];
         for bi in 0..n {
@@ -143,10 +135,6 @@ impl Reference<'_> {
                     "Segment" => (0..extra).for_each(|k| out[o(4 + nc + k)] = raw(k)),
                     "OBB" => out[o(4 + nc)] = (ops::sigmoid(raw(0)) - 0.25) * std::f32::consts::PI,
                     "Pose" => {
-                        let nd = m
-                            .ints("kpt_shape")
-                            .and_then(|v| v.get(1).copied())
-                            .unwrap_or(3) as usize;
                         for kp in 0..extra / nd {
                             out[o(4 + nc + kp * nd)] = (raw(kp * nd) * 2.0 + (ax - 0.5)) * st;
                             out[o(4 + nc + kp * nd + 1)] =
