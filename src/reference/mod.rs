@@ -44,29 +44,6 @@ pub(crate) fn e(m: impl Into<String>) -> RefError {
     RefError(m.into())
 }
 
-/// A 2-D attribute (`stride`, `padding`) as non-negative sizes.
-pub(crate) fn pair(m: &M, name: &str, default: usize) -> R<(usize, usize)> {
-    let bad = || e(format!("{}.{name} = {:?}", m.class(), m.ints(name)));
-    let u = |v: i64| usize::try_from(v).map_err(|_| bad());
-    match m.ints(name).as_deref() {
-        None => Ok((default, default)),
-        Some([a]) => Ok((u(*a)?, u(*a)?)),
-        Some([a, b]) => Ok((u(*a)?, u(*b)?)),
-        Some(_) => Err(bad()),
-    }
-}
-
-/// A float tensor attribute with its shape as sizes.
-pub(crate) fn tensor(m: &M, name: &str) -> R<(Vec<f32>, Vec<usize>)> {
-    let (d, s) = m.need_f32(name).map_err(e)?;
-    let dims = s
-        .iter()
-        .map(|&x| usize::try_from(x))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| e(format!("{}.{name} has shape {s:?}", m.class())))?;
-    Ok((d, dims))
-}
-
 /// The interpreter over one model module.
 pub struct Reference<'g> {
     net: Net<'g>,

@@ -37,16 +37,51 @@ pub const LAYERS: &[Layer] = &[
     ),
 ];
 
+// ---- parse (shared) ----
+
+/// `Attention`'s head layout, read and checked once for both backends.
+pub struct AttentionParams {
+    /// `num_heads`.
+    pub heads: i64,
+    /// `key_dim`: query and key channels per head.
+    pub key_dim: i64,
+    /// `head_dim`: value channels per head.
+    pub head_dim: i64,
+    /// The query scale (`scale`, else key_dim^-0.5).
+    pub scale: f32,
+}
+
+impl AttentionParams {
+    /// Reads `m`, an `Attention`.
+    pub fn parse(m: M) -> R<AttentionParams> {
+        let dim = |k: &str| {
+            m.int(k)
+                .filter(|v| (1..=1 << 16).contains(v))
+                .ok_or_else(|| format!("Attention {k} = {:?}", m.int(k)))
+        };
+        let (heads, key_dim, head_dim) = (dim("num_heads")?, dim("key_dim")?, dim("head_dim")?);
+        let scale = m.float("scale").unwrap_or((key_dim as f64).powf(-0.5)) as f32;
+        Ok(AttentionParams {
+            heads,
+            key_dim,
+            head_dim,
+            scale,
+        })
+    }
+}
+
 // ---- emit ----
 
 impl Builder<'_> {
     /// `Attention`: multi-head self-attention over the H·W positions, plus a depthwise positional
     /// conv of the values, then a projection.
     pub(crate) fn attention(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let heads = m.int("num_heads").ok_or("Attention without num_heads")?;
-        let key_dim = m.int("key_dim").ok_or("Attention without key_dim")?;
-        let head_dim = m.int("head_dim").ok_or("Attention without head_dim")?;
-        let scale = m.float("scale").unwrap_or((key_dim as f64).powf(-0.5)) as f32;
+        let AttentionParams {
+            heads,
+            key_dim,
+            head_dim,
+            scale,
+        } = AttentionParams::parse(m)?;
         let [_, c, h, w] = check::nchw(x, scope)?;
         let n = h * w;
         let qkv = self.conv_block(&format!("{scope}.qkv"), m.child("qkv")?, x)?;
@@ -166,14 +201,9 @@ impl Reference<'_> {
     pub(crate) fn attention(&mut self, m: M, x: &T) -> RefResult<T> {
         let (n, c, h, w) = shape::nchw(x, "Attention")?;
         let hw = h * w;
-        let dim = |k: &str| {
-            m.int(k)
-                .and_then(|v| usize::try_from(v).ok())
-                .filter(|v| (1..=1 << 16).contains(v))
-                .ok_or_else(|| e(format!("Attention {k}")))
-        };
-        let (heads, kd, hd) = (dim("num_heads")?, dim("key_dim")?, dim("head_dim")?);
-        let scale = m.float("scale").unwrap_or((kd as f64).powf(-0.5)) as f32;
+        let p = AttentionParams::parse(m)?;
+        let (heads, kd, hd) = (p.heads as usize, p.key_dim as usize, p.head_dim as usize);
+        let scale = p.scale;
         let qkv = self.sub(m, "qkv", x)?;
         let per = 2 * kd + hd;
         if qkv.shape != [n, heads * per, h, w] || heads * hd != c {

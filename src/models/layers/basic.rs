@@ -8,7 +8,7 @@ use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
-use crate::reference::{self as reference, RefResult, e, shape};
+use crate::reference::{RefResult, e, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -48,8 +48,12 @@ pub const LAYERS: &[Layer] = &[
             In::Many(xs) => b.cat(s, &xs, m.int("d").unwrap_or(1)),
             In::One(v) => Ok(v),
         },
-        |_, _, x| match x {
+        |_, m, x| match x {
             In::Many(xs) => {
+                let d = m.int("d").unwrap_or(1);
+                if d != 1 && d != -3 {
+                    return Err(e(format!("Concat along dimension {d}")));
+                }
                 let refs = xs.iter().collect::<Vec<_>>();
                 shape::same_maps(&refs, "Concat")?;
                 Ok(ops::cat_channels(&refs))
@@ -71,22 +75,73 @@ pub const LAYERS: &[Layer] = &[
     ),
 ];
 
+// ---- parse (shared) ----
+
+/// `nn.MaxPool2d`'s window, read and checked once for both backends.
+pub struct MaxPoolParams {
+    /// Window (h, w).
+    pub kernel: [i64; 2],
+    /// Stride (h, w); the window when the module has none.
+    pub stride: [i64; 2],
+    /// Padding on each side (h, w).
+    pub pad: [i64; 2],
+    /// Dilation (h, w).
+    pub dil: [i64; 2],
+}
+
+impl MaxPoolParams {
+    /// Reads `m`, an `nn.MaxPool2d`; `ceil_mode=True` is refused.
+    pub fn parse(m: M) -> R<MaxPoolParams> {
+        let kernel = check::pair(&m, "kernel_size", 1)?;
+        let stride = match m.attr("stride") {
+            None | Some(crate::checkpoint::value::Value::None) => kernel,
+            _ => check::pair(&m, "stride", 1)?,
+        };
+        let pad = check::pair(&m, "padding", 0)?;
+        let dil = check::pair(&m, "dilation", 1)?;
+        if m.bool("ceil_mode") == Some(true) {
+            return Err("MaxPool2d ceil_mode=True".into());
+        }
+        check::check_geometry(&m, &[kernel, stride, dil], &[pad])?;
+        Ok(MaxPoolParams {
+            kernel,
+            stride,
+            pad,
+            dil,
+        })
+    }
+}
+
+/// `nn.Upsample`'s scale factor; only `mode='nearest'` is handled.
+pub fn upsample_factor(m: M) -> R<f64> {
+    let mode = m.str("mode").unwrap_or("nearest");
+    if mode != "nearest" {
+        return Err(format!("Upsample mode '{mode}'"));
+    }
+    let f = m
+        .float("scale_factor")
+        .or_else(|| {
+            m.ints("scale_factor")
+                .and_then(|v| v.first().map(|&i| i as f64))
+        })
+        .ok_or("Upsample without scale_factor")?;
+    if !(f.is_finite() && f > 0.0 && f <= 64.0) {
+        return Err(format!("Upsample scale_factor {f}"));
+    }
+    Ok(f)
+}
+
 // ---- emit ----
 
 impl Builder<'_> {
     /// `nn.MaxPool2d`.
     pub(crate) fn maxpool(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let [kh, kw] = check::pair(&m, "kernel_size", 1)?;
-        let [sh, sw] = match m.attr("stride") {
-            None | Some(crate::checkpoint::value::Value::None) => [kh, kw],
-            _ => check::pair(&m, "stride", 1)?,
-        };
-        let [ph, pw] = check::pair(&m, "padding", 0)?;
-        let [dh, dw] = check::pair(&m, "dilation", 1)?;
-        if m.bool("ceil_mode") == Some(true) {
-            return Err("MaxPool2d ceil_mode=True".into());
-        }
-        check::check_geometry(&m, &[[kh, kw], [sh, sw], [dh, dw]], &[[ph, pw]])?;
+        let MaxPoolParams {
+            kernel: [kh, kw],
+            stride: [sh, sw],
+            pad: [ph, pw],
+            dil: [dh, dw],
+        } = MaxPoolParams::parse(m)?;
         let [xn, xc, xh, xw] = check::nchw(x, scope)?;
         let y = self.b.node(
             scope,
@@ -110,20 +165,7 @@ impl Builder<'_> {
 
     /// `nn.Upsample(scale_factor, mode='nearest')` as `Resize`.
     pub(crate) fn upsample(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let mode = m.str("mode").unwrap_or("nearest");
-        if mode != "nearest" {
-            return Err(format!("Upsample mode '{mode}'"));
-        }
-        let f = m
-            .float("scale_factor")
-            .or_else(|| {
-                m.ints("scale_factor")
-                    .and_then(|v| v.first().map(|&i| i as f64))
-            })
-            .ok_or("Upsample without scale_factor")?;
-        if !(f.is_finite() && f > 0.0 && f <= 64.0) {
-            return Err(format!("Upsample scale_factor {f}"));
-        }
+        let f = upsample_factor(m)?;
         let [xn, xc, xh, xw] = check::nchw(x, scope)?;
         let scales = self
             .b
@@ -180,32 +222,24 @@ impl Builder<'_> {
 
 // ---- run ----
 
-/// `nn.MaxPool2d` (square kernels, as Ultralytics uses).
+/// `nn.MaxPool2d` (square windows without dilation, as Ultralytics uses).
 pub fn maxpool(m: M, x: &T) -> RefResult<T> {
-    let k = reference::pair(&m, "kernel_size", 1)?.0;
-    let s = match m.attr("stride") {
-        None | Some(crate::checkpoint::value::Value::None) => k,
-        _ => reference::pair(&m, "stride", 1)?.0,
+    let p = MaxPoolParams::parse(m)?;
+    let square = |v: [i64; 2]| (v[0] == v[1]).then_some(v[0] as usize);
+    let (Some(k), Some(s), Some(pad), [1, 1]) =
+        (square(p.kernel), square(p.stride), square(p.pad), p.dil)
+    else {
+        return Err(e("MaxPool2d with a non-square or dilated window"));
     };
-    let pad = reference::pair(&m, "padding", 0)?.0;
     shape::pool(x, k, s, pad, "MaxPool2d")?;
     Ok(ops::max_pool(x, k, s, pad))
 }
 
 /// `nn.Upsample` (nearest, integer factor).
 pub fn upsample(m: M, x: &T) -> RefResult<T> {
-    if m.str("mode").unwrap_or("nearest") != "nearest" {
-        return Err(e("Upsample mode"));
-    }
-    let f = m
-        .float("scale_factor")
-        .or_else(|| {
-            m.ints("scale_factor")
-                .and_then(|v| v.first().map(|&i| i as f64))
-        })
-        .ok_or_else(|| e("Upsample without scale_factor"))?;
-    if !(f.is_finite() && f >= 1.0) {
-        return Err(e(format!("Upsample scale_factor {f}")));
+    let f = upsample_factor(m)?;
+    if f.fract() != 0.0 {
+        return Err(e(format!("Upsample by a non-integer factor {f}")));
     }
     shape::upsample(x, f as usize, "Upsample")?;
     Ok(ops::upsample_nearest(x, f as usize))

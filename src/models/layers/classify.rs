@@ -8,7 +8,7 @@ use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
-use crate::reference::{self as reference, RefResult, Reference, e, shape};
+use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -31,11 +31,49 @@ pub const LAYERS: &[Layer] = &[
     part("Linear", "Classify", "the class projection"),
 ];
 
+// ---- parse (shared) ----
+
+/// `nn.Linear`'s weights, read and checked once for both backends.
+pub struct Linear {
+    /// The weight, (out, in) row-major.
+    pub weight: Vec<f32>,
+    /// (out, in).
+    pub shape: [i64; 2],
+    /// One bias per output (zeros when the module has none).
+    pub bias: Vec<f32>,
+}
+
+impl Linear {
+    /// Reads `m`, an `nn.Linear`.
+    pub fn parse(m: M) -> R<Linear> {
+        let (weight, ws) = m.need_f32("weight")?;
+        let shape = match ws[..] {
+            [o, i]
+                if (1..=1 << 20).contains(&o)
+                    && (1..=1 << 20).contains(&i)
+                    && usize::try_from(o * i).ok() == Some(weight.len()) =>
+            {
+                [o, i]
+            }
+            _ => return Err(format!("Linear weight has shape {ws:?}")),
+        };
+        let bias = m
+            .tensor_f32("bias")?
+            .map(|(b, _)| b)
+            .unwrap_or_else(|| vec![0.0; shape[0] as usize]);
+        check::per_channel(&m, "bias", &bias, shape[0] as usize)?;
+        Ok(Linear {
+            weight,
+            shape,
+            bias,
+        })
+    }
+}
+
 // ---- emit ----
 
 impl Builder<'_> {
     /// `Classify`: conv, global average pool, linear, softmax (export form): output (B, classes).
-    /// `Classify`: conv, mean over H·W, linear, softmax.
     pub(crate) fn classify(&mut self, scope: &str, m: M, x: In<V>) -> R<V> {
         let x = match x {
             In::One(v) => v,
@@ -46,16 +84,13 @@ impl Builder<'_> {
         let f = self
             .b
             .node(scope, "Flatten", &[&p], vec![("axis", Attr::Int(1))]);
-        let lin = m.child("linear")?;
-        let (w, ws) = lin.need_f32("weight")?;
+        let Linear {
+            weight: w,
+            shape: ws,
+            bias: b,
+        } = Linear::parse(m.child("linear")?)?;
         let [xn, ..] = check::nchw(&x, scope)?;
-        let &[classes, _] = ws.as_slice() else {
-            return Err(format!("{scope}.linear weight has shape {ws:?}, not 2-D"));
-        };
-        let b = lin
-            .tensor_f32("bias")?
-            .map(|(b, _)| b)
-            .unwrap_or_else(|| vec![0.0; classes.max(0) as usize]);
+        let classes = ws[0];
         let wn = self.b.weight(&format!("{scope}.linear.weight"), &ws, &w);
         let bn = self
             .b
@@ -79,22 +114,18 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
+    /// `Classify`: conv, mean over H·W, linear, softmax.
     pub(crate) fn classify(&mut self, m: M, x: &T) -> RefResult<T> {
         let y = self.sub(m, "conv", x)?;
         let (n, c, h, w) = shape::nchw(&y, "Classify")?;
-        let lin = m.child("linear").map_err(e)?;
-        let (wt, ws) = reference::tensor(&lin, "weight")?;
-        if ws.len() != 2 || ws[1] != c || ws[0] == 0 || wt.len() != ws[0] * c {
+        let lin = Linear::parse(m.child("linear").map_err(e)?)?;
+        let ws = [lin.shape[0] as usize, lin.shape[1] as usize];
+        if ws[1] != c {
             return Err(e(format!(
                 "Classify: linear weight {ws:?} does not fit {c} channels"
             )));
         }
-        let bias = lin
-            .tensor_f32("bias")
-            .map_err(e)?
-            .map(|(b, _)| b)
-            .unwrap_or_else(|| vec![0.0; ws[0]]);
-        shape::per_channel(bias.len(), ws[0], "Classify linear bias")?;
+        let (wt, bias) = (lin.weight, lin.bias);
         let mut out = vec![0.0f32; n * ws[0]];
         for b in 0..n {
             let pooled: Vec<f32> = (0..c)

@@ -130,6 +130,57 @@ impl BatchNorm {
     }
 }
 
+/// `nn.ConvTranspose2d`'s weights and geometry, read and checked once for both backends.
+pub struct ConvTransposeParams {
+    /// The weight, (I, O/groups, kh, kw) row-major, as ONNX expects it too.
+    pub weight: Vec<f32>,
+    /// The weight's shape.
+    pub shape: [i64; 4],
+    /// One bias per output channel, if the module has one.
+    pub bias: Option<Vec<f32>>,
+    /// Stride (h, w).
+    pub stride: [i64; 2],
+    /// Padding on each side (h, w).
+    pub pad: [i64; 2],
+    /// Dilation (h, w).
+    pub dil: [i64; 2],
+    /// Extra rows and columns on the bottom and right (h, w).
+    pub out_pad: [i64; 2],
+    /// Groups.
+    pub groups: i64,
+}
+
+impl ConvTransposeParams {
+    /// Reads `m`, an `nn.ConvTranspose2d`.
+    pub fn parse(m: M) -> R<ConvTransposeParams> {
+        let (weight, ws) = m.need_f32("weight")?;
+        let shape = check::weight4(&m, &weight, &ws)?;
+        let groups = m.int("groups").unwrap_or(1);
+        if !(1..=1 << 16).contains(&groups) {
+            return Err(format!("{} groups = {groups}", m.class()));
+        }
+        let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
+        if let Some(b) = &bias {
+            check::per_channel(&m, "bias", b, (shape[1] * groups) as usize)?;
+        }
+        let stride = check::pair(&m, "stride", 1)?;
+        let pad = check::pair(&m, "padding", 0)?;
+        let dil = check::pair(&m, "dilation", 1)?;
+        let out_pad = check::pair(&m, "output_padding", 0)?;
+        check::check_geometry(&m, &[stride, dil], &[pad, out_pad])?;
+        Ok(ConvTransposeParams {
+            weight,
+            shape,
+            bias,
+            stride,
+            pad,
+            dil,
+            out_pad,
+            groups,
+        })
+    }
+}
+
 // ---- emit ----
 
 impl Builder<'_> {
@@ -186,24 +237,12 @@ impl Builder<'_> {
 
     /// `nn.ConvTranspose2d` (weights laid out as ONNX expects: in, out/groups, kh, kw).
     pub(crate) fn conv_transpose(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let (w, ws) = m.need_f32("weight")?;
-        let ws = check::weight4(&m, &w, &ws)?;
+        let p = ConvTransposeParams::parse(m)?;
         let [xn, _, xh, xw] = check::nchw(x, scope)?;
-        let groups = m.int("groups").unwrap_or(1);
-        if !(1..=1 << 16).contains(&groups) {
-            return Err(format!("{} groups = {groups}", m.class()));
-        }
+        let (w, ws, groups) = (p.weight, p.shape, p.groups);
         let out_c = ws[1] * groups;
-        let b = m
-            .tensor_f32("bias")?
-            .map(|(b, _)| b)
-            .unwrap_or_else(|| vec![0.0; out_c as usize]);
-        check::per_channel(&m, "bias", &b, out_c as usize)?;
-        let [sh, sw] = check::pair(&m, "stride", 1)?;
-        let [ph, pw] = check::pair(&m, "padding", 0)?;
-        let [dh, dw] = check::pair(&m, "dilation", 1)?;
-        let [oh, ow] = check::pair(&m, "output_padding", 0)?;
-        check::check_geometry(&m, &[[sh, sw], [dh, dw]], &[[ph, pw], [oh, ow]])?;
+        let b = p.bias.unwrap_or_else(|| vec![0.0; out_c as usize]);
+        let ([sh, sw], [ph, pw], [dh, dw], [oh, ow]) = (p.stride, p.pad, p.dil, p.out_pad);
         let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
         let bn = self.b.weight(&format!("{scope}.bias"), &[out_c], &b);
         let y = self.b.node(
@@ -283,27 +322,32 @@ impl Reference<'_> {
 
 /// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.
 pub(crate) fn conv_transpose(m: M, x: &T) -> RefResult<T> {
-    let (w, ws) = m.need_f32("weight").map_err(e)?;
-    let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
-    let first = |k: &str, default: usize| -> RefResult<usize> {
-        match m.ints(k) {
-            None => Ok(default),
-            Some(v) => v
-                .first()
-                .and_then(|&v| usize::try_from(v).ok())
-                .filter(|&v| v <= 1 << 16)
-                .ok_or_else(|| e(format!("ConvTranspose2d {k} = {v:?}"))),
-        }
+    let ConvTransposeParams {
+        weight: w,
+        shape: ws,
+        bias,
+        stride,
+        pad,
+        dil,
+        out_pad,
+        groups,
+    } = ConvTransposeParams::parse(m)?;
+    // The scatter loop below handles what Ultralytics uses: one group, square stride and
+    // padding, no dilation or output padding.
+    let (true, true, [1, 1], [0, 0], 1) = (
+        stride[0] == stride[1],
+        pad[0] == pad[1],
+        dil,
+        out_pad,
+        groups,
+    ) else {
+        return Err(e(format!(
+            "ConvTranspose2d with groups {groups}, stride {stride:?}, padding {pad:?}, dilation {dil:?}, output padding {out_pad:?}"
+        )));
     };
-    let (s, p) = (first("stride", 1)?, first("padding", 0)?);
-    if m.int("groups").unwrap_or(1) != 1 {
-        return Err(e("grouped ConvTranspose2d"));
-    }
+    let (s, p) = (stride[0] as usize, pad[0] as usize);
     let (n, c, h, wd) = shape::nchw(x, "ConvTranspose2d")?;
-    let dims: Vec<usize> = ws.iter().filter_map(|&d| usize::try_from(d).ok()).collect();
-    let [ci, o, kh, kw] = dims[..] else {
-        return Err(e(format!("ConvTranspose2d weight has shape {ws:?}")));
-    };
+    let [ci, o, kh, kw] = ws.map(|d| d as usize);
     if s == 0
         || ci != c
         || o == 0
