@@ -144,3 +144,45 @@ fn an_unknown_class_is_refused_by_both_backends_with_the_registry_error() {
     let want = format!("model.{name} (NotAHead): unsupported module class NotAHead");
     assert!(run.contains(&want), "{run}");
 }
+
+/// The attribute dict of the first module of class `class` below the `model` entry, and the
+/// path of the layer holding it.
+fn first_of_class(ckpt: &Checkpoint, class: &str) -> (String, NodeId) {
+    let g = &ckpt.graph;
+    let v = g.dict_get(&ckpt.root, "model").unwrap();
+    let root = M { g, v };
+    for (name, layer) in root.child("model").unwrap().children() {
+        let mut stack = vec![layer];
+        while let Some(m) = stack.pop() {
+            if m.class() == class {
+                let state = g.object(m.v).unwrap().state.as_ref().unwrap();
+                return (name.to_string(), state.node().unwrap());
+            }
+            stack.extend(m.children().into_iter().map(|(_, c)| c));
+        }
+    }
+    panic!("no {class}")
+}
+
+#[test]
+fn an_attribute_one_backend_cannot_honour_is_refused_by_both() {
+    // Both read MaxPool2d through one parse: ceil_mode=True is refused by the builder and the
+    // reference alike, instead of the reference pooling with floor rounding.
+    let mut ckpt = fuse_ema::io::open(&fixture("yolov8-best.pt")).unwrap();
+    let (name, state) = first_of_class(&ckpt, "MaxPool2d");
+    let Node::Dict(entries) = ckpt.graph.node_mut(state) else {
+        panic!("MaxPool2d's state is a dict")
+    };
+    let ceil = entries
+        .iter_mut()
+        .find(|(k, _)| k.as_str() == Some("ceil_mode"))
+        .expect("MaxPool2d has ceil_mode");
+    ceil.1 = Value::Bool(true);
+    let (export, run) = errors(&ckpt);
+    for err in [export, run] {
+        assert!(
+            err.contains(&format!("model.{name} (SPPF): ")) && err.contains("ceil_mode=True"),
+            "{err}"
+        );
+    }
+}
