@@ -9,6 +9,7 @@ pub mod diff;
 pub mod ema;
 pub mod inspect;
 pub mod io;
+pub mod models;
 pub mod onnx;
 pub mod parity;
 pub mod progress;

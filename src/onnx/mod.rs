@@ -92,16 +92,9 @@ impl fmt::Display for ExportError {
 
 impl std::error::Error for ExportError {}
 
-/// The task of an Ultralytics model class.
+/// The task of an Ultralytics model class (from the module registry).
 fn task_of(class: &str) -> Option<&'static str> {
-    Some(match class {
-        "DetectionModel" => "detect",
-        "SegmentationModel" => "segment",
-        "PoseModel" => "pose",
-        "OBBModel" => "obb",
-        "ClassificationModel" => "classify",
-        _ => return None,
-    })
+    crate::models::registry::task_of_model(class)
 }
 
 /// Python `repr` of JSON-like data, for metadata Ultralytics reads with `ast.literal_eval`.
@@ -199,13 +192,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             opts.module_key
         ))
     })?;
-    let bad = ultralytics::unsupported(root.child("model").map_err(err)?);
-    if !bad.is_empty() {
-        return Err(err(format!(
-            "unsupported module classes: {}",
-            bad.into_iter().collect::<Vec<_>>().join(", ")
-        )));
-    }
+    crate::models::registry::check(root.child("model").map_err(err)?).map_err(err)?;
     let strides = root.attr_tensor_f64("stride").unwrap_or_else(|| vec![32.0]);
     let max_stride = strides.iter().cloned().fold(1.0, f64::max) as i64;
     let (h, w) = opts

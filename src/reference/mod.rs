@@ -1,17 +1,20 @@
 //! The reference interpreter: runs an Ultralytics checkpoint's module tree directly from the
 //! pickled modules — BatchNorm applied as BatchNorm, not folded; f32 — with Ultralytics' forward
 //! semantics, written independently of the ONNX builder (they share only the weight reading), so
-//! a mistake in one does not hide in the other.
+//! a mistake in one does not hide in the other. Each class's implementation lives beside its
+//! emission in `src/models/layers/`; this module holds the interpreter, its kernels (`ops.rs`)
+//! and its shape checks (`shape.rs`). The layer wiring is [`crate::models::Net`]'s.
 
-mod blocks;
-mod head;
 pub mod ops;
+pub(crate) mod shape;
 
 use std::fmt;
 
 use ops::T;
 
 use crate::checkpoint::py::M;
+use crate::models::registry::{self, Kind};
+use crate::models::{Backend, In, Net};
 
 /// The reference layer's error.
 #[derive(Debug, Clone)]
@@ -25,33 +28,36 @@ impl fmt::Display for RefError {
 
 impl std::error::Error for RefError {}
 
-type R<T> = Result<T, RefError>;
+/// Result type of the reference interpreter.
+pub type RefResult<T> = Result<T, RefError>;
 
-fn e(m: impl Into<String>) -> RefError {
-    RefError(m.into())
+type R<T> = RefResult<T>;
+
+impl From<String> for RefError {
+    fn from(m: String) -> RefError {
+        RefError(m)
+    }
 }
 
-/// What a module receives.
-enum Input {
-    One(T),
-    Many(Vec<T>),
+/// A reference error with message `m`.
+pub(crate) fn e(m: impl Into<String>) -> RefError {
+    RefError(m.into())
 }
 
 /// The interpreter over one model module.
 pub struct Reference<'g> {
-    root: M<'g>,
-    /// Extra outputs (Segment's prototypes) produced by the last run.
-    extra: Vec<T>,
+    net: Net<'g>,
+    /// Extra outputs (Segment's prototypes) produced by the current run.
+    pub(crate) extra: Vec<T>,
     /// Round the input and every module's output to f16 (see [`Reference::emulating_f16`]).
-    f16: bool,
+    pub(crate) f16: bool,
 }
 
 impl<'g> Reference<'g> {
     /// Wraps a pickled `*Model` module (it must hold the layer list `model`).
     pub fn new(root: M<'g>) -> R<Reference<'g>> {
-        root.child("model").map_err(e)?;
         Ok(Reference {
-            root,
+            net: Net::new(root).map_err(e)?,
             extra: Vec::new(),
             f16: false,
         })
@@ -78,45 +84,9 @@ impl<'g> Reference<'g> {
     /// (`output0`, then `output1` for segmentation).
     pub fn run(&mut self, images: T) -> R<Vec<T>> {
         self.extra.clear();
-        let layers = self.root.child("model").map_err(e)?.children();
-        let mut kept: Vec<Option<T>> = Vec::new();
-        let mut x = Input::One(self.round(images));
-        for (name, layer) in layers {
-            let f = layer
-                .attr("f")
-                .ok_or_else(|| e(format!("layer {name} has no `f`")))?;
-            let take = |j: i64, x: &Input, kept: &[Option<T>]| -> R<T> {
-                if j == -1 {
-                    return match x {
-                        Input::One(t) => Ok(t.clone()),
-                        Input::Many(_) => {
-                            Err(e(format!("layer {name}: previous output is a list")))
-                        }
-                    };
-                }
-                let idx = if j < 0 { kept.len() as i64 + j } else { j } as usize;
-                kept.get(idx)
-                    .cloned()
-                    .flatten()
-                    .ok_or_else(|| e(format!("layer {name} reads layer {j}")))
-            };
-            if let Some(j) = f.as_int() {
-                if j != -1 {
-                    x = Input::One(take(j, &x, &kept)?);
-                }
-            } else {
-                let js = layer
-                    .ints("f")
-                    .ok_or_else(|| e(format!("layer {name}: bad `f`")))?;
-                x = Input::Many(js.iter().map(|&j| take(j, &x, &kept)).collect::<R<_>>()?);
-            }
-            let y = self.module(layer, x)?;
-            kept.push(Some(y.clone()));
-            x = Input::One(y);
-        }
-        let Input::One(out) = x else {
-            return Err(e("model ended on a list"));
-        };
+        let net = self.net;
+        let images = self.round(images);
+        let out = net.forward(self, images).map_err(e)?;
         let mut outs = vec![out];
         for t in std::mem::take(&mut self.extra) {
             outs.push(self.round(t));
@@ -124,51 +94,37 @@ impl<'g> Reference<'g> {
         Ok(outs)
     }
 
-    fn module(&mut self, m: M, x: Input) -> R<T> {
-        let y = self.module_exact(m, x)?;
-        Ok(self.round(y))
+    /// Whether the interpreter runs `class` wherever a module runs.
+    pub fn handles(class: &str) -> bool {
+        matches!(
+            registry::find(class).map(|l| l.kind),
+            Some(Kind::Layer { .. })
+        )
     }
 
-    fn module_exact(&mut self, m: M, x: Input) -> R<T> {
+    /// Runs one module by its class.
+    pub fn module(&mut self, m: M, x: In<T>) -> R<T> {
         let class = m.class();
-        let one = |x: Input| match x {
-            Input::One(t) => Ok(t),
-            Input::Many(_) => Err(e(format!("{class} expects one input"))),
-        };
-        match class.as_str() {
-            "Sequential" => {
-                let mut x = x;
-                for (_, c) in m.children() {
-                    x = Input::One(self.module(c, x)?);
-                }
-                one(x)
+        match registry::find(&class).map(|l| l.kind) {
+            Some(Kind::Layer { run, .. }) => {
+                let y = run(self, m, x)?;
+                Ok(self.round(y))
             }
-            "Conv" | "DWConv" => self.conv_bn_act(m, &one(x)?),
-            "Conv2d" => blocks::conv_as(m, &one(x)?, self.f16),
-            "Identity" => one(x),
-            "MaxPool2d" => blocks::maxpool(m, &one(x)?),
-            "Upsample" => blocks::upsample(m, &one(x)?),
-            "Concat" => match x {
-                Input::Many(xs) => Ok(ops::cat_channels(&xs.iter().collect::<Vec<_>>())),
-                Input::One(t) => Ok(t),
-            },
-            "Bottleneck" => self.bottleneck(m, &one(x)?),
-            "C2f" | "C3k2" => self.c2f(m, &one(x)?),
-            "C3" | "C3k" => self.c3(m, &one(x)?),
-            "SPPF" => self.sppf(m, &one(x)?),
-            "C2PSA" => self.c2psa(m, &one(x)?),
-            "PSABlock" => self.psablock(m, &one(x)?),
-            "Detect" | "Segment" | "Pose" | "OBB" => match x {
-                Input::Many(xs) => self.head(m, &xs),
-                Input::One(t) => self.head(m, &[t]),
-            },
-            "Classify" => match x {
-                Input::Many(xs) => {
-                    self.classify(m, &ops::cat_channels(&xs.iter().collect::<Vec<_>>()))
-                }
-                Input::One(t) => self.classify(m, &t),
-            },
-            other => Err(e(format!("the reference interpreter has no {other}"))),
+            _ => Err(e(registry::unsupported_class(&class))),
         }
+    }
+
+    /// Runs `m`'s child `name` on `x`.
+    pub(crate) fn sub(&mut self, m: M, name: &str, x: &T) -> R<T> {
+        let c = m.child(name).map_err(e)?;
+        self.module(c, In::One(x.clone()))
+    }
+}
+
+impl Backend for Reference<'_> {
+    type Value = T;
+
+    fn layer(&mut self, _path: &str, m: M<'_>, x: In<T>) -> Result<T, String> {
+        self.module(m, x).map_err(|err| err.0)
     }
 }

@@ -1,62 +1,53 @@
-//! The Ultralytics `Detect` head in export form: per-level box and class branches, DFL, anchor
-//! decoding with anchors and strides as constants for the static input size.
+//! The emit side of the detection heads: per-level box and class branches, DFL, anchor decoding
+//! with anchors and strides as constants for the static input size.
 
-use super::Builder;
+use super::HeadSpec;
 use crate::checkpoint::py::{M, R};
+use crate::models::In;
 use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
+use crate::onnx::ultralytics::{Builder, check};
 
 impl Builder<'_> {
     /// Runs a head branch (`nn.Sequential` or a single module) on one level.
     fn branch(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        self.module(scope, m, super::layers::In::One(x.clone()))
+        self.module(scope, m, In::One(x.clone()))
     }
 
     /// `Detect`, `Segment`, `Pose` and `OBB` (one-to-many heads) in export form: output
     /// (B, 4 + nc [+ masks | keypoints | angle], anchors), boxes in input pixels (centre x, centre
     /// y, width, height; rotated boxes for OBB), sigmoid class scores. `Segment` also emits the
     /// prototypes as a second output.
-    pub fn detect(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
-        let class = m.class();
-        if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
-            return Err(format!(
-                "end-to-end (one-to-one) {class} heads (YOLOv10 / YOLO26)"
-            ));
-        }
-        if m.bool("xyxy") == Some(true) {
-            return Err(format!("{class} with xyxy output"));
-        }
-        let nc = m.int("nc").ok_or("Detect without nc")?;
-        let reg_max = m.int("reg_max").unwrap_or(16);
-        let strides = m.attr_tensor_f64("stride").ok_or("Detect without stride")?;
-        if strides.len() != xs.len() {
-            return Err(format!(
-                "{class} has {} strides for {} inputs",
-                strides.len(),
-                xs.len()
-            ));
-        }
-        let extra_ch = match class.as_str() {
-            "Detect" => 0,
-            "Segment" => m.int("nm").ok_or("Segment without nm")?,
-            "Pose" => m.int("nk").ok_or("Pose without nk")?,
-            "OBB" => m.int("ne").ok_or("OBB without ne")?,
-            other => return Err(format!("head {other}")),
-        };
+    pub(crate) fn detect(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+        let spec = HeadSpec::parse(m, xs.len())?;
+        let class = spec.class.clone();
+        let (nc, reg_max, extra_ch) = (spec.nc, spec.reg_max, spec.extra);
+        let strides = &spec.strides;
         let (cv2, cv3) = (m.child("cv2")?.children(), m.child("cv3")?.children());
         let cv4 = if extra_ch > 0 {
             m.child("cv4")?.children()
         } else {
             Vec::new()
         };
-        let batch = xs[0].shape[0];
+        let first = xs
+            .first()
+            .ok_or_else(|| format!("{class} without inputs"))?;
+        let batch = check::nchw(first, scope)?[0];
         let (mut boxes, mut scores, mut extra) = (Vec::new(), Vec::new(), Vec::new());
         let (mut anchors, mut stride_row) = (Vec::new(), Vec::new());
         for (i, x) in xs.iter().enumerate() {
-            let hw = x.shape[2] * x.shape[3];
+            let [_, _, xh, xw] = check::nchw(x, scope)?;
+            let hw = xh * xw;
             let level = |b: &mut Self, name: &str, head: &[(&str, M)], ch: i64| -> R<String> {
                 let s = format!("{scope}.{name}.{i}");
-                let y = b.branch(&s, head[i].1, x)?;
+                let (_, branch) = head.get(i).ok_or_else(|| {
+                    format!(
+                        "{scope}.{name} has {} branches for {} inputs",
+                        head.len(),
+                        xs.len()
+                    )
+                })?;
+                let y = b.branch(&s, *branch, x)?;
                 Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
             };
             boxes.push(level(self, "cv2", &cv2, 4 * reg_max)?);
@@ -64,8 +55,8 @@ impl Builder<'_> {
             if extra_ch > 0 {
                 extra.push(level(self, "cv4", &cv4, extra_ch)?);
             }
-            for yy in 0..x.shape[2] {
-                for xx in 0..x.shape[3] {
+            for yy in 0..xh {
+                for xx in 0..xw {
                     anchors.push((xx as f32 + 0.5, yy as f32 + 0.5));
                 }
             }
@@ -102,7 +93,7 @@ impl Builder<'_> {
         let mut angle = None;
         let decoded = if class == "OBB" {
             // θ = (sigmoid(raw) − 1/4)·π, then dist2rbox: rotate the (rb − lt)/2 offset by θ.
-            let raw = extra.clone().expect("OBB has cv4");
+            let raw = extra.clone().ok_or("OBB without angle channels")?;
             let sig = self.b.node(scope, "Sigmoid", &[&raw], vec![]);
             let q = self.b.weight(&format!("{scope}/quarter"), &[], &[0.25]);
             let pi = self
@@ -144,19 +135,19 @@ impl Builder<'_> {
         let mut outs = vec![dbox, sig];
         match class.as_str() {
             "Segment" => {
-                outs.push(extra.expect("Segment has cv4"));
+                outs.push(extra.ok_or("Segment without mask channels")?);
                 let proto = self.proto(&format!("{scope}.proto"), m.child("proto")?, &xs[0])?;
                 self.extra_outputs.push(proto);
             }
             "Pose" => outs.push(self.keypoints(
                 scope,
-                m,
-                &extra.expect("Pose has cv4"),
+                spec.kpt_shape.ok_or("Pose without kpt_shape")?,
+                &extra.ok_or("Pose without keypoint channels")?,
                 &anchor,
                 &st,
                 a,
             )?),
-            "OBB" => outs.push(angle.expect("OBB angle")),
+            "OBB" => outs.push(angle.ok_or("OBB without angle")?),
             _ => {}
         }
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
@@ -171,17 +162,12 @@ impl Builder<'_> {
     fn keypoints(
         &mut self,
         scope: &str,
-        m: M,
+        (n, ndim): (i64, i64),
         kpts: &str,
         anchor: &str,
         st: &str,
         a: i64,
     ) -> R<String> {
-        let shape = m.ints("kpt_shape").ok_or("Pose without kpt_shape")?;
-        let (n, ndim) = match shape.as_slice() {
-            [n, d] => (*n, *d),
-            other => return Err(format!("kpt_shape {other:?}")),
-        };
         let y = self.b.reshape(scope, kpts, &[0, n, ndim, a]);
         let parts = if ndim == 3 {
             self.b.split(scope, &y, 2, &[2, 1])
@@ -199,14 +185,6 @@ impl Builder<'_> {
             xy = self.b.concat(scope, &[&xy, &vis], 2);
         }
         Ok(self.b.reshape(scope, &xy, &[0, n * ndim, a]))
-    }
-
-    /// `Proto`: cv1, a stride-2 transposed conv, cv2, cv3 — the mask prototypes (B, nm, H/4, W/4).
-    fn proto(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let up = self.conv_transpose(&format!("{scope}.upsample"), m.child("upsample")?, &a)?;
-        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &up)?;
-        self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &b)
     }
 
     /// `DFL`: softmax over the `reg_max` bins of each side, then the expectation (a 1×1 conv with

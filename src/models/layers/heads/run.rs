@@ -1,36 +1,35 @@
-//! Detection heads of the reference interpreter: per-anchor decoding written as plain loops.
+//! The run side of the detection heads: per-anchor decoding written as plain loops.
 
-use super::ops::{self, T};
-use super::{Input, R, Reference, e};
+use super::HeadSpec;
 use crate::checkpoint::py::M;
+use crate::models::In;
+use crate::reference::ops::{self, T};
+use crate::reference::{RefResult, Reference, e, shape};
 
 impl Reference<'_> {
-    fn level(&mut self, head: M, list: &str, i: usize, x: &T) -> R<T> {
+    /// Runs branch `i` of the head's branch list `list` (`cv2`, `cv3`, `cv4`) on level `x`.
+    fn level(&mut self, head: M, list: &str, i: usize, x: &T) -> RefResult<T> {
         let branch = head.child(list).map_err(e)?.children();
         let m = branch
             .get(i)
             .ok_or_else(|| e(format!("{list} has no branch {i}")))?
             .1;
-        self.module(m, Input::One(x.clone()))
+        self.module(m, In::One(x.clone()))
     }
 
     /// `Detect`, `Segment`, `Pose`, `OBB` in export form.
-    pub(super) fn head(&mut self, m: M, xs: &[T]) -> R<T> {
-        let class = m.class();
-        if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
-            return Err(e("end-to-end heads"));
+    pub(crate) fn head(&mut self, m: M, xs: &[T]) -> RefResult<T> {
+        let spec = HeadSpec::parse(m, xs.len())?;
+        let class = spec.class.clone();
+        let (nc, rm, extra) = (spec.nc as usize, spec.reg_max as usize, spec.extra as usize);
+        let strides = &spec.strides;
+        let mut n = 0;
+        let mut total = 0usize;
+        for x in xs {
+            let (xn, _, h, w) = shape::nchw(x, &class)?;
+            n = xn;
+            total += h * w;
         }
-        let nc = m.int("nc").ok_or_else(|| e("nc"))? as usize;
-        let rm = m.int("reg_max").unwrap_or(16) as usize;
-        let strides = m.attr_tensor_f64("stride").ok_or_else(|| e("stride"))?;
-        let extra = match class.as_str() {
-            "Segment" => m.int("nm").ok_or_else(|| e("nm"))? as usize,
-            "Pose" => m.int("nk").ok_or_else(|| e("nk"))? as usize,
-            "OBB" => m.int("ne").ok_or_else(|| e("ne"))? as usize,
-            _ => 0,
-        };
-        let n = xs[0].shape[0];
-        let total: usize = xs.iter().map(|x| x.shape[2] * x.shape[3]).sum();
         // Per anchor: box distribution (4·rm), class logits (nc), extra channels.
         let mut bx = vec![0.0f32; n * 4 * rm * total];
         let mut cl = vec![0.0f32; n * nc * total];
@@ -47,6 +46,15 @@ impl Reference<'_> {
             } else {
                 None
             };
+            let fits = |t: &T, ch: usize| t.shape == [n, ch, h, w];
+            if !fits(&b, 4 * rm) || !fits(&c, nc) || xe.as_ref().is_some_and(|t| !fits(t, extra)) {
+                return Err(e(format!(
+                    "{class} level {i}: branch outputs {:?} and {:?} do not fit {} box and {nc} class channels at {h}x{w}",
+                    b.shape,
+                    c.shape,
+                    4 * rm
+                )));
+            }
             for bi in 0..n {
                 for (dst, src, ch) in [(&mut bx, &b, 4 * rm), (&mut cl, &c, nc)] {
                     for k in 0..ch {
@@ -81,6 +89,9 @@ impl Reference<'_> {
         } else {
             vec![1.0]
         };
+        shape::per_channel(bins.len(), rm, &format!("{class} DFL bins"))?;
+        // HeadSpec checked that the keypoints fill the extra channels exactly.
+        let nd = spec.kpt_shape.map_or(1, |(_, d)| d as usize);
         let rows = 4 + nc + extra;
         let mut out = vec![0.0f32; n * rows * total];
         for bi in 0..n {
@@ -124,10 +135,6 @@ impl Reference<'_> {
                     "Segment" => (0..extra).for_each(|k| out[o(4 + nc + k)] = raw(k)),
                     "OBB" => out[o(4 + nc)] = (ops::sigmoid(raw(0)) - 0.25) * std::f32::consts::PI,
                     "Pose" => {
-                        let nd = m
-                            .ints("kpt_shape")
-                            .and_then(|v| v.get(1).copied())
-                            .unwrap_or(3) as usize;
                         for kp in 0..extra / nd {
                             out[o(4 + nc + kp * nd)] = (raw(kp * nd) * 2.0 + (ax - 0.5)) * st;
                             out[o(4 + nc + kp * nd + 1)] =
@@ -143,61 +150,9 @@ impl Reference<'_> {
         }
         if class == "Segment" {
             let p = m.child("proto").map_err(e)?;
-            let a = self.conv_bn_act(p.child("cv1").map_err(e)?, &xs[0])?;
-            let up = conv_transpose(p.child("upsample").map_err(e)?, &a)?;
-            let b = self.conv_bn_act(p.child("cv2").map_err(e)?, &up)?;
-            let c = self.conv_bn_act(p.child("cv3").map_err(e)?, &b)?;
-            self.extra.push(c);
+            let protos = self.proto(p, &xs[0])?;
+            self.extra.push(protos);
         }
         Ok(T::new(out, vec![n, rows, total]))
     }
-}
-
-/// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.
-fn conv_transpose(m: M, x: &T) -> R<T> {
-    let (w, ws) = m.need_f32("weight").map_err(e)?;
-    let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
-    let s = m.ints("stride").map(|v| v[0] as usize).unwrap_or(1);
-    let p = m.ints("padding").map(|v| v[0] as usize).unwrap_or(0);
-    if m.int("groups").unwrap_or(1) != 1 {
-        return Err(e("grouped ConvTranspose2d"));
-    }
-    let (n, c, h, wd) = x.nchw();
-    let (o, kh, kw) = (ws[1] as usize, ws[2] as usize, ws[3] as usize);
-    let oh = (h - 1) * s + kh - 2 * p;
-    let ow = (wd - 1) * s + kw - 2 * p;
-    let mut out = vec![0.0f32; n * o * oh * ow];
-    for b in 0..n {
-        for ci in 0..c {
-            for iy in 0..h {
-                for ix in 0..wd {
-                    let v = x.data[((b * c + ci) * h + iy) * wd + ix];
-                    for oc in 0..o {
-                        for ky in 0..kh {
-                            let y = (iy * s + ky) as isize - p as isize;
-                            if y < 0 || y >= oh as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let xx = (ix * s + kx) as isize - p as isize;
-                                if xx < 0 || xx >= ow as isize {
-                                    continue;
-                                }
-                                out[((b * o + oc) * oh + y as usize) * ow + xx as usize] +=
-                                    v * w[((ci * o + oc) * kh + ky) * kw + kx];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(bias) = &bias {
-            for oc in 0..o {
-                for v in &mut out[(b * o + oc) * oh * ow..(b * o + oc + 1) * oh * ow] {
-                    *v += bias[oc];
-                }
-            }
-        }
-    }
-    Ok(T::new(out, vec![n, o, oh, ow]))
 }

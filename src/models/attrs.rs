@@ -1,0 +1,63 @@
+//! Reading module attributes with checks, shared by both backends' parsing: a malformed pickle
+//! fails here, with the class in the message, instead of in either backend's arithmetic.
+
+use crate::checkpoint::py::{M, R};
+
+/// A 2-D attribute (`stride`, `padding`): one value for both sides, or two.
+pub(crate) fn pair(m: &M, name: &str, default: i64) -> R<[i64; 2]> {
+    match m.ints(name).as_deref() {
+        None => Ok([default, default]),
+        Some([a]) => Ok([*a, *a]),
+        Some([a, b]) => Ok([*a, *b]),
+        Some(other) => Err(format!("{}.{name} = {other:?} is not 2-D", m.class())),
+    }
+}
+
+/// A convolution weight's (O, I, kh, kw) dims, checked against the data and for sizes the
+/// arithmetic below can hold.
+pub(crate) fn weight4(m: &M, data: &[f32], ws: &[i64]) -> R<[i64; 4]> {
+    let [o, i, kh, kw] = ws[..] else {
+        return Err(format!("{} weight has shape {ws:?}, not 4-D", m.class()));
+    };
+    let limit = 1 << 20;
+    let count = [o, i, kh, kw]
+        .iter()
+        .try_fold(1i64, |n, &d| n.checked_mul(d));
+    if [o, i, kh, kw].iter().any(|&d| d <= 0 || d > limit)
+        || count.and_then(|n| usize::try_from(n).ok()) != Some(data.len())
+    {
+        return Err(format!("{} weight shape {ws:?} is not usable", m.class()));
+    }
+    Ok([o, i, kh, kw])
+}
+
+/// Strides and dilations must be positive, paddings non-negative, all small.
+pub(crate) fn check_geometry(m: &M, positive: &[[i64; 2]], non_negative: &[[i64; 2]]) -> R<()> {
+    let bad_pos = positive
+        .iter()
+        .flatten()
+        .any(|&v| !(1..=1 << 16).contains(&v));
+    let bad_nonneg = non_negative
+        .iter()
+        .flatten()
+        .any(|&v| !(0..=1 << 16).contains(&v));
+    if bad_pos || bad_nonneg {
+        return Err(format!(
+            "{} has an unusable stride, dilation or padding ({positive:?}, {non_negative:?})",
+            m.class()
+        ));
+    }
+    Ok(())
+}
+
+/// A per-channel vector of a module (BatchNorm parameter, bias) must have one value per channel.
+pub(crate) fn per_channel(m: &M, name: &str, v: &[f32], channels: usize) -> R<()> {
+    if v.len() != channels {
+        return Err(format!(
+            "{}.{name} has {} values for {channels} channels",
+            m.class(),
+            v.len()
+        ));
+    }
+    Ok(())
+}

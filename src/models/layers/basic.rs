@@ -1,0 +1,246 @@
+//! Containers and shape plumbing: `Sequential`, `ModuleList`, `Identity`, `Concat`,
+//! `MaxPool2d`, `Upsample`.
+
+use crate::checkpoint::py::{M, R};
+use crate::models::In;
+use crate::models::registry::{Layer, layer, part};
+use crate::onnx::graph::V;
+use crate::onnx::proto::Attr;
+use crate::onnx::ultralytics::{Builder, check};
+use crate::reference::ops::{self, T};
+use crate::reference::{RefResult, e, shape};
+
+/// The classes of this file.
+pub const LAYERS: &[Layer] = &[
+    layer(
+        "Sequential",
+        "its children in order",
+        |b, s, m, x| {
+            let mut x = x;
+            for (name, c) in m.children() {
+                x = In::One(b.module(&format!("{s}.{name}"), c, x)?);
+            }
+            x.one("Sequential")
+        },
+        |r, m, x| {
+            let mut x = x;
+            for (_, c) in m.children() {
+                x = In::One(r.module(c, x)?);
+            }
+            Ok(x.one("Sequential")?)
+        },
+    ),
+    part(
+        "ModuleList",
+        "C2f, C3, C3k2, C3k, Detect, Segment, Pose, OBB",
+        "a list of branches or blocks its parent indexes",
+    ),
+    layer(
+        "Identity",
+        "passes its input on",
+        |_, _, _, x| x.one("Identity"),
+        |_, _, x| Ok(x.one("Identity")?),
+    ),
+    layer(
+        "Concat",
+        "concatenation along `d` (channels)",
+        |b, s, m, x| match x {
+            In::Many(xs) => b.cat(s, &xs, m.int("d").unwrap_or(1)),
+            In::One(v) => Ok(v),
+        },
+        |_, m, x| match x {
+            In::Many(xs) => {
+                let d = m.int("d").unwrap_or(1);
+                if d != 1 && d != -3 {
+                    return Err(e(format!("Concat along dimension {d}")));
+                }
+                let refs = xs.iter().collect::<Vec<_>>();
+                shape::same_maps(&refs, "Concat")?;
+                Ok(ops::cat_channels(&refs))
+            }
+            In::One(t) => Ok(t),
+        },
+    ),
+    layer(
+        "MaxPool2d",
+        "max pooling (`ceil_mode=False`)",
+        |b, s, m, x| b.maxpool(s, m, &x.one("MaxPool2d")?),
+        |_, m, x| maxpool(m, &x.one("MaxPool2d")?),
+    ),
+    layer(
+        "Upsample",
+        "nearest-neighbour upsampling by `scale_factor` (`Resize`)",
+        |b, s, m, x| b.upsample(s, m, &x.one("Upsample")?),
+        |_, m, x| upsample(m, &x.one("Upsample")?),
+    ),
+];
+
+// ---- parse (shared) ----
+
+/// `nn.MaxPool2d`'s window, read and checked once for both backends.
+pub struct MaxPoolParams {
+    /// Window (h, w).
+    pub kernel: [i64; 2],
+    /// Stride (h, w); the window when the module has none.
+    pub stride: [i64; 2],
+    /// Padding on each side (h, w).
+    pub pad: [i64; 2],
+    /// Dilation (h, w).
+    pub dil: [i64; 2],
+}
+
+impl MaxPoolParams {
+    /// Reads `m`, an `nn.MaxPool2d`; `ceil_mode=True` is refused.
+    pub fn parse(m: M) -> R<MaxPoolParams> {
+        let kernel = check::pair(&m, "kernel_size", 1)?;
+        let stride = match m.attr("stride") {
+            None | Some(crate::checkpoint::value::Value::None) => kernel,
+            _ => check::pair(&m, "stride", 1)?,
+        };
+        let pad = check::pair(&m, "padding", 0)?;
+        let dil = check::pair(&m, "dilation", 1)?;
+        if m.bool("ceil_mode") == Some(true) {
+            return Err("MaxPool2d ceil_mode=True".into());
+        }
+        check::check_geometry(&m, &[kernel, stride, dil], &[pad])?;
+        Ok(MaxPoolParams {
+            kernel,
+            stride,
+            pad,
+            dil,
+        })
+    }
+}
+
+/// `nn.Upsample`'s scale factor; only `mode='nearest'` is handled.
+pub fn upsample_factor(m: M) -> R<f64> {
+    let mode = m.str("mode").unwrap_or("nearest");
+    if mode != "nearest" {
+        return Err(format!("Upsample mode '{mode}'"));
+    }
+    let f = m
+        .float("scale_factor")
+        .or_else(|| {
+            m.ints("scale_factor")
+                .and_then(|v| v.first().map(|&i| i as f64))
+        })
+        .ok_or("Upsample without scale_factor")?;
+    if !(f.is_finite() && f > 0.0 && f <= 64.0) {
+        return Err(format!("Upsample scale_factor {f}"));
+    }
+    Ok(f)
+}
+
+// ---- emit ----
+
+impl Builder<'_> {
+    /// `nn.MaxPool2d`.
+    pub(crate) fn maxpool(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let MaxPoolParams {
+            kernel: [kh, kw],
+            stride: [sh, sw],
+            pad: [ph, pw],
+            dil: [dh, dw],
+        } = MaxPoolParams::parse(m)?;
+        let [xn, xc, xh, xw] = check::nchw(x, scope)?;
+        let y = self.b.node(
+            scope,
+            "MaxPool",
+            &[&x.name],
+            vec![
+                ("dilations", Attr::Ints(vec![dh, dw])),
+                ("kernel_shape", Attr::Ints(vec![kh, kw])),
+                ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ("strides", Attr::Ints(vec![sh, sw])),
+            ],
+        );
+        let shape = vec![
+            xn,
+            xc,
+            check::out_size(xh, kh, sh, ph, dh),
+            check::out_size(xw, kw, sw, pw, dw),
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// `nn.Upsample(scale_factor, mode='nearest')` as `Resize`.
+    pub(crate) fn upsample(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let f = upsample_factor(m)?;
+        let [xn, xc, xh, xw] = check::nchw(x, scope)?;
+        let scales = self
+            .b
+            .f32s(&format!("{scope}/scales"), &[1.0, 1.0, f as f32, f as f32]);
+        let y = self.b.node(
+            scope,
+            "Resize",
+            &[&x.name, "", &scales],
+            vec![
+                (
+                    "coordinate_transformation_mode",
+                    Attr::Str("asymmetric".into()),
+                ),
+                ("mode", Attr::Str("nearest".into())),
+                ("nearest_mode", Attr::Str("floor".into())),
+            ],
+        );
+        let shape = vec![
+            xn,
+            xc,
+            (xh as f64 * f).floor() as i64,
+            (xw as f64 * f).floor() as i64,
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// Concatenation of several values of one rank along `axis`.
+    pub(crate) fn cat(&mut self, scope: &str, xs: &[V], axis: i64) -> R<V> {
+        let first = xs
+            .first()
+            .ok_or_else(|| format!("{scope}: nothing to concatenate"))?;
+        let rank = first.shape.len();
+        if rank == 0 || xs.iter().any(|v| v.shape.len() != rank) {
+            return Err(format!(
+                "{scope}: cannot concatenate values of different ranks"
+            ));
+        }
+        let names: Vec<&str> = xs.iter().map(|v| v.name.as_str()).collect();
+        let y = self.b.concat(scope, &names, axis);
+        let mut shape = first.shape.clone();
+        let ax = axis.rem_euclid(rank as i64) as usize;
+        shape[ax] = xs.iter().map(|v| v.shape[ax]).sum();
+        Ok(V { name: y, shape })
+    }
+
+    /// Elementwise sum of two same-shaped values.
+    pub(crate) fn add(&mut self, scope: &str, a: &V, b: &V) -> V {
+        V {
+            name: self.b.bin(scope, "Add", &a.name, &b.name),
+            shape: a.shape.clone(),
+        }
+    }
+}
+
+// ---- run ----
+
+/// `nn.MaxPool2d` (square windows without dilation, as Ultralytics uses).
+pub fn maxpool(m: M, x: &T) -> RefResult<T> {
+    let p = MaxPoolParams::parse(m)?;
+    let square = |v: [i64; 2]| (v[0] == v[1]).then_some(v[0] as usize);
+    let (Some(k), Some(s), Some(pad), [1, 1]) =
+        (square(p.kernel), square(p.stride), square(p.pad), p.dil)
+    else {
+        return Err(e("MaxPool2d with a non-square or dilated window"));
+    };
+    shape::pool(x, k, s, pad, "MaxPool2d")?;
+    Ok(ops::max_pool(x, k, s, pad))
+}
+
+/// `nn.Upsample` (nearest, integer factor).
+pub fn upsample(m: M, x: &T) -> RefResult<T> {
+    let f = upsample_factor(m)?;
+    if f.fract() != 0.0 {
+        return Err(e(format!("Upsample by a non-integer factor {f}")));
+    }
+    shape::upsample(x, f as usize, "Upsample")?;
+    Ok(ops::upsample_nearest(x, f as usize))
+}

@@ -1,0 +1,147 @@
+//! The classification head: `Classify` (conv, global average pool, linear, softmax) and the
+//! parts only it reads.
+
+use crate::checkpoint::py::{M, R};
+use crate::models::In;
+use crate::models::registry::{Layer, head, part};
+use crate::onnx::graph::V;
+use crate::onnx::proto::Attr;
+use crate::onnx::ultralytics::{Builder, check};
+use crate::reference::ops::{self, T};
+use crate::reference::{RefResult, Reference, e, shape};
+
+/// The classes of this file.
+pub const LAYERS: &[Layer] = &[
+    head(
+        "Classify",
+        "classify",
+        "conv, global average pool, linear, softmax: (B, classes)",
+        |b, s, m, x| b.classify(s, m, x),
+        |r, m, x| match x {
+            In::Many(xs) => {
+                let refs = xs.iter().collect::<Vec<_>>();
+                shape::same_maps(&refs, "Classify")?;
+                r.classify(m, &ops::cat_channels(&refs))
+            }
+            In::One(t) => r.classify(m, &t),
+        },
+    ),
+    part("AdaptiveAvgPool2d", "Classify", "global average pooling"),
+    part("Dropout", "Classify", "identity at inference"),
+    part("Linear", "Classify", "the class projection"),
+];
+
+// ---- parse (shared) ----
+
+/// `nn.Linear`'s weights, read and checked once for both backends.
+pub struct Linear {
+    /// The weight, (out, in) row-major.
+    pub weight: Vec<f32>,
+    /// (out, in).
+    pub shape: [i64; 2],
+    /// One bias per output (zeros when the module has none).
+    pub bias: Vec<f32>,
+}
+
+impl Linear {
+    /// Reads `m`, an `nn.Linear`.
+    pub fn parse(m: M) -> R<Linear> {
+        let (weight, ws) = m.need_f32("weight")?;
+        let shape = match ws[..] {
+            [o, i]
+                if (1..=1 << 20).contains(&o)
+                    && (1..=1 << 20).contains(&i)
+                    && usize::try_from(o * i).ok() == Some(weight.len()) =>
+            {
+                [o, i]
+            }
+            _ => return Err(format!("Linear weight has shape {ws:?}")),
+        };
+        let bias = m
+            .tensor_f32("bias")?
+            .map(|(b, _)| b)
+            .unwrap_or_else(|| vec![0.0; shape[0] as usize]);
+        check::per_channel(&m, "bias", &bias, shape[0] as usize)?;
+        Ok(Linear {
+            weight,
+            shape,
+            bias,
+        })
+    }
+}
+
+// ---- emit ----
+
+impl Builder<'_> {
+    /// `Classify`: conv, global average pool, linear, softmax (export form): output (B, classes).
+    pub(crate) fn classify(&mut self, scope: &str, m: M, x: In<V>) -> R<V> {
+        let x = match x {
+            In::One(v) => v,
+            In::Many(vs) => self.cat(scope, &vs, 1)?,
+        };
+        let c = self.conv_block(&format!("{scope}.conv"), m.child("conv")?, &x)?;
+        let p = self.b.node(scope, "GlobalAveragePool", &[&c.name], vec![]);
+        let f = self
+            .b
+            .node(scope, "Flatten", &[&p], vec![("axis", Attr::Int(1))]);
+        let Linear {
+            weight: w,
+            shape: ws,
+            bias: b,
+        } = Linear::parse(m.child("linear")?)?;
+        let [xn, ..] = check::nchw(&x, scope)?;
+        let classes = ws[0];
+        let wn = self.b.weight(&format!("{scope}.linear.weight"), &ws, &w);
+        let bn = self
+            .b
+            .weight(&format!("{scope}.linear.bias"), &[classes], &b);
+        let y = self.b.node(
+            scope,
+            "Gemm",
+            &[&f, &wn, &bn],
+            vec![("transB", Attr::Int(1))],
+        );
+        let s = self
+            .b
+            .node(scope, "Softmax", &[&y], vec![("axis", Attr::Int(1))]);
+        Ok(V {
+            name: s,
+            shape: vec![xn, classes],
+        })
+    }
+}
+
+// ---- run ----
+
+impl Reference<'_> {
+    /// `Classify`: conv, mean over H·W, linear, softmax.
+    pub(crate) fn classify(&mut self, m: M, x: &T) -> RefResult<T> {
+        let y = self.sub(m, "conv", x)?;
+        let (n, c, h, w) = shape::nchw(&y, "Classify")?;
+        let lin = Linear::parse(m.child("linear").map_err(e)?)?;
+        let ws = [lin.shape[0] as usize, lin.shape[1] as usize];
+        if ws[1] != c {
+            return Err(e(format!(
+                "Classify: linear weight {ws:?} does not fit {c} channels"
+            )));
+        }
+        let (wt, bias) = (lin.weight, lin.bias);
+        let mut out = vec![0.0f32; n * ws[0]];
+        for b in 0..n {
+            let pooled: Vec<f32> = (0..c)
+                .map(|ch| {
+                    y.data[(b * c + ch) * h * w..(b * c + ch + 1) * h * w]
+                        .iter()
+                        .sum::<f32>()
+                        / (h * w) as f32
+                })
+                .collect();
+            let row = &mut out[b * ws[0]..(b + 1) * ws[0]];
+            for (o, r) in row.iter_mut().enumerate() {
+                *r = bias[o] + (0..c).map(|i| wt[o * c + i] * pooled[i]).sum::<f32>();
+            }
+            ops::softmax_strided(row, 0, ws[0], 1);
+        }
+        Ok(T::new(out, vec![n, ws[0]]))
+    }
+}

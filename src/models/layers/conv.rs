@@ -1,0 +1,446 @@
+//! Convolutions: `Conv2d`, Ultralytics `Conv` / `DWConv` (conv, BatchNorm, activation) and
+//! `ConvTranspose2d`. The emission folds BatchNorm into the weights exactly as Ultralytics'
+//! `fuse_conv_and_bn` does; the reference applies it unfolded, after its own convolution loops.
+
+use crate::checkpoint::py::{M, R};
+use crate::models::registry::{Layer, layer, part};
+use crate::onnx::graph::V;
+use crate::onnx::proto::Attr;
+use crate::onnx::ultralytics::{Builder, check};
+use crate::reference::ops::{self, ConvSpec, T};
+use crate::reference::{RefResult, Reference, e, shape};
+
+/// The classes of this file.
+pub const LAYERS: &[Layer] = &[
+    layer(
+        "Conv",
+        "convolution, BatchNorm, activation",
+        |b, s, m, x| b.conv_block(s, m, &x.one("Conv")?),
+        |r, m, x| r.conv_bn_act(m, &x.one("Conv")?),
+    ),
+    layer(
+        "DWConv",
+        "depthwise `Conv`",
+        |b, s, m, x| b.conv_block(s, m, &x.one("DWConv")?),
+        |r, m, x| r.conv_bn_act(m, &x.one("DWConv")?),
+    ),
+    layer(
+        "Conv2d",
+        "`torch.nn.Conv2d` with its own bias",
+        |b, s, m, x| b.conv2d(s, m, None, &x.one("Conv2d")?),
+        |r, m, x| {
+            let x = x.one("Conv2d")?;
+            if r.f16 {
+                conv_f16(m, None, &x)
+            } else {
+                conv(m, &x)
+            }
+        },
+    ),
+    part(
+        "BatchNorm2d",
+        "Conv, DWConv",
+        "inference BatchNorm (folded into the convolution when emitted)",
+    ),
+    part("ConvTranspose2d", "Proto", "transposed convolution"),
+];
+
+// ---- parse (shared) ----
+
+/// `nn.Conv2d`'s weights and geometry, read and checked once for both backends.
+pub struct Conv2dParams {
+    /// The weight, (O, I/groups, kh, kw) row-major.
+    pub weight: Vec<f32>,
+    /// The weight's shape.
+    pub shape: [i64; 4],
+    /// One bias per output channel, if the module has one.
+    pub bias: Option<Vec<f32>>,
+    /// Stride (h, w).
+    pub stride: [i64; 2],
+    /// Padding on each side (h, w).
+    pub pad: [i64; 2],
+    /// Dilation (h, w).
+    pub dil: [i64; 2],
+    /// Groups; divides the output channels.
+    pub groups: i64,
+}
+
+impl Conv2dParams {
+    /// Reads `m`, an `nn.Conv2d`.
+    pub fn parse(m: M) -> R<Conv2dParams> {
+        let (w, ws) = m.need_f32("weight")?;
+        let shape = check::weight4(&m, &w, &ws)?;
+        let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
+        if let Some(b) = &bias {
+            check::per_channel(&m, "bias", b, shape[0] as usize)?;
+        }
+        let stride = check::pair(&m, "stride", 1)?;
+        let dil = check::pair(&m, "dilation", 1)?;
+        let pad = match m.str("padding") {
+            Some("valid") => [0, 0],
+            Some("same") => [dil[0] * (shape[2] - 1) / 2, dil[1] * (shape[3] - 1) / 2],
+            Some(other) => return Err(format!("Conv2d padding '{other}'")),
+            None => check::pair(&m, "padding", 0)?,
+        };
+        if m.str("padding_mode").is_some_and(|p| p != "zeros") {
+            return Err(format!("Conv2d padding_mode {:?}", m.str("padding_mode")));
+        }
+        check::check_geometry(&m, &[stride, dil], &[pad])?;
+        let groups = m.int("groups").unwrap_or(1);
+        if !(1..=1 << 16).contains(&groups) || shape[0] % groups != 0 {
+            return Err(format!(
+                "Conv2d groups = {groups} for {} output channels",
+                shape[0]
+            ));
+        }
+        Ok(Conv2dParams {
+            weight: w,
+            shape,
+            bias,
+            stride,
+            pad,
+            dil,
+            groups,
+        })
+    }
+}
+
+/// `nn.BatchNorm2d`'s inference parameters, one per channel.
+pub struct BatchNorm {
+    /// Scale (γ, `weight`).
+    pub gamma: Vec<f32>,
+    /// Shift (β, `bias`).
+    pub beta: Vec<f32>,
+    /// `running_mean`.
+    pub mean: Vec<f32>,
+    /// `running_var`.
+    pub var: Vec<f32>,
+    /// `eps`.
+    pub eps: f32,
+}
+
+impl BatchNorm {
+    /// Reads `bn` for `channels` channels.
+    pub fn parse(bn: M, channels: usize) -> R<BatchNorm> {
+        let read = |name: &str| -> R<Vec<f32>> {
+            let (v, _) = bn.need_f32(name)?;
+            check::per_channel(&bn, name, &v, channels)?;
+            Ok(v)
+        };
+        Ok(BatchNorm {
+            gamma: read("weight")?,
+            beta: read("bias")?,
+            mean: read("running_mean")?,
+            var: read("running_var")?,
+            eps: bn.float("eps").unwrap_or(1e-5) as f32,
+        })
+    }
+}
+
+/// `nn.ConvTranspose2d`'s weights and geometry, read and checked once for both backends.
+pub struct ConvTransposeParams {
+    /// The weight, (I, O/groups, kh, kw) row-major, as ONNX expects it too.
+    pub weight: Vec<f32>,
+    /// The weight's shape.
+    pub shape: [i64; 4],
+    /// One bias per output channel, if the module has one.
+    pub bias: Option<Vec<f32>>,
+    /// Stride (h, w).
+    pub stride: [i64; 2],
+    /// Padding on each side (h, w).
+    pub pad: [i64; 2],
+    /// Dilation (h, w).
+    pub dil: [i64; 2],
+    /// Extra rows and columns on the bottom and right (h, w).
+    pub out_pad: [i64; 2],
+    /// Groups.
+    pub groups: i64,
+}
+
+impl ConvTransposeParams {
+    /// Reads `m`, an `nn.ConvTranspose2d`.
+    pub fn parse(m: M) -> R<ConvTransposeParams> {
+        let (weight, ws) = m.need_f32("weight")?;
+        let shape = check::weight4(&m, &weight, &ws)?;
+        let groups = m.int("groups").unwrap_or(1);
+        if !(1..=1 << 16).contains(&groups) {
+            return Err(format!("{} groups = {groups}", m.class()));
+        }
+        let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
+        if let Some(b) = &bias {
+            check::per_channel(&m, "bias", b, (shape[1] * groups) as usize)?;
+        }
+        let stride = check::pair(&m, "stride", 1)?;
+        let pad = check::pair(&m, "padding", 0)?;
+        let dil = check::pair(&m, "dilation", 1)?;
+        let out_pad = check::pair(&m, "output_padding", 0)?;
+        check::check_geometry(&m, &[stride, dil], &[pad, out_pad])?;
+        Ok(ConvTransposeParams {
+            weight,
+            shape,
+            bias,
+            stride,
+            pad,
+            dil,
+            out_pad,
+            groups,
+        })
+    }
+}
+
+// ---- emit ----
+
+impl Builder<'_> {
+    /// `nn.Conv2d`, with an optional `nn.BatchNorm2d` folded into its weights in f32.
+    pub(crate) fn conv2d(&mut self, scope: &str, m: M, bn: Option<M>, x: &V) -> R<V> {
+        let p = Conv2dParams::parse(m)?;
+        let [xn, _, xh, xw] = check::nchw(x, scope)?;
+        let (ws, [sh, sw], [dh, dw], [ph, pw]) = (p.shape, p.stride, p.dil, p.pad);
+        let groups = p.groups;
+        let out_c = ws[0] as usize;
+        let mut w = p.weight;
+        let per = w.len() / out_c.max(1);
+        let mut b = p.bias.unwrap_or_else(|| vec![0.0; out_c]);
+        if let Some(bn) = bn {
+            let BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                eps,
+            } = BatchNorm::parse(bn, out_c)?;
+            // Same operations, in the same order and precision, as Ultralytics' fuse_conv_and_bn.
+            for o in 0..out_c {
+                let scale = gamma[o] / (eps + var[o]).sqrt();
+                for v in &mut w[o * per..(o + 1) * per] {
+                    *v *= scale;
+                }
+                let b_bn = beta[o] - gamma[o] * mean[o] / (var[o] + eps).sqrt();
+                b[o] = scale * b[o] + b_bn;
+            }
+        }
+        let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
+        let bn_ = self.b.weight(&format!("{scope}.bias"), &[out_c as i64], &b);
+        let y = self.b.node(
+            scope,
+            "Conv",
+            &[&x.name, &wn, &bn_],
+            vec![
+                ("dilations", Attr::Ints(vec![dh, dw])),
+                ("group", Attr::Int(groups)),
+                ("kernel_shape", Attr::Ints(vec![ws[2], ws[3]])),
+                ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ("strides", Attr::Ints(vec![sh, sw])),
+            ],
+        );
+        let shape = vec![
+            xn,
+            ws[0],
+            check::out_size(xh, ws[2], sh, ph, dh),
+            check::out_size(xw, ws[3], sw, pw, dw),
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// `nn.ConvTranspose2d` (weights laid out as ONNX expects: in, out/groups, kh, kw).
+    pub(crate) fn conv_transpose(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let p = ConvTransposeParams::parse(m)?;
+        let [xn, _, xh, xw] = check::nchw(x, scope)?;
+        let (w, ws, groups) = (p.weight, p.shape, p.groups);
+        let out_c = ws[1] * groups;
+        let b = p.bias.unwrap_or_else(|| vec![0.0; out_c as usize]);
+        let ([sh, sw], [ph, pw], [dh, dw], [oh, ow]) = (p.stride, p.pad, p.dil, p.out_pad);
+        let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
+        let bn = self.b.weight(&format!("{scope}.bias"), &[out_c], &b);
+        let y = self.b.node(
+            scope,
+            "ConvTranspose",
+            &[&x.name, &wn, &bn],
+            vec![
+                ("dilations", Attr::Ints(vec![dh, dw])),
+                ("group", Attr::Int(groups)),
+                ("kernel_shape", Attr::Ints(vec![ws[2], ws[3]])),
+                ("output_padding", Attr::Ints(vec![oh, ow])),
+                ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ("strides", Attr::Ints(vec![sh, sw])),
+            ],
+        );
+        let size = |i: i64, k: i64, s: i64, p: i64, d: i64, o: i64| {
+            (i - 1) * s - 2 * p + d * (k - 1) + o + 1
+        };
+        let shape = vec![
+            xn,
+            out_c,
+            size(xh, ws[2], sh, ph, dh, oh),
+            size(xw, ws[3], sw, pw, dw, ow),
+        ];
+        Ok(V { name: y, shape })
+    }
+
+    /// Ultralytics `Conv` / `DWConv`: conv, batch norm (folded), activation.
+    pub(crate) fn conv_block(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let y = self.conv2d(
+            &format!("{scope}.conv"),
+            m.child("conv")?,
+            m.opt_child("bn"),
+            x,
+        )?;
+        self.act(scope, m.opt_child("act"), y)
+    }
+}
+
+// ---- run ----
+
+/// `nn.Conv2d` (with its own bias, if any).
+pub fn conv(m: M, x: &T) -> RefResult<T> {
+    let p = Conv2dParams::parse(m)?;
+    conv_with(p, x)
+}
+
+/// `nn.Conv2d` and an optional BatchNorm computed as an f16 graph stores them: BatchNorm folded
+/// into the weights and bias (in f64), both rounded to f16 — the f16 emulation only; the exact
+/// reference never folds.
+fn conv_f16(m: M, bn: Option<M>, x: &T) -> RefResult<T> {
+    let mut p = Conv2dParams::parse(m)?;
+    let out = usize::try_from(p.shape[0]).unwrap_or(0);
+    let mut b = p.bias.take().unwrap_or_else(|| vec![0.0; out]);
+    if let Some(bn) = bn {
+        let n = BatchNorm::parse(bn, out)?;
+        let per = p.weight.len() / out.max(1);
+        for (o, bo) in b.iter_mut().enumerate().take(out) {
+            let scale = n.gamma[o] as f64 / (n.var[o] as f64 + n.eps as f64).sqrt();
+            for v in &mut p.weight[o * per..(o + 1) * per] {
+                *v = (*v as f64 * scale) as f32;
+            }
+            *bo = ((*bo as f64 - n.mean[o] as f64) * scale + n.beta[o] as f64) as f32;
+        }
+    }
+    for v in p.weight.iter_mut().chain(b.iter_mut()) {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
+    p.bias = Some(b);
+    conv_with(p, x)
+}
+
+/// Runs a parsed `nn.Conv2d` after checking shapes.
+fn conv_with(p: Conv2dParams, x: &T) -> RefResult<T> {
+    let u = |v: [i64; 2]| (v[0] as usize, v[1] as usize);
+    let ws: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+    let spec = ConvSpec {
+        stride: u(p.stride),
+        pad: u(p.pad),
+        dil: u(p.dil),
+        groups: p.groups as usize,
+    };
+    shape::conv(
+        x,
+        p.weight.len(),
+        &ws,
+        p.bias.as_ref().map(Vec::len),
+        &spec,
+        "Conv2d",
+    )?;
+    Ok(ops::conv2d(x, &p.weight, &ws, p.bias.as_deref(), &spec))
+}
+
+impl Reference<'_> {
+    /// Ultralytics `Conv`: conv, BatchNorm (as BatchNorm), activation.
+    pub(crate) fn conv_bn_act(&mut self, m: M, x: &T) -> RefResult<T> {
+        if self.f16 {
+            let mut y = conv_f16(m.child("conv").map_err(e)?, m.opt_child("bn"), x)?;
+            super::act::run(m.opt_child("act"), &mut y)?;
+            return Ok(y);
+        }
+        let mut y = conv(m.child("conv").map_err(e)?, x)?;
+        if let Some(bn) = m.opt_child("bn") {
+            let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
+            let p = BatchNorm::parse(bn, c)?;
+            ops::batch_norm(&mut y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
+        }
+        super::act::run(m.opt_child("act"), &mut y)?;
+        Ok(y)
+    }
+}
+
+/// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.
+pub(crate) fn conv_transpose(m: M, x: &T) -> RefResult<T> {
+    let ConvTransposeParams {
+        weight: w,
+        shape: ws,
+        bias,
+        stride,
+        pad,
+        dil,
+        out_pad,
+        groups,
+    } = ConvTransposeParams::parse(m)?;
+    // The scatter loop below handles what Ultralytics uses: one group, square stride and
+    // padding, no dilation or output padding.
+    let (true, true, [1, 1], [0, 0], 1) = (
+        stride[0] == stride[1],
+        pad[0] == pad[1],
+        dil,
+        out_pad,
+        groups,
+    ) else {
+        return Err(e(format!(
+            "ConvTranspose2d with groups {groups}, stride {stride:?}, padding {pad:?}, dilation {dil:?}, output padding {out_pad:?}"
+        )));
+    };
+    let (s, p) = (stride[0] as usize, pad[0] as usize);
+    let (n, c, h, wd) = shape::nchw(x, "ConvTranspose2d")?;
+    let [ci, o, kh, kw] = ws.map(|d| d as usize);
+    if s == 0
+        || ci != c
+        || o == 0
+        || kh == 0
+        || kw == 0
+        || ci * o * kh * kw != w.len()
+        || h.saturating_sub(1) * s + kh < 2 * p + 1
+        || wd.saturating_sub(1) * s + kw < 2 * p + 1
+    {
+        return Err(e(format!(
+            "ConvTranspose2d weight {ws:?} (stride {s}, padding {p}) does not fit input {:?}",
+            x.shape
+        )));
+    }
+    if let Some(b) = &bias {
+        shape::per_channel(b.len(), o, "ConvTranspose2d bias")?;
+    }
+    let oh = (h - 1) * s + kh - 2 * p;
+    let ow = (wd - 1) * s + kw - 2 * p;
+    let mut out = vec![0.0f32; n * o * oh * ow];
+    for b in 0..n {
+        for ci in 0..c {
+            for iy in 0..h {
+                for ix in 0..wd {
+                    let v = x.data[((b * c + ci) * h + iy) * wd + ix];
+                    for oc in 0..o {
+                        for ky in 0..kh {
+                            let y = (iy * s + ky) as isize - p as isize;
+                            if y < 0 || y >= oh as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let xx = (ix * s + kx) as isize - p as isize;
+                                if xx < 0 || xx >= ow as isize {
+                                    continue;
+                                }
+                                out[((b * o + oc) * oh + y as usize) * ow + xx as usize] +=
+                                    v * w[((ci * o + oc) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(bias) = &bias {
+            for oc in 0..o {
+                for v in &mut out[(b * o + oc) * oh * ow..(b * o + oc + 1) * oh * ow] {
+                    *v += bias[oc];
+                }
+            }
+        }
+    }
+    Ok(T::new(out, vec![n, o, oh, ow]))
+}

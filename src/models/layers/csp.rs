@@ -1,0 +1,179 @@
+//! CSP blocks: `Bottleneck`, `C2f` / `C3k2`, `C3` / `C3k`, `SPPF`.
+
+use crate::checkpoint::py::{M, R};
+use crate::models::In;
+use crate::models::registry::{Layer, layer};
+use crate::onnx::graph::V;
+use crate::onnx::ultralytics::{Builder, check};
+use crate::reference::ops::{self, T};
+use crate::reference::{RefResult, Reference, e, shape};
+
+/// The classes of this file.
+pub const LAYERS: &[Layer] = &[
+    layer(
+        "Bottleneck",
+        "two `Conv`s, plus the input when `add`",
+        |b, s, m, x| b.bottleneck(s, m, &x.one("Bottleneck")?),
+        |r, m, x| r.bottleneck(m, &x.one("Bottleneck")?),
+    ),
+    layer(
+        "C2f",
+        "split, chained bottlenecks, concatenation (YOLOv8)",
+        |b, s, m, x| b.c2f(s, m, &x.one("C2f")?),
+        |r, m, x| r.c2f(m, &x.one("C2f")?),
+    ),
+    layer(
+        "C3k2",
+        "`C2f` whose blocks may be `C3k` (YOLO11)",
+        |b, s, m, x| b.c2f(s, m, &x.one("C3k2")?),
+        |r, m, x| r.c2f(m, &x.one("C3k2")?),
+    ),
+    layer(
+        "C3",
+        "CSP bottleneck with three convolutions (YOLOv5u)",
+        |b, s, m, x| b.c3(s, m, &x.one("C3")?),
+        |r, m, x| r.c3(m, &x.one("C3")?),
+    ),
+    layer(
+        "C3k",
+        "`C3` with a custom kernel size (YOLO11)",
+        |b, s, m, x| b.c3(s, m, &x.one("C3k")?),
+        |r, m, x| r.c3(m, &x.one("C3k")?),
+    ),
+    layer(
+        "SPPF",
+        "`n` chained max pools, concatenated",
+        |b, s, m, x| b.sppf(s, m, &x.one("SPPF")?),
+        |r, m, x| r.sppf(m, &x.one("SPPF")?),
+    ),
+];
+
+// ---- emit ----
+
+impl Builder<'_> {
+    /// `Bottleneck`: cv2(cv1(x)), plus x when `add`.
+    /// `Bottleneck`: cv2(cv1(x)), plus x when `add`.
+    pub(crate) fn bottleneck(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &a)?;
+        Ok(if m.bool("add").unwrap_or(false) {
+            self.add(scope, x, &y)
+        } else {
+            y
+        })
+    }
+
+    /// `C2f`: split cv1's output in two, chain the bottlenecks on the second half, concatenate all.
+    /// `C2f` / `C3k2`: halves of cv1, chained blocks on the second, concatenation, cv2.
+    pub(crate) fn c2f(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let [an, ac, ah, aw] = check::nchw(&a, scope)?;
+        let c = m.int("c").unwrap_or(ac / 2);
+        if c <= 0 || 2 * c != ac {
+            return Err(format!(
+                "{scope}: C2f splits {ac} channels into two halves of {c}"
+            ));
+        }
+        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
+        let mut ys: Vec<V> = parts
+            .into_iter()
+            .map(|name| V {
+                name,
+                shape: vec![an, c, ah, aw],
+            })
+            .collect();
+        for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
+            let last = ys.last().expect("two halves").clone();
+            ys.push(self.module(&format!("{scope}.m.{i}"), b, In::One(last))?);
+        }
+        let cat = self.cat(scope, &ys, 1)?;
+        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
+    }
+
+    /// `C3`: cv3(cat(m(cv1(x)), cv2(x))).
+    /// `C3` / `C3k`: cv3(cat(m(cv1(x)), cv2(x))).
+    pub(crate) fn c3(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let mut a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
+            a = self.module(&format!("{scope}.m.{i}"), b, In::One(a))?;
+        }
+        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, x)?;
+        let cat = self.cat(scope, &[a, b], 1)?;
+        self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &cat)
+    }
+
+    /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
+    /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
+    pub(crate) fn sppf(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];
+        let pool = m.child("m")?;
+        for _ in 0..m.int("n").unwrap_or(3) {
+            let last = ys.last().expect("cv1 output").clone();
+            ys.push(self.maxpool(&format!("{scope}.m"), pool, &last)?);
+        }
+        let cat = self.cat(scope, &ys, 1)?;
+        let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)?;
+        Ok(if m.bool("add").unwrap_or(false) {
+            self.add(scope, x, &y)
+        } else {
+            y
+        })
+    }
+}
+
+// ---- run ----
+
+impl Reference<'_> {
+    pub(crate) fn bottleneck(&mut self, m: M, x: &T) -> RefResult<T> {
+        let a = self.sub(m, "cv1", x)?;
+        let y = self.sub(m, "cv2", &a)?;
+        Ok(if m.bool("add").unwrap_or(false) {
+            shape::same_shape(x, &y, "Bottleneck")?;
+            ops::add(x, &y)
+        } else {
+            y
+        })
+    }
+
+    pub(crate) fn c2f(&mut self, m: M, x: &T) -> RefResult<T> {
+        let a = self.sub(m, "cv1", x)?;
+        let c = shape::nchw(&a, "C2f")?.1 / 2;
+        shape::channels(&a, c, 2 * c, "C2f")?;
+        let mut ys = vec![ops::channels(&a, 0, c), ops::channels(&a, c, 2 * c)];
+        for (_, b) in m.child("m").map_err(e)?.children() {
+            let last = ys.last().expect("halves").clone();
+            ys.push(self.module(b, In::One(last))?);
+        }
+        let refs = ys.iter().collect::<Vec<_>>();
+        shape::same_maps(&refs, "C2f")?;
+        let cat = ops::cat_channels(&refs);
+        self.sub(m, "cv2", &cat)
+    }
+
+    pub(crate) fn c3(&mut self, m: M, x: &T) -> RefResult<T> {
+        let a = self.sub(m, "cv1", x)?;
+        let a = self.sub(m, "m", &a)?;
+        let b = self.sub(m, "cv2", x)?;
+        shape::same_maps(&[&a, &b], "C3")?;
+        let cat = ops::cat_channels(&[&a, &b]);
+        self.sub(m, "cv3", &cat)
+    }
+
+    pub(crate) fn sppf(&mut self, m: M, x: &T) -> RefResult<T> {
+        let mut ys = vec![self.sub(m, "cv1", x)?];
+        for _ in 0..m.int("n").unwrap_or(3) {
+            let last = ys.last().expect("cv1").clone();
+            ys.push(self.sub(m, "m", &last)?);
+        }
+        let refs = ys.iter().collect::<Vec<_>>();
+        shape::same_maps(&refs, "SPPF")?;
+        let cat = ops::cat_channels(&refs);
+        let y = self.sub(m, "cv2", &cat)?;
+        Ok(if m.bool("add").unwrap_or(false) {
+            shape::same_shape(x, &y, "SPPF")?;
+            ops::add(x, &y)
+        } else {
+            y
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! One file per concept. Each declares its classes in a `LAYERS` list (gathered by
+//! [`super::registry`]) and holds, side by side, their emission (`impl Builder`, BatchNorm
+//! folded) and their reference implementation (`impl Reference` or plain functions, BatchNorm
+//! unfolded). The two sides share attribute reading, never arithmetic: emission writes ONNX
+//! nodes through `onnx::graph`, the reference computes with `reference::ops`.
+
+pub mod act;
+pub mod attention;
+pub mod basic;
+pub mod classify;
+pub mod conv;
+pub mod csp;
+pub mod heads;

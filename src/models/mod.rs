@@ -1,0 +1,127 @@
+//! What a pickled Ultralytics model is, independent of any backend.
+//!
+//! [`Net`] walks the layer list the way `BaseModel._predict_once` does (each layer's `f` says
+//! where its input comes from; every output is kept for later layers), once, for both backends:
+//! the ONNX builder ([`crate::onnx::ultralytics::Builder`], the *emit* side) and the reference
+//! interpreter ([`crate::reference::Reference`], the *run* side) only say what one layer does.
+//! [`registry`] maps each module class to its emission and its reference implementation, which
+//! live side by side in [`layers`]; the supported-class list, the "unsupported" error and the
+//! support table in `docs/export.md` all come from it.
+
+pub(crate) mod attrs;
+pub mod layers;
+pub mod registry;
+
+use std::collections::BTreeSet;
+
+use crate::checkpoint::py::{M, R};
+
+/// What a layer receives: one value, or several (`Concat`, heads).
+pub enum In<X> {
+    /// A single input.
+    One(X),
+    /// A list of inputs.
+    Many(Vec<X>),
+}
+
+impl<X> In<X> {
+    /// The single input, or an error naming the class that wanted one.
+    pub fn one(self, what: &str) -> R<X> {
+        match self {
+            In::One(v) => Ok(v),
+            In::Many(_) => Err(format!("{what} expects one input, got a list")),
+        }
+    }
+
+    /// The inputs as a list (a single input is a list of one).
+    pub fn many(self) -> Vec<X> {
+        match self {
+            In::One(v) => vec![v],
+            In::Many(vs) => vs,
+        }
+    }
+}
+
+/// A backend that can evaluate one layer: emit it into a graph, or run it.
+pub trait Backend {
+    /// What flows between layers (a graph value, a tensor).
+    type Value: Clone;
+
+    /// Evaluates the module `m`, found at `path` (`model.22`), on `x`.
+    fn layer(&mut self, path: &str, m: M<'_>, x: In<Self::Value>) -> R<Self::Value>;
+}
+
+/// A `*Model` module (`DetectionModel`, …): its layer list, walked as `_predict_once` walks it.
+#[derive(Clone, Copy)]
+pub struct Net<'g> {
+    root: M<'g>,
+    layers: M<'g>,
+}
+
+impl<'g> Net<'g> {
+    /// Wraps a pickled model module; it must hold the layer list `model`.
+    pub fn new(root: M<'g>) -> R<Net<'g>> {
+        Ok(Net {
+            root,
+            layers: root.child("model")?,
+        })
+    }
+
+    /// The model module itself.
+    pub fn root(&self) -> M<'g> {
+        self.root
+    }
+
+    /// The last layer (the head), if any.
+    pub fn head(&self) -> Option<M<'g>> {
+        self.layers.children().pop().map(|(_, h)| h)
+    }
+
+    /// Every class below the layer list that the registry does not know.
+    pub fn unsupported(&self) -> BTreeSet<String> {
+        registry::unsupported(self.layers)
+    }
+
+    /// Fails with the registry's one-line error when any class below the layers is unknown.
+    pub fn check_supported(&self) -> R<()> {
+        registry::check(self.layers)
+    }
+
+    /// Runs every layer through `backend` on `input` and returns the last layer's output. An
+    /// error from a layer is prefixed with its path and class (`model.22 (Detect): …`).
+    pub fn forward<B: Backend>(&self, backend: &mut B, input: B::Value) -> R<B::Value> {
+        let mut kept: Vec<B::Value> = Vec::new();
+        let mut x = In::One(input);
+        for (name, layer) in self.layers.children() {
+            let path = format!("model.{name}");
+            let at = |m: String| format!("{path} ({}): {m}", layer.class());
+            let f = layer.attr("f").ok_or_else(|| at("no `f`".into()))?;
+            let pick = |j: i64, x: &In<B::Value>| -> R<B::Value> {
+                if j == -1 {
+                    return match x {
+                        In::One(v) => Ok(v.clone()),
+                        In::Many(_) => Err(at("takes the previous output, a list".into())),
+                    };
+                }
+                let idx = if j < 0 { kept.len() as i64 + j } else { j };
+                usize::try_from(idx)
+                    .ok()
+                    .and_then(|i| kept.get(i))
+                    .cloned()
+                    .ok_or_else(|| at(format!("reads layer {j}, which is not kept")))
+            };
+            if let Some(j) = f.as_int() {
+                if j != -1 {
+                    x = In::One(pick(j, &x)?);
+                }
+            } else {
+                let js = layer.ints("f").ok_or_else(|| at("unreadable `f`".into()))?;
+                x = In::Many(js.iter().map(|&j| pick(j, &x)).collect::<R<_>>()?);
+            }
+            let out = backend.layer(&path, layer, x).map_err(at)?;
+            kept.push(out.clone());
+            x = In::One(out);
+        }
+        x.one("model")
+    }
+}

@@ -1,0 +1,25 @@
+//! Checks and small helpers the emissions in `src/models/layers/` share: output sizes and the
+//! shape checks that keep a malformed module tree from indexing out of range (errors name the
+//! layer); the attribute checks come from `models::attrs`, shared with the reference.
+
+use crate::checkpoint::py::R;
+use crate::onnx::graph::V;
+
+pub(crate) use crate::models::attrs::{check_geometry, pair, per_channel, weight4};
+
+/// Output size of a convolution or pooling along one axis.
+pub(crate) fn out_size(size: i64, k: i64, s: i64, p: i64, d: i64) -> i64 {
+    (size + 2 * p - d * (k - 1) - 1).div_euclid(s) + 1
+}
+
+/// The (N, C, H, W) dims of a feature map, or an error naming the layer: a malformed module tree
+/// can route a flat output (a classifier's) into a layer that expects a feature map.
+pub(crate) fn nchw(x: &V, what: &str) -> R<[i64; 4]> {
+    match x.shape[..] {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        _ => Err(format!(
+            "{what} expects a 4-D feature map, got shape {:?}",
+            x.shape
+        )),
+    }
+}
