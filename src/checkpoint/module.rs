@@ -154,16 +154,24 @@ pub struct TreeNode {
     pub children: Vec<TreeNode>,
 }
 
-/// The module tree below `v` (depth-limited; a cycle ends the branch).
+/// The module tree below `v` (depth-limited; a module that contains itself is shown once, without
+/// children, where it recurs).
 pub fn tree(graph: &Graph, v: &Value, name: &str) -> TreeNode {
     let mut budget = MAX_TREE_NODES;
-    tree_at(graph, v, name, 0, &mut budget)
+    let mut path = Vec::new();
+    tree_at(graph, v, name, &mut path, &mut budget)
 }
 
 /// Nodes a module tree shows at most.
 const MAX_TREE_NODES: usize = 100_000;
 
-fn tree_at(graph: &Graph, v: &Value, name: &str, depth: usize, budget: &mut usize) -> TreeNode {
+fn tree_at(
+    graph: &Graph,
+    v: &Value,
+    name: &str,
+    path: &mut Vec<NodeId>,
+    budget: &mut usize,
+) -> TreeNode {
     *budget = budget.saturating_sub(1);
     let own = ["_parameters", "_buffers"]
         .iter()
@@ -171,14 +179,20 @@ fn tree_at(graph: &Graph, v: &Value, name: &str, depth: usize, budget: &mut usiz
         .map(|d| d.iter().filter(|(_, t)| graph.tensor(t).is_some()).count())
         .sum();
     let mut kids = Vec::new();
-    if depth < MAX_MODULE_DEPTH {
+    let id = v.node();
+    let cycle = id.is_some_and(|id| path.contains(&id));
+    if path.len() < MAX_MODULE_DEPTH && !cycle {
+        path.extend(id);
         for (n, c) in children(graph, v) {
             if *budget == 0 {
                 break;
             }
             if is_module(graph, c) {
-                kids.push(tree_at(graph, c, n, depth + 1, budget));
+                kids.push(tree_at(graph, c, n, path, budget));
             }
+        }
+        if id.is_some() {
+            path.pop();
         }
     }
     TreeNode {

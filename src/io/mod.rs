@@ -52,8 +52,7 @@ pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
 
 /// Memory-maps a whole file read-only.
 pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>, ReadError> {
-    let file = File::open(path).map_err(|e| ReadError::new(path, e))?;
-    let len = file.metadata().map_err(|e| ReadError::new(path, e))?.len();
+    let (file, len) = open_regular(path)?;
     if len == 0 {
         return Err(ReadError::new(
             path,
@@ -69,6 +68,30 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>, ReadError> {
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
     Ok(Arc::new(MappedFile::new(map, file)))
+}
+
+/// Opens a regular file for reading and returns it with its size. A FIFO, device or socket is
+/// refused without blocking: the open does not wait for a writer, and the type is checked on the
+/// opened handle, so the file cannot be swapped between the check and the read.
+pub(crate) fn open_regular(path: &Path) -> Result<(File, u64), ReadError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path).map_err(|e| ReadError::new(path, e))?;
+    let meta = file.metadata().map_err(|e| ReadError::new(path, e))?;
+    if !meta.is_file() {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::NotACheckpoint(
+                "not a regular file (a pipe, device or socket is not read)".into(),
+            ),
+        ));
+    }
+    Ok((file, meta.len()))
 }
 
 /// Identifies the format from the first bytes.

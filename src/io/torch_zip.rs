@@ -5,7 +5,6 @@
 //! memory map. A file someone re-zipped with compression is still read, by decompressing.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use super::pickle::{self, Limits, PersistentLoad};
 use super::{ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
-use crate::tensor::{Buffer, DType, Tensor};
+use crate::tensor::{Buffer, DType, Deflated, InflateBudget, Tensor};
 
 /// One file of the archive, as its directory and local header describe it.
 #[derive(Clone, Debug)]
@@ -95,6 +94,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         record: &record,
         cache: HashMap::new(),
         compressed: 0,
+        budget: InflateBudget::for_file(map.len()),
     };
     let (root, _) = pickle::unpickle(
         pkl.as_slice(),
@@ -206,7 +206,36 @@ fn check_end_record(map: &[u8]) -> Result<(), String> {
 
 /// An entry's bytes: borrowed from the map when stored, decompressed (at most `limit` bytes and
 /// exactly the declared size) otherwise.
-fn entry_bytes(map: &Arc<MappedFile>, e: &Entry, limit: usize) -> Result<Buffer, String> {
+/// A deflated entry is bounded by the file's [`InflateBudget`] as well.
+fn entry_bytes(map: &Arc<MappedFile>, e: &Entry, limit: usize) -> Result<EntryBytes, String> {
+    if e.method == CompressionMethod::Deflated && e.size > limit {
+        return Err(format!(
+            "declares {} bytes, more than {limit} expected",
+            e.size
+        ));
+    }
+    let b = entry_buffer(map, e, &InflateBudget::for_file(map.len()))?;
+    b.bytes().map_err(|err| err.to_string())?;
+    Ok(EntryBytes(b))
+}
+
+/// A buffer whose bytes are known to be readable (decompressed already, when deflated).
+struct EntryBytes(Buffer);
+
+impl EntryBytes {
+    fn as_slice(&self) -> &[u8] {
+        // Cannot fail: `entry_bytes` read the bytes before wrapping them.
+        self.0.bytes().unwrap_or_default()
+    }
+}
+
+/// An entry as a buffer: a range of the map when stored; when deflated, a buffer that
+/// decompresses on first use, under `budget`.
+fn entry_buffer(
+    map: &Arc<MappedFile>,
+    e: &Entry,
+    budget: &Arc<InflateBudget>,
+) -> Result<Buffer, String> {
     let raw = e.data_start..e.data_start + e.compressed_size;
     match e.method {
         CompressionMethod::Stored => {
@@ -222,29 +251,27 @@ fn entry_bytes(map: &Arc<MappedFile>, e: &Entry, limit: usize) -> Result<Buffer,
             })
         }
         CompressionMethod::Deflated => {
-            if e.size > limit {
+            // Deflate cannot expand more than about 1032:1, nor grow data by more than its
+            // stored blocks' 5 bytes in 65,535: sizes outside those bounds are lies, caught
+            // here without decompressing anything.
+            if e.size / 1032 > e.compressed_size {
                 return Err(format!(
-                    "declares {} bytes, more than {limit} expected",
-                    e.size
+                    "declares {} bytes, more than {} compressed bytes can expand to",
+                    e.size, e.compressed_size
                 ));
             }
-            // Never trust the declared size for more than the allocation: read one byte past it to
-            // catch a bomb that claims to be small.
-            // Deflate cannot expand more than about 1032:1, which bounds an honest size.
-            let mut out = Vec::with_capacity(e.size.min(e.compressed_size.saturating_mul(1032)));
-            let dec = flate2::read::DeflateDecoder::new(&map[raw]);
-            dec.take(e.size as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|err| format!("cannot decompress: {err}"))?;
-            if out.len() != e.size {
+            if e.compressed_size > e.size + e.size / 64 + 128 {
                 return Err(format!(
-                    "decompresses to {}{} bytes but declares {}",
-                    if out.len() > e.size { "more than " } else { "" },
-                    out.len().min(e.size),
-                    e.size
+                    "declares {} bytes but holds {} compressed bytes, more than deflate makes of so few",
+                    e.size, e.compressed_size
                 ));
             }
-            Ok(Buffer::Owned(out.into()))
+            Ok(Buffer::Deflated(Arc::new(Deflated::new(
+                map.clone(),
+                raw,
+                e.size,
+                budget.clone(),
+            ))))
         }
         other => Err(format!("compression method {other:?} is not used by torch")),
     }
@@ -257,6 +284,8 @@ struct ZipStorages<'a> {
     record: &'a str,
     cache: HashMap<String, Value>,
     compressed: usize,
+    /// Shared by every storage of the file.
+    budget: Arc<InflateBudget>,
 }
 
 impl PersistentLoad for ZipStorages<'_> {
@@ -300,7 +329,7 @@ impl PersistentLoad for ZipStorages<'_> {
             ));
         }
         let buffer =
-            entry_bytes(self.map, entry, usize::MAX).map_err(|m| format!("{name}: {m}"))?;
+            entry_buffer(self.map, entry, &self.budget).map_err(|m| format!("{name}: {m}"))?;
         if !buffer.is_mapped() {
             self.compressed += 1;
         }

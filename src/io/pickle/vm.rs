@@ -7,7 +7,7 @@ use super::literal::*;
 use super::ops::*;
 use super::reconstruct;
 use super::{Limits, PersistentLoad, PickleError};
-use crate::checkpoint::value::{Global, Graph, Node, Object, Value};
+use crate::checkpoint::value::{Global, Graph, Node, NodeId, Object, Value};
 
 /// Decodes one pickle from `data` into `graph`; returns its top value and the number of bytes it
 /// took (the offset just past STOP).
@@ -155,8 +155,7 @@ impl<'a> Vm<'a> {
             }
             LONG4 => {
                 let n = self.len4()?;
-                // Decimal conversion is quadratic in the length; no checkpoint stores integers of
-                // thousands of digits.
+                // No checkpoint stores integers of thousands of digits.
                 if n > MAX_LONG_BYTES {
                     return Err(format!(
                         "LONG4 of {n} bytes (at most {MAX_LONG_BYTES} are read)"
@@ -425,6 +424,8 @@ impl<'a> Vm<'a> {
             }
             BINPERSID => {
                 let pid = self.pop()?;
+                // Loaders copy the id's fields.
+                self.values += self.graph.seq(&pid).map_or(0, <[Value]>::len);
                 let v = self.loader.load(self.graph, &pid)?;
                 self.push(v);
             }
@@ -561,15 +562,22 @@ impl<'a> Vm<'a> {
             Some(Node::Global(g)) => Some(g.clone()),
             _ => None,
         };
-        match global {
-            Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new),
-            None => Ok(self.graph.add(Node::Object(Box::new(Object {
+        let before = self.graph.len();
+        let v = match global {
+            Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new)?,
+            None => self.graph.add(Node::Object(Box::new(Object {
                 class: None,
                 args,
                 kwargs,
                 ..Object::default()
-            })))),
+            }))),
+        };
+        // Reconstructors copy their arguments (`list(L)`, a tensor's shape): every node they
+        // create counts against the budget, so repeating a copy cannot outgrow the file.
+        for id in before..self.graph.len() {
+            self.values += reconstruct::copied_values(self.graph.node(NodeId(id as u32)));
         }
+        Ok(v)
     }
 
     fn extend_seq(&mut self, items: Vec<Value>) -> R<()> {

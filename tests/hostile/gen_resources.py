@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Hostile files that attack resources rather than trust: unbounded recursion, quadratic work,
+copies that escape the memory budget, and decompression bombs (issue 13, "crashes, hangs and
+memory"). Every one must end with exit 0/1/2 within 10 s and 512 MB RSS (tests/limits.rs).
+
+Cases that cannot be committed as files (FIFOs, symbolic links to /dev/zero, ONNX external data
+of hundreds of megabytes) are built at test time by tests/limits.rs.
+
+Every pickle here is written opcode by opcode; nothing is pickled from live objects and nothing is
+ever unpickled. Run from the repository root: python tests/hostile/gen_resources.py
+(tests/hostile/generate.py imports `generate(add)` from here.)
+
+manifest-resources.json: {"file": {"expect": "error" | "dangerous" | "clean", "contains": "..."}};
+for "error" `contains` is part of the one error line (exit 2), for "clean" part of `inspect`'s
+output (exit 0).
+"""
+
+import io
+import json
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "files"
+MANIFEST = Path(__file__).resolve().parent / "manifest-resources.json"
+
+# ---- pickle opcodes (protocol 2 unless said) ----
+PROTO2 = b"\x80\x02"
+STOP = b"."
+MARK = b"("
+TUPLE = b"t"
+TUPLE1 = b"\x85"
+TUPLE3 = b"\x87"
+EMPTY_LIST = b"]"
+EMPTY_DICT = b"}"
+EMPTY_TUPLE = b")"
+APPEND = b"a"
+APPENDS = b"e"
+SETITEM = b"s"
+SETITEMS = b"u"
+REDUCE = b"R"
+POP = b"0"
+NONE = b"N"
+BINPERSID = b"Q"
+
+
+def glob(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def put(i):
+    return b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i)
+
+
+def get(i):
+    return b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i)
+
+
+def s(text):
+    b = text.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def long4(value_bytes):
+    return b"\x8b" + struct.pack("<I", len(value_bytes)) + value_bytes
+
+
+def i64(v):
+    return b"\x8a\x08" + struct.pack("<q", v)
+
+
+def rebuild_self_reference():
+    """`_rebuild_from_type_v2` whose argument list contains itself: L = [f, Parameter]; L.append(L);
+    f(*L). Recursed without end (stack overflow, exit 134) before the nesting bound."""
+    p = PROTO2
+    p += glob("torch._tensor", "_rebuild_from_type_v2") + put(0)
+    p += EMPTY_LIST + put(1)  # L
+    p += MARK + get(0) + glob("torch.nn.parameter", "Parameter") + APPENDS
+    p += get(1) + APPEND  # L.append(L)
+    p += POP  # L off the stack; call f with L as its argument list
+    p += get(0) + get(1) + REDUCE
+    return p + STOP
+
+
+def rebuild_chain(depth):
+    """A `depth`-deep chain: f(f, T, (f, T, (… (list, T, ((),)) …))). Built with TUPLE3 (no MARK,
+    so the MARK nesting limit does not stop it). 200 000 levels overflowed the stack."""
+    p = PROTO2
+    p += glob("torch._tensor", "_rebuild_from_type_v2") + put(0)
+    p += glob("torch.nn.parameter", "Parameter") + put(1)
+    p += glob("builtins", "list") + put(2)
+    p += POP + POP + POP
+    p += get(0)  # the callable of the outer REDUCE
+    p += (get(0) + get(1)) * depth
+    p += get(2) + get(1) + EMPTY_TUPLE + TUPLE1 + TUPLE3  # innermost: (list, T, ((),))
+    p += TUPLE3 * depth
+    # The outer REDUCE's argument tuple is the outermost (f, T, args) triple.
+    p += REDUCE
+    return p + STOP
+
+
+def many_long4(count, size):
+    """`count` LONG4 integers of `size` bytes each in a list: decimal conversion was quadratic
+    (250 x 4 KiB took 29 s)."""
+    body = bytes((i * 131 + 7) & 0xFF for i in range(size - 1)) + b"\x01"
+    p = PROTO2 + EMPTY_LIST + MARK
+    p += long4(body) * count
+    return p + APPENDS + STOP
+
+
+def list_copies(items, copies, via):
+    """A list of `items` Nones, then `copies` copies of it made by a reconstructor; `via` is
+    "list" (builtins.list(L)) or "rebuild" (_rebuild_from_type_v2(unknown, T, L): the arguments
+    copied into an inert object). 60 copies of 1 M items reached 1.41 GB RSS."""
+    p = PROTO2 + EMPTY_LIST + put(0) + MARK + NONE * items + APPENDS
+    p += POP + EMPTY_LIST + put(1)  # the result list, holding every copy
+    if via == "list":
+        p += glob("builtins", "list") + put(2) + POP
+        one = get(2) + get(0) + TUPLE1 + REDUCE
+    else:
+        p += glob("torch._tensor", "_rebuild_from_type_v2") + put(2) + POP
+        p += glob("mypkg.ops", "build") + put(3) + POP
+        p += glob("torch", "Tensor") + put(4) + POP
+        one = get(2) + MARK + get(3) + get(4) + get(0) + EMPTY_DICT + TUPLE + REDUCE
+    p += MARK + one * copies + APPENDS
+    return p + STOP
+
+
+def tensor_dict_pickle(tensors):
+    """`{name: _rebuild_tensor_v2(storage(key, numel), 0, shape, stride, False, {})}`, float32."""
+    p = PROTO2 + EMPTY_DICT + MARK
+    for name, key, numel, shape in tensors:
+        stride = []
+        acc = 1
+        for d in reversed(shape):
+            stride.insert(0, acc)
+            acc *= d
+        p += s(name)
+        p += glob("torch._utils", "_rebuild_tensor_v2") + MARK
+        p += MARK + s("storage") + glob("torch", "FloatStorage") + s(key) + s("cpu") + i64(numel) + TUPLE + BINPERSID
+        p += i64(0)
+        p += MARK + b"".join(i64(d) for d in shape) + TUPLE
+        p += MARK + b"".join(i64(d) for d in stride) + TUPLE
+        p += b"\x89" + EMPTY_DICT + TUPLE + REDUCE
+    return p + SETITEMS + STOP
+
+
+def deflate_bomb(nbytes):
+    """A re-zipped torch file whose one storage is `nbytes` of deflated zeros (1 GiB in ~1 MB):
+    storages were decompressed eagerly at about twice their size (2.06 GB RSS on inspect)."""
+    numel = nbytes // 4
+    pkl = tensor_dict_pickle([("weight", "0", numel, [numel]), ("epoch", "1", 1, [])])
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as z:
+        z.writestr(zipfile.ZipInfo("archive/data.pkl"), pkl, zipfile.ZIP_STORED)
+        z.writestr(zipfile.ZipInfo("archive/byteorder"), b"little")
+        info = zipfile.ZipInfo("archive/data/0")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        chunk = bytes(1 << 20)
+        with z.open(info, "w", force_zip64=nbytes > 0x7FFFFFFF) as f:
+            for _ in range(nbytes >> 20):
+                f.write(chunk)
+        z.writestr(zipfile.ZipInfo("archive/data/1"), struct.pack("<f", 7.0), zipfile.ZIP_DEFLATED)
+        z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
+    return b.getvalue()
+
+
+def pickle_bomb(nbytes):
+    """A re-zipped torch file whose data.pkl itself deflates to `nbytes` (a BINBYTES8 of zeros)."""
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as z:
+        info = zipfile.ZipInfo("archive/data.pkl")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        chunk = bytes(1 << 20)
+        with z.open(info, "w", force_zip64=nbytes > 0x7FFFFFFF) as f:
+            f.write(PROTO2 + b"\x8e" + struct.pack("<Q", nbytes))
+            for _ in range(nbytes >> 20):
+                f.write(chunk)
+            f.write(STOP)
+        z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
+    return b.getvalue()
+
+
+def generate(add):
+    """Writes every file through `add(name, data, expect, contains)`."""
+    add("rebuild-self-reference.pkl", rebuild_self_reference(), "error", "nested in itself")
+    add("rebuild-chain-30k.pkl", rebuild_chain(30_000), "error", "nested in itself")
+    add("long4-250x4k.pkl", many_long4(250, 4096), "clean", "list")
+    add("list-copies-1m-x60.pkl", list_copies(1_000_000, 60, "list"), "error", "decoded objects")
+    add("rebuild-copies-1m-x60.pkl", list_copies(1_000_000, 60, "rebuild"), "error", "decoded objects")
+    add("deflate-bomb-1g.pt", deflate_bomb(1 << 30), "clean", "compressed")
+    add("pickle-deflate-bomb.pt", pickle_bomb(1 << 30), "error", "decompression bomb")
+
+
+def main():
+    OUT.mkdir(exist_ok=True)
+    manifest = {}
+
+    def add(name, data, expect, contains):
+        (OUT / name).write_bytes(data)
+        manifest[name] = {"expect": expect, "contains": contains}
+
+    generate(add)
+    MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    total = sum((OUT / n).stat().st_size for n in manifest)
+    print(f"{len(manifest)} files, {total / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
