@@ -82,6 +82,8 @@ pub struct SetReport {
 /// Builds the report; `tree` adds the module trees.
 pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report, ModuleError> {
     let g = &ckpt.graph;
+    // One budget for every entry: an object held under many keys is walked once per key.
+    let mut budget = module::FlattenBudget::default();
     let entries = ckpt
         .entries()
         .into_iter()
@@ -89,7 +91,7 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report
             let stats = match kind {
                 // A module's figures are its state dict's, as torch counts them.
                 EntryKind::Module { .. } => {
-                    let sd = module::state_dict(g, &v)?;
+                    let sd = module::state_dict_within(g, &v, &mut budget)?;
                     Some(sets::stats(sd.iter().filter_map(|(_, t)| g.tensor(t))))
                 }
                 EntryKind::TensorDict
@@ -97,7 +99,7 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report
                 | EntryKind::Optimizer
                 | EntryKind::Dict
                 | EntryKind::List => {
-                    let ts = reachable_tensors(g, &v);
+                    let ts = reachable_tensors(g, &v, &mut budget)?;
                     (!ts.is_empty()).then(|| sets::stats(ts.into_iter()))
                 }
                 _ => None,
@@ -160,12 +162,18 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report
 }
 
 /// Every distinct tensor reachable from `v` (each node once, however often it is referenced).
-fn reachable_tensors<'g>(g: &'g Graph, v: &Value) -> Vec<&'g Tensor> {
+fn reachable_tensors<'g>(
+    g: &'g Graph,
+    v: &Value,
+    budget: &mut module::FlattenBudget,
+) -> Result<Vec<&'g Tensor>, ModuleError> {
     let mut seen: HashSet<NodeId> = HashSet::new();
     let mut out = Vec::new();
     let mut stack: Vec<&Value> = vec![v];
     while let Some(v) = stack.pop() {
         let Some(id) = v.node() else { continue };
+        // Every reference counts, the repeated ones too.
+        budget.step(1)?;
         if !seen.insert(id) {
             continue;
         }
@@ -190,5 +198,5 @@ fn reachable_tensors<'g>(g: &'g Graph, v: &Value) -> Vec<&'g Tensor> {
             _ => {}
         }
     }
-    out
+    Ok(out)
 }

@@ -125,6 +125,8 @@ fn resource_corpus_is_complete() {
         "rebuild-copies-1m-x60.pkl",
         "deflate-bomb-1g.pt",
         "pickle-deflate-bomb.pt",
+        "shared-modules-long-names.pt",
+        "shared-dict-1000-keys.pt",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing");
     }

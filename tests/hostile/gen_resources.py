@@ -182,6 +182,70 @@ def pickle_bomb(nbytes):
     return b.getvalue()
 
 
+def shared_modules(depth, name_len):
+    """A module tree where each level holds the level below twice, under names of `name_len`
+    characters: flattening visits 2**depth modules and builds names `depth * name_len` long, so a
+    few kilobytes ask for gigabytes of state-dict names."""
+    numel = 1
+    p = PROTO2
+    p += glob("torch.nn.modules.module", "Module") + put(0) + POP
+    # One tensor shared by every module.
+    p += glob("torch._utils", "_rebuild_tensor_v2") + MARK
+    p += MARK + s("storage") + glob("torch", "FloatStorage") + s("0") + s("cpu") + i64(numel) + TUPLE + BINPERSID
+    p += i64(0) + MARK + TUPLE + MARK + TUPLE + b"\x89" + EMPTY_DICT + TUPLE + REDUCE + put(1) + POP
+    memo = 2
+    prev = None
+    for level in range(depth):
+        p += get(0) + EMPTY_TUPLE + b"\x81"  # NEWOBJ Module()
+        p += EMPTY_DICT + MARK
+        p += s("_parameters") + EMPTY_DICT + s("w") + get(1) + SETITEM
+        p += s("_buffers") + EMPTY_DICT
+        p += s("_modules") + EMPTY_DICT
+        if prev is not None:
+            p += MARK
+            for c in "ab":
+                p += s(c * name_len) + get(prev)
+            p += SETITEMS
+        p += SETITEMS + b"b"  # BUILD
+        p += put(memo) + POP
+        prev = memo
+        memo += 1
+    p += EMPTY_DICT + s("model") + get(prev) + SETITEM
+    pkl = p + STOP
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as z:
+        z.writestr(zipfile.ZipInfo("archive/data.pkl"), pkl)
+        z.writestr(zipfile.ZipInfo("archive/byteorder"), b"little")
+        z.writestr(zipfile.ZipInfo("archive/data/0"), struct.pack("<f", 1.0))
+        z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
+    return b.getvalue()
+
+
+def shared_dict_many_keys(tensors, keys):
+    """A tensor dict of `tensors` entries held under `keys` keys of the root: every per-entry walk
+    (classification, statistics, weight-set discovery) repeated per key multiplied the work."""
+    p = PROTO2
+    p += glob("torch._utils", "_rebuild_tensor_v2") + MARK
+    p += MARK + s("storage") + glob("torch", "FloatStorage") + s("0") + s("cpu") + i64(1) + TUPLE + BINPERSID
+    p += i64(0) + MARK + TUPLE + MARK + TUPLE + b"\x89" + EMPTY_DICT + TUPLE + REDUCE + put(0) + POP
+    p += EMPTY_DICT + put(1) + MARK
+    for i in range(tensors):
+        p += s(f"t{i}") + get(0)
+    p += SETITEMS + POP
+    p += EMPTY_DICT + MARK
+    for i in range(keys):
+        p += s(f"k{i}") + get(1)
+    p += SETITEMS
+    pkl = p + STOP
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as z:
+        z.writestr(zipfile.ZipInfo("archive/data.pkl"), pkl)
+        z.writestr(zipfile.ZipInfo("archive/byteorder"), b"little")
+        z.writestr(zipfile.ZipInfo("archive/data/0"), struct.pack("<f", 1.0))
+        z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
+    return b.getvalue()
+
+
 def generate(add):
     """Writes every file through `add(name, data, expect, contains)`."""
     add("rebuild-self-reference.pkl", rebuild_self_reference(), "error", "nested in itself")
@@ -191,6 +255,8 @@ def generate(add):
     add("rebuild-copies-1m-x60.pkl", list_copies(1_000_000, 60, "rebuild"), "error", "decoded objects")
     add("deflate-bomb-1g.pt", deflate_bomb(1 << 30), "clean", "compressed")
     add("pickle-deflate-bomb.pt", pickle_bomb(1 << 30), "error", "decompression bomb")
+    add("shared-modules-long-names.pt", shared_modules(19, 4000), "error", "names")
+    add("shared-dict-1000-keys.pt", shared_dict_many_keys(20_000, 1000), "error", "objects visited")
 
 
 def main():
