@@ -23,6 +23,8 @@ struct Ended {
 }
 
 /// Runs the binary, killing it past the time limit, and measures its own peak RSS (`wait4`).
+// The child is reaped by `wait4`, which `Child` cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_limited(args: &[&str]) -> Ended {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
@@ -182,6 +184,12 @@ fn decompression_is_lazy_and_bounded() {
 
 // ---- sharded safetensors ----
 
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
 /// A valid one-tensor safetensors file.
 fn safetensors_bytes(name: &str) -> Vec<u8> {
     let header = format!(r#"{{"{name}":{{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}}}"#);
@@ -206,9 +214,7 @@ fn a_fifo_shard_is_refused_without_hanging() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("a.safetensors"), safetensors_bytes("a")).unwrap();
     let fifo = d.path().join("b.safetensors");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let index = write_index(d.path(), &[("a", "a.safetensors"), ("b", "b.safetensors")]);
     let e = within_limits(&["inspect", index.to_str().unwrap()], &[2]);
     assert!(e.stderr.contains("not a regular file"), "{}", e.stderr);
@@ -363,10 +369,7 @@ fn external_data_links_and_special_files_are_refused() {
     std::os::unix::fs::symlink("/dev", d.path().join("dev")).unwrap();
     let err = parse_in(d.path(), &onnx_with_external(&[("a", 2, "dev/zero", 0, 8)])).unwrap_err();
     assert!(err.contains("outside the model's folder"), "{err}");
-    let fifo = d.path().join("pipe.bin");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&d.path().join("pipe.bin"));
     let err = parse_in(d.path(), &onnx_with_external(&[("a", 2, "pipe.bin", 0, 8)])).unwrap_err();
     assert!(err.contains("not a regular file"), "{err}");
 }

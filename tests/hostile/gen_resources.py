@@ -182,17 +182,32 @@ def pickle_bomb(nbytes):
     return b.getvalue()
 
 
+def scalar_tensor():
+    """Pushes a one-element float tensor on storage '0' (see `one_scalar_zip`)."""
+    p = glob("torch._utils", "_rebuild_tensor_v2") + MARK
+    p += MARK + s("storage") + glob("torch", "FloatStorage") + s("0") + s("cpu") + i64(1) + TUPLE + BINPERSID
+    return p + i64(0) + MARK + TUPLE + MARK + TUPLE + b"\x89" + EMPTY_DICT + TUPLE + REDUCE
+
+
+def one_scalar_zip(pkl):
+    """A torch zip of `pkl` with one 4-byte storage '0'."""
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as z:
+        z.writestr(zipfile.ZipInfo("archive/data.pkl"), pkl)
+        z.writestr(zipfile.ZipInfo("archive/byteorder"), b"little")
+        z.writestr(zipfile.ZipInfo("archive/data/0"), struct.pack("<f", 1.0))
+        z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
+    return b.getvalue()
+
+
 def shared_modules(depth, name_len):
     """A module tree where each level holds the level below twice, under names of `name_len`
     characters: flattening visits 2**depth modules and builds names `depth * name_len` long, so a
     few kilobytes ask for gigabytes of state-dict names."""
-    numel = 1
     p = PROTO2
     p += glob("torch.nn.modules.module", "Module") + put(0) + POP
     # One tensor shared by every module.
-    p += glob("torch._utils", "_rebuild_tensor_v2") + MARK
-    p += MARK + s("storage") + glob("torch", "FloatStorage") + s("0") + s("cpu") + i64(numel) + TUPLE + BINPERSID
-    p += i64(0) + MARK + TUPLE + MARK + TUPLE + b"\x89" + EMPTY_DICT + TUPLE + REDUCE + put(1) + POP
+    p += scalar_tensor() + put(1) + POP
     memo = 2
     prev = None
     for level in range(depth):
@@ -211,23 +226,14 @@ def shared_modules(depth, name_len):
         prev = memo
         memo += 1
     p += EMPTY_DICT + s("model") + get(prev) + SETITEM
-    pkl = p + STOP
-    b = io.BytesIO()
-    with zipfile.ZipFile(b, "w") as z:
-        z.writestr(zipfile.ZipInfo("archive/data.pkl"), pkl)
-        z.writestr(zipfile.ZipInfo("archive/byteorder"), b"little")
-        z.writestr(zipfile.ZipInfo("archive/data/0"), struct.pack("<f", 1.0))
-        z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
-    return b.getvalue()
+    return one_scalar_zip(p + STOP)
 
 
 def shared_dict_many_keys(tensors, keys):
     """A tensor dict of `tensors` entries held under `keys` keys of the root: every per-entry walk
     (classification, statistics, weight-set discovery) repeated per key multiplied the work."""
     p = PROTO2
-    p += glob("torch._utils", "_rebuild_tensor_v2") + MARK
-    p += MARK + s("storage") + glob("torch", "FloatStorage") + s("0") + s("cpu") + i64(1) + TUPLE + BINPERSID
-    p += i64(0) + MARK + TUPLE + MARK + TUPLE + b"\x89" + EMPTY_DICT + TUPLE + REDUCE + put(0) + POP
+    p += scalar_tensor() + put(0) + POP
     p += EMPTY_DICT + put(1) + MARK
     for i in range(tensors):
         p += s(f"t{i}") + get(0)
@@ -236,14 +242,7 @@ def shared_dict_many_keys(tensors, keys):
     for i in range(keys):
         p += s(f"k{i}") + get(1)
     p += SETITEMS
-    pkl = p + STOP
-    b = io.BytesIO()
-    with zipfile.ZipFile(b, "w") as z:
-        z.writestr(zipfile.ZipInfo("archive/data.pkl"), pkl)
-        z.writestr(zipfile.ZipInfo("archive/byteorder"), b"little")
-        z.writestr(zipfile.ZipInfo("archive/data/0"), struct.pack("<f", 1.0))
-        z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
-    return b.getvalue()
+    return one_scalar_zip(p + STOP)
 
 
 def generate(add):
