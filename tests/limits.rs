@@ -373,3 +373,50 @@ fn external_data_links_and_special_files_are_refused() {
     let err = parse_in(d.path(), &onnx_with_external(&[("a", 2, "pipe.bin", 0, 8)])).unwrap_err();
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+#[test]
+fn a_rezipped_checkpoint_decompresses_on_demand_to_the_same_weights() {
+    use std::io::{Read, Write};
+    let src = common::fixture("yolov8-best.pt");
+    let d = tempfile::tempdir().unwrap();
+    let rezipped = d.path().join("rezipped.pt");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&rezipped).unwrap());
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).unwrap();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        w.start_file(f.name().unwrap().to_string(), opts).unwrap();
+        w.write_all(&data).unwrap();
+    }
+    w.finish().unwrap();
+    let e = within_limits(&["inspect", rezipped.to_str().unwrap()], &[0]);
+    assert!(e.stdout.contains("compressed storages"), "{}", e.stdout);
+    let (a, b) = (
+        d.path().join("a.safetensors"),
+        d.path().join("b.safetensors"),
+    );
+    for (input, out) in [(&rezipped, &a), (&src, &b)] {
+        within_limits(
+            &["fold", input.to_str().unwrap(), "-o", out.to_str().unwrap()],
+            &[0],
+        );
+    }
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    assert_eq!(a.names().len(), b.names().len());
+    assert!(!a.names().is_empty());
+    for name in b.names() {
+        let (x, y) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+        assert_eq!(
+            (x.dtype(), x.shape(), x.data()),
+            (y.dtype(), y.shape(), y.data()),
+            "{name}"
+        );
+    }
+}
