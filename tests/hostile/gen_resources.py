@@ -245,15 +245,24 @@ def shared_dict_many_keys(tensors, keys):
     return one_scalar_zip(p + STOP)
 
 
+def global_name_copies(name_len, copies):
+    """STACK_GLOBAL `copies` times on one memoised module name of `name_len` characters: each
+    global copied the name (1 MB x 2000 reached 1.9 GB)."""
+    p = PROTO2 + s("m" * name_len) + put(0) + POP + s("x") + put(1) + POP
+    p += EMPTY_LIST + MARK + (get(0) + get(1) + b"\x93") * copies + APPENDS
+    return p + STOP
+
+
 def generate(add):
     """Writes every file through `add(name, data, expect, contains)`."""
     add("rebuild-self-reference.pkl", rebuild_self_reference(), "error", "nested in itself")
     add("rebuild-chain-30k.pkl", rebuild_chain(30_000), "error", "nested in itself")
     add("long4-250x4k.pkl", many_long4(250, 4096), "clean", "list")
-    add("list-copies-1m-x60.pkl", list_copies(1_000_000, 60, "list"), "error", "decoded objects")
-    add("rebuild-copies-1m-x60.pkl", list_copies(1_000_000, 60, "rebuild"), "error", "decoded objects")
-    add("deflate-bomb-1g.pt", deflate_bomb(1 << 30), "clean", "compressed")
-    add("pickle-deflate-bomb.pt", pickle_bomb(1 << 30), "error", "decompression bomb")
+    add("list-copies-600k-x60.pkl", list_copies(600_000, 60, "list"), "error", "decoded objects")
+    add("rebuild-copies-600k-x60.pkl", list_copies(600_000, 60, "rebuild"), "error", "decoded objects")
+    add("deflate-bomb-512m.pt", deflate_bomb(512 << 20), "clean", "compressed")
+    add("pickle-deflate-bomb.pt", pickle_bomb(512 << 20), "error", "decompression bomb")
+    add("global-name-copies.pkl", global_name_copies(500_000, 2000), "error", "decoded objects")
     add("shared-modules-long-names.pt", shared_modules(19, 4000), "error", "names")
     add("shared-dict-1000-keys.pt", shared_dict_many_keys(20_000, 1000), "error", "objects visited")
 

@@ -445,6 +445,8 @@ impl<'a> Vm<'a> {
     }
 
     fn push_global(&mut self, module: String, name: String) {
+        // STACK_GLOBAL copies its strings, which memo references can repeat without end.
+        self.values += (module.len() + name.len()) / std::mem::size_of::<Value>();
         let g = Global {
             module: module.into(),
             name: name.into(),
