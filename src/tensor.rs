@@ -208,6 +208,8 @@ pub struct Deflated {
     map: Arc<MappedFile>,
     range: Range<usize>,
     size: usize,
+    /// The entry's name in the archive, for messages.
+    entry: String,
     budget: Arc<InflateBudget>,
     bytes: std::sync::OnceLock<Result<Vec<u8>, String>>,
 }
@@ -217,16 +219,20 @@ pub struct Deflated {
 pub struct InflateBudget {
     left: std::sync::atomic::AtomicUsize,
     total: usize,
+    /// The file, for messages (empty when the caller names it itself).
+    file: String,
 }
 
 impl InflateBudget {
     /// Room for 128 MiB plus eight times the compressed file's size: real tensors barely
-    /// compress (1.1:1 is typical), so only a bomb comes near it.
-    pub fn for_file(file_size: usize) -> Arc<InflateBudget> {
+    /// compress (1.1:1 is typical), so only a bomb comes near it. `file` names the file in
+    /// messages (a later command, such as `fold`, reports them).
+    pub fn for_file(file: &std::path::Path, file_size: usize) -> Arc<InflateBudget> {
         let total = (128usize << 20).saturating_add(file_size.saturating_mul(8));
         Arc::new(InflateBudget {
             left: std::sync::atomic::AtomicUsize::new(total),
             total,
+            file: file.display().to_string(),
         })
     }
 
@@ -246,17 +252,19 @@ impl InflateBudget {
 }
 
 impl Deflated {
-    /// A deflated entry at `range` of `map` that declares `size` bytes.
+    /// The deflated entry `entry` at `range` of `map` that declares `size` bytes.
     pub fn new(
         map: Arc<MappedFile>,
         range: Range<usize>,
         size: usize,
+        entry: String,
         budget: Arc<InflateBudget>,
     ) -> Deflated {
         Deflated {
             map,
             range,
             size,
+            entry,
             budget,
             bytes: std::sync::OnceLock::new(),
         }
@@ -265,7 +273,14 @@ impl Deflated {
     /// The decompressed bytes (decompressed on the first call, then kept).
     pub fn bytes(&self) -> std::io::Result<&[u8]> {
         self.bytes
-            .get_or_init(|| self.inflate())
+            .get_or_init(|| {
+                self.inflate().map_err(|m| {
+                    let mut at: Vec<&str> = vec![&self.budget.file, &self.entry];
+                    at.retain(|s| !s.is_empty());
+                    at.push(&m);
+                    at.join(": ")
+                })
+            })
             .as_deref()
             .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m.clone()))
     }

@@ -173,7 +173,8 @@ fn decompression_is_lazy_and_bounded() {
     let path = hostile_dir().join("files/deflate-bomb-512m.pt");
     let ck = fuse_ema::io::open(&path).unwrap();
     let g = &ck.graph;
-    let weight = g.tensor(g.dict_get(&ck.root, "weight").unwrap()).unwrap();
+    let sd = g.dict_get(&ck.root, "state_dict").unwrap();
+    let weight = g.tensor(g.dict_get(sd, "weight").unwrap()).unwrap();
     assert_eq!(weight.numel(), 1 << 27);
     // The small storage beside the bomb is read; the bomb itself is refused, not expanded.
     let epoch = g.tensor(g.dict_get(&ck.root, "epoch").unwrap()).unwrap();

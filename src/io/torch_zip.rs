@@ -94,7 +94,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         record: &record,
         cache: HashMap::new(),
         compressed: 0,
-        budget: InflateBudget::for_file(map.len()),
+        budget: InflateBudget::for_file(path, map.len()),
     };
     let (root, _) = pickle::unpickle(
         pkl.as_slice(),
@@ -214,7 +214,13 @@ fn entry_bytes(map: &Arc<MappedFile>, e: &Entry, limit: usize) -> Result<EntryBy
             e.size
         ));
     }
-    let b = entry_buffer(map, e, &InflateBudget::for_file(map.len()))?;
+    // The caller names the file and the entry.
+    let b = entry_buffer(
+        map,
+        e,
+        "",
+        &InflateBudget::for_file(Path::new(""), map.len()),
+    )?;
     b.bytes().map_err(|err| err.to_string())?;
     Ok(EntryBytes(b))
 }
@@ -234,6 +240,7 @@ impl EntryBytes {
 fn entry_buffer(
     map: &Arc<MappedFile>,
     e: &Entry,
+    name: &str,
     budget: &Arc<InflateBudget>,
 ) -> Result<Buffer, String> {
     let raw = e.data_start..e.data_start + e.compressed_size;
@@ -270,6 +277,7 @@ fn entry_buffer(
                 map.clone(),
                 raw,
                 e.size,
+                name.to_string(),
                 budget.clone(),
             ))))
         }
@@ -328,8 +336,8 @@ impl PersistentLoad for ZipStorages<'_> {
                 entry.size
             ));
         }
-        let buffer =
-            entry_buffer(self.map, entry, &self.budget).map_err(|m| format!("{name}: {m}"))?;
+        let buffer = entry_buffer(self.map, entry, &name, &self.budget)
+            .map_err(|m| format!("{name}: {m}"))?;
         if !buffer.is_mapped() {
             self.compressed += 1;
         }

@@ -127,30 +127,32 @@ def list_copies(items, copies, via):
     return p + STOP
 
 
-def tensor_dict_pickle(tensors):
-    """`{name: _rebuild_tensor_v2(storage(key, numel), 0, shape, stride, False, {})}`, float32."""
-    p = PROTO2 + EMPTY_DICT + MARK
-    for name, key, numel, shape in tensors:
-        stride = []
-        acc = 1
-        for d in reversed(shape):
-            stride.insert(0, acc)
-            acc *= d
-        p += s(name)
-        p += glob("torch._utils", "_rebuild_tensor_v2") + MARK
-        p += MARK + s("storage") + glob("torch", "FloatStorage") + s(key) + s("cpu") + i64(numel) + TUPLE + BINPERSID
-        p += i64(0)
-        p += MARK + b"".join(i64(d) for d in shape) + TUPLE
-        p += MARK + b"".join(i64(d) for d in stride) + TUPLE
-        p += b"\x89" + EMPTY_DICT + TUPLE + REDUCE
-    return p + SETITEMS + STOP
+def rebuild_tensor(key, numel, shape):
+    """Pushes `_rebuild_tensor_v2(storage(key, numel), 0, shape, contiguous stride, False, {})`,
+    float32."""
+    stride = []
+    acc = 1
+    for d in reversed(shape):
+        stride.insert(0, acc)
+        acc *= d
+    p = glob("torch._utils", "_rebuild_tensor_v2") + MARK
+    p += MARK + s("storage") + glob("torch", "FloatStorage") + s(key) + s("cpu") + i64(numel) + TUPLE + BINPERSID
+    p += i64(0)
+    p += MARK + b"".join(i64(d) for d in shape) + TUPLE
+    p += MARK + b"".join(i64(d) for d in stride) + TUPLE
+    return p + b"\x89" + EMPTY_DICT + TUPLE + REDUCE
 
 
 def deflate_bomb(nbytes):
-    """A re-zipped torch file whose one storage is `nbytes` of deflated zeros (1 GiB in ~1 MB):
-    storages were decompressed eagerly at about twice their size (2.06 GB RSS on inspect)."""
+    """A re-zipped timm-style checkpoint whose weight storage is `nbytes` of deflated zeros (1 GiB
+    in ~1 MB): storages were decompressed eagerly at about twice their size (2.06 GB RSS on
+    inspect). `fold` reads the weight, as EMA and raw model share it."""
     numel = nbytes // 4
-    pkl = tensor_dict_pickle([("weight", "0", numel, [numel]), ("epoch", "1", 1, [])])
+    p = PROTO2 + EMPTY_DICT + MARK
+    p += s("state_dict") + EMPTY_DICT + s("weight") + rebuild_tensor("0", numel, [numel]) + put(0) + SETITEM
+    p += s("state_dict_ema") + EMPTY_DICT + s("weight") + get(0) + SETITEM
+    p += s("epoch") + rebuild_tensor("1", 1, [])
+    pkl = p + SETITEMS + STOP
     b = io.BytesIO()
     with zipfile.ZipFile(b, "w") as z:
         z.writestr(zipfile.ZipInfo("archive/data.pkl"), pkl, zipfile.ZIP_STORED)
