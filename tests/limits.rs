@@ -422,3 +422,21 @@ fn a_rezipped_checkpoint_decompresses_on_demand_to_the_same_weights() {
         );
     }
 }
+
+#[test]
+fn memo_entries_count_against_the_budget() {
+    // Five bytes per LONG_BINPUT to a new key grew the memo table about 20 times faster than the
+    // file (25 MB reached 421 MB); built here rather than committed.
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("memo.pkl");
+    let mut p = b"\x80\x02N".to_vec();
+    for i in 0..4_990_000u32 {
+        p.push(b'r');
+        p.extend_from_slice(&i.to_le_bytes());
+    }
+    p.push(b'.');
+    std::fs::write(&path, p).unwrap();
+    let e = within_limits(&["inspect", path.to_str().unwrap()], &[2]);
+    assert!(e.stderr.contains("decoded objects"), "{}", e.stderr);
+    assert!(e.rss_mb < 256, "{} MB", e.rss_mb);
+}
