@@ -440,3 +440,23 @@ fn memo_entries_count_against_the_budget() {
     assert!(e.stderr.contains("decoded objects"), "{}", e.stderr);
     assert!(e.rss_mb < 256, "{} MB", e.rss_mb);
 }
+
+#[test]
+fn a_golden_npz_bomb_is_refused_before_expanding() {
+    // 256 MiB of deflated zeros in 261 kB (tests/hostile/gen_resources.py).
+    let path = hostile_dir().join("files/npz-bomb.npz");
+    let err = match fuse_ema::parity::npz::Npz::open(&path) {
+        Ok(_) => panic!("the bomb was read"),
+        Err(e) => e,
+    };
+    assert!(err.contains("decompression bomb"), "{err}");
+    // A FIFO is refused without blocking.
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("io.npz");
+    mkfifo(&fifo);
+    let err = match fuse_ema::parity::npz::Npz::open(&fifo) {
+        Ok(_) => panic!("the FIFO was read"),
+        Err(e) => e,
+    };
+    assert!(err.contains("not a regular file"), "{err}");
+}

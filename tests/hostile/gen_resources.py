@@ -255,6 +255,25 @@ def global_name_copies(name_len, copies):
     return p + STOP
 
 
+def npz_bomb(nbytes):
+    """A golden `.npz` (`verify --golden`) whose one float32 array is `nbytes` of deflated zeros."""
+    n = (nbytes - 128) // 4
+    header = ("{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }" % n).ljust(117) + "\n"
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as z:
+        info = zipfile.ZipInfo("images.npy")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        chunk = bytes(1 << 20)
+        with z.open(info, "w", force_zip64=nbytes > 0x7FFFFFFF) as f:
+            f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
+            left = 4 * n
+            while left:
+                k = min(left, len(chunk))
+                f.write(chunk[:k])
+                left -= k
+    return b.getvalue()
+
+
 def generate(add):
     """Writes every file through `add(name, data, expect, contains)`."""
     add("rebuild-self-reference.pkl", rebuild_self_reference(), "error", "nested in itself")
@@ -278,6 +297,8 @@ def main():
         manifest[name] = {"expect": expect, "contains": contains}
 
     generate(add)
+    # Not a checkpoint, so outside the manifest: tests/limits.rs reads it as a golden file.
+    (OUT / "npz-bomb.npz").write_bytes(npz_bomb(256 << 20))
     MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     total = sum((OUT / n).stat().st_size for n in manifest)
     print(f"{len(manifest)} files, {total / 1e6:.1f} MB")
