@@ -460,3 +460,17 @@ fn a_golden_npz_bomb_is_refused_before_expanding() {
     };
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+#[test]
+fn verify_refuses_a_model_that_is_not_a_regular_file() {
+    let e = within_limits(
+        &[
+            "verify",
+            "/dev/zero",
+            "--checkpoint",
+            common::fixture("yolov8-best.pt").to_str().unwrap(),
+        ],
+        &[2],
+    );
+    assert!(e.stderr.contains("not a regular file"), "{}", e.stderr);
+}

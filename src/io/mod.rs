@@ -86,12 +86,31 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, u64), ReadError> {
     if !meta.is_file() {
         return Err(ReadError::new(
             path,
-            ReadErrorKind::NotACheckpoint(
-                "not a regular file (a pipe, device or socket is not read)".into(),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a pipe, device or socket is not read)",
             ),
         ));
     }
     Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file of at most `max` bytes (see [`open_regular`]).
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let (file, len) = open_regular(path)?;
+    if len > max {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Unsupported(format!("a file of {len} bytes (at most {max} are read)")),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // A file that grows while read is still cut at the limit.
+    file.take(max)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReadError::new(path, e))?;
+    Ok(bytes)
 }
 
 /// Identifies the format from the first bytes.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::tensor::MappedFile;
 
-use super::{ReadError, ReadErrorKind, map_file, new_parts, open_regular};
+use super::{ReadError, ReadErrorKind, map_file, new_parts, read_regular};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::tensor::{Buffer, DType, Tensor};
@@ -128,14 +128,7 @@ pub fn open_sharded_dir(dir: &Path) -> Result<Checkpoint, ReadError> {
 
 /// Opens a sharded set through its `*.index.json`.
 pub fn open_sharded(index: &Path) -> Result<Checkpoint, ReadError> {
-    let (file, len) = open_regular(index)?;
-    if len > 64 << 20 {
-        return Err(st_err(index, "index larger than 64 MiB"));
-    }
-    let mut text = Vec::with_capacity(len as usize);
-    // A file that grows while read is still cut at the limit.
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, 64 << 20), &mut text)
-        .map_err(|e| ReadError::new(index, e))?;
+    let text = read_regular(index, 64 << 20)?;
     let json: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| st_err(index, format!("index is not JSON: {e}")))?;
     let map = json
