@@ -154,26 +154,9 @@ fn pickle_protocols_0_to_5_decode_to_what_python_pickled() {
 
 #[test]
 fn rezipped_with_compression_still_reads() {
-    use std::io::{Read, Write};
-    let src = std::fs::read(fixture("yolov8-epoch1.pt")).unwrap();
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&src)).unwrap();
-    let mut out = std::io::Cursor::new(Vec::new());
-    {
-        let mut w = zip::ZipWriter::new(&mut out);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        for i in 0..archive.len() {
-            let mut f = archive.by_index(i).unwrap();
-            let mut data = Vec::new();
-            f.read_to_end(&mut data).unwrap();
-            w.start_file(f.name().unwrap().to_string(), opts).unwrap();
-            w.write_all(&data).unwrap();
-        }
-        w.finish().unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rezipped.pt");
-    std::fs::write(&path, out.into_inner()).unwrap();
+    std::fs::write(&path, common::rezip_deflated(&fixture("yolov8-epoch1.pt"))).unwrap();
     let ckpt = fuse_ema::io::open(&path).unwrap();
     assert!(ckpt.info.compressed_storages > 0);
     let exp = Expected::load("yolov8-epoch1");

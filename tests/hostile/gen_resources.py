@@ -127,6 +127,22 @@ def list_copies(items, copies, via):
     return p + STOP
 
 
+def write_zeros_deflated(z, name, nbytes, head=b"", tail=b""):
+    """Adds entry `name` to zip `z`: `head`, `nbytes` zero bytes, `tail`, deflated in a stream
+    (never holding the zeros)."""
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    chunk = bytes(1 << 20)
+    with z.open(info, "w", force_zip64=nbytes > 0x7FFFFFFF) as f:
+        f.write(head)
+        left = nbytes
+        while left:
+            k = min(left, len(chunk))
+            f.write(chunk[:k])
+            left -= k
+        f.write(tail)
+
+
 def rebuild_tensor(key, numel, shape):
     """Pushes `_rebuild_tensor_v2(storage(key, numel), 0, shape, contiguous stride, False, {})`,
     float32."""
@@ -157,12 +173,7 @@ def deflate_bomb(nbytes):
     with zipfile.ZipFile(b, "w") as z:
         z.writestr(zipfile.ZipInfo("archive/data.pkl"), pkl, zipfile.ZIP_STORED)
         z.writestr(zipfile.ZipInfo("archive/byteorder"), b"little")
-        info = zipfile.ZipInfo("archive/data/0")
-        info.compress_type = zipfile.ZIP_DEFLATED
-        chunk = bytes(1 << 20)
-        with z.open(info, "w", force_zip64=nbytes > 0x7FFFFFFF) as f:
-            for _ in range(nbytes >> 20):
-                f.write(chunk)
+        write_zeros_deflated(z, "archive/data/0", nbytes)
         z.writestr(zipfile.ZipInfo("archive/data/1"), struct.pack("<f", 7.0), zipfile.ZIP_DEFLATED)
         z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
     return b.getvalue()
@@ -172,14 +183,8 @@ def pickle_bomb(nbytes):
     """A re-zipped torch file whose data.pkl itself deflates to `nbytes` (a BINBYTES8 of zeros)."""
     b = io.BytesIO()
     with zipfile.ZipFile(b, "w") as z:
-        info = zipfile.ZipInfo("archive/data.pkl")
-        info.compress_type = zipfile.ZIP_DEFLATED
-        chunk = bytes(1 << 20)
-        with z.open(info, "w", force_zip64=nbytes > 0x7FFFFFFF) as f:
-            f.write(PROTO2 + b"\x8e" + struct.pack("<Q", nbytes))
-            for _ in range(nbytes >> 20):
-                f.write(chunk)
-            f.write(STOP)
+        head = PROTO2 + b"\x8e" + struct.pack("<Q", nbytes)
+        write_zeros_deflated(z, "archive/data.pkl", nbytes, head, STOP)
         z.writestr(zipfile.ZipInfo("archive/version"), b"3\n")
     return b.getvalue()
 
@@ -261,16 +266,8 @@ def npz_bomb(nbytes):
     header = ("{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }" % n).ljust(117) + "\n"
     b = io.BytesIO()
     with zipfile.ZipFile(b, "w") as z:
-        info = zipfile.ZipInfo("images.npy")
-        info.compress_type = zipfile.ZIP_DEFLATED
-        chunk = bytes(1 << 20)
-        with z.open(info, "w", force_zip64=nbytes > 0x7FFFFFFF) as f:
-            f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
-            left = 4 * n
-            while left:
-                k = min(left, len(chunk))
-                f.write(chunk[:k])
-                left -= k
+        head = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+        write_zeros_deflated(z, "images.npy", 4 * n, head)
     return b.getvalue()
 
 
