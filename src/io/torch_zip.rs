@@ -204,9 +204,8 @@ fn check_end_record(map: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// An entry's bytes: borrowed from the map when stored, decompressed (at most `limit` bytes and
-/// exactly the declared size) otherwise.
-/// A deflated entry is bounded by the file's [`InflateBudget`] as well.
+/// An entry's bytes: borrowed from the map when stored, decompressed (at most `limit` bytes,
+/// exactly the declared size, within an [`InflateBudget`] for the file) otherwise.
 fn entry_bytes(map: &Arc<MappedFile>, e: &Entry, limit: usize) -> Result<EntryBytes, String> {
     if e.method == CompressionMethod::Deflated && e.size > limit {
         return Err(format!(
