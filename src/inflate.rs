@@ -34,6 +34,18 @@ impl InflateBudget {
     /// messages (a later command, such as `fold`, reports them).
     pub fn for_file(file: &std::path::Path, file_size: usize) -> Arc<InflateBudget> {
         let total = (128usize << 20).saturating_add(file_size.saturating_mul(8));
+        InflateBudget::of(file, total)
+    }
+
+    /// Room for 64 MiB plus twice the file's size, for the pickle and the small records read
+    /// when a file is opened: a pickle is text and structure, never megabytes of one repeated
+    /// byte, and what it decodes to is copied again.
+    pub fn for_records(file_size: usize) -> Arc<InflateBudget> {
+        let total = (64usize << 20).saturating_add(file_size.saturating_mul(2));
+        InflateBudget::of(std::path::Path::new(""), total)
+    }
+
+    fn of(file: &std::path::Path, total: usize) -> Arc<InflateBudget> {
         Arc::new(InflateBudget {
             left: std::sync::atomic::AtomicUsize::new(total),
             total,

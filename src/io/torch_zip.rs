@@ -214,12 +214,7 @@ fn entry_bytes(map: &Arc<MappedFile>, e: &Entry, limit: usize) -> Result<EntryBy
         ));
     }
     // The caller names the file and the entry.
-    let b = entry_buffer(
-        map,
-        e,
-        "",
-        &InflateBudget::for_file(Path::new(""), map.len()),
-    )?;
+    let b = entry_buffer(map, e, "", &InflateBudget::for_records(map.len()))?;
     b.bytes().map_err(|err| err.to_string())?;
     Ok(EntryBytes(b))
 }
