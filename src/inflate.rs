@@ -137,3 +137,53 @@ impl Deflated {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// `data` deflated, in a mapped temporary file.
+    fn mapped_deflate(data: &[u8]) -> (Arc<MappedFile>, Range<usize>) {
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).unwrap();
+        let z = enc.finish().unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&z).unwrap();
+        // SAFETY: a private temporary file nobody else writes.
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        (Arc::new(MappedFile::new(map, f)), 0..z.len())
+    }
+
+    #[test]
+    fn decompresses_once_exactly_the_declared_size_within_the_budget() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+        let (map, range) = mapped_deflate(&data);
+        let budget = InflateBudget::of(std::path::Path::new("f.pt"), 150_000);
+        let d = Deflated::new(map.clone(), range.clone(), data.len(), "e/0".into(), budget);
+        assert_eq!(d.bytes().unwrap(), &data[..]);
+        // A second entry would pass the budget: refused, naming file and entry.
+        let budget = InflateBudget::of(std::path::Path::new("f.pt"), 150_000);
+        let a = Deflated::new(
+            map.clone(),
+            range.clone(),
+            data.len(),
+            "e/1".into(),
+            budget.clone(),
+        );
+        let b = Deflated::new(map.clone(), range.clone(), data.len(), "e/2".into(), budget);
+        a.bytes().unwrap();
+        let err = b.bytes().unwrap_err().to_string();
+        assert!(
+            err.starts_with("f.pt: e/2: ") && err.contains("decompression bomb"),
+            "{err}"
+        );
+        // A declared size the stream does not produce, either way.
+        let budget = InflateBudget::of(std::path::Path::new(""), usize::MAX);
+        for size in [data.len() - 1, data.len() + 1] {
+            let d = Deflated::new(map.clone(), range.clone(), size, "e".into(), budget.clone());
+            let err = d.bytes().unwrap_err().to_string();
+            assert!(err.starts_with("e: decompresses to"), "{err}");
+        }
+    }
+}
