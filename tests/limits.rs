@@ -130,6 +130,7 @@ fn resource_corpus_is_complete() {
         "pickle-deflate-bomb.pt",
         "shared-modules-long-names.pt",
         "shared-dict-1000-keys.pt",
+        "shared-object-1000-keys.pt",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing");
     }

@@ -49,7 +49,7 @@ impl FlattenBudget {
         self.used = self.used.saturating_add(bytes);
         if self.used > MAX_FLATTEN_BYTES {
             return Err(ModuleError(format!(
-                "module names and entries would take more than {} MiB (modules shared under many long names)",
+                "state-dict names and entries would take more than {} MiB (objects shared under many names)",
                 MAX_FLATTEN_BYTES >> 20
             )));
         }

@@ -236,14 +236,17 @@ def shared_modules(depth, name_len):
     return one_scalar_zip(p + STOP)
 
 
-def shared_dict_many_keys(tensors, keys):
+def shared_dict_many_keys(tensors, keys, tensor_dict=True):
     """A tensor dict of `tensors` entries held under `keys` keys of the root: every per-entry walk
-    (classification, statistics, weight-set discovery) repeated per key multiplied the work."""
+    (classification, statistics, weight-set discovery) repeated per key multiplied the work. With
+    `tensor_dict=False` the dict also holds a list, so it is walked into rather than copied."""
     p = PROTO2
     p += scalar_tensor() + put(0) + POP
     p += EMPTY_DICT + put(1) + MARK
     for i in range(tensors):
         p += s(f"t{i}") + get(0)
+    if not tensor_dict:
+        p += s("history") + EMPTY_LIST
     p += SETITEMS + POP
     p += EMPTY_DICT + MARK
     for i in range(keys):
@@ -281,8 +284,9 @@ def generate(add):
     add("deflate-bomb-512m.pt", deflate_bomb(512 << 20), "clean", "compressed")
     add("pickle-deflate-bomb.pt", pickle_bomb(512 << 20), "error", "decompression bomb")
     add("global-name-copies.pkl", global_name_copies(500_000, 2000), "error", "decoded objects")
-    add("shared-modules-long-names.pt", shared_modules(19, 4000), "error", "names")
-    add("shared-dict-1000-keys.pt", shared_dict_many_keys(20_000, 1000), "error", "objects visited")
+    add("shared-modules-long-names.pt", shared_modules(19, 4000), "error", "names and entries")
+    add("shared-dict-1000-keys.pt", shared_dict_many_keys(20_000, 1000), "error", "names and entries")
+    add("shared-object-1000-keys.pt", shared_dict_many_keys(20_000, 1000, False), "error", "objects visited")
 
 
 def main():
