@@ -1,7 +1,7 @@
 //! `inspect`: what a checkpoint holds and whether anything in it is dangerous, as a stable
 //! serialisable report (schema in `docs/inspect-json.md`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
@@ -82,23 +82,31 @@ pub struct SetReport {
 /// Builds the report; `tree` adds the module trees.
 pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report, ModuleError> {
     let g = &ckpt.graph;
-    // One budget for every entry: an object held under many keys is walked once per key.
+    // One budget for every entry, and figures kept per object: an object held under many keys
+    // is walked once, and distinct objects sharing what they hold cannot multiply the work.
     let mut budget = module::FlattenBudget::default();
+    let mut known: HashMap<NodeId, Option<Stats>> = HashMap::new();
     let entries = ckpt
         .entries()
         .into_iter()
         .map(|(key, v, kind)| {
-            let stats = match kind {
+            let id = v.node();
+            let cached = id.and_then(|id| known.get(&id).cloned());
+            let stats = match (cached, &kind) {
+                (Some(stats), _) => stats,
                 // A module's figures are its state dict's, as torch counts them.
-                EntryKind::Module { .. } => {
+                (None, EntryKind::Module { .. }) => {
                     let sd = module::state_dict_within(g, &v, &mut budget)?;
                     Some(sets::stats(sd.iter().filter_map(|(_, t)| g.tensor(t))))
                 }
-                EntryKind::TensorDict
-                | EntryKind::Tensor
-                | EntryKind::Optimizer
-                | EntryKind::Dict
-                | EntryKind::List => {
+                (
+                    None,
+                    EntryKind::TensorDict
+                    | EntryKind::Tensor
+                    | EntryKind::Optimizer
+                    | EntryKind::Dict
+                    | EntryKind::List,
+                ) => {
                     // Past the budget the figures are left out rather than the file refused:
                     // big non-tensor data (histories, caches) is legitimate.
                     let ts = reachable_tensors(g, &v, &mut budget).unwrap_or_default();
@@ -106,6 +114,9 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &[String]) -> Result<Report
                 }
                 _ => None,
             };
+            if let Some(id) = id {
+                known.insert(id, stats.clone());
+            }
             let value = matches!(kind, EntryKind::Scalar).then(|| metadata::to_json(g, &v));
             Ok(EntryReport {
                 key,
