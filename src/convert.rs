@@ -32,9 +32,10 @@ pub fn for_each_f64(dtype: DType, bytes: &[u8], mut f: impl FnMut(f64)) -> bool 
     true
 }
 
-/// All elements as f64 in row-major order, or `None` for dtypes without a real value.
+/// All elements as f64 in row-major order, or `None` for dtypes without a real value (or a
+/// compressed storage that cannot be decompressed).
 pub fn to_f64_vec(t: &Tensor) -> Option<Vec<f64>> {
-    let bytes = t.to_contiguous_bytes();
+    let bytes = t.to_contiguous_bytes().ok()?;
     let mut out = Vec::with_capacity(t.numel());
     for_each_f64(t.dtype, &bytes, |x| out.push(x)).then_some(out)
 }

@@ -1,7 +1,7 @@
 //! `inspect`: what a checkpoint holds and whether anything in it is dangerous, as a stable
 //! serialisable report (schema in `docs/inspect-json.md`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
@@ -85,26 +85,41 @@ pub struct SetReport {
 /// Builds the report; `tree` adds the module trees; `allow` judges the globals.
 pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &AllowList) -> Result<Report, ModuleError> {
     let g = &ckpt.graph;
+    // One budget for every entry, and figures kept per object: an object held under many keys
+    // is walked once, and distinct objects sharing what they hold cannot multiply the work.
+    let mut budget = module::FlattenBudget::default();
+    let mut known: HashMap<NodeId, Option<Stats>> = HashMap::new();
     let entries = ckpt
         .entries()
         .into_iter()
         .map(|(key, v, kind)| {
-            let stats = match kind {
+            let id = v.node();
+            let cached = id.and_then(|id| known.get(&id).cloned());
+            let stats = match (cached, &kind) {
+                (Some(stats), _) => stats,
                 // A module's figures are its state dict's, as torch counts them.
-                EntryKind::Module { .. } => {
-                    let sd = module::state_dict(g, &v)?;
+                (None, EntryKind::Module { .. }) => {
+                    let sd = module::state_dict_within(g, &v, &mut budget)?;
                     Some(sets::stats(sd.iter().filter_map(|(_, t)| g.tensor(t))))
                 }
-                EntryKind::TensorDict
-                | EntryKind::Tensor
-                | EntryKind::Optimizer
-                | EntryKind::Dict
-                | EntryKind::List => {
-                    let ts = reachable_tensors(g, &v);
+                (
+                    None,
+                    EntryKind::TensorDict
+                    | EntryKind::Tensor
+                    | EntryKind::Optimizer
+                    | EntryKind::Dict
+                    | EntryKind::List,
+                ) => {
+                    // Past the budget the figures are left out rather than the file refused:
+                    // big non-tensor data (histories, caches) is legitimate.
+                    let ts = reachable_tensors(g, &v, &mut budget).unwrap_or_default();
                     (!ts.is_empty()).then(|| sets::stats(ts.into_iter()))
                 }
                 _ => None,
             };
+            if let Some(id) = id {
+                known.insert(id, stats.clone());
+            }
             let value = matches!(kind, EntryKind::Scalar).then(|| metadata::to_json(g, &v));
             Ok(EntryReport {
                 key,
@@ -165,12 +180,18 @@ pub fn inspect(ckpt: &Checkpoint, tree: bool, allow: &AllowList) -> Result<Repor
 }
 
 /// Every distinct tensor reachable from `v` (each node once, however often it is referenced).
-fn reachable_tensors<'g>(g: &'g Graph, v: &Value) -> Vec<&'g Tensor> {
+fn reachable_tensors<'g>(
+    g: &'g Graph,
+    v: &Value,
+    budget: &mut module::FlattenBudget,
+) -> Result<Vec<&'g Tensor>, ModuleError> {
     let mut seen: HashSet<NodeId> = HashSet::new();
     let mut out = Vec::new();
     let mut stack: Vec<&Value> = vec![v];
     while let Some(v) = stack.pop() {
         let Some(id) = v.node() else { continue };
+        // Every reference counts, the repeated ones too.
+        budget.step(1)?;
         if !seen.insert(id) {
             continue;
         }
@@ -195,5 +216,5 @@ fn reachable_tensors<'g>(g: &'g Graph, v: &Value) -> Vec<&'g Tensor> {
             _ => {}
         }
     }
-    out
+    Ok(out)
 }

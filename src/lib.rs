@@ -7,6 +7,7 @@ pub mod cli;
 pub mod convert;
 pub mod diff;
 pub mod ema;
+pub mod inflate;
 pub mod inspect;
 pub mod io;
 pub mod models;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+pub use crate::inflate::{Deflated, InflateBudget};
+
 /// An input file, memory-mapped for in-place reads, with its handle kept for positioned reads
 /// and kernel-side copies when whole tensors are streamed.
 pub struct MappedFile {
@@ -184,8 +186,8 @@ impl fmt::Display for DType {
     }
 }
 
-/// Bytes of one storage: a range of the memory-mapped input (zero copy) or an owned buffer when
-/// the bytes had to be decompressed.
+/// Bytes of one storage: a range of the memory-mapped input (zero copy), an owned buffer, or a
+/// compressed zip entry decompressed the first time its bytes are needed.
 #[derive(Clone)]
 pub enum Buffer {
     /// A range inside a memory map shared by every tensor of the file.
@@ -195,16 +197,21 @@ pub enum Buffer {
         /// Where this buffer lies in it.
         range: Range<usize>,
     },
-    /// Bytes that exist only in memory (decompressed entries).
+    /// Bytes that exist only in memory (numpy arrays pickled inline).
     Owned(Arc<[u8]>),
+    /// A deflated zip entry: nothing is decompressed until a command reads the bytes, so opening
+    /// (and `inspect`) costs nothing however far the entry would expand.
+    Deflated(Arc<Deflated>),
 }
 
 impl Buffer {
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    /// The bytes; a deflated buffer is decompressed here (once), which fails for a corrupt entry
+    /// or past the file's [`InflateBudget`].
+    pub fn bytes(&self) -> std::io::Result<&[u8]> {
         match self {
-            Buffer::Mapped { map, range } => &map[range.clone()],
-            Buffer::Owned(v) => v,
+            Buffer::Mapped { map, range } => Ok(&map[range.clone()]),
+            Buffer::Owned(v) => Ok(v),
+            Buffer::Deflated(d) => d.bytes(),
         }
     }
 
@@ -213,6 +220,7 @@ impl Buffer {
         match self {
             Buffer::Mapped { range, .. } => range.len(),
             Buffer::Owned(v) => v.len(),
+            Buffer::Deflated(d) => d.len(),
         }
     }
 
@@ -238,6 +246,7 @@ impl Buffer {
         const CHUNK: usize = 8 << 20;
         match self {
             Buffer::Owned(v) => f(&v[range]),
+            Buffer::Deflated(d) => f(&d.bytes()?[range]),
             Buffer::Mapped { map, range: base } => {
                 use std::os::unix::fs::FileExt;
                 let start = base.start + range.start;
@@ -259,9 +268,9 @@ impl Buffer {
     /// so nothing stays mapped; `buf` is reused across calls).
     pub fn read_into(&self, range: Range<usize>, buf: &mut Vec<u8>) -> std::io::Result<()> {
         match self {
-            Buffer::Owned(v) => {
+            Buffer::Owned(_) | Buffer::Deflated(_) => {
                 buf.clear();
-                buf.extend_from_slice(&v[range]);
+                buf.extend_from_slice(&self.bytes()?[range]);
                 Ok(())
             }
             Buffer::Mapped { map, range: base } => {
@@ -279,7 +288,7 @@ impl Buffer {
     pub fn copy_to(&self, range: Range<usize>, out: &mut std::fs::File) -> std::io::Result<()> {
         use std::io::Write;
         let (map, base) = match self {
-            Buffer::Owned(v) => return out.write_all(&v[range]),
+            Buffer::Owned(_) | Buffer::Deflated(_) => return out.write_all(&self.bytes()?[range]),
             Buffer::Mapped { map, range: base } => (map, base),
         };
         #[cfg(target_os = "linux")]
@@ -338,6 +347,7 @@ impl fmt::Debug for Buffer {
         match self {
             Buffer::Mapped { range, .. } => write!(f, "Mapped({range:?})"),
             Buffer::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+            Buffer::Deflated(d) => write!(f, "Deflated({} bytes)", d.len()),
         }
     }
 }
@@ -461,13 +471,12 @@ impl Tensor {
         })
     }
 
-    /// The elements' bytes without copying, when the view is contiguous.
-    pub fn contiguous_bytes(&self) -> Option<&[u8]> {
-        if !self.is_contiguous() {
-            return None;
-        }
-        let start = self.offset * self.dtype.size();
-        self.storage.as_slice().get(start..start + self.nbytes())
+    /// The elements' bytes without copying, when the view is contiguous (`Ok(None)` when not).
+    pub fn contiguous_bytes(&self) -> std::io::Result<Option<&[u8]>> {
+        let Some(range) = self.contiguous_range() else {
+            return Ok(None);
+        };
+        Ok(self.storage.bytes()?.get(range))
     }
 
     /// Passes the elements' bytes in row-major order to `f`, in chunks (see
@@ -481,38 +490,41 @@ impl Tensor {
             return self.storage.for_each_chunk(start..start + self.nbytes(), f);
         }
         let mut f = f;
-        f(&self.to_contiguous_bytes())
+        f(&self.to_contiguous_bytes()?)
     }
 
     /// Elements `range` (row-major) as f64 into `out` (cleared first); mapped pages are released
-    /// afterwards. `false` for dtypes without a real value.
+    /// afterwards. `false` for dtypes without a real value, or when the bytes cannot be read.
     pub fn read_f64(&self, range: Range<usize>, out: &mut Vec<f64>) -> bool {
         out.clear();
         let es = self.dtype.size();
         if self.is_contiguous() {
             let start = (self.offset + range.start) * es;
             let mut ok = true;
-            let _ = self
+            let read = self
                 .storage
                 .for_each_chunk(start..start + range.len() * es, |c| {
                     ok &= crate::convert::for_each_f64(self.dtype, c, |x| out.push(x));
                     Ok(())
                 });
-            return ok;
+            return ok && read.is_ok();
         }
-        let all = self.to_contiguous_bytes();
+        let Ok(all) = self.to_contiguous_bytes() else {
+            return false;
+        };
         crate::convert::for_each_f64(self.dtype, &all[range.start * es..range.end * es], |x| {
             out.push(x)
         })
     }
 
     /// The elements' bytes in row-major order: borrowed when contiguous, gathered otherwise.
-    pub fn to_contiguous_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        if let Some(b) = self.contiguous_bytes() {
-            return std::borrow::Cow::Borrowed(b);
+    /// Fails only for a compressed storage that cannot be decompressed.
+    pub fn to_contiguous_bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        if let Some(b) = self.contiguous_bytes()? {
+            return Ok(std::borrow::Cow::Borrowed(b));
         }
         let es = self.dtype.size();
-        let src = self.storage.as_slice();
+        let src = self.storage.bytes()?;
         let mut out = Vec::with_capacity(self.nbytes());
         let mut index = vec![0usize; self.shape.len()];
         for _ in 0..self.numel() {
@@ -531,7 +543,7 @@ impl Tensor {
                 index[d] = 0;
             }
         }
-        std::borrow::Cow::Owned(out)
+        Ok(std::borrow::Cow::Owned(out))
     }
 }
 
@@ -563,7 +575,7 @@ mod tests {
         let t =
             Tensor::new_view(DType::U8, vec![3, 2], vec![1, 3], 0, owned(6), "0".into()).unwrap();
         assert!(!t.is_contiguous());
-        assert_eq!(&*t.to_contiguous_bytes(), &[0, 3, 1, 4, 2, 5]);
+        assert_eq!(&*t.to_contiguous_bytes().unwrap(), &[0, 3, 1, 4, 2, 5]);
     }
 
     #[test]

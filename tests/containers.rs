@@ -206,7 +206,7 @@ fn legacy_tar_checkpoints_are_read_and_judged() {
     let t = c.graph.tensor(w).unwrap();
     assert_eq!(t.shape, [2]);
     assert_eq!(
-        &*t.to_contiguous_bytes(),
+        &*t.to_contiguous_bytes().unwrap(),
         &[1f32.to_le_bytes(), 2f32.to_le_bytes()].concat()[..]
     );
 }

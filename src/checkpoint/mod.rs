@@ -72,7 +72,7 @@ pub struct FormatInfo {
     pub record: Option<String>,
     /// Whether the archive is a TorchScript model (it has a `code/` folder).
     pub torchscript: bool,
-    /// Storages stored compressed (and so decompressed into memory instead of mapped).
+    /// Storages stored compressed (decompressed into memory, when read, instead of mapped).
     pub compressed_storages: usize,
     /// Shard files of a sharded set.
     pub shards: Vec<String>,

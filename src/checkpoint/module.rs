@@ -13,6 +13,49 @@ pub const MAX_MODULE_DEPTH: usize = 256;
 pub const MAX_MODULE_VISITS: usize = 1_000_000;
 /// State dict entries at most (real models have thousands).
 pub const MAX_ENTRIES: usize = 2_000_000;
+/// Memory that flattening may build, counted as the bytes of every name plus
+/// [`ENTRY_COST`] per entry, over all the state dicts of one file: modules shared level after
+/// level under long names would otherwise build gigabytes of names from a few kilobytes.
+pub const MAX_FLATTEN_BYTES: usize = 128 << 20;
+/// What one entry costs beyond its name (the entry, the tensor view it resolves to).
+pub const ENTRY_COST: usize = 256;
+
+/// Objects visited by the walks over one file (flattening, weight-set discovery, statistics), at
+/// most: one big dict held under thousands of keys would otherwise be walked once per key.
+pub const MAX_WALK_STEPS: usize = 10_000_000;
+
+/// What the walks over one file have built and visited so far, shared by every state dict,
+/// weight set and statistic taken from it.
+#[derive(Debug, Default)]
+pub struct FlattenBudget {
+    used: usize,
+    steps: usize,
+}
+
+impl FlattenBudget {
+    /// Counts `n` more objects visited, failing past [`MAX_WALK_STEPS`].
+    pub fn step(&mut self, n: usize) -> Result<(), ModuleError> {
+        self.steps = self.steps.saturating_add(n);
+        if self.steps > MAX_WALK_STEPS {
+            return Err(ModuleError(format!(
+                "more than {MAX_WALK_STEPS} objects visited (objects shared under many keys)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` more, failing past [`MAX_FLATTEN_BYTES`].
+    pub fn take(&mut self, bytes: usize) -> Result<(), ModuleError> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > MAX_FLATTEN_BYTES {
+            return Err(ModuleError(format!(
+                "state-dict names and entries would take more than {} MiB (objects shared under many names)",
+                MAX_FLATTEN_BYTES >> 20
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Why a module could not be flattened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,10 +115,19 @@ fn non_persistent(graph: &Graph, v: &Value) -> Vec<String> {
 /// `module.state_dict()`: each module's parameters, then its persistent buffers, then its
 /// children, with dotted names; `None` entries skipped.
 pub fn state_dict(graph: &Graph, v: &Value) -> Result<Vec<(String, Value)>, ModuleError> {
+    state_dict_within(graph, v, &mut FlattenBudget::default())
+}
+
+/// [`state_dict`], counting what it builds against `budget`.
+pub fn state_dict_within(
+    graph: &Graph,
+    v: &Value,
+    budget: &mut FlattenBudget,
+) -> Result<Vec<(String, Value)>, ModuleError> {
     let mut out = Vec::new();
     let mut path: Vec<NodeId> = Vec::new();
     let mut visits = 0usize;
-    walk(graph, v, "", &mut out, &mut path, &mut visits)?;
+    walk(graph, v, "", &mut out, &mut path, &mut visits, budget)?;
     Ok(out)
 }
 
@@ -86,6 +138,7 @@ fn walk(
     out: &mut Vec<(String, Value)>,
     path: &mut Vec<NodeId>,
     visits: &mut usize,
+    budget: &mut FlattenBudget,
 ) -> Result<(), ModuleError> {
     *visits += 1;
     if *visits > MAX_MODULE_VISITS {
@@ -111,11 +164,13 @@ fn walk(
         )));
     }
     path.push(id);
+    budget.step(1)?;
     let skip = non_persistent(graph, v);
     for (attr, is_buffer) in [("_parameters", false), ("_buffers", true)] {
         let Some(d) = graph.attr(v, attr).and_then(|d| graph.dict(d)) else {
             continue;
         };
+        budget.step(d.len())?;
         for (k, t) in d {
             let Some(name) = k.as_str() else { continue };
             if *t == Value::None || (is_buffer && skip.iter().any(|s| s == name)) {
@@ -131,11 +186,14 @@ fn walk(
                     "state dict larger than {MAX_ENTRIES} entries"
                 )));
             }
+            budget.take(prefix.len() + name.len() + ENTRY_COST)?;
             out.push((format!("{prefix}{name}"), t.clone()));
         }
     }
     for (name, child) in children(graph, v) {
-        walk(graph, child, &format!("{prefix}{name}."), out, path, visits)?;
+        budget.take(prefix.len() + name.len() + 1)?;
+        let prefix = format!("{prefix}{name}.");
+        walk(graph, child, &prefix, out, path, visits, budget)?;
     }
     path.pop();
     Ok(())
@@ -154,16 +212,24 @@ pub struct TreeNode {
     pub children: Vec<TreeNode>,
 }
 
-/// The module tree below `v` (depth-limited; a cycle ends the branch).
+/// The module tree below `v` (depth-limited; a module that contains itself is shown once, without
+/// children, where it recurs).
 pub fn tree(graph: &Graph, v: &Value, name: &str) -> TreeNode {
     let mut budget = MAX_TREE_NODES;
-    tree_at(graph, v, name, 0, &mut budget)
+    let mut path = Vec::new();
+    tree_at(graph, v, name, &mut path, &mut budget)
 }
 
 /// Nodes a module tree shows at most.
 const MAX_TREE_NODES: usize = 100_000;
 
-fn tree_at(graph: &Graph, v: &Value, name: &str, depth: usize, budget: &mut usize) -> TreeNode {
+fn tree_at(
+    graph: &Graph,
+    v: &Value,
+    name: &str,
+    path: &mut Vec<NodeId>,
+    budget: &mut usize,
+) -> TreeNode {
     *budget = budget.saturating_sub(1);
     let own = ["_parameters", "_buffers"]
         .iter()
@@ -171,14 +237,20 @@ fn tree_at(graph: &Graph, v: &Value, name: &str, depth: usize, budget: &mut usiz
         .map(|d| d.iter().filter(|(_, t)| graph.tensor(t).is_some()).count())
         .sum();
     let mut kids = Vec::new();
-    if depth < MAX_MODULE_DEPTH {
+    let id = v.node();
+    let cycle = id.is_some_and(|id| path.contains(&id));
+    if path.len() < MAX_MODULE_DEPTH && !cycle {
+        path.extend(id);
         for (n, c) in children(graph, v) {
             if *budget == 0 {
                 break;
             }
             if is_module(graph, c) {
-                kids.push(tree_at(graph, c, n, depth + 1, budget));
+                kids.push(tree_at(graph, c, n, path, budget));
             }
+        }
+        if id.is_some() {
+            path.pop();
         }
     }
     TreeNode {

@@ -1,13 +1,13 @@
 //! What a checkpoint holds: each top-level entry classified, and every weight set (a module's
 //! state dict or a dict of tensors) found with its path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use super::Checkpoint;
 use super::module::{self, ModuleError};
-use super::value::{Graph, Node, Value};
+use super::value::{Graph, Node, NodeId, Value};
 use crate::tensor::Tensor;
 
 /// How deep below the root weight sets are looked for (RT-DETR keeps `ema.module`, Lightning
@@ -155,10 +155,22 @@ impl Checkpoint {
     /// The top-level entries with their kinds: the root dict's items, or the root itself.
     pub fn entries(&self) -> Vec<(String, Value, EntryKind)> {
         match self.graph.dict(&self.root) {
-            Some(d) if !is_tensor_dict(&self.graph, d) => d
-                .iter()
-                .map(|(k, v)| (key_text(k), v.clone(), classify(&self.graph, v)))
-                .collect(),
+            Some(d) if !is_tensor_dict(&self.graph, d) => {
+                // One object held under many keys is classified once.
+                let mut seen: HashMap<NodeId, EntryKind> = HashMap::new();
+                d.iter()
+                    .map(|(k, v)| {
+                        let kind = match v.node() {
+                            Some(id) => seen
+                                .entry(id)
+                                .or_insert_with(|| classify(&self.graph, v))
+                                .clone(),
+                            None => classify(&self.graph, v),
+                        };
+                        (key_text(k), v.clone(), kind)
+                    })
+                    .collect()
+            }
             _ => vec![(
                 String::new(),
                 self.root.clone(),
@@ -170,7 +182,15 @@ impl Checkpoint {
     /// Every weight set in the file, in the order the file holds them.
     pub fn weight_sets(&self) -> Result<Vec<WeightSet>, ModuleError> {
         let mut out = Vec::new();
-        find_sets(&self.graph, &self.root, String::new(), 0, &mut out)?;
+        let mut budget = module::FlattenBudget::default();
+        find_sets(
+            &self.graph,
+            &self.root,
+            String::new(),
+            0,
+            &mut out,
+            &mut budget,
+        )?;
         Ok(out)
     }
 
@@ -207,9 +227,10 @@ fn find_sets(
     path: String,
     depth: usize,
     out: &mut Vec<WeightSet>,
+    budget: &mut module::FlattenBudget,
 ) -> Result<(), ModuleError> {
     if module::is_module(graph, v) {
-        let sd = module::state_dict(graph, v)?;
+        let sd = module::state_dict_within(graph, v, budget)?;
         out.push(WeightSet {
             path,
             class: module::class_name(graph, v),
@@ -220,15 +241,19 @@ fn find_sets(
     let Some(d) = graph.dict(v) else {
         return Ok(());
     };
+    budget.step(d.len())?;
     if is_optimizer(graph, v) {
         return Ok(());
     }
     if is_tensor_dict(graph, d) {
-        let items = d
+        // One dict held under many keys is copied once per key.
+        let items: Vec<(String, Value)> = d
             .iter()
             .filter(|(_, t)| graph.tensor(t).is_some())
             .map(|(k, t)| (key_text(k), t.clone()))
             .collect();
+        let names: usize = items.iter().map(|(n, _)| n.len()).sum();
+        budget.take(names + items.len() * module::ENTRY_COST)?;
         out.push(WeightSet {
             path,
             class: None,
@@ -241,7 +266,7 @@ fn find_sets(
     }
     for (k, child) in d {
         if let Some(key) = k.as_str() {
-            find_sets(graph, child, join(&path, key), depth + 1, out)?;
+            find_sets(graph, child, join(&path, key), depth + 1, out, budget)?;
         }
     }
     Ok(())

@@ -322,9 +322,10 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
     if let Err(m) = runtime(&a.parity) {
         return fail(m);
     }
-    let bytes = match std::fs::read(&a.model) {
+    // Protobuf caps a model at 2 GiB; a FIFO or device is refused without blocking.
+    let bytes = match crate::io::read_regular(&a.model, 2 << 30) {
         Ok(b) => b,
-        Err(e) => return fail(format_args!("{}: {e}", a.model.display())),
+        Err(e) => return fail(e),
     };
     let model = match crate::onnx::read::parse(&bytes, Some(&a.model)) {
         Ok(m) => m,

@@ -196,8 +196,13 @@ fn read(
 pub fn sums(a: &Tensor, b: &Tensor) -> Option<Sums> {
     let (ca, cb) = (code_of(a.dtype)?, code_of(b.dtype)?);
     let n = a.numel();
-    let gather = |t: &Tensor| (!t.is_contiguous()).then(|| t.to_contiguous_bytes().into_owned());
-    let (ga, gb) = (gather(a), gather(b));
+    let gather = |t: &Tensor| -> std::io::Result<Option<Vec<u8>>> {
+        if t.is_contiguous() {
+            return Ok(None);
+        }
+        Ok(Some(t.to_contiguous_bytes()?.into_owned()))
+    };
+    let (ga, gb) = (gather(a).ok()?, gather(b).ok()?);
     let step = CHUNK_BYTES / a.dtype.size().max(b.dtype.size());
     let (mut ba, mut bb) = (Vec::new(), Vec::new());
     let mut lanes = Lanes::default();

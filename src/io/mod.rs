@@ -114,13 +114,20 @@ pub(crate) fn names_suffix(graph: &Graph) -> String {
     }
 }
 
-/// The globals `graph` records, as the pickle writes them (escaped for one-line messages).
+/// The globals `graph` records, as the pickle writes them (escaped and cut for one-line
+/// messages: the first 20, then a count).
 fn global_names(graph: &Graph) -> Vec<String> {
-    graph
-        .globals()
+    const SHOWN: usize = 20;
+    let all = graph.globals();
+    let mut names: Vec<String> = all
         .iter()
+        .take(SHOWN)
         .map(|r| crate::checkpoint::judge::display_name(&r.written.module, &r.written.name))
-        .collect()
+        .collect();
+    if all.len() > SHOWN {
+        names.push(format!("and {} more", all.len() - SHOWN));
+    }
+    names
 }
 
 /// Adds to a pickle error the globals the file named before the failure (see `names_suffix`).
@@ -134,8 +141,7 @@ pub(crate) fn with_names(mut e: pickle::PickleError, graph: &Graph) -> pickle::P
 
 /// Memory-maps a whole file read-only.
 pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>, ReadError> {
-    let file = File::open(path).map_err(|e| ReadError::new(path, e))?;
-    let len = file.metadata().map_err(|e| ReadError::new(path, e))?.len();
+    let (file, len) = open_regular(path)?;
     if len == 0 {
         return Err(ReadError::new(
             path,
@@ -152,6 +158,49 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>, ReadError> {
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
     Ok(Arc::new(MappedFile::new(map, file)))
+}
+
+/// Opens a regular file for reading and returns it with its size. A FIFO, device or socket is
+/// refused without blocking: the open does not wait for a writer, and the type is checked on the
+/// opened handle, so the file cannot be swapped between the check and the read.
+pub(crate) fn open_regular(path: &Path) -> Result<(File, u64), ReadError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path).map_err(|e| ReadError::new(path, e))?;
+    let meta = file.metadata().map_err(|e| ReadError::new(path, e))?;
+    if !meta.is_file() {
+        return Err(ReadError::new(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a pipe, device or socket is not read)",
+            ),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file of at most `max` bytes (see [`open_regular`]).
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let (file, len) = open_regular(path)?;
+    if len > max {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Unsupported(format!("a file of {len} bytes (at most {max} are read)")),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // A file that grows while read is still cut at the limit.
+    file.take(max)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReadError::new(path, e))?;
+    Ok(bytes)
 }
 
 /// A fresh graph and the info every reader fills in.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::tensor::MappedFile;
 
-use super::{ReadError, ReadErrorKind, map_file, new_parts};
+use super::{ReadError, ReadErrorKind, map_file, new_parts, read_regular};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::tensor::{Buffer, DType, Tensor};
@@ -128,10 +128,7 @@ pub fn open_sharded_dir(dir: &Path) -> Result<Checkpoint, ReadError> {
 
 /// Opens a sharded set through its `*.index.json`.
 pub fn open_sharded(index: &Path) -> Result<Checkpoint, ReadError> {
-    let text = std::fs::read(index).map_err(|e| ReadError::new(index, e))?;
-    if text.len() > 64 << 20 {
-        return Err(st_err(index, "index larger than 64 MiB"));
-    }
+    let text = read_regular(index, 64 << 20)?;
     let json: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| st_err(index, format!("index is not JSON: {e}")))?;
     let map = json
@@ -161,6 +158,7 @@ pub fn open_sharded(index: &Path) -> Result<Checkpoint, ReadError> {
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for (shard, names) in &by_shard {
         let path = dir.join(shard);
+        check_inside(index, dir, &path)?;
         let mmap = map_file(&path)?;
         info.file_size += mmap.len() as u64;
         let before = entries.len();
@@ -189,4 +187,31 @@ pub fn open_sharded(index: &Path) -> Result<Checkpoint, ReadError> {
         graph,
         root,
     })
+}
+
+/// A shard must resolve (symbolic links followed) to a file in the index's folder, or in the
+/// folder the index itself resolves to: a link named like a shard must not make the set read a
+/// file elsewhere. The second folder is the Hugging Face cache's layout, where the index and
+/// every shard in `snapshots/<rev>/` link to `blobs/`.
+fn check_inside(index: &Path, dir: &Path, shard: &Path) -> Result<(), ReadError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let base = std::fs::canonicalize(dir).map_err(|e| ReadError::new(dir, e))?;
+    let index_real = std::fs::canonicalize(index).map_err(|e| ReadError::new(index, e))?;
+    let real = std::fs::canonicalize(shard).map_err(|e| ReadError::new(shard, e))?;
+    let parent = real.parent();
+    if parent != Some(base.as_path()) && parent != index_real.parent() {
+        return Err(st_err(
+            index,
+            format!(
+                "shard {} resolves to {}, outside the index's folder",
+                shard.display(),
+                real.display()
+            ),
+        ));
+    }
+    Ok(())
 }

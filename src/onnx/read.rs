@@ -2,6 +2,7 @@
 //! (raw, typed or external data), inputs, outputs, metadata. Unknown fields are skipped; every
 //! length is checked against the bytes left.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::proto::{Attr, Dim, ElemType, Model, Node, TensorProto, ValueInfo};
@@ -115,7 +116,7 @@ fn elem(code: u64) -> R<ElemType> {
     }
 }
 
-fn tensor(b: &[u8], dir: Option<&Path>) -> R<TensorProto> {
+fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
     let mut p = Buf::new(b);
     let (mut name, mut dims, mut code, mut raw) = (String::new(), Vec::new(), 0u64, Vec::new());
     let (mut floats, mut ints) = (Vec::new(), Vec::new());
@@ -145,7 +146,7 @@ fn tensor(b: &[u8], dir: Option<&Path>) -> R<TensorProto> {
         } else if !ints.is_empty() {
             raw = ints.iter().flat_map(|i| i.to_le_bytes()).collect();
         } else if !external.is_empty() {
-            raw = external_bytes(&name, &external, dir)?;
+            raw = ext.bytes(&name, &external)?;
         }
     }
     Ok(TensorProto {
@@ -156,31 +157,131 @@ fn tensor(b: &[u8], dir: Option<&Path>) -> R<TensorProto> {
     })
 }
 
-fn external_bytes(name: &str, kv: &[(String, String)], dir: Option<&Path>) -> R<Vec<u8>> {
-    let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
-    let loc = get("location")
-        .ok_or_else(|| format!("initializer '{name}': external data without location"))?;
-    if loc.contains("..") || loc.starts_with('/') {
-        return Err(format!(
-            "initializer '{name}': external data location '{loc}' leaves the model's folder"
-        ));
+/// The external data files of one model: each opened, checked and mapped once, however many
+/// initializers point into it, with the bytes handed out counted against the files' sizes.
+struct External<'p> {
+    dir: Option<&'p Path>,
+    /// Each file's map (`None` for an empty file, which cannot be mapped).
+    files: HashMap<String, Option<memmap2::Mmap>>,
+    /// Bytes of all files mapped so far.
+    mapped: u64,
+    /// Bytes copied out of them so far.
+    used: u64,
+}
+
+impl<'p> External<'p> {
+    fn new(dir: Option<&'p Path>) -> External<'p> {
+        External {
+            dir,
+            files: HashMap::new(),
+            mapped: 0,
+            used: 0,
+        }
     }
-    let dir =
-        dir.ok_or_else(|| format!("initializer '{name}': external data needs the model's path"))?;
-    let bytes =
-        std::fs::read(dir.join(loc)).map_err(|e| format!("{}: {e}", dir.join(loc).display()))?;
-    let off: usize = get("offset")
-        .unwrap_or("0")
-        .parse()
-        .map_err(|_| "bad external offset")?;
-    let len: usize = match get("length") {
-        Some(l) => l.parse().map_err(|_| "bad external length")?,
-        None => bytes.len().saturating_sub(off),
-    };
-    bytes
-        .get(off..off.saturating_add(len))
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| format!("initializer '{name}': external range {off}+{len} outside {loc}"))
+
+    /// The initializer's bytes at `location`, `offset`, `length`.
+    fn bytes(&mut self, name: &str, kv: &[(String, String)]) -> R<Vec<u8>> {
+        let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+        let loc = get("location")
+            .ok_or_else(|| format!("initializer '{name}': external data without location"))?;
+        if !self.files.contains_key(loc) {
+            let map = self.open(name, loc)?;
+            self.mapped += map.as_ref().map_or(0, |m| m.len() as u64);
+            self.files.insert(loc.to_string(), map);
+        }
+        let data: &[u8] = self.files[loc].as_deref().unwrap_or_default();
+        let off: usize = get("offset")
+            .unwrap_or("0")
+            .parse()
+            .map_err(|_| format!("initializer '{name}': bad external offset"))?;
+        let len: usize = match get("length") {
+            Some(l) => l
+                .parse()
+                .map_err(|_| format!("initializer '{name}': bad external length"))?,
+            None => data.len().saturating_sub(off),
+        };
+        let bytes = off
+            .checked_add(len)
+            .and_then(|end| data.get(off..end))
+            .ok_or_else(|| {
+                format!(
+                    "initializer '{name}': external range {off}+{len} lies past the end of {loc} ({} bytes)",
+                    data.len()
+                )
+            })?;
+        // Exporters lay initializers end to end; ranges that overlap (every initializer naming
+        // the whole file) would multiply memory by their count.
+        self.used += len as u64;
+        if self.used > self.mapped {
+            return Err(format!(
+                "initializer '{name}': external data ranges overlap (they add up to {} bytes, more than the {} bytes of the data files)",
+                self.used, self.mapped
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Opens and maps `loc`, which must be a regular file inside the model's folder.
+    fn open(&self, name: &str, loc: &str) -> R<Option<memmap2::Mmap>> {
+        let leaves = Path::new(loc).components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if leaves || loc.is_empty() || loc.contains('\\') {
+            return Err(format!(
+                "initializer '{name}': external data location '{loc}' leaves the model's folder"
+            ));
+        }
+        let dir = self
+            .dir
+            .ok_or_else(|| format!("initializer '{name}': external data needs the model's path"))?;
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let path = dir.join(loc);
+        let shown = || path.display().to_string();
+        let link = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", shown()))?;
+        if link.file_type().is_symlink() {
+            return Err(format!(
+                "{}: external data is a symbolic link, which is not followed",
+                shown()
+            ));
+        }
+        // A linked folder on the way could still lead elsewhere.
+        let base = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let real = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", shown()))?;
+        if !real.starts_with(&base) {
+            return Err(format!(
+                "{}: external data resolves to {}, outside the model's folder",
+                shown(),
+                real.display()
+            ));
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+        }
+        let file = opts.open(&path).map_err(|e| format!("{}: {e}", shown()))?;
+        let meta = file.metadata().map_err(|e| format!("{}: {e}", shown()))?;
+        if !meta.is_file() {
+            return Err(format!("{}: external data is not a regular file", shown()));
+        }
+        if meta.len() == 0 {
+            return Ok(None);
+        }
+        // SAFETY: read-only map of a regular file; the bytes are copied out before the model is
+        // used (a file truncated meanwhile would fault, as with every mapped reader).
+        unsafe { memmap2::Mmap::map(&file) }
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", shown()))
+    }
 }
 
 fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
@@ -286,7 +387,7 @@ fn value_info(b: &[u8]) -> R<ValueInfo> {
 
 /// Parses an ONNX model; `path` (the model file) locates external data.
 pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
-    let dir = path.and_then(Path::parent);
+    let mut ext = External::new(path.and_then(Path::parent));
     let mut p = Buf::new(bytes);
     let mut m = Model {
         opset: 0,
@@ -309,7 +410,7 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
                     match (f, x) {
                         (1, Field::Bytes(n)) => m.nodes.push(node(n)?),
                         (2, Field::Bytes(s)) => m.graph_name = text(s),
-                        (5, Field::Bytes(t)) => m.initializers.push(tensor(t, dir)?),
+                        (5, Field::Bytes(t)) => m.initializers.push(tensor(t, &mut ext)?),
                         (11, Field::Bytes(v)) => m.inputs.push(value_info(v)?),
                         (12, Field::Bytes(v)) => m.outputs.push(value_info(v)?),
                         _ => {}

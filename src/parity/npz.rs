@@ -19,9 +19,12 @@ impl Npz {
     /// Reads an `.npz` (stored or deflated), accepting little-endian f32 C-order arrays.
     pub fn open(path: &Path) -> Result<Npz, String> {
         let err = |m: String| format!("{}: {m}", path.display());
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let (file, size) = crate::io::open_regular(path).map_err(|e| e.to_string())?;
         let mut zip = zip::ZipArchive::new(file).map_err(|e| err(format!("not an .npz: {e}")))?;
         let mut arrays = Vec::new();
+        // Deflated members may expand, all together, to 128 MiB plus eight times the file (as
+        // compressed checkpoint storages may): a few megabytes of zeros are not gigabytes.
+        let mut room = (128u64 << 20).saturating_add(size.saturating_mul(8));
         for i in 0..zip.len() {
             let mut f = zip.by_index(i).map_err(|e| err(e.to_string()))?;
             let name = f
@@ -34,6 +37,12 @@ impl Npz {
             }
             // The declared size only bounds the read; memory grows with the bytes really there.
             let declared = f.size();
+            room = room.checked_sub(declared).ok_or_else(|| {
+                err(format!(
+                    "{name}: the arrays would expand to more than {} MiB, more than a file of this size can honestly hold (a decompression bomb?)",
+                    ((128u64 << 20) + size.saturating_mul(8)) >> 20
+                ))
+            })?;
             let mut bytes = Vec::new();
             (&mut f)
                 .take(declared + 1)

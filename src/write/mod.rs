@@ -109,7 +109,7 @@ fn changed(t: &Tensor, e: std::io::Error) -> std::io::Error {
                 None => e,
             }
         }
-        crate::tensor::Buffer::Owned(_) => e,
+        crate::tensor::Buffer::Owned(_) | crate::tensor::Buffer::Deflated(_) => e,
     }
 }
 

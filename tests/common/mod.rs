@@ -101,3 +101,22 @@ pub fn run_json(args: &[&str]) -> (i32, serde_json::Value) {
     });
     (code, v)
 }
+
+/// The bytes of the torch zip `src` rewritten with every entry deflated (a "re-zipped" checkpoint).
+pub fn rezip_deflated(src: &Path) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut w = zip::ZipWriter::new(&mut out);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).unwrap();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        w.start_file(f.name().unwrap().to_string(), opts).unwrap();
+        w.write_all(&data).unwrap();
+    }
+    w.finish().unwrap();
+    out.into_inner()
+}

@@ -112,16 +112,25 @@ pub struct Judgement {
     pub findings: Vec<Finding>,
 }
 
+/// Characters of a module or name shown before the rest is summarised: no real global comes
+/// close, and a hostile megabyte-long name must not flood a one-line error.
+const SHOWN_CHARS: usize = 200;
+
 /// `module.name`, or `module:name` when the name itself has dots. Control characters are
-/// escaped (`\n`, `\u{1b}`): a hostile name must not break a report line or drive the terminal.
+/// escaped (`\n`, `\u{1b}`): a hostile name must not break a report line or drive the terminal;
+/// parts longer than 200 characters are cut, saying how long they were.
 pub fn display_name(module: &str, name: &str) -> String {
     let sep = if name.contains('.') { ':' } else { '.' };
-    let mut out = String::with_capacity(module.len() + name.len() + 1);
+    let mut out = String::with_capacity(module.len().min(512) + name.len().min(512) + 1);
     for (i, part) in [module, name].into_iter().enumerate() {
         if i == 1 {
             out.push(sep);
         }
-        for c in part.chars() {
+        for (n, c) in part.chars().enumerate() {
+            if n == SHOWN_CHARS {
+                out.push_str(&format!("…({} bytes)", part.len()));
+                break;
+            }
             if c.is_control() {
                 out.extend(c.escape_debug());
             } else {

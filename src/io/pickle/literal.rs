@@ -34,7 +34,13 @@ pub(super) fn parse_decimal(s: &str) -> R<Value> {
     Ok(Value::BigInt(s.into()))
 }
 
-/// Decodes a little-endian two's-complement integer of any length.
+/// Integers longer than this many bytes (about 150 decimal digits) are written in hexadecimal:
+/// decimal conversion costs time quadratic in the length, and a file of many long integers would
+/// otherwise take minutes to open. No checkpoint stores integers that long.
+const MAX_DECIMAL_BYTES: usize = 64;
+
+/// Decodes a little-endian two's-complement integer of any length: decimal text up to
+/// [`MAX_DECIMAL_BYTES`], `0x…` (with a sign) beyond, so the work is linear in the length.
 pub(super) fn long_from_le(b: &[u8]) -> Value {
     if b.is_empty() {
         return Value::Int(0);
@@ -60,6 +66,13 @@ pub(super) fn long_from_le(b: &[u8]) -> Value {
             }
         }
     }
+    let sign = if neg { "-" } else { "" };
+    if mag.len() > MAX_DECIMAL_BYTES {
+        let skip = mag.iter().take_while(|&&x| x == 0).count();
+        let hex: String = mag[skip..].iter().map(|x| format!("{x:02x}")).collect();
+        let hex = hex.trim_start_matches('0');
+        return Value::BigInt(format!("{sign}0x{}", if hex.is_empty() { "0" } else { hex }).into());
+    }
     let mut digits = Vec::new();
     while mag.iter().any(|&x| x != 0) {
         let mut rem = 0u32;
@@ -70,11 +83,19 @@ pub(super) fn long_from_le(b: &[u8]) -> Value {
         }
         digits.push(b'0' + rem as u8);
     }
-    if neg {
-        digits.push(b'-');
+    if digits.is_empty() {
+        digits.push(b'0');
     }
-    digits.reverse();
-    Value::BigInt(String::from_utf8_lossy(&digits).into())
+    Value::BigInt(
+        format!(
+            "{sign}{}",
+            String::from_utf8_lossy(&digits)
+                .chars()
+                .rev()
+                .collect::<String>()
+        )
+        .into(),
+    )
 }
 
 /// Decodes a protocol-0 STRING argument: a Python bytes repr in single or double quotes.
@@ -165,6 +186,19 @@ mod tests {
         assert_eq!(v, Value::BigInt("18446744073709551616".into()));
         let v = long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff]);
         assert_eq!(v, Value::BigInt("-18446744073709551616".into()));
+    }
+
+    #[test]
+    fn long_integers_past_the_decimal_limit_are_hexadecimal() {
+        // 2**520: byte 65 is 1, the rest zero (plus a zero sign byte).
+        let mut b = vec![0u8; 65];
+        b.push(1);
+        b.push(0);
+        let want = format!("0x1{}", "0".repeat(130));
+        assert_eq!(long_from_le(&b), Value::BigInt(want.into()));
+        let neg: Vec<u8> = b.iter().map(|x| !x).collect(); // -(2**520) - 1
+        let want = format!("-0x1{}1", "0".repeat(129));
+        assert_eq!(long_from_le(&neg), Value::BigInt(want.into()));
     }
 
     #[test]

@@ -29,29 +29,7 @@ pub fn construct(
             let data = args.first().ok_or("_rebuild_parameter without data")?;
             mark_parameter(graph, data)
         }
-        ("torch._tensor", "_rebuild_from_type_v2") => {
-            // (func, new_type, args, state): the tensor is func(*args); new_type is the subclass.
-            let func = args.first().ok_or("_rebuild_from_type_v2 without func")?;
-            let inner = args
-                .get(2)
-                .and_then(|a| graph.seq(a))
-                .ok_or("_rebuild_from_type_v2 without args")?
-                .to_vec();
-            let func = match graph.get(func) {
-                Some(Node::Global(f)) => f.clone(),
-                _ => return Err("_rebuild_from_type_v2 with a func that is not a global".into()),
-            };
-            let t = construct(graph, &func, inner, Vec::new(), false)?;
-            let is_param = matches!(
-                args.get(1).and_then(|v| graph.get(v)),
-                Some(Node::Global(c)) if c.is("torch.nn.parameter", "Parameter")
-            );
-            if is_param {
-                mark_parameter(graph, &t)
-            } else {
-                Ok(t)
-            }
-        }
+        ("torch._tensor", "_rebuild_from_type_v2") => rebuild_from_type(graph, args),
         ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
             let mut entries = Vec::new();
             if let Some(items) = args.first().and_then(|a| graph.seq(a)) {
@@ -116,6 +94,58 @@ pub fn construct(
             Ok(inert(graph, g, args, kwargs))
         }
     }
+}
+
+/// How many values' worth of memory a node made by a reconstructor holds (its copied items).
+pub fn copied_values(node: &Node) -> usize {
+    match node {
+        Node::Tuple(v) | Node::List(v) | Node::Set(v) | Node::FrozenSet(v) => v.len(),
+        Node::Dict(e) => 2 * e.len(),
+        Node::Object(o) => o.args.len() + 2 * o.kwargs.len() + o.items.len() + 2 * o.entries.len(),
+        Node::Tensor(t) | Node::Storage(t) => t.shape.len() + t.strides.len(),
+        Node::Bytes(b) => b.len().div_ceil(std::mem::size_of::<Value>()),
+        Node::Global(_) => 0,
+    }
+}
+
+/// How often `_rebuild_from_type_v2` may name itself as the function it calls: torch pickles one
+/// level; a hostile chain (or an argument list that contains itself) would otherwise recurse
+/// without end.
+const MAX_REBUILD_NESTING: usize = 8;
+
+/// `_rebuild_from_type_v2(func, new_type, args, state)`: the tensor is `func(*args)`; `new_type` is
+/// the subclass (a parameter marks the result). Nested calls are unwrapped in a loop.
+fn rebuild_from_type(graph: &mut Graph, mut args: Vec<Value>) -> R<Value> {
+    let mut is_param = false;
+    for _ in 0..=MAX_REBUILD_NESTING {
+        let func = args.first().ok_or("_rebuild_from_type_v2 without func")?;
+        let func = match graph.get(func) {
+            Some(Node::Global(f)) => f.clone(),
+            _ => return Err("_rebuild_from_type_v2 with a func that is not a global".into()),
+        };
+        is_param |= matches!(
+            args.get(1).and_then(|v| graph.get(v)),
+            Some(Node::Global(c)) if c.is("torch.nn.parameter", "Parameter")
+        );
+        let inner = args
+            .get(2)
+            .and_then(|a| graph.seq(a))
+            .ok_or("_rebuild_from_type_v2 without args")?
+            .to_vec();
+        if func.is("torch._tensor", "_rebuild_from_type_v2") {
+            args = inner;
+            continue;
+        }
+        let t = construct(graph, &func, inner, Vec::new(), false)?;
+        return if is_param {
+            mark_parameter(graph, &t)
+        } else {
+            Ok(t)
+        };
+    }
+    Err(format!(
+        "_rebuild_from_type_v2 nested in itself more than {MAX_REBUILD_NESTING} times"
+    ))
 }
 
 /// BUILD targets whose state carries the data itself (numpy arrays); `None` for the rest.

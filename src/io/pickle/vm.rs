@@ -9,7 +9,7 @@ use super::ops::*;
 use super::reconstruct;
 use super::record::{self, Call};
 use super::{Limits, PersistentLoad, PickleError};
-use crate::checkpoint::value::{Global, Graph, Node, Object, Value};
+use crate::checkpoint::value::{Global, Graph, Node, NodeId, Object, Value};
 
 /// Decodes one pickle from `data` into `graph`; returns its top value and the number of bytes it
 /// took (the offset just past STOP).
@@ -89,10 +89,13 @@ impl<'a> Vm<'a> {
                 )));
             }
             // Nodes carry ~48 bytes of heap on average beyond their own size (boxed objects,
-            // container buffers); values are counted as they are pushed.
+            // container buffers); values are counted as they are pushed; a memo entry takes
+            // about 72 bytes of hash table once growth is counted (5-byte LONG_BINPUTs to new
+            // keys would otherwise grow memory 20 times faster than the file).
             let approx = self.graph.len() * (std::mem::size_of::<Node>() + 48)
                 + self.values * std::mem::size_of::<Value>()
-                + self.graph.uses().approx_bytes();
+                + self.graph.uses().approx_bytes()
+                + self.memo.len() * 72;
             if approx > self.limits.max_bytes {
                 return Err(self.err(format!(
                     "the decoded objects would take more than {} MiB, more than a file of this size can hold",
@@ -168,8 +171,7 @@ impl<'a> Vm<'a> {
             }
             LONG4 => {
                 let n = self.len4()?;
-                // Decimal conversion is quadratic in the length; no checkpoint stores integers of
-                // thousands of digits.
+                // No checkpoint stores integers of thousands of digits.
                 if n > MAX_LONG_BYTES {
                     return Err(format!(
                         "LONG4 of {n} bytes (at most {MAX_LONG_BYTES} are read)"
@@ -438,6 +440,8 @@ impl<'a> Vm<'a> {
             }
             BINPERSID => {
                 let pid = self.pop()?;
+                // Loaders copy the id's fields.
+                self.values += self.graph.seq(&pid).map_or(0, <[Value]>::len);
                 let v = self.loader.load(self.graph, &pid)?;
                 self.push(v);
             }
@@ -457,6 +461,8 @@ impl<'a> Vm<'a> {
     }
 
     fn push_global(&mut self, module: String, name: String) {
+        // STACK_GLOBAL copies its strings, which memo references can repeat without end.
+        self.values += (module.len() + name.len()) / std::mem::size_of::<Value>();
         let g = Global {
             module: module.into(),
             name: name.into(),
@@ -580,6 +586,7 @@ impl<'a> Vm<'a> {
             _ => None,
         };
         let is_new = how != Call::Reduce;
+        let before = self.graph.len();
         let v = match global {
             Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new)?,
             None => self.graph.add(Node::Object(Box::new(Object {
@@ -590,6 +597,11 @@ impl<'a> Vm<'a> {
             }))),
         };
         record::made(self.graph, &v, maker);
+        // Reconstructors copy their arguments (`list(L)`, a tensor's shape): every node they
+        // create counts against the budget, so repeating a copy cannot outgrow the file.
+        for id in before..self.graph.len() {
+            self.values += reconstruct::copied_values(self.graph.node(NodeId(id as u32)));
+        }
         Ok(v)
     }
 
