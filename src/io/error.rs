@@ -15,7 +15,7 @@ pub struct ReadError {
     pub kind: ReadErrorKind,
     /// The globals the file named before a pickle failed: Python imports each one as it reaches
     /// it, so a broken pickle may already have run them (empty for other failures).
-    pub named: UseLog,
+    pub named: Box<UseLog>,
 }
 
 /// The kinds of reading failure, each with the offending entry, key or offset in its text.
@@ -59,13 +59,13 @@ impl ReadError {
         ReadError {
             path: path.to_path_buf(),
             kind: kind.into(),
-            named: UseLog::default(),
+            named: Box::default(),
         }
     }
 
     /// Records the globals `graph` holds as named before the failure.
     pub(crate) fn naming(mut self, graph: &Graph) -> ReadError {
-        self.named = graph.uses().clone();
+        self.named = Box::new(graph.uses().clone());
         self
     }
 }

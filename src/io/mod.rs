@@ -53,7 +53,7 @@ pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
         {
             // Name what torch would run from the tar too, not only what the pickle names.
             let tar_named = match tar::read(path, map) {
-                Ok(c) => c.graph.uses().clone(),
+                Ok(c) => Box::new(c.graph.uses().clone()),
                 Err(t) => t.named,
             };
             let mut e = e;
