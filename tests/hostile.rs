@@ -70,7 +70,11 @@ fn corpus_is_complete_and_every_expectation_is_specific() {
             c.expect
         );
         assert!(!c.contains.is_empty(), "{}: empty `contains`", c.name);
-        assert!(c.path.exists(), "{}: missing (run tests/hostile/generate.py)", c.name);
+        assert!(
+            c.path.exists(),
+            "{}: missing (run tests/hostile/generate.py)",
+            c.name
+        );
     }
     for kind in ["dangerous", "error", "clean"] {
         assert!(
@@ -129,7 +133,9 @@ fn strict_writers(c: &Case) -> Vec<String> {
         if code.is_none() || stderr.contains("panicked") {
             failures.push(format!("{cmd} crashed: {:?} {stderr}", r.status));
         } else if want.is_some() && code != want {
-            failures.push(format!("{cmd} --strict exit {code:?}, want {want:?}: {stderr}"));
+            failures.push(format!(
+                "{cmd} --strict exit {code:?}, want {want:?}: {stderr}"
+            ));
         }
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -224,7 +230,12 @@ fn every_hostile_file_gets_its_promised_answer_and_nothing_runs() {
     }
     for c in &cases {
         if let Some(m) = &c.marker {
-            assert!(!m.exists(), "{}: its payload ran ({} exists)", c.name, m.display());
+            assert!(
+                !m.exists(),
+                "{}: its payload ran ({} exists)",
+                c.name,
+                m.display()
+            );
         }
     }
     assert!(

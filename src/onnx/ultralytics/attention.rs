@@ -14,7 +14,7 @@ impl Builder<'_> {
         let key_dim = m.int("key_dim").ok_or("Attention without key_dim")?;
         let head_dim = m.int("head_dim").ok_or("Attention without head_dim")?;
         let scale = m.float("scale").unwrap_or((key_dim as f64).powf(-0.5)) as f32;
-        let (c, h, w) = (x.shape[1], x.shape[2], x.shape[3]);
+        let [_, c, h, w] = super::layers::nchw(x, scope)?;
         let n = h * w;
         let qkv = self.conv_block(&format!("{scope}.qkv"), m.child("qkv")?, x)?;
         let r = self
@@ -60,10 +60,16 @@ impl Builder<'_> {
     pub fn c2psa(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let c = m.int("c").ok_or("C2PSA without c")?;
+        let [an, ac, ah, aw] = super::layers::nchw(&a, scope)?;
+        if c <= 0 || 2 * c != ac {
+            return Err(format!(
+                "{scope}: C2PSA splits {ac} channels into two halves of {c}"
+            ));
+        }
         let parts = self.b.split(scope, &a.name, 1, &[c, c]);
         let half = |name: String| V {
             name,
-            shape: vec![a.shape[0], c, a.shape[2], a.shape[3]],
+            shape: vec![an, c, ah, aw],
         };
         let (first, mut second) = (half(parts[0].clone()), half(parts[1].clone()));
         if m.class() == "PSA" {
@@ -78,7 +84,7 @@ impl Builder<'_> {
         } else {
             second = self.module(&format!("{scope}.m"), m.child("m")?, In::One(second))?;
         }
-        let cat = self.cat(scope, &[first, second], 1);
+        let cat = self.cat(scope, &[first, second], 1)?;
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
     }
 
@@ -86,7 +92,7 @@ impl Builder<'_> {
     pub fn classify(&mut self, scope: &str, m: M, x: In) -> R<V> {
         let x = match x {
             In::One(v) => v,
-            In::Many(vs) => self.cat(scope, &vs, 1),
+            In::Many(vs) => self.cat(scope, &vs, 1)?,
         };
         let c = self.conv_block(&format!("{scope}.conv"), m.child("conv")?, &x)?;
         let p = self.b.node(scope, "GlobalAveragePool", &[&c.name], vec![]);
@@ -95,12 +101,18 @@ impl Builder<'_> {
             .node(scope, "Flatten", &[&p], vec![("axis", Attr::Int(1))]);
         let lin = m.child("linear")?;
         let (w, ws) = lin.need_f32("weight")?;
+        let [xn, ..] = super::layers::nchw(&x, scope)?;
+        let &[classes, _] = ws.as_slice() else {
+            return Err(format!("{scope}.linear weight has shape {ws:?}, not 2-D"));
+        };
         let b = lin
             .tensor_f32("bias")?
             .map(|(b, _)| b)
-            .unwrap_or_else(|| vec![0.0; ws[0] as usize]);
+            .unwrap_or_else(|| vec![0.0; classes.max(0) as usize]);
         let wn = self.b.weight(&format!("{scope}.linear.weight"), &ws, &w);
-        let bn = self.b.weight(&format!("{scope}.linear.bias"), &[ws[0]], &b);
+        let bn = self
+            .b
+            .weight(&format!("{scope}.linear.bias"), &[classes], &b);
         let y = self.b.node(
             scope,
             "Gemm",
@@ -112,7 +124,7 @@ impl Builder<'_> {
             .node(scope, "Softmax", &[&y], vec![("axis", Attr::Int(1))]);
         Ok(V {
             name: s,
-            shape: vec![x.shape[0], ws[0]],
+            shape: vec![xn, classes],
         })
     }
 }

@@ -2,6 +2,7 @@
 //! decoding with anchors and strides as constants for the static input size.
 
 use super::Builder;
+use super::layers::nchw;
 use crate::checkpoint::py::{M, R};
 use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
@@ -43,20 +44,39 @@ impl Builder<'_> {
             "OBB" => m.int("ne").ok_or("OBB without ne")?,
             other => return Err(format!("head {other}")),
         };
+        if (class != "Detect" && extra_ch <= 0)
+            || !(1..=1 << 16).contains(&nc)
+            || !(1..=1 << 10).contains(&reg_max)
+        {
+            return Err(format!(
+                "{class} with nc={nc}, reg_max={reg_max}, extra channels {extra_ch}"
+            ));
+        }
         let (cv2, cv3) = (m.child("cv2")?.children(), m.child("cv3")?.children());
         let cv4 = if extra_ch > 0 {
             m.child("cv4")?.children()
         } else {
             Vec::new()
         };
-        let batch = xs[0].shape[0];
+        let first = xs
+            .first()
+            .ok_or_else(|| format!("{class} without inputs"))?;
+        let batch = nchw(first, scope)?[0];
         let (mut boxes, mut scores, mut extra) = (Vec::new(), Vec::new(), Vec::new());
         let (mut anchors, mut stride_row) = (Vec::new(), Vec::new());
         for (i, x) in xs.iter().enumerate() {
-            let hw = x.shape[2] * x.shape[3];
+            let [_, _, xh, xw] = nchw(x, scope)?;
+            let hw = xh * xw;
             let level = |b: &mut Self, name: &str, head: &[(&str, M)], ch: i64| -> R<String> {
                 let s = format!("{scope}.{name}.{i}");
-                let y = b.branch(&s, head[i].1, x)?;
+                let (_, branch) = head.get(i).ok_or_else(|| {
+                    format!(
+                        "{scope}.{name} has {} branches for {} inputs",
+                        head.len(),
+                        xs.len()
+                    )
+                })?;
+                let y = b.branch(&s, *branch, x)?;
                 Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
             };
             boxes.push(level(self, "cv2", &cv2, 4 * reg_max)?);
@@ -64,8 +84,8 @@ impl Builder<'_> {
             if extra_ch > 0 {
                 extra.push(level(self, "cv4", &cv4, extra_ch)?);
             }
-            for yy in 0..x.shape[2] {
-                for xx in 0..x.shape[3] {
+            for yy in 0..xh {
+                for xx in 0..xw {
                     anchors.push((xx as f32 + 0.5, yy as f32 + 0.5));
                 }
             }
@@ -102,7 +122,7 @@ impl Builder<'_> {
         let mut angle = None;
         let decoded = if class == "OBB" {
             // θ = (sigmoid(raw) − 1/4)·π, then dist2rbox: rotate the (rb − lt)/2 offset by θ.
-            let raw = extra.clone().expect("OBB has cv4");
+            let raw = extra.clone().ok_or("OBB without angle channels")?;
             let sig = self.b.node(scope, "Sigmoid", &[&raw], vec![]);
             let q = self.b.weight(&format!("{scope}/quarter"), &[], &[0.25]);
             let pi = self
@@ -144,19 +164,19 @@ impl Builder<'_> {
         let mut outs = vec![dbox, sig];
         match class.as_str() {
             "Segment" => {
-                outs.push(extra.expect("Segment has cv4"));
+                outs.push(extra.ok_or("Segment without mask channels")?);
                 let proto = self.proto(&format!("{scope}.proto"), m.child("proto")?, &xs[0])?;
                 self.extra_outputs.push(proto);
             }
             "Pose" => outs.push(self.keypoints(
                 scope,
                 m,
-                &extra.expect("Pose has cv4"),
+                &extra.ok_or("Pose without keypoint channels")?,
                 &anchor,
                 &st,
                 a,
             )?),
-            "OBB" => outs.push(angle.expect("OBB angle")),
+            "OBB" => outs.push(angle.ok_or("OBB without angle")?),
             _ => {}
         }
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();

@@ -37,10 +37,70 @@ fn out_size(size: i64, k: i64, s: i64, p: i64, d: i64) -> i64 {
     (size + 2 * p - d * (k - 1) - 1).div_euclid(s) + 1
 }
 
+/// The (N, C, H, W) dims of a feature map, or an error naming the layer: a malformed module tree
+/// can route a flat output (a classifier's) into a layer that expects a feature map.
+pub(super) fn nchw(x: &V, what: &str) -> R<[i64; 4]> {
+    match x.shape[..] {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        _ => Err(format!(
+            "{what} expects a 4-D feature map, got shape {:?}",
+            x.shape
+        )),
+    }
+}
+
+/// A convolution weight's (O, I, kh, kw) dims, checked against the data and for sizes the
+/// arithmetic below can hold.
+fn weight4(m: &M, data: &[f32], ws: &[i64]) -> R<[i64; 4]> {
+    let [o, i, kh, kw] = ws[..] else {
+        return Err(format!("{} weight has shape {ws:?}, not 4-D", m.class()));
+    };
+    let limit = 1 << 20;
+    if [o, i, kh, kw].iter().any(|&d| d <= 0 || d > limit)
+        || (o * i * kh * kw) as usize != data.len()
+    {
+        return Err(format!("{} weight shape {ws:?} is not usable", m.class()));
+    }
+    Ok([o, i, kh, kw])
+}
+
+/// Strides and dilations must be positive, paddings non-negative, all small.
+fn check_geometry(m: &M, positive: &[[i64; 2]], non_negative: &[[i64; 2]]) -> R<()> {
+    let bad_pos = positive
+        .iter()
+        .flatten()
+        .any(|&v| !(1..=1 << 16).contains(&v));
+    let bad_nonneg = non_negative
+        .iter()
+        .flatten()
+        .any(|&v| !(0..=1 << 16).contains(&v));
+    if bad_pos || bad_nonneg {
+        return Err(format!(
+            "{} has an unusable stride, dilation or padding ({positive:?}, {non_negative:?})",
+            m.class()
+        ));
+    }
+    Ok(())
+}
+
+/// A per-channel vector of a module (BatchNorm parameter, bias) must have one value per channel.
+fn per_channel(m: &M, name: &str, v: &[f32], channels: usize) -> R<()> {
+    if v.len() != channels {
+        return Err(format!(
+            "{}.{name} has {} values for {channels} channels",
+            m.class(),
+            v.len()
+        ));
+    }
+    Ok(())
+}
+
 impl Builder<'_> {
     /// `nn.Conv2d`, with an optional `nn.BatchNorm2d` folded into its weights in f32.
     pub fn conv2d(&mut self, scope: &str, m: M, bn: Option<M>, x: &V) -> R<V> {
         let (mut w, ws) = m.need_f32("weight")?;
+        let ws = weight4(&m, &w, &ws)?;
+        let [xn, _, xh, xw] = nchw(x, scope)?;
         let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
         let [sh, sw] = pair(&m, "stride", 1)?;
         let [dh, dw] = pair(&m, "dilation", 1)?;
@@ -53,16 +113,26 @@ impl Builder<'_> {
         if m.str("padding_mode").is_some_and(|p| p != "zeros") {
             return Err(format!("Conv2d padding_mode {:?}", m.str("padding_mode")));
         }
+        check_geometry(&m, &[[sh, sw], [dh, dw]], &[[ph, pw]])?;
         let groups = m.int("groups").unwrap_or(1);
         let out_c = ws[0] as usize;
         let per = w.len() / out_c.max(1);
         let mut b = bias.unwrap_or_else(|| vec![0.0; out_c]);
+        per_channel(&m, "bias", &b, out_c)?;
         if let Some(bn) = bn {
             // Same operations, in the same order and precision, as Ultralytics' fuse_conv_and_bn.
             let (gamma, _) = bn.need_f32("weight")?;
             let (beta, _) = bn.need_f32("bias")?;
             let (mean, _) = bn.need_f32("running_mean")?;
             let (var, _) = bn.need_f32("running_var")?;
+            for (name, v) in [
+                ("weight", &gamma),
+                ("bias", &beta),
+                ("running_mean", &mean),
+                ("running_var", &var),
+            ] {
+                per_channel(&bn, name, v, out_c)?;
+            }
             let eps = bn.float("eps").unwrap_or(1e-5) as f32;
             for o in 0..out_c {
                 let scale = gamma[o] / (eps + var[o]).sqrt();
@@ -88,10 +158,10 @@ impl Builder<'_> {
             ],
         );
         let shape = vec![
-            x.shape[0],
+            xn,
             ws[0],
-            out_size(x.shape[2], ws[2], sh, ph, dh),
-            out_size(x.shape[3], ws[3], sw, pw, dw),
+            out_size(xh, ws[2], sh, ph, dh),
+            out_size(xw, ws[3], sw, pw, dw),
         ];
         Ok(V { name: y, shape })
     }
@@ -99,16 +169,23 @@ impl Builder<'_> {
     /// `nn.ConvTranspose2d` (weights laid out as ONNX expects: in, out/groups, kh, kw).
     pub fn conv_transpose(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let (w, ws) = m.need_f32("weight")?;
+        let ws = weight4(&m, &w, &ws)?;
+        let [xn, _, xh, xw] = nchw(x, scope)?;
         let groups = m.int("groups").unwrap_or(1);
+        if !(1..=1 << 16).contains(&groups) {
+            return Err(format!("{} groups = {groups}", m.class()));
+        }
         let out_c = ws[1] * groups;
         let b = m
             .tensor_f32("bias")?
             .map(|(b, _)| b)
             .unwrap_or_else(|| vec![0.0; out_c as usize]);
+        per_channel(&m, "bias", &b, out_c as usize)?;
         let [sh, sw] = pair(&m, "stride", 1)?;
         let [ph, pw] = pair(&m, "padding", 0)?;
         let [dh, dw] = pair(&m, "dilation", 1)?;
         let [oh, ow] = pair(&m, "output_padding", 0)?;
+        check_geometry(&m, &[[sh, sw], [dh, dw]], &[[ph, pw], [oh, ow]])?;
         let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
         let bn = self.b.weight(&format!("{scope}.bias"), &[out_c], &b);
         let y = self.b.node(
@@ -128,10 +205,10 @@ impl Builder<'_> {
             (i - 1) * s - 2 * p + d * (k - 1) + o + 1
         };
         let shape = vec![
-            x.shape[0],
+            xn,
             out_c,
-            size(x.shape[2], ws[2], sh, ph, dh, oh),
-            size(x.shape[3], ws[3], sw, pw, dw, ow),
+            size(xh, ws[2], sh, ph, dh, oh),
+            size(xw, ws[3], sw, pw, dw, ow),
         ];
         Ok(V { name: y, shape })
     }
@@ -195,6 +272,8 @@ impl Builder<'_> {
         if m.bool("ceil_mode") == Some(true) {
             return Err("MaxPool2d ceil_mode=True".into());
         }
+        check_geometry(&m, &[[kh, kw], [sh, sw], [dh, dw]], &[[ph, pw]])?;
+        let [xn, xc, xh, xw] = nchw(x, scope)?;
         let y = self.b.node(
             scope,
             "MaxPool",
@@ -207,10 +286,10 @@ impl Builder<'_> {
             ],
         );
         let shape = vec![
-            x.shape[0],
-            x.shape[1],
-            out_size(x.shape[2], kh, sh, ph, dh),
-            out_size(x.shape[3], kw, sw, pw, dw),
+            xn,
+            xc,
+            out_size(xh, kh, sh, ph, dh),
+            out_size(xw, kw, sw, pw, dw),
         ];
         Ok(V { name: y, shape })
     }
@@ -228,6 +307,10 @@ impl Builder<'_> {
                     .and_then(|v| v.first().map(|&i| i as f64))
             })
             .ok_or("Upsample without scale_factor")?;
+        if !(f.is_finite() && f > 0.0 && f <= 64.0) {
+            return Err(format!("Upsample scale_factor {f}"));
+        }
+        let [xn, xc, xh, xw] = nchw(x, scope)?;
         let scales = self
             .b
             .f32s(&format!("{scope}/scales"), &[1.0, 1.0, f as f32, f as f32]);
@@ -245,22 +328,31 @@ impl Builder<'_> {
             ],
         );
         let shape = vec![
-            x.shape[0],
-            x.shape[1],
-            (x.shape[2] as f64 * f).floor() as i64,
-            (x.shape[3] as f64 * f).floor() as i64,
+            xn,
+            xc,
+            (xh as f64 * f).floor() as i64,
+            (xw as f64 * f).floor() as i64,
         ];
         Ok(V { name: y, shape })
     }
 
-    /// Channel concatenation of several feature maps.
-    pub fn cat(&mut self, scope: &str, xs: &[V], axis: i64) -> V {
+    /// Concatenation of several values of one rank along `axis`.
+    pub fn cat(&mut self, scope: &str, xs: &[V], axis: i64) -> R<V> {
+        let first = xs
+            .first()
+            .ok_or_else(|| format!("{scope}: nothing to concatenate"))?;
+        let rank = first.shape.len();
+        if rank == 0 || xs.iter().any(|v| v.shape.len() != rank) {
+            return Err(format!(
+                "{scope}: cannot concatenate values of different ranks"
+            ));
+        }
         let names: Vec<&str> = xs.iter().map(|v| v.name.as_str()).collect();
         let y = self.b.concat(scope, &names, axis);
-        let mut shape = xs[0].shape.clone();
-        let ax = axis.rem_euclid(shape.len() as i64) as usize;
+        let mut shape = first.shape.clone();
+        let ax = axis.rem_euclid(rank as i64) as usize;
         shape[ax] = xs.iter().map(|v| v.shape[ax]).sum();
-        V { name: y, shape }
+        Ok(V { name: y, shape })
     }
 
     /// Elementwise sum of two same-shaped values.
@@ -285,20 +377,26 @@ impl Builder<'_> {
     /// `C2f`: split cv1's output in two, chain the bottlenecks on the second half, concatenate all.
     pub fn c2f(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let c = m.int("c").unwrap_or(a.shape[1] / 2);
+        let [an, ac, ah, aw] = nchw(&a, scope)?;
+        let c = m.int("c").unwrap_or(ac / 2);
+        if c <= 0 || 2 * c != ac {
+            return Err(format!(
+                "{scope}: C2f splits {ac} channels into two halves of {c}"
+            ));
+        }
         let parts = self.b.split(scope, &a.name, 1, &[c, c]);
         let mut ys: Vec<V> = parts
             .into_iter()
             .map(|name| V {
                 name,
-                shape: vec![a.shape[0], c, a.shape[2], a.shape[3]],
+                shape: vec![an, c, ah, aw],
             })
             .collect();
         for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
             let last = ys.last().expect("two halves").clone();
             ys.push(self.module(&format!("{scope}.m.{i}"), b, In::One(last))?);
         }
-        let cat = self.cat(scope, &ys, 1);
+        let cat = self.cat(scope, &ys, 1)?;
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
     }
 
@@ -309,7 +407,7 @@ impl Builder<'_> {
             a = self.module(&format!("{scope}.m.{i}"), b, In::One(a))?;
         }
         let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, x)?;
-        let cat = self.cat(scope, &[a, b], 1);
+        let cat = self.cat(scope, &[a, b], 1)?;
         self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &cat)
     }
 
@@ -321,7 +419,7 @@ impl Builder<'_> {
             let last = ys.last().expect("cv1 output").clone();
             ys.push(self.maxpool(&format!("{scope}.m"), pool, &last)?);
         }
-        let cat = self.cat(scope, &ys, 1);
+        let cat = self.cat(scope, &ys, 1)?;
         let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)?;
         Ok(if m.bool("add").unwrap_or(false) {
             self.add(scope, x, &y)

@@ -98,7 +98,7 @@ impl<'g> Builder<'g> {
             "Classify" => self.classify(scope, m, x),
             "SPPF" => self.sppf(scope, m, &x.one(&class)?),
             "Concat" => match x {
-                In::Many(xs) => Ok(self.cat(scope, &xs, m.int("d").unwrap_or(1))),
+                In::Many(xs) => self.cat(scope, &xs, m.int("d").unwrap_or(1)),
                 In::One(v) => Ok(v),
             },
             "Detect" | "Segment" | "Pose" | "OBB" => match x {
