@@ -1,21 +1,29 @@
 //! Layers and blocks of the reference interpreter.
 
 use super::ops::{self, ConvSpec, T};
+use super::shape;
 use super::{Input, R, Reference, e};
 use crate::checkpoint::py::M;
 
 fn pair(m: &M, name: &str, default: usize) -> R<(usize, usize)> {
+    let bad = || e(format!("{}.{name} = {:?}", m.class(), m.ints(name)));
+    let u = |v: i64| usize::try_from(v).map_err(|_| bad());
     match m.ints(name).as_deref() {
         None => Ok((default, default)),
-        Some([a]) => Ok((*a as usize, *a as usize)),
-        Some([a, b]) => Ok((*a as usize, *b as usize)),
-        Some(v) => Err(e(format!("{}.{name} = {v:?}", m.class()))),
+        Some([a]) => Ok((u(*a)?, u(*a)?)),
+        Some([a, b]) => Ok((u(*a)?, u(*b)?)),
+        Some(_) => Err(bad()),
     }
 }
 
 fn tensor(m: &M, name: &str) -> R<(Vec<f32>, Vec<usize>)> {
     let (d, s) = m.need_f32(name).map_err(e)?;
-    Ok((d, s.iter().map(|&x| x as usize).collect()))
+    let dims = s
+        .iter()
+        .map(|&x| usize::try_from(x))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| e(format!("{}.{name} has shape {s:?}", m.class())))?;
+    Ok((d, dims))
 }
 
 /// `nn.Conv2d` (with its own bias, if any).
@@ -23,18 +31,29 @@ pub fn conv(m: M, x: &T) -> R<T> {
     let (w, ws) = tensor(&m, "weight")?;
     let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
     let dil = pair(&m, "dilation", 1)?;
-    let pad = match m.str("padding") {
-        Some("same") => (dil.0 * (ws[2] - 1) / 2, dil.1 * (ws[3] - 1) / 2),
-        Some("valid") => (0, 0),
-        Some(p) => return Err(e(format!("padding {p}"))),
-        None => pair(&m, "padding", 0)?,
+    let pad = match (m.str("padding"), &ws[..]) {
+        (Some("same"), [_, _, kh, kw]) => (
+            dil.0.saturating_mul(kh.saturating_sub(1)) / 2,
+            dil.1.saturating_mul(kw.saturating_sub(1)) / 2,
+        ),
+        (Some("valid"), _) => (0, 0),
+        (Some(p), _) => return Err(e(format!("padding {p}"))),
+        (None, _) => pair(&m, "padding", 0)?,
     };
     let spec = ConvSpec {
         stride: pair(&m, "stride", 1)?,
         pad,
         dil,
-        groups: m.int("groups").unwrap_or(1) as usize,
+        groups: usize::try_from(m.int("groups").unwrap_or(1)).unwrap_or(0),
     };
+    shape::conv(
+        x,
+        w.len(),
+        &ws,
+        bias.as_ref().map(Vec::len),
+        &spec,
+        "Conv2d",
+    )?;
     Ok(ops::conv2d(x, &w, &ws, bias.as_deref(), &spec))
 }
 
@@ -65,7 +84,9 @@ pub fn maxpool(m: M, x: &T) -> R<T> {
         None | Some(crate::checkpoint::value::Value::None) => k,
         _ => pair(&m, "stride", 1)?.0,
     };
-    Ok(ops::max_pool(x, k, s, pair(&m, "padding", 0)?.0))
+    let pad = pair(&m, "padding", 0)?.0;
+    shape::pool(x, k, s, pad, "MaxPool2d")?;
+    Ok(ops::max_pool(x, k, s, pad))
 }
 
 /// `nn.Upsample` (nearest, integer factor).
@@ -80,6 +101,10 @@ pub fn upsample(m: M, x: &T) -> R<T> {
                 .and_then(|v| v.first().map(|&i| i as f64))
         })
         .ok_or_else(|| e("Upsample without scale_factor"))?;
+    if !(f.is_finite() && f >= 1.0) {
+        return Err(e(format!("Upsample scale_factor {f}")));
+    }
+    shape::upsample(x, f as usize, "Upsample")?;
     Ok(ops::upsample_nearest(x, f as usize))
 }
 
@@ -92,6 +117,15 @@ impl Reference<'_> {
             let b = tensor(&bn, "bias")?.0;
             let mean = tensor(&bn, "running_mean")?.0;
             let var = tensor(&bn, "running_var")?.0;
+            let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
+            for (name, v) in [
+                ("weight", &g),
+                ("bias", &b),
+                ("running_mean", &mean),
+                ("running_var", &var),
+            ] {
+                shape::per_channel(v.len(), c, &format!("BatchNorm2d.{name}"))?;
+            }
             ops::batch_norm(
                 &mut y,
                 &g,
@@ -114,6 +148,7 @@ impl Reference<'_> {
         let a = self.sub(m, "cv1", x)?;
         let y = self.sub(m, "cv2", &a)?;
         Ok(if m.bool("add").unwrap_or(false) {
+            shape::same_shape(x, &y, "Bottleneck")?;
             ops::add(x, &y)
         } else {
             y
@@ -122,13 +157,16 @@ impl Reference<'_> {
 
     pub(super) fn c2f(&mut self, m: M, x: &T) -> R<T> {
         let a = self.sub(m, "cv1", x)?;
-        let c = a.shape[1] / 2;
+        let c = shape::nchw(&a, "C2f")?.1 / 2;
+        shape::channels(&a, c, 2 * c, "C2f")?;
         let mut ys = vec![ops::channels(&a, 0, c), ops::channels(&a, c, 2 * c)];
         for (_, b) in m.child("m").map_err(e)?.children() {
             let last = ys.last().expect("halves").clone();
             ys.push(self.module(b, Input::One(last))?);
         }
-        let cat = ops::cat_channels(&ys.iter().collect::<Vec<_>>());
+        let refs = ys.iter().collect::<Vec<_>>();
+        shape::same_maps(&refs, "C2f")?;
+        let cat = ops::cat_channels(&refs);
         self.sub(m, "cv2", &cat)
     }
 
@@ -136,6 +174,7 @@ impl Reference<'_> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "m", &a)?;
         let b = self.sub(m, "cv2", x)?;
+        shape::same_maps(&[&a, &b], "C3")?;
         let cat = ops::cat_channels(&[&a, &b]);
         self.sub(m, "cv3", &cat)
     }
@@ -146,9 +185,12 @@ impl Reference<'_> {
             let last = ys.last().expect("cv1").clone();
             ys.push(self.sub(m, "m", &last)?);
         }
-        let cat = ops::cat_channels(&ys.iter().collect::<Vec<_>>());
+        let refs = ys.iter().collect::<Vec<_>>();
+        shape::same_maps(&refs, "SPPF")?;
+        let cat = ops::cat_channels(&refs);
         let y = self.sub(m, "cv2", &cat)?;
         Ok(if m.bool("add").unwrap_or(false) {
+            shape::same_shape(x, &y, "SPPF")?;
             ops::add(x, &y)
         } else {
             y
@@ -157,30 +199,48 @@ impl Reference<'_> {
 
     pub(super) fn c2psa(&mut self, m: M, x: &T) -> R<T> {
         let a = self.sub(m, "cv1", x)?;
-        let c = a.shape[1] / 2;
+        let c = shape::nchw(&a, "C2PSA")?.1 / 2;
+        shape::channels(&a, c, 2 * c, "C2PSA")?;
         let first = ops::channels(&a, 0, c);
         let second = self.sub(m, "m", &ops::channels(&a, c, 2 * c))?;
+        shape::same_maps(&[&first, &second], "C2PSA")?;
         self.sub(m, "cv2", &ops::cat_channels(&[&first, &second]))
     }
 
     pub(super) fn psablock(&mut self, m: M, x: &T) -> R<T> {
         let add = m.bool("add").unwrap_or(true);
         let a = self.attention(m.child("attn").map_err(e)?, x)?;
+        if add {
+            shape::same_shape(x, &a, "PSABlock")?;
+        }
         let x1 = if add { ops::add(x, &a) } else { a };
         let f = self.sub(m, "ffn", &x1)?;
+        if add {
+            shape::same_shape(&x1, &f, "PSABlock")?;
+        }
         Ok(if add { ops::add(&x1, &f) } else { f })
     }
 
     /// Multi-head attention over H·W positions plus the positional depthwise conv of the values.
     fn attention(&mut self, m: M, x: &T) -> R<T> {
-        let (n, c, h, w) = x.nchw();
+        let (n, c, h, w) = shape::nchw(x, "Attention")?;
         let hw = h * w;
-        let heads = m.int("num_heads").ok_or_else(|| e("num_heads"))? as usize;
-        let kd = m.int("key_dim").ok_or_else(|| e("key_dim"))? as usize;
-        let hd = m.int("head_dim").ok_or_else(|| e("head_dim"))? as usize;
+        let dim = |k: &str| {
+            m.int(k)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|v| (1..=1 << 16).contains(v))
+                .ok_or_else(|| e(format!("Attention {k}")))
+        };
+        let (heads, kd, hd) = (dim("num_heads")?, dim("key_dim")?, dim("head_dim")?);
         let scale = m.float("scale").unwrap_or((kd as f64).powf(-0.5)) as f32;
         let qkv = self.sub(m, "qkv", x)?;
         let per = 2 * kd + hd;
+        if qkv.shape != [n, heads * per, h, w] || heads * hd != c {
+            return Err(e(format!(
+                "Attention: qkv {:?} does not split into {heads} heads of {kd}+{kd}+{hd} over {c} channels",
+                qkv.shape
+            )));
+        }
         let mut out = vec![0.0f32; n * c * hw];
         let mut v_all = vec![0.0f32; n * c * hw];
         for b in 0..n {
@@ -220,14 +280,20 @@ impl Reference<'_> {
 
     pub(super) fn classify(&mut self, m: M, x: &T) -> R<T> {
         let y = self.sub(m, "conv", x)?;
-        let (n, c, h, w) = y.nchw();
+        let (n, c, h, w) = shape::nchw(&y, "Classify")?;
         let lin = m.child("linear").map_err(e)?;
         let (wt, ws) = tensor(&lin, "weight")?;
+        if ws.len() != 2 || ws[1] != c || ws[0] == 0 || wt.len() != ws[0] * c {
+            return Err(e(format!(
+                "Classify: linear weight {ws:?} does not fit {c} channels"
+            )));
+        }
         let bias = lin
             .tensor_f32("bias")
             .map_err(e)?
             .map(|(b, _)| b)
             .unwrap_or_else(|| vec![0.0; ws[0]]);
+        shape::per_channel(bias.len(), ws[0], "Classify linear bias")?;
         let mut out = vec![0.0f32; n * ws[0]];
         for b in 0..n {
             let pooled: Vec<f32> = (0..c)

@@ -1,6 +1,7 @@
 //! Detection heads of the reference interpreter: per-anchor decoding written as plain loops.
 
 use super::ops::{self, T};
+use super::shape;
 use super::{Input, R, Reference, e};
 use crate::checkpoint::py::M;
 
@@ -20,17 +21,34 @@ impl Reference<'_> {
         if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
             return Err(e("end-to-end heads"));
         }
-        let nc = m.int("nc").ok_or_else(|| e("nc"))? as usize;
-        let rm = m.int("reg_max").unwrap_or(16) as usize;
+        let count = |k: &str, v: Option<i64>| {
+            v.and_then(|v| usize::try_from(v).ok())
+                .filter(|v| (1..=1 << 16).contains(v))
+                .ok_or_else(|| e(format!("{class} {k} = {v:?}")))
+        };
+        let nc = count("nc", m.int("nc"))?;
+        let rm = count("reg_max", Some(m.int("reg_max").unwrap_or(16)))?;
         let strides = m.attr_tensor_f64("stride").ok_or_else(|| e("stride"))?;
         let extra = match class.as_str() {
-            "Segment" => m.int("nm").ok_or_else(|| e("nm"))? as usize,
-            "Pose" => m.int("nk").ok_or_else(|| e("nk"))? as usize,
-            "OBB" => m.int("ne").ok_or_else(|| e("ne"))? as usize,
+            "Segment" => count("nm", m.int("nm"))?,
+            "Pose" => count("nk", m.int("nk"))?,
+            "OBB" => count("ne", m.int("ne"))?,
             _ => 0,
         };
-        let n = xs[0].shape[0];
-        let total: usize = xs.iter().map(|x| x.shape[2] * x.shape[3]).sum();
+        if xs.is_empty() || strides.len() < xs.len() {
+            return Err(e(format!(
+                "{class}: {} inputs, {} strides",
+                xs.len(),
+                strides.len()
+            )));
+        }
+        let mut n = 0;
+        let mut total = 0usize;
+        for x in xs {
+            let (xn, _, h, w) = shape::nchw(x, &class)?;
+            n = xn;
+            total += h * w;
+        }
         // Per anchor: box distribution (4·rm), class logits (nc), extra channels.
         let mut bx = vec![0.0f32; n * 4 * rm * total];
         let mut cl = vec![0.0f32; n * nc * total];
@@ -47,6 +65,15 @@ impl Reference<'_> {
             } else {
                 None
             };
+            let fits = |t: &T, ch: usize| t.shape == [n, ch, h, w];
+            if !fits(&b, 4 * rm) || !fits(&c, nc) || xe.as_ref().is_some_and(|t| !fits(t, extra)) {
+                return Err(e(format!(
+                    "{class} level {i}: branch outputs {:?} and {:?} do not fit {} box and {nc} class channels at {h}x{w}",
+                    b.shape,
+                    c.shape,
+                    4 * rm
+                )));
+            }
             for bi in 0..n {
                 for (dst, src, ch) in [(&mut bx, &b, 4 * rm), (&mut cl, &c, nc)] {
                     for k in 0..ch {
@@ -81,6 +108,18 @@ impl Reference<'_> {
         } else {
             vec![1.0]
         };
+        shape::per_channel(bins.len(), rm, &format!("{class} DFL bins"))?;
+        if class == "Pose" {
+            let nd = m
+                .ints("kpt_shape")
+                .and_then(|v| v.get(1).copied())
+                .unwrap_or(3);
+            if !(2..=3).contains(&nd) || extra % nd as usize != 0 {
+                return Err(e(format!(
+                    "Pose kpt_shape dimension {nd} for {extra} channels"
+                )));
+            }
+        }
         let rows = 4 + nc + extra;
         let mut out = vec![0.0f32; n * rows * total];
         for bi in 0..n {
@@ -157,13 +196,42 @@ impl Reference<'_> {
 fn conv_transpose(m: M, x: &T) -> R<T> {
     let (w, ws) = m.need_f32("weight").map_err(e)?;
     let bias = m.tensor_f32("bias").map_err(e)?.map(|(b, _)| b);
-    let s = m.ints("stride").map(|v| v[0] as usize).unwrap_or(1);
-    let p = m.ints("padding").map(|v| v[0] as usize).unwrap_or(0);
+    let first = |k: &str, default: usize| -> R<usize> {
+        match m.ints(k) {
+            None => Ok(default),
+            Some(v) => v
+                .first()
+                .and_then(|&v| usize::try_from(v).ok())
+                .filter(|&v| v <= 1 << 16)
+                .ok_or_else(|| e(format!("ConvTranspose2d {k} = {v:?}"))),
+        }
+    };
+    let (s, p) = (first("stride", 1)?, first("padding", 0)?);
     if m.int("groups").unwrap_or(1) != 1 {
         return Err(e("grouped ConvTranspose2d"));
     }
-    let (n, c, h, wd) = x.nchw();
-    let (o, kh, kw) = (ws[1] as usize, ws[2] as usize, ws[3] as usize);
+    let (n, c, h, wd) = shape::nchw(x, "ConvTranspose2d")?;
+    let dims: Vec<usize> = ws.iter().filter_map(|&d| usize::try_from(d).ok()).collect();
+    let [ci, o, kh, kw] = dims[..] else {
+        return Err(e(format!("ConvTranspose2d weight has shape {ws:?}")));
+    };
+    if s == 0
+        || ci != c
+        || o == 0
+        || kh == 0
+        || kw == 0
+        || ci * o * kh * kw != w.len()
+        || h.saturating_sub(1) * s + kh < 2 * p + 1
+        || wd.saturating_sub(1) * s + kw < 2 * p + 1
+    {
+        return Err(e(format!(
+            "ConvTranspose2d weight {ws:?} (stride {s}, padding {p}) does not fit input {:?}",
+            x.shape
+        )));
+    }
+    if let Some(b) = &bias {
+        shape::per_channel(b.len(), o, "ConvTranspose2d bias")?;
+    }
     let oh = (h - 1) * s + kh - 2 * p;
     let ow = (wd - 1) * s + kw - 2 * p;
     let mut out = vec![0.0f32; n * o * oh * ow];

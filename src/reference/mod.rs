@@ -6,6 +6,7 @@
 mod blocks;
 mod head;
 pub mod ops;
+mod shape;
 
 use std::fmt;
 
@@ -122,7 +123,11 @@ impl<'g> Reference<'g> {
             "MaxPool2d" => blocks::maxpool(m, &one(x)?),
             "Upsample" => blocks::upsample(m, &one(x)?),
             "Concat" => match x {
-                Input::Many(xs) => Ok(ops::cat_channels(&xs.iter().collect::<Vec<_>>())),
+                Input::Many(xs) => {
+                    let refs = xs.iter().collect::<Vec<_>>();
+                    shape::same_maps(&refs, "Concat")?;
+                    Ok(ops::cat_channels(&refs))
+                }
                 Input::One(t) => Ok(t),
             },
             "Bottleneck" => self.bottleneck(m, &one(x)?),
@@ -137,7 +142,9 @@ impl<'g> Reference<'g> {
             },
             "Classify" => match x {
                 Input::Many(xs) => {
-                    self.classify(m, &ops::cat_channels(&xs.iter().collect::<Vec<_>>()))
+                    let refs = xs.iter().collect::<Vec<_>>();
+                    shape::same_maps(&refs, "Classify")?;
+                    self.classify(m, &ops::cat_channels(&refs))
                 }
                 Input::One(t) => self.classify(m, &t),
             },
