@@ -154,7 +154,12 @@ fn strict_writers(c: &Case) -> Vec<String> {
 /// Checks one file; returns failures.
 fn check(c: &Case) -> Vec<String> {
     let p = c.path.to_str().unwrap();
+    let started = std::time::Instant::now();
     let r = run(&["inspect", p]);
+    let took = started.elapsed();
+    if took > std::time::Duration::from_secs(10) {
+        return vec![format!("inspect took {took:?} (limit 10 s)")];
+    }
     let code = r.status.code();
     let stdout = String::from_utf8_lossy(&r.stdout);
     let stderr = String::from_utf8_lossy(&r.stderr);
