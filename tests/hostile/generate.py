@@ -139,6 +139,10 @@ add_marker(
 # and fails, but fuse-ema must not accept it either.
 add("dotted-proto2.pt", sd_with(Call(G("torch.nn.modules.module", "torch.load"), "x"), 2), "dangerous", "torch.nn.modules.module.torch.load", "H1")
 
+# _compat_pickle maps whole names too, not only modules: at protocol < 3 `__builtin__ reduce` is
+# imported as functools.reduce.
+add("compat-builtin-reduce.pkl", dumps(Call(G("__builtin__", "reduce"), G("collections", "OrderedDict"), [[]]), 2), "dangerous", "functools.reduce", "H1")
+
 # ---- 2. prefix allow-list gadgets: plain names in allow-listed modules that run code ----
 cfg = {"nc": 80, "backbone": [[-1, 1, "__import__('os').system('id')", []]], "head": []}
 add("gadget-parse-model.pt", sd_with(Call(G("ultralytics.nn.tasks", "parse_model"), cfg, 3)), "dangerous", "ultralytics.nn.tasks.parse_model", "H1")
