@@ -87,6 +87,10 @@ fn wrong_module_trees_never_panic() {
         exported += r.exported as usize;
         referenced += r.referenced as usize;
     }
+    // Inputs the module_tree fuzzer crashed on (fixture index, then 5-byte edits).
+    for crash in [&[5u8, 5, 0x22, 0, 0x7e, 0][..]] {
+        module_mutate::run(&fixtures, crash);
+    }
     let _ = std::fs::remove_file(module_mutate::scratch());
     assert!(
         opened >= 20 && exported >= 5 && referenced >= 5,

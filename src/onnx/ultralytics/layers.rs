@@ -49,6 +49,16 @@ pub(super) fn nchw(x: &V, what: &str) -> R<[i64; 4]> {
     }
 }
 
+/// A layer's output must have positive spatial size: a kernel larger than its (padded) input, a
+/// stride or scale from a malformed checkpoint would otherwise give negative sizes that later size
+/// computations turn into huge allocations.
+pub(super) fn positive(what: &str, shape: Vec<i64>) -> R<Vec<i64>> {
+    if shape.iter().any(|&d| d <= 0) {
+        return Err(format!("{what}: the output would have shape {shape:?}"));
+    }
+    Ok(shape)
+}
+
 /// A convolution weight's (O, I, kh, kw) dims, checked against the data and for sizes the
 /// arithmetic below can hold.
 fn weight4(m: &M, data: &[f32], ws: &[i64]) -> R<[i64; 4]> {
@@ -157,12 +167,15 @@ impl Builder<'_> {
                 ("strides", Attr::Ints(vec![sh, sw])),
             ],
         );
-        let shape = vec![
-            xn,
-            ws[0],
-            out_size(xh, ws[2], sh, ph, dh),
-            out_size(xw, ws[3], sw, pw, dw),
-        ];
+        let shape = positive(
+            scope,
+            vec![
+                xn,
+                ws[0],
+                out_size(xh, ws[2], sh, ph, dh),
+                out_size(xw, ws[3], sw, pw, dw),
+            ],
+        )?;
         Ok(V { name: y, shape })
     }
 
@@ -204,12 +217,15 @@ impl Builder<'_> {
         let size = |i: i64, k: i64, s: i64, p: i64, d: i64, o: i64| {
             (i - 1) * s - 2 * p + d * (k - 1) + o + 1
         };
-        let shape = vec![
-            xn,
-            out_c,
-            size(xh, ws[2], sh, ph, dh, oh),
-            size(xw, ws[3], sw, pw, dw, ow),
-        ];
+        let shape = positive(
+            scope,
+            vec![
+                xn,
+                out_c,
+                size(xh, ws[2], sh, ph, dh, oh),
+                size(xw, ws[3], sw, pw, dw, ow),
+            ],
+        )?;
         Ok(V { name: y, shape })
     }
 
@@ -285,12 +301,15 @@ impl Builder<'_> {
                 ("strides", Attr::Ints(vec![sh, sw])),
             ],
         );
-        let shape = vec![
-            xn,
-            xc,
-            out_size(xh, kh, sh, ph, dh),
-            out_size(xw, kw, sw, pw, dw),
-        ];
+        let shape = positive(
+            scope,
+            vec![
+                xn,
+                xc,
+                out_size(xh, kh, sh, ph, dh),
+                out_size(xw, kw, sw, pw, dw),
+            ],
+        )?;
         Ok(V { name: y, shape })
     }
 
@@ -327,12 +346,15 @@ impl Builder<'_> {
                 ("nearest_mode", Attr::Str("floor".into())),
             ],
         );
-        let shape = vec![
-            xn,
-            xc,
-            (xh as f64 * f).floor() as i64,
-            (xw as f64 * f).floor() as i64,
-        ];
+        let shape = positive(
+            scope,
+            vec![
+                xn,
+                xc,
+                (xh as f64 * f).floor() as i64,
+                (xw as f64 * f).floor() as i64,
+            ],
+        )?;
         Ok(V { name: y, shape })
     }
 
