@@ -51,9 +51,9 @@ pub(super) fn nchw(x: &V, what: &str) -> R<[i64; 4]> {
 
 /// A layer's output must have positive spatial size: a kernel larger than its (padded) input, a
 /// stride or scale from a malformed checkpoint would otherwise give negative sizes that later size
-/// computations turn into huge allocations.
+/// computations turn into huge allocations. The batch dimension is left alone (-1 when dynamic).
 pub(super) fn positive(what: &str, shape: Vec<i64>) -> R<Vec<i64>> {
-    if shape.iter().any(|&d| d <= 0) {
+    if shape.iter().skip(1).any(|&d| d <= 0) {
         return Err(format!("{what}: the output would have shape {shape:?}"));
     }
     Ok(shape)
