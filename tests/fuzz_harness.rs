@@ -88,7 +88,8 @@ fn wrong_module_trees_never_panic() {
         referenced += r.referenced as usize;
     }
     // Inputs the module_tree fuzzer crashed on (fixture index, then 5-byte edits).
-    for crash in [&[5u8, 5, 0x22, 0, 0x7e, 0][..]] {
+    const CRASHES: &[&[u8]] = &[&[5, 5, 0x22, 0, 0x7e, 0]];
+    for crash in CRASHES {
         module_mutate::run(&fixtures, crash);
     }
     let _ = std::fs::remove_file(module_mutate::scratch());
