@@ -223,8 +223,11 @@ pub const FIXTURES: &[&str] = &[
     "yolo11-detect.pt",
 ];
 
+/// A checkpoint's zip entries: `(name, bytes)`.
+pub type Entries = Vec<(String, Vec<u8>)>;
+
 /// Loads the fixtures' zip entries once.
-pub fn load_fixtures(dir: &Path) -> Vec<Vec<(String, Vec<u8>)>> {
+pub fn load_fixtures(dir: &Path) -> Vec<Entries> {
     FIXTURES
         .iter()
         .filter_map(|f| stored_entries(&std::fs::read(dir.join(f)).ok()?))
@@ -256,7 +259,7 @@ pub struct Reached {
 }
 
 /// One run: mutate, open, export to ONNX, run the reference. Panics are the only failure.
-pub fn run(fixtures: &[Vec<(String, Vec<u8>)>], data: &[u8]) -> Reached {
+pub fn run(fixtures: &[Entries], data: &[u8]) -> Reached {
     let mut reached = Reached::default();
     let Some((&pick, edits)) = data.split_first() else {
         return reached;

@@ -8,7 +8,7 @@ mod module_mutate;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
-static FIXTURES: OnceLock<Vec<Vec<(String, Vec<u8>)>>> = OnceLock::new();
+static FIXTURES: OnceLock<Vec<module_mutate::Entries>> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let fixtures = FIXTURES.get_or_init(|| {
