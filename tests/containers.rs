@@ -51,19 +51,38 @@ fn hostile_pickle() -> Vec<u8> {
 #[test]
 fn torch_reads_the_record_the_first_entry_names_case_insensitively() {
     let d = tempfile::tempdir().unwrap();
-    // torch looks up base/data.pkl and finds base/DATA.PKL; base/good/data.pkl is never read.
+    // torch looks up base/data.pkl and finds base/DATA.PKL.
     let p = write(
         &d,
         "upper.pt",
         &zip(&[
             ("base/version", b"3\n"),
             ("base/DATA.PKL", &hostile_pickle()),
-            ("base/good/data.pkl", b"\x80\x02}."),
         ]),
     );
     let c = fuse_ema::io::open(&p).unwrap();
     assert_eq!(c.info.record.as_deref(), Some("base/"));
     assert_eq!(names(&c.graph), ["os.system"]);
+    // With a second data.pkl deeper in the folder (never read by torch, but what a reader
+    // looking for any */data.pkl would load), the file is refused as ambiguous, and the
+    // refusal still names what torch's record would run.
+    let p = write(
+        &d,
+        "nested.pt",
+        &zip(&[
+            ("base/version", b"3\n"),
+            ("base/DATA.PKL", &hostile_pickle()),
+            ("base/good/data.pkl", b"\x80\x02}."),
+        ]),
+    );
+    let e = fuse_ema::io::open(&p).unwrap_err();
+    assert!(e.to_string().contains("ambiguous"), "{e}");
+    assert!(
+        e.named
+            .records()
+            .iter()
+            .any(|r| r.written.dotted() == "os.system")
+    );
 }
 
 #[test]

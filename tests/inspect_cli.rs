@@ -159,7 +159,30 @@ fn safetensors_and_legacy_and_sharded() {
 
 #[test]
 fn malicious_file_is_reported_and_nothing_runs() {
+    // The marker is the file malicious.pt's payload writes (its own path: no other test uses it),
+    // and tests/hostile/generate.py proved with Python that the payload does write it.
     let marker = std::path::Path::new("/tmp/fuse-ema-pwned");
+    let bytes = std::fs::read(fixture("malicious.pt")).unwrap();
+    let needle = marker.to_str().unwrap().as_bytes();
+    assert!(
+        bytes.windows(needle.len()).any(|w| w == needle),
+        "malicious.pt's payload writes the marker checked here"
+    );
+    let controls: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/controls.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        controls["fixtures/malicious.pt"]["python_created_marker"], true,
+        "positive control: Python running the payload creates the marker"
+    );
+    assert_eq!(
+        controls["fixtures/malicious.pt"]["marker"],
+        "/tmp/fuse-ema-pwned"
+    );
     let _ = std::fs::remove_file(marker);
     let (code, r) = inspect("malicious.pt");
     assert_eq!(code, 1, "dangerous globals fail the check");

@@ -80,7 +80,14 @@ fn unreadable(
         return fail(e);
     }
     eprintln!("fuse-ema: error: {e}");
-    if !a.json {
+    if a.json {
+        let _ = print_json(&serde_json::json!({
+            "file": a.file.display().to_string(),
+            "error": e.to_string(),
+            "globals": judged.globals,
+            "findings": judged.findings,
+        }));
+    } else {
         for f in &judged.findings {
             println!(
                 "  {f} (named before the file failed to read; torch.load(weights_only=False) \
@@ -130,9 +137,9 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
     if torch_out && max_shard.is_some() {
         return fail("--max-shard-size writes safetensors shards; use a .safetensors output");
     }
-    let ckpt = match crate::io::open(&a.file) {
+    let ckpt = match super::open_strict(&a.file, &a.strict) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
         return code;

@@ -136,9 +136,9 @@ pub(super) fn export(a: ExportArgs) -> i32 {
             return fail(e);
         }
     }
-    let ckpt = match crate::io::open(&a.file) {
+    let ckpt = match super::open_strict(&a.file, &a.strict) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
         return code;

@@ -283,6 +283,29 @@ fn strict_refusal(ckpt: &crate::checkpoint::Checkpoint, s: &StrictArgs) -> Optio
     Some(EXIT_CHECK_FAILED)
 }
 
+/// Opens a checkpoint for a command with `--strict`: a file that cannot be read is exit 2, unless
+/// `--strict` is on and the globals its pickles named before the failure already fail the
+/// judgement — then it is a strict refusal (exit 1), as for a readable file.
+fn open_strict(
+    path: &std::path::Path,
+    s: &StrictArgs,
+) -> Result<crate::checkpoint::Checkpoint, i32> {
+    match crate::io::open(path) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            if s.strict
+                && let Ok(allow) = s.allow_list()
+                && let Err(refusal) = crate::checkpoint::judge::strict_check(&e.named, &allow)
+            {
+                eprintln!("fuse-ema: error: {e}");
+                strict_message(path, &refusal.0);
+                return Err(EXIT_CHECK_FAILED);
+            }
+            Err(fail(e))
+        }
+    }
+}
+
 /// The one-line `--strict` refusal on stderr, naming every finding.
 fn strict_message(path: &std::path::Path, findings: &[crate::checkpoint::judge::Finding]) {
     eprintln!(

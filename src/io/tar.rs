@@ -190,9 +190,28 @@ fn members(b: &[u8]) -> Result<Vec<Member>, String> {
 
 /// Reads a legacy tar checkpoint.
 pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> {
+    let mut graph = Graph::new();
+    read_into(path, map, &mut graph).map_err(|e| named_anyway(e, &graph))
+}
+
+/// Gives an error the globals the pickles read so far named, when it carries none yet: Python
+/// would already have imported (and may have called) them.
+pub(super) fn named_anyway(e: ReadError, graph: &Graph) -> ReadError {
+    if e.named.records().is_empty() {
+        e.naming(graph)
+    } else {
+        e
+    }
+}
+
+fn read_into(
+    path: &Path,
+    map: Arc<MappedFile>,
+    graph: &mut Graph,
+) -> Result<Checkpoint, ReadError> {
     let ambiguous = |m: String| ReadError::new(path, ReadErrorKind::Ambiguous(m));
     let list = members(&map).map_err(ambiguous)?;
-    let (mut graph, mut info) = new_parts(Format::TorchTar, map.len() as u64);
+    let (_, mut info) = new_parts(Format::TorchTar, map.len() as u64);
     info.serialization_version = Some("tar".into());
     let member = |graph: &Graph, name: &str| -> Result<std::ops::Range<usize>, ReadError> {
         let found: Vec<&Member> = list.iter().filter(|m| m.name == name.as_bytes()).collect();
@@ -221,17 +240,17 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     let mut storages: HashMap<String, Value> = HashMap::new();
     let mut sizes: HashMap<String, (Buffer, crate::tensor::DType)> = HashMap::new();
 
-    let range = member(&graph, "storages")?;
+    let range = member(graph, "storages")?;
     let mut r = Stream::new(path, &map, range, "storages", &limits);
-    let count = r.count(&mut graph)?;
+    let count = r.count(graph)?;
     for i in 0..count {
-        let args = r.pickle(&mut graph, &mut NoPersistentLoad)?;
+        let args = r.pickle(graph, &mut NoPersistentLoad)?;
         let (key, ty) = match graph.seq(&args) {
             Some([key, _location, ty]) => (key_text(key), ty.clone()),
             _ => return Err(r.err(format!("storage {i}: not a (key, location, type) tuple"))),
         };
         let key = key.ok_or_else(|| r.err(format!("storage {i}: key is not an int or str")))?;
-        let dtype = storage_dtype(&graph, &ty).map_err(|m| r.err(m))?;
+        let dtype = storage_dtype(graph, &ty).map_err(|m| r.err(m))?;
         let numel = r.i64()?;
         let len = usize::try_from(numel)
             .ok()
@@ -251,7 +270,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         storages.insert(key.clone(), v);
         sizes.insert(key, (bytes, dtype));
     }
-    let views = r.pickle(&mut graph, &mut NoPersistentLoad)?;
+    let views = r.pickle(graph, &mut NoPersistentLoad)?;
     if graph.seq(&views).is_none_or(|v| !v.is_empty()) {
         return Err(ReadError::new(
             path,
@@ -259,12 +278,12 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         ));
     }
 
-    let range = member(&graph, "tensors")?;
+    let range = member(graph, "tensors")?;
     let mut r = Stream::new(path, &map, range, "tensors", &limits);
-    let count = r.count(&mut graph)?;
+    let count = r.count(graph)?;
     let mut tensors: HashMap<String, Value> = HashMap::new();
     for i in 0..count {
-        let args = r.pickle(&mut graph, &mut NoPersistentLoad)?;
+        let args = r.pickle(graph, &mut NoPersistentLoad)?;
         let (key, storage) = match graph.seq(&args) {
             Some([key, storage, _ty]) => (key_text(key), key_text(storage)),
             _ => return Err(r.err(format!("tensor {i}: not a (key, storage, type) tuple"))),
@@ -301,15 +320,15 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         tensors.insert(key, graph.add(Node::Tensor(Box::new(t))));
     }
 
-    let range = member(&graph, "pickle")?;
+    let range = member(graph, "pickle")?;
     let mut r = Stream::new(path, &map, range, "pickle", &limits);
     let mut loader = TarObjects { tensors, storages };
-    let root = r.pickle(&mut graph, &mut loader)?;
+    let root = r.pickle(graph, &mut loader)?;
     info.pickle_protocol = super::torch_zip::protocol_of(&map[r.range.clone()]);
     Ok(Checkpoint {
         path: path.to_path_buf(),
         info,
-        graph,
+        graph: std::mem::take(graph),
         root,
     })
 }

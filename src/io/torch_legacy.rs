@@ -29,6 +29,15 @@ const PROTOCOL_VERSION: i64 = 1001;
 ///
 /// Every pickle goes into the checkpoint's graph, so every global any of them names is judged.
 pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> {
+    let mut graph = Graph::new();
+    read_into(path, map, &mut graph).map_err(|e| super::tar::named_anyway(e, &graph))
+}
+
+fn read_into(
+    path: &Path,
+    map: Arc<MappedFile>,
+    graph: &mut Graph,
+) -> Result<Checkpoint, ReadError> {
     let pickle_err = |entry: &str, source| {
         ReadError::new(
             path,
@@ -40,7 +49,6 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     };
     let limits = Limits::for_file(map.len() as u64);
     let mut pos = 0usize;
-    let mut graph = Graph::new();
     let next = |name: &str, graph: &mut Graph, loader: &mut dyn PersistentLoad, pos: &mut usize| {
         let (v, used) =
             pickle::unpickle(&map[*pos..], graph, loader, &limits).map_err(|mut e| {
@@ -52,18 +60,13 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     };
 
     // torch.load unpickles this first pickle before it looks at anything.
-    let first = next("pickle", &mut graph, &mut NoPersistentLoad, &mut pos)
+    let first = next("pickle", graph, &mut NoPersistentLoad, &mut pos)
         .map_err(|e| not_a_pickle(path, &map, e))?;
     if first != Value::BigInt(MAGIC_DECIMAL.into()) {
-        return read_plain(path, &map, graph, first, pos, &limits);
+        return read_plain(path, &map, std::mem::take(graph), first, pos, &limits);
     }
     let (_, mut info) = new_parts(Format::TorchLegacy, map.len() as u64);
-    let version = next(
-        "protocol version",
-        &mut graph,
-        &mut NoPersistentLoad,
-        &mut pos,
-    )?;
+    let version = next("protocol version", graph, &mut NoPersistentLoad, &mut pos)?;
     if version.as_int() != Some(PROTOCOL_VERSION) {
         return Err(ReadError::new(
             path,
@@ -71,7 +74,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
         ));
     }
     info.serialization_version = Some(PROTOCOL_VERSION.to_string());
-    let sys_info = next("sys_info", &mut graph, &mut NoPersistentLoad, &mut pos)?;
+    let sys_info = next("sys_info", graph, &mut NoPersistentLoad, &mut pos)?;
     if graph.dict_get(&sys_info, "little_endian") == Some(&Value::Bool(false)) {
         return Err(ReadError::new(
             path,
@@ -83,14 +86,9 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
 
     graph.defer_view_checks = true;
     let mut storages = LegacyStorages::default();
-    let root = next("main pickle", &mut graph, &mut storages, &mut pos)?;
+    let root = next("main pickle", graph, &mut storages, &mut pos)?;
     graph.defer_view_checks = false;
-    let keys_value = next(
-        "storage key list",
-        &mut graph,
-        &mut NoPersistentLoad,
-        &mut pos,
-    )?;
+    let keys_value = next("storage key list", graph, &mut NoPersistentLoad, &mut pos)?;
     let keys: Vec<String> = graph
         .seq(&keys_value)
         .ok_or_else(|| {
@@ -98,10 +96,10 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
                 path,
                 format!(
                     "the storage key list is not a list{}",
-                    super::names_suffix(&graph)
+                    super::names_suffix(graph)
                 ),
             )
-            .naming(&graph)
+            .naming(graph)
         })?
         .iter()
         .map(|k| k.as_str().map(str::to_string))
@@ -151,12 +149,9 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     if pos != map.len() {
         // Judge them as the pickles another reader could take them for.
         let start = pos;
-        while let Ok((_, used)) = pickle::unpickle(
-            &map[pos..],
-            &mut graph,
-            &mut super::InertPersistentLoad,
-            &limits,
-        ) {
+        while let Ok((_, used)) =
+            pickle::unpickle(&map[pos..], graph, &mut super::InertPersistentLoad, &limits)
+        {
             pos += used;
         }
         return Err(ReadError::new(
@@ -167,7 +162,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
                 map.len() - start
             )),
         )
-        .naming(&graph));
+        .naming(graph));
     }
     for node in graph.nodes_mut() {
         if let Node::Storage(t) | Node::Tensor(t) = node {
@@ -196,7 +191,7 @@ pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadError> 
     Ok(Checkpoint {
         path: path.to_path_buf(),
         info,
-        graph,
+        graph: std::mem::take(graph),
         root,
     })
 }

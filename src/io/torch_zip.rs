@@ -203,6 +203,22 @@ fn torch_record(path: &Path, dir: &ZipDir) -> Result<Option<String>, ReadError> 
             )),
         ));
     }
+    // A second `data.pkl` deeper in the folder (`base/good/data.pkl` beside `base/DATA.PKL`) is
+    // what a reader that looks for any `*/data.pkl` would load instead of torch's record.
+    let main = format!("{record}data.pkl").to_ascii_lowercase();
+    if let Some(other) = dir.entries.iter().find(|e| {
+        let lower = e.name.to_ascii_lowercase();
+        lower != main.as_bytes() && lower.ends_with(b"/data.pkl")
+    }) {
+        return Err(ReadError::new(
+            path,
+            ReadErrorKind::Ambiguous(format!(
+                "{} is a second data.pkl beside torch's {record}data.pkl: readers that look for \
+                 any */data.pkl would load another pickle than torch",
+                other.display()
+            )),
+        ));
+    }
     if dir
         .entries
         .iter()

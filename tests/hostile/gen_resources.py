@@ -276,14 +276,14 @@ def npz_bomb(nbytes):
 
 def generate(add):
     """Writes every file through `add(name, data, expect, contains)`."""
-    add("rebuild-self-reference.pkl", rebuild_self_reference(), "not-allowed", "nested in itself")
-    add("rebuild-chain-30k.pkl", rebuild_chain(30_000), "not-allowed", "nested in itself")
+    add("rebuild-self-reference.pkl", rebuild_self_reference(), "dangerous", "torch._tensor._rebuild_from_type_v2")
+    add("rebuild-chain-30k.pkl", rebuild_chain(30_000), "dangerous", "torch._tensor._rebuild_from_type_v2")
     add("long4-250x4k.pkl", many_long4(250, 4096), "clean", "list")
     add("list-copies-600k-x60.pkl", list_copies(600_000, 60, "list"), "error", "decoded objects")
-    add("rebuild-copies-600k-x60.pkl", list_copies(600_000, 60, "rebuild"), "not-allowed", "decoded objects")
+    add("rebuild-copies-600k-x60.pkl", list_copies(600_000, 60, "rebuild"), "dangerous", "mypkg.ops.build")
     add("deflate-bomb-512m.pt", deflate_bomb(512 << 20), "clean", "compressed")
     add("pickle-deflate-bomb.pt", pickle_bomb(512 << 20), "error", "decompression bomb")
-    add("global-name-copies.pkl", global_name_copies(500_000, 2000), "not-allowed", "decoded objects")
+    add("global-name-copies.pkl", global_name_copies(500_000, 2000), "dangerous", "mmmmmmmmmmmmmmmm")
     add("shared-modules-long-names.pt", shared_modules(19, 4000), "error", "names and entries")
     add("shared-dict-1000-keys.pt", shared_dict_many_keys(20_000, 1000), "error", "names and entries")
     add("shared-object-1000-keys.pt", shared_dict_many_keys(20_000, 1000, False), "error", "objects visited")

@@ -154,12 +154,15 @@ impl Builder<'_> {
                 ("strides", Attr::Ints(vec![sh, sw])),
             ],
         );
-        let shape = vec![
-            xn,
-            xc,
-            check::out_size(xh, kh, sh, ph, dh),
-            check::out_size(xw, kw, sw, pw, dw),
-        ];
+        let shape = check::positive(
+            scope,
+            vec![
+                xn,
+                xc,
+                check::out_size(xh, kh, sh, ph, dh),
+                check::out_size(xw, kw, sw, pw, dw),
+            ],
+        )?;
         Ok(V { name: y, shape })
     }
 
@@ -183,12 +186,15 @@ impl Builder<'_> {
                 ("nearest_mode", Attr::Str("floor".into())),
             ],
         );
-        let shape = vec![
-            xn,
-            xc,
-            (xh as f64 * f).floor() as i64,
-            (xw as f64 * f).floor() as i64,
-        ];
+        let shape = check::positive(
+            scope,
+            vec![
+                xn,
+                xc,
+                (xh as f64 * f).floor() as i64,
+                (xw as f64 * f).floor() as i64,
+            ],
+        )?;
         Ok(V { name: y, shape })
     }
 

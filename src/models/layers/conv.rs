@@ -233,12 +233,15 @@ impl Builder<'_> {
                 ("strides", Attr::Ints(vec![sh, sw])),
             ],
         );
-        let shape = vec![
-            xn,
-            ws[0],
-            check::out_size(xh, ws[2], sh, ph, dh),
-            check::out_size(xw, ws[3], sw, pw, dw),
-        ];
+        let shape = check::positive(
+            scope,
+            vec![
+                xn,
+                ws[0],
+                check::out_size(xh, ws[2], sh, ph, dh),
+                check::out_size(xw, ws[3], sw, pw, dw),
+            ],
+        )?;
         Ok(V { name: y, shape })
     }
 
@@ -268,12 +271,15 @@ impl Builder<'_> {
         let size = |i: i64, k: i64, s: i64, p: i64, d: i64, o: i64| {
             (i - 1) * s - 2 * p + d * (k - 1) + o + 1
         };
-        let shape = vec![
-            xn,
-            out_c,
-            size(xh, ws[2], sh, ph, dh, oh),
-            size(xw, ws[3], sw, pw, dw, ow),
-        ];
+        let shape = check::positive(
+            scope,
+            vec![
+                xn,
+                out_c,
+                size(xh, ws[2], sh, ph, dh, oh),
+                size(xw, ws[3], sw, pw, dw, ow),
+            ],
+        )?;
         Ok(V { name: y, shape })
     }
 

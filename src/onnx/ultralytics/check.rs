@@ -12,6 +12,16 @@ pub(crate) fn out_size(size: i64, k: i64, s: i64, p: i64, d: i64) -> i64 {
     (size + 2 * p - d * (k - 1) - 1).div_euclid(s) + 1
 }
 
+/// A layer's output must have positive spatial size: a kernel larger than its (padded) input, a
+/// stride or scale from a malformed checkpoint would otherwise give negative sizes that later size
+/// computations turn into huge allocations. The batch dimension is left alone (-1 when dynamic).
+pub(crate) fn positive(what: &str, shape: Vec<i64>) -> R<Vec<i64>> {
+    if shape.iter().skip(1).any(|&d| d <= 0) {
+        return Err(format!("{what}: the output would have shape {shape:?}"));
+    }
+    Ok(shape)
+}
+
 /// The (N, C, H, W) dims of a feature map, or an error naming the layer: a malformed module tree
 /// can route a flat output (a classifier's) into a layer that expects a feature map.
 pub(crate) fn nchw(x: &V, what: &str) -> R<[i64; 4]> {

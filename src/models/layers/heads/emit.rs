@@ -37,6 +37,9 @@ impl Builder<'_> {
         let (mut anchors, mut stride_row) = (Vec::new(), Vec::new());
         for (i, x) in xs.iter().enumerate() {
             let [_, _, xh, xw] = check::nchw(x, scope)?;
+            if !(1..=1 << 14).contains(&xh) || !(1..=1 << 14).contains(&xw) {
+                return Err(format!("{scope}: level {i} feature map is {xh}x{xw}"));
+            }
             let hw = xh * xw;
             let level = |b: &mut Self, name: &str, head: &[(&str, M)], ch: i64| -> R<String> {
                 let s = format!("{scope}.{name}.{i}");
