@@ -414,8 +414,8 @@ pub fn check(p: &Program, judge: &dyn Judge, roles: bool) -> Result<(), String> 
     }
     if roles
         && let Some(u) = p.uses.iter().find(|u| {
-            !allowed_in_role(GLOBALS[u.global].2, u.role)
-                && !(u.role == Role::Pushed && listed(u.global))
+            !(allowed_in_role(GLOBALS[u.global].2, u.role)
+                || u.role == Role::Pushed && listed(u.global))
         })
     {
         return Err(format!(
