@@ -1,6 +1,7 @@
 //! ONNX export: the graph is built from the checkpoint's own pickled module tree (the EMA's, by
 //! default), dispatching on class names and pickled attributes, and written as protobuf.
 
+pub mod encode;
 pub mod graph;
 pub mod origin;
 pub mod proto;
@@ -53,13 +54,14 @@ pub struct ExportOptions {
 /// Protobuf messages cannot exceed 2 GiB; weights above this go to an external data file.
 pub const EXTERNAL_DATA_ABOVE: usize = 1_900_000_000;
 
-/// An exported model.
+/// An exported model, not yet written: [`Exported::write_model`] streams it to a file (and
+/// [`Exported::write_external_data`] its data file), so the bytes never sit in memory whole.
 #[derive(Debug)]
 pub struct Exported {
-    /// The serialised `ModelProto`.
-    pub bytes: Vec<u8>,
-    /// The external data file (its name, its bytes), when the weights were moved out.
-    pub external: Option<(String, Vec<u8>)>,
+    /// The model.
+    pub model: Model,
+    /// The external data file's name (beside the model), when the weights are moved there.
+    pub external: Option<String>,
     /// Input shape (batch −1 when dynamic).
     pub input: Vec<i64>,
     /// Output names and shapes.
@@ -68,6 +70,23 @@ pub struct Exported {
     pub task: String,
     /// `metadata_props` written.
     pub metadata: Vec<(String, String)>,
+}
+
+impl Exported {
+    /// Writes the `ModelProto` (referring to the external data file when there is one) and
+    /// returns its length.
+    pub fn write_model(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
+        self.model.write_to(w, self.external.as_deref())
+    }
+
+    /// Writes the external data file's contents and returns their length (nothing is written
+    /// when the weights stay inline).
+    pub fn write_external_data(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
+        match self.external {
+            Some(_) => self.model.write_external_data(w),
+            None => Ok(0),
+        }
+    }
 }
 
 /// The ONNX layer's error.
@@ -371,17 +390,10 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         producer_version: env!("CARGO_PKG_VERSION").into(),
     };
     let weights: usize = model.initializers.iter().map(|t| t.raw.len()).sum();
-    let location =
+    let external =
         (opts.force_external || weights > EXTERNAL_DATA_ABOVE).then(|| opts.external_name.clone());
-    let (bytes, external) = match location {
-        Some(loc) => {
-            let (m, d) = model.encode_external(&loc);
-            (m, Some((loc, d)))
-        }
-        None => (model.encode(), None),
-    };
     Ok(Exported {
-        bytes,
+        model,
         external,
         input: vec![batch, 3, h, w],
         outputs,
