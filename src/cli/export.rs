@@ -199,6 +199,10 @@ pub(super) fn export(a: ExportArgs) -> i32 {
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_else(|| "model.onnx".into())
         ),
+        scratch_dir: Some(match a.output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }),
     };
     let exported = match crate::onnx::export(&ckpt, &opts) {
         Ok(e) => e,

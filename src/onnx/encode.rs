@@ -6,10 +6,11 @@
 
 use std::io::{self, Write};
 
+use super::graph::Spilled;
 use super::proto::{Attr, Dim, Model, Node, TensorProto, ValueInfo, ir_version};
 
 /// Initializers at least this large go to the external data file when one is used.
-const EXTERNAL_MIN: usize = 1024;
+const EXTERNAL_MIN: u64 = 1024;
 
 /// Each tensor in the external data file starts at a multiple of this (what onnx's own
 /// `convert_model_to_external_data` aligns to, so a runtime can map it).
@@ -120,17 +121,49 @@ struct External<'a> {
     offset: u64,
 }
 
-fn tensor(s: &mut dyn Sink, t: &TensorProto, ext: Option<External>) -> R {
+/// An initializer's bytes: in the tensor, or in the builder's scratch file.
+#[derive(Clone, Copy)]
+struct Raw<'a> {
+    t: &'a TensorProto,
+    index: usize,
+    spill: Option<&'a Spilled>,
+}
+
+impl Raw<'_> {
+    fn len(&self) -> u64 {
+        self.spill
+            .and_then(|s| s.len(self.index))
+            .unwrap_or(self.t.raw.len() as u64)
+    }
+
+    fn put(&self, s: &mut dyn Sink) -> R {
+        if let Some(n) = s.tally() {
+            *n += self.len();
+            return Ok(());
+        }
+        if let Some(spill) = self.spill
+            && spill.read(self.index, &mut |c| s.put(c))?
+        {
+            return Ok(());
+        }
+        s.put(&self.t.raw)
+    }
+}
+
+fn tensor(s: &mut dyn Sink, raw: Raw, ext: Option<External>) -> R {
+    let t = raw.t;
     packed_ints(s, 1, &t.dims)?;
     int(s, 2, t.elem as i64)?;
     string(s, 8, &t.name)?;
     let Some(e) = ext else {
-        return bytes(s, 9, &t.raw);
+        key(s, 9, 2)?;
+        varint(s, raw.len())?;
+        return raw.put(s);
     };
     for (k, v) in [
         ("location", e.location.to_string()),
         ("offset", e.offset.to_string()),
-        ("length", t.raw.len().to_string()),
+        ("length", raw.len().to_string()),
     ] {
         message(s, 13, &|m| {
             string(m, 1, k)?;
@@ -203,25 +236,31 @@ fn node(s: &mut dyn Sink, n: &Node) -> R {
 }
 
 impl Model {
+    fn raws<'a>(&'a self, spill: Option<&'a Spilled>) -> impl Iterator<Item = Raw<'a>> {
+        self.initializers
+            .iter()
+            .enumerate()
+            .map(move |(index, t)| Raw { t, index, spill })
+    }
+
     /// Where each initializer's bytes start in the external data file (`None`: kept inline,
     /// being under the size worth moving). Both the model and the data file are written from
     /// this one layout.
-    fn external_offsets(&self) -> Vec<Option<u64>> {
+    fn external_offsets(&self, spill: Option<&Spilled>) -> Vec<Option<u64>> {
         let mut end = 0u64;
-        self.initializers
-            .iter()
-            .map(|t| {
-                (t.raw.len() >= EXTERNAL_MIN).then(|| {
+        self.raws(spill)
+            .map(|raw| {
+                (raw.len() >= EXTERNAL_MIN).then(|| {
                     let offset = end.div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
-                    end = offset + t.raw.len() as u64;
+                    end = offset + raw.len();
                     offset
                 })
             })
             .collect()
     }
 
-    fn fields(&self, s: &mut dyn Sink, location: Option<&str>) -> R {
-        let offsets = location.map(|_| self.external_offsets());
+    fn fields(&self, s: &mut dyn Sink, location: Option<&str>, spill: Option<&Spilled>) -> R {
+        let offsets = location.map(|_| self.external_offsets(spill));
         // The exporter accepts only opsets the table covers (crate::onnx::OPSETS).
         int(s, 1, ir_version(self.opset).unwrap_or(10))?;
         string(s, 2, "fuse-ema")?;
@@ -231,12 +270,12 @@ impl Model {
                 message(g, 1, &|m| node(m, n))?;
             }
             string(g, 2, &self.graph_name)?;
-            for (i, t) in self.initializers.iter().enumerate() {
+            for (i, raw) in self.raws(spill).enumerate() {
                 let ext = match (location, &offsets) {
                     (Some(location), Some(o)) => o[i].map(|offset| External { location, offset }),
                     _ => None,
                 };
-                message(g, 5, &|m| tensor(m, t, ext))?;
+                message(g, 5, &|m| tensor(m, raw, ext))?;
             }
             for v in &self.inputs {
                 message(g, 11, &|m| value_info(m, v))?;
@@ -264,8 +303,19 @@ impl Model {
     /// (beside the model; see [`Model::write_external_data`]) instead of stored inline.
     /// Nothing is buffered here: give a [`std::io::BufWriter`] for a file.
     pub fn write_to(&self, w: &mut impl Write, location: Option<&str>) -> io::Result<u64> {
+        self.write_spilled(w, location, None)
+    }
+
+    /// [`Model::write_to`] for a model whose builder spilled initializer bytes to `spill`
+    /// (their `raw` is empty; the bytes are read back from there as they are written).
+    pub fn write_spilled(
+        &self,
+        w: &mut impl Write,
+        location: Option<&str>,
+        spill: Option<&Spilled>,
+    ) -> io::Result<u64> {
         let mut out = Out { w, written: 0 };
-        self.fields(&mut out, location)?;
+        self.fields(&mut out, location, spill)?;
         Ok(out.written)
     }
 
@@ -273,25 +323,28 @@ impl Model {
     pub fn encoded_len(&self, location: Option<&str>) -> u64 {
         let mut t = Tally(0);
         // A tally never fails: every error comes from a writer.
-        match self.fields(&mut t, location) {
+        match self.fields(&mut t, location, None) {
             Ok(()) => t.0,
             Err(_) => unreachable!("measuring cannot fail"),
         }
     }
 
     /// Writes the external data file that [`Model::write_to`] with a location refers to: each
-    /// moved initializer's bytes at its 4096-byte aligned offset, zeros between them. Returns
-    /// its length.
-    pub fn write_external_data(&self, w: &mut impl Write) -> io::Result<u64> {
+    /// moved initializer's bytes at its 4096-byte aligned offset, zeros between them (read
+    /// back from `spill` for those the builder spilled). Returns its length.
+    pub fn write_external_data(
+        &self,
+        w: &mut impl Write,
+        spill: Option<&Spilled>,
+    ) -> io::Result<u64> {
         let zeros = [0u8; EXTERNAL_ALIGN as usize];
-        let mut end = 0u64;
-        for (t, offset) in self.initializers.iter().zip(self.external_offsets()) {
+        let mut out = Out { w, written: 0 };
+        for (raw, offset) in self.raws(spill).zip(self.external_offsets(spill)) {
             let Some(offset) = offset else { continue };
-            w.write_all(&zeros[..(offset - end) as usize])?;
-            w.write_all(&t.raw)?;
-            end = offset + t.raw.len() as u64;
+            out.put(&zeros[..(offset - out.written) as usize])?;
+            raw.put(&mut out)?;
         }
-        Ok(end)
+        Ok(out.written)
     }
 
     /// The serialised `ModelProto`, in memory (tests, fuzzing, small models); files are written
@@ -363,9 +416,9 @@ mod tests {
     #[test]
     fn external_data_is_aligned_and_small_tensors_stay_inline() {
         let m = model(&[4096 + 4, 8, 1024]);
-        assert_eq!(m.external_offsets(), [Some(0), None, Some(8192)]);
+        assert_eq!(m.external_offsets(None), [Some(0), None, Some(8192)]);
         let mut data = Vec::new();
-        assert_eq!(m.write_external_data(&mut data).unwrap(), 8192 + 1024);
+        assert_eq!(m.write_external_data(&mut data, None).unwrap(), 8192 + 1024);
         assert_eq!(data.len(), 8192 + 1024);
         assert!(data[..4100].iter().all(|&b| b == 1));
         assert!(data[4100..8192].iter().all(|&b| b == 0), "padding is zeros");

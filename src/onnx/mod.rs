@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::py::M;
-use graph::{GraphBuilder, V};
+use graph::{GraphBuilder, Spilled, V};
 use proto::{Attr, Dim, ElemType, Model, ValueInfo};
 
 use crate::checkpoint::Checkpoint;
@@ -49,6 +49,10 @@ pub struct ExportOptions {
     /// The external data file's name (beside the model), used when the weights go there: when
     /// forced, or when they exceed [`EXTERNAL_DATA_ABOVE`].
     pub external_name: String,
+    /// Where the weights wait, in an unnamed scratch file, while the graph is built (the
+    /// output's directory, so they never use more memory than the file system's cache);
+    /// `None` keeps them in memory, in each initializer's `raw`.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// Protobuf messages cannot exceed 2 GiB; weights above this go to an external data file.
@@ -70,20 +74,23 @@ pub struct Exported {
     pub task: String,
     /// `metadata_props` written.
     pub metadata: Vec<(String, String)>,
+    /// The initializer bytes the builder spilled (see [`ExportOptions::scratch_dir`]).
+    spill: Option<Spilled>,
 }
 
 impl Exported {
     /// Writes the `ModelProto` (referring to the external data file when there is one) and
     /// returns its length.
     pub fn write_model(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
-        self.model.write_to(w, self.external.as_deref())
+        self.model
+            .write_spilled(w, self.external.as_deref(), self.spill.as_ref())
     }
 
     /// Writes the external data file's contents and returns their length (nothing is written
     /// when the weights stay inline).
     pub fn write_external_data(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
         match self.external {
-            Some(_) => self.model.write_external_data(w),
+            Some(_) => self.model.write_external_data(w, self.spill.as_ref()),
             None => Ok(0),
         }
     }
@@ -242,7 +249,17 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     } else {
         ElemType::Float
     };
-    let mut bld = ultralytics::Builder::new(GraphBuilder::new(dtype));
+    let mut graph = GraphBuilder::new(dtype);
+    if let Some(dir) = &opts.scratch_dir {
+        let file = tempfile::tempfile_in(dir).map_err(|e| {
+            err(format!(
+                "cannot create a scratch file in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        graph.spill_to(file);
+    }
+    let mut bld = ultralytics::Builder::new(graph);
     let mut input = V {
         name: "images".into(),
         shape: vec![batch, 3, h, w],
@@ -389,9 +406,19 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         metadata: metadata.clone(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let weights: usize = model.initializers.iter().map(|t| t.raw.len()).sum();
-    let external =
-        (opts.force_external || weights > EXTERNAL_DATA_ABOVE).then(|| opts.external_name.clone());
+    let spill = bld
+        .b
+        .finish_spill()
+        .map_err(|e| err(format!("cannot write the weights to the scratch file: {e}")))?;
+    let weights: u64 = (model.initializers.iter().enumerate())
+        .map(|(i, t)| {
+            (spill.as_ref())
+                .and_then(|s| s.len(i))
+                .unwrap_or(t.raw.len() as u64)
+        })
+        .sum();
+    let external = (opts.force_external || weights > EXTERNAL_DATA_ABOVE as u64)
+        .then(|| opts.external_name.clone());
     Ok(Exported {
         model,
         external,
@@ -399,6 +426,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         outputs,
         task: task.into(),
         metadata,
+        spill,
     })
 }
 

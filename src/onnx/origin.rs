@@ -59,6 +59,8 @@ fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
         module_key: key.to_string(),
         force_external: false,
         external_name: String::new(),
+        // The initializers are compared in memory.
+        scratch_dir: None,
     };
     let e = export(ckpt, &opts).map_err(|e| e.to_string())?;
     Ok(e.model
