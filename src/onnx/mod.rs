@@ -250,13 +250,9 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         ElemType::Float
     };
     let mut graph = GraphBuilder::new(dtype);
-    if let Some(dir) = &opts.scratch_dir {
-        let file = tempfile::tempfile_in(dir).map_err(|e| {
-            err(format!(
-                "cannot create a scratch file in {}: {e}",
-                dir.display()
-            ))
-        })?;
+    // Without a scratch file the weights stay in memory; a directory that takes no file fails
+    // the export anyway, when the model is written there, with that path in the message.
+    if let Some(file) = (opts.scratch_dir.as_ref()).and_then(|d| tempfile::tempfile_in(d).ok()) {
         graph.spill_to(file);
     }
     let mut bld = ultralytics::Builder::new(graph);
@@ -406,10 +402,13 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         metadata: metadata.clone(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let spill = bld
-        .b
-        .finish_spill()
-        .map_err(|e| err(format!("cannot write the weights to the scratch file: {e}")))?;
+    let spill = bld.b.finish_spill().map_err(|e| {
+        let dir = opts.scratch_dir.clone().unwrap_or_default();
+        err(format!(
+            "cannot write the weights to a scratch file in {}: {e}",
+            dir.display()
+        ))
+    })?;
     let weights: u64 = (model.initializers.iter().enumerate())
         .map(|(i, t)| {
             (spill.as_ref())
