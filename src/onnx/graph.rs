@@ -38,6 +38,53 @@ pub struct GraphBuilder {
     spill: Option<Scratch>,
 }
 
+/// An initializer's values and the element type they are stored as.
+enum Values<'a> {
+    F32(&'a [f32]),
+    /// f32 values stored as f16 (rounded to nearest even).
+    F16(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+impl Values<'_> {
+    fn elem(&self) -> ElemType {
+        match self {
+            Values::F32(_) => ElemType::Float,
+            Values::F16(_) => ElemType::Float16,
+            Values::I64(_) => ElemType::Int64,
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Values::F32(v) | Values::F16(v) => v.len(),
+            Values::I64(v) => v.len(),
+        }
+    }
+
+    /// Bytes per stored element.
+    fn size(&self) -> usize {
+        match self {
+            Values::F32(_) => 4,
+            Values::F16(_) => 2,
+            Values::I64(_) => 8,
+        }
+    }
+
+    /// Appends elements `range`, little-endian.
+    fn encode(&self, range: Range<usize>, out: &mut Vec<u8>) {
+        match self {
+            Values::F32(v) => out.extend(v[range].iter().flat_map(|x| x.to_le_bytes())),
+            Values::F16(v) => out.extend(
+                v[range]
+                    .iter()
+                    .flat_map(|x| f16::from_f32(*x).to_le_bytes()),
+            ),
+            Values::I64(v) => out.extend(v[range].iter().flat_map(|x| x.to_le_bytes())),
+        }
+    }
+}
+
 /// The scratch file being written and where each initializer's bytes went.
 struct Scratch {
     w: BufWriter<File>,
@@ -119,25 +166,39 @@ impl GraphBuilder {
         }))
     }
 
-    /// Adds an initializer, its bytes spilled when there is a scratch file and they are large.
-    fn push(&mut self, name: String, elem: ElemType, dims: Vec<i64>, mut raw: Vec<u8>) {
+    /// Adds an initializer, its bytes spilled when there is a scratch file and they are large
+    /// (encoded a chunk at a time, so a large weight never exists twice in memory).
+    fn push(&mut self, name: String, dims: Vec<i64>, values: Values) {
+        const CHUNK: usize = 1 << 14;
         let index = self.initializers.len();
+        let (elem, count) = (values.elem(), values.count());
+        let bytes = count * values.size();
+        let mut range = None;
         if let Some(s) = &mut self.spill {
             // Places are kept by index, whatever was pushed to `initializers` directly.
             s.ranges.resize(index, None);
-            let mut range = None;
-            if raw.len() >= SPILL_MIN && s.error.is_none() {
-                match s.w.write_all(&raw) {
+            if bytes >= SPILL_MIN && s.error.is_none() {
+                let mut buf = Vec::with_capacity(CHUNK * values.size());
+                let written = (0..count).step_by(CHUNK).try_for_each(|start| {
+                    buf.clear();
+                    values.encode(start..(start + CHUNK).min(count), &mut buf);
+                    s.w.write_all(&buf)
+                });
+                match written {
                     Ok(()) => {
-                        range = Some(s.len..s.len + raw.len() as u64);
-                        s.len += raw.len() as u64;
-                        raw = Vec::new();
+                        range = Some(s.len..s.len + bytes as u64);
+                        s.len += bytes as u64;
                     }
                     // Kept in memory; the error fails the export when spilling ends.
                     Err(e) => s.error = Some(e),
                 }
             }
-            s.ranges.push(range);
+            s.ranges.push(range.clone());
+        }
+        let mut raw = Vec::new();
+        if range.is_none() {
+            raw.reserve_exact(bytes);
+            values.encode(0..count, &mut raw);
         }
         self.initializers.push(TensorProto {
             name,
@@ -201,40 +262,25 @@ impl GraphBuilder {
     /// A floating initializer in the compute dtype, from f32 values.
     pub fn weight(&mut self, name_hint: &str, dims: &[i64], data: &[f32]) -> String {
         let name = self.fresh(name_hint);
-        let raw = match self.dtype {
-            ElemType::Float16 => data
-                .iter()
-                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
-                .collect(),
-            _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        let values = match self.dtype {
+            ElemType::Float16 => Values::F16(data),
+            _ => Values::F32(data),
         };
-        self.push(name.clone(), self.dtype, dims.to_vec(), raw);
+        self.push(name.clone(), dims.to_vec(), values);
         name
     }
 
     /// An int64 initializer (shapes, axes).
     pub fn ints(&mut self, name_hint: &str, values: &[i64]) -> String {
         let name = self.fresh(name_hint);
-        let raw = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.push(
-            name.clone(),
-            ElemType::Int64,
-            vec![values.len() as i64],
-            raw,
-        );
+        self.push(name.clone(), vec![values.len() as i64], Values::I64(values));
         name
     }
 
     /// A float32 initializer regardless of the compute dtype (Resize scales).
     pub fn f32s(&mut self, name_hint: &str, values: &[f32]) -> String {
         let name = self.fresh(name_hint);
-        let raw = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.push(
-            name.clone(),
-            ElemType::Float,
-            vec![values.len() as i64],
-            raw,
-        );
+        self.push(name.clone(), vec![values.len() as i64], Values::F32(values));
         name
     }
 
