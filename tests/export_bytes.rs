@@ -4,8 +4,8 @@
 //! encoder that built whole messages in memory, before it was replaced by the streaming one.
 //!
 //! A change to the graph builder, to the fixtures or to the crate version (it is written into
-//! the model) changes the bytes on purpose; regenerate the table then, after checking the new
-//! models in ONNX Runtime (`tests/export_onnx.rs`).
+//! the model) changes the bytes on purpose; paste the table a failing run prints, after checking
+//! the new models in ONNX Runtime (`tests/export_onnx.rs`).
 
 mod common;
 
@@ -198,7 +198,7 @@ fn exports_are_byte_identical_to_the_pinned_hashes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cases: Vec<(&str, &str)> = EXPECTED.iter().map(|&(f, m, _, _)| (f, m)).collect();
     cases.dedup();
-    let mut wrong = Vec::new();
+    let (mut wrong, mut table) = (0, Vec::new());
     for (stem, mode) in cases {
         let out_dir = dir.path().join(format!("{stem}-{mode}"));
         std::fs::create_dir(&out_dir).unwrap();
@@ -234,10 +234,18 @@ fn exports_are_byte_identical_to_the_pinned_hashes() {
         assert_eq!(written, expected, "{stem} {mode}: files written");
         for &(_, _, name, want) in EXPECTED.iter().filter(|e| e.0 == stem && e.1 == mode) {
             let got = sha256(&out_dir.join(name));
-            if got != want {
-                wrong.push(format!("{stem} {mode} {name}: {got}"));
-            }
+            wrong += usize::from(got != want);
+            let mark = if got == want { "" } else { " // changed" };
+            table.push(format!(
+                "    (\"{stem}\", \"{mode}\", \"{name}\", \"{got}\"),{mark}"
+            ));
         }
     }
-    assert!(wrong.is_empty(), "bytes changed:\n{}", wrong.join("\n"));
+    // The whole table is printed, ready to paste once a change of bytes is meant.
+    assert_eq!(
+        wrong,
+        0,
+        "bytes changed; the table now:\n{}",
+        table.join("\n")
+    );
 }
