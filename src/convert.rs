@@ -40,6 +40,25 @@ pub fn to_f64_vec(t: &Tensor) -> Option<Vec<f64>> {
     for_each_f64(t.dtype, &bytes, |x| out.push(x)).then_some(out)
 }
 
+/// All elements as f32 in row-major order (f16/bf16 widen exactly), or `None` for dtypes without
+/// a real value. Mapped bytes are fetched with positioned reads ([`Tensor::for_each_chunk`]), so
+/// reading a whole checkpoint tensor by tensor leaves none of it resident; a file that cannot be
+/// read there is read through the map (where a truncated file is caught as a signal).
+pub fn to_f32_vec(t: &Tensor) -> Option<Vec<f32>> {
+    let mut out = Vec::with_capacity(t.numel());
+    let mut real = true;
+    let streamed = t.for_each_chunk(|c| {
+        real &= for_each_f64(t.dtype, c, |x| out.push(x as f32));
+        Ok(())
+    });
+    if streamed.is_err() {
+        out.clear();
+        let bytes = t.to_contiguous_bytes().ok()?;
+        real = for_each_f64(t.dtype, &bytes, |x| out.push(x as f32));
+    }
+    real.then_some(out)
+}
+
 /// The value of a one-element tensor.
 pub fn scalar_f64(t: &Tensor) -> Option<f64> {
     if t.numel() != 1 {
@@ -66,6 +85,53 @@ pub fn convert_float(src: DType, bytes: &[u8], dst: DType, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mapped(bytes: &[u8], range: std::ops::Range<usize>) -> crate::tensor::Buffer {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        // SAFETY: a private temporary file nothing else writes.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        crate::tensor::Buffer::Mapped {
+            map: std::sync::Arc::new(crate::tensor::MappedFile::new(map, file)),
+            range,
+        }
+    }
+
+    #[test]
+    fn f32_vec_reads_mapped_views_like_the_map() {
+        let values: Vec<f16> = (0..24)
+            .map(|i| f16::from_f32(i as f32 * 0.25 - 2.0))
+            .collect();
+        let mut bytes = vec![0xee; 6];
+        bytes.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+        let storage = mapped(&bytes, 6..bytes.len());
+        let view = |shape: Vec<usize>, strides: Vec<usize>, offset| {
+            Tensor::new_view(
+                DType::F16,
+                shape,
+                strides,
+                offset,
+                storage.clone(),
+                "s".into(),
+            )
+            .unwrap()
+        };
+        // Contiguous with an offset, and a transposed (gathered) view.
+        for t in [
+            view(vec![2, 5], vec![5, 1], 3),
+            view(vec![4, 3], vec![1, 4], 0),
+        ] {
+            let want: Vec<f32> = to_f64_vec(&t).unwrap().iter().map(|&x| x as f32).collect();
+            assert_eq!(to_f32_vec(&t).unwrap(), want);
+        }
+        assert_eq!(
+            to_f32_vec(&view(vec![2], vec![1], 0)).unwrap(),
+            [-2.0, -1.75]
+        );
+        let complex = Tensor::new_view(DType::C64, vec![1], vec![1], 0, storage, "s".into());
+        assert_eq!(to_f32_vec(&complex.unwrap()), None);
+    }
 
     #[test]
     fn float_conversion_rounds_to_nearest_even() {

@@ -1,171 +1,251 @@
-//! The exported graph is byte-for-byte what it was before the module registry (src/models/) took
-//! over emission: the SHA-256 of each export's `GraphProto` (nodes, initializers, inputs, outputs)
-//! was recorded from the binary built at main 39fbb97, before the refactor.
+//! The bytes `fuse-ema export` writes, pinned by sha256 for every fixture task in each output
+//! mode (f32, `--half`, `--dynamic`, `--external-data`, another opset and size). The encoder may
+//! change how it writes (streaming, buffering) but never what: these hashes were taken from the
+//! encoder that built whole messages in memory, before it was replaced by the streaming one.
 //!
-//! Only the graph field is hashed, not the whole file: metadata and the IR version live outside
-//! the graph and change on purpose elsewhere (src/onnx/mod.rs); the emission the registry owns is
-//! all inside it. The external-data case hashes the `.data` file too.
+//! A change to the graph builder, to the fixtures or to the crate version (it is written into
+//! the model) changes the bytes on purpose; paste the table a failing run prints, after checking
+//! the new models in ONNX Runtime (`tests/export_onnx.rs`).
 
 mod common;
+
+use std::path::Path;
 
 use common::{fixture, run};
 use sha2::{Digest, Sha256};
 
-/// (fixture, extra export arguments, SHA-256 of the exported GraphProto).
-const CASES: &[(&str, &[&str], &str)] = &[
+/// (fixture stem, mode, file written, sha256).
+const EXPECTED: &[(&str, &str, &str, &str)] = &[
     (
-        "yolov8-best.pt",
-        &[],
-        "d78e1ddc0df16801fa0ec8466322a65b64f07267f1444e9f2b780609054a103e",
+        "yolov8-epoch1",
+        "plain",
+        "model.onnx",
+        "43289ca8e446523dbfa0553ee3e8e56fe792ffb07da4bea969e1e6c159ed610d",
     ),
     (
-        "yolo11-detect.pt",
-        &[],
-        "466e2cf1bc3a53390f70c21e11dd61255e5c84823ff8dbcf161d992ca8a08e50",
+        "yolov8-epoch1",
+        "half",
+        "model.onnx",
+        "3b2383a694cb46506de39714b08188e5af8aaaea6524319e822f92d6fb7f53e7",
     ),
     (
-        "yolov5u-detect.pt",
-        &[],
-        "55dbaf09770658b4bdccc60bbee87c146f5d20e8cf5ba3ac3cad4577d8f728d5",
+        "yolov8-epoch1",
+        "dynamic",
+        "model.onnx",
+        "0de903b8132b110bdd10c5acadc79584f19352e73d50b7ed914fffbeb8af41e6",
     ),
     (
-        "yolov8-seg.pt",
-        &[],
-        "a4d14cef2c82711ed2648d3c0bbd6d0b62d16f90e84daa20acc61bcb5aba6dd0",
+        "yolov8-epoch1",
+        "external",
+        "model.onnx",
+        "14a4b45aa14d2e85103e847266630d688b74ed77d1968f5f071a45ccb66bc147",
     ),
     (
-        "yolov8-pose.pt",
-        &[],
-        "7d12302554b97152ca71f387ca16c4c0fe0e7819e687a9b956c937a0e2f4f391",
+        "yolov8-epoch1",
+        "external",
+        "model.onnx.data",
+        "8326321c4d6dbac4f47999d9a9e56ccba480c98e481eecd4641e2a053e55e8dc",
     ),
     (
-        "yolov8-obb.pt",
-        &[],
-        "4d4fa798481ce07acc891f507440a60aed8541b1e121a54a005699a847ef470d",
+        "yolo11-detect",
+        "plain",
+        "model.onnx",
+        "d878a5fc04512e1e1ba074efd42d55efa5dcbea613deccdd31c10a1914a28799",
     ),
     (
-        "yolov8-cls.pt",
-        &[],
-        "9e7d2fab469ee8b7e5d46045bb71ceefc1f78da45c22d13e76a8db49ba29a25f",
+        "yolo11-detect",
+        "half",
+        "model.onnx",
+        "cf674000f9c3c1d28b762ce86681c4e9958c315d98ec63dd5afb85f71e4ae601",
     ),
     (
-        "yolov8-v80-style.pt",
-        &[],
-        "97ee91368bcd27a1ac970122bb08f30d7da6e35179a0b8fa95a915776a88f04d",
+        "yolo11-detect",
+        "dynamic",
+        "model.onnx",
+        "c02f92745a23893aaede4e9fa9c923cffdc175d48b60a0ec39653ef19c014d78",
     ),
     (
-        "yolov8-v80-style.pt",
-        &["--source", "raw"],
-        "80290bc5f409b4c78fab0cd79d55dbecb863e93dec24e71a9930d2e7d75841af",
+        "yolo11-detect",
+        "external",
+        "model.onnx",
+        "68922503437dce82b090f213768d37bf87cfb1934fe39ab6e8ccaa7d72a68e5f",
     ),
     (
-        "yolov8-best.pt",
-        &["--half"],
-        "ff38148e9f396bcc0701389a2282552f1391222040503fff77df624a4b3e10bc",
+        "yolo11-detect",
+        "external",
+        "model.onnx.data",
+        "72fb2050cd266136435d594a412ae4506176e091105c6874e15c5d2caf21dea2",
     ),
     (
-        "yolov8-seg.pt",
-        &[
-            "--dynamic",
-            "--batch",
-            "2",
-            "--imgsz",
-            "96,64",
-            "--opset",
-            "13",
-        ],
-        "533b1a99d8476846fd4495ddcea6b88df75ff78181de0c74cf89e9b945f43eb6",
+        "yolov8-seg",
+        "plain",
+        "model.onnx",
+        "e842eb94c73edf475dc064bc22eb4585a9c303aeda506120a2a818988855ebee",
     ),
     (
-        "yolo11-detect.pt",
-        &["--external-data"],
-        "28f6fee05d041b8094e1b6e38e4668b601be1783c6fd6b6ed281c5ddaecbb2b8",
+        "yolov8-seg",
+        "half",
+        "model.onnx",
+        "a2a69cea93eaa377d678a899673d854028d59a76e6fd718ccb722548a563ca4e",
+    ),
+    (
+        "yolov8-seg",
+        "dynamic",
+        "model.onnx",
+        "b10d6517c08b00bcf1db4ca1dff3f41999ebe091ebb7d73e63f4b0faf6d7a48e",
+    ),
+    (
+        "yolov8-seg",
+        "external",
+        "model.onnx",
+        "e31343bdae3b1cab36e38c234a6abfdc6a24326f85ecdb5cc283c85ace2efc2b",
+    ),
+    (
+        "yolov8-seg",
+        "external",
+        "model.onnx.data",
+        "0f470a684a3175e7bbbe53001d22d2f4de86c3cdcea771449bcfa8adbe6dea55",
+    ),
+    (
+        "yolov8-pose",
+        "plain",
+        "model.onnx",
+        "112335213bcf5097411c1426af8e238d525f24b26ca15e18072c40592b17bdc8",
+    ),
+    (
+        "yolov8-pose",
+        "half",
+        "model.onnx",
+        "59ce7d8a4cac429e4b2047c38a0a44bc1fc1d211236705bf60327fca056bc982",
+    ),
+    (
+        "yolov8-pose",
+        "dynamic",
+        "model.onnx",
+        "4afc0e06e815f22c031828694cfc5f9254697e225a49280261e3928baa63e84c",
+    ),
+    (
+        "yolov8-pose",
+        "external",
+        "model.onnx",
+        "999943d507fd67830a707b3759952750ee2feb88a9faa7e0cbd89b2e11cc4b81",
+    ),
+    (
+        "yolov8-pose",
+        "external",
+        "model.onnx.data",
+        "eece71ac2ae48aec9ef1a471cece011db324b6f09edef249606067a01a4e423d",
+    ),
+    (
+        "yolov8-cls",
+        "plain",
+        "model.onnx",
+        "233fb83174e7f2136a0cc1c5ce8a9442567f5229fd577fe562e199256b02feb7",
+    ),
+    (
+        "yolov8-cls",
+        "half",
+        "model.onnx",
+        "cc36b084b06a937545f518c12746d875b8ed53d2ae9a213c216d35ebdc15a2d0",
+    ),
+    (
+        "yolov8-cls",
+        "dynamic",
+        "model.onnx",
+        "a33761cb6d9e0c2c0d5ada998a4d0d21778cce394dffa211899b150aea66dde8",
+    ),
+    (
+        "yolov8-cls",
+        "external",
+        "model.onnx",
+        "b8d980a93bd8ecf6a31e1904c4bcaddf36a64b1bbb395e4f16507969ea79ff58",
+    ),
+    (
+        "yolov8-cls",
+        "external",
+        "model.onnx.data",
+        "c145069ebf79337bada6610c5efe69e7ab6923e6038ca30219040aae265742b0",
+    ),
+    (
+        "yolov8-obb",
+        "opset13",
+        "model.onnx",
+        "60c0d4e111a6355323fd11254439720be9922145e8e0a4635c7791984c73e2c4",
     ),
 ];
 
-/// SHA-256 of the external data file written by the `--external-data` case.
-const EXTERNAL_DATA: &str = "72fb2050cd266136435d594a412ae4506176e091105c6874e15c5d2caf21dea2";
-
-fn varint(b: &[u8], i: &mut usize) -> u64 {
-    let (mut v, mut shift) = (0u64, 0);
-    loop {
-        let c = b[*i];
-        *i += 1;
-        v |= u64::from(c & 0x7f) << shift;
-        shift += 7;
-        if c < 0x80 {
-            return v;
-        }
+fn mode_args(mode: &str) -> &'static [&'static str] {
+    match mode {
+        "plain" => &[],
+        "half" => &["--half"],
+        "dynamic" => &["--dynamic"],
+        "external" => &["--external-data"],
+        "opset13" => &["--opset", "13", "--imgsz", "320,256", "--batch", "2"],
+        other => panic!("unknown mode {other}"),
     }
 }
 
-/// The bytes of `ModelProto.graph` (field 7), found by walking the top-level fields.
-fn graph_field(model: &[u8]) -> &[u8] {
-    let (mut i, mut graph) = (0, None);
-    while i < model.len() {
-        let tag = varint(model, &mut i);
-        match tag & 7 {
-            0 => {
-                varint(model, &mut i);
-            }
-            2 => {
-                let n = varint(model, &mut i) as usize;
-                if tag >> 3 == 7 {
-                    graph = Some(&model[i..i + n]);
-                }
-                i += n;
-            }
-            w => panic!("unexpected wire type {w} at the top level of a ModelProto"),
-        }
-    }
-    graph.expect("the model has a graph")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
+fn sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
 #[test]
-fn exported_graphs_are_byte_identical_to_the_pre_registry_builder() {
+fn exports_are_byte_identical_to_the_pinned_hashes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut wrong = Vec::new();
-    for (i, (file, extra, want)) in CASES.iter().enumerate() {
-        // The external data file's name is written into the graph, so it is the name used when
-        // the hashes were recorded.
-        let external = extra.contains(&"--external-data");
-        let name = if external {
-            "yolo11-detect.ext.onnx".to_string()
-        } else {
-            format!("{i}.onnx")
-        };
-        let out = dir.path().join(&name);
-        let input = fixture(file);
+    let mut cases: Vec<(&str, &str)> = EXPECTED.iter().map(|&(f, m, _, _)| (f, m)).collect();
+    cases.dedup();
+    let (mut wrong, mut table) = (0, Vec::new());
+    for (stem, mode) in cases {
+        let out_dir = dir.path().join(format!("{stem}-{mode}"));
+        std::fs::create_dir(&out_dir).unwrap();
+        let ckpt = fixture(&format!("{stem}.pt"));
+        let out = out_dir.join("model.onnx");
         let mut args = vec![
             "export",
-            input.to_str().unwrap(),
+            ckpt.to_str().unwrap(),
             "-o",
             out.to_str().unwrap(),
             "--no-parity",
         ];
-        args.extend_from_slice(extra);
+        args.extend_from_slice(mode_args(mode));
         let r = run(&args);
         assert_eq!(
             r.status.code(),
             Some(0),
-            "{file} {extra:?}: {}",
+            "{stem} {mode}: {}",
             String::from_utf8_lossy(&r.stderr)
         );
-        let got = hex(graph_field(&std::fs::read(&out).unwrap()));
-        if got != *want {
-            wrong.push(format!("{file} {extra:?}: graph sha256 {got}, want {want}"));
-        }
-        if external {
-            let data = std::fs::read(dir.path().join(format!("{name}.data"))).unwrap();
-            assert_eq!(hex(&data), EXTERNAL_DATA, "{file}: external data");
+        // Exactly the files the table names, nothing more (no stray temporaries).
+        let mut written: Vec<String> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        written.sort();
+        let mut expected: Vec<String> = EXPECTED
+            .iter()
+            .filter(|e| e.0 == stem && e.1 == mode)
+            .map(|e| e.2.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(written, expected, "{stem} {mode}: files written");
+        for &(_, _, name, want) in EXPECTED.iter().filter(|e| e.0 == stem && e.1 == mode) {
+            let got = sha256(&out_dir.join(name));
+            wrong += usize::from(got != want);
+            let mark = if got == want { "" } else { " // changed" };
+            table.push(format!(
+                "    (\"{stem}\", \"{mode}\", \"{name}\", \"{got}\"),{mark}"
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The whole table is printed, ready to paste once a change of bytes is meant.
+    assert_eq!(
+        wrong,
+        0,
+        "bytes changed; the table now:\n{}",
+        table.join("\n")
+    );
 }

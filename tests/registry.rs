@@ -96,6 +96,7 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
         module_key: "model".into(),
         force_external: false,
         external_name: "model.onnx.data".into(),
+        scratch_dir: None,
     };
     let export = fuse_ema::onnx::export(ckpt, &opts)
         .expect_err("the export refuses")

@@ -298,6 +298,7 @@ pub fn run(fixtures: &[Entries], data: &[u8]) -> Reached {
             module_key: key.to_string(),
             force_external: false,
             external_name: "model.onnx.data".into(),
+            scratch_dir: None,
         };
         reached.exported |= fuse_ema::onnx::export(&ckpt, &opts).is_ok();
         let m = fuse_ema::checkpoint::py::M { g: &ckpt.graph, v };

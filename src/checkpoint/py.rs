@@ -3,7 +3,7 @@
 
 use crate::checkpoint::module;
 use crate::checkpoint::value::{Graph, Node, Value};
-use crate::convert::to_f64_vec;
+use crate::convert::{to_f32_vec, to_f64_vec};
 
 /// A module in the checkpoint's object graph.
 #[derive(Clone, Copy)]
@@ -98,11 +98,8 @@ impl<'g> M<'g> {
             Some(Node::Tensor(t)) => t,
             _ => return Err(format!("{}.{name} is not a tensor", self.class())),
         };
-        let data = to_f64_vec(t)
-            .ok_or_else(|| format!("{}.{name} has dtype {}", self.class(), t.dtype))?
-            .into_iter()
-            .map(|x| x as f32)
-            .collect();
+        let data = to_f32_vec(t)
+            .ok_or_else(|| format!("{}.{name} has dtype {}", self.class(), t.dtype))?;
         Ok(Some((data, t.shape.iter().map(|&d| d as i64).collect())))
     }
 

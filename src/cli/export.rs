@@ -90,6 +90,18 @@ fn write_report(path: &Option<PathBuf>, r: &ParityReport, inputs: &[&Path]) -> R
     f.commit().map_err(|e| e.to_string())
 }
 
+/// Writes to `file` through a buffer (the encoder's small writes would each be a system call)
+/// and flushes; returns what `write` reports.
+fn stream(
+    file: &mut std::fs::File,
+    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<u64>,
+) -> std::io::Result<u64> {
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+    let n = write(&mut w)?;
+    std::io::Write::flush(&mut w)?;
+    Ok(n)
+}
+
 pub(super) fn export(a: ExportArgs) -> i32 {
     let imgsz = match a.imgsz.as_deref().map(parse_imgsz) {
         None => None,
@@ -187,6 +199,10 @@ pub(super) fn export(a: ExportArgs) -> i32 {
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_else(|| "model.onnx".into())
         ),
+        scratch_dir: Some(match a.output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }),
     };
     let exported = match crate::onnx::export(&ckpt, &opts) {
         Ok(e) => e,
@@ -196,10 +212,10 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     input_paths.extend(parity_inputs(&a.parity));
     let inputs: Vec<&Path> = input_paths.iter().map(PathBuf::as_path).collect();
     // The data file (when any) goes in first, so a model never points at a missing file.
-    if let Some((name, data)) = &exported.external {
+    if let Some(name) = &exported.external {
         let target = a.output.with_file_name(name);
         let written = write::AtomicFile::create(&target, &inputs).and_then(|mut f| {
-            std::io::Write::write_all(f.file(), data)
+            stream(f.file(), |w| exported.write_external_data(w))
                 .map_err(|e| write::WriteError::new(&target, e.to_string()))?;
             f.commit()
         });
@@ -211,23 +227,28 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    if let Err(e) = std::io::Write::write_all(model_file.file(), &exported.bytes) {
-        return fail(format_args!("{}: {e}", a.output.display()));
-    }
+    let model_len = match stream(model_file.file(), |w| exported.write_model(w)) {
+        Ok(n) => n,
+        Err(e) => return fail(format_args!("{}: {e}", a.output.display())),
+    };
+    // The weights are on disk now; parity reads the model from there.
+    let crate::onnx::Exported {
+        external,
+        input,
+        outputs,
+        task,
+        ..
+    } = exported;
     let g = &ckpt.graph;
     let root_v = g
         .dict_get(&ckpt.root, &module_key)
         .expect("export checked the module");
     let root = M { g, v: root_v };
-    let shape: Vec<usize> = exported.input.iter().map(|&d| d.max(1) as usize).collect();
+    let shape: Vec<usize> = input.iter().map(|&d| d.max(1) as usize).collect();
     let report = if a.no_parity {
         None
     } else {
-        let model = if exported.external.is_some() {
-            OnnxModel::File(model_file.path())
-        } else {
-            OnnxModel::Bytes(&exported.bytes)
-        };
+        let model = OnnxModel::File(model_file.path());
         match run_parity(&a.parity, model, root, &shape, a.half) {
             Ok(r) => Some(r),
             Err(m) => {
@@ -261,10 +282,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     // The report must replace neither an input nor what this run just wrote.
     let mut written = inputs.clone();
     written.push(&final_path);
-    let external_target = exported
-        .external
-        .as_ref()
-        .map(|(name, _)| a.output.with_file_name(name));
+    let external_target = external.as_ref().map(|name| a.output.with_file_name(name));
     written.extend(external_target.as_deref());
     if let Some(r) = &report
         && let Err(m) = write_report(&a.parity.report, r, &written)
@@ -278,13 +296,13 @@ pub(super) fn export(a: ExportArgs) -> i32 {
             "source": a.source,
             "weights_from": module_key,
             "layout": located.report(),
-            "task": exported.task,
-            "input": {"name": "images", "shape": exported.input},
-            "outputs": exported.outputs.iter().map(|(n, s)| json!({"name": n, "shape": s})).collect::<Vec<_>>(),
+            "task": task,
+            "input": {"name": "images", "shape": input},
+            "outputs": outputs.iter().map(|(n, s)| json!({"name": n, "shape": s})).collect::<Vec<_>>(),
             "opset": a.opset,
             "half": a.half,
-            "external_data": exported.external.as_ref().map(|(n, _)| n),
-            "bytes": exported.bytes.len(),
+            "external_data": external,
+            "bytes": model_len,
             "parity": report,
         });
         match serde_json::to_string_pretty(&v) {
@@ -292,23 +310,19 @@ pub(super) fn export(a: ExportArgs) -> i32 {
             Err(e) => return fail(e),
         }
     } else {
-        let shapes: Vec<String> = exported
-            .outputs
-            .iter()
-            .map(|(n, s)| format!("{n} {s:?}"))
-            .collect();
+        let shapes: Vec<String> = outputs.iter().map(|(n, s)| format!("{n} {s:?}")).collect();
         println!(
             "{} → {} ({}, {} weights from '{}', images {:?} → {}, opset {}{}), {}",
             a.file.display(),
             final_path.display(),
-            exported.task,
+            task,
             a.source.to_uppercase(),
             module_key,
-            exported.input,
+            input,
             shapes.join(", "),
             a.opset,
             if a.half { ", f16" } else { "" },
-            render::bytes(exported.bytes.len() as u64)
+            render::bytes(model_len)
         );
         match &report {
             None => println!("parity: not run (--no-parity)"),

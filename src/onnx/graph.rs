@@ -1,7 +1,13 @@
 //! Building an ONNX graph: fresh names, nodes, initializers and constants, with the compute
-//! dtype (f32, or f16 for `--half`) applied to every floating constant.
+//! dtype (f32, or f16 for `--half`) applied to every floating constant. Weights can be kept out
+//! of memory while the graph grows ([`GraphBuilder::spill_to`]): the model's bytes are written
+//! only once every node exists, and holding every folded weight until then would make the
+//! export's memory grow with the model.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::ops::Range;
 
 use half::f16;
 
@@ -16,15 +22,109 @@ pub struct V {
     pub shape: Vec<i64>,
 }
 
+/// Initializers at least this large go to the scratch file when there is one.
+const SPILL_MIN: usize = 4096;
+
 /// Accumulates nodes and initializers.
 pub struct GraphBuilder {
     /// Nodes in order of creation (a topological order).
     pub nodes: Vec<Node>,
-    /// Initializers in order of creation.
+    /// Initializers in order of creation (a spilled one's `raw` is empty: its bytes are in the
+    /// scratch file, see [`GraphBuilder::finish_spill`]).
     pub initializers: Vec<TensorProto>,
     counters: HashMap<String, usize>,
     /// The element type floating values are computed in.
     pub dtype: ElemType,
+    spill: Option<Scratch>,
+}
+
+/// An initializer's values and the element type they are stored as.
+enum Values<'a> {
+    F32(&'a [f32]),
+    /// f32 values stored as f16 (rounded to nearest even).
+    F16(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+impl Values<'_> {
+    fn elem(&self) -> ElemType {
+        match self {
+            Values::F32(_) => ElemType::Float,
+            Values::F16(_) => ElemType::Float16,
+            Values::I64(_) => ElemType::Int64,
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Values::F32(v) | Values::F16(v) => v.len(),
+            Values::I64(v) => v.len(),
+        }
+    }
+
+    /// Bytes per stored element.
+    fn size(&self) -> usize {
+        match self {
+            Values::F32(_) => 4,
+            Values::F16(_) => 2,
+            Values::I64(_) => 8,
+        }
+    }
+
+    /// Appends elements `range`, little-endian.
+    fn encode(&self, range: Range<usize>, out: &mut Vec<u8>) {
+        match self {
+            Values::F32(v) => out.extend(v[range].iter().flat_map(|x| x.to_le_bytes())),
+            Values::F16(v) => out.extend(
+                v[range]
+                    .iter()
+                    .flat_map(|x| f16::from_f32(*x).to_le_bytes()),
+            ),
+            Values::I64(v) => out.extend(v[range].iter().flat_map(|x| x.to_le_bytes())),
+        }
+    }
+}
+
+/// The scratch file being written and where each initializer's bytes went.
+struct Scratch {
+    w: BufWriter<File>,
+    len: u64,
+    ranges: Vec<Option<Range<u64>>>,
+    error: Option<io::Error>,
+}
+
+/// Initializer bytes kept in a scratch file instead of memory.
+#[derive(Debug)]
+pub struct Spilled {
+    file: File,
+    /// Per initializer (same order), where its bytes lie in `file`; `None`: kept in `raw`.
+    ranges: Vec<Option<Range<u64>>>,
+}
+
+impl Spilled {
+    /// The length of initializer `i`'s bytes when they are in the scratch file.
+    pub fn len(&self, i: usize) -> Option<u64> {
+        let r = self.ranges.get(i)?.as_ref()?;
+        Some(r.end - r.start)
+    }
+
+    /// Passes initializer `i`'s bytes to `f` in chunks of at most 1 MiB, read back from the
+    /// scratch file; `false` when they are not there (they are in the tensor's `raw`).
+    pub fn read(&self, i: usize, f: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let Some(r) = self.ranges.get(i).and_then(Option::as_ref) else {
+            return Ok(false);
+        };
+        let mut buf = vec![0u8; ((r.end - r.start) as usize).min(1 << 20)];
+        let mut at = r.start;
+        while at < r.end {
+            let n = ((r.end - at) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            f(&buf[..n])?;
+            at += n as u64;
+        }
+        Ok(true)
+    }
 }
 
 impl GraphBuilder {
@@ -35,7 +135,77 @@ impl GraphBuilder {
             initializers: Vec::new(),
             counters: HashMap::new(),
             dtype,
+            spill: None,
         }
+    }
+
+    /// From now on, initializers of 4 KiB and more are written to `file` (an unnamed scratch
+    /// file) as they are made instead of kept in memory.
+    pub fn spill_to(&mut self, file: File) {
+        self.spill = Some(Scratch {
+            w: BufWriter::with_capacity(1 << 16, file),
+            len: 0,
+            ranges: vec![None; self.initializers.len()],
+            error: None,
+        });
+    }
+
+    /// Ends spilling: the scratch file with every spilled initializer's place, or the first
+    /// error writing it. `None` when nothing was spilled to.
+    pub fn finish_spill(&mut self) -> io::Result<Option<Spilled>> {
+        let Some(s) = self.spill.take() else {
+            return Ok(None);
+        };
+        if let Some(e) = s.error {
+            return Err(e);
+        }
+        let file = s.w.into_inner().map_err(|e| e.into_error())?;
+        Ok(Some(Spilled {
+            file,
+            ranges: s.ranges,
+        }))
+    }
+
+    /// Adds an initializer, its bytes spilled when there is a scratch file and they are large
+    /// (encoded a chunk at a time, so a large weight never exists twice in memory).
+    fn push(&mut self, name: String, dims: Vec<i64>, values: Values) {
+        const CHUNK: usize = 1 << 14;
+        let index = self.initializers.len();
+        let (elem, count) = (values.elem(), values.count());
+        let bytes = count * values.size();
+        let mut range = None;
+        if let Some(s) = &mut self.spill {
+            // Places are kept by index, whatever was pushed to `initializers` directly.
+            s.ranges.resize(index, None);
+            if bytes >= SPILL_MIN && s.error.is_none() {
+                let mut buf = Vec::with_capacity(CHUNK * values.size());
+                let written = (0..count).step_by(CHUNK).try_for_each(|start| {
+                    buf.clear();
+                    values.encode(start..(start + CHUNK).min(count), &mut buf);
+                    s.w.write_all(&buf)
+                });
+                match written {
+                    Ok(()) => {
+                        range = Some(s.len..s.len + bytes as u64);
+                        s.len += bytes as u64;
+                    }
+                    // Kept in memory; the error fails the export when spilling ends.
+                    Err(e) => s.error = Some(e),
+                }
+            }
+            s.ranges.push(range.clone());
+        }
+        let mut raw = Vec::new();
+        if range.is_none() {
+            raw.reserve_exact(bytes);
+            values.encode(0..count, &mut raw);
+        }
+        self.initializers.push(TensorProto {
+            name,
+            elem,
+            dims,
+            raw,
+        });
     }
 
     /// A name not used before, derived from `hint`.
@@ -92,43 +262,25 @@ impl GraphBuilder {
     /// A floating initializer in the compute dtype, from f32 values.
     pub fn weight(&mut self, name_hint: &str, dims: &[i64], data: &[f32]) -> String {
         let name = self.fresh(name_hint);
-        let raw = match self.dtype {
-            ElemType::Float16 => data
-                .iter()
-                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
-                .collect(),
-            _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        let values = match self.dtype {
+            ElemType::Float16 => Values::F16(data),
+            _ => Values::F32(data),
         };
-        self.initializers.push(TensorProto {
-            name: name.clone(),
-            elem: self.dtype,
-            dims: dims.to_vec(),
-            raw,
-        });
+        self.push(name.clone(), dims.to_vec(), values);
         name
     }
 
     /// An int64 initializer (shapes, axes).
     pub fn ints(&mut self, name_hint: &str, values: &[i64]) -> String {
         let name = self.fresh(name_hint);
-        self.initializers.push(TensorProto {
-            name: name.clone(),
-            elem: ElemType::Int64,
-            dims: vec![values.len() as i64],
-            raw: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        });
+        self.push(name.clone(), vec![values.len() as i64], Values::I64(values));
         name
     }
 
     /// A float32 initializer regardless of the compute dtype (Resize scales).
     pub fn f32s(&mut self, name_hint: &str, values: &[f32]) -> String {
         let name = self.fresh(name_hint);
-        self.initializers.push(TensorProto {
-            name: name.clone(),
-            elem: ElemType::Float,
-            dims: vec![values.len() as i64],
-            raw: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        });
+        self.push(name.clone(), vec![values.len() as i64], Values::F32(values));
         name
     }
 
@@ -158,5 +310,76 @@ impl GraphBuilder {
     /// Elementwise binary operation.
     pub fn bin(&mut self, scope: &str, op: &str, a: &str, b: &str) -> String {
         self.node(scope, op, &[a, b], vec![])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::Model;
+
+    fn build(spill: Option<File>) -> (Model, Option<Spilled>) {
+        let mut b = GraphBuilder::new(ElemType::Float);
+        if let Some(f) = spill {
+            b.spill_to(f);
+        }
+        let big: Vec<f32> = (0..5000).map(|i| i as f32 * 0.5).collect();
+        let w = b.weight("w", &[5000], &big);
+        let s = b.ints("shape", &[1, -1]);
+        let small = b.weight("s", &[2], &[1.0, 2.0]);
+        let wide = b.weight("w", &[2, 1500], &big[..3000]);
+        b.node("n", "Add", &[&w, &small, &s, &wide], vec![]);
+        let spilled = b.finish_spill().unwrap();
+        let model = Model {
+            opset: 17,
+            graph_name: "g".into(),
+            nodes: std::mem::take(&mut b.nodes),
+            initializers: std::mem::take(&mut b.initializers),
+            inputs: vec![],
+            outputs: vec![],
+            metadata: vec![],
+            producer_version: "0".into(),
+        };
+        (model, spilled)
+    }
+
+    #[test]
+    fn spilled_weights_leave_memory_and_write_the_same_bytes() {
+        let (inline, none) = build(None);
+        assert!(none.is_none());
+        let (model, spill) = build(Some(tempfile::tempfile().unwrap()));
+        let spill = spill.unwrap();
+        let kept: Vec<usize> = model.initializers.iter().map(|t| t.raw.len()).collect();
+        assert_eq!(
+            kept,
+            [0, 16, 8, 0],
+            "large weights spilled, small ones kept"
+        );
+        assert_eq!(
+            (spill.len(0), spill.len(1), spill.len(3)),
+            (Some(20000), None, Some(12000))
+        );
+        let mut a = [Vec::new(), Vec::new(), Vec::new()];
+        let mut b = [Vec::new(), Vec::new(), Vec::new()];
+        for (i, location) in [None, Some("m.onnx.data")].into_iter().enumerate() {
+            inline.write_to(&mut a[i], location).unwrap();
+            model
+                .write_spilled(&mut b[i], location, Some(&spill))
+                .unwrap();
+        }
+        inline.write_external_data(&mut a[2], None).unwrap();
+        model.write_external_data(&mut b[2], Some(&spill)).unwrap();
+        assert!(a == b, "same model and external data bytes");
+        assert!(a[2].len() > 12000 + 4096 && a[0].len() > 32000);
+    }
+
+    #[test]
+    fn a_failed_spill_fails_the_build() {
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let mut b = GraphBuilder::new(ElemType::Float);
+        b.spill_to(full);
+        b.weight("w", &[100_000], &vec![1.0; 100_000]);
+        let e = b.finish_spill().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! ONNX export: the graph is built from the checkpoint's own pickled module tree (the EMA's, by
 //! default), dispatching on class names and pickled attributes, and written as protobuf.
 
+pub mod encode;
 pub mod graph;
 pub mod origin;
 pub mod proto;
@@ -11,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::py::M;
-use graph::{GraphBuilder, V};
+use graph::{GraphBuilder, Spilled, V};
 use proto::{Attr, Dim, ElemType, Model, ValueInfo};
 
 use crate::checkpoint::Checkpoint;
@@ -48,18 +49,23 @@ pub struct ExportOptions {
     /// The external data file's name (beside the model), used when the weights go there: when
     /// forced, or when they exceed [`EXTERNAL_DATA_ABOVE`].
     pub external_name: String,
+    /// Where the weights wait, in an unnamed scratch file, while the graph is built (the
+    /// output's directory, so they never use more memory than the file system's cache);
+    /// `None` keeps them in memory, in each initializer's `raw`.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// Protobuf messages cannot exceed 2 GiB; weights above this go to an external data file.
 pub const EXTERNAL_DATA_ABOVE: usize = 1_900_000_000;
 
-/// An exported model.
+/// An exported model, not yet written: [`Exported::write_model`] streams it to a file (and
+/// [`Exported::write_external_data`] its data file), so the bytes never sit in memory whole.
 #[derive(Debug)]
 pub struct Exported {
-    /// The serialised `ModelProto`.
-    pub bytes: Vec<u8>,
-    /// The external data file (its name, its bytes), when the weights were moved out.
-    pub external: Option<(String, Vec<u8>)>,
+    /// The model.
+    pub model: Model,
+    /// The external data file's name (beside the model), when the weights are moved there.
+    pub external: Option<String>,
     /// Input shape (batch −1 when dynamic).
     pub input: Vec<i64>,
     /// Output names and shapes.
@@ -68,6 +74,26 @@ pub struct Exported {
     pub task: String,
     /// `metadata_props` written.
     pub metadata: Vec<(String, String)>,
+    /// The initializer bytes the builder spilled (see [`ExportOptions::scratch_dir`]).
+    spill: Option<Spilled>,
+}
+
+impl Exported {
+    /// Writes the `ModelProto` (referring to the external data file when there is one) and
+    /// returns its length.
+    pub fn write_model(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
+        self.model
+            .write_spilled(w, self.external.as_deref(), self.spill.as_ref())
+    }
+
+    /// Writes the external data file's contents and returns their length (nothing is written
+    /// when the weights stay inline).
+    pub fn write_external_data(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
+        match self.external {
+            Some(_) => self.model.write_external_data(w, self.spill.as_ref()),
+            None => Ok(0),
+        }
+    }
 }
 
 /// The ONNX layer's error.
@@ -210,7 +236,13 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     } else {
         ElemType::Float
     };
-    let mut bld = ultralytics::Builder::new(GraphBuilder::new(dtype));
+    let mut graph = GraphBuilder::new(dtype);
+    // Without a scratch file the weights stay in memory; a directory that takes no file fails
+    // the export anyway, when the model is written there, with that path in the message.
+    if let Some(file) = (opts.scratch_dir.as_ref()).and_then(|d| tempfile::tempfile_in(d).ok()) {
+        graph.spill_to(file);
+    }
+    let mut bld = ultralytics::Builder::new(graph);
     let mut input = V {
         name: "images".into(),
         shape: vec![batch, 3, h, w],
@@ -357,23 +389,30 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         metadata: metadata.clone(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let weights: usize = model.initializers.iter().map(|t| t.raw.len()).sum();
-    let location =
-        (opts.force_external || weights > EXTERNAL_DATA_ABOVE).then(|| opts.external_name.clone());
-    let (bytes, external) = match location {
-        Some(loc) => {
-            let (m, d) = model.encode_external(&loc);
-            (m, Some((loc, d)))
-        }
-        None => (model.encode(), None),
-    };
+    let spill = bld.b.finish_spill().map_err(|e| {
+        let dir = opts.scratch_dir.clone().unwrap_or_default();
+        err(format!(
+            "cannot write the weights to a scratch file in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let weights: u64 = (model.initializers.iter().enumerate())
+        .map(|(i, t)| {
+            (spill.as_ref())
+                .and_then(|s| s.len(i))
+                .unwrap_or(t.raw.len() as u64)
+        })
+        .sum();
+    let external = (opts.force_external || weights > EXTERNAL_DATA_ABOVE as u64)
+        .then(|| opts.external_name.clone());
     Ok(Exported {
-        bytes,
+        model,
         external,
         input: vec![batch, 3, h, w],
         outputs,
         task: task.into(),
         metadata,
+        spill,
     })
 }
 

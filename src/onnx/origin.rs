@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::proto::{ElemType, Model, TensorProto};
-use super::{ExportOptions, export, read};
+use super::{ExportOptions, export};
 use crate::checkpoint::Checkpoint;
 use crate::ema::Located;
 
@@ -48,7 +48,7 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
 /// Float initializers: dimensions and values.
 type Pool = Vec<(Vec<i64>, Vec<f32>)>;
 
-/// Our own export of `key`'s weights, parsed back (initializers only matter).
+/// Our own export of `key`'s weights (initializers only matter, so nothing is encoded).
 fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
     let opts = ExportOptions {
         imgsz: None,
@@ -59,10 +59,12 @@ fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
         module_key: key.to_string(),
         force_external: false,
         external_name: String::new(),
+        // The initializers are compared in memory.
+        scratch_dir: None,
     };
     let e = export(ckpt, &opts).map_err(|e| e.to_string())?;
-    let m = read::parse(&e.bytes, None)?;
-    Ok(m.initializers
+    Ok(e.model
+        .initializers
         .iter()
         .filter_map(|t| floats(t).map(|f| (t.dims.clone(), f)))
         .collect())
