@@ -176,6 +176,30 @@ impl DType {
             _ => return None,
         })
     }
+
+    /// The safetensors dtype tag of this dtype (`None` for complex128, which safetensors lacks).
+    pub fn to_safetensors(self) -> Option<safetensors::Dtype> {
+        use safetensors::Dtype as S;
+        Some(match self {
+            DType::Bool => S::BOOL,
+            DType::U8 => S::U8,
+            DType::I8 => S::I8,
+            DType::F8E5M2 => S::F8_E5M2,
+            DType::F8E4M3 => S::F8_E4M3,
+            DType::I16 => S::I16,
+            DType::U16 => S::U16,
+            DType::F16 => S::F16,
+            DType::BF16 => S::BF16,
+            DType::I32 => S::I32,
+            DType::U32 => S::U32,
+            DType::F32 => S::F32,
+            DType::C64 => S::C64,
+            DType::F64 => S::F64,
+            DType::I64 => S::I64,
+            DType::U64 => S::U64,
+            DType::C128 => return None,
+        })
+    }
 }
 
 impl fmt::Display for DType {
@@ -482,28 +506,6 @@ impl Tensor {
         }
         let mut f = f;
         f(&self.to_contiguous_bytes())
-    }
-
-    /// Elements `range` (row-major) as f64 into `out` (cleared first); mapped pages are released
-    /// afterwards. `false` for dtypes without a real value.
-    pub fn read_f64(&self, range: Range<usize>, out: &mut Vec<f64>) -> bool {
-        out.clear();
-        let es = self.dtype.size();
-        if self.is_contiguous() {
-            let start = (self.offset + range.start) * es;
-            let mut ok = true;
-            let _ = self
-                .storage
-                .for_each_chunk(start..start + range.len() * es, |c| {
-                    ok &= crate::convert::for_each_f64(self.dtype, c, |x| out.push(x));
-                    Ok(())
-                });
-            return ok;
-        }
-        let all = self.to_contiguous_bytes();
-        crate::convert::for_each_f64(self.dtype, &all[range.start * es..range.end * es], |x| {
-            out.push(x)
-        })
     }
 
     /// The elements' bytes in row-major order: borrowed when contiguous, gathered otherwise.
