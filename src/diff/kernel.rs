@@ -2,6 +2,7 @@
 //! eight independent lanes so the compiler vectorises it, and fed by positioned reads of both
 //! tensors in step.
 
+use super::Side;
 use crate::tensor::{DType, Tensor};
 
 const LANES: usize = 8;
@@ -191,10 +192,13 @@ fn read(
     t.storage.read_into(s..s + (end - start) * es, buf)
 }
 
-/// Statistics of `a` against `b` (same shape, floating dtypes); `None` for dtypes it cannot read
-/// or when reading fails.
-pub fn sums(a: &Tensor, b: &Tensor) -> Option<Sums> {
-    let (ca, cb) = (code_of(a.dtype)?, code_of(b.dtype)?);
+/// Statistics of `a` against `b` (same shape, floating dtypes); `Ok(None)` for dtypes it cannot
+/// decode. A read that fails (an input that shrank or changed while being read) is an error that
+/// names the side, never a tensor quietly left out.
+pub fn sums(a: &Tensor, b: &Tensor) -> Result<Option<Sums>, (Side, std::io::Error)> {
+    let (Some(ca), Some(cb)) = (code_of(a.dtype), code_of(b.dtype)) else {
+        return Ok(None);
+    };
     let n = a.numel();
     let gather = |t: &Tensor| (!t.is_contiguous()).then(|| t.to_contiguous_bytes().into_owned());
     let (ga, gb) = (gather(a), gather(b));
@@ -204,8 +208,8 @@ pub fn sums(a: &Tensor, b: &Tensor) -> Option<Sums> {
     let mut start = 0;
     while start < n {
         let end = (start + step).min(n);
-        read(a, start, end, &mut ba, &ga).ok()?;
-        read(b, start, end, &mut bb, &gb).ok()?;
+        read(a, start, end, &mut ba, &ga).map_err(|e| (Side::Subject, e))?;
+        read(b, start, end, &mut bb, &gb).map_err(|e| (Side::Reference, e))?;
         let m = end - start;
         match (ca, cb) {
             (0, 0) => chunk::<0, 0>(&mut lanes, &ba, &bb, m),
@@ -222,5 +226,5 @@ pub fn sums(a: &Tensor, b: &Tensor) -> Option<Sums> {
         }
         start = end;
     }
-    Some(lanes.finish())
+    Ok(Some(lanes.finish()))
 }
