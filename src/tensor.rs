@@ -12,12 +12,18 @@ use memmap2::Mmap;
 pub struct MappedFile {
     map: Mmap,
     file: std::fs::File,
+    /// Held while [`Buffer::copy_to`] uses the handle's file position.
+    copy_position: std::sync::Mutex<()>,
 }
 
 impl MappedFile {
     /// Wraps a map of `file`.
     pub fn new(map: Mmap, file: std::fs::File) -> MappedFile {
-        MappedFile { map, file }
+        MappedFile {
+            map,
+            file,
+            copy_position: std::sync::Mutex::new(()),
+        }
     }
 
     /// The file handle.
@@ -297,63 +303,31 @@ impl Buffer {
         }
     }
 
-    /// Copies the bytes in `range` to `out` at its current position: kernel-side
-    /// (`copy_file_range`) for mapped bytes, so a large contiguous tensor never passes through
-    /// this process; a plain read/write loop where the kernel cannot copy between the two files.
+    /// Copies the bytes in `range` to `out` at its current position. For mapped bytes this is
+    /// `std::io::copy` between the two files, which on Linux copies kernel-side
+    /// (`copy_file_range`, falling back to a read/write loop where the kernel cannot), so a
+    /// large contiguous tensor never passes through this process. An input that ends before
+    /// `range` does (it shrank while being read) is an `UnexpectedEof` error.
     pub fn copy_to(&self, range: Range<usize>, out: &mut std::fs::File) -> std::io::Result<()> {
-        use std::io::Write;
+        use std::io::{Read, Seek, Write};
         let (map, base) = match self {
             Buffer::Owned(v) => return out.write_all(&v[range]),
             Buffer::Mapped { map, range: base } => (map, base),
         };
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let mut off = (base.start + range.start) as libc::loff_t;
-            let mut left = range.len();
-            while left > 0 {
-                // SAFETY: both descriptors are open files owned by the caller for the duration
-                // of the call; the input offset is ours, the output uses its file position.
-                let n = unsafe {
-                    libc::copy_file_range(
-                        map.file().as_raw_fd(),
-                        &mut off,
-                        out.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        left,
-                        0,
-                    )
-                };
-                if n > 0 {
-                    left -= n as usize;
-                    continue;
-                }
-                let err = std::io::Error::last_os_error();
-                let unsupported = matches!(
-                    err.raw_os_error(),
-                    Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)
-                );
-                if n == 0 || !unsupported {
-                    return Err(if n == 0 {
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "input file shrank while being read",
-                        )
-                    } else {
-                        err
-                    });
-                }
-                // Fall back for what is left.
-                let done = range.len() - left;
-                return self.for_each_chunk(range.start + done..range.end, |c| out.write_all(c));
-            }
-            Ok(())
+        // Every other read of the input is positioned (`read_exact_at`); this copy alone uses
+        // the handle's file position, and holds the lock while it does.
+        let _position = map.copy_position.lock().unwrap_or_else(|e| e.into_inner());
+        let mut src = map.file();
+        src.seek(std::io::SeekFrom::Start((base.start + range.start) as u64))?;
+        let want = range.len() as u64;
+        let copied = std::io::copy(&mut src.take(want), out)?;
+        if copied != want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "input file shrank while being read",
+            ));
         }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = (map, base);
-            self.for_each_chunk(range, |c| out.write_all(c))
-        }
+        Ok(())
     }
 }
 

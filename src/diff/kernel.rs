@@ -192,6 +192,17 @@ fn read(
     t.storage.read_into(s..s + (end - start) * es, buf)
 }
 
+/// A positioned read past the end of the input means the file shrank after it was opened.
+fn shrank(e: std::io::Error) -> std::io::Error {
+    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+        return e;
+    }
+    std::io::Error::new(
+        e.kind(),
+        "file changed while reading (it now ends before this tensor does)",
+    )
+}
+
 /// Statistics of `a` against `b` (same shape, floating dtypes); `Ok(None)` for dtypes it cannot
 /// decode. A read that fails (an input that shrank or changed while being read) is an error that
 /// names the side, never a tensor quietly left out.
@@ -208,8 +219,8 @@ pub fn sums(a: &Tensor, b: &Tensor) -> Result<Option<Sums>, (Side, std::io::Erro
     let mut start = 0;
     while start < n {
         let end = (start + step).min(n);
-        read(a, start, end, &mut ba, &ga).map_err(|e| (Side::Subject, e))?;
-        read(b, start, end, &mut bb, &gb).map_err(|e| (Side::Reference, e))?;
+        read(a, start, end, &mut ba, &ga).map_err(|e| (Side::Subject, shrank(e)))?;
+        read(b, start, end, &mut bb, &gb).map_err(|e| (Side::Reference, shrank(e)))?;
         let m = end - start;
         match (ca, cb) {
             (0, 0) => chunk::<0, 0>(&mut lanes, &ba, &bb, m),

@@ -92,7 +92,7 @@ pub fn layer_of(name: &str) -> String {
 pub enum DiffError {
     /// A tensor's bytes could not be read: an I/O error, or the file shrank or changed while it
     /// was being read.
-    #[error("tensor '{name}': cannot read it: {source}")]
+    #[error("tensor '{name}': {source}")]
     Read {
         /// State dict name.
         name: String,
