@@ -14,12 +14,18 @@ pub use crate::inflate::{Deflated, InflateBudget};
 pub struct MappedFile {
     map: Mmap,
     file: std::fs::File,
+    /// Held while [`Buffer::copy_to`] uses the handle's file position.
+    copy_position: std::sync::Mutex<()>,
 }
 
 impl MappedFile {
     /// Wraps a map of `file`.
     pub fn new(map: Mmap, file: std::fs::File) -> MappedFile {
-        MappedFile { map, file }
+        MappedFile {
+            map,
+            file,
+            copy_position: std::sync::Mutex::new(()),
+        }
     }
 
     /// The file handle.
@@ -178,6 +184,30 @@ impl DType {
             _ => return None,
         })
     }
+
+    /// The safetensors dtype tag of this dtype (`None` for complex128, which safetensors lacks).
+    pub fn to_safetensors(self) -> Option<safetensors::Dtype> {
+        use safetensors::Dtype as S;
+        Some(match self {
+            DType::Bool => S::BOOL,
+            DType::U8 => S::U8,
+            DType::I8 => S::I8,
+            DType::F8E5M2 => S::F8_E5M2,
+            DType::F8E4M3 => S::F8_E4M3,
+            DType::I16 => S::I16,
+            DType::U16 => S::U16,
+            DType::F16 => S::F16,
+            DType::BF16 => S::BF16,
+            DType::I32 => S::I32,
+            DType::U32 => S::U32,
+            DType::F32 => S::F32,
+            DType::C64 => S::C64,
+            DType::F64 => S::F64,
+            DType::I64 => S::I64,
+            DType::U64 => S::U64,
+            DType::C128 => return None,
+        })
+    }
 }
 
 impl fmt::Display for DType {
@@ -282,63 +312,31 @@ impl Buffer {
         }
     }
 
-    /// Copies the bytes in `range` to `out` at its current position: kernel-side
-    /// (`copy_file_range`) for mapped bytes, so a large contiguous tensor never passes through
-    /// this process; a plain read/write loop where the kernel cannot copy between the two files.
+    /// Copies the bytes in `range` to `out` at its current position. For mapped bytes this is
+    /// `std::io::copy` between the two files, which on Linux copies kernel-side
+    /// (`copy_file_range`, falling back to a read/write loop where the kernel cannot), so a
+    /// large contiguous tensor never passes through this process. An input that ends before
+    /// `range` does (it shrank while being read) is an `UnexpectedEof` error.
     pub fn copy_to(&self, range: Range<usize>, out: &mut std::fs::File) -> std::io::Result<()> {
-        use std::io::Write;
+        use std::io::{Read, Seek, Write};
         let (map, base) = match self {
             Buffer::Owned(_) | Buffer::Deflated(_) => return out.write_all(&self.bytes()?[range]),
             Buffer::Mapped { map, range: base } => (map, base),
         };
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let mut off = (base.start + range.start) as libc::loff_t;
-            let mut left = range.len();
-            while left > 0 {
-                // SAFETY: both descriptors are open files owned by the caller for the duration
-                // of the call; the input offset is ours, the output uses its file position.
-                let n = unsafe {
-                    libc::copy_file_range(
-                        map.file().as_raw_fd(),
-                        &mut off,
-                        out.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        left,
-                        0,
-                    )
-                };
-                if n > 0 {
-                    left -= n as usize;
-                    continue;
-                }
-                let err = std::io::Error::last_os_error();
-                let unsupported = matches!(
-                    err.raw_os_error(),
-                    Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)
-                );
-                if n == 0 || !unsupported {
-                    return Err(if n == 0 {
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "input file shrank while being read",
-                        )
-                    } else {
-                        err
-                    });
-                }
-                // Fall back for what is left.
-                let done = range.len() - left;
-                return self.for_each_chunk(range.start + done..range.end, |c| out.write_all(c));
-            }
-            Ok(())
+        // Every other read of the input is positioned (`read_exact_at`); this copy alone uses
+        // the handle's file position, and holds the lock while it does.
+        let _position = map.copy_position.lock().unwrap_or_else(|e| e.into_inner());
+        let mut src = map.file();
+        src.seek(std::io::SeekFrom::Start((base.start + range.start) as u64))?;
+        let want = range.len() as u64;
+        let copied = std::io::copy(&mut src.take(want), out)?;
+        if copied != want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "input file shrank while being read",
+            ));
         }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = (map, base);
-            self.for_each_chunk(range, |c| out.write_all(c))
-        }
+        Ok(())
     }
 }
 
@@ -491,30 +489,6 @@ impl Tensor {
         }
         let mut f = f;
         f(&self.to_contiguous_bytes()?)
-    }
-
-    /// Elements `range` (row-major) as f64 into `out` (cleared first); mapped pages are released
-    /// afterwards. `false` for dtypes without a real value, or when the bytes cannot be read.
-    pub fn read_f64(&self, range: Range<usize>, out: &mut Vec<f64>) -> bool {
-        out.clear();
-        let es = self.dtype.size();
-        if self.is_contiguous() {
-            let start = (self.offset + range.start) * es;
-            let mut ok = true;
-            let read = self
-                .storage
-                .for_each_chunk(start..start + range.len() * es, |c| {
-                    ok &= crate::convert::for_each_f64(self.dtype, c, |x| out.push(x));
-                    Ok(())
-                });
-            return ok && read.is_ok();
-        }
-        let Ok(all) = self.to_contiguous_bytes() else {
-            return false;
-        };
-        crate::convert::for_each_f64(self.dtype, &all[range.start * es..range.end * es], |x| {
-            out.push(x)
-        })
     }
 
     /// The elements' bytes in row-major order: borrowed when contiguous, gathered otherwise.

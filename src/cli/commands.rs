@@ -227,14 +227,31 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
         },
         None => None,
     };
-    let (subject, reference, what) = match &against {
+    // The chart's title names files without their directories: a full path would not fit.
+    let file_name = |p: &std::path::Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    let (subject, reference, what, plot_title) = match &against {
         Some((other, other_ckpt)) => {
             let other_l = match ema::locate(other_ckpt, &Selectors::default()) {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
             let what = format!("EMA of {} vs EMA of {}", a.file.display(), other.display());
-            (located.ema.tensors.clone(), other_l.ema.tensors, what)
+            let title = format!(
+                "EMA of {} vs EMA of {}",
+                file_name(&a.file),
+                file_name(other)
+            );
+            (
+                located.ema.tensors.clone(),
+                other_l.ema.tensors,
+                what,
+                title,
+            )
         }
         None => match &located.raw {
             Some(raw) => (
@@ -245,6 +262,12 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
                     located.ema.origin,
                     raw.origin,
                     a.file.display()
+                ),
+                format!(
+                    "EMA ({}) vs raw ({}) of {}",
+                    located.ema.origin,
+                    raw.origin,
+                    file_name(&a.file)
                 ),
             ),
             None => {
@@ -272,9 +295,19 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
     {
         return fail(e);
     }
-    let drift = crate::diff::diff(&subject, &reference, &Bar::new("diff"));
+    let drift = match crate::diff::diff(&subject, &reference, &Bar::new("diff")) {
+        Ok(d) => d,
+        Err(e) => {
+            let crate::diff::DiffError::Read { side, .. } = &e;
+            let file = match (side, &against) {
+                (crate::diff::Side::Reference, Some((other, _))) => other.as_path(),
+                _ => a.file.as_path(),
+            };
+            return fail(format_args!("{}: {e}", file.display()));
+        }
+    };
     if let Some(svg) = &a.plot {
-        let text = crate::diff::svg::chart(&drift, &what);
+        let text = crate::diff::svg::chart(&drift, &plot_title);
         let mut f = match write::AtomicFile::create(svg, &inputs) {
             Ok(f) => f,
             Err(e) => return fail(e),

@@ -226,7 +226,7 @@ struct DiffArgs {
     /// Print the full comparison as JSON.
     #[arg(long)]
     json: bool,
-    /// Write an SVG chart of relative drift by layer.
+    /// Write an SVG chart of relative drift by layer and of the most drifted tensors.
     #[arg(long, value_name = "SVG")]
     plot: Option<PathBuf>,
     /// How many of the most drifted tensors to list.

@@ -2,6 +2,7 @@
 //! eight independent lanes so the compiler vectorises it, and fed by positioned reads of both
 //! tensors in step.
 
+use super::Side;
 use crate::tensor::{DType, Tensor};
 
 const LANES: usize = 8;
@@ -191,10 +192,24 @@ fn read(
     t.storage.read_into(s..s + (end - start) * es, buf)
 }
 
-/// Statistics of `a` against `b` (same shape, floating dtypes); `None` for dtypes it cannot read
-/// or when reading fails.
-pub fn sums(a: &Tensor, b: &Tensor) -> Option<Sums> {
-    let (ca, cb) = (code_of(a.dtype)?, code_of(b.dtype)?);
+/// A positioned read past the end of the input means the file shrank after it was opened.
+fn shrank(e: std::io::Error) -> std::io::Error {
+    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+        return e;
+    }
+    std::io::Error::new(
+        e.kind(),
+        "file changed while reading (it now ends before this tensor does)",
+    )
+}
+
+/// Statistics of `a` against `b` (same shape, floating dtypes); `Ok(None)` for dtypes it cannot
+/// decode. A read that fails (an input that shrank or changed while being read) is an error that
+/// names the side, never a tensor quietly left out.
+pub fn sums(a: &Tensor, b: &Tensor) -> Result<Option<Sums>, (Side, std::io::Error)> {
+    let (Some(ca), Some(cb)) = (code_of(a.dtype), code_of(b.dtype)) else {
+        return Ok(None);
+    };
     let n = a.numel();
     let gather = |t: &Tensor| -> std::io::Result<Option<Vec<u8>>> {
         if t.is_contiguous() {
@@ -202,15 +217,16 @@ pub fn sums(a: &Tensor, b: &Tensor) -> Option<Sums> {
         }
         Ok(Some(t.to_contiguous_bytes()?.into_owned()))
     };
-    let (ga, gb) = (gather(a).ok()?, gather(b).ok()?);
+    let ga = gather(a).map_err(|e| (Side::Subject, e))?;
+    let gb = gather(b).map_err(|e| (Side::Reference, e))?;
     let step = CHUNK_BYTES / a.dtype.size().max(b.dtype.size());
     let (mut ba, mut bb) = (Vec::new(), Vec::new());
     let mut lanes = Lanes::default();
     let mut start = 0;
     while start < n {
         let end = (start + step).min(n);
-        read(a, start, end, &mut ba, &ga).ok()?;
-        read(b, start, end, &mut bb, &gb).ok()?;
+        read(a, start, end, &mut ba, &ga).map_err(|e| (Side::Subject, shrank(e)))?;
+        read(b, start, end, &mut bb, &gb).map_err(|e| (Side::Reference, shrank(e)))?;
         let m = end - start;
         match (ca, cb) {
             (0, 0) => chunk::<0, 0>(&mut lanes, &ba, &bb, m),
@@ -227,5 +243,5 @@ pub fn sums(a: &Tensor, b: &Tensor) -> Option<Sums> {
         }
         start = end;
     }
-    Some(lanes.finish())
+    Ok(Some(lanes.finish()))
 }

@@ -87,17 +87,45 @@ pub fn layer_of(name: &str) -> String {
     }
 }
 
+/// Why a comparison could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    /// A tensor's bytes could not be read: an I/O error, or the file shrank or changed while it
+    /// was being read.
+    #[error("tensor '{name}': {source}")]
+    Read {
+        /// State dict name.
+        name: String,
+        /// Which side of the comparison failed.
+        side: Side,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A side of a comparison (the file it came from is the caller's to name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The weights compared (`a`).
+    Subject,
+    /// The weights compared against (`b`).
+    Reference,
+}
+
+type PairSums = Result<Option<kernel::Sums>, (Side, std::io::Error)>;
+
 /// Computes each pair's sums on all cores (largest tensors first); results in input order.
 fn parallel_sums(
     pairs: &[(&crate::tensor::Tensor, &crate::tensor::Tensor)],
     progress: &dyn Progress,
-) -> Vec<Option<kernel::Sums>> {
+) -> Vec<Option<PairSums>> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].0.numel()));
     let next = AtomicUsize::new(0);
-    let out = Mutex::new(vec![None; pairs.len()]);
+    let out: Mutex<Vec<Option<PairSums>>> = Mutex::new((0..pairs.len()).map(|_| None).collect());
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -110,7 +138,7 @@ fn parallel_sums(
                     let Some(&i) = order.get(k) else { break };
                     let r = kernel::sums(pairs[i].0, pairs[i].1);
                     progress.advance((pairs[i].0.nbytes() + pairs[i].1.nbytes()) as u64);
-                    out.lock().expect("no panics while held")[i] = r;
+                    out.lock().expect("no panics while held")[i] = Some(r);
                 }
             });
         }
@@ -118,8 +146,9 @@ fn parallel_sums(
     out.into_inner().expect("threads joined")
 }
 
-/// Compares `a` with `b` tensor by tensor (matched by name).
-pub fn diff(a: &Named, b: &Named, progress: &dyn Progress) -> Drift {
+/// Compares `a` with `b` tensor by tensor (matched by name). Tensors that are not floating point
+/// or differ in shape are listed as skipped; a tensor that cannot be read fails the comparison.
+pub fn diff(a: &Named, b: &Named, progress: &dyn Progress) -> Result<Drift, DiffError> {
     let b_map: HashMap<&str, &crate::tensor::Tensor> =
         b.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut skipped = Vec::new();
@@ -147,9 +176,19 @@ pub fn diff(a: &Named, b: &Named, progress: &dyn Progress) -> Drift {
     let mut tensors = Vec::new();
     let mut layers: Vec<(String, usize, f64, f64, f64)> = Vec::new();
     for ((name, (ta, _)), acc) in names.into_iter().zip(&pairs).zip(sums) {
-        let Some(acc) = acc else {
-            skipped.push(name.clone());
-            continue;
+        let acc = match acc.expect("every pair computed") {
+            Ok(Some(acc)) => acc,
+            Ok(None) => {
+                skipped.push(name.clone());
+                continue;
+            }
+            Err((side, source)) => {
+                return Err(DiffError::Read {
+                    name: name.clone(),
+                    side,
+                    source,
+                });
+            }
         };
         let n = ta.numel();
         let rel_l2 = if acc.bb > 0.0 {
@@ -181,7 +220,7 @@ pub fn diff(a: &Named, b: &Named, progress: &dyn Progress) -> Drift {
         });
     }
     let a_names: std::collections::HashSet<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
-    Drift {
+    Ok(Drift {
         tensors,
         layers: layers
             .into_iter()
@@ -207,7 +246,7 @@ pub fn diff(a: &Named, b: &Named, progress: &dyn Progress) -> Drift {
             .map(|(n, _)| n.clone())
             .collect(),
         skipped,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! numerically and at task level (detections after NMS, classification top-k).
 
 pub mod letterbox;
+pub mod npy;
 pub mod npz;
 mod task;
 

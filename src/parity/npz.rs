@@ -56,55 +56,11 @@ impl Npz {
             }
             arrays.push((
                 name.clone(),
-                npy(&bytes).map_err(|m| err(format!("{name}.npy: {m}")))?,
+                super::npy::parse(&bytes)
+                    .map(|a| T::new(a.data, a.shape))
+                    .map_err(|m| err(format!("{name}.npy: {m}")))?,
             ));
         }
         Ok(Npz { arrays })
     }
-}
-
-/// Parses one `.npy`.
-fn npy(b: &[u8]) -> Result<T, String> {
-    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
-        return Err("not an .npy array".into());
-    }
-    let (hlen, start) = match b[6] {
-        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
-        2 | 3 => (
-            u32::from_le_bytes(b.get(8..12).ok_or("truncated")?.try_into().expect("4")) as usize,
-            12,
-        ),
-        v => return Err(format!("npy version {v}")),
-    };
-    let header = std::str::from_utf8(b.get(start..start + hlen).ok_or("truncated header")?)
-        .map_err(|_| "bad header")?;
-    if !header.contains("'descr': '<f4'") {
-        return Err(format!(
-            "only little-endian float32 arrays are read (header {header})"
-        ));
-    }
-    if header.contains("'fortran_order': True") {
-        return Err("Fortran-order arrays are not read".into());
-    }
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .ok_or("no shape")?;
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| format!("bad shape {shape_txt}")))
-        .collect::<Result<_, _>>()?;
-    let n: usize = shape.iter().product();
-    let data = b
-        .get(start + hlen..start + hlen + 4 * n)
-        .ok_or("fewer elements than the shape says")?;
-    Ok(T::new(
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-            .collect(),
-        shape,
-    ))
 }

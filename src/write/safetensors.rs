@@ -8,70 +8,98 @@ use std::path::{Path, PathBuf};
 use super::{AtomicFile, OutDType, WriteError, append_tensor};
 use crate::ema::Named;
 use crate::progress::Progress;
-use crate::tensor::DType;
+use safetensors::Dtype;
+use safetensors::tensor::{Metadata, TensorInfo};
 
-fn tag(d: DType) -> Option<&'static str> {
-    Some(match d {
-        DType::F64 => "F64",
-        DType::F32 => "F32",
-        DType::F16 => "F16",
-        DType::BF16 => "BF16",
-        DType::F8E4M3 => "F8_E4M3",
-        DType::F8E5M2 => "F8_E5M2",
-        DType::I64 => "I64",
-        DType::I32 => "I32",
-        DType::I16 => "I16",
-        DType::I8 => "I8",
-        DType::U64 => "U64",
-        DType::U32 => "U32",
-        DType::U16 => "U16",
-        DType::U8 => "U8",
-        DType::Bool => "BOOL",
-        DType::C64 => "C64",
-        DType::C128 => return None,
-    })
-}
+/// The largest header the safetensors crate (and so Python's `safetensors`) will read.
+const MAX_HEADER: usize = 100_000_000;
 
-/// The header: `__metadata__` first, then the tensors in order with increasing offsets, padded
-/// with spaces to a multiple of 8 bytes.
-fn header(
+type Entry = (String, crate::tensor::Tensor);
+
+/// The order tensors are laid out in one file, as indices into `tensors` with their safetensors
+/// dtype: the safetensors crate's own rule (`serialize`), dtype in descending
+/// `safetensors::Dtype` order (widest alignment first), then name. The header is padded to 8
+/// bytes, so every tensor then starts at a multiple of its element size.
+fn layout_order(
     target: &Path,
-    tensors: &[(String, crate::tensor::Tensor)],
+    tensors: &[Entry],
     dtype: OutDType,
-    metadata: &BTreeMap<String, String>,
-) -> Result<Vec<u8>, WriteError> {
-    let mut h = String::from("{");
-    if !metadata.is_empty() {
-        h.push_str("\"__metadata__\":");
-        h.push_str(&serde_json::to_string(metadata).expect("string map serialises"));
-    }
-    let mut offset = 0usize;
-    for (name, t) in tensors {
+) -> Result<Vec<(usize, Dtype)>, WriteError> {
+    let mut order = Vec::with_capacity(tensors.len());
+    for (i, (name, t)) in tensors.iter().enumerate() {
         let d = dtype.of(t);
-        let tag = tag(d).ok_or_else(|| {
+        let st = d.to_safetensors().ok_or_else(|| {
             WriteError::new(
                 target,
                 format!("tensor '{name}': safetensors has no {d} dtype"),
             )
         })?;
-        let len = t.numel() * d.size();
+        order.push((i, st));
+    }
+    order.sort_by(|(a, da), (b, db)| db.cmp(da).then_with(|| tensors[*a].0.cmp(&tensors[*b].0)));
+    Ok(order)
+}
+
+/// The header for `tensors` laid out in `order`: `__metadata__` first, then the tensors with
+/// increasing offsets, padded with spaces to a multiple of 8 bytes. The tensor entries are
+/// checked by the crate's own [`Metadata`] (contiguous offsets, sizes that match shapes, no
+/// overflow); the JSON is written here because `Metadata` keeps `__metadata__` in a `HashMap`,
+/// whose order would change the bytes from run to run.
+fn header(
+    target: &Path,
+    tensors: &[Entry],
+    order: &[(usize, Dtype)],
+    dtype: OutDType,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, WriteError> {
+    let overflow = || WriteError::new(target, "tensor sizes overflow");
+    let mut infos = Vec::with_capacity(order.len());
+    let mut offset = 0usize;
+    for &(i, st) in order {
+        let (name, t) = &tensors[i];
+        let len = t
+            .numel()
+            .checked_mul(dtype.of(t).size())
+            .ok_or_else(overflow)?;
+        let end = offset.checked_add(len).ok_or_else(overflow)?;
+        let info = TensorInfo {
+            dtype: st,
+            shape: t.shape.clone(),
+            data_offsets: (offset, end),
+        };
+        infos.push((name.clone(), info));
+        offset = end;
+    }
+    let mut h = String::from("{");
+    if !metadata.is_empty() {
+        h.push_str("\"__metadata__\":");
+        h.push_str(&serde_json::to_string(metadata).expect("string map serialises"));
+    }
+    for (name, info) in &infos {
         if h.len() > 1 {
             h.push(',');
         }
         h.push_str(&serde_json::to_string(name).expect("string serialises"));
-        h.push_str(&format!(
-            ":{{\"dtype\":\"{tag}\",\"shape\":{},\"data_offsets\":[{offset},{}]}}",
-            serde_json::to_string(&t.shape).expect("shape serialises"),
-            offset + len
-        ));
-        offset += len;
+        h.push(':');
+        h.push_str(&serde_json::to_string(info).expect("tensor info serialises"));
     }
     h.push('}');
-    while h.len() % 8 != 0 {
-        h.push(' ');
+    Metadata::new(None, infos)
+        .map_err(|e| WriteError::new(target, format!("invalid safetensors layout: {e}")))?;
+    let padded = h.len().next_multiple_of(8);
+    if padded > MAX_HEADER {
+        return Err(WriteError::new(
+            target,
+            format!(
+                "the safetensors header would be {padded} bytes, over the format's limit of \
+                 {MAX_HEADER} (too many tensors or names too long for one file: use --max-shard-size)"
+            ),
+        ));
     }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    let mut out = Vec::with_capacity(8 + padded);
+    out.extend_from_slice(&(padded as u64).to_le_bytes());
     out.extend_from_slice(h.as_bytes());
+    out.resize(8 + padded, b' ');
     Ok(out)
 }
 
@@ -79,16 +107,18 @@ fn header(
 fn write_one(
     target: &Path,
     inputs: &[&Path],
-    tensors: &[(String, crate::tensor::Tensor)],
+    tensors: &[Entry],
     dtype: OutDType,
     metadata: &BTreeMap<String, String>,
     progress: &dyn Progress,
 ) -> Result<AtomicFile, WriteError> {
-    let head = header(target, tensors, dtype, metadata)?;
+    let order = layout_order(target, tensors, dtype)?;
+    let head = header(target, tensors, &order, dtype, metadata)?;
     let mut file = AtomicFile::create(target, inputs)?;
     let io = |e: std::io::Error| WriteError::new(target, format!("write failed: {e}"));
     file.file().write_all(&head).map_err(io)?;
-    for (_, t) in tensors {
+    for &(i, _) in &order {
+        let t = &tensors[i].1;
         append_tensor(file.file(), t, dtype.of(t)).map_err(io)?;
         progress.advance(t.nbytes() as u64);
     }
@@ -114,7 +144,7 @@ pub fn write(
         return Ok(vec![target.to_path_buf()]);
     };
     // Greedy split in order; a tensor larger than the limit gets a shard of its own.
-    let mut shards: Vec<&[(String, crate::tensor::Tensor)]> = Vec::new();
+    let mut shards: Vec<&[Entry]> = Vec::new();
     let (mut start, mut size) = (0usize, 0u64);
     for (i, (_, t)) in tensors.iter().enumerate() {
         let n = (t.numel() * dtype.of(t).size()) as u64;
@@ -181,4 +211,111 @@ pub fn write(
     progress.finish();
     written.push(index_path);
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{Buffer, DType, Tensor, contiguous_strides};
+
+    fn tensor(dtype: DType, shape: &[usize], fill: u8) -> Tensor {
+        let n = shape.iter().product::<usize>() * dtype.size();
+        let bytes: Vec<u8> = (0..n).map(|i| fill.wrapping_add(i as u8)).collect();
+        Tensor::new_view(
+            dtype,
+            shape.to_vec(),
+            contiguous_strides(shape),
+            0,
+            Buffer::Owned(bytes.into()),
+            "0".into(),
+        )
+        .unwrap()
+    }
+
+    fn write_and_read(tensors: Named) -> (Vec<u8>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.safetensors");
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write(
+            &path,
+            &[],
+            &tensors,
+            OutDType::Keep,
+            &meta,
+            None,
+            &crate::progress::Silent,
+        )
+        .unwrap();
+        (std::fs::read(&path).unwrap(), dir)
+    }
+
+    #[test]
+    fn odd_length_f16_before_i64_keeps_every_tensor_aligned() {
+        // In state-dict order the f16 (3 elements, 6 bytes) comes first: written in that order,
+        // the i64 would start at offset 6 of the data, misaligned.
+        let tensors: Named = vec![
+            ("a.half".into(), tensor(DType::F16, &[3], 1)),
+            ("b.count".into(), tensor(DType::I64, &[2], 50)),
+            ("c.mask".into(), tensor(DType::Bool, &[5], 0)),
+            ("d.weight".into(), tensor(DType::F32, &[1, 3], 90)),
+        ];
+        let (bytes, _dir) = write_and_read(tensors.clone());
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let base = 8 + n;
+        assert_eq!(base % 8, 0, "header padded to 8 bytes");
+        // The crate's own order: widest dtype first, then by name.
+        assert_eq!(
+            meta.offset_keys(),
+            ["b.count", "d.weight", "a.half", "c.mask"]
+        );
+        for (name, t) in &tensors {
+            let view = st.tensor(name).unwrap();
+            assert_eq!(view.dtype(), t.dtype.to_safetensors().unwrap(), "{name}");
+            assert_eq!(view.shape(), t.shape.as_slice(), "{name}");
+            let mut want = Vec::new();
+            t.for_each_chunk(|c| {
+                want.extend_from_slice(c);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(view.data(), want.as_slice(), "{name}");
+            let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+            assert_eq!(
+                start % t.dtype.size(),
+                0,
+                "{name} starts at {start}, misaligned"
+            );
+        }
+    }
+
+    #[test]
+    fn same_tensors_in_another_order_give_the_same_bytes() {
+        let a: Named = vec![
+            ("x".into(), tensor(DType::F16, &[1], 3)),
+            ("y".into(), tensor(DType::F64, &[2], 7)),
+        ];
+        let b: Named = a.iter().rev().cloned().collect();
+        assert_eq!(write_and_read(a).0, write_and_read(b).0);
+    }
+
+    #[test]
+    fn header_over_the_format_limit_is_refused() {
+        let long = "n".repeat(MAX_HEADER);
+        let tensors: Named = vec![(long, tensor(DType::U8, &[1], 0))];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.safetensors");
+        let err = write(
+            &path,
+            &[],
+            &tensors,
+            OutDType::Keep,
+            &BTreeMap::new(),
+            None,
+            &crate::progress::Silent,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("over the format's limit"), "{err}");
+        assert!(!path.exists(), "no partial output");
+    }
 }
