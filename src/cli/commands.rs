@@ -89,10 +89,7 @@ fn unreadable(
         }));
     } else {
         for f in &judged.findings {
-            println!(
-                "  {f} (named before the file failed to read; torch.load(weights_only=False) \
-                 would already have reached it)"
-            );
+            println!("  {f} (named by the file's pickles before it was refused)");
         }
     }
     eprintln!(

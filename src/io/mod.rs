@@ -7,6 +7,7 @@ pub mod error;
 mod loose;
 pub mod pickle;
 mod safetensors;
+mod sevenz;
 mod tar;
 mod torch_legacy;
 mod torch_zip;
@@ -61,6 +62,9 @@ pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
             return Err(e);
         }
         return tar::read(path, map);
+    }
+    if sevenz::is_7z(&map) {
+        return Err(sevenz::refuse(path, &map));
     }
     if loose::is_npy(&map) {
         return loose::read_npy(path, map);
