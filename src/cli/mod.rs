@@ -67,12 +67,12 @@ struct SelectArgs {
 enum Command {
     /// Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals.
     #[command(
-        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read."
+        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read\n(1 when the globals it named before the read failed are already findings)."
     )]
     Inspect(InspectArgs),
     /// Write the EMA weights alone, under the model's own names (.safetensors or .pt).
     #[command(
-        after_help = "Examples:\n  fuse-ema fold last.pt -o model.safetensors\n  fuse-ema fold last.ckpt -o ema.pt --dtype f16\n  fuse-ema fold train.pth.tar -o out/model.safetensors --max-shard-size 2GB\n  fuse-ema fold ckpt.pt -o ema.safetensors --ema model_ema. --raw model.\n\nFloating tensors come from the EMA, integer buffers (num_batches_tracked) from the raw model.\nThe output is written to a temporary file and renamed: a failed run leaves nothing behind.\nExit codes: 0 written, 2 no EMA / ambiguous / unreadable input / cannot write."
+        after_help = "Examples:\n  fuse-ema fold last.pt -o model.safetensors\n  fuse-ema fold last.ckpt -o ema.pt --dtype f16\n  fuse-ema fold train.pth.tar -o out/model.safetensors --max-shard-size 2GB\n  fuse-ema fold ckpt.pt -o ema.safetensors --ema model_ema. --raw model.\n\nFloating tensors come from the EMA, integer buffers (num_batches_tracked) from the raw model.\nThe output is written to a temporary file and renamed: a failed run leaves nothing behind.\nExit codes: 0 written, 1 refused by --strict, 2 no EMA / ambiguous / unreadable input / cannot write."
     )]
     Fold(FoldArgs),
     /// Measure how far the EMA has drifted from the raw weights (or one checkpoint from another).
@@ -82,7 +82,7 @@ enum Command {
     Diff(DiffArgs),
     /// Build an ONNX model from the checkpoint's own module tree, EMA weights folded in.
     #[command(
-        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed, 2 unsupported model / bad input."
+        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
     )]
     Export(ExportArgs),
     /// Check an ONNX model against a checkpoint's EMA: outputs, and which weights it holds.
@@ -107,7 +107,8 @@ struct ParityArgs {
     /// Absolute tolerance (default 1e-4; 1e-2 for f16 models).
     #[arg(long)]
     atol: Option<f64>,
-    /// Tolerance relative to the largest reference magnitude (default 1e-4; 1e-2 for f16).
+    /// Tolerance relative to the largest reference magnitude in each channel (default 1e-3; 1e-2
+    /// for f16).
     #[arg(long)]
     rtol: Option<f64>,
     /// Runtime that runs the ONNX: ort (ONNX Runtime) or tract; auto takes ONNX Runtime when found.
