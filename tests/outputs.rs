@@ -594,3 +594,34 @@ fn export_and_verify_reports_never_replace_what_the_run_reads_or_writes() {
     assert_eq!(std::fs::read(&model).unwrap(), before);
     assert!(temporaries(dir.path()).is_empty());
 }
+
+#[test]
+fn an_export_whose_parity_cannot_run_leaves_no_data_file() {
+    // The external data goes to disk before the model (the model names it); when the run then
+    // fails, it must be removed again: a failed run leaves nothing behind.
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("bad.npz");
+    std::fs::write(&bad, b"not an npz").unwrap();
+    let out = d.path().join("m.onnx");
+    let r = run(&[
+        "export",
+        s(&fixture("yolov8-epoch1.pt")),
+        "-o",
+        s(&out),
+        "--external-data",
+        "--golden",
+        s(&bad),
+    ]);
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("parity check could not run"),
+        "{}",
+        stderr(&r)
+    );
+    let mut left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["bad.npz"]);
+}

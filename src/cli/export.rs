@@ -223,13 +223,25 @@ pub(super) fn export(a: ExportArgs) -> i32 {
             return fail(e);
         }
     }
+    // The data file had to be in place before the model (parity loads the model, which names
+    // it); when no model follows it, it is removed again, so a failed run leaves nothing behind.
+    let data_path = exported
+        .external
+        .as_ref()
+        .map(|name| a.output.with_file_name(name));
+    let orphaned = |code: i32| {
+        if let Some(p) = &data_path {
+            let _ = std::fs::remove_file(p);
+        }
+        code
+    };
     let mut model_file = match write::AtomicFile::create(&a.output, &inputs) {
         Ok(f) => f,
-        Err(e) => return fail(e),
+        Err(e) => return orphaned(fail(e)),
     };
     let model_len = match stream(model_file.file(), |w| exported.write_model(w)) {
         Ok(n) => n,
-        Err(e) => return fail(format_args!("{}: {e}", a.output.display())),
+        Err(e) => return orphaned(fail(format_args!("{}: {e}", a.output.display()))),
     };
     // The weights are on disk now; parity reads the model from there.
     let crate::onnx::Exported {
@@ -252,10 +264,10 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         match run_parity(&a.parity, model, root, &shape, a.half) {
             Ok(r) => Some(r),
             Err(m) => {
-                return fail(format_args!(
+                return orphaned(fail(format_args!(
                     "{}: parity check could not run: {m}",
                     a.file.display()
-                ));
+                )));
             }
         }
     };
@@ -277,7 +289,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         model_file.commit_as(&final_path)
     };
     if let Err(e) = committed {
-        return fail(e);
+        return orphaned(fail(e));
     }
     // The report must replace neither an input nor what this run just wrote.
     let mut written = inputs.clone();
