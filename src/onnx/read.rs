@@ -277,10 +277,10 @@ impl<'p> External<'p> {
             return Ok(None);
         }
         // SAFETY: read-only map of a regular file; the bytes are copied out before the model is
-        // used (a file truncated meanwhile would fault, as with every mapped reader).
-        unsafe { memmap2::Mmap::map(&file) }
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", shown()))
+        // used. A file truncated meanwhile faults: the SIGBUS handler reports it as changed.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{}: {e}", shown()))?;
+        crate::signals::watch_mapping(&path, map.as_ptr(), map.len());
+        Ok(Some(map))
     }
 }
 
