@@ -260,10 +260,7 @@ mod tests {
     use super::*;
 
     fn g(m: &str, n: &str) -> Global {
-        Global {
-            module: m.into(),
-            name: n.into(),
-        }
+        Global::new(m, n)
     }
 
     #[test]

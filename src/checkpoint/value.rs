@@ -78,6 +78,14 @@ pub struct Global {
 }
 
 impl Global {
+    /// The pair `module`, `name`.
+    pub fn new(module: &str, name: &str) -> Global {
+        Global {
+            module: module.into(),
+            name: name.into(),
+        }
+    }
+
     /// `module.name`.
     pub fn dotted(&self) -> String {
         format!("{}.{}", self.module, self.name)
