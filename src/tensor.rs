@@ -567,3 +567,8 @@ mod tests {
         assert!(err.unwrap_err().0.contains("overflows"));
     }
 }
+
+// check_view's cases, kept apart so that this file stays a readable size.
+#[cfg(test)]
+#[path = "tensor_view_tests.rs"]
+mod view_tests;

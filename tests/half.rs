@@ -82,6 +82,8 @@ fn broken_half(
         "-o",
         out.to_str().unwrap(),
         "--half",
+        "--runtime",
+        "ort",
     ]);
     assert_eq!(
         o.status.code(),

@@ -28,6 +28,9 @@ fn verify(model: &Path, ckpt: &str) -> (i32, serde_json::Value) {
         model.to_str().unwrap(),
         "--checkpoint",
         fixture(ckpt).to_str().unwrap(),
+        // These checks mean ONNX Runtime; `auto` would fall back to tract without it.
+        "--runtime",
+        "ort",
         "--json",
     ])
 }
@@ -75,6 +78,8 @@ fn verify_tells_ema_from_raw_in_ultralytics_exports() {
         fixture("yolo-export-raw.onnx").to_str().unwrap(),
         "--checkpoint",
         fixture("yolov8-v80-style.pt").to_str().unwrap(),
+        "--runtime",
+        "ort",
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("raw weights, not the EMA"));
 }
@@ -152,6 +157,8 @@ fn export_parity_failure_keeps_no_model_at_the_output_path() {
         fixture("yolov8-epoch1.io.npz").to_str().unwrap(),
         "--report",
         report.to_str().unwrap(),
+        "--runtime",
+        "ort",
     ]);
     assert_eq!(
         r.status.code(),
@@ -182,6 +189,8 @@ fn golden_npz_written_by_numpy_passes() {
         out.to_str().unwrap(),
         "--golden",
         fixture("yolov8-epoch1.io.npz").to_str().unwrap(),
+        "--runtime",
+        "ort",
         "--json",
     ]);
     assert_eq!(code, 0, "{v}");
@@ -327,6 +336,8 @@ fn letterbox_matches_ultralytics_and_drives_parity() {
         out.to_str().unwrap(),
         "--parity-input",
         fixture("letterbox-in.png").to_str().unwrap(),
+        "--runtime",
+        "ort",
         "--json",
     ]);
     assert_eq!(code, 0, "{v}");
@@ -350,6 +361,8 @@ fn an_execution_provider_the_runtime_lacks_fails_loudly() {
         out.to_str().unwrap(),
         "--ep",
         "cuda",
+        "--runtime",
+        "ort",
     ]);
     assert_eq!(r.status.code(), Some(2));
     assert!(

@@ -473,3 +473,95 @@ pub fn against_golden(
         pass,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOL: Tolerance = Tolerance {
+        atol: 1e-4,
+        rtol: 1e-4,
+        f16_noise: None,
+    };
+
+    /// A (1, 2, 4) output: a box-like channel in the hundreds, a score channel below 0.01.
+    fn output() -> Vec<f32> {
+        vec![480.0, 320.0, 100.0, 12.0, 0.006, 0.002, 0.004, 0.001]
+    }
+
+    #[test]
+    fn equal_outputs_pass() {
+        let y = output();
+        let s = compare("y", &[1, 2, 4], &y, &y, TOL);
+        assert!(s.pass);
+        assert_eq!(s.max_abs, 0.0);
+        assert!((s.cosine - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_error_in_a_small_channel_is_not_hidden_by_a_large_one() {
+        let want = output();
+        let mut got = want.clone();
+        // 0.004 is far under 1e-4 · 480 + 1e-4 (the whole-tensor limit), far over the score
+        // channel's own 1e-4 · 0.006 + 1e-4.
+        got[4] = 0.002;
+        let s = compare("y", &[1, 2, 4], &got, &want, TOL);
+        assert!(!s.pass);
+        assert_eq!(s.worst_channel, 1);
+        assert!((s.worst_channel_limit - (1e-4 + 1e-4 * 0.006)).abs() < 1e-9);
+        // The same error within the large channel's limit passes.
+        let mut got = want.clone();
+        got[0] += 0.004;
+        assert!(compare("y", &[1, 2, 4], &got, &want, TOL).pass);
+    }
+
+    #[test]
+    fn channels_are_found_in_every_batch_item() {
+        let mut want = output();
+        want.extend(output());
+        let mut got = want.clone();
+        // Second image, score channel.
+        got[12] = 0.0;
+        let s = compare("y", &[2, 2, 4], &got, &want, TOL);
+        assert!(!s.pass);
+        assert_eq!(s.worst_channel, 1);
+    }
+
+    #[test]
+    fn nan_fails() {
+        let want = output();
+        let mut got = want.clone();
+        got[6] = f32::NAN;
+        let s = compare("y", &[1, 2, 4], &got, &want, TOL);
+        assert!(!s.pass);
+        assert!(s.max_abs.is_nan());
+        // A NaN on the reference side too.
+        let s = compare("y", &[1, 2, 4], &want, &got, TOL);
+        assert!(!s.pass);
+    }
+
+    #[test]
+    fn a_length_mismatch_fails() {
+        let want = output();
+        let s = compare("y", &[1, 2, 4], &want[..7], &want, TOL);
+        assert!(!s.pass);
+    }
+
+    #[test]
+    fn f16_noise_widens_only_its_own_channel() {
+        let want = output();
+        let mut emulated = want.clone();
+        emulated[0] += 0.5; // box channel noise 0.5
+        let tol = Tolerance {
+            f16_noise: Some(2.0),
+            ..TOL
+        };
+        let mut got = want.clone();
+        got[1] += 0.9; // within 2 · 0.5 of the noisy channel
+        assert!(compare_f16("y", &[1, 2, 4], &got, &want, Some(&emulated), tol).pass);
+        got[5] += 0.9; // the score channel has no noise: fails
+        let s = compare_f16("y", &[1, 2, 4], &got, &want, Some(&emulated), tol);
+        assert!(!s.pass);
+        assert_eq!(s.worst_channel, 1);
+    }
+}

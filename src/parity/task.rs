@@ -157,3 +157,105 @@ pub fn task_check(task: &str, nc: usize, got: &T, want: &T, agree: Agreement) ->
         _ => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALIKE: Agreement = Agreement {
+        score: 1e-3,
+        boxes: None,
+    };
+
+    /// A (1, 4 + 2, anchors) detect output from (cx, cy, w, h, score0, score1) per anchor.
+    fn output(anchors: &[[f32; 6]]) -> T {
+        let a = anchors.len();
+        let mut data = vec![0f32; 6 * a];
+        for (k, p) in anchors.iter().enumerate() {
+            for (r, &v) in p.iter().enumerate() {
+                data[r * a + k] = v;
+            }
+        }
+        T::new(data, vec![1, 6, a])
+    }
+
+    fn scene() -> Vec<[f32; 6]> {
+        vec![
+            [10.0, 10.0, 8.0, 8.0, 0.9, 0.0],
+            [40.0, 40.0, 10.0, 6.0, 0.0, 0.8],
+            [20.0, 50.0, 4.0, 4.0, 0.1, 0.05],
+        ]
+    }
+
+    #[test]
+    fn the_same_detections_pass() {
+        let y = output(&scene());
+        let c = task_check("detect", 2, &y, &y, ALIKE);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].pass, "{}", c[0].detail);
+        assert!(c[0].detail.starts_with("2 vs 2"), "{}", c[0].detail);
+    }
+
+    #[test]
+    fn a_missing_detection_fails() {
+        let want = output(&scene());
+        let mut s = scene();
+        s[1][5] = 0.1; // the class-1 detection falls under the confidence threshold
+        let got = output(&s);
+        let c = task_check("detect", 2, &got, &want, ALIKE);
+        assert!(!c[0].pass);
+        assert!(c[0].detail.contains("reference class 1"), "{}", c[0].detail);
+        // And the other way round: an extra detection on the ONNX side.
+        let c = task_check("detect", 2, &want, &got, ALIKE);
+        assert!(!c[0].pass);
+        assert!(c[0].detail.contains("ONNX class 1"), "{}", c[0].detail);
+    }
+
+    #[test]
+    fn a_moved_box_or_score_fails() {
+        let want = output(&scene());
+        let mut s = scene();
+        s[0][0] += 1.0; // IoU well under 0.99
+        assert!(!task_check("detect", 2, &output(&s), &want, ALIKE)[0].pass);
+        let mut s = scene();
+        s[0][4] -= 0.01; // score beyond the agreement
+        assert!(!task_check("detect", 2, &output(&s), &want, ALIKE)[0].pass);
+    }
+
+    #[test]
+    fn tie_reordered_rows_pass() {
+        // Two overlapping boxes of one class at equal scores: which one NMS keeps depends on the
+        // order the sort leaves ties in, so each side may keep a different one. Both sides still
+        // predict both boxes alike at their anchors, which is what the check compares.
+        let tie = vec![
+            [10.0, 10.0, 8.0, 8.0, 0.7, 0.0],
+            [10.5, 10.0, 8.0, 8.0, 0.7, 0.0],
+        ];
+        let want = output(&tie);
+        let mut got = output(&tie);
+        // The ONNX side's tie broken the other way: anchor 1 a hair above anchor 0.
+        got.data[4 * 2 + 1] = 0.700_01;
+        let (g, w) = (detections(&got, 0, 2), detections(&want, 0, 2));
+        assert_eq!((g.len(), w.len()), (1, 1));
+        assert_ne!(
+            g[0].anchor, w[0].anchor,
+            "the two sides keep different boxes"
+        );
+        let c = task_check("detect", 2, &got, &want, ALIKE);
+        assert!(c[0].pass, "{}", c[0].detail);
+    }
+
+    #[test]
+    fn classify_compares_top1_and_top5() {
+        let want = T::new(vec![0.1, 0.5, 0.2, 0.05, 0.9, 0.3, 0.0], vec![1, 7]);
+        // The same top-5 in another order, same top-1: pass.
+        let got = T::new(vec![0.1, 0.3, 0.5, 0.05, 0.9, 0.2, 0.0], vec![1, 7]);
+        assert!(task_check("classify", 7, &got, &want, ALIKE)[0].pass);
+        // Another top-1: fail.
+        let got = T::new(vec![0.1, 0.95, 0.2, 0.05, 0.9, 0.3, 0.0], vec![1, 7]);
+        assert!(!task_check("classify", 7, &got, &want, ALIKE)[0].pass);
+        // Another class in the top-5: fail.
+        let got = T::new(vec![0.1, 0.5, 0.2, 0.05, 0.9, 0.0, 0.3], vec![1, 7]);
+        assert!(!task_check("classify", 7, &got, &want, ALIKE)[0].pass);
+    }
+}

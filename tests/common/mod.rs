@@ -120,3 +120,30 @@ pub fn rezip_deflated(src: &Path) -> Vec<u8> {
     w.finish().unwrap();
     out.into_inner()
 }
+
+/// The export and reference tests' f32 criterion, per output channel (dimension 1): max |Δ| ≤
+/// 1e-4 · max |channel| + 1e-4. A whole-tensor limit scaled by the largest value (box coordinates
+/// in the hundreds) would let a class-score channel below 0.01 be anything, even all zero.
+pub const PER_CHANNEL: fuse_ema::parity::Tolerance = fuse_ema::parity::Tolerance {
+    atol: 1e-4,
+    rtol: 1e-4,
+    f16_noise: None,
+};
+
+/// Compares `got` with `want` channel by channel ([`fuse_ema::parity::compare`]) and panics,
+/// naming `what` and the worst channel, when one is over its limit.
+pub fn assert_channels(
+    what: &str,
+    shape: &[usize],
+    got: &[f32],
+    want: &[f32],
+    tol: fuse_ema::parity::Tolerance,
+) {
+    assert_eq!(got.len(), want.len(), "{what}: element count");
+    let s = fuse_ema::parity::compare(what, shape, got, want, tol);
+    assert!(
+        s.pass,
+        "{what}: channel {} max |Δ| {} over its limit {} (max |Δ| overall {}, max |y| {})",
+        s.worst_channel, s.worst_channel_max_abs, s.worst_channel_limit, s.max_abs, s.reference_max
+    );
+}
