@@ -11,6 +11,7 @@ mod literal;
 mod ops;
 mod reconstruct;
 mod record;
+mod stack;
 mod vm;
 
 use std::fmt;

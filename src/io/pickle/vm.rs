@@ -1,7 +1,6 @@
 //! The opcode loop.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::frame::Frames;
 use super::literal::*;
@@ -38,23 +37,24 @@ pub fn unpickle(
     vm.run()
 }
 
-struct Vm<'a> {
-    data: &'a [u8],
-    pos: usize,
-    op_start: usize,
-    stack: Vec<Value>,
-    marks: Vec<Vec<Value>>,
-    memo: HashMap<u32, Value>,
-    values: usize,
-    frames: Frames,
+/// The machine's state; the stack, memo and operand readers are in `stack.rs`.
+pub(super) struct Vm<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) op_start: usize,
+    pub(super) stack: Vec<Value>,
+    pub(super) marks: Vec<Vec<Value>>,
+    pub(super) memo: HashMap<u32, Value>,
+    pub(super) values: usize,
+    pub(super) frames: Frames,
     /// The protocol of the last PROTO opcode (0 before any): Python maps Python 2 names below 3.
-    proto: u8,
-    graph: &'a mut Graph,
-    loader: &'a mut dyn PersistentLoad,
-    limits: &'a Limits,
+    pub(super) proto: u8,
+    pub(super) graph: &'a mut Graph,
+    pub(super) loader: &'a mut dyn PersistentLoad,
+    pub(super) limits: &'a Limits,
 }
 
-type R<T> = Result<T, String>;
+pub(super) type R<T> = Result<T, String>;
 
 impl<'a> Vm<'a> {
     fn run(&mut self) -> Result<(Value, usize), PickleError> {
@@ -448,120 +448,6 @@ impl<'a> Vm<'a> {
             other => return Err(format!("unknown opcode 0x{other:02x}")),
         }
         Ok(())
-    }
-
-    fn push(&mut self, v: Value) {
-        self.values += 1;
-        self.stack.push(v);
-    }
-
-    fn push_node(&mut self, n: Node) {
-        let v = self.graph.add(n);
-        self.push(v);
-    }
-
-    fn push_global(&mut self, module: String, name: String) {
-        // STACK_GLOBAL copies its strings, which memo references can repeat without end.
-        self.values += (module.len() + name.len()) / std::mem::size_of::<Value>();
-        let g = Global {
-            module: module.into(),
-            name: name.into(),
-        };
-        let v = self.graph.add(Node::Global(g.clone()));
-        record::named(self.graph, &v, &g, self.proto);
-        self.push(v);
-    }
-
-    fn push_utf8(&mut self, n: usize) -> R<()> {
-        let b = self.take(n)?;
-        // Python writes surrogates with 'surrogatepass'; keep going with a replacement character.
-        let s: Arc<str> = String::from_utf8_lossy(b).into();
-        self.push(Value::Str(s));
-        Ok(())
-    }
-
-    fn push_bytes(&mut self, n: usize) -> R<()> {
-        let b: Arc<[u8]> = self.take(n)?.into();
-        self.push_node(Node::Bytes(b));
-        Ok(())
-    }
-
-    fn pop(&mut self) -> R<Value> {
-        self.stack
-            .pop()
-            .ok_or_else(|| "stack underflow".to_string())
-    }
-
-    fn top(&self) -> R<&Value> {
-        self.stack
-            .last()
-            .ok_or_else(|| "stack underflow".to_string())
-    }
-
-    fn pop_mark(&mut self) -> R<Vec<Value>> {
-        let outer = self.marks.pop().ok_or("no MARK on the stack")?;
-        Ok(std::mem::replace(&mut self.stack, outer))
-    }
-
-    fn get(&mut self, i: u32) -> R<()> {
-        let v = self
-            .memo
-            .get(&i)
-            .cloned()
-            .ok_or_else(|| format!("memo key {i} was never stored"))?;
-        self.push(v);
-        Ok(())
-    }
-
-    fn put(&mut self, i: u32) -> R<()> {
-        let v = self.top()?.clone();
-        if self.memo.len() >= self.limits.max_nodes {
-            return Err("memo too large".into());
-        }
-        self.memo.insert(i, v);
-        Ok(())
-    }
-
-    fn take(&mut self, n: usize) -> R<&'a [u8]> {
-        self.frames.read(self.pos, n)?;
-        let remaining = self.data.len() - self.pos;
-        if n > remaining {
-            return Err(format!(
-                "truncated: needs {n} bytes, {remaining} remain in the pickle"
-            ));
-        }
-        let data: &'a [u8] = self.data;
-        let s = &data[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    fn len4(&mut self) -> R<usize> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    }
-
-    fn len8(&mut self) -> R<usize> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        usize::try_from(u64::from_le_bytes(a)).map_err(|_| "length overflows".to_string())
-    }
-
-    fn line_bytes(&mut self) -> R<&'a [u8]> {
-        let data: &'a [u8] = self.data;
-        let rest = &data[self.pos..];
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or("truncated: line without newline")?;
-        self.frames.line(self.pos, self.pos + end)?;
-        self.pos += end + 1;
-        Ok(&rest[..end])
-    }
-
-    fn line(&mut self) -> R<String> {
-        Ok(String::from_utf8_lossy(self.line_bytes()?).into_owned())
     }
 
     fn tuple_items(&self, v: &Value) -> R<Vec<Value>> {
