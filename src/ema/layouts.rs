@@ -330,7 +330,7 @@ fn averaged_model(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located
         })
         .collect();
     let ema = strip_wrappers(ema);
-    let raw = super::locate::matching_raw(sets, &s.path, &ema);
+    let raw = super::matching_raw(sets, &s.path, &ema);
     let path = if s.path.is_empty() {
         "(root)"
     } else {

@@ -2,9 +2,8 @@
 //! both. Several fits are an error listing the flag that picks each; none is an error saying what
 //! was looked for.
 
-use std::collections::HashMap;
-
 use super::layouts::{NAMED, located, set};
+use super::matching_raw;
 use super::{EmaError, EmaErrorKind, Located, Named, Side, strip_wrappers};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::sets::WeightSet;
@@ -95,33 +94,6 @@ fn names_an_average(path: &str) -> bool {
     let last = path.rsplit('.').next().unwrap_or(path).to_ascii_lowercase();
     last.split(|c: char| !c.is_ascii_alphanumeric())
         .any(|w| AVERAGE_WORDS.contains(&w))
-}
-
-/// The weight set (other than `exclude`) whose names and shapes match `ema`'s best: at least half
-/// of the EMA's names, and every shared name with the same shape.
-pub(super) fn matching_raw(sets: &[WeightSet], exclude: &str, ema: &Named) -> Option<Side> {
-    let by_name: HashMap<&str, &crate::tensor::Tensor> =
-        ema.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    sets.iter()
-        .filter(|s| s.path != exclude)
-        .filter_map(|s| {
-            let raw = strip_wrappers(s.tensors.clone());
-            let mut hits = 0;
-            for (n, t) in &raw {
-                if let Some(e) = by_name.get(n.as_str()) {
-                    if e.shape != t.shape {
-                        return None;
-                    }
-                    hits += 1;
-                }
-            }
-            (hits > 0 && hits * 2 >= ema.len()).then_some((hits, s.path.clone(), raw))
-        })
-        .max_by_key(|(hits, _, _)| *hits)
-        .map(|(_, path, tensors)| Side {
-            origin: path,
-            tensors,
-        })
 }
 
 /// Resolves a selector: a weight set path, or a key prefix ending in `.`.

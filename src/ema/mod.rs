@@ -145,6 +145,37 @@ impl fmt::Display for EmaError {
 
 impl std::error::Error for EmaError {}
 
+/// The weight set (other than `exclude`) whose names and shapes match `ema`'s best: at least half
+/// of the EMA's names, and every shared name with the same shape.
+pub(super) fn matching_raw(
+    sets: &[crate::checkpoint::sets::WeightSet],
+    exclude: &str,
+    ema: &Named,
+) -> Option<Side> {
+    let by_name: std::collections::HashMap<&str, &Tensor> =
+        ema.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    sets.iter()
+        .filter(|s| s.path != exclude)
+        .filter_map(|s| {
+            let raw = strip_wrappers(s.tensors.clone());
+            let mut hits = 0;
+            for (n, t) in &raw {
+                if let Some(e) = by_name.get(n.as_str()) {
+                    if e.shape != t.shape {
+                        return None;
+                    }
+                    hits += 1;
+                }
+            }
+            (hits > 0 && hits * 2 >= ema.len()).then_some((hits, s.path.clone(), raw))
+        })
+        .max_by_key(|(hits, _, _)| *hits)
+        .map(|(_, path, tensors)| Side {
+            origin: path,
+            tensors,
+        })
+}
+
 /// Removes wrapper prefixes (`module.` from DDP / DataParallel / AveragedModel, `_orig_mod.` from
 /// `torch.compile`) when every name carries them.
 pub fn strip_wrappers(mut t: Named) -> Named {
