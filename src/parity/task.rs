@@ -59,11 +59,15 @@ fn at_anchor(y: &T, i: usize, nc: usize, k: usize) -> Det {
         .map(|j| (j, at(4 + j)))
         .fold((0, f32::MIN), |m, x| if x.1 > m.1 { x } else { m });
     let (cx, cy, w, h) = (at(0), at(1), at(2), at(3));
+    // Heads without DFL (YOLO26) regress side distances directly; a briefly trained one can
+    // predict negative ones, so width and height may be negative. Order the corners so such a
+    // box still has an area.
+    let (hw, hh) = (w.abs() / 2.0, h.abs() / 2.0);
     Det {
         anchor: k,
         cls,
         score,
-        b: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+        b: [cx - hw, cy - hh, cx + hw, cy + hh],
         raw: [cx, cy, w, h],
     }
 }
@@ -128,7 +132,15 @@ pub fn task_check(task: &str, nc: usize, got: &T, want: &T, agree: Agreement) ->
                     let score = other.data[(i * rows + 4 + d.cls) * a + d.anchor];
                     let boxes = match agree.boxes {
                         Some(l) => (0..4).all(|r| ((o.raw[r] - d.raw[r]).abs() as f64) <= l[r]),
-                        None => iou(&o.b, &d.b) >= MATCH_IOU,
+                        // A box with no area (a zero width) has no IoU with anything, itself
+                        // included: then the coordinates must agree as the channels do.
+                        None => {
+                            iou(&o.b, &d.b) >= MATCH_IOU
+                                || (0..4).all(|r| {
+                                    let m = o.raw[r].abs().max(d.raw[r].abs());
+                                    (o.raw[r] - d.raw[r]).abs() <= 1e-4 + 1e-3 * m
+                                })
+                        }
                     };
                     boxes && ((score - d.score).abs() as f64) <= agree.score
                 };
@@ -194,6 +206,28 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert!(c[0].pass, "{}", c[0].detail);
         assert!(c[0].detail.starts_with("2 vs 2"), "{}", c[0].detail);
+    }
+
+    /// Negative widths and heights (heads without DFL, briefly trained) are still boxes, and a
+    /// zero-width box agrees with itself.
+    #[test]
+    fn boxes_with_negative_or_zero_size_agree_with_themselves() {
+        let y = output(&[
+            [10.0, 10.0, -8.0, 6.0, 0.9, 0.0],
+            [40.0, 40.0, 0.0, -6.0, 0.0, 0.8],
+        ]);
+        let c = task_check("detect", 2, &y, &y, ALIKE);
+        assert!(c[0].pass, "{}", c[0].detail);
+        let mut moved = output(&[
+            [10.0, 10.0, -8.0, 6.0, 0.9, 0.0],
+            [40.0, 45.0, 0.0, -6.0, 0.0, 0.8],
+        ]);
+        let c = task_check("detect", 2, &moved, &y, ALIKE);
+        assert!(!c[0].pass, "a zero-width box moved by 5 px must disagree");
+        moved.data[3] = 40.0; // anchor 1's cy back
+        moved.data[0] = 11.0; // anchor 0's cx: IoU of the 8×6 boxes drops to 0.78
+        let c = task_check("detect", 2, &moved, &y, ALIKE);
+        assert!(!c[0].pass, "{}", c[0].detail);
     }
 
     #[test]

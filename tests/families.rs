@@ -1,0 +1,407 @@
+//! Every Ultralytics family in `fixtures/families/` (checkpoints trained by Ultralytics 8.4.190
+//! from its own model yamls, BatchNorm calibrated; goldens from PyTorch's export-mode forward,
+//! made by `fixtures/families/generate.py`).
+//!
+//! Each listed export runs `fuse-ema export` (with its own parity check in ONNX Runtime) at both
+//! golden sizes, runs the written file in ONNX Runtime on the golden inputs, and compares every
+//! output with PyTorch's: per channel (dimension 1) for raw outputs, as matched detection sets for
+//! the end-to-end and NMS outputs, whose rows may reorder on ties. Every family in the manifest
+//! must be listed here, as exported or as refused with its exact error, so none is skipped
+//! silently; a refused family that starts exporting fails until it is moved.
+//!
+//! ONNX Runtime must be available (`./scripts/test` provides it); these tests never skip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{PER_CHANNEL, assert_channels, fixture, run};
+use fuse_ema::parity::npz::Npz;
+use fuse_ema::reference::ops::T;
+use ndarray::ArrayD;
+
+/// The command-line options of a golden variant.
+fn variant_args(variant: &str) -> &'static [&'static str] {
+    match variant {
+        "default" => &[],
+        "end2end" => &["--end2end"],
+        "nms" => &["--nms"],
+        other => panic!("unknown golden variant {other}"),
+    }
+}
+
+/// The sizes a golden holds: `""` for the first (plain names), `_BxHxW` for the others.
+fn sizes(npz: &Npz, names: &[String]) -> Vec<(String, Vec<usize>)> {
+    names
+        .iter()
+        .filter_map(|n| n.strip_prefix("images"))
+        .map(|sfx| {
+            let shape = npz.get(&format!("images{sfx}")).unwrap().shape.clone();
+            (sfx.to_string(), shape)
+        })
+        .collect()
+}
+
+fn export(stem: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let ckpt = fixture(&format!("families/{stem}.pt"));
+    let mut args = vec![
+        "export",
+        ckpt.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        // The export's own parity check in ONNX Runtime, never a silent fallback to tract.
+        "--runtime",
+        "ort",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn ort_run(model: &Path, images: &T) -> Vec<(String, ArrayD<f32>)> {
+    let rt = fuse_ema::runtime::ort().unwrap_or_else(|e| {
+        panic!("{e} — run the suite with ./scripts/test, which provides ONNX Runtime")
+    });
+    let bytes = std::fs::read(model).unwrap();
+    let x = ArrayD::from_shape_vec(images.shape.clone(), images.data.clone()).unwrap();
+    rt.run(&bytes, &[("images", x)]).unwrap()
+}
+
+/// Compares ONNX Runtime's outputs with PyTorch's for one size of a golden.
+fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz: &Npz, sfx: &str) {
+    let mut want_names = Vec::new();
+    for i in 0.. {
+        let key = format!("output{i}{sfx}");
+        let Some(want) = npz.get(&key) else { break };
+        want_names.push(key.clone());
+        let name = format!("output{i}");
+        let (_, g) = got
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{what}: ONNX has no {name} (has {:?})", names(got)));
+        assert_eq!(g.shape(), want.shape.as_slice(), "{what}: {name} shape");
+        let g: Vec<f32> = g.iter().copied().collect();
+        if variant == "default" {
+            assert_channels(
+                &format!("{what} {name}"),
+                &want.shape,
+                &g,
+                &want.data,
+                PER_CHANNEL,
+            );
+        } else if i == 0 {
+            assert_detections(
+                &format!("{what} {name}"),
+                variant,
+                &want.shape,
+                &g,
+                &want.data,
+            );
+        } else {
+            // Mask prototypes beside detection rows are a plain map.
+            assert_channels(
+                &format!("{what} {name}"),
+                &want.shape,
+                &g,
+                &want.data,
+                PER_CHANNEL,
+            );
+        }
+    }
+    assert!(!want_names.is_empty(), "{what}: golden has no output0{sfx}");
+    assert_eq!(
+        got.len(),
+        want_names.len(),
+        "{what}: ONNX outputs {:?}, PyTorch's {want_names:?}",
+        names(got)
+    );
+}
+
+fn names(v: &[(String, ArrayD<f32>)]) -> Vec<&str> {
+    v.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+/// Detection rows (B, K, 6 + extra: x1 y1 x2 y2 score class …) compared as sets per image: each
+/// of PyTorch's rows must have a row of the same class whose every column is within 1e-4·max|column|
+/// + 1e-4, and the other way round. Rows may reorder where scores tie. A row may go unmatched only
+/// where ties make the set itself ambiguous: its score within the tolerance of the lowest kept
+/// score (top-k cut) or of the confidence threshold (NMS).
+fn assert_detections(what: &str, variant: &str, shape: &[usize], got: &[f32], want: &[f32]) {
+    assert_eq!(shape.len(), 3, "{what}: detection rows are (B, K, C)");
+    let (b, k, c) = (shape[0], shape[1], shape[2]);
+    assert!(c >= 6, "{what}: {c} columns");
+    let tol: Vec<f32> = (0..c)
+        .map(|j| {
+            let m = (0..b * k)
+                .map(|r| want[r * c + j].abs())
+                .fold(0f32, f32::max);
+            1e-4 * m + 1e-4
+        })
+        .collect();
+    let close = |x: &[f32], y: &[f32]| {
+        x[5] == y[5]
+            && x.iter()
+                .zip(y)
+                .zip(&tol)
+                .all(|((p, q), t)| (p - q).abs() <= *t)
+    };
+    // NMS pads with all-zero rows; end-to-end top-k fills every row.
+    let valid = |r: &[f32]| variant != "nms" || r.iter().any(|v| *v != 0.0);
+    let mut matched_rows = 0;
+    for img in 0..b {
+        let rows = |d: &'_ [f32]| -> Vec<Vec<f32>> {
+            (0..k)
+                .map(|r| d[(img * k + r) * c..(img * k + r + 1) * c].to_vec())
+                .filter(|r| valid(r))
+                .collect()
+        };
+        let (g, w) = (rows(got), rows(want));
+        let floor = w.iter().map(|r| r[4]).fold(f32::INFINITY, f32::min);
+        let borderline = |r: &[f32]| {
+            (r[4] - floor).abs() <= 2.0 * tol[4]
+                || (variant == "nms" && (r[4] - 0.25).abs() <= 2.0 * tol[4])
+        };
+        for (side, from, to) in [("PyTorch", &w, &g), ("ONNX", &g, &w)] {
+            let mut used = vec![false; to.len()];
+            for r in from.iter() {
+                match (0..to.len()).find(|&j| !used[j] && close(r, &to[j])) {
+                    Some(j) => {
+                        used[j] = true;
+                        matched_rows += 1;
+                    }
+                    None => assert!(
+                        borderline(r),
+                        "{what}: image {img}: {side} row {r:?} has no match (of {} rows, {} valid)",
+                        k,
+                        to.len()
+                    ),
+                }
+            }
+        }
+    }
+    assert!(
+        variant == "nms" || matched_rows > 0,
+        "{what}: no rows compared"
+    );
+}
+
+/// Exports `stem` in `variant` at every golden size (a static file per size) and compares.
+fn check(stem: &str, variant: &str) {
+    let golden = golden(stem, variant);
+    let npz = Npz::open(&golden).unwrap();
+    let names = archive_names(&golden);
+    let dir = tempfile::tempdir().unwrap();
+    for (sfx, shape) in sizes(&npz, &names) {
+        let [b, _, h, w] = shape[..] else {
+            panic!("{stem}: images{sfx} is {shape:?}")
+        };
+        let out = dir.path().join(format!("{stem}.{variant}{sfx}.onnx"));
+        let imgsz = format!("{h},{w}");
+        let batch = b.to_string();
+        let mut args = vec!["--imgsz", imgsz.as_str(), "--batch", batch.as_str()];
+        args.extend_from_slice(variant_args(variant));
+        let r = export(stem, &out, &args);
+        assert_eq!(
+            r.status.code(),
+            Some(0),
+            "{stem} {variant} {b}x{h}x{w}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let images = npz.get(&format!("images{sfx}")).unwrap();
+        let got = ort_run(&out, images);
+        compare_outputs(
+            &format!("{stem} {variant} {b}x{h}x{w}"),
+            variant,
+            &got,
+            &npz,
+            &sfx,
+        );
+    }
+}
+
+/// Exports `stem` once with `--dynamic` (batch, height and width) and compares that one file at
+/// every golden size.
+#[allow(dead_code)] // until a family is listed in `dynamic!`
+fn check_dynamic(stem: &str, variant: &str) {
+    let golden = golden(stem, variant);
+    let npz = Npz::open(&golden).unwrap();
+    let names = archive_names(&golden);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join(format!("{stem}.{variant}.dynamic.onnx"));
+    let mut args = vec!["--dynamic"];
+    args.extend_from_slice(variant_args(variant));
+    let r = export(stem, &out, &args);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{stem} {variant} --dynamic: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let all = sizes(&npz, &names);
+    assert!(all.len() >= 2, "{stem}: a dynamic check needs two sizes");
+    for (sfx, shape) in all {
+        let got = ort_run(&out, npz.get(&format!("images{sfx}")).unwrap());
+        compare_outputs(
+            &format!("{stem} {variant} dynamic {shape:?}"),
+            variant,
+            &got,
+            &npz,
+            &sfx,
+        );
+    }
+}
+
+/// The golden of a fixture; an unstripped `<name>.last.pt` shares `<name>`'s (same EMA).
+fn golden(stem: &str, variant: &str) -> PathBuf {
+    let base = stem.strip_suffix(".last").unwrap_or(stem);
+    fixture(&format!("families/goldens/{base}.{variant}.npz"))
+}
+
+fn archive_names(path: &PathBuf) -> Vec<String> {
+    let f = std::fs::File::open(path).unwrap();
+    let z = zip::ZipArchive::new(f).unwrap();
+    z.file_names()
+        .map(|n| n.unwrap().trim_end_matches(".npy").to_string())
+        .collect()
+}
+
+/// Declares one test per (fixture, variant) and the list the coverage test reads.
+macro_rules! exports {
+    ($($test:ident: $stem:literal $variant:literal,)*) => {
+        $(#[test] fn $test() { check($stem, $variant) })*
+        const EXPORTS: &[(&str, &str)] = &[$(($stem, $variant)),*];
+    };
+}
+
+/// Declares one `--dynamic` test per (fixture, variant).
+macro_rules! dynamic {
+    ($($test:ident: $stem:literal $variant:literal,)*) => {
+        $(#[test] fn $test() { check_dynamic($stem, $variant) })*
+        #[allow(dead_code)]
+        const DYNAMIC: &[(&str, &str)] = &[$(($stem, $variant)),*];
+    };
+}
+
+/// Declares one test per refused fixture: exit 2 and exactly this error after `cannot export: `.
+macro_rules! refused {
+    ($($test:ident: $stem:literal $why:literal,)*) => {
+        $(#[test] fn $test() { check_refused($stem, $why) })*
+        const REFUSED: &[&str] = &[$($stem),*];
+    };
+}
+
+fn check_refused(stem: &str, why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let r = export(stem, &out, &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{stem}: {err}");
+    let ckpt = fixture(&format!("families/{stem}.pt"));
+    assert_eq!(
+        err.trim_end(),
+        format!("fuse-ema: error: {}: cannot export: {why}", ckpt.display()),
+        "{stem}"
+    );
+    assert!(!out.exists(), "{stem}: nothing written");
+}
+
+exports! {
+    yolo11n_classify: "yolo11n-classify" "default",
+    yolo26n_classify: "yolo26n-classify" "default",
+    yolo26n_detect: "yolo26n-detect" "default",
+    yolo26n_detect_last: "yolo26n-detect.last" "default",
+}
+
+dynamic! {}
+
+/// Golden variants of exported families that are not exported yet, each with the exit code and
+/// the start of the error they give today; a pending variant that starts working fails here.
+const PENDING: &[(&str, &str, &str)] = &[
+    (
+        "yolo26n-detect",
+        "end2end",
+        "error: unexpected argument '--end2end'",
+    ),
+    (
+        "yolo26n-detect",
+        "nms",
+        "error: unexpected argument '--nms'",
+    ),
+];
+
+#[test]
+fn pending_variants_still_fail() {
+    for (stem, variant, why) in PENDING {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.onnx");
+        let r = export(stem, &out, variant_args(variant));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{stem} {variant}: {err}");
+        assert!(err.starts_with(why), "{stem} {variant}: {err}");
+        assert!(!out.exists(), "{stem} {variant}: nothing written");
+    }
+}
+
+refused! {
+    rtdetr_l_detect: "rtdetr-l-detect" "'model' is a RTDETRDetectionModel, not an Ultralytics model",
+    yolo12n_detect: "yolo12n-detect" "unsupported module classes: A2C2f, AAttn, ABlock",
+    yolo26n_depth: "yolo26n-depth" "'model' is a DepthModel, not an Ultralytics model",
+    yolo26n_obb: "yolo26n-obb" "unsupported module classes: OBB26",
+    yolo26n_pose: "yolo26n-pose" "unsupported module classes: Pose26, RealNVP",
+    yolo26n_segment: "yolo26n-segment" "unsupported module classes: Proto26, Segment26",
+    yolo26n_semantic: "yolo26n-semantic" "'model' is a SemanticSegmentationModel, not an Ultralytics model",
+    yolo26n_semantic_last: "yolo26n-semantic.last" "'ema' is a SemanticSegmentationModel, not an Ultralytics model",
+    yolov10n_detect: "yolov10n-detect" "unsupported module classes: C2fCIB, CIB, RepVGGDW, SCDown, v10Detect",
+    yolov3_tinyu_detect: "yolov3-tinyu-detect" "unsupported module classes: ZeroPad2d",
+    yolov3u_spp_detect: "yolov3u-spp-detect" "unsupported module classes: SPP",
+    yolov6n_detect: "yolov6n-detect" "model.11 (ConvTranspose2d): unsupported module class ConvTranspose2d",
+    yolov8n_ghost_detect: "yolov8n-ghost-detect" "unsupported module classes: C3Ghost, GhostBottleneck, GhostConv",
+    yolov8n_p6_detect: "yolov8n-p6-detect" "unsupported module classes: C2",
+    yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel, not an Ultralytics model",
+    yolov9e_detect: "yolov9e-detect" "unsupported module classes: ADown, CBFuse, CBLinear, RepBottleneck, RepCSP, RepConv, RepNCSPELAN4, SPPELAN",
+    yolov9t_detect: "yolov9t-detect" "unsupported module classes: AConv, ELAN1, RepBottleneck, RepCSP, RepConv, RepNCSPELAN4, SPPELAN",
+}
+
+/// Every checkpoint in the manifest (and every `.last.pt` beside one) is listed, and every
+/// golden variant of an exported family is exported.
+#[test]
+fn every_family_is_listed() {
+    let dir = fixture("families");
+    let mut stems: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.strip_suffix(".pt").map(str::to_string)
+        })
+        .collect();
+    stems.sort();
+    let exported: Vec<&str> = EXPORTS.iter().map(|(s, _)| *s).collect();
+    for s in &stems {
+        let listed = exported.contains(&s.as_str()) || REFUSED.contains(&s.as_str());
+        assert!(
+            listed,
+            "families/{s}.pt is neither exported nor refused here"
+        );
+        assert!(
+            !(exported.contains(&s.as_str()) && REFUSED.contains(&s.as_str())),
+            "{s} is listed twice"
+        );
+    }
+    for e in EXPORTS.iter().map(|(s, _)| s).chain(REFUSED) {
+        assert!(stems.iter().any(|s| s == e), "{e}: no such fixture");
+    }
+    // Every golden variant of an exported family is exported (a `.last.pt` shares its goldens).
+    let gold = dir.join("goldens");
+    for entry in std::fs::read_dir(&gold).unwrap() {
+        let n = entry.unwrap().file_name().into_string().unwrap();
+        let Some((stem, variant)) = n.strip_suffix(".npz").and_then(|s| s.rsplit_once('.')) else {
+            continue;
+        };
+        if exported.contains(&stem) {
+            assert!(
+                EXPORTS.contains(&(stem, variant))
+                    || PENDING.iter().any(|(s, v, _)| (*s, *v) == (stem, variant)),
+                "{stem}: golden variant {variant} is not exported here"
+            );
+        }
+    }
+}
