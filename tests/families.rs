@@ -121,8 +121,8 @@ fn names(v: &[(String, ArrayD<f32>)]) -> Vec<&str> {
 }
 
 /// Detection rows (B, K, 6 + extra: x1 y1 x2 y2 score class …) compared as sets per image: each
-/// of PyTorch's rows must have a row of the same class whose every column is within 1e-4·max|column|
-/// + 1e-4, and the other way round. Rows may reorder where scores tie. A row may go unmatched only
+/// of PyTorch's rows must have a row of the same class whose every column is within
+/// 1e-4·max|column| plus 1e-4, and the other way round. Rows may reorder where scores tie. A row may go unmatched only
 /// where ties make the set itself ambiguous: its score within the tolerance of the lowest kept
 /// score (top-k cut) or of the confidence threshold (NMS).
 fn assert_detections(what: &str, variant: &str, shape: &[usize], got: &[f32], want: &[f32]) {
