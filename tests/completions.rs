@@ -76,3 +76,54 @@ fn man_pages_for_the_program_and_each_command() {
     let r = run(&["man", "--dir", "/nonexistent/dir"]);
     assert_eq!(r.status.code(), Some(2));
 }
+
+/// The completions and man pages the wheel ships (pyproject.toml `data`, under `dist/data/share`)
+/// are what the binary prints now. `FUSE_EMA_BLESS_DOCS=1` rewrites them.
+#[test]
+fn the_wheels_completions_and_man_pages_are_current() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/data/share");
+    let bless = std::env::var_os("FUSE_EMA_BLESS_DOCS").is_some();
+    let mut want: Vec<(std::path::PathBuf, Vec<u8>)> = [
+        ("bash", "bash-completion/completions/fuse-ema"),
+        ("zsh", "zsh/site-functions/_fuse-ema"),
+        ("fish", "fish/vendor_completions.d/fuse-ema.fish"),
+    ]
+    .iter()
+    .map(|(shell, path)| (root.join(path), run(&["completions", shell]).stdout))
+    .collect();
+    let man = tempfile::tempdir().unwrap();
+    assert_eq!(
+        run(&["man", "--dir", man.path().to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    for e in std::fs::read_dir(man.path()).unwrap() {
+        let e = e.unwrap();
+        want.push((
+            root.join("man/man1").join(e.file_name()),
+            std::fs::read(e.path()).unwrap(),
+        ));
+    }
+    let mut stale = Vec::new();
+    for (path, bytes) in &want {
+        if bless {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        } else if std::fs::read(path).ok().as_ref() != Some(bytes) {
+            stale.push(path.display().to_string());
+        }
+    }
+    // No page for a command that no longer exists.
+    let pages = std::fs::read_dir(root.join("man/man1"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let want_pages = want
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "1"))
+        .count();
+    assert!(
+        stale.is_empty() && pages == want_pages,
+        "stale: {stale:?} ({pages} pages, {want_pages} expected); rerun with FUSE_EMA_BLESS_DOCS=1"
+    );
+}

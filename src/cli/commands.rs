@@ -78,6 +78,7 @@ pub(super) fn inspect(a: InspectArgs) -> i32 {
     };
     let verdicts: Vec<Verdict> = a.files.iter().map(|f| verdict(f, a.tree, &allow)).collect();
     let printed = match format {
+        InspectFormat::Text if a.quiet => Ok(()),
         InspectFormat::Text => {
             print_text(&a, &verdicts);
             Ok(())

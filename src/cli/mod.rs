@@ -224,6 +224,10 @@ struct InspectArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = InspectFormat::Text)]
     format: InspectFormat,
+    /// Print only the verdict lines of files with findings or errors (on stderr), no reports:
+    /// what a pre-commit hook or a CI gate wants.
+    #[arg(short, long, conflicts_with_all = ["json", "format", "tree"])]
+    quiet: bool,
     /// Also print the module tree with classes.
     #[arg(long)]
     tree: bool,
