@@ -18,6 +18,27 @@ fn selectors(s: &SelectArgs) -> Selectors {
     }
 }
 
+/// The EMA of `ckpt` as the selectors say, and the files of any other checkpoint it came from:
+/// `--ema PATH` opens that checkpoint (judged like the first under `--strict`), whose files are
+/// inputs too (never written over).
+fn locate(
+    ckpt: &crate::checkpoint::Checkpoint,
+    sel: &Selectors,
+    strict: &super::StrictArgs,
+) -> Result<(ema::Located, Vec<std::path::PathBuf>), i32> {
+    let Some(path) = sel.ema_path() else {
+        return ema::locate(ckpt, sel)
+            .map(|l| (l, Vec::new()))
+            .map_err(fail);
+    };
+    let other = super::open_strict(path, strict)?;
+    if let Some(code) = super::strict_refusal(&other, strict) {
+        return Err(code);
+    }
+    let l = ema::locate_in(ckpt, &other, sel).map_err(fail)?;
+    Ok((l, write::checkpoint_inputs(path, &other)))
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
     match serde_json::to_string_pretty(v) {
         Ok(s) => {
@@ -403,9 +424,9 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
     if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
         return code;
     }
-    let located = match ema::locate(&ckpt, &selectors(&a.select)) {
+    let (located, ema_inputs) = match locate(&ckpt, &selectors(&a.select), &a.strict) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let folded = match ema::fold(
         &located,
@@ -417,7 +438,8 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    let mut input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    input_paths.extend(ema_inputs);
     let inputs: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
     let written = if torch_out {
         write::torch_zip::write(
@@ -475,9 +497,9 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let located = match ema::locate(&ckpt, &sel) {
+    let (located, _) = match locate(&ckpt, &sel, &super::StrictArgs::default()) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let against = match &a.against {
         Some(other) => match crate::io::open(other) {
