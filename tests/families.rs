@@ -309,6 +309,13 @@ exports! {
     yolo26n_classify: "yolo26n-classify" "default",
     yolo26n_detect: "yolo26n-detect" "default",
     yolo26n_detect_last: "yolo26n-detect.last" "default",
+    yolo26n_detect_end2end: "yolo26n-detect" "end2end",
+    yolo26n_segment: "yolo26n-segment" "default",
+    yolo26n_segment_end2end: "yolo26n-segment" "end2end",
+    yolo26n_pose: "yolo26n-pose" "default",
+    yolo26n_pose_end2end: "yolo26n-pose" "end2end",
+    yolo26n_obb: "yolo26n-obb" "default",
+    yolo26n_obb_end2end: "yolo26n-obb" "end2end",
 }
 
 dynamic! {}
@@ -318,14 +325,16 @@ dynamic! {}
 const PENDING: &[(&str, &str, &str)] = &[
     (
         "yolo26n-detect",
-        "end2end",
-        "error: unexpected argument '--end2end'",
-    ),
-    (
-        "yolo26n-detect",
         "nms",
         "error: unexpected argument '--nms'",
     ),
+    (
+        "yolo26n-segment",
+        "nms",
+        "error: unexpected argument '--nms'",
+    ),
+    ("yolo26n-pose", "nms", "error: unexpected argument '--nms'"),
+    ("yolo26n-obb", "nms", "error: unexpected argument '--nms'"),
 ];
 
 #[test]
@@ -345,9 +354,6 @@ refused! {
     rtdetr_l_detect: "rtdetr-l-detect" "'model' is a RTDETRDetectionModel, not an Ultralytics model",
     yolo12n_detect: "yolo12n-detect" "unsupported module classes: A2C2f, AAttn, ABlock",
     yolo26n_depth: "yolo26n-depth" "'model' is a DepthModel, not an Ultralytics model",
-    yolo26n_obb: "yolo26n-obb" "unsupported module classes: OBB26",
-    yolo26n_pose: "yolo26n-pose" "unsupported module classes: Pose26, RealNVP",
-    yolo26n_segment: "yolo26n-segment" "unsupported module classes: Proto26, Segment26",
     yolo26n_semantic: "yolo26n-semantic" "'model' is a SemanticSegmentationModel, not an Ultralytics model",
     yolo26n_semantic_last: "yolo26n-semantic.last" "'ema' is a SemanticSegmentationModel, not an Ultralytics model",
     yolov10n_detect: "yolov10n-detect" "unsupported module classes: C2fCIB, CIB, RepVGGDW, SCDown, v10Detect",
