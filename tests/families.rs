@@ -411,3 +411,49 @@ fn every_family_is_listed() {
         }
     }
 }
+
+/// `--end2end` on a head without one-to-one branches is a usage error naming the head; nothing
+/// is written.
+#[test]
+fn end2end_needs_one_to_one_branches() {
+    for (stem, head) in [("yolo26n-classify", "Classify")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.onnx");
+        let r = export(stem, &out, &["--end2end"]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{stem}: {err}");
+        let ckpt = fixture(&format!("families/{stem}.pt"));
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "fuse-ema: error: {}: cannot export: --end2end needs a head with one-to-one branches (YOLOv10, YOLO26); this model's head {head} has none",
+                ckpt.display()
+            )
+        );
+        assert!(!out.exists(), "{stem}: nothing written");
+    }
+}
+
+/// `verify` recognises `yolo export nms=False`'s own end-to-end ONNX by its metadata and compares
+/// its rows with the reference interpreter's one-to-one head as sets.
+#[test]
+fn verify_reads_yolo_exports_end2end_onnx() {
+    let model = fixture("families/yolo-export/yolo26n-detect.end2end.onnx");
+    let ckpt = fixture("families/yolo26n-detect.pt");
+    let r = run(&[
+        "verify",
+        model.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--runtime",
+        "ort",
+    ]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(out.contains("detection rows: 1/1 images agree"), "{out}");
+}

@@ -100,7 +100,12 @@ impl Builder<'_> {
             .b
             .weight(&format!("{scope}/strides"), &[1, a], &stride_row);
         let parts = self.b.split(scope, &dist, 1, &[2, 2]);
-        let two = self.b.weight(&format!("{scope}/two"), &[], &[2.0]);
+        // Corners (end-to-end, not OBB) are not halved: no `two` there.
+        let two = if spec.kind == HeadKind::Obb || spec.max_det.is_none() {
+            self.b.weight(&format!("{scope}/two"), &[], &[2.0])
+        } else {
+            String::new()
+        };
         let mut angle = None;
         let decoded = if spec.kind == HeadKind::Obb {
             // θ = (sigmoid(raw) − 1/4)·π (OBB26: θ = raw), then dist2rbox: rotate the
