@@ -416,7 +416,10 @@ fn every_family_is_listed() {
 /// is written.
 #[test]
 fn end2end_needs_one_to_one_branches() {
-    for (stem, head) in [("yolo26n-classify", "Classify")] {
+    for (stem, head) in [
+        ("yolo26n-classify", "Classify"),
+        ("yolo11n-classify", "Classify"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.onnx");
         let r = export(stem, &out, &["--end2end"]);
