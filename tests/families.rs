@@ -460,3 +460,33 @@ fn verify_reads_yolo_exports_end2end_onnx() {
     );
     assert!(out.contains("detection rows: 1/1 images agree"), "{out}");
 }
+
+/// `--max-det` sets the rows of the end-to-end output, clamped to the anchors (84 at 64×64) as
+/// Ultralytics' exporter clamps it; the metadata says `end2end: True`.
+#[test]
+fn max_det_sets_the_end2end_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for (max_det, rows) in [("10", 10), ("500", 84)] {
+        let out = dir.path().join(format!("e2e{max_det}.onnx"));
+        let r = export("yolo26n-pose", &out, &["--end2end", "--max-det", max_det]);
+        assert_eq!(
+            r.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let bytes = std::fs::read(&out).unwrap();
+        let m = fuse_ema::onnx::read::parse(&bytes, None).unwrap();
+        let dims: Vec<String> = m.outputs[0].dims.iter().map(|d| format!("{d:?}")).collect();
+        assert_eq!(dims, ["Fixed(1)", &format!("Fixed({rows})"), "Fixed(18)"]);
+        let meta = |k: &str| {
+            m.metadata
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(meta("end2end").as_deref(), Some("True"));
+        assert_eq!(meta("head").as_deref(), Some("Pose26"));
+        assert_eq!(meta("kpt_shape").as_deref(), Some("[4, 3]"));
+    }
+}
