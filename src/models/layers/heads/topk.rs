@@ -43,7 +43,8 @@ impl Builder<'_> {
         };
         // Each anchor's best class score; the k anchors with the best.
         let (best, _) = topk(self, scores, 1, 2);
-        let best = self.b.reshape(s, &best, &[0, a]);
+        // (B, anchors): -1, so a graph with anchors computed at run time takes it as is.
+        let best = self.b.reshape(s, &best, &[0, -1]);
         let (_, anchors) = topk(self, &best, k, 1);
         let anchors = self.b.reshape(s, &anchors, &[0, k, 1]);
         let gather = |b: &mut Self, x: &str, index: &str, width: i64| {
