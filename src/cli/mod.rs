@@ -82,7 +82,7 @@ enum Command {
     Diff(DiffArgs),
     /// Build an ONNX model from the checkpoint's own module tree, EMA weights folded in.
     #[command(
-        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
+        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolo26n.pt -o e2e.onnx --end2end --max-det 100   # NMS-free top-k rows\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
     )]
     Export(ExportArgs),
     /// Check an ONNX model against a checkpoint's EMA: outputs, and which weights it holds.
@@ -228,6 +228,14 @@ struct ExportArgs {
     /// Dynamic batch dimension.
     #[arg(long)]
     dynamic: bool,
+    /// NMS-free output of YOLOv10 / YOLO26 heads, as `yolo export nms=False`: the one-to-one
+    /// branches, top-k inside the graph, output0 (B, max-det, 6 + extra): x1 y1 x2 y2 score class
+    /// (OBB: cx cy w h score class angle), then mask coefficients or keypoints.
+    #[arg(long)]
+    end2end: bool,
+    /// Rows kept by --end2end (clamped to the number of anchors, as Ultralytics does).
+    #[arg(long, default_value_t = 300, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_det: u32,
     /// ONNX opset (13–21; 17 suits TensorRT 8.6+).
     #[arg(long, default_value_t = 17)]
     opset: i64,
