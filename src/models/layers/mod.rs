@@ -10,4 +10,6 @@ pub mod basic;
 pub mod classify;
 pub mod conv;
 pub mod csp;
+pub mod elan;
+pub mod ghost;
 pub mod heads;
