@@ -144,6 +144,7 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("csp.rs", layers::csp::LAYERS),
     ("ghost.rs", layers::ghost::LAYERS),
     ("elan.rs", layers::elan::LAYERS),
+    ("resnet.rs", layers::resnet::LAYERS),
     ("attention.rs", layers::attention::LAYERS),
     ("classify.rs", layers::classify::LAYERS),
     ("heads/mod.rs", layers::heads::LAYERS),

@@ -13,3 +13,4 @@ pub mod csp;
 pub mod elan;
 pub mod ghost;
 pub mod heads;
+pub mod resnet;
