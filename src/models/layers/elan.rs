@@ -118,8 +118,8 @@ impl<'g> RepConvParts<'g> {
     }
 }
 
-/// The branch convs of a `RepConv` must line up as `fuse_convs` lines them up: a 3×3 (padding
-/// 1) and a 1×1 (padding 0) of one stride and groups, without biases (which `fuse_convs`
+/// The branch convs of a `RepConv` must line up as `fuse_convs` lines them up: a 3×3 with
+/// padding one and a 1×1 without, of one stride and groups, without biases (which `fuse_convs`
 /// ignores), and an identity branch only where input and output channels agree at stride 1.
 fn rep_geometry(p3: &Conv2dParams, p1: &Conv2dParams, identity: bool) -> R<()> {
     let [o3, i3, ..] = p3.shape;

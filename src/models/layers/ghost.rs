@@ -54,6 +54,12 @@ impl Builder<'_> {
             m.child("conv")?,
             In::One(x.clone()),
         )?;
+        self.plus_shortcut(scope, m, y, x)
+    }
+
+    /// `y + m.shortcut(x)` (the shortcut an `Identity` or a projection), shapes checked; shared
+    /// by the ghost and ResNet blocks.
+    pub(crate) fn plus_shortcut(&mut self, scope: &str, m: M, y: V, x: V) -> R<V> {
         let s = self.module(
             &format!("{scope}.shortcut"),
             m.child("shortcut")?,

@@ -36,18 +36,7 @@ impl Builder<'_> {
             y = In::One(self.module(&format!("{scope}.{name}"), m.child(name)?, y)?);
         }
         let y = y.one("ResNetBlock")?;
-        let s = self.module(
-            &format!("{scope}.shortcut"),
-            m.child("shortcut")?,
-            In::One(x),
-        )?;
-        if y.shape != s.shape {
-            return Err(format!(
-                "{scope}: cannot add {:?} and {:?}",
-                y.shape, s.shape
-            ));
-        }
-        let sum = self.add(scope, &y, &s);
+        let sum = self.plus_shortcut(scope, m, y, x)?;
         Ok(V {
             name: self.b.node(scope, "Relu", &[&sum.name], vec![]),
             shape: sum.shape,
