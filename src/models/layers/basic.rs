@@ -84,14 +84,15 @@ pub const LAYERS: &[Layer] = &[
 
 // ---- parse (shared) ----
 
-/// `nn.ZeroPad2d`'s padding (left, right, top, bottom); cropping (negative) is refused.
+/// `nn.ZeroPad2d`'s padding (left, right, top, bottom); cropping (negative) is refused, and so is
+/// padding beyond 1024 (Ultralytics pads by one), which would only make a hostile file allocate.
 pub fn zero_pad_params(m: M) -> R<[i64; 4]> {
     let p = match m.ints("padding").as_deref() {
         Some(&[a]) => [a; 4],
         Some(&[l, r, t, b]) => [l, r, t, b],
         other => return Err(format!("ZeroPad2d padding {other:?}")),
     };
-    if p.iter().any(|v| !(0..=1 << 16).contains(v)) {
+    if p.iter().any(|v| !(0..=1024).contains(v)) {
         return Err(format!("ZeroPad2d padding {p:?}"));
     }
     if m.float("value").is_some_and(|v| v != 0.0) {

@@ -185,7 +185,11 @@ impl Reference<'_> {
 
     pub(crate) fn c2(&mut self, m: M, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
-        let c = shape::nchw(&a, "C2")?.1 / 2;
+        let ac = shape::nchw(&a, "C2")?.1;
+        if ac % 2 != 0 {
+            return Err(e(format!("C2 cannot halve {ac} channels")));
+        }
+        let c = ac / 2;
         shape::channels(&a, c, 2 * c, "C2")?;
         let y = self.sub(m, "m", &ops::channels(&a, 0, c))?;
         let b = ops::channels(&a, c, 2 * c);

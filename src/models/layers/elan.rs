@@ -456,6 +456,9 @@ impl Reference<'_> {
     pub(crate) fn elan(&mut self, m: M, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let (_, ac, _, _) = shape::nchw(&a, "RepNCSPELAN4")?;
+        if ac % 2 != 0 {
+            return Err(e(format!("RepNCSPELAN4 cannot halve {ac} channels")));
+        }
         let c = ac / 2;
         shape::channels(&a, c, 2 * c, "RepNCSPELAN4")?;
         let mut ys = vec![ops::channels(&a, 0, c), ops::channels(&a, c, 2 * c)];
@@ -475,16 +478,13 @@ impl Reference<'_> {
 
     pub(crate) fn adown(&mut self, m: M, x: &T) -> RefResult<T> {
         let p = avg_pool2(x)?;
-        let (_, c, h, w) = shape::nchw(&p, "ADown")?;
+        let (_, c, _, _) = shape::nchw(&p, "ADown")?;
         if c % 2 != 0 {
             return Err(e(format!("ADown cannot halve {c} channels")));
         }
         let y1 = self.sub(m, "cv1", &ops::channels(&p, 0, c / 2))?;
         let second = ops::channels(&p, c / 2, c);
         shape::pool(&second, 3, 2, 1, "ADown")?;
-        if h.min(w) == 0 {
-            return Err(e("ADown on an empty map"));
-        }
         let y2 = self.sub(m, "cv2", &ops::max_pool(&second, 3, 2, 1))?;
         shape::same_maps(&[&y1, &y2], "ADown")?;
         Ok(ops::cat_channels(&[&y1, &y2]))
