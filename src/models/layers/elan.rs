@@ -143,7 +143,7 @@ fn rep_geometry(p3: &Conv2dParams, p1: &Conv2dParams, identity: bool) -> R<()> {
     Ok(())
 }
 
-/// The halves of `c` channels a block splits `total` into (`self.c`, else half).
+/// Each half's width when a block splits `total` channels in two (`self.c`, else `total / 2`).
 fn halves(m: &M, total: i64, what: &str) -> R<i64> {
     let c = m.int("c").unwrap_or(total / 2);
     if c <= 0 || 2 * c != total {
@@ -193,8 +193,8 @@ fn cb_fuse_inputs<X: Clone>(m: &M, x: In<X>) -> R<(Vec<X>, X)> {
     Ok((picked, target))
 }
 
-/// The integer factor by which nearest resizing takes `from` to `to` (an upsampling; `fuse`
-/// never downsamples, and a fractional factor would round differently in the two backends).
+/// The integer factor by which nearest resizing takes `from` to `to`: an upsampling (the yamls'
+/// `CBFuse` only upsamples; a fractional factor would round differently in the two backends).
 fn up_factor(from: i64, to: i64) -> R<i64> {
     if from > 0 && to >= from && to % from == 0 {
         Ok(to / from)
