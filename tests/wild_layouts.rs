@@ -170,6 +170,11 @@ fn the_ema_folder_beside_the_model_folder() {
         "-o",
         inside.to_str().unwrap(),
     ]);
-    assert_eq!(r.status.code(), Some(2), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     assert_eq!(std::fs::read(&inside).unwrap(), before);
 }

@@ -10,4 +10,7 @@ pub mod basic;
 pub mod classify;
 pub mod conv;
 pub mod csp;
+pub mod elan;
+pub mod ghost;
 pub mod heads;
+pub mod resnet;
