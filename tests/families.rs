@@ -309,6 +309,8 @@ exports! {
     yolo26n_classify: "yolo26n-classify" "default",
     yolo26n_detect: "yolo26n-detect" "default",
     yolo26n_detect_last: "yolo26n-detect.last" "default",
+    yolo12n_detect: "yolo12n-detect" "default",
+    yolov10n_detect: "yolov10n-detect" "default",
 }
 
 dynamic! {}
@@ -323,6 +325,21 @@ const PENDING: &[(&str, &str, &str)] = &[
     ),
     (
         "yolo26n-detect",
+        "nms",
+        "error: unexpected argument '--nms'",
+    ),
+    (
+        "yolo12n-detect",
+        "nms",
+        "error: unexpected argument '--nms'",
+    ),
+    (
+        "yolov10n-detect",
+        "end2end",
+        "error: unexpected argument '--end2end'",
+    ),
+    (
+        "yolov10n-detect",
         "nms",
         "error: unexpected argument '--nms'",
     ),
@@ -343,14 +360,12 @@ fn pending_variants_still_fail() {
 
 refused! {
     rtdetr_l_detect: "rtdetr-l-detect" "'model' is a RTDETRDetectionModel, not an Ultralytics model",
-    yolo12n_detect: "yolo12n-detect" "unsupported module classes: A2C2f, AAttn, ABlock",
     yolo26n_depth: "yolo26n-depth" "'model' is a DepthModel, not an Ultralytics model",
     yolo26n_obb: "yolo26n-obb" "unsupported module classes: OBB26",
     yolo26n_pose: "yolo26n-pose" "unsupported module classes: Pose26, RealNVP",
     yolo26n_segment: "yolo26n-segment" "unsupported module classes: Proto26, Segment26",
     yolo26n_semantic: "yolo26n-semantic" "'model' is a SemanticSegmentationModel, not an Ultralytics model",
     yolo26n_semantic_last: "yolo26n-semantic.last" "'ema' is a SemanticSegmentationModel, not an Ultralytics model",
-    yolov10n_detect: "yolov10n-detect" "unsupported module classes: C2fCIB, CIB, RepVGGDW, SCDown, v10Detect",
     yolov3_tinyu_detect: "yolov3-tinyu-detect" "unsupported module classes: ZeroPad2d",
     yolov3u_spp_detect: "yolov3u-spp-detect" "unsupported module classes: SPP",
     yolov6n_detect: "yolov6n-detect" "model.11 (ConvTranspose2d): unsupported module class ConvTranspose2d",

@@ -116,6 +116,8 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("act.rs", layers::act::LAYERS),
     ("csp.rs", layers::csp::LAYERS),
     ("attention.rs", layers::attention::LAYERS),
+    ("v10.rs", layers::v10::LAYERS),
+    ("area_attention.rs", layers::area_attention::LAYERS),
     ("classify.rs", layers::classify::LAYERS),
     ("heads/mod.rs", layers::heads::LAYERS),
 ];

@@ -30,6 +30,11 @@ pub const LAYERS: &[Layer] = &[
         "`Detect` plus decoded keypoints (`kpt_shape`)",
     ),
     detection("OBB", "obb", "`Detect` with rotated boxes plus the angle"),
+    detection(
+        "v10Detect",
+        "detect",
+        "YOLOv10 `Detect` (lighter class branch); one-to-many by default",
+    ),
     part(
         "DFL",
         "Detect, Segment, Pose, OBB",
@@ -75,9 +80,11 @@ impl HeadSpec {
     /// handles (end-to-end heads, `xyxy` output) and values no real head has.
     pub fn parse(m: M, inputs: usize) -> R<HeadSpec> {
         let class = m.class();
-        if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
+        // `yolo export` takes the one-to-many branches unless asked for end-to-end output, whatever
+        // the head's own `end2end` was when it was saved.
+        if m.opt_child("cv2").is_none() && m.opt_child("one2one_cv2").is_some() {
             return Err(format!(
-                "end-to-end (one-to-one) {class} heads (YOLOv10 / YOLO26) are not supported"
+                "{class}'s one-to-many branches were removed (a fused checkpoint); only its end-to-end (one-to-one) output remains, which is not supported"
             ));
         }
         if m.bool("xyxy") == Some(true) {
@@ -90,13 +97,13 @@ impl HeadSpec {
             return Err(format!("{} strides for {inputs} inputs", strides.len()));
         }
         let extra = match class.as_str() {
-            "Detect" => 0,
+            "Detect" | "v10Detect" => 0,
             "Segment" => m.int("nm").ok_or("nm missing")?,
             "Pose" => m.int("nk").ok_or("nk missing")?,
             "OBB" => m.int("ne").ok_or("ne missing")?,
             other => return Err(format!("{other} is not a detection head")),
         };
-        if (class != "Detect" && !(1..=1 << 16).contains(&extra))
+        if (!matches!(class.as_str(), "Detect" | "v10Detect") && !(1..=1 << 16).contains(&extra))
             || !(1..=1 << 16).contains(&nc)
             || !(1..=1 << 10).contains(&reg_max)
         {
