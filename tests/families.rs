@@ -309,6 +309,7 @@ exports! {
     yolo26n_classify: "yolo26n-classify" "default",
     yolo26n_detect: "yolo26n-detect" "default",
     yolo26n_detect_last: "yolo26n-detect.last" "default",
+    yolo12n_classify: "yolo12n-classify" "default",
     yolo12n_detect: "yolo12n-detect" "default",
     yolov10n_detect: "yolov10n-detect" "default",
 }
