@@ -120,8 +120,8 @@ impl Builder<'_> {
     /// their sum through `proj`.
     pub(crate) fn aattn(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let p = AreaAttnParams::parse(m)?;
-        let [b, _, h, w] = check::nchw(x, scope)?;
-        let np = p.run_length(h, w)?;
+        let [b, c, h, w] = check::nchw(x, scope)?;
+        p.run_length(h, w)?;
         let (nh, hd, a) = (p.heads, p.head_dim, p.area);
         let qkv = self.conv_block(&format!("{scope}.qkv"), m.child("qkv")?, x)?;
         if check::nchw(&qkv, scope)?[1] != 3 * p.all {
@@ -131,13 +131,16 @@ impl Builder<'_> {
             ));
         }
         let perm = |p: &[i64]| vec![("perm", Attr::Ints(p.to_vec()))];
-        // Position n = area·np + i; channel = head·3·hd + j.
+        // Position n = area·np + i; channel = head·3·hd + j. No shape below holds the spatial
+        // size (np is inferred, the maps take the input's shape: every Ultralytics AAttn has
+        // all_head_dim == its input's channels), so the nodes also serve a dynamic input.
+        let like = (c == p.all).then(|| self.b.node(scope, "Shape", &[&x.name], vec![]));
         let r = if a > 1 {
-            let r = self.b.reshape(scope, &qkv.name, &[0, nh, 3 * hd, a, np]);
+            let r = self.b.reshape(scope, &qkv.name, &[0, nh, 3 * hd, a, -1]);
             self.b
                 .node(scope, "Transpose", &[&r], perm(&[0, 3, 1, 2, 4]))
         } else {
-            self.b.reshape(scope, &qkv.name, &[0, 1, nh, 3 * hd, np])
+            self.b.reshape(scope, &qkv.name, &[0, 1, nh, 3 * hd, -1])
         };
         let qkv = self.b.split(scope, &r, 3, &[hd, hd, hd]);
         let s = self.b.weight(&format!("{scope}/scale"), &[], &[p.scale]);
@@ -158,8 +161,12 @@ impl Builder<'_> {
             } else {
                 t.to_string()
             };
+            let name = match &like {
+                Some(like) => self.b.node(scope, "Reshape", &[&t, like], vec![]),
+                None => self.b.reshape(scope, &t, &[0, p.all, h, w]),
+            };
             V {
-                name: self.b.reshape(scope, &t, &[0, p.all, h, w]),
+                name,
                 shape: map.clone(),
             }
         };
