@@ -324,6 +324,10 @@ exports! {
     yolov8n_resnet50_classify: "yolov8n-resnet50-classify" "default",
     yolov9e_detect: "yolov9e-detect" "default",
     yolov9t_detect: "yolov9t-detect" "default",
+    yolo12n_classify: "yolo12n-classify" "default",
+    yolo12n_detect: "yolo12n-detect" "default",
+    yolov10n_detect: "yolov10n-detect" "default",
+    yolov10n_detect_end2end: "yolov10n-detect" "end2end",
 }
 
 dynamic! {}
@@ -378,6 +382,16 @@ const PENDING: &[(&str, &str, &str)] = &[
         "nms",
         "error: unexpected argument '--nms'",
     ),
+    (
+        "yolo12n-detect",
+        "nms",
+        "error: unexpected argument '--nms'",
+    ),
+    (
+        "yolov10n-detect",
+        "nms",
+        "error: unexpected argument '--nms'",
+    ),
 ];
 
 #[test]
@@ -395,11 +409,9 @@ fn pending_variants_still_fail() {
 
 refused! {
     rtdetr_l_detect: "rtdetr-l-detect" "'model' is a RTDETRDetectionModel, not an Ultralytics model",
-    yolo12n_detect: "yolo12n-detect" "unsupported module classes: A2C2f, AAttn, ABlock",
     yolo26n_depth: "yolo26n-depth" "'model' is a DepthModel, not an Ultralytics model",
     yolo26n_semantic: "yolo26n-semantic" "'model' is a SemanticSegmentationModel, not an Ultralytics model",
     yolo26n_semantic_last: "yolo26n-semantic.last" "'ema' is a SemanticSegmentationModel, not an Ultralytics model",
-    yolov10n_detect: "yolov10n-detect" "unsupported module classes: C2fCIB, CIB, RepVGGDW, SCDown, v10Detect",
     yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel, not an Ultralytics model",
 }
 
