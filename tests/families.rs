@@ -309,6 +309,7 @@ exports! {
     yolo26n_classify: "yolo26n-classify" "default",
     yolo26n_detect: "yolo26n-detect" "default",
     yolo26n_detect_last: "yolo26n-detect.last" "default",
+    yolo26n_detect_nms: "yolo26n-detect" "nms",
 }
 
 dynamic! {}
@@ -320,11 +321,6 @@ const PENDING: &[(&str, &str, &str)] = &[
         "yolo26n-detect",
         "end2end",
         "error: unexpected argument '--end2end'",
-    ),
-    (
-        "yolo26n-detect",
-        "nms",
-        "error: unexpected argument '--nms'",
     ),
 ];
 

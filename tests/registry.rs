@@ -91,6 +91,8 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
         imgsz: Some((64, 64)),
         batch: 1,
         dynamic: false,
+        nms: None,
+        max_det: 300,
         opset: 17,
         half: false,
         module_key: "model".into(),

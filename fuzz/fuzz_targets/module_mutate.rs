@@ -293,6 +293,8 @@ pub fn run(fixtures: &[Entries], data: &[u8]) -> Reached {
             imgsz: Some((64, 64)),
             batch: 1,
             dynamic: false,
+            nms: None,
+            max_det: 300,
             opset: 17,
             half: false,
             module_key: key.to_string(),

@@ -46,6 +46,7 @@ fn run_parity(
     root: M,
     shape: &[usize],
     half: bool,
+    nms: Option<parity::NmsOutput>,
 ) -> Result<ParityReport, String> {
     let rt = runtime(p)?;
     let rt = &rt;
@@ -54,7 +55,7 @@ fn run_parity(
     match &p.golden {
         Some(g) => {
             let npz = parity::npz::Npz::open(g)?;
-            parity::against_golden(rt, model, &npz, (&task.0, task.1), tol)
+            parity::against_golden(rt, model, &npz, (&task.0, task.1), tol, nms)
         }
         None => {
             let inputs = match &p.parity_input {
@@ -71,7 +72,7 @@ fn run_parity(
                     samples: p.parity_samples,
                 },
             };
-            parity::against_reference(rt, model, root, (&task.0, task.1), inputs, tol)
+            parity::against_reference(rt, model, root, (&task.0, task.1), inputs, tol, nms)
         }
     }
 }
@@ -184,10 +185,21 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     } else {
         located.ema.origin.clone()
     };
+    let nms = crate::onnx::nms::Nms {
+        conf: a.conf,
+        iou: a.iou,
+        agnostic: a.agnostic,
+    };
+    let nms_output = a.nms.then_some(parity::NmsOutput {
+        nms,
+        max_det: a.max_det,
+    });
     let opts = crate::onnx::ExportOptions {
         imgsz,
         batch: a.batch,
         dynamic: a.dynamic,
+        nms: a.nms.then_some(nms),
+        max_det: a.max_det,
         opset: a.opset,
         half: a.half,
         module_key: module_key.clone(),
@@ -261,7 +273,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         None
     } else {
         let model = OnnxModel::File(model_file.path());
-        match run_parity(&a.parity, model, root, &shape, a.half) {
+        match run_parity(&a.parity, model, root, &shape, a.half, nms_output) {
             Ok(r) => Some(r),
             Err(m) => {
                 return orphaned(fail(format_args!(
@@ -344,6 +356,23 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     if passed { EXIT_OK } else { EXIT_CHECK_FAILED }
 }
 
+/// The NMS an ONNX embeds, from the metadata `yolo export nms=True` (and `--nms`) writes: `args`
+/// with `'nms': True`, rows per image from `output0`'s shape. The thresholds are not recorded;
+/// Ultralytics' defaults (conf 0.25, IoU 0.7, per class) are what both exporters use by default.
+fn embedded_nms(model: &crate::onnx::proto::Model) -> Option<parity::NmsOutput> {
+    let args = model.metadata.iter().find(|(k, _)| k == "args")?;
+    if !args.1.contains("'nms': True") {
+        return None;
+    }
+    match model.outputs.first()?.dims.get(1)? {
+        crate::onnx::proto::Dim::Fixed(n) if *n > 0 => Some(parity::NmsOutput {
+            nms: crate::onnx::nms::Nms::DEFAULT,
+            max_det: *n as usize,
+        }),
+        _ => None,
+    }
+}
+
 pub(super) fn verify(a: VerifyArgs) -> i32 {
     if let Err(m) = runtime(&a.parity) {
         return fail(m);
@@ -406,7 +435,8 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         .initializers
         .iter()
         .any(|t| t.elem == crate::onnx::proto::ElemType::Float16);
-    let report = match run_parity(&a.parity, OnnxModel::File(&a.model), ema_root, &shape, half) {
+    let nms = embedded_nms(&model);
+    let report = match run_parity(&a.parity, OnnxModel::File(&a.model), ema_root, &shape, half, nms) {
         Ok(r) => r,
         Err(m) => {
             return fail(format_args!(

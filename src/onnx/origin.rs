@@ -54,6 +54,8 @@ fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
         imgsz: None,
         batch: 1,
         dynamic: false,
+        nms: None,
+        max_det: 300,
         opset: 17,
         half: false,
         module_key: key.to_string(),

@@ -5,6 +5,7 @@
 pub mod letterbox;
 pub mod npy;
 pub mod npz;
+mod rows;
 mod task;
 
 use serde::Serialize;
@@ -14,7 +15,45 @@ use crate::reference::Reference;
 use crate::reference::ops::T;
 use crate::runtime::{Engine, RuntimeError};
 
+pub use rows::{RowsTolerance, rows_check};
 pub use task::{Agreement, TaskCheck, task_check};
+
+/// An `--nms` export: its `output0` holds detection rows, which the reference makes by running
+/// its own NMS on the model's output, and which are compared as sets ([`rows_check`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NmsOutput {
+    /// The NMS the export embeds.
+    pub nms: crate::onnx::nms::Nms,
+    /// Rows per image.
+    pub max_det: usize,
+}
+
+impl NmsOutput {
+    /// The reference's rows from its raw (B, 4 + nc + extra, anchors) `output0`.
+    fn rows(&self, raw: &T, nc: usize, input: &[usize]) -> Result<T, String> {
+        let rows = raw.shape.get(1).copied().unwrap_or(0);
+        if raw.shape.len() != 3 || rows < 4 + nc || input.len() != 4 {
+            return Err(format!(
+                "--nms needs a (B, 4 + {nc} + extra, anchors) output; the model gives {:?}",
+                raw.shape
+            ));
+        }
+        let layout = crate::onnx::nms::Layout {
+            nc: nc as i64,
+            extra: (rows - 4 - nc) as i64,
+        };
+        let hw = (input[2], input[3]);
+        Ok(crate::reference::nms::nms(raw, layout, &self.nms, self.max_det, hw))
+    }
+
+    fn tolerance(&self, tol: Tolerance) -> RowsTolerance {
+        RowsTolerance {
+            atol: tol.atol,
+            rtol: tol.rtol,
+            conf: self.nms.conf,
+        }
+    }
+}
 
 /// Pass criterion, per channel of each output: max |Δ| ≤ atol + rtol · max |reference| over that
 /// channel. Per channel, because one output mixes scales — box coordinates in the hundreds beside
@@ -331,6 +370,7 @@ pub fn against_reference(
     (task, nc): (&str, usize),
     inputs: Inputs,
     tol: Tolerance,
+    nms: Option<NmsOutput>,
 ) -> Result<ParityReport, String> {
     let mut r = Reference::new(reference).map_err(|e| e.to_string())?;
     let mut r16 = match tol.f16_noise {
@@ -360,6 +400,7 @@ pub fn against_reference(
     };
     for images in batches {
         let got = run_onnx(rt, &model, &images).map_err(|e| e.to_string())?;
+        let input_shape = images.shape.clone();
         // The f16 emulation runs beside the exact reference: same work, no shared state.
         let (want, emulated) = std::thread::scope(|s| {
             let e16 = r16.as_mut().map(|r16| {
@@ -370,7 +411,10 @@ pub fn against_reference(
             let emulated = e16.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
             (want, emulated)
         });
-        let want = want.map_err(|e| format!("reference interpreter: {e}"))?;
+        let mut want = want.map_err(|e| format!("reference interpreter: {e}"))?;
+        if let (Some(p), Some(raw)) = (&nms, want.first_mut()) {
+            *raw = p.rows(raw, nc, &input_shape)?;
+        }
         let emulated = emulated
             .transpose()
             .map_err(|e| format!("reference interpreter (f16 emulation): {e}"))?;
@@ -381,10 +425,13 @@ pub fn against_reference(
                 want.len()
             ));
         }
+        // Detection rows are compared as sets below, not channel by channel.
+        let skip = usize::from(nms.is_some());
         let stats = got
             .iter()
             .zip(&want)
             .enumerate()
+            .skip(skip)
             .map(|(i, ((name, g), w))| {
                 if g.shape != w.shape {
                     let mut s = compare(name, &[], &[], &[], tol);
@@ -402,7 +449,9 @@ pub fn against_reference(
             })
             .collect();
         worst(&mut outputs, stats);
-        if let (Some((_, g)), Some(w)) = (got.first(), want.first())
+        if let (Some(p), Some((_, g)), Some(w)) = (&nms, got.first(), want.first()) {
+            tasks.extend(rows_check(g, w, p.tolerance(tol)));
+        } else if let (Some((_, g)), Some(w)) = (got.first(), want.first())
             && g.shape == w.shape
         {
             let e = emulated
@@ -434,6 +483,7 @@ pub fn against_golden(
     golden: &npz::Npz,
     (task, nc): (&str, usize),
     tol: Tolerance,
+    nms: Option<NmsOutput>,
 ) -> Result<ParityReport, String> {
     let images = golden
         .get("images")
@@ -450,6 +500,12 @@ pub fn against_golden(
                 "`{name}`: the ONNX gives {:?}, the golden file holds {:?}",
                 g.shape, w.shape
             ));
+        }
+        if name == "output0"
+            && let Some(p) = &nms
+        {
+            tasks.extend(rows_check(g, w, p.tolerance(tol)));
+            continue;
         }
         outputs.push(compare(name, &g.shape, &g.data, &w.data, tol));
         if name == "output0" {

@@ -1,0 +1,163 @@
+//! Detection rows (`--nms`: (B, max_det, 6 + extra) of `x1 y1 x2 y2 score class extra…`) compared
+//! as sets, image by image: rows may come in another order where scores tie, so each row must
+//! find a row of the same class on the other side with every column within that column's limit.
+
+use super::TaskCheck;
+use crate::reference::ops::T;
+
+/// How close two rows must be, and which rows may go unmatched.
+#[derive(Clone, Copy, Debug)]
+pub struct RowsTolerance {
+    /// Absolute part of each column's limit.
+    pub atol: f64,
+    /// Relative part, of the column's largest magnitude (over the reference's rows).
+    pub rtol: f64,
+    /// The confidence threshold: a row whose score is this close to it (within twice the score
+    /// column's limit) may be kept by one side and dropped by the other.
+    pub conf: f32,
+}
+
+/// Compares `got` with `want` (reference), both (B, K, C ≥ 6), as detection sets per image.
+/// All-zero rows are padding. A row may go unmatched only where the set itself is ambiguous: its
+/// score at the confidence threshold, or at the lowest score of a full list (the `max_det` cut).
+pub fn rows_check(got: &T, want: &T, tol: RowsTolerance) -> Vec<TaskCheck> {
+    if got.shape != want.shape || got.shape.len() != 3 || got.shape[2] < 6 {
+        return vec![TaskCheck {
+            kind: "detection rows",
+            image: 0,
+            pass: false,
+            detail: format!(
+                "rows of shape {:?} vs {:?} (expected (B, K, 6 + extra) on both)",
+                got.shape, want.shape
+            ),
+        }];
+    }
+    let (b, k, c) = (want.shape[0], want.shape[1], want.shape[2]);
+    let limit: Vec<f64> = (0..c)
+        .map(|j| {
+            let peak = (0..b * k)
+                .map(|r| want.data[r * c + j].abs() as f64)
+                .fold(0f64, f64::max);
+            tol.atol + tol.rtol * peak
+        })
+        .collect();
+    let close = |x: &[f32], y: &[f32]| {
+        x[5] == y[5]
+            && x.iter()
+                .zip(y)
+                .zip(&limit)
+                .all(|((p, q), l)| ((p - q).abs() as f64) <= *l)
+    };
+    (0..b)
+        .map(|img| {
+            let rows = |t: &T| -> Vec<Vec<f32>> {
+                (0..k)
+                    .map(|r| t.data[(img * k + r) * c..(img * k + r + 1) * c].to_vec())
+                    .filter(|r| r.iter().any(|v| *v != 0.0))
+                    .collect()
+            };
+            let (g, w) = (rows(got), rows(want));
+            let near = |s: f32, at: f32| ((s - at).abs() as f64) <= 2.0 * limit[4];
+            let borderline = |r: &[f32], side: &[Vec<f32>]| {
+                let floor = side.iter().map(|r| r[4]).fold(f32::INFINITY, f32::min);
+                near(r[4], tol.conf) || (side.len() == k && near(r[4], floor))
+            };
+            let mut problems = Vec::new();
+            for (name, from, to) in [("reference", &w, &g), ("ONNX", &g, &w)] {
+                let mut used = vec![false; to.len()];
+                for r in from.iter() {
+                    match (0..to.len()).find(|&j| !used[j] && close(r, &to[j])) {
+                        Some(j) => used[j] = true,
+                        None if borderline(r, from) => {}
+                        None => problems.push(format!(
+                            "{name} row class {} score {:.4} box [{:.2}, {:.2}, {:.2}, {:.2}] unmatched",
+                            r[5], r[4], r[0], r[1], r[2], r[3]
+                        )),
+                    }
+                }
+            }
+            TaskCheck {
+                kind: "detection rows",
+                image: img,
+                pass: problems.is_empty(),
+                detail: if problems.is_empty() {
+                    format!(
+                        "{} vs {} rows, each matched by class and every column",
+                        g.len(),
+                        w.len()
+                    )
+                } else {
+                    format!("{} vs {} rows; {}", g.len(), w.len(), problems.join(", "))
+                },
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOL: RowsTolerance = RowsTolerance {
+        atol: 1e-4,
+        rtol: 1e-3,
+        conf: 0.25,
+    };
+
+    fn rows(r: &[[f32; 6]], k: usize) -> T {
+        let mut d = vec![0.0; k * 6];
+        for (i, row) in r.iter().enumerate() {
+            d[i * 6..i * 6 + 6].copy_from_slice(row);
+        }
+        T::new(d, vec![1, k, 6])
+    }
+
+    fn scene() -> Vec<[f32; 6]> {
+        vec![
+            [6.0, 6.0, 14.0, 14.0, 0.9, 0.0],
+            [30.0, 30.0, 40.0, 36.0, 0.8, 1.0],
+            [2.0, 40.0, 10.0, 50.0, 0.6, 0.0],
+        ]
+    }
+
+    #[test]
+    fn the_same_rows_in_another_order_pass() {
+        let want = rows(&scene(), 5);
+        let mut s = scene();
+        s.swap(0, 2);
+        let c = rows_check(&rows(&s, 5), &want, TOL);
+        assert!(c[0].pass, "{}", c[0].detail);
+        assert!(c[0].detail.starts_with("3 vs 3"), "{}", c[0].detail);
+    }
+
+    #[test]
+    fn a_wrong_row_fails() {
+        let want = rows(&scene(), 5);
+        for (col, by) in [(0, 0.5), (3, -0.2), (4, 0.01), (5, 1.0)] {
+            let mut s = scene();
+            s[1][col] += by;
+            let c = rows_check(&rows(&s, 5), &want, TOL);
+            assert!(!c[0].pass, "column {col} moved by {by}");
+            assert!(c[0].detail.contains("unmatched"), "{}", c[0].detail);
+        }
+    }
+
+    #[test]
+    fn a_missing_or_extra_row_fails_unless_at_the_threshold() {
+        let want = rows(&scene(), 5);
+        let got = rows(&scene()[..2], 5);
+        assert!(!rows_check(&got, &want, TOL)[0].pass, "missing row");
+        assert!(!rows_check(&want, &got, TOL)[0].pass, "extra row");
+        let mut s = scene();
+        s[2][4] = 0.2501;
+        let want = rows(&s, 5);
+        let c = rows_check(&rows(&s[..2], 5), &want, TOL);
+        assert!(c[0].pass, "a row at the threshold may go: {}", c[0].detail);
+    }
+
+    #[test]
+    fn mismatched_shapes_fail() {
+        let c = rows_check(&rows(&scene(), 4), &rows(&scene(), 5), TOL);
+        assert!(!c[0].pass);
+    }
+}
