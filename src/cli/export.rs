@@ -52,6 +52,14 @@ fn run_parity(
     let rt = &rt;
     let task = crate::onnx::task_and_classes(root);
     let tol = tolerance(p, half);
+    // Pose rows hold keypoints; the head says how many values each has.
+    let nms = nms.map(|n| parity::NmsOutput {
+        kpt_dim: (root.child("model").ok())
+            .and_then(|l| l.children().pop())
+            .and_then(|(_, h)| h.ints("kpt_shape"))
+            .and_then(|k| k.get(1).map(|&d| d as usize)),
+        ..n
+    });
     match &p.golden {
         Some(g) => {
             let npz = parity::npz::Npz::open(g)?;
@@ -193,6 +201,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     let nms_output = a.nms.then_some(parity::NmsOutput {
         nms,
         max_det: a.max_det,
+        kpt_dim: None,
     });
     let opts = crate::onnx::ExportOptions {
         imgsz,
@@ -368,6 +377,7 @@ fn embedded_nms(model: &crate::onnx::proto::Model) -> Option<parity::NmsOutput> 
         crate::onnx::proto::Dim::Fixed(n) if *n > 0 => Some(parity::NmsOutput {
             nms: crate::onnx::nms::Nms::DEFAULT,
             max_det: *n as usize,
+            kpt_dim: None,
         }),
         _ => None,
     }
@@ -436,7 +446,14 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         .iter()
         .any(|t| t.elem == crate::onnx::proto::ElemType::Float16);
     let nms = embedded_nms(&model);
-    let report = match run_parity(&a.parity, OnnxModel::File(&a.model), ema_root, &shape, half, nms) {
+    let report = match run_parity(
+        &a.parity,
+        OnnxModel::File(&a.model),
+        ema_root,
+        &shape,
+        half,
+        nms,
+    ) {
         Ok(r) => r,
         Err(m) => {
             return fail(format_args!(

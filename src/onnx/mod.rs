@@ -458,9 +458,17 @@ fn py_bool(b: bool) -> &'static str {
 /// The name of dimension `dim` of output `output` (of `rank` dimensions) when height and width
 /// are dynamic, as Ultralytics' exporter names them; `None` for a fixed one (channels, classes,
 /// NMS rows).
-fn dynamic_dim(task: &str, output: usize, rank: usize, dim: usize, nms: bool) -> Option<&'static str> {
+fn dynamic_dim(
+    task: &str,
+    output: usize,
+    rank: usize,
+    dim: usize,
+    nms: bool,
+) -> Option<&'static str> {
     match (output, rank, dim) {
-        (0, 3, 2) if !nms && matches!(task, "detect" | "segment" | "pose" | "obb") => Some("anchors"),
+        (0, 3, 2) if !nms && matches!(task, "detect" | "segment" | "pose" | "obb") => {
+            Some("anchors")
+        }
         (0, 3, 1 | 2) if task == "semantic" => Some(["height", "width"][dim - 1]),
         (0, 4, 2 | 3) => Some(["height", "width"][dim - 2]),
         (_, 4, 2 | 3) => Some(["mask_height", "mask_width"][dim - 2]),

@@ -39,9 +39,7 @@ impl Nms {
             return Err(format!("--iou {} is not in [0, 1]", self.iou));
         }
         if !(1..=MAX_DET_LIMIT).contains(&max_det) {
-            return Err(format!(
-                "--max-det {max_det} is not in 1..={MAX_DET_LIMIT}"
-            ));
+            return Err(format!("--max-det {max_det} is not in 1..={MAX_DET_LIMIT}"));
         }
         Ok(())
     }
@@ -217,7 +215,10 @@ pub fn emit(
     let rows = b.node(s, "Where", &[&valid, &rows, &zero], vec![]);
     // Zero rows up to max_det.
     let missing = b.bin(s, "Sub", &limit, &k);
-    let (before, after) = (i64c(b, "pads_before", &[0, 0, 0, 0]), i64c(b, "pads_after", &[0]));
+    let (before, after) = (
+        i64c(b, "pads_before", &[0, 0, 0, 0]),
+        i64c(b, "pads_after", &[0]),
+    );
     let pads = b.concat(s, &[&before, &missing, &after], 0);
     b.node(s, "Pad", &[&rows, &pads], vec![])
 }

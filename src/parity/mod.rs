@@ -26,6 +26,8 @@ pub struct NmsOutput {
     pub nms: crate::onnx::nms::Nms,
     /// Rows per image.
     pub max_det: usize,
+    /// Pose models: values per keypoint (`kpt_shape[1]`).
+    pub kpt_dim: Option<usize>,
 }
 
 impl NmsOutput {
@@ -43,7 +45,13 @@ impl NmsOutput {
             extra: (rows - 4 - nc) as i64,
         };
         let hw = (input[2], input[3]);
-        Ok(crate::reference::nms::nms(raw, layout, &self.nms, self.max_det, hw))
+        Ok(crate::reference::nms::nms(
+            raw,
+            layout,
+            &self.nms,
+            self.max_det,
+            hw,
+        ))
     }
 
     fn tolerance(&self, tol: Tolerance) -> RowsTolerance {
@@ -51,6 +59,7 @@ impl NmsOutput {
             atol: tol.atol,
             rtol: tol.rtol,
             conf: self.nms.conf,
+            kpt_dim: self.kpt_dim,
         }
     }
 }

@@ -15,6 +15,24 @@ pub struct RowsTolerance {
     /// The confidence threshold: a row whose score is this close to it (within twice the score
     /// column's limit) may be kept by one side and dropped by the other.
     pub conf: f32,
+    /// Pose rows: values per keypoint (2 or 3) after the class column.
+    pub kpt_dim: Option<usize>,
+}
+
+/// Which columns share one scale (the relative part of their limit): the box corners and
+/// keypoint coordinates are all pixels, keypoint visibilities are probabilities, mask
+/// coefficients and angles are their own kind; the score stands alone. A column alone would
+/// take its scale from the few rows there are, so a coordinate near 0 would get a limit far below
+/// the rounding of the pixel values it was computed with.
+fn group(j: usize, kpt_dim: Option<usize>) -> usize {
+    match (j, kpt_dim) {
+        (0..=3, _) => 0,
+        (4, _) => 1,
+        (5, _) => 2,
+        (_, Some(d)) if (j - 6) % d < 2 => 0,
+        (_, Some(_)) => 3,
+        _ => 4,
+    }
 }
 
 /// Compares `got` with `want` (reference), both (B, K, C ≥ 6), as detection sets per image.
@@ -33,19 +51,29 @@ pub fn rows_check(got: &T, want: &T, tol: RowsTolerance) -> Vec<TaskCheck> {
         }];
     }
     let (b, k, c) = (want.shape[0], want.shape[1], want.shape[2]);
+    let mut peak = [0f64; 5];
+    for j in 0..c {
+        let g = &mut peak[group(j, tol.kpt_dim)];
+        for r in 0..b * k {
+            *g = g.max(want.data[r * c + j].abs() as f64);
+        }
+    }
     let limit: Vec<f64> = (0..c)
-        .map(|j| {
-            let peak = (0..b * k)
-                .map(|r| want.data[r * c + j].abs() as f64)
-                .fold(0f64, f64::max);
-            tol.atol + tol.rtol * peak
-        })
+        .map(|j| tol.atol + tol.rtol * peak[group(j, tol.kpt_dim)])
         .collect();
+    // Two classes whose sigmoid saturates at 1.0 tie; which one is "best" is then rounding.
+    let saturated = |s: f32| ((1.0 - s) as f64) <= limit[4];
     let close = |x: &[f32], y: &[f32]| {
-        x[5] == y[5]
+        (x[5] == y[5] || (saturated(x[4]) && saturated(y[4])))
             && x.iter()
+                .take(5)
                 .zip(y)
                 .zip(&limit)
+                .all(|((p, q), l)| ((p - q).abs() as f64) <= *l)
+            && x[6..]
+                .iter()
+                .zip(&y[6..])
+                .zip(&limit[6..])
                 .all(|((p, q), l)| ((p - q).abs() as f64) <= *l)
     };
     (0..b)
@@ -102,6 +130,7 @@ mod tests {
         atol: 1e-4,
         rtol: 1e-3,
         conf: 0.25,
+        kpt_dim: None,
     };
 
     fn rows(r: &[[f32; 6]], k: usize) -> T {
@@ -153,6 +182,34 @@ mod tests {
         let want = rows(&s, 5);
         let c = rows_check(&rows(&s[..2], 5), &want, TOL);
         assert!(c[0].pass, "a row at the threshold may go: {}", c[0].detail);
+    }
+
+    #[test]
+    fn classes_tied_at_a_saturated_score_match() {
+        let mut s = scene();
+        s[0][4] = 1.0;
+        let want = rows(&s, 5);
+        s[0][5] = 1.0;
+        s[0][4] = 0.999_99;
+        let c = rows_check(&rows(&s, 5), &want, TOL);
+        assert!(c[0].pass, "{}", c[0].detail);
+    }
+
+    #[test]
+    fn keypoint_coordinates_share_the_pixel_scale() {
+        // (x, y, visibility) for one keypoint after the class.
+        let row = |x: f32, v: f32| [6.0, 6.0, 140.0, 14.0, 0.9, 0.0, x, 30.0, v];
+        let t = |x: f32, v: f32| T::new(row(x, v).to_vec(), vec![1, 1, 9]);
+        let pose = RowsTolerance {
+            kpt_dim: Some(3),
+            ..TOL
+        };
+        // 0.05 px on a coordinate near 0: within the pixels' limit (1e-4 + 1e-3 · 140).
+        assert!(rows_check(&t(0.05, 0.5), &t(0.0, 0.5), pose)[0].pass);
+        // Alone, that column's limit would be 1e-4.
+        assert!(!rows_check(&t(0.05, 0.5), &t(0.0, 0.5), TOL)[0].pass);
+        // Visibilities keep their own scale.
+        assert!(!rows_check(&t(0.0, 0.51), &t(0.0, 0.5), pose)[0].pass);
     }
 
     #[test]

@@ -57,7 +57,11 @@ pub fn nms(y: &T, layout: Layout, p: &Nms, max_det: usize, input_hw: (usize, usi
                 if !(best.1 > p.conf) {
                     return None;
                 }
-                let off = if p.agnostic { 0.0 } else { best.0 as f32 * mult };
+                let off = if p.agnostic {
+                    0.0
+                } else {
+                    best.0 as f32 * mult
+                };
                 let r = corners(k).map(|v| v / scale * mult + off);
                 Some(Cand {
                     anchor: k,

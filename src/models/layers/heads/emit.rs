@@ -150,7 +150,12 @@ impl Builder<'_> {
     /// Anchor points (1, 2, A), cell centres in grid units, and each anchor's stride (1, A),
     /// as `make_anchors` gives them: constants for a static input; with a dynamic height and
     /// width, computed in the graph from each level's shape (`Shape`, `Range`, `Expand`).
-    pub(crate) fn anchors(&mut self, scope: &str, xs: &[V], strides: &[f64]) -> R<(String, String)> {
+    pub(crate) fn anchors(
+        &mut self,
+        scope: &str,
+        xs: &[V],
+        strides: &[f64],
+    ) -> R<(String, String)> {
         if !self.b.dynamic_hw {
             let (mut points, mut stride_row) = (Vec::new(), Vec::new());
             for (x, &s) in xs.iter().zip(strides) {
@@ -204,7 +209,9 @@ impl Builder<'_> {
             points.push(self.b.concat(s, &[&gx, &gy], 1));
             let level = self.b.reshape(s, &gx, &[1, -1]);
             let level_shape = self.b.node(s, "Shape", &[&level], vec![]);
-            let st = self.b.weight(&format!("{s}/stride"), &[1, 1], &[stride as f32]);
+            let st = self
+                .b
+                .weight(&format!("{s}/stride"), &[1, 1], &[stride as f32]);
             row.push(self.b.node(s, "Expand", &[&st, &level_shape], vec![]));
         }
         let points: Vec<&str> = points.iter().map(String::as_str).collect();
