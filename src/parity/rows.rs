@@ -199,7 +199,12 @@ mod tests {
     fn keypoint_coordinates_share_the_pixel_scale() {
         // (x, y, visibility) for one keypoint after the class.
         let row = |x: f32, v: f32| [6.0, 6.0, 140.0, 14.0, 0.9, 0.0, x, 30.0, v];
-        let t = |x: f32, v: f32| T::new(row(x, v).to_vec(), vec![1, 1, 9]);
+        // A padding row after it: a full list would let its lowest row go unmatched.
+        let t = |x: f32, v: f32| {
+            let mut d = row(x, v).to_vec();
+            d.extend([0.0; 9]);
+            T::new(d, vec![1, 2, 9])
+        };
         let pose = RowsTolerance {
             kpt_dim: Some(3),
             ..TOL

@@ -54,7 +54,8 @@ pub fn nms(y: &T, layout: Layout, p: &Nms, max_det: usize, input_hw: (usize, usi
                         best = (c, at(4 + c, k));
                     }
                 }
-                if !(best.1 > p.conf) {
+                // NaN scores are no detection.
+                if best.1.partial_cmp(&p.conf) != Some(std::cmp::Ordering::Greater) {
                     return None;
                 }
                 let off = if p.agnostic {
