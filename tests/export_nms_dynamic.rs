@@ -1,6 +1,7 @@
 //! `fuse-ema export --dynamic` (batch, height and width) and `--nms` on the Ultralytics fixtures:
 //! one dynamic file run in ONNX Runtime at two sizes against PyTorch's export-mode outputs, NMS
-//! exports against Ultralytics' own `NMSModel` (`fixtures/expected/<name>.nms.npz`, made by
+//! exports (OBB's rotated NMS included) against Ultralytics' own `NMSModel`
+//! (`fixtures/expected/<name>.nms.npz`, made by
 //! `nms_goldens()` in fixtures/generate.py), the interface `yolo export` gives them, and the
 //! models `--nms` refuses.
 //!
@@ -176,7 +177,7 @@ fn nms_matches_ultralytics_nmsmodel() {
         conf: 0.25,
         kpt_dim: None,
     };
-    for name in ["yolo11-detect", "yolov8-seg", "yolov8-pose"] {
+    for name in ["yolo11-detect", "yolov8-seg", "yolov8-pose", "yolov8-obb"] {
         let golden = io_golden(name);
         let npz = fuse_ema::parity::npz::Npz::open(&fixture(&format!("expected/{name}.nms.npz")))
             .unwrap();
@@ -237,11 +238,6 @@ fn nms_is_refused_where_it_does_not_apply() {
             "yolov8-cls.pt",
             &["--nms"][..],
             "cannot export: --nms applies to detect, segment, pose and obb models with a YOLO head; this is a classify model (Classify)",
-        ),
-        (
-            "yolov8-obb.pt",
-            &["--nms"][..],
-            "cannot export: --nms is not supported for obb models",
         ),
         (
             "yolov8-best.pt",

@@ -308,7 +308,22 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
                 nc: *nc,
                 extra: rows - 4 - nc,
             };
-            last = nms::emit(&mut bld.b, &last, "images", layout, n, opts.max_det);
+            if task == "obb" && layout.extra != 1 {
+                return Err(err(format!(
+                    "--nms: an obb output has one angle row after the scores, this one {}",
+                    layout.extra
+                )));
+            }
+            let rotated = task == "obb";
+            last = nms::emit(
+                &mut bld.b,
+                &last,
+                "images",
+                layout,
+                n,
+                opts.max_det,
+                rotated,
+            );
             shape = vec![b, opts.max_det as i64, 6 + layout.extra];
         }
         // An Identity gives every output its Ultralytics name whatever produced it.
@@ -491,17 +506,11 @@ fn nms_layout(
             "--nms applies to detect, segment, pose and obb models with a YOLO head; this is a {task} model ({class})"
         ));
     }
-    if task == "obb" {
-        return Err(OBB_NMS_REFUSAL.to_string());
-    }
     let nc = head
         .and_then(|h| h.int("nc"))
         .ok_or_else(|| format!("--nms: the {class} head has no class count `nc`"))?;
     Ok((*n, nc))
 }
-
-/// Why `--nms` is refused on OBB models.
-pub const OBB_NMS_REFUSAL: &str = "--nms is not supported for obb models: rotated boxes need a rotated (probabilistic-IoU) NMS, which the standard NonMaxSuppression operator cannot do";
 
 fn file_name(p: &Path) -> String {
     p.file_name()

@@ -32,7 +32,7 @@ pub struct NmsOutput {
 
 impl NmsOutput {
     /// The reference's rows from its raw (B, 4 + nc + extra, anchors) `output0`.
-    fn rows(&self, raw: &T, nc: usize, input: &[usize]) -> Result<T, String> {
+    fn rows(&self, raw: &T, task: &str, nc: usize, input: &[usize]) -> Result<T, String> {
         let rows = raw.shape.get(1).copied().unwrap_or(0);
         if raw.shape.len() != 3 || rows < 4 + nc || input.len() != 4 {
             return Err(format!(
@@ -45,6 +45,13 @@ impl NmsOutput {
             extra: (rows - 4 - nc) as i64,
         };
         let hw = (input[2], input[3]);
+        if task == "obb" {
+            if layout.extra != 1 {
+                return Err(format!("an obb output with {} angle rows", layout.extra));
+            }
+            let r = crate::reference::nms::nms_rotated(raw, nc, &self.nms, self.max_det, hw);
+            return Ok(r);
+        }
         Ok(crate::reference::nms::nms(
             raw,
             layout,
@@ -422,7 +429,7 @@ pub fn against_reference(
         });
         let mut want = want.map_err(|e| format!("reference interpreter: {e}"))?;
         if let (Some(p), Some(raw)) = (&nms, want.first_mut()) {
-            *raw = p.rows(raw, nc, &input_shape)?;
+            *raw = p.rows(raw, task, nc, &input_shape)?;
         }
         let emulated = emulated
             .transpose()

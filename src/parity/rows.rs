@@ -37,7 +37,8 @@ fn group(j: usize, kpt_dim: Option<usize>) -> usize {
 
 /// Compares `got` with `want` (reference), both (B, K, C ≥ 6), as detection sets per image.
 /// All-zero rows are padding. A row may go unmatched only where the set itself is ambiguous: its
-/// score at the confidence threshold, or at the lowest score of a full list (the `max_det` cut).
+/// score at or below the confidence threshold, or at the lowest score of a full list (the
+/// `max_det` cut).
 pub fn rows_check(got: &T, want: &T, tol: RowsTolerance) -> Vec<TaskCheck> {
     if got.shape != want.shape || got.shape.len() != 3 || got.shape[2] < 6 {
         return vec![TaskCheck {
@@ -88,7 +89,9 @@ pub fn rows_check(got: &T, want: &T, tol: RowsTolerance) -> Vec<TaskCheck> {
             let near = |s: f32, at: f32| ((s - at).abs() as f64) <= 2.0 * limit[4];
             let borderline = |r: &[f32], side: &[Vec<f32>]| {
                 let floor = side.iter().map(|r| r[4]).fold(f32::INFINITY, f32::min);
-                near(r[4], tol.conf) || (side.len() == k && near(r[4], floor))
+                // OBB rows keep candidates at or below the threshold with score 0, whose order
+                // (and so which of them fast NMS keeps) is the sort's order of ties.
+                r[4] <= tol.conf || near(r[4], tol.conf) || (side.len() == k && near(r[4], floor))
             };
             let mut problems = Vec::new();
             for (name, from, to) in [("reference", &w, &g), ("ONNX", &g, &w)] {

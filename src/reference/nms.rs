@@ -1,7 +1,7 @@
-//! The reference side of `--nms` (`crate::onnx::nms` emits the graph): greedy NMS in plain
-//! loops with torchvision's `nms` semantics, which `NMSModel` runs in PyTorch (suppressed above
-//! the IoU threshold; a box whose x2 < x1 or y2 < y1 overlaps nothing), and `NMSModel`'s class
-//! offsets.
+//! The reference side of `--nms` (`crate::onnx::nms` emits the graph), in plain loops: greedy
+//! NMS with torchvision's `nms` semantics, which `NMSModel` runs in PyTorch (suppressed above the
+//! IoU threshold; a box whose x2 < x1 or y2 < y1 overlaps nothing), with `NMSModel`'s class
+//! offsets; for OBB, `NMSModel`'s fast NMS with the probabilistic IoU.
 
 use super::ops::T;
 use crate::onnx::nms::{Layout, Nms};
@@ -96,6 +96,85 @@ pub fn nms(y: &T, layout: Layout, p: &Nms, max_det: usize, input_hw: (usize, usi
     T::new(out, vec![b, max_det, width])
 }
 
+/// A rotated candidate: the row it gives and the Gaussian NMS compares.
+struct Rot {
+    row: [f32; 7],
+    /// Centre (scaled, class-offset) and covariance (a, b, c) of the scaled box.
+    g: [f32; 5],
+}
+
+/// `batch_probiou`'s epsilon.
+const EPS: f32 = 1e-7;
+
+/// The probabilistic IoU of two boxes as Gaussians (centre x, y; covariance a, b, c).
+fn probiou(p: &[f32; 5], q: &[f32; 5]) -> f32 {
+    let (a, b, c) = (p[2] + q[2], p[3] + q[3], p[4] + q[4]);
+    let (dx, dy) = (p[0] - q[0], p[1] - q[1]);
+    let det = a * b - c * c;
+    let t1 = (a * (dy * dy) + b * (dx * dx)) / (det + EPS) * 0.25;
+    let t2 = c * (q[0] - p[0]) * dy / (det + EPS) * 0.5;
+    let own = |g: &[f32; 5]| (g[2] * g[3] - g[4] * g[4]).max(0.0);
+    let t3 = (det / (4.0 * (own(p) * own(q)).sqrt() + EPS) + EPS).ln() * 0.5;
+    let bd = (t1 + t2 + t3).clamp(EPS, 100.0);
+    1.0 - (1.0 - (-bd).exp() + EPS).sqrt()
+}
+
+/// Rotated NMS of a (B, 4 + nc + 1, anchors) OBB output (cx cy w h, scores, angle), as
+/// `NMSModel` exports it: scores at or below `conf` become 0 but stay candidates, the
+/// `5 · max_det` best are compared, and a candidate goes when any better one (kept or not)
+/// overlaps it by more than `iou` (fast NMS). Rows (B, max_det, 7) `cx cy w h score class angle`.
+pub fn nms_rotated(y: &T, nc: usize, p: &Nms, max_det: usize, input_hw: (usize, usize)) -> T {
+    let (b, rows, a) = (y.shape[0], y.shape[1], y.shape[2]);
+    debug_assert_eq!(rows, 5 + nc);
+    let mut out = vec![0.0f32; b * max_det * 7];
+    let scale = input_hw.0.max(input_hw.1) as f32;
+    for img in 0..b {
+        let at = |r: usize, k: usize| y.data[(img * rows + r) * a + k];
+        let mut cands: Vec<Rot> = (0..a)
+            .map(|k| {
+                let mut best = (0usize, at(4, k));
+                for c in 1..nc {
+                    if at(4 + c, k) > best.1 {
+                        best = (c, at(4 + c, k));
+                    }
+                }
+                let score = if best.1 > p.conf { best.1 } else { 0.0 };
+                let (cls, theta) = (best.0 as f32, at(4 + nc, k));
+                let row = [at(0, k), at(1, k), at(2, k), at(3, k), score, cls, theta];
+                let s = |v: f32| v / scale * 8.0;
+                let off = if p.agnostic { 0.0 } else { cls * 8.0 };
+                let (w, h) = (s(row[2]), s(row[3]));
+                let (ga, gb) = (w * w / 12.0, h * h / 12.0);
+                let (sin, cos) = theta.sin_cos();
+                let (cos2, sin2) = (cos * cos, sin * sin);
+                let g = [
+                    s(row[0]) + off,
+                    s(row[1]) + off,
+                    ga * cos2 + gb * sin2,
+                    ga * sin2 + gb * cos2,
+                    (ga - gb) * cos * sin,
+                ];
+                Rot { row, g }
+            })
+            .collect();
+        // Stable: equal scores keep anchor order.
+        cands.sort_by(|p, q| q.row[4].total_cmp(&p.row[4]));
+        cands.truncate(5 * max_det);
+        let mut kept = 0;
+        for (j, c) in cands.iter().enumerate() {
+            if kept == max_det {
+                break;
+            }
+            if cands[..j].iter().any(|e| probiou(&e.g, &c.g) > p.iou) {
+                continue;
+            }
+            out[(img * max_det + kept) * 7..][..7].copy_from_slice(&c.row);
+            kept += 1;
+        }
+    }
+    T::new(out, vec![b, max_det, 7])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +234,41 @@ mod tests {
         let r = nms(&y, LAYOUT, &Nms::DEFAULT, 4, (64, 64));
         let scores: Vec<f32> = (0..4).map(|i| r.data[i * 6 + 4]).collect();
         assert_eq!(scores, [0.9, 0.8, 0.7, 0.0], "all three kept");
+    }
+
+    /// (cx, cy, w, h, score0, score1, angle) per anchor.
+    fn obb(anchors: &[[f32; 7]]) -> T {
+        let n = anchors.len();
+        let mut d = vec![0.0; 7 * n];
+        for (k, a) in anchors.iter().enumerate() {
+            for r in 0..7 {
+                d[r * n + k] = a[r];
+            }
+        }
+        T::new(d, vec![1, 7, n])
+    }
+
+    #[test]
+    fn rotated_nms_is_fast_nms_with_probiou() {
+        let y = obb(&[
+            [20.0, 20.0, 16.0, 4.0, 0.9, 0.0, 0.0],
+            // The same box turned by 90°: a cross, little overlap.
+            [20.0, 20.0, 16.0, 4.0, 0.8, 0.0, std::f32::consts::FRAC_PI_2],
+            // Nearly the first box: suppressed.
+            [20.5, 20.0, 16.0, 4.0, 0.7, 0.0, 0.0],
+            // Below conf: kept with score 0, after the others.
+            [50.0, 50.0, 8.0, 8.0, 0.1, 0.0, 0.3],
+        ]);
+        let r = nms_rotated(&y, 2, &Nms::DEFAULT, 6, (64, 64));
+        let rows: Vec<&[f32]> = r.data.chunks(7).collect();
+        assert_eq!(rows[0][4], 0.9);
+        assert_eq!(rows[1][4], 0.8);
+        assert_eq!(rows[2], &[50.0, 50.0, 8.0, 8.0, 0.0, 0.0, 0.3]);
+        assert!(rows[3..].iter().all(|r| r.iter().all(|v| *v == 0.0)));
+        // Identical boxes have probiou 1 (up to eps); disjoint ones about 0.
+        let g = [0.0, 0.0, 1.0, 1.0, 0.0];
+        assert!((probiou(&g, &g) - 1.0).abs() < 1e-3);
+        assert!(probiou(&g, &[40.0, 0.0, 1.0, 1.0, 0.0]) < 1e-3);
     }
 
     #[test]
