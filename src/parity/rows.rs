@@ -17,6 +17,9 @@ pub struct RowsTolerance {
     pub conf: f32,
     /// Pose rows: values per keypoint (2 or 3) after the class column.
     pub kpt_dim: Option<usize>,
+    /// f16 models: the allowance for f16 rounding added to the limit of each column group (see
+    /// [`group`]), a multiple of the reference's emulated f16 noise in those channels.
+    pub noise: [f64; 5],
 }
 
 /// Which columns share one scale (the relative part of their limit): the box corners and
@@ -24,7 +27,7 @@ pub struct RowsTolerance {
 /// coefficients and angles are their own kind; the score stands alone. A column alone would
 /// take its scale from the few rows there are, so a coordinate near 0 would get a limit far below
 /// the rounding of the pixel values it was computed with.
-fn group(j: usize, kpt_dim: Option<usize>) -> usize {
+pub(super) fn group(j: usize, kpt_dim: Option<usize>) -> usize {
     match (j, kpt_dim) {
         (0..=3, _) => 0,
         (4, _) => 1,
@@ -60,7 +63,10 @@ pub fn rows_check(got: &T, want: &T, tol: RowsTolerance) -> Vec<TaskCheck> {
         }
     }
     let limit: Vec<f64> = (0..c)
-        .map(|j| tol.atol + tol.rtol * peak[group(j, tol.kpt_dim)])
+        .map(|j| {
+            let g = group(j, tol.kpt_dim);
+            tol.atol + tol.rtol * peak[g] + tol.noise[g]
+        })
         .collect();
     // Two classes whose sigmoid saturates at 1.0 tie; which one is "best" is then rounding.
     let saturated = |s: f32| ((1.0 - s) as f64) <= limit[4];
@@ -91,7 +97,13 @@ pub fn rows_check(got: &T, want: &T, tol: RowsTolerance) -> Vec<TaskCheck> {
                 let floor = side.iter().map(|r| r[4]).fold(f32::INFINITY, f32::min);
                 // OBB rows keep candidates at or below the threshold with score 0, whose order
                 // (and so which of them fast NMS keeps) is the sort's order of ties.
-                r[4] <= tol.conf || near(r[4], tol.conf) || (side.len() == k && near(r[4], floor))
+                // Two candidates tied at a saturated score come in the sort's order of ties, and
+                // the first suppresses the second where they overlap.
+                let tied = saturated(r[4]) && side.iter().filter(|o| saturated(o[4])).count() > 1;
+                r[4] <= tol.conf
+                    || near(r[4], tol.conf)
+                    || (side.len() == k && near(r[4], floor))
+                    || tied
             };
             let mut problems = Vec::new();
             for (name, from, to) in [("reference", &w, &g), ("ONNX", &g, &w)] {
@@ -134,6 +146,7 @@ mod tests {
         rtol: 1e-3,
         conf: 0.25,
         kpt_dim: None,
+        noise: [0.0; 5],
     };
 
     fn rows(r: &[[f32; 6]], k: usize) -> T {
@@ -218,6 +231,21 @@ mod tests {
         assert!(!rows_check(&t(0.05, 0.5), &t(0.0, 0.5), TOL)[0].pass);
         // Visibilities keep their own scale.
         assert!(!rows_check(&t(0.0, 0.51), &t(0.0, 0.5), pose)[0].pass);
+    }
+
+    #[test]
+    fn a_row_tied_at_saturation_may_go_but_a_lone_one_may_not() {
+        let mut s = scene();
+        s[0][4] = 1.0;
+        s[1][4] = 1.0;
+        let want = rows(&s, 5);
+        // The other side kept one of the two tied rows only.
+        let got = rows(&[s[0], s[2]], 5);
+        assert!(rows_check(&got, &want, TOL)[0].pass);
+        let mut lone = scene();
+        lone[0][4] = 1.0;
+        let want = rows(&lone, 5);
+        assert!(!rows_check(&rows(&lone[1..], 5), &want, TOL)[0].pass);
     }
 
     #[test]
