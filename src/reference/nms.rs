@@ -179,16 +179,17 @@ pub fn nms_rotated(y: &T, nc: usize, p: &Nms, max_det: usize, input_hw: (usize, 
 mod tests {
     use super::*;
 
-    /// A (1, 4 + 2, n) output from (cx, cy, w, h, score0, score1) per anchor.
-    fn output(anchors: &[[f32; 6]]) -> T {
+    /// A (1, R, n) head output from R values per anchor: (cx, cy, w, h, score0, score1) for
+    /// detect, plus the angle for OBB.
+    fn output<const R: usize>(anchors: &[[f32; R]]) -> T {
         let n = anchors.len();
-        let mut d = vec![0.0; 6 * n];
+        let mut d = vec![0.0; R * n];
         for (k, a) in anchors.iter().enumerate() {
-            for r in 0..6 {
-                d[r * n + k] = a[r];
+            for (r, v) in a.iter().enumerate() {
+                d[r * n + k] = *v;
             }
         }
-        T::new(d, vec![1, 6, n])
+        T::new(d, vec![1, R, n])
     }
 
     const LAYOUT: Layout = Layout { nc: 2, extra: 0 };
@@ -236,21 +237,9 @@ mod tests {
         assert_eq!(scores, [0.9, 0.8, 0.7, 0.0], "all three kept");
     }
 
-    /// (cx, cy, w, h, score0, score1, angle) per anchor.
-    fn obb(anchors: &[[f32; 7]]) -> T {
-        let n = anchors.len();
-        let mut d = vec![0.0; 7 * n];
-        for (k, a) in anchors.iter().enumerate() {
-            for r in 0..7 {
-                d[r * n + k] = a[r];
-            }
-        }
-        T::new(d, vec![1, 7, n])
-    }
-
     #[test]
     fn rotated_nms_is_fast_nms_with_probiou() {
-        let y = obb(&[
+        let y = output(&[
             [20.0, 20.0, 16.0, 4.0, 0.9, 0.0, 0.0],
             // The same box turned by 90°: a cross, little overlap.
             [20.0, 20.0, 16.0, 4.0, 0.8, 0.0, std::f32::consts::FRAC_PI_2],

@@ -151,6 +151,17 @@ impl Emit<'_> {
         self.cast(&hw, ElemType::Float as i64)
     }
 
+    /// Rows `idx` (B, K) of `rows` (B, N, width): (B, K, width).
+    fn gather(&mut self, rows: &str, idx: &str, width: i64) -> String {
+        let col = self.b.reshape(self.s, idx, &[0, -1, 1]);
+        let idx_shape = self.node("Shape", &[idx], vec![]);
+        let width = self.i64c("width", &[width]);
+        let expand_to = self.b.concat(self.s, &[&idx_shape, &width], 0);
+        let col = self.node("Expand", &[&col, &expand_to], vec![]);
+        let axis = vec![("axis", Attr::Int(1))];
+        self.node("GatherElements", &[rows, &col], axis)
+    }
+
     /// The rows of `rows` (B, N, width) with the `max_det` largest `key` (B, N) values, largest
     /// first; rows whose key is not above `floor` become zero, and zero rows fill up to `max_det`.
     fn take(&mut self, rows: &str, key: &str, floor: &str, width: i64) -> String {
@@ -159,16 +170,7 @@ impl Emit<'_> {
         let limit = self.i64c("max_det", &[self.max_det]);
         let k = self.bin("Min", &n, &limit);
         let top = (self.b).node_n(self.s, "TopK", &[key, &k], 2, vec![("axis", Attr::Int(1))]);
-        let idx = self.b.reshape(self.s, &top[1], &[0, -1, 1]);
-        let idx_shape = self.node("Shape", &[&top[1]], vec![]);
-        let width = self.i64c("width", &[width]);
-        let expand_to = self.b.concat(self.s, &[&idx_shape, &width], 0);
-        let idx = self.node("Expand", &[&idx, &expand_to], vec![]);
-        let picked = self.node(
-            "GatherElements",
-            &[rows, &idx],
-            vec![("axis", Attr::Int(1))],
-        );
+        let picked = self.gather(rows, &top[1], width);
         let vals = self.b.reshape(self.s, &top[0], &[0, -1, 1]);
         let valid = self.bin("Greater", &vals, floor);
         let zero = self.f32c("zero", 0.0);

@@ -35,16 +35,7 @@ pub(super) fn emit(e: &mut Emit, pred: &str, images: &str, layout: Layout, nms: 
     let pool = e.i64c("candidates", &[5 * e.max_det]);
     let k = e.bin("Min", &anchors, &pool);
     let top = (e.b).node_n(e.s, "TopK", &[&key, &k], 2, vec![("axis", Attr::Int(1))]);
-    let idx = e.b.reshape(e.s, &top[1], &[0, -1, 1]);
-    let idx_shape = e.node("Shape", &[&top[1]], vec![]);
-    let w = e.i64c("cand_width", &[width]);
-    let expand_to = e.b.concat(e.s, &[&idx_shape, &w], 0);
-    let idx = e.node("Expand", &[&idx, &expand_to], vec![]);
-    let cand = e.node(
-        "GatherElements",
-        &[&rows, &idx],
-        vec![("axis", Attr::Int(1))],
-    );
+    let cand = e.gather(&rows, &top[1], width);
     let iou = probiou_matrix(e, &cand, images, nms.agnostic);
     // Fast NMS: candidate j goes when an earlier i overlaps it by more than the threshold.
     let k_scalar = e.b.reshape(e.s, &k, &[]);
