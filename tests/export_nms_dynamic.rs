@@ -278,3 +278,27 @@ fn half_nms_passes_its_parity_check() {
         );
     }
 }
+
+/// `verify` recognises `yolo export nms=True`'s own file (its `args` say `'nms': True`; it holds
+/// bool initializers) and compares its rows with the reference's NMS.
+#[test]
+fn verify_reads_yolo_export_nms_files() {
+    let onnx = fixture("families/yolo-export/yolo26n-detect.nms.onnx");
+    let ckpt = fixture("families/yolo26n-detect.pt");
+    let r = run(&[
+        "verify",
+        onnx.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--runtime",
+        "ort",
+    ]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(out.contains("detection rows: 1/1 images agree"), "{out}");
+}
