@@ -314,16 +314,12 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
                     layout.extra
                 )));
             }
-            let rotated = task == "obb";
-            last = nms::emit(
-                &mut bld.b,
-                &last,
-                "images",
-                layout,
-                n,
-                opts.max_det,
-                rotated,
-            );
+            let rows = nms::Rows {
+                max_det: opts.max_det,
+                rotated: task == "obb",
+                anchors: (!opts.dynamic).then_some(shape[2]),
+            };
+            last = nms::emit(&mut bld.b, &last, "images", layout, n, rows);
             shape = vec![b, opts.max_det as i64, 6 + layout.extra];
         }
         // An Identity gives every output its Ultralytics name whatever produced it.

@@ -61,24 +61,36 @@ pub struct Layout {
     pub extra: i64,
 }
 
+/// What the NMS gives and what is known of its input.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows {
+    /// Rows per image.
+    pub max_det: usize,
+    /// Rotated boxes (OBB): the angle is the one extra row.
+    pub rotated: bool,
+    /// The anchor count of a static input (`None` when dynamic): then every top-k size is a
+    /// constant, as TensorRT prefers.
+    pub anchors: Option<i64>,
+}
+
 /// Appends NMS to `pred`, a float32 (B, 4 + nc + extra, anchors) output with centre-size boxes
-/// (rotated ones with the angle as the one extra row when `rotated`), for the input `images`;
-/// returns the float32 (B, max_det, 6 + extra) rows.
+/// (rotated ones with the angle as the one extra row when `rows.rotated`), for the input
+/// `images`; returns the float32 (B, max_det, 6 + extra) rows.
 pub fn emit(
     b: &mut GraphBuilder,
     pred: &str,
     images: &str,
     layout: Layout,
     nms: &Nms,
-    max_det: usize,
-    rotated: bool,
+    rows: Rows,
 ) -> String {
     let mut e = Emit {
         b,
         s: "nms",
-        max_det: max_det as i64,
+        max_det: rows.max_det as i64,
+        anchors: rows.anchors,
     };
-    if rotated {
+    if rows.rotated {
         return rotated::emit(&mut e, pred, images, layout, nms);
     }
     e.axis_aligned(pred, images, layout, nms)
@@ -89,6 +101,8 @@ struct Emit<'a> {
     b: &'a mut GraphBuilder,
     s: &'static str,
     max_det: i64,
+    /// The static anchor count, when the input is static.
+    anchors: Option<i64>,
 }
 
 impl Emit<'_> {
@@ -162,23 +176,40 @@ impl Emit<'_> {
         self.node("GatherElements", &[rows, &col], axis)
     }
 
-    /// The rows of `rows` (B, N, width) with the `max_det` largest `key` (B, N) values, largest
-    /// first; rows whose key is not above `floor` become zero, and zero rows fill up to `max_det`.
-    fn take(&mut self, rows: &str, key: &str, floor: &str, width: i64) -> String {
+    /// min(N, `cap`) for the (B, N) `key`, as a 1-element tensor: a constant when N is known
+    /// (`n`, also returned), else from the key's shape.
+    fn count(&mut self, key: &str, n: Option<i64>, cap: i64) -> (String, Option<i64>) {
+        if let Some(n) = n {
+            let k = n.min(cap);
+            return (self.i64c("k", &[k]), Some(k));
+        }
         let k_shape = self.node("Shape", &[key], vec![]);
         let n = self.at(&k_shape, "second", 1);
-        let limit = self.i64c("max_det", &[self.max_det]);
-        let k = self.bin("Min", &n, &limit);
+        let cap = self.i64c("cap", &[cap]);
+        (self.bin("Min", &n, &cap), None)
+    }
+
+    /// The rows of `rows` (B, N, width) with the `max_det` largest `key` (B, N) values, largest
+    /// first (N when known: `n`); rows whose key is not above `floor` become zero, and zero rows
+    /// fill up to `max_det`.
+    fn take(&mut self, rows: &str, key: &str, n: Option<i64>, floor: &str, width: i64) -> String {
+        let (k, known) = self.count(key, n, self.max_det);
         let top = (self.b).node_n(self.s, "TopK", &[key, &k], 2, vec![("axis", Attr::Int(1))]);
         let picked = self.gather(rows, &top[1], width);
         let vals = self.b.reshape(self.s, &top[0], &[0, -1, 1]);
         let valid = self.bin("Greater", &vals, floor);
         let zero = self.f32c("zero", 0.0);
         let picked = self.node("Where", &[&valid, &picked, &zero], vec![]);
-        let missing = self.bin("Sub", &limit, &k);
-        let before = self.i64c("pads_before", &[0, 0, 0, 0]);
-        let after = self.i64c("pads_after", &[0]);
-        let pads = self.b.concat(self.s, &[&before, &missing, &after], 0);
+        let pads = match known {
+            Some(k) => self.i64c("pads", &[0, 0, 0, 0, self.max_det - k, 0]),
+            None => {
+                let limit = self.i64c("max_det", &[self.max_det]);
+                let missing = self.bin("Sub", &limit, &k);
+                let before = self.i64c("pads_before", &[0, 0, 0, 0]);
+                let after = self.i64c("pads_after", &[0]);
+                self.b.concat(self.s, &[&before, &missing, &after], 0)
+            }
+        };
         self.node("Pad", &[&picked, &pads], vec![])
     }
 
@@ -244,7 +275,7 @@ impl Emit<'_> {
             columns.push(&parts[2]);
         }
         let rows = self.b.concat(self.s, &columns, 2);
-        self.take(&rows, &key, &conf, 6 + extra)
+        self.take(&rows, &key, self.anchors, &conf, 6 + extra)
     }
 }
 

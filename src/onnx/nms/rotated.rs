@@ -30,15 +30,15 @@ pub(super) fn emit(e: &mut Emit, pred: &str, images: &str, layout: Layout, nms: 
     let width = 6 + extra;
     // The 5 · max_det best anchors, best first.
     let key = e.b.reshape(e.s, &masked, &[0, -1]);
-    let key_shape = e.node("Shape", &[&key], vec![]);
-    let anchors = e.at(&key_shape, "anchors", 1);
-    let pool = e.i64c("candidates", &[5 * e.max_det]);
-    let k = e.bin("Min", &anchors, &pool);
+    let (k, known) = e.count(&key, e.anchors, 5 * e.max_det);
     let top = (e.b).node_n(e.s, "TopK", &[&key, &k], 2, vec![("axis", Attr::Int(1))]);
     let cand = e.gather(&rows, &top[1], width);
     let iou = probiou_matrix(e, &cand, images, nms.agnostic);
     // Fast NMS: candidate j goes when an earlier i overlaps it by more than the threshold.
-    let k_scalar = e.b.reshape(e.s, &k, &[]);
+    let k_scalar = match known {
+        Some(n) => e.b.int_scalar(e.s, n),
+        None => e.b.reshape(e.s, &k, &[]),
+    };
     let (start, step) = (e.b.int_scalar(e.s, 0), e.b.int_scalar(e.s, 1));
     let pos = e.node("Range", &[&start, &k_scalar, &step], vec![]);
     let rowi = e.b.reshape(e.s, &pos, &[-1, 1]);
@@ -62,7 +62,7 @@ pub(super) fn emit(e: &mut Emit, pred: &str, images: &str, layout: Layout, nms: 
     let rank = e.bin("Sub", &kf, &posf);
     let minus = e.f32c("minus_one", -1.0);
     let order = e.node("Where", &[&kept, &rank, &minus], vec![]);
-    e.take(&cand, &order, &zero, width)
+    e.take(&cand, &order, known, &zero, width)
 }
 
 /// The (B, K, K) probabilistic IoU between the candidates `cand` (B, K, 7: cx cy w h score class
