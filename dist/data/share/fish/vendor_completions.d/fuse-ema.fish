@@ -39,6 +39,7 @@ json\t'The report as JSON (docs/inspect-json.md); an array of reports for severa
 sarif\t'SARIF 2.1.0 for code scanning: one result per finding, at its file (docs/ci.md)'"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -l json -d 'Print the report as JSON (schema: docs/inspect-json.md); the same as `--format json`'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -s q -l quiet -d 'Print only the verdict lines of files with findings or errors (on stderr), no reports: what a pre-commit hook or a CI gate wants'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -l tree -d 'Also print the module tree with classes'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -l strict -d 'Refuse (exit 1, write nothing) when any global is outside the allow-list, used against its role, dotted, or part of a gadget chain (docs/security.md)'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -63,6 +64,9 @@ complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand diff" -s h -l help -d 
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -s o -l output -d 'Output .onnx file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l imgsz -d 'Input size: N, or H,W. Default: the training size' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l batch -d 'Batch size of the input' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l conf -d '--nms: keep detections whose best class score is above this' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l iou -d '--nms: suppress a box overlapping a better one by more than this IoU' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l max-det -d 'Detection rows per image of the --nms output' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l opset -d 'ONNX opset (13–21; 17 suits TensorRT 8.6+)' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l source -d 'Which weights: ema (default) or raw' -r -f -a "ema\t''
 raw\t''"
@@ -78,7 +82,9 @@ complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l ep -d 'ONNX
 tensorrt\t''"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l report -d 'Write the parity report as JSON to this file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l dynamic -d 'Dynamic batch dimension'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l dynamic -d 'Dynamic batch, height and width (anchors computed in the graph), as Ultralytics\' `dynamic=True`'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l nms -d 'Embed NMS in the graph (detect, segment, pose), as `yolo export nms=True`: output0 becomes (B, max-det, 6 + extra) rows, x1 y1 x2 y2 score class then masks or keypoints'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l agnostic -d '--nms: one NMS across classes instead of one per class'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l half -d 'f16 weights and compute, f32 input and output'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l no-parity -d 'Skip the parity check'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l external-data -d 'Write the weights to OUT.onnx.data beside the model (automatic above 1.9 GB)'
