@@ -177,8 +177,9 @@ struct ExportArgs {
     /// `dynamic=True`.
     #[arg(long)]
     dynamic: bool,
-    /// Embed NMS in the graph (detect, segment, pose), as `yolo export nms=True`: output0 becomes
-    /// (B, max-det, 6 + extra) rows, x1 y1 x2 y2 score class then masks or keypoints.
+    /// Embed NMS in the graph (detect, segment, pose, obb), as `yolo export nms=True`: output0
+    /// becomes (B, max-det, 6 + extra) rows, x1 y1 x2 y2 score class then masks or keypoints (obb:
+    /// cx cy w h score class angle).
     #[arg(long)]
     nms: bool,
     /// --nms: keep detections whose best class score is above this.

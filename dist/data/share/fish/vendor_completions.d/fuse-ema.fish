@@ -83,7 +83,7 @@ tensorrt\t''"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l report -d 'Write the parity report as JSON to this file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l dynamic -d 'Dynamic batch, height and width (anchors computed in the graph), as Ultralytics\' `dynamic=True`'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l nms -d 'Embed NMS in the graph (detect, segment, pose), as `yolo export nms=True`: output0 becomes (B, max-det, 6 + extra) rows, x1 y1 x2 y2 score class then masks or keypoints'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l nms -d 'Embed NMS in the graph (detect, segment, pose, obb), as `yolo export nms=True`: output0 becomes (B, max-det, 6 + extra) rows, x1 y1 x2 y2 score class then masks or keypoints (obb: cx cy w h score class angle)'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l agnostic -d '--nms: one NMS across classes instead of one per class'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l half -d 'f16 weights and compute, f32 input and output'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l no-parity -d 'Skip the parity check'
