@@ -88,6 +88,23 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
                 &want.data,
                 PER_CHANNEL,
             );
+        } else if i == 0 && variant == "nms" {
+            // NMS rows: the library's set comparison (unit-tested in src/parity/rows.rs to fail
+            // on a wrong box, score, class, keypoint, or a missing or extra row), which knows
+            // the ambiguities NMS has (ties at a saturated score, the confidence threshold).
+            let tol = fuse_ema::parity::RowsTolerance {
+                atol: 1e-4,
+                rtol: 1e-4,
+                conf: 0.25,
+                kpt_dim: what.contains("pose").then_some(3),
+                noise: [0.0; 5],
+            };
+            let got_t = T::new(g.clone(), want.shape.clone());
+            let checks = fuse_ema::parity::rows_check(&got_t, want, tol);
+            assert!(!checks.is_empty(), "{what}: no rows compared");
+            for c in checks {
+                assert!(c.pass, "{what} {name}: image {}: {}", c.image, c.detail);
+            }
         } else if i == 0 {
             assert_detections(
                 &format!("{what} {name}"),
