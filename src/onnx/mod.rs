@@ -243,6 +243,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         graph.spill_to(file);
     }
     let mut bld = ultralytics::Builder::new(graph);
+    bld.opset = opts.opset;
     let mut input = V {
         name: "images".into(),
         shape: vec![batch, 3, h, w],

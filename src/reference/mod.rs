@@ -6,6 +6,7 @@
 //! and its shape checks (`shape.rs`). The layer wiring is [`crate::models::Net`]'s.
 
 pub mod ops;
+pub mod seq;
 pub(crate) mod shape;
 
 use std::fmt;

@@ -11,3 +11,4 @@ pub mod classify;
 pub mod conv;
 pub mod csp;
 pub mod heads;
+pub mod rtdetr;

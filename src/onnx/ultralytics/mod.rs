@@ -16,6 +16,9 @@ pub struct Builder<'g> {
     pub b: GraphBuilder,
     /// Outputs beyond the model's main one (`Segment`'s prototypes), in order.
     pub extra_outputs: Vec<V>,
+    /// The default-domain opset being written (operators whose attributes changed between
+    /// opsets, such as `GridSample`'s mode, read it).
+    pub opset: i64,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -25,6 +28,7 @@ impl<'g> Builder<'g> {
         Builder {
             b,
             extra_outputs: Vec::new(),
+            opset: 17,
             _g: std::marker::PhantomData,
         }
     }
