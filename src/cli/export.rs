@@ -50,11 +50,12 @@ fn run_parity(
     let rt = runtime(p)?;
     let rt = &rt;
     let task = crate::onnx::task_and_classes(root);
+    let task = (parity::rows::parity_task(root, &task.0), task.1);
     let tol = tolerance(p, half);
     match &p.golden {
         Some(g) => {
             let npz = parity::npz::Npz::open(g)?;
-            parity::against_golden(rt, model, &npz, (&task.0, task.1), tol)
+            parity::against_golden(rt, model, &npz, task, tol)
         }
         None => {
             let inputs = match &p.parity_input {
@@ -71,7 +72,7 @@ fn run_parity(
                     samples: p.parity_samples,
                 },
             };
-            parity::against_reference(rt, model, root, (&task.0, task.1), inputs, tol)
+            parity::against_reference(rt, model, root, task, inputs, tol)
         }
     }
 }
