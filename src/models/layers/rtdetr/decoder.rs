@@ -144,14 +144,17 @@ impl Head {
     pub(super) fn anchors(
         &self,
         shapes: &[(usize, usize)],
-        generate: fn(&[(usize, usize)]) -> (Vec<f32>, Vec<bool>),
-    ) -> (Vec<f32>, Vec<bool>) {
+        generate: fn(&[(usize, usize)]) -> Anchors,
+    ) -> Anchors {
         match &self.stored {
             Some(s) if s.shapes == shapes => (s.anchors.clone(), s.valid.clone()),
             _ => generate(shapes),
         }
     }
 }
+
+/// Anchor logits (A, 4) and the valid mask (A).
+pub(super) type Anchors = (Vec<f32>, Vec<bool>);
 
 fn out_of(l: Linear, out: usize) -> R<Linear> {
     if l.out != out {
@@ -200,7 +203,7 @@ fn stored(m: M) -> Option<Stored> {
 }
 
 /// `_generate_anchors` in f32, as PyTorch computes it.
-fn anchors_f32(shapes: &[(usize, usize)]) -> (Vec<f32>, Vec<bool>) {
+fn anchors_f32(shapes: &[(usize, usize)]) -> Anchors {
     let (mut anchors, mut valid) = (Vec::new(), Vec::new());
     for (i, &(h, w)) in shapes.iter().enumerate() {
         let wh = (0.05f64 * 2f64.powi(i as i32)) as f32;

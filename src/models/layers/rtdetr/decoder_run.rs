@@ -1,7 +1,7 @@
 //! The run side of `RTDETRDecoder`: the same steps as the export form, one batch item at a time,
 //! with BatchNorm unfolded and the anchors generated in f64.
 
-use super::decoder::{Head, INV_EPS, MAX_DET};
+use super::decoder::{Anchors, Head, INV_EPS, MAX_DET};
 use super::deform::run_deform;
 use super::encoder::{run_linear, run_mha, run_mlp, run_norm};
 use crate::checkpoint::py::M;
@@ -11,7 +11,7 @@ use crate::reference::seq::top_k;
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// `_generate_anchors`, computed in f64 and rounded once.
-fn anchors_f64(shapes: &[(usize, usize)]) -> (Vec<f32>, Vec<bool>) {
+fn anchors_f64(shapes: &[(usize, usize)]) -> Anchors {
     let (mut anchors, mut valid) = (Vec::new(), Vec::new());
     for (i, &(h, w)) in shapes.iter().enumerate() {
         let size = 0.05 * (1u64 << i) as f64;

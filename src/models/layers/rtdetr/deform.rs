@@ -28,7 +28,7 @@ impl Deform {
         let (heads, points) = (size(m, "n_heads")?, size(m, "n_points")?);
         if m.int("n_levels") != Some(levels as i64)
             || m.int("d_model") != Some(d as i64)
-            || d % heads != 0
+            || !d.is_multiple_of(heads)
         {
             return Err(format!(
                 "MSDeformAttn for {:?} levels of {:?} channels, {heads} heads; the decoder has {levels} of {d}",

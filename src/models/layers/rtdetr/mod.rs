@@ -62,8 +62,8 @@ pub const LAYERS: &[Layer] = &[
     activation(
         "GELU",
         "x·Φ(x) (erf form; `approximate='tanh'` as tanh)",
-        |g, s, m, x| encoder::emit_gelu(g, s, m, x),
-        |m, t| encoder::run_gelu(m, t),
+        encoder::emit_gelu,
+        encoder::run_gelu,
     ),
     part(
         "MultiheadAttention",
@@ -76,19 +76,9 @@ pub const LAYERS: &[Layer] = &[
         "the attention's output projection (an `nn.Linear`)",
     ),
     part(
-        "Linear",
-        "AIFI, RTDETRDecoder, MLP, MSDeformAttn, DeformableTransformerDecoderLayer",
-        "`nn.Linear` on the last axis",
-    ),
-    part(
         "LayerNorm",
         "AIFI, RTDETRDecoder, DeformableTransformerDecoderLayer",
         "`nn.LayerNorm` over the last axis",
-    ),
-    part(
-        "Dropout",
-        "AIFI, DeformableTransformerDecoderLayer",
-        "identity at inference",
     ),
     part(
         "Embedding",
@@ -233,7 +223,7 @@ impl Mha {
     /// Reads `m` for `e` channels.
     pub fn parse(m: M, e: usize) -> R<Mha> {
         let heads = size(m, "num_heads")?;
-        if m.int("embed_dim") != Some(e as i64) || e % heads != 0 {
+        if m.int("embed_dim") != Some(e as i64) || !e.is_multiple_of(heads) {
             return Err(format!(
                 "MultiheadAttention embed_dim {:?} with {heads} heads on {e} channels",
                 m.int("embed_dim")
@@ -320,7 +310,7 @@ impl Mlp {
 
 /// The 2-D sin-cos position embedding width check AIFI makes.
 fn pos_dim(c: usize) -> R<usize> {
-    if c % 4 != 0 {
+    if !c.is_multiple_of(4) {
         return Err(format!(
             "AIFI needs a channel count divisible by 4, got {c}"
         ));
