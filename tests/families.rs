@@ -359,8 +359,8 @@ refused! {
     yolov8n_ghost_detect: "yolov8n-ghost-detect" "unsupported module classes: C3Ghost, GhostBottleneck, GhostConv",
     yolov8n_p6_detect: "yolov8n-p6-detect" "unsupported module classes: C2",
     yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel, not an Ultralytics model",
-    yolov9e_detect: "yolov9e-detect" "unsupported module classes: ADown, CBFuse, CBLinear, RepBottleneck, RepCSP, RepConv, RepNCSPELAN4, SPPELAN",
-    yolov9t_detect: "yolov9t-detect" "unsupported module classes: AConv, ELAN1, RepBottleneck, RepCSP, RepConv, RepNCSPELAN4, SPPELAN",
+    yolov9e_detect: "yolov9e-detect" "unsupported module classes: ADown, CBFuse, CBLinear, RepBottleneck, RepCSP, RepNCSPELAN4, SPPELAN",
+    yolov9t_detect: "yolov9t-detect" "unsupported module classes: AConv, ELAN1, RepBottleneck, RepCSP, RepNCSPELAN4, SPPELAN",
 }
 
 /// Every checkpoint in the manifest (and every `.last.pt` beside one) is listed, and every
