@@ -127,7 +127,17 @@ pub fn compare_rows(
                     unmatched.len() / 2
                 )
             } else {
-                format!("rows without a match: {}", wrong.join(", "))
+                let more = wrong.len().saturating_sub(4);
+                let tail = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} rows without a match: {}{tail}",
+                    wrong.len(),
+                    wrong[..wrong.len().min(4)].join(", ")
+                )
             },
         });
     }
