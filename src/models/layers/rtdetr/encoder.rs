@@ -149,6 +149,7 @@ impl Builder<'_> {
     /// `AIFI`: a post-norm transformer encoder layer over the H·W positions of a feature map,
     /// the position embedding a constant for the input size.
     pub(crate) fn aifi(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        self.rtdetr_opset()?;
         let [_, c, h, w] = check::nchw(x, scope)?;
         let a = Aifi::parse(m, c as usize)?;
         let n = h * w;
