@@ -8,8 +8,8 @@ mod common;
 use common::{fixture, run};
 use fuse_ema::checkpoint::py::M;
 use fuse_ema::parity::Tolerance;
+use fuse_ema::parity::compare_rows;
 use fuse_ema::parity::npz::Npz;
-use fuse_ema::parity::rows::compare_rows;
 use fuse_ema::reference::Reference;
 
 /// The interpreter (BatchNorm unfolded, its own attention and bilinear sampling, anchors in f64)

@@ -1,11 +1,8 @@
-//! RT-DETR's convolutional blocks: `HGStem`, `HGBlock`, `LightConv` (HGNetv2) and `RepConv`,
-//! `RepC3`. The emission fuses `RepConv`'s branches into one 3×3 convolution as Ultralytics'
-//! `fuse_convs` does; the reference runs the branches and their BatchNorms as they are.
+//! RT-DETR's convolutional blocks: `HGStem`, `HGBlock`, `LightConv` (HGNetv2) and `RepC3`
+//! (whose `RepConv`s are declared with YOLOv9's blocks, `elan.rs`).
 
 use crate::checkpoint::py::{M, R};
 use crate::models::In;
-use crate::models::layers::act;
-use crate::models::layers::conv::{BatchNorm, Conv2dParams};
 use crate::onnx::graph::V;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
@@ -20,56 +17,6 @@ fn stem_pool(p: M) -> R<()> {
         Ok(())
     } else {
         Err("HGStem pool is not a 2×2 stride-1 max pool".into())
-    }
-}
-
-/// `RepConv`'s branches, checked: a 3×3 conv with padding 1 and a 1×1 conv without, same stride
-/// and groups, and an optional BatchNorm identity branch.
-struct RepParts {
-    k3: Conv2dParams,
-    bn3: BatchNorm,
-    k1: Conv2dParams,
-    bn1: BatchNorm,
-    id: Option<BatchNorm>,
-}
-
-impl RepParts {
-    fn parse(m: M) -> R<RepParts> {
-        let (c1, c2) = (m.child("conv1")?, m.child("conv2")?);
-        let k3 = Conv2dParams::parse(c1.child("conv")?)?;
-        let k1 = Conv2dParams::parse(c2.child("conv")?)?;
-        let out = k3.shape[0] as usize;
-        let ok = k3.shape[2..] == [3, 3]
-            && k3.pad == [1, 1]
-            && k1.shape[2..] == [1, 1]
-            && k1.pad == [0, 0]
-            && k3.shape[..2] == k1.shape[..2]
-            && k3.stride == k1.stride
-            && k3.groups == k1.groups
-            && k3.dil == [1, 1];
-        if !ok {
-            return Err(format!(
-                "RepConv branches {:?} and {:?} do not fuse",
-                k3.shape, k1.shape
-            ));
-        }
-        let id = match m.opt_child("bn") {
-            Some(bn) if bn.class() == "BatchNorm2d" => {
-                let c = (k3.shape[1] * k3.groups) as usize;
-                if c != out || k3.stride != [1, 1] {
-                    return Err("RepConv identity branch on a changing shape".into());
-                }
-                Some(BatchNorm::parse(bn, c)?)
-            }
-            _ => None,
-        };
-        Ok(RepParts {
-            bn3: BatchNorm::parse(c1.child("bn")?, out)?,
-            bn1: BatchNorm::parse(c2.child("bn")?, out)?,
-            k3,
-            k1,
-            id,
-        })
     }
 }
 
@@ -142,76 +89,6 @@ impl Builder<'_> {
         self.conv_block(&format!("{scope}.conv2"), m.child("conv2")?, &y)
     }
 
-    /// `RepConv` fused as `get_equivalent_kernel_bias` computes it (f32, same operations).
-    pub(crate) fn repconv(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let p = RepParts::parse(m)?;
-        let [xn, _, xh, xw] = check::nchw(x, scope)?;
-        let ws = p.k3.shape;
-        let out = ws[0] as usize;
-        let per = (ws[1] * 9) as usize;
-        let fold = |w: &[f32], b: Option<&Vec<f32>>, bn: &BatchNorm, o: usize| {
-            let std = (bn.var[o] + bn.eps).sqrt();
-            let t = bn.gamma[o] / std;
-            let bias = bn.beta[o] - bn.mean[o] * bn.gamma[o] / std + b.map_or(0.0, |b| b[o] * t);
-            (w.iter().map(|v| v * t).collect::<Vec<f32>>(), bias)
-        };
-        let mut kernel = vec![0.0f32; out * per];
-        let mut bias = vec![0.0f32; out];
-        let cin = ws[1] as usize;
-        for o in 0..out {
-            let (k3, b3) = fold(
-                &p.k3.weight[o * per..(o + 1) * per],
-                p.k3.bias.as_ref(),
-                &p.bn3,
-                o,
-            );
-            let (k1, b1) = fold(
-                &p.k1.weight[o * cin..(o + 1) * cin],
-                p.k1.bias.as_ref(),
-                &p.bn1,
-                o,
-            );
-            let dst = &mut kernel[o * per..(o + 1) * per];
-            dst.copy_from_slice(&k3);
-            for (i, v) in k1.iter().enumerate() {
-                dst[i * 9 + 4] += v;
-            }
-            bias[o] = b3 + b1;
-            if let Some(id) = &p.id {
-                let std = (id.var[o] + id.eps).sqrt();
-                dst[(o % cin) * 9 + 4] += id.gamma[o] / std;
-                bias[o] += id.beta[o] - id.mean[o] * id.gamma[o] / std;
-            }
-        }
-        let wn = self.b.weight(&format!("{scope}.conv.weight"), &ws, &kernel);
-        let bn = self
-            .b
-            .weight(&format!("{scope}.conv.bias"), &[out as i64], &bias);
-        let [sh, sw] = p.k3.stride;
-        let y = self.b.node(
-            &format!("{scope}.conv"),
-            "Conv",
-            &[&x.name, &wn, &bn],
-            vec![
-                ("dilations", Attr::Ints(vec![1, 1])),
-                ("group", Attr::Int(p.k3.groups)),
-                ("kernel_shape", Attr::Ints(vec![3, 3])),
-                ("pads", Attr::Ints(vec![1, 1, 1, 1])),
-                ("strides", Attr::Ints(vec![sh, sw])),
-            ],
-        );
-        let shape = check::positive(
-            scope,
-            vec![
-                xn,
-                ws[0],
-                check::out_size(xh, 3, sh, 1, 1),
-                check::out_size(xw, 3, sw, 1, 1),
-            ],
-        )?;
-        self.act(scope, m.opt_child("act"), V { name: y, shape })
-    }
-
     /// `RepC3`: cv3(m(cv1(x)) + cv2(x)).
     pub(crate) fn repc3(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
@@ -279,23 +156,6 @@ impl Reference<'_> {
     pub(crate) fn lightconv(&mut self, m: M, x: &T) -> RefResult<T> {
         let y = self.sub(m, "conv1", x)?;
         self.sub(m, "conv2", &y)
-    }
-
-    /// `RepConv` unfused: act(conv1(x) + conv2(x) + bn(x)).
-    pub(crate) fn repconv(&mut self, m: M, x: &T) -> RefResult<T> {
-        let p = RepParts::parse(m)?;
-        let a = self.sub(m, "conv1", x)?;
-        let b = self.sub(m, "conv2", x)?;
-        shape::same_shape(&a, &b, "RepConv")?;
-        let mut y = ops::add(&a, &b);
-        if let Some(id) = p.id {
-            let mut i = x.clone();
-            shape::same_shape(&i, &y, "RepConv identity")?;
-            ops::batch_norm(&mut i, &id.gamma, &id.beta, &id.mean, &id.var, id.eps);
-            y = ops::add(&y, &i);
-        }
-        act::run(m.opt_child("act"), &mut y)?;
-        Ok(y)
     }
 
     pub(crate) fn repc3(&mut self, m: M, x: &T) -> RefResult<T> {

@@ -1,4 +1,5 @@
-//! RT-DETR (`rtdetr-l`, `RTDETRDetectionModel`): the HGNetv2 backbone blocks (`backbone.rs`), the
+//! RT-DETR (`rtdetr-l`, `RTDETRDetectionModel`): the HGNetv2 backbone blocks and `RepC3`
+//! (`backbone.rs`; its `RepConv` is YOLOv9's, in `elan.rs`), the
 //! AIFI encoder layer and the transformer pieces both backends share the reading of
 //! (`encoder.rs`), multi-scale deformable attention (`deform.rs`) and the `RTDETRDecoder` head
 //! (`decoder.rs` emits it, `decoder_run.rs` runs it). The weights and attributes are read once,
@@ -33,12 +34,6 @@ pub const LAYERS: &[Layer] = &[
         "1×1 `Conv` without activation, then a depthwise `DWConv`",
         |b, s, m, x| b.lightconv(s, m, &x.one("LightConv")?),
         |r, m, x| r.lightconv(m, &x.one("LightConv")?),
-    ),
-    layer(
-        "RepConv",
-        "3×3 and 1×1 convs (and a BatchNorm identity) summed, then the activation; emitted fused",
-        |b, s, m, x| b.repconv(s, m, &x.one("RepConv")?),
-        |r, m, x| r.repconv(m, &x.one("RepConv")?),
     ),
     layer(
         "RepC3",
@@ -120,6 +115,16 @@ pub(crate) fn grid_sample_attrs(opset: i64) -> Vec<(&'static str, Attr)> {
         ("mode", Attr::Str(mode.into())),
         ("padding_mode", Attr::Str("zeros".into())),
     ]
+}
+
+/// Whether the model `root` ends in an `RTDETRDecoder`, whose output is detection rows (the top
+/// K of queries × classes) that the parity check compares as a set.
+pub fn rows_output(root: M) -> bool {
+    let head = root
+        .child("model")
+        .ok()
+        .and_then(|l| l.children().pop().map(|(_, h)| h));
+    head.is_some_and(|h| h.class() == "RTDETRDecoder")
 }
 
 /// A positive size attribute no real model exceeds.
