@@ -150,6 +150,7 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("area_attention.rs", layers::area_attention::LAYERS),
     ("classify.rs", layers::classify::LAYERS),
     ("heads/mod.rs", layers::heads::LAYERS),
+    ("rtdetr/mod.rs", layers::rtdetr::LAYERS),
 ];
 
 /// Model classes (the pickled root) and the task each exports as.
@@ -159,6 +160,7 @@ pub const MODELS: &[(&str, &str)] = &[
     ("PoseModel", "pose"),
     ("OBBModel", "obb"),
     ("ClassificationModel", "classify"),
+    ("RTDETRDetectionModel", "detect"),
 ];
 
 /// Every registered class, in table order.

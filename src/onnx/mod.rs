@@ -269,6 +269,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         graph.spill_to(file);
     }
     let mut bld = ultralytics::Builder::new(graph);
+    bld.opset = opts.opset;
     bld.head = HeadOptions {
         end2end: opts.end2end,
         max_det: opts.max_det,

@@ -7,6 +7,7 @@
 
 pub mod nms;
 pub mod ops;
+pub mod seq;
 pub(crate) mod shape;
 
 use std::fmt;

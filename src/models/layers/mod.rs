@@ -15,4 +15,5 @@ pub mod elan;
 pub mod ghost;
 pub mod heads;
 pub mod resnet;
+pub mod rtdetr;
 pub mod v10;

@@ -19,6 +19,9 @@ pub struct Builder<'g> {
     pub extra_outputs: Vec<V>,
     /// What the detection heads output (one-to-many, or end-to-end rows).
     pub head: HeadOptions,
+    /// The default-domain opset being written (operators whose attributes changed between
+    /// opsets, such as `GridSample`'s mode, read it).
+    pub opset: i64,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -29,6 +32,7 @@ impl<'g> Builder<'g> {
             b,
             extra_outputs: Vec::new(),
             head: HeadOptions::default(),
+            opset: 17,
             _g: std::marker::PhantomData,
         }
     }
