@@ -130,3 +130,51 @@ fn a_shadow_list_that_does_not_fit_names_the_first_disagreeing_index() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!out.exists());
 }
+
+/// diffusers' training scripts save `unet/` and `unet_ema/` folders (`save_pretrained`):
+/// `--ema PATH` takes the EMA from the other folder, the raw model from the file given.
+#[test]
+fn the_ema_folder_beside_the_model_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ema.safetensors");
+    let unet = fixture("wild/diffusers-folders/unet");
+    let ema = fixture("wild/diffusers-folders/unet_ema");
+    let (code, v) = run_json(&[
+        "fold",
+        unet.to_str().unwrap(),
+        "--ema",
+        ema.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["layout"]["layout"], "separate-files");
+    assert_eq!(v["fold"]["from_ema"], 114);
+    let got = std::fs::read(&out).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&got).unwrap();
+    let want = std::fs::read(fixture("wild/expected/diffusers-ema.safetensors")).unwrap();
+    let want = safetensors::SafeTensors::deserialize(&want).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (n, w) in want.tensors() {
+        assert!(got.tensor(&n).unwrap().data() == w.data(), "{n}");
+    }
+    // The EMA folder's file is an input too: never written over.
+    let inside = ema.join("diffusion_pytorch_model.safetensors");
+    let before = std::fs::read(&inside).unwrap();
+    let r = run(&[
+        "fold",
+        unet.to_str().unwrap(),
+        "--ema",
+        ema.to_str().unwrap(),
+        "-o",
+        inside.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(std::fs::read(&inside).unwrap(), before);
+}

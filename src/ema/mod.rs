@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::tensor::Tensor;
 
 pub use fold::{FoldOptions, FoldReport, Folded, fold};
-pub use locate::{Selectors, locate};
+pub use locate::{Selectors, locate, locate_in};
 
 /// Tensors under names, in order.
 pub type Named = Vec<(String, Tensor)>;

@@ -5,6 +5,7 @@
 pub(crate) mod check;
 
 use crate::checkpoint::py::{M, R};
+use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
 use crate::models::{Backend, In, Net};
 
@@ -16,6 +17,8 @@ pub struct Builder<'g> {
     pub b: GraphBuilder,
     /// Outputs beyond the model's main one (`Segment`'s prototypes), in order.
     pub extra_outputs: Vec<V>,
+    /// What the detection heads output (one-to-many, or end-to-end rows).
+    pub head: HeadOptions,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -25,6 +28,7 @@ impl<'g> Builder<'g> {
         Builder {
             b,
             extra_outputs: Vec::new(),
+            head: HeadOptions::default(),
             _g: std::marker::PhantomData,
         }
     }
