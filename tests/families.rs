@@ -15,7 +15,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{PER_CHANNEL, assert_channels, fixture, run};
+use common::{PER_CHANNEL, assert_channels, assert_labels, fixture, run};
+use fuse_ema::parity::npy::Dtype;
 use fuse_ema::parity::npz::Npz;
 use fuse_ema::reference::ops::T;
 use ndarray::ArrayD;
@@ -80,7 +81,18 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
             .unwrap_or_else(|| panic!("{what}: ONNX has no {name} (has {:?})", names(got)));
         assert_eq!(g.shape(), want.shape.as_slice(), "{what}: {name} shape");
         let g: Vec<f32> = g.iter().copied().collect();
-        if variant == "default" {
+        let class_map = npz.dtype(&key) != Some(Dtype::F32);
+        if class_map {
+            let logits = npz.get(&format!("logits{sfx}")).map(|l| &l.data[..]);
+            assert_labels(
+                &format!("{what} {name}"),
+                &want.shape,
+                &g,
+                &want.data,
+                logits,
+                PER_CHANNEL,
+            );
+        } else if variant == "default" {
             assert_channels(
                 &format!("{what} {name}"),
                 &want.shape,
@@ -309,6 +321,9 @@ exports! {
     yolo26n_classify: "yolo26n-classify" "default",
     yolo26n_detect: "yolo26n-detect" "default",
     yolo26n_detect_last: "yolo26n-detect.last" "default",
+    yolo26n_depth: "yolo26n-depth" "default",
+    yolo26n_semantic: "yolo26n-semantic" "default",
+    yolo26n_semantic_last: "yolo26n-semantic.last" "default",
 }
 
 dynamic! {}
@@ -344,12 +359,9 @@ fn pending_variants_still_fail() {
 refused! {
     rtdetr_l_detect: "rtdetr-l-detect" "'model' is a RTDETRDetectionModel, not an Ultralytics model",
     yolo12n_detect: "yolo12n-detect" "unsupported module classes: A2C2f, AAttn, ABlock",
-    yolo26n_depth: "yolo26n-depth" "'model' is a DepthModel, not an Ultralytics model",
     yolo26n_obb: "yolo26n-obb" "unsupported module classes: OBB26",
     yolo26n_pose: "yolo26n-pose" "unsupported module classes: Pose26, RealNVP",
     yolo26n_segment: "yolo26n-segment" "unsupported module classes: Proto26, Segment26",
-    yolo26n_semantic: "yolo26n-semantic" "'model' is a SemanticSegmentationModel, not an Ultralytics model",
-    yolo26n_semantic_last: "yolo26n-semantic.last" "'ema' is a SemanticSegmentationModel, not an Ultralytics model",
     yolov10n_detect: "yolov10n-detect" "unsupported module classes: C2fCIB, CIB, RepVGGDW, SCDown, v10Detect",
     yolov3_tinyu_detect: "yolov3-tinyu-detect" "unsupported module classes: ZeroPad2d",
     yolov3u_spp_detect: "yolov3u-spp-detect" "unsupported module classes: SPP",

@@ -118,6 +118,7 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("attention.rs", layers::attention::LAYERS),
     ("classify.rs", layers::classify::LAYERS),
     ("heads/mod.rs", layers::heads::LAYERS),
+    ("dense.rs", layers::dense::LAYERS),
 ];
 
 /// Model classes (the pickled root) and the task each exports as.
@@ -127,6 +128,8 @@ pub const MODELS: &[(&str, &str)] = &[
     ("PoseModel", "pose"),
     ("OBBModel", "obb"),
     ("ClassificationModel", "classify"),
+    ("DepthModel", "depth"),
+    ("SemanticSegmentationModel", "semantic"),
 ];
 
 /// Every registered class, in table order.

@@ -263,9 +263,13 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     let mut results = vec![main];
     results.append(&mut bld.extra_outputs);
     let mut outputs = Vec::new();
+    // A class map (integer) output is not cast back to float in half mode.
+    let elems: Vec<Option<ElemType>> = (0..results.len())
+        .map(|i| if i == 0 { bld.main_elem } else { None })
+        .collect();
     for (i, out) in results.iter().enumerate() {
         let name = format!("output{i}");
-        let last = if opts.half {
+        let last = if opts.half && elems[i].is_none() {
             bld.b.node(
                 &name,
                 "Cast",
@@ -370,9 +374,10 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         }],
         outputs: outputs
             .iter()
-            .map(|(name, shape)| ValueInfo {
+            .zip(&elems)
+            .map(|((name, shape), elem)| ValueInfo {
                 name: name.clone(),
-                elem: ElemType::Float,
+                elem: elem.unwrap_or(ElemType::Float),
                 dims: shape
                     .iter()
                     .enumerate()

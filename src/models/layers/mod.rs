@@ -10,4 +10,5 @@ pub mod basic;
 pub mod classify;
 pub mod conv;
 pub mod csp;
+pub mod dense;
 pub mod heads;

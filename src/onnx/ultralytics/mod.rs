@@ -9,6 +9,7 @@ use crate::models::registry::{self, Kind};
 use crate::models::{Backend, In, Net};
 
 use super::graph::{GraphBuilder, V};
+use super::proto::ElemType;
 
 /// Emits modules into a graph.
 pub struct Builder<'g> {
@@ -16,6 +17,9 @@ pub struct Builder<'g> {
     pub b: GraphBuilder,
     /// Outputs beyond the model's main one (`Segment`'s prototypes), in order.
     pub extra_outputs: Vec<V>,
+    /// The main output's element type when it is not the compute type (`SemanticSegment`'s
+    /// class map); `None` for a float output.
+    pub main_elem: Option<ElemType>,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -25,6 +29,7 @@ impl<'g> Builder<'g> {
         Builder {
             b,
             extra_outputs: Vec::new(),
+            main_elem: None,
             _g: std::marker::PhantomData,
         }
     }

@@ -1,0 +1,95 @@
+//! YOLO26's dense heads (`Depth`, `SemanticSegment`) against what `yolo export format=onnx` wrote
+//! for the same checkpoints (`fixtures/families/yolo-export-summary.json`): output names, element
+//! types (the semantic class map is uint8) and shapes, and the `metadata_props` values that
+//! describe the model (task, head, names, stride, image size, batch, channels, end2end). The
+//! values themselves are compared with PyTorch in tests/families.rs.
+
+mod common;
+
+use common::{fixture, run};
+use fuse_ema::onnx::proto::{Dim, ElemType};
+
+/// The metadata keys whose values fuse-ema writes as Ultralytics does (`description`, `author`,
+/// `args` and the dates say who exported, and differ by design).
+const SAME_VALUES: &[&str] = &[
+    "task", "head", "names", "stride", "imgsz", "batch", "channels", "end2end", "license", "docs",
+];
+
+fn elem_name(e: ElemType) -> &'static str {
+    match e {
+        ElemType::Float => "float",
+        ElemType::Float16 => "float16",
+        ElemType::Uint8 => "uint8",
+        ElemType::Int32 => "int32",
+        ElemType::Int64 => "int64",
+    }
+}
+
+fn check(stem: &str) {
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("families/yolo-export-summary.json")).unwrap(),
+    )
+    .unwrap();
+    let want = &summary[format!("{stem}.default")];
+    assert!(want.is_object(), "{stem}: no yolo export summary");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    let ckpt = fixture(&format!("families/{stem}.pt"));
+    let r = run(&[
+        "export",
+        ckpt.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--no-parity",
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{stem}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let model = fuse_ema::onnx::read::parse(&bytes, Some(&out)).unwrap();
+    let outputs: Vec<serde_json::Value> = model
+        .outputs
+        .iter()
+        .map(|o| {
+            let shape: Vec<i64> = o
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n,
+                    Dim::Param(_) => -1,
+                })
+                .collect();
+            serde_json::json!({"name": o.name, "elem_type": elem_name(o.elem), "shape": shape})
+        })
+        .collect();
+    assert_eq!(
+        serde_json::Value::Array(outputs),
+        want["outputs"],
+        "{stem}: outputs"
+    );
+    for key in SAME_VALUES {
+        let got = model
+            .metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v);
+        assert_eq!(
+            got.map(String::as_str),
+            want["metadata_props"][key].as_str(),
+            "{stem}: metadata {key}"
+        );
+    }
+}
+
+#[test]
+fn depth_matches_yolo_export() {
+    check("yolo26n-depth");
+}
+
+#[test]
+fn semantic_matches_yolo_export() {
+    check("yolo26n-semantic");
+}
