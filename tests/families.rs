@@ -15,10 +15,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::golden::{archive_names, ort_run, sizes};
 use common::{PER_CHANNEL, assert_channels, assert_labels, fixture, run};
 use fuse_ema::parity::npy::Dtype;
 use fuse_ema::parity::npz::Npz;
-use fuse_ema::reference::ops::T;
 use ndarray::ArrayD;
 
 /// The command-line options of a golden variant.
@@ -29,18 +29,6 @@ fn variant_args(variant: &str) -> &'static [&'static str] {
         "nms" => &["--nms"],
         other => panic!("unknown golden variant {other}"),
     }
-}
-
-/// The sizes a golden holds: `""` for the first (plain names), `_BxHxW` for the others.
-fn sizes(npz: &Npz, names: &[String]) -> Vec<(String, Vec<usize>)> {
-    names
-        .iter()
-        .filter_map(|n| n.strip_prefix("images"))
-        .map(|sfx| {
-            let shape = npz.get(&format!("images{sfx}")).unwrap().shape.clone();
-            (sfx.to_string(), shape)
-        })
-        .collect()
 }
 
 fn export(stem: &str, out: &Path, extra: &[&str]) -> std::process::Output {
@@ -56,15 +44,6 @@ fn export(stem: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     ];
     args.extend_from_slice(extra);
     run(&args)
-}
-
-fn ort_run(model: &Path, images: &T) -> Vec<(String, ArrayD<f32>)> {
-    let rt = fuse_ema::runtime::ort().unwrap_or_else(|e| {
-        panic!("{e} — run the suite with ./scripts/test, which provides ONNX Runtime")
-    });
-    let bytes = std::fs::read(model).unwrap();
-    let x = ArrayD::from_shape_vec(images.shape.clone(), images.data.clone()).unwrap();
-    rt.run(&bytes, &[("images", x)]).unwrap()
 }
 
 /// Compares ONNX Runtime's outputs with PyTorch's for one size of a golden.
@@ -268,14 +247,6 @@ fn golden(stem: &str, variant: &str) -> PathBuf {
     fixture(&format!("families/goldens/{base}.{variant}.npz"))
 }
 
-fn archive_names(path: &PathBuf) -> Vec<String> {
-    let f = std::fs::File::open(path).unwrap();
-    let z = zip::ZipArchive::new(f).unwrap();
-    z.file_names()
-        .map(|n| n.unwrap().trim_end_matches(".npy").to_string())
-        .collect()
-}
-
 /// Declares one test per (fixture, variant) and the list the coverage test reads.
 macro_rules! exports {
     ($($test:ident: $stem:literal $variant:literal,)*) => {
@@ -368,7 +339,7 @@ refused! {
     yolov6n_detect: "yolov6n-detect" "model.11 (ConvTranspose2d): unsupported module class ConvTranspose2d",
     yolov8n_ghost_detect: "yolov8n-ghost-detect" "unsupported module classes: C3Ghost, GhostBottleneck, GhostConv",
     yolov8n_p6_detect: "yolov8n-p6-detect" "unsupported module classes: C2",
-    yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel, not an Ultralytics model",
+    yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel (YOLO-World): its C2fAttn layers (MaxSigmoidAttnBlock) and its WorldDetect head (BNContrastiveHead) take the class text embeddings as a second input beside the image features; the checkpoint carries them (`txt_feats` [1, 2, 512], one per class, no CLIP needed), but fuse-ema's layer walk does not pass a second input yet: export it with `yolo export`",
     yolov9e_detect: "yolov9e-detect" "unsupported module classes: ADown, CBFuse, CBLinear, RepBottleneck, RepCSP, RepConv, RepNCSPELAN4, SPPELAN",
     yolov9t_detect: "yolov9t-detect" "unsupported module classes: AConv, ELAN1, RepBottleneck, RepCSP, RepConv, RepNCSPELAN4, SPPELAN",
 }

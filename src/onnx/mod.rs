@@ -212,6 +212,9 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         })?;
     let root = M { g, v };
     let class = root.class();
+    if let Some(why) = crate::models::foreign::refusal(root, &opts.module_key) {
+        return Err(err(why));
+    }
     let task = task_of(&class).ok_or_else(|| {
         err(format!(
             "'{}' is a {class}, not an Ultralytics model",
