@@ -48,14 +48,16 @@ pub fn compare_labels(
         let (b, p) = (i / plane.max(1), i % plane.max(1));
         let label = |v: f32| (v >= 0.0 && v.fract() == 0.0).then_some(v as usize);
         // (margin, allowance, reference class) when the logits can judge this pixel.
+        let at = |l: &[f32], k: usize| l.get((b * nc + k) * plane + p).map(|&v| v as f64);
         let judged = match (logits, label(g), label(w)) {
             (Some(l), Some(gc), Some(wc)) if nc == 1 && gc <= 1 && wc <= 1 => {
-                Some(((l[b * plane + p] as f64).abs(), limit[0], 0))
+                at(l, 0).map(|v| (v.abs(), limit[0], 0))
             }
             (Some(l), Some(gc), Some(wc)) if gc < nc && wc < nc => {
-                let at = |k: usize| l[(b * nc + k) * plane + p] as f64;
                 // Each logit may move by its own class's limit: the order flips within the sum.
-                Some(((at(wc) - at(gc)).abs(), limit[wc] + limit[gc], wc))
+                at(l, wc)
+                    .zip(at(l, gc))
+                    .map(|(a, b)| ((a - b).abs(), limit[wc] + limit[gc], wc))
             }
             _ => None,
         };
