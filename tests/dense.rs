@@ -2,12 +2,16 @@
 //! for the same checkpoints (`fixtures/families/yolo-export-summary.json`): output names, element
 //! types (the semantic class map is uint8) and shapes, and the `metadata_props` values that
 //! describe the model (task, head, names, stride, image size, batch, channels, end2end). The
-//! values themselves are compared with PyTorch in tests/families.rs.
+//! family fixtures' values are compared with PyTorch in tests/families.rs; the variants in
+//! `fixtures/dense/` (a one-class semantic head, a depth head with a non-identity calibration)
+//! are compared here, at both golden sizes.
 
 mod common;
 
-use common::{fixture, run};
+use common::golden::export_at_each_size;
+use common::{PER_CHANNEL, assert_channels, assert_labels, fixture, run};
 use fuse_ema::onnx::proto::{Dim, ElemType};
+use fuse_ema::parity::npy::Dtype;
 
 /// The metadata keys whose values fuse-ema writes as Ultralytics does (`description`, `author`,
 /// `args` and the dates say who exported, and differ by design).
@@ -92,4 +96,40 @@ fn depth_matches_yolo_export() {
 #[test]
 fn semantic_matches_yolo_export() {
     check("yolo26n-semantic");
+}
+
+/// Exports `fixtures/dense/<stem>.pt` at each golden size (with its own parity check in ONNX
+/// Runtime) and compares with PyTorch: class maps label by label (near-ties judged by the saved
+/// logits), float maps per channel.
+fn check_golden(stem: &str) {
+    let gold = fixture(&format!("dense/goldens/{stem}.default.npz"));
+    let ckpt = fixture(&format!("dense/{stem}.pt"));
+    export_at_each_size(&ckpt, &gold, |what, npz, sfx, got| {
+        assert_eq!(got.len(), 1, "{what}: one output");
+        let key = format!("output0{sfx}");
+        let want = npz.get(&key).unwrap();
+        let g: Vec<f32> = got[0].1.iter().copied().collect();
+        assert_eq!(got[0].1.shape(), want.shape.as_slice(), "{what}: shape");
+        if npz.dtype(&key) == Some(Dtype::F32) {
+            assert_channels(what, &want.shape, &g, &want.data, PER_CHANNEL);
+        } else {
+            let logits = npz.get(&format!("logits{sfx}")).map(|l| &l.data[..]);
+            assert_labels(what, &want.shape, &g, &want.data, logits, PER_CHANNEL);
+            // Both labels occur: a map of one class would not test the threshold.
+            assert!(
+                want.data.contains(&0.0) && want.data.contains(&1.0),
+                "{what}"
+            );
+        }
+    });
+}
+
+#[test]
+fn one_class_semantic_matches_pytorch() {
+    check_golden("yolo26n-semantic-1class");
+}
+
+#[test]
+fn calibrated_depth_matches_pytorch() {
+    check_golden("yolo26n-depth-calibrated");
 }

@@ -16,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::golden::{archive_names, ort_run, sizes};
-use common::{PER_CHANNEL, assert_channels, assert_labels, fixture, run};
+use common::{PER_CHANNEL, assert_channels, assert_labels, fixture};
 use fuse_ema::parity::npy::Dtype;
 use fuse_ema::parity::npz::Npz;
 use ndarray::ArrayD;
@@ -32,18 +32,7 @@ fn variant_args(variant: &str) -> &'static [&'static str] {
 }
 
 fn export(stem: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let ckpt = fixture(&format!("families/{stem}.pt"));
-    let mut args = vec![
-        "export",
-        ckpt.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        // The export's own parity check in ONNX Runtime, never a silent fallback to tract.
-        "--runtime",
-        "ort",
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    common::golden::export(&fixture(&format!("families/{stem}.pt")), out, extra)
 }
 
 /// Compares ONNX Runtime's outputs with PyTorch's for one size of a golden.

@@ -7,9 +7,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::golden::{archive_names, ort_run, sizes};
+use common::golden::export_at_each_size;
 use common::{PER_CHANNEL, assert_channels, fixture, run, run_json};
-use fuse_ema::parity::npz::Npz;
 use serde_json::Value;
 
 /// Every checkpoint the generator recorded in made.json, checked against the directory: a file
@@ -177,53 +176,28 @@ fn every_global_python_finds_is_reported() {
 fn check_against_release(file: &str) {
     let stem = file.strip_suffix(".pt").expect(".pt");
     let gold = fixture(&format!("releases/goldens/{stem}.default.npz"));
-    let npz = Npz::open(&gold).unwrap_or_else(|e| panic!("{file}: no golden: {e}"));
-    let all = sizes(&npz, &archive_names(&gold));
-    assert!(all.len() >= 2, "{file}: golden has {} sizes", all.len());
-    let dir = tempfile::tempdir().unwrap();
-    for (sfx, shape) in all {
-        let [b, _, h, w] = shape[..] else {
-            panic!("{file}: images{sfx} is {shape:?}")
-        };
-        let out = dir.path().join(format!("{stem}{sfx}.onnx"));
-        let (imgsz, batch) = (format!("{h},{w}"), b.to_string());
-        let r = run(&[
-            "export",
-            &path(file),
-            "-o",
-            out.to_str().unwrap(),
-            "--runtime",
-            "ort",
-            "--imgsz",
-            &imgsz,
-            "--batch",
-            &batch,
-        ]);
-        let what = format!("{file} {b}x{h}x{w}");
-        assert_eq!(
-            r.status.code(),
-            Some(0),
-            "{what}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
-        let got = ort_run(&out, npz.get(&format!("images{sfx}")).unwrap());
-        let mut compared = 0;
-        for (i, (name, g)) in got.iter().enumerate() {
-            assert_eq!(*name, format!("output{i}"), "{what}: output order");
-            let want = npz
-                .get(&format!("{name}{sfx}"))
-                .unwrap_or_else(|| panic!("{what}: the release gave no {name}"));
-            assert_eq!(g.shape(), want.shape.as_slice(), "{what}: {name} shape");
-            let g: Vec<f32> = g.iter().copied().collect();
-            let label = format!("{what} {name}");
-            assert_channels(&label, &want.shape, &g, &want.data, PER_CHANNEL);
-            compared += 1;
-        }
-        assert!(
-            npz.get(&format!("output{compared}{sfx}")).is_none(),
-            "{what}: the release has more outputs than the ONNX's {compared}"
-        );
-    }
+    export_at_each_size(
+        &fixture(&format!("releases/{file}")),
+        &gold,
+        |what, npz, sfx, got| {
+            let mut compared = 0;
+            for (i, (name, g)) in got.iter().enumerate() {
+                assert_eq!(*name, format!("output{i}"), "{what}: output order");
+                let want = npz
+                    .get(&format!("{name}{sfx}"))
+                    .unwrap_or_else(|| panic!("{what}: the release gave no {name}"));
+                assert_eq!(g.shape(), want.shape.as_slice(), "{what}: {name} shape");
+                let g: Vec<f32> = g.iter().copied().collect();
+                let label = format!("{what} {name}");
+                assert_channels(&label, &want.shape, &g, &want.data, PER_CHANNEL);
+                compared += 1;
+            }
+            assert!(
+                npz.get(&format!("output{compared}{sfx}")).is_none(),
+                "{what}: the release has more outputs than the ONNX's {compared}"
+            );
+        },
+    );
 }
 
 /// Declares one test per release checkpoint that exports, and the list the coverage test reads.
