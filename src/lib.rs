@@ -16,6 +16,7 @@ pub mod parity;
 pub mod progress;
 pub mod reference;
 pub mod runtime;
+pub mod sarif;
 pub mod signals;
 pub mod tensor;
 pub mod write;

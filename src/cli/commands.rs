@@ -5,7 +5,8 @@ use serde_json::json;
 use super::progress::Bar;
 
 use super::{
-    DiffArgs, EXIT_CHECK_FAILED, EXIT_OK, FoldArgs, InspectArgs, SelectArgs, fail, render,
+    DiffArgs, EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, FoldArgs, InspectArgs, InspectFormat,
+    SelectArgs, fail, render,
 };
 use crate::ema::{self, FoldOptions, Selectors};
 use crate::write::{self, OutDType};
@@ -27,77 +28,217 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
     }
 }
 
+/// What `inspect` found in one file.
+enum Verdict {
+    /// Read and judged.
+    Read(Box<crate::inspect::Report>),
+    /// Not readable; the globals its pickles named before the failure, judged.
+    Unreadable(String, crate::checkpoint::judge::Judgement),
+}
+
+impl Verdict {
+    fn findings(&self) -> &[crate::checkpoint::judge::Finding] {
+        match self {
+            Verdict::Read(r) => &r.findings,
+            Verdict::Unreadable(_, j) => &j.findings,
+        }
+    }
+}
+
+fn verdict(
+    file: &std::path::Path,
+    tree: bool,
+    allow: &crate::checkpoint::judge::AllowList,
+) -> Verdict {
+    let ckpt = match crate::io::open(file) {
+        Ok(c) => c,
+        Err(e) => {
+            let judged = crate::checkpoint::judge::judge(&e.named, allow);
+            return Verdict::Unreadable(e.to_string(), judged);
+        }
+    };
+    match crate::inspect::inspect(&ckpt, tree, allow) {
+        Ok(r) => Verdict::Read(Box::new(r)),
+        Err(e) => Verdict::Unreadable(
+            format!("{}: {e}", file.display()),
+            crate::checkpoint::judge::Judgement::default(),
+        ),
+    }
+}
+
 pub(super) fn inspect(a: InspectArgs) -> i32 {
     let allow = match a.strict.allow_list() {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let ckpt = match crate::io::open(&a.file) {
-        Ok(c) => c,
-        Err(e) => return unreadable(&a, &allow, e),
+    let format = if a.json {
+        InspectFormat::Json
+    } else {
+        a.format
     };
-    let report = match crate::inspect::inspect(&ckpt, a.tree, &allow) {
-        Ok(r) => r,
-        Err(e) => return fail(format_args!("{}: {e}", a.file.display())),
-    };
-    if a.json {
-        if let Err(code) = print_json(&report) {
-            return code;
+    let verdicts: Vec<Verdict> = a.files.iter().map(|f| verdict(f, a.tree, &allow)).collect();
+    let printed = match format {
+        InspectFormat::Text if a.quiet => Ok(()),
+        InspectFormat::Text => {
+            print_text(&a, &verdicts);
+            Ok(())
         }
-    } else {
-        print!("{}", render::inspect_text(&report));
+        InspectFormat::Json => {
+            let each: Result<Vec<serde_json::Value>, _> = a
+                .files
+                .iter()
+                .zip(&verdicts)
+                .map(|(f, v)| verdict_json(f, v))
+                .collect();
+            match each {
+                Err(e) => Err(fail(e)),
+                Ok(each) if each.len() == 1 => print_json(&each[0]),
+                Ok(each) => print_json(&each),
+            }
+        }
+        InspectFormat::Sarif => {
+            let names: Vec<String> = a.files.iter().map(|f| f.display().to_string()).collect();
+            let files: Vec<crate::sarif::FileVerdict> = names
+                .iter()
+                .zip(&verdicts)
+                .map(|(path, v)| crate::sarif::FileVerdict {
+                    path,
+                    findings: v.findings(),
+                    error: match v {
+                        Verdict::Unreadable(e, _) => Some(e.clone()),
+                        Verdict::Read(_) => None,
+                    },
+                })
+                .collect();
+            print_json(&crate::sarif::log(&files))
+        }
+    };
+    if let Err(code) = printed {
+        return code;
     }
-    if report.findings.is_empty() {
-        return EXIT_OK;
+    // Exit: 1 when any file has a finding (the security verdict comes first), else 2 when any
+    // cannot be read, else 0.
+    let mut code = EXIT_OK;
+    for (file, v) in a.files.iter().zip(&verdicts) {
+        match v {
+            Verdict::Unreadable(e, j) if j.findings.is_empty() => {
+                eprintln!("fuse-ema: error: {e}");
+                if code == EXIT_OK {
+                    code = EXIT_BAD_INPUT;
+                }
+            }
+            Verdict::Unreadable(e, j) => {
+                eprintln!("fuse-ema: error: {e}");
+                danger(file, &a, &j.findings, true);
+                code = EXIT_CHECK_FAILED;
+            }
+            Verdict::Read(r) if !r.findings.is_empty() => {
+                danger(file, &a, &r.findings, false);
+                code = EXIT_CHECK_FAILED;
+            }
+            Verdict::Read(_) => {}
+        }
     }
-    if a.strict.strict {
-        super::strict_message(&a.file, &report.findings);
+    code
+}
+
+/// The one-line verdict on stderr for a file with findings.
+fn danger(
+    file: &std::path::Path,
+    a: &InspectArgs,
+    findings: &[crate::checkpoint::judge::Finding],
+    unreadable: bool,
+) {
+    let dangerous = findings
+        .iter()
+        .any(|f| f.kind == crate::checkpoint::judge::FindingKind::Dangerous);
+    if a.strict.strict && !unreadable {
+        super::strict_message(file, findings);
     } else {
-        let label = if report.dangerous.is_empty() {
-            "NOT ALLOWED"
-        } else {
+        let label = if dangerous || unreadable {
             "DANGER"
+        } else {
+            "NOT ALLOWED"
         };
         eprintln!(
             "fuse-ema: {label}: {}: {} (torch.load would import or run these; see docs/security.md)",
-            a.file.display(),
-            crate::checkpoint::judge::summary(&report.findings)
+            file.display(),
+            crate::checkpoint::judge::summary(findings)
         );
     }
-    EXIT_CHECK_FAILED
 }
 
-/// A file that cannot be read: exit 2, unless the globals it named before the failure already
-/// fail the judgement (Python imports, and may call, each one as it reaches it) — then they are
-/// reported and the exit code is 1.
-fn unreadable(
-    a: &InspectArgs,
-    allow: &crate::checkpoint::judge::AllowList,
-    e: crate::io::ReadError,
-) -> i32 {
-    let judged = crate::checkpoint::judge::judge(&e.named, allow);
-    if judged.findings.is_empty() {
-        return fail(e);
-    }
-    eprintln!("fuse-ema: error: {e}");
-    if a.json {
-        let _ = print_json(&serde_json::json!({
-            "file": a.file.display().to_string(),
-            "error": e.to_string(),
-            "globals": judged.globals,
-            "findings": judged.findings,
-        }));
-    } else {
-        for f in &judged.findings {
-            println!("  {f} (named by the file's pickles before it was refused)");
+fn print_text(a: &InspectArgs, verdicts: &[Verdict]) {
+    let several = verdicts.len() > 1;
+    for (i, (file, v)) in a.files.iter().zip(verdicts).enumerate() {
+        if several {
+            if i > 0 {
+                println!();
+            }
+            println!("== {} ==", file.display());
+        }
+        match v {
+            Verdict::Read(r) => print!("{}", render::inspect_text(r)),
+            Verdict::Unreadable(_, j) => {
+                for f in &j.findings {
+                    println!("  {f} (named by the file's pickles before it was refused)");
+                }
+            }
         }
     }
-    eprintln!(
-        "fuse-ema: DANGER: {}: {} (torch.load would import or run these; see docs/security.md)",
-        a.file.display(),
-        crate::checkpoint::judge::summary(&judged.findings)
-    );
-    EXIT_CHECK_FAILED
+}
+
+fn verdict_json(
+    file: &std::path::Path,
+    v: &Verdict,
+) -> Result<serde_json::Value, serde_json::Error> {
+    match v {
+        Verdict::Read(r) => serde_json::to_value(r),
+        Verdict::Unreadable(e, j) => Ok(json!({
+            "file": file.display().to_string(),
+            "error": e,
+            "globals": j.globals,
+            "findings": j.findings,
+        })),
+    }
+}
+
+/// `completions`: the script for `shell` on stdout.
+pub(super) fn completions(shell: clap_complete::Shell, cmd: &mut clap::Command) -> i32 {
+    clap_complete::generate(shell, cmd, "fuse-ema", &mut std::io::stdout());
+    EXIT_OK
+}
+
+/// `man`: fuse-ema.1 on stdout, or a page per command written into `dir`.
+pub(super) fn man(dir: Option<&std::path::Path>, cmd: clap::Command) -> i32 {
+    let Some(dir) = dir else {
+        let mut out = std::io::stdout().lock();
+        return match clap_mangen::Man::new(cmd).render(&mut out) {
+            Ok(()) => EXIT_OK,
+            Err(e) => fail(format_args!("man page: {e}")),
+        };
+    };
+    let mut pages = vec![("fuse-ema".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("fuse-ema-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let mut bytes = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(page).render(&mut bytes) {
+            return fail(format_args!("man page {name}: {e}"));
+        }
+        let path = dir.join(format!("{name}.1"));
+        let written = write::AtomicFile::create(&path, &[]).and_then(|mut f| {
+            std::io::Write::write_all(f.file(), &bytes)
+                .map_err(|e| write::WriteError::new(&path, e.to_string()))?;
+            f.commit()
+        });
+        if let Err(e) = written {
+            return fail(e);
+        }
+    }
+    EXIT_OK
 }
 
 pub(super) fn fold(a: FoldArgs) -> i32 {

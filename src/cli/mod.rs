@@ -67,7 +67,7 @@ struct SelectArgs {
 enum Command {
     /// Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals.
     #[command(
-        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read\n(1 when the globals it named before the read failed are already findings)."
+        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n  fuse-ema inspect --strict --format sarif models/*.pt > fuse-ema.sarif   # code scanning\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read\n(1 when the globals it named before the read failed are already findings). With several files:\n1 when any has a finding, else 2 when any cannot be read, else 0."
     )]
     Inspect(InspectArgs),
     /// Write the EMA weights alone, under the model's own names (.safetensors or .pt).
@@ -90,6 +90,30 @@ enum Command {
         after_help = "Examples:\n  fuse-ema verify model.onnx --checkpoint best.pt\n  fuse-ema verify yolo-exported.onnx --checkpoint last.pt --json\n  fuse-ema verify model.onnx --checkpoint last.pt --golden io.npz\n\nRuns the ONNX in ONNX Runtime and the checkpoint's EMA in the reference interpreter on the\nONNX's input shape; compares outputs and detections; compares the ONNX initializers with the EMA\nand raw weights (BatchNorm folded) and says plainly when the ONNX holds the raw weights.\nExit codes: 0 verified, 1 parity failed or not the EMA's weights, 2 bad input."
     )]
     Verify(VerifyArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  fuse-ema completions bash > ~/.local/share/bash-completion/completions/fuse-ema\n  fuse-ema completions zsh > ~/.zfunc/_fuse-ema      # with fpath+=~/.zfunc in ~/.zshrc\n  fuse-ema completions fish > ~/.config/fish/completions/fuse-ema.fish\n  fuse-ema completions powershell >> $PROFILE\n\nExit codes: 0 printed, 2 usage."
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a folder.
+    #[command(
+        after_help = "Examples:\n  fuse-ema man | man -l -\n  fuse-ema man --dir ~/.local/share/man/man1   # fuse-ema.1, fuse-ema-inspect.1, …\n\nExit codes: 0 written, 2 the folder cannot be written."
+    )]
+    Man(ManArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args)]
+struct ManArgs {
+    /// Write fuse-ema.1 and fuse-ema-<command>.1 into this folder instead of printing fuse-ema.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 /// How parity is checked.
@@ -176,13 +200,34 @@ struct ExportArgs {
     strict: StrictArgs,
 }
 
+/// How `inspect` reports.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug, Default)]
+enum InspectFormat {
+    /// Readable text.
+    #[default]
+    Text,
+    /// The report as JSON (docs/inspect-json.md); an array of reports for several files.
+    Json,
+    /// SARIF 2.1.0 for code scanning: one result per finding, at its file (docs/ci.md).
+    Sarif,
+}
+
 #[derive(clap::Args)]
 struct InspectArgs {
-    /// Checkpoint: .pt .pth .ckpt .bin .pth.tar, legacy torch, .safetensors, a shard index or its folder.
-    file: PathBuf,
-    /// Print the report as JSON (schema: docs/inspect-json.md).
-    #[arg(long)]
+    /// Checkpoints: .pt .pth .ckpt .bin .pth.tar, legacy torch, .safetensors, a shard index or its
+    /// folder. Several files are judged one by one (as a pre-commit hook passes them).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Print the report as JSON (schema: docs/inspect-json.md); the same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = InspectFormat::Text)]
+    format: InspectFormat,
+    /// Print only the verdict lines of files with findings or errors (on stderr), no reports:
+    /// what a pre-commit hook or a CI gate wants.
+    #[arg(short, long, conflicts_with_all = ["json", "format", "tree"])]
+    quiet: bool,
     /// Also print the module tree with classes.
     #[arg(long)]
     tree: bool,
@@ -242,10 +287,11 @@ struct DiffArgs {
 pub fn run() -> i32 {
     // `fuse-ema CKPT -o OUT.onnx` is shorthand for `fuse-ema export CKPT -o OUT.onnx`.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let known = ["inspect", "fold", "diff", "export", "verify", "help"];
+    let cmd = <Cli as clap::CommandFactory>::command();
     if let Some(first) = args.get(1).and_then(|a| a.to_str())
         && !first.starts_with('-')
-        && !known.contains(&first)
+        && first != "help"
+        && cmd.find_subcommand(first).is_none()
     {
         args.insert(1, "export".into());
     }
@@ -262,6 +308,12 @@ pub fn run() -> i32 {
     };
     match cli.command {
         Command::Inspect(a) => commands::inspect(a),
+        Command::Completions(a) => {
+            commands::completions(a.shell, &mut <Cli as clap::CommandFactory>::command())
+        }
+        Command::Man(a) => {
+            commands::man(a.dir.as_deref(), <Cli as clap::CommandFactory>::command())
+        }
         Command::Fold(a) => commands::fold(a),
         Command::Diff(a) => commands::diff(a),
         Command::Export(a) => export::export(a),
