@@ -133,3 +133,33 @@ fn one_class_semantic_matches_pytorch() {
 fn calibrated_depth_matches_pytorch() {
     check_golden("yolo26n-depth-calibrated");
 }
+
+/// `--half`: f16 inside the graph, and the class map stays uint8 (no Cast back to float32 on an
+/// integer output); the export's own parity check (f16 limits, label near-ties) passes.
+#[test]
+fn half_exports_keep_the_class_map_integer() {
+    for (stem, elem) in [
+        ("yolo26n-semantic", ElemType::Uint8),
+        ("yolo26n-depth", ElemType::Float),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.onnx");
+        let ckpt = fixture(&format!("families/{stem}.pt"));
+        let r = common::golden::export(&ckpt, &out, &["--half"]);
+        assert_eq!(
+            r.status.code(),
+            Some(0),
+            "{stem}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let model = fuse_ema::onnx::read::parse(&std::fs::read(&out).unwrap(), Some(&out)).unwrap();
+        assert_eq!(model.outputs[0].elem, elem, "{stem}");
+        assert!(
+            model
+                .initializers
+                .iter()
+                .any(|t| t.elem == ElemType::Float16),
+            "{stem}: f16 weights"
+        );
+    }
+}
