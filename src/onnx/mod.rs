@@ -267,9 +267,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     results.append(&mut bld.extra_outputs);
     let mut outputs = Vec::new();
     // A class map (integer) output is not cast back to float in half mode.
-    let elems: Vec<Option<ElemType>> = (0..results.len())
-        .map(|i| if i == 0 { bld.main_elem } else { None })
-        .collect();
+    let elems: Vec<Option<ElemType>> = results.iter().map(|v| bld.integer_elem(&v.name)).collect();
     for (i, out) in results.iter().enumerate() {
         let name = format!("output{i}");
         let last = if opts.half && elems[i].is_none() {

@@ -258,7 +258,7 @@ impl Builder<'_> {
             &[&labels],
             vec![("to", Attr::Int(elem as i64))],
         );
-        self.main_elem = Some(elem);
+        self.integer_values.push((cast.clone(), elem));
         Ok(V {
             name: cast,
             shape: vec![n, h, w],

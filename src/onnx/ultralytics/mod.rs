@@ -17,9 +17,9 @@ pub struct Builder<'g> {
     pub b: GraphBuilder,
     /// Outputs beyond the model's main one (`Segment`'s prototypes), in order.
     pub extra_outputs: Vec<V>,
-    /// The main output's element type when it is not the compute type (`SemanticSegment`'s
-    /// class map); `None` for a float output.
-    pub main_elem: Option<ElemType>,
+    /// Values whose element type is not the compute type (`SemanticSegment`'s class map), by
+    /// name: an output named here keeps its type (no Cast back to float32 in half mode).
+    pub integer_values: Vec<(String, ElemType)>,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -29,9 +29,16 @@ impl<'g> Builder<'g> {
         Builder {
             b,
             extra_outputs: Vec::new(),
-            main_elem: None,
+            integer_values: Vec::new(),
             _g: std::marker::PhantomData,
         }
+    }
+
+    /// The element type of the value `name` when it is not the compute type.
+    pub fn integer_elem(&self, name: &str) -> Option<ElemType> {
+        (self.integer_values.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, e)| *e)
     }
 
     /// Whether the builder emits `class` wherever a module runs.
