@@ -2,6 +2,7 @@
 //! them. The modules follow the pipeline: [`io`] reads files into the [`checkpoint`] object model,
 //! [`inspect`] reports on it, and [`cli`] parses arguments and renders results.
 
+pub mod average;
 pub mod checkpoint;
 pub mod cli;
 pub mod convert;

@@ -97,6 +97,8 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
         force_external: false,
         external_name: "model.onnx.data".into(),
         scratch_dir: None,
+        end2end: false,
+        max_det: 300,
     };
     let export = fuse_ema::onnx::export(ckpt, &opts)
         .expect_err("the export refuses")

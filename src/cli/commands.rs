@@ -18,6 +18,27 @@ fn selectors(s: &SelectArgs) -> Selectors {
     }
 }
 
+/// The EMA of `ckpt` as the selectors say, and the files of any other checkpoint it came from:
+/// `--ema PATH` opens that checkpoint (judged like the first under `--strict`), whose files are
+/// inputs too (never written over).
+fn locate(
+    ckpt: &crate::checkpoint::Checkpoint,
+    sel: &Selectors,
+    strict: &super::StrictArgs,
+) -> Result<(ema::Located, Vec<std::path::PathBuf>), i32> {
+    let Some(path) = sel.ema_path() else {
+        return ema::locate(ckpt, sel)
+            .map(|l| (l, Vec::new()))
+            .map_err(fail);
+    };
+    let other = super::open_strict(path, strict)?;
+    if let Some(code) = super::strict_refusal(&other, strict) {
+        return Err(code);
+    }
+    let l = ema::locate_in(ckpt, &other, sel).map_err(fail)?;
+    Ok((l, write::checkpoint_inputs(path, &other)))
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
     match serde_json::to_string_pretty(v) {
         Ok(s) => {
@@ -203,6 +224,127 @@ fn verdict_json(
     }
 }
 
+pub(super) fn average(a: super::AverageArgs) -> i32 {
+    use crate::average::{self, Input, Method, Source};
+    let Some(dtype) = OutDType::parse(&a.dtype) else {
+        return fail(format_args!(
+            "--dtype {}: expected keep, f32, f16 or bf16",
+            a.dtype
+        ));
+    };
+    let method = match (&a.weights, a.ema_decay) {
+        (Some(w), _) => Method::Weighted { weights: w.clone() },
+        (None, Some(decay)) => Method::Ema {
+            decay,
+            every: a.every,
+        },
+        (None, None) => Method::Uniform,
+    };
+    if let Err(e) = method.check(a.files.len()) {
+        return fail(e);
+    }
+    let ext = a
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let torch_out = matches!(ext.as_str(), "pt" | "pth" | "bin");
+    if !torch_out && ext != "safetensors" {
+        return fail(format_args!(
+            "{}: output must end in .safetensors, .pt, .pth or .bin",
+            a.output.display()
+        ));
+    }
+    let source = match a.source {
+        super::AverageSource::Ema => Source::Ema,
+        super::AverageSource::Raw => Source::Raw,
+    };
+    let mut contributions = Vec::with_capacity(a.files.len());
+    let mut input_paths = Vec::new();
+    for f in &a.files {
+        let ckpt = match super::open_strict(f, &a.strict) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
+            return code;
+        }
+        input_paths.extend(write::checkpoint_inputs(f, &ckpt));
+        match average::contribution(&ckpt, source) {
+            Ok(c) => contributions.push((f.display().to_string(), c)),
+            Err(e) => return fail(e),
+        }
+    }
+    let inputs: Vec<Input> = contributions
+        .iter()
+        .map(|(file, (tensors, _))| Input { file, tensors })
+        .collect();
+    let dir = match a.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let scratch = match tempfile::tempfile_in(&dir) {
+        Ok(f) => f,
+        Err(e) => return fail(format_args!("{}: scratch file: {e}", dir.display())),
+    };
+    let (tensors, report) = match average::average(&inputs, &method, scratch) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let paths: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
+    let written = if torch_out {
+        write::torch_zip::write(&a.output, &paths, &tensors, dtype, &Bar::new("average"))
+            .map(|()| vec![a.output.clone()])
+    } else {
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        meta.insert(
+            "producer".to_string(),
+            format!("fuse-ema {} average", env!("CARGO_PKG_VERSION")),
+        );
+        meta.insert(
+            "average".to_string(),
+            serde_json::to_string(&report).unwrap_or_default(),
+        );
+        write::safetensors::write(
+            &a.output,
+            &paths,
+            &tensors,
+            dtype,
+            &meta,
+            None,
+            &Bar::new("average"),
+        )
+    };
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    if a.json {
+        let v = json!({
+            "inputs": contributions.iter().map(|(f, (_, origin))| json!({"file": f, "weights": origin})).collect::<Vec<_>>(),
+            "average": report,
+            "outputs": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        });
+        if let Err(code) = print_json(&v) {
+            return code;
+        }
+    } else {
+        for ((f, (_, origin)), w) in contributions.iter().zip(&report.weights) {
+            println!("  {w:.6}  {f}: {origin}");
+        }
+        println!(
+            "wrote {} ({} tensors: {} averaged, {} from the last checkpoint)",
+            a.output.display(),
+            report.tensors,
+            report.averaged,
+            report.from_last.len()
+        );
+    }
+    EXIT_OK
+}
+
 /// `completions`: the script for `shell` on stdout.
 pub(super) fn completions(shell: clap_complete::Shell, cmd: &mut clap::Command) -> i32 {
     clap_complete::generate(shell, cmd, "fuse-ema", &mut std::io::stdout());
@@ -282,9 +424,9 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
     if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
         return code;
     }
-    let located = match ema::locate(&ckpt, &selectors(&a.select)) {
+    let (located, ema_inputs) = match locate(&ckpt, &selectors(&a.select), &a.strict) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let folded = match ema::fold(
         &located,
@@ -296,7 +438,8 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    let mut input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    input_paths.extend(ema_inputs);
     let inputs: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
     let written = if torch_out {
         write::torch_zip::write(
@@ -354,9 +497,9 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let located = match ema::locate(&ckpt, &sel) {
+    let (located, _) = match locate(&ckpt, &sel, &super::StrictArgs::default()) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let against = match &a.against {
         Some(other) => match crate::io::open(other) {

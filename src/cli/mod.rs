@@ -82,7 +82,7 @@ enum Command {
     Diff(DiffArgs),
     /// Build an ONNX model from the checkpoint's own module tree, EMA weights folded in.
     #[command(
-        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
+        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolo26n.pt -o e2e.onnx --end2end --max-det 100   # NMS-free top-k rows\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
     )]
     Export(ExportArgs),
     /// Check an ONNX model against a checkpoint's EMA: outputs, and which weights it holds.
@@ -90,6 +90,11 @@ enum Command {
         after_help = "Examples:\n  fuse-ema verify model.onnx --checkpoint best.pt\n  fuse-ema verify yolo-exported.onnx --checkpoint last.pt --json\n  fuse-ema verify model.onnx --checkpoint last.pt --golden io.npz\n\nRuns the ONNX in ONNX Runtime and the checkpoint's EMA in the reference interpreter on the\nONNX's input shape; compares outputs and detections; compares the ONNX initializers with the EMA\nand raw weights (BatchNorm folded) and says plainly when the ONNX holds the raw weights.\nExit codes: 0 verified, 1 parity failed or not the EMA's weights, 2 bad input."
     )]
     Verify(VerifyArgs),
+    /// Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints.
+    #[command(
+        after_help = "Examples:\n  fuse-ema average epoch10.pt epoch11.pt epoch12.pt -o swa.safetensors          # SWA / soup\n  fuse-ema average a.pt b.pt -o soup.pt --weights 0.7,0.3\n  fuse-ema average epoch*.pt -o ema.safetensors --ema-decay 0.9999 --every 500  # EMA replay\n  fuse-ema average run1/last.pt run2/last.pt -o mix.safetensors --source raw\n\nEach checkpoint contributes its EMA (integer buffers from its raw model) when it has one, else\nits only weight set; --source raw takes the raw weights. Uniform is AveragedModel's running\nmean; the EMA replay starts from the first checkpoint and applies d^every per checkpoint;\nweighted sums run in f64. BatchNorm statistics are averaged like parameters (recalibrate when\nthe checkpoints come from different runs); integer buffers come from the last checkpoint.\nStreams tensor by tensor: memory stays at about one tensor per input.\nExit codes: 0 written, 1 refused by --strict, 2 inputs of different models / no weights /\nbad input."
+    )]
+    Average(AverageArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  fuse-ema completions bash > ~/.local/share/bash-completion/completions/fuse-ema\n  fuse-ema completions zsh > ~/.zfunc/_fuse-ema      # with fpath+=~/.zfunc in ~/.zshrc\n  fuse-ema completions fish > ~/.config/fish/completions/fuse-ema.fish\n  fuse-ema completions powershell >> $PROFILE\n\nExit codes: 0 printed, 2 usage."
@@ -100,6 +105,53 @@ enum Command {
         after_help = "Examples:\n  fuse-ema man | man -l -\n  fuse-ema man --dir ~/.local/share/man/man1   # fuse-ema.1, fuse-ema-inspect.1, …\n\nExit codes: 0 written, 2 the folder cannot be written."
     )]
     Man(ManArgs),
+}
+
+#[derive(clap::Args)]
+struct AverageArgs {
+    /// Checkpoints of one model, in order (the EMA replay runs oldest to newest).
+    #[arg(required = true, num_args = 2.., value_name = "CKPT")]
+    files: Vec<PathBuf>,
+    /// Output: `.safetensors`, or `.pt` / `.pth` / `.bin` for a torch state dict.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Equal weights (the default): SWA, a uniform model soup.
+    #[arg(long, conflicts_with_all = ["weights", "ema_decay"])]
+    uniform: bool,
+    /// One weight per checkpoint, normalised by their sum (`0.7,0.3`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "W,…",
+        conflicts_with = "ema_decay"
+    )]
+    weights: Option<Vec<f64>>,
+    /// Replay an EMA with this per-step decay over the checkpoints in order.
+    #[arg(long, value_name = "D")]
+    ema_decay: Option<f64>,
+    /// With --ema-decay: the checkpoints were saved this many steps apart.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "ema_decay")]
+    every: u32,
+    /// Which weights of each checkpoint: ema (its EMA where it has one) or raw.
+    #[arg(long, value_enum, default_value_t = AverageSource::Ema)]
+    source: AverageSource,
+    /// dtype of floating tensors written: keep, f32, f16, bf16.
+    #[arg(long, default_value = "keep", value_name = "DTYPE")]
+    dtype: String,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
+}
+
+/// `average --source`.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum AverageSource {
+    /// The EMA where a checkpoint has one.
+    Ema,
+    /// The raw (trained) weights.
+    Raw,
 }
 
 #[derive(clap::Args)]
@@ -176,6 +228,14 @@ struct ExportArgs {
     /// Dynamic batch dimension.
     #[arg(long)]
     dynamic: bool,
+    /// NMS-free output of YOLOv10 / YOLO26 heads, as `yolo export nms=False`: the one-to-one
+    /// branches, top-k inside the graph, output0 (B, max-det, 6 + extra): x1 y1 x2 y2 score class
+    /// (OBB: cx cy w h score class angle), then mask coefficients or keypoints.
+    #[arg(long)]
+    end2end: bool,
+    /// Rows kept by --end2end (clamped to the number of anchors, as Ultralytics does).
+    #[arg(long, default_value_t = 300, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_det: u32,
     /// ONNX opset (13–21; 17 suits TensorRT 8.6+).
     #[arg(long, default_value_t = 17)]
     opset: i64,
@@ -308,6 +368,7 @@ pub fn run() -> i32 {
     };
     match cli.command {
         Command::Inspect(a) => commands::inspect(a),
+        Command::Average(a) => commands::average(a),
         Command::Completions(a) => {
             commands::completions(a.shell, &mut <Cli as clap::CommandFactory>::command())
         }

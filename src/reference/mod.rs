@@ -13,6 +13,7 @@ use std::fmt;
 use ops::T;
 
 use crate::checkpoint::py::M;
+use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
 use crate::models::{Backend, In, Net};
 
@@ -54,6 +55,8 @@ pub struct Reference<'g> {
     pub class_logits: Option<T>,
     /// Round the input and every module's output to f16 (see [`Reference::emulating_f16`]).
     pub(crate) f16: bool,
+    /// What the detection heads output (see [`Reference::with_head`]).
+    pub(crate) head: HeadOptions,
 }
 
 impl<'g> Reference<'g> {
@@ -64,7 +67,15 @@ impl<'g> Reference<'g> {
             extra: Vec::new(),
             class_logits: None,
             f16: false,
+            head: HeadOptions::default(),
         })
+    }
+
+    /// The same interpreter with the detection heads evaluated as `head` says (`--end2end`:
+    /// the one-to-one branches, post-processed into top-k rows).
+    pub fn with_head(mut self, head: HeadOptions) -> Reference<'g> {
+        self.head = head;
+        self
     }
 
     /// The same interpreter with f16 storage emulated: convolution weights and biases

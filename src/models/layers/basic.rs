@@ -169,6 +169,11 @@ impl Builder<'_> {
     /// `nn.Upsample(scale_factor, mode='nearest')` as `Resize`.
     pub(crate) fn upsample(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let f = upsample_factor(m)?;
+        self.resize_nearest(scope, x, f)
+    }
+
+    /// Nearest-neighbour `Resize` of `x` by `f` (`F.interpolate(scale_factor=f)`).
+    pub(crate) fn resize_nearest(&mut self, scope: &str, x: &V, f: f64) -> R<V> {
         let [xn, xc, xh, xw] = check::nchw(x, scope)?;
         let scales = self
             .b

@@ -5,6 +5,7 @@
 pub(crate) mod check;
 
 use crate::checkpoint::py::{M, R};
+use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
 use crate::models::{Backend, In, Net};
 
@@ -20,6 +21,8 @@ pub struct Builder<'g> {
     /// Values whose element type is not the compute type (`SemanticSegment`'s class map), by
     /// name: an output named here keeps its type (no Cast back to float32 in half mode).
     pub integer_values: Vec<(String, ElemType)>,
+    /// What the detection heads output (one-to-many, or end-to-end rows).
+    pub head: HeadOptions,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -30,6 +33,7 @@ impl<'g> Builder<'g> {
             b,
             extra_outputs: Vec::new(),
             integer_values: Vec::new(),
+            head: HeadOptions::default(),
             _g: std::marker::PhantomData,
         }
     }

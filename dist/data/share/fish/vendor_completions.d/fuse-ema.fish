@@ -31,6 +31,7 @@ complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "fold" -d 'Write t
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "diff" -d 'Measure how far the EMA has drifted from the raw weights (or one checkpoint from another)'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "export" -d 'Build an ONNX model from the checkpoint\'s own module tree, EMA weights folded in'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "verify" -d 'Check an ONNX model against a checkpoint\'s EMA: outputs, and which weights it holds'
+complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "average" -d 'Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "man" -d 'Print the man page (roff), or write one page per command into a folder'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -39,6 +40,7 @@ json\t'The report as JSON (docs/inspect-json.md); an array of reports for severa
 sarif\t'SARIF 2.1.0 for code scanning: one result per finding, at its file (docs/ci.md)'"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -l json -d 'Print the report as JSON (schema: docs/inspect-json.md); the same as `--format json`'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -s q -l quiet -d 'Print only the verdict lines of files with findings or errors (on stderr), no reports: what a pre-commit hook or a CI gate wants'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -l tree -d 'Also print the module tree with classes'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -l strict -d 'Refuse (exit 1, write nothing) when any global is outside the allow-list, used against its role, dotted, or part of a gadget chain (docs/security.md)'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -63,6 +65,7 @@ complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand diff" -s h -l help -d 
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -s o -l output -d 'Output .onnx file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l imgsz -d 'Input size: N, or H,W. Default: the training size' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l batch -d 'Batch size of the input' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l max-det -d 'Rows kept by --end2end (clamped to the number of anchors, as Ultralytics does)' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l opset -d 'ONNX opset (13–21; 17 suits TensorRT 8.6+)' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l source -d 'Which weights: ema (default) or raw' -r -f -a "ema\t''
 raw\t''"
@@ -79,6 +82,7 @@ tensorrt\t''"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l report -d 'Write the parity report as JSON to this file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l dynamic -d 'Dynamic batch dimension'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l end2end -d 'NMS-free output of YOLOv10 / YOLO26 heads, as `yolo export nms=False`: the one-to-one branches, top-k inside the graph, output0 (B, max-det, 6 + extra): x1 y1 x2 y2 score class (OBB: cx cy w h score class angle), then mask coefficients or keypoints'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l half -d 'f16 weights and compute, f32 input and output'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l no-parity -d 'Skip the parity check'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l external-data -d 'Write the weights to OUT.onnx.data beside the model (automatic above 1.9 GB)'
@@ -99,14 +103,27 @@ tensorrt\t''"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l report -d 'Write the parity report as JSON to this file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l json -d 'Print the report as JSON'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -s o -l output -d 'Output: `.safetensors`, or `.pt` / `.pth` / `.bin` for a torch state dict' -r -F
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l weights -d 'One weight per checkpoint, normalised by their sum (`0.7,0.3`)' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l ema-decay -d 'Replay an EMA with this per-step decay over the checkpoints in order' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l every -d 'With --ema-decay: the checkpoints were saved this many steps apart' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l source -d 'Which weights of each checkpoint: ema (its EMA where it has one) or raw' -r -f -a "ema\t'The EMA where a checkpoint has one'
+raw\t'The raw (trained) weights'"
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l dtype -d 'dtype of floating tensors written: keep, f32, f16, bf16' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l uniform -d 'Equal weights (the default): SWA, a uniform model soup'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l json -d 'Print what was done as JSON'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l strict -d 'Refuse (exit 1, write nothing) when any global is outside the allow-list, used against its role, dotted, or part of a gadget chain (docs/security.md)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand man" -l dir -d 'Write fuse-ema.1 and fuse-ema-<command>.1 into this folder instead of printing fuse-ema.1' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand man" -s h -l help -d 'Print help'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify completions man help" -f -a "inspect" -d 'Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify completions man help" -f -a "fold" -d 'Write the EMA weights alone, under the model\'s own names (.safetensors or .pt)'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify completions man help" -f -a "diff" -d 'Measure how far the EMA has drifted from the raw weights (or one checkpoint from another)'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify completions man help" -f -a "export" -d 'Build an ONNX model from the checkpoint\'s own module tree, EMA weights folded in'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify completions man help" -f -a "verify" -d 'Check an ONNX model against a checkpoint\'s EMA: outputs, and which weights it holds'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify completions man help" -f -a "man" -d 'Print the man page (roff), or write one page per command into a folder'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "inspect" -d 'Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "fold" -d 'Write the EMA weights alone, under the model\'s own names (.safetensors or .pt)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "diff" -d 'Measure how far the EMA has drifted from the raw weights (or one checkpoint from another)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "export" -d 'Build an ONNX model from the checkpoint\'s own module tree, EMA weights folded in'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "verify" -d 'Check an ONNX model against a checkpoint\'s EMA: outputs, and which weights it holds'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "average" -d 'Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "man" -d 'Print the man page (roff), or write one page per command into a folder'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
