@@ -110,11 +110,12 @@ impl<'g> Reference<'g> {
         Ok(outs)
     }
 
-    /// Whether the interpreter runs `class` wherever a module runs.
+    /// Whether the interpreter runs `class` wherever a module runs (a list-valued layer: in the
+    /// layer list).
     pub fn handles(class: &str) -> bool {
         matches!(
             registry::find(class).map(|l| l.kind),
-            Some(Kind::Layer { .. })
+            Some(Kind::Layer { .. } | Kind::Fork { .. })
         )
     }
 
@@ -140,7 +141,13 @@ impl<'g> Reference<'g> {
 impl Backend for Reference<'_> {
     type Value = T;
 
-    fn layer(&mut self, _path: &str, m: M<'_>, x: In<T>) -> Result<T, String> {
-        self.module(m, x).map_err(|err| err.0)
+    fn layer(&mut self, _path: &str, m: M<'_>, x: In<T>) -> Result<In<T>, String> {
+        let out = match registry::find(&m.class()).map(|l| l.kind) {
+            Some(Kind::Fork { run, .. }) => {
+                run(self, m, x).map(|ts| In::Many(ts.into_iter().map(|t| self.round(t)).collect()))
+            }
+            _ => self.module(m, x).map(In::One),
+        };
+        out.map_err(|err| err.0)
     }
 }

@@ -11,4 +11,7 @@ pub mod classify;
 pub mod conv;
 pub mod csp;
 pub mod dense;
+pub mod elan;
+pub mod ghost;
 pub mod heads;
+pub mod resnet;

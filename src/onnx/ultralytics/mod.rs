@@ -45,11 +45,12 @@ impl<'g> Builder<'g> {
             .map(|(_, e)| *e)
     }
 
-    /// Whether the builder emits `class` wherever a module runs.
+    /// Whether the builder emits `class` wherever a module runs (a list-valued layer: in the
+    /// layer list).
     pub fn handles(class: &str) -> bool {
         matches!(
             registry::find(class).map(|l| l.kind),
-            Some(Kind::Layer { .. })
+            Some(Kind::Layer { .. } | Kind::Fork { .. })
         )
     }
 
@@ -66,8 +67,11 @@ impl<'g> Builder<'g> {
 impl Backend for Builder<'_> {
     type Value = V;
 
-    fn layer(&mut self, path: &str, m: M<'_>, x: In<V>) -> R<V> {
-        self.module(path, m, x)
+    fn layer(&mut self, path: &str, m: M<'_>, x: In<V>) -> R<In<V>> {
+        match registry::find(&m.class()).map(|l| l.kind) {
+            Some(Kind::Fork { emit, .. }) => emit(self, path, m, x).map(In::Many),
+            _ => self.module(path, m, x).map(In::One),
+        }
     }
 }
 
