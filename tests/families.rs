@@ -299,6 +299,10 @@ exports! {
     yolov8n_resnet50_classify: "yolov8n-resnet50-classify" "default",
     yolov9e_detect: "yolov9e-detect" "default",
     yolov9t_detect: "yolov9t-detect" "default",
+    yolo12n_classify: "yolo12n-classify" "default",
+    yolo12n_detect: "yolo12n-detect" "default",
+    yolov10n_detect: "yolov10n-detect" "default",
+    yolov10n_detect_end2end: "yolov10n-detect" "end2end",
 }
 
 dynamic! {}
@@ -353,6 +357,16 @@ const PENDING: &[(&str, &str, &str)] = &[
         "nms",
         "error: unexpected argument '--nms'",
     ),
+    (
+        "yolo12n-detect",
+        "nms",
+        "error: unexpected argument '--nms'",
+    ),
+    (
+        "yolov10n-detect",
+        "nms",
+        "error: unexpected argument '--nms'",
+    ),
 ];
 
 #[test]
@@ -370,8 +384,6 @@ fn pending_variants_still_fail() {
 
 refused! {
     rtdetr_l_detect: "rtdetr-l-detect" "'model' is a RTDETRDetectionModel, not an Ultralytics model",
-    yolo12n_detect: "yolo12n-detect" "unsupported module classes: A2C2f, AAttn, ABlock",
-    yolov10n_detect: "yolov10n-detect" "unsupported module classes: C2fCIB, CIB, RepVGGDW, SCDown, v10Detect",
     yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel (YOLO-World): its C2fAttn layers (MaxSigmoidAttnBlock) and its WorldDetect head (BNContrastiveHead) take the class text embeddings as a second input beside the image features; the checkpoint carries them (`txt_feats` [1, 2, 512], one per class, no CLIP needed), but fuse-ema's layer walk does not pass a second input yet: export it with `yolo export`",
 }
 

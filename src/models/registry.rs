@@ -146,6 +146,8 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("elan.rs", layers::elan::LAYERS),
     ("resnet.rs", layers::resnet::LAYERS),
     ("attention.rs", layers::attention::LAYERS),
+    ("v10.rs", layers::v10::LAYERS),
+    ("area_attention.rs", layers::area_attention::LAYERS),
     ("classify.rs", layers::classify::LAYERS),
     ("heads/mod.rs", layers::heads::LAYERS),
     ("dense.rs", layers::dense::LAYERS),

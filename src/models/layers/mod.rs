@@ -5,6 +5,7 @@
 //! nodes through `onnx::graph`, the reference computes with `reference::ops`.
 
 pub mod act;
+pub mod area_attention;
 pub mod attention;
 pub mod basic;
 pub mod classify;
@@ -15,3 +16,4 @@ pub mod elan;
 pub mod ghost;
 pub mod heads;
 pub mod resnet;
+pub mod v10;

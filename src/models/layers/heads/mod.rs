@@ -48,6 +48,11 @@ pub const LAYERS: &[Layer] = &[
         "obb",
         "YOLO26 `OBB`: the raw angle (no sigmoid); `--end2end`: top-k rows",
     ),
+    detection(
+        "v10Detect",
+        "detect",
+        "YOLOv10 `Detect` (lighter class branch); one-to-many by default",
+    ),
     part(
         "DFL",
         "Detect, Segment, Pose, OBB",
