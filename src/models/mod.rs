@@ -9,6 +9,7 @@
 //! support table in `docs/export.md` all come from it.
 
 pub(crate) mod attrs;
+pub mod foreign;
 pub mod layers;
 pub mod registry;
 

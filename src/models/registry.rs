@@ -151,6 +151,7 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("classify.rs", layers::classify::LAYERS),
     ("heads/mod.rs", layers::heads::LAYERS),
     ("rtdetr/mod.rs", layers::rtdetr::LAYERS),
+    ("dense.rs", layers::dense::LAYERS),
 ];
 
 /// Model classes (the pickled root) and the task each exports as.
@@ -161,6 +162,8 @@ pub const MODELS: &[(&str, &str)] = &[
     ("OBBModel", "obb"),
     ("ClassificationModel", "classify"),
     ("RTDETRDetectionModel", "detect"),
+    ("DepthModel", "depth"),
+    ("SemanticSegmentationModel", "semantic"),
 ];
 
 /// Every registered class, in table order.

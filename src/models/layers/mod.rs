@@ -11,6 +11,7 @@ pub mod basic;
 pub mod classify;
 pub mod conv;
 pub mod csp;
+pub mod dense;
 pub mod elan;
 pub mod ghost;
 pub mod heads;
