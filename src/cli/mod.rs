@@ -3,6 +3,7 @@
 
 mod commands;
 mod export;
+mod graft;
 mod progress;
 mod render;
 
@@ -90,6 +91,45 @@ enum Command {
         after_help = "Examples:\n  fuse-ema verify model.onnx --checkpoint best.pt\n  fuse-ema verify yolo-exported.onnx --checkpoint last.pt --json\n  fuse-ema verify model.onnx --checkpoint last.pt --golden io.npz\n\nRuns the ONNX in ONNX Runtime and the checkpoint's EMA in the reference interpreter on the\nONNX's input shape; compares outputs and detections; compares the ONNX initializers with the EMA\nand raw weights (BatchNorm folded) and says plainly when the ONNX holds the raw weights.\nExit codes: 0 verified, 1 parity failed or not the EMA's weights, 2 bad input."
     )]
     Verify(VerifyArgs),
+    /// Put a checkpoint's EMA into an ONNX model exported from its raw weights (any exporter, any architecture).
+    #[command(
+        after_help = "Examples:\n  fuse-ema graft raw.onnx --checkpoint last.pth.tar -o ema.onnx\n  fuse-ema graft yolo-raw.onnx --checkpoint last.pt -o yolo-ema.onnx --json\n  fuse-ema graft vit.onnx --checkpoint ckpt.pt -o out.onnx --input-shape 1,3,224,224\n  fuse-ema graft m.onnx --checkpoint ckpt.pt -o out.onnx --ema model_ema. --raw model. --all\n\nEach initializer is matched against the raw weights: by name (values checked), by value\n(unchanged, reshaped or transposed), or as a Conv+BatchNorm fold recomputed as the exporters\ndo; it is then replaced by the same function of the EMA. Constants from no weight are left\nalone. Afterwards the original and grafted models run in ONNX Runtime (tract when absent) on\nthe same seeded inputs and the output drift is reported.\nExit codes: 0 written, 1 an initializer that looks like a weight matched nothing (or several\ndifferent EMAs) and --allow-unmatched was not given, or the grafted model does not run where\nthe original does (nothing written), or refused by --strict; 2 bad input or usage."
+    )]
+    Graft(GraftArgs),
+}
+
+#[derive(clap::Args)]
+struct GraftArgs {
+    /// ONNX model exported from the checkpoint's raw weights.
+    model: PathBuf,
+    /// The training checkpoint holding the raw weights and their EMA.
+    #[arg(long, value_name = "CKPT")]
+    checkpoint: PathBuf,
+    /// Output .onnx file (never one of the inputs; written whole or not at all).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Leave initializers that look like weights but match nothing as they are, instead of failing.
+    #[arg(long)]
+    allow_unmatched: bool,
+    /// Do not run the two models to measure output drift.
+    #[arg(long)]
+    no_drift: bool,
+    /// Runtime for the drift run: ort (ONNX Runtime) or tract; auto takes ONNX Runtime when found.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ort", "tract"])]
+    runtime: String,
+    /// Shape of a dynamic input for the drift run, per input in order (e.g. 1,3,224,224).
+    #[arg(long, value_name = "DIMS")]
+    input_shape: Vec<String>,
+    /// List constants too in the text report.
+    #[arg(long)]
+    all: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
 }
 
 /// How parity is checked.
@@ -242,7 +282,9 @@ struct DiffArgs {
 pub fn run() -> i32 {
     // `fuse-ema CKPT -o OUT.onnx` is shorthand for `fuse-ema export CKPT -o OUT.onnx`.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let known = ["inspect", "fold", "diff", "export", "verify", "help"];
+    let known = [
+        "inspect", "fold", "diff", "export", "verify", "graft", "help",
+    ];
     if let Some(first) = args.get(1).and_then(|a| a.to_str())
         && !first.starts_with('-')
         && !known.contains(&first)
@@ -266,6 +308,7 @@ pub fn run() -> i32 {
         Command::Diff(a) => commands::diff(a),
         Command::Export(a) => export::export(a),
         Command::Verify(a) => export::verify(a),
+        Command::Graft(a) => graft::graft(a),
     }
 }
 

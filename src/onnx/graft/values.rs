@@ -1,0 +1,145 @@
+//! Matching by value: an initializer whose elements are a raw tensor's, unchanged, reshaped, or
+//! with its axes permuted (a Linear weight transposed for `MatMul`, a `cls_token` expanded to
+//! batch 1). Fingerprints pick the candidates; each is then compared element by element.
+
+use super::weights::{Print, Weights, max_abs, max_diff, permutations, permute};
+
+/// One raw tensor the values equal.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    /// Raw key.
+    pub key: String,
+    /// Axis permutation applied to the raw tensor (`None`: the same elements in the same order).
+    pub perm: Option<Vec<usize>>,
+    /// max |Δ| between the initializer and the raw tensor so transformed.
+    pub error: f64,
+}
+
+/// The outcome of a search.
+#[derive(Debug)]
+pub enum Found {
+    /// No raw tensor holds these values.
+    None,
+    /// One raw tensor (or several whose EMA counterparts agree: tied weights); the rest are
+    /// listed in `also`.
+    One(Hit, Vec<String>),
+    /// Several raw tensors hold these values and their EMA counterparts differ.
+    Ambiguous(Vec<String>),
+}
+
+/// `values` of `rv` (shape `shape`) transformed as `perm` says.
+pub fn apply(rv: &[f32], shape: &[usize], perm: &Option<Vec<usize>>) -> Vec<f32> {
+    match perm {
+        Some(p) => permute(rv, shape, p),
+        None => rv.to_vec(),
+    }
+}
+
+/// Every way the raw tensor `key` can become `v` (of `dims`).
+fn hits_for(
+    key: &str,
+    dims: &[i64],
+    v: &[f32],
+    w: &Weights,
+    rtol: f64,
+) -> Result<Vec<Hit>, String> {
+    let rv = w.raw.values(key)?;
+    let limit = rtol * max_abs(&rv).max(max_abs(v)) + f32::MIN_POSITIVE as f64;
+    let d = max_diff(&rv, v);
+    if d <= limit {
+        return Ok(vec![Hit {
+            key: key.to_string(),
+            perm: None,
+            error: d,
+        }]);
+    }
+    let shape = w.raw.shape(key).unwrap_or_default().to_vec();
+    let mut out = Vec::new();
+    for p in permutations(shape.len()) {
+        let permuted: Vec<i64> = p.iter().map(|&i| shape[i] as i64).collect();
+        // A permutation that leaves the data order alone is a reshape, already compared.
+        if permuted != dims {
+            continue;
+        }
+        let t = permute(&rv, &shape, &p);
+        let d = max_diff(&t, v);
+        if d <= limit {
+            out.push(Hit {
+                key: key.to_string(),
+                perm: Some(p),
+                error: d,
+            });
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Searches the raw weights for `v` (an initializer of `dims`); `prefer` (the key its name
+/// suggests) wins among equals.
+pub fn by_value(
+    dims: &[i64],
+    v: &[f32],
+    w: &Weights,
+    rtol: f64,
+    prefer: Option<&str>,
+) -> Result<Found, String> {
+    let p = Print::of(v);
+    let mut hits = Vec::new();
+    for (key, print) in w
+        .prints
+        .get(&v.len())
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        if print.may_equal(&p, rtol.max(1e-6) * 4.0) {
+            hits.extend(hits_for(key, dims, v, w, rtol)?);
+        }
+    }
+    if hits.is_empty() {
+        return Ok(Found::None);
+    }
+    if let Some(pref) = prefer
+        && let Some(i) = hits.iter().position(|h| h.key == pref)
+    {
+        hits.swap(0, i);
+    }
+    // Several raw tensors with these values (tied weights, or untrained copies): fine when the
+    // EMA agrees on all of them, since any gives the same result.
+    let first = ema_of(&hits[0], w)?;
+    let mut also = Vec::new();
+    let mut conflict = Vec::new();
+    for h in &hits[1..] {
+        let e = ema_of(h, w)?;
+        let limit = rtol * max_abs(&first).max(max_abs(&e)) + f32::MIN_POSITIVE as f64;
+        if max_diff(&first, &e) <= limit {
+            also.push(h.key.clone());
+        } else {
+            conflict.push(h.key.clone());
+        }
+    }
+    if !conflict.is_empty() {
+        let mut keys = vec![hits[0].key.clone()];
+        keys.extend(conflict);
+        return Ok(Found::Ambiguous(keys));
+    }
+    Ok(Found::One(hits.swap_remove(0), also))
+}
+
+/// The EMA counterpart of a hit, transformed the same way.
+pub fn ema_of(h: &Hit, w: &Weights) -> Result<Vec<f32>, String> {
+    let ev = w.ema.values(&h.key)?;
+    let shape = w
+        .ema
+        .shape(&h.key)
+        .ok_or_else(|| format!("the EMA has no '{}'", h.key))?;
+    if Some(shape) != w.raw.shape(&h.key) {
+        return Err(format!(
+            "'{}' has shape {:?} in the EMA but {:?} in the raw weights",
+            h.key,
+            shape,
+            w.raw.shape(&h.key).unwrap_or_default()
+        ));
+    }
+    Ok(apply(&ev, shape, &h.perm))
+}
