@@ -220,7 +220,7 @@ pub fn find_weight(
         return Ok(Vec::new());
     };
     let channels = usize::try_from(out).unwrap_or(0);
-    if channels == 0 || v.len() % channels != 0 {
+    if channels == 0 || !v.len().is_multiple_of(channels) {
         return Ok(Vec::new());
     }
     let limit = rtol * max_abs(v) + f32::MIN_POSITIVE as f64;

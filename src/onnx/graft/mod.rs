@@ -116,11 +116,10 @@ impl Recipe {
     }
 }
 
-/// The ONNX being grafted: its map (headers only are touched) and its file (data is read with
-/// positioned reads).
+/// The ONNX being grafted: its layout (scanned through a map that only headers were read from,
+/// dropped after the scan) and its file (data is read with positioned reads).
 pub struct Source {
     file: File,
-    map: memmap2::Mmap,
     /// The layout.
     pub scanned: Scanned,
 }
@@ -209,7 +208,7 @@ impl Source {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(e.to_string()))?;
         crate::signals::watch_mapping(path, map.as_ptr(), map.len());
         let scanned = scan::scan(&map, path).map_err(err)?;
-        Ok(Source { file, map, scanned })
+        Ok(Source { file, scanned })
     }
 
     /// The initializer's element bytes (from the model file, or its external data file).
@@ -248,16 +247,6 @@ impl Source {
             ));
         }
         Ok(Some(decode(t.code, &b)))
-    }
-
-    /// The header bytes, touched by the scan (kept for the scan's lifetime).
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether the model file is empty (never: [`Source::open`] refuses it).
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 

@@ -58,11 +58,15 @@ impl Print {
     }
 }
 
+/// A tensor's values, shared with the cache.
+pub type Values = std::rc::Rc<Vec<f32>>;
+
 /// One side's tensors by name.
 pub struct Side {
     names: Vec<String>,
     tensors: HashMap<String, Tensor>,
-    cache: RefCell<(usize, HashMap<String, std::rc::Rc<Vec<f32>>>)>,
+    /// Cached elements in all, and the cached tensors.
+    cache: RefCell<(usize, HashMap<String, Values>)>,
 }
 
 impl Side {
@@ -99,7 +103,7 @@ impl Side {
     }
 
     /// The tensor's values as f32 (row-major).
-    pub fn values(&self, key: &str) -> Result<std::rc::Rc<Vec<f32>>, String> {
+    pub fn values(&self, key: &str) -> Result<Values, String> {
         if let Some(v) = self.cache.borrow().1.get(key) {
             return Ok(v.clone());
         }

@@ -168,3 +168,96 @@ impl<W: Write> Write for Counting<'_, W> {
         self.w.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::{ElemType, Model, Node, TensorProto};
+
+    fn model() -> Model {
+        let t = |name: &str, n: usize| TensorProto {
+            name: name.into(),
+            elem: ElemType::Float,
+            dims: vec![n as i64],
+            raw: (0..n * 4).map(|i| i as u8).collect(),
+        };
+        Model {
+            opset: 17,
+            graph_name: "g".into(),
+            nodes: vec![Node {
+                op: "Add".into(),
+                name: "n".into(),
+                inputs: vec!["a".into(), "b".into()],
+                outputs: vec!["y".into()],
+                attrs: vec![],
+            }],
+            initializers: vec![t("a", 3), t("b", 40)],
+            inputs: vec![],
+            outputs: vec![],
+            metadata: vec![("k".into(), "v".into())],
+            producer_version: "0".into(),
+        }
+    }
+
+    fn scanned(bytes: &[u8]) -> (tempfile::NamedTempFile, Scanned) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        let s = crate::onnx::graft::scan::scan(bytes, f.path()).unwrap();
+        (f, s)
+    }
+
+    #[test]
+    fn keeping_everything_copies_the_model_byte_for_byte() {
+        let bytes = model().encode();
+        let (f, s) = scanned(&bytes);
+        let mut out = Vec::new();
+        let fates = [Fate::Keep, Fate::Keep];
+        let n = write(
+            f.as_file(),
+            &s,
+            &fates,
+            &mut |_| unreachable!(),
+            &[],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, bytes);
+        assert_eq!(n, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_rewritten_initializer_reads_back_with_new_data_and_metadata() {
+        let bytes = model().encode();
+        let (f, s) = scanned(&bytes);
+        let mut out = Vec::new();
+        // 160 bytes: a length that takes a two-byte varint, so the graph's length changes.
+        let fates = [Fate::Keep, Fate::Rewrite(160)];
+        let meta = [("graft".to_string(), "yes".to_string())];
+        write(
+            f.as_file(),
+            &s,
+            &fates,
+            &mut |_| Ok(vec![7u8; 160]),
+            &meta,
+            &mut out,
+        )
+        .unwrap();
+        let m = crate::onnx::read::parse(&out, None).unwrap();
+        assert_eq!(m.initializers[0].raw, model().initializers[0].raw);
+        assert_eq!(m.initializers[1].raw, vec![7u8; 160]);
+        assert_eq!((m.initializers[1].name.as_str(), m.nodes.len()), ("b", 1));
+        assert_eq!(
+            m.metadata,
+            [("k".into(), "v".into()), ("graft".into(), "yes".into())]
+        );
+        let wrong = write(
+            f.as_file(),
+            &s,
+            &fates,
+            &mut |_| Ok(vec![0u8; 3]),
+            &[],
+            &mut Vec::new(),
+        );
+        assert!(wrong.unwrap_err().contains("160 expected"));
+    }
+}
