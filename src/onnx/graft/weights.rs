@@ -159,6 +159,9 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 
 /// `v` (of `shape`) with its axes permuted: output axis `i` is input axis `perm[i]`.
 pub fn permute(v: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
+    if let ([r, c], [1, 0]) = (shape, perm) {
+        return transpose(v, *r, *c);
+    }
     let st = strides(shape);
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
@@ -173,6 +176,22 @@ pub fn permute(v: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
                 break;
             }
             idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// A row-major `r`×`c` matrix transposed, in cache-sized tiles (Linear weights for `MatMul`).
+fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0f32; v.len()];
+    for i0 in (0..r).step_by(TILE) {
+        for j0 in (0..c).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(r) {
+                for j in j0..(j0 + TILE).min(c) {
+                    out[j * r + i] = v[i * c + j];
+                }
+            }
         }
     }
     out
@@ -225,6 +244,12 @@ mod tests {
     fn permute_transposes() {
         let v: Vec<f32> = (0..6).map(|x| x as f32).collect();
         assert_eq!(permute(&v, &[2, 3], &[1, 0]), [0., 3., 1., 4., 2., 5.]);
+        let big: Vec<f32> = (0..70 * 45).map(|x| x as f32).collect();
+        let t = permute(&big, &[70, 45], &[1, 0]);
+        assert_eq!(permute(&t, &[45, 70], &[1, 0]), big);
+        assert_eq!(t[70 * 3 + 5], big[45 * 5 + 3]);
+        let cube: Vec<f32> = (0..24).map(|x| x as f32).collect();
+        assert_eq!(permute(&cube, &[2, 3, 4], &[2, 0, 1])[..3], [0., 4., 8.]);
         assert_eq!(permutations(3).len(), 5);
         assert!(permutations(6).is_empty());
     }
