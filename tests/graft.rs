@@ -108,6 +108,22 @@ fn every_fixture_export_grafts_to_pytorchs_ema_outputs() {
             let got: Vec<f32> = got.iter().copied().collect();
             let what = format!("{model}.{export} grafted vs PyTorch EMA");
             assert_channels(&what, &want.shape, &got, &want.data, PER_CHANNEL);
+            // `verify` (no graph of its own for these: the weights are compared) tells the two
+            // files apart.
+            for (file, code, verdict) in [(&out, 0, "ema"), (&src, 1, "raw")] {
+                let (c, v) = run_json(&[
+                    "verify",
+                    file.to_str().unwrap(),
+                    "--checkpoint",
+                    ckpt.to_str().unwrap(),
+                    "--json",
+                ]);
+                assert_eq!(
+                    (c, v["weights"]["verdict"].as_str()),
+                    (code, Some(verdict)),
+                    "{v}"
+                );
+            }
             // The comparison can fail: the raw outputs are outside the same limits.
             let s =
                 fuse_ema::parity::compare(&what, &want.shape, &raw.data, &want.data, PER_CHANNEL);

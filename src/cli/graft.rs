@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, GraftArgs, fail};
+use super::{EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, GraftArgs, VerifyArgs, fail};
 use crate::ema::{self, FoldOptions, Selectors};
 use crate::onnx::graft::report::{Counts, GraftReport};
 use crate::onnx::graft::{self, Source, weights::Weights};
@@ -181,4 +181,50 @@ pub(super) fn graft(a: GraftArgs) -> i32 {
             EXIT_BAD_INPUT
         }
     }
+}
+
+/// `verify` for a checkpoint whose model fuse-ema does not build (not Ultralytics): no parity
+/// run, the initializers matched against the EMA and the raw weights as `graft` matches them.
+pub(super) fn verify_weights(a: &VerifyArgs, located: &ema::Located) -> i32 {
+    let folded = match ema::fold(
+        located,
+        &a.checkpoint,
+        FoldOptions {
+            allow_missing: true,
+        },
+    ) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let w = match crate::onnx::origin::weights_origin_matched(located, &folded.tensors, &a.model) {
+        Ok(w) => w,
+        Err(m) => return fail(format_args!("{}: {m}", a.checkpoint.display())),
+    };
+    let pass = w.verdict == "ema";
+    let why = "fuse-ema builds only Ultralytics graphs; the weights were compared instead";
+    if a.json {
+        let v = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "checkpoint": a.checkpoint.display().to_string(),
+            "layout": located.layout,
+            "parity": null,
+            "parity_skipped": why,
+            "weights": w,
+            "pass": pass,
+        });
+        match serde_json::to_string_pretty(&v) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(e),
+        }
+    } else {
+        println!(
+            "{} vs the EMA of {} (layout {})",
+            a.model.display(),
+            a.checkpoint.display(),
+            located.layout
+        );
+        println!("parity: not run ({why})");
+        println!("weights: {}", w.summary);
+    }
+    if pass { EXIT_OK } else { EXIT_CHECK_FAILED }
 }
