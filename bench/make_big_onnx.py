@@ -3,9 +3,9 @@
     /tmp/graft-venv/bin/python bench/make_big_onnx.py OUT_DIR      # torch + onnx
 
 A chain of 16 MatMuls on [1, 4096] (x @ W, W 4096×4096 f32, 64 MiB each: 1.07 GB of initializers)
-with a bias Add after each. Half the weights keep their state-dict names (`layers.i.weight`,
-stored as the Linear weight transposed, so found by value) and half are stored untransposed under
-the exporter's own names (`onnx::MatMul_i`), the biases by name. The checkpoint is a timm-style
+with a bias Add after each. Every weight is stored transposed (the Linear weight [out, in] as
+[in, out]) under a name that is no state-dict key (`layers.i.weight.T`, `onnx::MatMul_i`), so
+each is found by value; the biases by name. The checkpoint is a timm-style
 `state_dict` + `state_dict_ema` (2.15 GB).
 """
 
