@@ -22,6 +22,8 @@ pub struct Print {
     pub numel: usize,
     /// Σx.
     pub sum: f64,
+    /// Σ|x|.
+    pub l1: f64,
     /// Σx².
     pub sumsq: f64,
     /// max |x|.
@@ -31,30 +33,32 @@ pub struct Print {
 impl Print {
     /// The fingerprint of `v`.
     pub fn of(v: &[f32]) -> Print {
-        let (mut sum, mut sumsq, mut maxabs) = (0f64, 0f64, 0f64);
+        let (mut sum, mut l1, mut sumsq, mut maxabs) = (0f64, 0f64, 0f64, 0f64);
         for &x in v {
             let x = x as f64;
             sum += x;
+            l1 += x.abs();
             sumsq += x * x;
             maxabs = maxabs.max(x.abs());
         }
         Print {
             numel: v.len(),
             sum,
+            l1,
             sumsq,
             maxabs,
         }
     }
 
-    /// Whether `other` could hold the same values, up to `rtol` of the largest magnitude per
-    /// element.
+    /// Whether `other` could hold the same values, each element within `rtol` of its own
+    /// magnitude (rounding to a narrower type); the sums then differ by at most `rtol`·Σ|x|.
     pub fn may_equal(&self, other: &Print, rtol: f64) -> bool {
-        let scale = self.maxabs.max(other.maxabs);
-        let n = self.numel as f64;
-        let slack = rtol * scale * n + 1e-30;
+        let l1 = self.l1.max(other.l1);
+        let sq = self.sumsq.max(other.sumsq);
+        // f64 summation in another order adds ~1e-16 relative; 1e-12 covers it.
         self.numel == other.numel
-            && (self.sum - other.sum).abs() <= slack
-            && (self.sumsq - other.sumsq).abs() <= 2.0 * scale * slack + 1e-30
+            && (self.sum - other.sum).abs() <= (rtol + 1e-12) * l1 + 1e-30
+            && (self.sumsq - other.sumsq).abs() <= (2.0 * rtol + rtol * rtol + 1e-12) * sq + 1e-30
     }
 }
 
