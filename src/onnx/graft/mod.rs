@@ -71,6 +71,13 @@ pub enum Recipe {
         /// Permutation (output axis i = input axis perm[i]).
         perm: Option<Vec<usize>>,
     },
+    /// A tensor times a constant, read in the initializer's shape.
+    Scale {
+        /// Key.
+        key: String,
+        /// The constant.
+        factor: f64,
+    },
     /// A Conv weight with a BatchNorm folded in.
     FoldWeight(bnfold::WeightFold),
     /// A Conv bias with a BatchNorm folded in.
@@ -93,6 +100,11 @@ impl Recipe {
                 let shape = side.shape(key).unwrap_or_default();
                 Ok(values::apply(&v, shape, perm))
             }
+            Recipe::Scale { key, factor } => Ok(side
+                .values(key)?
+                .iter()
+                .map(|&x| (x as f64 * factor) as f32)
+                .collect()),
             Recipe::FoldWeight(f) => bnfold::fold_weight(side, &f.conv, &f.bn, f.eps),
             Recipe::FoldBias { bias, bn, eps } => {
                 bnfold::fold_bias(side, bias.as_deref(), bn, *eps)
@@ -104,6 +116,7 @@ impl Recipe {
         match self {
             Recipe::Copy { key, perm: None } => key.clone(),
             Recipe::Copy { key, perm: Some(p) } => format!("{key} permuted {p:?}"),
+            Recipe::Scale { key, factor } => format!("{factor} × {key}"),
             Recipe::FoldWeight(f) => {
                 format!("{} ⊗ BatchNorm {} (eps {:e})", f.conv, f.bn.prefix, f.eps)
             }
@@ -332,6 +345,25 @@ pub fn plan(src: &Source, w: &Weights) -> Result<Plan, String> {
         entries.push(e);
     }
     fold_convs(src, w, &bns, &mut entries, &mut recipes)?;
+    // Last, for what would be unmatched: a raw tensor times a constant the exporter folded in.
+    for (i, t) in s.inits.iter().enumerate() {
+        if entries[i].how != How::Constant || !weight_like[i] {
+            continue;
+        }
+        let Some(v) = src.floats(t)? else { continue };
+        match values::by_multiple(&v, w, rtol(t.code).max(1e-6))? {
+            Ok(Some((key, factor, err))) => {
+                entries[i].how = How::Value;
+                entries[i].match_error = Some(err);
+                recipes[i] = Some(Recipe::Scale { key, factor });
+            }
+            Ok(None) => {}
+            Err(keys) => {
+                entries[i].how = How::Ambiguous;
+                entries[i].also = keys;
+            }
+        }
+    }
     for (i, e) in entries.iter_mut().enumerate() {
         if e.how == How::Constant && weight_like[i] {
             e.how = How::Unmatched;
@@ -396,13 +428,25 @@ fn fold_convs(
         let Some(&bi) = n.inputs.get(2).and_then(|x| index.get(x.as_str())) else {
             continue;
         };
-        if entries[bi].how != How::Constant {
+        // The bias of a folded Conv is the fold's, even where it also equals a raw tensor (β,
+        // when the running mean is ~0): only an initializer shared with other nodes keeps its
+        // earlier match.
+        let shared = s
+            .nodes
+            .iter()
+            .filter(|m| m.inputs.iter().any(|x| *x == s.inits[bi].name))
+            .count()
+            > 1;
+        if !matches!(entries[bi].how, How::Constant | How::Value | How::Name)
+            || (shared && entries[bi].how != How::Constant)
+        {
             continue;
         }
         let t = &s.inits[bi];
         let Some(v) = src.floats(t)? else { continue };
         if let Some((bias, err)) = bnfold::find_bias(&v, w, &f.conv, &f.bn, f.eps, rtol(t.code))? {
             entries[bi].how = How::BnFold;
+            entries[bi].also.clear();
             entries[bi].match_error = Some(err);
             recipes[bi] = Some(Recipe::FoldBias {
                 bias,

@@ -143,3 +143,66 @@ pub fn ema_of(h: &Hit, w: &Weights) -> Result<Vec<f32>, String> {
     }
     Ok(apply(&ev, shape, &h.perm))
 }
+
+/// A raw tensor times one constant: `(key, factor, max |Δ|)`.
+pub type Scaled = (String, f64, f64);
+
+/// Searches the raw weights for a tensor whose elements, in order, times one constant give `v`
+/// (a scale folded in by the exporter: timm's `ScaledStdConv2d` passes `gain · scale` to
+/// `batch_norm`). A raw tensor of one repeated value counts only when its EMA is the same. `Err` lists the candidates when several fit with different EMAs.
+pub fn by_multiple(
+    v: &[f32],
+    w: &Weights,
+    rtol: f64,
+) -> Result<Result<Option<Scaled>, Vec<String>>, String> {
+    let limit = rtol * max_abs(v) + f32::MIN_POSITIVE as f64;
+    let mut found: Vec<Scaled> = Vec::new();
+    for (key, print) in w
+        .prints
+        .get(&v.len())
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        if print.sumsq == 0.0 {
+            continue;
+        }
+        let rv = w.raw.values(key)?;
+        // A constant times anything says nothing, unless its EMA is the same constant (a gain
+        // no gradient reached): then any such match leaves the values as they are.
+        let first = rv.first().copied().unwrap_or_default();
+        if rv.iter().all(|&x| x == first) && w.ema.values(key)?.as_slice() != rv.as_slice() {
+            continue;
+        }
+        let dot: f64 = rv.iter().zip(v).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let c = dot / print.sumsq;
+        if c == 0.0 || !c.is_finite() {
+            continue;
+        }
+        let d = rv
+            .iter()
+            .zip(v)
+            .map(|(&a, &b)| (a as f64 * c - b as f64).abs())
+            .fold(0.0, f64::max);
+        if d <= limit {
+            found.push((key.clone(), c, d));
+        }
+    }
+    let Some(first) = found.first() else {
+        return Ok(Ok(None));
+    };
+    let scaled = |k: &str, c: f64| -> Result<Vec<f32>, String> {
+        Ok(w.ema
+            .values(k)?
+            .iter()
+            .map(|&x| (x as f64 * c) as f32)
+            .collect())
+    };
+    let a = scaled(&first.0, first.1)?;
+    for (k, c, _) in &found[1..] {
+        let b = scaled(k, *c)?;
+        if max_diff(&a, &b) > rtol * max_abs(&a).max(max_abs(&b)) + f32::MIN_POSITIVE as f64 {
+            return Ok(Err(found.iter().map(|f| f.0.clone()).collect()));
+        }
+    }
+    Ok(Ok(Some(first.clone())))
+}
