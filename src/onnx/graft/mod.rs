@@ -10,6 +10,7 @@ pub mod drift;
 pub mod names;
 pub mod report;
 pub mod scan;
+pub mod stdconv;
 pub mod values;
 pub mod weights;
 pub mod write;
@@ -68,8 +69,8 @@ pub enum Recipe {
     Copy {
         /// Key.
         key: String,
-        /// Permutation (output axis i = input axis perm[i]).
-        perm: Option<Vec<usize>>,
+        /// Transpose.
+        perm: Option<values::Perm>,
     },
     /// A tensor times a constant, read in the initializer's shape.
     Scale {
@@ -78,6 +79,8 @@ pub enum Recipe {
         /// The constant.
         factor: f64,
     },
+    /// A Conv weight standardized per output channel (timm's `StdConv2d`, `ScaledStdConv2d`).
+    Standardized(stdconv::StdFold),
     /// A Conv weight with a BatchNorm folded in.
     FoldWeight(bnfold::WeightFold),
     /// A Conv bias with a BatchNorm folded in.
@@ -95,16 +98,13 @@ impl Recipe {
     /// The values from `side` (`raw` or `ema`).
     pub fn compute(&self, side: &weights::Side) -> Result<Vec<f32>, String> {
         match self {
-            Recipe::Copy { key, perm } => {
-                let v = side.values(key)?;
-                let shape = side.shape(key).unwrap_or_default();
-                Ok(values::apply(&v, shape, perm))
-            }
+            Recipe::Copy { key, perm } => Ok(values::apply(&side.values(key)?, perm)),
             Recipe::Scale { key, factor } => Ok(side
                 .values(key)?
                 .iter()
                 .map(|&x| (x as f64 * factor) as f32)
                 .collect()),
+            Recipe::Standardized(f) => stdconv::compute(side, f),
             Recipe::FoldWeight(f) => bnfold::fold_weight(side, &f.conv, &f.bn, f.eps),
             Recipe::FoldBias { bias, bn, eps } => {
                 bnfold::fold_bias(side, bias.as_deref(), bn, *eps)
@@ -115,8 +115,19 @@ impl Recipe {
     fn describe(&self) -> String {
         match self {
             Recipe::Copy { key, perm: None } => key.clone(),
-            Recipe::Copy { key, perm: Some(p) } => format!("{key} permuted {p:?}"),
+            Recipe::Copy { key, perm: Some(p) } => {
+                format!("{key} as {:?} permuted {:?}", p.view, p.axes)
+            }
             Recipe::Scale { key, factor } => format!("{factor} × {key}"),
+            Recipe::Standardized(f) => format!(
+                "{} standardized (eps {:e}){}",
+                f.conv,
+                f.eps,
+                f.gain
+                    .as_ref()
+                    .map(|(k, c)| format!(" × {c} × {k}"))
+                    .unwrap_or_default()
+            ),
             Recipe::FoldWeight(f) => {
                 format!("{} ⊗ BatchNorm {} (eps {:e})", f.conv, f.bn.prefix, f.eps)
             }
@@ -317,6 +328,11 @@ pub fn plan(src: &Source, w: &Weights) -> Result<Plan, String> {
             also: Vec::new(),
         };
         if let Some(v) = src.floats(t)? {
+            // One value repeated (the zero bias an exporter adds to a `batch_norm` without one)
+            // carries no weight: unless named after one, it is a constant when nothing matches.
+            if key.is_none() && v.windows(2).all(|p| p[0] == p[1]) {
+                weight_like[i] = false;
+            }
             let tol = rtol(t.code);
             if let Some((k, err)) = names::by_name(&t.name, &v, w, tol)? {
                 e.how = How::Name;
@@ -351,6 +367,12 @@ pub fn plan(src: &Source, w: &Weights) -> Result<Plan, String> {
             continue;
         }
         let Some(v) = src.floats(t)? else { continue };
+        if let Some(f) = stdconv::find(&t.dims, &v, w, rtol(t.code).max(1e-5))? {
+            entries[i].how = How::Value;
+            entries[i].match_error = Some(f.error);
+            recipes[i] = Some(Recipe::Standardized(f));
+            continue;
+        }
         match values::by_multiple(&v, w, rtol(t.code).max(1e-6))? {
             Ok(Some((key, factor, err))) => {
                 entries[i].how = How::Value;
@@ -362,6 +384,31 @@ pub fn plan(src: &Source, w: &Weights) -> Result<Plan, String> {
                 entries[i].how = How::Ambiguous;
                 entries[i].also = keys;
             }
+        }
+    }
+    // A constant holding a raw tensor's values in an order no transform above explains is a
+    // weight all the same: unmatched, never silently left raw.
+    for (i, t) in s.inits.iter().enumerate() {
+        if entries[i].how != How::Constant || weight_like[i] {
+            continue;
+        }
+        let Some(v) = src.floats(t)? else { continue };
+        if v.windows(2).all(|p| p[0] == p[1]) {
+            continue;
+        }
+        let p = weights::Print::of(&v);
+        let same: Vec<String> = (w
+            .prints
+            .get(&v.len())
+            .map(Vec::as_slice)
+            .unwrap_or_default())
+        .iter()
+        .filter(|(_, q)| q.may_equal(&p, rtol(t.code) * 4.0))
+        .map(|(k, _)| k.clone())
+        .collect();
+        if !same.is_empty() {
+            weight_like[i] = true;
+            entries[i].also = same;
         }
     }
     for (i, e) in entries.iter_mut().enumerate() {

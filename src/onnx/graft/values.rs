@@ -10,7 +10,7 @@ pub struct Hit {
     /// Raw key.
     pub key: String,
     /// Axis permutation applied to the raw tensor (`None`: the same elements in the same order).
-    pub perm: Option<Vec<usize>>,
+    pub perm: Option<Perm>,
     /// max |Δ| between the initializer and the raw tensor so transformed.
     pub error: f64,
 }
@@ -27,10 +27,20 @@ pub enum Found {
     Ambiguous(Vec<String>),
 }
 
-/// `values` of `rv` (shape `shape`) transformed as `perm` says.
-pub fn apply(rv: &[f32], shape: &[usize], perm: &Option<Vec<usize>>) -> Vec<f32> {
+/// A transpose: the raw tensor's elements viewed in `view` (its own shape, or a 2-D grouping
+/// of its dimensions), then the axes permuted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Perm {
+    /// The shape the elements are viewed in.
+    pub view: Vec<usize>,
+    /// Output axis i = view axis `axes[i]`.
+    pub axes: Vec<usize>,
+}
+
+/// `rv` transformed as `perm` says.
+pub fn apply(rv: &[f32], perm: &Option<Perm>) -> Vec<f32> {
     match perm {
-        Some(p) => permute(rv, shape, p),
+        Some(p) => permute(rv, &p.view, &p.axes),
         None => rv.to_vec(),
     }
 }
@@ -54,14 +64,37 @@ fn hits_for(
         }]);
     }
     let shape = w.raw.shape(key).unwrap_or_default().to_vec();
-    let mut out = Vec::new();
-    for p in permutations(shape.len()) {
-        let permuted: Vec<i64> = p.iter().map(|&i| shape[i] as i64).collect();
-        // A permutation that leaves the data order alone is a reshape, already compared.
-        if permuted != dims {
-            continue;
+    // The axes permuted in the tensor's own shape, when that gives the initializer's shape; and
+    // every 2-D grouping of its dimensions transposed (a weight reshaped, then transposed:
+    // `[8, 8, 3, 3]` seen as `[8, 72]`, stored as `[1, 72, 8]`).
+    let mut tries: Vec<Perm> = permutations(shape.len())
+        .into_iter()
+        .filter(|p| p.iter().map(|&i| shape[i] as i64).collect::<Vec<_>>() == dims)
+        .map(|axes| Perm {
+            view: shape.clone(),
+            axes,
+        })
+        .collect();
+    for k in 1..shape.len() {
+        let (a, b): (usize, usize) = (shape[..k].iter().product(), shape[k..].iter().product());
+        let p = Perm {
+            view: vec![a, b],
+            axes: vec![1, 0],
+        };
+        if a > 1
+            && b > 1
+            && !(shape.len() == 2
+                && tries.contains(&Perm {
+                    view: shape.clone(),
+                    axes: vec![1, 0],
+                }))
+        {
+            tries.push(p);
         }
-        let t = permute(&rv, &shape, &p);
+    }
+    let mut out = Vec::new();
+    for p in tries {
+        let t = permute(&rv, &p.view, &p.axes);
         let d = max_diff(&t, v);
         if d <= limit {
             out.push(Hit {
@@ -141,7 +174,7 @@ pub fn ema_of(h: &Hit, w: &Weights) -> Result<Vec<f32>, String> {
             w.raw.shape(&h.key).unwrap_or_default()
         ));
     }
-    Ok(apply(&ev, shape, &h.perm))
+    Ok(apply(&ev, &h.perm))
 }
 
 /// A raw tensor times one constant: `(key, factor, max |Δ|)`.
