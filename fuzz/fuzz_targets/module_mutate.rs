@@ -299,6 +299,8 @@ pub fn run(fixtures: &[Entries], data: &[u8]) -> Reached {
             force_external: false,
             external_name: "model.onnx.data".into(),
             scratch_dir: None,
+            end2end: false,
+            max_det: 300,
         };
         reached.exported |= fuse_ema::onnx::export(&ckpt, &opts).is_ok();
         let m = fuse_ema::checkpoint::py::M { g: &ckpt.graph, v };

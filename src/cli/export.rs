@@ -7,6 +7,7 @@ use serde_json::json;
 use super::{EXIT_CHECK_FAILED, EXIT_OK, ExportArgs, ParityArgs, VerifyArgs, fail, render};
 use crate::checkpoint::py::M;
 use crate::ema::{self, Selectors};
+use crate::models::layers::heads::HeadOptions;
 use crate::parity::{self, OnnxModel, ParityReport, Tolerance};
 use crate::write;
 
@@ -45,7 +46,7 @@ fn run_parity(
     model: OnnxModel,
     root: M,
     shape: &[usize],
-    half: bool,
+    (half, head): (bool, HeadOptions),
 ) -> Result<ParityReport, String> {
     let rt = runtime(p)?;
     let rt = &rt;
@@ -54,7 +55,7 @@ fn run_parity(
     match &p.golden {
         Some(g) => {
             let npz = parity::npz::Npz::open(g)?;
-            parity::against_golden(rt, model, &npz, (&task.0, task.1), tol)
+            parity::against_golden(rt, model, &npz, (&task.0, task.1), head, tol)
         }
         None => {
             let inputs = match &p.parity_input {
@@ -71,7 +72,7 @@ fn run_parity(
                     samples: p.parity_samples,
                 },
             };
-            parity::against_reference(rt, model, root, (&task.0, task.1), inputs, tol)
+            parity::against_reference(rt, model, root, (&task.0, task.1), head, inputs, tol)
         }
     }
 }
@@ -203,6 +204,8 @@ pub(super) fn export(a: ExportArgs) -> i32 {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         }),
+        end2end: a.end2end,
+        max_det: a.max_det as usize,
     };
     let exported = match crate::onnx::export(&ckpt, &opts) {
         Ok(e) => e,
@@ -261,7 +264,11 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         None
     } else {
         let model = OnnxModel::File(model_file.path());
-        match run_parity(&a.parity, model, root, &shape, a.half) {
+        let head = HeadOptions {
+            end2end: a.end2end,
+            max_det: a.max_det as usize,
+        };
+        match run_parity(&a.parity, model, root, &shape, (a.half, head)) {
             Ok(r) => Some(r),
             Err(m) => {
                 return orphaned(fail(format_args!(
@@ -404,7 +411,22 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         .initializers
         .iter()
         .any(|t| t.elem == crate::onnx::proto::ElemType::Float16);
-    let report = match run_parity(&a.parity, OnnxModel::File(&a.model), ema_root, &shape, half) {
+    // An end-to-end export (Ultralytics' `nms=False`, or ours with --end2end) says so in its
+    // metadata; its rows count is its max_det.
+    let end2end = model
+        .metadata
+        .iter()
+        .any(|(k, v)| k == "end2end" && v == "True");
+    let rows = model.outputs.first().and_then(|o| match o.dims.get(1) {
+        Some(crate::onnx::proto::Dim::Fixed(n)) if *n > 0 => Some(*n as usize),
+        _ => None,
+    });
+    let head = HeadOptions {
+        end2end,
+        max_det: rows.unwrap_or(300),
+    };
+    let onnx = OnnxModel::File(&a.model);
+    let report = match run_parity(&a.parity, onnx, ema_root, &shape, (half, head)) {
         Ok(r) => r,
         Err(m) => {
             return fail(format_args!(

@@ -61,9 +61,9 @@ pub(super) fn graft(a: GraftArgs) -> i32 {
         ema: a.select.ema.clone(),
         raw: a.select.raw.clone(),
     };
-    let located = match ema::locate(&ckpt, &sel) {
+    let (located, ema_files) = match super::commands::locate(&ckpt, &sel, &a.strict) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let Some(raw) = &located.raw else {
         return fail(format_args!(
@@ -129,6 +129,7 @@ pub(super) fn graft(a: GraftArgs) -> i32 {
     }
     let mut inputs: Vec<PathBuf> = write::checkpoint_inputs(&a.checkpoint, &ckpt);
     inputs.push(a.model.clone());
+    inputs.extend(ema_files);
     let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
     let mut out = match write::AtomicFile::create(&a.output, &input_refs) {
         Ok(o) => o,

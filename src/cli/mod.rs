@@ -68,7 +68,7 @@ struct SelectArgs {
 enum Command {
     /// Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals.
     #[command(
-        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read\n(1 when the globals it named before the read failed are already findings)."
+        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n  fuse-ema inspect --strict --format sarif models/*.pt > fuse-ema.sarif   # code scanning\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read\n(1 when the globals it named before the read failed are already findings). With several files:\n1 when any has a finding, else 2 when any cannot be read, else 0."
     )]
     Inspect(InspectArgs),
     /// Write the EMA weights alone, under the model's own names (.safetensors or .pt).
@@ -83,7 +83,7 @@ enum Command {
     Diff(DiffArgs),
     /// Build an ONNX model from the checkpoint's own module tree, EMA weights folded in.
     #[command(
-        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
+        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolo26n.pt -o e2e.onnx --end2end --max-det 100   # NMS-free top-k rows\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
     )]
     Export(ExportArgs),
     /// Check an ONNX model against a checkpoint's EMA: outputs, and which weights it holds.
@@ -96,6 +96,21 @@ enum Command {
         after_help = "Examples:\n  fuse-ema graft raw.onnx --checkpoint last.pth.tar -o ema.onnx\n  fuse-ema graft yolo-raw.onnx --checkpoint last.pt -o yolo-ema.onnx --json\n  fuse-ema graft vit.onnx --checkpoint ckpt.pt -o out.onnx --input-shape 1,3,224,224\n  fuse-ema graft m.onnx --checkpoint ckpt.pt -o out.onnx --ema model_ema. --raw model. --all\n\nEach initializer is matched against the raw weights: by name (values checked), by value\n(unchanged, reshaped or transposed), or as a Conv+BatchNorm fold recomputed as the exporters\ndo; it is then replaced by the same function of the EMA. Constants from no weight are left\nalone. Afterwards the original and grafted models run in ONNX Runtime (tract when absent) on\nthe same seeded inputs and the output drift is reported.\nExit codes: 0 written, 1 an initializer that looks like a weight matched nothing (or several\ndifferent EMAs) and --allow-unmatched was not given, or the grafted model does not run where\nthe original does (nothing written), or refused by --strict; 2 bad input or usage."
     )]
     Graft(GraftArgs),
+    /// Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints.
+    #[command(
+        after_help = "Examples:\n  fuse-ema average epoch10.pt epoch11.pt epoch12.pt -o swa.safetensors          # SWA / soup\n  fuse-ema average a.pt b.pt -o soup.pt --weights 0.7,0.3\n  fuse-ema average epoch*.pt -o ema.safetensors --ema-decay 0.9999 --every 500  # EMA replay\n  fuse-ema average run1/last.pt run2/last.pt -o mix.safetensors --source raw\n\nEach checkpoint contributes its EMA (integer buffers from its raw model) when it has one, else\nits only weight set; --source raw takes the raw weights. Uniform is AveragedModel's running\nmean; the EMA replay starts from the first checkpoint and applies d^every per checkpoint;\nweighted sums run in f64. BatchNorm statistics are averaged like parameters (recalibrate when\nthe checkpoints come from different runs); integer buffers come from the last checkpoint.\nStreams tensor by tensor: memory stays at about one tensor per input.\nExit codes: 0 written, 1 refused by --strict, 2 inputs of different models / no weights /\nbad input."
+    )]
+    Average(AverageArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  fuse-ema completions bash > ~/.local/share/bash-completion/completions/fuse-ema\n  fuse-ema completions zsh > ~/.zfunc/_fuse-ema      # with fpath+=~/.zfunc in ~/.zshrc\n  fuse-ema completions fish > ~/.config/fish/completions/fuse-ema.fish\n  fuse-ema completions powershell >> $PROFILE\n\nExit codes: 0 printed, 2 usage."
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a folder.
+    #[command(
+        after_help = "Examples:\n  fuse-ema man | man -l -\n  fuse-ema man --dir ~/.local/share/man/man1   # fuse-ema.1, fuse-ema-inspect.1, …\n\nExit codes: 0 written, 2 the folder cannot be written."
+    )]
+    Man(ManArgs),
 }
 
 #[derive(clap::Args)]
@@ -130,6 +145,67 @@ struct GraftArgs {
     json: bool,
     #[command(flatten)]
     strict: StrictArgs,
+}
+
+#[derive(clap::Args)]
+struct AverageArgs {
+    /// Checkpoints of one model, in order (the EMA replay runs oldest to newest).
+    #[arg(required = true, num_args = 2.., value_name = "CKPT")]
+    files: Vec<PathBuf>,
+    /// Output: `.safetensors`, or `.pt` / `.pth` / `.bin` for a torch state dict.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Equal weights (the default): SWA, a uniform model soup.
+    #[arg(long, conflicts_with_all = ["weights", "ema_decay"])]
+    uniform: bool,
+    /// One weight per checkpoint, normalised by their sum (`0.7,0.3`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "W,…",
+        conflicts_with = "ema_decay"
+    )]
+    weights: Option<Vec<f64>>,
+    /// Replay an EMA with this per-step decay over the checkpoints in order.
+    #[arg(long, value_name = "D")]
+    ema_decay: Option<f64>,
+    /// With --ema-decay: the checkpoints were saved this many steps apart.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "ema_decay")]
+    every: u32,
+    /// Which weights of each checkpoint: ema (its EMA where it has one) or raw.
+    #[arg(long, value_enum, default_value_t = AverageSource::Ema)]
+    source: AverageSource,
+    /// dtype of floating tensors written: keep, f32, f16, bf16.
+    #[arg(long, default_value = "keep", value_name = "DTYPE")]
+    dtype: String,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
+}
+
+/// `average --source`.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum AverageSource {
+    /// The EMA where a checkpoint has one.
+    Ema,
+    /// The raw (trained) weights.
+    Raw,
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args)]
+struct ManArgs {
+    /// Write fuse-ema.1 and fuse-ema-<command>.1 into this folder instead of printing fuse-ema.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 /// How parity is checked.
@@ -192,6 +268,14 @@ struct ExportArgs {
     /// Dynamic batch dimension.
     #[arg(long)]
     dynamic: bool,
+    /// NMS-free output of YOLOv10 / YOLO26 heads, as `yolo export nms=False`: the one-to-one
+    /// branches, top-k inside the graph, output0 (B, max-det, 6 + extra): x1 y1 x2 y2 score class
+    /// (OBB: cx cy w h score class angle), then mask coefficients or keypoints.
+    #[arg(long)]
+    end2end: bool,
+    /// Rows kept by --end2end (clamped to the number of anchors, as Ultralytics does).
+    #[arg(long, default_value_t = 300, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_det: u32,
     /// ONNX opset (13–21; 17 suits TensorRT 8.6+).
     #[arg(long, default_value_t = 17)]
     opset: i64,
@@ -216,13 +300,34 @@ struct ExportArgs {
     strict: StrictArgs,
 }
 
+/// How `inspect` reports.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug, Default)]
+enum InspectFormat {
+    /// Readable text.
+    #[default]
+    Text,
+    /// The report as JSON (docs/inspect-json.md); an array of reports for several files.
+    Json,
+    /// SARIF 2.1.0 for code scanning: one result per finding, at its file (docs/ci.md).
+    Sarif,
+}
+
 #[derive(clap::Args)]
 struct InspectArgs {
-    /// Checkpoint: .pt .pth .ckpt .bin .pth.tar, legacy torch, .safetensors, a shard index or its folder.
-    file: PathBuf,
-    /// Print the report as JSON (schema: docs/inspect-json.md).
-    #[arg(long)]
+    /// Checkpoints: .pt .pth .ckpt .bin .pth.tar, legacy torch, .safetensors, a shard index or its
+    /// folder. Several files are judged one by one (as a pre-commit hook passes them).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Print the report as JSON (schema: docs/inspect-json.md); the same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = InspectFormat::Text)]
+    format: InspectFormat,
+    /// Print only the verdict lines of files with findings or errors (on stderr), no reports:
+    /// what a pre-commit hook or a CI gate wants.
+    #[arg(short, long, conflicts_with_all = ["json", "format", "tree"])]
+    quiet: bool,
     /// Also print the module tree with classes.
     #[arg(long)]
     tree: bool,
@@ -282,12 +387,11 @@ struct DiffArgs {
 pub fn run() -> i32 {
     // `fuse-ema CKPT -o OUT.onnx` is shorthand for `fuse-ema export CKPT -o OUT.onnx`.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let known = [
-        "inspect", "fold", "diff", "export", "verify", "graft", "help",
-    ];
+    let cmd = <Cli as clap::CommandFactory>::command();
     if let Some(first) = args.get(1).and_then(|a| a.to_str())
         && !first.starts_with('-')
-        && !known.contains(&first)
+        && first != "help"
+        && cmd.find_subcommand(first).is_none()
     {
         args.insert(1, "export".into());
     }
@@ -304,6 +408,13 @@ pub fn run() -> i32 {
     };
     match cli.command {
         Command::Inspect(a) => commands::inspect(a),
+        Command::Average(a) => commands::average(a),
+        Command::Completions(a) => {
+            commands::completions(a.shell, &mut <Cli as clap::CommandFactory>::command())
+        }
+        Command::Man(a) => {
+            commands::man(a.dir.as_deref(), <Cli as clap::CommandFactory>::command())
+        }
         Command::Fold(a) => commands::fold(a),
         Command::Diff(a) => commands::diff(a),
         Command::Export(a) => export::export(a),

@@ -19,6 +19,7 @@ use proto::{Attr, Dim, ElemType, Model, ValueInfo};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::metadata::to_json;
 use crate::checkpoint::module;
+use crate::models::layers::heads::{self, HeadOptions};
 
 /// Opsets the builder's operators are valid in (Split with a sizes input, Softmax over one axis,
 /// Resize with scales: 13 and later).
@@ -54,6 +55,11 @@ pub struct ExportOptions {
     /// output's directory, so they never use more memory than the file system's cache);
     /// `None` keeps them in memory, in each initializer's `raw`.
     pub scratch_dir: Option<PathBuf>,
+    /// The NMS-free output of YOLOv10 / YOLO26 heads: their one-to-one branches, top-k rows
+    /// (B, max_det, 6 + extra), as `yolo export nms=False` gives.
+    pub end2end: bool,
+    /// Rows of the end-to-end output (clamped to the anchor count, as Ultralytics does).
+    pub max_det: usize,
 }
 
 /// Protobuf messages cannot exceed 2 GiB; weights above this go to an external data file.
@@ -220,6 +226,11 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         ))
     })?;
     crate::models::registry::check(root.child("model").map_err(err)?).map_err(err)?;
+    if opts.end2end {
+        let head = crate::models::Net::new(root).map_err(err)?.head();
+        heads::check_end2end(head.ok_or_else(|| err("the model has no layers".into()))?)
+            .map_err(err)?;
+    }
     let strides = root.attr_tensor_f64("stride").unwrap_or_else(|| vec![32.0]);
     let max_stride = strides.iter().cloned().fold(1.0, f64::max) as i64;
     let (h, w) = opts
@@ -244,6 +255,10 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         graph.spill_to(file);
     }
     let mut bld = ultralytics::Builder::new(graph);
+    bld.head = HeadOptions {
+        end2end: opts.end2end,
+        max_det: opts.max_det,
+    };
     let mut input = V {
         name: "images".into(),
         shape: vec![batch, 3, h, w],
@@ -328,7 +343,10 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         ("imgsz".into(), format!("[{h}, {w}]")),
         ("names".into(), py_repr(&names)),
         ("channels".into(), "3".into()),
-        ("end2end".into(), "False".into()),
+        (
+            "end2end".into(),
+            if opts.end2end { "True" } else { "False" }.into(),
+        ),
         (
             "args".into(),
             format!(

@@ -61,6 +61,8 @@ fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
         external_name: String::new(),
         // The initializers are compared in memory.
         scratch_dir: None,
+        end2end: false,
+        max_det: 300,
     };
     let e = export(ckpt, &opts).map_err(|e| e.to_string())?;
     Ok(e.model

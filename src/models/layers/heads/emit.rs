@@ -1,7 +1,7 @@
 //! The emit side of the detection heads: per-level box and class branches, DFL, anchor decoding
 //! with anchors and strides as constants for the static input size.
 
-use super::HeadSpec;
+use super::{HeadKind, HeadSpec};
 use crate::checkpoint::py::{M, R};
 use crate::models::In;
 use crate::onnx::graph::V;
@@ -14,21 +14,23 @@ impl Builder<'_> {
         self.module(scope, m, In::One(x.clone()))
     }
 
-    /// `Detect`, `Segment`, `Pose` and `OBB` (one-to-many heads) in export form: output
-    /// (B, 4 + nc [+ masks | keypoints | angle], anchors), boxes in input pixels (centre x, centre
-    /// y, width, height; rotated boxes for OBB), sigmoid class scores. `Segment` also emits the
-    /// prototypes as a second output.
+    /// The detection heads in export form: output (B, 4 + nc [+ masks | keypoints | angle],
+    /// anchors), boxes in input pixels (centre x, centre y, width, height; rotated boxes for OBB),
+    /// sigmoid class scores; segmentation heads also emit the prototypes as a second output. With
+    /// `--end2end` the one-to-one branches run, boxes are corners (x1 y1 x2 y2; OBB keeps its
+    /// rotated form) and `topk.rs` turns the result into (B, k, 6 + extra) rows.
     pub(crate) fn detect(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
-        let spec = HeadSpec::parse(m, xs.len())?;
+        let spec = HeadSpec::parse(m, xs.len(), self.head)?;
         let class = spec.class.clone();
         let (nc, reg_max, extra_ch) = (spec.nc, spec.reg_max, spec.extra);
         let strides = &spec.strides;
-        let (cv2, cv3) = (m.child("cv2")?.children(), m.child("cv3")?.children());
-        let cv4 = if extra_ch > 0 {
-            m.child("cv4")?.children()
-        } else {
-            Vec::new()
-        };
+        let (cv2, cv3) = (
+            vec![m.child(&spec.branch("cv2"))?.children()],
+            vec![m.child(&spec.branch("cv3"))?.children()],
+        );
+        let cv4 = (spec.extra_branches().iter())
+            .map(|name| Ok(m.child(name)?.children()))
+            .collect::<R<Vec<_>>>()?;
         let first = xs
             .first()
             .ok_or_else(|| format!("{class} without inputs"))?;
@@ -41,22 +43,28 @@ impl Builder<'_> {
                 return Err(format!("{scope}: level {i} feature map is {xh}x{xw}"));
             }
             let hw = xh * xw;
-            let level = |b: &mut Self, name: &str, head: &[(&str, M)], ch: i64| -> R<String> {
-                let s = format!("{scope}.{name}.{i}");
-                let (_, branch) = head.get(i).ok_or_else(|| {
-                    format!(
-                        "{scope}.{name} has {} branches for {} inputs",
-                        head.len(),
-                        xs.len()
-                    )
-                })?;
-                let y = b.branch(&s, *branch, x)?;
-                Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
+            // A level's branch: the i-th module of each list, in turn (`Pose26`'s `cv4` and
+            // `cv4_kpts`; one list elsewhere), reshaped to (B, ch, h·w).
+            let level = |b: &mut Self, names: &[String], heads: &[Vec<(&str, M)>], ch: i64| {
+                let mut y = x.clone();
+                let mut s = String::new();
+                for (name, head) in names.iter().zip(heads) {
+                    s = format!("{scope}.{name}.{i}");
+                    let (_, branch) = head.get(i).ok_or_else(|| {
+                        format!(
+                            "{scope}.{name} has {} branches for {} inputs",
+                            head.len(),
+                            xs.len()
+                        )
+                    })?;
+                    y = b.branch(&s, *branch, &y)?;
+                }
+                R::Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
             };
-            boxes.push(level(self, "cv2", &cv2, 4 * reg_max)?);
-            scores.push(level(self, "cv3", &cv3, nc)?);
+            boxes.push(level(self, &[spec.branch("cv2")], &cv2, 4 * reg_max)?);
+            scores.push(level(self, &[spec.branch("cv3")], &cv3, nc)?);
             if extra_ch > 0 {
-                extra.push(level(self, "cv4", &cv4, extra_ch)?);
+                extra.push(level(self, &spec.extra_branches(), &cv4, extra_ch)?);
             }
             for yy in 0..xh {
                 for xx in 0..xw {
@@ -92,18 +100,28 @@ impl Builder<'_> {
             .b
             .weight(&format!("{scope}/strides"), &[1, a], &stride_row);
         let parts = self.b.split(scope, &dist, 1, &[2, 2]);
-        let two = self.b.weight(&format!("{scope}/two"), &[], &[2.0]);
+        // Corners (end-to-end, not OBB) are not halved: no `two` there.
+        let two = if spec.kind == HeadKind::Obb || spec.max_det.is_none() {
+            self.b.weight(&format!("{scope}/two"), &[], &[2.0])
+        } else {
+            String::new()
+        };
         let mut angle = None;
-        let decoded = if class == "OBB" {
-            // θ = (sigmoid(raw) − 1/4)·π, then dist2rbox: rotate the (rb − lt)/2 offset by θ.
+        let decoded = if spec.kind == HeadKind::Obb {
+            // θ = (sigmoid(raw) − 1/4)·π (OBB26: θ = raw), then dist2rbox: rotate the
+            // (rb − lt)/2 offset by θ.
             let raw = extra.clone().ok_or("OBB without angle channels")?;
-            let sig = self.b.node(scope, "Sigmoid", &[&raw], vec![]);
-            let q = self.b.weight(&format!("{scope}/quarter"), &[], &[0.25]);
-            let pi = self
-                .b
-                .weight(&format!("{scope}/pi"), &[], &[std::f32::consts::PI]);
-            let shifted = self.b.bin(scope, "Sub", &sig, &q);
-            let theta = self.b.bin(scope, "Mul", &shifted, &pi);
+            let theta = if spec.yolo26 {
+                raw
+            } else {
+                let sig = self.b.node(scope, "Sigmoid", &[&raw], vec![]);
+                let q = self.b.weight(&format!("{scope}/quarter"), &[], &[0.25]);
+                let pi = self
+                    .b
+                    .weight(&format!("{scope}/pi"), &[], &[std::f32::consts::PI]);
+                let shifted = self.b.bin(scope, "Sub", &sig, &q);
+                self.b.bin(scope, "Mul", &shifted, &pi)
+            };
             let cos = self.b.node(scope, "Cos", &[&theta], vec![]);
             let sin = self.b.node(scope, "Sin", &[&theta], vec![]);
             let diff = self.b.bin(scope, "Sub", &parts[1], &parts[0]);
@@ -124,6 +142,11 @@ impl Builder<'_> {
             let wh = self.b.bin(scope, "Add", &parts[0], &parts[1]);
             angle = Some(theta);
             self.b.concat(scope, &[&xy, &wh], 1)
+        } else if spec.max_det.is_some() {
+            // dist2bbox (xyxy, end-to-end): x1y1 = anchor − lt; x2y2 = anchor + rb.
+            let x1y1 = self.b.bin(scope, "Sub", &anchor, &parts[0]);
+            let x2y2 = self.b.bin(scope, "Add", &anchor, &parts[1]);
+            self.b.concat(scope, &[&x1y1, &x2y2], 1)
         } else {
             // dist2bbox (xywh): x1y1 = anchor − lt; x2y2 = anchor + rb.
             let x1y1 = self.b.bin(scope, "Sub", &anchor, &parts[0]);
@@ -136,52 +159,62 @@ impl Builder<'_> {
         let dbox = self.b.bin(scope, "Mul", &decoded, &st);
         let sig = self.b.node(scope, "Sigmoid", &[&scores], vec![]);
         let mut outs = vec![dbox, sig];
-        match class.as_str() {
-            "Segment" => {
+        match spec.kind {
+            HeadKind::Segment => {
                 outs.push(extra.ok_or("Segment without mask channels")?);
-                let proto = self.proto(&format!("{scope}.proto"), m.child("proto")?, &xs[0])?;
+                let proto = self.prototypes(&format!("{scope}.proto"), m.child("proto")?, xs)?;
                 self.extra_outputs.push(proto);
             }
-            "Pose" => outs.push(self.keypoints(
+            HeadKind::Pose => outs.push(self.keypoints(
                 scope,
-                spec.kpt_shape.ok_or("Pose without kpt_shape")?,
+                &spec,
                 &extra.ok_or("Pose without keypoint channels")?,
                 &anchor,
                 &st,
                 a,
             )?),
-            "OBB" => outs.push(angle.ok_or("OBB without angle")?),
-            _ => {}
+            HeadKind::Obb => outs.push(angle.ok_or("OBB without angle")?),
+            HeadKind::Detect => {}
         }
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
         let y = self.b.concat(scope, &refs, 1);
-        Ok(V {
+        let y = V {
             name: y,
             shape: vec![batch, 4 + nc + extra_ch, a],
-        })
+        };
+        match spec.max_det {
+            Some(max_det) => self.end2end_rows(scope, &y, nc, max_det),
+            None => Ok(y),
+        }
     }
 
-    /// Pose keypoints in export form: (xy·2 + anchor − 0.5)·stride, visibility through a sigmoid.
+    /// Pose keypoints in export form: (xy·2 + anchor − 0.5)·stride (`Pose26`: (xy + anchor)·stride),
+    /// visibility through a sigmoid.
     fn keypoints(
         &mut self,
         scope: &str,
-        (n, ndim): (i64, i64),
+        spec: &HeadSpec,
         kpts: &str,
         anchor: &str,
         st: &str,
         a: i64,
     ) -> R<String> {
+        let (n, ndim) = spec.kpt_shape.ok_or("Pose without kpt_shape")?;
         let y = self.b.reshape(scope, kpts, &[0, n, ndim, a]);
         let parts = if ndim == 3 {
             self.b.split(scope, &y, 2, &[2, 1])
         } else {
             vec![y]
         };
-        let two = self.b.weight(&format!("{scope}/kpt_two"), &[], &[2.0]);
-        let half = self.b.weight(&format!("{scope}/kpt_half"), &[], &[0.5]);
-        let xy2 = self.b.bin(scope, "Mul", &parts[0], &two);
-        let shifted = self.b.bin(scope, "Sub", anchor, &half);
-        let xy = self.b.bin(scope, "Add", &xy2, &shifted);
+        let xy = if spec.yolo26 {
+            self.b.bin(scope, "Add", &parts[0], anchor)
+        } else {
+            let two = self.b.weight(&format!("{scope}/kpt_two"), &[], &[2.0]);
+            let half = self.b.weight(&format!("{scope}/kpt_half"), &[], &[0.5]);
+            let xy2 = self.b.bin(scope, "Mul", &parts[0], &two);
+            let shifted = self.b.bin(scope, "Sub", anchor, &half);
+            self.b.bin(scope, "Add", &xy2, &shifted)
+        };
         let mut xy = self.b.bin(scope, "Mul", &xy, st);
         if ndim == 3 {
             let vis = self.b.node(scope, "Sigmoid", &[&parts[1]], vec![]);
