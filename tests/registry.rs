@@ -91,6 +91,8 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
         imgsz: Some((64, 64)),
         batch: 1,
         dynamic: false,
+        nms: None,
+        max_det: 300,
         opset: 17,
         half: false,
         module_key: "model".into(),
@@ -98,7 +100,6 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
         external_name: "model.onnx.data".into(),
         scratch_dir: None,
         end2end: false,
-        max_det: 300,
     };
     let export = fuse_ema::onnx::export(ckpt, &opts)
         .expect_err("the export refuses")

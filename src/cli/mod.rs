@@ -83,7 +83,7 @@ enum Command {
     Diff(DiffArgs),
     /// Build an ONNX model from the checkpoint's own module tree, EMA weights folded in.
     #[command(
-        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolo26n.pt -o e2e.onnx --end2end --max-det 100   # NMS-free top-k rows\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
+        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export best.pt -o model.onnx --nms --conf 0.25 --iou 0.7 --max-det 300\n  fuse-ema export yolo26n.pt -o e2e.onnx --end2end --max-det 100   # NMS-free top-k rows\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes batch, height and width dynamic (anchors are\ncomputed in the graph; parity runs at the training size or --imgsz). --nms embeds NMS as `yolo\nexport nms=True` does: output0 (B, max-det, 6 + extra) rows x1 y1 x2 y2 score class extra….\n--end2end (YOLOv10, YOLO26) gives the one-to-one head's top-k rows, as `yolo export nms=False`.\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
     )]
     Export(ExportArgs),
     /// Check an ONNX model against a checkpoint's EMA: outputs, and which weights it holds.
@@ -265,17 +265,33 @@ struct ExportArgs {
     /// Batch size of the input.
     #[arg(long, default_value_t = 1)]
     batch: i64,
-    /// Dynamic batch dimension.
+    /// Dynamic batch, height and width (anchors computed in the graph), as Ultralytics'
+    /// `dynamic=True`.
     #[arg(long)]
     dynamic: bool,
     /// NMS-free output of YOLOv10 / YOLO26 heads, as `yolo export nms=False`: the one-to-one
     /// branches, top-k inside the graph, output0 (B, max-det, 6 + extra): x1 y1 x2 y2 score class
     /// (OBB: cx cy w h score class angle), then mask coefficients or keypoints.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nms")]
     end2end: bool,
-    /// Rows kept by --end2end (clamped to the number of anchors, as Ultralytics does).
-    #[arg(long, default_value_t = 300, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    max_det: u32,
+    /// Embed NMS in the graph (detect, segment, pose, obb), as `yolo export nms=True`: output0
+    /// becomes (B, max-det, 6 + extra) rows, x1 y1 x2 y2 score class then masks or keypoints (obb:
+    /// cx cy w h score class angle).
+    #[arg(long)]
+    nms: bool,
+    /// --nms: keep detections whose best class score is above this.
+    #[arg(long, default_value_t = 0.25, value_name = "SCORE", requires = "nms")]
+    conf: f32,
+    /// --nms: suppress a box overlapping a better one by more than this IoU.
+    #[arg(long, default_value_t = 0.7, value_name = "IOU", requires = "nms")]
+    iou: f32,
+    /// Detection rows per image of the --nms output, or rows kept by --end2end (clamped to the
+    /// number of anchors there, as Ultralytics does).
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    max_det: usize,
+    /// --nms: one NMS across classes instead of one per class.
+    #[arg(long, requires = "nms")]
+    agnostic: bool,
     /// ONNX opset (13–21; 17 suits TensorRT 8.6+).
     #[arg(long, default_value_t = 17)]
     opset: i64,

@@ -36,13 +36,14 @@ impl Builder<'_> {
             .ok_or_else(|| format!("{class} without inputs"))?;
         let batch = check::nchw(first, scope)?[0];
         let (mut boxes, mut scores, mut extra) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut anchors, mut stride_row) = (Vec::new(), Vec::new());
+        let mut a = 0;
         for (i, x) in xs.iter().enumerate() {
             let [_, _, xh, xw] = check::nchw(x, scope)?;
             if !(1..=1 << 14).contains(&xh) || !(1..=1 << 14).contains(&xw) {
                 return Err(format!("{scope}: level {i} feature map is {xh}x{xw}"));
             }
-            let hw = xh * xw;
+            a += xh * xw;
+            let hw = if self.b.dynamic_hw { -1 } else { xh * xw };
             // A level's branch: the i-th module of each list, in turn (`Pose26`'s `cv4` and
             // `cv4_kpts`; one list elsewhere), reshaped to (B, ch, h·w).
             let level = |b: &mut Self, names: &[String], heads: &[Vec<(&str, M)>], ch: i64| {
@@ -66,14 +67,7 @@ impl Builder<'_> {
             if extra_ch > 0 {
                 extra.push(level(self, &spec.extra_branches(), &cv4, extra_ch)?);
             }
-            for yy in 0..xh {
-                for xx in 0..xw {
-                    anchors.push((xx as f32 + 0.5, yy as f32 + 0.5));
-                }
-            }
-            stride_row.extend(std::iter::repeat_n(strides[i] as f32, hw as usize));
         }
-        let a = anchors.len() as i64;
         let cat = |b: &mut Self, v: &[String]| {
             let r: Vec<&str> = v.iter().map(String::as_str).collect();
             b.b.concat(scope, &r, 2)
@@ -90,15 +84,7 @@ impl Builder<'_> {
         } else {
             boxes
         };
-        let ax: Vec<f32> = anchors
-            .iter()
-            .map(|p| p.0)
-            .chain(anchors.iter().map(|p| p.1))
-            .collect();
-        let anchor = self.b.weight(&format!("{scope}/anchors"), &[1, 2, a], &ax);
-        let st = self
-            .b
-            .weight(&format!("{scope}/strides"), &[1, a], &stride_row);
+        let (anchor, st) = self.anchors(scope, xs, strides)?;
         let parts = self.b.split(scope, &dist, 1, &[2, 2]);
         // Corners (end-to-end, not OBB) are not halved: no `two` there.
         let two = if spec.kind == HeadKind::Obb || spec.max_det.is_none() {
@@ -188,6 +174,80 @@ impl Builder<'_> {
         }
     }
 
+    /// Anchor points (1, 2, A), cell centres in grid units, and each anchor's stride (1, A),
+    /// as `make_anchors` gives them: constants for a static input; with a dynamic height and
+    /// width, computed in the graph from each level's shape (`Shape`, `Range`, `Expand`).
+    pub(crate) fn anchors(
+        &mut self,
+        scope: &str,
+        xs: &[V],
+        strides: &[f64],
+    ) -> R<(String, String)> {
+        if !self.b.dynamic_hw {
+            let (mut points, mut stride_row) = (Vec::new(), Vec::new());
+            for (x, &s) in xs.iter().zip(strides) {
+                let [_, _, h, w] = check::nchw(x, scope)?;
+                for yy in 0..h {
+                    for xx in 0..w {
+                        points.push((xx as f32 + 0.5, yy as f32 + 0.5));
+                    }
+                }
+                stride_row.extend(std::iter::repeat_n(s as f32, (h * w) as usize));
+            }
+            let a = points.len() as i64;
+            let ax: Vec<f32> = (points.iter().map(|p| p.0))
+                .chain(points.iter().map(|p| p.1))
+                .collect();
+            let anchor = self.b.weight(&format!("{scope}/anchors"), &[1, 2, a], &ax);
+            let st = (self.b).weight(&format!("{scope}/strides"), &[1, a], &stride_row);
+            return Ok((anchor, st));
+        }
+        let s = format!("{scope}/anchors");
+        let s = s.as_str();
+        let dtype = Attr::Int(self.b.dtype as i64);
+        let (zero, one) = (self.b.int_scalar(s, 0), self.b.int_scalar(s, 1));
+        let (ih, iw, ihw) = (
+            self.b.int_scalar(s, 2),
+            self.b.int_scalar(s, 3),
+            self.b.ints(s, &[2, 3]),
+        );
+        let offset = self.b.weight(&format!("{s}/offset"), &[], &[0.5]);
+        let (mut points, mut row) = (Vec::new(), Vec::new());
+        for (x, &stride) in xs.iter().zip(strides) {
+            let shape = self.b.node(s, "Shape", &[&x.name], vec![]);
+            let gather = |b: &mut Self, i: &str| {
+                b.b.node(s, "Gather", &[&shape, i], vec![("axis", Attr::Int(0))])
+            };
+            let (h, w, hw) = (gather(self, &ih), gather(self, &iw), gather(self, &ihw));
+            // Cell centres along one axis: arange(n) + 0.5 in the compute dtype.
+            let centres = |b: &mut Self, n: &str| {
+                let r = b.b.node(s, "Range", &[&zero, n, &one], vec![]);
+                let r = b.b.node(s, "Cast", &[&r], vec![("to", dtype.clone())]);
+                b.b.bin(s, "Add", &r, &offset)
+            };
+            let (cx, cy) = (centres(self, &w), centres(self, &h));
+            let cx = self.b.reshape(s, &cx, &[1, -1]);
+            let cy = self.b.reshape(s, &cy, &[-1, 1]);
+            // meshgrid(ij): x varies along the row, y down the column; flattened row-major.
+            let gx = self.b.node(s, "Expand", &[&cx, &hw], vec![]);
+            let gy = self.b.node(s, "Expand", &[&cy, &hw], vec![]);
+            let gx = self.b.reshape(s, &gx, &[1, 1, -1]);
+            let gy = self.b.reshape(s, &gy, &[1, 1, -1]);
+            points.push(self.b.concat(s, &[&gx, &gy], 1));
+            let level = self.b.reshape(s, &gx, &[1, -1]);
+            let level_shape = self.b.node(s, "Shape", &[&level], vec![]);
+            let st = self
+                .b
+                .weight(&format!("{s}/stride"), &[1, 1], &[stride as f32]);
+            row.push(self.b.node(s, "Expand", &[&st, &level_shape], vec![]));
+        }
+        let points: Vec<&str> = points.iter().map(String::as_str).collect();
+        let row: Vec<&str> = row.iter().map(String::as_str).collect();
+        let anchor = self.b.concat(s, &points, 2);
+        let st = self.b.concat(s, &row, 1);
+        Ok((anchor, st))
+    }
+
     /// Pose keypoints in export form: (xy·2 + anchor − 0.5)·stride (`Pose26`: (xy + anchor)·stride),
     /// visibility through a sigmoid.
     fn keypoints(
@@ -200,6 +260,8 @@ impl Builder<'_> {
         a: i64,
     ) -> R<String> {
         let (n, ndim) = spec.kpt_shape.ok_or("Pose without kpt_shape")?;
+        // A dynamic input leaves the anchor count to the graph.
+        let a = if self.b.dynamic_hw { -1 } else { a };
         let y = self.b.reshape(scope, kpts, &[0, n, ndim, a]);
         let parts = if ndim == 3 {
             self.b.split(scope, &y, 2, &[2, 1])

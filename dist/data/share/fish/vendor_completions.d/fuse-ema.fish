@@ -66,7 +66,9 @@ complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand diff" -s h -l help -d 
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -s o -l output -d 'Output .onnx file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l imgsz -d 'Input size: N, or H,W. Default: the training size' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l batch -d 'Batch size of the input' -r
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l max-det -d 'Rows kept by --end2end (clamped to the number of anchors, as Ultralytics does)' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l conf -d '--nms: keep detections whose best class score is above this' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l iou -d '--nms: suppress a box overlapping a better one by more than this IoU' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l max-det -d 'Detection rows per image of the --nms output, or rows kept by --end2end (clamped to the number of anchors there, as Ultralytics does)' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l opset -d 'ONNX opset (13–21; 17 suits TensorRT 8.6+)' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l source -d 'Which weights: ema (default) or raw' -r -f -a "ema\t''
 raw\t''"
@@ -82,8 +84,10 @@ complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l ep -d 'ONNX
 tensorrt\t''"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l report -d 'Write the parity report as JSON to this file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l dynamic -d 'Dynamic batch dimension'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l dynamic -d 'Dynamic batch, height and width (anchors computed in the graph), as Ultralytics\' `dynamic=True`'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l end2end -d 'NMS-free output of YOLOv10 / YOLO26 heads, as `yolo export nms=False`: the one-to-one branches, top-k inside the graph, output0 (B, max-det, 6 + extra): x1 y1 x2 y2 score class (OBB: cx cy w h score class angle), then mask coefficients or keypoints'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l nms -d 'Embed NMS in the graph (detect, segment, pose, obb), as `yolo export nms=True`: output0 becomes (B, max-det, 6 + extra) rows, x1 y1 x2 y2 score class then masks or keypoints (obb: cx cy w h score class angle)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l agnostic -d '--nms: one NMS across classes instead of one per class'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l half -d 'f16 weights and compute, f32 input and output'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l no-parity -d 'Skip the parity check'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l external-data -d 'Write the weights to OUT.onnx.data beside the model (automatic above 1.9 GB)'
