@@ -21,7 +21,7 @@ fn selectors(s: &SelectArgs) -> Selectors {
 /// The EMA of `ckpt` as the selectors say, and the files of any other checkpoint it came from:
 /// `--ema PATH` opens that checkpoint (judged like the first under `--strict`), whose files are
 /// inputs too (never written over).
-fn locate(
+pub(super) fn locate(
     ckpt: &crate::checkpoint::Checkpoint,
     sel: &Selectors,
     strict: &super::StrictArgs,

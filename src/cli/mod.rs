@@ -3,6 +3,7 @@
 
 mod commands;
 mod export;
+mod graft;
 mod progress;
 mod render;
 
@@ -90,6 +91,11 @@ enum Command {
         after_help = "Examples:\n  fuse-ema verify model.onnx --checkpoint best.pt\n  fuse-ema verify yolo-exported.onnx --checkpoint last.pt --json\n  fuse-ema verify model.onnx --checkpoint last.pt --golden io.npz\n\nRuns the ONNX in ONNX Runtime and the checkpoint's EMA in the reference interpreter on the\nONNX's input shape; compares outputs and detections; compares the ONNX initializers with the EMA\nand raw weights (BatchNorm folded) and says plainly when the ONNX holds the raw weights.\nExit codes: 0 verified, 1 parity failed or not the EMA's weights, 2 bad input."
     )]
     Verify(VerifyArgs),
+    /// Put a checkpoint's EMA into an ONNX model exported from its raw weights (any exporter, any architecture).
+    #[command(
+        after_help = "Examples:\n  fuse-ema graft raw.onnx --checkpoint last.pth.tar -o ema.onnx\n  fuse-ema graft yolo-raw.onnx --checkpoint last.pt -o yolo-ema.onnx --json\n  fuse-ema graft vit.onnx --checkpoint ckpt.pt -o out.onnx --input-shape 1,3,224,224\n  fuse-ema graft m.onnx --checkpoint ckpt.pt -o out.onnx --ema model_ema. --raw model. --all\n\nEach initializer is matched against the raw weights: by name (values checked), by value\n(unchanged, reshaped or transposed), or as a Conv+BatchNorm fold recomputed as the exporters\ndo; it is then replaced by the same function of the EMA. Constants from no weight are left\nalone. Afterwards the original and grafted models run in ONNX Runtime (tract when absent) on\nthe same seeded inputs and the output drift is reported.\nExit codes: 0 written, 1 an initializer that looks like a weight matched nothing (or several\ndifferent EMAs) and --allow-unmatched was not given, or the grafted model does not run where\nthe original does (nothing written), or refused by --strict; 2 bad input or usage."
+    )]
+    Graft(GraftArgs),
     /// Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints.
     #[command(
         after_help = "Examples:\n  fuse-ema average epoch10.pt epoch11.pt epoch12.pt -o swa.safetensors          # SWA / soup\n  fuse-ema average a.pt b.pt -o soup.pt --weights 0.7,0.3\n  fuse-ema average epoch*.pt -o ema.safetensors --ema-decay 0.9999 --every 500  # EMA replay\n  fuse-ema average run1/last.pt run2/last.pt -o mix.safetensors --source raw\n\nEach checkpoint contributes its EMA (integer buffers from its raw model) when it has one, else\nits only weight set; --source raw takes the raw weights. Uniform is AveragedModel's running\nmean; the EMA replay starts from the first checkpoint and applies d^every per checkpoint;\nweighted sums run in f64. BatchNorm statistics are averaged like parameters (recalibrate when\nthe checkpoints come from different runs); integer buffers come from the last checkpoint.\nStreams tensor by tensor: memory stays at about one tensor per input.\nExit codes: 0 written, 1 refused by --strict, 2 inputs of different models / no weights /\nbad input."
@@ -105,6 +111,40 @@ enum Command {
         after_help = "Examples:\n  fuse-ema man | man -l -\n  fuse-ema man --dir ~/.local/share/man/man1   # fuse-ema.1, fuse-ema-inspect.1, …\n\nExit codes: 0 written, 2 the folder cannot be written."
     )]
     Man(ManArgs),
+}
+
+#[derive(clap::Args)]
+struct GraftArgs {
+    /// ONNX model exported from the checkpoint's raw weights.
+    model: PathBuf,
+    /// The training checkpoint holding the raw weights and their EMA.
+    #[arg(long, value_name = "CKPT")]
+    checkpoint: PathBuf,
+    /// Output .onnx file (never one of the inputs; written whole or not at all).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Leave initializers that look like weights but match nothing as they are, instead of failing.
+    #[arg(long)]
+    allow_unmatched: bool,
+    /// Do not run the two models to measure output drift.
+    #[arg(long)]
+    no_drift: bool,
+    /// Runtime for the drift run: ort (ONNX Runtime) or tract; auto takes ONNX Runtime when found.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ort", "tract"])]
+    runtime: String,
+    /// Shape of a dynamic input for the drift run, per input in order (e.g. 1,3,224,224).
+    #[arg(long, value_name = "DIMS")]
+    input_shape: Vec<String>,
+    /// List constants too in the text report.
+    #[arg(long)]
+    all: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
 }
 
 #[derive(clap::Args)]
@@ -395,6 +435,7 @@ pub fn run() -> i32 {
         Command::Diff(a) => commands::diff(a),
         Command::Export(a) => export::export(a),
         Command::Verify(a) => export::verify(a),
+        Command::Graft(a) => graft::graft(a),
     }
 }
 

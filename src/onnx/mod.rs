@@ -2,6 +2,7 @@
 //! default), dispatching on class names and pickled attributes, and written as protobuf.
 
 pub mod encode;
+pub mod graft;
 pub mod graph;
 pub mod nms;
 pub mod origin;

@@ -174,3 +174,77 @@ pub fn weights_origin(
     w.summary = summary;
     Ok(w)
 }
+
+/// For a model whose graph fuse-ema does not build (any exporter, any architecture): each
+/// initializer identified as `graft` identifies it — by name, by value, or as a Conv+BatchNorm
+/// fold — once against the raw weights and once against the EMA (`ema`: the EMA under the raw
+/// names, as `fold` gives it). A tensor only one side explains counts for that side.
+pub fn weights_origin_matched(
+    located: &Located,
+    ema: &crate::ema::Named,
+    model: &std::path::Path,
+) -> Result<WeightsOrigin, String> {
+    use super::graft::{self, Source, weights::Weights};
+    let src = Source::open(model).map_err(|e| e.to_string())?;
+    let replaced =
+        |raw: &crate::ema::Named, avg: &crate::ema::Named| -> Result<Vec<bool>, String> {
+            let w = Weights::new(raw, avg)?;
+            let plan = graft::plan(&src, &w)?;
+            Ok(plan.entries.iter().map(|e| e.how.replaced()).collect())
+        };
+    let on_ema = replaced(ema, ema)?;
+    let on_raw = match &located.raw {
+        Some(r) => Some(replaced(&r.tensors, ema)?),
+        None => None,
+    };
+    let mut w = WeightsOrigin {
+        verdict: "unknown",
+        compared: 0,
+        matching_ema: 0,
+        matching_raw: 0,
+        closer_to_ema: 0,
+        closer_to_raw: 0,
+        summary: String::new(),
+    };
+    for (i, &e) in on_ema.iter().enumerate() {
+        let r = on_raw.as_ref().is_some_and(|v| v[i]);
+        if !e && !r {
+            continue;
+        }
+        w.compared += 1;
+        w.matching_ema += e as usize;
+        w.matching_raw += r as usize;
+        w.closer_to_ema += (e && !r) as usize;
+        w.closer_to_raw += (r && !e) as usize;
+    }
+    let (verdict, summary) = if w.compared == 0 {
+        ("unknown", "no initializer matches the EMA or the raw weights: cannot tell which weights were exported (another checkpoint?)".to_string())
+    } else if w.closer_to_raw > w.closer_to_ema {
+        (
+            "raw",
+            format!(
+                "this ONNX holds the raw weights, not the EMA ({} of {} weight tensors match only the raw weights; `fuse-ema graft` puts the EMA in)",
+                w.closer_to_raw, w.compared
+            ),
+        )
+    } else if w.matching_ema * 2 >= w.compared {
+        (
+            "ema",
+            format!(
+                "holds the EMA: {} of {} weight tensors match it ({} only the EMA)",
+                w.matching_ema, w.compared, w.closer_to_ema
+            ),
+        )
+    } else {
+        (
+            "neither",
+            format!(
+                "the weights match neither the EMA nor the raw weights ({} of {} match the EMA)",
+                w.matching_ema, w.compared
+            ),
+        )
+    };
+    w.verdict = verdict;
+    w.summary = summary;
+    Ok(w)
+}

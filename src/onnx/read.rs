@@ -9,13 +9,13 @@ use super::proto::{Attr, Dim, ElemType, Model, Node, TensorProto, ValueInfo};
 
 type R<T> = Result<T, String>;
 
-struct Buf<'a> {
+pub(crate) struct Buf<'a> {
     b: &'a [u8],
-    pos: usize,
+    pub(crate) pos: usize,
 }
 
 /// One protobuf field.
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u64),
     Fixed32([u8; 4]),
     Fixed64,
@@ -23,7 +23,7 @@ enum Field<'a> {
 }
 
 impl<'a> Buf<'a> {
-    fn new(b: &'a [u8]) -> Buf<'a> {
+    pub(crate) fn new(b: &'a [u8]) -> Buf<'a> {
         Buf { b, pos: 0 }
     }
 
@@ -40,7 +40,7 @@ impl<'a> Buf<'a> {
         Err("varint longer than 10 bytes".into())
     }
 
-    fn next(&mut self) -> R<Option<(u32, Field<'a>)>> {
+    pub(crate) fn next(&mut self) -> R<Option<(u32, Field<'a>)>> {
         if self.pos >= self.b.len() {
             return Ok(None);
         }
@@ -80,12 +80,12 @@ impl<'a> Buf<'a> {
     }
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// A `StringStringEntryProto` (key 1, value 2).
-fn string_pair(b: &[u8]) -> R<(String, String)> {
+pub(crate) fn string_pair(b: &[u8]) -> R<(String, String)> {
     let mut q = Buf::new(b);
     let (mut k, mut v) = (String::new(), String::new());
     while let Some((f, x)) = q.next()? {
@@ -98,7 +98,7 @@ fn string_pair(b: &[u8]) -> R<(String, String)> {
     Ok((k, v))
 }
 
-fn packed_varints(b: &[u8]) -> R<Vec<i64>> {
+pub(crate) fn packed_varints(b: &[u8]) -> R<Vec<i64>> {
     let mut p = Buf::new(b);
     let mut out = Vec::new();
     while p.pos < b.len() {
@@ -174,7 +174,7 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
 
 /// The external data files of one model: each opened, checked and mapped once, however many
 /// initializers point into it, with the bytes handed out counted against the files' sizes.
-struct External<'p> {
+pub(crate) struct External<'p> {
     dir: Option<&'p Path>,
     /// Each file's map (`None` for an empty file, which cannot be mapped).
     files: HashMap<String, Option<memmap2::Mmap>>,
@@ -185,7 +185,7 @@ struct External<'p> {
 }
 
 impl<'p> External<'p> {
-    fn new(dir: Option<&'p Path>) -> External<'p> {
+    pub(crate) fn new(dir: Option<&'p Path>) -> External<'p> {
         External {
             dir,
             files: HashMap::new(),
@@ -196,6 +196,22 @@ impl<'p> External<'p> {
 
     /// The initializer's bytes at `location`, `offset`, `length`.
     fn bytes(&mut self, name: &str, kv: &[(String, String)]) -> R<Vec<u8>> {
+        let len = self.slice(name, kv)?.len();
+        // Exporters lay initializers end to end; ranges that overlap (every initializer naming
+        // the whole file) would multiply memory by their count.
+        self.used += len as u64;
+        if self.used > self.mapped {
+            return Err(format!(
+                "initializer '{name}': external data ranges overlap (they add up to {} bytes, more than the {} bytes of the data files)",
+                self.used, self.mapped
+            ));
+        }
+        Ok(self.slice(name, kv)?.to_vec())
+    }
+
+    /// The initializer's bytes in place, in the mapped data file (checked like [`Self::bytes`],
+    /// but not counted: the caller copies out one tensor at a time).
+    pub(crate) fn slice(&mut self, name: &str, kv: &[(String, String)]) -> R<&[u8]> {
         let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
         let loc = get("location")
             .ok_or_else(|| format!("initializer '{name}': external data without location"))?;
@@ -224,16 +240,7 @@ impl<'p> External<'p> {
                     data.len()
                 )
             })?;
-        // Exporters lay initializers end to end; ranges that overlap (every initializer naming
-        // the whole file) would multiply memory by their count.
-        self.used += len as u64;
-        if self.used > self.mapped {
-            return Err(format!(
-                "initializer '{name}': external data ranges overlap (they add up to {} bytes, more than the {} bytes of the data files)",
-                self.used, self.mapped
-            ));
-        }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     /// Opens and maps `loc`, which must be a regular file inside the model's folder.
@@ -331,7 +338,7 @@ fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
     Ok((name, a))
 }
 
-fn node(b: &[u8]) -> R<Node> {
+pub(crate) fn node(b: &[u8]) -> R<Node> {
     let mut p = Buf::new(b);
     let mut n = Node {
         op: String::new(),
@@ -357,7 +364,7 @@ fn node(b: &[u8]) -> R<Node> {
     Ok(n)
 }
 
-fn value_info(b: &[u8]) -> R<ValueInfo> {
+pub(crate) fn value_info(b: &[u8]) -> R<ValueInfo> {
     let mut p = Buf::new(b);
     let mut v = ValueInfo {
         name: String::new(),

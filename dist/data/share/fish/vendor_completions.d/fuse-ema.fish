@@ -31,6 +31,7 @@ complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "fold" -d 'Write t
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "diff" -d 'Measure how far the EMA has drifted from the raw weights (or one checkpoint from another)'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "export" -d 'Build an ONNX model from the checkpoint\'s own module tree, EMA weights folded in'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "verify" -d 'Check an ONNX model against a checkpoint\'s EMA: outputs, and which weights it holds'
+complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "graft" -d 'Put a checkpoint\'s EMA into an ONNX model exported from its raw weights (any exporter, any architecture)'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "average" -d 'Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c fuse-ema -n "__fish_fuse_ema_needs_command" -f -a "man" -d 'Print the man page (roff), or write one page per command into a folder'
@@ -107,6 +108,21 @@ tensorrt\t''"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l report -d 'Write the parity report as JSON to this file' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l json -d 'Print the report as JSON'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l checkpoint -d 'The training checkpoint holding the raw weights and their EMA' -r -F
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -s o -l output -d 'Output .onnx file (never one of the inputs; written whole or not at all)' -r -F
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l ema -d 'Take the EMA from this weight set (`state_dict_ema`, `ema.module`) or key prefix (`model_ema.`)' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l raw -d 'Take the raw weights from this weight set or key prefix' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l runtime -d 'Runtime for the drift run: ort (ONNX Runtime) or tract; auto takes ONNX Runtime when found' -r -f -a "auto\t''
+ort\t''
+tract\t''"
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l input-shape -d 'Shape of a dynamic input for the drift run, per input in order (e.g. 1,3,224,224)' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l allow-unmatched -d 'Leave initializers that look like weights but match nothing as they are, instead of failing'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l no-drift -d 'Do not run the two models to measure output drift'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l all -d 'List constants too in the text report'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l json -d 'Print the report as JSON'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -l strict -d 'Refuse (exit 1, write nothing) when any global is outside the allow-list, used against its role, dotted, or part of a gadget chain (docs/security.md)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand graft" -s h -l help -d 'Print help'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -s o -l output -d 'Output: `.safetensors`, or `.pt` / `.pth` / `.bin` for a torch state dict' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l weights -d 'One weight per checkpoint, normalised by their sum (`0.7,0.3`)' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l ema-decay -d 'Replay an EMA with this per-step decay over the checkpoints in order' -r
@@ -122,12 +138,13 @@ complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -s h -l help 
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand man" -l dir -d 'Write fuse-ema.1 and fuse-ema-<command>.1 into this folder instead of printing fuse-ema.1' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand man" -s h -l help -d 'Print help'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "inspect" -d 'Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "fold" -d 'Write the EMA weights alone, under the model\'s own names (.safetensors or .pt)'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "diff" -d 'Measure how far the EMA has drifted from the raw weights (or one checkpoint from another)'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "export" -d 'Build an ONNX model from the checkpoint\'s own module tree, EMA weights folded in'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "verify" -d 'Check an ONNX model against a checkpoint\'s EMA: outputs, and which weights it holds'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "average" -d 'Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "man" -d 'Print the man page (roff), or write one page per command into a folder'
-complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify average completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "inspect" -d 'Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "fold" -d 'Write the EMA weights alone, under the model\'s own names (.safetensors or .pt)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "diff" -d 'Measure how far the EMA has drifted from the raw weights (or one checkpoint from another)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "export" -d 'Build an ONNX model from the checkpoint\'s own module tree, EMA weights folded in'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "verify" -d 'Check an ONNX model against a checkpoint\'s EMA: outputs, and which weights it holds'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "graft" -d 'Put a checkpoint\'s EMA into an ONNX model exported from its raw weights (any exporter, any architecture)'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "average" -d 'Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "man" -d 'Print the man page (roff), or write one page per command into a folder'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand help; and not __fish_seen_subcommand_from inspect fold diff export verify graft average completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
