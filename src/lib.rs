@@ -17,5 +17,6 @@ pub mod progress;
 pub mod reference;
 pub mod runtime;
 pub mod signals;
+pub mod surgery;
 pub mod tensor;
 pub mod write;

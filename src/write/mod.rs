@@ -6,6 +6,7 @@
 //! Tensor bytes are streamed from the input's memory map in order; memory stays flat.
 
 mod pickle;
+pub mod repickle;
 pub mod safetensors;
 mod target;
 pub mod torch_zip;

@@ -9,6 +9,7 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipWriter};
 
 use super::pickle::{self, Entry};
+use super::repickle::Repickled;
 use super::{AtomicFile, OutDType, WriteError, write_tensor};
 use crate::ema::Named;
 use crate::progress::Progress;
@@ -62,6 +63,47 @@ pub fn write(
                 .map_err(|e| err(&e))?;
             write_tensor(&mut z, t, d).map_err(|e| err(&e))?;
             progress.advance(t.nbytes() as u64);
+        }
+        z.start_file("archive/version", base).map_err(|e| err(&e))?;
+        z.write_all(b"3\n").map_err(|e| err(&e))?;
+        let mut w = z.finish().map_err(|e| err(&e))?;
+        w.flush().map_err(|e| err(&e))?;
+    }
+    file.commit()?;
+    progress.finish();
+    Ok(())
+}
+
+/// Writes a re-emitted object graph ([`super::repickle`]) as a torch archive: `data.pkl`, then
+/// each storage streamed from its input (converted where asked), stored and 64-byte aligned.
+pub fn write_graph(
+    target: &Path,
+    inputs: &[&Path],
+    graph: &Repickled,
+    progress: &dyn Progress,
+) -> Result<(), WriteError> {
+    progress.start(graph.storages.iter().map(|s| s.nbytes()).sum());
+    let mut file = AtomicFile::create(target, inputs)?;
+    let err = |e: &dyn std::fmt::Display| WriteError::new(target, format!("write failed: {e}"));
+    {
+        let w = BufWriter::with_capacity(1 << 20, file.file());
+        let mut z = ZipWriter::new(w);
+        let base = SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Stored)
+            .last_modified_time(DateTime::default())
+            .with_alignment(64);
+        z.start_file("archive/data.pkl", base)
+            .map_err(|e| err(&e))?;
+        z.write_all(&graph.pickle).map_err(|e| err(&e))?;
+        z.start_file("archive/byteorder", base)
+            .map_err(|e| err(&e))?;
+        z.write_all(b"little").map_err(|e| err(&e))?;
+        for (i, s) in graph.storages.iter().enumerate() {
+            let opts = base.large_file(s.nbytes() >= u32::MAX as u64);
+            z.start_file(format!("archive/data/{i}"), opts)
+                .map_err(|e| err(&e))?;
+            write_tensor(&mut z, &s.view, s.dtype).map_err(|e| err(&e))?;
+            progress.advance(s.nbytes());
         }
         z.start_file("archive/version", base).map_err(|e| err(&e))?;
         z.write_all(b"3\n").map_err(|e| err(&e))?;

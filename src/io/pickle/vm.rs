@@ -8,7 +8,7 @@ use super::ops::*;
 use super::reconstruct;
 use super::record::{self, Call};
 use super::{Limits, PersistentLoad, PickleError};
-use crate::checkpoint::value::{Global, Graph, Node, NodeId, Object, Value};
+use crate::checkpoint::value::{Global, Graph, Made, Node, NodeId, Object, Value};
 
 /// Decodes one pickle from `data` into `graph`; returns its top value and the number of bytes it
 /// took (the offset just past STOP).
@@ -477,6 +477,7 @@ impl<'a> Vm<'a> {
             Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new)?,
             None => self.graph.add(Node::Object(Box::new(Object {
                 class: None,
+                made: if is_new { Made::NewObj } else { Made::Reduce },
                 args,
                 kwargs,
                 ..Object::default()
