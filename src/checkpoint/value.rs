@@ -185,6 +185,9 @@ pub struct Graph {
     made_by: HashMap<NodeId, Global>,
     /// Tensors pickled with `requires_grad=True`.
     grad: HashSet<NodeId>,
+    /// BUILD state given to a container (an `OrderedDict`'s `__dict__`, e.g. a state dict's
+    /// `_metadata`), which the node kinds alone do not keep.
+    container_state: HashMap<NodeId, Value>,
 }
 
 impl Graph {
@@ -241,6 +244,16 @@ impl Graph {
     /// `builtins.set`), if one did.
     pub fn made_by(&self, id: NodeId) -> Option<&Global> {
         self.made_by.get(&id)
+    }
+
+    /// Keeps the BUILD state of a container node (see [`Graph::container_state`]).
+    pub fn set_container_state(&mut self, id: NodeId, state: Value) {
+        self.container_state.insert(id, state);
+    }
+
+    /// The BUILD state a container node was given (an `OrderedDict`'s attributes), if any.
+    pub fn container_state(&self, id: NodeId) -> Option<&Value> {
+        self.container_state.get(&id)
     }
 
     /// Marks or clears a tensor node's `requires_grad`.

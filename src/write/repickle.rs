@@ -164,6 +164,7 @@ impl Pickler<'_> {
                 }
                 self.put(id);
                 self.setitems(entries)?;
+                self.container_state(id)?;
             }
             Node::Set(items) | Node::FrozenSet(items) => {
                 let name = if matches!(g.node(id), Node::Set(_)) {
@@ -329,6 +330,15 @@ impl Pickler<'_> {
         self.str("cpu");
         self.usize(numel)?;
         self.out.extend_from_slice(b"tQ");
+        Ok(())
+    }
+
+    /// BUILD with the attributes an `OrderedDict` carried (Python writes them after the items).
+    fn container_state(&mut self, id: NodeId) -> R {
+        if let Some(state) = self.g.container_state(id) {
+            self.value(state)?;
+            self.out.push(b'b');
+        }
         Ok(())
     }
 

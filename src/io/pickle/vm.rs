@@ -537,8 +537,12 @@ impl<'a> Vm<'a> {
         }
         match self.graph.node_mut(id) {
             Node::Object(o) => o.state = Some(state),
-            // A parameter's or an OrderedDict's extra state: nothing in it affects the data.
-            Node::Tensor(_) | Node::Dict(_) | Node::Set(_) | Node::List(_) => {}
+            // An OrderedDict's attributes (a state dict's `_metadata`): kept aside for writers.
+            Node::Dict(_) | Node::Set(_) | Node::List(_) => {
+                self.graph.set_container_state(id, state)
+            }
+            // A parameter's extra state: nothing in it affects the data.
+            Node::Tensor(_) => {}
             other => return Err(format!("BUILD on a {}", other.kind())),
         }
         Ok(())
