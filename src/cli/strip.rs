@@ -49,7 +49,12 @@ pub(super) fn strip(a: StripArgs) -> i32 {
     };
     let out = match write::repickle::repickle(&ckpt.graph, &plan.root, &plan.convert) {
         Ok(r) => r,
-        Err(m) => return fail(format_args!("{}: cannot write it again: {m}", a.file.display())),
+        Err(m) => {
+            return fail(format_args!(
+                "{}: cannot write it again: {m}",
+                a.file.display()
+            ));
+        }
     };
     let input_paths = write::checkpoint_inputs(&a.file, &ckpt);
     let inputs: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();

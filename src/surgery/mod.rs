@@ -145,7 +145,11 @@ pub fn plan(ck: &mut Checkpoint, opts: &StripOptions) -> Result<Plan, SurgeryErr
 }
 
 /// The entries of the dict behind `v`, or an error naming `what`.
-pub(crate) fn dict_entries(g: &Graph, v: &Value, what: &str) -> Result<Vec<(Value, Value)>, String> {
+pub(crate) fn dict_entries(
+    g: &Graph,
+    v: &Value,
+    what: &str,
+) -> Result<Vec<(Value, Value)>, String> {
     g.dict(v)
         .map(<[_]>::to_vec)
         .ok_or_else(|| format!("{what} is not a dict"))

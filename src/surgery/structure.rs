@@ -17,12 +17,23 @@ use super::{Plan, StripOptions, StripReport, dict_entries, keys};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::value::Node;
 
+/// One framework's edit: the key the EMA moves into (and from), the other copy of the weights,
+/// the optimizer / scheduler keys, and the rule in words.
+struct Rule {
+    moved: Option<(&'static str, &'static str)>,
+    other_side: &'static [&'static str],
+    optimizer: &'static [&'static str],
+    words: &'static str,
+}
+
 /// Plans `--keep-structure` for a timm, mmengine or Lightning checkpoint.
 pub fn plan(ck: &mut Checkpoint, layout: &str, opts: &StripOptions) -> Result<Plan, String> {
     if opts.dtype.is_some() {
-        return Err("--dtype applies to Ultralytics checkpoints; --keep-structure keeps the \
+        return Err(
+            "--dtype applies to Ultralytics checkpoints; --keep-structure keeps the \
                     tensors as they are"
-            .into());
+                .into(),
+        );
     }
     let g = &mut ck.graph;
     let mut entries = dict_entries(g, &ck.root, "the checkpoint")?;
@@ -30,35 +41,40 @@ pub fn plan(ck: &mut Checkpoint, layout: &str, opts: &StripOptions) -> Result<Pl
         layout: layout.to_string(),
         ..StripReport::default()
     };
-    let (moved, removed_side, optim, rules): (Option<(&str, &str)>, &[&str], &[&str], &str) =
-        match layout {
-            "timm" => {
-                let from = ["state_dict_ema", "model_ema"]
-                    .into_iter()
-                    .find(|k| entries.iter().any(|(e, _)| e.as_str() == Some(*k)))
-                    .ok_or("timm checkpoint without state_dict_ema")?;
-                (
-                    Some(("state_dict", from)),
-                    &["state_dict_ema", "model_ema"],
-                    &["optimizer", "amp_scaler"],
-                    "timm: state_dict ← state_dict_ema (clean_checkpoint.py --use-ema)",
-                )
+    let rule = match layout {
+        "timm" => {
+            let from = ["state_dict_ema", "model_ema"]
+                .into_iter()
+                .find(|k| entries.iter().any(|(e, _)| e.as_str() == Some(*k)))
+                .ok_or("timm checkpoint without state_dict_ema")?;
+            Rule {
+                moved: Some(("state_dict", from)),
+                other_side: &["state_dict_ema", "model_ema"],
+                optimizer: &["optimizer", "amp_scaler"],
+                words: "timm: state_dict ← state_dict_ema (clean_checkpoint.py --use-ema)",
             }
-            "mmengine" => (
-                None,
-                &["ema_state_dict"],
-                &["optimizer", "param_schedulers"],
-                "mmengine EMAHook: state_dict already holds the EMA (swapped in at save); \
-                 ema_state_dict (the raw weights) removed so no resume swaps them back",
-            ),
-            _ => (
-                None,
-                &["current_model_state", "averaging_state"],
-                &["optimizer_states", "lr_schedulers"],
-                "Lightning WeightAveraging: state_dict holds the average; current_model_state \
-                 and averaging_state removed",
-            ),
-        };
+        }
+        "mmengine" => Rule {
+            moved: None,
+            other_side: &["ema_state_dict"],
+            optimizer: &["optimizer", "param_schedulers"],
+            words: "mmengine EMAHook: state_dict already holds the EMA (swapped in at save); \
+                    ema_state_dict (the raw weights) removed so no resume swaps them back",
+        },
+        _ => Rule {
+            moved: None,
+            other_side: &["current_model_state", "averaging_state"],
+            optimizer: &["optimizer_states", "lr_schedulers"],
+            words: "Lightning WeightAveraging: state_dict holds the average; current_model_state \
+                    and averaging_state removed",
+        },
+    };
+    let Rule {
+        moved,
+        other_side: removed_side,
+        optimizer: optim,
+        words: rules,
+    } = rule;
     report.rules = rules.to_string();
     if let Some((to, from)) = moved {
         let v = entries
@@ -94,4 +110,3 @@ pub fn plan(ck: &mut Checkpoint, layout: &str, opts: &StripOptions) -> Result<Pl
         report,
     })
 }
-

@@ -98,9 +98,11 @@ pub fn plan(ck: &mut Checkpoint, opts: &StripOptions) -> Result<Plan, String> {
     }
     let class = module::class_name(g, &model).unwrap_or_default();
     if class.ends_with(".DistillationModel") {
-        return Err("a DistillationModel checkpoint (strip_optimizer keeps its student, \
+        return Err(
+            "a DistillationModel checkpoint (strip_optimizer keeps its student, \
                     which fuse-ema does not unwrap)"
-            .into());
+                .into(),
+        );
     }
     if matches!(rules, Rules::V82(_)) {
         if args_to_dict(g, &model)? {
@@ -175,13 +177,17 @@ fn rules_for(
                 "YOLOv5 utils/general.py strip_optimizer".into(),
             ));
         }
-        return Err("no `version` entry: cannot tell which Ultralytics release's \
+        return Err(
+            "no `version` entry: cannot tell which Ultralytics release's \
                     strip_optimizer to follow"
-            .into());
+                .into(),
+        );
     };
     let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
     let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
-        return Err(format!("version {v:?} is not an Ultralytics release number"));
+        return Err(format!(
+            "version {v:?} is not an Ultralytics release number"
+        ));
     };
     if major != 8 {
         return Err(format!(
@@ -473,7 +479,10 @@ fn retype_head(
     else {
         return 0;
     };
-    let Some((_, head)) = module::children(g, &seq).last().map(|(n, v)| (*n, (*v).clone())) else {
+    let Some((_, head)) = module::children(g, &seq)
+        .last()
+        .map(|(n, v)| (*n, (*v).clone()))
+    else {
         return 0;
     };
     let Some(attrs) = attrs_node(g, &head) else {
@@ -495,4 +504,3 @@ fn retype_head(
     };
     retype_entries(g, attrs, Some(keys), to, convert)
 }
-

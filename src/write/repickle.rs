@@ -102,7 +102,11 @@ impl Pickler<'_> {
             Value::Int(i) => self.int(*i),
             Value::BigInt(s) => {
                 // LONG takes decimal text at any protocol.
-                if !s.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-')) {
+                if !s
+                    .bytes()
+                    .enumerate()
+                    .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
+                {
                     return Err(format!("integer literal {s:?} is not decimal"));
                 }
                 self.out.push(b'L');
@@ -394,7 +398,10 @@ impl Pickler<'_> {
     fn global(&mut self, g: &Global) -> R {
         let bad = |s: &str| s.is_empty() || s.contains('\n');
         if bad(&g.module) || bad(&g.name) {
-            return Err(format!("global {:?} cannot be written as GLOBAL", g.dotted()));
+            return Err(format!(
+                "global {:?} cannot be written as GLOBAL",
+                g.dotted()
+            ));
         }
         self.out.push(b'c');
         self.out.extend_from_slice(g.module.as_bytes());
