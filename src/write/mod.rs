@@ -7,6 +7,8 @@
 
 mod pickle;
 pub mod repickle;
+#[cfg(test)]
+mod repickle_tests;
 pub mod safetensors;
 mod target;
 pub mod torch_zip;

@@ -46,6 +46,7 @@ impl StorageOut {
 }
 
 /// A re-emitted graph: the pickle and the storages its persistent ids name, in key order.
+#[derive(Debug)]
 pub struct Repickled {
     /// `data.pkl`.
     pub pickle: Vec<u8>,
