@@ -246,6 +246,11 @@ impl Graph {
         self.made_by.get(&id)
     }
 
+    /// Approximate heap bytes of the side tables (for the pickle VM's memory budget).
+    pub(crate) fn side_bytes(&self) -> usize {
+        (self.made_by.len() + self.container_state.len() + self.grad.len()) * 64
+    }
+
     /// Keeps the BUILD state of a container node (see [`Graph::container_state`]).
     pub fn set_container_state(&mut self, id: NodeId, state: Value) {
         self.container_state.insert(id, state);

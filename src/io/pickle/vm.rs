@@ -91,10 +91,12 @@ impl<'a> Vm<'a> {
             // Nodes carry ~48 bytes of heap on average beyond their own size (boxed objects,
             // container buffers); values are counted as they are pushed; a memo entry takes
             // about 72 bytes of hash table once growth is counted (5-byte LONG_BINPUTs to new
-            // keys would otherwise grow memory 20 times faster than the file).
+            // keys would otherwise grow memory 20 times faster than the file); the graph's side
+            // tables (reconstructor classes, BUILD states of containers) count too.
             let approx = self.graph.len() * (std::mem::size_of::<Node>() + 48)
                 + self.values * std::mem::size_of::<Value>()
                 + self.graph.uses().approx_bytes()
+                + self.graph.side_bytes()
                 + self.memo.len() * 72;
             if approx > self.limits.max_bytes {
                 return Err(self.err(format!(
