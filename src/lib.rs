@@ -2,6 +2,7 @@
 //! them. The modules follow the pipeline: [`io`] reads files into the [`checkpoint`] object model,
 //! [`inspect`] reports on it, and [`cli`] parses arguments and renders results.
 
+pub mod average;
 pub mod checkpoint;
 pub mod cli;
 pub mod convert;
@@ -16,6 +17,7 @@ pub mod parity;
 pub mod progress;
 pub mod reference;
 pub mod runtime;
+pub mod sarif;
 pub mod signals;
 pub mod surgery;
 pub mod tensor;

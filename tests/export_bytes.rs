@@ -32,7 +32,7 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
         "yolov8-epoch1",
         "dynamic",
         "model.onnx",
-        "0de903b8132b110bdd10c5acadc79584f19352e73d50b7ed914fffbeb8af41e6",
+        "f5b78199fd49e7e29e39f971f816a85e95d1a1357954ea3734be8584c4ace530",
     ),
     (
         "yolov8-epoch1",
@@ -62,7 +62,7 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
         "yolo11-detect",
         "dynamic",
         "model.onnx",
-        "c02f92745a23893aaede4e9fa9c923cffdc175d48b60a0ec39653ef19c014d78",
+        "52563f9eab2bebf5bff5bee61f15613a7e28952e76c424edf8d518d9c84cbbcb",
     ),
     (
         "yolo11-detect",
@@ -92,7 +92,7 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
         "yolov8-seg",
         "dynamic",
         "model.onnx",
-        "b10d6517c08b00bcf1db4ca1dff3f41999ebe091ebb7d73e63f4b0faf6d7a48e",
+        "26030d0160a7f5540ab48282a1a02dd155c60fac52f30858764d5901a9be6bb8",
     ),
     (
         "yolov8-seg",
@@ -122,7 +122,7 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
         "yolov8-pose",
         "dynamic",
         "model.onnx",
-        "4afc0e06e815f22c031828694cfc5f9254697e225a49280261e3928baa63e84c",
+        "cc57993b7e3c6b5af8f3a6b557464eda0764303e3461713143dcaf83582441fd",
     ),
     (
         "yolov8-pose",
@@ -152,7 +152,7 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
         "yolov8-cls",
         "dynamic",
         "model.onnx",
-        "a33761cb6d9e0c2c0d5ada998a4d0d21778cce394dffa211899b150aea66dde8",
+        "3f5e6ce140e56a8f9d5489657b315e58df8007f02790ece32d685e02fe813239",
     ),
     (
         "yolov8-cls",

@@ -220,7 +220,6 @@ fn check(stem: &str, variant: &str) {
 
 /// Exports `stem` once with `--dynamic` (batch, height and width) and compares that one file at
 /// every golden size.
-#[allow(dead_code)] // until a family is listed in `dynamic!`
 fn check_dynamic(stem: &str, variant: &str) {
     let golden = golden(stem, variant);
     let npz = Npz::open(&golden).unwrap();
@@ -309,24 +308,49 @@ exports! {
     yolo26n_classify: "yolo26n-classify" "default",
     yolo26n_detect: "yolo26n-detect" "default",
     yolo26n_detect_last: "yolo26n-detect.last" "default",
+    yolo26n_detect_end2end: "yolo26n-detect" "end2end",
+    yolo26n_segment: "yolo26n-segment" "default",
+    yolo26n_segment_end2end: "yolo26n-segment" "end2end",
+    yolo26n_pose: "yolo26n-pose" "default",
+    yolo26n_pose_end2end: "yolo26n-pose" "end2end",
+    yolo26n_obb: "yolo26n-obb" "default",
+    yolo26n_obb_end2end: "yolo26n-obb" "end2end",
+    yolov3_tinyu_detect: "yolov3-tinyu-detect" "default",
+    yolov3u_spp_detect: "yolov3u-spp-detect" "default",
+    yolov6n_detect: "yolov6n-detect" "default",
+    yolov8n_ghost_detect: "yolov8n-ghost-detect" "default",
+    yolov8n_p6_detect: "yolov8n-p6-detect" "default",
+    yolov8n_resnet50_classify: "yolov8n-resnet50-classify" "default",
+    yolov9e_detect: "yolov9e-detect" "default",
+    yolov9t_detect: "yolov9t-detect" "default",
+    yolo12n_classify: "yolo12n-classify" "default",
+    yolo12n_detect: "yolo12n-detect" "default",
+    yolov10n_detect: "yolov10n-detect" "default",
+    yolov10n_detect_end2end: "yolov10n-detect" "end2end",
+    yolo26n_detect_nms: "yolo26n-detect" "nms",
+    yolo26n_segment_nms: "yolo26n-segment" "nms",
+    yolo26n_pose_nms: "yolo26n-pose" "nms",
+    yolo26n_obb_nms: "yolo26n-obb" "nms",
+    yolov3_tinyu_detect_nms: "yolov3-tinyu-detect" "nms",
+    yolov3u_spp_detect_nms: "yolov3u-spp-detect" "nms",
+    yolov6n_detect_nms: "yolov6n-detect" "nms",
+    yolov8n_ghost_detect_nms: "yolov8n-ghost-detect" "nms",
+    yolov8n_p6_detect_nms: "yolov8n-p6-detect" "nms",
+    yolov9e_detect_nms: "yolov9e-detect" "nms",
+    yolov9t_detect_nms: "yolov9t-detect" "nms",
+    yolo12n_detect_nms: "yolo12n-detect" "nms",
+    yolov10n_detect_nms: "yolov10n-detect" "nms",
 }
 
-dynamic! {}
+dynamic! {
+    yolo11n_classify_dynamic: "yolo11n-classify" "default",
+    yolo26n_detect_dynamic: "yolo26n-detect" "default",
+    yolo26n_detect_nms_dynamic: "yolo26n-detect" "nms",
+}
 
 /// Golden variants of exported families that are not exported yet, each with the exit code and
 /// the start of the error they give today; a pending variant that starts working fails here.
-const PENDING: &[(&str, &str, &str)] = &[
-    (
-        "yolo26n-detect",
-        "end2end",
-        "error: unexpected argument '--end2end'",
-    ),
-    (
-        "yolo26n-detect",
-        "nms",
-        "error: unexpected argument '--nms'",
-    ),
-];
+const PENDING: &[(&str, &str, &str)] = &[];
 
 #[test]
 fn pending_variants_still_fail() {
@@ -343,22 +367,10 @@ fn pending_variants_still_fail() {
 
 refused! {
     rtdetr_l_detect: "rtdetr-l-detect" "'model' is a RTDETRDetectionModel, not an Ultralytics model",
-    yolo12n_detect: "yolo12n-detect" "unsupported module classes: A2C2f, AAttn, ABlock",
     yolo26n_depth: "yolo26n-depth" "'model' is a DepthModel, not an Ultralytics model",
-    yolo26n_obb: "yolo26n-obb" "unsupported module classes: OBB26",
-    yolo26n_pose: "yolo26n-pose" "unsupported module classes: Pose26, RealNVP",
-    yolo26n_segment: "yolo26n-segment" "unsupported module classes: Proto26, Segment26",
     yolo26n_semantic: "yolo26n-semantic" "'model' is a SemanticSegmentationModel, not an Ultralytics model",
     yolo26n_semantic_last: "yolo26n-semantic.last" "'ema' is a SemanticSegmentationModel, not an Ultralytics model",
-    yolov10n_detect: "yolov10n-detect" "unsupported module classes: C2fCIB, CIB, RepVGGDW, SCDown, v10Detect",
-    yolov3_tinyu_detect: "yolov3-tinyu-detect" "unsupported module classes: ZeroPad2d",
-    yolov3u_spp_detect: "yolov3u-spp-detect" "unsupported module classes: SPP",
-    yolov6n_detect: "yolov6n-detect" "model.11 (ConvTranspose2d): unsupported module class ConvTranspose2d",
-    yolov8n_ghost_detect: "yolov8n-ghost-detect" "unsupported module classes: C3Ghost, GhostBottleneck, GhostConv",
-    yolov8n_p6_detect: "yolov8n-p6-detect" "unsupported module classes: C2",
     yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel, not an Ultralytics model",
-    yolov9e_detect: "yolov9e-detect" "unsupported module classes: ADown, CBFuse, CBLinear, RepBottleneck, RepCSP, RepConv, RepNCSPELAN4, SPPELAN",
-    yolov9t_detect: "yolov9t-detect" "unsupported module classes: AConv, ELAN1, RepBottleneck, RepCSP, RepConv, RepNCSPELAN4, SPPELAN",
 }
 
 /// Every checkpoint in the manifest (and every `.last.pt` beside one) is listed, and every
@@ -403,5 +415,84 @@ fn every_family_is_listed() {
                 "{stem}: golden variant {variant} is not exported here"
             );
         }
+    }
+}
+
+/// `--end2end` on a head without one-to-one branches is a usage error naming the head; nothing
+/// is written.
+#[test]
+fn end2end_needs_one_to_one_branches() {
+    for (stem, head) in [
+        ("yolo26n-classify", "Classify"),
+        ("yolo11n-classify", "Classify"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.onnx");
+        let r = export(stem, &out, &["--end2end"]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{stem}: {err}");
+        let ckpt = fixture(&format!("families/{stem}.pt"));
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "fuse-ema: error: {}: cannot export: --end2end needs a head with one-to-one branches (YOLOv10, YOLO26); this model's head {head} has none",
+                ckpt.display()
+            )
+        );
+        assert!(!out.exists(), "{stem}: nothing written");
+    }
+}
+
+/// `verify` recognises `yolo export nms=False`'s own end-to-end ONNX by its metadata and compares
+/// its rows with the reference interpreter's one-to-one head as sets.
+#[test]
+fn verify_reads_yolo_exports_end2end_onnx() {
+    let model = fixture("families/yolo-export/yolo26n-detect.end2end.onnx");
+    let ckpt = fixture("families/yolo26n-detect.pt");
+    let r = run(&[
+        "verify",
+        model.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--runtime",
+        "ort",
+    ]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(out.contains("detection rows: 1/1 images agree"), "{out}");
+}
+
+/// `--max-det` sets the rows of the end-to-end output, clamped to the anchors (84 at 64×64) as
+/// Ultralytics' exporter clamps it; the metadata says `end2end: True`.
+#[test]
+fn max_det_sets_the_end2end_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for (max_det, rows) in [("10", 10), ("500", 84)] {
+        let out = dir.path().join(format!("e2e{max_det}.onnx"));
+        let r = export("yolo26n-pose", &out, &["--end2end", "--max-det", max_det]);
+        assert_eq!(
+            r.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let bytes = std::fs::read(&out).unwrap();
+        let m = fuse_ema::onnx::read::parse(&bytes, None).unwrap();
+        let dims: Vec<String> = m.outputs[0].dims.iter().map(|d| format!("{d:?}")).collect();
+        assert_eq!(dims, ["Fixed(1)", &format!("Fixed({rows})"), "Fixed(18)"]);
+        let meta = |k: &str| {
+            m.metadata
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(meta("end2end").as_deref(), Some("True"));
+        assert_eq!(meta("head").as_deref(), Some("Pose26"));
+        assert_eq!(meta("kpt_shape").as_deref(), Some("[4, 3]"));
     }
 }

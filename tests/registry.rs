@@ -49,7 +49,7 @@ fn docs_export_md_lists_exactly_the_registry() {
 #[test]
 fn builder_and_interpreter_support_exactly_the_same_classes() {
     let layers: Vec<&str> = registry::all()
-        .filter(|l| matches!(l.kind, Kind::Layer { .. }))
+        .filter(|l| matches!(l.kind, Kind::Layer { .. } | Kind::Fork { .. }))
         .map(|l| l.class)
         .collect();
     assert!(layers.len() >= 20, "{layers:?}");
@@ -62,7 +62,7 @@ fn builder_and_interpreter_support_exactly_the_same_classes() {
         );
         assert_eq!(Builder::handles(l.class), layers.contains(&l.class));
     }
-    for unknown in ["RepConv", "C2fAttn", "RTDETRDecoder", ""] {
+    for unknown in ["NoSuchBlock", "C2fAttn", "RTDETRDecoder", ""] {
         assert!(!Builder::handles(unknown) && !Reference::handles(unknown));
     }
 }
@@ -91,12 +91,15 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
         imgsz: Some((64, 64)),
         batch: 1,
         dynamic: false,
+        nms: None,
+        max_det: 300,
         opset: 17,
         half: false,
         module_key: "model".into(),
         force_external: false,
         external_name: "model.onnx.data".into(),
         scratch_dir: None,
+        end2end: false,
     };
     let export = fuse_ema::onnx::export(ckpt, &opts)
         .expect_err("the export refuses")

@@ -293,12 +293,15 @@ pub fn run(fixtures: &[Entries], data: &[u8]) -> Reached {
             imgsz: Some((64, 64)),
             batch: 1,
             dynamic: false,
+            nms: None,
+            max_det: 300,
             opset: 17,
             half: false,
             module_key: key.to_string(),
             force_external: false,
             external_name: "model.onnx.data".into(),
             scratch_dir: None,
+            end2end: false,
         };
         reached.exported |= fuse_ema::onnx::export(&ckpt, &opts).is_ok();
         let m = fuse_ema::checkpoint::py::M { g: &ckpt.graph, v };

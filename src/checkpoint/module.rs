@@ -199,6 +199,49 @@ fn walk(
     Ok(())
 }
 
+/// `module.named_parameters()` names: each module's parameters, then its children's, with
+/// dotted names; a parameter shared by several modules (the same pickled tensor) counted once,
+/// under its first name, as PyTorch does.
+pub fn parameter_names(graph: &Graph, v: &Value) -> Result<Vec<String>, ModuleError> {
+    let all = state_dict(graph, v)?;
+    let mut buffers = std::collections::HashSet::new();
+    collect_buffers(graph, v, "", &mut buffers, 0)?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(all
+        .into_iter()
+        .filter(|(n, _)| !buffers.contains(n))
+        .filter(|(_, t)| t.node().is_none_or(|id| seen.insert(id)))
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// The dotted names of every buffer below `v` (the same walk as [`state_dict`], which has
+/// already checked the tree's size and shape).
+fn collect_buffers(
+    graph: &Graph,
+    v: &Value,
+    prefix: &str,
+    out: &mut std::collections::HashSet<String>,
+    depth: usize,
+) -> Result<(), ModuleError> {
+    if depth > MAX_MODULE_DEPTH {
+        return Err(ModuleError(format!(
+            "modules nest deeper than {MAX_MODULE_DEPTH} at '{prefix}'"
+        )));
+    }
+    if let Some(d) = graph.attr(v, "_buffers").and_then(|d| graph.dict(d)) {
+        for (k, _) in d {
+            if let Some(name) = k.as_str() {
+                out.insert(format!("{prefix}{name}"));
+            }
+        }
+    }
+    for (name, child) in children(graph, v) {
+        collect_buffers(graph, child, &format!("{prefix}{name}."), out, depth + 1)?;
+    }
+    Ok(())
+}
+
 /// One node of a module tree, for `inspect --tree`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TreeNode {

@@ -5,7 +5,8 @@ use serde_json::json;
 use super::progress::Bar;
 
 use super::{
-    DiffArgs, EXIT_CHECK_FAILED, EXIT_OK, FoldArgs, InspectArgs, SelectArgs, fail, render,
+    DiffArgs, EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, FoldArgs, InspectArgs, InspectFormat,
+    SelectArgs, fail, render,
 };
 use crate::ema::{self, FoldOptions, Selectors};
 use crate::write::{self, OutDType};
@@ -15,6 +16,27 @@ fn selectors(s: &SelectArgs) -> Selectors {
         ema: s.ema.clone(),
         raw: s.raw.clone(),
     }
+}
+
+/// The EMA of `ckpt` as the selectors say, and the files of any other checkpoint it came from:
+/// `--ema PATH` opens that checkpoint (judged like the first under `--strict`), whose files are
+/// inputs too (never written over).
+fn locate(
+    ckpt: &crate::checkpoint::Checkpoint,
+    sel: &Selectors,
+    strict: &super::StrictArgs,
+) -> Result<(ema::Located, Vec<std::path::PathBuf>), i32> {
+    let Some(path) = sel.ema_path() else {
+        return ema::locate(ckpt, sel)
+            .map(|l| (l, Vec::new()))
+            .map_err(fail);
+    };
+    let other = super::open_strict(path, strict)?;
+    if let Some(code) = super::strict_refusal(&other, strict) {
+        return Err(code);
+    }
+    let l = ema::locate_in(ckpt, &other, sel).map_err(fail)?;
+    Ok((l, write::checkpoint_inputs(path, &other)))
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
@@ -27,77 +49,338 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
     }
 }
 
+/// What `inspect` found in one file.
+enum Verdict {
+    /// Read and judged.
+    Read(Box<crate::inspect::Report>),
+    /// Not readable; the globals its pickles named before the failure, judged.
+    Unreadable(String, crate::checkpoint::judge::Judgement),
+}
+
+impl Verdict {
+    fn findings(&self) -> &[crate::checkpoint::judge::Finding] {
+        match self {
+            Verdict::Read(r) => &r.findings,
+            Verdict::Unreadable(_, j) => &j.findings,
+        }
+    }
+}
+
+fn verdict(
+    file: &std::path::Path,
+    tree: bool,
+    allow: &crate::checkpoint::judge::AllowList,
+) -> Verdict {
+    let ckpt = match crate::io::open(file) {
+        Ok(c) => c,
+        Err(e) => {
+            let judged = crate::checkpoint::judge::judge(&e.named, allow);
+            return Verdict::Unreadable(e.to_string(), judged);
+        }
+    };
+    match crate::inspect::inspect(&ckpt, tree, allow) {
+        Ok(r) => Verdict::Read(Box::new(r)),
+        Err(e) => Verdict::Unreadable(
+            format!("{}: {e}", file.display()),
+            crate::checkpoint::judge::Judgement::default(),
+        ),
+    }
+}
+
 pub(super) fn inspect(a: InspectArgs) -> i32 {
     let allow = match a.strict.allow_list() {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let ckpt = match crate::io::open(&a.file) {
-        Ok(c) => c,
-        Err(e) => return unreadable(&a, &allow, e),
+    let format = if a.json {
+        InspectFormat::Json
+    } else {
+        a.format
     };
-    let report = match crate::inspect::inspect(&ckpt, a.tree, &allow) {
-        Ok(r) => r,
-        Err(e) => return fail(format_args!("{}: {e}", a.file.display())),
-    };
-    if a.json {
-        if let Err(code) = print_json(&report) {
-            return code;
+    let verdicts: Vec<Verdict> = a.files.iter().map(|f| verdict(f, a.tree, &allow)).collect();
+    let printed = match format {
+        InspectFormat::Text if a.quiet => Ok(()),
+        InspectFormat::Text => {
+            print_text(&a, &verdicts);
+            Ok(())
         }
-    } else {
-        print!("{}", render::inspect_text(&report));
+        InspectFormat::Json => {
+            let each: Result<Vec<serde_json::Value>, _> = a
+                .files
+                .iter()
+                .zip(&verdicts)
+                .map(|(f, v)| verdict_json(f, v))
+                .collect();
+            match each {
+                Err(e) => Err(fail(e)),
+                Ok(each) if each.len() == 1 => print_json(&each[0]),
+                Ok(each) => print_json(&each),
+            }
+        }
+        InspectFormat::Sarif => {
+            let names: Vec<String> = a.files.iter().map(|f| f.display().to_string()).collect();
+            let files: Vec<crate::sarif::FileVerdict> = names
+                .iter()
+                .zip(&verdicts)
+                .map(|(path, v)| crate::sarif::FileVerdict {
+                    path,
+                    findings: v.findings(),
+                    error: match v {
+                        Verdict::Unreadable(e, _) => Some(e.clone()),
+                        Verdict::Read(_) => None,
+                    },
+                })
+                .collect();
+            print_json(&crate::sarif::log(&files))
+        }
+    };
+    if let Err(code) = printed {
+        return code;
     }
-    if report.findings.is_empty() {
-        return EXIT_OK;
+    // Exit: 1 when any file has a finding (the security verdict comes first), else 2 when any
+    // cannot be read, else 0.
+    let mut code = EXIT_OK;
+    for (file, v) in a.files.iter().zip(&verdicts) {
+        match v {
+            Verdict::Unreadable(e, j) if j.findings.is_empty() => {
+                eprintln!("fuse-ema: error: {e}");
+                if code == EXIT_OK {
+                    code = EXIT_BAD_INPUT;
+                }
+            }
+            Verdict::Unreadable(e, j) => {
+                eprintln!("fuse-ema: error: {e}");
+                danger(file, &a, &j.findings, true);
+                code = EXIT_CHECK_FAILED;
+            }
+            Verdict::Read(r) if !r.findings.is_empty() => {
+                danger(file, &a, &r.findings, false);
+                code = EXIT_CHECK_FAILED;
+            }
+            Verdict::Read(_) => {}
+        }
     }
-    if a.strict.strict {
-        super::strict_message(&a.file, &report.findings);
+    code
+}
+
+/// The one-line verdict on stderr for a file with findings.
+fn danger(
+    file: &std::path::Path,
+    a: &InspectArgs,
+    findings: &[crate::checkpoint::judge::Finding],
+    unreadable: bool,
+) {
+    let dangerous = findings
+        .iter()
+        .any(|f| f.kind == crate::checkpoint::judge::FindingKind::Dangerous);
+    if a.strict.strict && !unreadable {
+        super::strict_message(file, findings);
     } else {
-        let label = if report.dangerous.is_empty() {
-            "NOT ALLOWED"
-        } else {
+        let label = if dangerous || unreadable {
             "DANGER"
+        } else {
+            "NOT ALLOWED"
         };
         eprintln!(
             "fuse-ema: {label}: {}: {} (torch.load would import or run these; see docs/security.md)",
-            a.file.display(),
-            crate::checkpoint::judge::summary(&report.findings)
+            file.display(),
+            crate::checkpoint::judge::summary(findings)
         );
     }
-    EXIT_CHECK_FAILED
 }
 
-/// A file that cannot be read: exit 2, unless the globals it named before the failure already
-/// fail the judgement (Python imports, and may call, each one as it reaches it) — then they are
-/// reported and the exit code is 1.
-fn unreadable(
-    a: &InspectArgs,
-    allow: &crate::checkpoint::judge::AllowList,
-    e: crate::io::ReadError,
-) -> i32 {
-    let judged = crate::checkpoint::judge::judge(&e.named, allow);
-    if judged.findings.is_empty() {
-        return fail(e);
-    }
-    eprintln!("fuse-ema: error: {e}");
-    if a.json {
-        let _ = print_json(&serde_json::json!({
-            "file": a.file.display().to_string(),
-            "error": e.to_string(),
-            "globals": judged.globals,
-            "findings": judged.findings,
-        }));
-    } else {
-        for f in &judged.findings {
-            println!("  {f} (named by the file's pickles before it was refused)");
+fn print_text(a: &InspectArgs, verdicts: &[Verdict]) {
+    let several = verdicts.len() > 1;
+    for (i, (file, v)) in a.files.iter().zip(verdicts).enumerate() {
+        if several {
+            if i > 0 {
+                println!();
+            }
+            println!("== {} ==", file.display());
+        }
+        match v {
+            Verdict::Read(r) => print!("{}", render::inspect_text(r)),
+            Verdict::Unreadable(_, j) => {
+                for f in &j.findings {
+                    println!("  {f} (named by the file's pickles before it was refused)");
+                }
+            }
         }
     }
-    eprintln!(
-        "fuse-ema: DANGER: {}: {} (torch.load would import or run these; see docs/security.md)",
-        a.file.display(),
-        crate::checkpoint::judge::summary(&judged.findings)
-    );
-    EXIT_CHECK_FAILED
+}
+
+fn verdict_json(
+    file: &std::path::Path,
+    v: &Verdict,
+) -> Result<serde_json::Value, serde_json::Error> {
+    match v {
+        Verdict::Read(r) => serde_json::to_value(r),
+        Verdict::Unreadable(e, j) => Ok(json!({
+            "file": file.display().to_string(),
+            "error": e,
+            "globals": j.globals,
+            "findings": j.findings,
+        })),
+    }
+}
+
+pub(super) fn average(a: super::AverageArgs) -> i32 {
+    use crate::average::{self, Input, Method, Source};
+    let Some(dtype) = OutDType::parse(&a.dtype) else {
+        return fail(format_args!(
+            "--dtype {}: expected keep, f32, f16 or bf16",
+            a.dtype
+        ));
+    };
+    let method = match (&a.weights, a.ema_decay) {
+        (Some(w), _) => Method::Weighted { weights: w.clone() },
+        (None, Some(decay)) => Method::Ema {
+            decay,
+            every: a.every,
+        },
+        (None, None) => Method::Uniform,
+    };
+    if let Err(e) = method.check(a.files.len()) {
+        return fail(e);
+    }
+    let ext = a
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let torch_out = matches!(ext.as_str(), "pt" | "pth" | "bin");
+    if !torch_out && ext != "safetensors" {
+        return fail(format_args!(
+            "{}: output must end in .safetensors, .pt, .pth or .bin",
+            a.output.display()
+        ));
+    }
+    let source = match a.source {
+        super::AverageSource::Ema => Source::Ema,
+        super::AverageSource::Raw => Source::Raw,
+    };
+    let mut contributions = Vec::with_capacity(a.files.len());
+    let mut input_paths = Vec::new();
+    for f in &a.files {
+        let ckpt = match super::open_strict(f, &a.strict) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
+            return code;
+        }
+        input_paths.extend(write::checkpoint_inputs(f, &ckpt));
+        match average::contribution(&ckpt, source) {
+            Ok(c) => contributions.push((f.display().to_string(), c)),
+            Err(e) => return fail(e),
+        }
+    }
+    let inputs: Vec<Input> = contributions
+        .iter()
+        .map(|(file, (tensors, _))| Input { file, tensors })
+        .collect();
+    let dir = match a.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let scratch = match tempfile::tempfile_in(&dir) {
+        Ok(f) => f,
+        Err(e) => return fail(format_args!("{}: scratch file: {e}", dir.display())),
+    };
+    let (tensors, report) = match average::average(&inputs, &method, scratch) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let paths: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
+    let written = if torch_out {
+        write::torch_zip::write(&a.output, &paths, &tensors, dtype, &Bar::new("average"))
+            .map(|()| vec![a.output.clone()])
+    } else {
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        meta.insert(
+            "producer".to_string(),
+            format!("fuse-ema {} average", env!("CARGO_PKG_VERSION")),
+        );
+        meta.insert(
+            "average".to_string(),
+            serde_json::to_string(&report).unwrap_or_default(),
+        );
+        write::safetensors::write(
+            &a.output,
+            &paths,
+            &tensors,
+            dtype,
+            &meta,
+            None,
+            &Bar::new("average"),
+        )
+    };
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    if a.json {
+        let v = json!({
+            "inputs": contributions.iter().map(|(f, (_, origin))| json!({"file": f, "weights": origin})).collect::<Vec<_>>(),
+            "average": report,
+            "outputs": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        });
+        if let Err(code) = print_json(&v) {
+            return code;
+        }
+    } else {
+        for ((f, (_, origin)), w) in contributions.iter().zip(&report.weights) {
+            println!("  {w:.6}  {f}: {origin}");
+        }
+        println!(
+            "wrote {} ({} tensors: {} averaged, {} from the last checkpoint)",
+            a.output.display(),
+            report.tensors,
+            report.averaged,
+            report.from_last.len()
+        );
+    }
+    EXIT_OK
+}
+
+/// `completions`: the script for `shell` on stdout.
+pub(super) fn completions(shell: clap_complete::Shell, cmd: &mut clap::Command) -> i32 {
+    clap_complete::generate(shell, cmd, "fuse-ema", &mut std::io::stdout());
+    EXIT_OK
+}
+
+/// `man`: fuse-ema.1 on stdout, or a page per command written into `dir`.
+pub(super) fn man(dir: Option<&std::path::Path>, cmd: clap::Command) -> i32 {
+    let Some(dir) = dir else {
+        let mut out = std::io::stdout().lock();
+        return match clap_mangen::Man::new(cmd).render(&mut out) {
+            Ok(()) => EXIT_OK,
+            Err(e) => fail(format_args!("man page: {e}")),
+        };
+    };
+    let mut pages = vec![("fuse-ema".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("fuse-ema-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let mut bytes = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(page).render(&mut bytes) {
+            return fail(format_args!("man page {name}: {e}"));
+        }
+        let path = dir.join(format!("{name}.1"));
+        let written = write::AtomicFile::create(&path, &[]).and_then(|mut f| {
+            std::io::Write::write_all(f.file(), &bytes)
+                .map_err(|e| write::WriteError::new(&path, e.to_string()))?;
+            f.commit()
+        });
+        if let Err(e) = written {
+            return fail(e);
+        }
+    }
+    EXIT_OK
 }
 
 pub(super) fn fold(a: FoldArgs) -> i32 {
@@ -141,9 +424,9 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
     if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
         return code;
     }
-    let located = match ema::locate(&ckpt, &selectors(&a.select)) {
+    let (located, ema_inputs) = match locate(&ckpt, &selectors(&a.select), &a.strict) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let folded = match ema::fold(
         &located,
@@ -155,7 +438,8 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    let mut input_paths = write::checkpoint_inputs(&a.file, &ckpt);
+    input_paths.extend(ema_inputs);
     let inputs: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
     let written = if torch_out {
         write::torch_zip::write(
@@ -213,9 +497,9 @@ pub(super) fn diff(a: DiffArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let located = match ema::locate(&ckpt, &sel) {
+    let (located, _) = match locate(&ckpt, &sel, &super::StrictArgs::default()) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let against = match &a.against {
         Some(other) => match crate::io::open(other) {

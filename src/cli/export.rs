@@ -7,6 +7,7 @@ use serde_json::json;
 use super::{EXIT_CHECK_FAILED, EXIT_OK, ExportArgs, ParityArgs, VerifyArgs, fail, render};
 use crate::checkpoint::py::M;
 use crate::ema::{self, Selectors};
+use crate::models::layers::heads::HeadOptions;
 use crate::parity::{self, OnnxModel, ParityReport, Tolerance};
 use crate::write;
 
@@ -45,16 +46,25 @@ fn run_parity(
     model: OnnxModel,
     root: M,
     shape: &[usize],
-    half: bool,
+    (half, head): (bool, HeadOptions),
+    nms: Option<parity::NmsOutput>,
 ) -> Result<ParityReport, String> {
     let rt = runtime(p)?;
     let rt = &rt;
     let task = crate::onnx::task_and_classes(root);
     let tol = tolerance(p, half);
+    // Pose rows hold keypoints; the head says how many values each has.
+    let nms = nms.map(|n| parity::NmsOutput {
+        kpt_dim: (root.child("model").ok())
+            .and_then(|l| l.children().pop())
+            .and_then(|(_, h)| h.ints("kpt_shape"))
+            .and_then(|k| k.get(1).map(|&d| d as usize)),
+        ..n
+    });
     match &p.golden {
         Some(g) => {
             let npz = parity::npz::Npz::open(g)?;
-            parity::against_golden(rt, model, &npz, (&task.0, task.1), tol)
+            parity::against_golden(rt, model, &npz, (&task.0, task.1), head, tol, nms)
         }
         None => {
             let inputs = match &p.parity_input {
@@ -71,7 +81,7 @@ fn run_parity(
                     samples: p.parity_samples,
                 },
             };
-            parity::against_reference(rt, model, root, (&task.0, task.1), inputs, tol)
+            parity::against_reference(rt, model, root, (&task.0, task.1), head, inputs, tol, nms)
         }
     }
 }
@@ -184,10 +194,22 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     } else {
         located.ema.origin.clone()
     };
+    let nms = crate::onnx::nms::Nms {
+        conf: a.conf,
+        iou: a.iou,
+        agnostic: a.agnostic,
+    };
+    let nms_output = a.nms.then_some(parity::NmsOutput {
+        nms,
+        max_det: a.max_det,
+        kpt_dim: None,
+    });
     let opts = crate::onnx::ExportOptions {
         imgsz,
         batch: a.batch,
         dynamic: a.dynamic,
+        nms: a.nms.then_some(nms),
+        max_det: a.max_det,
         opset: a.opset,
         half: a.half,
         module_key: module_key.clone(),
@@ -203,6 +225,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         }),
+        end2end: a.end2end,
     };
     let exported = match crate::onnx::export(&ckpt, &opts) {
         Ok(e) => e,
@@ -261,7 +284,11 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         None
     } else {
         let model = OnnxModel::File(model_file.path());
-        match run_parity(&a.parity, model, root, &shape, a.half) {
+        let head = HeadOptions {
+            end2end: a.end2end,
+            max_det: a.max_det,
+        };
+        match run_parity(&a.parity, model, root, &shape, (a.half, head), nms_output) {
             Ok(r) => Some(r),
             Err(m) => {
                 return orphaned(fail(format_args!(
@@ -344,6 +371,24 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     if passed { EXIT_OK } else { EXIT_CHECK_FAILED }
 }
 
+/// The NMS an ONNX embeds, from the metadata `yolo export nms=True` (and `--nms`) writes: `args`
+/// with `'nms': True`, rows per image from `output0`'s shape. The thresholds are not recorded;
+/// Ultralytics' defaults (conf 0.25, IoU 0.7, per class) are what both exporters use by default.
+fn embedded_nms(model: &crate::onnx::proto::Model) -> Option<parity::NmsOutput> {
+    let args = model.metadata.iter().find(|(k, _)| k == "args")?;
+    if !args.1.contains("'nms': True") {
+        return None;
+    }
+    match model.outputs.first()?.dims.get(1)? {
+        crate::onnx::proto::Dim::Fixed(n) if *n > 0 => Some(parity::NmsOutput {
+            nms: crate::onnx::nms::Nms::DEFAULT,
+            max_det: *n as usize,
+            kpt_dim: None,
+        }),
+        _ => None,
+    }
+}
+
 pub(super) fn verify(a: VerifyArgs) -> i32 {
     if let Err(m) = runtime(&a.parity) {
         return fail(m);
@@ -406,7 +451,23 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         .initializers
         .iter()
         .any(|t| t.elem == crate::onnx::proto::ElemType::Float16);
-    let report = match run_parity(&a.parity, OnnxModel::File(&a.model), ema_root, &shape, half) {
+    // An end-to-end export (Ultralytics' `nms=False`, or ours with --end2end) says so in its
+    // metadata; its rows count is its max_det.
+    let end2end = model
+        .metadata
+        .iter()
+        .any(|(k, v)| k == "end2end" && v == "True");
+    let rows = model.outputs.first().and_then(|o| match o.dims.get(1) {
+        Some(crate::onnx::proto::Dim::Fixed(n)) if *n > 0 => Some(*n as usize),
+        _ => None,
+    });
+    let head = HeadOptions {
+        end2end,
+        max_det: rows.unwrap_or(300),
+    };
+    let nms = embedded_nms(&model);
+    let onnx = OnnxModel::File(&a.model);
+    let report = match run_parity(&a.parity, onnx, ema_root, &shape, (half, head), nms) {
         Ok(r) => r,
         Err(m) => {
             return fail(format_args!(

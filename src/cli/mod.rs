@@ -68,7 +68,7 @@ struct SelectArgs {
 enum Command {
     /// Show what a checkpoint holds: format, entries, metadata, weight sets, EMA layout, globals.
     #[command(
-        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read\n(1 when the globals it named before the read failed are already findings)."
+        after_help = "Examples:\n  fuse-ema inspect best.pt\n  fuse-ema inspect last.pt --json\n  fuse-ema inspect best.pt --tree\n  fuse-ema inspect shards/   # a folder with model.safetensors.index.json\n  fuse-ema inspect download.pt --strict   # refuse anything beyond tensors, containers, model classes\n  fuse-ema inspect mine.pt --allow 'mypkg.models.*'   # also accept your own model classes\n  fuse-ema inspect --strict --format sarif models/*.pt > fuse-ema.sarif   # code scanning\n\nExit codes: 0 every global is on the allow-list and used as its role allows, 1 a finding (a\ndangerous or unknown global, a class called, a dotted name, a gadget chain), 2 the file cannot be read\n(1 when the globals it named before the read failed are already findings). With several files:\n1 when any has a finding, else 2 when any cannot be read, else 0."
     )]
     Inspect(InspectArgs),
     /// Write the EMA weights alone, under the model's own names (.safetensors or .pt).
@@ -83,7 +83,7 @@ enum Command {
     Diff(DiffArgs),
     /// Build an ONNX model from the checkpoint's own module tree, EMA weights folded in.
     #[command(
-        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes the batch dynamic (height and width stay fixed:\nanchors are constants).\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
+        after_help = "Examples:\n  fuse-ema export best.pt -o model.onnx\n  fuse-ema best.pt -o model.onnx            # the same (shorthand)\n  fuse-ema export last.pt -o model.onnx --imgsz 640 --batch 1\n  fuse-ema export last.pt -o model.onnx --dynamic --half\n  fuse-ema export best.pt -o model.onnx --nms --conf 0.25 --iou 0.7 --max-det 300\n  fuse-ema export yolo26n.pt -o e2e.onnx --end2end --max-det 100   # NMS-free top-k rows\n  fuse-ema export yolov5-style.pt -o raw.onnx --source raw   # deliberately the raw weights\n\nDefaults: the checkpoint's training imgsz, batch 1, opset 17, EMA weights.\nInput `images` (B,3,H,W) float32; output `output0` as Ultralytics exports it; metadata that\nUltralytics' AutoBackend reads. --dynamic makes batch, height and width dynamic (anchors are\ncomputed in the graph; parity runs at the training size or --imgsz). --nms embeds NMS as `yolo\nexport nms=True` does: output0 (B, max-det, 6 + extra) rows x1 y1 x2 y2 score class extra….\n--end2end (YOLOv10, YOLO26) gives the one-to-one head's top-k rows, as `yolo export nms=False`.\nParity (on by default): the ONNX runs in ONNX Runtime, the checkpoint in the reference\ninterpreter, on seeded inputs; outputs and detections are compared. On a parity failure the\nmodel is kept as OUT.parity-failed.onnx, never as OUT.\nExit codes: 0 written and parity passed, 1 parity failed or refused by --strict, 2 unsupported\nmodel / bad input."
     )]
     Export(ExportArgs),
     /// Check an ONNX model against a checkpoint's EMA: outputs, and which weights it holds.
@@ -91,11 +91,87 @@ enum Command {
         after_help = "Examples:\n  fuse-ema verify model.onnx --checkpoint best.pt\n  fuse-ema verify yolo-exported.onnx --checkpoint last.pt --json\n  fuse-ema verify model.onnx --checkpoint last.pt --golden io.npz\n\nRuns the ONNX in ONNX Runtime and the checkpoint's EMA in the reference interpreter on the\nONNX's input shape; compares outputs and detections; compares the ONNX initializers with the EMA\nand raw weights (BatchNorm folded) and says plainly when the ONNX holds the raw weights.\nExit codes: 0 verified, 1 parity failed or not the EMA's weights, 2 bad input."
     )]
     Verify(VerifyArgs),
+    /// Average several checkpoints: SWA / a model soup, a weighted average, or an EMA replayed over saved checkpoints.
+    #[command(
+        after_help = "Examples:\n  fuse-ema average epoch10.pt epoch11.pt epoch12.pt -o swa.safetensors          # SWA / soup\n  fuse-ema average a.pt b.pt -o soup.pt --weights 0.7,0.3\n  fuse-ema average epoch*.pt -o ema.safetensors --ema-decay 0.9999 --every 500  # EMA replay\n  fuse-ema average run1/last.pt run2/last.pt -o mix.safetensors --source raw\n\nEach checkpoint contributes its EMA (integer buffers from its raw model) when it has one, else\nits only weight set; --source raw takes the raw weights. Uniform is AveragedModel's running\nmean; the EMA replay starts from the first checkpoint and applies d^every per checkpoint;\nweighted sums run in f64. BatchNorm statistics are averaged like parameters (recalibrate when\nthe checkpoints come from different runs); integer buffers come from the last checkpoint.\nStreams tensor by tensor: memory stays at about one tensor per input.\nExit codes: 0 written, 1 refused by --strict, 2 inputs of different models / no weights /\nbad input."
+    )]
+    Average(AverageArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  fuse-ema completions bash > ~/.local/share/bash-completion/completions/fuse-ema\n  fuse-ema completions zsh > ~/.zfunc/_fuse-ema      # with fpath+=~/.zfunc in ~/.zshrc\n  fuse-ema completions fish > ~/.config/fish/completions/fuse-ema.fish\n  fuse-ema completions powershell >> $PROFILE\n\nExit codes: 0 printed, 2 usage."
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a folder.
+    #[command(
+        after_help = "Examples:\n  fuse-ema man | man -l -\n  fuse-ema man --dir ~/.local/share/man/man1   # fuse-ema.1, fuse-ema-inspect.1, …\n\nExit codes: 0 written, 2 the folder cannot be written."
+    )]
+    Man(ManArgs),
     /// Make a training checkpoint deployable: the EMA as the weights, training state dropped.
     #[command(
         after_help = "Examples:\n  fuse-ema strip last.pt -o best-stripped.pt          # Ultralytics: what strip_optimizer writes\n  fuse-ema strip last.pt -o model-f32.pt --dtype f32\n  fuse-ema strip last.pth.tar -o clean.pth.tar --keep-structure     # timm: state_dict <- state_dict_ema\n  fuse-ema strip epoch_12.pth -o deploy.pth --keep-structure        # mmengine EMAHook\n  fuse-ema strip last.ckpt -o ema.ckpt --keep-structure --keep-optimizer   # Lightning\n  fuse-ema strip last.pt -o small.pt --json\n\nUltralytics / YOLOv5: the object graph the checkpoint's own release's strip_optimizer writes\n(EMA in `model`, f16, requires_grad off, optimizer/ema/updates/... set to None, train_args\nlimited to the default keys; date and version kept from the checkpoint). --keep-structure:\nthe container as it is, the EMA where timm, mmengine or Lightning loads its weights from.\nNo pickle code runs: the file is decoded inert and written again (docs/surgery.md).\nA file whose globals would run code is never written again; --strict refuses anything off\nthe allow-list too. The output is written to a temporary file and renamed.\nExit codes: 0 written, 1 refused (dangerous globals, --strict), 2 bad input or unknown layout."
     )]
     Strip(StripArgs),
+}
+
+#[derive(clap::Args)]
+struct AverageArgs {
+    /// Checkpoints of one model, in order (the EMA replay runs oldest to newest).
+    #[arg(required = true, num_args = 2.., value_name = "CKPT")]
+    files: Vec<PathBuf>,
+    /// Output: `.safetensors`, or `.pt` / `.pth` / `.bin` for a torch state dict.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Equal weights (the default): SWA, a uniform model soup.
+    #[arg(long, conflicts_with_all = ["weights", "ema_decay"])]
+    uniform: bool,
+    /// One weight per checkpoint, normalised by their sum (`0.7,0.3`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "W,…",
+        conflicts_with = "ema_decay"
+    )]
+    weights: Option<Vec<f64>>,
+    /// Replay an EMA with this per-step decay over the checkpoints in order.
+    #[arg(long, value_name = "D")]
+    ema_decay: Option<f64>,
+    /// With --ema-decay: the checkpoints were saved this many steps apart.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "ema_decay")]
+    every: u32,
+    /// Which weights of each checkpoint: ema (its EMA where it has one) or raw.
+    #[arg(long, value_enum, default_value_t = AverageSource::Ema)]
+    source: AverageSource,
+    /// dtype of floating tensors written: keep, f32, f16, bf16.
+    #[arg(long, default_value = "keep", value_name = "DTYPE")]
+    dtype: String,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
+}
+
+/// `average --source`.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum AverageSource {
+    /// The EMA where a checkpoint has one.
+    Ema,
+    /// The raw (trained) weights.
+    Raw,
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args)]
+struct ManArgs {
+    /// Write fuse-ema.1 and fuse-ema-<command>.1 into this folder instead of printing fuse-ema.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -179,9 +255,33 @@ struct ExportArgs {
     /// Batch size of the input.
     #[arg(long, default_value_t = 1)]
     batch: i64,
-    /// Dynamic batch dimension.
+    /// Dynamic batch, height and width (anchors computed in the graph), as Ultralytics'
+    /// `dynamic=True`.
     #[arg(long)]
     dynamic: bool,
+    /// NMS-free output of YOLOv10 / YOLO26 heads, as `yolo export nms=False`: the one-to-one
+    /// branches, top-k inside the graph, output0 (B, max-det, 6 + extra): x1 y1 x2 y2 score class
+    /// (OBB: cx cy w h score class angle), then mask coefficients or keypoints.
+    #[arg(long, conflicts_with = "nms")]
+    end2end: bool,
+    /// Embed NMS in the graph (detect, segment, pose, obb), as `yolo export nms=True`: output0
+    /// becomes (B, max-det, 6 + extra) rows, x1 y1 x2 y2 score class then masks or keypoints (obb:
+    /// cx cy w h score class angle).
+    #[arg(long)]
+    nms: bool,
+    /// --nms: keep detections whose best class score is above this.
+    #[arg(long, default_value_t = 0.25, value_name = "SCORE", requires = "nms")]
+    conf: f32,
+    /// --nms: suppress a box overlapping a better one by more than this IoU.
+    #[arg(long, default_value_t = 0.7, value_name = "IOU", requires = "nms")]
+    iou: f32,
+    /// Detection rows per image of the --nms output, or rows kept by --end2end (clamped to the
+    /// number of anchors there, as Ultralytics does).
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    max_det: usize,
+    /// --nms: one NMS across classes instead of one per class.
+    #[arg(long, requires = "nms")]
+    agnostic: bool,
     /// ONNX opset (13–21; 17 suits TensorRT 8.6+).
     #[arg(long, default_value_t = 17)]
     opset: i64,
@@ -206,13 +306,34 @@ struct ExportArgs {
     strict: StrictArgs,
 }
 
+/// How `inspect` reports.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug, Default)]
+enum InspectFormat {
+    /// Readable text.
+    #[default]
+    Text,
+    /// The report as JSON (docs/inspect-json.md); an array of reports for several files.
+    Json,
+    /// SARIF 2.1.0 for code scanning: one result per finding, at its file (docs/ci.md).
+    Sarif,
+}
+
 #[derive(clap::Args)]
 struct InspectArgs {
-    /// Checkpoint: .pt .pth .ckpt .bin .pth.tar, legacy torch, .safetensors, a shard index or its folder.
-    file: PathBuf,
-    /// Print the report as JSON (schema: docs/inspect-json.md).
-    #[arg(long)]
+    /// Checkpoints: .pt .pth .ckpt .bin .pth.tar, legacy torch, .safetensors, a shard index or its
+    /// folder. Several files are judged one by one (as a pre-commit hook passes them).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Print the report as JSON (schema: docs/inspect-json.md); the same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = InspectFormat::Text)]
+    format: InspectFormat,
+    /// Print only the verdict lines of files with findings or errors (on stderr), no reports:
+    /// what a pre-commit hook or a CI gate wants.
+    #[arg(short, long, conflicts_with_all = ["json", "format", "tree"])]
+    quiet: bool,
     /// Also print the module tree with classes.
     #[arg(long)]
     tree: bool,
@@ -272,12 +393,11 @@ struct DiffArgs {
 pub fn run() -> i32 {
     // `fuse-ema CKPT -o OUT.onnx` is shorthand for `fuse-ema export CKPT -o OUT.onnx`.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let known = [
-        "inspect", "fold", "diff", "export", "verify", "strip", "help",
-    ];
+    let cmd = <Cli as clap::CommandFactory>::command();
     if let Some(first) = args.get(1).and_then(|a| a.to_str())
         && !first.starts_with('-')
-        && !known.contains(&first)
+        && first != "help"
+        && cmd.find_subcommand(first).is_none()
     {
         args.insert(1, "export".into());
     }
@@ -294,6 +414,13 @@ pub fn run() -> i32 {
     };
     match cli.command {
         Command::Inspect(a) => commands::inspect(a),
+        Command::Average(a) => commands::average(a),
+        Command::Completions(a) => {
+            commands::completions(a.shell, &mut <Cli as clap::CommandFactory>::command())
+        }
+        Command::Man(a) => {
+            commands::man(a.dir.as_deref(), <Cli as clap::CommandFactory>::command())
+        }
         Command::Fold(a) => commands::fold(a),
         Command::Diff(a) => commands::diff(a),
         Command::Export(a) => export::export(a),

@@ -72,7 +72,7 @@ pub fn fold(l: &Located, path: &std::path::Path, opts: FoldOptions) -> Result<Fo
                         .dtype_mismatch
                         .push(format!("{name}: ema {} vs raw {}", e.dtype, r.dtype));
                 }
-                if r.dtype.is_float() {
+                if r.dtype.is_float() || l.integers_from_ema {
                     report.from_ema += 1;
                     out.push((name.clone(), (*e).clone()));
                 } else {

@@ -21,6 +21,8 @@ pub const NAMED: &[(&str, Detector)] = &[
     ("mmengine", mmengine),
     ("lightning-weight-averaging", lightning),
     ("timm", timm),
+    ("diffusers-ema-model", super::wild::diffusers),
+    ("ema-pytorch", super::wild::ema_pytorch),
     ("dino", dino),
     ("ldm-litema", litema),
     ("mmcv-ema-buffers", mmcv),
@@ -58,6 +60,7 @@ pub(super) fn located(
         raw,
         stripped: false,
         params_only: false,
+        integers_from_ema: false,
         updates: None,
         decay: None,
     }

@@ -23,6 +23,65 @@ pub struct Selectors {
     pub raw: Option<String>,
 }
 
+impl Selectors {
+    /// `--ema PATH`: the EMA is another checkpoint (diffusers' `unet_ema/` folder beside `unet/`,
+    /// an EMA saved to its own file) when the selector contains a `/` or names an existing
+    /// folder — weight set paths and key prefixes never contain `/`.
+    pub fn ema_path(&self) -> Option<&std::path::Path> {
+        let s = self.ema.as_deref()?;
+        let p = std::path::Path::new(s);
+        (s.contains('/') || p.is_dir()).then_some(p)
+    }
+}
+
+/// Finds the EMA in `ema_ck`, a checkpoint of its own (`--ema PATH`), and the raw weights in
+/// `ck`: the EMA file must hold one weight set; the raw side is `--raw`, else the set of `ck`
+/// that matches it by name and shape.
+pub fn locate_in(
+    ck: &Checkpoint,
+    ema_ck: &Checkpoint,
+    sel: &Selectors,
+) -> Result<Located, EmaError> {
+    let err = |path: &std::path::Path, kind| EmaError {
+        path: path.to_path_buf(),
+        kind,
+    };
+    let ema_sets = ema_ck
+        .weight_sets()
+        .map_err(|e| err(&ema_ck.path, EmaErrorKind::Module(e.0)))?;
+    let ema = match ema_sets.as_slice() {
+        [one] => strip_wrappers(one.tensors.clone()),
+        sets => {
+            return Err(err(
+                &ema_ck.path,
+                EmaErrorKind::Selector(format!(
+                    "--ema {}: the file holds {} weight sets, not one EMA",
+                    ema_ck.path.display(),
+                    sets.len()
+                )),
+            ));
+        }
+    };
+    let sets = ck
+        .weight_sets()
+        .map_err(|e| err(&ck.path, EmaErrorKind::Module(e.0)))?;
+    let raw = match &sel.raw {
+        Some(r) => Some(select(&sets, r).map_err(|m| err(&ck.path, EmaErrorKind::Selector(m)))?),
+        // No set is excluded: the EMA lives in another file.
+        None => matching_raw(&sets, "\0", &ema),
+    };
+    let origin = ema_ck.path.display().to_string();
+    Ok(located(
+        "separate-files",
+        format!("--ema {origin}: the EMA saved on its own"),
+        Side {
+            origin,
+            tensors: ema,
+        },
+        raw,
+    ))
+}
+
 /// Finds the EMA (and the raw weights) in a checkpoint.
 pub fn locate(ck: &Checkpoint, sel: &Selectors) -> Result<Located, EmaError> {
     let err = |kind| EmaError {

@@ -5,6 +5,7 @@
 pub mod fold;
 pub mod layouts;
 pub mod locate;
+pub mod wild;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use serde::Serialize;
 use crate::tensor::Tensor;
 
 pub use fold::{FoldOptions, FoldReport, Folded, fold};
-pub use locate::{Selectors, locate};
+pub use locate::{Selectors, locate, locate_in};
 
 /// Tensors under names, in order.
 pub type Named = Vec<(String, Tensor)>;
@@ -44,6 +45,9 @@ pub struct Located {
     /// Whether this layout keeps an EMA of parameters only, so buffers (BatchNorm statistics)
     /// legitimately come from the raw model.
     pub params_only: bool,
+    /// Whether the EMA's own integer buffers (`num_batches_tracked`) are what the framework loads
+    /// as the EMA model (ema-pytorch keeps a whole model copy), rather than the raw model's.
+    pub integers_from_ema: bool,
     /// EMA update count, where the file records it.
     pub updates: Option<f64>,
     /// EMA decay, where the file records it.

@@ -16,12 +16,17 @@ use std::collections::BTreeSet;
 
 use crate::checkpoint::py::{M, R};
 
-/// What a layer receives: one value, or several (`Concat`, heads).
+/// What a layer receives (one value, or several: `Concat`, heads) and, for the layer list, what
+/// a layer gives (one value, or a list: `CBLinear`'s split).
+#[derive(Clone)]
 pub enum In<X> {
     /// A single input.
     One(X),
     /// A list of inputs.
     Many(Vec<X>),
+    /// Several inputs of which at least one is a list (`CBFuse` reads `CBLinear`'s lists and a
+    /// feature map); only [`Net::forward`] makes it.
+    Nested(Vec<In<X>>),
 }
 
 impl<X> In<X> {
@@ -29,15 +34,17 @@ impl<X> In<X> {
     pub fn one(self, what: &str) -> R<X> {
         match self {
             In::One(v) => Ok(v),
-            In::Many(_) => Err(format!("{what} expects one input, got a list")),
+            In::Many(_) | In::Nested(_) => Err(format!("{what} expects one input, got a list")),
         }
     }
 
-    /// The inputs as a list (a single input is a list of one).
+    /// The inputs as a list (a single input is a list of one; nested lists are flattened, as
+    /// no class but `CBFuse` reads them and a misrouted list fails the reader's shape checks).
     pub fn many(self) -> Vec<X> {
         match self {
             In::One(v) => vec![v],
             In::Many(vs) => vs,
+            In::Nested(xs) => xs.into_iter().flat_map(In::many).collect(),
         }
     }
 }
@@ -47,8 +54,9 @@ pub trait Backend {
     /// What flows between layers (a graph value, a tensor).
     type Value: Clone;
 
-    /// Evaluates the module `m`, found at `path` (`model.22`), on `x`.
-    fn layer(&mut self, path: &str, m: M<'_>, x: In<Self::Value>) -> R<Self::Value>;
+    /// Evaluates the module `m`, found at `path` (`model.22`), on `x`: one value, or a list for
+    /// the classes the registry declares as giving one ([`registry::Kind::Fork`]).
+    fn layer(&mut self, path: &str, m: M<'_>, x: In<Self::Value>) -> R<In<Self::Value>>;
 }
 
 /// A `*Model` module (`DetectionModel`, …): its layer list, walked as `_predict_once` walks it.
@@ -88,20 +96,19 @@ impl<'g> Net<'g> {
     }
 
     /// Runs every layer through `backend` on `input` and returns the last layer's output. An
-    /// error from a layer is prefixed with its path and class (`model.22 (Detect): …`).
+    /// error from a layer is prefixed with its path and class (`model.22 (Detect): …`). A layer's
+    /// output may be a list (`CBLinear`); a layer reading it alone gets the list, a layer reading
+    /// it among others gets [`In::Nested`].
     pub fn forward<B: Backend>(&self, backend: &mut B, input: B::Value) -> R<B::Value> {
-        let mut kept: Vec<B::Value> = Vec::new();
+        let mut kept: Vec<In<B::Value>> = Vec::new();
         let mut x = In::One(input);
         for (name, layer) in self.layers.children() {
             let path = format!("model.{name}");
             let at = |m: String| format!("{path} ({}): {m}", layer.class());
             let f = layer.attr("f").ok_or_else(|| at("no `f`".into()))?;
-            let pick = |j: i64, x: &In<B::Value>| -> R<B::Value> {
+            let pick = |j: i64, x: &In<B::Value>| -> R<In<B::Value>> {
                 if j == -1 {
-                    return match x {
-                        In::One(v) => Ok(v.clone()),
-                        In::Many(_) => Err(at("takes the previous output, a list".into())),
-                    };
+                    return Ok(x.clone());
                 }
                 let idx = if j < 0 { kept.len() as i64 + j } else { j };
                 usize::try_from(idx)
@@ -111,16 +118,19 @@ impl<'g> Net<'g> {
                     .ok_or_else(|| at(format!("reads layer {j}, which is not kept")))
             };
             if let Some(j) = f.as_int() {
-                if j != -1 {
-                    x = In::One(pick(j, &x)?);
-                }
+                x = pick(j, &x)?;
             } else {
                 let js = layer.ints("f").ok_or_else(|| at("unreadable `f`".into()))?;
-                x = In::Many(js.iter().map(|&j| pick(j, &x)).collect::<R<_>>()?);
+                let xs = js.iter().map(|&j| pick(j, &x)).collect::<R<Vec<_>>>()?;
+                x = if xs.iter().all(|v| matches!(v, In::One(_))) {
+                    In::Many(xs.into_iter().filter_map(|v| v.one("").ok()).collect())
+                } else {
+                    In::Nested(xs)
+                };
             }
             let out = backend.layer(&path, layer, x).map_err(at)?;
             kept.push(out.clone());
-            x = In::One(out);
+            x = out;
         }
         x.one("model")
     }

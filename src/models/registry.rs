@@ -17,6 +17,10 @@ use crate::reference::{RefError, Reference};
 pub type EmitFn = fn(&mut Builder<'_>, &str, M<'_>, In<V>) -> R<V>;
 /// Runs a layer in the reference interpreter (BatchNorm unfolded, its own loops).
 pub type RunFn = fn(&mut Reference<'_>, M<'_>, In<T>) -> Result<T, RefError>;
+/// Emits a layer whose output is a list of values (`CBLinear`).
+pub type ForkEmitFn = fn(&mut Builder<'_>, &str, M<'_>, In<V>) -> R<Vec<V>>;
+/// Runs a layer whose output is a list of values.
+pub type ForkRunFn = fn(&mut Reference<'_>, M<'_>, In<T>) -> Result<Vec<T>, RefError>;
 /// Emits an activation on the value named by the last argument, in the scope given; returns
 /// the output's name.
 pub type ActEmitFn = fn(&mut GraphBuilder, &str, M<'_>, &str) -> String;
@@ -33,6 +37,14 @@ pub enum Kind {
         emit: EmitFn,
         /// The reference implementation.
         run: RunFn,
+    },
+    /// A layer of the layer list whose output is a list (`CBLinear`'s split); only a layer of
+    /// the list reads it ([`super::Net::forward`]), never a block.
+    Fork {
+        /// The ONNX emission.
+        emit: ForkEmitFn,
+        /// The reference implementation.
+        run: ForkRunFn,
     },
     /// An activation, applied by the `Conv` that holds it.
     Activation {
@@ -84,6 +96,21 @@ pub const fn head(
     }
 }
 
+/// A layer of the layer list whose output is a list.
+pub const fn fork(
+    class: &'static str,
+    summary: &'static str,
+    emit: ForkEmitFn,
+    run: ForkRunFn,
+) -> Layer {
+    Layer {
+        class,
+        summary,
+        task: None,
+        kind: Kind::Fork { emit, run },
+    }
+}
+
 /// An activation applied by the `Conv` that holds it.
 pub const fn activation(
     class: &'static str,
@@ -115,7 +142,12 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("conv.rs", layers::conv::LAYERS),
     ("act.rs", layers::act::LAYERS),
     ("csp.rs", layers::csp::LAYERS),
+    ("ghost.rs", layers::ghost::LAYERS),
+    ("elan.rs", layers::elan::LAYERS),
+    ("resnet.rs", layers::resnet::LAYERS),
     ("attention.rs", layers::attention::LAYERS),
+    ("v10.rs", layers::v10::LAYERS),
+    ("area_attention.rs", layers::area_attention::LAYERS),
     ("classify.rs", layers::classify::LAYERS),
     ("heads/mod.rs", layers::heads::LAYERS),
 ];
@@ -185,6 +217,7 @@ pub fn docs_table() -> String {
             let how = match (l.kind, l.task) {
                 (Kind::Layer { .. }, Some(task)) => format!("head ({task})"),
                 (Kind::Layer { .. }, None) => "layer".to_string(),
+                (Kind::Fork { .. }, _) => "layer (gives a list)".to_string(),
                 (Kind::Activation { .. }, _) => "activation".to_string(),
                 (Kind::Part(of), _) => format!("part of {of}"),
             };

@@ -35,6 +35,10 @@ pub struct GraphBuilder {
     counters: HashMap<String, usize>,
     /// The element type floating values are computed in.
     pub dtype: ElemType,
+    /// Height and width are dynamic (`--dynamic`): the input's size is only nominal, so no
+    /// emission may bake a spatial size into a shape or a constant (anchors come from the
+    /// feature maps' shapes, reshapes infer the spatial extent).
+    pub dynamic_hw: bool,
     spill: Option<Scratch>,
 }
 
@@ -135,6 +139,7 @@ impl GraphBuilder {
             initializers: Vec::new(),
             counters: HashMap::new(),
             dtype,
+            dynamic_hw: false,
             spill: None,
         }
     }
@@ -274,6 +279,13 @@ impl GraphBuilder {
     pub fn ints(&mut self, name_hint: &str, values: &[i64]) -> String {
         let name = self.fresh(name_hint);
         self.push(name.clone(), vec![values.len() as i64], Values::I64(values));
+        name
+    }
+
+    /// A 0-D int64 initializer (`Range` bounds, scalar `Gather` indices).
+    pub fn int_scalar(&mut self, name_hint: &str, value: i64) -> String {
+        let name = self.fresh(name_hint);
+        self.push(name.clone(), Vec::new(), Values::I64(&[value]));
         name
     }
 

@@ -3,6 +3,7 @@
 
 pub mod encode;
 pub mod graph;
+pub mod nms;
 pub mod origin;
 pub mod proto;
 pub mod read;
@@ -18,6 +19,7 @@ use proto::{Attr, Dim, ElemType, Model, ValueInfo};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::metadata::to_json;
 use crate::checkpoint::module;
+use crate::models::layers::heads::{self, HeadOptions};
 
 /// Opsets the builder's operators are valid in (Split with a sizes input, Softmax over one axis,
 /// Resize with scales: 13 and later).
@@ -36,8 +38,14 @@ pub struct ExportOptions {
     pub imgsz: Option<(i64, i64)>,
     /// Batch size of the static input.
     pub batch: i64,
-    /// A dynamic batch dimension.
+    /// Dynamic batch, height and width (Ultralytics' `dynamic=True`); `imgsz` is then the
+    /// nominal size the export is built and checked at.
     pub dynamic: bool,
+    /// NMS inside the graph (`--nms`, Ultralytics' `nms=True`): `output0` becomes
+    /// (B, `max_det`, 6 + extra) detection rows.
+    pub nms: Option<nms::Nms>,
+    /// Detection rows per image of an NMS or end-to-end output.
+    pub max_det: usize,
     /// Default-domain opset.
     pub opset: i64,
     /// f16 weights and compute, f32 inputs and outputs.
@@ -53,6 +61,10 @@ pub struct ExportOptions {
     /// output's directory, so they never use more memory than the file system's cache);
     /// `None` keeps them in memory, in each initializer's `raw`.
     pub scratch_dir: Option<PathBuf>,
+    /// The NMS-free output of YOLOv10 / YOLO26 heads: their one-to-one branches, top-k rows
+    /// (B, max_det, 6 + extra), as `yolo export nms=False` gives (`max_det` clamped to the anchor
+    /// count there, as Ultralytics does).
+    pub end2end: bool,
 }
 
 /// Protobuf messages cannot exceed 2 GiB; weights above this go to an external data file.
@@ -66,7 +78,7 @@ pub struct Exported {
     pub model: Model,
     /// The external data file's name (beside the model), when the weights are moved there.
     pub external: Option<String>,
-    /// Input shape (batch −1 when dynamic).
+    /// Input shape (batch −1 when dynamic; height and width are then the nominal size).
     pub input: Vec<i64>,
     /// Output names and shapes.
     pub outputs: Vec<(String, Vec<i64>)>,
@@ -219,6 +231,11 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         ))
     })?;
     crate::models::registry::check(root.child("model").map_err(err)?).map_err(err)?;
+    if opts.end2end {
+        let head = crate::models::Net::new(root).map_err(err)?.head();
+        heads::check_end2end(head.ok_or_else(|| err("the model has no layers".into()))?)
+            .map_err(err)?;
+    }
     let strides = root.attr_tensor_f64("stride").unwrap_or_else(|| vec![32.0]);
     let max_stride = strides.iter().cloned().fold(1.0, f64::max) as i64;
     let (h, w) = opts
@@ -230,6 +247,14 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             "image size {h}x{w} is not a multiple of the model stride {max_stride}"
         )));
     }
+    let head = root
+        .child("model")
+        .ok()
+        .and_then(|l| l.children().pop().map(|(_, h)| h));
+    let nms_layout = match &opts.nms {
+        Some(n) => Some(nms_layout(task, head, n, opts.max_det).map_err(err)?),
+        None => None,
+    };
     let batch = if opts.dynamic { -1 } else { opts.batch };
     let dtype = if opts.half {
         ElemType::Float16
@@ -237,12 +262,17 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         ElemType::Float
     };
     let mut graph = GraphBuilder::new(dtype);
+    graph.dynamic_hw = opts.dynamic;
     // Without a scratch file the weights stay in memory; a directory that takes no file fails
     // the export anyway, when the model is written there, with that path in the message.
     if let Some(file) = (opts.scratch_dir.as_ref()).and_then(|d| tempfile::tempfile_in(d).ok()) {
         graph.spill_to(file);
     }
     let mut bld = ultralytics::Builder::new(graph);
+    bld.head = HeadOptions {
+        end2end: opts.end2end,
+        max_det: opts.max_det,
+    };
     let mut input = V {
         name: "images".into(),
         shape: vec![batch, 3, h, w],
@@ -265,7 +295,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     let mut outputs = Vec::new();
     for (i, out) in results.iter().enumerate() {
         let name = format!("output{i}");
-        let last = if opts.half {
+        let mut last = if opts.half {
             bld.b.node(
                 &name,
                 "Cast",
@@ -275,6 +305,37 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         } else {
             out.name.clone()
         };
+        let mut shape = out.shape.clone();
+        if let (0, Some((n, nc))) = (i, &nms_layout) {
+            let [b, rows, _] = shape[..] else {
+                return Err(err(format!(
+                    "--nms needs a (batch, 4 + nc + extra, anchors) output; the model gives {:?}",
+                    out.shape
+                )));
+            };
+            if rows < 4 + nc {
+                return Err(err(format!(
+                    "--nms: the output has {rows} rows for 4 box rows and {nc} classes"
+                )));
+            }
+            let layout = nms::Layout {
+                nc: *nc,
+                extra: rows - 4 - nc,
+            };
+            if task == "obb" && layout.extra != 1 {
+                return Err(err(format!(
+                    "--nms: an obb output has one angle row after the scores, this one {}",
+                    layout.extra
+                )));
+            }
+            let rows = nms::Rows {
+                max_det: opts.max_det,
+                rotated: task == "obb",
+                anchors: (!opts.dynamic).then_some(shape[2]),
+            };
+            last = nms::emit(&mut bld.b, &last, "images", layout, n, rows);
+            shape = vec![b, opts.max_det as i64, 6 + layout.extra];
+        }
         // An Identity gives every output its Ultralytics name whatever produced it.
         bld.b.nodes.push(proto::Node {
             op: "Identity".into(),
@@ -283,7 +344,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             outputs: vec![name.clone()],
             attrs: vec![],
         });
-        outputs.push((name, out.shape.clone()));
+        outputs.push((name, shape));
     }
     let dim = |d: i64, p: &str| {
         if d < 0 {
@@ -311,10 +372,6 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             metadata.push((key.into(), s.to_string()));
         }
     }
-    let head = root
-        .child("model")
-        .ok()
-        .and_then(|l| l.children().pop().map(|(_, h)| h));
     let kpt_shape = head.and_then(|h| h.ints("kpt_shape"));
     // The keys and values Ultralytics' exporter writes (engine/exporter.py), in its order.
     metadata.extend([
@@ -327,14 +384,18 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         ("imgsz".into(), format!("[{h}, {w}]")),
         ("names".into(), py_repr(&names)),
         ("channels".into(), "3".into()),
-        ("end2end".into(), "False".into()),
+        (
+            "end2end".into(),
+            if opts.end2end { "True" } else { "False" }.into(),
+        ),
         (
             "args".into(),
             format!(
-                "{{'batch': {}, 'dynamic': {}, 'half': {}, 'imgsz': [{h}, {w}], 'nms': False, 'opset': {}}}",
+                "{{'batch': {}, 'dynamic': {}, 'half': {}, 'imgsz': [{h}, {w}], 'nms': {}, 'opset': {}}}",
                 opts.batch,
-                if opts.dynamic { "True" } else { "False" },
-                if opts.half { "True" } else { "False" },
+                py_bool(opts.dynamic),
+                py_bool(opts.half),
+                py_bool(opts.nms.is_some()),
                 opts.opset
             ),
         ),
@@ -364,24 +425,26 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             dims: vec![
                 dim(batch, "batch"),
                 Dim::Fixed(3),
-                Dim::Fixed(h),
-                Dim::Fixed(w),
+                dim(if opts.dynamic { -1 } else { h }, "height"),
+                dim(if opts.dynamic { -1 } else { w }, "width"),
             ],
         }],
         outputs: outputs
             .iter()
-            .map(|(name, shape)| ValueInfo {
+            .enumerate()
+            .map(|(o, (name, shape))| ValueInfo {
                 name: name.clone(),
                 elem: ElemType::Float,
                 dims: shape
                     .iter()
                     .enumerate()
-                    .map(|(i, &d)| {
-                        if i == 0 {
-                            dim(batch, "batch")
-                        } else {
-                            Dim::Fixed(d)
-                        }
+                    .map(|(i, &d)| match i {
+                        0 => dim(batch, "batch"),
+                        _ if !opts.dynamic => Dim::Fixed(d),
+                        _ => match dynamic_dim(task, o, shape.len(), i, opts.nms.is_some()) {
+                            Some(p) => Dim::Param(p.into()),
+                            None => Dim::Fixed(d),
+                        },
                     })
                     .collect(),
             })
@@ -414,6 +477,52 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         metadata,
         spill,
     })
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b { "True" } else { "False" }
+}
+
+/// The name of dimension `dim` of output `output` (of `rank` dimensions) when height and width
+/// are dynamic, as Ultralytics' exporter names them; `None` for a fixed one (channels, classes,
+/// NMS rows).
+fn dynamic_dim(
+    task: &str,
+    output: usize,
+    rank: usize,
+    dim: usize,
+    nms: bool,
+) -> Option<&'static str> {
+    match (output, rank, dim) {
+        (0, 3, 2) if !nms && matches!(task, "detect" | "segment" | "pose" | "obb") => {
+            Some("anchors")
+        }
+        (0, 3, 1 | 2) if task == "semantic" => Some(["height", "width"][dim - 1]),
+        (0, 4, 2 | 3) => Some(["height", "width"][dim - 2]),
+        (_, 4, 2 | 3) => Some(["mask_height", "mask_width"][dim - 2]),
+        _ => None,
+    }
+}
+
+/// Checks that `--nms` applies to the model (a detection-style head; Ultralytics refuses
+/// classification and turns it off for the others) and returns the options with the class count.
+fn nms_layout(
+    task: &str,
+    head: Option<M>,
+    n: &nms::Nms,
+    max_det: usize,
+) -> Result<(nms::Nms, i64), String> {
+    n.check(max_det)?;
+    let class = head.map(|h| h.class()).unwrap_or_default();
+    if !matches!(task, "detect" | "segment" | "pose" | "obb") || class == "RTDETRDecoder" {
+        return Err(format!(
+            "--nms applies to detect, segment, pose and obb models with a YOLO head; this is a {task} model ({class})"
+        ));
+    }
+    let nc = head
+        .and_then(|h| h.int("nc"))
+        .ok_or_else(|| format!("--nms: the {class} head has no class count `nc`"))?;
+    Ok((*n, nc))
 }
 
 fn file_name(p: &Path) -> String {

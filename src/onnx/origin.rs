@@ -41,7 +41,7 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
         ),
-        ElemType::Int64 => None,
+        ElemType::Int64 | ElemType::Bool => None,
     }
 }
 
@@ -54,6 +54,8 @@ fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
         imgsz: None,
         batch: 1,
         dynamic: false,
+        nms: None,
+        max_det: 300,
         opset: 17,
         half: false,
         module_key: key.to_string(),
@@ -61,6 +63,7 @@ fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
         external_name: String::new(),
         // The initializers are compared in memory.
         scratch_dir: None,
+        end2end: false,
     };
     let e = export(ckpt, &opts).map_err(|e| e.to_string())?;
     Ok(e.model

@@ -9,6 +9,8 @@ pub enum ElemType {
     Float = 1,
     /// int64
     Int64 = 7,
+    /// bool (one byte each; read from other exporters' files, e.g. `yolo export nms=True`)
+    Bool = 9,
     /// float16
     Float16 = 10,
 }

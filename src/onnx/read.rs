@@ -111,6 +111,7 @@ fn elem(code: u64) -> R<ElemType> {
     match code {
         1 => Ok(ElemType::Float),
         7 => Ok(ElemType::Int64),
+        9 => Ok(ElemType::Bool),
         10 => Ok(ElemType::Float16),
         other => Err(format!("tensor data type {other} is not read")),
     }
@@ -119,7 +120,7 @@ fn elem(code: u64) -> R<ElemType> {
 fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
     let mut p = Buf::new(b);
     let (mut name, mut dims, mut code, mut raw) = (String::new(), Vec::new(), 0u64, Vec::new());
-    let (mut floats, mut ints) = (Vec::new(), Vec::new());
+    let (mut floats, mut ints, mut small) = (Vec::new(), Vec::new(), Vec::new());
     let mut external: Vec<(String, String)> = Vec::new();
     while let Some((f, v)) = p.next()? {
         match (f, v) {
@@ -133,6 +134,9 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
                     .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
             ),
             (4, Field::Fixed32(d)) => floats.push(f32::from_le_bytes(d)),
+            // int32_data: bool (and other small types) when not in raw_data.
+            (5, Field::Bytes(d)) => small.extend(packed_varints(d)?),
+            (5, Field::Varint(d)) => small.push(d as i64),
             (7, Field::Bytes(d)) => ints.extend(packed_varints(d)?),
             (7, Field::Varint(d)) => ints.push(d as i64),
             (13, Field::Bytes(kv)) => external.push(string_pair(kv)?),
@@ -145,6 +149,8 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
             raw = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
         } else if !ints.is_empty() {
             raw = ints.iter().flat_map(|i| i.to_le_bytes()).collect();
+        } else if !small.is_empty() && elem == ElemType::Bool {
+            raw = small.iter().map(|&v| u8::from(v != 0)).collect();
         } else if !external.is_empty() {
             raw = ext.bytes(&name, &external)?;
         }

@@ -5,16 +5,93 @@
 pub mod letterbox;
 pub mod npy;
 pub mod npz;
+mod rows;
 mod task;
+mod topk_rows;
 
 use serde::Serialize;
 
 use crate::checkpoint::py::M;
+use crate::models::layers::heads::HeadOptions;
 use crate::reference::Reference;
 use crate::reference::ops::T;
 use crate::runtime::{Engine, RuntimeError};
 
+pub use rows::{RowsTolerance, rows_check};
 pub use task::{Agreement, TaskCheck, task_check};
+pub use topk_rows::compare_rows;
+
+/// An `--nms` export: its `output0` holds detection rows, which the reference makes by running
+/// its own NMS on the model's output, and which are compared as sets ([`rows_check`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NmsOutput {
+    /// The NMS the export embeds.
+    pub nms: crate::onnx::nms::Nms,
+    /// Rows per image.
+    pub max_det: usize,
+    /// Pose models: values per keypoint (`kpt_shape[1]`).
+    pub kpt_dim: Option<usize>,
+}
+
+impl NmsOutput {
+    /// The reference's rows from its raw (B, 4 + nc + extra, anchors) `output0`.
+    fn rows(&self, raw: &T, task: &str, nc: usize, input: &[usize]) -> Result<T, String> {
+        let rows = raw.shape.get(1).copied().unwrap_or(0);
+        if raw.shape.len() != 3 || rows < 4 + nc || input.len() != 4 {
+            return Err(format!(
+                "--nms needs a (B, 4 + {nc} + extra, anchors) output; the model gives {:?}",
+                raw.shape
+            ));
+        }
+        let layout = crate::onnx::nms::Layout {
+            nc: nc as i64,
+            extra: (rows - 4 - nc) as i64,
+        };
+        let hw = (input[2], input[3]);
+        if task == "obb" {
+            if layout.extra != 1 {
+                return Err(format!("an obb output with {} angle rows", layout.extra));
+            }
+            let r = crate::reference::nms::nms_rotated(raw, nc, &self.nms, self.max_det, hw);
+            return Ok(r);
+        }
+        Ok(crate::reference::nms::nms(
+            raw,
+            layout,
+            &self.nms,
+            self.max_det,
+            hw,
+        ))
+    }
+
+    /// The f16 rounding noise of each column group of the rows ([`rows::group`]), from the
+    /// exact and the f16-emulating reference's raw outputs (channel = row of the raw output).
+    fn noise(&self, exact: &T, emulated: &T, nc: usize) -> [f64; 5] {
+        let per_channel = channel_noise(&exact.shape, &emulated.data, &exact.data);
+        let mut groups = [0f64; 5];
+        for (r, n) in per_channel.iter().enumerate() {
+            // Raw rows: box 0..4, scores 4..4 + nc, then the extras as the rows' columns 6….
+            let column = match r {
+                0..=3 => r,
+                _ if r < 4 + nc => 4,
+                _ => r - 4 - nc + 6,
+            };
+            let g = &mut groups[rows::group(column, self.kpt_dim)];
+            *g = g.max(*n);
+        }
+        groups
+    }
+
+    fn tolerance(&self, tol: Tolerance) -> RowsTolerance {
+        RowsTolerance {
+            atol: tol.atol,
+            rtol: tol.rtol,
+            conf: self.nms.conf,
+            kpt_dim: self.kpt_dim,
+            noise: [0.0; 5],
+        }
+    }
+}
 
 /// Pass criterion, per channel of each output: max |Δ| ≤ atol + rtol · max |reference| over that
 /// channel. Per channel, because one output mixes scales — box coordinates in the hundreds beside
@@ -323,20 +400,26 @@ fn worst(acc: &mut Vec<OutputStats>, new: Vec<OutputStats>) {
     }
 }
 
-/// Runs the ONNX and the reference on `samples` seeded inputs of `shape` and compares them.
+/// Runs the ONNX and the reference on `samples` seeded inputs of `shape` and compares them;
+/// `head` says what the model's detection head outputs (end-to-end rows are compared as sets).
 pub fn against_reference(
     rt: &Engine,
     model: OnnxModel,
     reference: M,
     (task, nc): (&str, usize),
+    head: HeadOptions,
     inputs: Inputs,
     tol: Tolerance,
+    nms: Option<NmsOutput>,
 ) -> Result<ParityReport, String> {
-    let mut r = Reference::new(reference).map_err(|e| e.to_string())?;
+    let mut r = Reference::new(reference)
+        .map_err(|e| e.to_string())?
+        .with_head(head);
     let mut r16 = match tol.f16_noise {
         Some(_) => Some(
             Reference::new(reference)
                 .map_err(|e| e.to_string())?
+                .with_head(head)
                 .emulating_f16(),
         ),
         None => None,
@@ -360,6 +443,7 @@ pub fn against_reference(
     };
     for images in batches {
         let got = run_onnx(rt, &model, &images).map_err(|e| e.to_string())?;
+        let input_shape = images.shape.clone();
         // The f16 emulation runs beside the exact reference: same work, no shared state.
         let (want, emulated) = std::thread::scope(|s| {
             let e16 = r16.as_mut().map(|r16| {
@@ -370,10 +454,19 @@ pub fn against_reference(
             let emulated = e16.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
             (want, emulated)
         });
-        let want = want.map_err(|e| format!("reference interpreter: {e}"))?;
+        let mut want = want.map_err(|e| format!("reference interpreter: {e}"))?;
         let emulated = emulated
             .transpose()
             .map_err(|e| format!("reference interpreter (f16 emulation): {e}"))?;
+        let mut row_noise = [0f64; 5];
+        if let (Some(p), Some(raw)) = (&nms, want.first_mut()) {
+            if let (Some(k), Some(e)) = (tol.f16_noise, emulated.as_ref().and_then(|e| e.first()))
+                && e.shape == raw.shape
+            {
+                row_noise = p.noise(raw, e, nc).map(|n| k * n);
+            }
+            *raw = p.rows(raw, task, nc, &input_shape)?;
+        }
         if got.len() != want.len() {
             return Err(format!(
                 "the ONNX has {} outputs, the model {}",
@@ -381,12 +474,19 @@ pub fn against_reference(
                 want.len()
             ));
         }
+        // Detection rows are compared as sets below, not channel by channel.
+        let skip = usize::from(nms.is_some());
         let stats = got
             .iter()
             .zip(&want)
             .enumerate()
+            .skip(skip)
             .map(|(i, ((name, g), w))| {
-                if g.shape != w.shape {
+                if head.end2end && i == 0 && g.shape == w.shape {
+                    let (s, t) = compare_rows(name, &g.shape, &g.data, &w.data, tol);
+                    tasks.extend(t);
+                    s
+                } else if g.shape != w.shape {
                     let mut s = compare(name, &[], &[], &[], tol);
                     s.shape = g.shape.clone();
                     s.max_abs = f64::INFINITY;
@@ -402,8 +502,15 @@ pub fn against_reference(
             })
             .collect();
         worst(&mut outputs, stats);
-        if let (Some((_, g)), Some(w)) = (got.first(), want.first())
+        if let (Some(p), Some((_, g)), Some(w)) = (&nms, got.first(), want.first()) {
+            let rt = RowsTolerance {
+                noise: row_noise,
+                ..p.tolerance(tol)
+            };
+            tasks.extend(rows_check(g, w, rt));
+        } else if let (Some((_, g)), Some(w)) = (got.first(), want.first())
             && g.shape == w.shape
+            && !head.end2end
         {
             let e = emulated
                 .as_ref()
@@ -427,13 +534,16 @@ pub fn against_reference(
     })
 }
 
-/// Runs the ONNX on a golden file's `images` and compares with its `output0`, `output1`, ….
+/// Runs the ONNX on a golden file's `images` and compares with its `output0`, `output1`, …;
+/// end-to-end rows (`head`) as sets.
 pub fn against_golden(
     rt: &Engine,
     model: OnnxModel,
     golden: &npz::Npz,
     (task, nc): (&str, usize),
+    head: HeadOptions,
     tol: Tolerance,
+    nms: Option<NmsOutput>,
 ) -> Result<ParityReport, String> {
     let images = golden
         .get("images")
@@ -450,6 +560,18 @@ pub fn against_golden(
                 "`{name}`: the ONNX gives {:?}, the golden file holds {:?}",
                 g.shape, w.shape
             ));
+        }
+        if head.end2end && name == "output0" {
+            let (s, t) = compare_rows(name, &g.shape, &g.data, &w.data, tol);
+            outputs.push(s);
+            tasks.extend(t);
+            continue;
+        }
+        if name == "output0"
+            && let Some(p) = &nms
+        {
+            tasks.extend(rows_check(g, w, p.tolerance(tol)));
+            continue;
         }
         outputs.push(compare(name, &g.shape, &g.data, &w.data, tol));
         if name == "output0" {

@@ -5,6 +5,7 @@
 //! emission in `src/models/layers/`; this module holds the interpreter, its kernels (`ops.rs`)
 //! and its shape checks (`shape.rs`). The layer wiring is [`crate::models::Net`]'s.
 
+pub mod nms;
 pub mod ops;
 pub(crate) mod shape;
 
@@ -13,6 +14,7 @@ use std::fmt;
 use ops::T;
 
 use crate::checkpoint::py::M;
+use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
 use crate::models::{Backend, In, Net};
 
@@ -51,6 +53,8 @@ pub struct Reference<'g> {
     pub(crate) extra: Vec<T>,
     /// Round the input and every module's output to f16 (see [`Reference::emulating_f16`]).
     pub(crate) f16: bool,
+    /// What the detection heads output (see [`Reference::with_head`]).
+    pub(crate) head: HeadOptions,
 }
 
 impl<'g> Reference<'g> {
@@ -60,7 +64,15 @@ impl<'g> Reference<'g> {
             net: Net::new(root).map_err(e)?,
             extra: Vec::new(),
             f16: false,
+            head: HeadOptions::default(),
         })
+    }
+
+    /// The same interpreter with the detection heads evaluated as `head` says (`--end2end`:
+    /// the one-to-one branches, post-processed into top-k rows).
+    pub fn with_head(mut self, head: HeadOptions) -> Reference<'g> {
+        self.head = head;
+        self
     }
 
     /// The same interpreter with f16 storage emulated: convolution weights and biases
@@ -94,11 +106,12 @@ impl<'g> Reference<'g> {
         Ok(outs)
     }
 
-    /// Whether the interpreter runs `class` wherever a module runs.
+    /// Whether the interpreter runs `class` wherever a module runs (a list-valued layer: in the
+    /// layer list).
     pub fn handles(class: &str) -> bool {
         matches!(
             registry::find(class).map(|l| l.kind),
-            Some(Kind::Layer { .. })
+            Some(Kind::Layer { .. } | Kind::Fork { .. })
         )
     }
 
@@ -124,7 +137,13 @@ impl<'g> Reference<'g> {
 impl Backend for Reference<'_> {
     type Value = T;
 
-    fn layer(&mut self, _path: &str, m: M<'_>, x: In<T>) -> Result<T, String> {
-        self.module(m, x).map_err(|err| err.0)
+    fn layer(&mut self, _path: &str, m: M<'_>, x: In<T>) -> Result<In<T>, String> {
+        let out = match registry::find(&m.class()).map(|l| l.kind) {
+            Some(Kind::Fork { run, .. }) => {
+                run(self, m, x).map(|ts| In::Many(ts.into_iter().map(|t| self.round(t)).collect()))
+            }
+            _ => self.module(m, x).map(In::One),
+        };
+        out.map_err(|err| err.0)
     }
 }

@@ -169,8 +169,30 @@ fn in_package(dir: &Path) -> Option<PathBuf> {
     found.pop()
 }
 
+/// The `onnxruntime` package in the `site-packages` of a virtual environment (`<venv>/lib/*/`).
+fn in_venv(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|e| in_package(&e.path().join("site-packages").join("onnxruntime")))
+}
+
+/// The virtual environment this executable was installed into by pip (`<venv>/bin/fuse-ema`
+/// beside `<venv>/pyvenv.cfg`), which need not be the active one.
+fn own_venv() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let venv = exe.parent()?.parent()?;
+    venv.join("pyvenv.cfg")
+        .is_file()
+        .then(|| venv.to_path_buf())
+}
+
 /// Where the ONNX Runtime library is: `ORT_DYLIB_PATH`, then the `onnxruntime` package of the
-/// active virtual environment, then of `python3` on the PATH (asked only for its location).
+/// active virtual environment, then of the one fuse-ema was pip-installed into (`pip install
+/// "fuse-ema[ort]"`, run without activating it), then of `python3` on the PATH (asked only for
+/// its location).
 pub fn find_library() -> Result<PathBuf, RuntimeError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
@@ -183,13 +205,11 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
             )))
         };
     }
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
-        let lib = PathBuf::from(venv).join("lib");
-        for e in std::fs::read_dir(&lib).into_iter().flatten().flatten() {
-            if let Some(p) = in_package(&e.path().join("site-packages").join("onnxruntime")) {
-                return Ok(p);
-            }
-        }
+    if let Some(p) = std::env::var_os("VIRTUAL_ENV").and_then(|v| in_venv(Path::new(&v))) {
+        return Ok(p);
+    }
+    if let Some(p) = own_venv().and_then(|v| in_venv(&v)) {
+        return Ok(p);
     }
     let out = std::process::Command::new("python3")
         .args(["-c", "import importlib.util as u; s = u.find_spec('onnxruntime'); print(s.submodule_search_locations[0] if s else '')"])

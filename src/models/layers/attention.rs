@@ -83,7 +83,8 @@ impl Builder<'_> {
             scale,
         } = AttentionParams::parse(m)?;
         let [_, c, h, w] = check::nchw(x, scope)?;
-        let n = h * w;
+        // With a dynamic input the positions' count and the map's size come from the graph.
+        let n = if self.b.dynamic_hw { -1 } else { h * w };
         let qkv = self.conv_block(&format!("{scope}.qkv"), m.child("qkv")?, x)?;
         let r = self
             .b
@@ -99,8 +100,18 @@ impl Builder<'_> {
             .node(scope, "Softmax", &[&logits], vec![("axis", Attr::Int(-1))]);
         let at = self.b.node(scope, "Transpose", &[&attn], t);
         let o = self.b.bin(scope, "MatMul", &p[2], &at);
-        let o = self.b.reshape(scope, &o, &[0, c, h, w]);
-        let v = self.b.reshape(scope, &p[2], &[0, c, h, w]);
+        let (o, v) = if self.b.dynamic_hw {
+            let like = self.b.node(scope, "Shape", &[&x.name], vec![]);
+            (
+                self.b.node(scope, "Reshape", &[&o, &like], vec![]),
+                self.b.node(scope, "Reshape", &[&p[2], &like], vec![]),
+            )
+        } else {
+            (
+                self.b.reshape(scope, &o, &[0, c, h, w]),
+                self.b.reshape(scope, &p[2], &[0, c, h, w]),
+            )
+        };
         let v = V {
             name: v,
             shape: x.shape.clone(),

@@ -1,5 +1,5 @@
 //! Containers and shape plumbing: `Sequential`, `ModuleList`, `Identity`, `Concat`,
-//! `MaxPool2d`, `Upsample`.
+//! `MaxPool2d`, `Upsample`, `ZeroPad2d`.
 
 use crate::checkpoint::py::{M, R};
 use crate::models::In;
@@ -32,7 +32,7 @@ pub const LAYERS: &[Layer] = &[
     ),
     part(
         "ModuleList",
-        "C2f, C3, C3k2, C3k, Detect, Segment, Pose, OBB",
+        "C2f, C3, C3k2, C3k, SPP, Detect, Segment, Pose, OBB",
         "a list of branches or blocks its parent indexes",
     ),
     layer(
@@ -45,11 +45,13 @@ pub const LAYERS: &[Layer] = &[
         "Concat",
         "concatenation along `d` (channels)",
         |b, s, m, x| match x {
-            In::Many(xs) => b.cat(s, &xs, m.int("d").unwrap_or(1)),
             In::One(v) => Ok(v),
+            xs => b.cat(s, &xs.many(), m.int("d").unwrap_or(1)),
         },
         |_, m, x| match x {
-            In::Many(xs) => {
+            In::One(t) => Ok(t),
+            xs => {
+                let xs = xs.many();
                 let d = m.int("d").unwrap_or(1);
                 if d != 1 && d != -3 {
                     return Err(e(format!("Concat along dimension {d}")));
@@ -58,7 +60,6 @@ pub const LAYERS: &[Layer] = &[
                 shape::same_maps(&refs, "Concat")?;
                 Ok(ops::cat_channels(&refs))
             }
-            In::One(t) => Ok(t),
         },
     ),
     layer(
@@ -73,9 +74,32 @@ pub const LAYERS: &[Layer] = &[
         |b, s, m, x| b.upsample(s, m, &x.one("Upsample")?),
         |_, m, x| upsample(m, &x.one("Upsample")?),
     ),
+    layer(
+        "ZeroPad2d",
+        "zero padding (left, right, top, bottom), as YOLOv3-tiny pads before a stride-1 pool",
+        |b, s, m, x| b.zero_pad(s, m, &x.one("ZeroPad2d")?),
+        |_, m, x| zero_pad(m, &x.one("ZeroPad2d")?),
+    ),
 ];
 
 // ---- parse (shared) ----
+
+/// `nn.ZeroPad2d`'s padding (left, right, top, bottom); cropping (negative) is refused, and so is
+/// padding beyond 1024 (Ultralytics pads by one), which would only make a hostile file allocate.
+pub fn zero_pad_params(m: M) -> R<[i64; 4]> {
+    let p = match m.ints("padding").as_deref() {
+        Some(&[a]) => [a; 4],
+        Some(&[l, r, t, b]) => [l, r, t, b],
+        other => return Err(format!("ZeroPad2d padding {other:?}")),
+    };
+    if p.iter().any(|v| !(0..=1024).contains(v)) {
+        return Err(format!("ZeroPad2d padding {p:?}"));
+    }
+    if m.float("value").is_some_and(|v| v != 0.0) {
+        return Err(format!("ZeroPad2d value {:?}", m.float("value")));
+    }
+    Ok(p)
+}
 
 /// `nn.MaxPool2d`'s window, read and checked once for both backends.
 pub struct MaxPoolParams {
@@ -169,6 +193,11 @@ impl Builder<'_> {
     /// `nn.Upsample(scale_factor, mode='nearest')` as `Resize`.
     pub(crate) fn upsample(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let f = upsample_factor(m)?;
+        self.resize_nearest(scope, x, f)
+    }
+
+    /// Nearest-neighbour `Resize` of `x` by `f` (`F.interpolate(scale_factor=f)`).
+    pub(crate) fn resize_nearest(&mut self, scope: &str, x: &V, f: f64) -> R<V> {
         let [xn, xc, xh, xw] = check::nchw(x, scope)?;
         let scales = self
             .b
@@ -196,6 +225,25 @@ impl Builder<'_> {
             ],
         )?;
         Ok(V { name: y, shape })
+    }
+
+    /// `nn.ZeroPad2d` as a constant `Pad`.
+    pub(crate) fn zero_pad(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let [l, r, t, bt] = zero_pad_params(m)?;
+        let [xn, xc, xh, xw] = check::nchw(x, scope)?;
+        let pads = self
+            .b
+            .ints(&format!("{scope}/pads"), &[0, 0, t, l, 0, 0, bt, r]);
+        let y = self.b.node(
+            scope,
+            "Pad",
+            &[&x.name, &pads],
+            vec![("mode", Attr::Str("constant".into()))],
+        );
+        Ok(V {
+            name: y,
+            shape: vec![xn, xc, xh + t + bt, xw + l + r],
+        })
     }
 
     /// Concatenation of several values of one rank along `axis`.
@@ -249,4 +297,20 @@ pub fn upsample(m: M, x: &T) -> RefResult<T> {
     }
     shape::upsample(x, f as usize, "Upsample")?;
     Ok(ops::upsample_nearest(x, f as usize))
+}
+
+/// `nn.ZeroPad2d`: each map copied into a larger zeroed one.
+pub fn zero_pad(m: M, x: &T) -> RefResult<T> {
+    let [l, r, t, b] = zero_pad_params(m)?.map(|v| v as usize);
+    let (n, c, h, w) = shape::nchw(x, "ZeroPad2d")?;
+    let (oh, ow) = (h + t + b, w + l + r);
+    let mut out = vec![0.0f32; n * c * oh * ow];
+    for p in 0..n * c {
+        for y in 0..h {
+            let src = &x.data[(p * h + y) * w..(p * h + y + 1) * w];
+            let at = (p * oh + y + t) * ow + l;
+            out[at..at + w].copy_from_slice(src);
+        }
+    }
+    Ok(T::new(out, vec![n, c, oh, ow]))
 }

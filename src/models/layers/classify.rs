@@ -18,12 +18,13 @@ pub const LAYERS: &[Layer] = &[
         "conv, global average pool, linear, softmax: (B, classes)",
         |b, s, m, x| b.classify(s, m, x),
         |r, m, x| match x {
-            In::Many(xs) => {
+            In::One(t) => r.classify(m, &t),
+            xs => {
+                let xs = xs.many();
                 let refs = xs.iter().collect::<Vec<_>>();
                 shape::same_maps(&refs, "Classify")?;
                 r.classify(m, &ops::cat_channels(&refs))
             }
-            In::One(t) => r.classify(m, &t),
         },
     ),
     part("AdaptiveAvgPool2d", "Classify", "global average pooling"),
@@ -77,7 +78,7 @@ impl Builder<'_> {
     pub(crate) fn classify(&mut self, scope: &str, m: M, x: In<V>) -> R<V> {
         let x = match x {
             In::One(v) => v,
-            In::Many(vs) => self.cat(scope, &vs, 1)?,
+            vs => self.cat(scope, &vs.many(), 1)?,
         };
         let c = self.conv_block(&format!("{scope}.conv"), m.child("conv")?, &x)?;
         let p = self.b.node(scope, "GlobalAveragePool", &[&c.name], vec![]);

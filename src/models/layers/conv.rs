@@ -42,7 +42,12 @@ pub const LAYERS: &[Layer] = &[
         "Conv, DWConv",
         "inference BatchNorm (folded into the convolution when emitted)",
     ),
-    part("ConvTranspose2d", "Proto", "transposed convolution"),
+    layer(
+        "ConvTranspose2d",
+        "transposed convolution (YOLOv6's upsampling; `Proto` reads one too)",
+        |b, s, m, x| b.conv_transpose(s, m, &x.one("ConvTranspose2d")?),
+        |_, m, x| conv_transpose(m, &x.one("ConvTranspose2d")?),
+    ),
 ];
 
 // ---- parse (shared) ----
@@ -193,14 +198,10 @@ impl ConvTransposeParams {
 impl Builder<'_> {
     /// `nn.Conv2d`, with an optional `nn.BatchNorm2d` folded into its weights in f32.
     pub(crate) fn conv2d(&mut self, scope: &str, m: M, bn: Option<M>, x: &V) -> R<V> {
-        let p = Conv2dParams::parse(m)?;
-        let [xn, _, xh, xw] = check::nchw(x, scope)?;
-        let (ws, [sh, sw], [dh, dw], [ph, pw]) = (p.shape, p.stride, p.dil, p.pad);
-        let groups = p.groups;
-        let out_c = ws[0] as usize;
-        let mut w = p.weight;
-        let per = w.len() / out_c.max(1);
-        let mut b = p.bias.unwrap_or_else(|| vec![0.0; out_c]);
+        let mut p = Conv2dParams::parse(m)?;
+        let out_c = p.shape[0] as usize;
+        let per = p.weight.len() / out_c.max(1);
+        let mut b = p.bias.take().unwrap_or_else(|| vec![0.0; out_c]);
         if let Some(bn) = bn {
             let BatchNorm {
                 gamma,
@@ -212,14 +213,25 @@ impl Builder<'_> {
             // Same operations, in the same order and precision, as Ultralytics' fuse_conv_and_bn.
             for o in 0..out_c {
                 let scale = gamma[o] / (eps + var[o]).sqrt();
-                for v in &mut w[o * per..(o + 1) * per] {
+                for v in &mut p.weight[o * per..(o + 1) * per] {
                     *v *= scale;
                 }
                 let b_bn = beta[o] - gamma[o] * mean[o] / (var[o] + eps).sqrt();
                 b[o] = scale * b[o] + b_bn;
             }
         }
-        let wn = self.b.weight(&format!("{scope}.weight"), &ws, &w);
+        p.bias = Some(b);
+        self.conv_node(scope, p, x)
+    }
+
+    /// One ONNX `Conv` node for already-folded parameters (weights `{scope}.weight` and
+    /// `{scope}.bias`, zeros when `p` has none).
+    pub(crate) fn conv_node(&mut self, scope: &str, p: Conv2dParams, x: &V) -> R<V> {
+        let [xn, _, xh, xw] = check::nchw(x, scope)?;
+        let (ws, [sh, sw], [dh, dw], [ph, pw]) = (p.shape, p.stride, p.dil, p.pad);
+        let out_c = ws[0] as usize;
+        let b = p.bias.unwrap_or_else(|| vec![0.0; out_c]);
+        let wn = self.b.weight(&format!("{scope}.weight"), &ws, &p.weight);
         let bn_ = self.b.weight(&format!("{scope}.bias"), &[out_c as i64], &b);
         let y = self.b.node(
             scope,
@@ -227,7 +239,7 @@ impl Builder<'_> {
             &[&x.name, &wn, &bn_],
             vec![
                 ("dilations", Attr::Ints(vec![dh, dw])),
-                ("group", Attr::Int(groups)),
+                ("group", Attr::Int(p.groups)),
                 ("kernel_shape", Attr::Ints(vec![ws[2], ws[3]])),
                 ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
                 ("strides", Attr::Ints(vec![sh, sw])),

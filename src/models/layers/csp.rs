@@ -1,4 +1,5 @@
-//! CSP blocks: `Bottleneck`, `C2f` / `C3k2`, `C3` / `C3k`, `SPPF`.
+//! CSP blocks: `Bottleneck`, `C2`, `C2f` / `C3k2`, `C3` / `C3k` / `C3Ghost` / `RepCSP`, and the
+//! spatial pyramid pools `SPP`, `SPPF`.
 
 use crate::checkpoint::py::{M, R};
 use crate::models::In;
@@ -15,6 +16,12 @@ pub const LAYERS: &[Layer] = &[
         "two `Conv`s, plus the input when `add`",
         |b, s, m, x| b.bottleneck(s, m, &x.one("Bottleneck")?),
         |r, m, x| r.bottleneck(m, &x.one("Bottleneck")?),
+    ),
+    layer(
+        "C2",
+        "halves of cv1, bottlenecks on the first, concatenation, cv2 (YOLOv8-p6)",
+        |b, s, m, x| b.c2(s, m, &x.one("C2")?),
+        |r, m, x| r.c2(m, &x.one("C2")?),
     ),
     layer(
         "C2f",
@@ -41,6 +48,12 @@ pub const LAYERS: &[Layer] = &[
         |r, m, x| r.c3(m, &x.one("C3k")?),
     ),
     layer(
+        "SPP",
+        "cv1, parallel max pools of several sizes, concatenation, cv2 (YOLOv3-SPP)",
+        |b, s, m, x| b.spp(s, m, &x.one("SPP")?),
+        |r, m, x| r.spp(m, &x.one("SPP")?),
+    ),
+    layer(
         "SPPF",
         "`n` chained max pools, concatenated",
         |b, s, m, x| b.sppf(s, m, &x.one("SPPF")?),
@@ -51,11 +64,11 @@ pub const LAYERS: &[Layer] = &[
 // ---- emit ----
 
 impl Builder<'_> {
-    /// `Bottleneck`: cv2(cv1(x)), plus x when `add`.
-    /// `Bottleneck`: cv2(cv1(x)), plus x when `add`.
+    /// `Bottleneck` / `RepBottleneck`: cv2(cv1(x)), plus x when `add` (cv1 a `Conv` or a
+    /// `RepConv`).
     pub(crate) fn bottleneck(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &a)?;
+        let a = self.module(&format!("{scope}.cv1"), m.child("cv1")?, In::One(x.clone()))?;
+        let y = self.module(&format!("{scope}.cv2"), m.child("cv2")?, In::One(a))?;
         Ok(if m.bool("add").unwrap_or(false) {
             self.add(scope, x, &y)
         } else {
@@ -63,7 +76,42 @@ impl Builder<'_> {
         })
     }
 
-    /// `C2f`: split cv1's output in two, chain the bottlenecks on the second half, concatenate all.
+    /// `C2`: cv1's output in two halves, the bottlenecks on the first, concatenated with the
+    /// second, cv2.
+    pub(crate) fn c2(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let [an, ac, ah, aw] = check::nchw(&a, scope)?;
+        let c = m.int("c").unwrap_or(ac / 2);
+        if c <= 0 || 2 * c != ac {
+            return Err(format!(
+                "{scope}: C2 splits {ac} channels into two halves of {c}"
+            ));
+        }
+        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
+        let half = |name: &String| V {
+            name: name.clone(),
+            shape: vec![an, c, ah, aw],
+        };
+        let y = self.module(
+            &format!("{scope}.m"),
+            m.child("m")?,
+            In::One(half(&parts[0])),
+        )?;
+        let cat = self.cat(scope, &[y, half(&parts[1])], 1)?;
+        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
+    }
+
+    /// `SPP`: cv1, then each max pool of `m` on cv1's output, all concatenated, cv2.
+    pub(crate) fn spp(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let mut ys = vec![a.clone()];
+        for (i, (_, pool)) in m.child("m")?.children().into_iter().enumerate() {
+            ys.push(self.module(&format!("{scope}.m.{i}"), pool, In::One(a.clone()))?);
+        }
+        let cat = self.cat(scope, &ys, 1)?;
+        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
+    }
+
     /// `C2f` / `C3k2`: halves of cv1, chained blocks on the second, concatenation, cv2.
     pub(crate) fn c2f(&mut self, scope: &str, m: M, x: &V) -> R<V> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
@@ -133,6 +181,31 @@ impl Reference<'_> {
         } else {
             y
         })
+    }
+
+    pub(crate) fn c2(&mut self, m: M, x: &T) -> RefResult<T> {
+        let a = self.sub(m, "cv1", x)?;
+        let ac = shape::nchw(&a, "C2")?.1;
+        if ac % 2 != 0 {
+            return Err(e(format!("C2 cannot halve {ac} channels")));
+        }
+        let c = ac / 2;
+        shape::channels(&a, c, 2 * c, "C2")?;
+        let y = self.sub(m, "m", &ops::channels(&a, 0, c))?;
+        let b = ops::channels(&a, c, 2 * c);
+        shape::same_maps(&[&y, &b], "C2")?;
+        self.sub(m, "cv2", &ops::cat_channels(&[&y, &b]))
+    }
+
+    pub(crate) fn spp(&mut self, m: M, x: &T) -> RefResult<T> {
+        let a = self.sub(m, "cv1", x)?;
+        let mut ys = vec![a.clone()];
+        for (_, pool) in m.child("m").map_err(e)?.children() {
+            ys.push(self.module(pool, In::One(a.clone()))?);
+        }
+        let refs = ys.iter().collect::<Vec<_>>();
+        shape::same_maps(&refs, "SPP")?;
+        self.sub(m, "cv2", &ops::cat_channels(&refs))
     }
 
     pub(crate) fn c2f(&mut self, m: M, x: &T) -> RefResult<T> {

@@ -5,9 +5,14 @@
 //! nodes through `onnx::graph`, the reference computes with `reference::ops`.
 
 pub mod act;
+pub mod area_attention;
 pub mod attention;
 pub mod basic;
 pub mod classify;
 pub mod conv;
 pub mod csp;
+pub mod elan;
+pub mod ghost;
 pub mod heads;
+pub mod resnet;
+pub mod v10;

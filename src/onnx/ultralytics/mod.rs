@@ -5,6 +5,7 @@
 pub(crate) mod check;
 
 use crate::checkpoint::py::{M, R};
+use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
 use crate::models::{Backend, In, Net};
 
@@ -16,6 +17,8 @@ pub struct Builder<'g> {
     pub b: GraphBuilder,
     /// Outputs beyond the model's main one (`Segment`'s prototypes), in order.
     pub extra_outputs: Vec<V>,
+    /// What the detection heads output (one-to-many, or end-to-end rows).
+    pub head: HeadOptions,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -25,15 +28,17 @@ impl<'g> Builder<'g> {
         Builder {
             b,
             extra_outputs: Vec::new(),
+            head: HeadOptions::default(),
             _g: std::marker::PhantomData,
         }
     }
 
-    /// Whether the builder emits `class` wherever a module runs.
+    /// Whether the builder emits `class` wherever a module runs (a list-valued layer: in the
+    /// layer list).
     pub fn handles(class: &str) -> bool {
         matches!(
             registry::find(class).map(|l| l.kind),
-            Some(Kind::Layer { .. })
+            Some(Kind::Layer { .. } | Kind::Fork { .. })
         )
     }
 
@@ -50,8 +55,11 @@ impl<'g> Builder<'g> {
 impl Backend for Builder<'_> {
     type Value = V;
 
-    fn layer(&mut self, path: &str, m: M<'_>, x: In<V>) -> R<V> {
-        self.module(path, m, x)
+    fn layer(&mut self, path: &str, m: M<'_>, x: In<V>) -> R<In<V>> {
+        match registry::find(&m.class()).map(|l| l.kind) {
+            Some(Kind::Fork { emit, .. }) => emit(self, path, m, x).map(In::Many),
+            _ => self.module(path, m, x).map(In::One),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The emit side of the detection heads: per-level box and class branches, DFL, anchor decoding
 //! with anchors and strides as constants for the static input size.
 
-use super::HeadSpec;
+use super::{HeadKind, HeadSpec};
 use crate::checkpoint::py::{M, R};
 use crate::models::In;
 use crate::onnx::graph::V;
@@ -14,58 +14,60 @@ impl Builder<'_> {
         self.module(scope, m, In::One(x.clone()))
     }
 
-    /// `Detect`, `Segment`, `Pose` and `OBB` (one-to-many heads) in export form: output
-    /// (B, 4 + nc [+ masks | keypoints | angle], anchors), boxes in input pixels (centre x, centre
-    /// y, width, height; rotated boxes for OBB), sigmoid class scores. `Segment` also emits the
-    /// prototypes as a second output.
+    /// The detection heads in export form: output (B, 4 + nc [+ masks | keypoints | angle],
+    /// anchors), boxes in input pixels (centre x, centre y, width, height; rotated boxes for OBB),
+    /// sigmoid class scores; segmentation heads also emit the prototypes as a second output. With
+    /// `--end2end` the one-to-one branches run, boxes are corners (x1 y1 x2 y2; OBB keeps its
+    /// rotated form) and `topk.rs` turns the result into (B, k, 6 + extra) rows.
     pub(crate) fn detect(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
-        let spec = HeadSpec::parse(m, xs.len())?;
+        let spec = HeadSpec::parse(m, xs.len(), self.head)?;
         let class = spec.class.clone();
         let (nc, reg_max, extra_ch) = (spec.nc, spec.reg_max, spec.extra);
         let strides = &spec.strides;
-        let (cv2, cv3) = (m.child("cv2")?.children(), m.child("cv3")?.children());
-        let cv4 = if extra_ch > 0 {
-            m.child("cv4")?.children()
-        } else {
-            Vec::new()
-        };
+        let (cv2, cv3) = (
+            vec![m.child(&spec.branch("cv2"))?.children()],
+            vec![m.child(&spec.branch("cv3"))?.children()],
+        );
+        let cv4 = (spec.extra_branches().iter())
+            .map(|name| Ok(m.child(name)?.children()))
+            .collect::<R<Vec<_>>>()?;
         let first = xs
             .first()
             .ok_or_else(|| format!("{class} without inputs"))?;
         let batch = check::nchw(first, scope)?[0];
         let (mut boxes, mut scores, mut extra) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut anchors, mut stride_row) = (Vec::new(), Vec::new());
+        let mut a = 0;
         for (i, x) in xs.iter().enumerate() {
             let [_, _, xh, xw] = check::nchw(x, scope)?;
             if !(1..=1 << 14).contains(&xh) || !(1..=1 << 14).contains(&xw) {
                 return Err(format!("{scope}: level {i} feature map is {xh}x{xw}"));
             }
-            let hw = xh * xw;
-            let level = |b: &mut Self, name: &str, head: &[(&str, M)], ch: i64| -> R<String> {
-                let s = format!("{scope}.{name}.{i}");
-                let (_, branch) = head.get(i).ok_or_else(|| {
-                    format!(
-                        "{scope}.{name} has {} branches for {} inputs",
-                        head.len(),
-                        xs.len()
-                    )
-                })?;
-                let y = b.branch(&s, *branch, x)?;
-                Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
-            };
-            boxes.push(level(self, "cv2", &cv2, 4 * reg_max)?);
-            scores.push(level(self, "cv3", &cv3, nc)?);
-            if extra_ch > 0 {
-                extra.push(level(self, "cv4", &cv4, extra_ch)?);
-            }
-            for yy in 0..xh {
-                for xx in 0..xw {
-                    anchors.push((xx as f32 + 0.5, yy as f32 + 0.5));
+            a += xh * xw;
+            let hw = if self.b.dynamic_hw { -1 } else { xh * xw };
+            // A level's branch: the i-th module of each list, in turn (`Pose26`'s `cv4` and
+            // `cv4_kpts`; one list elsewhere), reshaped to (B, ch, h·w).
+            let level = |b: &mut Self, names: &[String], heads: &[Vec<(&str, M)>], ch: i64| {
+                let mut y = x.clone();
+                let mut s = String::new();
+                for (name, head) in names.iter().zip(heads) {
+                    s = format!("{scope}.{name}.{i}");
+                    let (_, branch) = head.get(i).ok_or_else(|| {
+                        format!(
+                            "{scope}.{name} has {} branches for {} inputs",
+                            head.len(),
+                            xs.len()
+                        )
+                    })?;
+                    y = b.branch(&s, *branch, &y)?;
                 }
+                R::Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
+            };
+            boxes.push(level(self, &[spec.branch("cv2")], &cv2, 4 * reg_max)?);
+            scores.push(level(self, &[spec.branch("cv3")], &cv3, nc)?);
+            if extra_ch > 0 {
+                extra.push(level(self, &spec.extra_branches(), &cv4, extra_ch)?);
             }
-            stride_row.extend(std::iter::repeat_n(strides[i] as f32, hw as usize));
         }
-        let a = anchors.len() as i64;
         let cat = |b: &mut Self, v: &[String]| {
             let r: Vec<&str> = v.iter().map(String::as_str).collect();
             b.b.concat(scope, &r, 2)
@@ -82,28 +84,30 @@ impl Builder<'_> {
         } else {
             boxes
         };
-        let ax: Vec<f32> = anchors
-            .iter()
-            .map(|p| p.0)
-            .chain(anchors.iter().map(|p| p.1))
-            .collect();
-        let anchor = self.b.weight(&format!("{scope}/anchors"), &[1, 2, a], &ax);
-        let st = self
-            .b
-            .weight(&format!("{scope}/strides"), &[1, a], &stride_row);
+        let (anchor, st) = self.anchors(scope, xs, strides)?;
         let parts = self.b.split(scope, &dist, 1, &[2, 2]);
-        let two = self.b.weight(&format!("{scope}/two"), &[], &[2.0]);
+        // Corners (end-to-end, not OBB) are not halved: no `two` there.
+        let two = if spec.kind == HeadKind::Obb || spec.max_det.is_none() {
+            self.b.weight(&format!("{scope}/two"), &[], &[2.0])
+        } else {
+            String::new()
+        };
         let mut angle = None;
-        let decoded = if class == "OBB" {
-            // θ = (sigmoid(raw) − 1/4)·π, then dist2rbox: rotate the (rb − lt)/2 offset by θ.
+        let decoded = if spec.kind == HeadKind::Obb {
+            // θ = (sigmoid(raw) − 1/4)·π (OBB26: θ = raw), then dist2rbox: rotate the
+            // (rb − lt)/2 offset by θ.
             let raw = extra.clone().ok_or("OBB without angle channels")?;
-            let sig = self.b.node(scope, "Sigmoid", &[&raw], vec![]);
-            let q = self.b.weight(&format!("{scope}/quarter"), &[], &[0.25]);
-            let pi = self
-                .b
-                .weight(&format!("{scope}/pi"), &[], &[std::f32::consts::PI]);
-            let shifted = self.b.bin(scope, "Sub", &sig, &q);
-            let theta = self.b.bin(scope, "Mul", &shifted, &pi);
+            let theta = if spec.yolo26 {
+                raw
+            } else {
+                let sig = self.b.node(scope, "Sigmoid", &[&raw], vec![]);
+                let q = self.b.weight(&format!("{scope}/quarter"), &[], &[0.25]);
+                let pi = self
+                    .b
+                    .weight(&format!("{scope}/pi"), &[], &[std::f32::consts::PI]);
+                let shifted = self.b.bin(scope, "Sub", &sig, &q);
+                self.b.bin(scope, "Mul", &shifted, &pi)
+            };
             let cos = self.b.node(scope, "Cos", &[&theta], vec![]);
             let sin = self.b.node(scope, "Sin", &[&theta], vec![]);
             let diff = self.b.bin(scope, "Sub", &parts[1], &parts[0]);
@@ -124,6 +128,11 @@ impl Builder<'_> {
             let wh = self.b.bin(scope, "Add", &parts[0], &parts[1]);
             angle = Some(theta);
             self.b.concat(scope, &[&xy, &wh], 1)
+        } else if spec.max_det.is_some() {
+            // dist2bbox (xyxy, end-to-end): x1y1 = anchor − lt; x2y2 = anchor + rb.
+            let x1y1 = self.b.bin(scope, "Sub", &anchor, &parts[0]);
+            let x2y2 = self.b.bin(scope, "Add", &anchor, &parts[1]);
+            self.b.concat(scope, &[&x1y1, &x2y2], 1)
         } else {
             // dist2bbox (xywh): x1y1 = anchor − lt; x2y2 = anchor + rb.
             let x1y1 = self.b.bin(scope, "Sub", &anchor, &parts[0]);
@@ -136,52 +145,138 @@ impl Builder<'_> {
         let dbox = self.b.bin(scope, "Mul", &decoded, &st);
         let sig = self.b.node(scope, "Sigmoid", &[&scores], vec![]);
         let mut outs = vec![dbox, sig];
-        match class.as_str() {
-            "Segment" => {
+        match spec.kind {
+            HeadKind::Segment => {
                 outs.push(extra.ok_or("Segment without mask channels")?);
-                let proto = self.proto(&format!("{scope}.proto"), m.child("proto")?, &xs[0])?;
+                let proto = self.prototypes(&format!("{scope}.proto"), m.child("proto")?, xs)?;
                 self.extra_outputs.push(proto);
             }
-            "Pose" => outs.push(self.keypoints(
+            HeadKind::Pose => outs.push(self.keypoints(
                 scope,
-                spec.kpt_shape.ok_or("Pose without kpt_shape")?,
+                &spec,
                 &extra.ok_or("Pose without keypoint channels")?,
                 &anchor,
                 &st,
                 a,
             )?),
-            "OBB" => outs.push(angle.ok_or("OBB without angle")?),
-            _ => {}
+            HeadKind::Obb => outs.push(angle.ok_or("OBB without angle")?),
+            HeadKind::Detect => {}
         }
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
         let y = self.b.concat(scope, &refs, 1);
-        Ok(V {
+        let y = V {
             name: y,
             shape: vec![batch, 4 + nc + extra_ch, a],
-        })
+        };
+        match spec.max_det {
+            Some(max_det) => self.end2end_rows(scope, &y, nc, max_det),
+            None => Ok(y),
+        }
     }
 
-    /// Pose keypoints in export form: (xy·2 + anchor − 0.5)·stride, visibility through a sigmoid.
+    /// Anchor points (1, 2, A), cell centres in grid units, and each anchor's stride (1, A),
+    /// as `make_anchors` gives them: constants for a static input; with a dynamic height and
+    /// width, computed in the graph from each level's shape (`Shape`, `Range`, `Expand`).
+    pub(crate) fn anchors(
+        &mut self,
+        scope: &str,
+        xs: &[V],
+        strides: &[f64],
+    ) -> R<(String, String)> {
+        if !self.b.dynamic_hw {
+            let (mut points, mut stride_row) = (Vec::new(), Vec::new());
+            for (x, &s) in xs.iter().zip(strides) {
+                let [_, _, h, w] = check::nchw(x, scope)?;
+                for yy in 0..h {
+                    for xx in 0..w {
+                        points.push((xx as f32 + 0.5, yy as f32 + 0.5));
+                    }
+                }
+                stride_row.extend(std::iter::repeat_n(s as f32, (h * w) as usize));
+            }
+            let a = points.len() as i64;
+            let ax: Vec<f32> = (points.iter().map(|p| p.0))
+                .chain(points.iter().map(|p| p.1))
+                .collect();
+            let anchor = self.b.weight(&format!("{scope}/anchors"), &[1, 2, a], &ax);
+            let st = (self.b).weight(&format!("{scope}/strides"), &[1, a], &stride_row);
+            return Ok((anchor, st));
+        }
+        let s = format!("{scope}/anchors");
+        let s = s.as_str();
+        let dtype = Attr::Int(self.b.dtype as i64);
+        let (zero, one) = (self.b.int_scalar(s, 0), self.b.int_scalar(s, 1));
+        let (ih, iw, ihw) = (
+            self.b.int_scalar(s, 2),
+            self.b.int_scalar(s, 3),
+            self.b.ints(s, &[2, 3]),
+        );
+        let offset = self.b.weight(&format!("{s}/offset"), &[], &[0.5]);
+        let (mut points, mut row) = (Vec::new(), Vec::new());
+        for (x, &stride) in xs.iter().zip(strides) {
+            let shape = self.b.node(s, "Shape", &[&x.name], vec![]);
+            let gather = |b: &mut Self, i: &str| {
+                b.b.node(s, "Gather", &[&shape, i], vec![("axis", Attr::Int(0))])
+            };
+            let (h, w, hw) = (gather(self, &ih), gather(self, &iw), gather(self, &ihw));
+            // Cell centres along one axis: arange(n) + 0.5 in the compute dtype.
+            let centres = |b: &mut Self, n: &str| {
+                let r = b.b.node(s, "Range", &[&zero, n, &one], vec![]);
+                let r = b.b.node(s, "Cast", &[&r], vec![("to", dtype.clone())]);
+                b.b.bin(s, "Add", &r, &offset)
+            };
+            let (cx, cy) = (centres(self, &w), centres(self, &h));
+            let cx = self.b.reshape(s, &cx, &[1, -1]);
+            let cy = self.b.reshape(s, &cy, &[-1, 1]);
+            // meshgrid(ij): x varies along the row, y down the column; flattened row-major.
+            let gx = self.b.node(s, "Expand", &[&cx, &hw], vec![]);
+            let gy = self.b.node(s, "Expand", &[&cy, &hw], vec![]);
+            let gx = self.b.reshape(s, &gx, &[1, 1, -1]);
+            let gy = self.b.reshape(s, &gy, &[1, 1, -1]);
+            points.push(self.b.concat(s, &[&gx, &gy], 1));
+            let level = self.b.reshape(s, &gx, &[1, -1]);
+            let level_shape = self.b.node(s, "Shape", &[&level], vec![]);
+            let st = self
+                .b
+                .weight(&format!("{s}/stride"), &[1, 1], &[stride as f32]);
+            row.push(self.b.node(s, "Expand", &[&st, &level_shape], vec![]));
+        }
+        let points: Vec<&str> = points.iter().map(String::as_str).collect();
+        let row: Vec<&str> = row.iter().map(String::as_str).collect();
+        let anchor = self.b.concat(s, &points, 2);
+        let st = self.b.concat(s, &row, 1);
+        Ok((anchor, st))
+    }
+
+    /// Pose keypoints in export form: (xy·2 + anchor − 0.5)·stride (`Pose26`: (xy + anchor)·stride),
+    /// visibility through a sigmoid.
     fn keypoints(
         &mut self,
         scope: &str,
-        (n, ndim): (i64, i64),
+        spec: &HeadSpec,
         kpts: &str,
         anchor: &str,
         st: &str,
         a: i64,
     ) -> R<String> {
+        let (n, ndim) = spec.kpt_shape.ok_or("Pose without kpt_shape")?;
+        // A dynamic input leaves the anchor count to the graph.
+        let a = if self.b.dynamic_hw { -1 } else { a };
         let y = self.b.reshape(scope, kpts, &[0, n, ndim, a]);
         let parts = if ndim == 3 {
             self.b.split(scope, &y, 2, &[2, 1])
         } else {
             vec![y]
         };
-        let two = self.b.weight(&format!("{scope}/kpt_two"), &[], &[2.0]);
-        let half = self.b.weight(&format!("{scope}/kpt_half"), &[], &[0.5]);
-        let xy2 = self.b.bin(scope, "Mul", &parts[0], &two);
-        let shifted = self.b.bin(scope, "Sub", anchor, &half);
-        let xy = self.b.bin(scope, "Add", &xy2, &shifted);
+        let xy = if spec.yolo26 {
+            self.b.bin(scope, "Add", &parts[0], anchor)
+        } else {
+            let two = self.b.weight(&format!("{scope}/kpt_two"), &[], &[2.0]);
+            let half = self.b.weight(&format!("{scope}/kpt_half"), &[], &[0.5]);
+            let xy2 = self.b.bin(scope, "Mul", &parts[0], &two);
+            let shifted = self.b.bin(scope, "Sub", anchor, &half);
+            self.b.bin(scope, "Add", &xy2, &shifted)
+        };
         let mut xy = self.b.bin(scope, "Mul", &xy, st);
         if ndim == 3 {
             let vis = self.b.node(scope, "Sigmoid", &[&parts[1]], vec![]);

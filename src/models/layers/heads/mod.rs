@@ -1,23 +1,26 @@
-//! The detection-style heads (`Detect`, `Segment`, `Pose`, `OBB`, one-to-many, in export form)
-//! and the parts only they read (`DFL`, `Proto`). [`HeadSpec`] reads and checks a head's
-//! attributes once, for both backends; `emit.rs` builds the graph, `run.rs` is the reference.
+//! The detection-style heads (`Detect`, `Segment`, `Pose`, `OBB` and YOLO26's `Segment26`,
+//! `Pose26`, `OBB26`) and the parts only they read (`DFL`, `Proto`, `Proto26`, `RealNVP`).
+//! [`HeadSpec`] reads and checks a head's attributes once, for both backends; `emit.rs` builds the
+//! graph, `run.rs` is the reference, `topk.rs` the end-to-end (one-to-one) post-processing of
+//! both.
 
 mod emit;
 mod run;
+mod topk;
 
 use crate::checkpoint::py::{M, R};
 use crate::models::registry::{Layer, head, part};
 use crate::onnx::graph::V;
 use crate::onnx::ultralytics::Builder;
-use crate::reference::ops::T;
-use crate::reference::{RefResult, Reference, e};
+use crate::reference::ops::{self, T};
+use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
     detection(
         "Detect",
         "detect",
-        "boxes (DFL, anchors) and class scores: (B, 4 + nc, anchors)",
+        "boxes (DFL, anchors) and class scores: (B, 4 + nc, anchors); `--end2end`: top-k rows",
     ),
     detection(
         "Segment",
@@ -30,6 +33,26 @@ pub const LAYERS: &[Layer] = &[
         "`Detect` plus decoded keypoints (`kpt_shape`)",
     ),
     detection("OBB", "obb", "`Detect` with rotated boxes plus the angle"),
+    detection(
+        "Segment26",
+        "segment",
+        "YOLO26 `Segment` (prototypes from `Proto26`); `--end2end`: top-k rows",
+    ),
+    detection(
+        "Pose26",
+        "pose",
+        "YOLO26 `Pose`: keypoints through `cv4` then `cv4_kpts`, offset from the anchor; `--end2end`: top-k rows",
+    ),
+    detection(
+        "OBB26",
+        "obb",
+        "YOLO26 `OBB`: the raw angle (no sigmoid); `--end2end`: top-k rows",
+    ),
+    detection(
+        "v10Detect",
+        "detect",
+        "YOLOv10 `Detect` (lighter class branch); one-to-many by default",
+    ),
     part(
         "DFL",
         "Detect, Segment, Pose, OBB",
@@ -39,6 +62,16 @@ pub const LAYERS: &[Layer] = &[
         "Proto",
         "Segment",
         "mask prototypes: conv, transposed conv, conv, conv",
+    ),
+    part(
+        "Proto26",
+        "Segment26",
+        "mask prototypes from every level: refined, upsampled, summed, then `Proto` (its `semseg` branch is training-only)",
+    ),
+    part(
+        "RealNVP",
+        "Pose26",
+        "normalizing flow of the keypoint loss; training-only, never run at export",
     ),
 ];
 
@@ -53,10 +86,57 @@ const fn detection(class: &'static str, task: &'static str, summary: &'static st
     )
 }
 
+/// What a detection head outputs: its one-to-many export form (the default), or its one-to-one
+/// branches post-processed into top-k detection rows (`--end2end`, as `yolo export nms=False`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadOptions {
+    /// Use the one-to-one branches and output (B, k, 6 + extra) rows: x1 y1 x2 y2 (a rotated
+    /// box's cx cy w h for OBB), score, class, extra channels.
+    pub end2end: bool,
+    /// Rows kept by `end2end` (clamped to the anchor count, as Ultralytics' exporter does).
+    pub max_det: usize,
+}
+
+impl Default for HeadOptions {
+    fn default() -> HeadOptions {
+        HeadOptions {
+            end2end: false,
+            max_det: 300,
+        }
+    }
+}
+
+/// Fails unless `head` (a model's last layer) can give end-to-end output: it must have the
+/// one-to-one branches (`one2one_cv2`, YOLOv10 / YOLO26 heads) that `--end2end` reads.
+pub fn check_end2end(head: M) -> R<()> {
+    if head.opt_child("one2one_cv2").is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "--end2end needs a head with one-to-one branches (YOLOv10, YOLO26); this model's head {} has none",
+        head.class()
+    ))
+}
+
+/// The base form of a detection head: what its extra channels mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    /// Boxes and scores only (`Detect`, `v10Detect`).
+    Detect,
+    /// Mask coefficients and prototypes.
+    Segment,
+    /// Keypoints.
+    Pose,
+    /// Rotated boxes and their angle.
+    Obb,
+}
+
 /// A head's attributes, read and checked once for both backends.
 pub struct HeadSpec {
     /// The head's class.
     pub class: String,
+    /// What its extra channels mean.
+    pub kind: HeadKind,
     /// Class count.
     pub nc: i64,
     /// DFL bins per box side (1: no DFL).
@@ -68,43 +148,61 @@ pub struct HeadSpec {
     pub extra: i64,
     /// `Pose`'s (keypoints, values per keypoint).
     pub kpt_shape: Option<(i64, i64)>,
+    /// YOLO26 heads: the OBB angle is used raw (no sigmoid), keypoints are offsets from the
+    /// anchor (no ×2 − 0.5), and `Pose26` runs `cv4` then `cv4_kpts`.
+    pub yolo26: bool,
+    /// The branch lists to run (`cv2`, `cv3`, `cv4`, or their `one2one_` copies).
+    pub prefix: &'static str,
+    /// End-to-end output: keep at most this many rows (before clamping to the anchors).
+    pub max_det: Option<usize>,
 }
 
 impl HeadSpec {
-    /// Reads the head `m` that receives `inputs` feature maps; refuses what neither backend
-    /// handles (end-to-end heads, `xyxy` output) and values no real head has.
-    pub fn parse(m: M, inputs: usize) -> R<HeadSpec> {
+    /// Reads the head `m` that receives `inputs` feature maps, to be evaluated as `opts` says;
+    /// refuses what neither backend handles (`xyxy` output, a missing branch set) and values no
+    /// real head has.
+    pub fn parse(m: M, inputs: usize, opts: HeadOptions) -> R<HeadSpec> {
         let class = m.class();
-        if m.opt_child("one2one_cv2").is_some() && m.bool("_end2end") != Some(false) {
-            return Err(format!(
-                "end-to-end (one-to-one) {class} heads (YOLOv10 / YOLO26) are not supported"
-            ));
-        }
         if m.bool("xyxy") == Some(true) {
             return Err(format!("{class} with xyxy output"));
         }
+        // `yolo export` takes the one-to-many branches unless asked for end-to-end output
+        // (`nms=False`), whatever the head's own `end2end` was when it was saved.
+        let prefix = if opts.end2end {
+            check_end2end(m)?;
+            "one2one_"
+        } else {
+            if m.opt_child("cv2").is_none() && m.opt_child("one2one_cv2").is_some() {
+                return Err(format!(
+                    "{class}'s one-to-many branches were removed (a fused checkpoint); export it with --end2end"
+                ));
+            }
+            ""
+        };
         let nc = m.int("nc").ok_or("nc missing")?;
         let reg_max = m.int("reg_max").unwrap_or(16);
         let strides = m.attr_tensor_f64("stride").ok_or("stride missing")?;
         if inputs == 0 || strides.len() != inputs {
             return Err(format!("{} strides for {inputs} inputs", strides.len()));
         }
-        let extra = match class.as_str() {
-            "Detect" => 0,
-            "Segment" => m.int("nm").ok_or("nm missing")?,
-            "Pose" => m.int("nk").ok_or("nk missing")?,
-            "OBB" => m.int("ne").ok_or("ne missing")?,
+        // `v10Detect` is a `Detect` with a lighter class branch: the branches run as modules.
+        let (kind, extra) = match class.as_str() {
+            "Detect" | "v10Detect" => (HeadKind::Detect, 0),
+            "Segment" | "Segment26" => (HeadKind::Segment, m.int("nm").ok_or("nm missing")?),
+            "Pose" | "Pose26" => (HeadKind::Pose, m.int("nk").ok_or("nk missing")?),
+            "OBB" | "OBB26" => (HeadKind::Obb, m.int("ne").ok_or("ne missing")?),
             other => return Err(format!("{other} is not a detection head")),
         };
-        if (class != "Detect" && !(1..=1 << 16).contains(&extra))
+        if (kind != HeadKind::Detect && !(1..=1 << 16).contains(&extra))
             || !(1..=1 << 16).contains(&nc)
             || !(1..=1 << 10).contains(&reg_max)
+            || (kind == HeadKind::Obb && extra != 1)
         {
             return Err(format!(
                 "nc={nc}, reg_max={reg_max}, extra channels {extra}"
             ));
         }
-        let kpt_shape = if class == "Pose" {
+        let kpt_shape = if kind == HeadKind::Pose {
             match m.ints("kpt_shape").as_deref() {
                 Some(&[n, d]) if (2..=3).contains(&d) && n * d == extra => Some((n, d)),
                 other => return Err(format!("kpt_shape {other:?} for nk={extra}")),
@@ -112,14 +210,36 @@ impl HeadSpec {
         } else {
             None
         };
+        if opts.end2end && opts.max_det == 0 {
+            return Err("--max-det must be at least 1".into());
+        }
         Ok(HeadSpec {
+            yolo26: class.ends_with("26"),
             class,
+            kind,
             nc,
             reg_max,
             strides,
             extra,
             kpt_shape,
+            prefix,
+            max_det: opts.end2end.then_some(opts.max_det),
         })
+    }
+
+    /// The branch list `name` (`cv2`) of the branch set in use (`one2one_cv2` end-to-end).
+    pub fn branch(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// The modules that make the extra channels at one level, run in order: `cv4`, and for
+    /// `Pose26` then `cv4_kpts` (its `cv4_sigma` feeds only the loss).
+    pub fn extra_branches(&self) -> Vec<String> {
+        match (self.kind, self.yolo26) {
+            (HeadKind::Detect, _) => Vec::new(),
+            (HeadKind::Pose, true) => vec![self.branch("cv4"), self.branch("cv4_kpts")],
+            _ => vec![self.branch("cv4")],
+        }
     }
 }
 
@@ -131,6 +251,41 @@ impl Builder<'_> {
         let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &up)?;
         self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &b)
     }
+
+    /// The head's prototypes by its `proto`'s class: `Proto` reads the first level, `Proto26`
+    /// every level.
+    fn prototypes(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+        let first = xs.first().ok_or("prototypes without inputs")?;
+        if m.class() != "Proto26" {
+            return self.proto(scope, m, first);
+        }
+        let refine = m.child("feat_refine")?.children();
+        if refine.len() + 1 != xs.len() || xs.len() > 7 {
+            return Err(format!(
+                "{scope}: {} feat_refine convs for {} levels",
+                refine.len(),
+                xs.len()
+            ));
+        }
+        // Each deeper level, refined to the first level's channels and upsampled to its size
+        // by a constant factor (nearest), is added to it.
+        let mut feat = first.clone();
+        for (i, (_, f)) in refine.iter().enumerate() {
+            let s = format!("{scope}.feat_refine.{i}");
+            let y = self.conv_block(&s, *f, &xs[i + 1])?;
+            let factor = 1i64 << (i + 1);
+            let up = self.resize_nearest(&s, &y, factor as f64)?;
+            if up.shape != feat.shape {
+                return Err(format!(
+                    "{s}: {:?} upsampled by {factor} does not fit {:?}",
+                    y.shape, feat.shape
+                ));
+            }
+            feat.name = self.b.bin(scope, "Add", &feat.name, &up.name);
+        }
+        let fused = self.conv_block(&format!("{scope}.feat_fuse"), m.child("feat_fuse")?, &feat)?;
+        self.proto(scope, m, &fused)
+    }
 }
 
 impl Reference<'_> {
@@ -140,5 +295,31 @@ impl Reference<'_> {
         let up = super::conv::conv_transpose(p.child("upsample").map_err(e)?, &a)?;
         let b = self.conv_bn_act(p.child("cv2").map_err(e)?, &up)?;
         self.conv_bn_act(p.child("cv3").map_err(e)?, &b)
+    }
+
+    /// `Proto` on the first level, or `Proto26` on every level.
+    fn prototypes(&mut self, p: M, xs: &[T]) -> RefResult<T> {
+        let first = xs.first().ok_or_else(|| e("prototypes without inputs"))?;
+        if p.class() != "Proto26" {
+            return self.proto(p, first);
+        }
+        let refine = p.child("feat_refine").map_err(e)?.children();
+        if refine.len() + 1 != xs.len() || xs.len() > 7 {
+            return Err(e(format!(
+                "Proto26: {} feat_refine convs for {} levels",
+                refine.len(),
+                xs.len()
+            )));
+        }
+        let mut feat = first.clone();
+        for (i, (_, f)) in refine.iter().enumerate() {
+            let y = self.conv_bn_act(*f, &xs[i + 1])?;
+            shape::upsample(&y, 1 << (i + 1), "Proto26")?;
+            let up = ops::upsample_nearest(&y, 1 << (i + 1));
+            shape::same_shape(&feat, &up, "Proto26")?;
+            feat = ops::add(&feat, &up);
+        }
+        let fused = self.conv_bn_act(p.child("feat_fuse").map_err(e)?, &feat)?;
+        self.proto(p, &fused)
     }
 }

@@ -1,25 +1,30 @@
 //! The run side of the detection heads: per-anchor decoding written as plain loops.
 
-use super::HeadSpec;
+use super::{HeadKind, HeadSpec};
 use crate::checkpoint::py::M;
 use crate::models::In;
 use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
 
 impl Reference<'_> {
-    /// Runs branch `i` of the head's branch list `list` (`cv2`, `cv3`, `cv4`) on level `x`.
-    fn level(&mut self, head: M, list: &str, i: usize, x: &T) -> RefResult<T> {
-        let branch = head.child(list).map_err(e)?.children();
-        let m = branch
-            .get(i)
-            .ok_or_else(|| e(format!("{list} has no branch {i}")))?
-            .1;
-        self.module(m, In::One(x.clone()))
+    /// Runs branch `i` of each of the head's branch lists `lists` (`cv2`; `cv4` then
+    /// `cv4_kpts`), in turn, on level `x`.
+    fn level(&mut self, head: M, lists: &[String], i: usize, x: &T) -> RefResult<T> {
+        let mut y = x.clone();
+        for list in lists {
+            let branch = head.child(list).map_err(e)?.children();
+            let m = branch
+                .get(i)
+                .ok_or_else(|| e(format!("{list} has no branch {i}")))?
+                .1;
+            y = self.module(m, In::One(y))?;
+        }
+        Ok(y)
     }
 
-    /// `Detect`, `Segment`, `Pose`, `OBB` in export form.
+    /// The detection heads in export form, or as end-to-end rows (see `Builder::detect`).
     pub(crate) fn head(&mut self, m: M, xs: &[T]) -> RefResult<T> {
-        let spec = HeadSpec::parse(m, xs.len())?;
+        let spec = HeadSpec::parse(m, xs.len(), self.head)?;
         let class = spec.class.clone();
         let (nc, rm, extra) = (spec.nc as usize, spec.reg_max as usize, spec.extra as usize);
         let strides = &spec.strides;
@@ -39,10 +44,10 @@ impl Reference<'_> {
         for (i, x) in xs.iter().enumerate() {
             let (h, w) = (x.shape[2], x.shape[3]);
             let hw = h * w;
-            let b = self.level(m, "cv2", i, x)?;
-            let c = self.level(m, "cv3", i, x)?;
+            let b = self.level(m, &[spec.branch("cv2")], i, x)?;
+            let c = self.level(m, &[spec.branch("cv3")], i, x)?;
             let xe = if extra > 0 {
-                Some(self.level(m, "cv4", i, x)?)
+                Some(self.level(m, &spec.extra_branches(), i, x)?)
             } else {
                 None
             };
@@ -114,12 +119,21 @@ impl Reference<'_> {
                 }
                 let [l, t, r, b] = d;
                 let o = |row: usize| (bi * rows + row) * total + a;
-                let (cx, cy, w, h) = if class == "OBB" {
-                    let theta =
-                        (ops::sigmoid(ex[(bi * extra) * total + a]) - 0.25) * std::f32::consts::PI;
+                let angle = |raw: f32| {
+                    if spec.yolo26 {
+                        raw
+                    } else {
+                        (ops::sigmoid(raw) - 0.25) * std::f32::consts::PI
+                    }
+                };
+                let (cx, cy, w, h) = if spec.kind == HeadKind::Obb {
+                    let theta = angle(ex[(bi * extra) * total + a]);
                     let (xf, yf) = ((r - l) / 2.0, (b - t) / 2.0);
                     let (s, c) = theta.sin_cos();
                     (xf * c - yf * s + ax, xf * s + yf * c + ay, l + r, t + b)
+                } else if spec.max_det.is_some() {
+                    // End-to-end rows hold corners.
+                    (ax - l, ay - t, ax + r, ay + b)
                 } else {
                     let (x1, y1, x2, y2) = (ax - l, ay - t, ax + r, ay + b);
                     ((x1 + x2) / 2.0, (y1 + y2) / 2.0, x2 - x1, y2 - y1)
@@ -131,28 +145,40 @@ impl Reference<'_> {
                     out[o(4 + k)] = ops::sigmoid(cl[(bi * nc + k) * total + a]);
                 }
                 let raw = |k: usize| ex[(bi * extra + k) * total + a];
-                match class.as_str() {
-                    "Segment" => (0..extra).for_each(|k| out[o(4 + nc + k)] = raw(k)),
-                    "OBB" => out[o(4 + nc)] = (ops::sigmoid(raw(0)) - 0.25) * std::f32::consts::PI,
-                    "Pose" => {
+                // Pose keypoints: Pose26 offsets them from the anchor, Pose from the anchor's
+                // corner and doubled.
+                let kpt = |v: f32, at: f32| {
+                    if spec.yolo26 {
+                        (v + at) * st
+                    } else {
+                        (v * 2.0 + (at - 0.5)) * st
+                    }
+                };
+                match spec.kind {
+                    HeadKind::Segment => (0..extra).for_each(|k| out[o(4 + nc + k)] = raw(k)),
+                    HeadKind::Obb => out[o(4 + nc)] = angle(raw(0)),
+                    HeadKind::Pose => {
                         for kp in 0..extra / nd {
-                            out[o(4 + nc + kp * nd)] = (raw(kp * nd) * 2.0 + (ax - 0.5)) * st;
-                            out[o(4 + nc + kp * nd + 1)] =
-                                (raw(kp * nd + 1) * 2.0 + (ay - 0.5)) * st;
+                            out[o(4 + nc + kp * nd)] = kpt(raw(kp * nd), ax);
+                            out[o(4 + nc + kp * nd + 1)] = kpt(raw(kp * nd + 1), ay);
                             if nd == 3 {
                                 out[o(4 + nc + kp * nd + 2)] = ops::sigmoid(raw(kp * nd + 2));
                             }
                         }
                     }
-                    _ => {}
+                    HeadKind::Detect => {}
                 }
             }
         }
-        if class == "Segment" {
+        if spec.kind == HeadKind::Segment {
             let p = m.child("proto").map_err(e)?;
-            let protos = self.proto(p, &xs[0])?;
+            let protos = self.prototypes(p, xs)?;
             self.extra.push(protos);
         }
-        Ok(T::new(out, vec![n, rows, total]))
+        let y = T::new(out, vec![n, rows, total]);
+        match spec.max_det {
+            Some(max_det) => Ok(super::topk::rows(&y, nc, max_det)),
+            None => Ok(y),
+        }
     }
 }

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Benchmark: `fuse-ema average` of N checkpoints of one model (uniform and EMA replay) vs one
+# full read of the inputs (`cat > /dev/null`), and the Python anchor measured in the same run:
+# torch.load of each checkpoint and AveragedModel-style running mean over its state dict.
+# Warm page cache; medians of $RUNS runs; peak RSS from /usr/bin/time.
+# N and SIZE_MB default to the issue's 10 × 1 GB; smaller values fit a crowded disk (the
+# figures in docs/benchmarks.md say which were used).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+N=${N:-10}
+SIZE_MB=${SIZE_MB:-1024}
+RUNS=${RUNS:-3}
+DIR=${DIR:-/tmp/fuse-ema-avg-bench}
+BIN=${BIN:-target/release/fuse-ema}
+mkdir -p "$DIR"
+"$PY" - "$DIR" "$N" "$SIZE_MB" <<'PYEOF'
+import sys, pathlib, torch
+d, n, mb = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+per = mb * (1 << 20) // 4 // 64  # 64 f32 tensors per checkpoint
+for i in range(n):
+    p = d / f"ck{i:02d}.pt"
+    if p.exists():
+        continue
+    g = torch.Generator().manual_seed(i)
+    sd = {f"layer{j}.weight": torch.randn(per, generator=g) for j in range(64)}
+    sd["bn.num_batches_tracked"] = torch.tensor(i)
+    torch.save(sd, p)
+PYEOF
+[ -x "$BIN" ] || cargo build --release -q
+files=("$DIR"/ck*.pt)
+cat "${files[@]}" >/dev/null
+
+median() { sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"; }
+timed() { local s e; s=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo "scale=3; ($e - $s) / 1000000000" | bc; }
+rss() { { /usr/bin/time -f '%M' "$@" >/dev/null; } 2>&1 | tail -1; }
+
+avg_once() { rm -f "$DIR/out.safetensors"; $BIN average "${files[@]}" -o "$DIR/out.safetensors"; }
+ema_once() { rm -f "$DIR/out.safetensors"; $BIN average "${files[@]}" -o "$DIR/out.safetensors" --ema-decay 0.999 --every 100; }
+read_once() { cat "${files[@]}" >/dev/null; }
+cat > "$DIR/py_avg.py" <<'PYEOF'
+import sys, torch
+avg = None
+for n, f in enumerate(sys.argv[1:]):
+    sd = torch.load(f, weights_only=True, mmap=True)
+    if avg is None:
+        avg = {k: v.clone() for k, v in sd.items()}
+        continue
+    for k, v in sd.items():
+        if v.is_floating_point():
+            avg[k] += (v - avg[k]) / (n + 1)
+        else:
+            avg[k] = v.clone()
+torch.save(avg, sys.argv[1] + ".py-avg.pt")
+PYEOF
+py_once() { "$PY" "$DIR/py_avg.py" "${files[@]}"; }
+
+t_avg=$(for _ in $(seq "$RUNS"); do timed avg_once; done | median)
+t_ema=$(for _ in $(seq "$RUNS"); do timed ema_once; done | median)
+t_read=$(for _ in $(seq "$RUNS"); do timed read_once; done | median)
+t_py=$(for _ in $(seq "$RUNS"); do timed py_once; done | median)
+total=$(du -cb "${files[@]}" | tail -1 | cut -f1)
+echo "inputs: $N × ${SIZE_MB} MB = $((total / 1000000)) MB"
+echo "average (uniform):   ${t_avg}s, peak RSS $(( $(rss $BIN average "${files[@]}" -o "$DIR/r.safetensors") / 1024 )) MB (avg/read = $(echo "scale=2; $t_avg / $t_read" | bc))"
+echo "average (EMA replay): ${t_ema}s"
+echo "cat (one read):      ${t_read}s"
+echo "python (torch.load + running mean + torch.save): ${t_py}s, peak RSS $(( $(rss "$PY" "$DIR/py_avg.py" "${files[@]}") / 1024 )) MB"
+rm -f "$DIR"/*.safetensors "$DIR"/*.py-avg.pt
