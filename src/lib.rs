@@ -19,5 +19,6 @@ pub mod reference;
 pub mod runtime;
 pub mod sarif;
 pub mod signals;
+pub mod surgery;
 pub mod tensor;
 pub mod write;

@@ -4,6 +4,7 @@
 //! memo references share one node (a memo bomb costs one id per reference, not a copy) and later
 //! mutations (`APPENDS`, `SETITEMS`, `BUILD`) reach every holder.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::uses::{GlobalRecord, UseLog};
@@ -97,11 +98,25 @@ impl Global {
     }
 }
 
+/// How the pickle made an object, so that a writer can make it the same way again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Made {
+    /// REDUCE: `class(*args)` (a call).
+    #[default]
+    Reduce,
+    /// NEWOBJ / NEWOBJ_EX / INST / OBJ: `class.__new__(class, *args)`.
+    NewObj,
+    /// REDUCE of `copyreg._reconstructor(class, base, state)` (protocols 0 and 1).
+    Reconstructor,
+}
+
 /// An instance the pickle asked to build, kept as data: its class and what it was built from.
 #[derive(Clone, Debug, Default)]
 pub struct Object {
     /// The class (or callable) as a global, when the pickle named one.
     pub class: Option<Global>,
+    /// Which opcode made it.
+    pub made: Made,
     /// Positional arguments given to REDUCE / NEWOBJ.
     pub args: Vec<Value>,
     /// Keyword arguments given to NEWOBJ_EX.
@@ -165,6 +180,14 @@ pub struct Graph {
     /// Set by readers whose storage bytes come after the pickle (legacy torch): tensor views are
     /// checked against their storages once the bytes are located.
     pub(crate) defer_view_checks: bool,
+    /// Containers made by calling a reconstructor (`OrderedDict`, `torch.Size`, `set`): the
+    /// class, which the node kinds alone do not keep, for writers that re-emit the graph.
+    made_by: HashMap<NodeId, Global>,
+    /// Tensors pickled with `requires_grad=True`.
+    grad: HashSet<NodeId>,
+    /// BUILD state given to a container (an `OrderedDict`'s `__dict__`, e.g. a state dict's
+    /// `_metadata`), which the node kinds alone do not keep.
+    container_state: HashMap<NodeId, Value>,
 }
 
 impl Graph {
@@ -208,6 +231,50 @@ impl Graph {
     /// The node a value refers to, if any.
     pub fn get(&self, v: &Value) -> Option<&Node> {
         v.node().map(|id| self.node(id))
+    }
+
+    /// Notes that a container node was made by calling `class` (see [`Graph::made_by`]).
+    pub fn set_made_by(&mut self, v: &Value, class: &Global) {
+        if let Some(id) = v.node() {
+            self.made_by.insert(id, class.clone());
+        }
+    }
+
+    /// The reconstructor that made a container node (`collections.OrderedDict`, `torch.Size`,
+    /// `builtins.set`), if one did.
+    pub fn made_by(&self, id: NodeId) -> Option<&Global> {
+        self.made_by.get(&id)
+    }
+
+    /// Approximate heap bytes of the side tables (for the pickle VM's memory budget).
+    pub(crate) fn side_bytes(&self) -> usize {
+        (self.made_by.len() + self.container_state.len() + self.grad.len()) * 64
+    }
+
+    /// Keeps the BUILD state of a container node (see [`Graph::container_state`]).
+    pub fn set_container_state(&mut self, id: NodeId, state: Value) {
+        self.container_state.insert(id, state);
+    }
+
+    /// The BUILD state a container node was given (an `OrderedDict`'s attributes), if any.
+    pub fn container_state(&self, id: NodeId) -> Option<&Value> {
+        self.container_state.get(&id)
+    }
+
+    /// Marks or clears a tensor node's `requires_grad`.
+    pub fn set_requires_grad(&mut self, v: &Value, on: bool) {
+        if let Some(id) = v.node() {
+            if on {
+                self.grad.insert(id);
+            } else {
+                self.grad.remove(&id);
+            }
+        }
+    }
+
+    /// Whether a tensor node was pickled with `requires_grad=True`.
+    pub fn requires_grad(&self, id: NodeId) -> bool {
+        self.grad.contains(&id)
     }
 
     /// The record of every global the pickles named and how they used each.

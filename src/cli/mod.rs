@@ -6,6 +6,7 @@ mod export;
 mod graft;
 mod progress;
 mod render;
+mod strip;
 
 use std::path::PathBuf;
 
@@ -111,6 +112,11 @@ enum Command {
         after_help = "Examples:\n  fuse-ema man | man -l -\n  fuse-ema man --dir ~/.local/share/man/man1   # fuse-ema.1, fuse-ema-inspect.1, …\n\nExit codes: 0 written, 2 the folder cannot be written."
     )]
     Man(ManArgs),
+    /// Make a training checkpoint deployable: the EMA as the weights, training state dropped.
+    #[command(
+        after_help = "Examples:\n  fuse-ema strip last.pt -o best-stripped.pt          # Ultralytics: what strip_optimizer writes\n  fuse-ema strip last.pt -o model-f32.pt --dtype f32\n  fuse-ema strip last.pth.tar -o clean.pth.tar --keep-structure     # timm: state_dict <- state_dict_ema\n  fuse-ema strip epoch_12.pth -o deploy.pth --keep-structure        # mmengine EMAHook\n  fuse-ema strip last.ckpt -o ema.ckpt --keep-structure --keep-optimizer   # Lightning\n  fuse-ema strip last.pt -o small.pt --json\n\nUltralytics / YOLOv5: the object graph the checkpoint's own release's strip_optimizer writes\n(EMA in `model`, f16, requires_grad off, optimizer/ema/updates/... set to None, train_args\nlimited to the default keys; date and version kept from the checkpoint). --keep-structure:\nthe container as it is, the EMA where timm, mmengine or Lightning loads its weights from.\nNo pickle code runs: the file is decoded inert and written again (docs/surgery.md).\nA file whose globals would run code is never written again; --strict refuses anything off\nthe allow-list too. The output is written to a temporary file and renamed.\nExit codes: 0 written, 1 refused (dangerous globals, --strict), 2 bad input or unknown layout."
+    )]
+    Strip(StripArgs),
 }
 
 #[derive(clap::Args)]
@@ -206,6 +212,30 @@ struct ManArgs {
     /// Write fuse-ema.1 and fuse-ema-<command>.1 into this folder instead of printing fuse-ema.1.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct StripArgs {
+    /// Training checkpoint (Ultralytics last.pt / epochN.pt, timm, mmengine, Lightning).
+    file: PathBuf,
+    /// Output .pt / .pth / .ckpt file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// dtype of the model's floating tensors (Ultralytics): f16 (default, as strip_optimizer) or f32.
+    #[arg(long, value_name = "DTYPE")]
+    dtype: Option<String>,
+    /// Keep the container (timm, mmengine, Lightning) and put the EMA where the framework loads
+    /// weights from; optimizer and scheduler state are dropped.
+    #[arg(long)]
+    keep_structure: bool,
+    /// With --keep-structure, keep optimizer and scheduler state.
+    #[arg(long)]
+    keep_optimizer: bool,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    strict: StrictArgs,
 }
 
 /// How parity is checked.
@@ -436,6 +466,7 @@ pub fn run() -> i32 {
         Command::Export(a) => export::export(a),
         Command::Verify(a) => export::verify(a),
         Command::Graft(a) => graft::graft(a),
+        Command::Strip(a) => strip::strip(a),
     }
 }
 

@@ -6,6 +6,9 @@
 //! Tensor bytes are streamed from the input's memory map in order; memory stays flat.
 
 mod pickle;
+pub mod repickle;
+#[cfg(test)]
+mod repickle_tests;
 pub mod safetensors;
 mod target;
 pub mod torch_zip;

@@ -9,9 +9,11 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipWriter};
 
 use super::pickle::{self, Entry};
+use super::repickle::Repickled;
 use super::{AtomicFile, OutDType, WriteError, write_tensor};
 use crate::ema::Named;
 use crate::progress::Progress;
+use crate::tensor::{DType, Tensor};
 
 /// Writes `tensors` as a plain torch state dict to `target`.
 pub fn write(
@@ -38,29 +40,54 @@ pub fn write(
         });
     }
     let pkl = pickle::state_dict(&entries);
+    let parts: Vec<(&Tensor, DType)> = tensors.iter().map(|(_, t)| (t, dtype.of(t))).collect();
+    write_archive(target, inputs, &pkl, &parts, progress)
+}
+
+/// Writes a re-emitted object graph ([`super::repickle`]) as a torch archive: `data.pkl`, then
+/// each storage streamed from its input (converted where asked), stored and 64-byte aligned.
+pub fn write_graph(
+    target: &Path,
+    inputs: &[&Path],
+    graph: &Repickled,
+    progress: &dyn Progress,
+) -> Result<(), WriteError> {
+    let parts: Vec<(&Tensor, DType)> = graph.storages.iter().map(|s| (&s.view, s.dtype)).collect();
+    progress.start(parts.iter().map(|(t, _)| t.nbytes() as u64).sum());
+    write_archive(target, inputs, &graph.pickle, &parts, progress)
+}
+
+/// The archive `torch.save` writes: `data.pkl`, `byteorder`, `data/<i>` for each part (its
+/// elements converted to its dtype), `version`; stored, 64-byte aligned, fixed timestamps so
+/// identical input gives identical bytes.
+fn write_archive(
+    target: &Path,
+    inputs: &[&Path],
+    pkl: &[u8],
+    parts: &[(&Tensor, DType)],
+    progress: &dyn Progress,
+) -> Result<(), WriteError> {
     let mut file = AtomicFile::create(target, inputs)?;
     let err = |e: &dyn std::fmt::Display| WriteError::new(target, format!("write failed: {e}"));
     {
         let w = BufWriter::with_capacity(1 << 20, file.file());
         let mut z = ZipWriter::new(w);
-        // Fixed timestamps: identical input gives identical bytes.
         let base = SimpleFileOptions::default()
             .compression_method(CompressionMethod::Stored)
             .last_modified_time(DateTime::default())
             .with_alignment(64);
         z.start_file("archive/data.pkl", base)
             .map_err(|e| err(&e))?;
-        z.write_all(&pkl).map_err(|e| err(&e))?;
+        z.write_all(pkl).map_err(|e| err(&e))?;
         z.start_file("archive/byteorder", base)
             .map_err(|e| err(&e))?;
         z.write_all(b"little").map_err(|e| err(&e))?;
-        for (i, (_, t)) in tensors.iter().enumerate() {
-            let d = dtype.of(t);
+        for (i, (t, d)) in parts.iter().enumerate() {
             let len = (t.numel() * d.size()) as u64;
             let opts = base.large_file(len >= u32::MAX as u64);
             z.start_file(format!("archive/data/{i}"), opts)
                 .map_err(|e| err(&e))?;
-            write_tensor(&mut z, t, d).map_err(|e| err(&e))?;
+            write_tensor(&mut z, t, *d).map_err(|e| err(&e))?;
             progress.advance(t.nbytes() as u64);
         }
         z.start_file("archive/version", base).map_err(|e| err(&e))?;

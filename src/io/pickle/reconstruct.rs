@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::checkpoint::value::{Global, Graph, Node, Object, Value};
+use crate::checkpoint::value::{Global, Graph, Made, Node, Object, Value};
 use crate::tensor::{DType, Tensor};
 
 type R<T> = Result<T, String>;
@@ -27,7 +27,9 @@ pub fn construct(
         ("torch._utils", "_rebuild_parameter")
         | ("torch._utils", "_rebuild_parameter_with_state") => {
             let data = args.first().ok_or("_rebuild_parameter without data")?;
-            mark_parameter(graph, data)
+            let p = mark_parameter(graph, data)?;
+            graph.set_requires_grad(&p, args.get(1) == Some(&Value::Bool(true)));
+            Ok(p)
         }
         ("torch._tensor", "_rebuild_from_type_v2") => rebuild_from_type(graph, args),
         ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
@@ -39,23 +41,33 @@ pub fn construct(
                     }
                 }
             }
-            Ok(graph.add(Node::Dict(entries)))
+            let d = graph.add(Node::Dict(entries));
+            graph.set_made_by(&d, g);
+            Ok(d)
         }
         ("builtins", "set") | ("__builtin__", "set") => {
             let items = first_seq(graph, &args);
-            Ok(graph.add(Node::Set(items)))
+            let v = graph.add(Node::Set(items));
+            graph.set_made_by(&v, g);
+            Ok(v)
         }
         ("builtins", "frozenset") | ("__builtin__", "frozenset") => {
             let items = first_seq(graph, &args);
-            Ok(graph.add(Node::FrozenSet(items)))
+            let v = graph.add(Node::FrozenSet(items));
+            graph.set_made_by(&v, g);
+            Ok(v)
         }
         ("builtins", "list") | ("__builtin__", "list") => {
             let items = first_seq(graph, &args);
-            Ok(graph.add(Node::List(items)))
+            let v = graph.add(Node::List(items));
+            graph.set_made_by(&v, g);
+            Ok(v)
         }
         ("builtins", "tuple") | ("__builtin__", "tuple") | ("torch", "Size") => {
             let items = first_seq(graph, &args);
-            Ok(graph.add(Node::Tuple(items)))
+            let v = graph.add(Node::Tuple(items));
+            graph.set_made_by(&v, g);
+            Ok(v)
         }
         ("_codecs", "encode") => {
             // Protocol 2 stores bytes as _codecs.encode(latin-1 text, 'latin1').
@@ -85,13 +97,17 @@ pub fn construct(
             };
             Ok(graph.add(Node::Object(Box::new(Object {
                 class,
+                made: Made::Reconstructor,
                 args,
                 ..Object::default()
             }))))
         }
         _ => {
-            let _ = is_new;
-            Ok(inert(graph, g, args, kwargs))
+            let v = inert(graph, g, args, kwargs);
+            if is_new && let Some(Node::Object(o)) = v.node().map(|id| graph.node_mut(id)) {
+                o.made = Made::NewObj;
+            }
+            Ok(v)
         }
     }
 }
@@ -238,6 +254,7 @@ fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
         .ok_or("tensor storage offset is negative or not an integer")?;
     let shape = usize_list(graph, &args[2], "size")?;
     let strides = usize_list(graph, &args[3], "stride")?;
+    let requires_grad = args.get(4) == Some(&Value::Bool(true));
     let t = Tensor {
         dtype: storage.dtype,
         shape,
@@ -251,7 +268,9 @@ fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
         t.check_view()
             .map_err(|e| format!("tensor on storage '{}': {}", t.storage_key, e.0))?;
     }
-    Ok(graph.add(Node::Tensor(Box::new(t))))
+    let v = graph.add(Node::Tensor(Box::new(t)));
+    graph.set_requires_grad(&v, requires_grad);
+    Ok(v)
 }
 
 /// The dtype of a pickled `numpy.dtype('<code>', ...)` object.

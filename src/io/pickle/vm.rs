@@ -8,7 +8,7 @@ use super::ops::*;
 use super::reconstruct;
 use super::record::{self, Call};
 use super::{Limits, PersistentLoad, PickleError};
-use crate::checkpoint::value::{Global, Graph, Node, NodeId, Object, Value};
+use crate::checkpoint::value::{Global, Graph, Made, Node, NodeId, Object, Value};
 
 /// Decodes one pickle from `data` into `graph`; returns its top value and the number of bytes it
 /// took (the offset just past STOP).
@@ -91,10 +91,12 @@ impl<'a> Vm<'a> {
             // Nodes carry ~48 bytes of heap on average beyond their own size (boxed objects,
             // container buffers); values are counted as they are pushed; a memo entry takes
             // about 72 bytes of hash table once growth is counted (5-byte LONG_BINPUTs to new
-            // keys would otherwise grow memory 20 times faster than the file).
+            // keys would otherwise grow memory 20 times faster than the file); the graph's side
+            // tables (reconstructor classes, BUILD states of containers) count too.
             let approx = self.graph.len() * (std::mem::size_of::<Node>() + 48)
                 + self.values * std::mem::size_of::<Value>()
                 + self.graph.uses().approx_bytes()
+                + self.graph.side_bytes()
                 + self.memo.len() * 72;
             if approx > self.limits.max_bytes {
                 return Err(self.err(format!(
@@ -477,6 +479,7 @@ impl<'a> Vm<'a> {
             Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new)?,
             None => self.graph.add(Node::Object(Box::new(Object {
                 class: None,
+                made: if is_new { Made::NewObj } else { Made::Reduce },
                 args,
                 kwargs,
                 ..Object::default()
@@ -536,8 +539,12 @@ impl<'a> Vm<'a> {
         }
         match self.graph.node_mut(id) {
             Node::Object(o) => o.state = Some(state),
-            // A parameter's or an OrderedDict's extra state: nothing in it affects the data.
-            Node::Tensor(_) | Node::Dict(_) | Node::Set(_) | Node::List(_) => {}
+            // An OrderedDict's attributes (a state dict's `_metadata`): kept aside for writers.
+            Node::Dict(_) | Node::Set(_) | Node::List(_) => {
+                self.graph.set_container_state(id, state)
+            }
+            // A parameter's extra state: nothing in it affects the data.
+            Node::Tensor(_) => {}
             other => return Err(format!("BUILD on a {}", other.kind())),
         }
         Ok(())

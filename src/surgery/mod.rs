@@ -1,0 +1,186 @@
+//! Checkpoint surgery: `strip` turns a training checkpoint into its deployable form by editing
+//! the decoded object graph and writing it again ([`crate::write::repickle`]).
+//!
+//! - Ultralytics / YOLOv5 ([`ultralytics`]): what that release's `strip_optimizer` writes — the
+//!   EMA in `model`, f16, `requires_grad` off, training state set to `None`.
+//! - timm, mmengine, Lightning ([`structure`], `--keep-structure`): the container as it is, with
+//!   the EMA where the framework loads its weights from and optimizer state dropped.
+//!
+//! Edits add nodes to the graph or replace values in dicts; nothing is executed and no class is
+//! looked up. Tensors are re-typed through a conversion map the writer applies while streaming.
+
+pub mod structure;
+pub mod ultralytics;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::checkpoint::Checkpoint;
+use crate::checkpoint::value::{Graph, Node, NodeId, Value};
+use crate::tensor::DType;
+
+/// What `strip` was asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct StripOptions {
+    /// Keep the container (timm, mmengine, Lightning) and move the EMA into place.
+    pub keep_structure: bool,
+    /// With `keep_structure`, keep optimizer and scheduler state.
+    pub keep_optimizer: bool,
+    /// dtype of the model's floating parameters and buffers (Ultralytics: f16 unless f32 asked).
+    pub dtype: Option<DType>,
+}
+
+/// An edited graph ready to write: the new root and the tensors to convert.
+#[derive(Debug)]
+pub struct Plan {
+    /// The value to pickle as the file's top-level object.
+    pub root: Value,
+    /// Tensors (by node) written in another dtype.
+    pub convert: HashMap<NodeId, DType>,
+    /// What was done, for the text and JSON reports.
+    pub report: StripReport,
+}
+
+/// What `strip` did, as reported (`--json`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StripReport {
+    /// The input.
+    pub file: String,
+    /// The output.
+    pub output: String,
+    /// The EMA layout found (`ultralytics`, `timm`, `mmengine`, `lightning-weight-averaging`).
+    pub layout: String,
+    /// The framework release the rules follow (Ultralytics: the checkpoint's `version`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Which `strip_optimizer` (or structure rule) was reproduced, in words.
+    pub rules: String,
+    /// Where the weights now come from, e.g. `model ← ema`.
+    pub moved: Vec<String>,
+    /// Top-level keys set to `None` (as `strip_optimizer` does).
+    pub cleared: Vec<String>,
+    /// Top-level keys removed.
+    pub removed: Vec<String>,
+    /// Other edits, in words (`model.args → dict`, `train_args: 3 keys dropped`).
+    pub edits: Vec<String>,
+    /// dtype of the model's floating tensors, when changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// Tensors converted to that dtype.
+    pub converted: usize,
+    /// Storages written.
+    pub storages: usize,
+    /// Bytes of tensor data written.
+    pub tensor_bytes: u64,
+    /// Input size in bytes.
+    pub input_bytes: u64,
+    /// Output size in bytes.
+    pub output_bytes: u64,
+}
+
+/// Why a checkpoint cannot be stripped.
+#[derive(Debug, thiserror::Error)]
+pub enum SurgeryError {
+    /// No EMA (or no single one) could be found.
+    #[error(transparent)]
+    Ema(#[from] crate::ema::EmaError),
+    /// The layout is known but its objects are not as its framework writes them, or it is a
+    /// layout `strip` does not edit.
+    #[error("{path}: {message}")]
+    Edit {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl SurgeryError {
+    fn new(ck: &Checkpoint, message: impl fmt::Display) -> SurgeryError {
+        SurgeryError::Edit {
+            path: ck.path.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Plans the edits for `ck`: finds its layout and applies the matching rules to its graph.
+pub fn plan(ck: &mut Checkpoint, opts: &StripOptions) -> Result<Plan, SurgeryError> {
+    let located = crate::ema::locate(ck, &crate::ema::Selectors::default())?;
+    let layout = located.layout;
+    match layout {
+        "ultralytics" => {
+            if opts.keep_structure {
+                return Err(SurgeryError::new(
+                    ck,
+                    "an Ultralytics checkpoint is stripped as its release's strip_optimizer does; \
+                     --keep-structure is for timm, mmengine and Lightning checkpoints",
+                ));
+            }
+            ultralytics::plan(ck, opts).map_err(|m| SurgeryError::new(ck, m))
+        }
+        "timm" | "mmengine" | "lightning-weight-averaging" => {
+            if !opts.keep_structure {
+                return Err(SurgeryError::new(
+                    ck,
+                    format_args!(
+                        "a {layout} checkpoint is not an Ultralytics one; add --keep-structure to \
+                         keep its container and put the EMA where {layout} loads its weights from"
+                    ),
+                ));
+            }
+            structure::plan(ck, layout, opts).map_err(|m| SurgeryError::new(ck, m))
+        }
+        other => Err(SurgeryError::new(
+            ck,
+            format_args!(
+                "strip knows Ultralytics/YOLOv5, timm, mmengine and Lightning checkpoints; this \
+                 one has the `{other}` layout (use `fuse-ema fold` to write its EMA as a state dict)"
+            ),
+        )),
+    }
+}
+
+/// The entries of the dict behind `v`, or an error naming `what`.
+pub(crate) fn dict_entries(
+    g: &Graph,
+    v: &Value,
+    what: &str,
+) -> Result<Vec<(Value, Value)>, String> {
+    g.dict(v)
+        .map(<[_]>::to_vec)
+        .ok_or_else(|| format!("{what} is not a dict"))
+}
+
+/// The dict node holding an object's attributes (its BUILD state, or the first half of a
+/// `(dict, slots)` state).
+pub(crate) fn attrs_node(g: &Graph, obj: &Value) -> Option<NodeId> {
+    let state = g.object(obj)?.state.as_ref()?;
+    if g.dict(state).is_some() {
+        return state.node();
+    }
+    let pair = g.seq(state)?;
+    let first = pair.first()?;
+    g.dict(first).and(first.node())
+}
+
+/// Replaces (or appends) `key` in the dict node `id`.
+pub(crate) fn set_key(g: &mut Graph, id: NodeId, key: &str, value: Value) {
+    if let Node::Dict(entries) = g.node_mut(id) {
+        match entries.iter_mut().find(|(k, _)| k.as_str() == Some(key)) {
+            Some(slot) => slot.1 = value,
+            None => entries.push((Value::Str(key.into()), value)),
+        }
+    }
+}
+
+/// The string keys of a dict's entries.
+pub(crate) fn keys(entries: &[(Value, Value)]) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|(k, _)| k.as_str().map(str::to_string))
+        .collect()
+}

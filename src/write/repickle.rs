@@ -1,0 +1,470 @@
+//! Re-emitting an inert object graph as the `data.pkl` of a torch archive.
+//!
+//! The graph the pickle VM decoded ([`crate::checkpoint::value`]) keeps every object's class,
+//! how it was made (REDUCE, NEWOBJ, `copyreg._reconstructor`), its arguments, list and dict items
+//! and BUILD state; containers made by a reconstructor keep that class (`OrderedDict`,
+//! `torch.Size`, `set`). This writer walks it from a root and writes protocol 2, as `torch.save`
+//! does: every node is memoized when first written and referred to with GET afterwards, so shared
+//! objects (tied weights, one `args` namespace held twice) stay shared and cycles through lists,
+//! dicts and objects close as Python's pickler closes them. Tensors become
+//! `_rebuild_tensor_v2` (or `_rebuild_parameter` of one) over persistent ids into the new
+//! archive: views of an unconverted storage keep sharing it; a tensor converted to another dtype
+//! gets a new contiguous storage of its own, as `Module.half()` gives it.
+//!
+//! Nothing is invented: a node the graph cannot say how to rebuild (an object made by a callable
+//! that was not a global, keyword arguments, numpy arrays read as tensors) is refused.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::pickle::storage_class;
+use crate::checkpoint::value::{Global, Graph, Made, Node, NodeId, Value};
+use crate::tensor::{DType, Tensor, contiguous_strides};
+
+/// Objects nested deeper than this are refused (Python's own pickler stops at its recursion
+/// limit of 1000, so `torch.save` never wrote deeper).
+const MAX_DEPTH: usize = 1000;
+
+/// Items per APPENDS / SETITEMS batch, as Python writes them.
+const BATCH: usize = 1000;
+
+/// One storage of the new archive: the bytes of `view` written in `dtype` as
+/// `archive/data/<index>`.
+#[derive(Clone, Debug)]
+pub struct StorageOut {
+    /// The elements to write (a whole input storage, or one converted tensor).
+    pub view: Tensor,
+    /// The dtype they are written in.
+    pub dtype: DType,
+}
+
+impl StorageOut {
+    /// Bytes this storage takes in the archive.
+    pub fn nbytes(&self) -> u64 {
+        (self.view.numel() * self.dtype.size()) as u64
+    }
+}
+
+/// A re-emitted graph: the pickle and the storages its persistent ids name, in key order.
+#[derive(Debug)]
+pub struct Repickled {
+    /// `data.pkl`.
+    pub pickle: Vec<u8>,
+    /// `archive/data/0`, `archive/data/1`, …
+    pub storages: Vec<StorageOut>,
+}
+
+/// Writes the graph under `root` as a protocol-2 pickle. `convert` gives tensors (by node) a new
+/// dtype; the graph's `requires_grad` marks are written as they are.
+pub fn repickle(
+    graph: &Graph,
+    root: &Value,
+    convert: &HashMap<NodeId, DType>,
+) -> Result<Repickled, String> {
+    let mut p = Pickler {
+        g: graph,
+        out: vec![0x80, 2],
+        memo: HashMap::new(),
+        busy: HashSet::new(),
+        storages: Vec::new(),
+        by_key: HashMap::new(),
+        convert,
+        depth: 0,
+    };
+    p.value(root)?;
+    p.out.push(b'.');
+    Ok(Repickled {
+        pickle: p.out,
+        storages: p.storages,
+    })
+}
+
+struct Pickler<'g> {
+    g: &'g Graph,
+    out: Vec<u8>,
+    memo: HashMap<NodeId, u32>,
+    /// Tuples being written: a tuple cannot be memoized before its items, so one reached again
+    /// through its own items is a cycle the format cannot express this way.
+    busy: HashSet<NodeId>,
+    storages: Vec<StorageOut>,
+    by_key: HashMap<(Arc<str>, usize), usize>,
+    convert: &'g HashMap<NodeId, DType>,
+    depth: usize,
+}
+
+type R = Result<(), String>;
+
+impl Pickler<'_> {
+    fn value(&mut self, v: &Value) -> R {
+        match v {
+            Value::None => self.out.push(b'N'),
+            Value::Bool(true) => self.out.push(0x88),
+            Value::Bool(false) => self.out.push(0x89),
+            Value::Int(i) => self.int(*i),
+            Value::BigInt(s) => {
+                // LONG takes decimal text at any protocol.
+                if !s
+                    .bytes()
+                    .enumerate()
+                    .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
+                {
+                    return Err(format!("integer literal {s:?} is not decimal"));
+                }
+                self.out.push(b'L');
+                self.out.extend_from_slice(s.as_bytes());
+                self.out.extend_from_slice(b"L\n");
+            }
+            Value::Float(f) => {
+                self.out.push(b'G');
+                self.out.extend_from_slice(&f.to_be_bytes());
+            }
+            Value::Str(s) => self.str(s),
+            Value::Node(id) => {
+                if let Some(&m) = self.memo.get(id) {
+                    self.get(m);
+                    return Ok(());
+                }
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(format!("objects nested deeper than {MAX_DEPTH} levels"));
+                }
+                let r = self.node(*id);
+                self.depth -= 1;
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, id: NodeId) -> R {
+        let g = self.g;
+        match g.node(id) {
+            Node::Tuple(items) => {
+                if !self.busy.insert(id) {
+                    return Err("a tuple that contains itself".into());
+                }
+                let size = g.made_by(id).filter(|c| c.is("torch", "Size"));
+                if let Some(c) = size {
+                    self.global(c)?;
+                }
+                self.tuple(items)?;
+                if size.is_some() {
+                    self.out.extend_from_slice(b"\x85R"); // TUPLE1 REDUCE
+                }
+                self.busy.remove(&id);
+                self.put(id);
+            }
+            Node::List(items) => {
+                self.out.push(b']');
+                self.put(id);
+                self.appends(items)?;
+            }
+            Node::Dict(entries) => {
+                match g.made_by(id) {
+                    Some(c) if c.is("collections", "OrderedDict") => {
+                        self.global(c)?;
+                        self.out.extend_from_slice(b")R"); // EMPTY_TUPLE REDUCE
+                    }
+                    _ => self.out.push(b'}'),
+                }
+                self.put(id);
+                self.setitems(entries)?;
+                self.container_state(id)?;
+            }
+            Node::Set(items) | Node::FrozenSet(items) => {
+                let name = if matches!(g.node(id), Node::Set(_)) {
+                    "set"
+                } else {
+                    "frozenset"
+                };
+                self.global(&Global::new("__builtin__", name))?;
+                self.out.push(b']');
+                self.appends(items)?;
+                self.out.extend_from_slice(b"\x85R");
+                self.put(id);
+            }
+            Node::Bytes(b) => {
+                if b.is_empty() {
+                    self.global(&Global::new("__builtin__", "bytes"))?;
+                    self.out.extend_from_slice(b")R");
+                } else {
+                    // Protocol 2 has no bytes opcode: Python 3 writes
+                    // `_codecs.encode(latin-1 text, 'latin1')`.
+                    self.global(&Global::new("_codecs", "encode"))?;
+                    let text: String = b.iter().map(|&c| c as char).collect();
+                    self.str(&text);
+                    self.str("latin1");
+                    self.out.extend_from_slice(b"\x86R"); // TUPLE2 REDUCE
+                }
+                self.put(id);
+            }
+            Node::Global(gl) => {
+                self.global(gl)?;
+                self.put(id);
+            }
+            Node::Object(o) => {
+                let class = o.class.as_ref().ok_or(
+                    "an object made by a callable that is not a global cannot be written again",
+                )?;
+                if !o.kwargs.is_empty() {
+                    return Err(format!(
+                        "{}: keyword arguments (NEWOBJ_EX) cannot be written at protocol 2",
+                        class.dotted()
+                    ));
+                }
+                match o.made {
+                    Made::Reduce => self.global(class)?,
+                    Made::NewObj => self.global(class)?,
+                    Made::Reconstructor => {
+                        self.global(&Global::new("copy_reg", "_reconstructor"))?
+                    }
+                }
+                self.tuple(&o.args)?;
+                self.out
+                    .push(if o.made == Made::NewObj { 0x81 } else { b'R' });
+                self.put(id);
+                if !o.items.is_empty() {
+                    self.appends(&o.items)?;
+                }
+                if !o.entries.is_empty() {
+                    self.setitems(&o.entries)?;
+                }
+                if let Some(state) = &o.state {
+                    self.value(state)?;
+                    self.out.push(b'b'); // BUILD
+                }
+            }
+            Node::Storage(s) => {
+                let key = self.storage_for(s, None)?;
+                self.persistent_id(key)?;
+                self.put(id);
+            }
+            Node::Tensor(t) => self.tensor(id, t)?,
+        }
+        Ok(())
+    }
+
+    fn tensor(&mut self, id: NodeId, t: &Tensor) -> R {
+        if &*t.storage_key == "numpy" {
+            return Err("a numpy array cannot be written again as it was pickled".into());
+        }
+        let grad = self.g.requires_grad(id);
+        if t.is_parameter {
+            self.global(&Global::new("torch._utils", "_rebuild_parameter"))?;
+            self.out.push(b'(');
+        }
+        self.global(&Global::new("torch._utils", "_rebuild_tensor_v2"))?;
+        self.out.push(b'(');
+        let to = self.convert.get(&id).copied().filter(|&d| d != t.dtype);
+        let (offset, strides) = match to {
+            Some(_) => (0, contiguous_strides(&t.shape)),
+            None => (t.offset, t.strides.clone()),
+        };
+        let key = self.storage_for(t, to)?;
+        self.persistent_id(key)?;
+        self.usize(offset)?;
+        self.usize_tuple(&t.shape)?;
+        self.usize_tuple(&strides)?;
+        // A parameter's data is detached; the parameter carries `requires_grad`.
+        self.out
+            .push(if grad && !t.is_parameter { 0x88 } else { 0x89 });
+        self.ordered_dict()?;
+        self.out.extend_from_slice(b"tR");
+        if t.is_parameter {
+            self.out.push(if grad { 0x88 } else { 0x89 });
+            self.ordered_dict()?;
+            self.out.extend_from_slice(b"tR");
+        }
+        self.put(id);
+        Ok(())
+    }
+
+    /// The output storage for `t`: its input storage shared by key (all of it), or, when
+    /// converted, a new storage holding just this view.
+    fn storage_for(&mut self, t: &Tensor, to: Option<DType>) -> Result<usize, String> {
+        if let Some(dtype) = to {
+            if !(t.dtype.is_float() && dtype.is_float()) {
+                return Err(format!("cannot convert a {} tensor to {dtype}", t.dtype));
+            }
+            self.storages.push(StorageOut {
+                view: t.clone(),
+                dtype,
+            });
+            return Ok(self.storages.len() - 1);
+        }
+        let size = t.dtype.size();
+        let whole = Tensor {
+            dtype: t.dtype,
+            shape: vec![t.storage.len() / size],
+            strides: vec![1],
+            offset: 0,
+            storage: t.storage.clone(),
+            storage_key: t.storage_key.clone(),
+            is_parameter: false,
+        };
+        // Keyed with the element size too: one storage seen through two dtypes would need one
+        // untyped storage, which torch's pickled storage classes cannot say.
+        match self.by_key.get(&(t.storage_key.clone(), size)) {
+            Some(&k) if self.storages[k].dtype == t.dtype => Ok(k),
+            Some(_) => Err(format!(
+                "storage '{}' is viewed with two dtypes",
+                t.storage_key
+            )),
+            None => {
+                self.storages.push(StorageOut {
+                    view: whole,
+                    dtype: t.dtype,
+                });
+                let k = self.storages.len() - 1;
+                self.by_key.insert((t.storage_key.clone(), size), k);
+                Ok(k)
+            }
+        }
+    }
+
+    /// `('storage', torch.<Type>Storage, '<key>', 'cpu', numel)` BINPERSID.
+    fn persistent_id(&mut self, key: usize) -> R {
+        let s = &self.storages[key];
+        let class = storage_class(s.dtype)
+            .ok_or_else(|| format!("torch files cannot hold {} storages", s.dtype))?;
+        let numel = s.view.numel();
+        self.out.push(b'(');
+        self.str("storage");
+        self.global(&Global::new("torch", class))?;
+        self.str(&key.to_string());
+        self.str("cpu");
+        self.usize(numel)?;
+        self.out.extend_from_slice(b"tQ");
+        Ok(())
+    }
+
+    /// BUILD with the attributes an `OrderedDict` carried (Python writes them after the items).
+    fn container_state(&mut self, id: NodeId) -> R {
+        if let Some(state) = self.g.container_state(id) {
+            self.value(state)?;
+            self.out.push(b'b');
+        }
+        Ok(())
+    }
+
+    fn ordered_dict(&mut self) -> R {
+        self.global(&Global::new("collections", "OrderedDict"))?;
+        self.out.extend_from_slice(b")R");
+        Ok(())
+    }
+
+    fn tuple(&mut self, items: &[Value]) -> R {
+        match items.len() {
+            0 => self.out.push(b')'),
+            1..=3 => {
+                for v in items {
+                    self.value(v)?;
+                }
+                self.out.push(0x85 + items.len() as u8 - 1);
+            }
+            _ => {
+                self.out.push(b'(');
+                for v in items {
+                    self.value(v)?;
+                }
+                self.out.push(b't');
+            }
+        }
+        Ok(())
+    }
+
+    fn appends(&mut self, items: &[Value]) -> R {
+        for chunk in items.chunks(BATCH) {
+            self.out.push(b'(');
+            for v in chunk {
+                self.value(v)?;
+            }
+            self.out.push(b'e');
+        }
+        Ok(())
+    }
+
+    fn setitems(&mut self, entries: &[(Value, Value)]) -> R {
+        for chunk in entries.chunks(BATCH) {
+            self.out.push(b'(');
+            for (k, v) in chunk {
+                self.value(k)?;
+                self.value(v)?;
+            }
+            self.out.push(b'u');
+        }
+        Ok(())
+    }
+
+    fn global(&mut self, g: &Global) -> R {
+        let bad = |s: &str| s.is_empty() || s.contains('\n');
+        if bad(&g.module) || bad(&g.name) {
+            return Err(format!(
+                "global {:?} cannot be written as GLOBAL",
+                g.dotted()
+            ));
+        }
+        self.out.push(b'c');
+        self.out.extend_from_slice(g.module.as_bytes());
+        self.out.push(b'\n');
+        self.out.extend_from_slice(g.name.as_bytes());
+        self.out.push(b'\n');
+        Ok(())
+    }
+
+    fn str(&mut self, s: &str) {
+        self.out.push(b'X');
+        self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    fn int(&mut self, i: i64) {
+        if (0..=0xff).contains(&i) {
+            self.out.extend_from_slice(&[b'K', i as u8]);
+        } else if (0..=0xffff).contains(&i) {
+            self.out.push(b'M');
+            self.out.extend_from_slice(&(i as u16).to_le_bytes());
+        } else if let Ok(v) = i32::try_from(i) {
+            self.out.push(b'J');
+            self.out.extend_from_slice(&v.to_le_bytes());
+        } else {
+            self.out.extend_from_slice(&[0x8a, 8]); // LONG1, 8 bytes two's complement
+            self.out.extend_from_slice(&i.to_le_bytes());
+        }
+    }
+
+    fn usize(&mut self, v: usize) -> R {
+        let i = i64::try_from(v).map_err(|_| format!("{v} does not fit a pickled int"))?;
+        self.int(i);
+        Ok(())
+    }
+
+    fn usize_tuple(&mut self, items: &[usize]) -> R {
+        self.out.push(b'(');
+        for &i in items {
+            self.usize(i)?;
+        }
+        self.out.push(b't');
+        Ok(())
+    }
+
+    fn put(&mut self, id: NodeId) {
+        let m = self.memo.len() as u32;
+        self.memo.insert(id, m);
+        if m < 256 {
+            self.out.extend_from_slice(&[b'q', m as u8]);
+        } else {
+            self.out.push(b'r');
+            self.out.extend_from_slice(&m.to_le_bytes());
+        }
+    }
+
+    fn get(&mut self, m: u32) {
+        if m < 256 {
+            self.out.extend_from_slice(&[b'h', m as u8]);
+        } else {
+            self.out.push(b'j');
+            self.out.extend_from_slice(&m.to_le_bytes());
+        }
+    }
+}
