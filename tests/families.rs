@@ -15,9 +15,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{PER_CHANNEL, assert_channels, fixture, run};
+use common::golden::{archive_names, ort_run, sizes};
+use common::{PER_CHANNEL, assert_channels, assert_labels, fixture, run};
+use fuse_ema::parity::npy::Dtype;
 use fuse_ema::parity::npz::Npz;
-use fuse_ema::reference::ops::T;
 use ndarray::ArrayD;
 
 /// The command-line options of a golden variant.
@@ -30,40 +31,8 @@ fn variant_args(variant: &str) -> &'static [&'static str] {
     }
 }
 
-/// The sizes a golden holds: `""` for the first (plain names), `_BxHxW` for the others.
-fn sizes(npz: &Npz, names: &[String]) -> Vec<(String, Vec<usize>)> {
-    names
-        .iter()
-        .filter_map(|n| n.strip_prefix("images"))
-        .map(|sfx| {
-            let shape = npz.get(&format!("images{sfx}")).unwrap().shape.clone();
-            (sfx.to_string(), shape)
-        })
-        .collect()
-}
-
 fn export(stem: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let ckpt = fixture(&format!("families/{stem}.pt"));
-    let mut args = vec![
-        "export",
-        ckpt.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        // The export's own parity check in ONNX Runtime, never a silent fallback to tract.
-        "--runtime",
-        "ort",
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
-}
-
-fn ort_run(model: &Path, images: &T) -> Vec<(String, ArrayD<f32>)> {
-    let rt = fuse_ema::runtime::ort().unwrap_or_else(|e| {
-        panic!("{e} — run the suite with ./scripts/test, which provides ONNX Runtime")
-    });
-    let bytes = std::fs::read(model).unwrap();
-    let x = ArrayD::from_shape_vec(images.shape.clone(), images.data.clone()).unwrap();
-    rt.run(&bytes, &[("images", x)]).unwrap()
+    common::golden::export(&fixture(&format!("families/{stem}.pt")), out, extra)
 }
 
 /// Compares ONNX Runtime's outputs with PyTorch's for one size of a golden.
@@ -80,7 +49,20 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
             .unwrap_or_else(|| panic!("{what}: ONNX has no {name} (has {:?})", names(got)));
         assert_eq!(g.shape(), want.shape.as_slice(), "{what}: {name} shape");
         let g: Vec<f32> = g.iter().copied().collect();
-        if variant == "default" {
+        let class_map = npz.dtype(&key) != Some(Dtype::F32);
+        if class_map {
+            let logits = npz.get(&format!("logits{sfx}")).map(|l| &l.data[..]);
+            assert_labels(
+                &format!("{what} {name}"),
+                &want.shape,
+                &g,
+                &want.data,
+                logits,
+                PER_CHANNEL,
+            );
+        } else if variant == "default" && !(i == 0 && what.starts_with("rtdetr")) {
+            // RT-DETR's default output is already top-k rows ((B, 300, 6): cx cy w h score
+            // class), which reorder on score ties: compared as a set, like the end-to-end rows.
             assert_channels(
                 &format!("{what} {name}"),
                 &want.shape,
@@ -88,6 +70,23 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
                 &want.data,
                 PER_CHANNEL,
             );
+        } else if i == 0 && variant == "nms" {
+            // NMS rows: the library's set comparison (unit-tested in src/parity/rows.rs to fail
+            // on a wrong box, score, class, keypoint, or a missing or extra row), which knows
+            // the ambiguities NMS has (ties at a saturated score, the confidence threshold).
+            let tol = fuse_ema::parity::RowsTolerance {
+                atol: 1e-4,
+                rtol: 1e-4,
+                conf: 0.25,
+                kpt_dim: what.contains("pose").then_some(3),
+                noise: [0.0; 5],
+            };
+            let got_t = fuse_ema::reference::ops::T::new(g.clone(), want.shape.clone());
+            let checks = fuse_ema::parity::rows_check(&got_t, want, tol);
+            assert!(!checks.is_empty(), "{what}: no rows compared");
+            for c in checks {
+                assert!(c.pass, "{what} {name}: image {}: {}", c.image, c.detail);
+            }
         } else if i == 0 {
             assert_detections(
                 &format!("{what} {name}"),
@@ -255,14 +254,6 @@ fn golden(stem: &str, variant: &str) -> PathBuf {
     fixture(&format!("families/goldens/{base}.{variant}.npz"))
 }
 
-fn archive_names(path: &PathBuf) -> Vec<String> {
-    let f = std::fs::File::open(path).unwrap();
-    let z = zip::ZipArchive::new(f).unwrap();
-    z.file_names()
-        .map(|n| n.unwrap().trim_end_matches(".npy").to_string())
-        .collect()
-}
-
 /// Declares one test per (fixture, variant) and the list the coverage test reads.
 macro_rules! exports {
     ($($test:ident: $stem:literal $variant:literal,)*) => {
@@ -308,6 +299,9 @@ exports! {
     yolo26n_classify: "yolo26n-classify" "default",
     yolo26n_detect: "yolo26n-detect" "default",
     yolo26n_detect_last: "yolo26n-detect.last" "default",
+    yolo26n_depth: "yolo26n-depth" "default",
+    yolo26n_semantic: "yolo26n-semantic" "default",
+    yolo26n_semantic_last: "yolo26n-semantic.last" "default",
     yolo26n_detect_end2end: "yolo26n-detect" "end2end",
     yolo26n_segment: "yolo26n-segment" "default",
     yolo26n_segment_end2end: "yolo26n-segment" "end2end",
@@ -340,6 +334,7 @@ exports! {
     yolov9t_detect_nms: "yolov9t-detect" "nms",
     yolo12n_detect_nms: "yolo12n-detect" "nms",
     yolov10n_detect_nms: "yolov10n-detect" "nms",
+    rtdetr_l_detect: "rtdetr-l-detect" "default",
 }
 
 dynamic! {
@@ -366,11 +361,7 @@ fn pending_variants_still_fail() {
 }
 
 refused! {
-    rtdetr_l_detect: "rtdetr-l-detect" "'model' is a RTDETRDetectionModel, not an Ultralytics model",
-    yolo26n_depth: "yolo26n-depth" "'model' is a DepthModel, not an Ultralytics model",
-    yolo26n_semantic: "yolo26n-semantic" "'model' is a SemanticSegmentationModel, not an Ultralytics model",
-    yolo26n_semantic_last: "yolo26n-semantic.last" "'ema' is a SemanticSegmentationModel, not an Ultralytics model",
-    yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel, not an Ultralytics model",
+    yolov8n_worldv2_detect: "yolov8n-worldv2-detect" "'model' is a WorldModel (YOLO-World): its C2fAttn layers (MaxSigmoidAttnBlock) and its WorldDetect head (BNContrastiveHead) take the class text embeddings as a second input beside the image features; the checkpoint carries them (`txt_feats` [1, 2, 512], one per class, no CLIP needed), but fuse-ema's layer walk does not pass a second input yet: export it with `yolo export`",
 }
 
 /// Every checkpoint in the manifest (and every `.last.pt` beside one) is listed, and every

@@ -62,7 +62,7 @@ fn builder_and_interpreter_support_exactly_the_same_classes() {
         );
         assert_eq!(Builder::handles(l.class), layers.contains(&l.class));
     }
-    for unknown in ["NoSuchBlock", "C2fAttn", "RTDETRDecoder", ""] {
+    for unknown in ["NoSuchBlock", "C2fAttn", "BNContrastiveHead", ""] {
         assert!(!Builder::handles(unknown) && !Reference::handles(unknown));
     }
 }

@@ -7,7 +7,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{fixture, run, run_json};
+use common::golden::export_at_each_size;
+use common::{PER_CHANNEL, assert_channels, fixture, run, run_json};
 use serde_json::Value;
 
 /// Every checkpoint the generator recorded in made.json, checked against the directory: a file
@@ -163,5 +164,118 @@ fn every_global_python_finds_is_reported() {
             .map(|g| g["name"].as_str().expect("name").to_string())
             .collect();
         assert_eq!(got, want, "{file}: globals");
+    }
+}
+
+// ---- export: each release's checkpoints against that release's own export-mode outputs ----
+
+/// Exports `file` at every size of its golden (fixtures/releases/goldens/, computed by the release
+/// that made the file, in its own venv: fixtures/README.md) with the export's own parity check in
+/// ONNX Runtime, runs the written file on the golden inputs and compares every output with the
+/// release's per channel (dimension 1): 1e-4 · max |channel| + 1e-4.
+fn check_against_release(file: &str) {
+    let stem = file.strip_suffix(".pt").expect(".pt");
+    let gold = fixture(&format!("releases/goldens/{stem}.default.npz"));
+    export_at_each_size(
+        &fixture(&format!("releases/{file}")),
+        &gold,
+        |what, npz, sfx, got| {
+            let mut compared = 0;
+            for (i, (name, g)) in got.iter().enumerate() {
+                assert_eq!(*name, format!("output{i}"), "{what}: output order");
+                let want = npz
+                    .get(&format!("{name}{sfx}"))
+                    .unwrap_or_else(|| panic!("{what}: the release gave no {name}"));
+                assert_eq!(g.shape(), want.shape.as_slice(), "{what}: {name} shape");
+                let g: Vec<f32> = g.iter().copied().collect();
+                let label = format!("{what} {name}");
+                assert_channels(&label, &want.shape, &g, &want.data, PER_CHANNEL);
+                compared += 1;
+            }
+            assert!(
+                npz.get(&format!("output{compared}{sfx}")).is_none(),
+                "{what}: the release has more outputs than the ONNX's {compared}"
+            );
+        },
+    );
+}
+
+/// Declares one test per release checkpoint that exports, and the list the coverage test reads.
+macro_rules! release_exports {
+    ($($test:ident: $file:literal,)*) => {
+        $(#[test] fn $test() { check_against_release($file) })*
+        const RELEASE_EXPORTS: &[&str] = &[$($file),*];
+    };
+}
+
+release_exports! {
+    export_8_0_detect: "ultralytics-8.0.239-detect-best.pt",
+    export_8_0_detect_epoch1: "ultralytics-8.0.239-detect-epoch1.pt",
+    export_8_0_segment: "ultralytics-8.0.239-segment-best.pt",
+    export_8_0_classify: "ultralytics-8.0.239-classify-best.pt",
+    export_8_1_detect: "ultralytics-8.1.47-detect-best.pt",
+    export_8_1_classify: "ultralytics-8.1.47-classify-best.pt",
+    export_8_1_obb: "ultralytics-8.1.47-obb-best.pt",
+    export_8_2_detect: "ultralytics-8.2.103-detect-best.pt",
+    export_8_2_segment: "ultralytics-8.2.103-segment-best.pt",
+    export_8_2_classify: "ultralytics-8.2.103-classify-best.pt",
+    export_8_3_detect: "ultralytics-8.3.253-detect-best.pt",
+    export_8_3_classify: "ultralytics-8.3.253-classify-best.pt",
+    export_8_3_pose: "ultralytics-8.3.253-pose-best.pt",
+}
+
+/// Checkpoints of other frameworks' heads, refused with exactly this error (after
+/// `cannot export: `), exit 2, nothing written.
+const RELEASE_REFUSED: &[(&str, &str)] = &[
+    (
+        "yolov5-pip-best.pt",
+        "'model' is a yolov5.models.yolo.DetectionModel from the yolov5 pip package with an anchor-based Detect head (sigmoid outputs decoded with grid and anchor_grid into (B, anchors·cells, 5 + nc)), not an Ultralytics model; fuse-ema exports ultralytics.nn.tasks models only",
+    ),
+    (
+        "yolov5-repo-best.pt",
+        "'model' is a models.yolo.DetectionModel from the YOLOv5 repository with an anchor-based Detect head (sigmoid outputs decoded with grid and anchor_grid into (B, anchors·cells, 5 + nc)), not an Ultralytics model; fuse-ema exports ultralytics.nn.tasks models only",
+    ),
+    (
+        "yolov5-repo-epoch0.pt",
+        "'ema' is a models.yolo.DetectionModel from the YOLOv5 repository with an anchor-based Detect head (sigmoid outputs decoded with grid and anchor_grid into (B, anchors·cells, 5 + nc)), not an Ultralytics model; fuse-ema exports ultralytics.nn.tasks models only",
+    ),
+    (
+        "yolov7-best.pt",
+        "'model' is a models.yolo.Model from the YOLOv7 repository with an anchor-based IDetect head (sigmoid outputs decoded with grid and anchor_grid into (B, anchors·cells, 5 + nc)), not an Ultralytics model; fuse-ema exports ultralytics.nn.tasks models only",
+    ),
+    (
+        "yolov7-epoch0.pt",
+        "'ema' is a models.yolo.Model from the YOLOv7 repository with an anchor-based IDetect head (sigmoid outputs decoded with grid and anchor_grid into (B, anchors·cells, 5 + nc)), not an Ultralytics model; fuse-ema exports ultralytics.nn.tasks models only",
+    ),
+];
+
+#[test]
+fn release_refusals_are_precise() {
+    for (file, why) in RELEASE_REFUSED {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.onnx");
+        let r = run(&["export", &path(file), "-o", out.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{file}: {err}");
+        assert_eq!(
+            err.trim_end(),
+            format!("fuse-ema: error: {}: cannot export: {why}", path(file)),
+            "{file}"
+        );
+        assert!(!out.exists(), "{file}: nothing written");
+    }
+}
+
+/// Every release checkpoint is either compared with its release's goldens or refused precisely.
+#[test]
+fn every_release_checkpoint_exports_or_is_refused() {
+    for file in release_files() {
+        let exported = RELEASE_EXPORTS.contains(&file.as_str());
+        let refused = RELEASE_REFUSED.iter().any(|(f, _)| *f == file);
+        assert!(
+            exported ^ refused,
+            "{file}: listed {} times",
+            exported as u8 + refused as u8
+        );
     }
 }

@@ -52,6 +52,12 @@ fn run_parity(
     let rt = runtime(p)?;
     let rt = &rt;
     let task = crate::onnx::task_and_classes(root);
+    // RT-DETR's default output is already rows (the top 300 of queries × classes), which
+    // reorder on score ties: compared as a set, as end-to-end rows are.
+    let head = HeadOptions {
+        end2end: head.end2end || crate::models::layers::rtdetr::rows_output(root),
+        ..head
+    };
     let tol = tolerance(p, half);
     // Pose rows hold keypoints; the head says how many values each has.
     let nms = nms.map(|n| parity::NmsOutput {

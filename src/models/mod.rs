@@ -9,6 +9,7 @@
 //! support table in `docs/export.md` all come from it.
 
 pub(crate) mod attrs;
+pub mod foreign;
 pub mod layers;
 pub mod registry;
 
@@ -118,7 +119,9 @@ impl<'g> Net<'g> {
                     .ok_or_else(|| at(format!("reads layer {j}, which is not kept")))
             };
             if let Some(j) = f.as_int() {
-                x = pick(j, &x)?;
+                if j != -1 {
+                    x = pick(j, &x)?;
+                }
             } else {
                 let js = layer.ints("f").ok_or_else(|| at("unreadable `f`".into()))?;
                 let xs = js.iter().map(|&j| pick(j, &x)).collect::<R<Vec<_>>>()?;

@@ -150,6 +150,8 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("area_attention.rs", layers::area_attention::LAYERS),
     ("classify.rs", layers::classify::LAYERS),
     ("heads/mod.rs", layers::heads::LAYERS),
+    ("rtdetr/mod.rs", layers::rtdetr::LAYERS),
+    ("dense.rs", layers::dense::LAYERS),
 ];
 
 /// Model classes (the pickled root) and the task each exports as.
@@ -159,6 +161,9 @@ pub const MODELS: &[(&str, &str)] = &[
     ("PoseModel", "pose"),
     ("OBBModel", "obb"),
     ("ClassificationModel", "classify"),
+    ("RTDETRDetectionModel", "detect"),
+    ("DepthModel", "depth"),
+    ("SemanticSegmentationModel", "semantic"),
 ];
 
 /// Every registered class, in table order.

@@ -224,6 +224,9 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         })?;
     let root = M { g, v };
     let class = root.class();
+    if let Some(why) = crate::models::foreign::refusal(root, &opts.module_key) {
+        return Err(err(why));
+    }
     let task = task_of(&class).ok_or_else(|| {
         err(format!(
             "'{}' is a {class}, not an Ultralytics model",
@@ -269,6 +272,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         graph.spill_to(file);
     }
     let mut bld = ultralytics::Builder::new(graph);
+    bld.opset = opts.opset;
     bld.head = HeadOptions {
         end2end: opts.end2end,
         max_det: opts.max_det,
@@ -293,9 +297,11 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     let mut results = vec![main];
     results.append(&mut bld.extra_outputs);
     let mut outputs = Vec::new();
+    // A class map (integer) output is not cast back to float in half mode.
+    let elems: Vec<Option<ElemType>> = results.iter().map(|v| bld.integer_elem(&v.name)).collect();
     for (i, out) in results.iter().enumerate() {
         let name = format!("output{i}");
-        let mut last = if opts.half {
+        let mut last = if opts.half && elems[i].is_none() {
             bld.b.node(
                 &name,
                 "Cast",
@@ -431,10 +437,11 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         }],
         outputs: outputs
             .iter()
+            .zip(&elems)
             .enumerate()
-            .map(|(o, (name, shape))| ValueInfo {
+            .map(|(o, ((name, shape), elem))| ValueInfo {
                 name: name.clone(),
-                elem: ElemType::Float,
+                elem: elem.unwrap_or(ElemType::Float),
                 dims: shape
                     .iter()
                     .enumerate()

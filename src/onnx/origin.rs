@@ -41,7 +41,7 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
         ),
-        ElemType::Int64 | ElemType::Bool => None,
+        ElemType::Uint8 | ElemType::Int32 | ElemType::Int64 | ElemType::Bool => None,
     }
 }
 

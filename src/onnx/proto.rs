@@ -7,6 +7,10 @@
 pub enum ElemType {
     /// float32
     Float = 1,
+    /// uint8 (class maps)
+    Uint8 = 2,
+    /// int32 (class maps of more than 256 classes)
+    Int32 = 6,
     /// int64
     Int64 = 7,
     /// bool (one byte each; read from other exporters' files, e.g. `yolo export nms=True`)

@@ -117,6 +117,15 @@ fn elem(code: u64) -> R<ElemType> {
     }
 }
 
+/// The element type of a graph input or output: an initializer's, or an integer class map's.
+fn value_elem(code: u64) -> R<ElemType> {
+    match code {
+        2 => Ok(ElemType::Uint8),
+        6 => Ok(ElemType::Int32),
+        other => elem(other),
+    }
+}
+
 fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
     let mut p = Buf::new(b);
     let (mut name, mut dims, mut code, mut raw) = (String::new(), Vec::new(), 0u64, Vec::new());
@@ -364,7 +373,9 @@ fn value_info(b: &[u8]) -> R<ValueInfo> {
                     let mut q = Buf::new(tt);
                     while let Some((f, y)) = q.next()? {
                         match (f, y) {
-                            (1, Field::Varint(c)) => v.elem = elem(c).unwrap_or(ElemType::Float),
+                            (1, Field::Varint(c)) => {
+                                v.elem = value_elem(c).unwrap_or(ElemType::Float)
+                            }
                             (2, Field::Bytes(shape)) => {
                                 let mut sh = Buf::new(shape);
                                 while let Some((1, Field::Bytes(dim))) = sh.next()? {

@@ -2,6 +2,7 @@
 //! Runtime; the checkpoint runs in the independent reference interpreter; outputs are compared
 //! numerically and at task level (detections after NMS, classification top-k).
 
+pub mod labels;
 pub mod letterbox;
 pub mod npy;
 pub mod npz;
@@ -455,6 +456,7 @@ pub fn against_reference(
             (want, emulated)
         });
         let mut want = want.map_err(|e| format!("reference interpreter: {e}"))?;
+        let logits = r.class_logits.take();
         let emulated = emulated
             .transpose()
             .map_err(|e| format!("reference interpreter (f16 emulation): {e}"))?;
@@ -492,6 +494,8 @@ pub fn against_reference(
                     s.max_abs = f64::INFINITY;
                     s.pass = false;
                     s
+                } else if let (0, Some(l)) = (i, logits.as_ref()) {
+                    labels::compare_labels(name, &g.shape, &g.data, &w.data, Some(&l.data), tol)
                 } else {
                     let e = emulated
                         .as_ref()
@@ -573,7 +577,13 @@ pub fn against_golden(
             tasks.extend(rows_check(g, w, p.tolerance(tol)));
             continue;
         }
-        outputs.push(compare(name, &g.shape, &g.data, &w.data, tol));
+        // A class map is compared as labels, judged by the golden's `logits` where it has them.
+        outputs.push(if name == "output0" && task == "semantic" {
+            let logits = golden.get("logits").map(|l| &l.data[..]);
+            labels::compare_labels(name, &g.shape, &g.data, &w.data, logits, tol)
+        } else {
+            compare(name, &g.shape, &g.data, &w.data, tol)
+        });
         if name == "output0" {
             tasks.extend(task_check(
                 task,

@@ -28,9 +28,12 @@ pub enum NpyError {
     /// A key numpy requires is missing, or one it does not know is present.
     #[error("header keys must be exactly 'descr', 'fortran_order' and 'shape' ({0})")]
     Keys(String),
-    /// An element type other than little-endian float32.
-    #[error("dtype {0} is not read (only little-endian float32, '<f4')")]
+    /// An element type other than those [`Dtype`] lists.
+    #[error("dtype {0} is not read (only '<f4', '|u1', '|b1', '<i4', '<i8')")]
     DType(String),
+    /// An integer element beyond what f32 holds exactly (|v| > 2^24).
+    #[error("integer element {0} is beyond what f32 holds exactly")]
+    Inexact(i64),
     /// Column-major data.
     #[error("Fortran-order arrays are not read")]
     FortranOrder,
@@ -49,13 +52,86 @@ pub enum NpyError {
     },
 }
 
-/// A parsed little-endian float32 C-order array.
+/// The element types read: float32 values, and the integer or boolean class maps a semantic
+/// segmentation golden holds (widened to f32, which holds every label up to 2^24 exactly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// `<f4`.
+    F32,
+    /// `|u1`.
+    U8,
+    /// `|b1` (each byte 0 or 1).
+    Bool,
+    /// `<i4`.
+    I32,
+    /// `<i8`.
+    I64,
+}
+
+impl Dtype {
+    fn parse(descr: &str) -> Option<Dtype> {
+        Some(match descr {
+            "<f4" => Dtype::F32,
+            "|u1" => Dtype::U8,
+            "|b1" => Dtype::Bool,
+            "<i4" => Dtype::I32,
+            "<i8" => Dtype::I64,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    fn size(self) -> usize {
+        match self {
+            Dtype::U8 | Dtype::Bool => 1,
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::I64 => 8,
+        }
+    }
+
+    /// The elements of `b` (a whole number of them) as f32.
+    fn widen(self, b: &[u8]) -> Result<Vec<f32>, NpyError> {
+        let int = |v: i64| {
+            if v.unsigned_abs() > 1 << 24 {
+                Err(NpyError::Inexact(v))
+            } else {
+                Ok(v as f32)
+            }
+        };
+        match self {
+            Dtype::F32 => Ok(b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()),
+            Dtype::U8 => Ok(b.iter().map(|&v| f32::from(v)).collect()),
+            Dtype::Bool => b
+                .iter()
+                .map(|&v| match v {
+                    0 | 1 => Ok(f32::from(v)),
+                    other => Err(NpyError::Inexact(i64::from(other))),
+                })
+                .collect(),
+            Dtype::I32 => b
+                .chunks_exact(4)
+                .map(|c| int(i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))))
+                .collect(),
+            Dtype::I64 => b
+                .chunks_exact(8)
+                .map(|c| int(i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+                .collect(),
+        }
+    }
+}
+
+/// A parsed little-endian C-order array, its elements as f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Npy {
     /// Dimensions.
     pub shape: Vec<usize>,
     /// Elements in row-major order.
     pub data: Vec<f32>,
+    /// The element type stored in the file.
+    pub dtype: Dtype,
 }
 
 /// Parses one `.npy` file's bytes.
@@ -79,10 +155,10 @@ pub fn parse(b: &[u8]) -> Result<Npy, NpyError> {
         problem: "not UTF-8 text".into(),
     })?;
     let header = Parser { s: text, at: 0 }.header()?;
-    let shape = header.shape()?;
+    let (dtype, shape) = header.dtype_and_shape()?;
     let need = shape
         .iter()
-        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| NpyError::Overflow(shape.iter().map(|&d| d as u64).collect()))?;
     let data = &b[end..];
     if data.len() != need {
@@ -94,10 +170,8 @@ pub fn parse(b: &[u8]) -> Result<Npy, NpyError> {
     }
     Ok(Npy {
         shape,
-        data: data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        data: dtype.widen(data)?,
+        dtype,
     })
 }
 
@@ -134,13 +208,12 @@ struct Header {
 }
 
 impl Header {
-    /// Checks dtype and order, and returns the shape.
-    fn shape(self) -> Result<Vec<usize>, NpyError> {
-        match self.descr {
-            Lit::Str(s) if s == "<f4" => {}
-            Lit::Str(s) => return Err(NpyError::DType(format!("'{s}'"))),
+    /// Checks dtype and order, and returns the dtype and the shape.
+    fn dtype_and_shape(self) -> Result<(Dtype, Vec<usize>), NpyError> {
+        let dtype = match self.descr {
+            Lit::Str(s) => Dtype::parse(&s).ok_or(NpyError::DType(format!("'{s}'")))?,
             other => return Err(NpyError::DType(format!("{other:?} (a structured dtype)"))),
-        }
+        };
         match self.fortran_order {
             Lit::Bool(false) => {}
             Lit::Bool(true) => return Err(NpyError::FortranOrder),
@@ -167,9 +240,11 @@ impl Header {
                 }),
             })
             .collect::<Result<_, _>>()?;
-        dims.iter()
+        let shape = dims
+            .iter()
             .map(|&d| usize::try_from(d).map_err(|_| NpyError::Overflow(dims.clone())))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((dtype, shape))
     }
 }
 
@@ -373,6 +448,46 @@ mod tests {
         .unwrap();
         assert!(a.shape.is_empty());
         assert_eq!(a.data, [7.0]);
+    }
+
+    #[test]
+    fn reads_class_maps_as_exact_labels() {
+        let h = |d: &str| format!("{{'descr': '{d}', 'fortran_order': False, 'shape': (3,)}}");
+        let a = parse(&npy(1, &h("|u1"), &[0, 7, 255])).unwrap();
+        assert_eq!((a.dtype, a.data), (Dtype::U8, vec![0.0, 7.0, 255.0]));
+        let a = parse(&npy(1, &h("|b1"), &[0, 1, 1])).unwrap();
+        assert_eq!((a.dtype, a.data), (Dtype::Bool, vec![0.0, 1.0, 1.0]));
+        let ints: Vec<u8> = [3i32, -1, 1 << 24]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            parse(&npy(1, &h("<i4"), &ints)).unwrap().data,
+            [3.0, -1.0, 16777216.0]
+        );
+        let longs: Vec<u8> = [5i64, 0, 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(parse(&npy(1, &h("<i8"), &longs)).unwrap().dtype, Dtype::I64);
+        // A byte count for another dtype, a label f32 would round, a boolean that is not 0/1.
+        assert!(matches!(
+            parse(&npy(1, &h("<i4"), &[0, 1, 2])).unwrap_err(),
+            NpyError::DataLength { need: 12, .. }
+        ));
+        let big: Vec<u8> = [1i32 + (1 << 24), 0, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            parse(&npy(1, &h("<i4"), &big)).unwrap_err(),
+            NpyError::Inexact(16777217)
+        );
+        assert_eq!(
+            parse(&npy(1, &h("|b1"), &[0, 2, 1])).unwrap_err(),
+            NpyError::Inexact(2)
+        );
+        assert!(matches!(
+            parse(&npy(1, &h("<u2"), &[0; 6])).unwrap_err(),
+            NpyError::DType(_)
+        ));
     }
 
     #[test]

@@ -1,22 +1,36 @@
-//! Golden files: NumPy `.npz` archives of float32 `.npy` arrays (`images`, `output0`, …).
+//! Golden files: NumPy `.npz` archives of `.npy` arrays (`images`, `output0`, …): float32, or
+//! the integer class maps of semantic segmentation (see [`super::npy::Dtype`]).
 
 use std::io::Read;
 use std::path::Path;
 
+use super::npy::Dtype;
 use crate::reference::ops::T;
 
 /// The arrays of an `.npz`, by name.
 pub struct Npz {
-    arrays: Vec<(String, T)>,
+    arrays: Vec<(String, T, Dtype)>,
 }
 
 impl Npz {
     /// An array by name (without `.npy`).
     pub fn get(&self, name: &str) -> Option<&T> {
-        self.arrays.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+        self.arrays
+            .iter()
+            .find(|(n, ..)| n == name)
+            .map(|(_, t, _)| t)
     }
 
-    /// Reads an `.npz` (stored or deflated), accepting little-endian f32 C-order arrays.
+    /// The element type an array is stored as in the file.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.arrays
+            .iter()
+            .find(|(n, ..)| n == name)
+            .map(|(.., d)| *d)
+    }
+
+    /// Reads an `.npz` (stored or deflated), accepting little-endian C-order arrays of the
+    /// element types [`Dtype`] lists.
     pub fn open(path: &Path) -> Result<Npz, String> {
         let err = |m: String| format!("{}: {m}", path.display());
         let (file, size) = crate::io::open_regular(path).map_err(|e| e.to_string())?;
@@ -54,12 +68,8 @@ impl Npz {
                     bytes.len()
                 )));
             }
-            arrays.push((
-                name.clone(),
-                super::npy::parse(&bytes)
-                    .map(|a| T::new(a.data, a.shape))
-                    .map_err(|m| err(format!("{name}.npy: {m}")))?,
-            ));
+            let a = super::npy::parse(&bytes).map_err(|m| err(format!("{name}.npy: {m}")))?;
+            arrays.push((name.clone(), T::new(a.data, a.shape), a.dtype));
         }
         Ok(Npz { arrays })
     }

@@ -7,6 +7,7 @@
 
 pub mod nms;
 pub mod ops;
+pub mod seq;
 pub(crate) mod shape;
 
 use std::fmt;
@@ -51,6 +52,9 @@ pub struct Reference<'g> {
     net: Net<'g>,
     /// Extra outputs (Segment's prototypes) produced by the current run.
     pub(crate) extra: Vec<T>,
+    /// `SemanticSegment`'s resized logits (B, nc, H, W) from the current run, beside its class
+    /// map: parity reads them to tell a near-tie from a wrong class.
+    pub class_logits: Option<T>,
     /// Round the input and every module's output to f16 (see [`Reference::emulating_f16`]).
     pub(crate) f16: bool,
     /// What the detection heads output (see [`Reference::with_head`]).
@@ -63,6 +67,7 @@ impl<'g> Reference<'g> {
         Ok(Reference {
             net: Net::new(root).map_err(e)?,
             extra: Vec::new(),
+            class_logits: None,
             f16: false,
             head: HeadOptions::default(),
         })
@@ -96,6 +101,7 @@ impl<'g> Reference<'g> {
     /// (`output0`, then `output1` for segmentation).
     pub fn run(&mut self, images: T) -> R<Vec<T>> {
         self.extra.clear();
+        self.class_logits = None;
         let net = self.net;
         let images = self.round(images);
         let out = net.forward(self, images).map_err(e)?;

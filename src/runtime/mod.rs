@@ -318,9 +318,39 @@ impl OrtRuntime {
         let outputs = session.run(values).map_err(e("run"))?;
         let mut out = Vec::new();
         for (name, v) in outputs.iter() {
-            let a = v.try_extract_array::<f32>().map_err(e("output"))?;
-            out.push((name.to_string(), a.to_owned()));
+            let a = match v.try_extract_array::<f32>() {
+                Ok(a) => a.to_owned(),
+                Err(err) => widen_labels(&v, name)
+                    .ok_or_else(|| RuntimeError(format!("ONNX Runtime output {name}: {err}")))??,
+            };
+            out.push((name.to_string(), a));
         }
         Ok(out)
     }
+}
+
+/// An integer output (a class map: uint8, int32 or int64) as f32, which holds every label up to
+/// 2^24 exactly; a larger one is an error, never a rounded label. `None` when the output is not
+/// one of those types.
+fn widen_labels<V: ort::value::TensorValueTypeMarker>(
+    v: &ort::value::Value<V>,
+    name: &str,
+) -> Option<Result<ArrayD<f32>, RuntimeError>> {
+    const EXACT: i64 = 1 << 24;
+    let check = |a: ArrayD<i64>| match a.iter().find(|x| x.unsigned_abs() > EXACT as u64) {
+        Some(x) => Err(RuntimeError(format!(
+            "ONNX Runtime output {name}: label {x} is beyond what f32 holds exactly"
+        ))),
+        None => Ok(a.mapv(|x| x as f32)),
+    };
+    if let Ok(a) = v.try_extract_array::<u8>() {
+        return Some(Ok(a.mapv(f32::from)));
+    }
+    if let Ok(a) = v.try_extract_array::<i32>() {
+        return Some(check(a.mapv(i64::from)));
+    }
+    if let Ok(a) = v.try_extract_array::<i64>() {
+        return Some(check(a.to_owned()));
+    }
+    None
 }

@@ -77,6 +77,12 @@ pub fn run(
     out.iter()
         .zip(names)
         .map(|(t, n)| {
+            // Integer class maps (uint8, int32) are widened to f32, exact up to 2^24 labels.
+            let t = if t.datum_type().is_integer() {
+                t.cast_to::<f32>().map_err(err("output"))?.into_owned()
+            } else {
+                t.clone().into_tensor()
+            };
             let v = t.to_plain_array_view::<f32>().map_err(err("output"))?;
             Ok((
                 n,

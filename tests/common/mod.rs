@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod golden;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -145,5 +147,27 @@ pub fn assert_channels(
         s.pass,
         "{what}: channel {} max |Δ| {} over its limit {} (max |Δ| overall {}, max |y| {})",
         s.worst_channel, s.worst_channel_max_abs, s.worst_channel_limit, s.max_abs, s.reference_max
+    );
+}
+
+/// Compares class maps label by label ([`fuse_ema::parity::labels::compare_labels`]): a label may
+/// differ only where the reference `logits` (B, nc, H, W) make it a near-tie within `tol`.
+pub fn assert_labels(
+    what: &str,
+    shape: &[usize],
+    got: &[f32],
+    want: &[f32],
+    logits: Option<&[f32]>,
+    tol: fuse_ema::parity::Tolerance,
+) {
+    assert_eq!(got.len(), want.len(), "{what}: element count");
+    let s = fuse_ema::parity::labels::compare_labels(what, shape, got, want, logits, tol);
+    assert!(
+        s.pass,
+        "{what}: {:.4}% of the labels differ; the worst by a logit margin {} over its limit {} (class {})",
+        100.0 * s.mean_abs,
+        s.max_abs,
+        s.worst_channel_limit,
+        s.worst_channel
     );
 }

@@ -28,8 +28,16 @@ pub const LAYERS: &[Layer] = &[
         },
     ),
     part("AdaptiveAvgPool2d", "Classify", "global average pooling"),
-    part("Dropout", "Classify", "identity at inference"),
-    part("Linear", "Classify", "the class projection"),
+    part(
+        "Dropout",
+        "Classify, AIFI, DeformableTransformerDecoderLayer",
+        "identity at inference",
+    ),
+    part(
+        "Linear",
+        "Classify, AIFI, RTDETRDecoder, MLP, MSDeformAttn, DeformableTransformerDecoderLayer",
+        "`nn.Linear`: the class projection; RT-DETR's projections on the last axis",
+    ),
 ];
 
 // ---- parse (shared) ----

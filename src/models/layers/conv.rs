@@ -39,7 +39,7 @@ pub const LAYERS: &[Layer] = &[
     ),
     part(
         "BatchNorm2d",
-        "Conv, DWConv",
+        "Conv, DWConv, RepConv, RTDETRDecoder",
         "inference BatchNorm (folded into the convolution when emitted)",
     ),
     layer(

@@ -10,6 +10,7 @@ use crate::models::registry::{self, Kind};
 use crate::models::{Backend, In, Net};
 
 use super::graph::{GraphBuilder, V};
+use super::proto::ElemType;
 
 /// Emits modules into a graph.
 pub struct Builder<'g> {
@@ -17,8 +18,14 @@ pub struct Builder<'g> {
     pub b: GraphBuilder,
     /// Outputs beyond the model's main one (`Segment`'s prototypes), in order.
     pub extra_outputs: Vec<V>,
+    /// Values whose element type is not the compute type (`SemanticSegment`'s class map), by
+    /// name: an output named here keeps its type (no Cast back to float32 in half mode).
+    pub integer_values: Vec<(String, ElemType)>,
     /// What the detection heads output (one-to-many, or end-to-end rows).
     pub head: HeadOptions,
+    /// The default-domain opset being written (operators whose attributes changed between
+    /// opsets, such as `GridSample`'s mode, read it).
+    pub opset: i64,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -28,9 +35,18 @@ impl<'g> Builder<'g> {
         Builder {
             b,
             extra_outputs: Vec::new(),
+            integer_values: Vec::new(),
             head: HeadOptions::default(),
+            opset: 17,
             _g: std::marker::PhantomData,
         }
+    }
+
+    /// The element type of the value `name` when it is not the compute type.
+    pub fn integer_elem(&self, name: &str) -> Option<ElemType> {
+        (self.integer_values.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, e)| *e)
     }
 
     /// Whether the builder emits `class` wherever a module runs (a list-valued layer: in the

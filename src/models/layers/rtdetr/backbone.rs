@@ -1,0 +1,168 @@
+//! RT-DETR's convolutional blocks: `HGStem`, `HGBlock`, `LightConv` (HGNetv2) and `RepC3`
+//! (whose `RepConv`s are declared with YOLOv9's blocks, `elan.rs`).
+
+use crate::checkpoint::py::{M, R};
+use crate::models::In;
+use crate::onnx::graph::V;
+use crate::onnx::proto::Attr;
+use crate::onnx::ultralytics::{Builder, check};
+use crate::reference::ops::{self, T};
+use crate::reference::{RefResult, Reference, e, shape};
+
+/// `HGStem`'s pool must be the 2×2, stride-1 window the stem is built with: with stride 1 its
+/// `ceil_mode=True` changes nothing.
+fn stem_pool(p: M) -> R<()> {
+    let one = |k: &str, want: i64| p.ints(k).is_some_and(|v| v.iter().all(|&x| x == want));
+    if one("kernel_size", 2) && one("stride", 1) && one("padding", 0) {
+        Ok(())
+    } else {
+        Err("HGStem pool is not a 2×2 stride-1 max pool".into())
+    }
+}
+
+// ---- emit ----
+
+impl Builder<'_> {
+    /// Zero padding of one row at the bottom and one column at the right (`F.pad(x, [0,1,0,1])`).
+    fn pad_br(&mut self, scope: &str, x: &V) -> R<V> {
+        let [n, c, h, w] = check::nchw(x, scope)?;
+        let pads = self
+            .b
+            .ints(&format!("{scope}/pads"), &[0, 0, 0, 0, 0, 0, 1, 1]);
+        let y = self.b.node(scope, "Pad", &[&x.name, &pads], vec![]);
+        Ok(V {
+            name: y,
+            shape: vec![n, c, h + 1, w + 1],
+        })
+    }
+
+    /// `HGStem`.
+    pub(crate) fn hgstem(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let conv = |b: &mut Self, name: &str, x: &V| {
+            b.conv_block(&format!("{scope}.{name}"), m.child(name)?, x)
+        };
+        let x = conv(self, "stem1", x)?;
+        let x = self.pad_br(scope, &x)?;
+        let x2 = conv(self, "stem2a", &x)?;
+        let x2 = self.pad_br(scope, &x2)?;
+        let x2 = conv(self, "stem2b", &x2)?;
+        stem_pool(m.child("pool")?)?;
+        let [n, c, h, w] = check::nchw(&x, scope)?;
+        let p = self.b.node(
+            &format!("{scope}.pool"),
+            "MaxPool",
+            &[&x.name],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![2, 2])),
+                ("strides", Attr::Ints(vec![1, 1])),
+            ],
+        );
+        let x1 = V {
+            name: p,
+            shape: vec![n, c, h - 1, w - 1],
+        };
+        let cat = self.cat(scope, &[x1, x2], 1)?;
+        let x = conv(self, "stem3", &cat)?;
+        conv(self, "stem4", &x)
+    }
+
+    /// `HGBlock`: every block's output kept, concatenated, squeezed and excited.
+    pub(crate) fn hgblock(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let mut ys = vec![x.clone()];
+        for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
+            let last = ys.last().expect("input").clone();
+            ys.push(self.module(&format!("{scope}.m.{i}"), b, In::One(last))?);
+        }
+        let cat = self.cat(scope, &ys, 1)?;
+        let y = self.conv_block(&format!("{scope}.sc"), m.child("sc")?, &cat)?;
+        let y = self.conv_block(&format!("{scope}.ec"), m.child("ec")?, &y)?;
+        Ok(if m.bool("add").unwrap_or(false) {
+            self.add(scope, x, &y)
+        } else {
+            y
+        })
+    }
+
+    /// `LightConv`: conv1 then conv2.
+    pub(crate) fn lightconv(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let y = self.conv_block(&format!("{scope}.conv1"), m.child("conv1")?, x)?;
+        self.conv_block(&format!("{scope}.conv2"), m.child("conv2")?, &y)
+    }
+
+    /// `RepC3`: cv3(m(cv1(x)) + cv2(x)).
+    pub(crate) fn repc3(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let a = self.module(&format!("{scope}.m"), m.child("m")?, In::One(a))?;
+        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, x)?;
+        if a.shape != b.shape {
+            return Err(format!(
+                "{scope}: RepC3 branches {:?} and {:?}",
+                a.shape, b.shape
+            ));
+        }
+        let s = self.add(scope, &a, &b);
+        self.module(&format!("{scope}.cv3"), m.child("cv3")?, In::One(s))
+    }
+}
+
+// ---- run ----
+
+/// Zero padding of one row at the bottom and one column at the right.
+fn pad_br(x: &T) -> RefResult<T> {
+    let (n, c, h, w) = shape::nchw(x, "HGStem")?;
+    let mut out = vec![0.0f32; n * c * (h + 1) * (w + 1)];
+    for p in 0..n * c {
+        for y in 0..h {
+            let src = &x.data[(p * h + y) * w..(p * h + y + 1) * w];
+            let d0 = (p * (h + 1) + y) * (w + 1);
+            out[d0..d0 + w].copy_from_slice(src);
+        }
+    }
+    Ok(T::new(out, vec![n, c, h + 1, w + 1]))
+}
+
+impl Reference<'_> {
+    pub(crate) fn hgstem(&mut self, m: M, x: &T) -> RefResult<T> {
+        let x = self.sub(m, "stem1", x)?;
+        let x = pad_br(&x)?;
+        let x2 = self.sub(m, "stem2a", &x)?;
+        let x2 = self.sub(m, "stem2b", &pad_br(&x2)?)?;
+        stem_pool(m.child("pool").map_err(e)?)?;
+        shape::pool(&x, 2, 1, 0, "HGStem pool")?;
+        let x1 = ops::max_pool(&x, 2, 1, 0);
+        shape::same_maps(&[&x1, &x2], "HGStem")?;
+        let x = self.sub(m, "stem3", &ops::cat_channels(&[&x1, &x2]))?;
+        self.sub(m, "stem4", &x)
+    }
+
+    pub(crate) fn hgblock(&mut self, m: M, x: &T) -> RefResult<T> {
+        let mut ys = vec![x.clone()];
+        for (_, b) in m.child("m").map_err(e)?.children() {
+            let last = ys.last().expect("input").clone();
+            ys.push(self.module(b, In::One(last))?);
+        }
+        let refs = ys.iter().collect::<Vec<_>>();
+        shape::same_maps(&refs, "HGBlock")?;
+        let y = self.sub(m, "sc", &ops::cat_channels(&refs))?;
+        let y = self.sub(m, "ec", &y)?;
+        Ok(if m.bool("add").unwrap_or(false) {
+            shape::same_shape(x, &y, "HGBlock")?;
+            ops::add(x, &y)
+        } else {
+            y
+        })
+    }
+
+    pub(crate) fn lightconv(&mut self, m: M, x: &T) -> RefResult<T> {
+        let y = self.sub(m, "conv1", x)?;
+        self.sub(m, "conv2", &y)
+    }
+
+    pub(crate) fn repc3(&mut self, m: M, x: &T) -> RefResult<T> {
+        let a = self.sub(m, "cv1", x)?;
+        let a = self.sub(m, "m", &a)?;
+        let b = self.sub(m, "cv2", x)?;
+        shape::same_shape(&a, &b, "RepC3")?;
+        self.sub(m, "cv3", &ops::add(&a, &b))
+    }
+}
