@@ -87,7 +87,7 @@ fn run_parity(
                     samples: p.parity_samples,
                 },
             };
-            parity::against_reference(rt, model, root, (&task.0, task.1), head, inputs, tol, nms)
+            parity::against_reference(rt, model, root, (&task.0, task.1), (head, nms), inputs, tol)
         }
     }
 }

@@ -402,16 +402,16 @@ fn worst(acc: &mut Vec<OutputStats>, new: Vec<OutputStats>) {
 }
 
 /// Runs the ONNX and the reference on `samples` seeded inputs of `shape` and compares them;
-/// `head` says what the model's detection head outputs (end-to-end rows are compared as sets).
+/// `head` says what the model's detection head outputs (end-to-end rows are compared as sets),
+/// `nms` the NMS the export embeds (its rows, too).
 pub fn against_reference(
     rt: &Engine,
     model: OnnxModel,
     reference: M,
     (task, nc): (&str, usize),
-    head: HeadOptions,
+    (head, nms): (HeadOptions, Option<NmsOutput>),
     inputs: Inputs,
     tol: Tolerance,
-    nms: Option<NmsOutput>,
 ) -> Result<ParityReport, String> {
     let mut r = Reference::new(reference)
         .map_err(|e| e.to_string())?
