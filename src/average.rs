@@ -322,8 +322,15 @@ pub fn average(
                 bytes.extend_from_slice(&x.to_le_bytes());
             }
         } else {
-            let v = combine::<f32>(inputs, k, method, &weights, convert::to_f32_vec)?;
-            let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let v = if t0.dtype == DType::F32 && !matches!(method, Method::Weighted { .. }) {
+                combine_f32(inputs, k, method)?
+            } else {
+                combine::<f32>(inputs, k, method, &weights, convert::to_f32_vec)?
+            };
+            let mut raw = Vec::with_capacity(v.len() * 4);
+            for x in &v {
+                raw.extend_from_slice(&x.to_le_bytes());
+            }
             if t0.dtype == DType::F32 {
                 bytes = raw;
             } else {
@@ -405,6 +412,58 @@ fn combine<R: Real>(
     for i in 1..inputs.len() {
         let x = load(i)?;
         step(method, weights, i, &mut acc, &x);
+    }
+    Ok(acc)
+}
+
+/// [`combine`] for f32 tensors and the running methods, without a copy of each input: the
+/// update runs on each chunk of stored bytes as it is read (same arithmetic as [`step`]).
+fn combine_f32(inputs: &[Input<'_>], k: usize, method: &Method) -> Result<Vec<f32>, AverageError> {
+    let unreadable = |i: usize| AverageError::Unreadable {
+        file: inputs[i].file.to_string(),
+        name: inputs[i].tensors[k].0.clone(),
+    };
+    let mut acc = convert::to_f32_vec(&inputs[0].tensors[k].1).ok_or_else(|| unreadable(0))?;
+    for (i, input) in inputs.iter().enumerate().skip(1) {
+        let t = &input.tensors[k].1;
+        let mut at = 0usize;
+        // (keep, take) for the EMA, or the divisor of the running mean; chosen once per input
+        // so the element loops below stay plain arithmetic.
+        let ema = match method {
+            Method::Ema { decay, every } => {
+                let d = decay.powf(f64::from(*every));
+                Some((d as f32, (1.0 - d) as f32))
+            }
+            _ => None,
+        };
+        let n1 = (i + 1) as f32;
+        t.for_each_chunk(|c| {
+            let n = c.len() / 4;
+            let dst = acc
+                .get_mut(at..at + n)
+                .ok_or_else(|| std::io::Error::other("more elements than the first input"))?;
+            let values = c
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            match ema {
+                Some((keep, take)) => {
+                    for (a, v) in dst.iter_mut().zip(values) {
+                        *a = keep * *a + take * v;
+                    }
+                }
+                None => {
+                    for (a, v) in dst.iter_mut().zip(values) {
+                        *a += (v - *a) / n1;
+                    }
+                }
+            }
+            at += n;
+            Ok(())
+        })
+        .map_err(|_| unreadable(i))?;
+        if at != acc.len() {
+            return Err(unreadable(i));
+        }
     }
     Ok(acc)
 }
