@@ -39,7 +39,25 @@ pub(super) fn locate(
     Ok((l, write::checkpoint_inputs(path, &other)))
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
+/// Whether a weights output is a torch `.pt` / `.pth` / `.bin` (else `.safetensors`); any other
+/// extension is a usage error.
+pub(super) fn torch_output(path: &std::path::Path) -> Result<bool, i32> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let torch = matches!(ext.as_str(), "pt" | "pth" | "bin");
+    if !torch && ext != "safetensors" {
+        return Err(fail(format_args!(
+            "{}: output must end in .safetensors, .pt, .pth or .bin",
+            path.display()
+        )));
+    }
+    Ok(torch)
+}
+
+pub(super) fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
     match serde_json::to_string_pretty(v) {
         Ok(s) => {
             println!("{s}");
@@ -224,165 +242,6 @@ fn verdict_json(
     }
 }
 
-pub(super) fn average(a: super::AverageArgs) -> i32 {
-    use crate::average::{self, Input, Method, Source};
-    let Some(dtype) = OutDType::parse(&a.dtype) else {
-        return fail(format_args!(
-            "--dtype {}: expected keep, f32, f16 or bf16",
-            a.dtype
-        ));
-    };
-    let method = match (&a.weights, a.ema_decay) {
-        (Some(w), _) => Method::Weighted { weights: w.clone() },
-        (None, Some(decay)) => Method::Ema {
-            decay,
-            every: a.every,
-        },
-        (None, None) => Method::Uniform,
-    };
-    if let Err(e) = method.check(a.files.len()) {
-        return fail(e);
-    }
-    let ext = a
-        .output
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let torch_out = matches!(ext.as_str(), "pt" | "pth" | "bin");
-    if !torch_out && ext != "safetensors" {
-        return fail(format_args!(
-            "{}: output must end in .safetensors, .pt, .pth or .bin",
-            a.output.display()
-        ));
-    }
-    let source = match a.source {
-        super::AverageSource::Ema => Source::Ema,
-        super::AverageSource::Raw => Source::Raw,
-    };
-    let mut contributions = Vec::with_capacity(a.files.len());
-    let mut input_paths = Vec::new();
-    for f in &a.files {
-        let ckpt = match super::open_strict(f, &a.strict) {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
-        if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
-            return code;
-        }
-        input_paths.extend(write::checkpoint_inputs(f, &ckpt));
-        match average::contribution(&ckpt, source) {
-            Ok(c) => contributions.push((f.display().to_string(), c)),
-            Err(e) => return fail(e),
-        }
-    }
-    let inputs: Vec<Input> = contributions
-        .iter()
-        .map(|(file, (tensors, _))| Input { file, tensors })
-        .collect();
-    let dir = match a.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let scratch = match tempfile::tempfile_in(&dir) {
-        Ok(f) => f,
-        Err(e) => return fail(format_args!("{}: scratch file: {e}", dir.display())),
-    };
-    let (tensors, report) = match average::average(&inputs, &method, scratch) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    let paths: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
-    let written = if torch_out {
-        write::torch_zip::write(&a.output, &paths, &tensors, dtype, &Bar::new("average"))
-            .map(|()| vec![a.output.clone()])
-    } else {
-        let mut meta = std::collections::BTreeMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        meta.insert(
-            "producer".to_string(),
-            format!("fuse-ema {} average", env!("CARGO_PKG_VERSION")),
-        );
-        meta.insert(
-            "average".to_string(),
-            serde_json::to_string(&report).unwrap_or_default(),
-        );
-        write::safetensors::write(
-            &a.output,
-            &paths,
-            &tensors,
-            dtype,
-            &meta,
-            None,
-            &Bar::new("average"),
-        )
-    };
-    let written = match written {
-        Ok(w) => w,
-        Err(e) => return fail(e),
-    };
-    if a.json {
-        let v = json!({
-            "inputs": contributions.iter().map(|(f, (_, origin))| json!({"file": f, "weights": origin})).collect::<Vec<_>>(),
-            "average": report,
-            "outputs": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        });
-        if let Err(code) = print_json(&v) {
-            return code;
-        }
-    } else {
-        for ((f, (_, origin)), w) in contributions.iter().zip(&report.weights) {
-            println!("  {w:.6}  {f}: {origin}");
-        }
-        println!(
-            "wrote {} ({} tensors: {} averaged, {} from the last checkpoint)",
-            a.output.display(),
-            report.tensors,
-            report.averaged,
-            report.from_last.len()
-        );
-    }
-    EXIT_OK
-}
-
-/// `completions`: the script for `shell` on stdout.
-pub(super) fn completions(shell: clap_complete::Shell, cmd: &mut clap::Command) -> i32 {
-    clap_complete::generate(shell, cmd, "fuse-ema", &mut std::io::stdout());
-    EXIT_OK
-}
-
-/// `man`: fuse-ema.1 on stdout, or a page per command written into `dir`.
-pub(super) fn man(dir: Option<&std::path::Path>, cmd: clap::Command) -> i32 {
-    let Some(dir) = dir else {
-        let mut out = std::io::stdout().lock();
-        return match clap_mangen::Man::new(cmd).render(&mut out) {
-            Ok(()) => EXIT_OK,
-            Err(e) => fail(format_args!("man page: {e}")),
-        };
-    };
-    let mut pages = vec![("fuse-ema".to_string(), cmd.clone())];
-    for sub in cmd.get_subcommands() {
-        let name = format!("fuse-ema-{}", sub.get_name());
-        pages.push((name.clone(), sub.clone().name(name)));
-    }
-    for (name, page) in pages {
-        let mut bytes = Vec::new();
-        if let Err(e) = clap_mangen::Man::new(page).render(&mut bytes) {
-            return fail(format_args!("man page {name}: {e}"));
-        }
-        let path = dir.join(format!("{name}.1"));
-        let written = write::AtomicFile::create(&path, &[]).and_then(|mut f| {
-            std::io::Write::write_all(f.file(), &bytes)
-                .map_err(|e| write::WriteError::new(&path, e.to_string()))?;
-            f.commit()
-        });
-        if let Err(e) = written {
-            return fail(e);
-        }
-    }
-    EXIT_OK
-}
-
 pub(super) fn fold(a: FoldArgs) -> i32 {
     let Some(dtype) = OutDType::parse(&a.dtype) else {
         return fail(format_args!(
@@ -401,19 +260,10 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
             }
         },
     };
-    let ext = a
-        .output
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let torch_out = matches!(ext.as_str(), "pt" | "pth" | "bin");
-    if !torch_out && ext != "safetensors" {
-        return fail(format_args!(
-            "{}: output must end in .safetensors, .pt, .pth or .bin",
-            a.output.display()
-        ));
-    }
+    let torch_out = match torch_output(&a.output) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     if torch_out && max_shard.is_some() {
         return fail("--max-shard-size writes safetensors shards; use a .safetensors output");
     }

@@ -1,9 +1,11 @@
 //! Command-line parsing and dispatch. Logic lives in the library; this module only turns
 //! arguments into calls and results into text, JSON and exit codes.
 
+mod average;
 mod commands;
 mod export;
 mod graft;
+mod manual;
 mod progress;
 mod render;
 mod strip;
@@ -454,13 +456,11 @@ pub fn run() -> i32 {
     };
     match cli.command {
         Command::Inspect(a) => commands::inspect(a),
-        Command::Average(a) => commands::average(a),
+        Command::Average(a) => average::average(a),
         Command::Completions(a) => {
-            commands::completions(a.shell, &mut <Cli as clap::CommandFactory>::command())
+            manual::completions(a.shell, &mut <Cli as clap::CommandFactory>::command())
         }
-        Command::Man(a) => {
-            commands::man(a.dir.as_deref(), <Cli as clap::CommandFactory>::command())
-        }
+        Command::Man(a) => manual::man(a.dir.as_deref(), <Cli as clap::CommandFactory>::command()),
         Command::Fold(a) => commands::fold(a),
         Command::Diff(a) => commands::diff(a),
         Command::Export(a) => export::export(a),

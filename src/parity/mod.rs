@@ -2,8 +2,10 @@
 //! Runtime; the checkpoint runs in the independent reference interpreter; outputs are compared
 //! numerically and at task level (detections after NMS, classification top-k).
 
+mod inputs;
 pub mod labels;
 pub mod letterbox;
+mod nms_output;
 pub mod npy;
 pub mod npz;
 mod rows;
@@ -15,84 +17,14 @@ use serde::Serialize;
 use crate::checkpoint::py::M;
 use crate::models::layers::heads::HeadOptions;
 use crate::reference::Reference;
-use crate::reference::ops::T;
-use crate::runtime::{Engine, RuntimeError};
+use crate::runtime::Engine;
 
+use inputs::run_onnx;
+pub use inputs::{Inputs, OnnxModel, seeded_images};
+pub use nms_output::NmsOutput;
 pub use rows::{RowsTolerance, rows_check};
 pub use task::{Agreement, TaskCheck, task_check};
 pub use topk_rows::compare_rows;
-
-/// An `--nms` export: its `output0` holds detection rows, which the reference makes by running
-/// its own NMS on the model's output, and which are compared as sets ([`rows_check`]).
-#[derive(Clone, Copy, Debug)]
-pub struct NmsOutput {
-    /// The NMS the export embeds.
-    pub nms: crate::onnx::nms::Nms,
-    /// Rows per image.
-    pub max_det: usize,
-    /// Pose models: values per keypoint (`kpt_shape[1]`).
-    pub kpt_dim: Option<usize>,
-}
-
-impl NmsOutput {
-    /// The reference's rows from its raw (B, 4 + nc + extra, anchors) `output0`.
-    fn rows(&self, raw: &T, task: &str, nc: usize, input: &[usize]) -> Result<T, String> {
-        let rows = raw.shape.get(1).copied().unwrap_or(0);
-        if raw.shape.len() != 3 || rows < 4 + nc || input.len() != 4 {
-            return Err(format!(
-                "--nms needs a (B, 4 + {nc} + extra, anchors) output; the model gives {:?}",
-                raw.shape
-            ));
-        }
-        let layout = crate::onnx::nms::Layout {
-            nc: nc as i64,
-            extra: (rows - 4 - nc) as i64,
-        };
-        let hw = (input[2], input[3]);
-        if task == "obb" {
-            if layout.extra != 1 {
-                return Err(format!("an obb output with {} angle rows", layout.extra));
-            }
-            let r = crate::reference::nms::nms_rotated(raw, nc, &self.nms, self.max_det, hw);
-            return Ok(r);
-        }
-        Ok(crate::reference::nms::nms(
-            raw,
-            layout,
-            &self.nms,
-            self.max_det,
-            hw,
-        ))
-    }
-
-    /// The f16 rounding noise of each column group of the rows ([`rows::group`]), from the
-    /// exact and the f16-emulating reference's raw outputs (channel = row of the raw output).
-    fn noise(&self, exact: &T, emulated: &T, nc: usize) -> [f64; 5] {
-        let per_channel = channel_noise(&exact.shape, &emulated.data, &exact.data);
-        let mut groups = [0f64; 5];
-        for (r, n) in per_channel.iter().enumerate() {
-            // Raw rows: box 0..4, scores 4..4 + nc, then the extras as the rows' columns 6….
-            let column = match r {
-                0..=3 => r,
-                _ if r < 4 + nc => 4,
-                _ => r - 4 - nc + 6,
-            };
-            let g = &mut groups[rows::group(column, self.kpt_dim)];
-            *g = g.max(*n);
-        }
-        groups
-    }
-
-    fn tolerance(&self, tol: Tolerance) -> RowsTolerance {
-        RowsTolerance {
-            atol: tol.atol,
-            rtol: tol.rtol,
-            conf: self.nms.conf,
-            kpt_dim: self.kpt_dim,
-            noise: [0.0; 5],
-        }
-    }
-}
 
 /// Pass criterion, per channel of each output: max |Δ| ≤ atol + rtol · max |reference| over that
 /// channel. Per channel, because one output mixes scales — box coordinates in the hundreds beside
@@ -321,60 +253,6 @@ fn agreement(
             boxes: None,
         },
     }
-}
-
-/// Deterministic uniform [0, 1) images (splitmix64), the same for every runtime and run.
-pub fn seeded_images(shape: &[usize], seed: u64) -> T {
-    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let n: usize = shape.iter().product();
-    let data = (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect();
-    T::new(data, shape.to_vec())
-}
-
-/// What the reference comparison runs on.
-pub enum Inputs<'a> {
-    /// `samples` seeded uniform batches of `shape`.
-    Seeded {
-        /// Input shape.
-        shape: &'a [usize],
-        /// How many batches.
-        samples: usize,
-    },
-    /// A prepared image and its file name.
-    Image(T, String),
-}
-
-/// Where the ONNX comes from.
-pub enum OnnxModel<'a> {
-    /// Serialised bytes.
-    Bytes(&'a [u8]),
-    /// A file (external data beside it).
-    File(&'a std::path::Path),
-}
-
-fn run_onnx(rt: &Engine, model: &OnnxModel, images: &T) -> Result<Vec<(String, T)>, RuntimeError> {
-    let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())
-        .map_err(|e| RuntimeError(e.to_string()))?;
-    let outs = match model {
-        OnnxModel::Bytes(b) => rt.run(b, &[("images", a)])?,
-        OnnxModel::File(p) => rt.run_file(p, &[("images", a)])?,
-    };
-    Ok(outs
-        .into_iter()
-        .map(|(n, a)| {
-            let shape = a.shape().to_vec();
-            (n, T::new(a.iter().copied().collect(), shape))
-        })
-        .collect())
 }
 
 /// Merges per-sample statistics, keeping the worst of each.
