@@ -33,10 +33,9 @@ fn compare(out: &std::path::Path, expected: &str) {
     }
 }
 
-fn average(files: &[&str], extra: &[&str]) -> (i32, serde_json::Value, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("avg.safetensors");
-    let paths: Vec<String> = files
+/// The fixtures' paths as strings, for a command line.
+fn paths(files: &[&str]) -> Vec<String> {
+    files
         .iter()
         .map(|f| {
             fixture(&format!("average/{f}"))
@@ -44,7 +43,13 @@ fn average(files: &[&str], extra: &[&str]) -> (i32, serde_json::Value, tempfile:
                 .unwrap()
                 .to_string()
         })
-        .collect();
+        .collect()
+}
+
+fn average(files: &[&str], extra: &[&str]) -> (i32, serde_json::Value, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("avg.safetensors");
+    let paths = paths(files);
     let mut args = vec!["average"];
     args.extend(paths.iter().map(String::as_str));
     args.extend_from_slice(&["-o", out.to_str().unwrap(), "--json"]);
@@ -127,15 +132,7 @@ fn checkpoints_of_different_models_and_bad_options_are_refused() {
         vec!["--ema-decay", "1.5"],
     ] {
         let mut args = vec!["average"];
-        let files: Vec<String> = EPOCHS
-            .iter()
-            .map(|f| {
-                fixture(&format!("average/{f}"))
-                    .to_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let files = paths(EPOCHS);
         args.extend(files.iter().map(String::as_str));
         args.extend_from_slice(&["-o", out.to_str().unwrap()]);
         args.extend_from_slice(&bad);
@@ -164,15 +161,7 @@ fn checkpoints_of_different_models_and_bad_options_are_refused() {
 fn a_pt_output_holds_the_same_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("avg.pt");
-    let files: Vec<String> = EPOCHS
-        .iter()
-        .map(|f| {
-            fixture(&format!("average/{f}"))
-                .to_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let files = paths(EPOCHS);
     let mut args = vec!["average"];
     args.extend(files.iter().map(String::as_str));
     args.extend_from_slice(&["-o", out.to_str().unwrap()]);
