@@ -274,6 +274,9 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     }
     let mut bld = ultralytics::Builder::new(graph);
     bld.opset = opts.opset;
+    bld.bn_fold = crate::models::layers::conv::BnFold::for_version(
+        g.dict_get(&ckpt.root, "version").and_then(|v| v.as_str()),
+    );
     bld.head = HeadOptions {
         end2end: opts.end2end,
         max_det: opts.max_det,

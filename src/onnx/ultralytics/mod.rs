@@ -26,6 +26,8 @@ pub struct Builder<'g> {
     /// The default-domain opset being written (operators whose attributes changed between
     /// opsets, such as `GridSample`'s mode, read it).
     pub opset: i64,
+    /// The BatchNorm fold's operation order (the checkpoint's Ultralytics release).
+    pub bn_fold: crate::models::layers::conv::BnFold,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -38,6 +40,7 @@ impl<'g> Builder<'g> {
             integer_values: Vec::new(),
             head: HeadOptions::default(),
             opset: 17,
+            bn_fold: Default::default(),
             _g: std::marker::PhantomData,
         }
     }
