@@ -10,7 +10,6 @@ pub mod npy;
 pub mod npz;
 mod rows;
 mod task;
-mod topk_rows;
 
 use serde::Serialize;
 
@@ -22,9 +21,8 @@ use crate::runtime::Engine;
 use inputs::run_onnx;
 pub use inputs::{Inputs, OnnxModel, seeded_images};
 pub use nms_output::NmsOutput;
-pub use rows::{RowsTolerance, rows_check};
+pub use rows::{RowsTolerance, compare_rows, detection_sets, rows_check};
 pub use task::{Agreement, TaskCheck, task_check};
-pub use topk_rows::compare_rows;
 
 /// Pass criterion, per channel of each output: max |Δ| ≤ atol + rtol · max |reference| over that
 /// channel. Per channel, because one output mixes scales — box coordinates in the hundreds beside
