@@ -214,3 +214,19 @@ fn top_k_rows_have_no_threshold() {
     let (s, t) = detection_sets("output0", &[1, 5, 7], &g, &w, nms);
     assert!(s.pass, "{}", t[0].detail);
 }
+
+/// The f16 noise of top-k rows pairs each exact row with the emulated row of its class whose box
+/// is nearest, whatever the order, and leaves out rows whose box has no partner within the base
+/// box limit (another detection, not noise).
+#[test]
+fn f16_noise_pairs_rows_by_class_and_box() {
+    let exact = top_k();
+    let mut emulated = exact.clone();
+    emulated.swap(0, 1);
+    emulated[0][4] += 0.05; // exact row 1 (class 1), now first: its score moved by 0.05
+    emulated[3] = [40.0, 30.0, 60.0, 40.0, 0.9, 0.0, 0.0]; // row 3 replaced by another box
+    let t = |r: &[[f32; 7]]| T::new(flat(r), vec![1, 4, 7]);
+    let n = f16_noise(&t(&exact), &t(&emulated), RowsTolerance::top_k(F32));
+    assert!((n[1] - 0.05).abs() < 1e-6, "score noise {n:?}");
+    assert_eq!(n[0], 0.0, "boxes of paired rows are equal: {n:?}");
+}
