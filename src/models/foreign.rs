@@ -38,25 +38,97 @@ pub fn refusal(root: M, key: &str) -> Option<String> {
     }
     match root.class().as_str() {
         "WorldModel" => Some(world(root, key)),
-        "YOLOEModel" | "YOLOESegModel" => Some(format!(
-            "'{key}' is a {} (YOLOE): its head scores classes against prompt embeddings (`pe`, set by set_classes) that `yolo export` fuses into the class branch; fuse-ema does not do that yet",
-            root.class()
-        )),
+        "YOLOEModel" | "YOLOESegModel" => Some(yoloe(root, key)),
         _ => None,
     }
 }
 
-/// YOLO-World: what the checkpoint holds decides what is missing.
+/// The classes of the open-vocabulary layers in `root`'s tree that take the class text (or
+/// prompt) embeddings, in the order they first appear, each with its text-side part.
+fn text_layers(root: M) -> Vec<&'static str> {
+    const TEXT: &[(&str, &str)] = &[
+        (
+            "C2fAttn",
+            "C2fAttn (MaxSigmoidAttnBlock: image features attend to the text)",
+        ),
+        (
+            "ImagePoolingAttn",
+            "ImagePoolingAttn (updates the text embeddings from pooled image features)",
+        ),
+        ("WorldDetect", "WorldDetect"),
+        (
+            "ContrastiveHead",
+            "ContrastiveHead (class scores as region·text similarities)",
+        ),
+        (
+            "BNContrastiveHead",
+            "BNContrastiveHead (class scores as region·text similarities)",
+        ),
+        ("YOLOEDetect", "YOLOEDetect"),
+        ("YOLOESegment", "YOLOESegment"),
+        ("YOLOESegment26", "YOLOESegment26"),
+        ("LRPCHead", "LRPCHead (a built-in vocabulary, prompt-free)"),
+    ];
+    let mut seen = Vec::new();
+    let mut stack = vec![root];
+    while let Some(m) = stack.pop() {
+        if let Some((_, what)) = TEXT.iter().find(|(c, _)| *c == m.class())
+            && !seen.contains(what)
+        {
+            seen.push(*what);
+        }
+        // Depth-first in pickled order.
+        stack.extend(m.children().into_iter().rev().map(|(_, c)| c));
+    }
+    seen
+}
+
+/// The shape of a plain tensor attribute (`self.txt_feats = …`, not a parameter or buffer).
+fn tensor_attr_shape(m: M, name: &str) -> Option<Vec<usize>> {
+    m.attr(name)
+        .and_then(|v| m.g.tensor(v))
+        .map(|t| t.shape.iter().map(|&d| d as usize).collect())
+}
+
+/// YOLO-World (`yolov8-world`, `yolov8-worldv2`): what the checkpoint holds decides what is
+/// missing. Its trainer calls `set_classes(names)` before training, so a trained checkpoint
+/// holds the CLIP embeddings of its own class names.
 fn world(root: M, key: &str) -> String {
-    let layers = "its C2fAttn layers (MaxSigmoidAttnBlock) and its WorldDetect head (BNContrastiveHead) take the class text embeddings as a second input beside the image features";
-    // A plain tensor attribute (`self.txt_feats = …`), not a parameter or buffer.
-    let txt_feats = root.attr("txt_feats").and_then(|v| root.g.tensor(v));
-    match txt_feats.map(|t| t.shape.clone()) {
+    let layers = text_layers(root).join(", ");
+    match tensor_attr_shape(root, "txt_feats") {
         Some(shape) => format!(
-            "'{key}' is a WorldModel (YOLO-World): {layers}; the checkpoint carries them (`txt_feats` {shape:?}, one per class, no CLIP needed), but fuse-ema's layer walk does not pass a second input yet: export it with `yolo export`"
+            "'{key}' is a WorldModel (YOLO-World): its layers {layers} take the class text embeddings as a second input beside the image features; the checkpoint holds them (`txt_feats` {shape:?}: one CLIP embedding per class, saved by set_classes), so no text encoder is needed, but exporting them as constants of a fixed-vocabulary detector (as `yolo export` does) needs these layers in fuse-ema's builder and interpreter, which it does not have yet: export it with `yolo export`"
         ),
         None => format!(
-            "'{key}' is a WorldModel (YOLO-World): {layers}, and the checkpoint has no `txt_feats`: embed the class names with its text encoder (CLIP, `model.set_classes(names)`) in Python and save it first"
+            "'{key}' is a WorldModel (YOLO-World): its layers {layers} take the class text embeddings as a second input, and the checkpoint has none (`txt_feats`): they come from its CLIP ViT-B/32 text encoder, which fuse-ema does not run; call `model.set_classes(names)` in Ultralytics and save the model first"
+        ),
+    }
+}
+
+/// YOLOE (`yoloe-v8`, `yoloe-11`, `yoloe-26`, each also `-seg`): the head scores classes
+/// against prompt embeddings (`pe`, set by `set_classes(names, embeddings)`) that `yolo export`
+/// fuses into each level's class convolution; a prompt-free model (`set_vocab`) has an
+/// `LRPCHead` vocabulary instead.
+fn yoloe(root: M, key: &str) -> String {
+    let class = root.class();
+    let layers = text_layers(root).join(", ");
+    let head = root
+        .child("model")
+        .ok()
+        .and_then(|l| l.children().pop())
+        .map(|(_, h)| h);
+    let text_model = root.str("text_model").unwrap_or("mobileclip:blt");
+    if head.is_some_and(|h| h.opt_child("lrpc").is_some()) {
+        return format!(
+            "'{key}' is a {class} (YOLOE, prompt-free): its head {layers} scores a built-in vocabulary through LRPCHead, which fuse-ema's builder and interpreter do not have yet: export it with `yolo export`"
+        );
+    }
+    match tensor_attr_shape(root, "pe") {
+        Some(shape) => format!(
+            "'{key}' is a {class} (YOLOE): its head {layers} scores classes against the prompt embeddings, which the checkpoint holds (`pe` {shape:?}, saved by set_classes), so no text encoder is needed, but `yolo export` first fuses them into each level's class convolution (BNContrastiveHead's BatchNorm and logit scale folded in: YOLOEDetect.fuse), which fuse-ema does not do yet: export it with `yolo export`"
+        ),
+        None => format!(
+            "'{key}' is a {class} (YOLOE): its head {layers} scores classes against prompt embeddings, and the checkpoint has none (`pe`): they come from its text encoder ({text_model}), which fuse-ema does not run; call `model.set_classes(names, model.get_text_pe(names))` in Ultralytics and save the model first"
         ),
     }
 }
