@@ -87,7 +87,7 @@ fn text_layers(root: M) -> Vec<&'static str> {
 fn tensor_attr_shape(m: M, name: &str) -> Option<Vec<usize>> {
     m.attr(name)
         .and_then(|v| m.g.tensor(v))
-        .map(|t| t.shape.iter().map(|&d| d as usize).collect())
+        .map(|t| t.shape.clone())
 }
 
 /// YOLO-World (`yolov8-world`, `yolov8-worldv2`): what the checkpoint holds decides what is
