@@ -100,13 +100,22 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
                 assert!(c.pass, "{what} {name}: image {}: {}", c.image, c.detail);
             }
         } else if i == 0 {
-            assert_detections(
-                &format!("{what} {name}"),
-                variant,
-                &want.shape,
-                &g,
-                &want.data,
-            );
+            // End-to-end and RT-DETR rows: the same set comparison, top-k rules (no threshold;
+            // a row may go unmatched only at the cut or at a saturated tie).
+            let tol = fuse_ema::parity::RowsTolerance {
+                kpt_dim: what.contains("pose").then_some(3),
+                ..fuse_ema::parity::RowsTolerance::top_k(fuse_ema::parity::Tolerance {
+                    atol: 1e-4,
+                    rtol: 1e-4,
+                    f16_noise: None,
+                })
+            };
+            let (stats, checks) =
+                fuse_ema::parity::detection_sets(&name, &want.shape, &g, &want.data, tol);
+            for c in &checks {
+                assert!(c.pass, "{what} {name}: image {}: {}", c.image, c.detail);
+            }
+            assert!(stats.pass && stats.reference_max > 0.0, "{what}: {stats:?}");
         } else {
             // Mask prototypes beside detection rows are a plain map.
             assert_channels(
@@ -129,70 +138,6 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
 
 fn names(v: &[(String, ArrayD<f32>)]) -> Vec<&str> {
     v.iter().map(|(n, _)| n.as_str()).collect()
-}
-
-/// Detection rows (B, K, 6 + extra: x1 y1 x2 y2 score class …) compared as sets per image: each
-/// of PyTorch's rows must have a row of the same class whose every column is within
-/// 1e-4·max|column| plus 1e-4, and the other way round. Rows may reorder where scores tie. A row may go unmatched only
-/// where ties make the set itself ambiguous: its score within the tolerance of the lowest kept
-/// score (top-k cut) or of the confidence threshold (NMS).
-fn assert_detections(what: &str, variant: &str, shape: &[usize], got: &[f32], want: &[f32]) {
-    assert_eq!(shape.len(), 3, "{what}: detection rows are (B, K, C)");
-    let (b, k, c) = (shape[0], shape[1], shape[2]);
-    assert!(c >= 6, "{what}: {c} columns");
-    let tol: Vec<f32> = (0..c)
-        .map(|j| {
-            let m = (0..b * k)
-                .map(|r| want[r * c + j].abs())
-                .fold(0f32, f32::max);
-            1e-4 * m + 1e-4
-        })
-        .collect();
-    let close = |x: &[f32], y: &[f32]| {
-        x[5] == y[5]
-            && x.iter()
-                .zip(y)
-                .zip(&tol)
-                .all(|((p, q), t)| (p - q).abs() <= *t)
-    };
-    // NMS pads with all-zero rows; end-to-end top-k fills every row.
-    let valid = |r: &[f32]| variant != "nms" || r.iter().any(|v| *v != 0.0);
-    let mut matched_rows = 0;
-    for img in 0..b {
-        let rows = |d: &'_ [f32]| -> Vec<Vec<f32>> {
-            (0..k)
-                .map(|r| d[(img * k + r) * c..(img * k + r + 1) * c].to_vec())
-                .filter(|r| valid(r))
-                .collect()
-        };
-        let (g, w) = (rows(got), rows(want));
-        let floor = w.iter().map(|r| r[4]).fold(f32::INFINITY, f32::min);
-        let borderline = |r: &[f32]| {
-            (r[4] - floor).abs() <= 2.0 * tol[4]
-                || (variant == "nms" && (r[4] - 0.25).abs() <= 2.0 * tol[4])
-        };
-        for (side, from, to) in [("PyTorch", &w, &g), ("ONNX", &g, &w)] {
-            let mut used = vec![false; to.len()];
-            for r in from.iter() {
-                match (0..to.len()).find(|&j| !used[j] && close(r, &to[j])) {
-                    Some(j) => {
-                        used[j] = true;
-                        matched_rows += 1;
-                    }
-                    None => assert!(
-                        borderline(r),
-                        "{what}: image {img}: {side} row {r:?} has no match (of {} rows, {} valid)",
-                        k,
-                        to.len()
-                    ),
-                }
-            }
-        }
-    }
-    assert!(
-        variant == "nms" || matched_rows > 0,
-        "{what}: no rows compared"
-    );
 }
 
 /// Exports `stem` in `variant` at every golden size (a static file per size) and compares.
