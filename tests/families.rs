@@ -478,3 +478,71 @@ fn rtdetr_half_passes_parity_at_both_sizes() {
         );
     }
 }
+
+/// YOLO-World and YOLOE variants the trained fixture does not cover, from structure-only
+/// checkpoints (`fixtures/families/open_vocab.py`: the real class names and attributes, no
+/// weights): each refusal names the text-taking layers found and what is missing — the layers
+/// when the embeddings are held, the text encoder when they are not.
+#[test]
+fn open_vocabulary_refusals_say_what_is_missing() {
+    let world = "its layers C2fAttn (MaxSigmoidAttnBlock: image features attend to the text)";
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "yolov8-world-v1",
+            &[
+                "'model' is a WorldModel (YOLO-World): ",
+                world,
+                "ImagePoolingAttn (updates the text embeddings from pooled image features), WorldDetect, ContrastiveHead",
+                "the checkpoint holds them (`txt_feats` [1, 2, 512]",
+                "so no text encoder is needed",
+                "needs these layers in fuse-ema's builder and interpreter",
+            ],
+        ),
+        (
+            "yolov8-worldv2-no-txt-feats",
+            &[
+                world,
+                "WorldDetect, BNContrastiveHead",
+                "the checkpoint has none (`txt_feats`): they come from its CLIP ViT-B/32 text encoder, which fuse-ema does not run",
+            ],
+        ),
+        (
+            "yoloe-26-detect-pe",
+            &[
+                "'model' is a YOLOEModel (YOLOE): its head YOLOEDetect, BNContrastiveHead",
+                "which the checkpoint holds (`pe` [1, 2, 512]",
+                "so no text encoder is needed",
+                "YOLOEDetect.fuse), which fuse-ema does not do yet",
+            ],
+        ),
+        (
+            "yoloe-26-seg-no-pe",
+            &[
+                "'model' is a YOLOESegModel (YOLOE): its head YOLOESegment26",
+                "the checkpoint has none (`pe`): they come from its text encoder (mobileclip2:b), which fuse-ema does not run",
+            ],
+        ),
+        (
+            "yoloe-26-detect-prompt-free",
+            &[
+                "'model' is a YOLOEModel (YOLOE, prompt-free)",
+                "through LRPCHead",
+            ],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (stem, parts) in cases {
+        let ckpt = fixture(&format!("families/open-vocab/{stem}.pt"));
+        let out = dir.path().join(format!("{stem}.onnx"));
+        let r = common::golden::export(&ckpt, &out, &[]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{stem}: {err}");
+        let head = format!("fuse-ema: error: {}: cannot export: ", ckpt.display());
+        assert!(err.starts_with(&head), "{stem}: {err}");
+        assert_eq!(err.lines().count(), 1, "{stem}: one line: {err}");
+        for p in *parts {
+            assert!(err.contains(p), "{stem}: missing {p:?} in {err}");
+        }
+        assert!(!out.exists(), "{stem}: nothing written");
+    }
+}
