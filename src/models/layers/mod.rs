@@ -8,6 +8,7 @@ pub mod act;
 pub mod area_attention;
 pub mod attention;
 pub mod basic;
+pub mod classic;
 pub mod classify;
 pub mod conv;
 pub mod csp;
