@@ -98,7 +98,7 @@ impl<'g> AnchorHead<'g> {
             .into_iter()
             .map(|s| s as f32)
             .collect();
-        if convs.len() != nl || strides.len() != nl || strides.iter().any(|s| !(*s > 0.0)) {
+        if convs.len() != nl || strides.len() != nl || strides.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return Err(format!(
                 "{class}: {} convolutions and strides {strides:?} for {nl} levels",
                 convs.len()
