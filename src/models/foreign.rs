@@ -11,7 +11,7 @@ use crate::checkpoint::py::M;
 pub enum Classic {
     /// ultralytics/yolov5 (v6–v7) or the `yolov5` pip package: anchor-based `Detect`.
     Yolov5,
-    /// WongKinYiu/yolov7: `IDetect`.
+    /// WongKinYiu/yolov7: `IDetect` or `IAuxDetect`.
     Yolov7,
 }
 
@@ -61,7 +61,7 @@ impl Classic {
 
 /// The classic repository of a detection model fuse-ema exports: the root is
 /// `models.yolo.Model` / `DetectionModel` (or the pip package's `yolov5.models.yolo.*`) and the
-/// head YOLOv5's `Detect` or YOLOv7's `IDetect`; `None` for anything else.
+/// head YOLOv5's `Detect` or YOLOv7's `IDetect` / `IAuxDetect`; `None` for anything else.
 pub fn classic(root: M) -> Option<Classic> {
     let dotted = |m: M| {
         let d = module::class_name(m.g, m.v)?;
@@ -77,7 +77,7 @@ pub fn classic(root: M) -> Option<Classic> {
     let head = root.child("model").ok()?.children().pop()?.1;
     match dotted(head)?.as_str() {
         "models.yolo.Detect" => Some(Classic::Yolov5),
-        "models.yolo.IDetect" => Some(Classic::Yolov7),
+        "models.yolo.IDetect" | "models.yolo.IAuxDetect" => Some(Classic::Yolov7),
         _ => None,
     }
 }

@@ -153,6 +153,7 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("rtdetr/mod.rs", layers::rtdetr::LAYERS),
     ("dense.rs", layers::dense::LAYERS),
     ("classic.rs", layers::classic::LAYERS),
+    ("classic_v7.rs", layers::classic_v7::LAYERS),
 ];
 
 /// Model classes (the pickled root) and the task each exports as.

@@ -1,7 +1,8 @@
 //! The classic YOLO repositories' own classes: YOLOv5's anchor-based `Detect` (ultralytics/yolov5,
 //! `models.yolo.Detect`, which shares its short name with Ultralytics' anchor-free head and is
-//! therefore registered by its pickled path), YOLOv7's `IDetect` with its `ImplicitA` /
-//! `ImplicitM`, and YOLOv7's pooling wrappers `MP` and `SP`. Their `Conv`, `C3`, `Bottleneck`,
+//! therefore registered by its pickled path), YOLOv7's `IDetect` / `IAuxDetect` with their
+//! `ImplicitA` / `ImplicitM`, and YOLOv7's pooling wrappers `MP` and `SP` (its other blocks are in
+//! `classic_v7.rs`). Their `Conv`, `C3`, `Bottleneck`,
 //! `SPPF` and `Concat` compute what Ultralytics' classes of the same names compute and use
 //! those entries.
 //!
@@ -35,14 +36,21 @@ pub const LAYERS: &[Layer] = &[
         |b, s, m, x| b.anchor_head(s, m, &x.many()),
         |r, m, x| anchor_head(r, m, x.many()),
     ),
+    head(
+        "IAuxDetect",
+        "detect",
+        "YOLOv7's P6 head with auxiliary training branches: `IDetect` on the first `nl` inputs; the auxiliary convolutions (`m2`) serve training only and are not evaluated",
+        |b, s, m, x| b.anchor_head(s, m, &x.many()),
+        |r, m, x| anchor_head(r, m, x.many()),
+    ),
     part(
         "ImplicitA",
-        "IDetect",
+        "IDetect, IAuxDetect",
         "a learned per-channel offset added to a head level's input",
     ),
     part(
         "ImplicitM",
-        "IDetect",
+        "IDetect, IAuxDetect",
         "a learned per-channel scale applied to a head level's output",
     ),
     layer(
@@ -86,9 +94,11 @@ impl<'g> AnchorHead<'g> {
                 .ok_or_else(|| format!("{class} has no usable `{k}`"))
         };
         let (nc, no, na, nl) = (get("nc")?, get("no")?, get("na")?, get("nl")?);
-        if no != nc + 5 || na == 0 || nl != levels {
+        // IAuxDetect reads its auxiliary levels after the `nl` it decodes.
+        let inputs = if class == "IAuxDetect" { 2 * nl } else { nl };
+        if no != nc + 5 || na == 0 || inputs != levels {
             return Err(format!(
-                "{class}: no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, one level per input)"
+                "{class}: no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, {inputs} inputs)"
             ));
         }
         let convs: Vec<M> = m.child("m")?.children().into_iter().map(|c| c.1).collect();
@@ -98,7 +108,10 @@ impl<'g> AnchorHead<'g> {
             .into_iter()
             .map(|s| s as f32)
             .collect();
-        if convs.len() != nl || strides.len() != nl || strides.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+        if convs.len() != nl
+            || strides.len() != nl
+            || strides.iter().any(|s| !s.is_finite() || *s <= 0.0)
+        {
             return Err(format!(
                 "{class}: {} convolutions and strides {strides:?} for {nl} levels",
                 convs.len()
@@ -106,7 +119,7 @@ impl<'g> AnchorHead<'g> {
         }
         // YOLOv7 keeps the pixel anchors as the buffer `anchor_grid` (nl, 1, na, 1, 1, 2);
         // YOLOv5 computes them as `anchors` (nl, na, 2, in strides) times the stride.
-        let implicit_head = class == "IDetect";
+        let implicit_head = matches!(class.as_str(), "IDetect" | "IAuxDetect");
         let (px, shape) = if implicit_head {
             m.need_f32("anchor_grid")?
         } else {
@@ -202,6 +215,7 @@ impl Builder<'_> {
             );
         }
         let h = AnchorHead::parse(m, xs.len())?;
+        let xs = &xs[..h.convs.len()];
         let (na, no) = (h.na as i64, h.no as i64);
         let mut levels = Vec::new();
         let (mut batch, mut rows) = (0, 0);
@@ -262,6 +276,8 @@ impl Builder<'_> {
 /// implicit offset, the convolution, the implicit scale, then the decode.
 fn anchor_head(r: &mut Reference, m: M, xs: Vec<T>) -> RefResult<T> {
     let h = AnchorHead::parse(m, xs.len()).map_err(e)?;
+    let mut xs = xs;
+    xs.truncate(h.convs.len());
     let (na, no) = (h.na, h.no);
     let batch = xs.first().map(|x| x.shape[0]).unwrap_or(0);
     let mut levels = Vec::new();
