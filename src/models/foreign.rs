@@ -43,18 +43,16 @@ impl Classic {
 
     /// Refuses the export options the classic exporters do not have or fuse-ema does not
     /// build for these heads.
-    pub fn check_options(self, nms: bool, end2end: bool, dynamic: bool) -> Result<(), String> {
+    pub fn check_options(self, nms: bool, end2end: bool) -> Result<(), String> {
         let what = if nms {
             "--nms"
         } else if end2end {
             "--end2end"
-        } else if dynamic {
-            "--dynamic"
         } else {
             return Ok(());
         };
         Err(format!(
-            "{what} is not supported for classic {self:?} models (anchor-based heads export as (B, anchors, 5 + nc) at a fixed size)"
+            "{what} is not supported for classic {self:?} models (anchor-based heads export (B, anchors, 5 + nc) rows, as their export.py does)"
         ))
     }
 }

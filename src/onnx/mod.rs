@@ -230,7 +230,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     }
     let classic = crate::models::foreign::classic(root);
     if let Some(c) = classic {
-        c.check_options(opts.nms.is_some(), opts.end2end, opts.dynamic)
+        c.check_options(opts.nms.is_some(), opts.end2end)
             .map_err(err)?;
     }
     let task = match classic {
@@ -516,6 +516,8 @@ fn dynamic_dim(
     nms: bool,
 ) -> Option<&'static str> {
     match (output, rank, dim) {
+        // Classic YOLOv5 / YOLOv7 rows: (batch, anchors, 5 + nc), as YOLOv5's export.py names them.
+        (0, 3, 1) if task == crate::models::foreign::CLASSIC_TASK => Some("anchors"),
         (0, 3, 2) if !nms && matches!(task, "detect" | "segment" | "pose" | "obb") => {
             Some("anchors")
         }

@@ -205,15 +205,10 @@ impl<'g> AnchorHead<'g> {
 // ---- emit ----
 
 impl Builder<'_> {
-    /// `models.yolo.Detect` / `IDetect` in export form: (B, Σ na·h·w, 5 + nc), anchors and
-    /// grids as constants for the static input size.
+    /// `models.yolo.Detect` / `IDetect` in export form: (B, Σ na·h·w, 5 + nc). Each level runs
+    /// as (B, na, h·w, no), the row order of PyTorch's (B, na, h, w, no); the cell grid is a
+    /// constant for a static size and computed from the feature map's shape with `--dynamic`.
     pub(crate) fn anchor_head(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
-        if self.b.dynamic_hw {
-            return Err(
-                "--dynamic is not supported for the classic anchor-based heads yet (their grids are constants)"
-                    .into(),
-            );
-        }
         let h = AnchorHead::parse(m, xs.len())?;
         let xs = &xs[..h.convs.len()];
         let (na, no) = (h.na as i64, h.no as i64);
@@ -222,44 +217,45 @@ impl Builder<'_> {
         for (i, x) in xs.iter().enumerate() {
             let s = format!("{scope}.m.{i}");
             let [b, _, ny, nx] = check::nchw(x, scope)?;
-            if !(1..=1 << 14).contains(&ny) || !(1..=1 << 14).contains(&nx) {
+            let dynamic = self.b.dynamic_hw;
+            if !dynamic && (!(1..=1 << 14).contains(&ny) || !(1..=1 << 14).contains(&nx)) {
                 return Err(format!("{scope}: level {i} feature map is {ny}x{nx}"));
             }
             batch = b;
             let y = self.conv_node(&s, h.conv(i)?, x)?;
-            let y = self.b.reshape(&s, &y.name, &[0, na, no, ny, nx]);
+            let grid = if dynamic {
+                self.cell_grid(&s, &y.name)
+            } else {
+                let grid: Vec<f32> = (0..ny * nx)
+                    .flat_map(|k| [(k % nx) as f32 - 0.5, (k / nx) as f32 - 0.5])
+                    .collect();
+                self.b
+                    .weight(&format!("{s}/grid"), &[1, 1, ny * nx, 2], &grid)
+            };
+            let y = self.b.reshape(&s, &y.name, &[0, na, no, -1]);
             let y = self.b.node(
                 &s,
                 "Transpose",
                 &[&y],
-                vec![("perm", Attr::Ints(vec![0, 1, 3, 4, 2]))],
+                vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
             );
             let y = self.b.node(&s, "Sigmoid", &[&y], vec![]);
-            let p = self.b.split(&s, &y, 4, &[2, 2, no - 4]);
+            let p = self.b.split(&s, &y, 3, &[2, 2, no - 4]);
             let two = self.b.weight(&format!("{s}/two"), &[], &[2.0]);
-            let grid: Vec<f32> = (0..na * ny * nx)
-                .flat_map(|k| {
-                    let (yy, xx) = ((k / nx) % ny, k % nx);
-                    [xx as f32 - 0.5, yy as f32 - 0.5]
-                })
-                .collect();
-            let grid = self
-                .b
-                .weight(&format!("{s}/grid"), &[1, na, ny, nx, 2], &grid);
             let stride = self.b.weight(&format!("{s}/stride"), &[], &[h.strides[i]]);
             let anchor: Vec<f32> = h.anchors[i].iter().flatten().copied().collect();
             let anchor = self
                 .b
-                .weight(&format!("{s}/anchor_grid"), &[1, na, 1, 1, 2], &anchor);
+                .weight(&format!("{s}/anchor_grid"), &[1, na, 1, 2], &anchor);
             let xy = self.b.bin(&s, "Mul", &p[0], &two);
             let xy = self.b.bin(&s, "Add", &xy, &grid);
             let xy = self.b.bin(&s, "Mul", &xy, &stride);
             let wh = self.b.bin(&s, "Mul", &p[1], &two);
             let wh = self.b.bin(&s, "Mul", &wh, &wh);
             let wh = self.b.bin(&s, "Mul", &wh, &anchor);
-            let y = self.b.concat(&s, &[&xy, &wh, &p[2]], 4);
-            levels.push(self.b.reshape(&s, &y, &[0, na * ny * nx, no]));
-            rows += na * ny * nx;
+            let y = self.b.concat(&s, &[&xy, &wh, &p[2]], 3);
+            levels.push(self.b.reshape(&s, &y, &[0, -1, no]));
+            rows = if dynamic { -1 } else { rows + na * ny * nx };
         }
         let refs: Vec<&str> = levels.iter().map(String::as_str).collect();
         let out = self.b.concat(scope, &refs, 1);
@@ -267,6 +263,37 @@ impl Builder<'_> {
             name: out,
             shape: vec![batch, rows, no],
         })
+    }
+
+    /// The cell offsets (x − ½, y − ½) of the feature map `y` as (1, 1, h·w, 2), row-major,
+    /// from its runtime shape.
+    fn cell_grid(&mut self, s: &str, y: &str) -> String {
+        let dtype = Attr::Int(self.b.dtype as i64);
+        let (zero, one) = (self.b.int_scalar(s, 0), self.b.int_scalar(s, 1));
+        let (ih, iw, ihw) = (
+            self.b.int_scalar(s, 2),
+            self.b.int_scalar(s, 3),
+            self.b.ints(s, &[2, 3]),
+        );
+        let half = self.b.weight(&format!("{s}/half"), &[], &[0.5]);
+        let shape = self.b.node(s, "Shape", &[y], vec![]);
+        let gather = |b: &mut Self, i: &str| {
+            b.b.node(s, "Gather", &[&shape, i], vec![("axis", Attr::Int(0))])
+        };
+        let (h, w, hw) = (gather(self, &ih), gather(self, &iw), gather(self, &ihw));
+        let offsets = |b: &mut Self, n: &str| {
+            let r = b.b.node(s, "Range", &[&zero, n, &one], vec![]);
+            let r = b.b.node(s, "Cast", &[&r], vec![("to", dtype.clone())]);
+            b.b.bin(s, "Sub", &r, &half)
+        };
+        let (cx, cy) = (offsets(self, &w), offsets(self, &h));
+        let cx = self.b.reshape(s, &cx, &[1, -1]);
+        let cy = self.b.reshape(s, &cy, &[-1, 1]);
+        let gx = self.b.node(s, "Expand", &[&cx, &hw], vec![]);
+        let gy = self.b.node(s, "Expand", &[&cy, &hw], vec![]);
+        let gx = self.b.reshape(s, &gx, &[1, 1, -1, 1]);
+        let gy = self.b.reshape(s, &gy, &[1, 1, -1, 1]);
+        self.b.concat(s, &[&gx, &gy], 3)
     }
 }
 
