@@ -216,13 +216,15 @@ impl Builder<'_> {
         let (mut batch, mut rows) = (0, 0);
         for (i, x) in xs.iter().enumerate() {
             let s = format!("{scope}.m.{i}");
-            let [b, _, ny, nx] = check::nchw(x, scope)?;
+            let y = self.conv_node(&s, h.conv(i)?, x)?;
+            // The grid follows the convolution's output (a 1×1 conv keeps the size; a hand-made
+            // one with a stride would not).
+            let [b, _, ny, nx] = check::nchw(&y, scope)?;
             let dynamic = self.b.dynamic_hw;
             if !dynamic && (!(1..=1 << 14).contains(&ny) || !(1..=1 << 14).contains(&nx)) {
                 return Err(format!("{scope}: level {i} feature map is {ny}x{nx}"));
             }
             batch = b;
-            let y = self.conv_node(&s, h.conv(i)?, x)?;
             let grid = if dynamic {
                 self.cell_grid(&s, &y.name)
             } else {
@@ -309,7 +311,7 @@ fn anchor_head(r: &mut Reference, m: M, xs: Vec<T>) -> RefResult<T> {
     let batch = xs.first().map(|x| x.shape[0]).unwrap_or(0);
     let mut levels = Vec::new();
     for (i, x) in xs.into_iter().enumerate() {
-        let (b, c, ny, nx) = shape::nchw(&x, "anchor head")?;
+        let (b, c, xh, xw) = shape::nchw(&x, "anchor head")?;
         if b != batch {
             return Err(e(format!("level {i} has batch {b}, level 0 {batch}")));
         }
@@ -318,11 +320,11 @@ fn anchor_head(r: &mut Reference, m: M, xs: Vec<T>) -> RefResult<T> {
             let ia = &imp[i].0;
             shape::per_channel(ia.len(), c, "ImplicitA")?;
             for (k, v) in x.data.iter_mut().enumerate() {
-                *v += ia[(k / (ny * nx)) % c];
+                *v += ia[(k / (xh * xw)) % c];
             }
         }
         let mut y = r.module(h.convs[i], In::One(x))?;
-        let (_, o, _, _) = shape::nchw(&y, "anchor head")?;
+        let (_, o, ny, nx) = shape::nchw(&y, "anchor head")?;
         if o != na * no {
             return Err(e(format!(
                 "level {i}: {o} channels for {na} anchors of {no}"
