@@ -118,6 +118,9 @@ fn ultralytics(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, S
         );
         let updates = g.dict_get(ema, "updates").and_then(Value::as_f64);
         l.updates = updates;
+        // RT-DETR's export loads `ema.module` whole, its never-updated num_batches_tracked
+        // included (tools/export_onnx.py; fixtures/real/generate.py).
+        l.integers_from_ema = true;
         return Ok(Some(l));
     } else {
         return Ok(None);
