@@ -228,12 +228,20 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     if let Some(why) = crate::models::foreign::refusal(root, &opts.module_key) {
         return Err(err(why));
     }
-    let task = task_of(&class).ok_or_else(|| {
-        err(format!(
-            "'{}' is a {class}, not an Ultralytics model",
-            opts.module_key
-        ))
-    })?;
+    let classic = crate::models::foreign::classic(root);
+    if let Some(c) = classic {
+        c.check_options(opts.nms.is_some(), opts.end2end)
+            .map_err(err)?;
+    }
+    let task = match classic {
+        Some(_) => crate::models::foreign::CLASSIC_TASK,
+        None => task_of(&class).ok_or_else(|| {
+            err(format!(
+                "'{}' is a {class}, not an Ultralytics model",
+                opts.module_key
+            ))
+        })?,
+    };
     crate::models::registry::check(root.child("model").map_err(err)?).map_err(err)?;
     if opts.end2end {
         let head = crate::models::Net::new(root).map_err(err)?.head();
@@ -306,7 +314,10 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     // A class map (integer) output is not cast back to float in half mode.
     let elems: Vec<Option<ElemType>> = results.iter().map(|v| bld.integer_elem(&v.name)).collect();
     for (i, out) in results.iter().enumerate() {
-        let name = format!("output{i}");
+        let name = match classic {
+            Some(c) => c.output_name(i),
+            None => format!("output{i}"),
+        };
         let mut last = if opts.half && elems[i].is_none() {
             bld.b.node(
                 &name,
@@ -426,6 +437,9 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             metadata.push(("kpt_names".into(), py_repr(&to_json(g, names))));
         }
     }
+    if let Some(c) = classic {
+        metadata = c.metadata(max_stride, py_repr(&names));
+    }
     let model = Model {
         opset: opts.opset,
         graph_name: class.clone(),
@@ -507,6 +521,8 @@ fn dynamic_dim(
     nms: bool,
 ) -> Option<&'static str> {
     match (output, rank, dim) {
+        // Classic YOLOv5 / YOLOv7 rows: (batch, anchors, 5 + nc), as YOLOv5's export.py names them.
+        (0, 3, 1) if task == crate::models::foreign::CLASSIC_TASK => Some("anchors"),
         (0, 3, 2) if !nms && matches!(task, "detect" | "segment" | "pose" | "obb") => {
             Some("anchors")
         }
@@ -546,7 +562,11 @@ fn file_name(p: &Path) -> String {
 
 /// The task and class count of an Ultralytics model module (from its last layer).
 pub fn task_and_classes(root: M) -> (String, usize) {
-    let task = task_of(&root.class()).unwrap_or("detect").to_string();
+    let task = match crate::models::foreign::classic(root) {
+        Some(_) => crate::models::foreign::CLASSIC_TASK,
+        None => task_of(&root.class()).unwrap_or("detect"),
+    }
+    .to_string();
     let head = root
         .child("model")
         .ok()

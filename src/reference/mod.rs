@@ -123,13 +123,12 @@ impl<'g> Reference<'g> {
 
     /// Runs one module by its class.
     pub fn module(&mut self, m: M, x: In<T>) -> R<T> {
-        let class = m.class();
-        match registry::find(&class).map(|l| l.kind) {
+        match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Layer { run, .. }) => {
                 let y = run(self, m, x)?;
                 Ok(self.round(y))
             }
-            _ => Err(e(registry::unsupported_class(&class))),
+            _ => Err(e(registry::unsupported_class(&m.class()))),
         }
     }
 
@@ -144,7 +143,7 @@ impl Backend for Reference<'_> {
     type Value = T;
 
     fn layer(&mut self, _path: &str, m: M<'_>, x: In<T>) -> Result<In<T>, String> {
-        let out = match registry::find(&m.class()).map(|l| l.kind) {
+        let out = match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Fork { run, .. }) => {
                 run(self, m, x).map(|ts| In::Many(ts.into_iter().map(|t| self.round(t)).collect()))
             }

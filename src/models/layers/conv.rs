@@ -39,7 +39,7 @@ pub const LAYERS: &[Layer] = &[
     ),
     part(
         "BatchNorm2d",
-        "Conv, DWConv, RepConv, RTDETRDecoder",
+        "Conv, DWConv, RepConv, RTDETRDecoder, models.common.RepConv",
         "inference BatchNorm (folded into the convolution when emitted)",
     ),
     layer(

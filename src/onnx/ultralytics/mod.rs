@@ -63,10 +63,9 @@ impl<'g> Builder<'g> {
 
     /// Emits one module by its class, at `scope` (`model.2.m.0`).
     pub fn module(&mut self, scope: &str, m: M, x: In<V>) -> R<V> {
-        let class = m.class();
-        match registry::find(&class).map(|l| l.kind) {
+        match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Layer { emit, .. }) => emit(self, scope, m, x),
-            _ => Err(registry::unsupported_class(&class)),
+            _ => Err(registry::unsupported_class(&m.class())),
         }
     }
 }
@@ -75,7 +74,7 @@ impl Backend for Builder<'_> {
     type Value = V;
 
     fn layer(&mut self, path: &str, m: M<'_>, x: In<V>) -> R<In<V>> {
-        match registry::find(&m.class()).map(|l| l.kind) {
+        match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Fork { emit, .. }) => emit(self, path, m, x).map(In::Many),
             _ => self.module(path, m, x).map(In::One),
         }
