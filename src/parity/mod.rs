@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::checkpoint::py::M;
 use crate::models::layers::heads::HeadOptions;
 use crate::reference::Reference;
-use crate::runtime::Engine;
+use crate::runtime::{Engine, timing};
 
 use inputs::run_onnx;
 pub use inputs::{Inputs, OnnxModel, seeded_images};
@@ -279,6 +279,11 @@ fn worst(acc: &mut Vec<OutputStats>, new: Vec<OutputStats>) {
     }
 }
 
+/// The value of a scoped thread, its panic carried on.
+fn join<X>(h: std::thread::ScopedJoinHandle<'_, X>) -> X {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 /// Runs the ONNX and the reference on `samples` seeded inputs of `shape` and compares them;
 /// `head` says what the model's detection head outputs (end-to-end rows are compared as sets),
 /// `nms` the NMS the export embeds (its rows, too).
@@ -321,18 +326,21 @@ pub fn against_reference(
         }
     };
     for images in batches {
-        let got = run_onnx(rt, &model, &images).map_err(|e| e.to_string())?;
         let input_shape = images.shape.clone();
-        // The f16 emulation runs beside the exact reference: same work, no shared state.
-        let (want, emulated) = std::thread::scope(|s| {
+        // The runtime, the reference and the f16 emulation run side by side: no shared state,
+        // and each leaves cores idle the others fill (session creation is mostly one thread,
+        // the interpreter's kernels between its GEMMs too).
+        let (got, want, emulated) = std::thread::scope(|s| {
+            let onnx = s.spawn(|| timing::phase("ONNX", || run_onnx(rt, &model, &images)));
             let e16 = r16.as_mut().map(|r16| {
                 let images = images.clone();
-                s.spawn(move || r16.run(images))
+                s.spawn(move || timing::phase("reference (f16 emulation)", || r16.run(images)))
             });
-            let want = r.run(images);
-            let emulated = e16.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            (want, emulated)
+            let want = timing::phase("reference", || r.run(images.clone()));
+            let emulated = e16.map(join);
+            (join(onnx), want, emulated)
         });
+        let got = got.map_err(|e| e.to_string())?;
         let mut want = want.map_err(|e| format!("reference interpreter: {e}"))?;
         let logits = r.class_logits.take();
         let emulated = emulated

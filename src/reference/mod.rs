@@ -136,6 +136,11 @@ impl<'g> Reference<'g> {
     /// Runs `m`'s child `name` on `x`.
     pub(crate) fn sub(&mut self, m: M, name: &str, x: &T) -> R<T> {
         let c = m.child(name).map_err(e)?;
+        // A `Conv` (most children) reads its input by reference: no copy of `x` to wrap it.
+        if c.class() == "Conv" {
+            let y = self.conv_bn_act(c, x)?;
+            return Ok(self.round(y));
+        }
         self.module(c, In::One(x.clone()))
     }
 }

@@ -46,74 +46,87 @@ fn gemm(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
     general_mat_mul(1.0, &a, &b, 0.0, &mut c);
 }
 
+/// The most floats one im2col tile holds (16 MiB). Unbounded, the column matrix of a wide
+/// early layer at 640 is kdim × oh × ow floats (yolo11x's second conv: 354 MB, more than the
+/// model); a tile of whole output rows keeps it bounded, cache-friendlier, and each GEMM still
+/// hundreds of columns wide.
+const COLS_BUDGET: usize = 4 << 20;
+
+thread_local! {
+    /// The im2col scratch, reused across convolutions of one thread: a fresh buffer per layer
+    /// costs a page fault per 4 KiB touched.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// 2-D convolution; `w` is (O, C/groups, kh, kw), `bias` per output channel.
 pub fn conv2d(x: &T, w: &[f32], wshape: &[usize], bias: Option<&[f32]>, s: &ConvSpec) -> T {
     let (n, c, h, wd) = x.nchw();
     let (o, cg, kh, kw) = (wshape[0], wshape[1], wshape[2], wshape[3]);
     let oh = (h + 2 * s.pad.0 - s.dil.0 * (kh - 1) - 1) / s.stride.0 + 1;
     let ow = (wd + 2 * s.pad.1 - s.dil.1 * (kw - 1) - 1) / s.stride.1 + 1;
-    let mut out = vec![0.0f32; n * o * oh * ow];
+    let plane = oh * ow;
+    let mut out = vec![0.0f32; n * o * plane];
     let og = o / s.groups;
     let depthwise = s.groups == c && cg == 1 && og == 1;
+    let kdim = cg * kh * kw;
+    let pointwise = kh == 1 && kw == 1 && s.stride == (1, 1) && s.pad == (0, 0);
+    // Output rows per im2col tile.
+    let rows = (COLS_BUDGET / (kdim * ow).max(1)).clamp(1, oh.max(1));
     for b in 0..n {
         let xb = &x.data[b * c * h * wd..(b + 1) * c * h * wd];
-        let ob = &mut out[b * o * oh * ow..(b + 1) * o * oh * ow];
+        let ob = &mut out[b * o * plane..(b + 1) * o * plane];
         if depthwise {
             for ch in 0..c {
                 let xc = &xb[ch * h * wd..(ch + 1) * h * wd];
                 let wc = &w[ch * kh * kw..(ch + 1) * kh * kw];
-                let oc = &mut ob[ch * oh * ow..(ch + 1) * oh * ow];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = 0.0f32;
-                        for ky in 0..kh {
-                            let iy = (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let ix =
-                                    (ox * s.stride.1 + kx * s.dil.1) as isize - s.pad.1 as isize;
-                                if ix < 0 || ix >= wd as isize {
-                                    continue;
-                                }
-                                acc += xc[iy as usize * wd + ix as usize] * wc[ky * kw + kx];
-                            }
-                        }
-                        oc[oy * ow + ox] = acc;
-                    }
-                }
+                depthwise_plane(
+                    xc,
+                    (h, wd),
+                    wc,
+                    (kh, kw),
+                    s,
+                    &mut ob[ch * plane..(ch + 1) * plane],
+                    ow,
+                );
             }
         } else {
-            let kdim = cg * kh * kw;
-            let pointwise = kh == 1 && kw == 1 && s.stride == (1, 1) && s.pad == (0, 0);
-            let mut cols = if pointwise {
-                Vec::new()
-            } else {
-                vec![0.0f32; kdim * oh * ow]
-            };
             for g in 0..s.groups {
                 let xg = &xb[g * cg * h * wd..(g + 1) * cg * h * wd];
-                let b_mat: &[f32] = if pointwise {
-                    xg
-                } else {
-                    im2col(xg, cg, h, wd, kh, kw, oh, ow, s, &mut cols);
-                    &cols
-                };
                 let wg = &w[g * og * kdim..(g + 1) * og * kdim];
-                gemm(
-                    wg,
-                    b_mat,
-                    &mut ob[g * og * oh * ow..(g + 1) * og * oh * ow],
-                    og,
-                    kdim,
-                    oh * ow,
-                );
+                let og_out = &mut ob[g * og * plane..(g + 1) * og * plane];
+                if pointwise {
+                    gemm(wg, xg, og_out, og, kdim, plane);
+                    continue;
+                }
+                COLS.with_borrow_mut(|cols| {
+                    let mut c_all =
+                        ArrayViewMut2::from_shape((og, plane), &mut *og_out).expect("c shape");
+                    let a = ArrayView2::from_shape((og, kdim), wg).expect("a shape");
+                    let mut oy = 0;
+                    while oy < oh {
+                        let oy1 = (oy + rows).min(oh);
+                        let cols_n = (oy1 - oy) * ow;
+                        cols.resize(kdim * cols_n, 0.0);
+                        im2col(
+                            xg,
+                            (cg, h, wd),
+                            (kh, kw),
+                            (oy, oy1, ow),
+                            s,
+                            &mut cols[..kdim * cols_n],
+                        );
+                        let bm = ArrayView2::from_shape((kdim, cols_n), &cols[..kdim * cols_n])
+                            .expect("b shape");
+                        let mut cv = c_all.slice_mut(ndarray::s![.., oy * ow..oy1 * ow]);
+                        general_mat_mul(1.0, &a, &bm, 0.0, &mut cv);
+                        oy = oy1;
+                    }
+                });
             }
         }
         if let Some(bias) = bias {
             for (ch, &bv) in bias.iter().enumerate() {
-                for v in &mut ob[ch * oh * ow..(ch + 1) * oh * ow] {
+                for v in &mut ob[ch * plane..(ch + 1) * plane] {
                     *v += bv;
                 }
             }
@@ -122,33 +135,79 @@ pub fn conv2d(x: &T, w: &[f32], wshape: &[usize], bias: Option<&[f32]>, s: &Conv
     T::new(out, vec![n, o, oh, ow])
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One channel of a depthwise convolution; the taps that fall inside the input are found once
+/// per output row and column range, so the inner loop has no bounds tests.
+fn depthwise_plane(
+    xc: &[f32],
+    (h, wd): (usize, usize),
+    wc: &[f32],
+    (kh, kw): (usize, usize),
+    s: &ConvSpec,
+    oc: &mut [f32],
+    ow: usize,
+) {
+    if ow == 0 {
+        return;
+    }
+    for (oy, orow) in oc.chunks_exact_mut(ow).enumerate() {
+        for ky in 0..kh {
+            let iy = (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            let src = &xc[iy as usize * wd..(iy as usize + 1) * wd];
+            for kx in 0..kw {
+                let wv = wc[ky * kw + kx];
+                let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
+                // Output columns whose tap ix = ox·stride + off lies in [0, wd).
+                let lo = if off < 0 {
+                    ((-off) as usize).div_ceil(s.stride.1)
+                } else {
+                    0
+                };
+                let hi = if (wd as isize) > off {
+                    (((wd as isize - off) as usize).div_ceil(s.stride.1)).min(ow)
+                } else {
+                    0
+                };
+                for ox in lo..hi {
+                    let ix = (ox * s.stride.1) as isize + off;
+                    orow[ox] += src[ix as usize] * wv;
+                }
+            }
+        }
+    }
+}
+
+/// The column matrix of output rows `[oy0, oy1)`: row (ch, ky, kx), column (oy − oy0)·ow + ox.
 fn im2col(
     x: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
+    (c, h, w): (usize, usize, usize),
+    (kh, kw): (usize, usize),
+    (oy0, oy1, ow): (usize, usize, usize),
     s: &ConvSpec,
     cols: &mut [f32],
 ) {
+    let n = (oy1 - oy0) * ow;
     for ch in 0..c {
         for ky in 0..kh {
             for kx in 0..kw {
-                let row = ((ch * kh + ky) * kw + kx) * oh * ow;
-                for oy in 0..oh {
+                let row = ((ch * kh + ky) * kw + kx) * n;
+                let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
+                for oy in oy0..oy1 {
                     let iy = (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
-                    let dst = &mut cols[row + oy * ow..row + (oy + 1) * ow];
+                    let dst = &mut cols[row + (oy - oy0) * ow..row + (oy - oy0 + 1) * ow];
                     if iy < 0 || iy >= h as isize {
                         dst.fill(0.0);
                         continue;
                     }
                     let src = &x[ch * h * w + iy as usize * w..ch * h * w + (iy as usize + 1) * w];
+                    if s.stride.1 == 1 && off >= 0 && off as usize + ow <= w {
+                        dst.copy_from_slice(&src[off as usize..off as usize + ow]);
+                        continue;
+                    }
                     for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * s.stride.1 + kx * s.dil.1) as isize - s.pad.1 as isize;
+                        let ix = (ox * s.stride.1) as isize + off;
                         *d = if ix < 0 || ix >= w as isize {
                             0.0
                         } else {
