@@ -160,16 +160,7 @@ fn depthwise_plane(
                 let wv = wc[ky * kw + kx];
                 let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
                 // Output columns whose tap ix = ox·stride + off lies in [0, wd).
-                let lo = if off < 0 {
-                    ((-off) as usize).div_ceil(s.stride.1)
-                } else {
-                    0
-                };
-                let hi = if (wd as isize) > off {
-                    (((wd as isize - off) as usize).div_ceil(s.stride.1)).min(ow)
-                } else {
-                    0
-                };
+                let (lo, hi) = taps_inside(off, s.stride.1, wd, ow);
                 for ox in lo..hi {
                     let ix = (ox * s.stride.1) as isize + off;
                     orow[ox] += src[ix as usize] * wv;
@@ -177,6 +168,21 @@ fn depthwise_plane(
             }
         }
     }
+}
+
+/// The output columns `[lo, hi)` (of `ow`) whose input column `ox·stride + off` lies in `[0, w)`.
+fn taps_inside(off: isize, stride: usize, w: usize, ow: usize) -> (usize, usize) {
+    let lo = if off < 0 {
+        ((-off) as usize).div_ceil(stride).min(ow)
+    } else {
+        0
+    };
+    let hi = if (w as isize) > off {
+        ((w as isize - off) as usize).div_ceil(stride).min(ow)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
 }
 
 /// The column matrix of output rows `[oy0, oy1)`: row (ch, ky, kx), column (oy − oy0)·ow + ox.
@@ -202,17 +208,17 @@ fn im2col(
                         continue;
                     }
                     let src = &x[ch * h * w + iy as usize * w..ch * h * w + (iy as usize + 1) * w];
-                    if s.stride.1 == 1 && off >= 0 && off as usize + ow <= w {
-                        dst.copy_from_slice(&src[off as usize..off as usize + ow]);
-                        continue;
-                    }
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * s.stride.1) as isize + off;
-                        *d = if ix < 0 || ix >= w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+                    // Columns whose tap ox·stride + off lies inside the row; zeros outside.
+                    let (lo, hi) = taps_inside(off, s.stride.1, w, ow);
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if s.stride.1 == 1 {
+                        let start = (lo as isize + off) as usize;
+                        dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    } else {
+                        for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
+                            *d = src[((ox * s.stride.1) as isize + off) as usize];
+                        }
                     }
                 }
             }
