@@ -10,7 +10,7 @@ pub mod ops;
 pub mod seq;
 pub(crate) mod shape;
 
-use ops::T;
+use ops::RefTensor;
 
 use crate::checkpoint::py::M;
 use crate::models::layers::heads::HeadOptions;
@@ -60,10 +60,10 @@ pub(crate) fn e(m: impl Into<String>) -> RefError {
 pub struct Reference<'g> {
     net: Net<'g>,
     /// Extra outputs (Segment's prototypes) produced by the current run.
-    pub(crate) extra: Vec<T>,
+    pub(crate) extra: Vec<RefTensor>,
     /// `SemanticSegment`'s resized logits (B, nc, H, W) from the current run, beside its class
     /// map: parity reads them to tell a near-tie from a wrong class.
-    pub class_logits: Option<T>,
+    pub class_logits: Option<RefTensor>,
     /// Round the input and every module's output to f16 (see [`Reference::emulating_f16`]).
     pub(crate) f16: bool,
     /// What the detection heads output (see [`Reference::with_head`]).
@@ -103,7 +103,7 @@ impl<'g> Reference<'g> {
         self
     }
 
-    fn round(&self, mut t: T) -> T {
+    fn round(&self, mut t: RefTensor) -> RefTensor {
         if self.f16 {
             ops::map(&mut t, |v| half::f16::from_f32(v).to_f32());
         }
@@ -112,7 +112,7 @@ impl<'g> Reference<'g> {
 
     /// Runs the model on `images` (N, 3, H, W) and returns its outputs in export form
     /// (`output0`, then `output1` for segmentation).
-    pub fn run(&mut self, images: T) -> R<Vec<T>> {
+    pub fn run(&mut self, images: RefTensor) -> R<Vec<RefTensor>> {
         self.extra.clear();
         self.class_logits = None;
         let net = self.net;
@@ -138,7 +138,7 @@ impl<'g> Reference<'g> {
     }
 
     /// Runs one module by its class.
-    pub fn module(&mut self, m: M, x: In<T>) -> R<T> {
+    pub fn module(&mut self, m: M, x: In<RefTensor>) -> R<RefTensor> {
         let class = m.class();
         match registry::find(&class).map(|l| l.kind) {
             Some(Kind::Layer { run, .. }) => {
@@ -150,7 +150,7 @@ impl<'g> Reference<'g> {
     }
 
     /// Runs `m`'s child `name` on `x`.
-    pub(crate) fn sub(&mut self, m: M, name: &str, x: &T) -> R<T> {
+    pub(crate) fn sub(&mut self, m: M, name: &str, x: &RefTensor) -> R<RefTensor> {
         let c = m.child(name).map_err(e)?;
         // A `Conv` (most children) reads its input by reference: no copy of `x` to wrap it.
         if c.class() == "Conv" {
@@ -162,9 +162,9 @@ impl<'g> Reference<'g> {
 }
 
 impl Backend for Reference<'_> {
-    type Value = T;
+    type Value = RefTensor;
 
-    fn layer(&mut self, path: &str, m: M<'_>, x: In<T>) -> Result<In<T>, String> {
+    fn layer(&mut self, path: &str, m: M<'_>, x: In<RefTensor>) -> Result<In<RefTensor>, String> {
         let out = match registry::find(&m.class()).map(|l| l.kind) {
             Some(Kind::Fork { run, .. }) => {
                 run(self, m, x).map(|ts| In::Many(ts.into_iter().map(|t| self.round(t)).collect()))
