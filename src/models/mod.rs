@@ -1,8 +1,8 @@
 //! What a pickled Ultralytics model is, independent of any backend.
 //!
 //! [`Net`] walks the layer list the way `BaseModel._predict_once` does (each layer's `f` says
-//! where its input comes from; every output is kept for later layers), once, for both backends:
-//! the ONNX builder ([`crate::onnx::ultralytics::Builder`], the *emit* side) and the reference
+//! where its input comes from; each output is kept until the last layer that reads it), once,
+//! for both backends: the ONNX builder ([`crate::onnx::ultralytics::Builder`], the *emit* side) and the reference
 //! interpreter ([`crate::reference::Reference`], the *run* side) only say what one layer does.
 //! [`registry`] maps each module class to its emission and its reference implementation, which
 //! live side by side in [`layers`]; the supported-class list, the "unsupported" error and the
