@@ -2,8 +2,9 @@
 //!
 //! [`Net`] walks the layer list the way `BaseModel._predict_once` does (each layer's `f` says
 //! where its input comes from; each output is kept until the last layer that reads it), once,
-//! for both backends: the ONNX builder ([`crate::onnx::ultralytics::Builder`], the *emit* side) and the reference
-//! interpreter ([`crate::reference::Reference`], the *run* side) only say what one layer does.
+//! for both backends: the ONNX builder ([`crate::onnx::ultralytics::Builder`], the *emit* side)
+//! and the reference interpreter ([`crate::reference::Reference`], the *run* side) only say what
+//! one layer does.
 //! [`registry`] maps each module class to its emission and its reference implementation, which
 //! live side by side in [`layers`]; the supported-class list, the "unsupported" error and the
 //! support table in `docs/export.md` all come from it.
@@ -107,7 +108,8 @@ impl<'g> Net<'g> {
         };
         // The last layer that reads each value (index 0 the model input, k + 1 layer k's
         // output): a value is dropped once that layer has run, so the live set is the few
-        // outputs the neck re-reads, not every layer's (yolo11x at 640: 830 MB before).
+        // outputs the neck re-reads, not every layer's (the interpreter on yolo11x at 640: a peak of
+        // ~820 MB before, 266 MB after).
         let mut last = vec![0usize; layers.len() + 1];
         for (i, (_, layer)) in layers.iter().enumerate() {
             for src in reads(*layer, i).unwrap_or_default().into_iter().flatten() {
@@ -123,8 +125,8 @@ impl<'g> Net<'g> {
             let srcs = reads(*layer, i).map_err(at)?;
             let mut xs = Vec::with_capacity(srcs.len());
             for (r, src) in srcs.iter().enumerate() {
-                let (j, Some(src)) = (f_entry(*layer, r), *src) else {
-                    let j = f_entry(*layer, r);
+                let j = f_entry(*layer, r);
+                let Some(src) = *src else {
                     return Err(at(format!("reads layer {j}, which is not kept")));
                 };
                 // The last read of a value moves it out; earlier ones copy.

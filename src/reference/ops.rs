@@ -50,10 +50,10 @@ fn gemm(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
     general_mat_mul(1.0, &a, &b, 0.0, &mut c);
 }
 
-/// The most floats one im2col tile holds (16 MiB). Unbounded, the column matrix of a wide
-/// early layer at 640 is kdim × oh × ow floats (yolo11x's second conv: 354 MB, more than the
-/// model); a tile of whole output rows keeps it bounded, cache-friendlier, and each GEMM still
-/// hundreds of columns wide.
+/// The most floats one im2col tile holds (16 MiB). Unbounded, the column matrix of an early
+/// layer at 640 is kdim × oh × ow floats (yolo11x's second conv: 864 × 160 × 160, 88 MB, over
+/// twice its largest activation); a tile of whole output rows keeps it bounded and
+/// cache-friendlier, and each GEMM still hundreds of columns wide.
 const COLS_BUDGET: usize = 4 << 20;
 
 thread_local! {
