@@ -108,8 +108,8 @@ impl<'g> Net<'g> {
         };
         // The last layer that reads each value (index 0 the model input, k + 1 layer k's
         // output): a value is dropped once that layer has run, so the live set is the few
-        // outputs the neck re-reads, not every layer's (the interpreter on yolo11x at 640: a peak of
-        // ~820 MB before, 266 MB after).
+        // outputs the neck re-reads, not every layer's (the interpreter on yolo11x at 640: a
+        // peak of ~820 MB before, 266 MB after).
         let mut last = vec![0usize; layers.len() + 1];
         for (i, (_, layer)) in layers.iter().enumerate() {
             for src in reads(*layer, i).unwrap_or_default().into_iter().flatten() {
