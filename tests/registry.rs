@@ -10,7 +10,7 @@ use fuse_ema::checkpoint::py::M;
 use fuse_ema::checkpoint::value::{Node, NodeId, Value};
 use fuse_ema::models::registry::{self, Kind};
 use fuse_ema::onnx::ultralytics::Builder;
-use fuse_ema::reference::{Reference, ops::T};
+use fuse_ema::reference::{RefError, Reference, ops::T};
 
 const BEGIN: &str = "<!-- registry table begin -->\n";
 const END: &str = "<!-- registry table end -->";
@@ -130,6 +130,24 @@ fn a_head_without_nc_is_named_by_both_backends() {
     let want = format!("model.{name} (Detect): nc missing");
     assert!(export.contains(&want), "{export}");
     assert!(run.contains(&want), "{run}");
+    // The reference's error keeps the layer's path and class as fields, the cause as its source.
+    let g = &ckpt.graph;
+    let v = g.dict_get(&ckpt.root, "model").unwrap();
+    let err = Reference::new(M { g, v })
+        .unwrap()
+        .run(T::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
+        .expect_err("the reference refuses");
+    let RefError::Layer {
+        path,
+        class,
+        source,
+    } = err
+    else {
+        panic!("not a layer error: {err:?}")
+    };
+    assert_eq!(path, format!("model.{name}"));
+    assert_eq!(class, "Detect");
+    assert_eq!(source.to_string(), "nc missing");
 }
 
 #[test]

@@ -1,11 +1,11 @@
 //! What parity runs on: seeded or prepared input images, and the ONNX (bytes or a file) run on
 //! them.
 
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 use crate::runtime::{Engine, RuntimeError};
 
 /// Deterministic uniform [0, 1) images (splitmix64), the same for every runtime and run.
-pub fn seeded_images(shape: &[usize], seed: u64) -> T {
+pub fn seeded_images(shape: &[usize], seed: u64) -> RefTensor {
     let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let n: usize = shape.iter().product();
     let data = (0..n)
@@ -18,7 +18,7 @@ pub fn seeded_images(shape: &[usize], seed: u64) -> T {
             (z >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect();
-    T::new(data, shape.to_vec())
+    RefTensor::new(data, shape.to_vec())
 }
 
 /// What the reference comparison runs on.
@@ -31,7 +31,7 @@ pub enum Inputs<'a> {
         samples: usize,
     },
     /// A prepared image and its file name.
-    Image(T, String),
+    Image(RefTensor, String),
 }
 
 /// Where the ONNX comes from.
@@ -45,8 +45,8 @@ pub enum OnnxModel<'a> {
 pub(super) fn run_onnx(
     rt: &Engine,
     model: &OnnxModel,
-    images: &T,
-) -> Result<Vec<(String, T)>, RuntimeError> {
+    images: &RefTensor,
+) -> Result<Vec<(String, RefTensor)>, RuntimeError> {
     let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())
         .map_err(|e| RuntimeError(e.to_string()))?;
     let outs = match model {
@@ -57,7 +57,7 @@ pub(super) fn run_onnx(
         .into_iter()
         .map(|(n, a)| {
             let shape = a.shape().to_vec();
-            (n, T::new(a.iter().copied().collect(), shape))
+            (n, RefTensor::new(a.iter().copied().collect(), shape))
         })
         .collect())
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 
 /// Python's `round`: halves go to the even neighbour.
 fn round_half_even(x: f64) -> i64 {
@@ -16,7 +16,7 @@ fn round_half_even(x: f64) -> i64 {
 }
 
 /// Letterboxes `path` to (batch, 3, h, w), the image repeated over the batch.
-pub fn letterbox(path: &Path, batch: usize, h: usize, w: usize) -> Result<T, String> {
+pub fn letterbox(path: &Path, batch: usize, h: usize, w: usize) -> Result<RefTensor, String> {
     let img = image::open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .to_rgb8();
@@ -62,7 +62,7 @@ pub fn letterbox(path: &Path, batch: usize, h: usize, w: usize) -> Result<T, Str
         .cycle()
         .take(batch * one.len())
         .collect();
-    Ok(T::new(data, vec![batch, 3, h, w]))
+    Ok(RefTensor::new(data, vec![batch, 3, h, w]))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::checkpoint::py::M;
 use crate::models::layers::heads::HeadOptions;
 use crate::reference::Reference;
-use crate::runtime::Engine;
+use crate::runtime::{Engine, timing};
 
 use inputs::run_onnx;
 pub use inputs::{Inputs, OnnxModel, seeded_images};
@@ -277,6 +277,11 @@ fn worst(acc: &mut Vec<OutputStats>, new: Vec<OutputStats>) {
     }
 }
 
+/// The value of a scoped thread, its panic carried on.
+fn join<X>(h: std::thread::ScopedJoinHandle<'_, X>) -> X {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 /// Runs the ONNX and the reference on `samples` seeded inputs of `shape` and compares them;
 /// `head` says what the model's detection head outputs (end-to-end rows are compared as sets),
 /// `nms` the NMS the export embeds (its rows, too).
@@ -319,18 +324,21 @@ pub fn against_reference(
         }
     };
     for images in batches {
-        let got = run_onnx(rt, &model, &images).map_err(|e| e.to_string())?;
         let input_shape = images.shape.clone();
+        // The reference first, then the runtime: each one's memory is freed before the other
+        // starts, so the peak is the larger of the two, not their sum. Side by side they took
+        // as long on the 2-core benchmark machine (docs/benchmarks.md) and held ~130 MB more.
         // The f16 emulation runs beside the exact reference: same work, no shared state.
         let (want, emulated) = std::thread::scope(|s| {
             let e16 = r16.as_mut().map(|r16| {
                 let images = images.clone();
-                s.spawn(move || r16.run(images))
+                s.spawn(move || timing::phase("reference (f16 emulation)", || r16.run(images)))
             });
-            let want = r.run(images);
-            let emulated = e16.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            (want, emulated)
+            let want = timing::phase("reference", || r.run(images.clone()));
+            (want, e16.map(join))
         });
+        let got = timing::phase("ONNX", || run_onnx(rt, &model, &images));
+        let got = got.map_err(|e| e.to_string())?;
         let mut want = want.map_err(|e| format!("reference interpreter: {e}"))?;
         let logits = r.class_logits.take();
         let emulated = emulated

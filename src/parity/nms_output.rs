@@ -3,7 +3,7 @@
 
 use super::rows::{self, RowsTolerance};
 use super::{Tolerance, channel_noise};
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 
 /// An `--nms` export: its `output0` holds detection rows, which the reference makes by running
 /// its own NMS on the model's output, and which are compared as sets ([`rows_check`]).
@@ -21,11 +21,11 @@ impl NmsOutput {
     /// The reference's rows from its raw (B, 4 + nc + extra, anchors) `output0`.
     pub(super) fn rows(
         &self,
-        raw: &T,
+        raw: &RefTensor,
         task: &str,
         nc: usize,
         input: &[usize],
-    ) -> Result<T, String> {
+    ) -> Result<RefTensor, String> {
         let rows = raw.shape.get(1).copied().unwrap_or(0);
         if raw.shape.len() != 3 || rows < 4 + nc || input.len() != 4 {
             return Err(format!(
@@ -56,7 +56,7 @@ impl NmsOutput {
 
     /// The f16 rounding noise of each column group of the rows ([`rows::group`]), from the
     /// exact and the f16-emulating reference's raw outputs (channel = row of the raw output).
-    pub(super) fn noise(&self, exact: &T, emulated: &T, nc: usize) -> [f64; 5] {
+    pub(super) fn noise(&self, exact: &RefTensor, emulated: &RefTensor, nc: usize) -> [f64; 5] {
         let per_channel = channel_noise(&exact.shape, &emulated.data, &exact.data);
         let mut groups = [0f64; 5];
         for (r, n) in per_channel.iter().enumerate() {

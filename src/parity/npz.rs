@@ -5,16 +5,16 @@ use std::io::Read;
 use std::path::Path;
 
 use super::npy::Dtype;
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 
 /// The arrays of an `.npz`, by name.
 pub struct Npz {
-    arrays: Vec<(String, T, Dtype)>,
+    arrays: Vec<(String, RefTensor, Dtype)>,
 }
 
 impl Npz {
     /// An array by name (without `.npy`).
-    pub fn get(&self, name: &str) -> Option<&T> {
+    pub fn get(&self, name: &str) -> Option<&RefTensor> {
         self.arrays
             .iter()
             .find(|(n, ..)| n == name)
@@ -69,7 +69,7 @@ impl Npz {
                 )));
             }
             let a = super::npy::parse(&bytes).map_err(|m| err(format!("{name}.npy: {m}")))?;
-            arrays.push((name.clone(), T::new(a.data, a.shape), a.dtype));
+            arrays.push((name.clone(), RefTensor::new(a.data, a.shape), a.dtype));
         }
         Ok(Npz { arrays })
     }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 
 /// Confidence threshold and IoU of Ultralytics' `predict` defaults.
 const CONF: f32 = 0.25;
@@ -52,7 +52,7 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 }
 
 /// The prediction at anchor `k` of image `i` of a (B, 4 + nc + extra, A) output.
-fn at_anchor(y: &T, i: usize, nc: usize, k: usize) -> Det {
+fn at_anchor(y: &RefTensor, i: usize, nc: usize, k: usize) -> Det {
     let (rows, a) = (y.shape[1], y.shape[2]);
     let at = |r: usize| y.data[(i * rows + r) * a + k];
     let (cls, score) = (0..nc)
@@ -73,7 +73,7 @@ fn at_anchor(y: &T, i: usize, nc: usize, k: usize) -> Det {
 }
 
 /// Detections of image `i` of a (B, 4 + nc + extra, A) output: best class ≥ CONF, per-class NMS.
-fn detections(y: &T, i: usize, nc: usize) -> Vec<Det> {
+fn detections(y: &RefTensor, i: usize, nc: usize) -> Vec<Det> {
     let mut c: Vec<Det> = (0..y.shape[2])
         .map(|k| at_anchor(y, i, nc, k))
         .filter(|d| d.score >= CONF)
@@ -93,13 +93,19 @@ fn detections(y: &T, i: usize, nc: usize) -> Vec<Det> {
 
 /// Compares what `got` and `want` (reference) predict, image by image; `nc` is the number of
 /// classes (the score rows follow the four box rows); `agree` says how close is alike.
-pub fn task_check(task: &str, nc: usize, got: &T, want: &T, agree: Agreement) -> Vec<TaskCheck> {
+pub fn task_check(
+    task: &str,
+    nc: usize,
+    got: &RefTensor,
+    want: &RefTensor,
+    agree: Agreement,
+) -> Vec<TaskCheck> {
     let batch = got.shape[0];
     match task {
         "classify" => (0..batch)
             .map(|i| {
                 let nc = got.shape[1];
-                let top = |y: &T| {
+                let top = |y: &RefTensor| {
                     let mut idx: Vec<usize> = (0..nc).collect();
                     idx.sort_by(|&a, &b| y.data[i * nc + b].total_cmp(&y.data[i * nc + a]));
                     idx.truncate(5);
@@ -126,7 +132,7 @@ pub fn task_check(task: &str, nc: usize, got: &T, want: &T, agree: Agreement) ->
                 let (g, w) = (detections(got, i, nc), detections(want, i, nc));
                 // The other side's score for this detection's class, not its argmax: two classes
                 // saturated at 1.0 are a tie, not a disagreement.
-                let agrees = |d: &Det, other: &T| {
+                let agrees = |d: &Det, other: &RefTensor| {
                     let o = at_anchor(other, i, nc, d.anchor);
                     let (rows, a) = (other.shape[1], other.shape[2]);
                     let score = other.data[(i * rows + 4 + d.cls) * a + d.anchor];
@@ -180,7 +186,7 @@ mod tests {
     };
 
     /// A (1, 4 + 2, anchors) detect output from (cx, cy, w, h, score0, score1) per anchor.
-    fn output(anchors: &[[f32; 6]]) -> T {
+    fn output(anchors: &[[f32; 6]]) -> RefTensor {
         let a = anchors.len();
         let mut data = vec![0f32; 6 * a];
         for (k, p) in anchors.iter().enumerate() {
@@ -188,7 +194,7 @@ mod tests {
                 data[r * a + k] = v;
             }
         }
-        T::new(data, vec![1, 6, a])
+        RefTensor::new(data, vec![1, 6, a])
     }
 
     fn scene() -> Vec<[f32; 6]> {
@@ -281,15 +287,15 @@ mod tests {
 
     #[test]
     fn classify_compares_top1_and_top5() {
-        let want = T::new(vec![0.1, 0.5, 0.2, 0.05, 0.9, 0.3, 0.0], vec![1, 7]);
+        let want = RefTensor::new(vec![0.1, 0.5, 0.2, 0.05, 0.9, 0.3, 0.0], vec![1, 7]);
         // The same top-5 in another order, same top-1: pass.
-        let got = T::new(vec![0.1, 0.3, 0.5, 0.05, 0.9, 0.2, 0.0], vec![1, 7]);
+        let got = RefTensor::new(vec![0.1, 0.3, 0.5, 0.05, 0.9, 0.2, 0.0], vec![1, 7]);
         assert!(task_check("classify", 7, &got, &want, ALIKE)[0].pass);
         // Another top-1: fail.
-        let got = T::new(vec![0.1, 0.95, 0.2, 0.05, 0.9, 0.3, 0.0], vec![1, 7]);
+        let got = RefTensor::new(vec![0.1, 0.95, 0.2, 0.05, 0.9, 0.3, 0.0], vec![1, 7]);
         assert!(!task_check("classify", 7, &got, &want, ALIKE)[0].pass);
         // Another class in the top-5: fail.
-        let got = T::new(vec![0.1, 0.5, 0.2, 0.05, 0.9, 0.0, 0.3], vec![1, 7]);
+        let got = RefTensor::new(vec![0.1, 0.5, 0.2, 0.05, 0.9, 0.0, 0.3], vec![1, 7]);
         assert!(!task_check("classify", 7, &got, &want, ALIKE)[0].pass);
     }
 }

@@ -10,9 +10,7 @@ pub mod ops;
 pub mod seq;
 pub(crate) mod shape;
 
-use std::fmt;
-
-use ops::T;
+use ops::RefTensor;
 
 use crate::checkpoint::py::M;
 use crate::models::layers::heads::HeadOptions;
@@ -20,56 +18,71 @@ use crate::models::registry::{self, Kind};
 use crate::models::{Backend, In, Net};
 
 /// The reference layer's error.
-#[derive(Debug, Clone)]
-pub struct RefError(pub String);
-
-impl fmt::Display for RefError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RefError {
+    /// A layer of the model's layer list failed; the message names where and what:
+    /// `model.22 (Detect): nc missing`.
+    #[error("{path} ({class}): {source}")]
+    Layer {
+        /// The layer's path (`model.22`).
+        path: String,
+        /// Its class (`Detect`).
+        class: String,
+        /// What went wrong inside it.
+        source: Box<RefError>,
+    },
+    /// A module's attributes, weights or input shapes are unusable (its parse or shape check
+    /// says which), or its class is not one the interpreter runs.
+    #[error("{0}")]
+    Module(String),
+    /// The model module itself: no layer list, or a layer's `f` that names no earlier output.
+    #[error("{0}")]
+    Model(String),
 }
 
-impl std::error::Error for RefError {}
-
 /// Result type of the reference interpreter.
-pub type RefResult<T> = Result<T, RefError>;
+pub type RefResult<X> = Result<X, RefError>;
 
-type R<T> = RefResult<T>;
+type R<X> = RefResult<X>;
 
 impl From<String> for RefError {
     fn from(m: String) -> RefError {
-        RefError(m)
+        RefError::Module(m)
     }
 }
 
 /// A reference error with message `m`.
 pub(crate) fn e(m: impl Into<String>) -> RefError {
-    RefError(m.into())
+    RefError::Module(m.into())
 }
 
 /// The interpreter over one model module.
 pub struct Reference<'g> {
     net: Net<'g>,
     /// Extra outputs (Segment's prototypes) produced by the current run.
-    pub(crate) extra: Vec<T>,
+    pub(crate) extra: Vec<RefTensor>,
     /// `SemanticSegment`'s resized logits (B, nc, H, W) from the current run, beside its class
     /// map: parity reads them to tell a near-tie from a wrong class.
-    pub class_logits: Option<T>,
+    pub class_logits: Option<RefTensor>,
     /// Round the input and every module's output to f16 (see [`Reference::emulating_f16`]).
     pub(crate) f16: bool,
     /// What the detection heads output (see [`Reference::with_head`]).
     pub(crate) head: HeadOptions,
+    /// The error of the layer that failed in the current run, kept whole: the layer list's
+    /// walk only carries its message.
+    failed: Option<RefError>,
 }
 
 impl<'g> Reference<'g> {
     /// Wraps a pickled `*Model` module (it must hold the layer list `model`).
     pub fn new(root: M<'g>) -> R<Reference<'g>> {
         Ok(Reference {
-            net: Net::new(root).map_err(e)?,
+            net: Net::new(root).map_err(RefError::Model)?,
             extra: Vec::new(),
             class_logits: None,
             f16: false,
             head: HeadOptions::default(),
+            failed: None,
         })
     }
 
@@ -90,7 +103,7 @@ impl<'g> Reference<'g> {
         self
     }
 
-    fn round(&self, mut t: T) -> T {
+    fn round(&self, mut t: RefTensor) -> RefTensor {
         if self.f16 {
             ops::map(&mut t, |v| half::f16::from_f32(v).to_f32());
         }
@@ -99,12 +112,15 @@ impl<'g> Reference<'g> {
 
     /// Runs the model on `images` (N, 3, H, W) and returns its outputs in export form
     /// (`output0`, then `output1` for segmentation).
-    pub fn run(&mut self, images: T) -> R<Vec<T>> {
+    pub fn run(&mut self, images: RefTensor) -> R<Vec<RefTensor>> {
         self.extra.clear();
         self.class_logits = None;
         let net = self.net;
         let images = self.round(images);
-        let out = net.forward(self, images).map_err(e)?;
+        self.failed = None;
+        let out = net
+            .forward(self, images)
+            .map_err(|m| self.failed.take().unwrap_or(RefError::Model(m)))?;
         let mut outs = vec![out];
         for t in std::mem::take(&mut self.extra) {
             outs.push(self.round(t));
@@ -122,7 +138,7 @@ impl<'g> Reference<'g> {
     }
 
     /// Runs one module by its class.
-    pub fn module(&mut self, m: M, x: In<T>) -> R<T> {
+    pub fn module(&mut self, m: M, x: In<RefTensor>) -> R<RefTensor> {
         match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Layer { run, .. }) => {
                 let y = run(self, m, x)?;
@@ -133,22 +149,36 @@ impl<'g> Reference<'g> {
     }
 
     /// Runs `m`'s child `name` on `x`.
-    pub(crate) fn sub(&mut self, m: M, name: &str, x: &T) -> R<T> {
+    pub(crate) fn sub(&mut self, m: M, name: &str, x: &RefTensor) -> R<RefTensor> {
         let c = m.child(name).map_err(e)?;
+        // A `Conv` (most children) reads its input by reference: no copy of `x` to wrap it.
+        if c.class() == "Conv" {
+            let y = self.conv_bn_act(c, x)?;
+            return Ok(self.round(y));
+        }
         self.module(c, In::One(x.clone()))
     }
 }
 
 impl Backend for Reference<'_> {
-    type Value = T;
+    type Value = RefTensor;
 
-    fn layer(&mut self, _path: &str, m: M<'_>, x: In<T>) -> Result<In<T>, String> {
+    fn layer(&mut self, path: &str, m: M<'_>, x: In<RefTensor>) -> Result<In<RefTensor>, String> {
         let out = match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Fork { run, .. }) => {
                 run(self, m, x).map(|ts| In::Many(ts.into_iter().map(|t| self.round(t)).collect()))
             }
             _ => self.module(m, x).map(In::One),
         };
-        out.map_err(|err| err.0)
+        out.map_err(|source| {
+            // The walk prefixes the message with the same path and class.
+            let message = source.to_string();
+            self.failed = Some(RefError::Layer {
+                path: path.to_string(),
+                class: m.class(),
+                source: Box::new(source),
+            });
+            message
+        })
     }
 }

@@ -3,7 +3,7 @@
 //! IoU threshold; a box whose x2 < x1 or y2 < y1 overlaps nothing), with `NMSModel`'s class
 //! offsets; for OBB, `NMSModel`'s fast NMS with the probabilistic IoU.
 
-use super::ops::T;
+use super::ops::RefTensor;
 use crate::onnx::nms::{Layout, Nms};
 
 /// One candidate of one image.
@@ -31,7 +31,13 @@ fn suppresses(a: &[f32; 4], b: &[f32; 4], thr: f32) -> bool {
 /// NMS of a (B, 4 + nc + extra, anchors) head output (centre-size boxes) for an input of
 /// `input_hw`: (B, max_det, 6 + extra) rows `x1 y1 x2 y2 score class extra…`, best first, then
 /// zero rows.
-pub fn nms(y: &T, layout: Layout, p: &Nms, max_det: usize, input_hw: (usize, usize)) -> T {
+pub fn nms(
+    y: &RefTensor,
+    layout: Layout,
+    p: &Nms,
+    max_det: usize,
+    input_hw: (usize, usize),
+) -> RefTensor {
     let (nc, extra) = (layout.nc as usize, layout.extra as usize);
     let (b, rows, a) = (y.shape[0], y.shape[1], y.shape[2]);
     debug_assert_eq!(rows, 4 + nc + extra);
@@ -93,7 +99,7 @@ pub fn nms(y: &T, layout: Layout, p: &Nms, max_det: usize, input_hw: (usize, usi
             }
         }
     }
-    T::new(out, vec![b, max_det, width])
+    RefTensor::new(out, vec![b, max_det, width])
 }
 
 /// A rotated candidate: the row it gives and the Gaussian NMS compares.
@@ -123,7 +129,13 @@ fn probiou(p: &[f32; 5], q: &[f32; 5]) -> f32 {
 /// `NMSModel` exports it: scores at or below `conf` become 0 but stay candidates, the
 /// `5 · max_det` best are compared, and a candidate goes when any better one (kept or not)
 /// overlaps it by more than `iou` (fast NMS). Rows (B, max_det, 7) `cx cy w h score class angle`.
-pub fn nms_rotated(y: &T, nc: usize, p: &Nms, max_det: usize, input_hw: (usize, usize)) -> T {
+pub fn nms_rotated(
+    y: &RefTensor,
+    nc: usize,
+    p: &Nms,
+    max_det: usize,
+    input_hw: (usize, usize),
+) -> RefTensor {
     let (b, rows, a) = (y.shape[0], y.shape[1], y.shape[2]);
     debug_assert_eq!(rows, 5 + nc);
     let mut out = vec![0.0f32; b * max_det * 7];
@@ -172,7 +184,7 @@ pub fn nms_rotated(y: &T, nc: usize, p: &Nms, max_det: usize, input_hw: (usize, 
             kept += 1;
         }
     }
-    T::new(out, vec![b, max_det, 7])
+    RefTensor::new(out, vec![b, max_det, 7])
 }
 
 #[cfg(test)]
@@ -181,7 +193,7 @@ mod tests {
 
     /// A (1, R, n) head output from R values per anchor: (cx, cy, w, h, score0, score1) for
     /// detect, plus the angle for OBB.
-    fn output<const R: usize>(anchors: &[[f32; R]]) -> T {
+    fn output<const R: usize>(anchors: &[[f32; R]]) -> RefTensor {
         let n = anchors.len();
         let mut d = vec![0.0; R * n];
         for (k, a) in anchors.iter().enumerate() {
@@ -189,7 +201,7 @@ mod tests {
                 d[r * n + k] = *v;
             }
         }
-        T::new(d, vec![1, R, n])
+        RefTensor::new(d, vec![1, R, n])
     }
 
     const LAYOUT: Layout = Layout { nc: 2, extra: 0 };

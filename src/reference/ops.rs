@@ -4,20 +4,24 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-/// A dense tensor, row-major.
+/// The interpreter's tensor: dense, row-major f32 with its shape.
 #[derive(Clone, Debug)]
-pub struct T {
+pub struct RefTensor {
     /// Elements.
     pub data: Vec<f32>,
     /// Shape (NCHW for feature maps).
     pub shape: Vec<usize>,
 }
 
-impl T {
+/// The former name of [`RefTensor`], kept while branches that still use it merge (the layer
+/// files and the parity rows); new code names `RefTensor`.
+pub type T = RefTensor;
+
+impl RefTensor {
     /// Wraps data of a shape.
-    pub fn new(data: Vec<f32>, shape: Vec<usize>) -> T {
+    pub fn new(data: Vec<f32>, shape: Vec<usize>) -> RefTensor {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
-        T { data, shape }
+        RefTensor { data, shape }
     }
 
     /// (N, C, H, W) of a feature map.
@@ -46,114 +50,195 @@ fn gemm(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
     general_mat_mul(1.0, &a, &b, 0.0, &mut c);
 }
 
+/// The most floats one im2col tile holds (16 MiB). Unbounded, the column matrix of an early
+/// layer at 640 is kdim × oh × ow floats (yolo11x's second conv: 864 × 160 × 160, 88 MB, over
+/// twice its largest activation); a tile of whole output rows keeps it bounded and
+/// cache-friendlier, and each GEMM still hundreds of columns wide.
+const COLS_BUDGET: usize = 4 << 20;
+
+thread_local! {
+    /// The im2col scratch, reused across convolutions of one thread: a fresh buffer per layer
+    /// costs a page fault per 4 KiB touched.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// 2-D convolution; `w` is (O, C/groups, kh, kw), `bias` per output channel.
-pub fn conv2d(x: &T, w: &[f32], wshape: &[usize], bias: Option<&[f32]>, s: &ConvSpec) -> T {
+pub fn conv2d(
+    x: &RefTensor,
+    w: &[f32],
+    wshape: &[usize],
+    bias: Option<&[f32]>,
+    s: &ConvSpec,
+) -> RefTensor {
+    conv2d_tiled(x, (w, wshape), bias, s, COLS_BUDGET)
+}
+
+/// [`conv2d`] with im2col tiles of at most `budget` floats (at least one output row).
+fn conv2d_tiled(
+    x: &RefTensor,
+    (w, wshape): (&[f32], &[usize]),
+    bias: Option<&[f32]>,
+    s: &ConvSpec,
+    budget: usize,
+) -> RefTensor {
     let (n, c, h, wd) = x.nchw();
     let (o, cg, kh, kw) = (wshape[0], wshape[1], wshape[2], wshape[3]);
     let oh = (h + 2 * s.pad.0 - s.dil.0 * (kh - 1) - 1) / s.stride.0 + 1;
     let ow = (wd + 2 * s.pad.1 - s.dil.1 * (kw - 1) - 1) / s.stride.1 + 1;
-    let mut out = vec![0.0f32; n * o * oh * ow];
+    let plane = oh * ow;
+    let mut out = vec![0.0f32; n * o * plane];
     let og = o / s.groups;
     let depthwise = s.groups == c && cg == 1 && og == 1;
+    let kdim = cg * kh * kw;
+    let pointwise = kh == 1 && kw == 1 && s.stride == (1, 1) && s.pad == (0, 0);
+    // Output rows per im2col tile.
+    let rows = (budget / (kdim * ow).max(1)).clamp(1, oh.max(1));
     for b in 0..n {
         let xb = &x.data[b * c * h * wd..(b + 1) * c * h * wd];
-        let ob = &mut out[b * o * oh * ow..(b + 1) * o * oh * ow];
+        let ob = &mut out[b * o * plane..(b + 1) * o * plane];
         if depthwise {
             for ch in 0..c {
                 let xc = &xb[ch * h * wd..(ch + 1) * h * wd];
                 let wc = &w[ch * kh * kw..(ch + 1) * kh * kw];
-                let oc = &mut ob[ch * oh * ow..(ch + 1) * oh * ow];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = 0.0f32;
-                        for ky in 0..kh {
-                            let iy = (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let ix =
-                                    (ox * s.stride.1 + kx * s.dil.1) as isize - s.pad.1 as isize;
-                                if ix < 0 || ix >= wd as isize {
-                                    continue;
-                                }
-                                acc += xc[iy as usize * wd + ix as usize] * wc[ky * kw + kx];
-                            }
-                        }
-                        oc[oy * ow + ox] = acc;
-                    }
-                }
+                depthwise_plane(
+                    xc,
+                    (h, wd),
+                    wc,
+                    (kh, kw),
+                    s,
+                    &mut ob[ch * plane..(ch + 1) * plane],
+                    ow,
+                );
             }
         } else {
-            let kdim = cg * kh * kw;
-            let pointwise = kh == 1 && kw == 1 && s.stride == (1, 1) && s.pad == (0, 0);
-            let mut cols = if pointwise {
-                Vec::new()
-            } else {
-                vec![0.0f32; kdim * oh * ow]
-            };
             for g in 0..s.groups {
                 let xg = &xb[g * cg * h * wd..(g + 1) * cg * h * wd];
-                let b_mat: &[f32] = if pointwise {
-                    xg
-                } else {
-                    im2col(xg, cg, h, wd, kh, kw, oh, ow, s, &mut cols);
-                    &cols
-                };
                 let wg = &w[g * og * kdim..(g + 1) * og * kdim];
-                gemm(
-                    wg,
-                    b_mat,
-                    &mut ob[g * og * oh * ow..(g + 1) * og * oh * ow],
-                    og,
-                    kdim,
-                    oh * ow,
-                );
+                let og_out = &mut ob[g * og * plane..(g + 1) * og * plane];
+                if pointwise {
+                    gemm(wg, xg, og_out, og, kdim, plane);
+                    continue;
+                }
+                COLS.with_borrow_mut(|cols| {
+                    let mut c_all =
+                        ArrayViewMut2::from_shape((og, plane), &mut *og_out).expect("c shape");
+                    let a = ArrayView2::from_shape((og, kdim), wg).expect("a shape");
+                    let mut oy = 0;
+                    while oy < oh {
+                        let oy1 = (oy + rows).min(oh);
+                        let cols_n = (oy1 - oy) * ow;
+                        cols.resize(kdim * cols_n, 0.0);
+                        im2col(
+                            xg,
+                            (cg, h, wd),
+                            (kh, kw),
+                            (oy, oy1, ow),
+                            s,
+                            &mut cols[..kdim * cols_n],
+                        );
+                        let bm = ArrayView2::from_shape((kdim, cols_n), &cols[..kdim * cols_n])
+                            .expect("b shape");
+                        let mut cv = c_all.slice_mut(ndarray::s![.., oy * ow..oy1 * ow]);
+                        general_mat_mul(1.0, &a, &bm, 0.0, &mut cv);
+                        oy = oy1;
+                    }
+                });
             }
         }
         if let Some(bias) = bias {
             for (ch, &bv) in bias.iter().enumerate() {
-                for v in &mut ob[ch * oh * ow..(ch + 1) * oh * ow] {
+                for v in &mut ob[ch * plane..(ch + 1) * plane] {
                     *v += bv;
                 }
             }
         }
     }
-    T::new(out, vec![n, o, oh, ow])
+    RefTensor::new(out, vec![n, o, oh, ow])
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One channel of a depthwise convolution; the taps that fall inside the input are found once
+/// per output row and column range, so the inner loop has no bounds tests.
+fn depthwise_plane(
+    xc: &[f32],
+    (h, wd): (usize, usize),
+    wc: &[f32],
+    (kh, kw): (usize, usize),
+    s: &ConvSpec,
+    oc: &mut [f32],
+    ow: usize,
+) {
+    if ow == 0 {
+        return;
+    }
+    for (oy, orow) in oc.chunks_exact_mut(ow).enumerate() {
+        for ky in 0..kh {
+            let iy = (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            let src = &xc[iy as usize * wd..(iy as usize + 1) * wd];
+            for kx in 0..kw {
+                let wv = wc[ky * kw + kx];
+                let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
+                // Output columns whose tap ix = ox·stride + off lies in [0, wd).
+                let (lo, hi) = taps_inside(off, s.stride.1, wd, ow);
+                for (ox, o) in (lo..hi).zip(&mut orow[lo..hi]) {
+                    *o += src[((ox * s.stride.1) as isize + off) as usize] * wv;
+                }
+            }
+        }
+    }
+}
+
+/// The output columns `[lo, hi)` (of `ow`) whose input column `ox·stride + off` lies in `[0, w)`.
+fn taps_inside(off: isize, stride: usize, w: usize, ow: usize) -> (usize, usize) {
+    let lo = if off < 0 {
+        ((-off) as usize).div_ceil(stride).min(ow)
+    } else {
+        0
+    };
+    let hi = if (w as isize) > off {
+        ((w as isize - off) as usize).div_ceil(stride).min(ow)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
+/// The column matrix of output rows `[oy0, oy1)`: row (ch, ky, kx), column (oy − oy0)·ow + ox.
 fn im2col(
     x: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
+    (c, h, w): (usize, usize, usize),
+    (kh, kw): (usize, usize),
+    (oy0, oy1, ow): (usize, usize, usize),
     s: &ConvSpec,
     cols: &mut [f32],
 ) {
+    let n = (oy1 - oy0) * ow;
     for ch in 0..c {
         for ky in 0..kh {
             for kx in 0..kw {
-                let row = ((ch * kh + ky) * kw + kx) * oh * ow;
-                for oy in 0..oh {
+                let row = ((ch * kh + ky) * kw + kx) * n;
+                let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
+                for oy in oy0..oy1 {
                     let iy = (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
-                    let dst = &mut cols[row + oy * ow..row + (oy + 1) * ow];
+                    let dst = &mut cols[row + (oy - oy0) * ow..row + (oy - oy0 + 1) * ow];
                     if iy < 0 || iy >= h as isize {
                         dst.fill(0.0);
                         continue;
                     }
                     let src = &x[ch * h * w + iy as usize * w..ch * h * w + (iy as usize + 1) * w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * s.stride.1 + kx * s.dil.1) as isize - s.pad.1 as isize;
-                        *d = if ix < 0 || ix >= w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+                    // Columns whose tap ox·stride + off lies inside the row; zeros outside.
+                    let (lo, hi) = taps_inside(off, s.stride.1, w, ow);
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if s.stride.1 == 1 {
+                        let start = (lo as isize + off) as usize;
+                        dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    } else {
+                        for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
+                            *d = src[((ox * s.stride.1) as isize + off) as usize];
+                        }
                     }
                 }
             }
@@ -162,7 +247,14 @@ fn im2col(
 }
 
 /// Inference batch norm: (x − mean) / sqrt(var + eps) · γ + β, per channel.
-pub fn batch_norm(x: &mut T, gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) {
+pub fn batch_norm(
+    x: &mut RefTensor,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) {
     let (n, c, h, w) = x.nchw();
     for b in 0..n {
         for ch in 0..c {
@@ -176,7 +268,7 @@ pub fn batch_norm(x: &mut T, gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f
 }
 
 /// Applies an elementwise function in place.
-pub fn map(x: &mut T, f: impl Fn(f32) -> f32) {
+pub fn map(x: &mut RefTensor, f: impl Fn(f32) -> f32) {
     for v in &mut x.data {
         *v = f(*v);
     }
@@ -188,7 +280,7 @@ pub fn sigmoid(v: f32) -> f32 {
 }
 
 /// Max pooling with −∞ padding.
-pub fn max_pool(x: &T, k: usize, stride: usize, pad: usize) -> T {
+pub fn max_pool(x: &RefTensor, k: usize, stride: usize, pad: usize) -> RefTensor {
     let (n, c, h, w) = x.nchw();
     let oh = (h + 2 * pad - k) / stride + 1;
     let ow = (w + 2 * pad - k) / stride + 1;
@@ -215,11 +307,11 @@ pub fn max_pool(x: &T, k: usize, stride: usize, pad: usize) -> T {
             }
         }
     }
-    T::new(out, vec![n, c, oh, ow])
+    RefTensor::new(out, vec![n, c, oh, ow])
 }
 
 /// Nearest-neighbour upsampling by an integer factor.
-pub fn upsample_nearest(x: &T, f: usize) -> T {
+pub fn upsample_nearest(x: &RefTensor, f: usize) -> RefTensor {
     let (n, c, h, w) = x.nchw();
     let (oh, ow) = (h * f, w * f);
     let mut out = vec![0.0; n * c * oh * ow];
@@ -230,11 +322,11 @@ pub fn upsample_nearest(x: &T, f: usize) -> T {
             }
         }
     }
-    T::new(out, vec![n, c, oh, ow])
+    RefTensor::new(out, vec![n, c, oh, ow])
 }
 
 /// Concatenation of feature maps along channels.
-pub fn cat_channels(xs: &[&T]) -> T {
+pub fn cat_channels(xs: &[&RefTensor]) -> RefTensor {
     let (n, _, h, w) = xs[0].nchw();
     let c: usize = xs.iter().map(|x| x.shape[1]).sum();
     let mut out = Vec::with_capacity(n * c * h * w);
@@ -244,22 +336,22 @@ pub fn cat_channels(xs: &[&T]) -> T {
             out.extend_from_slice(&x.data[b * per..(b + 1) * per]);
         }
     }
-    T::new(out, vec![n, c, h, w])
+    RefTensor::new(out, vec![n, c, h, w])
 }
 
 /// Channels `[from, to)` of a feature map.
-pub fn channels(x: &T, from: usize, to: usize) -> T {
+pub fn channels(x: &RefTensor, from: usize, to: usize) -> RefTensor {
     let (n, c, h, w) = x.nchw();
     let mut out = Vec::with_capacity(n * (to - from) * h * w);
     for b in 0..n {
         out.extend_from_slice(&x.data[(b * c + from) * h * w..(b * c + to) * h * w]);
     }
-    T::new(out, vec![n, to - from, h, w])
+    RefTensor::new(out, vec![n, to - from, h, w])
 }
 
 /// Elementwise sum.
-pub fn add(a: &T, b: &T) -> T {
-    T::new(
+pub fn add(a: &RefTensor, b: &RefTensor) -> RefTensor {
+    RefTensor::new(
         a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
         a.shape.clone(),
     )
@@ -286,4 +378,97 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0.0; m * n];
     gemm(a, b, &mut out, m, k, n);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Convolution by its definition, one output at a time.
+    fn direct(x: &RefTensor, w: &[f32], ws: [usize; 4], s: &ConvSpec) -> Vec<f32> {
+        let (n, c, h, wd) = x.nchw();
+        let [o, cg, kh, kw] = ws;
+        let oh = (h + 2 * s.pad.0 - s.dil.0 * (kh - 1) - 1) / s.stride.0 + 1;
+        let ow = (wd + 2 * s.pad.1 - s.dil.1 * (kw - 1) - 1) / s.stride.1 + 1;
+        let og = o / s.groups;
+        let mut out = vec![0.0f32; n * o * oh * ow];
+        for b in 0..n {
+            for oc in 0..o {
+                let g = oc / og;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0.0f64;
+                        for ci in 0..cg {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * s.stride.0 + ky * s.dil.0) as isize
+                                        - s.pad.0 as isize;
+                                    let ix = (ox * s.stride.1 + kx * s.dil.1) as isize
+                                        - s.pad.1 as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * c + g * cg + ci) * h + iy as usize) * wd
+                                        + ix as usize;
+                                    let wi = ((oc * cg + ci) * kh + ky) * kw + kx;
+                                    acc += x.data[xi] as f64 * w[wi] as f64;
+                                }
+                            }
+                        }
+                        out[((b * o + oc) * oh + oy) * ow + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn tiled_convolutions_match_the_definition() {
+        // (channels, out, kernel, stride, pad, dilation, groups) over a 2×C×13×11 input; tiles
+        // of one to a few output rows, and the whole map at once.
+        let cases = [
+            (6, 4, 3, 1, 1, 1, 1),
+            (6, 4, 3, 2, 1, 1, 1),
+            (6, 6, 3, 2, 1, 1, 6),
+            (6, 6, 5, 1, 2, 1, 6),
+            (6, 4, 3, 1, 2, 2, 2),
+            (6, 4, 1, 1, 0, 1, 1),
+            (6, 4, 1, 2, 0, 1, 1),
+            (4, 8, 2, 2, 0, 1, 1),
+        ];
+        for (i, &(c, o, k, st, p, d, g)) in cases.iter().enumerate() {
+            let x = RefTensor::new(values(2 * c * 13 * 11, i as u32), vec![2, c, 13, 11]);
+            let ws = [o, c / g, k, k];
+            let w = values(ws.iter().product(), 7 + i as u32);
+            let bias = values(o, 99);
+            let s = ConvSpec {
+                stride: (st, st),
+                pad: (p, p),
+                dil: (d, d),
+                groups: g,
+            };
+            let mut want = direct(&x, &w, ws, &s);
+            let plane = want.len() / (2 * o);
+            for (j, v) in want.iter_mut().enumerate() {
+                *v += bias[(j / plane) % o];
+            }
+            for budget in [1, 40, 1 << 20] {
+                let got = conv2d_tiled(&x, (&w, &ws), Some(&bias), &s, budget);
+                assert_eq!(got.data.len(), want.len(), "case {i}");
+                for (a, b) in got.data.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "case {i}, budget {budget}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
 }

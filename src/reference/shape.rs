@@ -2,7 +2,7 @@
 //! hold a module tree whose weights do not fit the feature maps they meet (a fuzzed or hand-edited
 //! checkpoint). Each check fails with an error naming the layer instead of a panic.
 
-use super::ops::{ConvSpec, T};
+use super::ops::{ConvSpec, RefTensor};
 use super::{R, e};
 
 /// The largest stride, dilation, padding, kernel or scale factor the interpreter accepts; real
@@ -10,7 +10,7 @@ use super::{R, e};
 const LIMIT: usize = 1 << 16;
 
 /// (N, C, H, W) of a feature map.
-pub fn nchw(x: &T, what: &str) -> R<(usize, usize, usize, usize)> {
+pub fn nchw(x: &RefTensor, what: &str) -> R<(usize, usize, usize, usize)> {
     match x.shape[..] {
         [n, c, h, w] => Ok((n, c, h, w)),
         _ => Err(e(format!(
@@ -22,7 +22,7 @@ pub fn nchw(x: &T, what: &str) -> R<(usize, usize, usize, usize)> {
 
 /// A convolution of `x` with weights `ws` (O, C/groups, kh, kw) holding `w_len` values.
 pub fn conv(
-    x: &T,
+    x: &RefTensor,
     w_len: usize,
     ws: &[usize],
     bias: Option<usize>,
@@ -76,7 +76,7 @@ pub fn per_channel(len: usize, channels: usize, what: &str) -> R<()> {
 }
 
 /// Max pooling of `x` with a `k`×`k` window.
-pub fn pool(x: &T, k: usize, stride: usize, pad: usize, what: &str) -> R<()> {
+pub fn pool(x: &RefTensor, k: usize, stride: usize, pad: usize, what: &str) -> R<()> {
     let (_, _, h, w) = nchw(x, what)?;
     if !(1..=LIMIT).contains(&k)
         || !(1..=LIMIT).contains(&stride)
@@ -91,7 +91,7 @@ pub fn pool(x: &T, k: usize, stride: usize, pad: usize, what: &str) -> R<()> {
 }
 
 /// Integer upsampling factor `f` of `x`.
-pub fn upsample(x: &T, f: usize, what: &str) -> R<()> {
+pub fn upsample(x: &RefTensor, f: usize, what: &str) -> R<()> {
     nchw(x, what)?;
     if !(1..=64).contains(&f) {
         return Err(e(format!("{what}: scale factor {f}")));
@@ -100,7 +100,7 @@ pub fn upsample(x: &T, f: usize, what: &str) -> R<()> {
 }
 
 /// Feature maps concatenated along channels: same batch and spatial size.
-pub fn same_maps(xs: &[&T], what: &str) -> R<()> {
+pub fn same_maps(xs: &[&RefTensor], what: &str) -> R<()> {
     let first = xs
         .first()
         .ok_or_else(|| e(format!("{what}: nothing to concatenate")))?;
@@ -118,7 +118,7 @@ pub fn same_maps(xs: &[&T], what: &str) -> R<()> {
 }
 
 /// Two values added elementwise have one shape.
-pub fn same_shape(a: &T, b: &T, what: &str) -> R<()> {
+pub fn same_shape(a: &RefTensor, b: &RefTensor, what: &str) -> R<()> {
     if a.shape != b.shape {
         return Err(e(format!(
             "{what}: cannot add {:?} and {:?}",
@@ -129,7 +129,7 @@ pub fn same_shape(a: &T, b: &T, what: &str) -> R<()> {
 }
 
 /// A channel range `[from, to)` of `x`.
-pub fn channels(x: &T, from: usize, to: usize, what: &str) -> R<()> {
+pub fn channels(x: &RefTensor, from: usize, to: usize, what: &str) -> R<()> {
     let (_, c, _, _) = nchw(x, what)?;
     if from >= to || to > c {
         return Err(e(format!("{what}: channels {from}..{to} of {c}")));

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use ndarray::ArrayD;
 
+pub mod timing;
 pub mod tract;
 
 /// Execution providers that can be requested from ONNX Runtime.
@@ -302,10 +303,10 @@ impl OrtRuntime {
                     ))
                 })?;
         }
-        let mut session = match model {
+        let mut session = timing::phase("ONNX Runtime session", || match model {
             Source::Bytes(b) => builder.commit_from_memory(b),
             Source::File(p) => builder.commit_from_file(p),
-        }
+        })
         .map_err(e("cannot load the model"))?;
         let mut values = Vec::new();
         for (name, a) in inputs {
@@ -315,7 +316,8 @@ impl OrtRuntime {
                 ort::session::SessionInputValue::from(t),
             ));
         }
-        let outputs = session.run(values).map_err(e("run"))?;
+        let outputs =
+            timing::phase("ONNX Runtime run", || session.run(values)).map_err(e("run"))?;
         let mut out = Vec::new();
         for (name, v) in outputs.iter() {
             let a = match v.try_extract_array::<f32>() {

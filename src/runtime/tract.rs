@@ -64,8 +64,7 @@ pub fn run(
             .transform_into(typed)
             .map_err(err("f16 to f32"))?;
     }
-    let runnable = typed
-        .into_optimized()
+    let runnable = super::timing::phase("tract optimisation", || typed.into_optimized())
         .map_err(err("optimisation"))?
         .into_runnable()
         .map_err(err("plan"))?;
@@ -73,7 +72,7 @@ pub fn run(
         .iter()
         .map(|(_, a)| Tensor::from(a.clone()).into())
         .collect();
-    let out = runnable.run(values).map_err(err("run"))?;
+    let out = super::timing::phase("tract run", || runnable.run(values)).map_err(err("run"))?;
     out.iter()
         .zip(names)
         .map(|(t, n)| {
