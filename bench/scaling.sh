@@ -41,8 +41,9 @@ assert onnxruntime.__version__ == '$ORT_VERSION', onnxruntime.__version__" 2>/de
 fi
 lib=$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -1)
 export ORT_DYLIB_PATH=$lib BENCH_PY=$VENV/bin/python FUSE_EMA=$PWD/target/release/fuse-ema
-# The yolo CLI must not reach for the network (settings sync, update checks) while timed.
-export YOLO_OFFLINE=1 YOLO_VERBOSE=False
+# The yolo CLI must not reach for the network (settings sync, update checks) while timed; no
+# __pycache__ is left in bench/.
+export YOLO_OFFLINE=1 YOLO_VERBOSE=False PYTHONDONTWRITEBYTECODE=1
 cargo build --release -q
 
 if [ "${QUICK:-0}" = 1 ]; then
