@@ -48,15 +48,46 @@ pub fn to_f32_vec(t: &Tensor) -> Option<Vec<f32>> {
     let mut out = Vec::with_capacity(t.numel());
     let mut real = true;
     let streamed = t.for_each_chunk(|c| {
-        real &= for_each_f64(t.dtype, c, |x| out.push(x as f32));
+        real &= extend_f32(t.dtype, c, &mut out);
         Ok(())
     });
     if streamed.is_err() {
         out.clear();
         let bytes = t.to_contiguous_bytes().ok()?;
-        real = for_each_f64(t.dtype, &bytes, |x| out.push(x as f32));
+        real = extend_f32(t.dtype, &bytes, &mut out);
     }
     real.then_some(out)
+}
+
+/// Appends `bytes` (elements of `dtype`) to `out` as f32. f32 and f16 (the dtypes of every
+/// checkpoint's weights) take direct paths, f16 a block at a time through `half`'s vectorised
+/// conversion: the element-by-element f64 route was a fifth of a large export's CPU time.
+/// Both widenings are exact, so the values are those of the f64 route.
+fn extend_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) -> bool {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    const BLOCK: usize = 1024;
+    match dtype {
+        DType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|a| f32::from_le_bytes(a.try_into().expect("chunk size"))),
+        ),
+        DType::F16 => {
+            let mut bits = [0u16; BLOCK];
+            for block in bytes.chunks(2 * BLOCK) {
+                let n = block.len() / 2;
+                for (b, a) in bits.iter_mut().zip(block.chunks_exact(2)) {
+                    *b = u16::from_le_bytes([a[0], a[1]]);
+                }
+                let start = out.len();
+                out.resize(start + n, 0.0);
+                let halves: &[f16] = bits[..n].reinterpret_cast();
+                halves.convert_to_f32_slice(&mut out[start..]);
+            }
+        }
+        _ => return for_each_f64(dtype, bytes, |x| out.push(x as f32)),
+    }
+    true
 }
 
 /// The value of a one-element tensor.
@@ -95,6 +126,27 @@ mod tests {
         crate::tensor::Buffer::Mapped {
             map: std::sync::Arc::new(crate::tensor::MappedFile::new(map, file)),
             range,
+        }
+    }
+
+    #[test]
+    fn direct_f32_paths_equal_the_f64_route() {
+        let every_f16: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
+        let f32s: Vec<u8> = (0..5000u32)
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761)).to_le_bytes())
+            .collect();
+        for (dtype, bytes) in [(DType::F16, &every_f16), (DType::F32, &f32s)] {
+            let mut direct = Vec::new();
+            assert!(extend_f32(dtype, bytes, &mut direct));
+            let mut via = Vec::new();
+            assert!(for_each_f64(dtype, bytes, |x| via.push(x as f32)));
+            assert_eq!(direct.len(), via.len());
+            for (i, (a, b)) in direct.iter().zip(&via).enumerate() {
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{dtype} element {i}: {a} vs {b}"
+                );
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! `diff --plot` draws every text inside its canvas: rendered with resvg (fonts: DejaVu Sans,
 //! which the machine image installs), each text element's box is checked against the canvas.
-//! Set FUSE_EMA_PLOT_PNG=<dir> to also get each chart as a PNG to look at.
+//! The same check covers the SVG plots committed under docs/. Set FUSE_EMA_PLOT_PNG=<dir> to also
+//! get each chart as a PNG to look at.
 
 mod common;
 
@@ -198,4 +199,23 @@ fn the_cli_plot_names_the_file_not_its_path_and_fits() {
         "no directory in the chart"
     );
     check("cli-yolov8-v80-style", &text);
+}
+
+/// The plots committed under docs/ (bench/scaling.sh's cost-against-size chart) keep their text
+/// inside the canvas too: the script estimates text widths, this renders them with a real font.
+#[test]
+fn committed_docs_plots_keep_text_inside_the_canvas() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&docs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "svg") {
+            check(
+                &path.file_stem().unwrap().to_string_lossy(),
+                &std::fs::read_to_string(&path).unwrap(),
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "docs/scaling.svg is committed");
 }
