@@ -371,7 +371,8 @@ pub struct Tensor {
 }
 
 /// Why a tensor view does not fit its storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct ViewError(pub String);
 
 impl Tensor {

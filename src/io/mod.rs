@@ -136,10 +136,7 @@ fn global_names(graph: &Graph) -> Vec<String> {
 
 /// Adds to a pickle error the globals the file named before the failure (see `names_suffix`).
 pub(crate) fn with_names(mut e: pickle::PickleError, graph: &Graph) -> pickle::PickleError {
-    let names = global_names(graph);
-    if !names.is_empty() {
-        e.message = format!("{}; before that it names {}", e.message, names.join(", "));
-    }
+    e.named = global_names(graph);
     e
 }
 

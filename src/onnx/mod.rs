@@ -234,7 +234,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             opts.module_key
         ))
     })?;
-    crate::models::registry::check(root.child("model").map_err(err)?).map_err(err)?;
+    crate::models::registry::check(root.child("model").map_err(|e| err(e.into()))?).map_err(err)?;
     if opts.end2end {
         let head = crate::models::Net::new(root).map_err(err)?.head();
         heads::check_end2end(head.ok_or_else(|| err("the model has no layers".into()))?)

@@ -248,7 +248,9 @@ impl Source {
             }
             Data::External(kv) => {
                 let mut ext = crate::onnx::read::External::new(self.scanned.path.parent());
-                ext.slice(&t.name, kv).map(<[u8]>::to_vec)
+                ext.slice(&t.name, kv)
+                    .map(<[u8]>::to_vec)
+                    .map_err(String::from)
             }
             Data::Other => Ok(Vec::new()),
         }
