@@ -18,6 +18,9 @@ pub struct M<'g> {
 /// model walk prefixes with the layer's path.
 pub type R<T> = Result<T, String>;
 
+/// A weight's values as f32 and its shape.
+pub type Weight = (Vec<f32>, Vec<i64>);
+
 /// Why a module's child or weight could not be read; the text names the class and the key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AttrError {
@@ -135,7 +138,7 @@ impl<'g> M<'g> {
     }
 
     /// A parameter or buffer as f32 with its shape (f16/bf16 upcast exactly).
-    pub fn tensor_f32(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<i64>)>, AttrError> {
+    pub fn tensor_f32(&self, name: &str) -> Result<Option<Weight>, AttrError> {
         let t = ["_parameters", "_buffers"]
             .iter()
             .filter_map(|a| self.attr(a))
@@ -153,8 +156,7 @@ impl<'g> M<'g> {
                 });
             }
         };
-        let data = to_f32_vec(t)
-            .ok_or_else(|| AttrError::NotFloat {
+        let data = to_f32_vec(t).ok_or_else(|| AttrError::NotFloat {
             class: self.class(),
             name: name.to_string(),
             dtype: t.dtype,
@@ -163,7 +165,7 @@ impl<'g> M<'g> {
     }
 
     /// A required parameter or buffer.
-    pub fn need_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<i64>), AttrError> {
+    pub fn need_f32(&self, name: &str) -> Result<Weight, AttrError> {
         self.tensor_f32(name)?.ok_or_else(|| AttrError::NoTensor {
             class: self.class(),
             name: name.to_string(),

@@ -135,9 +135,9 @@ fn global_names(graph: &Graph) -> Vec<String> {
 }
 
 /// Adds to a pickle error the globals the file named before the failure (see `names_suffix`).
-pub(crate) fn with_names(mut e: pickle::PickleError, graph: &Graph) -> pickle::PickleError {
+pub(crate) fn with_names(mut e: pickle::PickleError, graph: &Graph) -> Box<pickle::PickleError> {
     e.named = global_names(graph);
-    e
+    Box::new(e)
 }
 
 /// Memory-maps a whole file read-only.

@@ -74,7 +74,9 @@ pub enum OnnxReadError {
     #[error("initializer '{0}': bad external length")]
     BadLength(String),
     /// A range past the end of its data file.
-    #[error("initializer '{name}': external range {offset}+{len} lies past the end of {location} ({size} bytes)")]
+    #[error(
+        "initializer '{name}': external range {offset}+{len} lies past the end of {location} ({size} bytes)"
+    )]
     RangePastEnd {
         /// The initializer.
         name: String,
@@ -177,7 +179,8 @@ impl<'a> Buf<'a> {
                 Field::Fixed64
             }
             2 => {
-                let n = usize::try_from(self.varint()?).map_err(|_| OnnxReadError::LengthOverflow)?;
+                let n =
+                    usize::try_from(self.varint()?).map_err(|_| OnnxReadError::LengthOverflow)?;
                 Field::Bytes(self.take(n)?)
             }
             5 => Field::Fixed32(self.take(4)?.try_into().expect("4 bytes")),
@@ -344,8 +347,7 @@ impl<'p> External<'p> {
     /// but not counted: the caller copies out one tensor at a time).
     pub(crate) fn slice(&mut self, name: &str, kv: &[(String, String)]) -> R<&[u8]> {
         let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
-        let loc = get("location")
-            .ok_or_else(|| OnnxReadError::NoLocation(name.to_string()))?;
+        let loc = get("location").ok_or_else(|| OnnxReadError::NoLocation(name.to_string()))?;
         if !self.files.contains_key(loc) {
             let map = self.open(name, loc)?;
             self.mapped += map.as_ref().map_or(0, |m| m.len() as u64);

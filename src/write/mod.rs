@@ -49,6 +49,15 @@ impl fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
+/// The folder an output goes in (`.` for a bare file name): where its temporary and scratch
+/// files are made, on the output's file system.
+pub fn output_dir(output: &Path) -> PathBuf {
+    match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// What dtype floating tensors are written in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutDType {

@@ -363,8 +363,7 @@ impl Pickler<'_> {
     /// `('storage', torch.<Type>Storage, '<key>', 'cpu', numel)` BINPERSID.
     fn persistent_id(&mut self, key: usize) -> R {
         let s = &self.storages[key];
-        let class = storage_class(s.dtype)
-            .ok_or(RepickleError::NoStorageClass(s.dtype))?;
+        let class = storage_class(s.dtype).ok_or(RepickleError::NoStorageClass(s.dtype))?;
         let numel = s.view.numel();
         self.out.push(b'(');
         self.str("storage");

@@ -29,7 +29,11 @@ impl Frames {
             if pos == end && n != 0 {
                 self.end = None;
             } else if pos.saturating_add(n) > end {
-                return Err(ambiguous(FrameConflict::ReadCrossesEnd { len: n, pos, end }));
+                return Err(ambiguous(FrameConflict::ReadCrossesEnd {
+                    len: n,
+                    pos,
+                    end,
+                }));
             }
         }
         Ok(())

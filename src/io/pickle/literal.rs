@@ -20,12 +20,10 @@ pub(super) fn bytes_to_str(b: &[u8]) -> Arc<str> {
 }
 
 pub(super) fn parse_index(line: &str) -> R<u32> {
-    line.trim()
-        .parse()
-        .map_err(|_| PickleFault::BadLiteral {
-            what: "memo index",
-            text: line.to_string(),
-        })
+    line.trim().parse().map_err(|_| PickleFault::BadLiteral {
+        what: "memo index",
+        text: line.to_string(),
+    })
 }
 
 pub(super) fn parse_decimal(s: &str) -> R<Value> {
@@ -122,7 +120,9 @@ pub(super) fn unquote_py_string(s: &str) -> R<Vec<u8>> {
             out.push(c);
             continue;
         }
-        let e = *inner.get(i).ok_or(PickleFault::BadEscape("dangling backslash in STRING"))?;
+        let e = *inner
+            .get(i)
+            .ok_or(PickleFault::BadEscape("dangling backslash in STRING"))?;
         i += 1;
         match e {
             b'n' => out.push(b'\n'),
@@ -142,7 +142,9 @@ pub(super) fn unquote_py_string(s: &str) -> R<Vec<u8>> {
                 out.push(v as u8);
             }
             b'x' => {
-                let h = inner.get(i..i + 2).ok_or(PickleFault::BadEscape("short \\x escape in STRING"))?;
+                let h = inner
+                    .get(i..i + 2)
+                    .ok_or(PickleFault::BadEscape("short \\x escape in STRING"))?;
                 let bad = || PickleFault::BadEscape("bad \\x escape");
                 let h = std::str::from_utf8(h).map_err(|_| bad())?;
                 out.push(u8::from_str_radix(h, 16).map_err(|_| bad())?);
@@ -171,7 +173,8 @@ pub(super) fn raw_unicode_unescape(s: &str) -> R<String> {
                 .ok_or(PickleFault::BadEscape("short unicode escape"))?
                 .iter()
                 .collect();
-            let cp = u32::from_str_radix(&hex, 16).map_err(|_| PickleFault::BadEscape("bad unicode escape"))?;
+            let cp = u32::from_str_radix(&hex, 16)
+                .map_err(|_| PickleFault::BadEscape("bad unicode escape"))?;
             out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
             i += 2 + n;
         } else {

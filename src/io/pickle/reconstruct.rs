@@ -27,7 +27,9 @@ pub fn construct(
         }
         ("torch._utils", "_rebuild_parameter")
         | ("torch._utils", "_rebuild_parameter_with_state") => {
-            let data = args.first().ok_or(PickleFault::ReconstructorArgs("_rebuild_parameter without data"))?;
+            let data = args.first().ok_or(PickleFault::ReconstructorArgs(
+                "_rebuild_parameter without data",
+            ))?;
             let p = mark_parameter(graph, data)?;
             graph.set_requires_grad(&p, args.get(1) == Some(&Value::Bool(true)));
             Ok(p)
@@ -235,9 +237,7 @@ fn mark_parameter(graph: &mut Graph, data: &Value) -> R<Value> {
 }
 
 fn usize_list(graph: &Graph, v: &Value, what: &'static str) -> R<Vec<usize>> {
-    let items = graph
-        .seq(v)
-        .ok_or(PickleFault::ShapeNotTuple(what))?;
+    let items = graph.seq(v).ok_or(PickleFault::ShapeNotTuple(what))?;
     items
         .iter()
         .map(|x| {
@@ -280,11 +280,10 @@ fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
         is_parameter: false,
     };
     if !graph.defer_view_checks {
-        t.check_view()
-            .map_err(|source| PickleFault::View {
-                storage: t.storage_key.to_string(),
-                source,
-            })?;
+        t.check_view().map_err(|source| PickleFault::View {
+            storage: t.storage_key.to_string(),
+            source,
+        })?;
     }
     let v = graph.add(Node::Tensor(Box::new(t)));
     graph.set_requires_grad(&v, requires_grad);

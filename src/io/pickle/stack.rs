@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::record;
 use super::error::PickleFault;
+use super::record;
 use super::vm::{R, Vm};
 use crate::checkpoint::value::{Global, Node, Value};
 
@@ -46,15 +46,11 @@ impl<'a> Vm<'a> {
     }
 
     pub(super) fn pop(&mut self) -> R<Value> {
-        self.stack
-            .pop()
-            .ok_or(PickleFault::StackUnderflow)
+        self.stack.pop().ok_or(PickleFault::StackUnderflow)
     }
 
     pub(super) fn top(&self) -> R<&Value> {
-        self.stack
-            .last()
-            .ok_or(PickleFault::StackUnderflow)
+        self.stack.last().ok_or(PickleFault::StackUnderflow)
     }
 
     pub(super) fn pop_mark(&mut self) -> R<Vec<Value>> {

@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
+use super::error::PickleFault;
 use super::frame::Frames;
 use super::literal::*;
 use super::ops::*;
 use super::reconstruct;
 use super::record::{self, Call};
-use super::error::PickleFault;
 use super::{Limits, PersistentLoad, PickleError};
 use crate::checkpoint::value::{Global, Graph, Made, Node, NodeId, Object, Value};
 
@@ -210,13 +210,10 @@ impl<'a> Vm<'a> {
             }
             FLOAT => {
                 let line = self.line()?;
-                let f: f64 = line
-                    .trim()
-                    .parse()
-                    .map_err(|_| PickleFault::BadLiteral {
-                        what: "FLOAT literal",
-                        text: line.clone(),
-                    })?;
+                let f: f64 = line.trim().parse().map_err(|_| PickleFault::BadLiteral {
+                    what: "FLOAT literal",
+                    text: line.clone(),
+                })?;
                 self.push(Value::Float(f));
             }
             BINFLOAT => {
