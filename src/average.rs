@@ -231,7 +231,7 @@ pub fn contribution(
     let only_set = || -> Result<Option<(Named, String)>, EmaError> {
         let sets = ck.weight_sets().map_err(|e| EmaError {
             path: ck.path.clone(),
-            kind: EmaErrorKind::Module(e.0),
+            kind: EmaErrorKind::Module(e),
         })?;
         Ok(match sets.as_slice() {
             [one] => Some((
