@@ -37,7 +37,7 @@ pub fn for_each_f64(dtype: DType, bytes: &[u8], mut f: impl FnMut(f64)) -> bool 
 pub fn to_f64_vec(t: &Tensor) -> Option<Vec<f64>> {
     let bytes = t.to_contiguous_bytes().ok()?;
     let mut out = Vec::with_capacity(t.numel());
-    for_each_f64(t.dtype, &bytes, |x| out.push(x)).then_some(out)
+    for_each_f64(t.dtype(), &bytes, |x| out.push(x)).then_some(out)
 }
 
 /// All elements as f32 in row-major order (f16/bf16 widen exactly), or `None` for dtypes without
@@ -48,13 +48,13 @@ pub fn to_f32_vec(t: &Tensor) -> Option<Vec<f32>> {
     let mut out = Vec::with_capacity(t.numel());
     let mut real = true;
     let streamed = t.for_each_chunk(|c| {
-        real &= for_each_f64(t.dtype, c, |x| out.push(x as f32));
+        real &= for_each_f64(t.dtype(), c, |x| out.push(x as f32));
         Ok(())
     });
     if streamed.is_err() {
         out.clear();
         let bytes = t.to_contiguous_bytes().ok()?;
-        real = for_each_f64(t.dtype, &bytes, |x| out.push(x as f32));
+        real = for_each_f64(t.dtype(), &bytes, |x| out.push(x as f32));
     }
     real.then_some(out)
 }

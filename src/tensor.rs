@@ -351,23 +351,19 @@ impl fmt::Debug for Buffer {
 }
 
 /// A view into a storage, as torch describes it: element offset, shape and element strides.
+///
+/// The fields are private so that every view in hand has passed [`Tensor::check_view`]: each
+/// constructor checks it, except [`Tensor::pending`], whose view gets its bytes (and its check)
+/// from [`Tensor::attach_storage`].
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    /// Element type.
-    pub dtype: DType,
-    /// Dimensions.
-    pub shape: Vec<usize>,
-    /// Element strides, one per dimension.
-    pub strides: Vec<usize>,
-    /// Offset of the first element, in elements.
-    pub offset: usize,
-    /// The storage's bytes, shared with every view of the same storage.
-    pub storage: Buffer,
-    /// Identifies the storage inside its file (torch storage key or safetensors name), so that
-    /// views of one storage can be recognised.
-    pub storage_key: Arc<str>,
-    /// Whether the tensor was pickled as an `nn.Parameter`.
-    pub is_parameter: bool,
+    dtype: DType,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    offset: usize,
+    storage: Buffer,
+    storage_key: Arc<str>,
+    is_parameter: bool,
 }
 
 /// Why a tensor view does not fit its storage.
@@ -386,7 +382,34 @@ impl Tensor {
         storage: Buffer,
         storage_key: Arc<str>,
     ) -> Result<Tensor, ViewError> {
-        let t = Tensor {
+        let t = Tensor::pending(dtype, shape, strides, offset, storage, storage_key);
+        t.check_view()?;
+        Ok(t)
+    }
+
+    /// A contiguous tensor of `shape` over the whole of `storage`, checked.
+    pub fn contiguous(
+        dtype: DType,
+        shape: Vec<usize>,
+        storage: Buffer,
+        storage_key: Arc<str>,
+    ) -> Result<Tensor, ViewError> {
+        let strides = contiguous_strides(&shape);
+        Tensor::new_view(dtype, shape, strides, 0, storage, storage_key)
+    }
+
+    /// A view whose storage's bytes are not known yet (torch < 1.6 files list the storages
+    /// after the pickle that views them): unchecked until [`Tensor::attach_storage`] gives it
+    /// its bytes. Only readers make these, and they attach every one before handing it out.
+    pub(crate) fn pending(
+        dtype: DType,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+        offset: usize,
+        storage: Buffer,
+        storage_key: Arc<str>,
+    ) -> Tensor {
+        Tensor {
             dtype,
             shape,
             strides,
@@ -394,9 +417,75 @@ impl Tensor {
             storage,
             storage_key,
             is_parameter: false,
-        };
-        t.check_view()?;
-        Ok(t)
+        }
+    }
+
+    /// Gives a pending view its storage's bytes and checks it (a whole-storage node, `whole`,
+    /// takes the storage's length as its shape).
+    pub(crate) fn attach_storage(&mut self, storage: Buffer, whole: bool) -> Result<(), ViewError> {
+        self.storage = storage;
+        if whole {
+            self.shape = vec![self.storage.len() / self.dtype.size()];
+            self.strides = vec![1];
+            self.offset = 0;
+        }
+        self.check_view()
+    }
+
+    /// The whole storage under this view, as a one-dimensional tensor.
+    pub fn whole_storage(&self) -> Tensor {
+        let n = self.storage.len() / self.dtype.size();
+        Tensor {
+            shape: vec![n],
+            strides: vec![1],
+            offset: 0,
+            is_parameter: false,
+            ..self.clone()
+        }
+    }
+
+    /// The same view, marked as an `nn.Parameter` (or not).
+    pub fn with_parameter(self, is_parameter: bool) -> Tensor {
+        Tensor {
+            is_parameter,
+            ..self
+        }
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Dimensions.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Element strides, one per dimension.
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    /// Offset of the first element, in elements.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The storage's bytes, shared with every view of the same storage.
+    pub fn storage(&self) -> &Buffer {
+        &self.storage
+    }
+
+    /// Identifies the storage inside its file (torch storage key or safetensors name), so that
+    /// views of one storage can be recognised.
+    pub fn storage_key(&self) -> &Arc<str> {
+        &self.storage_key
+    }
+
+    /// Whether the tensor was pickled as an `nn.Parameter`.
+    pub fn is_parameter(&self) -> bool {
+        self.is_parameter
     }
 
     /// Checks that every element the view addresses lies inside its storage.

@@ -159,9 +159,9 @@ impl<'g> M<'g> {
         let data = to_f32_vec(t).ok_or_else(|| AttrError::NotFloat {
             class: self.class(),
             name: name.to_string(),
-            dtype: t.dtype,
+            dtype: t.dtype(),
         })?;
-        Ok(Some((data, t.shape.iter().map(|&d| d as i64).collect())))
+        Ok(Some((data, t.shape().iter().map(|&d| d as i64).collect())))
     }
 
     /// A required parameter or buffer.

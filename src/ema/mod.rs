@@ -171,7 +171,7 @@ pub(super) fn matching_raw(
             let mut hits = 0;
             for (n, t) in &raw {
                 if let Some(e) = by_name.get(n.as_str()) {
-                    if e.shape != t.shape {
+                    if e.shape() != t.shape() {
                         return None;
                     }
                     hits += 1;

@@ -51,7 +51,7 @@ fn world(root: M, key: &str) -> String {
     let layers = "its C2fAttn layers (MaxSigmoidAttnBlock) and its WorldDetect head (BNContrastiveHead) take the class text embeddings as a second input beside the image features";
     // A plain tensor attribute (`self.txt_feats = …`), not a parameter or buffer.
     let txt_feats = root.attr("txt_feats").and_then(|v| root.g.tensor(v));
-    match txt_feats.map(|t| t.shape.clone()) {
+    match txt_feats.map(|t| t.shape().to_vec()) {
         Some(shape) => format!(
             "'{key}' is a WorldModel (YOLO-World): {layers}; the checkpoint carries them (`txt_feats` {shape:?}, one per class, no CLIP needed), but fuse-ema's layer walk does not pass a second input yet: export it with `yolo export`"
         ),

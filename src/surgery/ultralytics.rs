@@ -382,7 +382,8 @@ fn retype_module(
         if let Some(params) = g.dict_get(&attrs, "_parameters").cloned() {
             for (_, p) in g.dict(&params).map(<[_]>::to_vec).unwrap_or_default() {
                 if let (Some(pid), Some(t)) = (p.node(), g.tensor(&p)) {
-                    if t.dtype.is_float() && t.dtype != to && convert.insert(pid, to).is_none() {
+                    if t.dtype().is_float() && t.dtype() != to && convert.insert(pid, to).is_none()
+                    {
                         count += 1;
                     }
                     g.set_requires_grad(&p, false);
@@ -453,7 +454,7 @@ fn retyped(
     convert: &mut HashMap<NodeId, DType>,
 ) -> Option<Value> {
     let t = g.tensor(v)?;
-    if !t.dtype.is_float() || t.dtype == to {
+    if !t.dtype().is_float() || t.dtype() == to {
         return None;
     }
     let copy = (*t).clone();

@@ -83,15 +83,15 @@ impl OutDType {
     /// The dtype a tensor is written in.
     pub fn of(self, t: &Tensor) -> DType {
         match self {
-            OutDType::To(d) if t.dtype.is_float() && t.dtype.size() >= 2 => d,
-            _ => t.dtype,
+            OutDType::To(d) if t.dtype().is_float() && t.dtype().size() >= 2 => d,
+            _ => t.dtype(),
         }
     }
 }
 
 /// Streams a tensor's bytes, converted to `dtype`, to `w`.
 pub fn write_tensor(w: &mut impl Write, t: &Tensor, dtype: DType) -> std::io::Result<()> {
-    if dtype == t.dtype {
+    if dtype == t.dtype() {
         return t
             .for_each_chunk(|c| w.write_all(c))
             .map_err(|e| changed(t, e));
@@ -99,7 +99,7 @@ pub fn write_tensor(w: &mut impl Write, t: &Tensor, dtype: DType) -> std::io::Re
     let mut buf = Vec::new();
     t.for_each_chunk(|c| {
         buf.clear();
-        convert_float(t.dtype, c, dtype, &mut buf);
+        convert_float(t.dtype(), c, dtype, &mut buf);
         w.write_all(&buf)
     })
     .map_err(|e| changed(t, e))
@@ -111,7 +111,7 @@ fn changed(t: &Tensor, e: std::io::Error) -> std::io::Error {
     if e.kind() != std::io::ErrorKind::UnexpectedEof {
         return e;
     }
-    match &t.storage {
+    match &t.storage() {
         crate::tensor::Buffer::Mapped { map, .. } => {
             match crate::signals::mapped_path(map.as_ptr()) {
                 Some(p) => std::io::Error::new(
@@ -128,10 +128,10 @@ fn changed(t: &Tensor, e: std::io::Error) -> std::io::Error {
 /// Appends a tensor to `file`: kernel-side copy when the bytes can go out unchanged, buffered
 /// streaming (with conversion) otherwise.
 pub fn append_tensor(file: &mut std::fs::File, t: &Tensor, dtype: DType) -> std::io::Result<()> {
-    if dtype == t.dtype
+    if dtype == t.dtype()
         && let Some(range) = t.contiguous_range()
     {
-        return t.storage.copy_to(range, file).map_err(|e| changed(t, e));
+        return t.storage().copy_to(range, file).map_err(|e| changed(t, e));
     }
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     write_tensor(&mut w, t, dtype)?;

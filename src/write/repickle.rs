@@ -283,32 +283,35 @@ impl Pickler<'_> {
     }
 
     fn tensor(&mut self, id: NodeId, t: &Tensor) -> R {
-        if &*t.storage_key == "numpy" {
+        if &**t.storage_key() == "numpy" {
             return Err(RepickleError::NumpyArray);
         }
         let grad = self.g.requires_grad(id);
-        if t.is_parameter {
+        if t.is_parameter() {
             self.global(&Global::new("torch._utils", "_rebuild_parameter"))?;
             self.out.push(b'(');
         }
         self.global(&Global::new("torch._utils", "_rebuild_tensor_v2"))?;
         self.out.push(b'(');
-        let to = self.convert.get(&id).copied().filter(|&d| d != t.dtype);
+        let to = self.convert.get(&id).copied().filter(|&d| d != t.dtype());
         let (offset, strides) = match to {
-            Some(_) => (0, contiguous_strides(&t.shape)),
-            None => (t.offset, t.strides.clone()),
+            Some(_) => (0, contiguous_strides(t.shape())),
+            None => (t.offset(), t.strides().to_vec()),
         };
         let key = self.storage_for(t, to)?;
         self.persistent_id(key)?;
         self.usize(offset)?;
-        self.usize_tuple(&t.shape)?;
+        self.usize_tuple(t.shape())?;
         self.usize_tuple(&strides)?;
         // A parameter's data is detached; the parameter carries `requires_grad`.
-        self.out
-            .push(if grad && !t.is_parameter { 0x88 } else { 0x89 });
+        self.out.push(if grad && !t.is_parameter() {
+            0x88
+        } else {
+            0x89
+        });
         self.ordered_dict()?;
         self.out.extend_from_slice(b"tR");
-        if t.is_parameter {
+        if t.is_parameter() {
             self.out.push(if grad { 0x88 } else { 0x89 });
             self.ordered_dict()?;
             self.out.extend_from_slice(b"tR");
@@ -321,9 +324,9 @@ impl Pickler<'_> {
     /// converted, a new storage holding just this view.
     fn storage_for(&mut self, t: &Tensor, to: Option<DType>) -> Result<usize, RepickleError> {
         if let Some(dtype) = to {
-            if !(t.dtype.is_float() && dtype.is_float()) {
+            if !(t.dtype().is_float() && dtype.is_float()) {
                 return Err(RepickleError::Conversion {
-                    from: t.dtype,
+                    from: t.dtype(),
                     to: dtype,
                 });
             }
@@ -333,28 +336,20 @@ impl Pickler<'_> {
             });
             return Ok(self.storages.len() - 1);
         }
-        let size = t.dtype.size();
-        let whole = Tensor {
-            dtype: t.dtype,
-            shape: vec![t.storage.len() / size],
-            strides: vec![1],
-            offset: 0,
-            storage: t.storage.clone(),
-            storage_key: t.storage_key.clone(),
-            is_parameter: false,
-        };
+        let size = t.dtype().size();
+        let whole = t.whole_storage();
         // Keyed with the element size too: one storage seen through two dtypes would need one
         // untyped storage, which torch's pickled storage classes cannot say.
-        match self.by_key.get(&(t.storage_key.clone(), size)) {
-            Some(&k) if self.storages[k].dtype == t.dtype => Ok(k),
-            Some(_) => Err(RepickleError::TwoDtypes(t.storage_key.to_string())),
+        match self.by_key.get(&(t.storage_key().clone(), size)) {
+            Some(&k) if self.storages[k].dtype == t.dtype() => Ok(k),
+            Some(_) => Err(RepickleError::TwoDtypes(t.storage_key().to_string())),
             None => {
                 self.storages.push(StorageOut {
                     view: whole,
-                    dtype: t.dtype,
+                    dtype: t.dtype(),
                 });
                 let k = self.storages.len() - 1;
-                self.by_key.insert((t.storage_key.clone(), size), k);
+                self.by_key.insert((t.storage_key().clone(), size), k);
                 Ok(k)
             }
         }

@@ -64,7 +64,7 @@ fn header(
         let end = offset.checked_add(len).ok_or_else(overflow)?;
         let info = TensorInfo {
             dtype: st,
-            shape: t.shape.clone(),
+            shape: t.shape().to_vec(),
             data_offsets: (offset, end),
         };
         infos.push((name.clone(), info));
@@ -271,8 +271,8 @@ mod tests {
         );
         for (name, t) in &tensors {
             let view = st.tensor(name).unwrap();
-            assert_eq!(view.dtype(), t.dtype.to_safetensors().unwrap(), "{name}");
-            assert_eq!(view.shape(), t.shape.as_slice(), "{name}");
+            assert_eq!(view.dtype(), t.dtype().to_safetensors().unwrap(), "{name}");
+            assert_eq!(view.shape(), t.shape(), "{name}");
             let mut want = Vec::new();
             t.for_each_chunk(|c| {
                 want.extend_from_slice(c);
@@ -282,7 +282,7 @@ mod tests {
             assert_eq!(view.data(), want.as_slice(), "{name}");
             let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
             assert_eq!(
-                start % t.dtype.size(),
+                start % t.dtype().size(),
                 0,
                 "{name} starts at {start}, misaligned"
             );

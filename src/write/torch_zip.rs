@@ -36,7 +36,7 @@ pub fn write(
         entries.push(Entry {
             name,
             dtype: d,
-            shape: &t.shape,
+            shape: t.shape(),
         });
     }
     let pkl = pickle::state_dict(&entries);

@@ -121,7 +121,7 @@ pub fn copied_values(node: &Node) -> usize {
         Node::Tuple(v) | Node::List(v) | Node::Set(v) | Node::FrozenSet(v) => v.len(),
         Node::Dict(e) => 2 * e.len(),
         Node::Object(o) => o.args.len() + 2 * o.kwargs.len() + o.items.len() + 2 * o.entries.len(),
-        Node::Tensor(t) | Node::Storage(t) => t.shape.len() + t.strides.len(),
+        Node::Tensor(t) | Node::Storage(t) => t.shape().len() + t.strides().len(),
         Node::Bytes(b) => b.len().div_ceil(std::mem::size_of::<Value>()),
         Node::Global(_) => 0,
     }
@@ -230,10 +230,7 @@ fn mark_parameter(graph: &mut Graph, data: &Value) -> R<Value> {
             "parameter data is not a tensor",
         ))?
         .clone();
-    Ok(graph.add(Node::Tensor(Box::new(Tensor {
-        is_parameter: true,
-        ..t
-    }))))
+    Ok(graph.add(Node::Tensor(Box::new(t.with_parameter(true)))))
 }
 
 fn usize_list(graph: &Graph, v: &Value, what: &'static str) -> R<Vec<usize>> {
@@ -270,18 +267,19 @@ fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
     let shape = usize_list(graph, &args[2], "size")?;
     let strides = usize_list(graph, &args[3], "stride")?;
     let requires_grad = args.get(4) == Some(&Value::Bool(true));
-    let t = Tensor {
-        dtype: storage.dtype,
+    let t = Tensor::pending(
+        storage.dtype(),
         shape,
         strides,
         offset,
-        storage: storage.storage,
-        storage_key: storage.storage_key,
-        is_parameter: false,
-    };
+        storage.storage().clone(),
+        storage.storage_key().clone(),
+    );
+    // In files that list the storages after the pickle, the view is checked when its storage's
+    // bytes are attached (`Tensor::attach_storage`).
     if !graph.defer_view_checks {
         t.check_view().map_err(|source| PickleFault::View {
-            storage: t.storage_key.to_string(),
+            storage: t.storage_key().to_string(),
             source,
         })?;
     }
