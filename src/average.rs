@@ -455,9 +455,7 @@ fn combine_f32(inputs: &[Input<'_>], k: usize, method: &Method) -> Result<Vec<f3
             let dst = acc
                 .get_mut(at..at + n)
                 .ok_or_else(|| std::io::Error::other("more elements than the first input"))?;
-            let values = c
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let values = convert::f32s_le(c);
             match ema {
                 Some((keep, take)) => {
                     for (a, v) in dst.iter_mut().zip(values) {

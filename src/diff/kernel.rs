@@ -91,8 +91,8 @@ fn decode8(dtype: DType, b: &[u8]) -> [f64; LANES] {
     let mut out = [0.0; LANES];
     match dtype {
         DType::F32 => {
-            for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+            for (o, x) in out.iter_mut().zip(crate::convert::f32s_le(b)) {
+                *o = x as f64;
             }
         }
         DType::F16 => {

@@ -268,10 +268,7 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
             (2, Field::Varint(c)) => code = c,
             (8, Field::Bytes(s)) => name = text(s),
             (9, Field::Bytes(r)) => raw = r.to_vec(),
-            (4, Field::Bytes(d)) => floats.extend(
-                d.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
-            ),
+            (4, Field::Bytes(d)) => floats.extend(crate::convert::f32s_le(d)),
             (4, Field::Fixed32(d)) => floats.push(f32::from_le_bytes(d)),
             // int32_data: bool (and other small types) when not in raw_data.
             (5, Field::Bytes(d)) => small.extend(packed_varints(d)?),
@@ -447,10 +444,7 @@ fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
             (2, Field::Fixed32(x)) => f = Some(f32::from_le_bytes(x)),
             (3, Field::Varint(x)) => i = Some(x as i64),
             (4, Field::Bytes(x)) => s = Some(text(x)),
-            (7, Field::Bytes(x)) => floats.extend(
-                x.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
-            ),
+            (7, Field::Bytes(x)) => floats.extend(crate::convert::f32s_le(x)),
             (7, Field::Fixed32(x)) => floats.push(f32::from_le_bytes(x)),
             (8, Field::Bytes(x)) => ints.extend(packed_varints(x)?),
             (8, Field::Varint(x)) => ints.push(x as i64),

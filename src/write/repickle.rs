@@ -17,7 +17,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::pickle::storage_class;
 use crate::checkpoint::value::{Global, Graph, Made, Node, NodeId, Value};
 use crate::tensor::{DType, Tensor, contiguous_strides};
 
@@ -358,11 +357,14 @@ impl Pickler<'_> {
     /// `('storage', torch.<Type>Storage, '<key>', 'cpu', numel)` BINPERSID.
     fn persistent_id(&mut self, key: usize) -> R {
         let s = &self.storages[key];
-        let class = storage_class(s.dtype).ok_or(RepickleError::NoStorageClass(s.dtype))?;
+        let class = s
+            .dtype
+            .storage_class()
+            .ok_or(RepickleError::NoStorageClass(s.dtype))?;
         let numel = s.view.numel();
         self.out.push(b'(');
         self.str("storage");
-        self.global(&Global::new("torch", class))?;
+        self.global(&Global::new("torch", &class))?;
         self.str(&key.to_string());
         self.str("cpu");
         self.usize(numel)?;

@@ -27,7 +27,7 @@ pub fn write(
     let mut entries = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let d = dtype.of(t);
-        if pickle::storage_class(d).is_none() {
+        if d.storage_class().is_none() {
             return Err(WriteError::new(
                 target,
                 format!("tensor '{name}': torch files cannot hold {d} here"),

@@ -298,21 +298,7 @@ fn numpy_dtype(graph: &Graph, v: &Value) -> Option<DType> {
     {
         return None;
     }
-    Some(match code {
-        "f8" => DType::F64,
-        "f4" => DType::F32,
-        "f2" => DType::F16,
-        "i8" => DType::I64,
-        "i4" => DType::I32,
-        "i2" => DType::I16,
-        "i1" => DType::I8,
-        "u8" => DType::U64,
-        "u4" => DType::U32,
-        "u2" => DType::U16,
-        "u1" => DType::U8,
-        "b1" => DType::Bool,
-        _ => return None,
-    })
+    DType::from_numpy_code(code)
 }
 
 /// `numpy.core.multiarray.scalar(dtype, bytes)` as a plain number.
