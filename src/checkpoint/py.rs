@@ -7,7 +7,7 @@ use crate::convert::{to_f32_vec, to_f64_vec};
 
 /// A module in the checkpoint's object graph.
 #[derive(Clone, Copy)]
-pub struct M<'g> {
+pub struct ModuleRef<'g> {
     /// The object graph.
     pub g: &'g Graph,
     /// The module object.
@@ -16,7 +16,7 @@ pub struct M<'g> {
 
 /// Result type of the builder and the layers' shared parses, whose messages are text the
 /// model walk prefixes with the layer's path.
-pub type R<T> = Result<T, String>;
+pub type BuildResult<T> = Result<T, String>;
 
 /// A weight's values as f32 and its shape.
 pub type Weight = (Vec<f32>, Vec<i64>);
@@ -60,21 +60,21 @@ pub enum AttrError {
     },
 }
 
-/// The builder's layers report text (see [`R`]); an attribute error becomes its message.
+/// The builder's layers report text (see [`BuildResult`]); an attribute error becomes its message.
 impl From<AttrError> for String {
     fn from(e: AttrError) -> String {
         e.to_string()
     }
 }
 
-impl<'g> M<'g> {
+impl<'g> ModuleRef<'g> {
     /// The class name without module path (`Conv`, `C2f`).
     pub fn class(&self) -> String {
         module::short_class(self.g, self.v).unwrap_or_else(|| "?".into())
     }
 
     /// A named child module.
-    pub fn child(&self, name: &str) -> Result<M<'g>, AttrError> {
+    pub fn child(&self, name: &str) -> Result<ModuleRef<'g>, AttrError> {
         let c = module::children(self.g, self.v)
             .into_iter()
             .find(|(n, _)| *n == name)
@@ -83,19 +83,19 @@ impl<'g> M<'g> {
                 class: self.class(),
                 name: name.to_string(),
             })?;
-        Ok(M { g: self.g, v: c })
+        Ok(ModuleRef { g: self.g, v: c })
     }
 
     /// A named child, if present.
-    pub fn opt_child(&self, name: &str) -> Option<M<'g>> {
+    pub fn opt_child(&self, name: &str) -> Option<ModuleRef<'g>> {
         self.child(name).ok()
     }
 
     /// All child modules in order.
-    pub fn children(&self) -> Vec<(&'g str, M<'g>)> {
+    pub fn children(&self) -> Vec<(&'g str, ModuleRef<'g>)> {
         module::children(self.g, self.v)
             .into_iter()
-            .map(|(n, c)| (n, M { g: self.g, v: c }))
+            .map(|(n, c)| (n, ModuleRef { g: self.g, v: c }))
             .collect()
     }
 

@@ -3,11 +3,11 @@
 //! not their heads) and Ultralytics models whose layers take more than the image.
 
 use crate::checkpoint::module;
-use crate::checkpoint::py::M;
+use crate::checkpoint::py::ModuleRef;
 
 /// Why the pickled root `root` (found under `key`) is not exported, or `None` when it is an
 /// Ultralytics (`ultralytics.*`) model class the registry does not refuse.
-pub fn refusal(root: M, key: &str) -> Option<String> {
+pub fn refusal(root: ModuleRef, key: &str) -> Option<String> {
     let dotted = module::class_name(root.g, root.v)?;
     let head = root
         .child("model")
@@ -47,7 +47,7 @@ pub fn refusal(root: M, key: &str) -> Option<String> {
 }
 
 /// YOLO-World: what the checkpoint holds decides what is missing.
-fn world(root: M, key: &str) -> String {
+fn world(root: ModuleRef, key: &str) -> String {
     let layers = "its C2fAttn layers (MaxSigmoidAttnBlock) and its WorldDetect head (BNContrastiveHead) take the class text embeddings as a second input beside the image features";
     // A plain tensor attribute (`self.txt_feats = …`), not a parameter or buffer.
     let txt_feats = root.attr("txt_feats").and_then(|v| root.g.tensor(v));

@@ -15,27 +15,29 @@ pub mod registry;
 
 use std::collections::BTreeSet;
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 
 /// What a layer receives (one value, or several: `Concat`, heads) and, for the layer list, what
 /// a layer gives (one value, or a list: `CBLinear`'s split).
 #[derive(Clone)]
-pub enum In<X> {
+pub enum LayerInput<X> {
     /// A single input.
     One(X),
     /// A list of inputs.
     Many(Vec<X>),
     /// Several inputs of which at least one is a list (`CBFuse` reads `CBLinear`'s lists and a
     /// feature map); only [`Net::forward`] makes it.
-    Nested(Vec<In<X>>),
+    Nested(Vec<LayerInput<X>>),
 }
 
-impl<X> In<X> {
+impl<X> LayerInput<X> {
     /// The single input, or an error naming the class that wanted one.
-    pub fn one(self, what: &str) -> R<X> {
+    pub fn one(self, what: &str) -> BuildResult<X> {
         match self {
-            In::One(v) => Ok(v),
-            In::Many(_) | In::Nested(_) => Err(format!("{what} expects one input, got a list")),
+            LayerInput::One(v) => Ok(v),
+            LayerInput::Many(_) | LayerInput::Nested(_) => {
+                Err(format!("{what} expects one input, got a list"))
+            }
         }
     }
 
@@ -43,9 +45,9 @@ impl<X> In<X> {
     /// no class but `CBFuse` reads them and a misrouted list fails the reader's shape checks).
     pub fn many(self) -> Vec<X> {
         match self {
-            In::One(v) => vec![v],
-            In::Many(vs) => vs,
-            In::Nested(xs) => xs.into_iter().flat_map(In::many).collect(),
+            LayerInput::One(v) => vec![v],
+            LayerInput::Many(vs) => vs,
+            LayerInput::Nested(xs) => xs.into_iter().flat_map(LayerInput::many).collect(),
         }
     }
 }
@@ -57,19 +59,24 @@ pub trait Backend {
 
     /// Evaluates the module `m`, found at `path` (`model.22`), on `x`: one value, or a list for
     /// the classes the registry declares as giving one ([`registry::Kind::Fork`]).
-    fn layer(&mut self, path: &str, m: M<'_>, x: In<Self::Value>) -> R<In<Self::Value>>;
+    fn layer(
+        &mut self,
+        path: &str,
+        m: ModuleRef<'_>,
+        x: LayerInput<Self::Value>,
+    ) -> BuildResult<LayerInput<Self::Value>>;
 }
 
 /// A `*Model` module (`DetectionModel`, …): its layer list, walked as `_predict_once` walks it.
 #[derive(Clone, Copy)]
 pub struct Net<'g> {
-    root: M<'g>,
-    layers: M<'g>,
+    root: ModuleRef<'g>,
+    layers: ModuleRef<'g>,
 }
 
 impl<'g> Net<'g> {
     /// Wraps a pickled model module; it must hold the layer list `model`.
-    pub fn new(root: M<'g>) -> R<Net<'g>> {
+    pub fn new(root: ModuleRef<'g>) -> BuildResult<Net<'g>> {
         Ok(Net {
             root,
             layers: root.child("model")?,
@@ -77,12 +84,12 @@ impl<'g> Net<'g> {
     }
 
     /// The model module itself.
-    pub fn root(&self) -> M<'g> {
+    pub fn root(&self) -> ModuleRef<'g> {
         self.root
     }
 
     /// The last layer (the head), if any.
-    pub fn head(&self) -> Option<M<'g>> {
+    pub fn head(&self) -> Option<ModuleRef<'g>> {
         self.layers.children().pop().map(|(_, h)| h)
     }
 
@@ -92,7 +99,7 @@ impl<'g> Net<'g> {
     }
 
     /// Fails with the registry's one-line error when any class below the layers is unknown.
-    pub fn check_supported(&self) -> R<()> {
+    pub fn check_supported(&self) -> BuildResult<()> {
         registry::check(self.layers)
     }
 
@@ -100,14 +107,14 @@ impl<'g> Net<'g> {
     /// error from a layer is prefixed with its path and class (`model.22 (Detect): …`). A layer's
     /// output may be a list (`CBLinear`); a layer reading it alone gets the list, a layer reading
     /// it among others gets [`In::Nested`].
-    pub fn forward<B: Backend>(&self, backend: &mut B, input: B::Value) -> R<B::Value> {
-        let mut kept: Vec<In<B::Value>> = Vec::new();
-        let mut x = In::One(input);
+    pub fn forward<B: Backend>(&self, backend: &mut B, input: B::Value) -> BuildResult<B::Value> {
+        let mut kept: Vec<LayerInput<B::Value>> = Vec::new();
+        let mut x = LayerInput::One(input);
         for (name, layer) in self.layers.children() {
             let path = format!("model.{name}");
             let at = |m: String| format!("{path} ({}): {m}", layer.class());
             let f = layer.attr("f").ok_or_else(|| at("no `f`".into()))?;
-            let pick = |j: i64, x: &In<B::Value>| -> R<In<B::Value>> {
+            let pick = |j: i64, x: &LayerInput<B::Value>| -> BuildResult<LayerInput<B::Value>> {
                 if j == -1 {
                     return Ok(x.clone());
                 }
@@ -124,11 +131,14 @@ impl<'g> Net<'g> {
                 }
             } else {
                 let js = layer.ints("f").ok_or_else(|| at("unreadable `f`".into()))?;
-                let xs = js.iter().map(|&j| pick(j, &x)).collect::<R<Vec<_>>>()?;
-                x = if xs.iter().all(|v| matches!(v, In::One(_))) {
-                    In::Many(xs.into_iter().filter_map(|v| v.one("").ok()).collect())
+                let xs = js
+                    .iter()
+                    .map(|&j| pick(j, &x))
+                    .collect::<BuildResult<Vec<_>>>()?;
+                x = if xs.iter().all(|v| matches!(v, LayerInput::One(_))) {
+                    LayerInput::Many(xs.into_iter().filter_map(|v| v.one("").ok()).collect())
                 } else {
-                    In::Nested(xs)
+                    LayerInput::Nested(xs)
                 };
             }
             let out = backend.layer(&path, layer, x).map_err(at)?;

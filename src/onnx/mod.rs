@@ -13,8 +13,8 @@ pub mod ultralytics;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::py::M;
-use graph::{GraphBuilder, Spilled, V};
+use crate::checkpoint::py::ModuleRef;
+use graph::{GraphBuilder, GraphValue, Spilled};
 use proto::{Attr, Dim, ElemType, Model, ValueInfo};
 
 use crate::checkpoint::Checkpoint;
@@ -176,7 +176,7 @@ fn py_repr(v: &serde_json::Value) -> String {
 }
 
 /// The training image size recorded in the checkpoint (`train_args.imgsz`, or the model's args).
-pub fn training_imgsz(ckpt: &Checkpoint, model: M) -> Option<(i64, i64)> {
+pub fn training_imgsz(ckpt: &Checkpoint, model: ModuleRef) -> Option<(i64, i64)> {
     let g = &ckpt.graph;
     let from = |v: &crate::checkpoint::value::Value| -> Option<(i64, i64)> {
         if let Some(i) = v.as_int() {
@@ -223,7 +223,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
                 opts.module_key
             ))
         })?;
-    let root = M { g, v };
+    let root = ModuleRef { g, v };
     let class = root.class();
     if let Some(why) = crate::models::foreign::refusal(root, &opts.module_key) {
         return Err(err(why));
@@ -278,7 +278,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         end2end: opts.end2end,
         max_det: opts.max_det,
     };
-    let mut input = V {
+    let mut input = GraphValue {
         name: "images".into(),
         shape: vec![batch, 3, h, w],
     };
@@ -289,7 +289,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             &["images"],
             vec![("to", Attr::Int(ElemType::Float16 as i64))],
         );
-        input = V {
+        input = GraphValue {
             name: c,
             shape: input.shape,
         };
@@ -516,7 +516,7 @@ fn dynamic_dim(
 /// classification and turns it off for the others) and returns the options with the class count.
 fn nms_layout(
     task: &str,
-    head: Option<M>,
+    head: Option<ModuleRef>,
     n: &nms::Nms,
     max_det: usize,
 ) -> Result<(nms::Nms, i64), String> {
@@ -540,7 +540,7 @@ fn file_name(p: &Path) -> String {
 }
 
 /// The task and class count of an Ultralytics model module (from its last layer).
-pub fn task_and_classes(root: M) -> (String, usize) {
+pub fn task_and_classes(root: ModuleRef) -> (String, usize) {
     let task = task_of(&root.class()).unwrap_or("detect").to_string();
     let head = root
         .child("model")

@@ -14,7 +14,7 @@ mod topk_rows;
 
 use serde::Serialize;
 
-use crate::checkpoint::py::M;
+use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::heads::HeadOptions;
 use crate::reference::Reference;
 use crate::runtime::Engine;
@@ -285,7 +285,7 @@ fn worst(acc: &mut Vec<OutputStats>, new: Vec<OutputStats>) {
 pub fn against_reference(
     rt: &Engine,
     model: OnnxModel,
-    reference: M,
+    reference: ModuleRef,
     (task, nc): (&str, usize),
     (head, nms): (HeadOptions, Option<NmsOutput>),
     inputs: Inputs,

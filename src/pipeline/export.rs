@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
-use crate::checkpoint::py::M;
+use crate::checkpoint::py::ModuleRef;
 use crate::ema::Located;
 use crate::models::layers::heads::HeadOptions;
 use crate::onnx::proto::{Dim, ElemType, Model};
@@ -111,9 +111,9 @@ pub fn module_key(
 }
 
 /// The module `key` of `ckpt` (a key [`module_key`] returned and the export accepted).
-pub fn module_at<'c>(ckpt: &'c Checkpoint, key: &str) -> Option<M<'c>> {
+pub fn module_at<'c>(ckpt: &'c Checkpoint, key: &str) -> Option<ModuleRef<'c>> {
     let g = &ckpt.graph;
-    g.dict_get(&ckpt.root, key).map(|v| M { g, v })
+    g.dict_get(&ckpt.root, key).map(|v| ModuleRef { g, v })
 }
 
 /// The files an export to `model` may write.
@@ -287,7 +287,7 @@ impl ParityPlan<'_> {
         &self,
         file: &Path,
         model: OnnxModel,
-        root: M,
+        root: ModuleRef,
         shape: &[usize],
         (half, head): (bool, HeadOptions),
         nms: Option<NmsOutput>,
@@ -302,7 +302,7 @@ impl ParityPlan<'_> {
     fn run_text(
         &self,
         model: OnnxModel,
-        root: M,
+        root: ModuleRef,
         shape: &[usize],
         (half, head): (bool, HeadOptions),
         nms: Option<NmsOutput>,
@@ -386,7 +386,7 @@ pub fn onnx_check(
     path: &Path,
     model: &Model,
     ckpt: &Checkpoint,
-    root: M,
+    root: ModuleRef,
 ) -> Result<OnnxCheck, PipelineError> {
     let input = model
         .inputs

@@ -14,10 +14,10 @@ use std::fmt;
 
 use ops::T;
 
-use crate::checkpoint::py::M;
+use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
-use crate::models::{Backend, In, Net};
+use crate::models::{Backend, LayerInput, Net};
 
 /// The reference layer's error.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub struct Reference<'g> {
 
 impl<'g> Reference<'g> {
     /// Wraps a pickled `*Model` module (it must hold the layer list `model`).
-    pub fn new(root: M<'g>) -> R<Reference<'g>> {
+    pub fn new(root: ModuleRef<'g>) -> R<Reference<'g>> {
         Ok(Reference {
             net: Net::new(root).map_err(e)?,
             extra: Vec::new(),
@@ -122,7 +122,7 @@ impl<'g> Reference<'g> {
     }
 
     /// Runs one module by its class.
-    pub fn module(&mut self, m: M, x: In<T>) -> R<T> {
+    pub fn module(&mut self, m: ModuleRef, x: LayerInput<T>) -> R<T> {
         let class = m.class();
         match registry::find(&class).map(|l| l.kind) {
             Some(Kind::Layer { run, .. }) => {
@@ -134,21 +134,25 @@ impl<'g> Reference<'g> {
     }
 
     /// Runs `m`'s child `name` on `x`.
-    pub(crate) fn sub(&mut self, m: M, name: &str, x: &T) -> R<T> {
+    pub(crate) fn sub(&mut self, m: ModuleRef, name: &str, x: &T) -> R<T> {
         let c = m.child(name).map_err(e)?;
-        self.module(c, In::One(x.clone()))
+        self.module(c, LayerInput::One(x.clone()))
     }
 }
 
 impl Backend for Reference<'_> {
     type Value = T;
 
-    fn layer(&mut self, _path: &str, m: M<'_>, x: In<T>) -> Result<In<T>, String> {
+    fn layer(
+        &mut self,
+        _path: &str,
+        m: ModuleRef<'_>,
+        x: LayerInput<T>,
+    ) -> Result<LayerInput<T>, String> {
         let out = match registry::find(&m.class()).map(|l| l.kind) {
-            Some(Kind::Fork { run, .. }) => {
-                run(self, m, x).map(|ts| In::Many(ts.into_iter().map(|t| self.round(t)).collect()))
-            }
-            _ => self.module(m, x).map(In::One),
+            Some(Kind::Fork { run, .. }) => run(self, m, x)
+                .map(|ts| LayerInput::Many(ts.into_iter().map(|t| self.round(t)).collect())),
+            _ => self.module(m, x).map(LayerInput::One),
         };
         out.map_err(|err| err.0)
     }
