@@ -292,21 +292,6 @@ impl ParityPlan<'_> {
         (half, head): (bool, HeadOptions),
         nms: Option<NmsOutput>,
     ) -> Result<ParityReport, PipelineError> {
-        self.run_text(model, root, shape, (half, head), nms)
-            .map_err(|message| PipelineError::Parity {
-                file: file.to_path_buf(),
-                message,
-            })
-    }
-
-    fn run_text(
-        &self,
-        model: OnnxModel,
-        root: ModuleRef,
-        shape: &[usize],
-        (half, head): (bool, HeadOptions),
-        nms: Option<NmsOutput>,
-    ) -> Result<ParityReport, String> {
         let rt = self.engine;
         let task = crate::onnx::task_and_classes(root);
         // RT-DETR's default output is already rows (the top 300 of queries × classes), which
@@ -324,25 +309,32 @@ impl ParityPlan<'_> {
                 .and_then(|k| k.get(1).map(|&d| d as usize)),
             ..n
         });
-        if let Some(g) = self.golden {
-            let npz = parity::npz::Npz::open(g)?;
-            return parity::against_golden(rt, model, &npz, (&task.0, task.1), head, tol, nms);
-        }
-        let inputs = match self.image {
-            Some(img) => {
-                let t = parity::letterbox::letterbox(img, shape[0], shape[2], shape[3])?;
-                let name = img
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                parity::Inputs::Image(t, name)
+        let compare = || -> Result<ParityReport, String> {
+            if let Some(g) = self.golden {
+                let npz = parity::npz::Npz::open(g)?;
+                return parity::against_golden(rt, model, &npz, (&task.0, task.1), head, tol, nms);
             }
-            None => parity::Inputs::Seeded {
-                shape,
-                samples: self.samples,
-            },
+            let inputs = match self.image {
+                Some(img) => {
+                    let t = parity::letterbox::letterbox(img, shape[0], shape[2], shape[3])?;
+                    let name = img
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    parity::Inputs::Image(t, name)
+                }
+                None => parity::Inputs::Seeded {
+                    shape,
+                    samples: self.samples,
+                },
+            };
+            let how = (head, nms);
+            parity::against_reference(rt, model, root, (&task.0, task.1), how, inputs, tol)
         };
-        parity::against_reference(rt, model, root, (&task.0, task.1), (head, nms), inputs, tol)
+        compare().map_err(|message| PipelineError::Parity {
+            file: file.to_path_buf(),
+            message,
+        })
     }
 }
 
