@@ -1,8 +1,11 @@
 //! Process-wide signal handling for the CLI.
 //!
-//! - SIGINT, SIGTERM and SIGHUP remove every temporary output still being written (registered by
-//!   [`crate::write::AtomicFile`]) and then terminate the process with the signal's default
-//!   action, so the shell still sees "killed by signal" (exit status 128 + n).
+//! - SIGINT, SIGTERM, SIGHUP and SIGPIPE remove every temporary output still being written
+//!   (registered by [`crate::write::AtomicFile`]) and then terminate the process with the
+//!   signal's default action, so the shell still sees "killed by signal" (exit status 128 + n).
+//!   SIGPIPE is among them because Rust ignores it by default, which turns `fuse-ema … --json |
+//!   head` into a panic in `println!`; a reader that stops early should end us quietly, as it
+//!   ends `cat`.
 //! - SIGBUS inside a memory-mapped input (another process truncated the file while it was being
 //!   read — Ultralytics rewrites `last.pt` in place) prints
 //!   `fuse-ema: error: <file>: file changed while reading`, removes temporary outputs and exits 2.
@@ -42,7 +45,7 @@ static MAPS: AtomicPtr<MapSlot> = AtomicPtr::new(ptr::null_mut());
 static INSTALL: Once = Once::new();
 
 /// The termination signals after which temporary outputs are removed.
-const TERMINATING: [c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+const TERMINATING: [c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE];
 
 /// Installs the handlers (once per process; later calls do nothing). The CLI calls this at
 /// start; a library user who wants the same behaviour calls it too.

@@ -35,6 +35,14 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ),
     ("ldm-litema.ckpt", "ldm-litema", "fold", "ldm-litema"),
     ("mmcv-ema.pth", "mmcv-ema", "fold", "mmcv-ema-buffers"),
+    // mmdet's hook swapped before the save: the plain keys hold the EMA.
+    (
+        "mmdet-yolox-ema.pth",
+        "mmdet-yolox-ema",
+        "fold",
+        "mmcv-ema-buffers",
+    ),
+    ("mmdet-ema.pth", "mmdet-ema", "fold", "mmcv-ema-buffers"),
     ("rtdetr.pth", "rtdetr", "fold", "rtdetr"),
     ("dino.pth", "dino", "fold", "dino"),
 ];

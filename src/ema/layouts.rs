@@ -118,6 +118,9 @@ fn ultralytics(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, S
         );
         let updates = g.dict_get(ema, "updates").and_then(Value::as_f64);
         l.updates = updates;
+        // RT-DETR's export loads `ema.module` whole, its never-updated num_batches_tracked
+        // included (tools/export_onnx.py; fixtures/real/generate.py).
+        l.integers_from_ema = true;
         return Ok(Some(l));
     } else {
         return Ok(None);
@@ -302,16 +305,46 @@ fn mmcv(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String>
         } else {
             s.path.as_str()
         };
-        let mut l = located(
-            "mmcv-ema-buffers",
-            "mmcv EMAHook: `ema_<name_with_underscores>` buffers beside each parameter",
-            side(&format!("{path}/ema_*"), mapped),
-            Some(side(path, raw)),
-        );
+        let buffers = format!("{path}/ema_*");
+        // mmdet 2.x's EMA hooks also keep `ema_` copies of the integer buffers, never updated:
+        // the side whose num_batches_tracked grew is the trained one. The hook swaps EMA and
+        // trained weights at each epoch's end, and YOLOX's configs run it before CheckpointHook,
+        // so there the plain keys hold the EMA.
+        let integers = mapped.iter().any(|(_, t)| !t.dtype().is_float());
+        let mut l = if batches_tracked(&mapped) > batches_tracked(&raw) {
+            let plain: HashMap<&str, _> = raw.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let ema: Named = mapped
+                .iter()
+                .filter_map(|(n, _)| plain.get(n.as_str()).map(|t| (n.clone(), (*t).clone())))
+                .collect();
+            located(
+                "mmcv-ema-buffers",
+                "mmdet EMA hook swapped before the save (`ema_*` buffers hold the trained weights, \
+                 told by their larger num_batches_tracked): the plain keys are the EMA",
+                side(path, ema),
+                Some(side(&buffers, mapped)),
+            )
+        } else {
+            located(
+                "mmcv-ema-buffers",
+                "mmcv EMAHook: `ema_<name_with_underscores>` buffers beside each parameter",
+                side(&buffers, mapped),
+                Some(side(path, raw)),
+            )
+        };
         l.params_only = true;
+        l.integers_from_ema = integers;
         return Ok(Some(l));
     }
     Ok(None)
+}
+
+/// The sum of a state dict's `num_batches_tracked` counters.
+fn batches_tracked(t: &Named) -> f64 {
+    t.iter()
+        .filter(|(n, _)| n.ends_with("num_batches_tracked"))
+        .filter_map(|(_, t)| scalar_f64(t))
+        .sum()
 }
 
 /// A `torch.optim.swa_utils.AveragedModel` state dict: `module.*` plus `n_averaged`.

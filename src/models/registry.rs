@@ -159,6 +159,8 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("heads/mod.rs", layers::heads::LAYERS),
     ("rtdetr/mod.rs", layers::rtdetr::LAYERS),
     ("dense.rs", layers::dense::LAYERS),
+    ("classic.rs", layers::classic::LAYERS),
+    ("classic_v7.rs", layers::classic_v7::LAYERS),
 ];
 
 /// Model classes (the pickled root) and the task each exports as.
@@ -183,6 +185,15 @@ pub fn find(class: &str) -> Option<&'static Layer> {
     all().find(|l| l.class == class)
 }
 
+/// The entry for the module `m`: by its pickled path first (`models.yolo.Detect`, a classic YOLO
+/// class whose short name is an Ultralytics class that computes something else; the `yolov5` pip
+/// package's `yolov5.` prefix dropped), then by its class name.
+pub fn lookup(m: ModuleRef) -> Option<&'static Layer> {
+    let dotted = crate::checkpoint::module::class_name(m.g, m.v)?;
+    let dotted = dotted.strip_prefix("yolov5.").unwrap_or(&dotted);
+    find(dotted).or_else(|| find(&m.class()))
+}
+
 /// The task of a model class (`SegmentationModel` → `segment`).
 pub fn task_of_model(class: &str) -> Option<&'static str> {
     MODELS.iter().find(|(c, _)| *c == class).map(|(_, t)| *t)
@@ -198,9 +209,8 @@ pub fn unsupported(m: ModuleRef) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut stack = vec![(m, 0usize)];
     while let Some((m, depth)) = stack.pop() {
-        let c = m.class();
-        if find(&c).is_none() {
-            out.insert(c);
+        if lookup(m).is_none() {
+            out.insert(m.class());
         }
         if depth < 64 {
             stack.extend(m.children().into_iter().map(|(_, c)| (c, depth + 1)));

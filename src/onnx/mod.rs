@@ -271,12 +271,20 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     if let Some(why) = crate::models::foreign::refusal(root, &opts.module_key) {
         return Err(err(ExportErrorKind::Foreign(why)));
     }
-    let task = task_of(&class).ok_or_else(|| {
-        err(ExportErrorKind::NotUltralytics {
-            key: opts.module_key.clone(),
-            class: class.clone(),
-        })
-    })?;
+    let classic = crate::models::foreign::classic(root);
+    if let Some(c) = classic {
+        c.check_options(opts.nms.is_some(), opts.end2end)
+            .map_err(model_err)?;
+    }
+    let task = match classic {
+        Some(_) => crate::models::foreign::CLASSIC_TASK,
+        None => task_of(&class).ok_or_else(|| {
+            err(ExportErrorKind::NotUltralytics {
+                key: opts.module_key.clone(),
+                class: class.clone(),
+            })
+        })?,
+    };
     let layers = root.child("model").map_err(|e| model_err(e.into()))?;
     crate::models::registry::check(layers).map_err(model_err)?;
     if opts.end2end {
@@ -320,6 +328,11 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     }
     let mut bld = ultralytics::Builder::new(graph);
     bld.opset = opts.opset;
+    // The BatchNorm fold stays 8.0–8.4.138's order for every release: following 8.4.139+'s
+    // (`BnFold::for_version`) makes the folded weights Ultralytics' own, but moves ONNX Runtime's
+    // outputs only by rounding noise, and that noise takes yolov8n-p6-detect at 2×64×128 — where
+    // PyTorch's own f32 forward is 0.77 of the limit from its f64 one — over the limit
+    // (docs/export.md, "BatchNorm fold").
     bld.head = HeadOptions {
         end2end: opts.end2end,
         max_det: opts.max_det,
@@ -347,7 +360,10 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     // A class map (integer) output is not cast back to float in half mode.
     let elems: Vec<Option<ElemType>> = results.iter().map(|v| bld.integer_elem(&v.name)).collect();
     for (i, out) in results.iter().enumerate() {
-        let name = format!("output{i}");
+        let name = match classic {
+            Some(c) => c.output_name(i),
+            None => format!("output{i}"),
+        };
         let mut last = if opts.half && elems[i].is_none() {
             bld.b.node(
                 &name,
@@ -459,6 +475,9 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             metadata.push(("kpt_names".into(), py_repr(&to_json(g, names))));
         }
     }
+    if let Some(c) = classic {
+        metadata = c.metadata(max_stride, py_repr(&names));
+    }
     let model = Model {
         opset: opts.opset,
         graph_name: class.clone(),
@@ -539,6 +558,8 @@ fn dynamic_dim(
     nms: bool,
 ) -> Option<&'static str> {
     match (output, rank, dim) {
+        // Classic YOLOv5 / YOLOv7 rows: (batch, anchors, 5 + nc), as YOLOv5's export.py names them.
+        (0, 3, 1) if task == crate::models::foreign::CLASSIC_TASK => Some("anchors"),
         (0, 3, 2) if !nms && matches!(task, "detect" | "segment" | "pose" | "obb") => {
             Some("anchors")
         }
@@ -578,7 +599,11 @@ fn file_name(p: &Path) -> String {
 
 /// The task and class count of an Ultralytics model module (from its last layer).
 pub fn task_and_classes(root: ModuleRef) -> (String, usize) {
-    let task = task_of(&root.class()).unwrap_or("detect").to_string();
+    let task = match crate::models::foreign::classic(root) {
+        Some(_) => crate::models::foreign::CLASSIC_TASK,
+        None => task_of(&root.class()).unwrap_or("detect"),
+    }
+    .to_string();
     let head = root
         .child("model")
         .ok()

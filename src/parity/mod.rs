@@ -10,7 +10,6 @@ pub mod npy;
 pub mod npz;
 mod rows;
 mod task;
-mod topk_rows;
 
 use serde::Serialize;
 
@@ -22,9 +21,8 @@ use crate::runtime::Engine;
 use inputs::run_onnx;
 pub use inputs::{Inputs, OnnxModel, seeded_images};
 pub use nms_output::NmsOutput;
-pub use rows::{RowsTolerance, rows_check};
+pub use rows::{RowsTolerance, compare_rows, detection_sets, rows_check};
 pub use task::{Agreement, TaskCheck, task_check};
-pub use topk_rows::compare_rows;
 
 /// Pass criterion, per channel of each output: max |Δ| ≤ atol + rtol · max |reference| over that
 /// channel. Per channel, because one output mixes scales — box coordinates in the hundreds beside
@@ -363,7 +361,20 @@ pub fn against_reference(
             .skip(skip)
             .map(|(i, ((name, g), w))| {
                 if head.end2end && i == 0 && g.shape == w.shape {
-                    let (s, t) = compare_rows(name, &g.shape, &g.data, &w.data, tol);
+                    // f16: each column group's limit grows by the emulated f16 noise of the rows,
+                    // as each channel's does for raw outputs.
+                    let mut rt = RowsTolerance::top_k(tol);
+                    let e = emulated.as_ref().and_then(|e| e.first());
+                    if let (Some(k), Some(e)) = (tol.f16_noise, e) {
+                        rt.noise = rows::f16_noise(w, e, rt).map(|n| k * n);
+                    }
+                    let (mut s, t) = detection_sets(name, &g.shape, &g.data, &w.data, rt);
+                    if tol.f16_noise.is_some() && e.is_some() {
+                        s.worst_channel_f16_noise = Some(
+                            rt.noise[rows::group(s.worst_channel, None)]
+                                / tol.f16_noise.unwrap_or(1.0),
+                        );
+                    }
                     tasks.extend(t);
                     s
                 } else if g.shape != w.shape {

@@ -1,9 +1,22 @@
-//! Detection rows (`--nms`: (B, max_det, 6 + extra) of `x1 y1 x2 y2 score class extra…`) compared
-//! as sets, image by image: rows may come in another order where scores tie, so each row must
-//! find a row of the same class on the other side with every column within that column's limit.
+//! Detection rows compared as sets, image by image: the `--nms` output ((B, max_det, 6 + extra)
+//! of `x1 y1 x2 y2 score class extra…`, zero rows after the last detection), the end-to-end
+//! top-k rows (`--end2end`, every row a detection) and RT-DETR's rows (`cx cy w h score class`)
+//! alike. Where two scores tie, or differ by less than the two sides' rounding, rows may come in
+//! either order, so each row must find a row of the same class on the other side with every
+//! column within that column's limit. A row may go unmatched only where the set itself is
+//! ambiguous: its score at or below the confidence threshold (NMS), at the lowest score of a full
+//! list (the `max_det` / top-k cut), or tied with another at a saturated score of 1.
 
-use super::TaskCheck;
+use super::{OutputStats, TaskCheck, Tolerance};
 use crate::reference::ops::T;
+
+/// The score column.
+const SCORE: usize = 4;
+/// The class column; compared exactly (but see saturated scores).
+const CLASS: usize = 5;
+/// The column group of extras whose kind is unknown (mask coefficients, an angle, keypoints when
+/// `kpt_dim` is not given): each such column takes its own scale.
+const OWN_SCALE: usize = 4;
 
 /// How close two rows must be, and which rows may go unmatched.
 #[derive(Clone, Copy, Debug)]
@@ -13,7 +26,8 @@ pub struct RowsTolerance {
     /// Relative part, of the column's largest magnitude (over the reference's rows).
     pub rtol: f64,
     /// The confidence threshold: a row whose score is this close to it (within twice the score
-    /// column's limit) may be kept by one side and dropped by the other.
+    /// column's limit), or below it, may be kept by one side and dropped by the other.
+    /// `f32::NEG_INFINITY` for rows that have none (top-k rows: [`RowsTolerance::top_k`]).
     pub conf: f32,
     /// Pose rows: values per keypoint (2 or 3) after the class column.
     pub kpt_dim: Option<usize>,
@@ -22,235 +36,302 @@ pub struct RowsTolerance {
     pub noise: [f64; 5],
 }
 
-/// Which columns share one scale (the relative part of their limit): the box corners and
-/// keypoint coordinates are all pixels, keypoint visibilities are probabilities, mask
-/// coefficients and angles are their own kind; the score stands alone. A column alone would
-/// take its scale from the few rows there are, so a coordinate near 0 would get a limit far below
-/// the rounding of the pixel values it was computed with.
-pub(super) fn group(j: usize, kpt_dim: Option<usize>) -> usize {
-    match (j, kpt_dim) {
-        (0..=3, _) => 0,
-        (4, _) => 1,
-        (5, _) => 2,
-        (_, Some(d)) if (j - 6) % d < 2 => 0,
-        (_, Some(_)) => 3,
-        _ => 4,
+impl RowsTolerance {
+    /// Top-k rows (end-to-end heads, RT-DETR): no confidence threshold, no keypoint layout
+    /// known (extra columns each keep their own scale), no f16 allowance.
+    pub fn top_k(tol: Tolerance) -> RowsTolerance {
+        RowsTolerance {
+            atol: tol.atol,
+            rtol: tol.rtol,
+            conf: f32::NEG_INFINITY,
+            kpt_dim: None,
+            noise: [0.0; 5],
+        }
     }
 }
 
-/// Compares `got` with `want` (reference), both (B, K, C ≥ 6), as detection sets per image.
-/// All-zero rows are padding. A row may go unmatched only where the set itself is ambiguous: its
-/// score at or below the confidence threshold, or at the lowest score of a full list (the
-/// `max_det` cut).
+/// Which columns share one scale (the relative part of their limit): the box columns and
+/// keypoint coordinates are all pixels (or all normalised), keypoint visibilities are
+/// probabilities; the score and the class stand alone; other extras (group 4) each keep their
+/// own. A coordinate column alone would take its scale from the few rows there are, so one near
+/// 0 would get a limit far below the rounding of the pixel values it was computed with.
+pub(super) fn group(j: usize, kpt_dim: Option<usize>) -> usize {
+    match (j, kpt_dim) {
+        (0..=3, _) => 0,
+        (SCORE, _) => 1,
+        (CLASS, _) => 2,
+        (_, Some(d)) if (j - 6) % d < 2 => 0,
+        (_, Some(_)) => 3,
+        _ => OWN_SCALE,
+    }
+}
+
+/// Compares `got` with `want` (reference), both (B, K, C ≥ 6), as detection sets per image: one
+/// task check per image.
 pub fn rows_check(got: &T, want: &T, tol: RowsTolerance) -> Vec<TaskCheck> {
-    if got.shape != want.shape || got.shape.len() != 3 || got.shape[2] < 6 {
-        return vec![TaskCheck {
-            kind: "detection rows",
-            image: 0,
-            pass: false,
-            detail: format!(
-                "rows of shape {:?} vs {:?} (expected (B, K, 6 + extra) on both)",
-                got.shape, want.shape
-            ),
-        }];
+    if got.shape != want.shape {
+        return vec![shape_failure(&got.shape, &want.shape)];
     }
-    let (b, k, c) = (want.shape[0], want.shape[1], want.shape[2]);
-    let mut peak = [0f64; 5];
-    for j in 0..c {
-        let g = &mut peak[group(j, tol.kpt_dim)];
-        for r in 0..b * k {
-            *g = g.max(want.data[r * c + j].abs() as f64);
+    detection_sets("output0", &want.shape, &got.data, &want.data, tol).1
+}
+
+/// Top-k rows `got` (ONNX) against `want` (reference), both of `shape` (B, K, C ≥ 6), with the
+/// output tolerance `tol` ([`RowsTolerance::top_k`]): the output's statistics over matched rows
+/// (column = channel) and one task check per image.
+pub fn compare_rows(
+    name: &str,
+    shape: &[usize],
+    got: &[f32],
+    want: &[f32],
+    tol: Tolerance,
+) -> (OutputStats, Vec<TaskCheck>) {
+    detection_sets(name, shape, got, want, RowsTolerance::top_k(tol))
+}
+
+fn shape_failure(got: &[usize], want: &[usize]) -> TaskCheck {
+    TaskCheck {
+        kind: "detection rows",
+        image: 0,
+        pass: false,
+        detail: format!("rows of shape {got:?} vs {want:?} (expected (B, K, 6 + extra) on both)"),
+    }
+}
+
+/// The one comparison behind [`rows_check`] and [`compare_rows`].
+pub fn detection_sets(
+    name: &str,
+    shape: &[usize],
+    got: &[f32],
+    want: &[f32],
+    tol: RowsTolerance,
+) -> (OutputStats, Vec<TaskCheck>) {
+    let mut stats = OutputStats {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        max_abs: f64::INFINITY,
+        max_rel: 0.0,
+        mean_abs: 0.0,
+        cosine: 1.0,
+        reference_max: want.iter().fold(0f64, |m, &v| m.max((v as f64).abs())),
+        worst_channel: 0,
+        worst_channel_max_abs: 0.0,
+        worst_channel_limit: tol.atol,
+        worst_channel_f16_noise: None,
+        pass: false,
+    };
+    let (b, k, c) = match *shape {
+        [b, k, c] if c >= 6 && got.len() == b * k * c && want.len() == b * k * c => (b, k, c),
+        _ => return (stats, vec![shape_failure(shape, shape)]),
+    };
+    let limit = limits(want, (b * k, c), &tol);
+    // Two classes whose sigmoid saturates at 1.0 tie; which one is "best" is then rounding. The
+    // f16 allowance stays out of this: a score 0.5 from 1 is not saturated however noisy.
+    let base = RowsTolerance {
+        noise: [0.0; 5],
+        ..tol
+    };
+    let saturation = limits(want, (b * k, c), &base)[SCORE];
+    let saturated = |s: f32| ((1.0 - s) as f64) <= saturation;
+    let close = |x: &[f32], y: &[f32]| {
+        (x[CLASS] == y[CLASS] || (saturated(x[SCORE]) && saturated(y[SCORE])))
+            && (0..c).all(|j| j == CLASS || ((x[j] - y[j]).abs() as f64) <= limit[j])
+    };
+    let near = |s: f32, at: f32| ((s - at).abs() as f64) <= 2.0 * limit[SCORE];
+    let mut acc = Accumulator::new(c);
+    let mut checks = Vec::new();
+    for img in 0..b {
+        // All-zero rows are NMS padding; a top-k list has none.
+        let rows = |d: &[f32]| -> Vec<Vec<f32>> {
+            (0..k)
+                .map(|r| d[(img * k + r) * c..(img * k + r + 1) * c].to_vec())
+                .filter(|r| r.iter().any(|v| *v != 0.0))
+                .collect()
+        };
+        let (g, w) = (rows(got), rows(want));
+        let borderline = |r: &[f32], side: &[Vec<f32>]| {
+            let floor = side.iter().map(|r| r[SCORE]).fold(f32::INFINITY, f32::min);
+            // Candidates at or below the threshold (OBB rows keep them with score 0) and two
+            // candidates tied at a saturated score come in the sort's order of ties, and the
+            // first suppresses the second where they overlap.
+            let tied =
+                saturated(r[SCORE]) && side.iter().filter(|o| saturated(o[SCORE])).count() > 1;
+            r[SCORE] <= tol.conf
+                || near(r[SCORE], tol.conf)
+                || (side.len() == k && near(r[SCORE], floor))
+                || tied
+        };
+        let (mut matched, mut ambiguous, mut problems) = (0usize, 0usize, Vec::new());
+        let mut used = vec![false; g.len()];
+        for r in &w {
+            match (0..g.len()).find(|&j| !used[j] && close(r, &g[j])) {
+                Some(j) => {
+                    used[j] = true;
+                    matched += 1;
+                    acc.add(&g[j], r);
+                }
+                None if borderline(r, &w) => ambiguous += 1,
+                None => problems.push(unmatched("reference", r)),
+            }
         }
+        for (j, r) in g.iter().enumerate() {
+            match used[j] {
+                true => {}
+                false if borderline(r, &g) => ambiguous += 1,
+                false => problems.push(unmatched("ONNX", r)),
+            }
+        }
+        let counts = format!("{} vs {} rows, {matched} matched", g.len(), w.len());
+        checks.push(TaskCheck {
+            kind: "detection rows",
+            image: img,
+            pass: problems.is_empty(),
+            detail: if problems.is_empty() {
+                format!(
+                    "{counts} by class and every column ({ambiguous} unmatched at a tie, the threshold or the cut)"
+                )
+            } else {
+                format!("{counts}; {}", problems.join(", "))
+            },
+        });
     }
-    let limit: Vec<f64> = (0..c)
+    acc.finish(&mut stats, &limit);
+    stats.pass = checks.iter().all(|t| t.pass);
+    (stats, checks)
+}
+
+/// Each column's limit: atol + rtol · the largest reference magnitude of its group (or of the
+/// column itself, for extras of unknown kind) + the group's f16 allowance.
+fn limits(want: &[f32], (rows, c): (usize, usize), tol: &RowsTolerance) -> Vec<f64> {
+    let col_peak: Vec<f64> = (0..c)
+        .map(|j| (0..rows).fold(0f64, |m, r| m.max((want[r * c + j] as f64).abs())))
+        .collect();
+    let mut peak = [0f64; 5];
+    for (j, p) in col_peak.iter().enumerate() {
+        let g = &mut peak[group(j, tol.kpt_dim)];
+        *g = g.max(*p);
+    }
+    (0..c)
         .map(|j| {
             let g = group(j, tol.kpt_dim);
-            tol.atol + tol.rtol * peak[g] + tol.noise[g]
-        })
-        .collect();
-    // Two classes whose sigmoid saturates at 1.0 tie; which one is "best" is then rounding.
-    let saturated = |s: f32| ((1.0 - s) as f64) <= limit[4];
-    let close = |x: &[f32], y: &[f32]| {
-        (x[5] == y[5] || (saturated(x[4]) && saturated(y[4])))
-            && x.iter()
-                .take(5)
-                .zip(y)
-                .zip(&limit)
-                .all(|((p, q), l)| ((p - q).abs() as f64) <= *l)
-            && x[6..]
-                .iter()
-                .zip(&y[6..])
-                .zip(&limit[6..])
-                .all(|((p, q), l)| ((p - q).abs() as f64) <= *l)
-    };
-    (0..b)
-        .map(|img| {
-            let rows = |t: &T| -> Vec<Vec<f32>> {
-                (0..k)
-                    .map(|r| t.data[(img * k + r) * c..(img * k + r + 1) * c].to_vec())
-                    .filter(|r| r.iter().any(|v| *v != 0.0))
-                    .collect()
-            };
-            let (g, w) = (rows(got), rows(want));
-            let near = |s: f32, at: f32| ((s - at).abs() as f64) <= 2.0 * limit[4];
-            let borderline = |r: &[f32], side: &[Vec<f32>]| {
-                let floor = side.iter().map(|r| r[4]).fold(f32::INFINITY, f32::min);
-                // OBB rows keep candidates at or below the threshold with score 0, whose order
-                // (and so which of them fast NMS keeps) is the sort's order of ties.
-                // Two candidates tied at a saturated score come in the sort's order of ties, and
-                // the first suppresses the second where they overlap.
-                let tied = saturated(r[4]) && side.iter().filter(|o| saturated(o[4])).count() > 1;
-                r[4] <= tol.conf
-                    || near(r[4], tol.conf)
-                    || (side.len() == k && near(r[4], floor))
-                    || tied
-            };
-            let mut problems = Vec::new();
-            for (name, from, to) in [("reference", &w, &g), ("ONNX", &g, &w)] {
-                let mut used = vec![false; to.len()];
-                for r in from.iter() {
-                    match (0..to.len()).find(|&j| !used[j] && close(r, &to[j])) {
-                        Some(j) => used[j] = true,
-                        None if borderline(r, from) => {}
-                        None => problems.push(format!(
-                            "{name} row class {} score {:.4} box [{:.2}, {:.2}, {:.2}, {:.2}] unmatched",
-                            r[5], r[4], r[0], r[1], r[2], r[3]
-                        )),
-                    }
-                }
-            }
-            TaskCheck {
-                kind: "detection rows",
-                image: img,
-                pass: problems.is_empty(),
-                detail: if problems.is_empty() {
-                    format!(
-                        "{} vs {} rows, each matched by class and every column",
-                        g.len(),
-                        w.len()
-                    )
-                } else {
-                    format!("{} vs {} rows; {}", g.len(), w.len(), problems.join(", "))
-                },
-            }
+            let scale = if g == OWN_SCALE { col_peak[j] } else { peak[g] };
+            tol.atol + tol.rtol * scale + tol.noise[g]
         })
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TOL: RowsTolerance = RowsTolerance {
-        atol: 1e-4,
-        rtol: 1e-3,
-        conf: 0.25,
-        kpt_dim: None,
-        noise: [0.0; 5],
+/// The f16 rounding noise of each column group of top-k rows: how far the f16-emulating
+/// reference's rows (`emulated`) lie from the exact reference's (`exact`), both (B, K, C). Rows
+/// are not paired by position (the emulation may rank and select differently), so each exact
+/// row is paired with the emulated row of its class whose box is nearest, and counted only when
+/// that box is within the box columns' base limit (`tol` without noise): the same detection,
+/// whose other columns (the score above all) then show what f16 moves. RT-DETR needs this: its
+/// decoder attends among the queries it selected, so where f16 selects a few others every score
+/// moves (PyTorch's own f16 forward of the fixture moves them by up to 0.15, median 0.02).
+pub fn f16_noise(exact: &T, emulated: &T, tol: RowsTolerance) -> [f64; 5] {
+    let mut noise = [0f64; 5];
+    let (b, k, c) = match exact.shape[..] {
+        [b, k, c] if c >= 6 && exact.shape == emulated.shape => (b, k, c),
+        _ => return noise,
     };
-
-    fn rows(r: &[[f32; 6]], k: usize) -> T {
-        let mut d = vec![0.0; k * 6];
-        for (i, row) in r.iter().enumerate() {
-            d[i * 6..i * 6 + 6].copy_from_slice(row);
-        }
-        T::new(d, vec![1, k, 6])
-    }
-
-    fn scene() -> Vec<[f32; 6]> {
-        vec![
-            [6.0, 6.0, 14.0, 14.0, 0.9, 0.0],
-            [30.0, 30.0, 40.0, 36.0, 0.8, 1.0],
-            [2.0, 40.0, 10.0, 50.0, 0.6, 0.0],
-        ]
-    }
-
-    #[test]
-    fn the_same_rows_in_another_order_pass() {
-        let want = rows(&scene(), 5);
-        let mut s = scene();
-        s.swap(0, 2);
-        let c = rows_check(&rows(&s, 5), &want, TOL);
-        assert!(c[0].pass, "{}", c[0].detail);
-        assert!(c[0].detail.starts_with("3 vs 3"), "{}", c[0].detail);
-    }
-
-    #[test]
-    fn a_wrong_row_fails() {
-        let want = rows(&scene(), 5);
-        for (col, by) in [(0, 0.5), (3, -0.2), (4, 0.01), (5, 1.0)] {
-            let mut s = scene();
-            s[1][col] += by;
-            let c = rows_check(&rows(&s, 5), &want, TOL);
-            assert!(!c[0].pass, "column {col} moved by {by}");
-            assert!(c[0].detail.contains("unmatched"), "{}", c[0].detail);
+    let base = RowsTolerance {
+        noise: [0.0; 5],
+        ..tol
+    };
+    let limit = limits(&exact.data, (b * k, c), &base);
+    for img in 0..b {
+        let (x, e): (Vec<&[f32]>, Vec<&[f32]>) = (0..k)
+            .map(|r| (img * k + r) * c..(img * k + r + 1) * c)
+            .map(|span| (&exact.data[span.clone()], &emulated.data[span]))
+            .unzip();
+        for r in &x {
+            let box_gap = |o: &&[f32]| (0..4).map(|j| (o[j] - r[j]).abs()).fold(0f32, f32::max);
+            let nearest = e
+                .iter()
+                .filter(|o| o[CLASS] == r[CLASS])
+                .min_by(|p, q| box_gap(p).total_cmp(&box_gap(q)));
+            let Some(o) =
+                nearest.filter(|o| (0..4).all(|j| ((o[j] - r[j]).abs() as f64) <= limit[j]))
+            else {
+                continue;
+            };
+            for j in (0..c).filter(|&j| j != CLASS) {
+                let d = (o[j] - r[j]).abs() as f64;
+                let g = &mut noise[group(j, tol.kpt_dim)];
+                if d.is_finite() {
+                    *g = g.max(d);
+                }
+            }
         }
     }
+    noise
+}
 
-    #[test]
-    fn a_missing_or_extra_row_fails_unless_at_the_threshold() {
-        let want = rows(&scene(), 5);
-        let got = rows(&scene()[..2], 5);
-        assert!(!rows_check(&got, &want, TOL)[0].pass, "missing row");
-        assert!(!rows_check(&want, &got, TOL)[0].pass, "extra row");
-        let mut s = scene();
-        s[2][4] = 0.2501;
-        let want = rows(&s, 5);
-        let c = rows_check(&rows(&s[..2], 5), &want, TOL);
-        assert!(c[0].pass, "a row at the threshold may go: {}", c[0].detail);
+fn unmatched(side: &str, r: &[f32]) -> String {
+    format!(
+        "{side} row class {} score {:.4} box [{:.2}, {:.2}, {:.2}, {:.2}] has no match",
+        r[CLASS], r[SCORE], r[0], r[1], r[2], r[3]
+    )
+}
+
+/// Statistics over matched row pairs.
+struct Accumulator {
+    col_max: Vec<f64>,
+    max_rel: f64,
+    sum_abs: f64,
+    count: usize,
+    dot: f64,
+    gg: f64,
+    ww: f64,
+}
+
+impl Accumulator {
+    fn new(c: usize) -> Accumulator {
+        Accumulator {
+            col_max: vec![0.0; c],
+            max_rel: 0.0,
+            sum_abs: 0.0,
+            count: 0,
+            dot: 0.0,
+            gg: 0.0,
+            ww: 0.0,
+        }
     }
 
-    #[test]
-    fn classes_tied_at_a_saturated_score_match() {
-        let mut s = scene();
-        s[0][4] = 1.0;
-        let want = rows(&s, 5);
-        s[0][5] = 1.0;
-        s[0][4] = 0.999_99;
-        let c = rows_check(&rows(&s, 5), &want, TOL);
-        assert!(c[0].pass, "{}", c[0].detail);
+    fn add(&mut self, got: &[f32], want: &[f32]) {
+        for (col, (&x, &y)) in got.iter().zip(want).enumerate() {
+            let (x, y) = (x as f64, y as f64);
+            let d = (x - y).abs();
+            self.col_max[col] = self.col_max[col].max(d);
+            self.max_rel = self.max_rel.max(d / (y.abs() + 1e-6));
+            self.sum_abs += d;
+            self.count += 1;
+            self.dot += x * y;
+            self.gg += x * x;
+            self.ww += y * y;
+        }
     }
 
-    #[test]
-    fn keypoint_coordinates_share_the_pixel_scale() {
-        // (x, y, visibility) for one keypoint after the class.
-        let row = |x: f32, v: f32| [6.0, 6.0, 140.0, 14.0, 0.9, 0.0, x, 30.0, v];
-        // A padding row after it: a full list would let its lowest row go unmatched.
-        let t = |x: f32, v: f32| {
-            let mut d = row(x, v).to_vec();
-            d.extend([0.0; 9]);
-            T::new(d, vec![1, 2, 9])
+    /// Fills `stats`: the worst column is the one furthest over (or nearest to) its limit,
+    /// the class excluded.
+    fn finish(self, stats: &mut OutputStats, limit: &[f64]) {
+        let worst = (0..self.col_max.len())
+            .filter(|&j| j != CLASS)
+            .max_by(|&p, &q| (self.col_max[p] / limit[p]).total_cmp(&(self.col_max[q] / limit[q])))
+            .unwrap_or(0);
+        stats.max_abs = self.col_max.iter().copied().fold(0.0, f64::max);
+        stats.max_rel = self.max_rel;
+        stats.mean_abs = self.sum_abs / self.count.max(1) as f64;
+        stats.cosine = if self.gg > 0.0 && self.ww > 0.0 {
+            self.dot / (self.gg.sqrt() * self.ww.sqrt())
+        } else {
+            1.0
         };
-        let pose = RowsTolerance {
-            kpt_dim: Some(3),
-            ..TOL
-        };
-        // 0.05 px on a coordinate near 0: within the pixels' limit (1e-4 + 1e-3 · 140).
-        assert!(rows_check(&t(0.05, 0.5), &t(0.0, 0.5), pose)[0].pass);
-        // Alone, that column's limit would be 1e-4.
-        assert!(!rows_check(&t(0.05, 0.5), &t(0.0, 0.5), TOL)[0].pass);
-        // Visibilities keep their own scale.
-        assert!(!rows_check(&t(0.0, 0.51), &t(0.0, 0.5), pose)[0].pass);
-    }
-
-    #[test]
-    fn a_row_tied_at_saturation_may_go_but_a_lone_one_may_not() {
-        let mut s = scene();
-        s[0][4] = 1.0;
-        s[1][4] = 1.0;
-        let want = rows(&s, 5);
-        // The other side kept one of the two tied rows only.
-        let got = rows(&[s[0], s[2]], 5);
-        assert!(rows_check(&got, &want, TOL)[0].pass);
-        let mut lone = scene();
-        lone[0][4] = 1.0;
-        let want = rows(&lone, 5);
-        assert!(!rows_check(&rows(&lone[1..], 5), &want, TOL)[0].pass);
-    }
-
-    #[test]
-    fn mismatched_shapes_fail() {
-        let c = rows_check(&rows(&scene(), 4), &rows(&scene(), 5), TOL);
-        assert!(!c[0].pass);
+        stats.worst_channel = worst;
+        stats.worst_channel_max_abs = self.col_max.get(worst).copied().unwrap_or(0.0);
+        stats.worst_channel_limit = limit.get(worst).copied().unwrap_or(0.0);
     }
 }
+
+#[cfg(test)]
+#[path = "rows_tests.rs"]
+mod tests;

@@ -123,13 +123,12 @@ impl<'g> Reference<'g> {
 
     /// Runs one module by its class.
     pub fn module(&mut self, m: ModuleRef, x: LayerInput<T>) -> R<T> {
-        let class = m.class();
-        match registry::find(&class).map(|l| l.kind) {
+        match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Layer { run, .. }) => {
                 let y = run(self, m, x)?;
                 Ok(self.round(y))
             }
-            _ => Err(e(registry::unsupported_class(&class))),
+            _ => Err(e(registry::unsupported_class(&m.class()))),
         }
     }
 
@@ -149,7 +148,7 @@ impl Backend for Reference<'_> {
         m: ModuleRef<'_>,
         x: LayerInput<T>,
     ) -> Result<LayerInput<T>, String> {
-        let out = match registry::find(&m.class()).map(|l| l.kind) {
+        let out = match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Fork { run, .. }) => run(self, m, x)
                 .map(|ts| LayerInput::Many(ts.into_iter().map(|t| self.round(t)).collect())),
             _ => self.module(m, x).map(LayerInput::One),

@@ -8,8 +8,15 @@ pub mod golden;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A committed fixture.
+/// A committed fixture, or its held-out counterpart: with `FUSE_EMA_FIXTURES_DIR` set
+/// (scripts/heldout), a path that exists under that folder is taken from there instead.
 pub fn fixture(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("FUSE_EMA_FIXTURES_DIR") {
+        let p = Path::new(&dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(name)

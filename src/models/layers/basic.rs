@@ -32,7 +32,7 @@ pub const LAYERS: &[Layer] = &[
     ),
     part(
         "ModuleList",
-        "C2f, C3, C3k2, C3k, SPP, Detect, Segment, Pose, OBB, HGBlock, RTDETRDecoder, MLP, DeformableTransformerDecoder",
+        "C2f, C3, C3k2, C3k, SPP, Detect, Segment, Pose, OBB, HGBlock, RTDETRDecoder, MLP, DeformableTransformerDecoder, models.yolo.Detect, IDetect, IAuxDetect",
         "a list of branches or blocks its parent indexes",
     ),
     layer(

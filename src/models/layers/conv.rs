@@ -1,6 +1,6 @@
 //! Convolutions: `Conv2d`, Ultralytics `Conv` / `DWConv` (conv, BatchNorm, activation) and
-//! `ConvTranspose2d`. The emission folds BatchNorm into the weights exactly as Ultralytics'
-//! `fuse_conv_and_bn` does; the reference applies it unfolded, after its own convolution loops.
+//! `ConvTranspose2d`. The emission folds BatchNorm into the weights exactly as the checkpoint's
+//! Ultralytics release does (`BnFold`); the reference applies it unfolded, after its own convolution loops.
 
 use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::registry::{Layer, layer, part};
@@ -39,7 +39,7 @@ pub const LAYERS: &[Layer] = &[
     ),
     part(
         "BatchNorm2d",
-        "Conv, DWConv, RepConv, RTDETRDecoder",
+        "Conv, DWConv, RepConv, RTDETRDecoder, models.common.RepConv",
         "inference BatchNorm (folded into the convolution when emitted)",
     ),
     layer(
@@ -107,6 +107,62 @@ impl Conv2dParams {
             dil,
             groups,
         })
+    }
+}
+
+/// The operation order of the BatchNorm fold, which decides the last bit of each folded weight
+/// and bias: Ultralytics 8.0 to 8.4.138 (`fuse_conv_and_bn`: `diag(γ / √(ε + var)) · w`, bias
+/// `β − γ·mean / √(var + ε)` plus the scaled conv bias) or 8.4.139 on
+/// (`torch.nn.utils.fusion.fuse_conv_bn_weights`: `r = rsqrt(var + ε)`, i.e. 1 / √ rounded
+/// twice on CPU; `w · (γ·r)`, bias `(b − mean)·r·γ + β`). The export uses `Diag` for every
+/// release (measurements in docs/export.md, "BatchNorm fold").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BnFold {
+    /// Ultralytics ≤ 8.4.138, and checkpoints that name no version.
+    #[default]
+    Diag,
+    /// Ultralytics ≥ 8.4.139.
+    Rsqrt,
+}
+
+impl BnFold {
+    /// The fold of the Ultralytics release named by a checkpoint's `version` (`"8.4.190"`); the
+    /// older order when it is missing or unreadable.
+    pub fn for_version(version: Option<&str>) -> BnFold {
+        let parts: Option<Vec<u32>> = version.and_then(|v| {
+            v.split('.')
+                .take(3)
+                .map(|p| p.trim().parse().ok())
+                .collect()
+        });
+        match parts.as_deref() {
+            Some(&[major, minor, patch]) if (major, minor, patch) >= (8, 4, 139) => BnFold::Rsqrt,
+            _ => BnFold::Diag,
+        }
+    }
+
+    /// One output channel's weight scale and folded bias (conv bias `b`), in f32 with that
+    /// release's operations in its order.
+    pub fn channel(
+        self,
+        gamma: f32,
+        beta: f32,
+        mean: f32,
+        var: f32,
+        eps: f32,
+        b: f32,
+    ) -> (f32, f32) {
+        match self {
+            BnFold::Diag => {
+                let scale = gamma / (eps + var).sqrt();
+                let b_bn = beta - gamma * mean / (var + eps).sqrt();
+                (scale, scale * b + b_bn)
+            }
+            BnFold::Rsqrt => {
+                let r = 1.0 / (var + eps).sqrt();
+                ((gamma * r), (b - mean) * r * gamma + beta)
+            }
+        }
     }
 }
 
@@ -216,14 +272,14 @@ impl Builder<'_> {
                 var,
                 eps,
             } = BatchNorm::parse(bn, out_c)?;
-            // Same operations, in the same order and precision, as Ultralytics' fuse_conv_and_bn.
             for o in 0..out_c {
-                let scale = gamma[o] / (eps + var[o]).sqrt();
+                let (scale, bias) = self
+                    .bn_fold
+                    .channel(gamma[o], beta[o], mean[o], var[o], eps, b[o]);
                 for v in &mut p.weight[o * per..(o + 1) * per] {
                     *v *= scale;
                 }
-                let b_bn = beta[o] - gamma[o] * mean[o] / (var[o] + eps).sqrt();
-                b[o] = scale * b[o] + b_bn;
+                b[o] = bias;
             }
         }
         p.bias = Some(b);
@@ -482,4 +538,44 @@ pub(crate) fn conv_transpose(m: ModuleRef, x: &T) -> RefResult<T> {
         }
     }
     Ok(T::new(out, vec![n, o, oh, ow]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BnFold;
+
+    #[test]
+    fn the_fold_follows_the_release() {
+        for (v, want) in [
+            (Some("8.4.190"), BnFold::Rsqrt),
+            (Some("8.4.139"), BnFold::Rsqrt),
+            (Some("9.0.0"), BnFold::Rsqrt),
+            (Some("8.4.138"), BnFold::Diag),
+            (Some("8.3.253"), BnFold::Diag),
+            (Some("8.0.239"), BnFold::Diag),
+            (Some("not a version"), BnFold::Diag),
+            (None, BnFold::Diag),
+        ] {
+            assert_eq!(BnFold::for_version(v), want, "{v:?}");
+        }
+    }
+
+    /// One channel where the two orders round differently, with the bits torch 2.15 gives for
+    /// `fuse_conv_bn_weights` and for 8.0–8.4.138's `torch.mm(diag(…), w)` form (ε = 1e-3). The
+    /// channel is one where torch's f32 `sqrt` is correctly rounded: on this machine's AVX-512
+    /// build it is for only ~84 % of values, so no fold reproduces torch's bits everywhere.
+    #[test]
+    fn each_order_gives_its_releases_bits() {
+        let f = f32::from_bits;
+        let (gamma, beta, mean, var) = (f(0xbe4d2038), f(0xbdc082ad), f(0xc041b5b6), f(0x3bb955a1));
+        let (w, b, eps) = (f(0xbf8cd2cf), f(0xbf436146), f(0x3a83126f));
+        for (fold, weight, bias) in [
+            (BnFold::Rsqrt, 0x402ce2da, 0xc0b4db07),
+            (BnFold::Diag, 0x402ce2d9, 0xc0b4db08),
+        ] {
+            let (scale, folded) = fold.channel(gamma, beta, mean, var, eps, b);
+            assert_eq!((w * scale).to_bits(), weight, "{fold:?} weight");
+            assert_eq!(folded.to_bits(), bias, "{fold:?} bias");
+        }
+    }
 }

@@ -8,6 +8,8 @@ pub mod act;
 pub mod area_attention;
 pub mod attention;
 pub mod basic;
+pub mod classic;
+pub mod classic_v7;
 pub mod classify;
 pub mod conv;
 pub mod csp;

@@ -26,6 +26,8 @@ pub struct Builder<'g> {
     /// The default-domain opset being written (operators whose attributes changed between
     /// opsets, such as `GridSample`'s mode, read it).
     pub opset: i64,
+    /// The BatchNorm fold's operation order (the checkpoint's Ultralytics release).
+    pub bn_fold: crate::models::layers::conv::BnFold,
     _g: std::marker::PhantomData<&'g ()>,
 }
 
@@ -38,6 +40,7 @@ impl<'g> Builder<'g> {
             integer_values: Vec::new(),
             head: HeadOptions::default(),
             opset: 17,
+            bn_fold: Default::default(),
             _g: std::marker::PhantomData,
         }
     }
@@ -65,10 +68,9 @@ impl<'g> Builder<'g> {
         m: ModuleRef,
         x: LayerInput<GraphValue>,
     ) -> BuildResult<GraphValue> {
-        let class = m.class();
-        match registry::find(&class).map(|l| l.kind) {
+        match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Layer { emit, .. }) => emit(self, scope, m, x),
-            _ => Err(registry::unsupported_class(&class)),
+            _ => Err(registry::unsupported_class(&m.class())),
         }
     }
 }
@@ -82,7 +84,7 @@ impl Backend for Builder<'_> {
         m: ModuleRef<'_>,
         x: LayerInput<GraphValue>,
     ) -> BuildResult<LayerInput<GraphValue>> {
-        match registry::find(&m.class()).map(|l| l.kind) {
+        match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Fork { emit, .. }) => emit(self, path, m, x).map(LayerInput::Many),
             _ => self.module(path, m, x).map(LayerInput::One),
         }

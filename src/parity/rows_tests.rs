@@ -1,0 +1,232 @@
+//! Tests of the detection-set comparison: NMS rows (padded, with a threshold) and top-k rows.
+
+use super::*;
+
+// ---- NMS rows ----
+const TOL: RowsTolerance = RowsTolerance {
+    atol: 1e-4,
+    rtol: 1e-3,
+    conf: 0.25,
+    kpt_dim: None,
+    noise: [0.0; 5],
+};
+
+fn rows(r: &[[f32; 6]], k: usize) -> T {
+    let mut d = vec![0.0; k * 6];
+    for (i, row) in r.iter().enumerate() {
+        d[i * 6..i * 6 + 6].copy_from_slice(row);
+    }
+    T::new(d, vec![1, k, 6])
+}
+
+fn scene() -> Vec<[f32; 6]> {
+    vec![
+        [6.0, 6.0, 14.0, 14.0, 0.9, 0.0],
+        [30.0, 30.0, 40.0, 36.0, 0.8, 1.0],
+        [2.0, 40.0, 10.0, 50.0, 0.6, 0.0],
+    ]
+}
+
+#[test]
+fn the_same_rows_in_another_order_pass() {
+    let want = rows(&scene(), 5);
+    let mut s = scene();
+    s.swap(0, 2);
+    let c = rows_check(&rows(&s, 5), &want, TOL);
+    assert!(c[0].pass, "{}", c[0].detail);
+    assert!(
+        c[0].detail.starts_with("3 vs 3 rows, 3 matched"),
+        "{}",
+        c[0].detail
+    );
+}
+
+#[test]
+fn a_wrong_row_fails() {
+    let want = rows(&scene(), 5);
+    for (col, by) in [(0, 0.5), (3, -0.2), (4, 0.01), (5, 1.0)] {
+        let mut s = scene();
+        s[1][col] += by;
+        let c = rows_check(&rows(&s, 5), &want, TOL);
+        assert!(!c[0].pass, "column {col} moved by {by}");
+        assert!(c[0].detail.contains("has no match"), "{}", c[0].detail);
+    }
+}
+
+#[test]
+fn a_missing_or_extra_row_fails_unless_at_the_threshold() {
+    let want = rows(&scene(), 5);
+    let got = rows(&scene()[..2], 5);
+    assert!(!rows_check(&got, &want, TOL)[0].pass, "missing row");
+    assert!(!rows_check(&want, &got, TOL)[0].pass, "extra row");
+    let mut s = scene();
+    s[2][4] = 0.2501;
+    let want = rows(&s, 5);
+    let c = rows_check(&rows(&s[..2], 5), &want, TOL);
+    assert!(c[0].pass, "a row at the threshold may go: {}", c[0].detail);
+}
+
+#[test]
+fn classes_tied_at_a_saturated_score_match() {
+    let mut s = scene();
+    s[0][4] = 1.0;
+    let want = rows(&s, 5);
+    s[0][5] = 1.0;
+    s[0][4] = 0.999_99;
+    let c = rows_check(&rows(&s, 5), &want, TOL);
+    assert!(c[0].pass, "{}", c[0].detail);
+}
+
+#[test]
+fn keypoint_coordinates_share_the_pixel_scale() {
+    // (x, y, visibility) for one keypoint after the class.
+    let row = |x: f32, v: f32| [6.0, 6.0, 140.0, 14.0, 0.9, 0.0, x, 30.0, v];
+    // A padding row after it: a full list would let its lowest row go unmatched.
+    let t = |x: f32, v: f32| {
+        let mut d = row(x, v).to_vec();
+        d.extend([0.0; 9]);
+        T::new(d, vec![1, 2, 9])
+    };
+    let pose = RowsTolerance {
+        kpt_dim: Some(3),
+        ..TOL
+    };
+    // 0.05 px on a coordinate near 0: within the pixels' limit (1e-4 + 1e-3 · 140).
+    assert!(rows_check(&t(0.05, 0.5), &t(0.0, 0.5), pose)[0].pass);
+    // Alone, that column's limit would be 1e-4.
+    assert!(!rows_check(&t(0.05, 0.5), &t(0.0, 0.5), TOL)[0].pass);
+    // Visibilities keep their own scale.
+    assert!(!rows_check(&t(0.0, 0.51), &t(0.0, 0.5), pose)[0].pass);
+}
+
+#[test]
+fn a_row_tied_at_saturation_may_go_but_a_lone_one_may_not() {
+    let mut s = scene();
+    s[0][4] = 1.0;
+    s[1][4] = 1.0;
+    let want = rows(&s, 5);
+    // The other side kept one of the two tied rows only.
+    let got = rows(&[s[0], s[2]], 5);
+    assert!(rows_check(&got, &want, TOL)[0].pass);
+    let mut lone = scene();
+    lone[0][4] = 1.0;
+    let want = rows(&lone, 5);
+    assert!(!rows_check(&rows(&lone[1..], 5), &want, TOL)[0].pass);
+}
+
+#[test]
+fn mismatched_shapes_fail() {
+    let c = rows_check(&rows(&scene(), 4), &rows(&scene(), 5), TOL);
+    assert!(!c[0].pass);
+}
+
+// ---- top-k rows ----
+
+const F32: Tolerance = Tolerance::F32;
+
+/// One image of rows (x1 y1 x2 y2 score class extra), scores descending.
+fn top_k() -> Vec<[f32; 7]> {
+    vec![
+        [1.0, 2.0, 11.0, 12.0, 0.9, 0.0, 3.0],
+        [20.0, 20.0, 30.0, 40.0, 0.8, 1.0, -1.0],
+        [5.0, 5.0, 9.0, 9.0, 0.5, 1.0, 0.5],
+        [40.0, 2.0, 60.0, 9.0, 0.2, 0.0, 0.0],
+    ]
+}
+
+fn flat(r: &[[f32; 7]]) -> Vec<f32> {
+    r.iter().flatten().copied().collect()
+}
+
+fn check_top_k(got: &[[f32; 7]], want: &[[f32; 7]]) -> (OutputStats, Vec<TaskCheck>) {
+    compare_rows("output0", &[1, 4, 7], &flat(got), &flat(want), F32)
+}
+
+#[test]
+fn equal_top_k_rows_pass() {
+    let (s, t) = check_top_k(&top_k(), &top_k());
+    assert!(s.pass && t[0].pass, "{}", t[0].detail);
+    assert_eq!(s.max_abs, 0.0);
+}
+
+#[test]
+fn rows_reordered_on_a_tie_pass() {
+    let mut want = top_k();
+    want[1][4] = 0.5; // rows 1 and 2 tie; the ONNX lists them the other way round
+    let mut got = want.clone();
+    got.swap(1, 2);
+    let (s, t) = check_top_k(&got, &want);
+    assert!(s.pass, "{}", t[0].detail);
+}
+
+#[test]
+fn a_wrong_top_k_row_fails() {
+    // A moved box, a wrong class, a wrong extra channel: each alone fails.
+    for (col, v) in [(0, 1.5), (5, 1.0), (6, 3.5)] {
+        let mut got = top_k();
+        got[0][col] = v;
+        let (s, t) = check_top_k(&got, &top_k());
+        assert!(!s.pass, "column {col} changed to {v} must fail");
+        assert!(t[0].detail.contains("has no match"), "{}", t[0].detail);
+    }
+}
+
+#[test]
+fn only_the_row_at_the_cut_may_differ() {
+    // The lowest-scoring row differs (another pair kept at the top-k cut, at a tying score).
+    let mut got = top_k();
+    got[3] = [0.0, 0.0, 4.0, 4.0, 0.2, 1.0, 0.0];
+    let (s, t) = check_top_k(&got, &top_k());
+    assert!(s.pass, "{}", t[0].detail);
+    assert!(
+        t[0].detail
+            .contains("2 unmatched at a tie, the threshold or the cut"),
+        "{}",
+        t[0].detail
+    );
+    // The same swap higher up is a wrong row.
+    let mut got = top_k();
+    got[2] = [0.0, 0.0, 4.0, 4.0, 0.5, 1.0, 0.0];
+    assert!(!check_top_k(&got, &top_k()).0.pass);
+}
+
+#[test]
+fn a_shape_that_is_not_rows_fails_top_k() {
+    let (s, _) = compare_rows("output0", &[1, 28], &flat(&top_k()), &flat(&top_k()), F32);
+    assert!(!s.pass);
+}
+
+/// One comparison, two kinds of list: a row below 0.25 may go unmatched in NMS rows (the
+/// threshold) but not in top-k rows, where only the lowest kept score is the cut.
+#[test]
+fn top_k_rows_have_no_threshold() {
+    let mut want = top_k();
+    want.push([50.0, 50.0, 60.0, 60.0, 0.1, 0.0, 0.0]);
+    let mut got = want.clone();
+    got[3] = [0.0, 0.0, 4.0, 4.0, 0.2, 1.0, 0.0];
+    let (g, w) = (flat(&got), flat(&want));
+    let (s, t) = compare_rows("output0", &[1, 5, 7], &g, &w, F32);
+    assert!(!s.pass, "{}", t[0].detail);
+    let nms = RowsTolerance {
+        conf: 0.25,
+        ..RowsTolerance::top_k(F32)
+    };
+    let (s, t) = detection_sets("output0", &[1, 5, 7], &g, &w, nms);
+    assert!(s.pass, "{}", t[0].detail);
+}
+
+/// The f16 noise of top-k rows pairs each exact row with the emulated row of its class whose box
+/// is nearest, whatever the order, and leaves out rows whose box has no partner within the base
+/// box limit (another detection, not noise).
+#[test]
+fn f16_noise_pairs_rows_by_class_and_box() {
+    let exact = top_k();
+    let mut emulated = exact.clone();
+    emulated.swap(0, 1);
+    emulated[0][4] += 0.05; // exact row 1 (class 1), now first: its score moved by 0.05
+    emulated[3] = [40.0, 30.0, 60.0, 40.0, 0.9, 0.0, 0.0]; // row 3 replaced by another box
+    let t = |r: &[[f32; 7]]| T::new(flat(r), vec![1, 4, 7]);
+    let n = f16_noise(&t(&exact), &t(&emulated), RowsTolerance::top_k(F32));
+    assert!((n[1] - 0.05).abs() < 1e-6, "score noise {n:?}");
+    assert_eq!(n[0], 0.0, "boxes of paired rows are equal: {n:?}");
+}
