@@ -9,8 +9,8 @@ fn main() {
     let located = fuse_ema::ema::locate(&ckpt, &Default::default()).expect("EMA");
     let g = &ckpt.graph;
     let v = g.dict_get(&ckpt.root, &located.ema.origin).expect("module");
-    let mut r =
-        fuse_ema::reference::Reference::new(fuse_ema::checkpoint::py::M { g, v }).expect("model");
+    let mut r = fuse_ema::reference::Reference::new(fuse_ema::checkpoint::py::ModuleRef { g, v })
+        .expect("model");
     let images = fuse_ema::parity::seeded_images(&[1, 3, size, size], 0);
     let mut times = Vec::new();
     for _ in 0..5 {

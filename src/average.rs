@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::convert;
 use crate::ema::Named;
-use crate::tensor::{Buffer, DType, MappedFile, Tensor, contiguous_strides};
+use crate::tensor::{Buffer, DType, MappedFile, Tensor};
 
 /// How the inputs are combined.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -70,6 +70,15 @@ pub enum AverageError {
     /// The scratch file failed.
     #[error("scratch file beside the output: {0}")]
     Scratch(#[from] std::io::Error),
+    /// An averaged tensor does not fit the scratch bytes written for it.
+    #[error("averaged tensor '{name}': {source}")]
+    View {
+        /// The tensor.
+        name: String,
+        /// Why its view does not fit.
+        #[source]
+        source: crate::tensor::ViewError,
+    },
 }
 
 /// What averaging did.
@@ -231,7 +240,7 @@ pub fn contribution(
     let only_set = || -> Result<Option<(Named, String)>, EmaError> {
         let sets = ck.weight_sets().map_err(|e| EmaError {
             path: ck.path.clone(),
-            kind: EmaErrorKind::Module(e.0),
+            kind: EmaErrorKind::Module(e),
         })?;
         Ok(match sets.as_slice() {
             [one] => Some((
@@ -310,19 +319,19 @@ pub fn average(
     };
     let mut bytes = Vec::new();
     for (k, (name, t0)) in first.tensors.iter().enumerate() {
-        if !t0.dtype.is_float() {
+        if !t0.dtype().is_float() {
             report.from_last.push(name.clone());
             placed.push((name.clone(), Err(last.tensors[k].1.clone())));
             continue;
         }
         bytes.clear();
-        if t0.dtype == DType::F64 {
+        if t0.dtype() == DType::F64 {
             let v = combine::<f64>(inputs, k, method, &weights, convert::to_f64_vec)?;
             for x in v {
                 bytes.extend_from_slice(&x.to_le_bytes());
             }
         } else {
-            let v = if t0.dtype == DType::F32 && !matches!(method, Method::Weighted { .. }) {
+            let v = if t0.dtype() == DType::F32 && !matches!(method, Method::Weighted { .. }) {
                 combine_f32(inputs, k, method)?
             } else {
                 combine::<f32>(inputs, k, method, &weights, convert::to_f32_vec)?
@@ -331,16 +340,20 @@ pub fn average(
             for x in &v {
                 raw.extend_from_slice(&x.to_le_bytes());
             }
-            if t0.dtype == DType::F32 {
+            if t0.dtype() == DType::F32 {
                 bytes = raw;
             } else {
-                convert::convert_float(DType::F32, &raw, t0.dtype, &mut bytes);
+                convert::convert_float(DType::F32, &raw, t0.dtype(), &mut bytes);
             }
         }
         out.write_all(&bytes)?;
         placed.push((
             name.clone(),
-            Ok((t0.dtype, t0.shape.clone(), offset..offset + bytes.len())),
+            Ok((
+                t0.dtype(),
+                t0.shape().to_vec(),
+                offset..offset + bytes.len(),
+            )),
         ));
         offset += bytes.len();
         report.averaged += 1;
@@ -361,22 +374,22 @@ pub fn average(
         .map(|(name, p)| {
             let t = match p {
                 Err(t) => t,
-                Ok((dtype, shape, range)) => Tensor {
-                    dtype,
-                    strides: contiguous_strides(&shape),
-                    shape,
-                    offset: 0,
-                    storage: Buffer::Mapped {
+                Ok((dtype, shape, range)) => {
+                    let storage = Buffer::Mapped {
                         map: Arc::clone(map.as_ref().expect("bytes were written")),
                         range,
-                    },
-                    storage_key: Arc::from(name.as_str()),
-                    is_parameter: false,
-                },
+                    };
+                    Tensor::contiguous(dtype, shape, storage, Arc::from(name.as_str())).map_err(
+                        |source| AverageError::View {
+                            name: name.clone(),
+                            source,
+                        },
+                    )?
+                }
             };
-            (name, t)
+            Ok((name, t))
         })
-        .collect();
+        .collect::<Result<_, AverageError>>()?;
     Ok((tensors, report))
 }
 
@@ -442,9 +455,7 @@ fn combine_f32(inputs: &[Input<'_>], k: usize, method: &Method) -> Result<Vec<f3
             let dst = acc
                 .get_mut(at..at + n)
                 .ok_or_else(|| std::io::Error::other("more elements than the first input"))?;
-            let values = c
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let values = convert::f32s_le(c);
             match ema {
                 Some((keep, take)) => {
                     for (a, v) in dst.iter_mut().zip(values) {
@@ -489,10 +500,14 @@ fn check_same(a: &Input<'_>, b: &Input<'_>) -> Result<(), AverageError> {
                 a.file
             )));
         }
-        if ta.shape != tb.shape || ta.dtype != tb.dtype {
+        if ta.shape() != tb.shape() || ta.dtype() != tb.dtype() {
             return Err(mismatch(format!(
                 "'{na}' is {} {:?}, but {} {:?} in {}",
-                tb.dtype, tb.shape, ta.dtype, ta.shape, a.file
+                tb.dtype(),
+                tb.shape(),
+                ta.dtype(),
+                ta.shape(),
+                a.file
             )));
         }
     }

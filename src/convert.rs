@@ -4,6 +4,14 @@ use half::{bf16, f16};
 
 use crate::tensor::{DType, Tensor};
 
+/// The little-endian f32 values in `bytes`, in order (a trailing partial element is not one:
+/// callers check lengths against shapes). The one decoding of f32 bytes outside the hot kernels.
+pub fn f32s_le(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
 /// Decodes little-endian elements of `dtype` from `bytes`, calling `f` with each as f64.
 /// Returns `false` for dtypes that have no real value (complex, float8).
 pub fn for_each_f64(dtype: DType, bytes: &[u8], mut f: impl FnMut(f64)) -> bool {
@@ -16,7 +24,7 @@ pub fn for_each_f64(dtype: DType, bytes: &[u8], mut f: impl FnMut(f64)) -> bool 
     }
     match dtype {
         DType::F64 => each!(8, |a: [u8; 8]| f64::from_le_bytes(a)),
-        DType::F32 => each!(4, |a: [u8; 4]| f32::from_le_bytes(a) as f64),
+        DType::F32 => f32s_le(bytes).for_each(|x| f(x as f64)),
         DType::F16 => each!(2, |a: [u8; 2]| f16::from_le_bytes(a).to_f64()),
         DType::BF16 => each!(2, |a: [u8; 2]| bf16::from_le_bytes(a).to_f64()),
         DType::I64 => each!(8, |a: [u8; 8]| i64::from_le_bytes(a) as f64),
@@ -37,7 +45,7 @@ pub fn for_each_f64(dtype: DType, bytes: &[u8], mut f: impl FnMut(f64)) -> bool 
 pub fn to_f64_vec(t: &Tensor) -> Option<Vec<f64>> {
     let bytes = t.to_contiguous_bytes().ok()?;
     let mut out = Vec::with_capacity(t.numel());
-    for_each_f64(t.dtype, &bytes, |x| out.push(x)).then_some(out)
+    for_each_f64(t.dtype(), &bytes, |x| out.push(x)).then_some(out)
 }
 
 /// All elements as f32 in row-major order (f16/bf16 widen exactly), or `None` for dtypes without
@@ -48,13 +56,13 @@ pub fn to_f32_vec(t: &Tensor) -> Option<Vec<f32>> {
     let mut out = Vec::with_capacity(t.numel());
     let mut real = true;
     let streamed = t.for_each_chunk(|c| {
-        real &= extend_f32(t.dtype, c, &mut out);
+        real &= extend_f32(t.dtype(), c, &mut out);
         Ok(())
     });
     if streamed.is_err() {
         out.clear();
         let bytes = t.to_contiguous_bytes().ok()?;
-        real = extend_f32(t.dtype, &bytes, &mut out);
+        real = extend_f32(t.dtype(), &bytes, &mut out);
     }
     real.then_some(out)
 }

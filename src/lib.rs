@@ -14,6 +14,7 @@ pub mod io;
 pub mod models;
 pub mod onnx;
 pub mod parity;
+pub mod pipeline;
 pub mod progress;
 pub mod reference;
 pub mod runtime;

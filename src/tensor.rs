@@ -91,122 +91,250 @@ pub enum DType {
     C128,
 }
 
+/// Everything the formats call one dtype, in one row.
+struct DTypeRow {
+    dtype: DType,
+    size: usize,
+    /// A floating-point type (EMA applies to these only).
+    float: bool,
+    /// Short lowercase name used in reports.
+    name: &'static str,
+    /// torch's storage class without `Storage` (`Float`), for the classes torch pickles.
+    storage: Option<&'static str>,
+    /// Other names torch reads as this dtype: `torch.<dtype>` globals, their aliases, storage
+    /// classes fuse-ema reads but does not write.
+    torch_names: &'static [&'static str],
+    /// numpy's little-endian type code (`f4`), for pickled numpy arrays and scalars.
+    numpy: Option<&'static str>,
+    /// The safetensors tag.
+    safetensors: Option<safetensors::Dtype>,
+}
+
+use safetensors::Dtype as S;
+
+/// The one table of dtypes, in the order of [`DType`]'s variants (a unit test checks it).
+const DTYPES: [DTypeRow; 17] = [
+    DTypeRow {
+        dtype: DType::F64,
+        size: 8,
+        float: true,
+        name: "f64",
+        storage: Some("Double"),
+        torch_names: &["float64", "double"],
+        numpy: Some("f8"),
+        safetensors: Some(S::F64),
+    },
+    DTypeRow {
+        dtype: DType::F32,
+        size: 4,
+        float: true,
+        name: "f32",
+        storage: Some("Float"),
+        torch_names: &["float32", "float"],
+        numpy: Some("f4"),
+        safetensors: Some(S::F32),
+    },
+    DTypeRow {
+        dtype: DType::F16,
+        size: 2,
+        float: true,
+        name: "f16",
+        storage: Some("Half"),
+        torch_names: &["float16", "half"],
+        numpy: Some("f2"),
+        safetensors: Some(S::F16),
+    },
+    DTypeRow {
+        dtype: DType::BF16,
+        size: 2,
+        float: true,
+        name: "bf16",
+        storage: Some("BFloat16"),
+        torch_names: &["bfloat16"],
+        numpy: None,
+        safetensors: Some(S::BF16),
+    },
+    DTypeRow {
+        dtype: DType::F8E4M3,
+        size: 1,
+        float: true,
+        name: "f8e4m3",
+        storage: None,
+        torch_names: &["Float8_e4m3fn", "float8_e4m3fn"],
+        numpy: None,
+        safetensors: Some(S::F8_E4M3),
+    },
+    DTypeRow {
+        dtype: DType::F8E5M2,
+        size: 1,
+        float: true,
+        name: "f8e5m2",
+        storage: None,
+        torch_names: &["Float8_e5m2", "float8_e5m2"],
+        numpy: None,
+        safetensors: Some(S::F8_E5M2),
+    },
+    DTypeRow {
+        dtype: DType::I64,
+        size: 8,
+        float: false,
+        name: "i64",
+        storage: Some("Long"),
+        torch_names: &["int64", "long"],
+        numpy: Some("i8"),
+        safetensors: Some(S::I64),
+    },
+    DTypeRow {
+        dtype: DType::I32,
+        size: 4,
+        float: false,
+        name: "i32",
+        storage: Some("Int"),
+        torch_names: &["int32", "int"],
+        numpy: Some("i4"),
+        safetensors: Some(S::I32),
+    },
+    DTypeRow {
+        dtype: DType::I16,
+        size: 2,
+        float: false,
+        name: "i16",
+        storage: Some("Short"),
+        torch_names: &["int16", "short"],
+        numpy: Some("i2"),
+        safetensors: Some(S::I16),
+    },
+    DTypeRow {
+        dtype: DType::I8,
+        size: 1,
+        float: false,
+        name: "i8",
+        storage: Some("Char"),
+        torch_names: &["int8"],
+        numpy: Some("i1"),
+        safetensors: Some(S::I8),
+    },
+    DTypeRow {
+        dtype: DType::U64,
+        size: 8,
+        float: false,
+        name: "u64",
+        storage: None,
+        torch_names: &["UInt64", "uint64"],
+        numpy: Some("u8"),
+        safetensors: Some(S::U64),
+    },
+    DTypeRow {
+        dtype: DType::U32,
+        size: 4,
+        float: false,
+        name: "u32",
+        storage: None,
+        torch_names: &["UInt32", "uint32"],
+        numpy: Some("u4"),
+        safetensors: Some(S::U32),
+    },
+    DTypeRow {
+        dtype: DType::U16,
+        size: 2,
+        float: false,
+        name: "u16",
+        storage: None,
+        torch_names: &["UInt16", "uint16"],
+        numpy: Some("u2"),
+        safetensors: Some(S::U16),
+    },
+    DTypeRow {
+        dtype: DType::U8,
+        size: 1,
+        float: false,
+        name: "u8",
+        storage: Some("Byte"),
+        torch_names: &["uint8", "Untyped"],
+        numpy: Some("u1"),
+        safetensors: Some(S::U8),
+    },
+    DTypeRow {
+        dtype: DType::Bool,
+        size: 1,
+        float: false,
+        name: "bool",
+        storage: Some("Bool"),
+        torch_names: &["bool"],
+        numpy: Some("b1"),
+        safetensors: Some(S::BOOL),
+    },
+    DTypeRow {
+        dtype: DType::C64,
+        size: 8,
+        float: false,
+        name: "c64",
+        storage: Some("ComplexFloat"),
+        torch_names: &["complex64", "cfloat"],
+        numpy: None,
+        safetensors: Some(S::C64),
+    },
+    DTypeRow {
+        dtype: DType::C128,
+        size: 16,
+        float: false,
+        name: "c128",
+        storage: Some("ComplexDouble"),
+        torch_names: &["complex128", "cdouble"],
+        numpy: None,
+        safetensors: None,
+    },
+];
+
 impl DType {
+    fn row(self) -> &'static DTypeRow {
+        &DTYPES[self as usize]
+    }
+
+    fn find(pred: impl Fn(&DTypeRow) -> bool) -> Option<DType> {
+        DTYPES.iter().find(|r| pred(r)).map(|r| r.dtype)
+    }
+
     /// Size of one element in bytes.
     pub fn size(self) -> usize {
-        match self {
-            DType::F64 | DType::I64 | DType::U64 | DType::C64 => 8,
-            DType::F32 | DType::I32 | DType::U32 => 4,
-            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
-            DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8 | DType::Bool => 1,
-            DType::C128 => 16,
-        }
+        self.row().size
     }
 
     /// Whether the type is a floating-point type (EMA applies to these only).
     pub fn is_float(self) -> bool {
-        matches!(
-            self,
-            DType::F64 | DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
-        )
+        self.row().float
     }
 
     /// Short lowercase name used in reports (`f16`, `i64`, …).
     pub fn name(self) -> &'static str {
-        match self {
-            DType::F64 => "f64",
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            DType::F8E4M3 => "f8e4m3",
-            DType::F8E5M2 => "f8e5m2",
-            DType::I64 => "i64",
-            DType::I32 => "i32",
-            DType::I16 => "i16",
-            DType::I8 => "i8",
-            DType::U64 => "u64",
-            DType::U32 => "u32",
-            DType::U16 => "u16",
-            DType::U8 => "u8",
-            DType::Bool => "bool",
-            DType::C64 => "c64",
-            DType::C128 => "c128",
-        }
+        self.row().name
     }
 
     /// The dtype of a pickled torch storage class (`FloatStorage`, `BFloat16Storage`, …) or of a
     /// `torch.<dtype>` global (`float32`, `bfloat16`, …).
     pub fn from_torch_name(name: &str) -> Option<DType> {
         let base = name.strip_suffix("Storage").unwrap_or(name);
-        Some(match base {
-            "Double" | "float64" | "double" => DType::F64,
-            "Float" | "float32" | "float" => DType::F32,
-            "Half" | "float16" | "half" => DType::F16,
-            "BFloat16" | "bfloat16" => DType::BF16,
-            "Float8_e4m3fn" | "float8_e4m3fn" => DType::F8E4M3,
-            "Float8_e5m2" | "float8_e5m2" => DType::F8E5M2,
-            "Long" | "int64" | "long" => DType::I64,
-            "Int" | "int32" | "int" => DType::I32,
-            "Short" | "int16" | "short" => DType::I16,
-            "Char" | "int8" => DType::I8,
-            "UInt64" | "uint64" => DType::U64,
-            "UInt32" | "uint32" => DType::U32,
-            "UInt16" | "uint16" => DType::U16,
-            // `UntypedStorage` holds raw bytes; torch rebuilds it as uint8.
-            "Byte" | "uint8" | "Untyped" => DType::U8,
-            "Bool" | "bool" => DType::Bool,
-            "ComplexFloat" | "complex64" | "cfloat" => DType::C64,
-            "ComplexDouble" | "complex128" | "cdouble" => DType::C128,
-            _ => return None,
-        })
+        DType::find(|r| r.storage == Some(base) || r.torch_names.contains(&base))
+    }
+
+    /// torch's storage class for this dtype (`FloatStorage`), where torch pickles one.
+    pub fn storage_class(self) -> Option<String> {
+        self.row().storage.map(|s| format!("{s}Storage"))
+    }
+
+    /// The dtype of a little-endian numpy type code (`f4`, `i8`, `b1`).
+    pub fn from_numpy_code(code: &str) -> Option<DType> {
+        DType::find(|r| r.numpy == Some(code))
     }
 
     /// The dtype of a safetensors dtype tag (`F32`, `BF16`, …).
     pub fn from_safetensors(d: safetensors::Dtype) -> Option<DType> {
-        use safetensors::Dtype as S;
-        Some(match d {
-            S::BOOL => DType::Bool,
-            S::U8 => DType::U8,
-            S::I8 => DType::I8,
-            S::F8_E5M2 => DType::F8E5M2,
-            S::F8_E4M3 => DType::F8E4M3,
-            S::I16 => DType::I16,
-            S::U16 => DType::U16,
-            S::F16 => DType::F16,
-            S::BF16 => DType::BF16,
-            S::I32 => DType::I32,
-            S::U32 => DType::U32,
-            S::F32 => DType::F32,
-            S::C64 => DType::C64,
-            S::F64 => DType::F64,
-            S::I64 => DType::I64,
-            S::U64 => DType::U64,
-            _ => return None,
-        })
+        DType::find(|r| r.safetensors == Some(d))
     }
 
     /// The safetensors dtype tag of this dtype (`None` for complex128, which safetensors lacks).
     pub fn to_safetensors(self) -> Option<safetensors::Dtype> {
-        use safetensors::Dtype as S;
-        Some(match self {
-            DType::Bool => S::BOOL,
-            DType::U8 => S::U8,
-            DType::I8 => S::I8,
-            DType::F8E5M2 => S::F8_E5M2,
-            DType::F8E4M3 => S::F8_E4M3,
-            DType::I16 => S::I16,
-            DType::U16 => S::U16,
-            DType::F16 => S::F16,
-            DType::BF16 => S::BF16,
-            DType::I32 => S::I32,
-            DType::U32 => S::U32,
-            DType::F32 => S::F32,
-            DType::C64 => S::C64,
-            DType::F64 => S::F64,
-            DType::I64 => S::I64,
-            DType::U64 => S::U64,
-            DType::C128 => return None,
-        })
+        self.row().safetensors
     }
 }
 
@@ -351,27 +479,24 @@ impl fmt::Debug for Buffer {
 }
 
 /// A view into a storage, as torch describes it: element offset, shape and element strides.
+///
+/// The fields are private so that every view in hand has passed [`Tensor::check_view`]: each
+/// constructor checks it, except [`Tensor::pending`], whose view gets its bytes (and its check)
+/// from [`Tensor::attach_storage`].
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    /// Element type.
-    pub dtype: DType,
-    /// Dimensions.
-    pub shape: Vec<usize>,
-    /// Element strides, one per dimension.
-    pub strides: Vec<usize>,
-    /// Offset of the first element, in elements.
-    pub offset: usize,
-    /// The storage's bytes, shared with every view of the same storage.
-    pub storage: Buffer,
-    /// Identifies the storage inside its file (torch storage key or safetensors name), so that
-    /// views of one storage can be recognised.
-    pub storage_key: Arc<str>,
-    /// Whether the tensor was pickled as an `nn.Parameter`.
-    pub is_parameter: bool,
+    dtype: DType,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    offset: usize,
+    storage: Buffer,
+    storage_key: Arc<str>,
+    is_parameter: bool,
 }
 
 /// Why a tensor view does not fit its storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct ViewError(pub String);
 
 impl Tensor {
@@ -385,7 +510,34 @@ impl Tensor {
         storage: Buffer,
         storage_key: Arc<str>,
     ) -> Result<Tensor, ViewError> {
-        let t = Tensor {
+        let t = Tensor::pending(dtype, shape, strides, offset, storage, storage_key);
+        t.check_view()?;
+        Ok(t)
+    }
+
+    /// A contiguous tensor of `shape` over the whole of `storage`, checked.
+    pub fn contiguous(
+        dtype: DType,
+        shape: Vec<usize>,
+        storage: Buffer,
+        storage_key: Arc<str>,
+    ) -> Result<Tensor, ViewError> {
+        let strides = contiguous_strides(&shape);
+        Tensor::new_view(dtype, shape, strides, 0, storage, storage_key)
+    }
+
+    /// A view whose storage's bytes are not known yet (torch < 1.6 files list the storages
+    /// after the pickle that views them): unchecked until [`Tensor::attach_storage`] gives it
+    /// its bytes. Only readers make these, and they attach every one before handing it out.
+    pub(crate) fn pending(
+        dtype: DType,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+        offset: usize,
+        storage: Buffer,
+        storage_key: Arc<str>,
+    ) -> Tensor {
+        Tensor {
             dtype,
             shape,
             strides,
@@ -393,9 +545,75 @@ impl Tensor {
             storage,
             storage_key,
             is_parameter: false,
-        };
-        t.check_view()?;
-        Ok(t)
+        }
+    }
+
+    /// Gives a pending view its storage's bytes and checks it (a whole-storage node, `whole`,
+    /// takes the storage's length as its shape).
+    pub(crate) fn attach_storage(&mut self, storage: Buffer, whole: bool) -> Result<(), ViewError> {
+        self.storage = storage;
+        if whole {
+            self.shape = vec![self.storage.len() / self.dtype.size()];
+            self.strides = vec![1];
+            self.offset = 0;
+        }
+        self.check_view()
+    }
+
+    /// The whole storage under this view, as a one-dimensional tensor.
+    pub fn whole_storage(&self) -> Tensor {
+        let n = self.storage.len() / self.dtype.size();
+        Tensor {
+            shape: vec![n],
+            strides: vec![1],
+            offset: 0,
+            is_parameter: false,
+            ..self.clone()
+        }
+    }
+
+    /// The same view, marked as an `nn.Parameter` (or not).
+    pub fn with_parameter(self, is_parameter: bool) -> Tensor {
+        Tensor {
+            is_parameter,
+            ..self
+        }
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Dimensions.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Element strides, one per dimension.
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    /// Offset of the first element, in elements.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The storage's bytes, shared with every view of the same storage.
+    pub fn storage(&self) -> &Buffer {
+        &self.storage
+    }
+
+    /// Identifies the storage inside its file (torch storage key or safetensors name), so that
+    /// views of one storage can be recognised.
+    pub fn storage_key(&self) -> &Arc<str> {
+        &self.storage_key
+    }
+
+    /// Whether the tensor was pickled as an `nn.Parameter`.
+    pub fn is_parameter(&self) -> bool {
+        self.is_parameter
     }
 
     /// Checks that every element the view addresses lies inside its storage.
@@ -537,6 +755,22 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_dtype_table_is_in_variant_order_and_reads_back_what_it_writes() {
+        for (i, r) in super::DTYPES.iter().enumerate() {
+            assert_eq!(r.dtype as usize, i, "{}", r.name);
+            for n in r.torch_names {
+                assert_eq!(super::DType::from_torch_name(n), Some(r.dtype), "{n}");
+            }
+            if let Some(c) = r.dtype.storage_class() {
+                assert_eq!(super::DType::from_torch_name(&c), Some(r.dtype), "{c}");
+            }
+            if let Some(st) = r.dtype.to_safetensors() {
+                assert_eq!(super::DType::from_safetensors(st), Some(r.dtype));
+            }
+        }
+    }
+
     use super::*;
 
     fn owned(n: usize) -> Buffer {

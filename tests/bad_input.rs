@@ -34,7 +34,10 @@ fn expect_bad(path: &Path, needle: &str) -> String {
         fuse_ema::io::open(path)
             .and_then(|c| {
                 c.weight_sets().map_err(|e| {
-                    fuse_ema::io::ReadError::new(path, fuse_ema::io::ReadErrorKind::Storage(e.0))
+                    fuse_ema::io::ReadError::new(
+                        path,
+                        fuse_ema::io::ReadErrorKind::Storage(e.to_string()),
+                    )
                 })
             })
             .is_err()

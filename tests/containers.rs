@@ -223,7 +223,7 @@ fn legacy_tar_checkpoints_are_read_and_judged() {
     assert!(names(&c.graph).contains(&"os.system".to_string()));
     let w = c.graph.dict_get(&c.root, "w").unwrap();
     let t = c.graph.tensor(w).unwrap();
-    assert_eq!(t.shape, [2]);
+    assert_eq!(t.shape(), [2]);
     assert_eq!(
         &*t.to_contiguous_bytes().unwrap(),
         &[1f32.to_le_bytes(), 2f32.to_le_bytes()].concat()[..]

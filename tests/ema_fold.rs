@@ -54,8 +54,8 @@ fn assert_same(file: &str, got: &[(String, fuse_ema::tensor::Tensor)], exp: &Exp
     let tensors = exp.tensors();
     for (n, t) in got {
         let w = tensors.tensor(&format!("{set}/{n}")).unwrap();
-        assert_eq!(t.dtype.name(), dtype_name(w.dtype()), "{file}: {n} dtype");
-        assert_eq!(t.shape, w.shape(), "{file}: {n} shape");
+        assert_eq!(t.dtype().name(), dtype_name(w.dtype()), "{file}: {n} dtype");
+        assert_eq!(t.shape(), w.shape(), "{file}: {n} shape");
         assert!(
             *t.to_contiguous_bytes().unwrap() == *w.data(),
             "{file}: {n} differs from PyTorch's EMA"
@@ -130,7 +130,7 @@ fn prefixed_safetensors_fold() {
     let tensors = exp.tensors();
     assert_eq!(folded.tensors.len() * 2, exp.sets()[0].1.len());
     for (n, t) in &folded.tensors {
-        let src = if t.dtype.is_float() {
+        let src = if t.dtype().is_float() {
             "model_ema"
         } else {
             "model"
@@ -173,7 +173,7 @@ fn dtype_conversion_matches_torch_half() {
     let et = exp.tensors();
     for (n, t) in &tensors {
         let w = et.tensor(&format!("fold_f16/{n}")).unwrap();
-        assert_eq!(t.dtype.name(), dtype_name(w.dtype()), "{n}");
+        assert_eq!(t.dtype().name(), dtype_name(w.dtype()), "{n}");
         assert!(
             *t.to_contiguous_bytes().unwrap() == *w.data(),
             "{n}: f16 rounding differs from torch's .half()"

@@ -163,16 +163,18 @@ fn half_precision_within_documented_bound() {
     // measures by running the same checkpoint with f16 storage emulated.
     let ckpt = fuse_ema::io::open(&fixture("yolov8-best.pt")).unwrap();
     let v = ckpt.graph.dict_get(&ckpt.root, "model").unwrap();
-    let emulated =
-        fuse_ema::reference::Reference::new(fuse_ema::checkpoint::py::M { g: &ckpt.graph, v })
-            .unwrap()
-            .emulating_f16()
-            .run(fuse_ema::reference::ops::T::new(
-                flat(&images),
-                images.shape().to_vec(),
-            ))
-            .unwrap()
-            .remove(0);
+    let emulated = fuse_ema::reference::Reference::new(fuse_ema::checkpoint::py::ModuleRef {
+        g: &ckpt.graph,
+        v,
+    })
+    .unwrap()
+    .emulating_f16()
+    .run(fuse_ema::reference::ops::T::new(
+        flat(&images),
+        images.shape().to_vec(),
+    ))
+    .unwrap()
+    .remove(0);
     let s = fuse_ema::parity::compare_f16(
         "output0",
         want.shape(),

@@ -314,8 +314,9 @@ fn onnx_with_external(inits: &[(&str, u64, &str, u64, u64)]) -> Vec<u8> {
     model
 }
 
+/// The model, or its error's message (the tests check what a user reads).
 fn parse_in(dir: &Path, model: &[u8]) -> Result<fuse_ema::onnx::proto::Model, String> {
-    fuse_ema::onnx::read::parse(model, Some(&dir.join("model.onnx")))
+    fuse_ema::onnx::read::parse(model, Some(&dir.join("model.onnx"))).map_err(|e| e.to_string())
 }
 
 #[test]

@@ -32,11 +32,11 @@ fn check(file: &str, expected: &str, format: Format) {
         for (name, t) in &set.tensors {
             let want = tensors.tensor(&format!("{path}/{name}")).unwrap();
             assert_eq!(
-                t.dtype.name(),
+                t.dtype().name(),
                 dtype_name(want.dtype()),
                 "{file}: {path}/{name} dtype"
             );
-            assert_eq!(t.shape, want.shape(), "{file}: {path}/{name} shape");
+            assert_eq!(t.shape(), want.shape(), "{file}: {path}/{name} shape");
             assert!(
                 *t.to_contiguous_bytes().unwrap() == *want.data(),
                 "{file}: {path}/{name} values differ from PyTorch's"
@@ -103,21 +103,18 @@ fn views_share_one_storage_and_read_in_place() {
     let t = set.get("transposed").unwrap();
     let strided = set.get("strided").unwrap();
     let offset = set.get("offset").unwrap();
-    assert_eq!(t.storage_key, base.storage_key);
-    assert_eq!(strided.storage_key, base.storage_key);
-    assert_eq!(
-        (t.strides.as_slice(), t.is_contiguous()),
-        (&[1, 6][..], false)
-    );
-    assert_eq!(offset.offset, 12);
+    assert_eq!(t.storage_key(), base.storage_key());
+    assert_eq!(strided.storage_key(), base.storage_key());
+    assert_eq!((t.strides(), t.is_contiguous()), (&[1, 6][..], false));
+    assert_eq!(offset.offset(), 12);
     // Stored zip entries are views into the memory map: zero copies.
-    assert!(base.storage.is_mapped());
+    assert!(base.storage().is_mapped());
     assert_eq!(
         base.contiguous_bytes().unwrap().unwrap().as_ptr(),
-        offset.storage.bytes().unwrap().as_ptr(),
+        offset.storage().bytes().unwrap().as_ptr(),
         "both views start at the same mapped storage"
     );
-    assert!(set.get("param").unwrap().is_parameter);
+    assert!(set.get("param").unwrap().is_parameter());
 }
 
 #[test]
@@ -164,7 +161,7 @@ fn rezipped_with_compression_still_reads() {
     let set = ckpt.weight_set("ema").unwrap().unwrap();
     assert_eq!(set.tensors.len(), exp.sets()[0].1.len());
     for (name, t) in &set.tensors {
-        assert!(!t.storage.is_mapped());
+        assert!(!t.storage().is_mapped());
         let want = tensors.tensor(&format!("ema/{name}")).unwrap();
         assert!(
             *t.to_contiguous_bytes().unwrap() == *want.data(),

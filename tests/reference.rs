@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_channels, fixture};
-use fuse_ema::checkpoint::py::M;
+use fuse_ema::checkpoint::py::ModuleRef;
 use fuse_ema::parity::Tolerance;
 use fuse_ema::reference::{Reference, ops::T};
 
@@ -42,7 +42,7 @@ fn reference_matches_pytorch_goldens() {
     for &(file, key, gold) in CASES {
         let ckpt = fuse_ema::io::open(&fixture(file)).unwrap();
         let v = ckpt.graph.dict_get(&ckpt.root, key).unwrap();
-        let mut r = Reference::new(M { g: &ckpt.graph, v }).unwrap();
+        let mut r = Reference::new(ModuleRef { g: &ckpt.graph, v }).unwrap();
         let bytes = std::fs::read(fixture(&format!("expected/{gold}.safetensors"))).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for size in ["1x64x64", "2x64x96"] {
@@ -70,7 +70,7 @@ fn reference_matches_pytorch_goldens() {
 fn a_zeroed_class_channel_fails_where_the_whole_tensor_limit_passed() {
     let ckpt = fuse_ema::io::open(&fixture("yolov8-best.pt")).unwrap();
     let v = ckpt.graph.dict_get(&ckpt.root, "model").unwrap();
-    let mut r = Reference::new(M { g: &ckpt.graph, v }).unwrap();
+    let mut r = Reference::new(ModuleRef { g: &ckpt.graph, v }).unwrap();
     let bytes = std::fs::read(fixture("expected/yolov8-best.io.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let y = r.run(load(&st, "images_1x64x64")).unwrap().remove(0);

@@ -6,7 +6,7 @@ mod common;
 
 use common::fixture;
 use fuse_ema::checkpoint::Checkpoint;
-use fuse_ema::checkpoint::py::M;
+use fuse_ema::checkpoint::py::ModuleRef;
 use fuse_ema::checkpoint::value::{Node, NodeId, Value};
 use fuse_ema::models::registry::{self, Kind};
 use fuse_ema::onnx::ultralytics::Builder;
@@ -72,7 +72,12 @@ fn builder_and_interpreter_support_exactly_the_same_classes() {
 fn head(ckpt: &Checkpoint) -> (String, NodeId, NodeId) {
     let g = &ckpt.graph;
     let v = g.dict_get(&ckpt.root, "model").expect("a model entry");
-    let (name, h) = M { g, v }.child("model").unwrap().children().pop().unwrap();
+    let (name, h) = ModuleRef { g, v }
+        .child("model")
+        .unwrap()
+        .children()
+        .pop()
+        .unwrap();
     let obj = h.v.node().unwrap();
     let state = g
         .object(h.v)
@@ -106,7 +111,7 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
         .to_string();
     let g = &ckpt.graph;
     let v = g.dict_get(&ckpt.root, "model").unwrap();
-    let run = Reference::new(M { g, v })
+    let run = Reference::new(ModuleRef { g, v })
         .unwrap()
         .run(T::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
         .expect_err("the reference refuses")
@@ -133,7 +138,7 @@ fn a_head_without_nc_is_named_by_both_backends() {
     // The reference's error keeps the layer's path and class as fields, the cause as its source.
     let g = &ckpt.graph;
     let v = g.dict_get(&ckpt.root, "model").unwrap();
-    let err = Reference::new(M { g, v })
+    let err = Reference::new(ModuleRef { g, v })
         .unwrap()
         .run(T::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
         .expect_err("the reference refuses");
@@ -172,7 +177,7 @@ fn an_unknown_class_is_refused_by_both_backends_with_the_registry_error() {
 fn first_of_class(ckpt: &Checkpoint, class: &str) -> (String, NodeId) {
     let g = &ckpt.graph;
     let v = g.dict_get(&ckpt.root, "model").unwrap();
-    let root = M { g, v };
+    let root = ModuleRef { g, v };
     for (name, layer) in root.child("model").unwrap().children() {
         let mut stack = vec![layer];
         while let Some(m) = stack.pop() {

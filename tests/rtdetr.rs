@@ -6,7 +6,7 @@
 mod common;
 
 use common::{fixture, run};
-use fuse_ema::checkpoint::py::M;
+use fuse_ema::checkpoint::py::ModuleRef;
 use fuse_ema::parity::Tolerance;
 use fuse_ema::parity::compare_rows;
 use fuse_ema::parity::npz::Npz;
@@ -19,7 +19,7 @@ use fuse_ema::reference::Reference;
 fn reference_matches_pytorch_goldens_as_rows() {
     let ckpt = fuse_ema::io::open(&fixture("families/rtdetr-l-detect.pt")).unwrap();
     let v = ckpt.graph.dict_get(&ckpt.root, "model").unwrap();
-    let mut r = Reference::new(M { g: &ckpt.graph, v }).unwrap();
+    let mut r = Reference::new(ModuleRef { g: &ckpt.graph, v }).unwrap();
     let npz = Npz::open(&fixture("families/goldens/rtdetr-l-detect.default.npz")).unwrap();
     for sfx in ["", "_2x160x192"] {
         let images = npz.get(&format!("images{sfx}")).unwrap().clone();

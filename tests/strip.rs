@@ -196,15 +196,15 @@ impl Cmp<'_> {
                 if !self.bind(path, &e[1], v) {
                     return;
                 }
-                let cls = if t.is_parameter {
+                let cls = if t.is_parameter() {
                     "torch.nn.parameter.Parameter"
                 } else {
                     "torch.Tensor"
                 };
-                let shape: Vec<J> = t.shape.iter().map(|&d| J::from(d)).collect();
+                let shape: Vec<J> = t.shape().iter().map(|&d| J::from(d)).collect();
                 let meta = J::Array(vec![
                     J::from(cls),
-                    J::from(t.dtype.name()),
+                    J::from(t.dtype().name()),
                     J::Array(shape),
                     J::Bool(g.requires_grad(id)),
                 ]);

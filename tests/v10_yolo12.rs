@@ -6,9 +6,9 @@ mod common;
 
 use common::{assert_channels, fixture};
 use fuse_ema::checkpoint::Checkpoint;
-use fuse_ema::checkpoint::py::M;
+use fuse_ema::checkpoint::py::ModuleRef;
 use fuse_ema::checkpoint::value::{Node, NodeId, Value};
-use fuse_ema::onnx::graph::{GraphBuilder, V};
+use fuse_ema::onnx::graph::{GraphBuilder, GraphValue};
 use fuse_ema::onnx::proto::ElemType;
 use fuse_ema::onnx::ultralytics::{Builder, forward};
 use fuse_ema::parity::Tolerance;
@@ -20,9 +20,9 @@ fn open(stem: &str) -> Checkpoint {
 }
 
 /// The model module (`model` entry; these fixtures are stripped, best.pt form).
-fn model(ckpt: &Checkpoint) -> M<'_> {
+fn model(ckpt: &Checkpoint) -> ModuleRef<'_> {
     let g = &ckpt.graph;
-    M {
+    ModuleRef {
         g,
         v: g.dict_get(&ckpt.root, "model").unwrap(),
     }
@@ -73,7 +73,7 @@ fn drop_child(ckpt: &mut Checkpoint, state: NodeId, name: &str) {
 /// The builder's error, or its output shape, for a 1×3×64×64 input.
 fn emit(ckpt: &Checkpoint) -> Result<Vec<i64>, String> {
     let mut bld = Builder::new(GraphBuilder::new(ElemType::Float));
-    let input = V {
+    let input = GraphValue {
         name: "images".into(),
         shape: vec![1, 3, 64, 64],
     };

@@ -304,7 +304,7 @@ pub fn run(fixtures: &[Entries], data: &[u8]) -> Reached {
             end2end: false,
         };
         reached.exported |= fuse_ema::onnx::export(&ckpt, &opts).is_ok();
-        let m = fuse_ema::checkpoint::py::M { g: &ckpt.graph, v };
+        let m = fuse_ema::checkpoint::py::ModuleRef { g: &ckpt.graph, v };
         if let Ok(mut r) = fuse_ema::reference::Reference::new(m) {
             let images = fuse_ema::parity::seeded_images(&[1, 3, 64, 64], 7);
             reached.referenced |= r.run(images).is_ok();

@@ -73,7 +73,7 @@ fn to_json_at(graph: &Graph, v: &Value, depth: usize, budget: &mut usize) -> Jso
                     if let Some(x) = crate::convert::scalar_f64(t) {
                         return json!(x);
                     }
-                    json!(format!("<tensor {} {:?}>", t.dtype, t.shape))
+                    json!(format!("<tensor {} {:?}>", t.dtype(), t.shape()))
                 }
                 Node::Object(o) => {
                     // Namespaces (argparse, Ultralytics IterableSimpleNamespace) are plain data.

@@ -1,8 +1,6 @@
 //! Pickled `torch.nn.Module` objects: recognising them, their attributes and children, and
 //! flattening one to exactly what `module.state_dict()` returns in Python.
 
-use std::fmt;
-
 use super::value::{Graph, Node, NodeId, Value};
 
 /// How deep module trees may nest before the file is considered hostile.
@@ -37,9 +35,7 @@ impl FlattenBudget {
     pub fn step(&mut self, n: usize) -> Result<(), ModuleError> {
         self.steps = self.steps.saturating_add(n);
         if self.steps > MAX_WALK_STEPS {
-            return Err(ModuleError(format!(
-                "more than {MAX_WALK_STEPS} objects visited (objects shared under many keys)"
-            )));
+            return Err(ModuleError::TooManySteps);
         }
         Ok(())
     }
@@ -48,26 +44,56 @@ impl FlattenBudget {
     pub fn take(&mut self, bytes: usize) -> Result<(), ModuleError> {
         self.used = self.used.saturating_add(bytes);
         if self.used > MAX_FLATTEN_BYTES {
-            return Err(ModuleError(format!(
-                "state-dict names and entries would take more than {} MiB (objects shared under many names)",
-                MAX_FLATTEN_BYTES >> 20
-            )));
+            return Err(ModuleError::TooManyBytes);
         }
         Ok(())
     }
 }
 
-/// Why a module could not be flattened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleError(pub String);
-
-impl fmt::Display for ModuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why a module could not be flattened; the text names the module path or entry at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleError {
+    /// The walk visited more objects than it may (objects shared under many keys).
+    #[error("more than {MAX_WALK_STEPS} objects visited (objects shared under many keys)")]
+    TooManySteps,
+    /// The names and entries would outgrow their memory budget.
+    #[error(
+        "state-dict names and entries would take more than {} MiB (objects shared under many names)",
+        MAX_FLATTEN_BYTES >> 20
+    )]
+    TooManyBytes,
+    /// More module visits than the limit (modules shared under many names).
+    #[error("more than {MAX_MODULE_VISITS} module visits (modules shared under many names)")]
+    TooManyVisits,
+    /// A path that should be a module is a scalar.
+    #[error("'{0}' is not a module")]
+    NotAModule(String),
+    /// A module reachable from itself.
+    #[error("module '{0}' contains itself")]
+    ContainsItself(String),
+    /// Modules nested deeper than the limit.
+    #[error("modules nest deeper than {MAX_MODULE_DEPTH} at '{0}'")]
+    TooDeep(String),
+    /// A child that has neither `_parameters` nor `_modules`.
+    #[error("child '{path}' is a {kind} without _parameters/_modules, not an nn.Module")]
+    NotNnModule {
+        /// The child's path.
+        path: String,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A `_parameters` / `_buffers` entry that is not a tensor.
+    #[error("{attr} entry '{key}' is not a tensor")]
+    NotATensor {
+        /// `_parameters` or `_buffers`.
+        attr: String,
+        /// The entry's state-dict key.
+        key: String,
+    },
+    /// More state-dict entries than the limit.
+    #[error("state dict larger than {MAX_ENTRIES} entries")]
+    TooManyEntries,
 }
-
-impl std::error::Error for ModuleError {}
 
 /// Whether `v` is a pickled `nn.Module`: an object whose state holds `_parameters` and `_modules`.
 pub fn is_module(graph: &Graph, v: &Value) -> bool {
@@ -142,26 +168,22 @@ fn walk(
 ) -> Result<(), ModuleError> {
     *visits += 1;
     if *visits > MAX_MODULE_VISITS {
-        return Err(ModuleError(format!(
-            "more than {MAX_MODULE_VISITS} module visits (modules shared under many names)"
-        )));
+        return Err(ModuleError::TooManyVisits);
     }
     let id = v
         .node()
-        .ok_or_else(|| ModuleError(format!("'{prefix}' is not a module")))?;
+        .ok_or_else(|| ModuleError::NotAModule(prefix.to_string()))?;
     if path.contains(&id) {
-        return Err(ModuleError(format!("module '{prefix}' contains itself")));
+        return Err(ModuleError::ContainsItself(prefix.to_string()));
     }
     if path.len() >= MAX_MODULE_DEPTH {
-        return Err(ModuleError(format!(
-            "modules nest deeper than {MAX_MODULE_DEPTH} at '{prefix}'"
-        )));
+        return Err(ModuleError::TooDeep(prefix.to_string()));
     }
     if !is_module(graph, v) {
-        return Err(ModuleError(format!(
-            "child '{prefix}' is a {} without _parameters/_modules, not an nn.Module",
-            graph.get(v).map(|n| n.kind()).unwrap_or("scalar")
-        )));
+        return Err(ModuleError::NotNnModule {
+            path: prefix.to_string(),
+            kind: graph.get(v).map(|n| n.kind()).unwrap_or("scalar"),
+        });
     }
     path.push(id);
     budget.step(1)?;
@@ -177,14 +199,13 @@ fn walk(
                 continue;
             }
             if graph.tensor(t).is_none() {
-                return Err(ModuleError(format!(
-                    "{attr} entry '{prefix}{name}' is not a tensor"
-                )));
+                return Err(ModuleError::NotATensor {
+                    attr: attr.to_string(),
+                    key: format!("{prefix}{name}"),
+                });
             }
             if out.len() >= MAX_ENTRIES {
-                return Err(ModuleError(format!(
-                    "state dict larger than {MAX_ENTRIES} entries"
-                )));
+                return Err(ModuleError::TooManyEntries);
             }
             budget.take(prefix.len() + name.len() + ENTRY_COST)?;
             out.push((format!("{prefix}{name}"), t.clone()));
@@ -225,9 +246,7 @@ fn collect_buffers(
     depth: usize,
 ) -> Result<(), ModuleError> {
     if depth > MAX_MODULE_DEPTH {
-        return Err(ModuleError(format!(
-            "modules nest deeper than {MAX_MODULE_DEPTH} at '{prefix}'"
-        )));
+        return Err(ModuleError::TooDeep(prefix.to_string()));
     }
     if let Some(d) = graph.attr(v, "_buffers").and_then(|d| graph.dict(d)) {
         for (k, _) in d {

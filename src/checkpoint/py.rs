@@ -7,42 +7,95 @@ use crate::convert::{to_f32_vec, to_f64_vec};
 
 /// A module in the checkpoint's object graph.
 #[derive(Clone, Copy)]
-pub struct M<'g> {
+pub struct ModuleRef<'g> {
     /// The object graph.
     pub g: &'g Graph,
     /// The module object.
     pub v: &'g Value,
 }
 
-/// Result type of the builder.
-pub type R<T> = Result<T, String>;
+/// Result type of the builder and the layers' shared parses, whose messages are text the
+/// model walk prefixes with the layer's path.
+pub type BuildResult<T> = Result<T, String>;
 
-impl<'g> M<'g> {
+/// A weight's values as f32 and its shape.
+pub type Weight = (Vec<f32>, Vec<i64>);
+
+/// Why a module's child or weight could not be read; the text names the class and the key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttrError {
+    /// No child module of that name.
+    #[error("{class} has no child module '{name}'")]
+    NoChild {
+        /// The module's class.
+        class: String,
+        /// The child asked for.
+        name: String,
+    },
+    /// A parameter or buffer entry that holds something other than a tensor.
+    #[error("{class}.{name} is not a tensor")]
+    NotATensor {
+        /// The module's class.
+        class: String,
+        /// The entry.
+        name: String,
+    },
+    /// A tensor of a dtype that has no f32 reading (integers, bool).
+    #[error("{class}.{name} has dtype {dtype}")]
+    NotFloat {
+        /// The module's class.
+        class: String,
+        /// The entry.
+        name: String,
+        /// Its dtype.
+        dtype: crate::tensor::DType,
+    },
+    /// A required parameter or buffer that is absent (or None).
+    #[error("{class} has no tensor '{name}'")]
+    NoTensor {
+        /// The module's class.
+        class: String,
+        /// The entry.
+        name: String,
+    },
+}
+
+/// The builder's layers report text (see [`BuildResult`]); an attribute error becomes its message.
+impl From<AttrError> for String {
+    fn from(e: AttrError) -> String {
+        e.to_string()
+    }
+}
+
+impl<'g> ModuleRef<'g> {
     /// The class name without module path (`Conv`, `C2f`).
     pub fn class(&self) -> String {
         module::short_class(self.g, self.v).unwrap_or_else(|| "?".into())
     }
 
     /// A named child module.
-    pub fn child(&self, name: &str) -> R<M<'g>> {
+    pub fn child(&self, name: &str) -> Result<ModuleRef<'g>, AttrError> {
         let c = module::children(self.g, self.v)
             .into_iter()
             .find(|(n, _)| *n == name)
             .map(|(_, c)| c)
-            .ok_or_else(|| format!("{} has no child module '{name}'", self.class()))?;
-        Ok(M { g: self.g, v: c })
+            .ok_or_else(|| AttrError::NoChild {
+                class: self.class(),
+                name: name.to_string(),
+            })?;
+        Ok(ModuleRef { g: self.g, v: c })
     }
 
     /// A named child, if present.
-    pub fn opt_child(&self, name: &str) -> Option<M<'g>> {
+    pub fn opt_child(&self, name: &str) -> Option<ModuleRef<'g>> {
         self.child(name).ok()
     }
 
     /// All child modules in order.
-    pub fn children(&self) -> Vec<(&'g str, M<'g>)> {
+    pub fn children(&self) -> Vec<(&'g str, ModuleRef<'g>)> {
         module::children(self.g, self.v)
             .into_iter()
-            .map(|(n, c)| (n, M { g: self.g, v: c }))
+            .map(|(n, c)| (n, ModuleRef { g: self.g, v: c }))
             .collect()
     }
 
@@ -85,7 +138,7 @@ impl<'g> M<'g> {
     }
 
     /// A parameter or buffer as f32 with its shape (f16/bf16 upcast exactly).
-    pub fn tensor_f32(&self, name: &str) -> R<Option<(Vec<f32>, Vec<i64>)>> {
+    pub fn tensor_f32(&self, name: &str) -> Result<Option<Weight>, AttrError> {
         let t = ["_parameters", "_buffers"]
             .iter()
             .filter_map(|a| self.attr(a))
@@ -96,17 +149,27 @@ impl<'g> M<'g> {
         };
         let t = match self.g.get(t) {
             Some(Node::Tensor(t)) => t,
-            _ => return Err(format!("{}.{name} is not a tensor", self.class())),
+            _ => {
+                return Err(AttrError::NotATensor {
+                    class: self.class(),
+                    name: name.to_string(),
+                });
+            }
         };
-        let data = to_f32_vec(t)
-            .ok_or_else(|| format!("{}.{name} has dtype {}", self.class(), t.dtype))?;
-        Ok(Some((data, t.shape.iter().map(|&d| d as i64).collect())))
+        let data = to_f32_vec(t).ok_or_else(|| AttrError::NotFloat {
+            class: self.class(),
+            name: name.to_string(),
+            dtype: t.dtype(),
+        })?;
+        Ok(Some((data, t.shape().iter().map(|&d| d as i64).collect())))
     }
 
     /// A required parameter or buffer.
-    pub fn need_f32(&self, name: &str) -> R<(Vec<f32>, Vec<i64>)> {
-        self.tensor_f32(name)?
-            .ok_or_else(|| format!("{} has no tensor '{name}'", self.class()))
+    pub fn need_f32(&self, name: &str) -> Result<Weight, AttrError> {
+        self.tensor_f32(name)?.ok_or_else(|| AttrError::NoTensor {
+            class: self.class(),
+            name: name.to_string(),
+        })
     }
 
     /// A tensor attribute that is not a parameter or buffer (Detect's `stride`).

@@ -146,7 +146,7 @@ pub fn stats<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Stats {
         s.tensors += 1;
         s.parameters += t.numel() as u64;
         s.bytes += t.nbytes() as u64;
-        *s.dtypes.entry(t.dtype.name().to_string()).or_default() += 1;
+        *s.dtypes.entry(t.dtype().name().to_string()).or_default() += 1;
     }
     s
 }

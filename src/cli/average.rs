@@ -37,13 +37,10 @@ pub(super) fn average(a: AverageArgs) -> i32 {
     let mut contributions = Vec::with_capacity(a.files.len());
     let mut input_paths = Vec::new();
     for f in &a.files {
-        let ckpt = match super::open_strict(f, &a.strict) {
+        let ckpt = match super::open_checked(f, &a.strict) {
             Ok(c) => c,
             Err(code) => return code,
         };
-        if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
-            return code;
-        }
         input_paths.extend(write::checkpoint_inputs(f, &ckpt));
         match average::contribution(&ckpt, source) {
             Ok(c) => contributions.push((f.display().to_string(), c)),
@@ -54,10 +51,7 @@ pub(super) fn average(a: AverageArgs) -> i32 {
         .iter()
         .map(|(file, (tensors, _))| Input { file, tensors })
         .collect();
-    let dir = match a.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
+    let dir = write::output_dir(&a.output);
     let scratch = match tempfile::tempfile_in(&dir) {
         Ok(f) => f,
         Err(e) => return fail(format_args!("{}: scratch file: {e}", dir.display())),

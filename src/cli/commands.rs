@@ -31,10 +31,7 @@ pub(super) fn locate(
             .map(|l| (l, Vec::new()))
             .map_err(fail);
     };
-    let other = super::open_strict(path, strict)?;
-    if let Some(code) = super::strict_refusal(&other, strict) {
-        return Err(code);
-    }
+    let other = super::open_checked(path, strict)?;
     let l = ema::locate_in(ckpt, &other, sel).map_err(fail)?;
     Ok((l, write::checkpoint_inputs(path, &other)))
 }
@@ -267,13 +264,10 @@ pub(super) fn fold(a: FoldArgs) -> i32 {
     if torch_out && max_shard.is_some() {
         return fail("--max-shard-size writes safetensors shards; use a .safetensors output");
     }
-    let ckpt = match super::open_strict(&a.file, &a.strict) {
+    let ckpt = match super::open_checked(&a.file, &a.strict) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
-        return code;
-    }
     let (located, ema_inputs) = match locate(&ckpt, &selectors(&a.select), &a.strict) {
         Ok(l) => l,
         Err(code) => return code,

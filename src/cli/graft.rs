@@ -50,13 +50,10 @@ pub(super) fn graft(a: GraftArgs) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let ckpt = match super::open_strict(&a.checkpoint, &a.strict) {
+    let ckpt = match super::open_checked(&a.checkpoint, &a.strict) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Some(code) = super::strict_refusal(&ckpt, &a.strict) {
-        return code;
-    }
     let sel = Selectors {
         ema: a.select.ema.clone(),
         raw: a.select.raw.clone(),

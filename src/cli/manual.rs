@@ -31,7 +31,7 @@ pub(super) fn man(dir: Option<&std::path::Path>, cmd: clap::Command) -> i32 {
         let path = dir.join(format!("{name}.1"));
         let written = write::AtomicFile::create(&path, &[]).and_then(|mut f| {
             std::io::Write::write_all(f.file(), &bytes)
-                .map_err(|e| write::WriteError::new(&path, e.to_string()))?;
+                .map_err(|e| write::WriteError::new(&path, e))?;
             f.commit()
         });
         if let Err(e) = written {

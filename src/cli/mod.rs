@@ -470,40 +470,32 @@ pub fn run() -> i32 {
     }
 }
 
-/// With `--strict`, refuses a checkpoint whose globals fail the allow-list check: the exit code
-/// to stop with, or `None` to go on. A malformed `--allow` is a usage error with or without it.
-fn strict_refusal(ckpt: &crate::checkpoint::Checkpoint, s: &StrictArgs) -> Option<i32> {
-    let allow = match s.allow_list() {
-        Ok(a) => a,
-        Err(code) => return Some(code),
-    };
-    if !s.strict {
-        return None;
-    }
-    let refusal = crate::checkpoint::judge::strict_check(ckpt.graph.uses(), &allow).err()?;
-    strict_message(&ckpt.path, &refusal.0);
-    Some(EXIT_CHECK_FAILED)
-}
-
-/// Opens a checkpoint for a command with `--strict`: a file that cannot be read is exit 2, unless
-/// `--strict` is on and the globals its pickles named before the failure already fail the
-/// judgement — then it is a strict refusal (exit 1), as for a readable file.
-fn open_strict(
+/// Opens a checkpoint for a command, judged under `--strict` ([`crate::pipeline::open_checked`]):
+/// the checkpoint, or the exit code to stop with — 1 for a strict refusal (also of an unreadable
+/// file whose pickles already named refused globals), 2 for a file that cannot be read or a
+/// malformed `--allow` (a usage error with or without `--strict`).
+fn open_checked(
     path: &std::path::Path,
     s: &StrictArgs,
 ) -> Result<crate::checkpoint::Checkpoint, i32> {
-    match crate::io::open(path) {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            if s.strict
-                && let Ok(allow) = s.allow_list()
-                && let Err(refusal) = crate::checkpoint::judge::strict_check(&e.named, &allow)
-            {
+    let allow = crate::checkpoint::judge::AllowList::with_user(&s.allow);
+    let strict = allow.as_ref().ok().filter(|_| s.strict);
+    match crate::pipeline::open_checked(path, strict) {
+        Ok(c) => match allow {
+            Ok(_) => Ok(c),
+            Err(e) => Err(fail(e)),
+        },
+        Err(crate::pipeline::OpenError::Read(e)) => Err(fail(e)),
+        Err(crate::pipeline::OpenError::Refused {
+            path,
+            findings,
+            read_error,
+        }) => {
+            if let Some(e) = read_error {
                 eprintln!("fuse-ema: error: {e}");
-                strict_message(path, &refusal.0);
-                return Err(EXIT_CHECK_FAILED);
             }
-            Err(fail(e))
+            strict_message(&path, &findings);
+            Err(EXIT_CHECK_FAILED)
         }
     }
 }

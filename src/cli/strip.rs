@@ -21,7 +21,7 @@ pub(super) fn strip(a: StripArgs) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mut ckpt = match super::open_strict(&a.file, &a.strict) {
+    let mut ckpt = match super::open_checked(&a.file, &a.strict) {
         Ok(c) => c,
         Err(code) => return code,
     };

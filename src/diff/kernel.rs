@@ -91,8 +91,8 @@ fn decode8(dtype: DType, b: &[u8]) -> [f64; LANES] {
     let mut out = [0.0; LANES];
     match dtype {
         DType::F32 => {
-            for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+            for (o, x) in out.iter_mut().zip(crate::convert::f32s_le(b)) {
+                *o = x as f64;
             }
         }
         DType::F16 => {
@@ -179,7 +179,7 @@ fn read(
     buf: &mut Vec<u8>,
     gathered: &Option<Vec<u8>>,
 ) -> std::io::Result<()> {
-    let es = t.dtype.size();
+    let es = t.dtype().size();
     if let Some(all) = gathered {
         buf.clear();
         buf.extend_from_slice(&all[start * es..end * es]);
@@ -189,7 +189,7 @@ fn read(
         .contiguous_range()
         .expect("non-contiguous tensors are gathered");
     let s = range.start + start * es;
-    t.storage.read_into(s..s + (end - start) * es, buf)
+    t.storage().read_into(s..s + (end - start) * es, buf)
 }
 
 /// A positioned read past the end of the input means the file shrank after it was opened.
@@ -207,7 +207,7 @@ fn shrank(e: std::io::Error) -> std::io::Error {
 /// decode. A read that fails (an input that shrank or changed while being read) is an error that
 /// names the side, never a tensor quietly left out.
 pub fn sums(a: &Tensor, b: &Tensor) -> Result<Option<Sums>, (Side, std::io::Error)> {
-    let (Some(ca), Some(cb)) = (code_of(a.dtype), code_of(b.dtype)) else {
+    let (Some(ca), Some(cb)) = (code_of(a.dtype()), code_of(b.dtype())) else {
         return Ok(None);
     };
     let n = a.numel();
@@ -219,7 +219,7 @@ pub fn sums(a: &Tensor, b: &Tensor) -> Result<Option<Sums>, (Side, std::io::Erro
     };
     let ga = gather(a).map_err(|e| (Side::Subject, e))?;
     let gb = gather(b).map_err(|e| (Side::Reference, e))?;
-    let step = CHUNK_BYTES / a.dtype.size().max(b.dtype.size());
+    let step = CHUNK_BYTES / a.dtype().size().max(b.dtype().size());
     let (mut ba, mut bb) = (Vec::new(), Vec::new());
     let mut lanes = Lanes::default();
     let mut start = 0;
@@ -237,7 +237,7 @@ pub fn sums(a: &Tensor, b: &Tensor) -> Result<Option<Sums>, (Side, std::io::Erro
             (0, 1) => chunk::<0, 1>(&mut lanes, &ba, &bb, m),
             _ => {
                 for i in 0..m {
-                    lanes.add(i % LANES, get(a.dtype, &ba, i), get(b.dtype, &bb, i));
+                    lanes.add(i % LANES, get(a.dtype(), &ba, i), get(b.dtype(), &bb, i));
                 }
             }
         }

@@ -158,7 +158,7 @@ pub fn diff(a: &Named, b: &Named, progress: &dyn Progress) -> Result<Drift, Diff
         let Some(tb) = b_map.get(name.as_str()) else {
             continue;
         };
-        if !ta.dtype.is_float() || !tb.dtype.is_float() || ta.shape != tb.shape {
+        if !ta.dtype().is_float() || !tb.dtype().is_float() || ta.shape() != tb.shape() {
             skipped.push(name.clone());
             continue;
         }

@@ -60,19 +60,23 @@ pub fn fold(l: &Located, path: &std::path::Path, opts: FoldOptions) -> Result<Fo
     let mut out = Vec::with_capacity(raw.tensors.len());
     for (name, r) in &raw.tensors {
         match ema.get(name.as_str()) {
-            Some(e) if e.shape != r.shape => {
-                report
-                    .shape_mismatch
-                    .push(format!("{name}: ema {:?} vs raw {:?}", e.shape, r.shape));
+            Some(e) if e.shape() != r.shape() => {
+                report.shape_mismatch.push(format!(
+                    "{name}: ema {:?} vs raw {:?}",
+                    e.shape(),
+                    r.shape()
+                ));
                 out.push((name.clone(), r.clone()));
             }
             Some(e) => {
-                if e.dtype != r.dtype {
-                    report
-                        .dtype_mismatch
-                        .push(format!("{name}: ema {} vs raw {}", e.dtype, r.dtype));
+                if e.dtype() != r.dtype() {
+                    report.dtype_mismatch.push(format!(
+                        "{name}: ema {} vs raw {}",
+                        e.dtype(),
+                        r.dtype()
+                    ));
                 }
-                if r.dtype.is_float() || l.integers_from_ema {
+                if r.dtype().is_float() || l.integers_from_ema {
                     report.from_ema += 1;
                     out.push((name.clone(), (*e).clone()));
                 } else {

@@ -310,7 +310,7 @@ fn mmcv(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String>
         // the side whose num_batches_tracked grew is the trained one. The hook swaps EMA and
         // trained weights at each epoch's end, and YOLOX's configs run it before CheckpointHook,
         // so there the plain keys hold the EMA.
-        let integers = mapped.iter().any(|(_, t)| !t.dtype.is_float());
+        let integers = mapped.iter().any(|(_, t)| !t.dtype().is_float());
         let mut l = if batches_tracked(&mapped) > batches_tracked(&raw) {
             let plain: HashMap<&str, _> = raw.iter().map(|(n, t)| (n.as_str(), t)).collect();
             let ema: Named = mapped

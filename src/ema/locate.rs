@@ -48,7 +48,7 @@ pub fn locate_in(
     };
     let ema_sets = ema_ck
         .weight_sets()
-        .map_err(|e| err(&ema_ck.path, EmaErrorKind::Module(e.0)))?;
+        .map_err(|e| err(&ema_ck.path, EmaErrorKind::Module(e)))?;
     let ema = match ema_sets.as_slice() {
         [one] => strip_wrappers(one.tensors.clone()),
         sets => {
@@ -64,7 +64,7 @@ pub fn locate_in(
     };
     let sets = ck
         .weight_sets()
-        .map_err(|e| err(&ck.path, EmaErrorKind::Module(e.0)))?;
+        .map_err(|e| err(&ck.path, EmaErrorKind::Module(e)))?;
     let raw = match &sel.raw {
         Some(r) => Some(select(&sets, r).map_err(|m| err(&ck.path, EmaErrorKind::Selector(m)))?),
         // No set is excluded: the EMA lives in another file.
@@ -88,9 +88,7 @@ pub fn locate(ck: &Checkpoint, sel: &Selectors) -> Result<Located, EmaError> {
         path: ck.path.clone(),
         kind,
     };
-    let sets = ck
-        .weight_sets()
-        .map_err(|e| err(EmaErrorKind::Module(e.0)))?;
+    let sets = ck.weight_sets().map_err(|e| err(EmaErrorKind::Module(e)))?;
     let mut l = match &sel.ema {
         Some(s) => {
             let ema = select(&sets, s).map_err(|m| err(EmaErrorKind::Selector(m)))?;

@@ -112,7 +112,7 @@ pub enum EmaErrorKind {
     /// The EMA and raw weights disagree (names, shapes), and `--allow-missing` was not given.
     Mismatch(String),
     /// The checkpoint's module tree is broken.
-    Module(String),
+    Module(crate::checkpoint::module::ModuleError),
 }
 
 impl fmt::Display for EmaError {
@@ -140,14 +140,20 @@ impl fmt::Display for EmaError {
                 }
                 Ok(())
             }
-            EmaErrorKind::Selector(m) | EmaErrorKind::Mismatch(m) | EmaErrorKind::Module(m) => {
-                write!(f, "{p}: {m}")
-            }
+            EmaErrorKind::Selector(m) | EmaErrorKind::Mismatch(m) => write!(f, "{p}: {m}"),
+            EmaErrorKind::Module(e) => write!(f, "{p}: {e}"),
         }
     }
 }
 
-impl std::error::Error for EmaError {}
+impl std::error::Error for EmaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            EmaErrorKind::Module(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The weight set (other than `exclude`) whose names and shapes match `ema`'s best: at least half
 /// of the EMA's names, and every shared name with the same shape.
@@ -165,7 +171,7 @@ pub(super) fn matching_raw(
             let mut hits = 0;
             for (n, t) in &raw {
                 if let Some(e) = by_name.get(n.as_str()) {
-                    if e.shape != t.shape {
+                    if e.shape() != t.shape() {
                         return None;
                     }
                     hits += 1;

@@ -160,10 +160,11 @@ fn first_disagreement(shadow: &[Tensor], params: &[(String, Tensor)]) -> Option<
                     shadow.len()
                 ));
             }
-            Some((name, p)) if p.shape != t.shape => {
+            Some((name, p)) if p.shape() != t.shape() => {
                 return Some(format!(
                     "index {i}: shadow shape {:?} but `{name}` is {:?}",
-                    t.shape, p.shape
+                    t.shape(),
+                    p.shape()
                 ));
             }
             Some(_) => {}
@@ -236,8 +237,8 @@ fn disagree(a: &Named, b: &Named) -> Option<String> {
         let Some(o) = by.get(n.as_str()) else {
             return Some(format!("`{n}` only in one"));
         };
-        if o.shape != t.shape || o.dtype != t.dtype {
-            return Some(format!("`{n}`: {:?} vs {:?}", t.shape, o.shape));
+        if o.shape() != t.shape() || o.dtype() != t.dtype() {
+            return Some(format!("`{n}`: {:?} vs {:?}", t.shape(), o.shape()));
         }
         match (crate::convert::to_f64_vec(t), crate::convert::to_f64_vec(o)) {
             (Some(x), Some(y)) if x == y => {}

@@ -36,7 +36,7 @@ pub enum ReadErrorKind {
         /// The pickle's entry name or role (`archive/data.pkl`, `main pickle`).
         entry: String,
         /// The failure and its offset.
-        source: super::pickle::PickleError,
+        source: Box<super::pickle::PickleError>,
     },
     /// A storage or tensor does not fit the bytes the file holds.
     #[error("{0}")]
@@ -76,4 +76,8 @@ impl fmt::Display for ReadError {
     }
 }
 
-impl std::error::Error for ReadError {}
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.kind)
+    }
+}

@@ -135,12 +135,9 @@ fn global_names(graph: &Graph) -> Vec<String> {
 }
 
 /// Adds to a pickle error the globals the file named before the failure (see `names_suffix`).
-pub(crate) fn with_names(mut e: pickle::PickleError, graph: &Graph) -> pickle::PickleError {
-    let names = global_names(graph);
-    if !names.is_empty() {
-        e.message = format!("{}; before that it names {}", e.message, names.join(", "));
-    }
-    e
+pub(crate) fn with_names(mut e: pickle::PickleError, graph: &Graph) -> Box<pickle::PickleError> {
+    e.named = global_names(graph);
+    Box::new(e)
 }
 
 /// Memory-maps a whole file read-only.

@@ -165,25 +165,18 @@ fn read_into(
         .naming(graph));
     }
     for node in graph.nodes_mut() {
+        let whole = matches!(node, Node::Storage(_));
         if let Node::Storage(t) | Node::Tensor(t) = node {
-            let buffer = located.get(&*t.storage_key).ok_or_else(|| {
+            let buffer = located.get(&**t.storage_key()).ok_or_else(|| {
                 storage_err(
                     path,
-                    format!("storage '{}' has no bytes in the file", t.storage_key),
+                    format!("storage '{}' has no bytes in the file", t.storage_key()),
                 )
             })?;
-            t.storage = buffer.clone();
-            if let Node::Storage(t) = node {
-                t.shape = vec![t.storage.len() / t.dtype.size()];
-            }
-        }
-    }
-    for node in graph.nodes_mut() {
-        if let Node::Tensor(t) = node {
-            t.check_view().map_err(|e| {
+            t.attach_storage(buffer.clone(), whole).map_err(|e| {
                 storage_err(
                     path,
-                    format!("tensor on storage '{}': {}", t.storage_key, e.0),
+                    format!("tensor on storage '{}': {e}", t.storage_key()),
                 )
             })?;
         }
@@ -298,15 +291,14 @@ impl PersistentLoad for LegacyStorages {
             return Ok(v.clone());
         }
         let dtype = storage_dtype(graph, ty)?;
-        let t = Tensor {
+        let t = Tensor::pending(
             dtype,
-            shape: vec![0],
-            strides: vec![1],
-            offset: 0,
-            storage: Buffer::Owned(Arc::from(&[][..])),
-            storage_key: key.as_str().into(),
-            is_parameter: false,
-        };
+            vec![0],
+            vec![1],
+            0,
+            Buffer::Owned(Arc::from(&[][..])),
+            key.as_str().into(),
+        );
         let v = graph.add(Node::Storage(Box::new(t)));
         self.dtypes.insert(key.clone(), dtype);
         self.nodes.insert(key, v.clone());

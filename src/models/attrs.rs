@@ -1,10 +1,10 @@
 //! Reading module attributes with checks, shared by both backends' parsing: a malformed pickle
 //! fails here, with the class in the message, instead of in either backend's arithmetic.
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 
 /// A 2-D attribute (`stride`, `padding`): one value for both sides, or two.
-pub(crate) fn pair(m: &M, name: &str, default: i64) -> R<[i64; 2]> {
+pub(crate) fn pair(m: &ModuleRef, name: &str, default: i64) -> BuildResult<[i64; 2]> {
     match m.ints(name).as_deref() {
         None => Ok([default, default]),
         Some([a]) => Ok([*a, *a]),
@@ -15,7 +15,7 @@ pub(crate) fn pair(m: &M, name: &str, default: i64) -> R<[i64; 2]> {
 
 /// A convolution weight's (O, I, kh, kw) dims, checked against the data and for sizes the
 /// arithmetic below can hold.
-pub(crate) fn weight4(m: &M, data: &[f32], ws: &[i64]) -> R<[i64; 4]> {
+pub(crate) fn weight4(m: &ModuleRef, data: &[f32], ws: &[i64]) -> BuildResult<[i64; 4]> {
     let [o, i, kh, kw] = ws[..] else {
         return Err(format!("{} weight has shape {ws:?}, not 4-D", m.class()));
     };
@@ -32,7 +32,11 @@ pub(crate) fn weight4(m: &M, data: &[f32], ws: &[i64]) -> R<[i64; 4]> {
 }
 
 /// Strides and dilations must be positive, paddings non-negative, all small.
-pub(crate) fn check_geometry(m: &M, positive: &[[i64; 2]], non_negative: &[[i64; 2]]) -> R<()> {
+pub(crate) fn check_geometry(
+    m: &ModuleRef,
+    positive: &[[i64; 2]],
+    non_negative: &[[i64; 2]],
+) -> BuildResult<()> {
     let bad_pos = positive
         .iter()
         .flatten()
@@ -51,7 +55,12 @@ pub(crate) fn check_geometry(m: &M, positive: &[[i64; 2]], non_negative: &[[i64;
 }
 
 /// A per-channel vector of a module (BatchNorm parameter, bias) must have one value per channel.
-pub(crate) fn per_channel(m: &M, name: &str, v: &[f32], channels: usize) -> R<()> {
+pub(crate) fn per_channel(
+    m: &ModuleRef,
+    name: &str,
+    v: &[f32],
+    channels: usize,
+) -> BuildResult<()> {
     if v.len() != channels {
         return Err(format!(
             "{}.{name} has {} values for {channels} channels",

@@ -4,7 +4,7 @@
 //! repositories' other heads, Ultralytics models whose layers take more than the image).
 
 use crate::checkpoint::module;
-use crate::checkpoint::py::M;
+use crate::checkpoint::py::ModuleRef;
 
 /// Which classic repository a model comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,8 +60,8 @@ impl Classic {
 /// The classic repository of a detection model fuse-ema exports: the root is
 /// `models.yolo.Model` / `DetectionModel` (or the pip package's `yolov5.models.yolo.*`) and the
 /// head YOLOv5's `Detect` or YOLOv7's `IDetect` / `IAuxDetect`; `None` for anything else.
-pub fn classic(root: M) -> Option<Classic> {
-    let dotted = |m: M| {
+pub fn classic(root: ModuleRef) -> Option<Classic> {
+    let dotted = |m: ModuleRef| {
         let d = module::class_name(m.g, m.v)?;
         Some(d.strip_prefix("yolov5.").unwrap_or(&d).to_string())
     };
@@ -82,7 +82,7 @@ pub fn classic(root: M) -> Option<Classic> {
 
 /// Why the pickled root `root` (found under `key`) is not exported, or `None` when it is an
 /// Ultralytics (`ultralytics.*`) model class the registry does not refuse or a [`classic`] one.
-pub fn refusal(root: M, key: &str) -> Option<String> {
+pub fn refusal(root: ModuleRef, key: &str) -> Option<String> {
     let dotted = module::class_name(root.g, root.v)?;
     let head = root
         .child("model")
@@ -123,7 +123,7 @@ pub fn refusal(root: M, key: &str) -> Option<String> {
 
 /// The classes of the open-vocabulary layers in `root`'s tree that take the class text (or
 /// prompt) embeddings, in the order they first appear, each with its text-side part.
-fn text_layers(root: M) -> Vec<&'static str> {
+fn text_layers(root: ModuleRef) -> Vec<&'static str> {
     const TEXT: &[(&str, &str)] = &[
         (
             "C2fAttn",
@@ -162,16 +162,16 @@ fn text_layers(root: M) -> Vec<&'static str> {
 }
 
 /// The shape of a plain tensor attribute (`self.txt_feats = …`, not a parameter or buffer).
-fn tensor_attr_shape(m: M, name: &str) -> Option<Vec<usize>> {
+fn tensor_attr_shape(m: ModuleRef, name: &str) -> Option<Vec<usize>> {
     m.attr(name)
         .and_then(|v| m.g.tensor(v))
-        .map(|t| t.shape.clone())
+        .map(|t| t.shape().to_vec())
 }
 
 /// YOLO-World (`yolov8-world`, `yolov8-worldv2`): what the checkpoint holds decides what is
 /// missing. Its trainer calls `set_classes(names)` before training, so a trained checkpoint
 /// holds the CLIP embeddings of its own class names.
-fn world(root: M, key: &str) -> String {
+fn world(root: ModuleRef, key: &str) -> String {
     let layers = text_layers(root).join(", ");
     match tensor_attr_shape(root, "txt_feats") {
         Some(shape) => format!(
@@ -187,7 +187,7 @@ fn world(root: M, key: &str) -> String {
 /// against prompt embeddings (`pe`, set by `set_classes(names, embeddings)`) that `yolo export`
 /// fuses into each level's class convolution; a prompt-free model (`set_vocab`) has an
 /// `LRPCHead` vocabulary instead.
-fn yoloe(root: M, key: &str) -> String {
+fn yoloe(root: ModuleRef, key: &str) -> String {
     let class = root.class();
     let layers = text_layers(root).join(", ");
     let head = root

@@ -16,27 +16,29 @@ pub mod registry;
 
 use std::collections::BTreeSet;
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 
 /// What a layer receives (one value, or several: `Concat`, heads) and, for the layer list, what
 /// a layer gives (one value, or a list: `CBLinear`'s split).
 #[derive(Clone)]
-pub enum In<X> {
+pub enum LayerInput<X> {
     /// A single input.
     One(X),
     /// A list of inputs.
     Many(Vec<X>),
     /// Several inputs of which at least one is a list (`CBFuse` reads `CBLinear`'s lists and a
     /// feature map); only [`Net::forward`] makes it.
-    Nested(Vec<In<X>>),
+    Nested(Vec<LayerInput<X>>),
 }
 
-impl<X> In<X> {
+impl<X> LayerInput<X> {
     /// The single input, or an error naming the class that wanted one.
-    pub fn one(self, what: &str) -> R<X> {
+    pub fn one(self, what: &str) -> BuildResult<X> {
         match self {
-            In::One(v) => Ok(v),
-            In::Many(_) | In::Nested(_) => Err(format!("{what} expects one input, got a list")),
+            LayerInput::One(v) => Ok(v),
+            LayerInput::Many(_) | LayerInput::Nested(_) => {
+                Err(format!("{what} expects one input, got a list"))
+            }
         }
     }
 
@@ -44,9 +46,9 @@ impl<X> In<X> {
     /// no class but `CBFuse` reads them and a misrouted list fails the reader's shape checks).
     pub fn many(self) -> Vec<X> {
         match self {
-            In::One(v) => vec![v],
-            In::Many(vs) => vs,
-            In::Nested(xs) => xs.into_iter().flat_map(In::many).collect(),
+            LayerInput::One(v) => vec![v],
+            LayerInput::Many(vs) => vs,
+            LayerInput::Nested(xs) => xs.into_iter().flat_map(LayerInput::many).collect(),
         }
     }
 }
@@ -58,19 +60,24 @@ pub trait Backend {
 
     /// Evaluates the module `m`, found at `path` (`model.22`), on `x`: one value, or a list for
     /// the classes the registry declares as giving one ([`registry::Kind::Fork`]).
-    fn layer(&mut self, path: &str, m: M<'_>, x: In<Self::Value>) -> R<In<Self::Value>>;
+    fn layer(
+        &mut self,
+        path: &str,
+        m: ModuleRef<'_>,
+        x: LayerInput<Self::Value>,
+    ) -> BuildResult<LayerInput<Self::Value>>;
 }
 
 /// A `*Model` module (`DetectionModel`, …): its layer list, walked as `_predict_once` walks it.
 #[derive(Clone, Copy)]
 pub struct Net<'g> {
-    root: M<'g>,
-    layers: M<'g>,
+    root: ModuleRef<'g>,
+    layers: ModuleRef<'g>,
 }
 
 impl<'g> Net<'g> {
     /// Wraps a pickled model module; it must hold the layer list `model`.
-    pub fn new(root: M<'g>) -> R<Net<'g>> {
+    pub fn new(root: ModuleRef<'g>) -> BuildResult<Net<'g>> {
         Ok(Net {
             root,
             layers: root.child("model")?,
@@ -78,12 +85,12 @@ impl<'g> Net<'g> {
     }
 
     /// The model module itself.
-    pub fn root(&self) -> M<'g> {
+    pub fn root(&self) -> ModuleRef<'g> {
         self.root
     }
 
     /// The last layer (the head), if any.
-    pub fn head(&self) -> Option<M<'g>> {
+    pub fn head(&self) -> Option<ModuleRef<'g>> {
         self.layers.children().pop().map(|(_, h)| h)
     }
 
@@ -93,15 +100,15 @@ impl<'g> Net<'g> {
     }
 
     /// Fails with the registry's one-line error when any class below the layers is unknown.
-    pub fn check_supported(&self) -> R<()> {
+    pub fn check_supported(&self) -> BuildResult<()> {
         registry::check(self.layers)
     }
 
     /// Runs every layer through `backend` on `input` and returns the last layer's output. An
     /// error from a layer is prefixed with its path and class (`model.22 (Detect): …`). A layer's
     /// output may be a list (`CBLinear`); a layer reading it alone gets the list, a layer reading
-    /// it among others gets [`In::Nested`].
-    pub fn forward<B: Backend>(&self, backend: &mut B, input: B::Value) -> R<B::Value> {
+    /// it among others gets [`LayerInput::Nested`].
+    pub fn forward<B: Backend>(&self, backend: &mut B, input: B::Value) -> BuildResult<B::Value> {
         let layers = self.layers.children();
         let Some(final_layer) = layers.len().checked_sub(1) else {
             return Ok(input);
@@ -116,8 +123,8 @@ impl<'g> Net<'g> {
                 last[src] = last[src].max(i);
             }
         }
-        let mut values: Vec<Option<In<B::Value>>> = vec![None; layers.len() + 1];
-        values[0] = Some(In::One(input));
+        let mut values: Vec<Option<LayerInput<B::Value>>> = vec![None; layers.len() + 1];
+        values[0] = Some(LayerInput::One(input));
         for (i, (name, layer)) in layers.iter().enumerate() {
             let path = format!("model.{name}");
             let at = |m: String| format!("{path} ({}): {m}", layer.class());
@@ -140,10 +147,10 @@ impl<'g> Net<'g> {
             }
             let x = if f.as_int().is_some() {
                 xs.pop().ok_or_else(|| at("no input".into()))?
-            } else if xs.iter().all(|v| matches!(v, In::One(_))) {
-                In::Many(xs.into_iter().filter_map(|v| v.one("").ok()).collect())
+            } else if xs.iter().all(|v| matches!(v, LayerInput::One(_))) {
+                LayerInput::Many(xs.into_iter().filter_map(|v| v.one("").ok()).collect())
             } else {
-                In::Nested(xs)
+                LayerInput::Nested(xs)
             };
             let out = backend.layer(&path, *layer, x).map_err(at)?;
             if i == final_layer {
@@ -159,7 +166,7 @@ impl<'g> Net<'g> {
 
 /// The values layer `i` reads, in `f`'s order: `Some(0)` the model input, `Some(k + 1)` layer
 /// k's output, `None` an index that names no earlier layer.
-fn reads(layer: M, i: usize) -> R<Vec<Option<usize>>> {
+fn reads(layer: ModuleRef, i: usize) -> BuildResult<Vec<Option<usize>>> {
     let f = layer.attr("f").ok_or("no `f`")?;
     let js = match f.as_int() {
         Some(j) => vec![j],
@@ -180,7 +187,7 @@ fn reads(layer: M, i: usize) -> R<Vec<Option<usize>>> {
 }
 
 /// Entry `r` of a layer's `f`, for messages.
-fn f_entry(layer: M, r: usize) -> i64 {
+fn f_entry(layer: ModuleRef, r: usize) -> i64 {
     let f = layer.attr("f");
     match f.as_ref().and_then(|f| f.as_int()) {
         Some(j) => j,

@@ -5,27 +5,34 @@
 
 use std::collections::BTreeSet;
 
-use super::In;
+use super::LayerInput;
 use super::layers;
-use crate::checkpoint::py::{M, R};
-use crate::onnx::graph::{GraphBuilder, V};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::onnx::graph::{GraphBuilder, GraphValue};
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::T;
 use crate::reference::{RefError, Reference};
 
 /// Emits a layer into the graph (BatchNorm folded, as `fuse_conv_and_bn` does).
-pub type EmitFn = fn(&mut Builder<'_>, &str, M<'_>, In<V>) -> R<V>;
+pub type EmitFn =
+    fn(&mut Builder<'_>, &str, ModuleRef<'_>, LayerInput<GraphValue>) -> BuildResult<GraphValue>;
 /// Runs a layer in the reference interpreter (BatchNorm unfolded, its own loops).
-pub type RunFn = fn(&mut Reference<'_>, M<'_>, In<T>) -> Result<T, RefError>;
+pub type RunFn = fn(&mut Reference<'_>, ModuleRef<'_>, LayerInput<T>) -> Result<T, RefError>;
 /// Emits a layer whose output is a list of values (`CBLinear`).
-pub type ForkEmitFn = fn(&mut Builder<'_>, &str, M<'_>, In<V>) -> R<Vec<V>>;
+pub type ForkEmitFn = fn(
+    &mut Builder<'_>,
+    &str,
+    ModuleRef<'_>,
+    LayerInput<GraphValue>,
+) -> BuildResult<Vec<GraphValue>>;
 /// Runs a layer whose output is a list of values.
-pub type ForkRunFn = fn(&mut Reference<'_>, M<'_>, In<T>) -> Result<Vec<T>, RefError>;
+pub type ForkRunFn =
+    fn(&mut Reference<'_>, ModuleRef<'_>, LayerInput<T>) -> Result<Vec<T>, RefError>;
 /// Emits an activation on the value named by the last argument, in the scope given; returns
 /// the output's name.
-pub type ActEmitFn = fn(&mut GraphBuilder, &str, M<'_>, &str) -> String;
+pub type ActEmitFn = fn(&mut GraphBuilder, &str, ModuleRef<'_>, &str) -> String;
 /// Applies an activation to every element, in place.
-pub type ActRunFn = fn(M<'_>, &mut T);
+pub type ActRunFn = fn(ModuleRef<'_>, &mut T);
 
 /// How a class is handled.
 #[derive(Clone, Copy)]
@@ -181,7 +188,7 @@ pub fn find(class: &str) -> Option<&'static Layer> {
 /// The entry for the module `m`: by its pickled path first (`models.yolo.Detect`, a classic YOLO
 /// class whose short name is an Ultralytics class that computes something else; the `yolov5` pip
 /// package's `yolov5.` prefix dropped), then by its class name.
-pub fn lookup(m: M) -> Option<&'static Layer> {
+pub fn lookup(m: ModuleRef) -> Option<&'static Layer> {
     let dotted = crate::checkpoint::module::class_name(m.g, m.v)?;
     let dotted = dotted.strip_prefix("yolov5.").unwrap_or(&dotted);
     find(dotted).or_else(|| find(&m.class()))
@@ -198,7 +205,7 @@ pub fn unsupported_class(class: &str) -> String {
 }
 
 /// Every class below `m` (itself included) that the registry does not know.
-pub fn unsupported(m: M) -> BTreeSet<String> {
+pub fn unsupported(m: ModuleRef) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut stack = vec![(m, 0usize)];
     while let Some((m, depth)) = stack.pop() {
@@ -213,7 +220,7 @@ pub fn unsupported(m: M) -> BTreeSet<String> {
 }
 
 /// `Ok` when every class below `m` is known; else the one-line error listing the others.
-pub fn check(m: M) -> R<()> {
+pub fn check(m: ModuleRef) -> BuildResult<()> {
     let bad = unsupported(m);
     if bad.is_empty() {
         return Ok(());

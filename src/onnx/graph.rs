@@ -15,7 +15,7 @@ use super::proto::{Attr, ElemType, Node, TensorProto};
 
 /// A value in the graph with its (static) shape; a batch of `-1` means dynamic.
 #[derive(Clone, Debug)]
-pub struct V {
+pub struct GraphValue {
     /// Value name.
     pub name: String,
     /// Shape (NCHW for feature maps).

@@ -10,11 +10,10 @@ pub mod proto;
 pub mod read;
 pub mod ultralytics;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::py::M;
-use graph::{GraphBuilder, Spilled, V};
+use crate::checkpoint::py::ModuleRef;
+use graph::{GraphBuilder, GraphValue, Spilled};
 use proto::{Attr, Dim, ElemType, Model, ValueInfo};
 
 use crate::checkpoint::Checkpoint;
@@ -109,27 +108,80 @@ impl Exported {
     }
 }
 
-/// The ONNX layer's error.
-#[derive(Debug)]
+/// The ONNX layer's error: the checkpoint, and why it cannot be exported.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot export: {kind}", path.display())]
 pub struct ExportError {
     /// The checkpoint.
     pub path: PathBuf,
     /// What went wrong.
-    pub message: String,
+    #[source]
+    pub kind: ExportErrorKind,
 }
 
-impl fmt::Display for ExportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: cannot export: {}",
-            self.path.display(),
-            self.message
-        )
-    }
+/// One way an export fails.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportErrorKind {
+    /// An opset outside the supported range.
+    #[error("opset {opset} is not supported (supported: {}–{})", OPSETS.start(), OPSETS.end())]
+    Opset {
+        /// The opset asked for.
+        opset: i64,
+    },
+    /// The key does not hold a pickled module.
+    #[error("'{0}' is not a pickled model module")]
+    NotAModule(String),
+    /// A model of another framework under Ultralytics' class names (the text names it).
+    #[error("{0}")]
+    Foreign(String),
+    /// A module that is not an Ultralytics model class.
+    #[error("'{key}' is a {class}, not an Ultralytics model")]
+    NotUltralytics {
+        /// The checkpoint key.
+        key: String,
+        /// Its class.
+        class: String,
+    },
+    /// The model's layers cannot be emitted (the text names the layer path and class).
+    #[error("{0}")]
+    Model(String),
+    /// An end-to-end export of a model without layers.
+    #[error("the model has no layers")]
+    NoLayers,
+    /// An input size the model's strides do not divide.
+    #[error("image size {h}x{w} is not a multiple of the model stride {stride}")]
+    ImageSize {
+        /// Height.
+        h: i64,
+        /// Width.
+        w: i64,
+        /// The largest stride.
+        stride: i64,
+    },
+    /// `--nms` on an output that is not (batch, 4 + nc + extra, anchors).
+    #[error("--nms needs a (batch, 4 + nc + extra, anchors) output; the model gives {0:?}")]
+    NmsShape(Vec<i64>),
+    /// `--nms` on an output with fewer rows than boxes and classes need.
+    #[error("--nms: the output has {rows} rows for 4 box rows and {nc} classes")]
+    NmsRows {
+        /// Rows of the output.
+        rows: i64,
+        /// Classes.
+        nc: i64,
+    },
+    /// `--nms` on an OBB output without exactly one angle row.
+    #[error("--nms: an obb output has one angle row after the scores, this one {0}")]
+    ObbAngle(i64),
+    /// The weights could not be spilled to the scratch file.
+    #[error("cannot write the weights to a scratch file in {}: {source}", dir.display())]
+    Scratch {
+        /// The scratch folder.
+        dir: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
 }
-
-impl std::error::Error for ExportError {}
 
 /// The task of an Ultralytics model class (from the module registry).
 fn task_of(class: &str) -> Option<&'static str> {
@@ -176,7 +228,7 @@ fn py_repr(v: &serde_json::Value) -> String {
 }
 
 /// The training image size recorded in the checkpoint (`train_args.imgsz`, or the model's args).
-pub fn training_imgsz(ckpt: &Checkpoint, model: M) -> Option<(i64, i64)> {
+pub fn training_imgsz(ckpt: &Checkpoint, model: ModuleRef) -> Option<(i64, i64)> {
     let g = &ckpt.graph;
     let from = |v: &crate::checkpoint::value::Value| -> Option<(i64, i64)> {
         if let Some(i) = v.as_int() {
@@ -201,52 +253,44 @@ pub fn training_imgsz(ckpt: &Checkpoint, model: M) -> Option<(i64, i64)> {
 
 /// Exports the Ultralytics model at `opts.module_key`.
 pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, ExportError> {
-    let err = |m: String| ExportError {
+    let err = |kind: ExportErrorKind| ExportError {
         path: ckpt.path.clone(),
-        message: m,
+        kind,
     };
+    let model_err = |m: String| err(ExportErrorKind::Model(m));
     if !OPSETS.contains(&opts.opset) {
-        return Err(err(format!(
-            "opset {} is not supported (supported: {}–{})",
-            opts.opset,
-            OPSETS.start(),
-            OPSETS.end()
-        )));
+        return Err(err(ExportErrorKind::Opset { opset: opts.opset }));
     }
     let g = &ckpt.graph;
     let v = g
         .dict_get(&ckpt.root, &opts.module_key)
         .filter(|v| module::is_module(g, v))
-        .ok_or_else(|| {
-            err(format!(
-                "'{}' is not a pickled model module",
-                opts.module_key
-            ))
-        })?;
-    let root = M { g, v };
+        .ok_or_else(|| err(ExportErrorKind::NotAModule(opts.module_key.clone())))?;
+    let root = ModuleRef { g, v };
     let class = root.class();
     if let Some(why) = crate::models::foreign::refusal(root, &opts.module_key) {
-        return Err(err(why));
+        return Err(err(ExportErrorKind::Foreign(why)));
     }
     let classic = crate::models::foreign::classic(root);
     if let Some(c) = classic {
         c.check_options(opts.nms.is_some(), opts.end2end)
-            .map_err(err)?;
+            .map_err(model_err)?;
     }
     let task = match classic {
         Some(_) => crate::models::foreign::CLASSIC_TASK,
         None => task_of(&class).ok_or_else(|| {
-            err(format!(
-                "'{}' is a {class}, not an Ultralytics model",
-                opts.module_key
-            ))
+            err(ExportErrorKind::NotUltralytics {
+                key: opts.module_key.clone(),
+                class: class.clone(),
+            })
         })?,
     };
-    crate::models::registry::check(root.child("model").map_err(err)?).map_err(err)?;
+    let layers = root.child("model").map_err(|e| model_err(e.into()))?;
+    crate::models::registry::check(layers).map_err(model_err)?;
     if opts.end2end {
-        let head = crate::models::Net::new(root).map_err(err)?.head();
-        heads::check_end2end(head.ok_or_else(|| err("the model has no layers".into()))?)
-            .map_err(err)?;
+        let head = crate::models::Net::new(root).map_err(model_err)?.head();
+        heads::check_end2end(head.ok_or_else(|| err(ExportErrorKind::NoLayers))?)
+            .map_err(model_err)?;
     }
     let strides = root.attr_tensor_f64("stride").unwrap_or_else(|| vec![32.0]);
     let max_stride = strides.iter().cloned().fold(1.0, f64::max) as i64;
@@ -255,16 +299,18 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         .or_else(|| training_imgsz(ckpt, root))
         .unwrap_or((640, 640));
     if h % max_stride != 0 || w % max_stride != 0 || h <= 0 || w <= 0 {
-        return Err(err(format!(
-            "image size {h}x{w} is not a multiple of the model stride {max_stride}"
-        )));
+        return Err(err(ExportErrorKind::ImageSize {
+            h,
+            w,
+            stride: max_stride,
+        }));
     }
     let head = root
         .child("model")
         .ok()
         .and_then(|l| l.children().pop().map(|(_, h)| h));
     let nms_layout = match &opts.nms {
-        Some(n) => Some(nms_layout(task, head, n, opts.max_det).map_err(err)?),
+        Some(n) => Some(nms_layout(task, head, n, opts.max_det).map_err(model_err)?),
         None => None,
     };
     let batch = if opts.dynamic { -1 } else { opts.batch };
@@ -291,7 +337,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         end2end: opts.end2end,
         max_det: opts.max_det,
     };
-    let mut input = V {
+    let mut input = GraphValue {
         name: "images".into(),
         shape: vec![batch, 3, h, w],
     };
@@ -302,12 +348,12 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             &["images"],
             vec![("to", Attr::Int(ElemType::Float16 as i64))],
         );
-        input = V {
+        input = GraphValue {
             name: c,
             shape: input.shape,
         };
     }
-    let main = ultralytics::forward(&mut bld, root, input).map_err(err)?;
+    let main = ultralytics::forward(&mut bld, root, input).map_err(model_err)?;
     let mut results = vec![main];
     results.append(&mut bld.extra_outputs);
     let mut outputs = Vec::new();
@@ -331,25 +377,17 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         let mut shape = out.shape.clone();
         if let (0, Some((n, nc))) = (i, &nms_layout) {
             let [b, rows, _] = shape[..] else {
-                return Err(err(format!(
-                    "--nms needs a (batch, 4 + nc + extra, anchors) output; the model gives {:?}",
-                    out.shape
-                )));
+                return Err(err(ExportErrorKind::NmsShape(out.shape.clone())));
             };
             if rows < 4 + nc {
-                return Err(err(format!(
-                    "--nms: the output has {rows} rows for 4 box rows and {nc} classes"
-                )));
+                return Err(err(ExportErrorKind::NmsRows { rows, nc: *nc }));
             }
             let layout = nms::Layout {
                 nc: *nc,
                 extra: rows - 4 - nc,
             };
             if task == "obb" && layout.extra != 1 {
-                return Err(err(format!(
-                    "--nms: an obb output has one angle row after the scores, this one {}",
-                    layout.extra
-                )));
+                return Err(err(ExportErrorKind::ObbAngle(layout.extra)));
             }
             let rows = nms::Rows {
                 max_det: opts.max_det,
@@ -479,12 +517,11 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         metadata: metadata.clone(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let spill = bld.b.finish_spill().map_err(|e| {
-        let dir = opts.scratch_dir.clone().unwrap_or_default();
-        err(format!(
-            "cannot write the weights to a scratch file in {}: {e}",
-            dir.display()
-        ))
+    let spill = bld.b.finish_spill().map_err(|source| {
+        err(ExportErrorKind::Scratch {
+            dir: opts.scratch_dir.clone().unwrap_or_default(),
+            source,
+        })
     })?;
     let weights: u64 = (model.initializers.iter().enumerate())
         .map(|(i, t)| {
@@ -537,7 +574,7 @@ fn dynamic_dim(
 /// classification and turns it off for the others) and returns the options with the class count.
 fn nms_layout(
     task: &str,
-    head: Option<M>,
+    head: Option<ModuleRef>,
     n: &nms::Nms,
     max_det: usize,
 ) -> Result<(nms::Nms, i64), String> {
@@ -561,7 +598,7 @@ fn file_name(p: &Path) -> String {
 }
 
 /// The task and class count of an Ultralytics model module (from its last layer).
-pub fn task_and_classes(root: M) -> (String, usize) {
+pub fn task_and_classes(root: ModuleRef) -> (String, usize) {
     let task = match crate::models::foreign::classic(root) {
         Some(_) => crate::models::foreign::CLASSIC_TASK,
         None => task_of(&root.class()).unwrap_or("detect"),

@@ -29,12 +29,7 @@ pub struct WeightsOrigin {
 
 fn floats(t: &TensorProto) -> Option<Vec<f32>> {
     match t.elem {
-        ElemType::Float => Some(
-            t.raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                .collect(),
-        ),
+        ElemType::Float => Some(crate::convert::f32s_le(&t.raw).collect()),
         ElemType::Float16 => Some(
             t.raw
                 .chunks_exact(2)

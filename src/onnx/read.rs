@@ -3,11 +3,137 @@
 //! length is checked against the bytes left.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::proto::{Attr, Dim, ElemType, Model, Node, TensorProto, ValueInfo};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OnnxReadError>;
+
+/// Why an ONNX file could not be read: one variant per failure, naming the byte offset, the
+/// initializer or the external data file.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxReadError {
+    /// A varint runs past the end of its message.
+    #[error("truncated varint")]
+    TruncatedVarint,
+    /// A varint longer than 64 bits.
+    #[error("varint longer than 10 bytes")]
+    LongVarint,
+    /// A length that does not fit this machine's address space.
+    #[error("length overflows")]
+    LengthOverflow,
+    /// A protobuf wire type ONNX does not use.
+    #[error("wire type {wire} at byte {pos}")]
+    WireType {
+        /// The wire type.
+        wire: u64,
+        /// Where its field's key ends.
+        pos: usize,
+    },
+    /// A field longer than the bytes left.
+    #[error("a field of {len} bytes at byte {pos} runs past the end ({total} bytes)")]
+    PastEnd {
+        /// The field's length.
+        len: usize,
+        /// Where it starts.
+        pos: usize,
+        /// The message's length.
+        total: usize,
+    },
+    /// A tensor element type the reader does not decode.
+    #[error("tensor data type {0} is not read")]
+    DataType(u64),
+    /// An initializer whose element type is not read.
+    #[error("initializer '{name}': {source}")]
+    Initializer {
+        /// The initializer.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<OnnxReadError>,
+    },
+    /// External data ranges that overlap (their sum exceeds the data files' size).
+    #[error(
+        "initializer '{name}': external data ranges overlap (they add up to {used} bytes, more than the {mapped} bytes of the data files)"
+    )]
+    ExternalOverlap {
+        /// The initializer that went over.
+        name: String,
+        /// Bytes handed out so far.
+        used: u64,
+        /// Bytes of all data files.
+        mapped: u64,
+    },
+    /// External data without a `location`.
+    #[error("initializer '{0}': external data without location")]
+    NoLocation(String),
+    /// An `offset` that is not a number.
+    #[error("initializer '{0}': bad external offset")]
+    BadOffset(String),
+    /// A `length` that is not a number.
+    #[error("initializer '{0}': bad external length")]
+    BadLength(String),
+    /// A range past the end of its data file.
+    #[error(
+        "initializer '{name}': external range {offset}+{len} lies past the end of {location} ({size} bytes)"
+    )]
+    RangePastEnd {
+        /// The initializer.
+        name: String,
+        /// Its offset.
+        offset: usize,
+        /// Its length.
+        len: usize,
+        /// The data file.
+        location: String,
+        /// The data file's size.
+        size: usize,
+    },
+    /// A location that is absolute, climbs out, or uses backslashes.
+    #[error("initializer '{name}': external data location '{location}' leaves the model's folder")]
+    LeavesFolder {
+        /// The initializer.
+        name: String,
+        /// Its location.
+        location: String,
+    },
+    /// External data in a model read from bytes without a path.
+    #[error("initializer '{0}': external data needs the model's path")]
+    NeedsPath(String),
+    /// The operating system refused a data file (or the model's folder).
+    #[error("{}: {source}", path.display())]
+    ExternalIo {
+        /// The file or folder.
+        path: PathBuf,
+        /// The refusal.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data file that is a symbolic link.
+    #[error("{}: external data is a symbolic link, which is not followed", .0.display())]
+    ExternalSymlink(PathBuf),
+    /// A data file whose real path lies outside the model's folder.
+    #[error("{}: external data resolves to {}, outside the model's folder", path.display(), real.display())]
+    ExternalOutside {
+        /// The path as named.
+        path: PathBuf,
+        /// Where it resolves.
+        real: PathBuf,
+    },
+    /// A data file that is not a regular file.
+    #[error("{}: external data is not a regular file", .0.display())]
+    ExternalNotFile(PathBuf),
+    /// The bytes hold no graph.
+    #[error("no graph: not an ONNX model")]
+    NoGraph,
+}
+
+/// For layers that still report text (graft's scan and weights).
+impl From<OnnxReadError> for String {
+    fn from(e: OnnxReadError) -> String {
+        e.to_string()
+    }
+}
 
 pub(crate) struct Buf<'a> {
     b: &'a [u8],
@@ -30,14 +156,14 @@ impl<'a> Buf<'a> {
     fn varint(&mut self) -> R<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let byte = *self.b.get(self.pos).ok_or("truncated varint")?;
+            let byte = *self.b.get(self.pos).ok_or(OnnxReadError::TruncatedVarint)?;
             self.pos += 1;
             v |= ((byte & 0x7f) as u64) << shift;
             if byte & 0x80 == 0 {
                 return Ok(v);
             }
         }
-        Err("varint longer than 10 bytes".into())
+        Err(OnnxReadError::LongVarint)
     }
 
     pub(crate) fn next(&mut self) -> R<Option<(u32, Field<'a>)>> {
@@ -53,11 +179,17 @@ impl<'a> Buf<'a> {
                 Field::Fixed64
             }
             2 => {
-                let n = usize::try_from(self.varint()?).map_err(|_| "length overflows")?;
+                let n =
+                    usize::try_from(self.varint()?).map_err(|_| OnnxReadError::LengthOverflow)?;
                 Field::Bytes(self.take(n)?)
             }
             5 => Field::Fixed32(self.take(4)?.try_into().expect("4 bytes")),
-            w => return Err(format!("wire type {w} at byte {}", self.pos)),
+            w => {
+                return Err(OnnxReadError::WireType {
+                    wire: w,
+                    pos: self.pos,
+                });
+            }
         };
         Ok(Some((field, f)))
     }
@@ -67,12 +199,10 @@ impl<'a> Buf<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                format!(
-                    "a field of {n} bytes at byte {} runs past the end ({} bytes)",
-                    self.pos,
-                    self.b.len()
-                )
+            .ok_or(OnnxReadError::PastEnd {
+                len: n,
+                pos: self.pos,
+                total: self.b.len(),
             })?;
         let s = &self.b[self.pos..end];
         self.pos = end;
@@ -113,7 +243,7 @@ fn elem(code: u64) -> R<ElemType> {
         7 => Ok(ElemType::Int64),
         9 => Ok(ElemType::Bool),
         10 => Ok(ElemType::Float16),
-        other => Err(format!("tensor data type {other} is not read")),
+        other => Err(OnnxReadError::DataType(other)),
     }
 }
 
@@ -138,10 +268,7 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
             (2, Field::Varint(c)) => code = c,
             (8, Field::Bytes(s)) => name = text(s),
             (9, Field::Bytes(r)) => raw = r.to_vec(),
-            (4, Field::Bytes(d)) => floats.extend(
-                d.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
-            ),
+            (4, Field::Bytes(d)) => floats.extend(crate::convert::f32s_le(d)),
             (4, Field::Fixed32(d)) => floats.push(f32::from_le_bytes(d)),
             // int32_data: bool (and other small types) when not in raw_data.
             (5, Field::Bytes(d)) => small.extend(packed_varints(d)?),
@@ -152,7 +279,10 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
             _ => {}
         }
     }
-    let elem = elem(code).map_err(|m| format!("initializer '{name}': {m}"))?;
+    let elem = elem(code).map_err(|source| OnnxReadError::Initializer {
+        name: name.clone(),
+        source: Box::new(source),
+    })?;
     if raw.is_empty() {
         if !floats.is_empty() {
             raw = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
@@ -201,10 +331,11 @@ impl<'p> External<'p> {
         // the whole file) would multiply memory by their count.
         self.used += len as u64;
         if self.used > self.mapped {
-            return Err(format!(
-                "initializer '{name}': external data ranges overlap (they add up to {} bytes, more than the {} bytes of the data files)",
-                self.used, self.mapped
-            ));
+            return Err(OnnxReadError::ExternalOverlap {
+                name: name.to_string(),
+                used: self.used,
+                mapped: self.mapped,
+            });
         }
         Ok(self.slice(name, kv)?.to_vec())
     }
@@ -213,8 +344,7 @@ impl<'p> External<'p> {
     /// but not counted: the caller copies out one tensor at a time).
     pub(crate) fn slice(&mut self, name: &str, kv: &[(String, String)]) -> R<&[u8]> {
         let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
-        let loc = get("location")
-            .ok_or_else(|| format!("initializer '{name}': external data without location"))?;
+        let loc = get("location").ok_or_else(|| OnnxReadError::NoLocation(name.to_string()))?;
         if !self.files.contains_key(loc) {
             let map = self.open(name, loc)?;
             self.mapped += map.as_ref().map_or(0, |m| m.len() as u64);
@@ -224,21 +354,22 @@ impl<'p> External<'p> {
         let off: usize = get("offset")
             .unwrap_or("0")
             .parse()
-            .map_err(|_| format!("initializer '{name}': bad external offset"))?;
+            .map_err(|_| OnnxReadError::BadOffset(name.to_string()))?;
         let len: usize = match get("length") {
             Some(l) => l
                 .parse()
-                .map_err(|_| format!("initializer '{name}': bad external length"))?,
+                .map_err(|_| OnnxReadError::BadLength(name.to_string()))?,
             None => data.len().saturating_sub(off),
         };
         let bytes = off
             .checked_add(len)
             .and_then(|end| data.get(off..end))
-            .ok_or_else(|| {
-                format!(
-                    "initializer '{name}': external range {off}+{len} lies past the end of {loc} ({} bytes)",
-                    data.len()
-                )
+            .ok_or_else(|| OnnxReadError::RangePastEnd {
+                name: name.to_string(),
+                offset: off,
+                len,
+                location: loc.to_string(),
+                size: data.len(),
             })?;
         Ok(bytes)
     }
@@ -252,36 +383,33 @@ impl<'p> External<'p> {
             )
         });
         if leaves || loc.is_empty() || loc.contains('\\') {
-            return Err(format!(
-                "initializer '{name}': external data location '{loc}' leaves the model's folder"
-            ));
+            return Err(OnnxReadError::LeavesFolder {
+                name: name.to_string(),
+                location: loc.to_string(),
+            });
         }
         let dir = self
             .dir
-            .ok_or_else(|| format!("initializer '{name}': external data needs the model's path"))?;
+            .ok_or_else(|| OnnxReadError::NeedsPath(name.to_string()))?;
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
             dir
         };
         let path = dir.join(loc);
-        let shown = || path.display().to_string();
-        let link = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", shown()))?;
+        let io = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| OnnxReadError::ExternalIo { path, source }
+        };
+        let link = std::fs::symlink_metadata(&path).map_err(io(&path))?;
         if link.file_type().is_symlink() {
-            return Err(format!(
-                "{}: external data is a symbolic link, which is not followed",
-                shown()
-            ));
+            return Err(OnnxReadError::ExternalSymlink(path));
         }
         // A linked folder on the way could still lead elsewhere.
-        let base = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let real = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", shown()))?;
+        let base = std::fs::canonicalize(dir).map_err(io(dir))?;
+        let real = std::fs::canonicalize(&path).map_err(io(&path))?;
         if !real.starts_with(&base) {
-            return Err(format!(
-                "{}: external data resolves to {}, outside the model's folder",
-                shown(),
-                real.display()
-            ));
+            return Err(OnnxReadError::ExternalOutside { path, real });
         }
         let mut opts = std::fs::OpenOptions::new();
         opts.read(true);
@@ -290,17 +418,17 @@ impl<'p> External<'p> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
         }
-        let file = opts.open(&path).map_err(|e| format!("{}: {e}", shown()))?;
-        let meta = file.metadata().map_err(|e| format!("{}: {e}", shown()))?;
+        let file = opts.open(&path).map_err(io(&path))?;
+        let meta = file.metadata().map_err(io(&path))?;
         if !meta.is_file() {
-            return Err(format!("{}: external data is not a regular file", shown()));
+            return Err(OnnxReadError::ExternalNotFile(path));
         }
         if meta.len() == 0 {
             return Ok(None);
         }
         // SAFETY: read-only map of a regular file; the bytes are copied out before the model is
         // used. A file truncated meanwhile faults: the SIGBUS handler reports it as changed.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{}: {e}", shown()))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
         crate::signals::watch_mapping(&path, map.as_ptr(), map.len());
         Ok(Some(map))
     }
@@ -316,10 +444,7 @@ fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
             (2, Field::Fixed32(x)) => f = Some(f32::from_le_bytes(x)),
             (3, Field::Varint(x)) => i = Some(x as i64),
             (4, Field::Bytes(x)) => s = Some(text(x)),
-            (7, Field::Bytes(x)) => floats.extend(
-                x.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
-            ),
+            (7, Field::Bytes(x)) => floats.extend(crate::convert::f32s_le(x)),
             (7, Field::Fixed32(x)) => floats.push(f32::from_le_bytes(x)),
             (8, Field::Bytes(x)) => ints.extend(packed_varints(x)?),
             (8, Field::Varint(x)) => ints.push(x as i64),
@@ -460,7 +585,7 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
         }
     }
     if !has_graph {
-        return Err("no graph: not an ONNX model".into());
+        return Err(OnnxReadError::NoGraph);
     }
     // Graph inputs that are initializers (older exporters list them) are not model inputs.
     let init: std::collections::HashSet<&str> =

@@ -47,8 +47,7 @@ pub(super) fn run_onnx(
     model: &OnnxModel,
     images: &RefTensor,
 ) -> Result<Vec<(String, RefTensor)>, RuntimeError> {
-    let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())
-        .map_err(|e| RuntimeError(e.to_string()))?;
+    let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())?;
     let outs = match model {
         OnnxModel::Bytes(b) => rt.run(b, &[("images", a)])?,
         OnnxModel::File(p) => rt.run_file(p, &[("images", a)])?,

@@ -13,7 +13,7 @@ mod task;
 
 use serde::Serialize;
 
-use crate::checkpoint::py::M;
+use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::heads::HeadOptions;
 use crate::reference::Reference;
 use crate::runtime::{Engine, timing};
@@ -288,7 +288,7 @@ fn join<X>(h: std::thread::ScopedJoinHandle<'_, X>) -> X {
 pub fn against_reference(
     rt: &Engine,
     model: OnnxModel,
-    reference: M,
+    reference: ModuleRef,
     (task, nc): (&str, usize),
     (head, nms): (HeadOptions, Option<NmsOutput>),
     inputs: Inputs,

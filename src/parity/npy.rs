@@ -99,10 +99,7 @@ impl Dtype {
             }
         };
         match self {
-            Dtype::F32 => Ok(b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()),
+            Dtype::F32 => Ok(crate::convert::f32s_le(b).collect()),
             Dtype::U8 => Ok(b.iter().map(|&v| f32::from(v)).collect()),
             Dtype::Bool => b
                 .iter()

@@ -12,10 +12,10 @@ pub(crate) mod shape;
 
 use ops::RefTensor;
 
-use crate::checkpoint::py::M;
+use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
-use crate::models::{Backend, In, Net};
+use crate::models::{Backend, LayerInput, Net};
 
 /// The reference layer's error.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,7 +75,7 @@ pub struct Reference<'g> {
 
 impl<'g> Reference<'g> {
     /// Wraps a pickled `*Model` module (it must hold the layer list `model`).
-    pub fn new(root: M<'g>) -> R<Reference<'g>> {
+    pub fn new(root: ModuleRef<'g>) -> R<Reference<'g>> {
         Ok(Reference {
             net: Net::new(root).map_err(RefError::Model)?,
             extra: Vec::new(),
@@ -138,7 +138,7 @@ impl<'g> Reference<'g> {
     }
 
     /// Runs one module by its class.
-    pub fn module(&mut self, m: M, x: In<RefTensor>) -> R<RefTensor> {
+    pub fn module(&mut self, m: ModuleRef, x: LayerInput<RefTensor>) -> R<RefTensor> {
         match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Layer { run, .. }) => {
                 let y = run(self, m, x)?;
@@ -149,26 +149,30 @@ impl<'g> Reference<'g> {
     }
 
     /// Runs `m`'s child `name` on `x`.
-    pub(crate) fn sub(&mut self, m: M, name: &str, x: &RefTensor) -> R<RefTensor> {
+    pub(crate) fn sub(&mut self, m: ModuleRef, name: &str, x: &RefTensor) -> R<RefTensor> {
         let c = m.child(name).map_err(e)?;
         // A `Conv` (most children) reads its input by reference: no copy of `x` to wrap it.
         if c.class() == "Conv" {
             let y = self.conv_bn_act(c, x)?;
             return Ok(self.round(y));
         }
-        self.module(c, In::One(x.clone()))
+        self.module(c, LayerInput::One(x.clone()))
     }
 }
 
 impl Backend for Reference<'_> {
     type Value = RefTensor;
 
-    fn layer(&mut self, path: &str, m: M<'_>, x: In<RefTensor>) -> Result<In<RefTensor>, String> {
+    fn layer(
+        &mut self,
+        path: &str,
+        m: ModuleRef<'_>,
+        x: LayerInput<RefTensor>,
+    ) -> Result<LayerInput<RefTensor>, String> {
         let out = match registry::lookup(m).map(|l| l.kind) {
-            Some(Kind::Fork { run, .. }) => {
-                run(self, m, x).map(|ts| In::Many(ts.into_iter().map(|t| self.round(t)).collect()))
-            }
-            _ => self.module(m, x).map(In::One),
+            Some(Kind::Fork { run, .. }) => run(self, m, x)
+                .map(|ts| LayerInput::Many(ts.into_iter().map(|t| self.round(t)).collect())),
+            _ => self.module(m, x).map(LayerInput::One),
         };
         out.map_err(|source| {
             // The walk prefixes the message with the same path and class.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ndarray::ArrayD;
 
@@ -51,9 +51,7 @@ impl Engine {
     /// execution provider needs ONNX Runtime and is registered strictly (failure is an error).
     pub fn choose(choice: &str, ep: Option<Ep>) -> Result<Engine, RuntimeError> {
         if ep.is_some() && choice == "tract" {
-            return Err(RuntimeError(
-                "execution providers are ONNX Runtime's; tract has none".into(),
-            ));
+            return Err(RuntimeError::TractHasNoProvider);
         }
         match (choice, ep) {
             ("ort", _) | ("auto", Some(_)) => ort().map(|rt| Engine::Ort(rt, ep)),
@@ -61,9 +59,7 @@ impl Engine {
             ("auto", None) => Ok(ort()
                 .map(|rt| Engine::Ort(rt, None))
                 .unwrap_or(Engine::Tract)),
-            (other, _) => Err(RuntimeError(format!(
-                "unknown runtime '{other}' (ort, tract)"
-            ))),
+            (other, _) => Err(RuntimeError::UnknownRuntime(other.to_string())),
         }
     }
 
@@ -101,17 +97,110 @@ impl Engine {
     }
 }
 
-/// The runtime layer's error.
-#[derive(Debug, Clone)]
-pub struct RuntimeError(pub String);
-
-impl fmt::Display for RuntimeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// The runtime layer's error: one variant per way finding, loading or running a runtime fails.
+/// It is `Clone` because the outcome of loading ONNX Runtime is kept for the whole process, so
+/// the libraries' own errors are shared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    /// `--ep` with `--runtime tract`.
+    #[error("execution providers are ONNX Runtime's; tract has none")]
+    TractHasNoProvider,
+    /// A runtime name that is neither `ort`, `tract` nor `auto`.
+    #[error("unknown runtime '{0}' (ort, tract)")]
+    UnknownRuntime(String),
+    /// `ORT_DYLIB_PATH` names no file.
+    #[error("ORT_DYLIB_PATH={} is not a file", .0.display())]
+    DylibPathNotFile(PathBuf),
+    /// No ONNX Runtime library was found anywhere it is looked for.
+    #[error(
+        "ONNX Runtime not found: set ORT_DYLIB_PATH to libonnxruntime, or `pip install onnxruntime`"
+    )]
+    NotFound,
+    /// The library was found but does not load.
+    #[error("cannot load ONNX Runtime from {}: {source}", path.display())]
+    Load {
+        /// The library.
+        path: PathBuf,
+        /// The loader's error.
+        #[source]
+        source: Arc<ort::LoadDynamicError>,
+    },
+    /// The library loaded but its environment could not be made.
+    #[error("ONNX Runtime at {}: {source}", path.display())]
+    Environment {
+        /// The library.
+        path: PathBuf,
+        /// ONNX Runtime's error.
+        #[source]
+        source: Arc<ort::Error>,
+    },
+    /// A step of making a session or running it failed (`session`, `run`, …).
+    #[error("ONNX Runtime {step}: {source}")]
+    Ort {
+        /// The step.
+        step: &'static str,
+        /// ONNX Runtime's error.
+        #[source]
+        source: Arc<ort::Error>,
+    },
+    /// A session option was refused (its text from ONNX Runtime).
+    #[error("ONNX Runtime {step}: {message}")]
+    Option {
+        /// The option.
+        step: &'static str,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+    /// The requested execution provider could not be registered.
+    #[error(
+        "ONNX Runtime {version} at {} cannot register the {provider} execution provider: {message}",
+        path.display()
+    )]
+    Provider {
+        /// The runtime's version.
+        version: String,
+        /// The library.
+        path: PathBuf,
+        /// The provider (`CUDA`, `TensorRT`).
+        provider: &'static str,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+    /// An output that is neither f32 nor an integer class map.
+    #[error("ONNX Runtime output {name}: {source}")]
+    Output {
+        /// The output.
+        name: String,
+        /// ONNX Runtime's error.
+        #[source]
+        source: Arc<ort::Error>,
+    },
+    /// An integer class map holding a label f32 cannot hold exactly.
+    #[error("ONNX Runtime output {name}: label {label} is beyond what f32 holds exactly")]
+    Label {
+        /// The output.
+        name: String,
+        /// The label.
+        label: i64,
+    },
+    /// A step of tract failed (its error chain as text: tract's errors are not `Clone`).
+    #[error("tract {step}: {message}")]
+    Tract {
+        /// The step (`cannot load the model`, `run`, …).
+        step: &'static str,
+        /// tract's error with its causes.
+        message: String,
+    },
+    /// tract was asked to run without a model.
+    #[error("tract: no model")]
+    TractNoModel,
+    /// tract lacks the transform that runs f16 models in f32.
+    #[error("tract: no f16_to_f32 transform")]
+    NoF16Transform,
+    /// An input or output whose element count does not fit its shape.
+    #[error("{0}")]
+    Shape(#[from] ndarray::ShapeError),
 }
-
-impl std::error::Error for RuntimeError {}
 
 /// A loaded ONNX Runtime.
 pub struct OrtRuntime {
@@ -200,10 +289,7 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(RuntimeError(format!(
-                "ORT_DYLIB_PATH={} is not a file",
-                p.display()
-            )))
+            Err(RuntimeError::DylibPathNotFile(p))
         };
     }
     if let Some(p) = std::env::var_os("VIRTUAL_ENV").and_then(|v| in_venv(Path::new(&v))) {
@@ -223,25 +309,24 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
             return Ok(p);
         }
     }
-    Err(RuntimeError(
-        "ONNX Runtime not found: set ORT_DYLIB_PATH to libonnxruntime, or `pip install onnxruntime`".into(),
-    ))
+    Err(RuntimeError::NotFound)
 }
 
 /// The process-wide ONNX Runtime, loaded on first use.
 pub fn ort() -> Result<&'static OrtRuntime, RuntimeError> {
     ORT.get_or_init(|| {
         let path = find_library()?;
-        let env = ort::init_from(&path).map_err(|e| {
-            RuntimeError(format!(
-                "cannot load ONNX Runtime from {}: {e}",
-                path.display()
-            ))
+        let env = ort::init_from(&path).map_err(|e| RuntimeError::Load {
+            path: path.clone(),
+            source: Arc::new(e),
         })?;
         let env = env
             .with_name("fuse-ema")
             .build()
-            .map_err(|e| RuntimeError(format!("ONNX Runtime at {}: {e}", path.display())))?;
+            .map_err(|e| RuntimeError::Environment {
+                path: path.clone(),
+                source: Arc::new(e),
+            })?;
         Ok(OrtRuntime {
             version: version_of(&path),
             path,
@@ -277,8 +362,11 @@ impl OrtRuntime {
         inputs: &[(&str, ArrayD<f32>)],
         ep: Option<Ep>,
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        fn e(m: &'static str) -> impl Fn(ort::Error) -> RuntimeError {
-            move |err| RuntimeError(format!("ONNX Runtime {m}: {err}"))
+        fn e(step: &'static str) -> impl Fn(ort::Error) -> RuntimeError {
+            move |err| RuntimeError::Ort {
+                step,
+                source: Arc::new(err),
+            }
         }
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -286,7 +374,10 @@ impl OrtRuntime {
         let mut builder = ort::session::Session::builder(&self.env)
             .map_err(e("session"))?
             .with_intra_threads(threads)
-            .map_err(|err| RuntimeError(format!("ONNX Runtime threads: {err}")))?;
+            .map_err(|err| RuntimeError::Option {
+                step: "threads",
+                message: err.to_string(),
+            })?;
         if let Some(ep) = ep {
             let dispatch = match ep {
                 Ep::Cuda => ort::ep::CUDA::default().build(),
@@ -294,13 +385,11 @@ impl OrtRuntime {
             };
             builder = builder
                 .with_execution_providers([dispatch.error_on_failure()])
-                .map_err(|err| {
-                    RuntimeError(format!(
-                        "ONNX Runtime {} at {} cannot register the {} execution provider: {err}",
-                        self.version,
-                        self.path.display(),
-                        ep.name()
-                    ))
+                .map_err(|err| RuntimeError::Provider {
+                    version: self.version.clone(),
+                    path: self.path.clone(),
+                    provider: ep.name(),
+                    message: err.to_string(),
                 })?;
         }
         let mut session = timing::phase("ONNX Runtime session", || match model {
@@ -322,8 +411,10 @@ impl OrtRuntime {
         for (name, v) in outputs.iter() {
             let a = match v.try_extract_array::<f32>() {
                 Ok(a) => a.to_owned(),
-                Err(err) => widen_labels(&v, name)
-                    .ok_or_else(|| RuntimeError(format!("ONNX Runtime output {name}: {err}")))??,
+                Err(err) => widen_labels(&v, name).ok_or_else(|| RuntimeError::Output {
+                    name: name.to_string(),
+                    source: Arc::new(err),
+                })??,
             };
             out.push((name.to_string(), a));
         }
@@ -340,9 +431,10 @@ fn widen_labels<V: ort::value::TensorValueTypeMarker>(
 ) -> Option<Result<ArrayD<f32>, RuntimeError>> {
     const EXACT: i64 = 1 << 24;
     let check = |a: ArrayD<i64>| match a.iter().find(|x| x.unsigned_abs() > EXACT as u64) {
-        Some(x) => Err(RuntimeError(format!(
-            "ONNX Runtime output {name}: label {x} is beyond what f32 holds exactly"
-        ))),
+        Some(&label) => Err(RuntimeError::Label {
+            name: name.to_string(),
+            label,
+        }),
         None => Ok(a.mapv(|x| x as f32)),
     };
     if let Ok(a) = v.try_extract_array::<u8>() {

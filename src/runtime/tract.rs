@@ -10,8 +10,11 @@ use super::RuntimeError;
 /// The version of tract built in.
 pub const VERSION: &str = "0.23";
 
-fn err(what: &str) -> impl Fn(TractError) -> RuntimeError + '_ {
-    move |e| RuntimeError(format!("tract {what}: {e:#}"))
+fn err(step: &'static str) -> impl Fn(TractError) -> RuntimeError {
+    move |e| RuntimeError::Tract {
+        step,
+        message: format!("{e:#}"),
+    }
 }
 
 /// Whether any value in the typed model is f16.
@@ -34,7 +37,7 @@ pub fn run(
     let mut model = match (bytes, path) {
         (Some(b), _) => onnx.model_for_read(&mut std::io::Cursor::new(b)),
         (None, Some(p)) => onnx.model_for_path(p),
-        _ => return Err(RuntimeError("tract: no model".into())),
+        _ => return Err(RuntimeError::TractNoModel),
     }
     .map_err(err("cannot load the model"))?;
     for (i, (_, a)) in inputs.iter().enumerate() {
@@ -60,7 +63,7 @@ pub fn run(
         // at the price of not reproducing f16 activation rounding (the report says so).
         typed = tract_onnx::tract_core::transform::get_transform("f16_to_f32")
             .map_err(err("f16 to f32"))?
-            .ok_or_else(|| RuntimeError("tract: no f16_to_f32 transform".into()))?
+            .ok_or(RuntimeError::NoF16Transform)?
             .transform_into(typed)
             .map_err(err("f16 to f32"))?;
     }
@@ -85,8 +88,7 @@ pub fn run(
             let v = t.to_plain_array_view::<f32>().map_err(err("output"))?;
             Ok((
                 n,
-                ArrayD::from_shape_vec(v.shape().to_vec(), v.iter().copied().collect())
-                    .map_err(|e| RuntimeError(e.to_string()))?,
+                ArrayD::from_shape_vec(v.shape().to_vec(), v.iter().copied().collect())?,
             ))
         })
         .collect()

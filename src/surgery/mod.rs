@@ -13,7 +13,6 @@ pub mod structure;
 pub mod ultralytics;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -89,22 +88,88 @@ pub enum SurgeryError {
     Ema(#[from] crate::ema::EmaError),
     /// The layout is known but its objects are not as its framework writes them, or it is a
     /// layout `strip` does not edit.
-    #[error("{path}: {message}")]
+    #[error("{}: {fault}", path.display())]
     Edit {
         /// The checkpoint.
         path: PathBuf,
         /// What is wrong.
-        message: String,
+        #[source]
+        fault: EditFault,
     },
 }
 
 impl SurgeryError {
-    fn new(ck: &Checkpoint, message: impl fmt::Display) -> SurgeryError {
+    fn new(ck: &Checkpoint, fault: EditFault) -> SurgeryError {
         SurgeryError::Edit {
             path: ck.path.clone(),
-            message: message.to_string(),
+            fault,
         }
     }
+}
+
+/// Why `strip` does not edit a checkpoint: one variant per refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum EditFault {
+    /// `--keep-structure` on an Ultralytics checkpoint.
+    #[error(
+        "an Ultralytics checkpoint is stripped as its release's strip_optimizer does; --keep-structure is for timm, mmengine and Lightning checkpoints"
+    )]
+    UltralyticsKeepsNoStructure,
+    /// A timm, mmengine or Lightning checkpoint without `--keep-structure`.
+    #[error(
+        "a {0} checkpoint is not an Ultralytics one; add --keep-structure to keep its container and put the EMA where {0} loads its weights from"
+    )]
+    NeedsKeepStructure(&'static str),
+    /// A layout `strip` does not edit.
+    #[error(
+        "strip knows Ultralytics/YOLOv5, timm, mmengine and Lightning checkpoints; this one has the `{0}` layout (use `fuse-ema fold` to write its EMA as a state dict)"
+    )]
+    UnknownLayout(&'static str),
+    /// `--dtype` with `--keep-structure`.
+    #[error(
+        "--dtype applies to Ultralytics checkpoints; --keep-structure keeps the tensors as they are"
+    )]
+    DtypeKeepsStructure,
+    /// An entry that should be a dict is not (its role).
+    #[error("{0} is not a dict")]
+    NotADict(&'static str),
+    /// An entry the layout's rule moves is absent.
+    #[error("no `{0}`")]
+    Missing(&'static str),
+    /// A timm checkpoint without its EMA entry.
+    #[error("timm checkpoint without state_dict_ema")]
+    NoTimmEma,
+    /// Neither `ema` nor `model` holds a module.
+    #[error("neither `ema` nor `model` holds a module")]
+    NoModule,
+    /// A distillation checkpoint, whose student fuse-ema does not unwrap.
+    #[error(
+        "a DistillationModel checkpoint (strip_optimizer keeps its student, which fuse-ema does not unwrap)"
+    )]
+    Distillation,
+    /// No `version` entry to choose the release's rules by.
+    #[error(
+        "no `version` entry: cannot tell which Ultralytics release's strip_optimizer to follow"
+    )]
+    NoVersion,
+    /// A `version` that is not a release number.
+    #[error("version {0:?} is not an Ultralytics release number")]
+    BadVersion(String),
+    /// A major release other than 8.
+    #[error("version {0}: fuse-ema knows the strip_optimizer of Ultralytics 8.0 to 8.4")]
+    UnknownRelease(String),
+    /// `model.args` that `dict()` cannot read.
+    #[error("model.args is neither a dict nor a namespace (dict() of it fails)")]
+    ArgsNotDict,
+    /// The built-in defaults table does not parse.
+    #[error("built-in defaults: {0}")]
+    DefaultsJson(#[source] serde_json::Error),
+    /// The built-in defaults table lacks a release.
+    #[error("no built-in defaults for Ultralytics 8.{0}")]
+    NoDefaults(u32),
+    /// The built-in defaults table is not the expected shape.
+    #[error("built-in defaults are malformed")]
+    MalformedDefaults,
 }
 
 /// Plans the edits for `ck`: finds its layout and applies the matching rules to its graph.
@@ -116,31 +181,18 @@ pub fn plan(ck: &mut Checkpoint, opts: &StripOptions) -> Result<Plan, SurgeryErr
             if opts.keep_structure {
                 return Err(SurgeryError::new(
                     ck,
-                    "an Ultralytics checkpoint is stripped as its release's strip_optimizer does; \
-                     --keep-structure is for timm, mmengine and Lightning checkpoints",
+                    EditFault::UltralyticsKeepsNoStructure,
                 ));
             }
-            ultralytics::plan(ck, opts).map_err(|m| SurgeryError::new(ck, m))
+            ultralytics::plan(ck, opts).map_err(|f| SurgeryError::new(ck, f))
         }
         "timm" | "mmengine" | "lightning-weight-averaging" => {
             if !opts.keep_structure {
-                return Err(SurgeryError::new(
-                    ck,
-                    format_args!(
-                        "a {layout} checkpoint is not an Ultralytics one; add --keep-structure to \
-                         keep its container and put the EMA where {layout} loads its weights from"
-                    ),
-                ));
+                return Err(SurgeryError::new(ck, EditFault::NeedsKeepStructure(layout)));
             }
-            structure::plan(ck, layout, opts).map_err(|m| SurgeryError::new(ck, m))
+            structure::plan(ck, layout, opts).map_err(|f| SurgeryError::new(ck, f))
         }
-        other => Err(SurgeryError::new(
-            ck,
-            format_args!(
-                "strip knows Ultralytics/YOLOv5, timm, mmengine and Lightning checkpoints; this \
-                 one has the `{other}` layout (use `fuse-ema fold` to write its EMA as a state dict)"
-            ),
-        )),
+        other => Err(SurgeryError::new(ck, EditFault::UnknownLayout(other))),
     }
 }
 
@@ -148,11 +200,11 @@ pub fn plan(ck: &mut Checkpoint, opts: &StripOptions) -> Result<Plan, SurgeryErr
 pub(crate) fn dict_entries(
     g: &Graph,
     v: &Value,
-    what: &str,
-) -> Result<Vec<(Value, Value)>, String> {
+    what: &'static str,
+) -> Result<Vec<(Value, Value)>, EditFault> {
     g.dict(v)
         .map(<[_]>::to_vec)
-        .ok_or_else(|| format!("{what} is not a dict"))
+        .ok_or(EditFault::NotADict(what))
 }
 
 /// The dict node holding an object's attributes (its BUILD state, or the first half of a

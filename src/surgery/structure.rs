@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use super::{Plan, StripOptions, StripReport, dict_entries, keys};
+use super::{EditFault, Plan, StripOptions, StripReport, dict_entries, keys};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::value::Node;
 
@@ -27,13 +27,9 @@ struct Rule {
 }
 
 /// Plans `--keep-structure` for a timm, mmengine or Lightning checkpoint.
-pub fn plan(ck: &mut Checkpoint, layout: &str, opts: &StripOptions) -> Result<Plan, String> {
+pub fn plan(ck: &mut Checkpoint, layout: &str, opts: &StripOptions) -> Result<Plan, EditFault> {
     if opts.dtype.is_some() {
-        return Err(
-            "--dtype applies to Ultralytics checkpoints; --keep-structure keeps the \
-                    tensors as they are"
-                .into(),
-        );
+        return Err(EditFault::DtypeKeepsStructure);
     }
     let g = &mut ck.graph;
     let mut entries = dict_entries(g, &ck.root, "the checkpoint")?;
@@ -46,7 +42,7 @@ pub fn plan(ck: &mut Checkpoint, layout: &str, opts: &StripOptions) -> Result<Pl
             let from = ["state_dict_ema", "model_ema"]
                 .into_iter()
                 .find(|k| entries.iter().any(|(e, _)| e.as_str() == Some(*k)))
-                .ok_or("timm checkpoint without state_dict_ema")?;
+                .ok_or(EditFault::NoTimmEma)?;
             Rule {
                 moved: Some(("state_dict", from)),
                 other_side: &["state_dict_ema", "model_ema"],
@@ -81,11 +77,11 @@ pub fn plan(ck: &mut Checkpoint, layout: &str, opts: &StripOptions) -> Result<Pl
             .iter()
             .find(|(k, _)| k.as_str() == Some(from))
             .map(|(_, v)| v.clone())
-            .ok_or_else(|| format!("no `{from}`"))?;
+            .ok_or(EditFault::Missing(from))?;
         let slot = entries
             .iter_mut()
             .find(|(k, _)| k.as_str() == Some(to))
-            .ok_or_else(|| format!("no `{to}`"))?;
+            .ok_or(EditFault::Missing(to))?;
         slot.1 = v;
         report.moved.push(format!("{to} ← {from}"));
     } else {

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Plan, StripOptions, StripReport, attrs_node, dict_entries, set_key};
+use super::{EditFault, Plan, StripOptions, StripReport, attrs_node, dict_entries, set_key};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::module;
 use crate::checkpoint::value::{Graph, Node, NodeId, Value};
@@ -63,7 +63,7 @@ impl Rules {
 }
 
 /// Plans the strip of an Ultralytics / YOLOv5 checkpoint.
-pub fn plan(ck: &mut Checkpoint, opts: &StripOptions) -> Result<Plan, String> {
+pub fn plan(ck: &mut Checkpoint, opts: &StripOptions) -> Result<Plan, EditFault> {
     let g = &mut ck.graph;
     let root = dict_entries(g, &ck.root, "the checkpoint")?;
     let get = |k: &str| {
@@ -94,15 +94,11 @@ pub fn plan(ck: &mut Checkpoint, opts: &StripOptions) -> Result<Plan, String> {
         report.moved.push("model ← ema".into());
     }
     if !module::is_module(g, &model) {
-        return Err("neither `ema` nor `model` holds a module".into());
+        return Err(EditFault::NoModule);
     }
     let class = module::class_name(g, &model).unwrap_or_default();
     if class.ends_with(".DistillationModel") {
-        return Err(
-            "a DistillationModel checkpoint (strip_optimizer keeps its student, \
-                    which fuse-ema does not unwrap)"
-                .into(),
-        );
+        return Err(EditFault::Distillation);
     }
     if matches!(rules, Rules::V82(_)) {
         if args_to_dict(g, &model)? {
@@ -165,7 +161,7 @@ fn rules_for(
     version: Option<&str>,
     ema: &Value,
     raw: &Value,
-) -> Result<(Rules, String, String), String> {
+) -> Result<(Rules, String, String), EditFault> {
     let Some(v) = version else {
         let class = module::class_name(g, ema)
             .or_else(|| module::class_name(g, raw))
@@ -177,22 +173,14 @@ fn rules_for(
                 "YOLOv5 utils/general.py strip_optimizer".into(),
             ));
         }
-        return Err(
-            "no `version` entry: cannot tell which Ultralytics release's \
-                    strip_optimizer to follow"
-                .into(),
-        );
+        return Err(EditFault::NoVersion);
     };
     let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
     let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
-        return Err(format!(
-            "version {v:?} is not an Ultralytics release number"
-        ));
+        return Err(EditFault::BadVersion(v.to_string()));
     };
     if major != 8 {
-        return Err(format!(
-            "version {v}: fuse-ema knows the strip_optimizer of Ultralytics 8.0 to 8.4"
-        ));
+        return Err(EditFault::UnknownRelease(v.to_string()));
     }
     let known = minor.min(4);
     let (_, table_release) = defaults_for(known)?;
@@ -209,16 +197,15 @@ fn rules_for(
 }
 
 /// The defaults table of a minor release and the release it was read from.
-fn defaults_for(minor: u32) -> Result<(Vec<(String, serde_json::Value)>, String), String> {
-    let all: serde_json::Value =
-        serde_json::from_str(DEFAULTS).map_err(|e| format!("built-in defaults: {e}"))?;
+fn defaults_for(minor: u32) -> Result<(Vec<(String, serde_json::Value)>, String), EditFault> {
+    let all: serde_json::Value = serde_json::from_str(DEFAULTS).map_err(EditFault::DefaultsJson)?;
     let entry = &all[format!("8.{minor}")];
     let release = entry["release"]
         .as_str()
-        .ok_or_else(|| format!("no built-in defaults for Ultralytics 8.{minor}"))?;
+        .ok_or(EditFault::NoDefaults(minor))?;
     let pairs = entry["defaults"]
         .as_array()
-        .ok_or("built-in defaults are malformed")?
+        .ok_or(EditFault::MalformedDefaults)?
         .iter()
         .filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.clone())))
         .collect();
@@ -243,7 +230,7 @@ fn train_args(
     given: Option<Value>,
     minor: u32,
     report: &mut StripReport,
-) -> Result<Value, String> {
+) -> Result<Value, EditFault> {
     let (defaults, _) = defaults_for(minor)?;
     let given = match given {
         None => Vec::new(),
@@ -338,7 +325,7 @@ fn now_iso(aware: bool) -> String {
 }
 
 /// `if hasattr(m, "args"): m.args = dict(m.args)`; whether it applied.
-fn args_to_dict(g: &mut Graph, m: &Value) -> Result<bool, String> {
+fn args_to_dict(g: &mut Graph, m: &Value) -> Result<bool, EditFault> {
     let Some(attrs) = attrs_node(g, m) else {
         return Ok(false);
     };
@@ -350,7 +337,7 @@ fn args_to_dict(g: &mut Graph, m: &Value) -> Result<bool, String> {
     } else if let Some(a) = g.attrs(&args) {
         a.to_vec()
     } else {
-        return Err("model.args is neither a dict nor a namespace (dict() of it fails)".into());
+        return Err(EditFault::ArgsNotDict);
     };
     let d = g.add(Node::Dict(entries));
     set_key(g, attrs, "args", d);
@@ -366,7 +353,7 @@ fn retype_module(
     to: DType,
     rules: Rules,
     convert: &mut HashMap<NodeId, DType>,
-) -> Result<usize, String> {
+) -> Result<usize, EditFault> {
     let mut seen = HashSet::new();
     let mut stack = vec![model.clone()];
     let mut count = 0;
@@ -382,7 +369,8 @@ fn retype_module(
         if let Some(params) = g.dict_get(&attrs, "_parameters").cloned() {
             for (_, p) in g.dict(&params).map(<[_]>::to_vec).unwrap_or_default() {
                 if let (Some(pid), Some(t)) = (p.node(), g.tensor(&p)) {
-                    if t.dtype.is_float() && t.dtype != to && convert.insert(pid, to).is_none() {
+                    if t.dtype().is_float() && t.dtype() != to && convert.insert(pid, to).is_none()
+                    {
                         count += 1;
                     }
                     g.set_requires_grad(&p, false);
@@ -453,7 +441,7 @@ fn retyped(
     convert: &mut HashMap<NodeId, DType>,
 ) -> Option<Value> {
     let t = g.tensor(v)?;
-    if !t.dtype.is_float() || t.dtype == to {
+    if !t.dtype().is_float() || t.dtype() == to {
         return None;
     }
     let copy = (*t).clone();

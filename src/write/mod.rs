@@ -13,7 +13,6 @@ pub mod safetensors;
 mod target;
 pub mod torch_zip;
 
-use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -23,31 +22,109 @@ use crate::tensor::{DType, Tensor};
 pub use target::{check_target, checkpoint_inputs, same_target};
 
 /// The writer layer's error: which output, and what went wrong.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {kind}", path.display())]
 pub struct WriteError {
     /// The output path.
     pub path: PathBuf,
     /// What went wrong.
-    pub message: String,
+    #[source]
+    pub kind: WriteErrorKind,
 }
 
 impl WriteError {
     /// An error about `path`.
-    pub fn new(path: &Path, message: impl Into<String>) -> WriteError {
+    pub fn new(path: &Path, kind: impl Into<WriteErrorKind>) -> WriteError {
         WriteError {
             path: path.to_path_buf(),
-            message: message.into(),
+            kind: kind.into(),
         }
     }
 }
 
-impl fmt::Display for WriteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.message)
-    }
+/// One way writing an output fails.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteErrorKind {
+    /// The output is, or would land on, one of the run's inputs.
+    #[error("refusing to overwrite the input {}", .0.display())]
+    IsInput(PathBuf),
+    /// The output is a symbolic link.
+    #[error(
+        "is a symbolic link; fuse-ema replaces only regular files (name the file it points to, or remove the link)"
+    )]
+    Symlink,
+    /// The output exists and is a folder, device, FIFO or socket.
+    #[error("exists and is not a regular file ({0}); refusing to replace it")]
+    NotRegular(&'static str),
+    /// The temporary file beside the output could not be made.
+    #[error("cannot create a file in {}: {source}", dir.display())]
+    Create {
+        /// The output's folder.
+        dir: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The temporary file was not registered for removal on a signal.
+    #[error("no temporary file was created")]
+    NoTemporary,
+    /// The replaced file's permissions could not be kept.
+    #[error("cannot set permissions: {0}")]
+    Permissions(#[source] std::io::Error),
+    /// The data could not be flushed to disk.
+    #[error("cannot sync: {0}")]
+    Sync(#[source] std::io::Error),
+    /// The temporary file could not be renamed onto the output.
+    #[error("cannot rename into place: {0}")]
+    Rename(#[source] std::io::Error),
+    /// Writing the bytes failed.
+    #[error("write failed: {0}")]
+    Write(#[from] std::io::Error),
+    /// The zip writer failed.
+    #[error("write failed: {0}")]
+    Zip(#[from] zip::result::ZipError),
+    /// A tensor whose dtype safetensors cannot hold.
+    #[error("tensor '{name}': safetensors has no {dtype} dtype")]
+    SafetensorsDtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: DType,
+    },
+    /// A tensor whose dtype has no torch storage class.
+    #[error("tensor '{name}': torch files cannot hold {dtype} here")]
+    TorchDtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: DType,
+    },
+    /// Tensor byte sizes or offsets overflow.
+    #[error("tensor sizes overflow")]
+    Overflow,
+    /// The safetensors crate refuses the layout.
+    #[error("invalid safetensors layout: {0}")]
+    Layout(#[source] ::safetensors::SafeTensorError),
+    /// The safetensors header would exceed the format's limit.
+    #[error(
+        "the safetensors header would be {size} bytes, over the format's limit of {max} (too many tensors or names too long for one file: use --max-shard-size)"
+    )]
+    HeaderTooLarge {
+        /// The header's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
-impl std::error::Error for WriteError {}
+/// The folder an output goes in (`.` for a bare file name): where its temporary and scratch
+/// files are made, on the output's file system.
+pub fn output_dir(output: &Path) -> PathBuf {
+    match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
 
 /// What dtype floating tensors are written in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,15 +151,15 @@ impl OutDType {
     /// The dtype a tensor is written in.
     pub fn of(self, t: &Tensor) -> DType {
         match self {
-            OutDType::To(d) if t.dtype.is_float() && t.dtype.size() >= 2 => d,
-            _ => t.dtype,
+            OutDType::To(d) if t.dtype().is_float() && t.dtype().size() >= 2 => d,
+            _ => t.dtype(),
         }
     }
 }
 
 /// Streams a tensor's bytes, converted to `dtype`, to `w`.
 pub fn write_tensor(w: &mut impl Write, t: &Tensor, dtype: DType) -> std::io::Result<()> {
-    if dtype == t.dtype {
+    if dtype == t.dtype() {
         return t
             .for_each_chunk(|c| w.write_all(c))
             .map_err(|e| changed(t, e));
@@ -90,7 +167,7 @@ pub fn write_tensor(w: &mut impl Write, t: &Tensor, dtype: DType) -> std::io::Re
     let mut buf = Vec::new();
     t.for_each_chunk(|c| {
         buf.clear();
-        convert_float(t.dtype, c, dtype, &mut buf);
+        convert_float(t.dtype(), c, dtype, &mut buf);
         w.write_all(&buf)
     })
     .map_err(|e| changed(t, e))
@@ -102,7 +179,7 @@ fn changed(t: &Tensor, e: std::io::Error) -> std::io::Error {
     if e.kind() != std::io::ErrorKind::UnexpectedEof {
         return e;
     }
-    match &t.storage {
+    match &t.storage() {
         crate::tensor::Buffer::Mapped { map, .. } => {
             match crate::signals::mapped_path(map.as_ptr()) {
                 Some(p) => std::io::Error::new(
@@ -119,10 +196,10 @@ fn changed(t: &Tensor, e: std::io::Error) -> std::io::Error {
 /// Appends a tensor to `file`: kernel-side copy when the bytes can go out unchanged, buffered
 /// streaming (with conversion) otherwise.
 pub fn append_tensor(file: &mut std::fs::File, t: &Tensor, dtype: DType) -> std::io::Result<()> {
-    if dtype == t.dtype
+    if dtype == t.dtype()
         && let Some(range) = t.contiguous_range()
     {
-        return t.storage.copy_to(range, file).map_err(|e| changed(t, e));
+        return t.storage().copy_to(range, file).map_err(|e| changed(t, e));
     }
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     write_tensor(&mut w, t, dtype)?;
@@ -172,19 +249,22 @@ impl AtomicFile {
                     .mode(0o666)
                     .open(path)
             })
-            .map_err(|e| {
+            .map_err(|source| {
                 WriteError::new(
                     target,
-                    format!("cannot create a file in {}: {e}", dir.display()),
+                    WriteErrorKind::Create {
+                        dir: dir.to_path_buf(),
+                        source,
+                    },
                 )
             })?;
         let Some(guard) = guard else {
-            return Err(WriteError::new(target, "no temporary file was created"));
+            return Err(WriteError::new(target, WriteErrorKind::NoTemporary));
         };
         if let Some(mode) = replaced_mode {
             tmp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(|e| WriteError::new(target, format!("cannot set permissions: {e}")))?;
+                .map_err(|e| WriteError::new(target, WriteErrorKind::Permissions(e)))?;
         }
         Ok(AtomicFile {
             tmp,
@@ -229,13 +309,12 @@ impl AtomicFile {
         } = self;
         tmp.as_file()
             .sync_all()
-            .map_err(|e| WriteError::new(&target, format!("cannot sync: {e}")))?;
+            .map_err(|e| WriteError::new(&target, WriteErrorKind::Sync(e)))?;
         // Checked again just before the rename: the target may have changed since the start.
         let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
         check_target(&target, &inputs)?;
-        tmp.persist(&target).map_err(|e| {
-            WriteError::new(&target, format!("cannot rename into place: {}", e.error))
-        })?;
+        tmp.persist(&target)
+            .map_err(|e| WriteError::new(&target, WriteErrorKind::Rename(e.error)))?;
         drop(_guard);
         Ok(())
     }

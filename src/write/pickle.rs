@@ -3,25 +3,6 @@
 
 use crate::tensor::DType;
 
-/// torch's storage class name for a dtype.
-pub fn storage_class(d: DType) -> Option<&'static str> {
-    Some(match d {
-        DType::F64 => "DoubleStorage",
-        DType::F32 => "FloatStorage",
-        DType::F16 => "HalfStorage",
-        DType::BF16 => "BFloat16Storage",
-        DType::I64 => "LongStorage",
-        DType::I32 => "IntStorage",
-        DType::I16 => "ShortStorage",
-        DType::I8 => "CharStorage",
-        DType::U8 => "ByteStorage",
-        DType::Bool => "BoolStorage",
-        DType::C64 => "ComplexFloatStorage",
-        DType::C128 => "ComplexDoubleStorage",
-        _ => return None,
-    })
-}
-
 /// One tensor entry: name, dtype, shape (storage key is its index).
 pub struct Entry<'a> {
     /// State dict key.
@@ -61,7 +42,7 @@ pub fn state_dict(entries: &[Entry]) -> Vec<u8> {
     let mut p = vec![0x80, 2];
     p.extend_from_slice(b"ccollections\nOrderedDict\n)R(");
     for (i, e) in entries.iter().enumerate() {
-        let class = storage_class(e.dtype).expect("caller checked the dtype");
+        let class = e.dtype.storage_class().expect("caller checked the dtype");
         let numel: usize = e.shape.iter().product();
         let mut strides = vec![1usize; e.shape.len()];
         for d in (0..e.shape.len().saturating_sub(1)).rev() {

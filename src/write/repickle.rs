@@ -17,7 +17,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::pickle::storage_class;
 use crate::checkpoint::value::{Global, Graph, Made, Node, NodeId, Value};
 use crate::tensor::{DType, Tensor, contiguous_strides};
 
@@ -60,7 +59,7 @@ pub fn repickle(
     graph: &Graph,
     root: &Value,
     convert: &HashMap<NodeId, DType>,
-) -> Result<Repickled, String> {
+) -> Result<Repickled, RepickleError> {
     let mut p = Pickler {
         g: graph,
         out: vec![0x80, 2],
@@ -92,7 +91,50 @@ struct Pickler<'g> {
     depth: usize,
 }
 
-type R = Result<(), String>;
+type R = Result<(), RepickleError>;
+
+/// Why an object graph cannot be written again as a pickle; the text names the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RepickleError {
+    /// A big integer whose text is not decimal (LONG needs decimal).
+    #[error("integer literal {0:?} is not decimal")]
+    NotDecimal(String),
+    /// Nesting beyond what the writer recurses into.
+    #[error("objects nested deeper than {0} levels")]
+    TooDeep(usize),
+    /// A tuple reachable from itself (a pickle builds tuples before it can memoise them).
+    #[error("a tuple that contains itself")]
+    SelfTuple,
+    /// An object whose maker is not a global.
+    #[error("an object made by a callable that is not a global cannot be written again")]
+    AnonymousMaker,
+    /// An object made with keyword arguments.
+    #[error("{0}: keyword arguments (NEWOBJ_EX) cannot be written at protocol 2")]
+    Keywords(String),
+    /// A numpy array (its bytes live in the pickle, not in a storage).
+    #[error("a numpy array cannot be written again as it was pickled")]
+    NumpyArray,
+    /// A dtype conversion between a non-floating type and another.
+    #[error("cannot convert a {from} tensor to {to}")]
+    Conversion {
+        /// The tensor's dtype.
+        from: DType,
+        /// The dtype asked for.
+        to: DType,
+    },
+    /// One storage read through views of two dtypes.
+    #[error("storage '{0}' is viewed with two dtypes")]
+    TwoDtypes(String),
+    /// A dtype torch has no storage class for.
+    #[error("torch files cannot hold {0} storages")]
+    NoStorageClass(DType),
+    /// A global whose module or name cannot be written as GLOBAL text.
+    #[error("global {0:?} cannot be written as GLOBAL")]
+    BadGlobal(String),
+    /// A size beyond a pickled int.
+    #[error("{0} does not fit a pickled int")]
+    TooBig(usize),
+}
 
 impl Pickler<'_> {
     fn value(&mut self, v: &Value) -> R {
@@ -108,7 +150,7 @@ impl Pickler<'_> {
                     .enumerate()
                     .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
                 {
-                    return Err(format!("integer literal {s:?} is not decimal"));
+                    return Err(RepickleError::NotDecimal(s.to_string()));
                 }
                 self.out.push(b'L');
                 self.out.extend_from_slice(s.as_bytes());
@@ -126,7 +168,7 @@ impl Pickler<'_> {
                 }
                 self.depth += 1;
                 if self.depth > MAX_DEPTH {
-                    return Err(format!("objects nested deeper than {MAX_DEPTH} levels"));
+                    return Err(RepickleError::TooDeep(MAX_DEPTH));
                 }
                 let r = self.node(*id);
                 self.depth -= 1;
@@ -141,7 +183,7 @@ impl Pickler<'_> {
         match g.node(id) {
             Node::Tuple(items) => {
                 if !self.busy.insert(id) {
-                    return Err("a tuple that contains itself".into());
+                    return Err(RepickleError::SelfTuple);
                 }
                 let size = g.made_by(id).filter(|c| c.is("torch", "Size"));
                 if let Some(c) = size {
@@ -203,14 +245,9 @@ impl Pickler<'_> {
                 self.put(id);
             }
             Node::Object(o) => {
-                let class = o.class.as_ref().ok_or(
-                    "an object made by a callable that is not a global cannot be written again",
-                )?;
+                let class = o.class.as_ref().ok_or(RepickleError::AnonymousMaker)?;
                 if !o.kwargs.is_empty() {
-                    return Err(format!(
-                        "{}: keyword arguments (NEWOBJ_EX) cannot be written at protocol 2",
-                        class.dotted()
-                    ));
+                    return Err(RepickleError::Keywords(class.dotted()));
                 }
                 match o.made {
                     Made::Reduce => self.global(class)?,
@@ -245,32 +282,35 @@ impl Pickler<'_> {
     }
 
     fn tensor(&mut self, id: NodeId, t: &Tensor) -> R {
-        if &*t.storage_key == "numpy" {
-            return Err("a numpy array cannot be written again as it was pickled".into());
+        if &**t.storage_key() == "numpy" {
+            return Err(RepickleError::NumpyArray);
         }
         let grad = self.g.requires_grad(id);
-        if t.is_parameter {
+        if t.is_parameter() {
             self.global(&Global::new("torch._utils", "_rebuild_parameter"))?;
             self.out.push(b'(');
         }
         self.global(&Global::new("torch._utils", "_rebuild_tensor_v2"))?;
         self.out.push(b'(');
-        let to = self.convert.get(&id).copied().filter(|&d| d != t.dtype);
+        let to = self.convert.get(&id).copied().filter(|&d| d != t.dtype());
         let (offset, strides) = match to {
-            Some(_) => (0, contiguous_strides(&t.shape)),
-            None => (t.offset, t.strides.clone()),
+            Some(_) => (0, contiguous_strides(t.shape())),
+            None => (t.offset(), t.strides().to_vec()),
         };
         let key = self.storage_for(t, to)?;
         self.persistent_id(key)?;
         self.usize(offset)?;
-        self.usize_tuple(&t.shape)?;
+        self.usize_tuple(t.shape())?;
         self.usize_tuple(&strides)?;
         // A parameter's data is detached; the parameter carries `requires_grad`.
-        self.out
-            .push(if grad && !t.is_parameter { 0x88 } else { 0x89 });
+        self.out.push(if grad && !t.is_parameter() {
+            0x88
+        } else {
+            0x89
+        });
         self.ordered_dict()?;
         self.out.extend_from_slice(b"tR");
-        if t.is_parameter {
+        if t.is_parameter() {
             self.out.push(if grad { 0x88 } else { 0x89 });
             self.ordered_dict()?;
             self.out.extend_from_slice(b"tR");
@@ -281,10 +321,13 @@ impl Pickler<'_> {
 
     /// The output storage for `t`: its input storage shared by key (all of it), or, when
     /// converted, a new storage holding just this view.
-    fn storage_for(&mut self, t: &Tensor, to: Option<DType>) -> Result<usize, String> {
+    fn storage_for(&mut self, t: &Tensor, to: Option<DType>) -> Result<usize, RepickleError> {
         if let Some(dtype) = to {
-            if !(t.dtype.is_float() && dtype.is_float()) {
-                return Err(format!("cannot convert a {} tensor to {dtype}", t.dtype));
+            if !(t.dtype().is_float() && dtype.is_float()) {
+                return Err(RepickleError::Conversion {
+                    from: t.dtype(),
+                    to: dtype,
+                });
             }
             self.storages.push(StorageOut {
                 view: t.clone(),
@@ -292,31 +335,20 @@ impl Pickler<'_> {
             });
             return Ok(self.storages.len() - 1);
         }
-        let size = t.dtype.size();
-        let whole = Tensor {
-            dtype: t.dtype,
-            shape: vec![t.storage.len() / size],
-            strides: vec![1],
-            offset: 0,
-            storage: t.storage.clone(),
-            storage_key: t.storage_key.clone(),
-            is_parameter: false,
-        };
+        let size = t.dtype().size();
+        let whole = t.whole_storage();
         // Keyed with the element size too: one storage seen through two dtypes would need one
         // untyped storage, which torch's pickled storage classes cannot say.
-        match self.by_key.get(&(t.storage_key.clone(), size)) {
-            Some(&k) if self.storages[k].dtype == t.dtype => Ok(k),
-            Some(_) => Err(format!(
-                "storage '{}' is viewed with two dtypes",
-                t.storage_key
-            )),
+        match self.by_key.get(&(t.storage_key().clone(), size)) {
+            Some(&k) if self.storages[k].dtype == t.dtype() => Ok(k),
+            Some(_) => Err(RepickleError::TwoDtypes(t.storage_key().to_string())),
             None => {
                 self.storages.push(StorageOut {
                     view: whole,
-                    dtype: t.dtype,
+                    dtype: t.dtype(),
                 });
                 let k = self.storages.len() - 1;
-                self.by_key.insert((t.storage_key.clone(), size), k);
+                self.by_key.insert((t.storage_key().clone(), size), k);
                 Ok(k)
             }
         }
@@ -325,12 +357,14 @@ impl Pickler<'_> {
     /// `('storage', torch.<Type>Storage, '<key>', 'cpu', numel)` BINPERSID.
     fn persistent_id(&mut self, key: usize) -> R {
         let s = &self.storages[key];
-        let class = storage_class(s.dtype)
-            .ok_or_else(|| format!("torch files cannot hold {} storages", s.dtype))?;
+        let class = s
+            .dtype
+            .storage_class()
+            .ok_or(RepickleError::NoStorageClass(s.dtype))?;
         let numel = s.view.numel();
         self.out.push(b'(');
         self.str("storage");
-        self.global(&Global::new("torch", class))?;
+        self.global(&Global::new("torch", &class))?;
         self.str(&key.to_string());
         self.str("cpu");
         self.usize(numel)?;
@@ -399,10 +433,7 @@ impl Pickler<'_> {
     fn global(&mut self, g: &Global) -> R {
         let bad = |s: &str| s.is_empty() || s.contains('\n');
         if bad(&g.module) || bad(&g.name) {
-            return Err(format!(
-                "global {:?} cannot be written as GLOBAL",
-                g.dotted()
-            ));
+            return Err(RepickleError::BadGlobal(g.dotted()));
         }
         self.out.push(b'c');
         self.out.extend_from_slice(g.module.as_bytes());
@@ -434,7 +465,7 @@ impl Pickler<'_> {
     }
 
     fn usize(&mut self, v: usize) -> R {
-        let i = i64::try_from(v).map_err(|_| format!("{v} does not fit a pickled int"))?;
+        let i = i64::try_from(v).map_err(|_| RepickleError::TooBig(v))?;
         self.int(i);
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{AtomicFile, OutDType, WriteError, append_tensor};
+use super::{AtomicFile, OutDType, WriteError, WriteErrorKind, append_tensor};
 use crate::ema::Named;
 use crate::progress::Progress;
 use safetensors::Dtype;
@@ -31,7 +31,10 @@ fn layout_order(
         let st = d.to_safetensors().ok_or_else(|| {
             WriteError::new(
                 target,
-                format!("tensor '{name}': safetensors has no {d} dtype"),
+                WriteErrorKind::SafetensorsDtype {
+                    name: name.clone(),
+                    dtype: d,
+                },
             )
         })?;
         order.push((i, st));
@@ -52,7 +55,7 @@ fn header(
     dtype: OutDType,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, WriteError> {
-    let overflow = || WriteError::new(target, "tensor sizes overflow");
+    let overflow = || WriteError::new(target, WriteErrorKind::Overflow);
     let mut infos = Vec::with_capacity(order.len());
     let mut offset = 0usize;
     for &(i, st) in order {
@@ -64,7 +67,7 @@ fn header(
         let end = offset.checked_add(len).ok_or_else(overflow)?;
         let info = TensorInfo {
             dtype: st,
-            shape: t.shape.clone(),
+            shape: t.shape().to_vec(),
             data_offsets: (offset, end),
         };
         infos.push((name.clone(), info));
@@ -84,16 +87,15 @@ fn header(
         h.push_str(&serde_json::to_string(info).expect("tensor info serialises"));
     }
     h.push('}');
-    Metadata::new(None, infos)
-        .map_err(|e| WriteError::new(target, format!("invalid safetensors layout: {e}")))?;
+    Metadata::new(None, infos).map_err(|e| WriteError::new(target, WriteErrorKind::Layout(e)))?;
     let padded = h.len().next_multiple_of(8);
     if padded > MAX_HEADER {
         return Err(WriteError::new(
             target,
-            format!(
-                "the safetensors header would be {padded} bytes, over the format's limit of \
-                 {MAX_HEADER} (too many tensors or names too long for one file: use --max-shard-size)"
-            ),
+            WriteErrorKind::HeaderTooLarge {
+                size: padded,
+                max: MAX_HEADER,
+            },
         ));
     }
     let mut out = Vec::with_capacity(8 + padded);
@@ -115,7 +117,7 @@ fn write_one(
     let order = layout_order(target, tensors, dtype)?;
     let head = header(target, tensors, &order, dtype, metadata)?;
     let mut file = AtomicFile::create(target, inputs)?;
-    let io = |e: std::io::Error| WriteError::new(target, format!("write failed: {e}"));
+    let io = |e: std::io::Error| WriteError::new(target, e);
     file.file().write_all(&head).map_err(io)?;
     for &(i, _) in &order {
         let t = &tensors[i].1;
@@ -201,7 +203,7 @@ pub fn write(
     let text = serde_json::to_string_pretty(&index).expect("index serialises") + "\n";
     idx.file()
         .write_all(text.as_bytes())
-        .map_err(|e| WriteError::new(&index_path, format!("write failed: {e}")))?;
+        .map_err(|e| WriteError::new(&index_path, e))?;
     let mut written = Vec::new();
     for f in files {
         written.push(f.target().to_path_buf());
@@ -271,8 +273,8 @@ mod tests {
         );
         for (name, t) in &tensors {
             let view = st.tensor(name).unwrap();
-            assert_eq!(view.dtype(), t.dtype.to_safetensors().unwrap(), "{name}");
-            assert_eq!(view.shape(), t.shape.as_slice(), "{name}");
+            assert_eq!(view.dtype(), t.dtype().to_safetensors().unwrap(), "{name}");
+            assert_eq!(view.shape(), t.shape(), "{name}");
             let mut want = Vec::new();
             t.for_each_chunk(|c| {
                 want.extend_from_slice(c);
@@ -282,7 +284,7 @@ mod tests {
             assert_eq!(view.data(), want.as_slice(), "{name}");
             let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
             assert_eq!(
-                start % t.dtype.size(),
+                start % t.dtype().size(),
                 0,
                 "{name} starts at {start}, misaligned"
             );
@@ -315,7 +317,7 @@ mod tests {
             &crate::progress::Silent,
         )
         .unwrap_err();
-        assert!(err.message.contains("over the format's limit"), "{err}");
+        assert!(err.to_string().contains("over the format's limit"), "{err}");
         assert!(!path.exists(), "no partial output");
     }
 }

@@ -8,7 +8,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::WriteError;
+use super::{WriteError, WriteErrorKind};
 use crate::checkpoint::Checkpoint;
 
 /// Every file a checkpoint was read from: the path given, the file opened (a sharded set's
@@ -27,24 +27,17 @@ pub fn check_target(target: &Path, inputs: &[&Path]) -> Result<(), WriteError> {
     let refuse_input = |input: &Path| {
         Err(WriteError::new(
             target,
-            format!("refusing to overwrite the input {}", input.display()),
+            WriteErrorKind::IsInput(input.to_path_buf()),
         ))
     };
     match std::fs::symlink_metadata(target) {
         Ok(m) if m.file_type().is_symlink() => {
-            return Err(WriteError::new(
-                target,
-                "is a symbolic link; fuse-ema replaces only regular files (name the file it \
-                 points to, or remove the link)",
-            ));
+            return Err(WriteError::new(target, WriteErrorKind::Symlink));
         }
         Ok(m) if !m.is_file() => {
             return Err(WriteError::new(
                 target,
-                format!(
-                    "exists and is not a regular file ({}); refusing to replace it",
-                    kind(&m)
-                ),
+                WriteErrorKind::NotRegular(kind(&m)),
             ));
         }
         Ok(m) => {
@@ -121,13 +114,16 @@ mod tests {
         let inputs = [input.as_path()];
         assert!(check_target(&dir.path().join("new.pt"), &inputs).is_ok());
         let e = check_target(&hard, &inputs).unwrap_err();
-        assert!(e.message.contains("refusing to overwrite the input"), "{e}");
+        assert!(
+            e.to_string().contains("refusing to overwrite the input"),
+            "{e}"
+        );
         let e = check_target(&link, &inputs).unwrap_err();
-        assert!(e.message.contains("symbolic link"), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
         let e = check_target(dir.path(), &inputs).unwrap_err();
-        assert!(e.message.contains("a folder"), "{e}");
+        assert!(e.to_string().contains("a folder"), "{e}");
         let e = check_target(Path::new("/dev/null"), &inputs).unwrap_err();
-        assert!(e.message.contains("a device"), "{e}");
+        assert!(e.to_string().contains("a device"), "{e}");
         // Through a symlinked folder.
         let alias = dir.path().join("alias");
         std::os::unix::fs::symlink(dir.path(), &alias).unwrap();

@@ -10,7 +10,7 @@ use zip::{CompressionMethod, DateTime, ZipWriter};
 
 use super::pickle::{self, Entry};
 use super::repickle::Repickled;
-use super::{AtomicFile, OutDType, WriteError, write_tensor};
+use super::{AtomicFile, OutDType, WriteError, WriteErrorKind, write_tensor};
 use crate::ema::Named;
 use crate::progress::Progress;
 use crate::tensor::{DType, Tensor};
@@ -27,16 +27,19 @@ pub fn write(
     let mut entries = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let d = dtype.of(t);
-        if pickle::storage_class(d).is_none() {
+        if d.storage_class().is_none() {
             return Err(WriteError::new(
                 target,
-                format!("tensor '{name}': torch files cannot hold {d} here"),
+                WriteErrorKind::TorchDtype {
+                    name: name.clone(),
+                    dtype: d,
+                },
             ));
         }
         entries.push(Entry {
             name,
             dtype: d,
-            shape: &t.shape,
+            shape: t.shape(),
         });
     }
     let pkl = pickle::state_dict(&entries);
@@ -68,7 +71,6 @@ fn write_archive(
     progress: &dyn Progress,
 ) -> Result<(), WriteError> {
     let mut file = AtomicFile::create(target, inputs)?;
-    let err = |e: &dyn std::fmt::Display| WriteError::new(target, format!("write failed: {e}"));
     {
         let w = BufWriter::with_capacity(1 << 20, file.file());
         let mut z = ZipWriter::new(w);
@@ -77,23 +79,26 @@ fn write_archive(
             .last_modified_time(DateTime::default())
             .with_alignment(64);
         z.start_file("archive/data.pkl", base)
-            .map_err(|e| err(&e))?;
-        z.write_all(pkl).map_err(|e| err(&e))?;
+            .map_err(|e| WriteError::new(target, e))?;
+        z.write_all(pkl).map_err(|e| WriteError::new(target, e))?;
         z.start_file("archive/byteorder", base)
-            .map_err(|e| err(&e))?;
-        z.write_all(b"little").map_err(|e| err(&e))?;
+            .map_err(|e| WriteError::new(target, e))?;
+        z.write_all(b"little")
+            .map_err(|e| WriteError::new(target, e))?;
         for (i, (t, d)) in parts.iter().enumerate() {
             let len = (t.numel() * d.size()) as u64;
             let opts = base.large_file(len >= u32::MAX as u64);
             z.start_file(format!("archive/data/{i}"), opts)
-                .map_err(|e| err(&e))?;
-            write_tensor(&mut z, t, *d).map_err(|e| err(&e))?;
+                .map_err(|e| WriteError::new(target, e))?;
+            write_tensor(&mut z, t, *d).map_err(|e| WriteError::new(target, e))?;
             progress.advance(t.nbytes() as u64);
         }
-        z.start_file("archive/version", base).map_err(|e| err(&e))?;
-        z.write_all(b"3\n").map_err(|e| err(&e))?;
-        let mut w = z.finish().map_err(|e| err(&e))?;
-        w.flush().map_err(|e| err(&e))?;
+        z.start_file("archive/version", base)
+            .map_err(|e| WriteError::new(target, e))?;
+        z.write_all(b"3\n")
+            .map_err(|e| WriteError::new(target, e))?;
+        let mut w = z.finish().map_err(|e| WriteError::new(target, e))?;
+        w.flush().map_err(|e| WriteError::new(target, e))?;
     }
     file.commit()?;
     progress.finish();

@@ -15,64 +15,60 @@ pub(super) struct Frames {
     end: Option<usize>,
 }
 
-fn ambiguous(m: String) -> String {
-    format!("ambiguous: {m} (CPython's C and Python unpicklers read it differently)")
+use super::error::{FrameConflict, PickleFault};
+
+fn ambiguous(c: FrameConflict) -> PickleFault {
+    PickleFault::FrameAmbiguous(c)
 }
 
 impl Frames {
     /// A read of `n` bytes at `pos`: inside the frame, or starting exactly at its end (which
     /// leaves the frame).
-    pub fn read(&mut self, pos: usize, n: usize) -> Result<(), String> {
+    pub fn read(&mut self, pos: usize, n: usize) -> Result<(), PickleFault> {
         if let Some(end) = self.end {
             if pos == end && n != 0 {
                 self.end = None;
             } else if pos.saturating_add(n) > end {
-                return Err(ambiguous(format!(
-                    "a {n}-byte read at offset {pos} crosses the end of the frame at offset {end}"
-                )));
+                return Err(ambiguous(FrameConflict::ReadCrossesEnd {
+                    len: n,
+                    pos,
+                    end,
+                }));
             }
         }
         Ok(())
     }
 
     /// A line read at `pos` whose newline is at `newline`: it must end inside the frame.
-    pub fn line(&mut self, pos: usize, newline: usize) -> Result<(), String> {
+    pub fn line(&mut self, pos: usize, newline: usize) -> Result<(), PickleFault> {
         if let Some(end) = self.end {
             if pos == end {
                 self.end = None;
             } else if newline >= end {
-                return Err(ambiguous(format!(
-                    "a line at offset {pos} runs past the end of the frame at offset {end}"
-                )));
+                return Err(ambiguous(FrameConflict::LineCrossesEnd { pos, end }));
             }
         }
         Ok(())
     }
 
     /// A FRAME whose length field ended at `pos` declares `len` bytes, `remaining` are left.
-    pub fn start(&mut self, pos: usize, len: usize, remaining: usize) -> Result<(), String> {
+    pub fn start(&mut self, pos: usize, len: usize, remaining: usize) -> Result<(), PickleFault> {
         if let Some(end) = self.end
             && pos != end
         {
-            return Err(ambiguous(format!(
-                "a FRAME at offset {pos} starts before the frame ending at offset {end} is used up"
-            )));
+            return Err(ambiguous(FrameConflict::FrameInFrame { pos, end }));
         }
         if len > remaining {
-            return Err(format!(
-                "truncated: a FRAME of {len} bytes with {remaining} bytes left"
-            ));
+            return Err(PickleFault::FrameTruncated { len, remaining });
         }
         self.end = Some(pos + len);
         Ok(())
     }
 
     /// STOP has been read and the pickle ends at `pos`: it must not end inside a frame.
-    pub fn stop(&self, pos: usize) -> Result<(), String> {
+    pub fn stop(&self, pos: usize) -> Result<(), PickleFault> {
         match self.end {
-            Some(end) if pos != end => Err(ambiguous(format!(
-                "the pickle stops at offset {pos}, inside a frame that ends at offset {end}"
-            ))),
+            Some(end) if pos != end => Err(ambiguous(FrameConflict::StopInFrame { pos, end })),
             _ => Ok(()),
         }
     }

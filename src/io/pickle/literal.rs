@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use crate::checkpoint::value::Value;
 
-type R<T> = Result<T, String>;
+use super::error::PickleFault;
+
+type R<T> = Result<T, PickleFault>;
 
 /// Largest LONG4 integer read, in bytes (about 9,900 decimal digits).
 pub(super) const MAX_LONG_BYTES: usize = 4096;
@@ -18,9 +20,10 @@ pub(super) fn bytes_to_str(b: &[u8]) -> Arc<str> {
 }
 
 pub(super) fn parse_index(line: &str) -> R<u32> {
-    line.trim()
-        .parse()
-        .map_err(|_| format!("bad memo index {line:?}"))
+    line.trim().parse().map_err(|_| PickleFault::BadLiteral {
+        what: "memo index",
+        text: line.to_string(),
+    })
 }
 
 pub(super) fn parse_decimal(s: &str) -> R<Value> {
@@ -29,7 +32,10 @@ pub(super) fn parse_decimal(s: &str) -> R<Value> {
     }
     let digits = s.strip_prefix('-').unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("bad integer literal {s:?}"));
+        return Err(PickleFault::BadLiteral {
+            what: "integer literal",
+            text: s.to_string(),
+        });
     }
     Ok(Value::BigInt(s.into()))
 }
@@ -102,7 +108,7 @@ pub(super) fn long_from_le(b: &[u8]) -> Value {
 pub(super) fn unquote_py_string(s: &str) -> R<Vec<u8>> {
     let b = s.as_bytes();
     if b.len() < 2 || b[0] != b[b.len() - 1] || !(b[0] == b'\'' || b[0] == b'"') {
-        return Err(format!("STRING argument is not quoted: {s:?}"));
+        return Err(PickleFault::Unquoted(s.to_string()));
     }
     let inner = &b[1..b.len() - 1];
     let mut out = Vec::with_capacity(inner.len());
@@ -114,7 +120,9 @@ pub(super) fn unquote_py_string(s: &str) -> R<Vec<u8>> {
             out.push(c);
             continue;
         }
-        let e = *inner.get(i).ok_or("dangling backslash in STRING")?;
+        let e = *inner
+            .get(i)
+            .ok_or(PickleFault::BadEscape("dangling backslash in STRING"))?;
         i += 1;
         match e {
             b'n' => out.push(b'\n'),
@@ -134,9 +142,12 @@ pub(super) fn unquote_py_string(s: &str) -> R<Vec<u8>> {
                 out.push(v as u8);
             }
             b'x' => {
-                let h = inner.get(i..i + 2).ok_or("short \\x escape in STRING")?;
-                let h = std::str::from_utf8(h).map_err(|_| "bad \\x escape")?;
-                out.push(u8::from_str_radix(h, 16).map_err(|_| "bad \\x escape")?);
+                let h = inner
+                    .get(i..i + 2)
+                    .ok_or(PickleFault::BadEscape("short \\x escape in STRING"))?;
+                let bad = || PickleFault::BadEscape("bad \\x escape");
+                let h = std::str::from_utf8(h).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(h, 16).map_err(|_| bad())?);
                 i += 2;
             }
             b'a' => out.push(7),
@@ -159,10 +170,11 @@ pub(super) fn raw_unicode_unescape(s: &str) -> R<String> {
             let n = if chars[i + 1] == 'u' { 4 } else { 8 };
             let hex: String = chars
                 .get(i + 2..i + 2 + n)
-                .ok_or("short unicode escape")?
+                .ok_or(PickleFault::BadEscape("short unicode escape"))?
                 .iter()
                 .collect();
-            let cp = u32::from_str_radix(&hex, 16).map_err(|_| "bad unicode escape")?;
+            let cp = u32::from_str_radix(&hex, 16)
+                .map_err(|_| PickleFault::BadEscape("bad unicode escape"))?;
             out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
             i += 2 + n;
         } else {

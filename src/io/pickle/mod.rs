@@ -6,6 +6,7 @@
 //! reconstructors (tensors, `OrderedDict`, `torch.Size`, sets, `_codecs.encode`, numpy scalars) is
 //! interpreted as data; no other global is looked up, imported or called.
 
+mod error;
 mod frame;
 mod literal;
 mod ops;
@@ -14,10 +15,9 @@ mod record;
 mod stack;
 mod vm;
 
-use std::fmt;
-
 use crate::checkpoint::value::{Graph, Value};
 
+pub use error::{FrameConflict, PickleError, PickleFault};
 pub use vm::unpickle;
 
 /// Hard limits that bound the work and memory a hostile pickle can demand.
@@ -59,23 +59,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// Why a pickle could not be decoded; `offset` is the byte position of the failing opcode.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PickleError {
-    /// Byte offset of the opcode that failed.
-    pub offset: usize,
-    /// What went wrong.
-    pub message: String,
-}
-
-impl fmt::Display for PickleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pickle offset {}: {}", self.offset, self.message)
-    }
-}
-
-impl std::error::Error for PickleError {}
 
 /// Resolves a persistent id (torch's storage references) to a value; the only way a pickle reaches
 /// data outside itself.

@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
+use super::error::PickleFault;
 use crate::checkpoint::value::{Global, Graph, Made, Node, Object, Value};
 use crate::tensor::{DType, Tensor};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, PickleFault>;
 
 /// Handles REDUCE / NEWOBJ of a global with these arguments.
 pub fn construct(
@@ -26,7 +27,9 @@ pub fn construct(
         }
         ("torch._utils", "_rebuild_parameter")
         | ("torch._utils", "_rebuild_parameter_with_state") => {
-            let data = args.first().ok_or("_rebuild_parameter without data")?;
+            let data = args.first().ok_or(PickleFault::ReconstructorArgs(
+                "_rebuild_parameter without data",
+            ))?;
             let p = mark_parameter(graph, data)?;
             graph.set_requires_grad(&p, args.get(1) == Some(&Value::Bool(true)));
             Ok(p)
@@ -74,7 +77,7 @@ pub fn construct(
             let s = args
                 .first()
                 .and_then(Value::as_str)
-                .ok_or("encode without text")?;
+                .ok_or(PickleFault::ReconstructorArgs("encode without text"))?;
             let bytes: Arc<[u8]> = s.chars().map(|c| c as u32 as u8).collect::<Vec<_>>().into();
             Ok(graph.add(Node::Bytes(bytes)))
         }
@@ -118,7 +121,7 @@ pub fn copied_values(node: &Node) -> usize {
         Node::Tuple(v) | Node::List(v) | Node::Set(v) | Node::FrozenSet(v) => v.len(),
         Node::Dict(e) => 2 * e.len(),
         Node::Object(o) => o.args.len() + 2 * o.kwargs.len() + o.items.len() + 2 * o.entries.len(),
-        Node::Tensor(t) | Node::Storage(t) => t.shape.len() + t.strides.len(),
+        Node::Tensor(t) | Node::Storage(t) => t.shape().len() + t.strides().len(),
         Node::Bytes(b) => b.len().div_ceil(std::mem::size_of::<Value>()),
         Node::Global(_) => 0,
     }
@@ -134,10 +137,16 @@ const MAX_REBUILD_NESTING: usize = 8;
 fn rebuild_from_type(graph: &mut Graph, mut args: Vec<Value>) -> R<Value> {
     let mut is_param = false;
     for _ in 0..=MAX_REBUILD_NESTING {
-        let func = args.first().ok_or("_rebuild_from_type_v2 without func")?;
+        let func = args.first().ok_or(PickleFault::ReconstructorArgs(
+            "_rebuild_from_type_v2 without func",
+        ))?;
         let func = match graph.get(func) {
             Some(Node::Global(f)) => f.clone(),
-            _ => return Err("_rebuild_from_type_v2 with a func that is not a global".into()),
+            _ => {
+                return Err(PickleFault::ReconstructorArgs(
+                    "_rebuild_from_type_v2 with a func that is not a global",
+                ));
+            }
         };
         is_param |= matches!(
             args.get(1).and_then(|v| graph.get(v)),
@@ -146,7 +155,9 @@ fn rebuild_from_type(graph: &mut Graph, mut args: Vec<Value>) -> R<Value> {
         let inner = args
             .get(2)
             .and_then(|a| graph.seq(a))
-            .ok_or("_rebuild_from_type_v2 without args")?
+            .ok_or(PickleFault::ReconstructorArgs(
+                "_rebuild_from_type_v2 without args",
+            ))?
             .to_vec();
         if func.is("torch._tensor", "_rebuild_from_type_v2") {
             args = inner;
@@ -159,9 +170,7 @@ fn rebuild_from_type(graph: &mut Graph, mut args: Vec<Value>) -> R<Value> {
             Ok(t)
         };
     }
-    Err(format!(
-        "_rebuild_from_type_v2 nested in itself more than {MAX_REBUILD_NESTING} times"
-    ))
+    Err(PickleFault::RebuildNesting(MAX_REBUILD_NESTING))
 }
 
 /// BUILD targets whose state carries the data itself (numpy arrays); `None` for the rest.
@@ -217,24 +226,21 @@ fn first_seq(graph: &Graph, args: &[Value]) -> Vec<Value> {
 fn mark_parameter(graph: &mut Graph, data: &Value) -> R<Value> {
     let t = graph
         .tensor(data)
-        .ok_or("parameter data is not a tensor")?
+        .ok_or(PickleFault::ReconstructorArgs(
+            "parameter data is not a tensor",
+        ))?
         .clone();
-    Ok(graph.add(Node::Tensor(Box::new(Tensor {
-        is_parameter: true,
-        ..t
-    }))))
+    Ok(graph.add(Node::Tensor(Box::new(t.with_parameter(true)))))
 }
 
-fn usize_list(graph: &Graph, v: &Value, what: &str) -> R<Vec<usize>> {
-    let items = graph
-        .seq(v)
-        .ok_or_else(|| format!("tensor {what} is not a tuple"))?;
+fn usize_list(graph: &Graph, v: &Value, what: &'static str) -> R<Vec<usize>> {
+    let items = graph.seq(v).ok_or(PickleFault::ShapeNotTuple(what))?;
     items
         .iter()
         .map(|x| {
             x.as_int()
                 .and_then(|i| usize::try_from(i).ok())
-                .ok_or_else(|| format!("tensor {what} has a negative or non-integer entry"))
+                .ok_or(PickleFault::ShapeEntry(what))
         })
         .collect()
 }
@@ -242,31 +248,40 @@ fn usize_list(graph: &Graph, v: &Value, what: &str) -> R<Vec<usize>> {
 /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
 fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
     if args.len() < 4 {
-        return Err(format!("_rebuild_tensor with {} arguments", args.len()));
+        return Err(PickleFault::RebuildArgCount(args.len()));
     }
     let storage = match graph.get(&args[0]) {
         Some(Node::Storage(s)) => s.clone(),
-        _ => return Err("_rebuild_tensor on something that is not a storage".into()),
+        _ => {
+            return Err(PickleFault::ReconstructorArgs(
+                "_rebuild_tensor on something that is not a storage",
+            ));
+        }
     };
     let offset = args[1]
         .as_int()
         .and_then(|i| usize::try_from(i).ok())
-        .ok_or("tensor storage offset is negative or not an integer")?;
+        .ok_or(PickleFault::ReconstructorArgs(
+            "tensor storage offset is negative or not an integer",
+        ))?;
     let shape = usize_list(graph, &args[2], "size")?;
     let strides = usize_list(graph, &args[3], "stride")?;
     let requires_grad = args.get(4) == Some(&Value::Bool(true));
-    let t = Tensor {
-        dtype: storage.dtype,
+    let t = Tensor::pending(
+        storage.dtype(),
         shape,
         strides,
         offset,
-        storage: storage.storage,
-        storage_key: storage.storage_key,
-        is_parameter: false,
-    };
+        storage.storage().clone(),
+        storage.storage_key().clone(),
+    );
+    // In files that list the storages after the pickle, the view is checked when its storage's
+    // bytes are attached (`Tensor::attach_storage`).
     if !graph.defer_view_checks {
-        t.check_view()
-            .map_err(|e| format!("tensor on storage '{}': {}", t.storage_key, e.0))?;
+        t.check_view().map_err(|source| PickleFault::View {
+            storage: t.storage_key().to_string(),
+            source,
+        })?;
     }
     let v = graph.add(Node::Tensor(Box::new(t)));
     graph.set_requires_grad(&v, requires_grad);
@@ -283,21 +298,7 @@ fn numpy_dtype(graph: &Graph, v: &Value) -> Option<DType> {
     {
         return None;
     }
-    Some(match code {
-        "f8" => DType::F64,
-        "f4" => DType::F32,
-        "f2" => DType::F16,
-        "i8" => DType::I64,
-        "i4" => DType::I32,
-        "i2" => DType::I16,
-        "i1" => DType::I8,
-        "u8" => DType::U64,
-        "u4" => DType::U32,
-        "u2" => DType::U16,
-        "u1" => DType::U8,
-        "b1" => DType::Bool,
-        _ => return None,
-    })
+    DType::from_numpy_code(code)
 }
 
 /// `numpy.core.multiarray.scalar(dtype, bytes)` as a plain number.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::error::PickleFault;
 use super::record;
 use super::vm::{R, Vm};
 use crate::checkpoint::value::{Global, Node, Value};
@@ -45,19 +46,15 @@ impl<'a> Vm<'a> {
     }
 
     pub(super) fn pop(&mut self) -> R<Value> {
-        self.stack
-            .pop()
-            .ok_or_else(|| "stack underflow".to_string())
+        self.stack.pop().ok_or(PickleFault::StackUnderflow)
     }
 
     pub(super) fn top(&self) -> R<&Value> {
-        self.stack
-            .last()
-            .ok_or_else(|| "stack underflow".to_string())
+        self.stack.last().ok_or(PickleFault::StackUnderflow)
     }
 
     pub(super) fn pop_mark(&mut self) -> R<Vec<Value>> {
-        let outer = self.marks.pop().ok_or("no MARK on the stack")?;
+        let outer = self.marks.pop().ok_or(PickleFault::NoMark)?;
         Ok(std::mem::replace(&mut self.stack, outer))
     }
 
@@ -66,7 +63,7 @@ impl<'a> Vm<'a> {
             .memo
             .get(&i)
             .cloned()
-            .ok_or_else(|| format!("memo key {i} was never stored"))?;
+            .ok_or(PickleFault::MemoMissing(i))?;
         self.push(v);
         Ok(())
     }
@@ -74,7 +71,7 @@ impl<'a> Vm<'a> {
     pub(super) fn put(&mut self, i: u32) -> R<()> {
         let v = self.top()?.clone();
         if self.memo.len() >= self.limits.max_nodes {
-            return Err("memo too large".into());
+            return Err(PickleFault::MemoTooLarge);
         }
         self.memo.insert(i, v);
         Ok(())
@@ -84,9 +81,10 @@ impl<'a> Vm<'a> {
         self.frames.read(self.pos, n)?;
         let remaining = self.data.len() - self.pos;
         if n > remaining {
-            return Err(format!(
-                "truncated: needs {n} bytes, {remaining} remain in the pickle"
-            ));
+            return Err(PickleFault::Truncated {
+                needs: n,
+                remain: remaining,
+            });
         }
         let data: &'a [u8] = self.data;
         let s = &data[self.pos..self.pos + n];
@@ -103,7 +101,7 @@ impl<'a> Vm<'a> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
-        usize::try_from(u64::from_le_bytes(a)).map_err(|_| "length overflows".to_string())
+        usize::try_from(u64::from_le_bytes(a)).map_err(|_| PickleFault::LengthOverflow)
     }
 
     pub(super) fn line_bytes(&mut self) -> R<&'a [u8]> {
@@ -112,7 +110,7 @@ impl<'a> Vm<'a> {
         let end = rest
             .iter()
             .position(|&b| b == b'\n')
-            .ok_or("truncated: line without newline")?;
+            .ok_or(PickleFault::NoNewline)?;
         self.frames.line(self.pos, self.pos + end)?;
         self.pos += end + 1;
         Ok(&rest[..end])

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::error::PickleFault;
 use super::frame::Frames;
 use super::literal::*;
 use super::ops::*;
@@ -54,7 +55,7 @@ pub(super) struct Vm<'a> {
     pub(super) limits: &'a Limits,
 }
 
-pub(super) type R<T> = Result<T, String>;
+pub(super) type R<T> = Result<T, PickleFault>;
 
 impl<'a> Vm<'a> {
     fn run(&mut self) -> Result<(Value, usize), PickleError> {
@@ -63,11 +64,11 @@ impl<'a> Vm<'a> {
             self.op_start = self.pos;
             ops += 1;
             if ops > self.limits.max_ops {
-                return Err(self.err(format!("more than {} opcodes", self.limits.max_ops)));
+                return Err(self.err(PickleFault::TooManyOps(self.limits.max_ops)));
             }
             let op = match self.data.get(self.pos) {
                 Some(&b) => b,
-                None => return Err(self.err("truncated: no STOP opcode".into())),
+                None => return Err(self.err(PickleFault::NoStop)),
             };
             self.frames.read(self.pos, 1).map_err(|m| self.err(m))?;
             self.pos += 1;
@@ -80,13 +81,10 @@ impl<'a> Vm<'a> {
                 return Err(self.err(m));
             }
             if self.graph.len() > self.limits.max_nodes {
-                return Err(self.err(format!("more than {} objects", self.limits.max_nodes)));
+                return Err(self.err(PickleFault::TooManyObjects(self.limits.max_nodes)));
             }
             if self.values > self.limits.max_values {
-                return Err(self.err(format!(
-                    "more than {} values pushed",
-                    self.limits.max_values
-                )));
+                return Err(self.err(PickleFault::TooManyValues(self.limits.max_values)));
             }
             // Nodes carry ~48 bytes of heap on average beyond their own size (boxed objects,
             // container buffers); values are counted as they are pushed; a memo entry takes
@@ -99,18 +97,16 @@ impl<'a> Vm<'a> {
                 + self.graph.side_bytes()
                 + self.memo.len() * 72;
             if approx > self.limits.max_bytes {
-                return Err(self.err(format!(
-                    "the decoded objects would take more than {} MiB, more than a file of this size can hold",
-                    self.limits.max_bytes >> 20
-                )));
+                return Err(self.err(PickleFault::TooLarge(self.limits.max_bytes >> 20)));
             }
         }
     }
 
-    fn err(&self, message: String) -> PickleError {
+    fn err(&self, fault: PickleFault) -> PickleError {
         PickleError {
             offset: self.op_start,
-            message,
+            fault,
+            named: Vec::new(),
         }
     }
 
@@ -119,7 +115,7 @@ impl<'a> Vm<'a> {
             PROTO => {
                 let p = self.take(1)?[0];
                 if p > 5 {
-                    return Err(format!("unsupported pickle protocol {p}"));
+                    return Err(PickleFault::Protocol(p));
                 }
                 self.proto = p;
             }
@@ -130,7 +126,7 @@ impl<'a> Vm<'a> {
             }
             MARK => {
                 if self.marks.len() >= self.limits.max_depth {
-                    return Err(format!("nesting deeper than {}", self.limits.max_depth));
+                    return Err(PickleFault::TooDeep(self.limits.max_depth));
                 }
                 self.marks.push(std::mem::take(&mut self.stack));
             }
@@ -175,9 +171,10 @@ impl<'a> Vm<'a> {
                 let n = self.len4()?;
                 // No checkpoint stores integers of thousands of digits.
                 if n > MAX_LONG_BYTES {
-                    return Err(format!(
-                        "LONG4 of {n} bytes (at most {MAX_LONG_BYTES} are read)"
-                    ));
+                    return Err(PickleFault::LongTooLong {
+                        len: n,
+                        max: MAX_LONG_BYTES,
+                    });
                 }
                 let b = self.take(n)?;
                 let v = long_from_le(b);
@@ -186,7 +183,10 @@ impl<'a> Vm<'a> {
             INT => {
                 let line = self.line()?;
                 if line.len() > 2 * MAX_LONG_BYTES + 2 {
-                    return Err(format!("INT literal of {} characters", line.len()));
+                    return Err(PickleFault::LiteralTooLong {
+                        opcode: "INT",
+                        len: line.len(),
+                    });
                 }
                 let v = match line.trim() {
                     "00" => Value::Bool(false),
@@ -198,7 +198,10 @@ impl<'a> Vm<'a> {
             LONG => {
                 let line = self.line()?;
                 if line.len() > 2 * MAX_LONG_BYTES + 2 {
-                    return Err(format!("LONG literal of {} characters", line.len()));
+                    return Err(PickleFault::LiteralTooLong {
+                        opcode: "LONG",
+                        len: line.len(),
+                    });
                 }
                 let s = line.trim();
                 let s = s.strip_suffix('L').unwrap_or(s);
@@ -207,10 +210,10 @@ impl<'a> Vm<'a> {
             }
             FLOAT => {
                 let line = self.line()?;
-                let f: f64 = line
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("bad FLOAT literal {line:?}"))?;
+                let f: f64 = line.trim().parse().map_err(|_| PickleFault::BadLiteral {
+                    what: "FLOAT literal",
+                    text: line.clone(),
+                })?;
                 self.push(Value::Float(f));
             }
             BINFLOAT => {
@@ -265,13 +268,13 @@ impl<'a> Vm<'a> {
                 self.push_bytes(n)?;
             }
             NEXT_BUFFER | READONLY_BUFFER => {
-                return Err("out-of-band buffers (protocol 5) are not supported".into());
+                return Err(PickleFault::OutOfBand);
             }
             EMPTY_TUPLE => self.push_node(Node::Tuple(Vec::new())),
             TUPLE1 | TUPLE2 | TUPLE3 => {
                 let n = (op - TUPLE1 + 1) as usize;
                 if self.stack.len() < n {
-                    return Err("stack underflow".into());
+                    return Err(PickleFault::StackUnderflow);
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
                 self.push_node(Node::Tuple(items));
@@ -309,7 +312,7 @@ impl<'a> Vm<'a> {
                 let target = self.top()?.clone();
                 match target.node().map(|id| self.graph.node_mut(id)) {
                     Some(Node::Set(s)) => s.extend(items),
-                    _ => return Err("ADDITEMS to something that is not a set".into()),
+                    _ => return Err(PickleFault::AddItemsNotSet),
                 }
             }
             SETITEM => {
@@ -349,7 +352,7 @@ impl<'a> Vm<'a> {
                 self.put(i)?;
             }
             MEMOIZE => {
-                let i = u32::try_from(self.memo.len()).map_err(|_| "memo too large")?;
+                let i = u32::try_from(self.memo.len()).map_err(|_| PickleFault::MemoTooLarge)?;
                 self.put(i)?;
             }
             GLOBAL => {
@@ -364,7 +367,7 @@ impl<'a> Vm<'a> {
                     (Value::Str(m), Value::Str(n)) => {
                         self.push_global(m.to_string(), n.to_string())
                     }
-                    _ => return Err("STACK_GLOBAL needs two strings".into()),
+                    _ => return Err(PickleFault::StackGlobalNotStrings),
                 }
             }
             EXT1 | EXT2 | EXT4 => {
@@ -423,7 +426,7 @@ impl<'a> Vm<'a> {
             OBJ => {
                 let mut items = self.pop_mark()?;
                 if items.is_empty() {
-                    return Err("OBJ without a class".into());
+                    return Err(PickleFault::ObjWithoutClass);
                 }
                 let cls = items.remove(0);
                 let v = self.construct(cls, items, Vec::new(), Call::Inst)?;
@@ -437,17 +440,23 @@ impl<'a> Vm<'a> {
             PERSID => {
                 let line = self.line()?;
                 let pid = Value::Str(line.into());
-                let v = self.loader.load(self.graph, &pid)?;
+                let v = self
+                    .loader
+                    .load(self.graph, &pid)
+                    .map_err(PickleFault::PersistentId)?;
                 self.push(v);
             }
             BINPERSID => {
                 let pid = self.pop()?;
                 // Loaders copy the id's fields.
                 self.values += self.graph.seq(&pid).map_or(0, <[Value]>::len);
-                let v = self.loader.load(self.graph, &pid)?;
+                let v = self
+                    .loader
+                    .load(self.graph, &pid)
+                    .map_err(PickleFault::PersistentId)?;
                 self.push(v);
             }
-            other => return Err(format!("unknown opcode 0x{other:02x}")),
+            other => return Err(PickleFault::UnknownOpcode(other)),
         }
         Ok(())
     }
@@ -455,7 +464,7 @@ impl<'a> Vm<'a> {
     fn tuple_items(&self, v: &Value) -> R<Vec<Value>> {
         match self.graph.get(v) {
             Some(Node::Tuple(items)) | Some(Node::List(items)) => Ok(items.clone()),
-            _ => Err("arguments are not a tuple".into()),
+            _ => Err(PickleFault::ArgsNotTuple),
         }
     }
 
@@ -504,7 +513,7 @@ impl<'a> Vm<'a> {
             Some(Node::Set(s)) => s.extend(items),
             other => {
                 let kind = other.map(|n| n.kind()).unwrap_or("scalar");
-                return Err(format!("APPEND to a {kind}"));
+                return Err(PickleFault::AppendTo(kind));
             }
         }
         Ok(())
@@ -519,7 +528,7 @@ impl<'a> Vm<'a> {
             Some(Node::Object(o)) => o.entries.extend(entries),
             other => {
                 let kind = other.map(|n| n.kind()).unwrap_or("scalar");
-                return Err(format!("SETITEM on a {kind}"));
+                return Err(PickleFault::SetItemOn(kind));
             }
         }
         Ok(())
@@ -527,7 +536,7 @@ impl<'a> Vm<'a> {
 
     fn build(&mut self, target: &Value, state: Value) -> R<()> {
         let Some(id) = target.node() else {
-            return Err("BUILD on a scalar".into());
+            return Err(PickleFault::BuildOn("scalar"));
         };
         if record::build(self.graph, target) {
             // Setting attributes of a global is recorded for the judge; the graph keeps it as is.
@@ -545,7 +554,7 @@ impl<'a> Vm<'a> {
             }
             // A parameter's extra state: nothing in it affects the data.
             Node::Tensor(_) => {}
-            other => return Err(format!("BUILD on a {}", other.kind())),
+            other => return Err(PickleFault::BuildOn(other.kind())),
         }
         Ok(())
     }
@@ -553,7 +562,7 @@ impl<'a> Vm<'a> {
 
 fn pairs(items: Vec<Value>) -> R<Vec<(Value, Value)>> {
     if !items.len().is_multiple_of(2) {
-        return Err("odd number of items for a dict".into());
+        return Err(PickleFault::OddDict);
     }
     let mut out = Vec::with_capacity(items.len() / 2);
     let mut it = items.into_iter();

@@ -1,8 +1,8 @@
 //! Activations, applied by the `Conv` that holds them (`Conv.act`).
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::registry::{self, Kind, Layer, activation};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, T};
@@ -68,7 +68,7 @@ pub const LAYERS: &[Layer] = &[
 ];
 
 /// The activation entry for `m`'s class; `Ok(None)` for `Identity`.
-fn entry(m: M) -> Result<Option<Kind>, String> {
+fn entry(m: ModuleRef) -> Result<Option<Kind>, String> {
     let class = m.class();
     if class == "Identity" {
         return Ok(None);
@@ -81,13 +81,18 @@ fn entry(m: M) -> Result<Option<Kind>, String> {
 
 impl Builder<'_> {
     /// An activation module applied to `x` (none, or `Identity`, returns `x`).
-    pub(crate) fn act(&mut self, scope: &str, m: Option<M>, x: V) -> R<V> {
+    pub(crate) fn act(
+        &mut self,
+        scope: &str,
+        m: Option<ModuleRef>,
+        x: GraphValue,
+    ) -> BuildResult<GraphValue> {
         let Some(m) = m else { return Ok(x) };
         let Some(Kind::Activation { emit, .. }) = entry(m)? else {
             return Ok(x);
         };
         let name = emit(&mut self.b, &format!("{scope}/act"), m, &x.name);
-        Ok(V {
+        Ok(GraphValue {
             name,
             shape: x.shape,
         })
@@ -95,7 +100,7 @@ impl Builder<'_> {
 }
 
 /// Applies an activation module to `x` in place (none, or `Identity`, leaves it).
-pub(crate) fn run(m: Option<M>, x: &mut T) -> RefResult<()> {
+pub(crate) fn run(m: Option<ModuleRef>, x: &mut T) -> RefResult<()> {
     let Some(m) = m else { return Ok(()) };
     if let Some(Kind::Activation { run, .. }) = entry(m).map_err(e)? {
         run(m, x);

@@ -5,10 +5,10 @@
 //! (`head_dim` each) in that order. Ultralytics 8.4's forward is plain matrix products and a
 //! softmax (no fused or flash attention kernel), so the export matches it exactly.
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
@@ -54,7 +54,7 @@ pub struct AreaAttnParams {
 
 impl AreaAttnParams {
     /// Reads `m`, an `AAttn`.
-    pub fn parse(m: M) -> R<AreaAttnParams> {
+    pub fn parse(m: ModuleRef) -> BuildResult<AreaAttnParams> {
         let dim = |k: &str| {
             m.int(k)
                 .filter(|v| (1..=1 << 16).contains(v))
@@ -83,7 +83,7 @@ impl AreaAttnParams {
 
     /// The positions per area of an `h`×`w` map; Ultralytics' reshape fails unless `area`
     /// divides them.
-    fn run_length(&self, h: i64, w: i64) -> R<i64> {
+    fn run_length(&self, h: i64, w: i64) -> BuildResult<i64> {
         let n = h * w;
         if n % self.area != 0 {
             return Err(format!(
@@ -96,7 +96,7 @@ impl AreaAttnParams {
 }
 
 /// `A2C2f`'s `gamma` (one scale per output channel, when residual), checked against `channels`.
-fn gamma(m: M, channels: usize) -> R<Option<Vec<f32>>> {
+fn gamma(m: ModuleRef, channels: usize) -> BuildResult<Option<Vec<f32>>> {
     let Some((g, _)) = m.tensor_f32("gamma")? else {
         return Ok(None);
     };
@@ -105,7 +105,7 @@ fn gamma(m: M, channels: usize) -> R<Option<Vec<f32>>> {
 }
 
 /// Two values a residual adds must have one shape.
-fn same_shape(scope: &str, a: &V, b: &V) -> R<()> {
+fn same_shape(scope: &str, a: &GraphValue, b: &GraphValue) -> BuildResult<()> {
     if a.shape != b.shape {
         return Err(format!("{scope}: adds {:?} to {:?}", b.shape, a.shape));
     }
@@ -118,7 +118,12 @@ impl Builder<'_> {
     /// `AAttn`: the qkv conv's output as (B, area, heads, 3·head_dim, positions per area),
     /// attention within each area, values back to (B, C, H, W) for the positional conv `pe`,
     /// their sum through `proj`.
-    pub(crate) fn aattn(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn aattn(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let p = AreaAttnParams::parse(m)?;
         let [b, c, h, w] = check::nchw(x, scope)?;
         p.run_length(h, w)?;
@@ -165,7 +170,7 @@ impl Builder<'_> {
                 Some(like) => self.b.node(scope, "Reshape", &[&t, like], vec![]),
                 None => self.b.reshape(scope, &t, &[0, p.all, h, w]),
             };
-            V {
+            GraphValue {
                 name,
                 shape: map.clone(),
             }
@@ -180,14 +185,19 @@ impl Builder<'_> {
     }
 
     /// `ABlock`: x + attn(x), then that plus mlp of it.
-    pub(crate) fn ablock(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn ablock(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.aattn(&format!("{scope}.attn"), m.child("attn")?, x)?;
         same_shape(scope, x, &a)?;
         let x1 = self.add(scope, x, &a);
         let f = self.module(
             &format!("{scope}.mlp"),
             m.child("mlp")?,
-            In::One(x1.clone()),
+            LayerInput::One(x1.clone()),
         )?;
         same_shape(scope, &x1, &f)?;
         Ok(self.add(scope, &x1, &f))
@@ -195,11 +205,16 @@ impl Builder<'_> {
 
     /// `A2C2f`: cv1, each block of `m` on the previous output, all concatenated, cv2; with
     /// `gamma`, x + gamma·y.
-    pub(crate) fn a2c2f(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn a2c2f(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];
         for (i, (_, blk)) in m.child("m")?.children().into_iter().enumerate() {
             let last = ys.last().expect("cv1 output").clone();
-            ys.push(self.module(&format!("{scope}.m.{i}"), blk, In::One(last))?);
+            ys.push(self.module(&format!("{scope}.m.{i}"), blk, LayerInput::One(last))?);
         }
         let cat = self.cat(scope, &ys, 1)?;
         let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)?;
@@ -209,7 +224,7 @@ impl Builder<'_> {
         };
         same_shape(scope, x, &y)?;
         let gn = self.b.weight(&format!("{scope}.gamma"), &[1, c, 1, 1], &g);
-        let scaled = V {
+        let scaled = GraphValue {
             name: self.b.bin(scope, "Mul", &gn, &y.name),
             shape: y.shape.clone(),
         };
@@ -244,7 +259,7 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], kd: usize, vd: usize, n: usize, scale
 impl Reference<'_> {
     /// `AAttn`: per image, area and head, gathers the area's query, key and value rows,
     /// attends, and scatters the result and the values back to (C, H·W).
-    pub(crate) fn aattn(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn aattn(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let (n, _, h, w) = shape::nchw(x, "AAttn")?;
         let p = AreaAttnParams::parse(m)?;
         let np = p.run_length(h as i64, w as i64)? as usize;
@@ -290,7 +305,7 @@ impl Reference<'_> {
         self.sub(m, "proj", &ops::add(&out, &pe))
     }
 
-    pub(crate) fn ablock(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn ablock(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.aattn(m.child("attn").map_err(e)?, x)?;
         shape::same_shape(x, &a, "ABlock")?;
         let x1 = ops::add(x, &a);
@@ -299,11 +314,11 @@ impl Reference<'_> {
         Ok(ops::add(&x1, &f))
     }
 
-    pub(crate) fn a2c2f(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn a2c2f(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for (_, blk) in m.child("m").map_err(e)?.children() {
             let last = ys.last().expect("cv1").clone();
-            ys.push(self.module(blk, In::One(last))?);
+            ys.push(self.module(blk, LayerInput::One(last))?);
         }
         let refs = ys.iter().collect::<Vec<_>>();
         shape::same_maps(&refs, "A2C2f")?;

@@ -1,9 +1,9 @@
 //! YOLO11's attention blocks: `Attention`, `PSABlock`, `C2PSA`, `PSA`.
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
@@ -53,7 +53,7 @@ pub struct AttentionParams {
 
 impl AttentionParams {
     /// Reads `m`, an `Attention`.
-    pub fn parse(m: M) -> R<AttentionParams> {
+    pub fn parse(m: ModuleRef) -> BuildResult<AttentionParams> {
         let dim = |k: &str| {
             m.int(k)
                 .filter(|v| (1..=1 << 16).contains(v))
@@ -75,7 +75,12 @@ impl AttentionParams {
 impl Builder<'_> {
     /// `Attention`: multi-head self-attention over the H·W positions, plus a depthwise positional
     /// conv of the values, then a projection.
-    pub(crate) fn attention(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn attention(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let AttentionParams {
             heads,
             key_dim,
@@ -112,13 +117,13 @@ impl Builder<'_> {
                 self.b.reshape(scope, &p[2], &[0, c, h, w]),
             )
         };
-        let v = V {
+        let v = GraphValue {
             name: v,
             shape: x.shape.clone(),
         };
         let pe = self.conv_block(&format!("{scope}.pe"), m.child("pe")?, &v)?;
         let sum = self.b.bin(scope, "Add", &o, &pe.name);
-        let sum = V {
+        let sum = GraphValue {
             name: sum,
             shape: x.shape.clone(),
         };
@@ -127,18 +132,32 @@ impl Builder<'_> {
 
     /// `PSABlock`: attention then feed-forward, each with a residual when `add`.
     /// `PSABlock`: attention then feed-forward, each with a residual when `add`.
-    pub(crate) fn psablock(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn psablock(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let add = m.bool("add").unwrap_or(true);
         let a = self.attention(&format!("{scope}.attn"), m.child("attn")?, x)?;
         let x = if add { self.add(scope, x, &a) } else { a };
-        let f = self.module(&format!("{scope}.ffn"), m.child("ffn")?, In::One(x.clone()))?;
+        let f = self.module(
+            &format!("{scope}.ffn"),
+            m.child("ffn")?,
+            LayerInput::One(x.clone()),
+        )?;
         Ok(if add { self.add(scope, &x, &f) } else { f })
     }
 
     /// `C2PSA` (and `PSA`): split cv1's output, run the attention part on the second half,
     /// concatenate, cv2.
     /// `C2PSA` / `PSA`: split cv1's output, attention on the second half, concatenate, cv2.
-    pub(crate) fn c2psa(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn c2psa(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let c = m.int("c").ok_or("C2PSA without c")?;
         let [an, ac, ah, aw] = check::nchw(&a, scope)?;
@@ -148,7 +167,7 @@ impl Builder<'_> {
             ));
         }
         let parts = self.b.split(scope, &a.name, 1, &[c, c]);
-        let half = |name: String| V {
+        let half = |name: String| GraphValue {
             name,
             shape: vec![an, c, ah, aw],
         };
@@ -159,11 +178,15 @@ impl Builder<'_> {
             let f = self.module(
                 &format!("{scope}.ffn"),
                 m.child("ffn")?,
-                In::One(second.clone()),
+                LayerInput::One(second.clone()),
             )?;
             second = self.add(scope, &second, &f);
         } else {
-            second = self.module(&format!("{scope}.m"), m.child("m")?, In::One(second))?;
+            second = self.module(
+                &format!("{scope}.m"),
+                m.child("m")?,
+                LayerInput::One(second),
+            )?;
         }
         let cat = self.cat(scope, &[first, second], 1)?;
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
@@ -173,7 +196,7 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn c2psa(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn c2psa(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let c = shape::nchw(&a, "C2PSA")?.1 / 2;
         shape::channels(&a, c, 2 * c, "C2PSA")?;
@@ -194,7 +217,7 @@ impl Reference<'_> {
         self.sub(m, "cv2", &ops::cat_channels(&[&first, &second]))
     }
 
-    pub(crate) fn psablock(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn psablock(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let add = m.bool("add").unwrap_or(true);
         let a = self.attention(m.child("attn").map_err(e)?, x)?;
         if add {
@@ -209,7 +232,7 @@ impl Reference<'_> {
     }
 
     /// Multi-head attention over H·W positions plus the positional depthwise conv of the values.
-    pub(crate) fn attention(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn attention(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let (n, c, h, w) = shape::nchw(x, "Attention")?;
         let hw = h * w;
         let p = AttentionParams::parse(m)?;

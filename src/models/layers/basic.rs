@@ -1,10 +1,10 @@
 //! Containers and shape plumbing: `Sequential`, `ModuleList`, `Identity`, `Concat`,
 //! `MaxPool2d`, `Upsample`, `ZeroPad2d`.
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer, part};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
@@ -18,14 +18,14 @@ pub const LAYERS: &[Layer] = &[
         |b, s, m, x| {
             let mut x = x;
             for (name, c) in m.children() {
-                x = In::One(b.module(&format!("{s}.{name}"), c, x)?);
+                x = LayerInput::One(b.module(&format!("{s}.{name}"), c, x)?);
             }
             x.one("Sequential")
         },
         |r, m, x| {
             let mut x = x;
             for (_, c) in m.children() {
-                x = In::One(r.module(c, x)?);
+                x = LayerInput::One(r.module(c, x)?);
             }
             Ok(x.one("Sequential")?)
         },
@@ -45,11 +45,11 @@ pub const LAYERS: &[Layer] = &[
         "Concat",
         "concatenation along `d` (channels)",
         |b, s, m, x| match x {
-            In::One(v) => Ok(v),
+            LayerInput::One(v) => Ok(v),
             xs => b.cat(s, &xs.many(), m.int("d").unwrap_or(1)),
         },
         |_, m, x| match x {
-            In::One(t) => Ok(t),
+            LayerInput::One(t) => Ok(t),
             xs => {
                 let xs = xs.many();
                 let d = m.int("d").unwrap_or(1);
@@ -86,7 +86,7 @@ pub const LAYERS: &[Layer] = &[
 
 /// `nn.ZeroPad2d`'s padding (left, right, top, bottom); cropping (negative) is refused, and so is
 /// padding beyond 1024 (Ultralytics pads by one), which would only make a hostile file allocate.
-pub fn zero_pad_params(m: M) -> R<[i64; 4]> {
+pub fn zero_pad_params(m: ModuleRef) -> BuildResult<[i64; 4]> {
     let p = match m.ints("padding").as_deref() {
         Some(&[a]) => [a; 4],
         Some(&[l, r, t, b]) => [l, r, t, b],
@@ -115,7 +115,7 @@ pub struct MaxPoolParams {
 
 impl MaxPoolParams {
     /// Reads `m`, an `nn.MaxPool2d`; `ceil_mode=True` is refused.
-    pub fn parse(m: M) -> R<MaxPoolParams> {
+    pub fn parse(m: ModuleRef) -> BuildResult<MaxPoolParams> {
         let kernel = check::pair(&m, "kernel_size", 1)?;
         let stride = match m.attr("stride") {
             None | Some(crate::checkpoint::value::Value::None) => kernel,
@@ -137,7 +137,7 @@ impl MaxPoolParams {
 }
 
 /// `nn.Upsample`'s scale factor; only `mode='nearest'` is handled.
-pub fn upsample_factor(m: M) -> R<f64> {
+pub fn upsample_factor(m: ModuleRef) -> BuildResult<f64> {
     let mode = m.str("mode").unwrap_or("nearest");
     if mode != "nearest" {
         return Err(format!("Upsample mode '{mode}'"));
@@ -159,7 +159,12 @@ pub fn upsample_factor(m: M) -> R<f64> {
 
 impl Builder<'_> {
     /// `nn.MaxPool2d`.
-    pub(crate) fn maxpool(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn maxpool(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let MaxPoolParams {
             kernel: [kh, kw],
             stride: [sh, sw],
@@ -187,17 +192,27 @@ impl Builder<'_> {
                 check::out_size(xw, kw, sw, pw, dw),
             ],
         )?;
-        Ok(V { name: y, shape })
+        Ok(GraphValue { name: y, shape })
     }
 
     /// `nn.Upsample(scale_factor, mode='nearest')` as `Resize`.
-    pub(crate) fn upsample(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn upsample(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let f = upsample_factor(m)?;
         self.resize_nearest(scope, x, f)
     }
 
     /// Nearest-neighbour `Resize` of `x` by `f` (`F.interpolate(scale_factor=f)`).
-    pub(crate) fn resize_nearest(&mut self, scope: &str, x: &V, f: f64) -> R<V> {
+    pub(crate) fn resize_nearest(
+        &mut self,
+        scope: &str,
+        x: &GraphValue,
+        f: f64,
+    ) -> BuildResult<GraphValue> {
         let [xn, xc, xh, xw] = check::nchw(x, scope)?;
         let scales = self
             .b
@@ -224,11 +239,16 @@ impl Builder<'_> {
                 (xw as f64 * f).floor() as i64,
             ],
         )?;
-        Ok(V { name: y, shape })
+        Ok(GraphValue { name: y, shape })
     }
 
     /// `nn.ZeroPad2d` as a constant `Pad`.
-    pub(crate) fn zero_pad(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn zero_pad(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let [l, r, t, bt] = zero_pad_params(m)?;
         let [xn, xc, xh, xw] = check::nchw(x, scope)?;
         let pads = self
@@ -240,14 +260,19 @@ impl Builder<'_> {
             &[&x.name, &pads],
             vec![("mode", Attr::Str("constant".into()))],
         );
-        Ok(V {
+        Ok(GraphValue {
             name: y,
             shape: vec![xn, xc, xh + t + bt, xw + l + r],
         })
     }
 
     /// Concatenation of several values of one rank along `axis`.
-    pub(crate) fn cat(&mut self, scope: &str, xs: &[V], axis: i64) -> R<V> {
+    pub(crate) fn cat(
+        &mut self,
+        scope: &str,
+        xs: &[GraphValue],
+        axis: i64,
+    ) -> BuildResult<GraphValue> {
         let first = xs
             .first()
             .ok_or_else(|| format!("{scope}: nothing to concatenate"))?;
@@ -262,12 +287,12 @@ impl Builder<'_> {
         let mut shape = first.shape.clone();
         let ax = axis.rem_euclid(rank as i64) as usize;
         shape[ax] = xs.iter().map(|v| v.shape[ax]).sum();
-        Ok(V { name: y, shape })
+        Ok(GraphValue { name: y, shape })
     }
 
     /// Elementwise sum of two same-shaped values.
-    pub(crate) fn add(&mut self, scope: &str, a: &V, b: &V) -> V {
-        V {
+    pub(crate) fn add(&mut self, scope: &str, a: &GraphValue, b: &GraphValue) -> GraphValue {
+        GraphValue {
             name: self.b.bin(scope, "Add", &a.name, &b.name),
             shape: a.shape.clone(),
         }
@@ -277,7 +302,7 @@ impl Builder<'_> {
 // ---- run ----
 
 /// `nn.MaxPool2d` (square windows without dilation, as Ultralytics uses).
-pub fn maxpool(m: M, x: &T) -> RefResult<T> {
+pub fn maxpool(m: ModuleRef, x: &T) -> RefResult<T> {
     let p = MaxPoolParams::parse(m)?;
     let square = |v: [i64; 2]| (v[0] == v[1]).then_some(v[0] as usize);
     let (Some(k), Some(s), Some(pad), [1, 1]) =
@@ -290,7 +315,7 @@ pub fn maxpool(m: M, x: &T) -> RefResult<T> {
 }
 
 /// `nn.Upsample` (nearest, integer factor).
-pub fn upsample(m: M, x: &T) -> RefResult<T> {
+pub fn upsample(m: ModuleRef, x: &T) -> RefResult<T> {
     let f = upsample_factor(m)?;
     if f.fract() != 0.0 {
         return Err(e(format!("Upsample by a non-integer factor {f}")));
@@ -300,7 +325,7 @@ pub fn upsample(m: M, x: &T) -> RefResult<T> {
 }
 
 /// `nn.ZeroPad2d`: each map copied into a larger zeroed one.
-pub fn zero_pad(m: M, x: &T) -> RefResult<T> {
+pub fn zero_pad(m: ModuleRef, x: &T) -> RefResult<T> {
     let [l, r, t, b] = zero_pad_params(m)?.map(|v| v as usize);
     let (n, c, h, w) = shape::nchw(x, "ZeroPad2d")?;
     let (oh, ow) = (h + t + b, w + l + r);

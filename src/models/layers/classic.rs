@@ -10,11 +10,11 @@
 //! sigmoid, boxes decoded with the cell grid and the anchors (xy = (2·σ + grid − ½)·stride,
 //! wh = (2·σ)²·anchor), rows concatenated into (B, anchors·cells over the levels, 5 + nc).
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::layers::conv::Conv2dParams;
 use crate::models::registry::{Layer, head, layer, part};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
@@ -74,7 +74,7 @@ struct AnchorHead<'g> {
     /// Anchors per cell.
     na: usize,
     /// Per level: its 1×1 convolution.
-    convs: Vec<M<'g>>,
+    convs: Vec<ModuleRef<'g>>,
     /// Per level: the stride in input pixels.
     strides: Vec<f32>,
     /// Per level and anchor: the anchor's width and height in input pixels.
@@ -85,7 +85,7 @@ struct AnchorHead<'g> {
 }
 
 impl<'g> AnchorHead<'g> {
-    fn parse(m: M<'g>, levels: usize) -> R<AnchorHead<'g>> {
+    fn parse(m: ModuleRef<'g>, levels: usize) -> BuildResult<AnchorHead<'g>> {
         let class = m.class();
         let get = |k: &str| {
             m.int(k)
@@ -101,7 +101,7 @@ impl<'g> AnchorHead<'g> {
                 "{class}: no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, {inputs} inputs)"
             ));
         }
-        let convs: Vec<M> = m.child("m")?.children().into_iter().map(|c| c.1).collect();
+        let convs: Vec<ModuleRef> = m.child("m")?.children().into_iter().map(|c| c.1).collect();
         let strides: Vec<f32> = m
             .attr_tensor_f64("stride")
             .ok_or_else(|| format!("{class} has no `stride`"))?
@@ -142,13 +142,13 @@ impl<'g> AnchorHead<'g> {
             })
             .collect();
         let implicit = if implicit_head {
-            let list = |name: &str| -> R<Vec<Vec<f32>>> {
+            let list = |name: &str| -> BuildResult<Vec<Vec<f32>>> {
                 let ms = m.child(name)?.children();
                 if ms.len() != nl {
                     return Err(format!("{class}.{name} has {} entries for {nl}", ms.len()));
                 }
                 ms.into_iter()
-                    .map(|(_, c)| c.need_f32("implicit").map(|t| t.0))
+                    .map(|(_, c)| Ok(c.need_f32("implicit")?.0))
                     .collect()
             };
             Some(list("ia")?.into_iter().zip(list("im")?).collect())
@@ -167,7 +167,7 @@ impl<'g> AnchorHead<'g> {
 
     /// Level `i`'s convolution with the implicit knowledge folded in, as YOLOv7's
     /// `IDetect.fuse` folds it: bias += W·ia, then bias and W scaled by im.
-    fn conv(&self, i: usize) -> R<Conv2dParams> {
+    fn conv(&self, i: usize) -> BuildResult<Conv2dParams> {
         let mut p = Conv2dParams::parse(self.convs[i])?;
         let [o, c, kh, kw] = p.shape.map(|d| d as usize);
         if o != self.na * self.no || p.groups != 1 {
@@ -208,7 +208,12 @@ impl Builder<'_> {
     /// `models.yolo.Detect` / `IDetect` in export form: (B, Σ na·h·w, 5 + nc). Each level runs
     /// as (B, na, h·w, no), the row order of PyTorch's (B, na, h, w, no); the cell grid is a
     /// constant for a static size and computed from the feature map's shape with `--dynamic`.
-    pub(crate) fn anchor_head(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+    pub(crate) fn anchor_head(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        xs: &[GraphValue],
+    ) -> BuildResult<GraphValue> {
         let h = AnchorHead::parse(m, xs.len())?;
         let xs = &xs[..h.convs.len()];
         let (na, no) = (h.na as i64, h.no as i64);
@@ -261,7 +266,7 @@ impl Builder<'_> {
         }
         let refs: Vec<&str> = levels.iter().map(String::as_str).collect();
         let out = self.b.concat(scope, &refs, 1);
-        Ok(V {
+        Ok(GraphValue {
             name: out,
             shape: vec![batch, rows, no],
         })
@@ -303,7 +308,7 @@ impl Builder<'_> {
 
 /// `models.yolo.Detect` / `IDetect` as their repositories evaluate them before fusing: the
 /// implicit offset, the convolution, the implicit scale, then the decode.
-fn anchor_head(r: &mut Reference, m: M, xs: Vec<T>) -> RefResult<T> {
+fn anchor_head(r: &mut Reference, m: ModuleRef, xs: Vec<T>) -> RefResult<T> {
     let h = AnchorHead::parse(m, xs.len()).map_err(e)?;
     let mut xs = xs;
     xs.truncate(h.convs.len());
@@ -323,7 +328,7 @@ fn anchor_head(r: &mut Reference, m: M, xs: Vec<T>) -> RefResult<T> {
                 *v += ia[(k / (xh * xw)) % c];
             }
         }
-        let mut y = r.module(h.convs[i], In::One(x))?;
+        let mut y = r.module(h.convs[i], LayerInput::One(x))?;
         let (_, o, ny, nx) = shape::nchw(&y, "anchor head")?;
         if o != na * no {
             return Err(e(format!(

@@ -3,11 +3,11 @@
 //! which holds other children, so it is registered by its pickled path), `ReOrg` (space to depth),
 //! `DownC` and `Shortcut`.
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::layers::conv::BatchNorm;
 use crate::models::registry::{Layer, layer};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
@@ -58,7 +58,7 @@ pub const LAYERS: &[Layer] = &[
     ),
 ];
 
-fn check_same(a: &[i64], b: &[i64], scope: &str) -> R<()> {
+fn check_same(a: &[i64], b: &[i64], scope: &str) -> BuildResult<()> {
     if a != b {
         return Err(format!("{scope}: cannot add {a:?} and {b:?}"));
     }
@@ -68,16 +68,27 @@ fn check_same(a: &[i64], b: &[i64], scope: &str) -> R<()> {
 // ---- emit ----
 
 impl Builder<'_> {
-    fn sub(&mut self, scope: &str, m: M, name: &str, x: &V) -> R<V> {
+    fn sub(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        name: &str,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         self.module(
             &format!("{scope}.{name}"),
             m.child(name)?,
-            In::One(x.clone()),
+            LayerInput::One(x.clone()),
         )
     }
 
     /// `SPPCSPC`.
-    pub(crate) fn sppcspc(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn sppcspc(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.sub(scope, m, "cv1", x)?;
         let a = self.sub(scope, m, "cv3", &a)?;
         let x1 = self.sub(scope, m, "cv4", &a)?;
@@ -94,11 +105,16 @@ impl Builder<'_> {
     }
 
     /// YOLOv7's `RepConv`: its branches with BatchNorm folded into each convolution, summed.
-    pub(crate) fn rep_conv_v7(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn rep_conv_v7(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let y = if let Some(rep) = m.opt_child("rbr_reparam") {
             self.conv2d(&format!("{scope}.rbr_reparam"), rep, None, x)?
         } else {
-            let branch = |b: &mut Self, name: &str| -> R<V> {
+            let branch = |b: &mut Self, name: &str| -> BuildResult<GraphValue> {
                 let seq = m.child(name)?;
                 let s = format!("{scope}.{name}");
                 b.conv2d(&s, seq.child("0")?, Some(seq.child("1")?), x)
@@ -129,7 +145,7 @@ impl Builder<'_> {
                 let shift = self.b.weight(&format!("{s}.shift"), &[1, c, 1, 1], &shift);
                 let i = self.b.bin(&s, "Mul", &x.name, &scale);
                 let i = self.b.bin(&s, "Add", &i, &shift);
-                let i = V {
+                let i = GraphValue {
                     name: i,
                     shape: x.shape.clone(),
                 };
@@ -141,7 +157,7 @@ impl Builder<'_> {
     }
 
     /// `ReOrg`: x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2].
-    pub(crate) fn reorg(&mut self, scope: &str, x: &V) -> R<V> {
+    pub(crate) fn reorg(&mut self, scope: &str, x: &GraphValue) -> BuildResult<GraphValue> {
         let [n, c, h, w] = check::nchw(x, scope)?;
         if h % 2 != 0 || w % 2 != 0 {
             return Err(format!("{scope}: ReOrg of an odd-sized {h}x{w} map"));
@@ -158,7 +174,7 @@ impl Builder<'_> {
                 &[&x.name, &starts, &ends, &axes, &steps],
                 vec![],
             );
-            parts.push(V {
+            parts.push(GraphValue {
                 name: y,
                 shape: vec![n, c, h / 2, w / 2],
             });
@@ -167,7 +183,12 @@ impl Builder<'_> {
     }
 
     /// `DownC`.
-    pub(crate) fn downc(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn downc(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.sub(scope, m, "cv1", x)?;
         let a = self.sub(scope, m, "cv2", &a)?;
         let p = self.maxpool(&format!("{scope}.mp"), m.child("mp")?, x)?;
@@ -178,13 +199,13 @@ impl Builder<'_> {
 
 // ---- run ----
 
-fn sppcspc(r: &mut Reference, m: M, x: &T) -> RefResult<T> {
+fn sppcspc(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
     let a = r.sub(m, "cv1", x)?;
     let a = r.sub(m, "cv3", &a)?;
     let x1 = r.sub(m, "cv4", &a)?;
     let mut ys = vec![x1.clone()];
     for (_, pool) in m.child("m").map_err(e)?.children() {
-        ys.push(r.module(pool, In::One(x1.clone()))?);
+        ys.push(r.module(pool, LayerInput::One(x1.clone()))?);
     }
     let refs: Vec<&T> = ys.iter().collect();
     shape::same_maps(&refs, "SPPCSPC")?;
@@ -195,9 +216,9 @@ fn sppcspc(r: &mut Reference, m: M, x: &T) -> RefResult<T> {
     r.sub(m, "cv7", &ops::cat_channels(&[&y1, &y2]))
 }
 
-fn rep_conv_v7(r: &mut Reference, m: M, x: &T) -> RefResult<T> {
+fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
     // BatchNorm applied as BatchNorm, unfolded, as PyTorch runs it before fusing.
-    let bn = |bn: M, mut y: T| -> RefResult<T> {
+    let bn = |bn: ModuleRef, mut y: T| -> RefResult<T> {
         let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
         let p = BatchNorm::parse(bn, c)?;
         ops::batch_norm(&mut y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
@@ -246,7 +267,7 @@ fn reorg(x: &T) -> RefResult<T> {
     Ok(T::new(out, vec![n, 4 * c, oh, ow]))
 }
 
-fn downc(r: &mut Reference, m: M, x: &T) -> RefResult<T> {
+fn downc(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
     let a = r.sub(m, "cv1", x)?;
     let a = r.sub(m, "cv2", &a)?;
     let p = r.sub(m, "mp", x)?;

@@ -1,10 +1,10 @@
 //! The classification head: `Classify` (conv, global average pool, linear, softmax) and the
 //! parts only it reads.
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, head, part};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
@@ -18,7 +18,7 @@ pub const LAYERS: &[Layer] = &[
         "conv, global average pool, linear, softmax: (B, classes)",
         |b, s, m, x| b.classify(s, m, x),
         |r, m, x| match x {
-            In::One(t) => r.classify(m, &t),
+            LayerInput::One(t) => r.classify(m, &t),
             xs => {
                 let xs = xs.many();
                 let refs = xs.iter().collect::<Vec<_>>();
@@ -54,7 +54,7 @@ pub struct Linear {
 
 impl Linear {
     /// Reads `m`, an `nn.Linear`.
-    pub fn parse(m: M) -> R<Linear> {
+    pub fn parse(m: ModuleRef) -> BuildResult<Linear> {
         let (weight, ws) = m.need_f32("weight")?;
         let shape = match ws[..] {
             [o, i]
@@ -83,9 +83,14 @@ impl Linear {
 
 impl Builder<'_> {
     /// `Classify`: conv, global average pool, linear, softmax (export form): output (B, classes).
-    pub(crate) fn classify(&mut self, scope: &str, m: M, x: In<V>) -> R<V> {
+    pub(crate) fn classify(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: LayerInput<GraphValue>,
+    ) -> BuildResult<GraphValue> {
         let x = match x {
-            In::One(v) => v,
+            LayerInput::One(v) => v,
             vs => self.cat(scope, &vs.many(), 1)?,
         };
         let c = self.conv_block(&format!("{scope}.conv"), m.child("conv")?, &x)?;
@@ -113,7 +118,7 @@ impl Builder<'_> {
         let s = self
             .b
             .node(scope, "Softmax", &[&y], vec![("axis", Attr::Int(1))]);
-        Ok(V {
+        Ok(GraphValue {
             name: s,
             shape: vec![xn, classes],
         })
@@ -124,7 +129,7 @@ impl Builder<'_> {
 
 impl Reference<'_> {
     /// `Classify`: conv, mean over H·W, linear, softmax.
-    pub(crate) fn classify(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn classify(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let y = self.sub(m, "conv", x)?;
         let (n, c, h, w) = shape::nchw(&y, "Classify")?;
         let lin = Linear::parse(m.child("linear").map_err(e)?)?;

@@ -2,9 +2,9 @@
 //! `ConvTranspose2d`. The emission folds BatchNorm into the weights exactly as the checkpoint's
 //! Ultralytics release does (`BnFold`); the reference applies it unfolded, after its own convolution loops.
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::registry::{Layer, layer, part};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, ConvSpec, T};
@@ -72,7 +72,7 @@ pub struct Conv2dParams {
 
 impl Conv2dParams {
     /// Reads `m`, an `nn.Conv2d`.
-    pub fn parse(m: M) -> R<Conv2dParams> {
+    pub fn parse(m: ModuleRef) -> BuildResult<Conv2dParams> {
         let (w, ws) = m.need_f32("weight")?;
         let shape = check::weight4(&m, &w, &ws)?;
         let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
@@ -182,8 +182,8 @@ pub struct BatchNorm {
 
 impl BatchNorm {
     /// Reads `bn` for `channels` channels.
-    pub fn parse(bn: M, channels: usize) -> R<BatchNorm> {
-        let read = |name: &str| -> R<Vec<f32>> {
+    pub fn parse(bn: ModuleRef, channels: usize) -> BuildResult<BatchNorm> {
+        let read = |name: &str| -> BuildResult<Vec<f32>> {
             let (v, _) = bn.need_f32(name)?;
             check::per_channel(&bn, name, &v, channels)?;
             Ok(v)
@@ -220,7 +220,7 @@ pub struct ConvTransposeParams {
 
 impl ConvTransposeParams {
     /// Reads `m`, an `nn.ConvTranspose2d`.
-    pub fn parse(m: M) -> R<ConvTransposeParams> {
+    pub fn parse(m: ModuleRef) -> BuildResult<ConvTransposeParams> {
         let (weight, ws) = m.need_f32("weight")?;
         let shape = check::weight4(&m, &weight, &ws)?;
         let groups = m.int("groups").unwrap_or(1);
@@ -253,7 +253,13 @@ impl ConvTransposeParams {
 
 impl Builder<'_> {
     /// `nn.Conv2d`, with an optional `nn.BatchNorm2d` folded into its weights in f32.
-    pub(crate) fn conv2d(&mut self, scope: &str, m: M, bn: Option<M>, x: &V) -> R<V> {
+    pub(crate) fn conv2d(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        bn: Option<ModuleRef>,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let mut p = Conv2dParams::parse(m)?;
         let out_c = p.shape[0] as usize;
         let per = p.weight.len() / out_c.max(1);
@@ -282,7 +288,12 @@ impl Builder<'_> {
 
     /// One ONNX `Conv` node for already-folded parameters (weights `{scope}.weight` and
     /// `{scope}.bias`, zeros when `p` has none).
-    pub(crate) fn conv_node(&mut self, scope: &str, p: Conv2dParams, x: &V) -> R<V> {
+    pub(crate) fn conv_node(
+        &mut self,
+        scope: &str,
+        p: Conv2dParams,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let [xn, _, xh, xw] = check::nchw(x, scope)?;
         let (ws, [sh, sw], [dh, dw], [ph, pw]) = (p.shape, p.stride, p.dil, p.pad);
         let out_c = ws[0] as usize;
@@ -310,11 +321,16 @@ impl Builder<'_> {
                 check::out_size(xw, ws[3], sw, pw, dw),
             ],
         )?;
-        Ok(V { name: y, shape })
+        Ok(GraphValue { name: y, shape })
     }
 
     /// `nn.ConvTranspose2d` (weights laid out as ONNX expects: in, out/groups, kh, kw).
-    pub(crate) fn conv_transpose(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn conv_transpose(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let p = ConvTransposeParams::parse(m)?;
         let [xn, _, xh, xw] = check::nchw(x, scope)?;
         let (w, ws, groups) = (p.weight, p.shape, p.groups);
@@ -348,11 +364,16 @@ impl Builder<'_> {
                 size(xw, ws[3], sw, pw, dw, ow),
             ],
         )?;
-        Ok(V { name: y, shape })
+        Ok(GraphValue { name: y, shape })
     }
 
     /// Ultralytics `Conv` / `DWConv`: conv, batch norm (folded), activation.
-    pub(crate) fn conv_block(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn conv_block(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let y = self.conv2d(
             &format!("{scope}.conv"),
             m.child("conv")?,
@@ -366,7 +387,7 @@ impl Builder<'_> {
 // ---- run ----
 
 /// `nn.Conv2d` (with its own bias, if any).
-pub fn conv(m: M, x: &T) -> RefResult<T> {
+pub fn conv(m: ModuleRef, x: &T) -> RefResult<T> {
     let p = Conv2dParams::parse(m)?;
     conv_with(p, x)
 }
@@ -374,7 +395,7 @@ pub fn conv(m: M, x: &T) -> RefResult<T> {
 /// `nn.Conv2d` and an optional BatchNorm computed as an f16 graph stores them: BatchNorm folded
 /// into the weights and bias (in f64), both rounded to f16 — the f16 emulation only; the exact
 /// reference never folds.
-fn conv_f16(m: M, bn: Option<M>, x: &T) -> RefResult<T> {
+fn conv_f16(m: ModuleRef, bn: Option<ModuleRef>, x: &T) -> RefResult<T> {
     let mut p = Conv2dParams::parse(m)?;
     let out = usize::try_from(p.shape[0]).unwrap_or(0);
     let mut b = p.bias.take().unwrap_or_else(|| vec![0.0; out]);
@@ -419,7 +440,7 @@ fn conv_with(p: Conv2dParams, x: &T) -> RefResult<T> {
 
 impl Reference<'_> {
     /// Ultralytics `Conv`: conv, BatchNorm (as BatchNorm), activation.
-    pub(crate) fn conv_bn_act(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn conv_bn_act(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         if self.f16 {
             let mut y = conv_f16(m.child("conv").map_err(e)?, m.opt_child("bn"), x)?;
             super::act::run(m.opt_child("act"), &mut y)?;
@@ -437,7 +458,7 @@ impl Reference<'_> {
 }
 
 /// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.
-pub(crate) fn conv_transpose(m: M, x: &T) -> RefResult<T> {
+pub(crate) fn conv_transpose(m: ModuleRef, x: &T) -> RefResult<T> {
     let ConvTransposeParams {
         weight: w,
         shape: ws,

@@ -1,10 +1,10 @@
 //! CSP blocks: `Bottleneck`, `C2`, `C2f` / `C3k2`, `C3` / `C3k` / `C3Ghost` / `RepCSP`, and the
 //! spatial pyramid pools `SPP`, `SPPF`.
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
@@ -66,9 +66,18 @@ pub const LAYERS: &[Layer] = &[
 impl Builder<'_> {
     /// `Bottleneck` / `RepBottleneck`: cv2(cv1(x)), plus x when `add` (cv1 a `Conv` or a
     /// `RepConv`).
-    pub(crate) fn bottleneck(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let a = self.module(&format!("{scope}.cv1"), m.child("cv1")?, In::One(x.clone()))?;
-        let y = self.module(&format!("{scope}.cv2"), m.child("cv2")?, In::One(a))?;
+    pub(crate) fn bottleneck(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
+        let a = self.module(
+            &format!("{scope}.cv1"),
+            m.child("cv1")?,
+            LayerInput::One(x.clone()),
+        )?;
+        let y = self.module(&format!("{scope}.cv2"), m.child("cv2")?, LayerInput::One(a))?;
         Ok(if m.bool("add").unwrap_or(false) {
             self.add(scope, x, &y)
         } else {
@@ -78,7 +87,12 @@ impl Builder<'_> {
 
     /// `C2`: cv1's output in two halves, the bottlenecks on the first, concatenated with the
     /// second, cv2.
-    pub(crate) fn c2(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn c2(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let [an, ac, ah, aw] = check::nchw(&a, scope)?;
         let c = m.int("c").unwrap_or(ac / 2);
@@ -88,32 +102,42 @@ impl Builder<'_> {
             ));
         }
         let parts = self.b.split(scope, &a.name, 1, &[c, c]);
-        let half = |name: &String| V {
+        let half = |name: &String| GraphValue {
             name: name.clone(),
             shape: vec![an, c, ah, aw],
         };
         let y = self.module(
             &format!("{scope}.m"),
             m.child("m")?,
-            In::One(half(&parts[0])),
+            LayerInput::One(half(&parts[0])),
         )?;
         let cat = self.cat(scope, &[y, half(&parts[1])], 1)?;
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
     }
 
     /// `SPP`: cv1, then each max pool of `m` on cv1's output, all concatenated, cv2.
-    pub(crate) fn spp(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn spp(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let mut ys = vec![a.clone()];
         for (i, (_, pool)) in m.child("m")?.children().into_iter().enumerate() {
-            ys.push(self.module(&format!("{scope}.m.{i}"), pool, In::One(a.clone()))?);
+            ys.push(self.module(&format!("{scope}.m.{i}"), pool, LayerInput::One(a.clone()))?);
         }
         let cat = self.cat(scope, &ys, 1)?;
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
     }
 
     /// `C2f` / `C3k2`: halves of cv1, chained blocks on the second, concatenation, cv2.
-    pub(crate) fn c2f(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn c2f(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let [an, ac, ah, aw] = check::nchw(&a, scope)?;
         let c = m.int("c").unwrap_or(ac / 2);
@@ -123,16 +147,16 @@ impl Builder<'_> {
             ));
         }
         let parts = self.b.split(scope, &a.name, 1, &[c, c]);
-        let mut ys: Vec<V> = parts
+        let mut ys: Vec<GraphValue> = parts
             .into_iter()
-            .map(|name| V {
+            .map(|name| GraphValue {
                 name,
                 shape: vec![an, c, ah, aw],
             })
             .collect();
         for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
             let last = ys.last().expect("two halves").clone();
-            ys.push(self.module(&format!("{scope}.m.{i}"), b, In::One(last))?);
+            ys.push(self.module(&format!("{scope}.m.{i}"), b, LayerInput::One(last))?);
         }
         let cat = self.cat(scope, &ys, 1)?;
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
@@ -140,10 +164,15 @@ impl Builder<'_> {
 
     /// `C3`: cv3(cat(m(cv1(x)), cv2(x))).
     /// `C3` / `C3k`: cv3(cat(m(cv1(x)), cv2(x))).
-    pub(crate) fn c3(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn c3(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let mut a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
-            a = self.module(&format!("{scope}.m.{i}"), b, In::One(a))?;
+            a = self.module(&format!("{scope}.m.{i}"), b, LayerInput::One(a))?;
         }
         let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, x)?;
         let cat = self.cat(scope, &[a, b], 1)?;
@@ -152,7 +181,12 @@ impl Builder<'_> {
 
     /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
     /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
-    pub(crate) fn sppf(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn sppf(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];
         let pool = m.child("m")?;
         for _ in 0..m.int("n").unwrap_or(3) {
@@ -172,7 +206,7 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn bottleneck(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn bottleneck(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let y = self.sub(m, "cv2", &a)?;
         Ok(if m.bool("add").unwrap_or(false) {
@@ -183,7 +217,7 @@ impl Reference<'_> {
         })
     }
 
-    pub(crate) fn c2(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn c2(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let ac = shape::nchw(&a, "C2")?.1;
         if ac % 2 != 0 {
@@ -197,25 +231,25 @@ impl Reference<'_> {
         self.sub(m, "cv2", &ops::cat_channels(&[&y, &b]))
     }
 
-    pub(crate) fn spp(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn spp(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let mut ys = vec![a.clone()];
         for (_, pool) in m.child("m").map_err(e)?.children() {
-            ys.push(self.module(pool, In::One(a.clone()))?);
+            ys.push(self.module(pool, LayerInput::One(a.clone()))?);
         }
         let refs = ys.iter().collect::<Vec<_>>();
         shape::same_maps(&refs, "SPP")?;
         self.sub(m, "cv2", &ops::cat_channels(&refs))
     }
 
-    pub(crate) fn c2f(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn c2f(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let c = shape::nchw(&a, "C2f")?.1 / 2;
         shape::channels(&a, c, 2 * c, "C2f")?;
         let mut ys = vec![ops::channels(&a, 0, c), ops::channels(&a, c, 2 * c)];
         for (_, b) in m.child("m").map_err(e)?.children() {
             let last = ys.last().expect("halves").clone();
-            ys.push(self.module(b, In::One(last))?);
+            ys.push(self.module(b, LayerInput::One(last))?);
         }
         let refs = ys.iter().collect::<Vec<_>>();
         shape::same_maps(&refs, "C2f")?;
@@ -223,7 +257,7 @@ impl Reference<'_> {
         self.sub(m, "cv2", &cat)
     }
 
-    pub(crate) fn c3(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn c3(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "m", &a)?;
         let b = self.sub(m, "cv2", x)?;
@@ -232,7 +266,7 @@ impl Reference<'_> {
         self.sub(m, "cv3", &cat)
     }
 
-    pub(crate) fn sppf(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn sppf(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for _ in 0..m.int("n").unwrap_or(3) {
             let last = ys.last().expect("cv1").clone();

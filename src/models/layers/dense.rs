@@ -3,10 +3,10 @@
 //! input size, which the export form of each head performs; [`DepthSpec`] and [`SemanticSpec`]
 //! read their attributes once for both backends.
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, head};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::{Attr, ElemType};
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
@@ -43,19 +43,19 @@ const SEMANTIC_SCALE: usize = 8;
 /// `Depth`'s structure and calibration, read and checked once for both backends.
 pub struct DepthSpec<'g> {
     /// One 1×1 `Conv` per level.
-    pub proj: Vec<M<'g>>,
+    pub proj: Vec<ModuleRef<'g>>,
     /// One refinement `Sequential` per level but the coarsest.
-    pub refine: Vec<M<'g>>,
+    pub refine: Vec<ModuleRef<'g>>,
     /// The output head's modules, in order (`Conv`, `ConvTranspose2d`, `Conv`, `Conv2d`).
-    pub head: Vec<M<'g>>,
+    pub head: Vec<ModuleRef<'g>>,
     /// Log-affine calibration: depth = exp(a · log-depth + b).
     pub cal: (f32, f32),
 }
 
 impl<'g> DepthSpec<'g> {
     /// Reads the head `m`, which receives `inputs` feature maps.
-    pub fn parse(m: M<'g>, inputs: usize) -> R<DepthSpec<'g>> {
-        let list = |name: &str| -> R<Vec<M<'g>>> {
+    pub fn parse(m: ModuleRef<'g>, inputs: usize) -> BuildResult<DepthSpec<'g>> {
+        let list = |name: &str| -> BuildResult<Vec<ModuleRef<'g>>> {
             Ok(m.child(name)?
                 .children()
                 .into_iter()
@@ -73,7 +73,7 @@ impl<'g> DepthSpec<'g> {
         if head.is_empty() {
             return Err("Depth.head is empty".into());
         }
-        let scalar = |name: &str, default: f32| -> R<f32> {
+        let scalar = |name: &str, default: f32| -> BuildResult<f32> {
             match m.tensor_f32(name)? {
                 None => Ok(default),
                 Some((v, _)) if v.len() == 1 && v[0].is_finite() => Ok(v[0]),
@@ -97,13 +97,13 @@ pub struct SemanticSpec<'g> {
     /// Class count.
     pub nc: i64,
     /// The classifier (`Sequential(Conv, Conv2d)`) run on the first input.
-    pub classifier: M<'g>,
+    pub classifier: ModuleRef<'g>,
 }
 
 impl<'g> SemanticSpec<'g> {
     /// Reads the head `m`, which receives `inputs` feature maps (the first is classified; the
     /// others feed only the training-time auxiliary head).
-    pub fn parse(m: M<'g>, inputs: usize) -> R<SemanticSpec<'g>> {
+    pub fn parse(m: ModuleRef<'g>, inputs: usize) -> BuildResult<SemanticSpec<'g>> {
         let nc = m.int("nc").ok_or("SemanticSegment without nc")?;
         if !(1..=1 << 16).contains(&nc) {
             return Err(format!("SemanticSegment nc = {nc}"));
@@ -133,14 +133,19 @@ impl<'g> SemanticSpec<'g> {
 impl Builder<'_> {
     /// Runs the modules of a head list in order; `ConvTranspose2d`, which only heads read, is
     /// emitted here.
-    fn dense_chain(&mut self, scope: &str, ms: &[M], x: V) -> R<V> {
+    fn dense_chain(
+        &mut self,
+        scope: &str,
+        ms: &[ModuleRef],
+        x: GraphValue,
+    ) -> BuildResult<GraphValue> {
         let mut x = x;
         for (i, m) in ms.iter().enumerate() {
             let s = format!("{scope}.{i}");
             x = if m.class() == "ConvTranspose2d" {
                 self.conv_transpose(&s, *m, &x)?
             } else {
-                self.module(&s, *m, In::One(x))?
+                self.module(&s, *m, LayerInput::One(x))?
             };
         }
         Ok(x)
@@ -148,7 +153,13 @@ impl Builder<'_> {
 
     /// Bilinear `Resize` by an integer factor: `align_corners` (`Depth`) or half-pixel centres
     /// with PyTorch's clamping at the border (`SemanticSegment`).
-    fn bilinear(&mut self, scope: &str, x: &V, factor: usize, align_corners: bool) -> R<V> {
+    fn bilinear(
+        &mut self,
+        scope: &str,
+        x: &GraphValue,
+        factor: usize,
+        align_corners: bool,
+    ) -> BuildResult<GraphValue> {
         let [n, c, h, w] = check::nchw(x, scope)?;
         let f = factor as i64;
         let scales = self
@@ -169,15 +180,24 @@ impl Builder<'_> {
             ],
         );
         let shape = check::positive(scope, vec![n, c, h * f, w * f])?;
-        Ok(V { name: y, shape })
+        Ok(GraphValue { name: y, shape })
     }
 
     /// `Depth` in export form: (B, 1, H, W) positive depth at the input size.
-    pub(crate) fn depth(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+    pub(crate) fn depth(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        xs: &[GraphValue],
+    ) -> BuildResult<GraphValue> {
         let spec = DepthSpec::parse(m, xs.len())?;
         let mut feats = Vec::new();
         for (i, (p, x)) in spec.proj.iter().zip(xs).enumerate() {
-            feats.push(self.module(&format!("{scope}.proj.{i}"), *p, In::One(x.clone()))?);
+            feats.push(self.module(
+                &format!("{scope}.proj.{i}"),
+                *p,
+                LayerInput::One(x.clone()),
+            )?);
         }
         let mut out = feats[feats.len() - 1].clone();
         for i in (0..feats.len() - 1).rev() {
@@ -189,7 +209,11 @@ impl Builder<'_> {
                 ));
             }
             let sum = self.add(scope, &up, &feats[i]);
-            out = self.module(&format!("{scope}.refine.{i}"), spec.refine[i], In::One(sum))?;
+            out = self.module(
+                &format!("{scope}.refine.{i}"),
+                spec.refine[i],
+                LayerInput::One(sum),
+            )?;
         }
         let y = self.dense_chain(&format!("{scope}.head"), &spec.head, out)?;
         if y.shape.get(1) != Some(&1) {
@@ -214,7 +238,7 @@ impl Builder<'_> {
         let scaled = self.b.bin(scope, "Mul", &clipped, &a);
         let shifted = self.b.bin(scope, "Add", &scaled, &b);
         let d = self.b.node(scope, "Exp", &[&shifted], vec![]);
-        let d = V {
+        let d = GraphValue {
             name: d,
             shape: y.shape,
         };
@@ -222,12 +246,17 @@ impl Builder<'_> {
     }
 
     /// `SemanticSegment` in export form: the (B, H, W) class map.
-    pub(crate) fn semantic(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+    pub(crate) fn semantic(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        xs: &[GraphValue],
+    ) -> BuildResult<GraphValue> {
         let spec = SemanticSpec::parse(m, xs.len())?;
         let logits = self.module(
             &format!("{scope}.classifier"),
             spec.classifier,
-            In::One(xs[0].clone()),
+            LayerInput::One(xs[0].clone()),
         )?;
         let [n, c, _, _] = check::nchw(&logits, scope)?;
         if c != spec.nc {
@@ -259,7 +288,7 @@ impl Builder<'_> {
             vec![("to", Attr::Int(elem as i64))],
         );
         self.integer_values.push((cast.clone(), elem));
-        Ok(V {
+        Ok(GraphValue {
             name: cast,
             shape: vec![n, h, w],
         })
@@ -311,30 +340,30 @@ fn resize_bilinear(x: &T, factor: usize, align_corners: bool) -> RefResult<T> {
 
 impl Reference<'_> {
     /// Runs a head list in order (`ConvTranspose2d` included).
-    fn dense_chain(&mut self, ms: &[M], x: T) -> RefResult<T> {
+    fn dense_chain(&mut self, ms: &[ModuleRef], x: T) -> RefResult<T> {
         let mut x = x;
         for m in ms {
             x = if m.class() == "ConvTranspose2d" {
                 super::conv::conv_transpose(*m, &x)?
             } else {
-                self.module(*m, In::One(x))?
+                self.module(*m, LayerInput::One(x))?
             };
         }
         Ok(x)
     }
 
     /// `Depth` in export form.
-    pub(crate) fn depth(&mut self, m: M, xs: &[T]) -> RefResult<T> {
+    pub(crate) fn depth(&mut self, m: ModuleRef, xs: &[T]) -> RefResult<T> {
         let spec = DepthSpec::parse(m, xs.len())?;
         let mut feats = Vec::new();
         for (p, x) in spec.proj.iter().zip(xs) {
-            feats.push(self.module(*p, In::One(x.clone()))?);
+            feats.push(self.module(*p, LayerInput::One(x.clone()))?);
         }
         let mut out = feats[feats.len() - 1].clone();
         for i in (0..feats.len() - 1).rev() {
             let up = resize_bilinear(&out, LEVEL_SCALE, true)?;
             shape::same_shape(&up, &feats[i], "Depth level fusion")?;
-            out = self.module(spec.refine[i], In::One(ops::add(&up, &feats[i])))?;
+            out = self.module(spec.refine[i], LayerInput::One(ops::add(&up, &feats[i])))?;
         }
         let mut y = self.dense_chain(&spec.head, out)?;
         let (_, c, _, _) = shape::nchw(&y, "Depth")?;
@@ -350,9 +379,9 @@ impl Reference<'_> {
 
     /// `SemanticSegment` in export form: the class map, each label as an f32. The resized logits
     /// are kept (`class_logits`) so that parity can tell a near-tie from a wrong class.
-    pub(crate) fn semantic(&mut self, m: M, xs: &[T]) -> RefResult<T> {
+    pub(crate) fn semantic(&mut self, m: ModuleRef, xs: &[T]) -> RefResult<T> {
         let spec = SemanticSpec::parse(m, xs.len())?;
-        let logits = self.module(spec.classifier, In::One(xs[0].clone()))?;
+        let logits = self.module(spec.classifier, LayerInput::One(xs[0].clone()))?;
         let (n, c, _, _) = shape::nchw(&logits, "SemanticSegment")?;
         if c as i64 != spec.nc {
             return Err(e(format!(

@@ -6,10 +6,10 @@
 //! The emission folds each `RepConv` into one convolution as Ultralytics' `fuse_convs` does; the
 //! reference runs its branches unfolded, each BatchNorm as BatchNorm.
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, fork, layer};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
@@ -89,19 +89,19 @@ pub enum RepConvParts<'g> {
     /// The three branches (`bn` only when input and output channels agree at stride 1).
     Branches {
         /// The 3×3 `Conv` (conv and BatchNorm, no activation).
-        conv1: M<'g>,
+        conv1: ModuleRef<'g>,
         /// The 1×1 `Conv`.
-        conv2: M<'g>,
+        conv2: ModuleRef<'g>,
         /// The identity branch's BatchNorm.
-        bn: Option<M<'g>>,
+        bn: Option<ModuleRef<'g>>,
     },
     /// Already fused into one `nn.Conv2d` with a bias.
-    Fused(M<'g>),
+    Fused(ModuleRef<'g>),
 }
 
 impl<'g> RepConvParts<'g> {
     /// Reads `m`, a `RepConv`.
-    pub fn parse(m: M<'g>) -> R<RepConvParts<'g>> {
+    pub fn parse(m: ModuleRef<'g>) -> BuildResult<RepConvParts<'g>> {
         match (
             m.opt_child("conv1"),
             m.opt_child("conv2"),
@@ -121,7 +121,7 @@ impl<'g> RepConvParts<'g> {
 /// The branch convs of a `RepConv` must line up as `fuse_convs` lines them up: a 3×3 with
 /// padding one and a 1×1 without, of one stride and groups, without biases (which `fuse_convs`
 /// ignores), and an identity branch only where input and output channels agree at stride 1.
-fn rep_geometry(p3: &Conv2dParams, p1: &Conv2dParams, identity: bool) -> R<()> {
+fn rep_geometry(p3: &Conv2dParams, p1: &Conv2dParams, identity: bool) -> BuildResult<()> {
     let [o3, i3, ..] = p3.shape;
     let ok = p3.shape[2..] == [3, 3]
         && p3.pad == [1, 1]
@@ -144,7 +144,7 @@ fn rep_geometry(p3: &Conv2dParams, p1: &Conv2dParams, identity: bool) -> R<()> {
 }
 
 /// Each half's width when a block splits `total` channels in two (`self.c`, else `total / 2`).
-fn halves(m: &M, total: i64, what: &str) -> R<i64> {
+fn halves(m: &ModuleRef, total: i64, what: &str) -> BuildResult<i64> {
     let c = m.int("c").unwrap_or(total / 2);
     if c <= 0 || 2 * c != total {
         return Err(format!(
@@ -155,7 +155,7 @@ fn halves(m: &M, total: i64, what: &str) -> R<i64> {
 }
 
 /// `CBLinear.c2s`: the channel groups its conv's output splits into.
-fn c2s(m: &M, channels: i64) -> R<Vec<i64>> {
+fn c2s(m: &ModuleRef, channels: i64) -> BuildResult<Vec<i64>> {
     let c = m.ints("c2s").ok_or("CBLinear without c2s")?;
     if c.is_empty() || c.iter().any(|&v| v <= 0) || c.iter().sum::<i64>() != channels {
         return Err(format!("CBLinear splits {channels} channels into {c:?}"));
@@ -164,12 +164,12 @@ fn c2s(m: &M, channels: i64) -> R<Vec<i64>> {
 }
 
 /// `CBFuse`'s inputs: for each list, the entry `idx[i]`; then the target map.
-fn cb_fuse_inputs<X: Clone>(m: &M, x: In<X>) -> R<(Vec<X>, X)> {
+fn cb_fuse_inputs<X: Clone>(m: &ModuleRef, x: LayerInput<X>) -> BuildResult<(Vec<X>, X)> {
     let idx = m.ints("idx").ok_or("CBFuse without idx")?;
-    let In::Nested(mut xs) = x else {
+    let LayerInput::Nested(mut xs) = x else {
         return Err("CBFuse expects lists of CBLinear outputs and a feature map".into());
     };
-    let Some(In::One(target)) = xs.pop() else {
+    let Some(LayerInput::One(target)) = xs.pop() else {
         return Err("CBFuse: the last input is not a single feature map".into());
     };
     if xs.len() != idx.len() {
@@ -183,19 +183,19 @@ fn cb_fuse_inputs<X: Clone>(m: &M, x: In<X>) -> R<(Vec<X>, X)> {
         .into_iter()
         .zip(&idx)
         .map(|(v, &i)| match v {
-            In::Many(list) => usize::try_from(i)
+            LayerInput::Many(list) => usize::try_from(i)
                 .ok()
                 .and_then(|i| list.get(i).cloned())
                 .ok_or_else(|| format!("CBFuse index {i} of a list of {}", list.len())),
             _ => Err("CBFuse: an input other than the last is not a list".into()),
         })
-        .collect::<R<Vec<X>>>()?;
+        .collect::<BuildResult<Vec<X>>>()?;
     Ok((picked, target))
 }
 
 /// The integer factor by which nearest resizing takes `from` to `to`: an upsampling (the yamls'
 /// `CBFuse` only upsamples; a fractional factor would round differently in the two backends).
-fn up_factor(from: i64, to: i64) -> R<i64> {
+fn up_factor(from: i64, to: i64) -> BuildResult<i64> {
     if from > 0 && to >= from && to % from == 0 {
         Ok(to / from)
     } else {
@@ -211,7 +211,12 @@ impl Builder<'_> {
     /// `RepConv`, folded into one convolution: each branch's BatchNorm folded into its kernel,
     /// the 1×1 kernel padded to 3×3, the identity as a centred unit kernel, all summed (the
     /// arithmetic of Ultralytics' `get_equivalent_kernel_bias`), then the activation.
-    pub(crate) fn rep_conv(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn rep_conv(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let act = m.opt_child("act");
         let (conv1, conv2, bn) = match RepConvParts::parse(m)? {
             RepConvParts::Fused(conv) => {
@@ -250,29 +255,38 @@ impl Builder<'_> {
 
     /// `RepNCSPELAN4` / `ELAN1`: cv1's halves, cv2 on the second, cv3 on that, all four
     /// concatenated, cv4.
-    pub(crate) fn elan(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn elan(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let [an, ac, ah, aw] = check::nchw(&a, scope)?;
         let c = halves(&m, ac, scope)?;
-        let mut ys: Vec<V> = self
+        let mut ys: Vec<GraphValue> = self
             .b
             .split(scope, &a.name, 1, &[c, c])
             .into_iter()
-            .map(|name| V {
+            .map(|name| GraphValue {
                 name,
                 shape: vec![an, c, ah, aw],
             })
             .collect();
         for name in ["cv2", "cv3"] {
             let last = ys.last().expect("two halves").clone();
-            ys.push(self.module(&format!("{scope}.{name}"), m.child(name)?, In::One(last))?);
+            ys.push(self.module(
+                &format!("{scope}.{name}"),
+                m.child(name)?,
+                LayerInput::One(last),
+            )?);
         }
         let cat = self.cat(scope, &ys, 1)?;
         self.conv_block(&format!("{scope}.cv4"), m.child("cv4")?, &cat)
     }
 
     /// `avg_pool2d(x, 2, 1, 0)`.
-    fn avg_pool2(&mut self, scope: &str, x: &V) -> R<V> {
+    fn avg_pool2(&mut self, scope: &str, x: &GraphValue) -> BuildResult<GraphValue> {
         let [xn, xc, xh, xw] = check::nchw(x, scope)?;
         let y = self.b.node(
             scope,
@@ -285,18 +299,28 @@ impl Builder<'_> {
             ],
         );
         let shape = check::positive(scope, vec![xn, xc, xh - 1, xw - 1])?;
-        Ok(V { name: y, shape })
+        Ok(GraphValue { name: y, shape })
     }
 
     /// `AConv`: 2×2 average pool, cv1.
-    pub(crate) fn aconv(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn aconv(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let p = self.avg_pool2(scope, x)?;
         self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, &p)
     }
 
     /// `ADown`: 2×2 average pool; first half through cv1, second through a 3×3 stride-2 max
     /// pool and cv2; concatenated.
-    pub(crate) fn adown(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn adown(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let p = self.avg_pool2(scope, x)?;
         let [pn, pc, ph, pw] = check::nchw(&p, scope)?;
         // `chunk(2, 1)` halves: `ADown.c` is the output half, not the input's.
@@ -305,7 +329,7 @@ impl Builder<'_> {
         }
         let c = pc / 2;
         let parts = self.b.split(scope, &p.name, 1, &[c, c]);
-        let half = |name: &String| V {
+        let half = |name: &String| GraphValue {
             name: name.clone(),
             shape: vec![pn, c, ph, pw],
         };
@@ -320,7 +344,7 @@ impl Builder<'_> {
                 ("strides", Attr::Ints(vec![2, 2])),
             ],
         );
-        let pooled = V {
+        let pooled = GraphValue {
             name: pooled,
             shape: vec![
                 pn,
@@ -340,18 +364,32 @@ impl Builder<'_> {
     }
 
     /// `SPPELAN`: cv1, three chained max pools, all four concatenated, cv5.
-    pub(crate) fn sppelan(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn sppelan(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];
         for name in ["cv2", "cv3", "cv4"] {
             let last = ys.last().expect("cv1 output").clone();
-            ys.push(self.module(&format!("{scope}.{name}"), m.child(name)?, In::One(last))?);
+            ys.push(self.module(
+                &format!("{scope}.{name}"),
+                m.child(name)?,
+                LayerInput::One(last),
+            )?);
         }
         let cat = self.cat(scope, &ys, 1)?;
         self.conv_block(&format!("{scope}.cv5"), m.child("cv5")?, &cat)
     }
 
     /// `CBLinear`: its conv, split into the `c2s` channel groups.
-    pub(crate) fn cb_linear(&mut self, scope: &str, m: M, x: &V) -> R<Vec<V>> {
+    pub(crate) fn cb_linear(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<Vec<GraphValue>> {
         let y = self.conv2d(&format!("{scope}.conv"), m.child("conv")?, None, x)?;
         let [n, c, h, w] = check::nchw(&y, scope)?;
         let sizes = c2s(&m, c)?;
@@ -359,7 +397,7 @@ impl Builder<'_> {
         Ok(names
             .into_iter()
             .zip(sizes)
-            .map(|(name, c)| V {
+            .map(|(name, c)| GraphValue {
                 name,
                 shape: vec![n, c, h, w],
             })
@@ -368,7 +406,12 @@ impl Builder<'_> {
 
     /// `CBFuse`: each picked entry nearest-upsampled to the target's size (`Resize`), then all
     /// summed.
-    pub(crate) fn cb_fuse(&mut self, scope: &str, m: M, x: In<V>) -> R<V> {
+    pub(crate) fn cb_fuse(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: LayerInput<GraphValue>,
+    ) -> BuildResult<GraphValue> {
         let (picked, target) = cb_fuse_inputs(&m, x)?;
         let [_, tc, th, tw] = check::nchw(&target, scope)?;
         let mut sum = target.clone();
@@ -399,7 +442,7 @@ impl Builder<'_> {
                     ],
                 )
             };
-            sum = V {
+            sum = GraphValue {
                 name: self.b.bin(scope, "Add", &r, &sum.name),
                 shape: target.shape.clone(),
             };
@@ -430,12 +473,12 @@ fn fold(kernel: &[f32], bn: BatchNorm) -> (Vec<f32>, Vec<f32>) {
 
 impl Reference<'_> {
     /// `RepConv` as trained: conv1(x) + conv2(x) (+ bn(x)), then the activation.
-    pub(crate) fn rep_conv(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn rep_conv(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let mut y = match RepConvParts::parse(m)? {
-            RepConvParts::Fused(conv) => self.module(conv, In::One(x.clone()))?,
+            RepConvParts::Fused(conv) => self.module(conv, LayerInput::One(x.clone()))?,
             RepConvParts::Branches { conv1, conv2, bn } => {
-                let a = self.module(conv1, In::One(x.clone()))?;
-                let b = self.module(conv2, In::One(x.clone()))?;
+                let a = self.module(conv1, LayerInput::One(x.clone()))?;
+                let b = self.module(conv2, LayerInput::One(x.clone()))?;
                 shape::same_shape(&a, &b, "RepConv")?;
                 let mut y = ops::add(&a, &b);
                 if let Some(bn) = bn {
@@ -453,7 +496,7 @@ impl Reference<'_> {
         Ok(y)
     }
 
-    pub(crate) fn elan(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn elan(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let (_, ac, _, _) = shape::nchw(&a, "RepNCSPELAN4")?;
         if ac % 2 != 0 {
@@ -471,12 +514,12 @@ impl Reference<'_> {
         self.sub(m, "cv4", &ops::cat_channels(&refs))
     }
 
-    pub(crate) fn aconv(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn aconv(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let p = avg_pool2(x)?;
         self.sub(m, "cv1", &p)
     }
 
-    pub(crate) fn adown(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn adown(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let p = avg_pool2(x)?;
         let (_, c, _, _) = shape::nchw(&p, "ADown")?;
         if c % 2 != 0 {
@@ -490,7 +533,7 @@ impl Reference<'_> {
         Ok(ops::cat_channels(&[&y1, &y2]))
     }
 
-    pub(crate) fn sppelan(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn sppelan(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for name in ["cv2", "cv3", "cv4"] {
             let last = ys.last().expect("cv1").clone();
@@ -501,7 +544,7 @@ impl Reference<'_> {
         self.sub(m, "cv5", &ops::cat_channels(&refs))
     }
 
-    pub(crate) fn cb_linear(&mut self, m: M, x: &T) -> RefResult<Vec<T>> {
+    pub(crate) fn cb_linear(&mut self, m: ModuleRef, x: &T) -> RefResult<Vec<T>> {
         let y = self.sub(m, "conv", x)?;
         let (_, c, _, _) = shape::nchw(&y, "CBLinear")?;
         let sizes = c2s(&m, c as i64)?;
@@ -542,7 +585,7 @@ fn avg_pool2(x: &T) -> RefResult<T> {
 
 /// `CBFuse`: each picked map resized to the target's size as `F.interpolate(mode='nearest')`
 /// picks source pixels (floor(dst · in/out)), then all summed with the target.
-fn cb_fuse(m: M, x: In<T>) -> RefResult<T> {
+fn cb_fuse(m: ModuleRef, x: LayerInput<T>) -> RefResult<T> {
     let (picked, target) = cb_fuse_inputs(&m, x)?;
     let (tn, tc, th, tw) = shape::nchw(&target, "CBFuse")?;
     let mut sum = target.clone();

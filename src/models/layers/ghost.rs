@@ -1,10 +1,10 @@
 //! Ghost blocks (YOLOv8-ghost): `GhostConv` (a conv whose cheap depthwise copy doubles its
 //! channels), `GhostBottleneck` and `C3Ghost` (a `C3` of ghost bottlenecks).
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
@@ -35,7 +35,12 @@ pub const LAYERS: &[Layer] = &[
 
 impl Builder<'_> {
     /// `GhostConv`: cat(cv1(x), cv2(cv1(x))).
-    pub(crate) fn ghost_conv(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn ghost_conv(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let y = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let z = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &y)?;
         if y.shape[2..] != z.shape[2..] {
@@ -48,22 +53,33 @@ impl Builder<'_> {
     }
 
     /// `GhostBottleneck`: conv(x) + shortcut(x).
-    pub(crate) fn ghost_bottleneck(&mut self, scope: &str, m: M, x: V) -> R<V> {
+    pub(crate) fn ghost_bottleneck(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: GraphValue,
+    ) -> BuildResult<GraphValue> {
         let y = self.module(
             &format!("{scope}.conv"),
             m.child("conv")?,
-            In::One(x.clone()),
+            LayerInput::One(x.clone()),
         )?;
         self.plus_shortcut(scope, m, y, x)
     }
 
     /// `y + m.shortcut(x)` (the shortcut an `Identity` or a projection), shapes checked; shared
     /// by the ghost and ResNet blocks.
-    pub(crate) fn plus_shortcut(&mut self, scope: &str, m: M, y: V, x: V) -> R<V> {
+    pub(crate) fn plus_shortcut(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        y: GraphValue,
+        x: GraphValue,
+    ) -> BuildResult<GraphValue> {
         let s = self.module(
             &format!("{scope}.shortcut"),
             m.child("shortcut")?,
-            In::One(x),
+            LayerInput::One(x),
         )?;
         if y.shape != s.shape {
             return Err(format!(
@@ -78,16 +94,16 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn ghost_conv(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn ghost_conv(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let y = self.sub(m, "cv1", x)?;
         let z = self.sub(m, "cv2", &y)?;
         shape::same_maps(&[&y, &z], "GhostConv")?;
         Ok(ops::cat_channels(&[&y, &z]))
     }
 
-    pub(crate) fn ghost_bottleneck(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn ghost_bottleneck(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let y = self.sub(m, "conv", x)?;
-        let s = self.module(m.child("shortcut").map_err(e)?, In::One(x.clone()))?;
+        let s = self.module(m.child("shortcut").map_err(e)?, LayerInput::One(x.clone()))?;
         shape::same_shape(&y, &s, "GhostBottleneck")?;
         Ok(ops::add(&y, &s))
     }

@@ -1,10 +1,10 @@
 //! ResNet backbones (`yolov8-cls-resnet50/101`): `ResNetLayer` (a stem, or a run of blocks) and
 //! `ResNetBlock` (a 1×1 / 3×3 / 1×1 bottleneck plus a shortcut, then ReLU).
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
@@ -30,14 +30,19 @@ pub const LAYERS: &[Layer] = &[
 impl Builder<'_> {
     /// `ResNetBlock`: the three convs, plus the shortcut (a strided 1×1 `Conv` or `Identity`),
     /// then ReLU.
-    pub(crate) fn resnet_block(&mut self, scope: &str, m: M, x: V) -> R<V> {
-        let mut y = In::One(x.clone());
+    pub(crate) fn resnet_block(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: GraphValue,
+    ) -> BuildResult<GraphValue> {
+        let mut y = LayerInput::One(x.clone());
         for name in ["cv1", "cv2", "cv3"] {
-            y = In::One(self.module(&format!("{scope}.{name}"), m.child(name)?, y)?);
+            y = LayerInput::One(self.module(&format!("{scope}.{name}"), m.child(name)?, y)?);
         }
         let y = y.one("ResNetBlock")?;
         let sum = self.plus_shortcut(scope, m, y, x)?;
-        Ok(V {
+        Ok(GraphValue {
             name: self.b.node(scope, "Relu", &[&sum.name], vec![]),
             shape: sum.shape,
         })
@@ -47,7 +52,7 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn resnet_block(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn resnet_block(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "cv2", &a)?;
         let a = self.sub(m, "cv3", &a)?;

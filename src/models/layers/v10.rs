@@ -1,10 +1,10 @@
 //! YOLOv10's blocks: `SCDown`, `RepVGGDW`, `CIB`, `C2fCIB` (its `PSA` is in `attention.rs`, its
 //! `v10Detect` head in `heads/`).
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
@@ -41,7 +41,7 @@ pub const LAYERS: &[Layer] = &[
 
 /// `RepVGGDW`'s branches: `conv` (7×7), and `conv1` (3×3) unless `fuse()` already merged it
 /// into `conv` (then a plain `Conv2d`).
-fn repvggdw_branches(m: M) -> R<(M, Option<M>)> {
+fn repvggdw_branches(m: ModuleRef) -> BuildResult<(ModuleRef, Option<ModuleRef>)> {
     let conv = m.child("conv")?;
     let conv1 = m.opt_child("conv1");
     if conv1.is_none() && conv.class() != "Conv2d" {
@@ -57,7 +57,12 @@ fn repvggdw_branches(m: M) -> R<(M, Option<M>)> {
 
 impl Builder<'_> {
     /// `SCDown`: cv2(cv1(x)).
-    pub(crate) fn scdown(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn scdown(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &a)
     }
@@ -65,11 +70,16 @@ impl Builder<'_> {
     /// `RepVGGDW`: act(conv(x) + conv1(x)), each branch with its BatchNorm folded. `fuse()` sums
     /// the two folded kernels into one 7×7 kernel instead; the sum of the two convolutions is
     /// the same up to float rounding.
-    pub(crate) fn repvggdw(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn repvggdw(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let (conv, conv1) = repvggdw_branches(m)?;
-        let mut y = self.module(&format!("{scope}.conv"), conv, In::One(x.clone()))?;
+        let mut y = self.module(&format!("{scope}.conv"), conv, LayerInput::One(x.clone()))?;
         if let Some(conv1) = conv1 {
-            let y1 = self.module(&format!("{scope}.conv1"), conv1, In::One(x.clone()))?;
+            let y1 = self.module(&format!("{scope}.conv1"), conv1, LayerInput::One(x.clone()))?;
             if y1.shape != y.shape {
                 return Err(format!(
                     "{scope}: RepVGGDW branches give {:?} and {:?}",
@@ -82,8 +92,17 @@ impl Builder<'_> {
     }
 
     /// `CIB`: its `cv1` sequence, plus x when `add`.
-    pub(crate) fn cib(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let y = self.module(&format!("{scope}.cv1"), m.child("cv1")?, In::One(x.clone()))?;
+    pub(crate) fn cib(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
+        let y = self.module(
+            &format!("{scope}.cv1"),
+            m.child("cv1")?,
+            LayerInput::One(x.clone()),
+        )?;
         if !m.bool("add").unwrap_or(false) {
             return Ok(y);
         }
@@ -100,17 +119,17 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn scdown(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn scdown(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         self.sub(m, "cv2", &a)
     }
 
     /// `RepVGGDW` as its unfused forward: both branches run, each with BatchNorm unfolded.
-    pub(crate) fn repvggdw(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn repvggdw(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let (conv, conv1) = repvggdw_branches(m)?;
-        let mut y = self.module(conv, In::One(x.clone()))?;
+        let mut y = self.module(conv, LayerInput::One(x.clone()))?;
         if let Some(conv1) = conv1 {
-            let y1 = self.module(conv1, In::One(x.clone()))?;
+            let y1 = self.module(conv1, LayerInput::One(x.clone()))?;
             shape::same_shape(&y, &y1, "RepVGGDW")?;
             y = ops::add(&y, &y1);
         }
@@ -118,8 +137,8 @@ impl Reference<'_> {
         Ok(y)
     }
 
-    pub(crate) fn cib(&mut self, m: M, x: &T) -> RefResult<T> {
-        let y = self.module(m.child("cv1").map_err(e)?, In::One(x.clone()))?;
+    pub(crate) fn cib(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+        let y = self.module(m.child("cv1").map_err(e)?, LayerInput::One(x.clone()))?;
         if !m.bool("add").unwrap_or(false) {
             return Ok(y);
         }

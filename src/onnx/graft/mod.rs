@@ -177,10 +177,7 @@ fn dtype_name(code: u64) -> String {
 
 fn decode(code: u64, b: &[u8]) -> Vec<f32> {
     match code {
-        FLOAT => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        FLOAT => crate::convert::f32s_le(b).collect(),
         FLOAT16 => b
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -248,7 +245,9 @@ impl Source {
             }
             Data::External(kv) => {
                 let mut ext = crate::onnx::read::External::new(self.scanned.path.parent());
-                ext.slice(&t.name, kv).map(<[u8]>::to_vec)
+                ext.slice(&t.name, kv)
+                    .map(<[u8]>::to_vec)
+                    .map_err(String::from)
             }
             Data::Other => Ok(Vec::new()),
         }

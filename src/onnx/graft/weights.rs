@@ -79,7 +79,7 @@ impl Side {
         let mut names = Vec::new();
         let mut tensors = HashMap::new();
         for (n, t) in named {
-            if t.dtype.is_float() && !tensors.contains_key(n) {
+            if t.dtype().is_float() && !tensors.contains_key(n) {
                 names.push(n.clone());
                 tensors.insert(n.clone(), t.clone());
             }
@@ -98,7 +98,7 @@ impl Side {
 
     /// The tensor's shape.
     pub fn shape(&self, key: &str) -> Option<&[usize]> {
-        self.tensors.get(key).map(|t| t.shape.as_slice())
+        self.tensors.get(key).map(|t| t.shape())
     }
 
     /// Whether `key` is a floating tensor of this side.

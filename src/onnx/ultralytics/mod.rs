@@ -4,12 +4,12 @@
 
 pub(crate) mod check;
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
-use crate::models::{Backend, In, Net};
+use crate::models::{Backend, LayerInput, Net};
 
-use super::graph::{GraphBuilder, V};
+use super::graph::{GraphBuilder, GraphValue};
 use super::proto::ElemType;
 
 /// Emits modules into a graph.
@@ -17,7 +17,7 @@ pub struct Builder<'g> {
     /// The graph under construction.
     pub b: GraphBuilder,
     /// Outputs beyond the model's main one (`Segment`'s prototypes), in order.
-    pub extra_outputs: Vec<V>,
+    pub extra_outputs: Vec<GraphValue>,
     /// Values whose element type is not the compute type (`SemanticSegment`'s class map), by
     /// name: an output named here keeps its type (no Cast back to float32 in half mode).
     pub integer_values: Vec<(String, ElemType)>,
@@ -62,7 +62,12 @@ impl<'g> Builder<'g> {
     }
 
     /// Emits one module by its class, at `scope` (`model.2.m.0`).
-    pub fn module(&mut self, scope: &str, m: M, x: In<V>) -> R<V> {
+    pub fn module(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: LayerInput<GraphValue>,
+    ) -> BuildResult<GraphValue> {
         match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Layer { emit, .. }) => emit(self, scope, m, x),
             _ => Err(registry::unsupported_class(&m.class())),
@@ -71,18 +76,23 @@ impl<'g> Builder<'g> {
 }
 
 impl Backend for Builder<'_> {
-    type Value = V;
+    type Value = GraphValue;
 
-    fn layer(&mut self, path: &str, m: M<'_>, x: In<V>) -> R<In<V>> {
+    fn layer(
+        &mut self,
+        path: &str,
+        m: ModuleRef<'_>,
+        x: LayerInput<GraphValue>,
+    ) -> BuildResult<LayerInput<GraphValue>> {
         match registry::lookup(m).map(|l| l.kind) {
-            Some(Kind::Fork { emit, .. }) => emit(self, path, m, x).map(In::Many),
-            _ => self.module(path, m, x).map(In::One),
+            Some(Kind::Fork { emit, .. }) => emit(self, path, m, x).map(LayerInput::Many),
+            _ => self.module(path, m, x).map(LayerInput::One),
         }
     }
 }
 
 /// Emits the layers of a `DetectionModel`-like module on `input` and returns the last layer's
 /// output.
-pub fn forward(bld: &mut Builder, root: M, input: V) -> R<V> {
+pub fn forward(bld: &mut Builder, root: ModuleRef, input: GraphValue) -> BuildResult<GraphValue> {
     Net::new(root)?.forward(bld, input)
 }

@@ -2,16 +2,16 @@
 //! with anchors and strides as constants for the static input size.
 
 use super::{HeadKind, HeadSpec};
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
-use crate::onnx::graph::V;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 
 impl Builder<'_> {
     /// Runs a head branch (`nn.Sequential` or a single module) on one level.
-    fn branch(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        self.module(scope, m, In::One(x.clone()))
+    fn branch(&mut self, scope: &str, m: ModuleRef, x: &GraphValue) -> BuildResult<GraphValue> {
+        self.module(scope, m, LayerInput::One(x.clone()))
     }
 
     /// The detection heads in export form: output (B, 4 + nc [+ masks | keypoints | angle],
@@ -19,7 +19,12 @@ impl Builder<'_> {
     /// sigmoid class scores; segmentation heads also emit the prototypes as a second output. With
     /// `--end2end` the one-to-one branches run, boxes are corners (x1 y1 x2 y2; OBB keeps its
     /// rotated form) and `topk.rs` turns the result into (B, k, 6 + extra) rows.
-    pub(crate) fn detect(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+    pub(crate) fn detect(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        xs: &[GraphValue],
+    ) -> BuildResult<GraphValue> {
         let spec = HeadSpec::parse(m, xs.len(), self.head)?;
         let class = spec.class.clone();
         let (nc, reg_max, extra_ch) = (spec.nc, spec.reg_max, spec.extra);
@@ -30,7 +35,7 @@ impl Builder<'_> {
         );
         let cv4 = (spec.extra_branches().iter())
             .map(|name| Ok(m.child(name)?.children()))
-            .collect::<R<Vec<_>>>()?;
+            .collect::<BuildResult<Vec<_>>>()?;
         let first = xs
             .first()
             .ok_or_else(|| format!("{class} without inputs"))?;
@@ -46,22 +51,23 @@ impl Builder<'_> {
             let hw = if self.b.dynamic_hw { -1 } else { xh * xw };
             // A level's branch: the i-th module of each list, in turn (`Pose26`'s `cv4` and
             // `cv4_kpts`; one list elsewhere), reshaped to (B, ch, h·w).
-            let level = |b: &mut Self, names: &[String], heads: &[Vec<(&str, M)>], ch: i64| {
-                let mut y = x.clone();
-                let mut s = String::new();
-                for (name, head) in names.iter().zip(heads) {
-                    s = format!("{scope}.{name}.{i}");
-                    let (_, branch) = head.get(i).ok_or_else(|| {
-                        format!(
-                            "{scope}.{name} has {} branches for {} inputs",
-                            head.len(),
-                            xs.len()
-                        )
-                    })?;
-                    y = b.branch(&s, *branch, &y)?;
-                }
-                R::Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
-            };
+            let level =
+                |b: &mut Self, names: &[String], heads: &[Vec<(&str, ModuleRef)>], ch: i64| {
+                    let mut y = x.clone();
+                    let mut s = String::new();
+                    for (name, head) in names.iter().zip(heads) {
+                        s = format!("{scope}.{name}.{i}");
+                        let (_, branch) = head.get(i).ok_or_else(|| {
+                            format!(
+                                "{scope}.{name} has {} branches for {} inputs",
+                                head.len(),
+                                xs.len()
+                            )
+                        })?;
+                        y = b.branch(&s, *branch, &y)?;
+                    }
+                    BuildResult::Ok(b.b.reshape(&s, &y.name, &[0, ch, hw]))
+                };
             boxes.push(level(self, &[spec.branch("cv2")], &cv2, 4 * reg_max)?);
             scores.push(level(self, &[spec.branch("cv3")], &cv3, nc)?);
             if extra_ch > 0 {
@@ -164,7 +170,7 @@ impl Builder<'_> {
         }
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
         let y = self.b.concat(scope, &refs, 1);
-        let y = V {
+        let y = GraphValue {
             name: y,
             shape: vec![batch, 4 + nc + extra_ch, a],
         };
@@ -180,9 +186,9 @@ impl Builder<'_> {
     pub(crate) fn anchors(
         &mut self,
         scope: &str,
-        xs: &[V],
+        xs: &[GraphValue],
         strides: &[f64],
-    ) -> R<(String, String)> {
+    ) -> BuildResult<(String, String)> {
         if !self.b.dynamic_hw {
             let (mut points, mut stride_row) = (Vec::new(), Vec::new());
             for (x, &s) in xs.iter().zip(strides) {
@@ -258,7 +264,7 @@ impl Builder<'_> {
         anchor: &str,
         st: &str,
         a: i64,
-    ) -> R<String> {
+    ) -> BuildResult<String> {
         let (n, ndim) = spec.kpt_shape.ok_or("Pose without kpt_shape")?;
         // A dynamic input leaves the anchor count to the graph.
         let a = if self.b.dynamic_hw { -1 } else { a };
@@ -287,7 +293,7 @@ impl Builder<'_> {
 
     /// `DFL`: softmax over the `reg_max` bins of each side, then the expectation (a 1×1 conv with
     /// the bin indices as weights, read from the checkpoint).
-    fn dfl(&mut self, scope: &str, m: M, boxes: &str, reg_max: i64) -> R<String> {
+    fn dfl(&mut self, scope: &str, m: ModuleRef, boxes: &str, reg_max: i64) -> BuildResult<String> {
         let (w, ws) = m.child("conv")?.need_f32("weight")?;
         let x = self.b.reshape(scope, boxes, &[0, 4, reg_max, -1]);
         let t = self.b.node(

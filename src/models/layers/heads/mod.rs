@@ -8,9 +8,9 @@ mod emit;
 mod run;
 mod topk;
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::registry::{Layer, head, part};
-use crate::onnx::graph::V;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
@@ -108,7 +108,7 @@ impl Default for HeadOptions {
 
 /// Fails unless `head` (a model's last layer) can give end-to-end output: it must have the
 /// one-to-one branches (`one2one_cv2`, YOLOv10 / YOLO26 heads) that `--end2end` reads.
-pub fn check_end2end(head: M) -> R<()> {
+pub fn check_end2end(head: ModuleRef) -> BuildResult<()> {
     if head.opt_child("one2one_cv2").is_some() {
         return Ok(());
     }
@@ -161,7 +161,7 @@ impl HeadSpec {
     /// Reads the head `m` that receives `inputs` feature maps, to be evaluated as `opts` says;
     /// refuses what neither backend handles (`xyxy` output, a missing branch set) and values no
     /// real head has.
-    pub fn parse(m: M, inputs: usize, opts: HeadOptions) -> R<HeadSpec> {
+    pub fn parse(m: ModuleRef, inputs: usize, opts: HeadOptions) -> BuildResult<HeadSpec> {
         let class = m.class();
         if m.bool("xyxy") == Some(true) {
             return Err(format!("{class} with xyxy output"));
@@ -245,7 +245,7 @@ impl HeadSpec {
 
 impl Builder<'_> {
     /// `Proto`: cv1, a stride-2 transposed conv, cv2, cv3 — the mask prototypes (B, nm, H/4, W/4).
-    fn proto(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    fn proto(&mut self, scope: &str, m: ModuleRef, x: &GraphValue) -> BuildResult<GraphValue> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
         let up = self.conv_transpose(&format!("{scope}.upsample"), m.child("upsample")?, &a)?;
         let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &up)?;
@@ -254,7 +254,12 @@ impl Builder<'_> {
 
     /// The head's prototypes by its `proto`'s class: `Proto` reads the first level, `Proto26`
     /// every level.
-    fn prototypes(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+    fn prototypes(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        xs: &[GraphValue],
+    ) -> BuildResult<GraphValue> {
         let first = xs.first().ok_or("prototypes without inputs")?;
         if m.class() != "Proto26" {
             return self.proto(scope, m, first);
@@ -290,7 +295,7 @@ impl Builder<'_> {
 
 impl Reference<'_> {
     /// `Proto`, BatchNorm unfolded.
-    fn proto(&mut self, p: M, x: &T) -> RefResult<T> {
+    fn proto(&mut self, p: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.conv_bn_act(p.child("cv1").map_err(e)?, x)?;
         let up = super::conv::conv_transpose(p.child("upsample").map_err(e)?, &a)?;
         let b = self.conv_bn_act(p.child("cv2").map_err(e)?, &up)?;
@@ -298,7 +303,7 @@ impl Reference<'_> {
     }
 
     /// `Proto` on the first level, or `Proto26` on every level.
-    fn prototypes(&mut self, p: M, xs: &[T]) -> RefResult<T> {
+    fn prototypes(&mut self, p: ModuleRef, xs: &[T]) -> RefResult<T> {
         let first = xs.first().ok_or_else(|| e("prototypes without inputs"))?;
         if p.class() != "Proto26" {
             return self.proto(p, first);

@@ -1,15 +1,15 @@
 //! The run side of the detection heads: per-anchor decoding written as plain loops.
 
 use super::{HeadKind, HeadSpec};
-use crate::checkpoint::py::M;
-use crate::models::In;
+use crate::checkpoint::py::ModuleRef;
+use crate::models::LayerInput;
 use crate::reference::ops::{self, T};
 use crate::reference::{RefResult, Reference, e, shape};
 
 impl Reference<'_> {
     /// Runs branch `i` of each of the head's branch lists `lists` (`cv2`; `cv4` then
     /// `cv4_kpts`), in turn, on level `x`.
-    fn level(&mut self, head: M, lists: &[String], i: usize, x: &T) -> RefResult<T> {
+    fn level(&mut self, head: ModuleRef, lists: &[String], i: usize, x: &T) -> RefResult<T> {
         let mut y = x.clone();
         for list in lists {
             let branch = head.child(list).map_err(e)?.children();
@@ -17,13 +17,13 @@ impl Reference<'_> {
                 .get(i)
                 .ok_or_else(|| e(format!("{list} has no branch {i}")))?
                 .1;
-            y = self.module(m, In::One(y))?;
+            y = self.module(m, LayerInput::One(y))?;
         }
         Ok(y)
     }
 
     /// The detection heads in export form, or as end-to-end rows (see `Builder::detect`).
-    pub(crate) fn head(&mut self, m: M, xs: &[T]) -> RefResult<T> {
+    pub(crate) fn head(&mut self, m: ModuleRef, xs: &[T]) -> RefResult<T> {
         let spec = HeadSpec::parse(m, xs.len(), self.head)?;
         let class = spec.class.clone();
         let (nc, rm, extra) = (spec.nc as usize, spec.reg_max as usize, spec.extra as usize);

@@ -4,8 +4,8 @@
 //! give each as a row: its box, the score, the class index (as a float) and the anchor's extra
 //! channels. Both sides take the class-aware selection (`agnostic_nms` is off at export).
 
-use crate::checkpoint::py::R;
-use crate::onnx::graph::V;
+use crate::checkpoint::py::BuildResult;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::T;
@@ -13,7 +13,13 @@ use crate::reference::ops::T;
 impl Builder<'_> {
     /// The top-k rows of head output `y` (B, 4 + nc + extra, anchors) in the graph: `TopK` twice,
     /// `GatherElements` for the rows (B, k, 6 + extra).
-    pub(crate) fn end2end_rows(&mut self, scope: &str, y: &V, nc: i64, max_det: usize) -> R<V> {
+    pub(crate) fn end2end_rows(
+        &mut self,
+        scope: &str,
+        y: &GraphValue,
+        nc: i64,
+        max_det: usize,
+    ) -> BuildResult<GraphValue> {
         let [batch, c, a] = y.shape[..] else {
             return Err(format!("{scope}: head output {:?} is not 3-D", y.shape));
         };
@@ -85,7 +91,7 @@ impl Builder<'_> {
             cols.push(gather(self, &parts[2], &anchor, extra));
         }
         let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
-        Ok(V {
+        Ok(GraphValue {
             name: self.b.concat(s, &refs, 2),
             shape: vec![batch, k, 6 + extra],
         })

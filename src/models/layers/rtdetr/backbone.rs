@@ -1,9 +1,9 @@
 //! RT-DETR's convolutional blocks: `HGStem`, `HGBlock`, `LightConv` (HGNetv2) and `RepC3`
 //! (whose `RepConv`s are declared with YOLOv9's blocks, `elan.rs`).
 
-use crate::checkpoint::py::{M, R};
-use crate::models::In;
-use crate::onnx::graph::V;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::models::LayerInput;
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, T};
@@ -11,7 +11,7 @@ use crate::reference::{RefResult, Reference, e, shape};
 
 /// `HGStem`'s pool must be the 2×2, stride-1 window the stem is built with: with stride 1 its
 /// `ceil_mode=True` changes nothing.
-fn stem_pool(p: M) -> R<()> {
+fn stem_pool(p: ModuleRef) -> BuildResult<()> {
     let one = |k: &str, want: i64| p.ints(k).is_some_and(|v| v.iter().all(|&x| x == want));
     if one("kernel_size", 2) && one("stride", 1) && one("padding", 0) {
         Ok(())
@@ -24,21 +24,26 @@ fn stem_pool(p: M) -> R<()> {
 
 impl Builder<'_> {
     /// Zero padding of one row at the bottom and one column at the right (`F.pad(x, [0,1,0,1])`).
-    fn pad_br(&mut self, scope: &str, x: &V) -> R<V> {
+    fn pad_br(&mut self, scope: &str, x: &GraphValue) -> BuildResult<GraphValue> {
         let [n, c, h, w] = check::nchw(x, scope)?;
         let pads = self
             .b
             .ints(&format!("{scope}/pads"), &[0, 0, 0, 0, 0, 0, 1, 1]);
         let y = self.b.node(scope, "Pad", &[&x.name, &pads], vec![]);
-        Ok(V {
+        Ok(GraphValue {
             name: y,
             shape: vec![n, c, h + 1, w + 1],
         })
     }
 
     /// `HGStem`.
-    pub(crate) fn hgstem(&mut self, scope: &str, m: M, x: &V) -> R<V> {
-        let conv = |b: &mut Self, name: &str, x: &V| {
+    pub(crate) fn hgstem(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
+        let conv = |b: &mut Self, name: &str, x: &GraphValue| {
             b.conv_block(&format!("{scope}.{name}"), m.child(name)?, x)
         };
         let x = conv(self, "stem1", x)?;
@@ -57,7 +62,7 @@ impl Builder<'_> {
                 ("strides", Attr::Ints(vec![1, 1])),
             ],
         );
-        let x1 = V {
+        let x1 = GraphValue {
             name: p,
             shape: vec![n, c, h - 1, w - 1],
         };
@@ -67,11 +72,16 @@ impl Builder<'_> {
     }
 
     /// `HGBlock`: every block's output kept, concatenated, squeezed and excited.
-    pub(crate) fn hgblock(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn hgblock(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let mut ys = vec![x.clone()];
         for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
             let last = ys.last().expect("input").clone();
-            ys.push(self.module(&format!("{scope}.m.{i}"), b, In::One(last))?);
+            ys.push(self.module(&format!("{scope}.m.{i}"), b, LayerInput::One(last))?);
         }
         let cat = self.cat(scope, &ys, 1)?;
         let y = self.conv_block(&format!("{scope}.sc"), m.child("sc")?, &cat)?;
@@ -84,15 +94,25 @@ impl Builder<'_> {
     }
 
     /// `LightConv`: conv1 then conv2.
-    pub(crate) fn lightconv(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn lightconv(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let y = self.conv_block(&format!("{scope}.conv1"), m.child("conv1")?, x)?;
         self.conv_block(&format!("{scope}.conv2"), m.child("conv2")?, &y)
     }
 
     /// `RepC3`: cv3(m(cv1(x)) + cv2(x)).
-    pub(crate) fn repc3(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn repc3(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let a = self.module(&format!("{scope}.m"), m.child("m")?, In::One(a))?;
+        let a = self.module(&format!("{scope}.m"), m.child("m")?, LayerInput::One(a))?;
         let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, x)?;
         if a.shape != b.shape {
             return Err(format!(
@@ -101,7 +121,7 @@ impl Builder<'_> {
             ));
         }
         let s = self.add(scope, &a, &b);
-        self.module(&format!("{scope}.cv3"), m.child("cv3")?, In::One(s))
+        self.module(&format!("{scope}.cv3"), m.child("cv3")?, LayerInput::One(s))
     }
 }
 
@@ -122,7 +142,7 @@ fn pad_br(x: &T) -> RefResult<T> {
 }
 
 impl Reference<'_> {
-    pub(crate) fn hgstem(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn hgstem(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let x = self.sub(m, "stem1", x)?;
         let x = pad_br(&x)?;
         let x2 = self.sub(m, "stem2a", &x)?;
@@ -135,11 +155,11 @@ impl Reference<'_> {
         self.sub(m, "stem4", &x)
     }
 
-    pub(crate) fn hgblock(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn hgblock(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let mut ys = vec![x.clone()];
         for (_, b) in m.child("m").map_err(e)?.children() {
             let last = ys.last().expect("input").clone();
-            ys.push(self.module(b, In::One(last))?);
+            ys.push(self.module(b, LayerInput::One(last))?);
         }
         let refs = ys.iter().collect::<Vec<_>>();
         shape::same_maps(&refs, "HGBlock")?;
@@ -153,12 +173,12 @@ impl Reference<'_> {
         })
     }
 
-    pub(crate) fn lightconv(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn lightconv(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let y = self.sub(m, "conv1", x)?;
         self.sub(m, "conv2", &y)
     }
 
-    pub(crate) fn repc3(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn repc3(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "m", &a)?;
         let b = self.sub(m, "cv2", x)?;

@@ -6,8 +6,8 @@
 
 use super::deform::Deform;
 use super::{Linear, MIN_OPSET, Mha, Mlp, Norm, size};
-use crate::checkpoint::py::{M, R};
-use crate::onnx::graph::V;
+use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 
@@ -59,7 +59,10 @@ pub(super) struct Head {
 
 impl Head {
     /// Reads the head `m` receiving `levels` feature maps.
-    pub(super) fn parse<'g>(m: M<'g>, levels: usize) -> R<(Head, Vec<(M<'g>, M<'g>)>)> {
+    pub(super) fn parse<'g>(
+        m: ModuleRef<'g>,
+        levels: usize,
+    ) -> BuildResult<(Head, Vec<(ModuleRef<'g>, ModuleRef<'g>)>)> {
         let nc = size(m, "nc")?;
         let hd = size(m, "hidden_dim")?;
         let queries = size(m, "num_queries")?;
@@ -156,14 +159,14 @@ impl Head {
 /// Anchor logits (A, 4) and the valid mask (A).
 pub(super) type Anchors = (Vec<f32>, Vec<bool>);
 
-fn out_of(l: Linear, out: usize) -> R<Linear> {
+fn out_of(l: Linear, out: usize) -> BuildResult<Linear> {
     if l.out != out {
         return Err(format!("a linear layer gives {} values, not {out}", l.out));
     }
     Ok(l)
 }
 
-fn mlp(m: M, inp: usize, out: usize) -> R<Mlp> {
+fn mlp(m: ModuleRef, inp: usize, out: usize) -> BuildResult<Mlp> {
     let p = Mlp::parse(m, inp)?;
     if p.out() != out {
         return Err(format!("an MLP gives {} values, not {out}", p.out()));
@@ -172,7 +175,7 @@ fn mlp(m: M, inp: usize, out: usize) -> R<Mlp> {
 }
 
 /// The head's stored anchors, when they are all there and consistent.
-fn stored(m: M) -> Option<Stored> {
+fn stored(m: ModuleRef) -> Option<Stored> {
     let shapes: Vec<(usize, usize)> =
         m.g.seq(m.attr("shapes")?)?
             .iter()
@@ -232,7 +235,7 @@ fn anchors_f32(shapes: &[(usize, usize)]) -> Anchors {
 
 impl Builder<'_> {
     /// Refuses opsets without the operators the RT-DETR emission uses.
-    pub(super) fn rtdetr_opset(&self) -> R<()> {
+    pub(super) fn rtdetr_opset(&self) -> BuildResult<()> {
         if self.opset < MIN_OPSET {
             return Err(format!(
                 "RT-DETR needs opset {MIN_OPSET} or later (LayerNormalization, GridSample); opset {} was asked for",
@@ -243,7 +246,12 @@ impl Builder<'_> {
     }
 
     /// `RTDETRDecoder` in export form.
-    pub(crate) fn rtdetr_decoder(&mut self, scope: &str, m: M, xs: &[V]) -> R<V> {
+    pub(crate) fn rtdetr_decoder(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        xs: &[GraphValue],
+    ) -> BuildResult<GraphValue> {
         self.rtdetr_opset()?;
         let (p, projs) = Head::parse(m, xs.len())?;
         let s = scope;
@@ -392,7 +400,7 @@ impl Builder<'_> {
         let score = self.b.reshape(s, &t[0], &[0, kout, 1]);
         let cls = self.b.reshape(s, &cls, &[0, kout, 1]);
         let y = self.b.concat(s, &[&boxes, &score, &cls], -1);
-        Ok(V {
+        Ok(GraphValue {
             name: y,
             shape: vec![batch, kout, 6],
         })

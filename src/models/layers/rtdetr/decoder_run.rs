@@ -4,7 +4,7 @@
 use super::decoder::{Anchors, Head, INV_EPS, MAX_DET};
 use super::deform::run_deform;
 use super::encoder::{run_linear, run_mha, run_mlp, run_norm};
-use crate::checkpoint::py::M;
+use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::conv::{BatchNorm, conv};
 use crate::reference::ops::{self, T};
 use crate::reference::seq::top_k;
@@ -45,7 +45,7 @@ fn inverse_sigmoid(x: f32) -> f32 {
 
 impl Reference<'_> {
     /// `RTDETRDecoder` in export form: (B, K, 6) rows of cx, cy, w, h, score, class.
-    pub(crate) fn rtdetr_decoder(&mut self, m: M, xs: &[T]) -> RefResult<T> {
+    pub(crate) fn rtdetr_decoder(&mut self, m: ModuleRef, xs: &[T]) -> RefResult<T> {
         let (p, projs) = Head::parse(m, xs.len())?;
         let hd = p.hd;
         let mut levels = Vec::new();

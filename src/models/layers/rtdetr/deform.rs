@@ -6,7 +6,7 @@
 
 use super::encoder::run_linear;
 use super::{Linear, grid_sample_attrs, size};
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::seq;
@@ -24,7 +24,7 @@ pub(super) struct Deform {
 
 impl Deform {
     /// Reads `m` for `d` channels over `levels` levels.
-    pub(super) fn parse(m: M, d: usize, levels: usize) -> R<Deform> {
+    pub(super) fn parse(m: ModuleRef, d: usize, levels: usize) -> BuildResult<Deform> {
         let (heads, points) = (size(m, "n_heads")?, size(m, "n_points")?);
         if m.int("n_levels") != Some(levels as i64)
             || m.int("d_model") != Some(d as i64)
@@ -36,7 +36,7 @@ impl Deform {
                 m.int("d_model")
             ));
         }
-        let lin = |name: &str, out: usize| -> R<Linear> {
+        let lin = |name: &str, out: usize| -> BuildResult<Linear> {
             let l = Linear::parse(m.child(name)?, d)?;
             if l.out != out {
                 return Err(format!(

@@ -3,9 +3,9 @@
 //! emission (`impl Builder`, ONNX nodes) and the reference (`seq` kernels) of each.
 
 use super::{Linear, Mha, Mlp, Norm, pos_dim};
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::layers::act;
-use crate::onnx::graph::{GraphBuilder, V};
+use crate::onnx::graph::{GraphBuilder, GraphValue};
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::T;
@@ -14,12 +14,12 @@ use crate::reference::{RefResult, Reference, shape};
 
 // ---- GELU ----
 
-fn tanh_form(m: M) -> bool {
+fn tanh_form(m: ModuleRef) -> bool {
     m.str("approximate") == Some("tanh")
 }
 
 /// GELU on `x`: 0.5·x·(1 + erf(x/√2)), or the tanh form.
-pub(super) fn emit_gelu(g: &mut GraphBuilder, s: &str, m: M, x: &str) -> String {
+pub(super) fn emit_gelu(g: &mut GraphBuilder, s: &str, m: ModuleRef, x: &str) -> String {
     let half = g.weight(&format!("{s}/half"), &[], &[0.5]);
     let one = g.weight(&format!("{s}/one"), &[], &[1.0]);
     let inner = if tanh_form(m) {
@@ -46,7 +46,7 @@ pub(super) fn emit_gelu(g: &mut GraphBuilder, s: &str, m: M, x: &str) -> String 
 }
 
 /// GELU in place.
-pub(super) fn run_gelu(m: M, t: &mut T) {
+pub(super) fn run_gelu(m: ModuleRef, t: &mut T) {
     if tanh_form(m) {
         let k = (2.0 / std::f64::consts::PI).sqrt();
         crate::reference::ops::map(t, |v| {
@@ -148,7 +148,12 @@ impl Builder<'_> {
 
     /// `AIFI`: a post-norm transformer encoder layer over the H·W positions of a feature map,
     /// the position embedding a constant for the input size.
-    pub(crate) fn aifi(&mut self, scope: &str, m: M, x: &V) -> R<V> {
+    pub(crate) fn aifi(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
         self.rtdetr_opset()?;
         let [_, c, h, w] = check::nchw(x, scope)?;
         let a = Aifi::parse(m, c as usize)?;
@@ -172,7 +177,7 @@ impl Builder<'_> {
         let f = self.act(
             scope,
             m.opt_child("act"),
-            V {
+            GraphValue {
                 name: f,
                 shape: vec![],
             },
@@ -187,7 +192,7 @@ impl Builder<'_> {
             vec![("perm", Attr::Ints(vec![0, 2, 1]))],
         );
         let y = self.b.reshape(scope, &y, &[0, c, h, w]);
-        Ok(V {
+        Ok(GraphValue {
             name: y,
             shape: x.shape.clone(),
         })
@@ -204,7 +209,7 @@ struct Aifi {
 }
 
 impl Aifi {
-    fn parse(m: M, c: usize) -> R<Aifi> {
+    fn parse(m: ModuleRef, c: usize) -> BuildResult<Aifi> {
         if m.bool("normalize_before") == Some(true) {
             return Err("AIFI with normalize_before=True".into());
         }
@@ -226,7 +231,7 @@ impl Aifi {
 
 /// `build_2d_sincos_position_embedding(w, h, c)` in f32, as PyTorch computes it: (h·w, c) rows of
 /// [sin(y·ω), cos(y·ω), sin(x·ω), cos(x·ω)], ω_i = 1 / 10000^(i / (c/4)).
-fn pos_embed_f32(w: usize, h: usize, c: usize) -> R<Vec<f32>> {
+fn pos_embed_f32(w: usize, h: usize, c: usize) -> BuildResult<Vec<f32>> {
     let d = pos_dim(c)?;
     let omega: Vec<f32> = (0..d)
         .map(|i| 1.0 / 10000f32.powf(i as f32 / d as f32))
@@ -292,7 +297,7 @@ pub(super) fn run_mha(p: &Mha, q: &[f32], k: &[f32], v: &[f32], nq: usize, nk: u
 }
 
 /// The position embedding computed in f64 (the emission computes it in f32, as PyTorch does).
-fn pos_embed_f64(w: usize, h: usize, c: usize) -> R<Vec<f32>> {
+fn pos_embed_f64(w: usize, h: usize, c: usize) -> BuildResult<Vec<f32>> {
     let d = pos_dim(c)?;
     let mut out = Vec::with_capacity(h * w * c);
     for y in 0..h {
@@ -311,7 +316,7 @@ fn pos_embed_f64(w: usize, h: usize, c: usize) -> R<Vec<f32>> {
 }
 
 impl Reference<'_> {
-    pub(crate) fn aifi(&mut self, m: M, x: &T) -> RefResult<T> {
+    pub(crate) fn aifi(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
         let (n, c, h, w) = shape::nchw(x, "AIFI")?;
         let a = Aifi::parse(m, c)?;
         let hw = h * w;

@@ -11,7 +11,7 @@ mod decoder_run;
 mod deform;
 mod encoder;
 
-use crate::checkpoint::py::{M, R};
+use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::registry::{Layer, activation, head, layer, part};
 use crate::onnx::proto::Attr;
 
@@ -119,7 +119,7 @@ pub(crate) fn grid_sample_attrs(opset: i64) -> Vec<(&'static str, Attr)> {
 
 /// Whether the model `root` ends in an `RTDETRDecoder`, whose output is detection rows (the top
 /// K of queries × classes) that the parity check compares as a set.
-pub fn rows_output(root: M) -> bool {
+pub fn rows_output(root: ModuleRef) -> bool {
     let head = root
         .child("model")
         .ok()
@@ -128,7 +128,7 @@ pub fn rows_output(root: M) -> bool {
 }
 
 /// A positive size attribute no real model exceeds.
-fn size(m: M, name: &str) -> R<usize> {
+fn size(m: ModuleRef, name: &str) -> BuildResult<usize> {
     m.int(name)
         .filter(|v| (1..=1 << 16).contains(v))
         .map(|v| v as usize)
@@ -149,7 +149,7 @@ pub struct Linear {
 
 impl Linear {
     /// Reads `m` and checks that it takes `inp` values.
-    pub fn parse(m: M, inp: usize) -> R<Linear> {
+    pub fn parse(m: ModuleRef, inp: usize) -> BuildResult<Linear> {
         let (w, ws) = m.need_f32("weight")?;
         let out = match ws[..] {
             [o, i] if i as usize == inp && (1..=1 << 20).contains(&o) => o as usize,
@@ -190,12 +190,12 @@ pub struct Norm {
 
 impl Norm {
     /// Reads `m` for `c` channels (an affine norm over the last axis only).
-    pub fn parse(m: M, c: usize) -> R<Norm> {
+    pub fn parse(m: ModuleRef, c: usize) -> BuildResult<Norm> {
         let shape = m.ints("normalized_shape");
         if shape.as_deref() != Some(&[c as i64]) {
             return Err(format!("LayerNorm over {shape:?}, expected [{c}]"));
         }
-        let read = |n: &str| -> R<Vec<f32>> {
+        let read = |n: &str| -> BuildResult<Vec<f32>> {
             match m.tensor_f32(n)? {
                 Some((v, _)) if v.len() == c => Ok(v),
                 Some(_) => Err(format!("LayerNorm {n} does not have {c} values")),
@@ -226,7 +226,7 @@ pub struct Mha {
 
 impl Mha {
     /// Reads `m` for `e` channels.
-    pub fn parse(m: M, e: usize) -> R<Mha> {
+    pub fn parse(m: ModuleRef, e: usize) -> BuildResult<Mha> {
         let heads = size(m, "num_heads")?;
         if m.int("embed_dim") != Some(e as i64) || !e.is_multiple_of(heads) {
             return Err(format!(
@@ -278,7 +278,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// Reads `m` taking `inp` values; refuses the variants the RT-DETR head never builds.
-    pub fn parse(m: M, inp: usize) -> R<Mlp> {
+    pub fn parse(m: ModuleRef, inp: usize) -> BuildResult<Mlp> {
         if m.bool("residual") == Some(true) || m.bool("sigmoid") == Some(true) {
             return Err("MLP with a residual or sigmoid output".into());
         }
@@ -314,7 +314,7 @@ impl Mlp {
 }
 
 /// The 2-D sin-cos position embedding width check AIFI makes.
-fn pos_dim(c: usize) -> R<usize> {
+fn pos_dim(c: usize) -> BuildResult<usize> {
     if !c.is_multiple_of(4) {
         return Err(format!(
             "AIFI needs a channel count divisible by 4, got {c}"

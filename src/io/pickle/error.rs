@@ -1,0 +1,216 @@
+//! Why a pickle could not be decoded: one variant per way the inert VM refuses or fails.
+
+use crate::tensor::ViewError;
+
+/// Why a pickle could not be decoded; `offset` is the byte position of the failing opcode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("pickle offset {offset}: {fault}{}", names_suffix(.named))]
+pub struct PickleError {
+    /// Byte offset of the opcode that failed.
+    pub offset: usize,
+    /// What went wrong.
+    #[source]
+    pub fault: PickleFault,
+    /// The globals the pickle named before the failure, for the message (empty when none).
+    pub named: Vec<String>,
+}
+
+fn names_suffix(named: &[String]) -> String {
+    if named.is_empty() {
+        String::new()
+    } else {
+        format!("; before that it names {}", named.join(", "))
+    }
+}
+
+/// One way decoding a pickle fails; the text names the opcode, literal or limit involved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PickleFault {
+    /// More opcodes than [`super::Limits::max_ops`].
+    #[error("more than {0} opcodes")]
+    TooManyOps(u64),
+    /// More graph nodes than [`super::Limits::max_nodes`].
+    #[error("more than {0} objects")]
+    TooManyObjects(usize),
+    /// More values pushed than [`super::Limits::max_values`].
+    #[error("more than {0} values pushed")]
+    TooManyValues(usize),
+    /// The decoded objects would outgrow the memory budget (in MiB).
+    #[error(
+        "the decoded objects would take more than {0} MiB, more than a file of this size can hold"
+    )]
+    TooLarge(usize),
+    /// MARKs nested deeper than [`super::Limits::max_depth`].
+    #[error("nesting deeper than {0}")]
+    TooDeep(usize),
+    /// The data ends before STOP.
+    #[error("truncated: no STOP opcode")]
+    NoStop,
+    /// An operand reaches past the end of the pickle.
+    #[error("truncated: needs {needs} bytes, {remain} remain in the pickle")]
+    Truncated {
+        /// Bytes the operand needs.
+        needs: usize,
+        /// Bytes left.
+        remain: usize,
+    },
+    /// A text operand has no terminating newline.
+    #[error("truncated: line without newline")]
+    NoNewline,
+    /// A FRAME declares more bytes than are left.
+    #[error("truncated: a FRAME of {len} bytes with {remaining} bytes left")]
+    FrameTruncated {
+        /// The frame's declared length.
+        len: usize,
+        /// Bytes left after its header.
+        remaining: usize,
+    },
+    /// CPython's two unpicklers would read the frames differently.
+    #[error("ambiguous: {0} (CPython's C and Python unpicklers read it differently)")]
+    FrameAmbiguous(FrameConflict),
+    /// A PROTO above 5.
+    #[error("unsupported pickle protocol {0}")]
+    Protocol(u8),
+    /// An opcode byte no protocol defines.
+    #[error("unknown opcode 0x{0:02x}")]
+    UnknownOpcode(u8),
+    /// NEXT_BUFFER / READONLY_BUFFER.
+    #[error("out-of-band buffers (protocol 5) are not supported")]
+    OutOfBand,
+    /// A LONG4 longer than the VM reads.
+    #[error("LONG4 of {len} bytes (at most {max} are read)")]
+    LongTooLong {
+        /// Its declared length.
+        len: usize,
+        /// The most the VM reads.
+        max: usize,
+    },
+    /// An INT or LONG text literal too long to be a checkpoint's integer.
+    #[error("{opcode} literal of {len} characters")]
+    LiteralTooLong {
+        /// `INT` or `LONG`.
+        opcode: &'static str,
+        /// Its length in characters.
+        len: usize,
+    },
+    /// A text literal that does not parse (`FLOAT literal`, `integer literal`, `memo index`).
+    #[error("bad {what} {text:?}")]
+    BadLiteral {
+        /// What was expected.
+        what: &'static str,
+        /// The text found.
+        text: String,
+    },
+    /// A protocol-0 STRING without matching quotes.
+    #[error("STRING argument is not quoted: {0:?}")]
+    Unquoted(String),
+    /// A malformed escape in a STRING or UNICODE literal (the text says which).
+    #[error("{0}")]
+    BadEscape(&'static str),
+    /// An opcode needs more values than the stack holds.
+    #[error("stack underflow")]
+    StackUnderflow,
+    /// An opcode needs a MARK and none is open.
+    #[error("no MARK on the stack")]
+    NoMark,
+    /// GET of a memo key never PUT.
+    #[error("memo key {0} was never stored")]
+    MemoMissing(u32),
+    /// The memo holds as many entries as the node limit.
+    #[error("memo too large")]
+    MemoTooLarge,
+    /// An 8-byte length that does not fit this machine's address space.
+    #[error("length overflows")]
+    LengthOverflow,
+    /// DICT or SETITEMS with an odd number of items.
+    #[error("odd number of items for a dict")]
+    OddDict,
+    /// STACK_GLOBAL whose operands are not two strings.
+    #[error("STACK_GLOBAL needs two strings")]
+    StackGlobalNotStrings,
+    /// REDUCE / NEWOBJ arguments that are not a tuple.
+    #[error("arguments are not a tuple")]
+    ArgsNotTuple,
+    /// OBJ with an empty mark.
+    #[error("OBJ without a class")]
+    ObjWithoutClass,
+    /// APPEND(S) to something that is not a list, object or set (its kind).
+    #[error("APPEND to a {0}")]
+    AppendTo(&'static str),
+    /// SETITEM(S) on something that is not a dict or object (its kind).
+    #[error("SETITEM on a {0}")]
+    SetItemOn(&'static str),
+    /// ADDITEMS to something that is not a set.
+    #[error("ADDITEMS to something that is not a set")]
+    AddItemsNotSet,
+    /// BUILD on a value that cannot take a state (its kind).
+    #[error("BUILD on a {0}")]
+    BuildOn(&'static str),
+    /// A reconstructor read as data was called with arguments of the wrong form (the text says
+    /// which reconstructor and what is missing).
+    #[error("{0}")]
+    ReconstructorArgs(&'static str),
+    /// `_rebuild_tensor` with too few arguments.
+    #[error("_rebuild_tensor with {0} arguments")]
+    RebuildArgCount(usize),
+    /// `_rebuild_from_type_v2` nested in itself beyond the limit.
+    #[error("_rebuild_from_type_v2 nested in itself more than {0} times")]
+    RebuildNesting(usize),
+    /// A tensor's size or stride is not a tuple (`size` / `stride`).
+    #[error("tensor {0} is not a tuple")]
+    ShapeNotTuple(&'static str),
+    /// A tensor's size or stride holds a negative or non-integer entry.
+    #[error("tensor {0} has a negative or non-integer entry")]
+    ShapeEntry(&'static str),
+    /// A tensor view that does not fit its storage.
+    #[error("tensor on storage '{storage}': {source}")]
+    View {
+        /// The storage's key.
+        storage: String,
+        /// Why the view does not fit.
+        #[source]
+        source: ViewError,
+    },
+    /// The reader's persistent-id resolution refused the id (its message names the key).
+    #[error("{0}")]
+    PersistentId(String),
+}
+
+/// How a pickle's frames could be read differently by CPython's C and Python unpicklers.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameConflict {
+    /// A fixed-size read straddles the frame's end.
+    #[error("a {len}-byte read at offset {pos} crosses the end of the frame at offset {end}")]
+    ReadCrossesEnd {
+        /// Bytes read.
+        len: usize,
+        /// Where the read starts.
+        pos: usize,
+        /// Where the frame ends.
+        end: usize,
+    },
+    /// A text line's newline lies past the frame's end.
+    #[error("a line at offset {pos} runs past the end of the frame at offset {end}")]
+    LineCrossesEnd {
+        /// Where the line starts.
+        pos: usize,
+        /// Where the frame ends.
+        end: usize,
+    },
+    /// A FRAME inside a frame not yet used up.
+    #[error("a FRAME at offset {pos} starts before the frame ending at offset {end} is used up")]
+    FrameInFrame {
+        /// Where the new frame's bytes start.
+        pos: usize,
+        /// Where the current frame ends.
+        end: usize,
+    },
+    /// STOP before the frame's end.
+    #[error("the pickle stops at offset {pos}, inside a frame that ends at offset {end}")]
+    StopInFrame {
+        /// Just past STOP.
+        pos: usize,
+        /// Where the frame ends.
+        end: usize,
+    },
+}

@@ -1,0 +1,440 @@
+//! The export and verify pipelines: which weights an export takes, the order its files are
+//! written in (the external data before the model that names it, both removed again when the run
+//! fails), where a model that fails parity goes, how parity runs, and what an ONNX file says
+//! about how to check it.
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::Checkpoint;
+use crate::checkpoint::py::ModuleRef;
+use crate::ema::Located;
+use crate::models::layers::heads::HeadOptions;
+use crate::onnx::proto::{Dim, ElemType, Model};
+use crate::parity::{self, NmsOutput, OnnxModel, ParityReport, Tolerance};
+use crate::runtime::Engine;
+use crate::write::{self, AtomicFile, WriteError};
+
+/// Why an export or verify pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Export reads pickled Ultralytics models; the file is another layout.
+    #[error(
+        "{}: export reads Ultralytics checkpoints (pickled model modules); this file's layout is {layout}",
+        file.display()
+    )]
+    NotUltralytics {
+        /// The checkpoint.
+        file: PathBuf,
+        /// Its layout id.
+        layout: &'static str,
+    },
+    /// The raw weights were asked for and the file has none.
+    #[error(
+        "{}: --source raw: the file holds no raw weights ({})",
+        file.display(),
+        if *stripped { "stripped checkpoint: `model` is the EMA" } else { "`model` is None" }
+    )]
+    NoRawWeights {
+        /// The checkpoint.
+        file: PathBuf,
+        /// Whether the model slot holds the EMA (a stripped checkpoint).
+        stripped: bool,
+    },
+    /// The parity report would replace a file the export writes.
+    #[error("--report {}: would overwrite the model this export writes", .0.display())]
+    ReportOverwrites(PathBuf),
+    /// An output could not be placed or written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Streaming the model or its data to the temporary file failed.
+    #[error("{}: {source}", path.display())]
+    Stream {
+        /// The output being written.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The parity check could not run (not: it ran and failed).
+    #[error("{}: parity check could not run: {message}", file.display())]
+    Parity {
+        /// The file the check is about (the checkpoint for export, the model for verify).
+        file: PathBuf,
+        /// Why, from the parity layer.
+        message: String,
+    },
+    /// An ONNX model without an input.
+    #[error("{}: the model has no input", .0.display())]
+    NoInput(PathBuf),
+    /// The report could not be encoded.
+    #[error("{}: {source}", path.display())]
+    Report {
+        /// The report file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Which weights an export takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightSource {
+    /// The EMA (the default).
+    Ema,
+    /// The raw trained weights, deliberately.
+    Raw,
+}
+
+/// The checkpoint key of the model module an export reads: the EMA's, or the raw model's.
+pub fn module_key(
+    file: &Path,
+    located: &Located,
+    source: WeightSource,
+) -> Result<String, PipelineError> {
+    if located.layout != "ultralytics" {
+        return Err(PipelineError::NotUltralytics {
+            file: file.to_path_buf(),
+            layout: located.layout,
+        });
+    }
+    match source {
+        WeightSource::Ema => Ok(located.ema.origin.clone()),
+        WeightSource::Raw => match &located.raw {
+            Some(r) => Ok(r.origin.clone()),
+            None => Err(PipelineError::NoRawWeights {
+                file: file.to_path_buf(),
+                stripped: located.stripped,
+            }),
+        },
+    }
+}
+
+/// The module `key` of `ckpt` (a key [`module_key`] returned and the export accepted).
+pub fn module_at<'c>(ckpt: &'c Checkpoint, key: &str) -> Option<ModuleRef<'c>> {
+    let g = &ckpt.graph;
+    g.dict_get(&ckpt.root, key).map(|v| ModuleRef { g, v })
+}
+
+/// The files an export to `model` may write.
+#[derive(Clone, Debug)]
+pub struct ExportPaths {
+    /// The model, when parity passes (or does not run).
+    pub model: PathBuf,
+    /// The external data file beside it (`<model file name>.data`), when the weights go there.
+    pub data: PathBuf,
+    /// Where the model goes when parity fails (`<stem>.parity-failed.onnx`), never at `model`.
+    pub failed: PathBuf,
+}
+
+impl ExportPaths {
+    /// The paths of an export to `model`.
+    pub fn new(model: &Path) -> ExportPaths {
+        let stem = model.file_stem().unwrap_or_default().to_string_lossy();
+        ExportPaths {
+            model: model.to_path_buf(),
+            data: model.with_file_name(Self::data_name(model)),
+            failed: model.with_file_name(format!("{stem}.parity-failed.onnx")),
+        }
+    }
+
+    /// The external data file's name, as the model refers to it.
+    pub fn data_name(model: &Path) -> String {
+        let name = model.file_name().map(|n| n.to_string_lossy().to_string());
+        format!("{}.data", name.as_deref().unwrap_or("model.onnx"))
+    }
+
+    /// Refuses a parity report path that is one of the export's outputs or inputs.
+    pub fn check_report(&self, report: &Path, inputs: &[&Path]) -> Result<(), PipelineError> {
+        if [&self.model, &self.data, &self.failed]
+            .iter()
+            .any(|o| write::same_target(report, o))
+        {
+            return Err(PipelineError::ReportOverwrites(report.to_path_buf()));
+        }
+        write::check_target(report, inputs)?;
+        Ok(())
+    }
+}
+
+/// Writes to `file` through a buffer (the encoder's small writes would each be a system call)
+/// and flushes; returns what `write` reports.
+fn stream(
+    file: &mut std::fs::File,
+    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<u64>,
+) -> std::io::Result<u64> {
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+    let n = write(&mut w)?;
+    std::io::Write::flush(&mut w)?;
+    Ok(n)
+}
+
+/// An exported model written to a temporary file beside its target, its external data (when
+/// any) already in place. Parity reads the model from [`StagedExport::model_path`]; dropping it
+/// uncommitted removes both, so a failed run leaves nothing behind.
+pub struct StagedExport {
+    model: Option<AtomicFile>,
+    /// The committed data file, removed on drop unless the model is committed too.
+    data: Option<PathBuf>,
+    paths: ExportPaths,
+    /// The model's length in bytes.
+    pub model_len: u64,
+}
+
+/// Writes `exported` for `paths`: the external data first (committed, since the model names
+/// it and parity loads the model), then the model to a temporary file.
+pub fn stage(
+    exported: &crate::onnx::Exported,
+    paths: &ExportPaths,
+    inputs: &[&Path],
+) -> Result<StagedExport, PipelineError> {
+    let mut staged = StagedExport {
+        model: None,
+        data: None,
+        paths: paths.clone(),
+        model_len: 0,
+    };
+    if let Some(name) = &exported.external {
+        let target = paths.model.with_file_name(name);
+        let mut f = AtomicFile::create(&target, inputs)?;
+        stream(f.file(), |w| exported.write_external_data(w)).map_err(|source| {
+            PipelineError::Stream {
+                path: target.clone(),
+                source,
+            }
+        })?;
+        f.commit()?;
+        staged.data = Some(target);
+    }
+    let mut f = AtomicFile::create(&paths.model, inputs)?;
+    staged.model_len =
+        stream(f.file(), |w| exported.write_model(w)).map_err(|source| PipelineError::Stream {
+            path: paths.model.clone(),
+            source,
+        })?;
+    staged.model = Some(f);
+    Ok(staged)
+}
+
+impl StagedExport {
+    /// The model's temporary file (complete, with its data file in place).
+    pub fn model_path(&self) -> Option<&Path> {
+        self.model.as_ref().map(AtomicFile::path)
+    }
+
+    /// Renames the model to its target when `passed`, else to the `.parity-failed.onnx` path;
+    /// returns where it went. The data file stays only when this succeeds.
+    pub fn commit(mut self, passed: bool) -> Result<PathBuf, WriteError> {
+        let target = if passed {
+            self.paths.model.clone()
+        } else {
+            self.paths.failed.clone()
+        };
+        if let Some(f) = self.model.take() {
+            let committed = if passed {
+                f.commit()
+            } else {
+                f.commit_as(&target)
+            };
+            committed?;
+        }
+        self.data = None;
+        Ok(target)
+    }
+}
+
+impl Drop for StagedExport {
+    fn drop(&mut self) {
+        // The run failed after the data file was committed: without a model naming it, it is
+        // debris. A removal that fails leaves a file the user can see and delete; the run's own
+        // error is what is reported.
+        if let Some(p) = self.data.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// How a parity check runs: where, on what, within which tolerance.
+pub struct ParityPlan<'a> {
+    /// The runtime that runs the ONNX.
+    pub engine: &'a Engine,
+    /// A golden `.npz` to compare with instead of the reference interpreter.
+    pub golden: Option<&'a Path>,
+    /// An image to compare on (letterboxed) instead of seeded inputs.
+    pub image: Option<&'a Path>,
+    /// Seeded input batches.
+    pub samples: usize,
+    /// The user's `atol` and `rtol`, when given.
+    pub atol: Option<f64>,
+    /// See `atol`.
+    pub rtol: Option<f64>,
+}
+
+impl ParityPlan<'_> {
+    /// The tolerance for a model computing in f16 (`half`) or f32, with the user's overrides.
+    pub fn tolerance(&self, half: bool) -> Tolerance {
+        let d = if half { Tolerance::F16 } else { Tolerance::F32 };
+        Tolerance {
+            atol: self.atol.unwrap_or(d.atol),
+            rtol: self.rtol.unwrap_or(d.rtol),
+            f16_noise: d.f16_noise,
+        }
+    }
+
+    /// Runs `model` against the checkpoint module `root` (or the golden file) on inputs of
+    /// `shape`; `file` is what the error names.
+    pub fn run(
+        &self,
+        file: &Path,
+        model: OnnxModel,
+        root: ModuleRef,
+        shape: &[usize],
+        (half, head): (bool, HeadOptions),
+        nms: Option<NmsOutput>,
+    ) -> Result<ParityReport, PipelineError> {
+        let rt = self.engine;
+        let task = crate::onnx::task_and_classes(root);
+        // RT-DETR's default output is already rows (the top 300 of queries × classes), which
+        // reorder on score ties: compared as a set, as end-to-end rows are.
+        let head = HeadOptions {
+            end2end: head.end2end || crate::models::layers::rtdetr::rows_output(root),
+            ..head
+        };
+        let tol = self.tolerance(half);
+        // Pose rows hold keypoints; the head says how many values each has.
+        let nms = nms.map(|n| NmsOutput {
+            kpt_dim: (root.child("model").ok())
+                .and_then(|l| l.children().pop())
+                .and_then(|(_, h)| h.ints("kpt_shape"))
+                .and_then(|k| k.get(1).map(|&d| d as usize)),
+            ..n
+        });
+        let compare = || -> Result<ParityReport, String> {
+            if let Some(g) = self.golden {
+                let npz = parity::npz::Npz::open(g)?;
+                return parity::against_golden(rt, model, &npz, (&task.0, task.1), head, tol, nms);
+            }
+            let inputs = match self.image {
+                Some(img) => {
+                    let t = parity::letterbox::letterbox(img, shape[0], shape[2], shape[3])?;
+                    let name = img
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    parity::Inputs::Image(t, name)
+                }
+                None => parity::Inputs::Seeded {
+                    shape,
+                    samples: self.samples,
+                },
+            };
+            let how = (head, nms);
+            parity::against_reference(rt, model, root, (&task.0, task.1), how, inputs, tol)
+        };
+        compare().map_err(|message| PipelineError::Parity {
+            file: file.to_path_buf(),
+            message,
+        })
+    }
+}
+
+/// Writes a parity report as JSON to `path`, atomically, never over `inputs`.
+pub fn write_report(
+    path: &Path,
+    report: &ParityReport,
+    inputs: &[&Path],
+) -> Result<(), PipelineError> {
+    let text = serde_json::to_string_pretty(report).map_err(|source| PipelineError::Report {
+        path: path.to_path_buf(),
+        source,
+    })? + "\n";
+    let mut f = AtomicFile::create(path, inputs)?;
+    std::io::Write::write_all(f.file(), text.as_bytes()).map_err(|source| {
+        PipelineError::Stream {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    f.commit()?;
+    Ok(())
+}
+
+/// What an ONNX file says about how to check it against a checkpoint.
+pub struct OnnxCheck {
+    /// The input shape: the model's fixed dimensions, dynamic ones from the checkpoint's training
+    /// size (batch 1, 3 channels).
+    pub shape: Vec<usize>,
+    /// Whether its weights are f16.
+    pub half: bool,
+    /// End-to-end rows (metadata `end2end`) and their count.
+    pub head: HeadOptions,
+    /// The NMS it embeds, if any.
+    pub nms: Option<NmsOutput>,
+}
+
+/// Reads from `model` (at `path`) how to run and compare it against the module `root` of
+/// `ckpt`.
+pub fn onnx_check(
+    path: &Path,
+    model: &Model,
+    ckpt: &Checkpoint,
+    root: ModuleRef,
+) -> Result<OnnxCheck, PipelineError> {
+    let input = model
+        .inputs
+        .first()
+        .ok_or_else(|| PipelineError::NoInput(path.to_path_buf()))?;
+    let train = crate::onnx::training_imgsz(ckpt, root).unwrap_or((640, 640));
+    let shape: Vec<usize> = input
+        .dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Dim::Fixed(n) if *n > 0 => *n as usize,
+            _ => [1, 3, train.0 as usize, train.1 as usize][i.min(3)],
+        })
+        .collect();
+    let half = model
+        .initializers
+        .iter()
+        .any(|t| t.elem == ElemType::Float16);
+    // An end-to-end export (Ultralytics' `nms=False`, or ours with --end2end) says so in its
+    // metadata; its rows count is its max_det.
+    let end2end = model
+        .metadata
+        .iter()
+        .any(|(k, v)| k == "end2end" && v == "True");
+    let head = HeadOptions {
+        end2end,
+        max_det: output_rows(model).unwrap_or(300),
+    };
+    Ok(OnnxCheck {
+        shape,
+        half,
+        head,
+        nms: embedded_nms(model),
+    })
+}
+
+/// The fixed second dimension of `output0` (rows per image), when it has one.
+fn output_rows(model: &Model) -> Option<usize> {
+    match model.outputs.first()?.dims.get(1)? {
+        Dim::Fixed(n) if *n > 0 => Some(*n as usize),
+        _ => None,
+    }
+}
+
+/// The NMS an ONNX embeds, from the metadata `yolo export nms=True` (and `--nms`) writes: `args`
+/// with `'nms': True`, rows per image from `output0`'s shape. The thresholds are not recorded;
+/// Ultralytics' defaults (conf 0.25, IoU 0.7, per class) are what both exporters use by default.
+fn embedded_nms(model: &Model) -> Option<NmsOutput> {
+    let args = model.metadata.iter().find(|(k, _)| k == "args")?;
+    if !args.1.contains("'nms': True") {
+        return None;
+    }
+    Some(NmsOutput {
+        nms: crate::onnx::nms::Nms::DEFAULT,
+        max_det: output_rows(model)?,
+        kpt_dim: None,
+    })
+}
