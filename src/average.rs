@@ -368,7 +368,15 @@ fn average_all(
             continue;
         }
         let len = if chunked_dtype(t0.dtype) {
-            chunked(inputs, k, method, weights, ready.as_ref(), &mut bufs, &mut out)?
+            chunked(
+                inputs,
+                k,
+                method,
+                weights,
+                ready.as_ref(),
+                &mut bufs,
+                &mut out,
+            )?
         } else {
             let v = combine::<f64>(inputs, k, method, weights, convert::to_f64_vec)?;
             let mut bytes = Vec::with_capacity(v.len() * 8);
@@ -467,8 +475,12 @@ fn chunked(
     };
     let mut written = 0;
     for e0 in (0..n).step_by(STEP) {
-        window::wait(ready);
         let elems = e0..(e0 + STEP).min(n);
+        let step = window::Step {
+            k,
+            elems: elems.clone(),
+        };
+        window::wait(ready, &step, inputs);
         let bytes = |i: usize| &src[i][elems.start * es..elems.end * es];
         let Bufs {
             acc,

@@ -12,6 +12,9 @@ use crate::tensor::Tensor;
 /// Steps the helper thread may run ahead of the averaging.
 pub(super) const AHEAD: usize = 2;
 
+/// Steps ahead of its mapping that a window is asked to be read from disk.
+const READAHEAD: usize = 8;
+
 /// One step of the averaging: elements `elems` of tensor `k` of every input.
 #[derive(Clone, Debug)]
 pub(super) struct Step {
@@ -34,23 +37,46 @@ pub(super) fn mapped_window<'t>(t: &'t Tensor, elems: &std::ops::Range<usize>) -
 
 /// Maps every input's window of each step ahead of the averaging, at most [`AHEAD`] steps
 /// ahead; one message per step says its windows are mapped. Stops when the receiver is gone.
+///
+/// The readers map inputs for random access (no read-ahead on faults), so each window is also
+/// announced [`READAHEAD`] steps before it is needed (`MADV_WILLNEED`): the kernel then reads it
+/// from disk in large requests while earlier windows are averaged.
 pub(super) fn prefetch(steps: &[Step], inputs: &[Input<'_>], done: SyncSender<()>) {
-    for s in steps {
+    let each = |s: &Step, advice| {
         for inp in inputs {
             if let Some(w) = mapped_window(&inp.tensors[s.k].1, &s.elems) {
-                advise(w, libc::MADV_POPULATE_READ);
+                advise(w, advice);
             }
         }
+    };
+    for s in steps.iter().take(READAHEAD) {
+        each(s, libc::MADV_WILLNEED);
+    }
+    for (j, s) in steps.iter().enumerate() {
+        if let Some(later) = steps.get(j + READAHEAD) {
+            each(later, libc::MADV_WILLNEED);
+        }
+        each(s, libc::MADV_POPULATE_READ);
         if done.send(()).is_err() {
             return;
         }
     }
 }
 
-/// Waits until the helper has mapped the next step's windows (or has stopped).
-pub(super) fn wait(ready: Option<&Receiver<()>>) {
-    if let Some(r) = ready {
-        let _ = r.recv();
+/// Waits until the helper has mapped the next step's windows (or has stopped). Without a
+/// helper, asks for the step's windows to be read in one request each.
+pub(super) fn wait(ready: Option<&Receiver<()>>, step: &Step, inputs: &[Input<'_>]) {
+    match ready {
+        Some(r) => {
+            let _ = r.recv();
+        }
+        None => {
+            for inp in inputs {
+                if let Some(w) = mapped_window(&inp.tensors[step.k].1, &step.elems) {
+                    advise(w, libc::MADV_WILLNEED);
+                }
+            }
+        }
     }
 }
 
