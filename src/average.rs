@@ -1,10 +1,11 @@
 //! `average`: one state dict from several checkpoints — SWA or a model soup (uniform), a weighted
 //! average, or an EMA replayed over a sequence of saved checkpoints.
 //!
-//! Streaming: tensors are averaged one name at a time, reading each input's tensor in turn
-//! (positioned reads, nothing of the inputs stays resident), and each result goes to an unnamed
-//! scratch file beside the output; the writers then copy from that file's map. Memory is one
-//! tensor per input at most (in practice one input tensor plus the accumulator).
+//! Streaming: f32/f16/bf16 tensors are averaged a step of elements at a time across all inputs,
+//! read in place from the inputs' maps ([`window`]: a helper thread maps windows ahead, each is
+//! released once averaged), with vectorised element loops ([`kernel`]); each result goes to an
+//! unnamed scratch file beside the output, which the writers then copy. Memory is a few windows
+//! per input and one step's accumulator, whatever the model size.
 //!
 //! Arithmetic follows what PyTorch computes on CPU, so results are reproducible bit for bit:
 //! uniform is `torch.optim.swa_utils.AveragedModel`'s running mean, `a + (x − a) / (n + 1)` in
