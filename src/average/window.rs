@@ -12,7 +12,8 @@ use crate::tensor::Tensor;
 /// Steps the helper thread may run ahead of the averaging.
 pub(super) const AHEAD: usize = 2;
 
-/// Steps ahead of its mapping that a window is asked to be read from disk.
+/// Steps per read-ahead request: every `READAHEAD` steps, each input's windows of the block of
+/// steps after the next are requested from disk at once (8 MiB of f32 per input).
 const READAHEAD: usize = 8;
 
 /// One step of the averaging: elements `elems` of tensor `k` of every input.
@@ -38,9 +39,9 @@ pub(super) fn mapped_window<'t>(t: &'t Tensor, elems: &std::ops::Range<usize>) -
 /// Maps every input's window of each step ahead of the averaging, at most [`AHEAD`] steps
 /// ahead; one message per step says its windows are mapped. Stops when the receiver is gone.
 ///
-/// The readers map inputs for random access (no read-ahead on faults), so each window is also
-/// announced [`READAHEAD`] steps before it is needed (`MADV_WILLNEED`): the kernel then reads it
-/// from disk in large requests while earlier windows are averaged.
+/// The readers map inputs for random access (no read-ahead on faults), so windows are also
+/// requested a block of [`READAHEAD`] steps before they are needed (`MADV_WILLNEED`): the kernel
+/// then reads them from disk in large requests while earlier windows are averaged.
 pub(super) fn prefetch(steps: &[Step], inputs: &[Input<'_>], done: SyncSender<()>) {
     let each = |s: &Step, advice| {
         for inp in inputs {
@@ -49,17 +50,43 @@ pub(super) fn prefetch(steps: &[Step], inputs: &[Input<'_>], done: SyncSender<()
             }
         }
     };
-    for s in steps.iter().take(READAHEAD) {
-        each(s, libc::MADV_WILLNEED);
-    }
     for (j, s) in steps.iter().enumerate() {
-        if let Some(later) = steps.get(j + READAHEAD) {
-            each(later, libc::MADV_WILLNEED);
+        if j % READAHEAD == 0 {
+            let from = if j == 0 { 0 } else { j + READAHEAD };
+            let ahead = steps.get(from..(j + 2 * READAHEAD).min(steps.len()));
+            for inp in inputs {
+                read_ahead(inp, ahead.unwrap_or_default());
+            }
         }
         each(s, libc::MADV_POPULATE_READ);
         if done.send(()).is_err() {
             return;
         }
+    }
+}
+
+/// Asks the kernel to read `inp`'s windows of `steps` from disk, adjacent windows merged into one
+/// request each (large requests per input keep the disk streaming although the inputs are read
+/// in turn).
+fn read_ahead(inp: &Input<'_>, steps: &[Step]) {
+    // (address, length) of the run of adjacent windows so far.
+    let mut run: Option<(usize, usize)> = None;
+    for s in steps {
+        let Some(w) = mapped_window(&inp.tensors[s.k].1, &s.elems) else {
+            continue;
+        };
+        let (at, len) = (w.as_ptr() as usize, w.len());
+        run = match run {
+            Some((a, l)) if a + l == at => Some((a, l + len)),
+            Some((a, l)) => {
+                advise_range(a, l, libc::MADV_WILLNEED);
+                Some((at, len))
+            }
+            None => Some((at, len)),
+        };
+    }
+    if let Some((a, l)) = run {
+        advise_range(a, l, libc::MADV_WILLNEED);
     }
 }
 
@@ -87,17 +114,22 @@ pub(super) fn release(bytes: &[u8]) {
 
 /// Advice on the pages holding `bytes`; a kernel that does not know it just does not take it.
 fn advise(bytes: &[u8], advice: libc::c_int) {
-    if bytes.is_empty() {
+    advise_range(bytes.as_ptr() as usize, bytes.len(), advice);
+}
+
+/// Advice on the pages of `len` bytes at `addr`, which lie in the inputs' read-only file maps.
+fn advise_range(addr: usize, len: usize, advice: libc::c_int) {
+    if len == 0 {
         return;
     }
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let start = bytes.as_ptr() as usize & !(page.max(1) - 1);
-    let end = bytes.as_ptr() as usize + bytes.len();
-    // SAFETY: the range lies within a read-only shared file mapping that outlives this call
-    // (rounded out to whole pages of that same mapping). Neither advice changes its contents:
-    // POPULATE_READ only faults pages in, and after DONTNEED the next access maps the same
-    // file pages again.
+    let start = addr & !(page.max(1) - 1);
+    let end = addr + len;
+    // SAFETY: the range lies within read-only shared file mappings that outlive this call
+    // (rounded out to whole pages of those mappings). None of the advice used changes their
+    // contents: WILLNEED only starts reads into the page cache, POPULATE_READ only faults pages
+    // in, and after DONTNEED the next access maps the same file pages again.
     unsafe {
         libc::madvise(start as *mut libc::c_void, end - start, advice);
     }
