@@ -2,8 +2,8 @@
 //! average, or an EMA replayed over a sequence of saved checkpoints.
 //!
 //! Streaming: f32/f16/bf16 tensors are averaged a step of elements at a time across all inputs,
-//! read in place from the inputs' maps ([`window`]: a helper thread maps windows ahead, each is
-//! released once averaged), with vectorised element loops ([`kernel`]); each result goes to an
+//! each input's window read with one positioned read ([`reader`]: a helper thread reads ahead
+//! while the other averages), with vectorised element loops ([`kernel`]); each result goes to an
 //! unnamed scratch file beside the output, which the writers then copy. Memory is a few windows
 //! per input and one step's accumulator, whatever the model size.
 //!
@@ -16,7 +16,7 @@
 //! computed in f32 and rounded to their dtype once at the end.
 
 mod kernel;
-mod window;
+mod reader;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -295,8 +295,8 @@ const STEP: usize = 1 << 18;
 /// (integer buffers are the last input's own tensors).
 ///
 /// f32, f16 and bf16 tensors are averaged a step of [`STEP`] elements at a time across all
-/// inputs, straight from the inputs' maps (a helper thread maps the next windows meanwhile, see
-/// [`window`]); f64 tensors whole, one input at a time.
+/// inputs (a helper thread reads the next steps meanwhile, see [`reader`]); f64 tensors whole,
+/// one input at a time.
 pub fn average(
     inputs: &[Input<'_>],
     method: &Method,
@@ -308,14 +308,14 @@ pub fn average(
         check_same(first, inp)?;
     }
     let weights = method.weights(inputs.len());
-    let steps: Vec<window::Step> = first
+    let steps: Vec<reader::Step> = first
         .tensors
         .iter()
         .enumerate()
         .filter(|(_, (_, t))| chunked_dtype(t.dtype))
         .flat_map(|(k, (_, t))| {
             let n = t.numel();
-            (0..n).step_by(STEP).map(move |e0| window::Step {
+            (0..n).step_by(STEP).map(move |e0| reader::Step {
                 k,
                 elems: e0..(e0 + STEP).min(n),
             })
@@ -323,16 +323,17 @@ pub fn average(
         .collect();
     let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     std::thread::scope(|s| {
-        let ready = if two_cores {
-            let (tx, rx) = std::sync::mpsc::sync_channel(window::AHEAD);
+        let feed = if two_cores {
+            let (tx, ready) = std::sync::mpsc::sync_channel(reader::AHEAD);
+            let (spare, back) = std::sync::mpsc::channel();
             let steps = &steps;
-            s.spawn(move || window::prefetch(steps, inputs, tx));
-            Some(rx)
+            s.spawn(move || reader::read_ahead(steps, inputs, tx, back));
+            reader::Feed::Helper { ready, spare }
         } else {
-            None
+            reader::Feed::Inline { pool: Vec::new() }
         };
-        average_all(inputs, method, &weights, scratch, ready)
-        // Returning drops the receiver, which stops the helper at its next step.
+        average_all(inputs, method, &weights, scratch, feed)
+        // Returning drops the feed, which stops the helper at its next step.
     })
 }
 
@@ -346,7 +347,7 @@ fn average_all(
     method: &Method,
     weights: &[f64],
     scratch: std::fs::File,
-    ready: Option<std::sync::mpsc::Receiver<()>>,
+    mut feed: reader::Feed,
 ) -> Result<(Named, AverageReport), AverageError> {
     let first = &inputs[0];
     let last = inputs.last().expect("two inputs");
@@ -369,15 +370,7 @@ fn average_all(
             continue;
         }
         let len = if chunked_dtype(t0.dtype) {
-            chunked(
-                inputs,
-                k,
-                method,
-                weights,
-                ready.as_ref(),
-                &mut bufs,
-                &mut out,
-            )?
+            chunked(inputs, k, method, weights, &mut feed, &mut bufs, &mut out)?
         } else {
             let v = combine::<f64>(inputs, k, method, weights, convert::to_f64_vec)?;
             let mut bytes = Vec::with_capacity(v.len() * 8);
@@ -447,7 +440,7 @@ fn chunked(
     k: usize,
     method: &Method,
     weights: &[f64],
-    ready: Option<&std::sync::mpsc::Receiver<()>>,
+    feed: &mut reader::Feed,
     bufs: &mut Bufs,
     out: &mut impl Write,
 ) -> Result<usize, AverageError> {
@@ -477,12 +470,15 @@ fn chunked(
     let mut written = 0;
     for e0 in (0..n).step_by(STEP) {
         let elems = e0..(e0 + STEP).min(n);
-        let step = window::Step {
+        let step = reader::Step {
             k,
             elems: elems.clone(),
         };
-        window::wait(ready, &step, inputs);
-        let bytes = |i: usize| &src[i][elems.start * es..elems.end * es];
+        let windows = feed.next(inputs, &step).map_err(unreadable)?;
+        let bytes = |i: usize| match &windows[i] {
+            Some(b) => &b[..],
+            None => &src[i][elems.start * es..elems.end * es],
+        };
         let Bufs {
             acc,
             wide,
@@ -504,11 +500,7 @@ fn chunked(
                 kernel::update(acc, kernel::as_f32(dtype, bytes(i), widened), update(i));
             }
         }
-        for inp in inputs {
-            if let Some(w) = window::mapped_window(&inp.tensors[k].1, &elems) {
-                window::release(w);
-            }
-        }
+        feed.give_back(windows);
         encoded.clear();
         kernel::encode(acc, dtype, encoded);
         out.write_all(encoded)?;
