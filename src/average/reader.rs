@@ -194,8 +194,8 @@ mod tests {
             for feed in &mut feeds {
                 for s in &steps {
                     let w = feed.next(&inputs, s).unwrap();
-                    for i in 0..2 {
-                        assert_eq!(w[i].as_deref(), Some(&want(i, s)[..]));
+                    for (i, got) in w.iter().enumerate() {
+                        assert_eq!(got.as_deref(), Some(&want(i, s)[..]));
                     }
                     feed.give_back(w);
                 }
