@@ -15,8 +15,17 @@ use std::os::unix::fs::FileExt;
 
 /// Data alignment: what `torch.save` uses, so `torch.load(mmap=True)` can map storages in place.
 const ALIGN: u64 = 64;
-/// Extra-field id of the alignment padding (the one the `zip` crate and Android use).
+/// Extra-field id of the alignment padding (the one the `zip` crate and Android use; its data
+/// starts with the alignment as a u16).
 const PAD_ID: u16 = 0xa11e;
+/// Version needed (1.0: stored, no zip64) and made by (Unix, 1.0), and a regular file with mode
+/// 0644: the header fields the `zip` crate writes, which fuse-ema's torch outputs used before
+/// this writer, so the same input still gives the same bytes (`tests/ema_fold.rs` checks hashes
+/// that torch verified).
+const VERSION: u16 = 10;
+const VERSION_ZIP64: u16 = 45;
+const UNIX: u16 = 3 << 8;
+const EXTERNAL_ATTRS: u32 = 0o100644 << 16;
 /// MS-DOS date of 1980-01-01 (time 00:00), the earliest a zip can say: identical input gives
 /// identical bytes.
 const DOS_DATE: u16 = (1 << 5) | 1;
@@ -202,18 +211,19 @@ fn local_header(name: &[u8], size: u64, crc: u32, offset: u64) -> Vec<u8> {
     }
     let unpadded = offset + 30 + name.len() as u64 + extra.len() as u64;
     let mut pad = (ALIGN - unpadded % ALIGN) % ALIGN;
-    if pad > 0 && pad < 4 {
-        pad += ALIGN; // the padding field's own 4-byte header must fit
+    if pad > 0 && pad < 6 {
+        pad += ALIGN; // the padding field's 4-byte header and its u16 alignment must fit
     }
     if pad > 0 {
         extra.extend_from_slice(&PAD_ID.to_le_bytes());
         extra.extend_from_slice(&((pad - 4) as u16).to_le_bytes());
-        extra.resize(extra.len() + pad as usize - 4, 0);
+        extra.extend_from_slice(&(ALIGN as u16).to_le_bytes());
+        extra.resize(extra.len() + pad as usize - 6, 0);
     }
     let size32 = if big { MARK32 } else { size as u32 };
     let mut h = Vec::with_capacity(30 + name.len() + extra.len());
     h.extend_from_slice(b"PK\x03\x04");
-    h.extend_from_slice(&(if big { 45u16 } else { 20 }).to_le_bytes());
+    h.extend_from_slice(&(if big { VERSION_ZIP64 } else { VERSION }).to_le_bytes());
     h.extend_from_slice(&0u16.to_le_bytes()); // flags
     h.extend_from_slice(&0u16.to_le_bytes()); // stored
     h.extend_from_slice(&0u16.to_le_bytes()); // time
@@ -247,11 +257,15 @@ fn central_header(out: &mut Vec<u8>, c: &Central) {
         extra.extend_from_slice(&(data.len() as u16).to_le_bytes());
         extra.extend_from_slice(&data);
     }
-    let version: u16 = if extra.is_empty() { 20 } else { 45 };
+    let version = if extra.is_empty() {
+        VERSION
+    } else {
+        VERSION_ZIP64
+    };
     let size32 = if big_size { MARK32 } else { c.size as u32 };
     let offset32 = if big_offset { MARK32 } else { c.offset as u32 };
     out.extend_from_slice(b"PK\x01\x02");
-    out.extend_from_slice(&version.to_le_bytes()); // made by (MS-DOS attributes)
+    out.extend_from_slice(&(UNIX | version).to_le_bytes()); // made by
     out.extend_from_slice(&version.to_le_bytes()); // needed
     out.extend_from_slice(&0u16.to_le_bytes()); // flags
     out.extend_from_slice(&0u16.to_le_bytes()); // stored
@@ -262,7 +276,8 @@ fn central_header(out: &mut Vec<u8>, c: &Central) {
     out.extend_from_slice(&size32.to_le_bytes());
     out.extend_from_slice(&(c.name.len() as u16).to_le_bytes());
     out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
-    out.extend_from_slice(&[0; 10]); // comment length, disk, internal and external attributes
+    out.extend_from_slice(&[0; 6]); // comment length, disk, internal attributes
+    out.extend_from_slice(&EXTERNAL_ATTRS.to_le_bytes());
     out.extend_from_slice(&offset32.to_le_bytes());
     out.extend_from_slice(&c.name);
     out.extend_from_slice(&extra);
