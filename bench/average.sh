@@ -2,7 +2,9 @@
 # Benchmark: `fuse-ema average` of N checkpoints of one model (uniform and EMA replay) vs one
 # full read of the inputs (`cat > /dev/null`), and the Python anchor measured in the same run:
 # torch.load of each checkpoint and AveragedModel-style running mean over its state dict.
-# Warm page cache; medians of $RUNS runs; peak RSS from /usr/bin/time.
+# Warm page cache; (average, cat) runs interleaved, medians of $RUNS of each, and the median of the
+# per-pair ratios (the machine is shared: drift hits both sides alike); peak RSS from
+# /usr/bin/time. NO_PY=1 skips the Python anchor (it needs another output's worth of disk).
 # N and SIZE_MB default to the issue's 10 × 1 GB; smaller values fit a crowded disk (the
 # figures in docs/benchmarks.md say which were used).
 set -euo pipefail
@@ -10,7 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 N=${N:-10}
 SIZE_MB=${SIZE_MB:-1024}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 DIR=${DIR:-/tmp/fuse-ema-avg-bench}
 BIN=${BIN:-target/release/fuse-ema}
 mkdir -p "$DIR"
@@ -55,14 +57,19 @@ torch.save(avg, sys.argv[1] + ".py-avg.pt")
 PYEOF
 py_once() { "$PY" "$DIR/py_avg.py" "${files[@]}"; }
 
-t_avg=$(for _ in $(seq "$RUNS"); do timed avg_once; done | median)
-t_ema=$(for _ in $(seq "$RUNS"); do timed ema_once; done | median)
-t_read=$(for _ in $(seq "$RUNS"); do timed read_once; done | median)
-t_py=$(for _ in $(seq "$RUNS"); do timed py_once; done | median)
+pairs=$(for _ in $(seq "$RUNS"); do echo "$(timed avg_once) $(timed read_once) $(timed ema_once)"; done)
+t_avg=$(echo "$pairs" | awk '{print $1}' | median)
+t_read=$(echo "$pairs" | awk '{print $2}' | median)
+t_ema=$(echo "$pairs" | awk '{print $3}' | median)
+r_pair=$(echo "$pairs" | awk '{printf "%.3f\n", $1 / $2}' | median)
+t_py=skipped
+[ -n "${NO_PY:-}" ] || t_py=$(for _ in $(seq "$RUNS"); do timed py_once; done | median)
 total=$(du -cb "${files[@]}" | tail -1 | cut -f1)
+rm -f "$DIR/out.safetensors"  # room for the RSS run's output on a crowded disk
 echo "inputs: $N × ${SIZE_MB} MB = $((total / 1000000)) MB"
-echo "average (uniform):   ${t_avg}s, peak RSS $(( $(rss $BIN average "${files[@]}" -o "$DIR/r.safetensors") / 1024 )) MB (avg/read = $(echo "scale=2; $t_avg / $t_read" | bc))"
+echo "average (uniform):   ${t_avg}s, peak RSS $(( $(rss $BIN average "${files[@]}" -o "$DIR/r.safetensors") / 1024 )) MB (avg/read = $(echo "scale=2; $t_avg / $t_read" | bc); median per-pair ratio $r_pair)"
 echo "average (EMA replay): ${t_ema}s"
 echo "cat (one read):      ${t_read}s"
-echo "python (torch.load + running mean + torch.save): ${t_py}s, peak RSS $(( $(rss "$PY" "$DIR/py_avg.py" "${files[@]}") / 1024 )) MB"
+[ -n "${NO_PY:-}" ] || echo "python (torch.load + running mean + torch.save): ${t_py}s, peak RSS $(( $(rss "$PY" "$DIR/py_avg.py" "${files[@]}") / 1024 )) MB"
+echo "runs (average, cat, EMA replay):"; echo "$pairs"
 rm -f "$DIR"/*.safetensors "$DIR"/*.py-avg.pt

@@ -12,8 +12,8 @@ RUNS=${RUNS:-5}
 OUT=${OUT:-/tmp/fuse-ema-bench}
 mkdir -p "$OUT"
 [ -f "$BIG" ] || "$PY" bench/make_big_last.py "$BIG"
-cargo build --release -q
-bin=target/release/fuse-ema
+bin=${BIN:-target/release/fuse-ema}
+[ -n "${BIN:-}" ] || cargo build --release -q
 cat "$BIG" >/dev/null
 
 median() { sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"; }
@@ -34,6 +34,7 @@ r_pair=$(echo "$pairs" | awk '{printf "%.3f\n", $1 / $2}' | median)
 echo "input: $(stat -c %s "$BIG") bytes; output: $bytes bytes"
 echo "strip:     ${t_strip}s (median of $RUNS), peak RSS $(( $(rss $bin strip "$BIG" -o "$OUT/r.pt") / 1024 )) MB"
 echo "cp + sync: ${t_cp}s   (strip/cp = $(echo "scale=2; $t_strip / $t_cp" | bc); median per-pair ratio $r_pair)"
+echo "runs (strip, cp + sync):"; echo "$pairs"
 if [ -z "${NO_TMPFS:-}" ] && [ -d /dev/shm ]; then
   # The same on tmpfs: no disk writeback, so the ratio shows fuse-ema's own overhead.
   cp "$OUT/stripped.pt" /dev/shm/fuse-ema-ref.pt

@@ -1,10 +1,11 @@
 //! `average`: one state dict from several checkpoints — SWA or a model soup (uniform), a weighted
 //! average, or an EMA replayed over a sequence of saved checkpoints.
 //!
-//! Streaming: tensors are averaged one name at a time, reading each input's tensor in turn
-//! (positioned reads, nothing of the inputs stays resident), and each result goes to an unnamed
-//! scratch file beside the output; the writers then copy from that file's map. Memory is one
-//! tensor per input at most (in practice one input tensor plus the accumulator).
+//! Streaming: f32/f16/bf16 tensors are averaged a step of elements at a time across all inputs,
+//! each input's window read with one positioned read ([`reader`]: a helper thread reads ahead
+//! while the other averages), with vectorised element loops ([`kernel`]); each result goes to an
+//! unnamed scratch file beside the output, which the writers then copy. Memory is a few windows
+//! per input and one step's accumulator, whatever the model size.
 //!
 //! Arithmetic follows what PyTorch computes on CPU, so results are reproducible bit for bit:
 //! uniform is `torch.optim.swa_utils.AveragedModel`'s running mean, `a + (x − a) / (n + 1)` in
@@ -13,6 +14,9 @@
 //! in f64 and rounded once (PyTorch's own f32 sums may differ from it by one ulp). Non-floating
 //! tensors (`num_batches_tracked`) come from the last checkpoint. f16 and bf16 tensors are
 //! computed in f32 and rounded to their dtype once at the end.
+
+mod kernel;
+mod reader;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -291,9 +295,17 @@ pub struct Input<'a> {
     pub tensors: &'a Named,
 }
 
+/// Elements per step: the accumulator (1 MiB of f32) stays in cache while the matching chunk of
+/// every input is folded into it, and each input is read in windows of this many elements.
+const STEP: usize = 1 << 18;
+
 /// Averages `inputs` (at least two, all with the first one's names, shapes and dtypes). Results
 /// go to `scratch` (an unnamed file beside the output); the returned tensors are views of it
 /// (integer buffers are the last input's own tensors).
+///
+/// f32, f16 and bf16 tensors are averaged a step of [`STEP`] elements at a time across all
+/// inputs (a helper thread reads the next steps meanwhile, see [`reader`]); f64 tensors whole,
+/// one input at a time.
 pub fn average(
     inputs: &[Input<'_>],
     method: &Method,
@@ -305,61 +317,88 @@ pub fn average(
         check_same(first, inp)?;
     }
     let weights = method.weights(inputs.len());
+    let steps: Vec<reader::Step> = first
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, t))| chunked_dtype(t.dtype()))
+        .flat_map(|(k, (_, t))| {
+            let n = t.numel();
+            (0..n).step_by(STEP).map(move |e0| reader::Step {
+                k,
+                elems: e0..(e0 + STEP).min(n),
+            })
+        })
+        .collect();
+    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    std::thread::scope(|s| {
+        let feed = if two_cores {
+            let (tx, ready) = std::sync::mpsc::sync_channel(reader::AHEAD);
+            let (spare, back) = std::sync::mpsc::channel();
+            let steps = &steps;
+            s.spawn(move || reader::read_ahead(steps, inputs, tx, back));
+            reader::Feed::Helper { ready, spare }
+        } else {
+            reader::Feed::Inline { pool: Vec::new() }
+        };
+        average_all(inputs, method, &weights, scratch, feed)
+        // Returning drops the feed, which stops the helper at its next step.
+    })
+}
+
+/// Dtypes averaged step by step in f32.
+fn chunked_dtype(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16 | DType::BF16)
+}
+
+fn average_all(
+    inputs: &[Input<'_>],
+    method: &Method,
+    weights: &[f64],
+    scratch: std::fs::File,
+    mut feed: reader::Feed,
+) -> Result<(Named, AverageReport), AverageError> {
+    let first = &inputs[0];
     let last = inputs.last().expect("two inputs");
-    let mut out = std::io::BufWriter::new(scratch);
+    let mut out = std::io::BufWriter::with_capacity(4 << 20, scratch);
     // (name, dtype, shape, byte range in the scratch file) or the last input's tensor.
     let mut placed: Vec<(String, Placed)> = Vec::with_capacity(first.tensors.len());
     let mut offset = 0usize;
     let mut report = AverageReport {
         method: method.clone(),
-        weights: weights.clone(),
+        weights: weights.to_vec(),
         tensors: first.tensors.len(),
         averaged: 0,
         from_last: Vec::new(),
     };
-    let mut bytes = Vec::new();
+    let mut bufs = Bufs::default();
     for (k, (name, t0)) in first.tensors.iter().enumerate() {
         if !t0.dtype().is_float() {
             report.from_last.push(name.clone());
             placed.push((name.clone(), Err(last.tensors[k].1.clone())));
             continue;
         }
-        bytes.clear();
-        if t0.dtype() == DType::F64 {
-            let v = combine::<f64>(inputs, k, method, &weights, convert::to_f64_vec)?;
+        let len = if chunked_dtype(t0.dtype()) {
+            chunked(inputs, k, method, weights, &mut feed, &mut bufs, &mut out)?
+        } else {
+            let v = combine::<f64>(inputs, k, method, weights, convert::to_f64_vec)?;
+            let mut bytes = Vec::with_capacity(v.len() * 8);
             for x in v {
                 bytes.extend_from_slice(&x.to_le_bytes());
             }
-        } else {
-            let v = if t0.dtype() == DType::F32 && !matches!(method, Method::Weighted { .. }) {
-                combine_f32(inputs, k, method)?
-            } else {
-                combine::<f32>(inputs, k, method, &weights, convert::to_f32_vec)?
-            };
-            let mut raw = Vec::with_capacity(v.len() * 4);
-            for x in &v {
-                raw.extend_from_slice(&x.to_le_bytes());
-            }
-            if t0.dtype() == DType::F32 {
-                bytes = raw;
-            } else {
-                convert::convert_float(DType::F32, &raw, t0.dtype(), &mut bytes);
-            }
-        }
-        out.write_all(&bytes)?;
+            out.write_all(&bytes)?;
+            bytes.len()
+        };
         placed.push((
             name.clone(),
-            Ok((
-                t0.dtype(),
-                t0.shape().to_vec(),
-                offset..offset + bytes.len(),
-            )),
+            Ok((t0.dtype(), t0.shape().to_vec(), offset..offset + len)),
         ));
-        offset += bytes.len();
+        offset += len;
         report.averaged += 1;
     }
+    // No fsync: the scratch file is unnamed and read back through the page cache; only the
+    // output, which the writers sync before renaming it into place, has to reach the disk.
     let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
     // An empty map is not allowed; a file of integer buffers only has nothing averaged.
     let map = if offset == 0 {
         None
@@ -391,6 +430,92 @@ pub fn average(
         })
         .collect::<Result<_, AverageError>>()?;
     Ok((tensors, report))
+}
+
+/// Buffers reused across steps.
+#[derive(Default)]
+struct Bufs {
+    acc: Vec<f32>,
+    wide: Vec<f64>,
+    widened: Vec<f32>,
+    encoded: Vec<u8>,
+}
+
+/// Tensor `k` of every input (f32, f16 or bf16) combined step by step and written to `out` in
+/// its dtype; returns the bytes written. The same arithmetic per element, in the same order over
+/// the inputs, as [`combine`] and [`step`]: only the loop order differs.
+fn chunked(
+    inputs: &[Input<'_>],
+    k: usize,
+    method: &Method,
+    weights: &[f64],
+    feed: &mut reader::Feed,
+    bufs: &mut Bufs,
+    out: &mut impl Write,
+) -> Result<usize, AverageError> {
+    let unreadable = |i: usize| AverageError::Unreadable {
+        file: inputs[i].file.to_string(),
+        name: inputs[i].tensors[k].0.clone(),
+    };
+    let t0 = &inputs[0].tensors[k].1;
+    let (dtype, n, es) = (t0.dtype(), t0.numel(), t0.dtype().size());
+    let mut src = Vec::with_capacity(inputs.len());
+    for (i, inp) in inputs.iter().enumerate() {
+        let t = &inp.tensors[k].1;
+        let b = t.to_contiguous_bytes().map_err(|_| unreadable(i))?;
+        if b.len() != n * es {
+            return Err(unreadable(i));
+        }
+        src.push(b);
+    }
+    let update = |i: usize| match method {
+        Method::Ema { decay, every } => {
+            let d = decay.powf(f64::from(*every));
+            kernel::Update::Ema(d as f32, (1.0 - d) as f32)
+        }
+        // AveragedModel: a + (x − a) / (n + 1), n inputs averaged so far.
+        _ => kernel::Update::Mean((i + 1) as f32),
+    };
+    let mut written = 0;
+    for e0 in (0..n).step_by(STEP) {
+        let elems = e0..(e0 + STEP).min(n);
+        let step = reader::Step {
+            k,
+            elems: elems.clone(),
+        };
+        let windows = feed.next(inputs, &step).map_err(unreadable)?;
+        let bytes = |i: usize| match &windows[i] {
+            Some(b) => &b[..],
+            None => &src[i][elems.start * es..elems.end * es],
+        };
+        let Bufs {
+            acc,
+            wide,
+            widened,
+            encoded,
+        } = &mut *bufs;
+        acc.clear();
+        if let Method::Weighted { .. } = method {
+            // Σ wᵢxᵢ in f64, rounded once.
+            wide.clear();
+            wide.resize(elems.len(), 0.0);
+            for (i, w) in weights.iter().enumerate() {
+                kernel::weighted(wide, kernel::as_f32(dtype, bytes(i), widened), *w);
+            }
+            acc.extend(wide.iter().map(|&a| a as f32));
+        } else {
+            acc.extend_from_slice(kernel::as_f32(dtype, bytes(0), widened));
+            for i in 1..inputs.len() {
+                kernel::update(acc, kernel::as_f32(dtype, bytes(i), widened), update(i));
+            }
+        }
+        feed.give_back(windows);
+        encoded.clear();
+        kernel::encode(acc, dtype, encoded);
+        out.write_all(encoded)?;
+        written += encoded.len();
+    }
+    Ok(written)
 }
 
 /// Input `k`'s tensor of every checkpoint combined, in precision `R`.
@@ -425,56 +550,6 @@ fn combine<R: Real>(
     for i in 1..inputs.len() {
         let x = load(i)?;
         step(method, weights, i, &mut acc, &x);
-    }
-    Ok(acc)
-}
-
-/// [`combine`] for f32 tensors and the running methods, without a copy of each input: the
-/// update runs on each chunk of stored bytes as it is read (same arithmetic as [`step`]).
-fn combine_f32(inputs: &[Input<'_>], k: usize, method: &Method) -> Result<Vec<f32>, AverageError> {
-    let unreadable = |i: usize| AverageError::Unreadable {
-        file: inputs[i].file.to_string(),
-        name: inputs[i].tensors[k].0.clone(),
-    };
-    let mut acc = convert::to_f32_vec(&inputs[0].tensors[k].1).ok_or_else(|| unreadable(0))?;
-    for (i, input) in inputs.iter().enumerate().skip(1) {
-        let t = &input.tensors[k].1;
-        let mut at = 0usize;
-        // (keep, take) for the EMA, or the divisor of the running mean; chosen once per input
-        // so the element loops below stay plain arithmetic.
-        let ema = match method {
-            Method::Ema { decay, every } => {
-                let d = decay.powf(f64::from(*every));
-                Some((d as f32, (1.0 - d) as f32))
-            }
-            _ => None,
-        };
-        let n1 = (i + 1) as f32;
-        t.for_each_chunk(|c| {
-            let n = c.len() / 4;
-            let dst = acc
-                .get_mut(at..at + n)
-                .ok_or_else(|| std::io::Error::other("more elements than the first input"))?;
-            let values = convert::f32s_le(c);
-            match ema {
-                Some((keep, take)) => {
-                    for (a, v) in dst.iter_mut().zip(values) {
-                        *a = keep * *a + take * v;
-                    }
-                }
-                None => {
-                    for (a, v) in dst.iter_mut().zip(values) {
-                        *a += (v - *a) / n1;
-                    }
-                }
-            }
-            at += n;
-            Ok(())
-        })
-        .map_err(|_| unreadable(i))?;
-        if at != acc.len() {
-            return Err(unreadable(i));
-        }
     }
     Ok(acc)
 }

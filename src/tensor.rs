@@ -580,6 +580,15 @@ impl Tensor {
         }
     }
 
+    /// The same view under another storage key (a tensor placed into a checkpoint whose
+    /// storages must not share its key).
+    pub fn with_storage_key(self, storage_key: Arc<str>) -> Tensor {
+        Tensor {
+            storage_key,
+            ..self
+        }
+    }
+
     /// Element type.
     pub fn dtype(&self) -> DType {
         self.dtype

@@ -70,6 +70,17 @@ fn uniform_is_averaged_models_running_mean() {
     compare(&dir.path().join("avg.safetensors"), "uniform");
 }
 
+/// f16 EMAs (Ultralytics 8.x saves its EMA in half precision), several steps per tensor: the
+/// running mean is computed in f32 on the widened values and rounded to f16 once, as
+/// fixtures/average/yolo.py computes it with PyTorch.
+#[test]
+fn f16_emas_of_ultralytics_checkpoints_average_in_f32_and_round_once() {
+    let (code, v, dir) = average(&["yolo-epoch1.pt", "yolo-epoch2.pt", "yolo-epoch3.pt"], &[]);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["average"]["averaged"].as_u64().unwrap() > 200, "{v}");
+    compare(&dir.path().join("avg.safetensors"), "yolo-uniform");
+}
+
 #[test]
 fn weighted_matches_pytorchs_f64_sum() {
     let (code, v, dir) = average(EPOCHS, &["--weights", "1,2,3,4"]);

@@ -14,13 +14,13 @@ use std::path::Path;
 use common::{PER_CHANNEL, assert_channels, fixture, run};
 use fuse_ema::onnx::proto::Dim;
 use fuse_ema::parity::{RowsTolerance, Tolerance, rows_check};
-use fuse_ema::reference::ops::T;
+use fuse_ema::reference::ops::RefTensor;
 use ndarray::ArrayD;
 
 /// The two sizes every `.io` golden holds.
 const SIZES: [(usize, usize, usize); 2] = [(1, 64, 64), (2, 64, 96)];
 
-fn io_golden(name: &str) -> Vec<(String, T)> {
+fn io_golden(name: &str) -> Vec<(String, RefTensor)> {
     let bytes = std::fs::read(fixture(&format!("expected/{name}.io.safetensors"))).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
@@ -29,12 +29,12 @@ fn io_golden(name: &str) -> Vec<(String, T)> {
             let data = (t.data().chunks_exact(4))
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            (k, T::new(data, t.shape().to_vec()))
+            (k, RefTensor::new(data, t.shape().to_vec()))
         })
         .collect()
 }
 
-fn get<'a>(g: &'a [(String, T)], key: &str) -> &'a T {
+fn get<'a>(g: &'a [(String, RefTensor)], key: &str) -> &'a RefTensor {
     &g.iter()
         .find(|(k, _)| k == key)
         .unwrap_or_else(|| panic!("golden has no {key}"))
@@ -66,7 +66,7 @@ fn exported(file: &str, out: &Path, extra: &[&str]) {
     );
 }
 
-fn ort_run(model: &Path, images: &T) -> Vec<(String, T)> {
+fn ort_run(model: &Path, images: &RefTensor) -> Vec<(String, RefTensor)> {
     let rt = fuse_ema::runtime::ort().unwrap_or_else(|e| {
         panic!("{e} — run the suite with ./scripts/test, which provides ONNX Runtime")
     });
@@ -75,7 +75,7 @@ fn ort_run(model: &Path, images: &T) -> Vec<(String, T)> {
     (rt.run(&bytes, &[("images", x)]).unwrap().into_iter())
         .map(|(n, a)| {
             let shape = a.shape().to_vec();
-            (n, T::new(a.iter().copied().collect(), shape))
+            (n, RefTensor::new(a.iter().copied().collect(), shape))
         })
         .collect()
 }

@@ -169,7 +169,7 @@ fn half_precision_within_documented_bound() {
     })
     .unwrap()
     .emulating_f16()
-    .run(fuse_ema::reference::ops::T::new(
+    .run(fuse_ema::reference::ops::RefTensor::new(
         flat(&images),
         images.shape().to_vec(),
     ))

@@ -93,7 +93,7 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
                 kpt_dim: what.contains("pose").then_some(3),
                 noise: [0.0; 5],
             };
-            let got_t = fuse_ema::reference::ops::T::new(g.clone(), want.shape.clone());
+            let got_t = fuse_ema::reference::ops::RefTensor::new(g.clone(), want.shape.clone());
             let checks = fuse_ema::parity::rows_check(&got_t, want, tol);
             assert!(!checks.is_empty(), "{what}: no rows compared");
             for c in checks {

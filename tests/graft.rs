@@ -29,7 +29,7 @@ fn ort_run(model: &Path, name: &str, x: ArrayD<f32>) -> Vec<(String, ArrayD<f32>
     rt.run_file(model, &[(name, x)]).unwrap()
 }
 
-fn array(t: &fuse_ema::reference::ops::T) -> ArrayD<f32> {
+fn array(t: &fuse_ema::reference::ops::RefTensor) -> ArrayD<f32> {
     ArrayD::from_shape_vec(t.shape.clone(), t.data.clone()).unwrap()
 }
 

@@ -6,21 +6,21 @@ mod common;
 use common::{assert_channels, fixture};
 use fuse_ema::checkpoint::py::ModuleRef;
 use fuse_ema::parity::Tolerance;
-use fuse_ema::reference::{Reference, ops::T};
+use fuse_ema::reference::{Reference, ops::RefTensor};
 
 /// The interpreter applies BatchNorm unfolded and accumulates in its own order, so it gets the
 /// parity check's f32 limits (rtol 1e-3; a class-score channel of yolo11-detect differs from
 /// PyTorch by 2.5e-4 of its peak), per output channel.
 const LIMITS: Tolerance = Tolerance::F32;
 
-fn load(st: &safetensors::SafeTensors, key: &str) -> T {
+fn load(st: &safetensors::SafeTensors, key: &str) -> RefTensor {
     let t = st.tensor(key).unwrap();
     let data = t
         .data()
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    T::new(data, t.shape().to_vec())
+    RefTensor::new(data, t.shape().to_vec())
 }
 
 const CASES: &[(&str, &str, &str)] = &[

@@ -10,7 +10,7 @@ use fuse_ema::checkpoint::py::ModuleRef;
 use fuse_ema::checkpoint::value::{Node, NodeId, Value};
 use fuse_ema::models::registry::{self, Kind};
 use fuse_ema::onnx::ultralytics::Builder;
-use fuse_ema::reference::{RefError, Reference, ops::T};
+use fuse_ema::reference::{RefError, Reference, ops::RefTensor};
 
 const BEGIN: &str = "<!-- registry table begin -->\n";
 const END: &str = "<!-- registry table end -->";
@@ -113,7 +113,7 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
     let v = g.dict_get(&ckpt.root, "model").unwrap();
     let run = Reference::new(ModuleRef { g, v })
         .unwrap()
-        .run(T::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
+        .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
         .expect_err("the reference refuses")
         .to_string();
     (export, run)
@@ -140,7 +140,7 @@ fn a_head_without_nc_is_named_by_both_backends() {
     let v = g.dict_get(&ckpt.root, "model").unwrap();
     let err = Reference::new(ModuleRef { g, v })
         .unwrap()
-        .run(T::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
+        .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
         .expect_err("the reference refuses");
     let RefError::Layer {
         path,

@@ -280,33 +280,123 @@ fn stripped_outputs_equal_what_pytorch_loaded_from_the_frameworks_own_results() 
             "{case}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let ck = fuse_ema::io::open(&out).unwrap();
-        let bytes = std::fs::read(surgery(&format!("expected/{case}.safetensors"))).unwrap();
-        let mut c = Cmp {
-            g: &ck.graph,
-            tensors: safetensors::SafeTensors::deserialize(&bytes).unwrap(),
-            ids: HashMap::new(),
-            ours: HashMap::new(),
-            diffs: Vec::new(),
-            compared_tensors: 0,
-        };
-        c.check("", &ck.root, &j["tree"]);
-        assert!(c.diffs.is_empty(), "{case}: {:#?}", c.diffs);
-        assert_eq!(
-            c.compared_tensors,
-            c.tensors.len(),
-            "{case}: every expected tensor compared"
-        );
-        assert!(c.compared_tensors > 0, "{case}");
-        // Everything written passes fuse-ema's own strict judgement.
-        let o = run(&["inspect", out.to_str().unwrap(), "--strict"]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{case}: {}",
-            String::from_utf8_lossy(&o.stderr)
+        same_tree(
+            case,
+            &out,
+            &j["tree"],
+            &surgery(&format!("expected/{case}.safetensors")),
         );
     }
+}
+
+/// `out` has the object tree `tree` with the tensors of `expected` (bit for bit), and passes
+/// fuse-ema's own strict judgement.
+fn same_tree(case: &str, out: &Path, tree: &J, expected: &Path) {
+    let ck = fuse_ema::io::open(out).unwrap();
+    let bytes = std::fs::read(expected).unwrap();
+    let mut c = Cmp {
+        g: &ck.graph,
+        tensors: safetensors::SafeTensors::deserialize(&bytes).unwrap(),
+        ids: HashMap::new(),
+        ours: HashMap::new(),
+        diffs: Vec::new(),
+        compared_tensors: 0,
+    };
+    c.check("", &ck.root, tree);
+    assert!(c.diffs.is_empty(), "{case}: {:#?}", c.diffs);
+    assert_eq!(
+        c.compared_tensors,
+        c.tensors.len(),
+        "{case}: every expected tensor compared"
+    );
+    assert!(c.compared_tensors > 0, "{case}");
+    // Everything written passes fuse-ema's own strict judgement.
+    let o = run(&["inspect", out.to_str().unwrap(), "--strict"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{case}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `average --strip` (issue 12): the deployable file written for an average of three Ultralytics
+/// checkpoints equals, tree and tensors bit for bit, the one Python makes from the same average
+/// (the last checkpoint with the average loaded into its EMA, then Ultralytics' own
+/// `strip_optimizer`; `fixtures/average/yolo.py`). The generator also ran `YOLO(OUT.pt)` on
+/// fuse-ema's file and recorded that it predicts exactly what Python's file predicts.
+#[test]
+fn an_average_written_deployable_equals_pythons_strip_of_the_same_average() {
+    let avg = |n: &str| fixture(&format!("average/{n}"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("averaged.pt");
+    let inputs: Vec<PathBuf> = (1..=3).map(|i| avg(&format!("yolo-epoch{i}.pt"))).collect();
+    let mut args = vec!["average"];
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    args.extend(["--strip", "-o", out.to_str().unwrap()]);
+    let o = run(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let j: J = serde_json::from_str(
+        &std::fs::read_to_string(avg("expected/yolo-strip.tree.json")).unwrap(),
+    )
+    .unwrap();
+    same_tree(
+        "average --strip",
+        &out,
+        &j["tree"],
+        &avg("expected/yolo-strip.safetensors"),
+    );
+    let r: J = serde_json::from_str(
+        &std::fs::read_to_string(avg("expected/yolo-strip.results.json")).unwrap(),
+    )
+    .unwrap();
+    for key in ["tree_equal", "predict_equal", "forward_equal", "all_equal"] {
+        assert_eq!(r[key], J::Bool(true), "{key}: {r}");
+    }
+    assert!(r["boxes"].as_u64().is_some(), "YOLO predicted: {r}");
+}
+
+/// A checkpoint that is not an Ultralytics one has no deployable form to average into, and a
+/// deployable output must be a `.pt`: exit 2, nothing written.
+#[test]
+fn average_strip_refuses_other_layouts_and_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("averaged.pt");
+    let timm: Vec<PathBuf> = (1..=2)
+        .map(|i| fixture(&format!("average/timm{i}.pth.tar")))
+        .collect();
+    let o = run(&[
+        "average",
+        timm[0].to_str().unwrap(),
+        timm[1].to_str().unwrap(),
+        "--strip",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not one"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.exists());
+    let st = dir.path().join("averaged.safetensors");
+    let y = |i: u32| fixture(&format!("average/yolo-epoch{i}.pt"));
+    let o = run(&[
+        "average",
+        y(1).to_str().unwrap(),
+        y(2).to_str().unwrap(),
+        "--strip",
+        "-o",
+        st.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!st.exists());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use common::fixture;
 use fuse_ema::parity::npz::Npz;
 use fuse_ema::parity::{Agreement, task_check};
-use fuse_ema::reference::ops::T;
+use fuse_ema::reference::ops::RefTensor;
 
 const CKPT: &str = "families/yolov8n-ghost-detect.pt";
 const GOLDEN: &str = "families/goldens/yolov8n-ghost-detect.default.npz";
@@ -20,7 +20,7 @@ const GOLDEN: &str = "families/goldens/yolov8n-ghost-detect.default.npz";
 const CONF: f32 = 0.25;
 
 /// (batch, 4 + nc, anchors) of a detect output.
-fn dims(y: &T) -> (usize, usize, usize) {
+fn dims(y: &RefTensor) -> (usize, usize, usize) {
     let [b, rows, a] = y.shape[..] else {
         panic!("a detect output is (B, 4 + nc, A), not {:?}", y.shape)
     };
@@ -29,7 +29,7 @@ fn dims(y: &T) -> (usize, usize, usize) {
 
 /// Anchors of image 0 whose best class reaches the threshold: read from the golden itself, so
 /// the fixture's claim to detect something is checked, not assumed.
-fn confident_anchors(y: &T) -> usize {
+fn confident_anchors(y: &RefTensor) -> usize {
     let (_, nc, a) = dims(y);
     (0..a)
         .filter(|&k| (0..nc).any(|c| y.data[(4 + c) * a + k] >= CONF))
@@ -37,14 +37,14 @@ fn confident_anchors(y: &T) -> usize {
 }
 
 /// `y` with class `c`'s score row zeroed in every image.
-fn zero_class(y: &T, c: usize) -> T {
+fn zero_class(y: &RefTensor, c: usize) -> RefTensor {
     let (b, nc, a) = dims(y);
     let mut data = y.data.clone();
     for i in 0..b {
         let row = (i * (4 + nc) + 4 + c) * a;
         data[row..row + a].fill(0.0);
     }
-    T::new(data, y.shape.clone())
+    RefTensor::new(data, y.shape.clone())
 }
 
 /// The detection counts of a passing check's detail, `"N vs M detections …"`.
@@ -96,7 +96,7 @@ fn the_fixture_detects_and_the_check_fails_when_a_class_is_zeroed() {
 }
 
 /// Rewrites an `.npz` with `output0` (little-endian f32, C order) replaced by `y`.
-fn with_output0(src: &Path, y: &T, dst: &Path) {
+fn with_output0(src: &Path, y: &RefTensor, dst: &Path) {
     let mut zin = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
     let mut zout = zip::ZipWriter::new(std::fs::File::create(dst).unwrap());
     for i in 0..zin.len() {

@@ -13,7 +13,7 @@ use fuse_ema::onnx::proto::ElemType;
 use fuse_ema::onnx::ultralytics::{Builder, forward};
 use fuse_ema::parity::Tolerance;
 use fuse_ema::parity::npz::Npz;
-use fuse_ema::reference::{Reference, ops::T};
+use fuse_ema::reference::{Reference, ops::RefTensor};
 
 fn open(stem: &str) -> Checkpoint {
     fuse_ema::io::open(&fixture(&format!("families/{stem}.pt"))).unwrap()
@@ -81,7 +81,7 @@ fn emit(ckpt: &Checkpoint) -> Result<Vec<i64>, String> {
 }
 
 /// The reference's outputs on `images`.
-fn run(ckpt: &Checkpoint, images: T) -> Result<Vec<T>, String> {
+fn run(ckpt: &Checkpoint, images: RefTensor) -> Result<Vec<RefTensor>, String> {
     Reference::new(model(ckpt))
         .and_then(|mut r| r.run(images))
         .map_err(|e| e.to_string())
@@ -94,8 +94,11 @@ fn golden(stem: &str) -> Npz {
 /// Both backends refuse, each naming the layer and saying `why`.
 fn both_refuse(ckpt: &Checkpoint, layer: &str, why: &str) {
     let emitted = emit(ckpt).expect_err("the builder refuses");
-    let ran = run(ckpt, T::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
-        .expect_err("the reference refuses");
+    let ran = run(
+        ckpt,
+        RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]),
+    )
+    .expect_err("the reference refuses");
     for err in [emitted, ran] {
         assert!(
             err.starts_with(&format!("model.{layer} (")) && err.contains(why),

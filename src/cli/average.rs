@@ -5,7 +5,10 @@ use serde_json::json;
 use super::commands::{print_json, torch_output};
 use super::progress::Bar;
 use super::{AverageArgs, AverageSource, EXIT_OK, fail};
+use crate::surgery::{self, StripOptions};
+use crate::tensor::DType;
 use crate::write::{self, OutDType};
+use std::path::Path;
 
 pub(super) fn average(a: AverageArgs) -> i32 {
     use crate::average::{self, Input, Method, Source};
@@ -29,6 +32,21 @@ pub(super) fn average(a: AverageArgs) -> i32 {
     let torch_out = match torch_output(&a.output) {
         Ok(t) => t,
         Err(code) => return code,
+    };
+    // --strip: the dtype strip writes (None: f16, as strip_optimizer's `half()`).
+    let strip_dtype = match (a.strip, dtype) {
+        (false, _) => None,
+        (true, _) if !torch_out => {
+            return fail(format_args!(
+                "{}: --strip writes a deployable `.pt`; name the output .pt",
+                a.output.display()
+            ));
+        }
+        (true, OutDType::Keep) => None,
+        (true, OutDType::To(d)) if matches!(d, DType::F16 | DType::F32) => Some(d),
+        (true, OutDType::To(d)) => {
+            return fail(format_args!("--strip writes f16 or f32, not {d}"));
+        }
     };
     let source = match a.source {
         AverageSource::Ema => Source::Ema,
@@ -61,7 +79,16 @@ pub(super) fn average(a: AverageArgs) -> i32 {
         Err(e) => return fail(e),
     };
     let paths: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
-    let written = if torch_out {
+    let mut deployable = None;
+    let written = if a.strip {
+        match stripped(&a, &tensors, &paths, strip_dtype) {
+            Ok(rules) => {
+                deployable = Some(rules);
+                Ok(vec![a.output.clone()])
+            }
+            Err(code) => return code,
+        }
+    } else if torch_out {
         write::torch_zip::write(&a.output, &paths, &tensors, dtype, &Bar::new("average"))
             .map(|()| vec![a.output.clone()])
     } else {
@@ -93,6 +120,7 @@ pub(super) fn average(a: AverageArgs) -> i32 {
         let v = json!({
             "inputs": contributions.iter().map(|(f, (_, origin))| json!({"file": f, "weights": origin})).collect::<Vec<_>>(),
             "average": report,
+            "strip": deployable,
             "outputs": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         });
         if let Err(code) = print_json(&v) {
@@ -109,6 +137,51 @@ pub(super) fn average(a: AverageArgs) -> i32 {
             report.averaged,
             report.from_last.len()
         );
+        if let Some(rules) = &deployable {
+            println!(
+                "  deployable: the last checkpoint stripped as {rules}, the average as its model"
+            );
+        }
     }
     EXIT_OK
+}
+
+/// `--strip`: the last checkpoint stripped as `fuse-ema strip` strips it (`crate::surgery`),
+/// with `tensors` as its model's weights, written as a torch archive. Returns the rules followed.
+fn stripped(
+    a: &AverageArgs,
+    tensors: &crate::ema::Named,
+    inputs: &[&Path],
+    dtype: Option<DType>,
+) -> Result<String, i32> {
+    let last = a.files.last().ok_or(super::EXIT_BAD_INPUT)?;
+    let allow = a.strict.allow_list()?;
+    let mut ck = super::open_checked(last, &a.strict)?;
+    super::strip::refuse_reemit(last, &ck, &allow, a.strict.strict)?;
+    let layout = crate::ema::locate(&ck, &crate::ema::Selectors::default()).map(|l| l.layout);
+    if layout.as_ref().ok() != Some(&"ultralytics") {
+        return Err(fail(format_args!(
+            "{}: --strip writes a deployable Ultralytics checkpoint, and this is not one ({})",
+            last.display(),
+            match layout {
+                Ok(l) => format!("its layout is `{l}`"),
+                Err(e) => e.to_string(),
+            }
+        )));
+    }
+    let opts = StripOptions {
+        dtype,
+        ..StripOptions::default()
+    };
+    let plan = surgery::plan(&mut ck, &opts).map_err(fail)?;
+    surgery::replace_model_weights(&mut ck.graph, &plan, tensors)
+        .map_err(|m| fail(format_args!("{}: --strip: {m}", last.display())))?;
+    let out = write::repickle::repickle(&ck.graph, &plan.root, &plan.convert).map_err(|m| {
+        fail(format_args!(
+            "{}: cannot write it again: {m}",
+            last.display()
+        ))
+    })?;
+    write::torch_zip::write_graph(&a.output, inputs, &out, &Bar::new("average")).map_err(fail)?;
+    Ok(plan.report.rules)
 }

@@ -186,6 +186,10 @@ struct AverageArgs {
     /// dtype of floating tensors written: keep, f32, f16, bf16.
     #[arg(long, default_value = "keep", value_name = "DTYPE")]
     dtype: String,
+    /// Write a deployable Ultralytics `.pt`: the last checkpoint stripped as `fuse-ema strip`
+    /// strips it (f16 unless `--dtype f32`), with the average as its model.
+    #[arg(long)]
+    strip: bool,
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,

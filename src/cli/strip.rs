@@ -25,18 +25,8 @@ pub(super) fn strip(a: StripArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // Re-emitting a file writes its globals again: one that would run code is never written,
-    // with or without --strict; --strict refuses anything off the allow-list too.
-    let verdict = judge::judge(ckpt.graph.uses(), &allow);
-    let refused: Vec<_> = verdict
-        .findings
-        .iter()
-        .filter(|f| a.strict.strict || f.kind != FindingKind::NotAllowed)
-        .cloned()
-        .collect();
-    if !refused.is_empty() {
-        super::strict_message(&a.file, &refused);
-        return EXIT_CHECK_FAILED;
+    if let Err(code) = refuse_reemit(&a.file, &ckpt, &allow, a.strict.strict) {
+        return code;
     }
     let opts = StripOptions {
         keep_structure: a.keep_structure,
@@ -77,6 +67,28 @@ pub(super) fn strip(a: StripArgs) -> i32 {
         print!("{}", text(&plan.report));
     }
     EXIT_OK
+}
+
+/// Re-emitting a file writes its globals again: one that would run code is never written, with
+/// or without `--strict`; `--strict` refuses anything off the allow-list too.
+pub(super) fn refuse_reemit(
+    file: &std::path::Path,
+    ckpt: &crate::checkpoint::Checkpoint,
+    allow: &judge::AllowList,
+    strict: bool,
+) -> Result<(), i32> {
+    let verdict = judge::judge(ckpt.graph.uses(), allow);
+    let refused: Vec<_> = verdict
+        .findings
+        .iter()
+        .filter(|f| strict || f.kind != FindingKind::NotAllowed)
+        .cloned()
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    super::strict_message(file, &refused);
+    Err(EXIT_CHECK_FAILED)
 }
 
 fn text(r: &surgery::StripReport) -> String {

@@ -73,6 +73,22 @@ pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
 }
 
 /// A safetensors header: a little-endian length, then a JSON object.
+/// The CRC-32 of every stored entry of the zip archive `file`, keyed by where its data starts:
+/// `data_start → (size, crc32)`, as its central directory records them; empty when `file` is not
+/// an archive this crate reads. A writer that copies an entry's bytes unchanged reuses its CRC
+/// instead of reading the bytes to compute it again.
+pub fn stored_crcs(file: &[u8]) -> std::collections::HashMap<u64, (u64, u32)> {
+    zipdir::ZipDir::parse(file)
+        .map(|d| {
+            d.entries
+                .iter()
+                .filter(|e| e.method == 0)
+                .map(|e| (e.data_start, (e.size, e.crc32)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn looks_like_safetensors(b: &[u8]) -> bool {
     b.len() >= 10
         && b[8] == b'{'

@@ -53,6 +53,9 @@ pub(crate) struct ZipEntry {
     pub local_offset: u64,
     /// Offset of the first data byte.
     pub data_start: u64,
+    /// The CRC-32 the directory records for the data (not checked here; torch does not check
+    /// it either). A writer that copies an entry's bytes unchanged carries it over.
+    pub crc32: u32,
 }
 
 impl ZipEntry {
@@ -251,6 +254,7 @@ pub(crate) fn miniz_entries(file: &[u8]) -> Vec<ZipEntry> {
                 size,
                 local_offset: lofs,
                 data_start,
+                crc32: le32(h, 16),
             });
         }
     }
@@ -480,6 +484,7 @@ fn central_header(b: &[u8], file_len: u64) -> Result<(ZipEntry, usize), ZipDirEr
         size,
         local_offset: lofs,
         data_start: 0,
+        crc32: le32(b, 16),
     };
     Ok((entry, used))
 }

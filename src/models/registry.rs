@@ -10,14 +10,15 @@ use super::layers;
 use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::onnx::graph::{GraphBuilder, GraphValue};
 use crate::onnx::ultralytics::Builder;
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 use crate::reference::{RefError, Reference};
 
 /// Emits a layer into the graph (BatchNorm folded, as `fuse_conv_and_bn` does).
 pub type EmitFn =
     fn(&mut Builder<'_>, &str, ModuleRef<'_>, LayerInput<GraphValue>) -> BuildResult<GraphValue>;
 /// Runs a layer in the reference interpreter (BatchNorm unfolded, its own loops).
-pub type RunFn = fn(&mut Reference<'_>, ModuleRef<'_>, LayerInput<T>) -> Result<T, RefError>;
+pub type RunFn =
+    fn(&mut Reference<'_>, ModuleRef<'_>, LayerInput<RefTensor>) -> Result<RefTensor, RefError>;
 /// Emits a layer whose output is a list of values (`CBLinear`).
 pub type ForkEmitFn = fn(
     &mut Builder<'_>,
@@ -26,13 +27,16 @@ pub type ForkEmitFn = fn(
     LayerInput<GraphValue>,
 ) -> BuildResult<Vec<GraphValue>>;
 /// Runs a layer whose output is a list of values.
-pub type ForkRunFn =
-    fn(&mut Reference<'_>, ModuleRef<'_>, LayerInput<T>) -> Result<Vec<T>, RefError>;
+pub type ForkRunFn = fn(
+    &mut Reference<'_>,
+    ModuleRef<'_>,
+    LayerInput<RefTensor>,
+) -> Result<Vec<RefTensor>, RefError>;
 /// Emits an activation on the value named by the last argument, in the scope given; returns
 /// the output's name.
 pub type ActEmitFn = fn(&mut GraphBuilder, &str, ModuleRef<'_>, &str) -> String;
 /// Applies an activation to every element, in place.
-pub type ActRunFn = fn(ModuleRef<'_>, &mut T);
+pub type ActRunFn = fn(ModuleRef<'_>, &mut RefTensor);
 
 /// How a class is handled.
 #[derive(Clone, Copy)]

@@ -8,7 +8,7 @@
 //! list (the `max_det` / top-k cut), or tied with another at a saturated score of 1.
 
 use super::{OutputStats, TaskCheck, Tolerance};
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 
 /// The score column.
 const SCORE: usize = 4;
@@ -68,7 +68,7 @@ pub(super) fn group(j: usize, kpt_dim: Option<usize>) -> usize {
 
 /// Compares `got` with `want` (reference), both (B, K, C ≥ 6), as detection sets per image: one
 /// task check per image.
-pub fn rows_check(got: &T, want: &T, tol: RowsTolerance) -> Vec<TaskCheck> {
+pub fn rows_check(got: &RefTensor, want: &RefTensor, tol: RowsTolerance) -> Vec<TaskCheck> {
     if got.shape != want.shape {
         return vec![shape_failure(&got.shape, &want.shape)];
     }
@@ -227,7 +227,7 @@ fn limits(want: &[f32], (rows, c): (usize, usize), tol: &RowsTolerance) -> Vec<f
 /// whose other columns (the score above all) then show what f16 moves. RT-DETR needs this: its
 /// decoder attends among the queries it selected, so where f16 selects a few others every score
 /// moves (PyTorch's own f16 forward of the fixture moves them by up to 0.15, median 0.02).
-pub fn f16_noise(exact: &T, emulated: &T, tol: RowsTolerance) -> [f64; 5] {
+pub fn f16_noise(exact: &RefTensor, emulated: &RefTensor, tol: RowsTolerance) -> [f64; 5] {
     let mut noise = [0f64; 5];
     let (b, k, c) = match exact.shape[..] {
         [b, k, c] if c >= 6 && exact.shape == emulated.shape => (b, k, c),

@@ -11,12 +11,12 @@ const TOL: RowsTolerance = RowsTolerance {
     noise: [0.0; 5],
 };
 
-fn rows(r: &[[f32; 6]], k: usize) -> T {
+fn rows(r: &[[f32; 6]], k: usize) -> RefTensor {
     let mut d = vec![0.0; k * 6];
     for (i, row) in r.iter().enumerate() {
         d[i * 6..i * 6 + 6].copy_from_slice(row);
     }
-    T::new(d, vec![1, k, 6])
+    RefTensor::new(d, vec![1, k, 6])
 }
 
 fn scene() -> Vec<[f32; 6]> {
@@ -85,7 +85,7 @@ fn keypoint_coordinates_share_the_pixel_scale() {
     let t = |x: f32, v: f32| {
         let mut d = row(x, v).to_vec();
         d.extend([0.0; 9]);
-        T::new(d, vec![1, 2, 9])
+        RefTensor::new(d, vec![1, 2, 9])
     };
     let pose = RowsTolerance {
         kpt_dim: Some(3),
@@ -225,7 +225,7 @@ fn f16_noise_pairs_rows_by_class_and_box() {
     emulated.swap(0, 1);
     emulated[0][4] += 0.05; // exact row 1 (class 1), now first: its score moved by 0.05
     emulated[3] = [40.0, 30.0, 60.0, 40.0, 0.9, 0.0, 0.0]; // row 3 replaced by another box
-    let t = |r: &[[f32; 7]]| T::new(flat(r), vec![1, 4, 7]);
+    let t = |r: &[[f32; 7]]| RefTensor::new(flat(r), vec![1, 4, 7]);
     let n = f16_noise(&t(&exact), &t(&emulated), RowsTolerance::top_k(F32));
     assert!((n[1] - 0.05).abs() < 1e-6, "score noise {n:?}");
     assert_eq!(n[0], 0.0, "boxes of paired rows are equal: {n:?}");

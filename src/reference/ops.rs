@@ -13,10 +13,6 @@ pub struct RefTensor {
     pub shape: Vec<usize>,
 }
 
-/// The former name of [`RefTensor`], kept while branches that still use it merge (the layer
-/// files and the parity rows); new code names `RefTensor`.
-pub type T = RefTensor;
-
 impl RefTensor {
     /// Wraps data of a shape.
     pub fn new(data: Vec<f32>, shape: Vec<usize>) -> RefTensor {

@@ -236,3 +236,57 @@ pub(crate) fn keys(entries: &[(Value, Value)]) -> Vec<String> {
         .filter_map(|(k, _)| k.as_str().map(str::to_string))
         .collect()
 }
+
+/// Puts `tensors` (a state dict by name, such as `average`'s result) in place of the weights of
+/// the module a [`plan`] made the checkpoint's `model`: every entry of that module's
+/// `state_dict()` must be in `tensors` with the same shape and dtype, and every tensor of
+/// `tensors` must be one of them. Each replaced tensor keeps its node (so the plan's dtype
+/// conversion and `requires_grad` marks still apply) and whether it was a parameter. Returns
+/// how many entries were replaced.
+pub fn replace_model_weights(
+    g: &mut Graph,
+    plan: &Plan,
+    tensors: &crate::ema::Named,
+) -> Result<usize, String> {
+    let model = g
+        .dict_get(&plan.root, "model")
+        .cloned()
+        .ok_or("the stripped checkpoint has no `model`")?;
+    let entries = crate::checkpoint::module::state_dict(g, &model).map_err(|e| e.to_string())?;
+    let by_name: HashMap<&str, &crate::tensor::Tensor> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut used = std::collections::HashSet::new();
+    for (name, v) in &entries {
+        let new = by_name
+            .get(name.as_str())
+            .ok_or_else(|| format!("the model's `{name}` is not among the averaged tensors"))?;
+        let Some(id) = v.node() else {
+            return Err(format!("the model's `{name}` is not a tensor"));
+        };
+        let Node::Tensor(old) = g.node_mut(id) else {
+            return Err(format!("the model's `{name}` is not a tensor"));
+        };
+        if old.shape() != new.shape() || old.dtype() != new.dtype() {
+            return Err(format!(
+                "`{name}` is {} {:?} in the model but {} {:?} in the average",
+                old.dtype(),
+                old.shape(),
+                new.dtype(),
+                new.shape()
+            ));
+        }
+        // Its own storage key, which no storage of the checkpoint (keys "0", "1", …) can have.
+        let t = (*new)
+            .clone()
+            .with_parameter(old.is_parameter())
+            .with_storage_key(format!("average/{name}").into());
+        **old = t;
+        used.insert(name.as_str());
+    }
+    if let Some((extra, _)) = tensors.iter().find(|(n, _)| !used.contains(n.as_str())) {
+        return Err(format!(
+            "the averaged `{extra}` is not in the model's state dict"
+        ));
+    }
+    Ok(entries.len())
+}

@@ -12,6 +12,7 @@ mod repickle_tests;
 pub mod safetensors;
 mod target;
 pub mod torch_zip;
+mod zip_stored;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

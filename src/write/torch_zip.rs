@@ -2,18 +2,18 @@
 //! `archive/data/<key>` stored and 64-byte aligned, `archive/version`, `archive/byteorder`), so
 //! `torch.load(path, weights_only=True)` and `torch.load(path, mmap=True)` both open it.
 
-use std::io::{BufWriter, Write};
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
-
-use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, DateTime, ZipWriter};
+use std::sync::Arc;
 
 use super::pickle::{self, Entry};
 use super::repickle::Repickled;
+use super::zip_stored::StoredZip;
 use super::{AtomicFile, OutDType, WriteError, WriteErrorKind, write_tensor};
 use crate::ema::Named;
 use crate::progress::Progress;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{Buffer, DType, Tensor};
 
 /// Writes `tensors` as a plain torch state dict to `target`.
 pub fn write(
@@ -62,7 +62,8 @@ pub fn write_graph(
 
 /// The archive `torch.save` writes: `data.pkl`, `byteorder`, `data/<i>` for each part (its
 /// elements converted to its dtype), `version`; stored, 64-byte aligned, fixed timestamps so
-/// identical input gives identical bytes.
+/// identical input gives identical bytes. A part that is a whole stored entry of an input, written
+/// unchanged, is copied kernel-side with the CRC-32 its input's directory records.
 fn write_archive(
     target: &Path,
     inputs: &[&Path],
@@ -71,36 +72,55 @@ fn write_archive(
     progress: &dyn Progress,
 ) -> Result<(), WriteError> {
     let mut file = AtomicFile::create(target, inputs)?;
+    let err = |e: std::io::Error| WriteError::new(target, e);
+    let mut crcs = InputCrcs::default();
     {
-        let w = BufWriter::with_capacity(1 << 20, file.file());
-        let mut z = ZipWriter::new(w);
-        let base = SimpleFileOptions::default()
-            .compression_method(CompressionMethod::Stored)
-            .last_modified_time(DateTime::default())
-            .with_alignment(64);
-        z.start_file("archive/data.pkl", base)
-            .map_err(|e| WriteError::new(target, e))?;
-        z.write_all(pkl).map_err(|e| WriteError::new(target, e))?;
-        z.start_file("archive/byteorder", base)
-            .map_err(|e| WriteError::new(target, e))?;
-        z.write_all(b"little")
-            .map_err(|e| WriteError::new(target, e))?;
+        let mut z = StoredZip::new(file.file());
+        z.bytes("archive/data.pkl", pkl).map_err(err)?;
+        z.bytes("archive/byteorder", b"little").map_err(err)?;
         for (i, (t, d)) in parts.iter().enumerate() {
+            let name = format!("archive/data/{i}");
             let len = (t.numel() * d.size()) as u64;
-            let opts = base.large_file(len >= u32::MAX as u64);
-            z.start_file(format!("archive/data/{i}"), opts)
-                .map_err(|e| WriteError::new(target, e))?;
-            write_tensor(&mut z, t, *d).map_err(|e| WriteError::new(target, e))?;
+            match crcs.unchanged_entry(t, *d) {
+                Some((range, crc)) => z
+                    .copied(&name, len, crc, |f| t.storage().copy_to(range, f))
+                    .map_err(err)?,
+                None => z
+                    .streamed(&name, len, |w| write_tensor(w, t, *d))
+                    .map_err(err)?,
+            }
             progress.advance(t.nbytes() as u64);
         }
-        z.start_file("archive/version", base)
-            .map_err(|e| WriteError::new(target, e))?;
-        z.write_all(b"3\n")
-            .map_err(|e| WriteError::new(target, e))?;
-        let mut w = z.finish().map_err(|e| WriteError::new(target, e))?;
-        w.flush().map_err(|e| WriteError::new(target, e))?;
+        z.bytes("archive/version", b"3\n").map_err(err)?;
+        z.finish().map_err(err)?;
     }
     file.commit()?;
     progress.finish();
     Ok(())
+}
+
+/// The stored entries' CRCs of each input archive a part's bytes come from, read once per input.
+#[derive(Default)]
+struct InputCrcs {
+    by_map: HashMap<usize, HashMap<u64, (u64, u32)>>,
+}
+
+impl InputCrcs {
+    /// When `t` written as `d` is exactly the bytes of one stored entry of its input (the whole
+    /// storage, unconverted): its byte range in the storage and the entry's CRC-32.
+    fn unchanged_entry(&mut self, t: &Tensor, d: DType) -> Option<(Range<usize>, u32)> {
+        let range = t.contiguous_range().filter(|_| d == t.dtype())?;
+        let Buffer::Mapped { map, range: base } = &t.storage() else {
+            return None;
+        };
+        let crcs = self
+            .by_map
+            .entry(Arc::as_ptr(map) as usize)
+            .or_insert_with(|| crate::io::stored_crcs(&map.map()[..]));
+        let start = (base.start + range.start) as u64;
+        match crcs.get(&start) {
+            Some(&(size, crc)) if size == range.len() as u64 => Some((range, crc)),
+            _ => None,
+        }
+    }
 }

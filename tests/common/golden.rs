@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use fuse_ema::parity::npz::Npz;
-use fuse_ema::reference::ops::T;
+use fuse_ema::reference::ops::RefTensor;
 use ndarray::ArrayD;
 
 /// The sizes a golden holds: `""` for the first (plain names), `_BxHxW` for the others, each with
@@ -30,7 +30,7 @@ pub fn archive_names(path: &Path) -> Vec<String> {
 }
 
 /// Runs an ONNX file in ONNX Runtime on `images`; never skips when the runtime is missing.
-pub fn ort_run(model: &Path, images: &T) -> Vec<(String, ArrayD<f32>)> {
+pub fn ort_run(model: &Path, images: &RefTensor) -> Vec<(String, ArrayD<f32>)> {
     let rt = fuse_ema::runtime::ort().unwrap_or_else(|e| {
         panic!("{e} — run the suite with ./scripts/test, which provides ONNX Runtime")
     });

@@ -5,7 +5,7 @@ use crate::models::registry::{self, Kind, Layer, activation};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::Builder;
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, e};
 
 /// The classes of this file.
@@ -100,7 +100,7 @@ impl Builder<'_> {
 }
 
 /// Applies an activation module to `x` in place (none, or `Identity`, leaves it).
-pub(crate) fn run(m: Option<ModuleRef>, x: &mut T) -> RefResult<()> {
+pub(crate) fn run(m: Option<ModuleRef>, x: &mut RefTensor) -> RefResult<()> {
     let Some(m) = m else { return Ok(()) };
     if let Some(Kind::Activation { run, .. }) = entry(m).map_err(e)? {
         run(m, x);

@@ -11,7 +11,7 @@ use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -259,7 +259,7 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], kd: usize, vd: usize, n: usize, scale
 impl Reference<'_> {
     /// `AAttn`: per image, area and head, gathers the area's query, key and value rows,
     /// attends, and scatters the result and the values back to (C, H·W).
-    pub(crate) fn aattn(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn aattn(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let (n, _, h, w) = shape::nchw(x, "AAttn")?;
         let p = AreaAttnParams::parse(m)?;
         let np = p.run_length(h as i64, w as i64)? as usize;
@@ -299,13 +299,13 @@ impl Reference<'_> {
                 }
             }
         }
-        let pe = self.sub(m, "pe", &T::new(vs, vec![n, all, h, w]))?;
-        let out = T::new(out, vec![n, all, h, w]);
+        let pe = self.sub(m, "pe", &RefTensor::new(vs, vec![n, all, h, w]))?;
+        let out = RefTensor::new(out, vec![n, all, h, w]);
         shape::same_shape(&out, &pe, "AAttn pe")?;
         self.sub(m, "proj", &ops::add(&out, &pe))
     }
 
-    pub(crate) fn ablock(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn ablock(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.aattn(m.child("attn").map_err(e)?, x)?;
         shape::same_shape(x, &a, "ABlock")?;
         let x1 = ops::add(x, &a);
@@ -314,7 +314,7 @@ impl Reference<'_> {
         Ok(ops::add(&x1, &f))
     }
 
-    pub(crate) fn a2c2f(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn a2c2f(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for (_, blk) in m.child("m").map_err(e)?.children() {
             let last = ys.last().expect("cv1").clone();

@@ -6,7 +6,7 @@ use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -196,7 +196,7 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn c2psa(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn c2psa(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let c = shape::nchw(&a, "C2PSA")?.1 / 2;
         shape::channels(&a, c, 2 * c, "C2PSA")?;
@@ -217,7 +217,7 @@ impl Reference<'_> {
         self.sub(m, "cv2", &ops::cat_channels(&[&first, &second]))
     }
 
-    pub(crate) fn psablock(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn psablock(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let add = m.bool("add").unwrap_or(true);
         let a = self.attention(m.child("attn").map_err(e)?, x)?;
         if add {
@@ -232,7 +232,7 @@ impl Reference<'_> {
     }
 
     /// Multi-head attention over H·W positions plus the positional depthwise conv of the values.
-    pub(crate) fn attention(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn attention(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let (n, c, h, w) = shape::nchw(x, "Attention")?;
         let hw = h * w;
         let p = AttentionParams::parse(m)?;
@@ -278,8 +278,8 @@ impl Reference<'_> {
                 v_all[dst..dst + hd * hw].copy_from_slice(v);
             }
         }
-        let pe = self.sub(m, "pe", &T::new(v_all, vec![n, c, h, w]))?;
-        let sum = ops::add(&T::new(out, vec![n, c, h, w]), &pe);
+        let pe = self.sub(m, "pe", &RefTensor::new(v_all, vec![n, c, h, w]))?;
+        let sum = ops::add(&RefTensor::new(out, vec![n, c, h, w]), &pe);
         self.sub(m, "proj", &sum)
     }
 }

@@ -7,7 +7,7 @@ use crate::models::registry::{Layer, layer, part};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, e, shape};
 
 /// The classes of this file.
@@ -302,7 +302,7 @@ impl Builder<'_> {
 // ---- run ----
 
 /// `nn.MaxPool2d` (square windows without dilation, as Ultralytics uses).
-pub fn maxpool(m: ModuleRef, x: &T) -> RefResult<T> {
+pub fn maxpool(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     let p = MaxPoolParams::parse(m)?;
     let square = |v: [i64; 2]| (v[0] == v[1]).then_some(v[0] as usize);
     let (Some(k), Some(s), Some(pad), [1, 1]) =
@@ -315,7 +315,7 @@ pub fn maxpool(m: ModuleRef, x: &T) -> RefResult<T> {
 }
 
 /// `nn.Upsample` (nearest, integer factor).
-pub fn upsample(m: ModuleRef, x: &T) -> RefResult<T> {
+pub fn upsample(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     let f = upsample_factor(m)?;
     if f.fract() != 0.0 {
         return Err(e(format!("Upsample by a non-integer factor {f}")));
@@ -325,7 +325,7 @@ pub fn upsample(m: ModuleRef, x: &T) -> RefResult<T> {
 }
 
 /// `nn.ZeroPad2d`: each map copied into a larger zeroed one.
-pub fn zero_pad(m: ModuleRef, x: &T) -> RefResult<T> {
+pub fn zero_pad(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     let [l, r, t, b] = zero_pad_params(m)?.map(|v| v as usize);
     let (n, c, h, w) = shape::nchw(x, "ZeroPad2d")?;
     let (oh, ow) = (h + t + b, w + l + r);
@@ -337,5 +337,5 @@ pub fn zero_pad(m: ModuleRef, x: &T) -> RefResult<T> {
             out[at..at + w].copy_from_slice(src);
         }
     }
-    Ok(T::new(out, vec![n, c, oh, ow]))
+    Ok(RefTensor::new(out, vec![n, c, oh, ow]))
 }

@@ -17,7 +17,7 @@ use crate::models::registry::{Layer, head, layer, part};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -308,7 +308,7 @@ impl Builder<'_> {
 
 /// `models.yolo.Detect` / `IDetect` as their repositories evaluate them before fusing: the
 /// implicit offset, the convolution, the implicit scale, then the decode.
-fn anchor_head(r: &mut Reference, m: ModuleRef, xs: Vec<T>) -> RefResult<T> {
+fn anchor_head(r: &mut Reference, m: ModuleRef, xs: Vec<RefTensor>) -> RefResult<RefTensor> {
     let h = AnchorHead::parse(m, xs.len()).map_err(e)?;
     let mut xs = xs;
     xs.truncate(h.convs.len());
@@ -375,5 +375,5 @@ fn anchor_head(r: &mut Reference, m: ModuleRef, xs: Vec<T>) -> RefResult<T> {
             data.extend_from_slice(&l[bi * n * no..(bi + 1) * n * no]);
         }
     }
-    Ok(T::new(data, vec![batch, rows, no]))
+    Ok(RefTensor::new(data, vec![batch, rows, no]))
 }

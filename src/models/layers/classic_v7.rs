@@ -9,7 +9,7 @@ use crate::models::layers::conv::BatchNorm;
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -199,7 +199,7 @@ impl Builder<'_> {
 
 // ---- run ----
 
-fn sppcspc(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
+fn sppcspc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     let a = r.sub(m, "cv1", x)?;
     let a = r.sub(m, "cv3", &a)?;
     let x1 = r.sub(m, "cv4", &a)?;
@@ -207,7 +207,7 @@ fn sppcspc(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
     for (_, pool) in m.child("m").map_err(e)?.children() {
         ys.push(r.module(pool, LayerInput::One(x1.clone()))?);
     }
-    let refs: Vec<&T> = ys.iter().collect();
+    let refs: Vec<&RefTensor> = ys.iter().collect();
     shape::same_maps(&refs, "SPPCSPC")?;
     let y = r.sub(m, "cv5", &ops::cat_channels(&refs))?;
     let y1 = r.sub(m, "cv6", &y)?;
@@ -216,15 +216,15 @@ fn sppcspc(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
     r.sub(m, "cv7", &ops::cat_channels(&[&y1, &y2]))
 }
 
-fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
+fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     // BatchNorm applied as BatchNorm, unfolded, as PyTorch runs it before fusing.
-    let bn = |bn: ModuleRef, mut y: T| -> RefResult<T> {
+    let bn = |bn: ModuleRef, mut y: RefTensor| -> RefResult<RefTensor> {
         let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
         let p = BatchNorm::parse(bn, c)?;
         ops::batch_norm(&mut y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
         Ok(y)
     };
-    let branch = |r: &mut Reference, name: &str| -> RefResult<T> {
+    let branch = |r: &mut Reference, name: &str| -> RefResult<RefTensor> {
         let seq = m.child(name).map_err(e)?;
         let y = r.sub(seq, "0", x)?;
         bn(seq.child("1").map_err(e)?, y)
@@ -247,7 +247,7 @@ fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
     Ok(y)
 }
 
-fn reorg(x: &T) -> RefResult<T> {
+fn reorg(x: &RefTensor) -> RefResult<RefTensor> {
     let (n, c, h, w) = shape::nchw(x, "ReOrg")?;
     if h % 2 != 0 || w % 2 != 0 {
         return Err(e(format!("ReOrg of an odd-sized {h}x{w} map")));
@@ -264,10 +264,10 @@ fn reorg(x: &T) -> RefResult<T> {
             }
         }
     }
-    Ok(T::new(out, vec![n, 4 * c, oh, ow]))
+    Ok(RefTensor::new(out, vec![n, 4 * c, oh, ow]))
 }
 
-fn downc(r: &mut Reference, m: ModuleRef, x: &T) -> RefResult<T> {
+fn downc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     let a = r.sub(m, "cv1", x)?;
     let a = r.sub(m, "cv2", &a)?;
     let p = r.sub(m, "mp", x)?;

@@ -7,7 +7,7 @@ use crate::models::registry::{Layer, head, part};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -129,7 +129,7 @@ impl Builder<'_> {
 
 impl Reference<'_> {
     /// `Classify`: conv, mean over H·W, linear, softmax.
-    pub(crate) fn classify(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn classify(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let y = self.sub(m, "conv", x)?;
         let (n, c, h, w) = shape::nchw(&y, "Classify")?;
         let lin = Linear::parse(m.child("linear").map_err(e)?)?;
@@ -156,6 +156,6 @@ impl Reference<'_> {
             }
             ops::softmax_strided(row, 0, ws[0], 1);
         }
-        Ok(T::new(out, vec![n, ws[0]]))
+        Ok(RefTensor::new(out, vec![n, ws[0]]))
     }
 }

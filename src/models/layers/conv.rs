@@ -7,7 +7,7 @@ use crate::models::registry::{Layer, layer, part};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, ConvSpec, T};
+use crate::reference::ops::{self, ConvSpec, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -387,7 +387,7 @@ impl Builder<'_> {
 // ---- run ----
 
 /// `nn.Conv2d` (with its own bias, if any).
-pub fn conv(m: ModuleRef, x: &T) -> RefResult<T> {
+pub fn conv(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     let p = Conv2dParams::parse(m)?;
     conv_with(p, x)
 }
@@ -395,7 +395,7 @@ pub fn conv(m: ModuleRef, x: &T) -> RefResult<T> {
 /// `nn.Conv2d` and an optional BatchNorm computed as an f16 graph stores them: BatchNorm folded
 /// into the weights and bias (in f64), both rounded to f16 — the f16 emulation only; the exact
 /// reference never folds.
-fn conv_f16(m: ModuleRef, bn: Option<ModuleRef>, x: &T) -> RefResult<T> {
+fn conv_f16(m: ModuleRef, bn: Option<ModuleRef>, x: &RefTensor) -> RefResult<RefTensor> {
     let mut p = Conv2dParams::parse(m)?;
     let out = usize::try_from(p.shape[0]).unwrap_or(0);
     let mut b = p.bias.take().unwrap_or_else(|| vec![0.0; out]);
@@ -418,7 +418,7 @@ fn conv_f16(m: ModuleRef, bn: Option<ModuleRef>, x: &T) -> RefResult<T> {
 }
 
 /// Runs a parsed `nn.Conv2d` after checking shapes.
-fn conv_with(p: Conv2dParams, x: &T) -> RefResult<T> {
+fn conv_with(p: Conv2dParams, x: &RefTensor) -> RefResult<RefTensor> {
     let u = |v: [i64; 2]| (v[0] as usize, v[1] as usize);
     let ws: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
     let spec = ConvSpec {
@@ -440,7 +440,7 @@ fn conv_with(p: Conv2dParams, x: &T) -> RefResult<T> {
 
 impl Reference<'_> {
     /// Ultralytics `Conv`: conv, BatchNorm (as BatchNorm), activation.
-    pub(crate) fn conv_bn_act(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn conv_bn_act(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         if self.f16 {
             let mut y = conv_f16(m.child("conv").map_err(e)?, m.opt_child("bn"), x)?;
             super::act::run(m.opt_child("act"), &mut y)?;
@@ -458,7 +458,7 @@ impl Reference<'_> {
 }
 
 /// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.
-pub(crate) fn conv_transpose(m: ModuleRef, x: &T) -> RefResult<T> {
+pub(crate) fn conv_transpose(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     let ConvTransposeParams {
         weight: w,
         shape: ws,
@@ -537,7 +537,7 @@ pub(crate) fn conv_transpose(m: ModuleRef, x: &T) -> RefResult<T> {
             }
         }
     }
-    Ok(T::new(out, vec![n, o, oh, ow]))
+    Ok(RefTensor::new(out, vec![n, o, oh, ow]))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -206,7 +206,7 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn bottleneck(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn bottleneck(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let y = self.sub(m, "cv2", &a)?;
         Ok(if m.bool("add").unwrap_or(false) {
@@ -217,7 +217,7 @@ impl Reference<'_> {
         })
     }
 
-    pub(crate) fn c2(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn c2(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let ac = shape::nchw(&a, "C2")?.1;
         if ac % 2 != 0 {
@@ -231,7 +231,7 @@ impl Reference<'_> {
         self.sub(m, "cv2", &ops::cat_channels(&[&y, &b]))
     }
 
-    pub(crate) fn spp(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn spp(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let mut ys = vec![a.clone()];
         for (_, pool) in m.child("m").map_err(e)?.children() {
@@ -242,7 +242,7 @@ impl Reference<'_> {
         self.sub(m, "cv2", &ops::cat_channels(&refs))
     }
 
-    pub(crate) fn c2f(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn c2f(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let c = shape::nchw(&a, "C2f")?.1 / 2;
         shape::channels(&a, c, 2 * c, "C2f")?;
@@ -257,7 +257,7 @@ impl Reference<'_> {
         self.sub(m, "cv2", &cat)
     }
 
-    pub(crate) fn c3(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn c3(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "m", &a)?;
         let b = self.sub(m, "cv2", x)?;
@@ -266,7 +266,7 @@ impl Reference<'_> {
         self.sub(m, "cv3", &cat)
     }
 
-    pub(crate) fn sppf(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn sppf(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for _ in 0..m.int("n").unwrap_or(3) {
             let last = ys.last().expect("cv1").clone();

@@ -9,7 +9,7 @@ use crate::models::registry::{Layer, head};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::{Attr, ElemType};
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -300,7 +300,7 @@ impl Builder<'_> {
 /// Bilinear resize of (N, C, H, W) by an integer factor, as `F.interpolate(mode="bilinear")`
 /// computes it: with `align_corners` the corner pixels map onto each other; without, half-pixel
 /// centres at scale 1/factor, source coordinates below 0 clamped to 0.
-fn resize_bilinear(x: &T, factor: usize, align_corners: bool) -> RefResult<T> {
+fn resize_bilinear(x: &RefTensor, factor: usize, align_corners: bool) -> RefResult<RefTensor> {
     let (n, c, h, w) = shape::nchw(x, "bilinear resize")?;
     let (oh, ow) = (h * factor, w * factor);
     // Per output coordinate: the two source indices and the weight of the second.
@@ -335,12 +335,12 @@ fn resize_bilinear(x: &T, factor: usize, align_corners: bool) -> RefResult<T> {
             }
         }
     }
-    Ok(T::new(out, vec![n, c, oh, ow]))
+    Ok(RefTensor::new(out, vec![n, c, oh, ow]))
 }
 
 impl Reference<'_> {
     /// Runs a head list in order (`ConvTranspose2d` included).
-    fn dense_chain(&mut self, ms: &[ModuleRef], x: T) -> RefResult<T> {
+    fn dense_chain(&mut self, ms: &[ModuleRef], x: RefTensor) -> RefResult<RefTensor> {
         let mut x = x;
         for m in ms {
             x = if m.class() == "ConvTranspose2d" {
@@ -353,7 +353,7 @@ impl Reference<'_> {
     }
 
     /// `Depth` in export form.
-    pub(crate) fn depth(&mut self, m: ModuleRef, xs: &[T]) -> RefResult<T> {
+    pub(crate) fn depth(&mut self, m: ModuleRef, xs: &[RefTensor]) -> RefResult<RefTensor> {
         let spec = DepthSpec::parse(m, xs.len())?;
         let mut feats = Vec::new();
         for (p, x) in spec.proj.iter().zip(xs) {
@@ -379,7 +379,7 @@ impl Reference<'_> {
 
     /// `SemanticSegment` in export form: the class map, each label as an f32. The resized logits
     /// are kept (`class_logits`) so that parity can tell a near-tie from a wrong class.
-    pub(crate) fn semantic(&mut self, m: ModuleRef, xs: &[T]) -> RefResult<T> {
+    pub(crate) fn semantic(&mut self, m: ModuleRef, xs: &[RefTensor]) -> RefResult<RefTensor> {
         let spec = SemanticSpec::parse(m, xs.len())?;
         let logits = self.module(spec.classifier, LayerInput::One(xs[0].clone()))?;
         let (n, c, _, _) = shape::nchw(&logits, "SemanticSegment")?;
@@ -411,7 +411,7 @@ impl Reference<'_> {
             }
         }
         self.class_logits = Some(y);
-        Ok(T::new(labels, vec![n, h, w]))
+        Ok(RefTensor::new(labels, vec![n, h, w]))
     }
 }
 
@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn align_corners_keeps_the_corners_and_interpolates_between() {
-        let x = T::new(vec![0.0, 3.0, 6.0, 9.0], vec![1, 1, 2, 2]);
+        let x = RefTensor::new(vec![0.0, 3.0, 6.0, 9.0], vec![1, 1, 2, 2]);
         let y = resize_bilinear(&x, 2, true).unwrap();
         assert_eq!(y.shape, vec![1, 1, 4, 4]);
         // Row 0: 0 → 3 over four columns at 0, 1/3, 2/3, 1.
@@ -434,7 +434,7 @@ mod tests {
 
     #[test]
     fn half_pixel_clamps_at_the_border() {
-        let x = T::new(vec![1.0, 5.0], vec![1, 1, 1, 2]);
+        let x = RefTensor::new(vec![1.0, 5.0], vec![1, 1, 1, 2]);
         let y = resize_bilinear(&x, 2, false).unwrap();
         // Source x for outputs 0..4: -0.25 (→ 0), 0.25, 0.75, 1.25 (→ index 1).
         let want = [1.0, 2.0, 4.0, 5.0];

@@ -12,7 +12,7 @@ use crate::models::registry::{Layer, fork, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 use super::conv::{BatchNorm, Conv2dParams};
@@ -473,7 +473,7 @@ fn fold(kernel: &[f32], bn: BatchNorm) -> (Vec<f32>, Vec<f32>) {
 
 impl Reference<'_> {
     /// `RepConv` as trained: conv1(x) + conv2(x) (+ bn(x)), then the activation.
-    pub(crate) fn rep_conv(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn rep_conv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let mut y = match RepConvParts::parse(m)? {
             RepConvParts::Fused(conv) => self.module(conv, LayerInput::One(x.clone()))?,
             RepConvParts::Branches { conv1, conv2, bn } => {
@@ -496,7 +496,7 @@ impl Reference<'_> {
         Ok(y)
     }
 
-    pub(crate) fn elan(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn elan(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let (_, ac, _, _) = shape::nchw(&a, "RepNCSPELAN4")?;
         if ac % 2 != 0 {
@@ -514,12 +514,12 @@ impl Reference<'_> {
         self.sub(m, "cv4", &ops::cat_channels(&refs))
     }
 
-    pub(crate) fn aconv(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn aconv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let p = avg_pool2(x)?;
         self.sub(m, "cv1", &p)
     }
 
-    pub(crate) fn adown(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn adown(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let p = avg_pool2(x)?;
         let (_, c, _, _) = shape::nchw(&p, "ADown")?;
         if c % 2 != 0 {
@@ -533,7 +533,7 @@ impl Reference<'_> {
         Ok(ops::cat_channels(&[&y1, &y2]))
     }
 
-    pub(crate) fn sppelan(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn sppelan(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for name in ["cv2", "cv3", "cv4"] {
             let last = ys.last().expect("cv1").clone();
@@ -544,7 +544,7 @@ impl Reference<'_> {
         self.sub(m, "cv5", &ops::cat_channels(&refs))
     }
 
-    pub(crate) fn cb_linear(&mut self, m: ModuleRef, x: &T) -> RefResult<Vec<T>> {
+    pub(crate) fn cb_linear(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<Vec<RefTensor>> {
         let y = self.sub(m, "conv", x)?;
         let (_, c, _, _) = shape::nchw(&y, "CBLinear")?;
         let sizes = c2s(&m, c as i64)?;
@@ -561,7 +561,7 @@ impl Reference<'_> {
 }
 
 /// `avg_pool2d(x, 2, 1, 0)`: the mean of each 2×2 window.
-fn avg_pool2(x: &T) -> RefResult<T> {
+fn avg_pool2(x: &RefTensor) -> RefResult<RefTensor> {
     let (n, c, h, w) = shape::nchw(x, "avg_pool2d")?;
     if h < 2 || w < 2 {
         return Err(e(format!("avg_pool2d(2) on a {h}x{w} map")));
@@ -580,12 +580,12 @@ fn avg_pool2(x: &T) -> RefResult<T> {
             }
         }
     }
-    Ok(T::new(out, vec![n, c, oh, ow]))
+    Ok(RefTensor::new(out, vec![n, c, oh, ow]))
 }
 
 /// `CBFuse`: each picked map resized to the target's size as `F.interpolate(mode='nearest')`
 /// picks source pixels (floor(dst · in/out)), then all summed with the target.
-fn cb_fuse(m: ModuleRef, x: LayerInput<T>) -> RefResult<T> {
+fn cb_fuse(m: ModuleRef, x: LayerInput<RefTensor>) -> RefResult<RefTensor> {
     let (picked, target) = cb_fuse_inputs(&m, x)?;
     let (tn, tc, th, tw) = shape::nchw(&target, "CBFuse")?;
     let mut sum = target.clone();

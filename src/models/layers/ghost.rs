@@ -6,7 +6,7 @@ use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -94,14 +94,14 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn ghost_conv(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn ghost_conv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let y = self.sub(m, "cv1", x)?;
         let z = self.sub(m, "cv2", &y)?;
         shape::same_maps(&[&y, &z], "GhostConv")?;
         Ok(ops::cat_channels(&[&y, &z]))
     }
 
-    pub(crate) fn ghost_bottleneck(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn ghost_bottleneck(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let y = self.sub(m, "conv", x)?;
         let s = self.module(m.child("shortcut").map_err(e)?, LayerInput::One(x.clone()))?;
         shape::same_shape(&y, &s, "GhostBottleneck")?;

@@ -6,7 +6,7 @@ use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -52,7 +52,7 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn resnet_block(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn resnet_block(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "cv2", &a)?;
         let a = self.sub(m, "cv3", &a)?;

@@ -6,7 +6,7 @@ use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -119,13 +119,13 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn scdown(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn scdown(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         self.sub(m, "cv2", &a)
     }
 
     /// `RepVGGDW` as its unfused forward: both branches run, each with BatchNorm unfolded.
-    pub(crate) fn repvggdw(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn repvggdw(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let (conv, conv1) = repvggdw_branches(m)?;
         let mut y = self.module(conv, LayerInput::One(x.clone()))?;
         if let Some(conv1) = conv1 {
@@ -137,7 +137,7 @@ impl Reference<'_> {
         Ok(y)
     }
 
-    pub(crate) fn cib(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn cib(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let y = self.module(m.child("cv1").map_err(e)?, LayerInput::One(x.clone()))?;
         if !m.bool("add").unwrap_or(false) {
             return Ok(y);

@@ -12,7 +12,7 @@ use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::registry::{Layer, head, part};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// The classes of this file.
@@ -295,7 +295,7 @@ impl Builder<'_> {
 
 impl Reference<'_> {
     /// `Proto`, BatchNorm unfolded.
-    fn proto(&mut self, p: ModuleRef, x: &T) -> RefResult<T> {
+    fn proto(&mut self, p: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.conv_bn_act(p.child("cv1").map_err(e)?, x)?;
         let up = super::conv::conv_transpose(p.child("upsample").map_err(e)?, &a)?;
         let b = self.conv_bn_act(p.child("cv2").map_err(e)?, &up)?;
@@ -303,7 +303,7 @@ impl Reference<'_> {
     }
 
     /// `Proto` on the first level, or `Proto26` on every level.
-    fn prototypes(&mut self, p: ModuleRef, xs: &[T]) -> RefResult<T> {
+    fn prototypes(&mut self, p: ModuleRef, xs: &[RefTensor]) -> RefResult<RefTensor> {
         let first = xs.first().ok_or_else(|| e("prototypes without inputs"))?;
         if p.class() != "Proto26" {
             return self.proto(p, first);

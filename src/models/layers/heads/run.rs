@@ -3,13 +3,19 @@
 use super::{HeadKind, HeadSpec};
 use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 impl Reference<'_> {
     /// Runs branch `i` of each of the head's branch lists `lists` (`cv2`; `cv4` then
     /// `cv4_kpts`), in turn, on level `x`.
-    fn level(&mut self, head: ModuleRef, lists: &[String], i: usize, x: &T) -> RefResult<T> {
+    fn level(
+        &mut self,
+        head: ModuleRef,
+        lists: &[String],
+        i: usize,
+        x: &RefTensor,
+    ) -> RefResult<RefTensor> {
         let mut y = x.clone();
         for list in lists {
             let branch = head.child(list).map_err(e)?.children();
@@ -23,7 +29,7 @@ impl Reference<'_> {
     }
 
     /// The detection heads in export form, or as end-to-end rows (see `Builder::detect`).
-    pub(crate) fn head(&mut self, m: ModuleRef, xs: &[T]) -> RefResult<T> {
+    pub(crate) fn head(&mut self, m: ModuleRef, xs: &[RefTensor]) -> RefResult<RefTensor> {
         let spec = HeadSpec::parse(m, xs.len(), self.head)?;
         let class = spec.class.clone();
         let (nc, rm, extra) = (spec.nc as usize, spec.reg_max as usize, spec.extra as usize);
@@ -51,7 +57,7 @@ impl Reference<'_> {
             } else {
                 None
             };
-            let fits = |t: &T, ch: usize| t.shape == [n, ch, h, w];
+            let fits = |t: &RefTensor, ch: usize| t.shape == [n, ch, h, w];
             if !fits(&b, 4 * rm) || !fits(&c, nc) || xe.as_ref().is_some_and(|t| !fits(t, extra)) {
                 return Err(e(format!(
                     "{class} level {i}: branch outputs {:?} and {:?} do not fit {} box and {nc} class channels at {h}x{w}",
@@ -175,7 +181,7 @@ impl Reference<'_> {
             let protos = self.prototypes(p, xs)?;
             self.extra.push(protos);
         }
-        let y = T::new(out, vec![n, rows, total]);
+        let y = RefTensor::new(out, vec![n, rows, total]);
         match spec.max_det {
             Some(max_det) => Ok(super::topk::rows(&y, nc, max_det)),
             None => Ok(y),

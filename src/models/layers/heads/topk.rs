@@ -8,7 +8,7 @@ use crate::checkpoint::py::BuildResult;
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::Builder;
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 
 impl Builder<'_> {
     /// The top-k rows of head output `y` (B, 4 + nc + extra, anchors) in the graph: `TopK` twice,
@@ -101,7 +101,7 @@ impl Builder<'_> {
 /// The top-k rows of head output `y` (B, 4 + nc + extra, anchors), by sorting: anchors by their
 /// best class score, then the (anchor, class) scores of the k kept. Ties keep the lower index
 /// first (a runtime's `TopK` may order them otherwise; parity compares rows as sets).
-pub(super) fn rows(y: &T, nc: usize, max_det: usize) -> T {
+pub(super) fn rows(y: &RefTensor, nc: usize, max_det: usize) -> RefTensor {
     let (n, c, a) = (y.shape[0], y.shape[1], y.shape[2]);
     let extra = c.saturating_sub(4 + nc);
     let k = max_det.min(a);
@@ -131,7 +131,7 @@ pub(super) fn rows(y: &T, nc: usize, max_det: usize) -> T {
             out.extend((0..extra).map(|r| at(b, 4 + nc + r, j)));
         }
     }
-    T::new(out, vec![n, k, 6 + extra])
+    RefTensor::new(out, vec![n, k, 6 + extra])
 }
 
 #[cfg(test)]
@@ -139,7 +139,7 @@ mod tests {
     use super::*;
 
     /// (1, 4 + 2 + 1, 3): anchor j has box (j, j, j, j), scores and one extra channel.
-    fn head(scores: [[f32; 2]; 3]) -> T {
+    fn head(scores: [[f32; 2]; 3]) -> RefTensor {
         let a = 3;
         let mut d = vec![0f32; 7 * a];
         for j in 0..a {
@@ -150,7 +150,7 @@ mod tests {
             d[5 * a + j] = scores[j][1];
             d[6 * a + j] = 10.0 + j as f32;
         }
-        T::new(d, vec![1, 7, a])
+        RefTensor::new(d, vec![1, 7, a])
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::models::LayerInput;
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
 /// `HGStem`'s pool must be the 2×2, stride-1 window the stem is built with: with stride 1 its
@@ -128,7 +128,7 @@ impl Builder<'_> {
 // ---- run ----
 
 /// Zero padding of one row at the bottom and one column at the right.
-fn pad_br(x: &T) -> RefResult<T> {
+fn pad_br(x: &RefTensor) -> RefResult<RefTensor> {
     let (n, c, h, w) = shape::nchw(x, "HGStem")?;
     let mut out = vec![0.0f32; n * c * (h + 1) * (w + 1)];
     for p in 0..n * c {
@@ -138,11 +138,11 @@ fn pad_br(x: &T) -> RefResult<T> {
             out[d0..d0 + w].copy_from_slice(src);
         }
     }
-    Ok(T::new(out, vec![n, c, h + 1, w + 1]))
+    Ok(RefTensor::new(out, vec![n, c, h + 1, w + 1]))
 }
 
 impl Reference<'_> {
-    pub(crate) fn hgstem(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn hgstem(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let x = self.sub(m, "stem1", x)?;
         let x = pad_br(&x)?;
         let x2 = self.sub(m, "stem2a", &x)?;
@@ -155,7 +155,7 @@ impl Reference<'_> {
         self.sub(m, "stem4", &x)
     }
 
-    pub(crate) fn hgblock(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn hgblock(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let mut ys = vec![x.clone()];
         for (_, b) in m.child("m").map_err(e)?.children() {
             let last = ys.last().expect("input").clone();
@@ -173,12 +173,12 @@ impl Reference<'_> {
         })
     }
 
-    pub(crate) fn lightconv(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn lightconv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let y = self.sub(m, "conv1", x)?;
         self.sub(m, "conv2", &y)
     }
 
-    pub(crate) fn repc3(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn repc3(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "m", &a)?;
         let b = self.sub(m, "cv2", x)?;

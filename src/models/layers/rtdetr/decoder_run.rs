@@ -6,7 +6,7 @@ use super::deform::run_deform;
 use super::encoder::{run_linear, run_mha, run_mlp, run_norm};
 use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::conv::{BatchNorm, conv};
-use crate::reference::ops::{self, T};
+use crate::reference::ops::{self, RefTensor};
 use crate::reference::seq::top_k;
 use crate::reference::{RefResult, Reference, e, shape};
 
@@ -45,7 +45,11 @@ fn inverse_sigmoid(x: f32) -> f32 {
 
 impl Reference<'_> {
     /// `RTDETRDecoder` in export form: (B, K, 6) rows of cx, cy, w, h, score, class.
-    pub(crate) fn rtdetr_decoder(&mut self, m: ModuleRef, xs: &[T]) -> RefResult<T> {
+    pub(crate) fn rtdetr_decoder(
+        &mut self,
+        m: ModuleRef,
+        xs: &[RefTensor],
+    ) -> RefResult<RefTensor> {
         let (p, projs) = Head::parse(m, xs.len())?;
         let hd = p.hd;
         let mut levels = Vec::new();
@@ -142,6 +146,6 @@ impl Reference<'_> {
                 out.push(c as f32);
             }
         }
-        Ok(T::new(out, vec![n, kout, 6]))
+        Ok(RefTensor::new(out, vec![n, kout, 6]))
     }
 }

@@ -8,7 +8,7 @@ use crate::models::layers::act;
 use crate::onnx::graph::{GraphBuilder, GraphValue};
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
-use crate::reference::ops::T;
+use crate::reference::ops::RefTensor;
 use crate::reference::seq;
 use crate::reference::{RefResult, Reference, shape};
 
@@ -46,7 +46,7 @@ pub(super) fn emit_gelu(g: &mut GraphBuilder, s: &str, m: ModuleRef, x: &str) ->
 }
 
 /// GELU in place.
-pub(super) fn run_gelu(m: ModuleRef, t: &mut T) {
+pub(super) fn run_gelu(m: ModuleRef, t: &mut RefTensor) {
     if tanh_form(m) {
         let k = (2.0 / std::f64::consts::PI).sqrt();
         crate::reference::ops::map(t, |v| {
@@ -316,7 +316,7 @@ fn pos_embed_f64(w: usize, h: usize, c: usize) -> BuildResult<Vec<f32>> {
 }
 
 impl Reference<'_> {
-    pub(crate) fn aifi(&mut self, m: ModuleRef, x: &T) -> RefResult<T> {
+    pub(crate) fn aifi(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let (n, c, h, w) = shape::nchw(x, "AIFI")?;
         let a = Aifi::parse(m, c)?;
         let hw = h * w;
@@ -334,7 +334,7 @@ impl Reference<'_> {
             let att = run_mha(&a.ma, &qk, &qk, &src, hw, hw);
             let mut s: Vec<f32> = src.iter().zip(&att).map(|(s, a)| s + a).collect();
             run_norm(&a.norm1, &mut s);
-            let mut f = T::new(run_linear(&a.fc1, &s, hw), vec![hw, a.fc1.out]);
+            let mut f = RefTensor::new(run_linear(&a.fc1, &s, hw), vec![hw, a.fc1.out]);
             act::run(m.opt_child("act"), &mut f)?;
             let f = run_linear(&a.fc2, &f.data, hw);
             let mut s: Vec<f32> = s.iter().zip(&f).map(|(s, f)| s + f).collect();
@@ -345,6 +345,6 @@ impl Reference<'_> {
                 }
             }
         }
-        Ok(T::new(out, x.shape.clone()))
+        Ok(RefTensor::new(out, x.shape.clone()))
     }
 }

@@ -133,6 +133,7 @@ raw\t'The raw (trained) weights'"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l dtype -d 'dtype of floating tensors written: keep, f32, f16, bf16' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l allow -d 'Also allow this global (repeatable): an exact `module.Name` (a class), `module.Name=ROLE` (class, namespace, enum, container, value, rebuild), or the classes of a package and its submodules, `mypkg.models.*`' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l uniform -d 'Equal weights (the default): SWA, a uniform model soup'
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l strip -d 'Write a deployable Ultralytics `.pt`: the last checkpoint stripped as `fuse-ema strip` strips it (f16 unless `--dtype f32`), with the average as its model'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l json -d 'Print what was done as JSON'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -l strict -d 'Refuse (exit 1, write nothing) when any global is outside the allow-list, used against its role, dotted, or part of a gadget chain (docs/security.md)'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand average" -s h -l help -d 'Print help (see more with \'--help\')'
