@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod convert;
 pub mod diff;
+pub mod dtype;
 pub mod ema;
 pub mod inflate;
 pub mod inspect;
