@@ -287,10 +287,9 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let weights = crate::onnx::origin::weights_origin(&ckpt, &located, &model);
-    let weights = match weights {
+    let weights = match crate::onnx::origin::weights_origin(&ckpt, &located, &model) {
         Ok(w) => w,
-        Err(m) => return fail(format_args!("{}: {m}", a.checkpoint.display())),
+        Err(e) => return fail(e),
     };
     let pass = report.pass && weights.verdict == "ema";
     let mut input_paths = write::checkpoint_inputs(&a.checkpoint, &ckpt);

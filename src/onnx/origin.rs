@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
+use super::graft::{GraftError, GraftFault};
 use super::proto::{ElemType, Model, TensorProto};
-use super::{ExportOptions, export};
+use super::{ExportError, ExportOptions, export};
 use crate::checkpoint::Checkpoint;
 use crate::ema::Located;
 
@@ -44,7 +45,7 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
 type Pool = Vec<(Vec<i64>, Vec<f32>)>;
 
 /// Our own export of `key`'s weights (initializers only matter, so nothing is encoded).
-fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
+fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, ExportError> {
     let opts = ExportOptions {
         imgsz: None,
         batch: 1,
@@ -60,7 +61,7 @@ fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
         scratch_dir: None,
         end2end: false,
     };
-    let e = export(ckpt, &opts).map_err(|e| e.to_string())?;
+    let e = export(ckpt, &opts)?;
     Ok(e.model
         .initializers
         .iter()
@@ -89,7 +90,7 @@ pub fn weights_origin(
     ckpt: &Checkpoint,
     located: &Located,
     model: &Model,
-) -> Result<WeightsOrigin, String> {
+) -> Result<WeightsOrigin, ExportError> {
     let ema = folded(ckpt, &located.ema.origin)?;
     let raw = match &located.raw {
         Some(r) => Some(folded(ckpt, &r.origin)?),
@@ -178,15 +179,21 @@ pub fn weights_origin_matched(
     located: &Located,
     ema: &crate::ema::Named,
     model: &std::path::Path,
-) -> Result<WeightsOrigin, String> {
+    checkpoint: &std::path::Path,
+) -> Result<WeightsOrigin, GraftError> {
     use super::graft::{self, Source, weights::Weights};
-    let src = Source::open(model).map_err(|e| e.to_string())?;
-    let replaced =
-        |raw: &crate::ema::Named, avg: &crate::ema::Named| -> Result<Vec<bool>, String> {
-            let w = Weights::new(raw, avg)?;
-            let plan = graft::plan(&src, &w)?;
-            Ok(plan.entries.iter().map(|e| e.how.replaced()).collect())
-        };
+    let src = Source::open(model)?;
+    let replaced = |raw: &crate::ema::Named, avg: &crate::ema::Named| {
+        let w = Weights::new(raw, avg)?;
+        let plan = graft::plan(&src, &w)?;
+        Ok::<_, GraftFault>(
+            plan.entries
+                .iter()
+                .map(|e| e.how.replaced())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let replaced = |raw, avg| replaced(raw, avg).map_err(|f| f.at(model, checkpoint));
     let on_ema = replaced(ema, ema)?;
     let on_raw = match &located.raw {
         Some(r) => Some(replaced(&r.tensors, ema)?),
