@@ -2,6 +2,7 @@
 //! Runtime; the checkpoint runs in the independent reference interpreter; outputs are compared
 //! numerically and at task level (detections after NMS, classification top-k).
 
+mod error;
 mod inputs;
 pub mod labels;
 pub mod letterbox;
@@ -18,6 +19,7 @@ use crate::models::layers::heads::HeadOptions;
 use crate::reference::Reference;
 use crate::runtime::{Engine, timing};
 
+pub use error::ParityError;
 use inputs::run_onnx;
 pub use inputs::{Inputs, OnnxModel, seeded_images};
 pub use nms_output::NmsOutput;
@@ -293,14 +295,14 @@ pub fn against_reference(
     (head, nms): (HeadOptions, Option<NmsOutput>),
     inputs: Inputs,
     tol: Tolerance,
-) -> Result<ParityReport, String> {
+) -> Result<ParityReport, ParityError> {
     let mut r = Reference::new(reference)
-        .map_err(|e| e.to_string())?
+        .map_err(ParityError::Reference)?
         .with_head(head);
     let mut r16 = match tol.f16_noise {
         Some(_) => Some(
             Reference::new(reference)
-                .map_err(|e| e.to_string())?
+                .map_err(ParityError::Reference)?
                 .with_head(head)
                 .emulating_f16(),
         ),
@@ -338,12 +340,10 @@ pub fn against_reference(
             (want, e16.map(join))
         });
         let got = timing::phase("ONNX", || run_onnx(rt, &model, &images));
-        let got = got.map_err(|e| e.to_string())?;
-        let mut want = want.map_err(|e| format!("reference interpreter: {e}"))?;
+        let got = got?;
+        let mut want = want.map_err(ParityError::ReferenceRun)?;
         let logits = r.class_logits.take();
-        let emulated = emulated
-            .transpose()
-            .map_err(|e| format!("reference interpreter (f16 emulation): {e}"))?;
+        let emulated = emulated.transpose().map_err(ParityError::EmulationRun)?;
         let mut row_noise = [0f64; 5];
         if let (Some(p), Some(raw)) = (&nms, want.first_mut()) {
             if let (Some(k), Some(e)) = (tol.f16_noise, emulated.as_ref().and_then(|e| e.first()))
@@ -354,11 +354,10 @@ pub fn against_reference(
             *raw = p.rows(raw, task, nc, &input_shape)?;
         }
         if got.len() != want.len() {
-            return Err(format!(
-                "the ONNX has {} outputs, the model {}",
-                got.len(),
-                want.len()
-            ));
+            return Err(ParityError::OutputCount {
+                onnx: got.len(),
+                model: want.len(),
+            });
         }
         // Detection rows are compared as sets below, not channel by channel.
         let skip = usize::from(nms.is_some());
@@ -445,22 +444,23 @@ pub fn against_golden(
     head: HeadOptions,
     tol: Tolerance,
     nms: Option<NmsOutput>,
-) -> Result<ParityReport, String> {
+) -> Result<ParityReport, ParityError> {
     let images = golden
         .get("images")
-        .ok_or("the golden file has no `images` array")?;
-    let got = run_onnx(rt, &model, images).map_err(|e| e.to_string())?;
+        .ok_or_else(|| ParityError::GoldenMissing("images".into()))?;
+    let got = run_onnx(rt, &model, images)?;
     let mut outputs = Vec::new();
     let mut tasks = Vec::new();
     for (name, g) in &got {
         let w = golden
             .get(name)
-            .ok_or_else(|| format!("the golden file has no `{name}` array"))?;
+            .ok_or_else(|| ParityError::GoldenMissing(name.clone()))?;
         if w.shape != g.shape {
-            return Err(format!(
-                "`{name}`: the ONNX gives {:?}, the golden file holds {:?}",
-                g.shape, w.shape
-            ));
+            return Err(ParityError::GoldenShape {
+                name: name.clone(),
+                onnx: g.shape.clone(),
+                golden: w.shape.clone(),
+            });
         }
         if head.end2end && name == "output0" {
             let (s, t) = compare_rows(name, &g.shape, &g.data, &w.data, tol);

@@ -56,12 +56,13 @@ pub enum PipelineError {
         source: std::io::Error,
     },
     /// The parity check could not run (not: it ran and failed).
-    #[error("{}: parity check could not run: {message}", file.display())]
+    #[error("{}: parity check could not run: {source}", file.display())]
     Parity {
         /// The file the check is about (the checkpoint for export, the model for verify).
         file: PathBuf,
         /// Why, from the parity layer.
-        message: String,
+        #[source]
+        source: parity::ParityError,
     },
     /// An ONNX model without an input.
     #[error("{}: the model has no input", .0.display())]
@@ -309,7 +310,7 @@ impl ParityPlan<'_> {
                 .and_then(|k| k.get(1).map(|&d| d as usize)),
             ..n
         });
-        let compare = || -> Result<ParityReport, String> {
+        let compare = || -> Result<ParityReport, parity::ParityError> {
             if let Some(g) = self.golden {
                 let npz = parity::npz::Npz::open(g)?;
                 return parity::against_golden(rt, model, &npz, (&task.0, task.1), head, tol, nms);
@@ -331,9 +332,9 @@ impl ParityPlan<'_> {
             let how = (head, nms);
             parity::against_reference(rt, model, root, (&task.0, task.1), how, inputs, tol)
         };
-        compare().map_err(|message| PipelineError::Parity {
+        compare().map_err(|source| PipelineError::Parity {
             file: file.to_path_buf(),
-            message,
+            source,
         })
     }
 }
