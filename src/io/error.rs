@@ -38,6 +38,24 @@ pub enum ReadErrorKind {
         /// The failure and its offset.
         source: Box<super::pickle::PickleError>,
     },
+    /// A zip entry whose layout makes its bytes unreadable.
+    #[error("broken zip archive: {entry}: {source}")]
+    Entry {
+        /// The entry's name.
+        entry: String,
+        /// What is wrong with it.
+        #[source]
+        source: EntryError,
+    },
+    /// A zip entry whose bytes cannot be read (a deflate stream that does not decompress).
+    #[error("broken zip archive: {entry}: {source}")]
+    EntryRead {
+        /// The entry's name.
+        entry: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
     /// A storage or tensor does not fit the bytes the file holds.
     #[error("{0}")]
     Storage(String),
@@ -51,6 +69,48 @@ pub enum ReadErrorKind {
     /// The file is valid but uses a feature fuse-ema does not read.
     #[error("unsupported: {0}")]
     Unsupported(String),
+}
+
+/// Why a zip entry's bytes cannot be had, from its directory record alone.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// A compressed entry larger than its role allows (a version record, a pickle member).
+    #[error("declares {size} bytes, more than {limit} expected")]
+    OverLimit {
+        /// Bytes declared.
+        size: usize,
+        /// The role's limit.
+        limit: usize,
+    },
+    /// A stored entry whose sizes disagree.
+    #[error("stored entry declares {size} bytes but holds {held}")]
+    StoredSize {
+        /// Bytes declared.
+        size: usize,
+        /// Bytes it occupies.
+        held: usize,
+    },
+    /// A deflated entry that declares more than deflate can expand its bytes to.
+    #[error("declares {size} bytes, more than {compressed} compressed bytes can expand to")]
+    Expands {
+        /// Bytes declared.
+        size: usize,
+        /// Compressed bytes.
+        compressed: usize,
+    },
+    /// A deflated entry with more compressed bytes than deflate makes of its size.
+    #[error(
+        "declares {size} bytes but holds {compressed} compressed bytes, more than deflate makes of so few"
+    )]
+    Shrinks {
+        /// Bytes declared.
+        size: usize,
+        /// Compressed bytes.
+        compressed: usize,
+    },
+    /// A compression method torch never writes.
+    #[error("compression method {0} is not used by torch")]
+    Method(String),
 }
 
 impl ReadError {

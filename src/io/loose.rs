@@ -72,8 +72,8 @@ pub fn read_zip(path: &Path, map: Arc<MappedFile>, dir: &ZipDir) -> Result<Check
         if kind == Member::Skip {
             continue;
         }
-        let data = entry_bytes(&map, &entry, MAX_MEMBER)
-            .map_err(|m| ReadError::new(path, ReadErrorKind::Zip(format!("{name}: {m}"))))?;
+        let data =
+            entry_bytes(&map, &entry, &name, MAX_MEMBER).map_err(|k| ReadError::new(path, k))?;
         let bytes = data.as_slice();
         let at = match kind {
             Member::Npy => npy_pickle_offset(bytes).map_err(|m| npy_err(path, &name, m))?,
@@ -146,7 +146,7 @@ pub fn judge_members(map: &Arc<MappedFile>, entries: &[ZipEntry], graph: &mut Gr
         if kind == Member::Skip {
             continue;
         }
-        let Ok(data) = entry_bytes(map, &entry, MAX_MEMBER) else {
+        let Ok(data) = entry_bytes(map, &entry, "", MAX_MEMBER) else {
             continue;
         };
         let bytes = data.as_slice();

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::pickle::{self, Limits, NoPersistentLoad, PersistentLoad};
+use super::pickle::{self, Limits, NoPersistentLoad, PersistentIdError, PersistentLoad};
 use super::torch_zip::storage_dtype;
 use super::{ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
@@ -250,7 +250,7 @@ fn read_into(
             _ => return Err(r.err(format!("storage {i}: not a (key, location, type) tuple"))),
         };
         let key = key.ok_or_else(|| r.err(format!("storage {i}: key is not an int or str")))?;
-        let dtype = storage_dtype(graph, &ty).map_err(|m| r.err(m))?;
+        let dtype = storage_dtype(graph, &ty).map_err(|e| r.err(e.to_string()))?;
         let numel = r.i64()?;
         let len = usize::try_from(numel)
             .ok()
@@ -444,19 +444,16 @@ struct TarObjects {
 }
 
 impl PersistentLoad for TarObjects {
-    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, String> {
+    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, PersistentIdError> {
         if let Some(items) = graph.seq(pid) {
-            return items
-                .first()
-                .cloned()
-                .ok_or_else(|| "empty persistent id tuple".to_string());
+            return items.first().cloned().ok_or(PersistentIdError::EmptyTuple);
         }
-        let key = key_text(pid).ok_or("persistent id is not a key")?;
+        let key = key_text(pid).ok_or(PersistentIdError::NotKey)?;
         self.tensors
             .get(&key)
             .or_else(|| self.storages.get(&key))
             .cloned()
-            .ok_or_else(|| format!("persistent id '{key}' names no tensor or storage"))
+            .ok_or(PersistentIdError::Unknown(key))
     }
 }
 
