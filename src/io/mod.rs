@@ -21,7 +21,7 @@ use crate::tensor::MappedFile;
 
 use crate::checkpoint::value::{Graph, Value};
 use crate::checkpoint::{Checkpoint, Format, FormatInfo};
-pub use error::{EntryError, ReadError, ReadErrorKind};
+pub use error::{EntryError, NpyHeaderError, ReadError, ReadErrorKind, TarError};
 
 /// Opens a checkpoint of any supported format: torch zip (`.pt .pth .ckpt .bin .pth.tar`), legacy
 /// torch (pickle sequence or tar), plain pickle, safetensors, or a sharded safetensors set (its
