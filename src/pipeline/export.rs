@@ -62,7 +62,7 @@ pub enum PipelineError {
         file: PathBuf,
         /// Why, from the parity layer.
         #[source]
-        source: parity::ParityError,
+        source: Box<parity::ParityError>,
     },
     /// An ONNX model without an input.
     #[error("{}: the model has no input", .0.display())]
@@ -334,7 +334,7 @@ impl ParityPlan<'_> {
         };
         compare().map_err(|source| PipelineError::Parity {
             file: file.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
     }
 }
