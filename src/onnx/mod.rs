@@ -95,6 +95,18 @@ impl Exported {
             .write_spilled(w, self.external.as_deref(), self.spill.as_ref())
     }
 
+    /// [`Exported::write_model`] with the external data under another file name (a staged
+    /// temporary, or the parity-failed model's own data file); the same as `write_model` when
+    /// the weights stay inline.
+    pub fn write_model_naming(
+        &self,
+        w: &mut impl std::io::Write,
+        data_name: &str,
+    ) -> std::io::Result<u64> {
+        let name = self.external.as_ref().map(|_| data_name);
+        self.model.write_spilled(w, name, self.spill.as_ref())
+    }
+
     /// Writes the external data file's contents and returns their length (nothing is written
     /// when the weights stay inline).
     pub fn write_external_data(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
