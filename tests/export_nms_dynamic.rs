@@ -11,11 +11,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{PER_CHANNEL, assert_channels, fixture, run};
+use common::{PER_CHANNEL, assert_channels, fixture, golden, run};
 use fuse_ema::onnx::proto::Dim;
 use fuse_ema::parity::{RowsTolerance, Tolerance, rows_check};
 use fuse_ema::reference::ops::RefTensor;
-use ndarray::ArrayD;
 
 /// The two sizes every `.io` golden holds.
 const SIZES: [(usize, usize, usize); 2] = [(1, 64, 64), (2, 64, 96)];
@@ -42,17 +41,7 @@ fn get<'a>(g: &'a [(String, RefTensor)], key: &str) -> &'a RefTensor {
 }
 
 fn export(file: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let ckpt = fixture(file);
-    let mut args = vec![
-        "export",
-        ckpt.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--runtime",
-        "ort",
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    golden::export(&fixture(file), out, extra)
 }
 
 fn exported(file: &str, out: &Path, extra: &[&str]) {
@@ -66,13 +55,9 @@ fn exported(file: &str, out: &Path, extra: &[&str]) {
     );
 }
 
+/// ONNX Runtime's outputs as `RefTensor`s, for the parity comparisons.
 fn ort_run(model: &Path, images: &RefTensor) -> Vec<(String, RefTensor)> {
-    let rt = fuse_ema::runtime::ort().unwrap_or_else(|e| {
-        panic!("{e} — run the suite with ./scripts/test, which provides ONNX Runtime")
-    });
-    let bytes = std::fs::read(model).unwrap();
-    let x = ArrayD::from_shape_vec(images.shape.clone(), images.data.clone()).unwrap();
-    (rt.run(&bytes, &[("images", x)]).unwrap().into_iter())
+    (golden::ort_run(model, images).into_iter())
         .map(|(n, a)| {
             let shape = a.shape().to_vec();
             (n, RefTensor::new(a.iter().copied().collect(), shape))
