@@ -275,29 +275,9 @@ impl Builder<'_> {
     /// The cell offsets (x − ½, y − ½) of the feature map `y` as (1, 1, h·w, 2), row-major,
     /// from its runtime shape.
     fn cell_grid(&mut self, s: &str, y: &str) -> String {
-        let dtype = Attr::Int(self.b.dtype as i64);
-        let (zero, one) = (self.b.int_scalar(s, 0), self.b.int_scalar(s, 1));
-        let (ih, iw, ihw) = (
-            self.b.int_scalar(s, 2),
-            self.b.int_scalar(s, 3),
-            self.b.ints(s, &[2, 3]),
-        );
+        let ix = self.grid_indices(s);
         let half = self.b.weight(&format!("{s}/half"), &[], &[0.5]);
-        let shape = self.b.node(s, "Shape", &[y], vec![]);
-        let gather = |b: &mut Self, i: &str| {
-            b.b.node(s, "Gather", &[&shape, i], vec![("axis", Attr::Int(0))])
-        };
-        let (h, w, hw) = (gather(self, &ih), gather(self, &iw), gather(self, &ihw));
-        let offsets = |b: &mut Self, n: &str| {
-            let r = b.b.node(s, "Range", &[&zero, n, &one], vec![]);
-            let r = b.b.node(s, "Cast", &[&r], vec![("to", dtype.clone())]);
-            b.b.bin(s, "Sub", &r, &half)
-        };
-        let (cx, cy) = (offsets(self, &w), offsets(self, &h));
-        let cx = self.b.reshape(s, &cx, &[1, -1]);
-        let cy = self.b.reshape(s, &cy, &[-1, 1]);
-        let gx = self.b.node(s, "Expand", &[&cx, &hw], vec![]);
-        let gy = self.b.node(s, "Expand", &[&cy, &hw], vec![]);
+        let (gx, gy) = self.runtime_cells(s, y, &ix, "Sub", &half);
         let gx = self.b.reshape(s, &gx, &[1, 1, -1, 1]);
         let gy = self.b.reshape(s, &gy, &[1, 1, -1, 1]);
         self.b.concat(s, &[&gx, &gy], 3)

@@ -85,6 +85,32 @@ impl Builder<'_> {
         })
     }
 
+    /// cv1 of `m` on `x`, split into two halves of `self.c` channels (`chunk(2, 1)` /
+    /// `split((c, c), 1)`); `what` names the block in the error.
+    pub(crate) fn cv1_halves(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+        what: &str,
+    ) -> BuildResult<[GraphValue; 2]> {
+        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let [an, ac, ah, aw] = check::nchw(&a, scope)?;
+        let c = m.int("c").unwrap_or(ac / 2);
+        if c <= 0 || 2 * c != ac {
+            return Err(format!(
+                "{what} splits {ac} channels into two halves of {c}"
+            ));
+        }
+        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
+        let parts = <[String; 2]>::try_from(parts)
+            .map_err(|p| format!("{scope}: a split in two gave {} parts", p.len()))?;
+        Ok(parts.map(|name| GraphValue {
+            name,
+            shape: vec![an, c, ah, aw],
+        }))
+    }
+
     /// `C2`: cv1's output in two halves, the bottlenecks on the first, concatenated with the
     /// second, cv2.
     pub(crate) fn c2(
@@ -93,25 +119,9 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let [an, ac, ah, aw] = check::nchw(&a, scope)?;
-        let c = m.int("c").unwrap_or(ac / 2);
-        if c <= 0 || 2 * c != ac {
-            return Err(format!(
-                "{scope}: C2 splits {ac} channels into two halves of {c}"
-            ));
-        }
-        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
-        let half = |name: &String| GraphValue {
-            name: name.clone(),
-            shape: vec![an, c, ah, aw],
-        };
-        let y = self.module(
-            &format!("{scope}.m"),
-            m.child("m")?,
-            LayerInput::One(half(&parts[0])),
-        )?;
-        let cat = self.cat(scope, &[y, half(&parts[1])], 1)?;
+        let [first, second] = self.cv1_halves(scope, m, x, &format!("{scope}: C2"))?;
+        let y = self.module(&format!("{scope}.m"), m.child("m")?, LayerInput::One(first))?;
+        let cat = self.cat(scope, &[y, second], 1)?;
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
     }
 
@@ -138,22 +148,9 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let [an, ac, ah, aw] = check::nchw(&a, scope)?;
-        let c = m.int("c").unwrap_or(ac / 2);
-        if c <= 0 || 2 * c != ac {
-            return Err(format!(
-                "{scope}: C2f splits {ac} channels into two halves of {c}"
-            ));
-        }
-        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
-        let mut ys: Vec<GraphValue> = parts
-            .into_iter()
-            .map(|name| GraphValue {
-                name,
-                shape: vec![an, c, ah, aw],
-            })
-            .collect();
+        let mut ys = self
+            .cv1_halves(scope, m, x, &format!("{scope}: C2f"))?
+            .to_vec();
         for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
             let last = ys.last().expect("two halves").clone();
             ys.push(self.module(&format!("{scope}.m.{i}"), b, LayerInput::One(last))?);
@@ -162,7 +159,6 @@ impl Builder<'_> {
         self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
     }
 
-    /// `C3`: cv3(cat(m(cv1(x)), cv2(x))).
     /// `C3` / `C3k`: cv3(cat(m(cv1(x)), cv2(x))).
     pub(crate) fn c3(
         &mut self,
@@ -179,7 +175,6 @@ impl Builder<'_> {
         self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &cat)
     }
 
-    /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
     /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
     pub(crate) fn sppf(
         &mut self,
