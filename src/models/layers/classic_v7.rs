@@ -68,20 +68,6 @@ fn check_same(a: &[i64], b: &[i64], scope: &str) -> BuildResult<()> {
 // ---- emit ----
 
 impl Builder<'_> {
-    fn sub(
-        &mut self,
-        scope: &str,
-        m: ModuleRef,
-        name: &str,
-        x: &GraphValue,
-    ) -> BuildResult<GraphValue> {
-        self.module(
-            &format!("{scope}.{name}"),
-            m.child(name)?,
-            LayerInput::One(x.clone()),
-        )
-    }
-
     /// `SPPCSPC`.
     pub(crate) fn sppcspc(
         &mut self,

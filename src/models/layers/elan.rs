@@ -173,17 +173,8 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let mut ys = self.cv1_halves(scope, m, x, scope)?.to_vec();
-        for name in ["cv2", "cv3"] {
-            let last = ys.last().expect("two halves").clone();
-            ys.push(self.module(
-                &format!("{scope}.{name}"),
-                m.child(name)?,
-                LayerInput::One(last),
-            )?);
-        }
-        let cat = self.cat(scope, &ys, 1)?;
-        self.conv_block(&format!("{scope}.cv4"), m.child("cv4")?, &cat)
+        let ys = self.cv1_halves(scope, m, x, scope)?.to_vec();
+        self.chain_cat(scope, m, ys, &["cv2", "cv3"], "cv4")
     }
 
     /// `SPPELAN`: cv1, three chained max pools, all four concatenated, cv5.
@@ -193,17 +184,29 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];
-        for name in ["cv2", "cv3", "cv4"] {
-            let last = ys.last().expect("cv1 output").clone();
-            ys.push(self.module(
-                &format!("{scope}.{name}"),
-                m.child(name)?,
-                LayerInput::One(last),
-            )?);
+        let ys = vec![self.sub_conv(scope, m, "cv1", x)?];
+        self.chain_cat(scope, m, ys, &["cv2", "cv3", "cv4"], "cv5")
+    }
+
+    /// The children `names` of `m` chained on the last of `ys`, each output kept; all of `ys`
+    /// concatenated, then the `Conv` child `out`.
+    fn chain_cat(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        mut ys: Vec<GraphValue>,
+        names: &[&str],
+        out: &str,
+    ) -> BuildResult<GraphValue> {
+        for name in names {
+            let last = ys
+                .last()
+                .ok_or_else(|| format!("{scope}: nothing to chain on"))?;
+            let y = self.sub(scope, m, name, last)?;
+            ys.push(y);
         }
         let cat = self.cat(scope, &ys, 1)?;
-        self.conv_block(&format!("{scope}.cv5"), m.child("cv5")?, &cat)
+        self.sub_conv(scope, m, out, &cat)
     }
 }
 

@@ -120,7 +120,7 @@ impl Builder<'_> {
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
         let p = self.avg_pool2(scope, x)?;
-        self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, &p)
+        self.sub_conv(scope, m, "cv1", &p)
     }
 
     /// `ADown`: 2×2 average pool; first half through cv1, second through a 3×3 stride-2 max
@@ -143,7 +143,7 @@ impl Builder<'_> {
             name: name.clone(),
             shape: vec![pn, c, ph, pw],
         };
-        let y1 = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, &half(&parts[0]))?;
+        let y1 = self.sub_conv(scope, m, "cv1", &half(&parts[0]))?;
         let pooled = self.b.node(
             scope,
             "MaxPool",
@@ -163,7 +163,7 @@ impl Builder<'_> {
                 check::out_size(pw, 3, 2, 1, 1),
             ],
         };
-        let y2 = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &pooled)?;
+        let y2 = self.sub_conv(scope, m, "cv2", &pooled)?;
         if y1.shape[2..] != y2.shape[2..] {
             return Err(format!(
                 "{scope}: ADown branches give {:?} and {:?}",
@@ -214,23 +214,7 @@ impl Builder<'_> {
             let r = if (fh, fw) == (1, 1) {
                 v.name.clone()
             } else {
-                let scales = self.b.f32s(
-                    &format!("{scope}/scales"),
-                    &[1.0, 1.0, fh as f32, fw as f32],
-                );
-                self.b.node(
-                    scope,
-                    "Resize",
-                    &[&v.name, "", &scales],
-                    vec![
-                        (
-                            "coordinate_transformation_mode",
-                            Attr::Str("asymmetric".into()),
-                        ),
-                        ("mode", Attr::Str("nearest".into())),
-                        ("nearest_mode", Attr::Str("floor".into())),
-                    ],
-                )
+                self.resize_nearest_node(scope, &v.name, [fh as f32, fw as f32])
             };
             sum = GraphValue {
                 name: self.b.bin(scope, "Add", &r, &sum.name),
