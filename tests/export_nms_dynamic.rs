@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{PER_CHANNEL, assert_channels, fixture, golden, run};
+use common::{PER_CHANNEL, assert_channels, fixture, golden};
 use fuse_ema::onnx::proto::Dim;
 use fuse_ema::parity::{RowsTolerance, Tolerance, rows_check};
 use fuse_ema::reference::ops::RefTensor;
@@ -270,20 +270,6 @@ fn half_nms_passes_its_parity_check() {
 fn verify_reads_yolo_export_nms_files() {
     let onnx = fixture("families/yolo-export/yolo26n-detect.nms.onnx");
     let ckpt = fixture("families/yolo26n-detect.pt");
-    let r = run(&[
-        "verify",
-        onnx.to_str().unwrap(),
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--runtime",
-        "ort",
-    ]);
-    let out = String::from_utf8_lossy(&r.stdout);
-    assert_eq!(
-        r.status.code(),
-        Some(0),
-        "{out}{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let out = golden::verify_passes(&onnx, &ckpt);
     assert!(out.contains("detection rows: 1/1 images agree"), "{out}");
 }

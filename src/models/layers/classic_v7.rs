@@ -5,7 +5,7 @@
 
 use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::LayerInput;
-use crate::models::layers::conv::BatchNorm;
+use crate::models::layers::conv::{BatchNorm, batch_norm};
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::{Builder, check};
@@ -205,9 +205,7 @@ fn sppcspc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTenso
 fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     // BatchNorm applied as BatchNorm, unfolded, as PyTorch runs it before fusing.
     let bn = |bn: ModuleRef, mut y: RefTensor| -> RefResult<RefTensor> {
-        let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
-        let p = BatchNorm::parse(bn, c)?;
-        ops::batch_norm(&mut y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
+        batch_norm(bn, &mut y, "BatchNorm2d")?;
         Ok(y)
     };
     let branch = |r: &mut Reference, name: &str| -> RefResult<RefTensor> {

@@ -72,7 +72,7 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.sub(scope, m, "cv1", &x)?;
+        let a = self.sub(scope, m, "cv1", x)?;
         let y = self.sub(scope, m, "cv2", &a)?;
         Ok(self.residual(scope, m, x, y))
     }

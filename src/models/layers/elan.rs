@@ -13,7 +13,7 @@ use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
 
-use super::conv::{BatchNorm, Conv2dParams};
+use super::conv::{BatchNorm, Conv2dParams, batch_norm};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -242,9 +242,7 @@ impl Reference<'_> {
                 let mut y = ops::add(&a, &b);
                 if let Some(bn) = bn {
                     let mut id = x.clone();
-                    let (_, c, _, _) = shape::nchw(&id, "RepConv")?;
-                    let p = BatchNorm::parse(bn, c)?;
-                    ops::batch_norm(&mut id, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
+                    batch_norm(bn, &mut id, "RepConv")?;
                     shape::same_shape(&y, &id, "RepConv")?;
                     y = ops::add(&y, &id);
                 }

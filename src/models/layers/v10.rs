@@ -98,7 +98,7 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let y = self.sub(scope, m, "cv1", &x)?;
+        let y = self.sub(scope, m, "cv1", x)?;
         if !m.bool("add").unwrap_or(false) {
             return Ok(y);
         }
