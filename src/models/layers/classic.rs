@@ -108,9 +108,9 @@ impl<'g> AnchorHead<'g> {
         let (nc, no, na, nl) = (get("nc")?, get("no")?, get("na")?, get("nl")?);
         // IAuxDetect reads its auxiliary levels after the `nl` it decodes.
         let inputs = if class == "IAuxDetect" { 2 * nl } else { nl };
-        if no != nc + 5 || na == 0 || inputs != levels {
+        if no != nc + 5 || na == 0 || nl == 0 || inputs != levels {
             return Err(format!(
-                "{class}: no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, {inputs} inputs)"
+                "{class}: no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, na ≥ 1, nl ≥ 1, {inputs} inputs)"
             ));
         }
         let convs: Vec<ModuleRef> = m.child("m")?.children().into_iter().map(|c| c.1).collect();
@@ -195,6 +195,14 @@ impl<'g> AnchorHead<'g> {
                     "level {i}: implicit sizes {} and {} for a {kh}×{kw} convolution {c} → {o}",
                     ia.len(),
                     im.len()
+                ));
+            }
+            // Folding the offset into the bias is exact only where every output reads an input
+            // pixel: padding would add W·ia at the border, where the zeros were never offset.
+            if p.pad != [0, 0] {
+                return Err(format!(
+                    "level {i}: a 1×1 convolution padded {:?}: ImplicitA cannot be folded into its bias",
+                    p.pad
                 ));
             }
             let mut b = p.bias.take().unwrap_or_else(|| vec![0.0; o]);
