@@ -28,6 +28,21 @@ pub struct WeightsOrigin {
     pub summary: String,
 }
 
+impl WeightsOrigin {
+    /// Nothing counted yet; the verdict and summary come once every tensor is.
+    fn counting() -> WeightsOrigin {
+        WeightsOrigin {
+            verdict: "unknown",
+            compared: 0,
+            matching_ema: 0,
+            matching_raw: 0,
+            closer_to_ema: 0,
+            closer_to_raw: 0,
+            summary: String::new(),
+        }
+    }
+}
+
 fn floats(t: &TensorProto) -> Option<Vec<f32>> {
     match t.elem {
         ElemType::Float => Some(crate::convert::f32s_le(&t.raw).collect()),
@@ -101,15 +116,7 @@ pub fn weights_origin(
         .iter()
         .any(|t| t.elem == ElemType::Float16);
     let tol = if half { 5e-3 } else { 1e-3 };
-    let mut w = WeightsOrigin {
-        verdict: "unknown",
-        compared: 0,
-        matching_ema: 0,
-        matching_raw: 0,
-        closer_to_ema: 0,
-        closer_to_raw: 0,
-        summary: String::new(),
-    };
+    let mut w = WeightsOrigin::counting();
     for t in &model.initializers {
         let Some(v) = floats(t) else { continue };
         if v.len() < 16 {
@@ -133,41 +140,28 @@ pub fn weights_origin(
             }
         }
     }
-    let (verdict, summary) = if w.compared == 0 {
-        ("unknown", "no initializer has the shape of a checkpoint weight: cannot tell which weights were exported".to_string())
-    } else if raw.is_some() && w.closer_to_raw > w.closer_to_ema {
-        (
-            "raw",
-            format!(
-                "this ONNX was exported from the raw weights, not the EMA ({} of {} tensors nearer the raw weights, {} match them)",
-                w.closer_to_raw, w.compared, w.matching_raw
-            ),
-        )
-    } else if w.matching_ema * 2 >= w.compared {
-        (
-            "ema",
-            format!(
-                "exported from the EMA: {} of {} weight tensors match it{}",
-                w.matching_ema,
-                w.compared,
-                if raw.is_some() {
-                    format!(" ({} nearer the EMA than the raw weights)", w.closer_to_ema)
-                } else {
-                    " (the checkpoint keeps no raw weights to compare)".into()
-                }
-            ),
-        )
-    } else {
-        (
-            "neither",
-            format!(
-                "the weights match neither the EMA nor the raw weights ({} of {} match the EMA): another checkpoint?",
-                w.matching_ema, w.compared
-            ),
-        )
+    w.verdict = verdict(&w);
+    w.summary = match w.verdict {
+        "unknown" => "no initializer has the shape of a checkpoint weight: cannot tell which weights were exported".to_string(),
+        "raw" => format!(
+            "this ONNX was exported from the raw weights, not the EMA ({} of {} tensors nearer the raw weights, {} match them)",
+            w.closer_to_raw, w.compared, w.matching_raw
+        ),
+        "ema" => format!(
+            "exported from the EMA: {} of {} weight tensors match it{}",
+            w.matching_ema,
+            w.compared,
+            if raw.is_some() {
+                format!(" ({} nearer the EMA than the raw weights)", w.closer_to_ema)
+            } else {
+                " (the checkpoint keeps no raw weights to compare)".into()
+            }
+        ),
+        _ => format!(
+            "the weights match neither the EMA nor the raw weights ({} of {} match the EMA): another checkpoint?",
+            w.matching_ema, w.compared
+        ),
     };
-    w.verdict = verdict;
-    w.summary = summary;
     Ok(w)
 }
 
@@ -199,15 +193,7 @@ pub fn weights_origin_matched(
         Some(r) => Some(replaced(&r.tensors, ema)?),
         None => None,
     };
-    let mut w = WeightsOrigin {
-        verdict: "unknown",
-        compared: 0,
-        matching_ema: 0,
-        matching_raw: 0,
-        closer_to_ema: 0,
-        closer_to_raw: 0,
-        summary: String::new(),
-    };
+    let mut w = WeightsOrigin::counting();
     for (i, &e) in on_ema.iter().enumerate() {
         let r = on_raw.as_ref().is_some_and(|v| v[i]);
         if !e && !r {
@@ -219,34 +205,36 @@ pub fn weights_origin_matched(
         w.closer_to_ema += (e && !r) as usize;
         w.closer_to_raw += (r && !e) as usize;
     }
-    let (verdict, summary) = if w.compared == 0 {
-        ("unknown", "no initializer matches the EMA or the raw weights: cannot tell which weights were exported (another checkpoint?)".to_string())
-    } else if w.closer_to_raw > w.closer_to_ema {
-        (
-            "raw",
-            format!(
-                "this ONNX holds the raw weights, not the EMA ({} of {} weight tensors match only the raw weights; `fuse-ema graft` puts the EMA in)",
-                w.closer_to_raw, w.compared
-            ),
-        )
-    } else if w.matching_ema * 2 >= w.compared {
-        (
-            "ema",
-            format!(
-                "holds the EMA: {} of {} weight tensors match it ({} only the EMA)",
-                w.matching_ema, w.compared, w.closer_to_ema
-            ),
-        )
-    } else {
-        (
-            "neither",
-            format!(
-                "the weights match neither the EMA nor the raw weights ({} of {} match the EMA)",
-                w.matching_ema, w.compared
-            ),
-        )
+    w.verdict = verdict(&w);
+    w.summary = match w.verdict {
+        "unknown" => "no initializer matches the EMA or the raw weights: cannot tell which weights were exported (another checkpoint?)".to_string(),
+        "raw" => format!(
+            "this ONNX holds the raw weights, not the EMA ({} of {} weight tensors match only the raw weights; `fuse-ema graft` puts the EMA in)",
+            w.closer_to_raw, w.compared
+        ),
+        "ema" => format!(
+            "holds the EMA: {} of {} weight tensors match it ({} only the EMA)",
+            w.matching_ema, w.compared, w.closer_to_ema
+        ),
+        _ => format!(
+            "the weights match neither the EMA nor the raw weights ({} of {} match the EMA)",
+            w.matching_ema, w.compared
+        ),
     };
-    w.verdict = verdict;
-    w.summary = summary;
     Ok(w)
+}
+
+/// The verdict from the counts, one rule for both ways of matching: nothing compared, more
+/// tensors nearer the raw weights than the EMA (never without raw weights: then nothing is
+/// nearer them), at least half matching the EMA, else neither.
+fn verdict(w: &WeightsOrigin) -> &'static str {
+    if w.compared == 0 {
+        "unknown"
+    } else if w.closer_to_raw > w.closer_to_ema {
+        "raw"
+    } else if w.matching_ema * 2 >= w.compared {
+        "ema"
+    } else {
+        "neither"
+    }
 }
