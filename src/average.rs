@@ -262,6 +262,7 @@ impl<'a> Plan<'a> {
         use crate::write::safetensors;
         let like = self.like();
         let layout = safetensors::Layout::new(target, like, dtype, metadata)?;
+        let mut writeback = crate::write::Writeback::default();
         self.through_writer(&layout.order(), |fill| {
             safetensors::write_filled(
                 target,
@@ -270,7 +271,13 @@ impl<'a> Plan<'a> {
                 dtype,
                 &layout,
                 progress,
-                |i, d, f| fill(i, d, f),
+                |i, d, f| {
+                    fill(
+                        i,
+                        d,
+                        &mut crate::write::WritebackFile::new(f, &mut writeback)?,
+                    )
+                },
             )
         })
     }

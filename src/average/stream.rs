@@ -163,7 +163,7 @@ impl Averager<'_> {
             };
             let windows = self.feed.next(inputs, &step).map_err(unreadable)?;
             let bytes = |i: usize| match &windows[i] {
-                Some(b) => &b[..],
+                Some(b) => b.bytes(),
                 None => &src[i][elems.start * es..elems.end * es],
             };
             let Bufs {

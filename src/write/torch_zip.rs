@@ -108,7 +108,9 @@ fn write_archive(
         let (t, d) = parts[i];
         let len = (t.numel() * d.size()) as u64;
         match crcs.unchanged_entry(t, d) {
-            Some((range, crc)) => z.copied(name, len, crc, |f| t.storage().copy_to(range, f))?,
+            Some((range, crc, from)) => {
+                z.copied(name, len, crc, from, |f| t.storage().copy_to(range, f))?
+            }
             None => z.streamed(name, len, |w| write_tensor(w, t, d))?,
         }
         Ok(t.nbytes() as u64)
@@ -152,8 +154,9 @@ struct InputCrcs {
 
 impl InputCrcs {
     /// When `t` written as `d` is exactly the bytes of one stored entry of its input (the whole
-    /// storage, unconverted): its byte range in the storage and the entry's CRC-32.
-    fn unchanged_entry(&mut self, t: &Tensor, d: DType) -> Option<(Range<usize>, u32)> {
+    /// storage, unconverted): its byte range in the storage, the entry's CRC-32 and where its
+    /// data starts in the input file.
+    fn unchanged_entry(&mut self, t: &Tensor, d: DType) -> Option<(Range<usize>, u32, u64)> {
         let range = t.contiguous_range().filter(|_| d == t.dtype())?;
         let Buffer::Mapped { map, range: base } = &t.storage() else {
             return None;
@@ -164,7 +167,7 @@ impl InputCrcs {
             .or_insert_with(|| crate::io::stored_crcs(&map.map()[..]));
         let start = (base.start + range.start) as u64;
         match crcs.get(&start) {
-            Some(&(size, crc)) if size == range.len() as u64 => Some((range, crc)),
+            Some(&(size, crc)) if size == range.len() as u64 => Some((range, crc, start)),
             _ => None,
         }
     }
