@@ -405,3 +405,83 @@ fn check_same(a: &Input<'_>, b: &Input<'_>) -> Result<(), AverageError> {
     }
     Ok(())
 }
+
+/// `bytes` as a 1-D f32 tensor mapped from a temporary file, and the file (for tests that
+/// change it underneath).
+#[cfg(test)]
+fn mapped_f32(bytes: &[u8]) -> (Tensor, std::fs::File) {
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(bytes).unwrap();
+    // SAFETY: a private temporary file of this test.
+    let m = unsafe { memmap2::Mmap::map(&f).unwrap() };
+    let map = Arc::new(MappedFile::new(m, f.try_clone().unwrap()));
+    let storage = Buffer::Mapped {
+        map,
+        range: 0..bytes.len(),
+    };
+    let t = Tensor::contiguous(DType::F32, vec![bytes.len() / 4], storage, "0".into()).unwrap();
+    (t, f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An f32 tensor of `n` elements mapped from a temporary file, and the file.
+    fn mapped(n: usize, seed: f32) -> (Tensor, std::fs::File) {
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| (i as f32 * seed).to_le_bytes())
+            .collect();
+        mapped_f32(&bytes)
+    }
+
+    #[test]
+    fn written_straight_to_the_output_and_an_unreadable_input_leaves_nothing() {
+        let n = stream::STEP + 5;
+        let (a, _fa) = mapped(n, 1.0);
+        let (b, fb) = mapped(n, 3.0);
+        let (na, nb) = (vec![("w".to_string(), a)], vec![("w".to_string(), b)]);
+        let inputs = [
+            Input {
+                file: "a.pt",
+                tensors: &na,
+            },
+            Input {
+                file: "b.pt",
+                tensors: &nb,
+            },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("avg.safetensors");
+        let plan = Plan::new(&inputs, &Method::Uniform).unwrap();
+        let silent = crate::progress::Silent;
+        plan.write_safetensors(&out, &[], OutDType::Keep, &BTreeMap::new(), &silent)
+            .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let st = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let got = st.tensor("w").unwrap();
+        let want: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                let (x, y) = (i as f32, i as f32 * 3.0);
+                (x + (y - x) / 2.0).to_le_bytes()
+            })
+            .collect();
+        assert_eq!(got.data(), &want[..]);
+        // The second input shrinks: the error names it, and no output is left.
+        fb.set_len(100).unwrap();
+        let out2 = dir.path().join("again.pt");
+        let e = plan
+            .write_torch(&out2, &[], OutDType::Keep, &silent)
+            .unwrap_err();
+        assert!(
+            matches!(&e, AverageError::Unreadable { file, name } if file == "b.pt" && name == "w"),
+            "{e}"
+        );
+        assert!(!out2.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+}

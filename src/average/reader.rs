@@ -146,23 +146,10 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{DType, MappedFile};
-    use std::io::Write;
-    use std::sync::Arc;
 
     fn mapped(n: usize, seed: u8) -> (Tensor, std::fs::File) {
         let bytes: Vec<u8> = (0..n * 4).map(|i| (i as u8).wrapping_mul(seed)).collect();
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(&bytes).unwrap();
-        // SAFETY: a private temporary file of this test.
-        let m = unsafe { memmap2::Mmap::map(&f).unwrap() };
-        let map = Arc::new(MappedFile::new(m, f.try_clone().unwrap()));
-        let storage = Buffer::Mapped {
-            map,
-            range: 0..n * 4,
-        };
-        let t = Tensor::contiguous(DType::F32, vec![n], storage, "0".into()).unwrap();
-        (t, f)
+        super::super::mapped_f32(&bytes)
     }
 
     #[test]
