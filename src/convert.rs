@@ -40,19 +40,25 @@ pub fn for_each_f64(dtype: DType, bytes: &[u8], mut f: impl FnMut(f64)) -> bool 
     true
 }
 
-/// All elements as f64 in row-major order, or `None` for dtypes without a real value (or a
-/// compressed storage that cannot be decompressed).
-pub fn to_f64_vec(t: &Tensor) -> Option<Vec<f64>> {
-    let bytes = t.to_contiguous_bytes().ok()?;
+/// All elements as f64 in row-major order, `Ok(None)` for dtypes without a real value, the
+/// error when the bytes cannot be read (a compressed storage that does not decompress).
+pub fn try_f64_vec(t: &Tensor) -> std::io::Result<Option<Vec<f64>>> {
+    let bytes = t.to_contiguous_bytes()?;
     let mut out = Vec::with_capacity(t.numel());
-    for_each_f64(t.dtype(), &bytes, |x| out.push(x)).then_some(out)
+    Ok(for_each_f64(t.dtype(), &bytes, |x| out.push(x)).then_some(out))
 }
 
-/// All elements as f32 in row-major order (f16/bf16 widen exactly), or `None` for dtypes without
-/// a real value. Mapped bytes are fetched with positioned reads ([`Tensor::for_each_chunk`]), so
+/// [`try_f64_vec`] for callers that treat unreadable bytes as no values (`None`); prefer
+/// `try_f64_vec` where the read error should reach the user.
+pub fn to_f64_vec(t: &Tensor) -> Option<Vec<f64>> {
+    try_f64_vec(t).ok().flatten()
+}
+
+/// All elements as f32 in row-major order (f16/bf16 widen exactly), `Ok(None)` for dtypes without
+/// a real value, the error when the bytes cannot be read. Mapped bytes are fetched with positioned reads ([`Tensor::for_each_chunk`]), so
 /// reading a whole checkpoint tensor by tensor leaves none of it resident; a file that cannot be
 /// read there is read through the map (where a truncated file is caught as a signal).
-pub fn to_f32_vec(t: &Tensor) -> Option<Vec<f32>> {
+pub fn to_f32_vec(t: &Tensor) -> std::io::Result<Option<Vec<f32>>> {
     let mut out = Vec::with_capacity(t.numel());
     let mut real = true;
     let streamed = t.for_each_chunk(|c| {
@@ -61,10 +67,10 @@ pub fn to_f32_vec(t: &Tensor) -> Option<Vec<f32>> {
     });
     if streamed.is_err() {
         out.clear();
-        let bytes = t.to_contiguous_bytes().ok()?;
+        let bytes = t.to_contiguous_bytes()?;
         real = extend_f32(t.dtype(), &bytes, &mut out);
     }
-    real.then_some(out)
+    Ok(real.then_some(out))
 }
 
 /// Appends `bytes` (elements of `dtype`) to `out` as f32. f32 and f16 (the dtypes of every
@@ -183,14 +189,14 @@ mod tests {
             view(vec![4, 3], vec![1, 4], 0),
         ] {
             let want: Vec<f32> = to_f64_vec(&t).unwrap().iter().map(|&x| x as f32).collect();
-            assert_eq!(to_f32_vec(&t).unwrap(), want);
+            assert_eq!(to_f32_vec(&t).unwrap().unwrap(), want);
         }
         assert_eq!(
-            to_f32_vec(&view(vec![2], vec![1], 0)).unwrap(),
+            to_f32_vec(&view(vec![2], vec![1], 0)).unwrap().unwrap(),
             [-2.0, -1.75]
         );
         let complex = Tensor::new_view(DType::C64, vec![1], vec![1], 0, storage, "s".into());
-        assert_eq!(to_f32_vec(&complex.unwrap()), None);
+        assert_eq!(to_f32_vec(&complex.unwrap()).unwrap(), None);
     }
 
     #[test]

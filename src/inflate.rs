@@ -16,7 +16,55 @@ pub struct Deflated {
     /// The entry's name in the archive, for messages.
     entry: String,
     budget: Arc<InflateBudget>,
-    bytes: std::sync::OnceLock<Result<Vec<u8>, String>>,
+    bytes: std::sync::OnceLock<Result<Vec<u8>, Arc<InflateFailure>>>,
+}
+
+/// Why a deflated entry could not be decompressed.
+#[derive(Debug, thiserror::Error)]
+pub enum InflateError {
+    /// The file's entries together would exceed its [`InflateBudget`].
+    #[error(
+        "compressed entries would expand to more than {limit_mib} MiB in memory, more than a file of this size can honestly hold (a decompression bomb?)"
+    )]
+    Bomb {
+        /// The budget.
+        limit_mib: usize,
+    },
+    /// The deflate stream is corrupt.
+    #[error("cannot decompress: {0}")]
+    Corrupt(#[source] std::io::Error),
+    /// The stream holds another number of bytes than the entry declares.
+    #[error("decompresses to {}{got} bytes but declares {declared}", if *more { "more than " } else { "" })]
+    Size {
+        /// Bytes decompressed (at most the declared size plus one is read).
+        got: usize,
+        /// Whether the stream went on past the declared size.
+        more: bool,
+        /// Bytes declared.
+        declared: usize,
+    },
+}
+
+/// An [`InflateError`] with the file and entry it happened in: `<file>: <entry>: <problem>`
+/// (either name left out when empty). Reaches callers inside an `io::Error` of kind
+/// `InvalidData`, as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", at(file, entry, fault))]
+pub struct InflateFailure {
+    /// The file (empty when the caller names it).
+    pub file: String,
+    /// The entry (empty when the caller names it).
+    pub entry: String,
+    /// What went wrong.
+    #[source]
+    pub fault: InflateError,
+}
+
+fn at(file: &str, entry: &str, fault: &InflateError) -> String {
+    let mut at: Vec<String> = vec![file.to_string(), entry.to_string()];
+    at.retain(|s| !s.is_empty());
+    at.push(fault.to_string());
+    at.join(": ")
 }
 
 /// How many decompressed bytes one file may hold in memory, all its entries together: a few
@@ -54,16 +102,13 @@ impl InflateBudget {
     }
 
     /// Takes `n` bytes from the budget, or says why not.
-    fn take(&self, n: usize) -> Result<(), String> {
+    fn take(&self, n: usize) -> Result<(), InflateError> {
         use std::sync::atomic::Ordering;
         self.left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(n))
             .map(|_| ())
-            .map_err(|_| {
-                format!(
-                    "compressed entries would expand to more than {} MiB in memory, more than a file of this size can honestly hold (a decompression bomb?)",
-                    self.total >> 20
-                )
+            .map_err(|_| InflateError::Bomb {
+                limit_mib: self.total >> 20,
             })
     }
 }
@@ -101,18 +146,19 @@ impl Deflated {
     pub fn bytes(&self) -> std::io::Result<&[u8]> {
         self.bytes
             .get_or_init(|| {
-                self.inflate().map_err(|m| {
-                    let mut at: Vec<&str> = vec![&self.budget.file, &self.entry];
-                    at.retain(|s| !s.is_empty());
-                    at.push(&m);
-                    at.join(": ")
+                self.inflate().map_err(|fault| {
+                    Arc::new(InflateFailure {
+                        file: self.budget.file.clone(),
+                        entry: self.entry.clone(),
+                        fault,
+                    })
                 })
             })
             .as_deref()
-            .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m.clone()))
+            .map_err(|f| std::io::Error::new(std::io::ErrorKind::InvalidData, f.clone()))
     }
 
-    fn inflate(&self) -> Result<Vec<u8>, String> {
+    fn inflate(&self) -> Result<Vec<u8>, InflateError> {
         use std::io::Read;
         self.budget.take(self.size)?;
         // Never trust the declared size for more than the allocation: read one byte past it to
@@ -121,18 +167,13 @@ impl Deflated {
         let dec = flate2::read::DeflateDecoder::new(&self.map[self.range.clone()]);
         dec.take(self.size as u64 + 1)
             .read_to_end(&mut out)
-            .map_err(|err| format!("cannot decompress: {err}"))?;
+            .map_err(InflateError::Corrupt)?;
         if out.len() != self.size {
-            return Err(format!(
-                "decompresses to {}{} bytes but declares {}",
-                if out.len() > self.size {
-                    "more than "
-                } else {
-                    ""
-                },
-                out.len().min(self.size),
-                self.size
-            ));
+            return Err(InflateError::Size {
+                got: out.len().min(self.size),
+                more: out.len() > self.size,
+                declared: self.size,
+            });
         }
         Ok(out)
     }

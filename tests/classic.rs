@@ -200,3 +200,34 @@ fn unsupported_options_are_refused() {
         }
     }
 }
+
+/// Malformed heads written by `fixtures/classic/crafted.py` (session-5 review): one panicked in
+/// the parser (`nl = 0`), one was exported wrong with exit 0 under `--no-parity` (a padded 1×1
+/// head convolution, whose `ImplicitA` cannot be folded into the bias). Both: one error line
+/// naming the file and the layer, exit 2, nothing written, with and without parity.
+#[test]
+fn malformed_heads_are_refused_not_crashed_or_exported_wrong() {
+    for (name, says) in [
+        (
+            "detect-nl0.pt",
+            "model.24 (Detect): Detect: no = 8, nc = 3, na = 3, nl = 0",
+        ),
+        (
+            "idetect-pad1.pt",
+            "model.105 (IDetect): level 0: a 1×1 convolution padded [1, 1]",
+        ),
+    ] {
+        let file = fixture(&format!("classic/crafted/{name}"));
+        for extra in [&["--no-parity"][..], &[][..]] {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("out.onnx");
+            let r = export(&file, &out, extra);
+            let err = String::from_utf8_lossy(&r.stderr);
+            assert_eq!(r.status.code(), Some(2), "{name} {extra:?}: {err}");
+            assert!(err.contains(says), "{name}: {err}");
+            assert!(err.contains(file.to_str().unwrap()), "{name}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{name}");
+        }
+    }
+}

@@ -11,11 +11,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{PER_CHANNEL, assert_channels, fixture, run};
+use common::{PER_CHANNEL, assert_channels, fixture, golden};
 use fuse_ema::onnx::proto::Dim;
 use fuse_ema::parity::{RowsTolerance, Tolerance, rows_check};
 use fuse_ema::reference::ops::RefTensor;
-use ndarray::ArrayD;
 
 /// The two sizes every `.io` golden holds.
 const SIZES: [(usize, usize, usize); 2] = [(1, 64, 64), (2, 64, 96)];
@@ -42,17 +41,7 @@ fn get<'a>(g: &'a [(String, RefTensor)], key: &str) -> &'a RefTensor {
 }
 
 fn export(file: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let ckpt = fixture(file);
-    let mut args = vec![
-        "export",
-        ckpt.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--runtime",
-        "ort",
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    golden::export(&fixture(file), out, extra)
 }
 
 fn exported(file: &str, out: &Path, extra: &[&str]) {
@@ -66,13 +55,9 @@ fn exported(file: &str, out: &Path, extra: &[&str]) {
     );
 }
 
+/// ONNX Runtime's outputs as `RefTensor`s, for the parity comparisons.
 fn ort_run(model: &Path, images: &RefTensor) -> Vec<(String, RefTensor)> {
-    let rt = fuse_ema::runtime::ort().unwrap_or_else(|e| {
-        panic!("{e} — run the suite with ./scripts/test, which provides ONNX Runtime")
-    });
-    let bytes = std::fs::read(model).unwrap();
-    let x = ArrayD::from_shape_vec(images.shape.clone(), images.data.clone()).unwrap();
-    (rt.run(&bytes, &[("images", x)]).unwrap().into_iter())
+    (golden::ort_run(model, images).into_iter())
         .map(|(n, a)| {
             let shape = a.shape().to_vec();
             (n, RefTensor::new(a.iter().copied().collect(), shape))
@@ -285,20 +270,6 @@ fn half_nms_passes_its_parity_check() {
 fn verify_reads_yolo_export_nms_files() {
     let onnx = fixture("families/yolo-export/yolo26n-detect.nms.onnx");
     let ckpt = fixture("families/yolo26n-detect.pt");
-    let r = run(&[
-        "verify",
-        onnx.to_str().unwrap(),
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--runtime",
-        "ort",
-    ]);
-    let out = String::from_utf8_lossy(&r.stdout);
-    assert_eq!(
-        r.status.code(),
-        Some(0),
-        "{out}{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let out = golden::verify_passes(&onnx, &ckpt);
     assert!(out.contains("detection rows: 1/1 images agree"), "{out}");
 }

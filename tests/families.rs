@@ -16,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::golden::{archive_names, ort_run, sizes};
-use common::{PER_CHANNEL, assert_channels, assert_labels, fixture, run};
+use common::{PER_CHANNEL, assert_channels, assert_labels, fixture};
 use fuse_ema::parity::npy::Dtype;
 use fuse_ema::parity::npz::Npz;
 use ndarray::ArrayD;
@@ -401,21 +401,7 @@ fn end2end_needs_one_to_one_branches() {
 fn verify_reads_yolo_exports_end2end_onnx() {
     let model = families("yolo-export/yolo26n-detect.end2end.onnx");
     let ckpt = families("yolo26n-detect.pt");
-    let r = run(&[
-        "verify",
-        model.to_str().unwrap(),
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--runtime",
-        "ort",
-    ]);
-    let out = String::from_utf8_lossy(&r.stdout);
-    assert_eq!(
-        r.status.code(),
-        Some(0),
-        "{out}{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let out = common::golden::verify_passes(&model, &ckpt);
     assert!(out.contains("detection rows: 1/1 images agree"), "{out}");
 }
 

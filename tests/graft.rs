@@ -290,6 +290,75 @@ fn bad_inputs_exit_2_without_output() {
     assert_eq!(std::fs::read(&copy).unwrap(), before);
 }
 
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn field(out: &mut Vec<u8>, key: u8, body: &[u8]) {
+    out.push(key);
+    varint(out, body.len() as u64);
+    out.extend_from_slice(body);
+}
+
+/// `model` with one more initializer: an int64 tensor whose external data file does not exist.
+fn with_missing_external_data(model: &[u8], path: &Path) -> Vec<u8> {
+    let s = fuse_ema::onnx::graft::scan::scan(model, path).unwrap();
+    let mut entry = Vec::new();
+    field(&mut entry, 0x0a, b"location");
+    field(&mut entry, 0x12, b"missing.bin");
+    let mut t = vec![0x08, 0x02, 0x10, 0x07]; // dims [2], INT64
+    field(&mut t, 0x42, b"ext_ids");
+    field(&mut t, 0x6a, &entry);
+    t.extend_from_slice(&[0x70, 0x01]); // data_location EXTERNAL
+    let mut graph: Vec<u8> = s
+        .graph_fields
+        .iter()
+        .flat_map(|f| model[f.range.clone()].to_vec())
+        .collect();
+    field(&mut graph, 0x2a, &t);
+    let mut out = Vec::new();
+    for (i, top) in s.top.iter().enumerate() {
+        if i == s.graph {
+            field(&mut out, 0x3a, &graph);
+        } else {
+            out.extend_from_slice(&model[top.range.clone()]);
+        }
+    }
+    out
+}
+
+/// An initializer whose external data cannot be read is an error naming the model (exit 2, no
+/// output), never a reference copied into an output that may live elsewhere.
+#[test]
+fn unreadable_external_data_is_an_error_not_a_dangling_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = graft_dir();
+    let model = dir.path().join("ext.onnx");
+    let bytes = std::fs::read(g.join("cnn.ts.onnx")).unwrap();
+    std::fs::write(&model, with_missing_external_data(&bytes, &model)).unwrap();
+    let out = dir.path().join("o.onnx");
+    let o = run(&[
+        "graft",
+        model.to_str().unwrap(),
+        "--checkpoint",
+        g.join("cnn.pt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--no-drift",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let want = format!("fuse-ema: error: {}: ", model.display());
+    assert!(err.starts_with(&want), "{err}");
+    assert!(err.contains("missing.bin"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!out.exists());
+}
+
 /// Ultralytics: `yolo export` of the raw weights, grafted, equals fuse-ema's own EMA export, and
 /// `verify` says it holds the EMA (where the raw export is called raw).
 #[test]

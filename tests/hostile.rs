@@ -64,7 +64,10 @@ fn corpus_is_complete_and_every_expectation_is_specific() {
     assert!(cases.len() >= 250, "{} files", cases.len());
     for c in &cases {
         assert!(
-            matches!(c.expect.as_str(), "dangerous" | "error" | "clean"),
+            matches!(
+                c.expect.as_str(),
+                "dangerous" | "error" | "clean" | "reemit"
+            ),
             "{}: unknown expectation {:?}",
             c.name,
             c.expect
@@ -126,7 +129,7 @@ fn strict_writers(c: &Case) -> Vec<String> {
         let code = r.status.code();
         let stderr = String::from_utf8_lossy(&r.stderr);
         let want = match c.expect.as_str() {
-            "dangerous" => Some(1),
+            "dangerous" | "reemit" => Some(1),
             "error" => Some(2),
             _ => None,
         };
@@ -146,6 +149,36 @@ fn strict_writers(c: &Case) -> Vec<String> {
         }
         if c.expect != "clean" && !left.is_empty() {
             failures.push(format!("{cmd} wrote {left:?} from a {} file", c.expect));
+        }
+    }
+    failures
+}
+
+/// Runs `strip`, `strip --keep-structure` and `average --strip` on `c` without `--strict`: each
+/// must refuse with exit 1, one message naming the global's new meaning, and write nothing.
+fn reemitters(c: &Case) -> Vec<String> {
+    let mut failures = Vec::new();
+    let p = c.path.to_str().unwrap();
+    for args in [
+        vec!["strip", p],
+        vec!["strip", p, "--keep-structure"],
+        vec!["average", p, p, "--strip"],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.pt");
+        let mut all = args.clone();
+        all.extend(["-o", out.to_str().unwrap()]);
+        let r = run(&all);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        if r.status.code() != Some(1) || !stderr.contains("written again at protocol 2") {
+            failures.push(format!(
+                "{args:?}: exit {:?}, want 1 naming the re-emitted meaning: {stderr}",
+                r.status.code()
+            ));
+        }
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        if left != 0 {
+            failures.push(format!("{args:?} left {left} file(s)"));
         }
     }
     failures
@@ -200,6 +233,23 @@ fn check(c: &Case) -> Vec<String> {
             if strict_code != Some(2) {
                 failures.push(format!("inspect --strict exit {strict_code:?}, want 2"));
             }
+        }
+        "reemit" => {
+            // Harmless as it stands (Python cannot import the name at its protocol), so inspect
+            // says "not allowed" (exit 1 like every finding); written again at protocol 2 it
+            // would run code, so every re-emitter refuses it without --strict too.
+            if code != Some(1) || strict_code != Some(1) {
+                failures.push(format!(
+                    "inspect exit {code:?}, --strict exit {strict_code:?}, want 1 and 1: {stderr}"
+                ));
+            }
+            if !stdout
+                .lines()
+                .any(|l| l.contains("NOT ALLOWED") && l.contains(&c.contains))
+            {
+                failures.push(format!("no NOT ALLOWED line names {}", c.contains));
+            }
+            failures.extend(reemitters(c));
         }
         _ => {
             if code != Some(0) || strict_code != Some(0) {

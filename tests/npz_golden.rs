@@ -56,6 +56,11 @@ fn hostile_members_are_refused_with_the_file_and_member_named() {
     for (header, want) in cases {
         let path = npz(dir.path(), header, &[0, 0, 128, 63, 0, 0, 0, 64]);
         let e = Npz::open(&path).err().expect("refused");
+        assert!(
+            matches!(e, fuse_ema::parity::ParityError::Npy { .. }),
+            "{header}: {e:?}"
+        );
+        let e = e.to_string();
         let prefix = format!("{}: output0.npy: ", path.display());
         assert!(e.starts_with(&prefix), "{header}: {e}");
         assert!(e.contains(want), "{header}: {e}");

@@ -625,3 +625,71 @@ fn an_export_whose_parity_cannot_run_leaves_no_data_file() {
     left.sort();
     assert_eq!(left, ["bad.npz"]);
 }
+
+#[test]
+fn a_failed_export_never_replaces_the_data_of_an_earlier_one() {
+    // An earlier good export with external data, then one of another checkpoint that fails its
+    // check: the earlier pair must stay byte for byte, and the failed model must name its own
+    // data file (review, session 5: `OUT.onnx.data` was replaced, so ONNX Runtime ran the old
+    // model on the new weights).
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.onnx");
+    let first = run(&[
+        "export",
+        s(&fixture("classic/yolov5n-best.pt")),
+        "-o",
+        s(&out),
+        "--external-data",
+        "--imgsz",
+        "64",
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let data = d.path().join("m.onnx.data");
+    let before = (std::fs::read(&out).unwrap(), std::fs::read(&data).unwrap());
+    let second = run(&[
+        "export",
+        s(&fixture("classic/yolov7-best.pt")),
+        "-o",
+        s(&out),
+        "--external-data",
+        "--imgsz",
+        "64",
+        "--atol",
+        "1e-30",
+        "--rtol",
+        "1e-30",
+    ]);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert_eq!(
+        (std::fs::read(&out).unwrap(), std::fs::read(&data).unwrap()),
+        before
+    );
+    let failed = d.path().join("m.parity-failed.onnx");
+    let failed_data = d.path().join("m.parity-failed.onnx.data");
+    assert!(failed_data.exists());
+    let names = String::from_utf8_lossy(&std::fs::read(&failed).unwrap()).into_owned();
+    assert!(names.contains("m.parity-failed.onnx.data"));
+    assert!(!names.contains("m.onnx.data"));
+    // The failed pair is whole: verify loads it and finds the v7 EMA in it.
+    let v = run(&[
+        "verify",
+        s(&failed),
+        "--checkpoint",
+        s(&fixture("classic/yolov7-best.pt")),
+    ]);
+    assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+    let mut left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "m.onnx",
+            "m.onnx.data",
+            "m.parity-failed.onnx",
+            "m.parity-failed.onnx.data"
+        ]
+    );
+}

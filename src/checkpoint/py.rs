@@ -22,7 +22,7 @@ pub type BuildResult<T> = Result<T, String>;
 pub type Weight = (Vec<f32>, Vec<i64>);
 
 /// Why a module's child or weight could not be read; the text names the class and the key.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AttrError {
     /// No child module of that name.
     #[error("{class} has no child module '{name}'")]
@@ -49,6 +49,17 @@ pub enum AttrError {
         name: String,
         /// Its dtype.
         dtype: crate::tensor::DType,
+    },
+    /// A tensor whose bytes cannot be read (a compressed storage that does not decompress).
+    #[error("{class}.{name}: {source}")]
+    Unreadable {
+        /// The module's class.
+        class: String,
+        /// The entry.
+        name: String,
+        /// The reader's refusal.
+        #[source]
+        source: std::io::Error,
     },
     /// A required parameter or buffer that is absent (or None).
     #[error("{class} has no tensor '{name}'")]
@@ -156,11 +167,17 @@ impl<'g> ModuleRef<'g> {
                 });
             }
         };
-        let data = to_f32_vec(t).ok_or_else(|| AttrError::NotFloat {
-            class: self.class(),
-            name: name.to_string(),
-            dtype: t.dtype(),
-        })?;
+        let data = to_f32_vec(t)
+            .map_err(|source| AttrError::Unreadable {
+                class: self.class(),
+                name: name.to_string(),
+                source,
+            })?
+            .ok_or_else(|| AttrError::NotFloat {
+                class: self.class(),
+                name: name.to_string(),
+                dtype: t.dtype(),
+            })?;
         Ok(Some((data, t.shape().iter().map(|&d| d as i64).collect())))
     }
 

@@ -150,7 +150,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         outputs,
         task,
         ..
-    } = exported;
+    } = &exported;
     let Some(root) = export::module_at(&ckpt, &module_key) else {
         return fail(format_args!(
             "{}: '{module_key}' vanished",
@@ -173,16 +173,15 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         _ => None,
     };
     let passed = report.as_ref().is_none_or(|r| r.pass);
-    let model_len = staged.model_len;
-    let final_path = match staged.commit(passed) {
-        Ok(p) => p,
+    let committed = match staged.commit(passed, &exported) {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
+    let (final_path, model_len) = (&committed.model, committed.model_len);
     // The report must replace neither an input nor what this run just wrote.
     let mut written = inputs.clone();
-    written.push(&final_path);
-    let external_target = external.as_ref().map(|name| a.output.with_file_name(name));
-    written.extend(external_target.as_deref());
+    written.push(final_path);
+    written.extend(committed.data.as_deref());
     if let Some(r) = &report
         && let Err(code) = write_report(&a.parity, r, &written)
     {
@@ -287,10 +286,9 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let weights = crate::onnx::origin::weights_origin(&ckpt, &located, &model);
-    let weights = match weights {
+    let weights = match crate::onnx::origin::weights_origin(&ckpt, &located, &model) {
         Ok(w) => w,
-        Err(m) => return fail(format_args!("{}: {m}", a.checkpoint.display())),
+        Err(e) => return fail(e),
     };
     let pass = report.pass && weights.verdict == "ema";
     let mut input_paths = write::checkpoint_inputs(&a.checkpoint, &ckpt);

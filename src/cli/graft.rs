@@ -84,16 +84,17 @@ pub(super) fn graft(a: GraftArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
+    let at = |f: graft::GraftFault| f.at(&a.model, &a.checkpoint);
     let weights = match Weights::new(&raw.tensors, &folded.tensors) {
         Ok(w) => w,
-        Err(m) => return fail(format_args!("{}: {m}", a.checkpoint.display())),
+        Err(f) => return fail(at(f)),
     };
     let mut plan = match graft::plan(&src, &weights) {
         Ok(p) => p,
-        Err(m) => return fail(format_args!("{}: {m}", a.model.display())),
+        Err(f) => return fail(at(f)),
     };
-    if let Err(m) = plan.measure_changes(&src, &weights) {
-        return fail(format_args!("{}: {m}", a.checkpoint.display()));
+    if let Err(f) = plan.measure_changes(&src, &weights) {
+        return fail(at(f));
     }
     let counts = Counts::of(&plan.entries);
     let mut report = GraftReport {
@@ -150,10 +151,14 @@ pub(super) fn graft(a: GraftArgs) -> i32 {
     let written = {
         let mut w = std::io::BufWriter::with_capacity(1 << 16, out.file());
         plan.write(&src, &weights, &metadata, &mut w)
-            .and_then(|n| w.flush().map(|_| n).map_err(|e| e.to_string()))
+            .and_then(|n| w.flush().map(|_| n).map_err(graft::GraftFault::from))
     };
-    if let Err(m) = written {
-        return fail(format_args!("{}: cannot write: {m}", a.output.display()));
+    match written {
+        Ok(_) => {}
+        Err(f) if f.in_output() => {
+            return fail(format_args!("{}: cannot write: {f}", a.output.display()));
+        }
+        Err(f) => return fail(at(f)),
     }
     // Run before the rename: a grafted model the runtime rejects is never left as OUT.
     if let Some(engine) = engine {
@@ -194,9 +199,14 @@ pub(super) fn verify_weights(a: &VerifyArgs, located: &ema::Located) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let w = match crate::onnx::origin::weights_origin_matched(located, &folded.tensors, &a.model) {
+    let w = match crate::onnx::origin::weights_origin_matched(
+        located,
+        &folded.tensors,
+        &a.model,
+        &a.checkpoint,
+    ) {
         Ok(w) => w,
-        Err(m) => return fail(format_args!("{}: {m}", a.checkpoint.display())),
+        Err(e) => return fail(e),
     };
     let pass = w.verdict == "ema";
     let why = "fuse-ema builds only Ultralytics graphs; the weights were compared instead";

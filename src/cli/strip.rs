@@ -70,7 +70,8 @@ pub(super) fn strip(a: StripArgs) -> i32 {
 }
 
 /// Re-emitting a file writes its globals again: one that would run code is never written, with
-/// or without `--strict`; `--strict` refuses anything off the allow-list too.
+/// or without `--strict`; `--strict` refuses anything off the allow-list too; and a global whose
+/// meaning would change when written again at protocol 2 is refused either way.
 pub(super) fn refuse_reemit(
     file: &std::path::Path,
     ckpt: &crate::checkpoint::Checkpoint,
@@ -78,12 +79,13 @@ pub(super) fn refuse_reemit(
     strict: bool,
 ) -> Result<(), i32> {
     let verdict = judge::judge(ckpt.graph.uses(), allow);
-    let refused: Vec<_> = verdict
+    let mut refused: Vec<_> = verdict
         .findings
         .iter()
         .filter(|f| strict || f.kind != FindingKind::NotAllowed)
         .cloned()
         .collect();
+    refused.extend(write::reemit::refusals(ckpt.graph.uses(), allow));
     if refused.is_empty() {
         return Ok(());
     }

@@ -133,13 +133,11 @@ pub fn fold(l: &Located, path: &std::path::Path, opts: FoldOptions) -> Result<Fo
         }
         return Err(EmaError {
             path: path.to_path_buf(),
-            kind: EmaErrorKind::Mismatch(format!(
-                "EMA ({}) and raw ({}) weights disagree — {}. Pass --allow-missing to fold anyway \
-                 (missing tensors are taken from the raw model), or choose other sets with --ema/--raw",
-                l.ema.origin,
-                raw.origin,
-                parts.join("; ")
-            )),
+            kind: EmaErrorKind::Mismatch {
+                ema: l.ema.origin.clone(),
+                raw: raw.origin.clone(),
+                parts,
+            },
         });
     }
     Ok(Folded {

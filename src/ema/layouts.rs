@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{Located, Named, Side, strip_wrappers};
+use super::{EmaErrorKind, Located, Named, Side, strip_wrappers};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::module;
 use crate::checkpoint::sets::WeightSet;
@@ -13,7 +13,7 @@ use crate::convert::scalar_f64;
 
 /// A detector: `Ok(None)` when the layout does not apply, `Err` when it applies but the file is
 /// inconsistent (an ambiguity the user must resolve).
-pub type Detector = fn(&Checkpoint, &[WeightSet]) -> Result<Option<Located>, String>;
+pub type Detector = fn(&Checkpoint, &[WeightSet]) -> Result<Option<Located>, EmaErrorKind>;
 
 /// The named layouts in the order they are tried.
 pub const NAMED: &[(&str, Detector)] = &[
@@ -69,7 +69,7 @@ pub(super) fn located(
 /// Ultralytics ≥ 8.1 (`ema` module, `model: None`), Ultralytics 8.0 / YOLOv5/6/7/9 (`model` and
 /// `ema` modules), stripped files (`ema: None`, `model` is the EMA), RT-DETR / D-FINE
 /// (`ema: {module, updates}`).
-fn ultralytics(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn ultralytics(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     let g = &ck.graph;
     let Some(ema) = g.dict_get(&ck.root, "ema") else {
         return Ok(None);
@@ -78,10 +78,10 @@ fn ultralytics(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, S
     let model_is_module = model.is_some_and(|m| module::is_module(g, m));
     let updates = root_number(ck, "updates");
     let mut l = if module::is_module(g, ema) {
-        let e = set(sets, "ema").ok_or("the ema module has no state dict")?;
+        let e = set(sets, "ema").ok_or(EmaErrorKind::NoStateDict("ema"))?;
         let ema_side = side("ema", e.tensors.clone());
         if model_is_module {
-            let m = set(sets, "model").ok_or("the model module has no state dict")?;
+            let m = set(sets, "model").ok_or(EmaErrorKind::NoStateDict("model"))?;
             let raw = side("model", m.tensors.clone());
             located(
                 "ultralytics",
@@ -98,7 +98,7 @@ fn ultralytics(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, S
             )
         }
     } else if *ema == Value::None && model_is_module {
-        let m = set(sets, "model").ok_or("the model module has no state dict")?;
+        let m = set(sets, "model").ok_or(EmaErrorKind::NoStateDict("model"))?;
         let mut l = located(
             "ultralytics",
             "stripped checkpoint: `ema: None`, `model` already holds the EMA (strip_optimizer)",
@@ -130,7 +130,7 @@ fn ultralytics(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, S
 }
 
 /// timm `CheckpointSaver`: `state_dict` + `state_dict_ema` (older: `model_ema`).
-fn timm(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn timm(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     let Some(raw) = set(sets, "state_dict") else {
         return Ok(None);
     };
@@ -150,7 +150,7 @@ fn timm(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String>
 
 /// mmengine `EMAHook`: after its swap, `state_dict` holds the EMA and `ema_state_dict` the raw
 /// weights under `module.` (plus `steps`).
-fn mmengine(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn mmengine(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     let (Some(sd), Some(ema_sd)) = (set(sets, "state_dict"), set(sets, "ema_state_dict")) else {
         return Ok(None);
     };
@@ -178,7 +178,7 @@ fn mmengine(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, Stri
 }
 
 /// Lightning `WeightAveraging`: `state_dict` holds the average, `current_model_state` the raw.
-fn lightning(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn lightning(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     let (Some(sd), Some(cur)) = (set(sets, "state_dict"), set(sets, "current_model_state")) else {
         return Ok(None);
     };
@@ -196,7 +196,7 @@ fn lightning(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, Str
 }
 
 /// DINO: `teacher` is the EMA of `student`.
-fn dino(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn dino(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     let (Some(t), Some(s)) = (set(sets, "teacher"), set(sets, "student")) else {
         return Ok(None);
     };
@@ -214,7 +214,7 @@ fn map_derived(
     raw: &Named,
     ema: &HashMap<&str, &crate::tensor::Tensor>,
     derive: impl Fn(&str) -> Option<String>,
-) -> Result<Named, String> {
+) -> Result<Named, EmaErrorKind> {
     let mut owner: HashMap<String, &str> = HashMap::new();
     let mut out = Vec::new();
     for (n, _) in raw {
@@ -223,9 +223,11 @@ fn map_derived(
             continue;
         };
         if let Some(prev) = owner.insert(d.clone(), n) {
-            return Err(format!(
-                "EMA key '{d}' could belong to '{prev}' or '{n}'; choose with --ema/--raw"
-            ));
+            return Err(EmaErrorKind::DerivedClash {
+                derived: d,
+                first: prev.to_string(),
+                second: n.clone(),
+            });
         }
         out.push((n.clone(), (*t).clone()));
     }
@@ -234,7 +236,7 @@ fn map_derived(
 
 /// LDM / Stable Diffusion `LitEma`: `model_ema.<name without dots>` beside `model.<name>`, plus
 /// `model_ema.decay` and `model_ema.num_updates`.
-fn litema(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn litema(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     let Some(s) = sets
         .iter()
         .find(|s| s.get("model_ema.decay").is_some() && s.get("model_ema.num_updates").is_some())
@@ -278,7 +280,7 @@ fn litema(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, Strin
 
 /// mmcv 1.x / mmdet 2.x `EMAHook`: `ema_<name with dots as underscores>` buffers inside the
 /// state dict, one per parameter.
-fn mmcv(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn mmcv(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     for s in sets {
         let ema: HashMap<&str, &crate::tensor::Tensor> = s
             .tensors
@@ -348,7 +350,7 @@ fn batches_tracked(t: &Named) -> f64 {
 }
 
 /// A `torch.optim.swa_utils.AveragedModel` state dict: `module.*` plus `n_averaged`.
-fn averaged_model(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn averaged_model(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     let Some(s) = sets.iter().find(|s| {
         s.get("n_averaged").is_some()
             && s.tensors
@@ -384,7 +386,7 @@ fn averaged_model(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located
 
 /// Keys carrying an `ema.` / `model_ema.` / `ema_model.` prefix beside the raw keys (typical of
 /// safetensors exports of training state).
-fn prefixed(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+fn prefixed(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
     for s in sets {
         for prefix in ["ema.", "model_ema.", "ema_model."] {
             let ema: Named = s

@@ -54,11 +54,10 @@ pub fn locate_in(
         sets => {
             return Err(err(
                 &ema_ck.path,
-                EmaErrorKind::Selector(format!(
-                    "--ema {}: the file holds {} weight sets, not one EMA",
-                    ema_ck.path.display(),
-                    sets.len()
-                )),
+                EmaErrorKind::EmaFileSets {
+                    file: ema_ck.path.clone(),
+                    sets: sets.len(),
+                },
             ));
         }
     };
@@ -66,7 +65,7 @@ pub fn locate_in(
         .weight_sets()
         .map_err(|e| err(&ck.path, EmaErrorKind::Module(e)))?;
     let raw = match &sel.raw {
-        Some(r) => Some(select(&sets, r).map_err(|m| err(&ck.path, EmaErrorKind::Selector(m)))?),
+        Some(r) => Some(select(&sets, r).map_err(|k| err(&ck.path, k))?),
         // No set is excluded: the EMA lives in another file.
         None => matching_raw(&sets, "\0", &ema),
     };
@@ -91,14 +90,14 @@ pub fn locate(ck: &Checkpoint, sel: &Selectors) -> Result<Located, EmaError> {
     let sets = ck.weight_sets().map_err(|e| err(EmaErrorKind::Module(e)))?;
     let mut l = match &sel.ema {
         Some(s) => {
-            let ema = select(&sets, s).map_err(|m| err(EmaErrorKind::Selector(m)))?;
+            let ema = select(&sets, s).map_err(err)?;
             let raw = matching_raw(&sets, s, &ema.tensors);
             located("selected", format!("--ema {s}"), ema, raw)
         }
         None => auto(ck, &sets).map_err(err)?,
     };
     if let Some(r) = &sel.raw {
-        l.raw = Some(select(&sets, r).map_err(|m| err(EmaErrorKind::Selector(m)))?);
+        l.raw = Some(select(&sets, r).map_err(err)?);
         l.rule = format!("{}; --raw {r}", l.rule);
     }
     Ok(l)
@@ -106,7 +105,7 @@ pub fn locate(ck: &Checkpoint, sel: &Selectors) -> Result<Located, EmaError> {
 
 fn auto(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Located, EmaErrorKind> {
     for (_, detect) in NAMED {
-        if let Some(l) = detect(ck, sets).map_err(EmaErrorKind::Selector)? {
+        if let Some(l) = detect(ck, sets)? {
             return Ok(l);
         }
     }
@@ -154,7 +153,7 @@ fn names_an_average(path: &str) -> bool {
 }
 
 /// Resolves a selector: a weight set path, or a key prefix ending in `.`.
-fn select(sets: &[WeightSet], s: &str) -> Result<Side, String> {
+fn select(sets: &[WeightSet], s: &str) -> Result<Side, EmaErrorKind> {
     let available = || {
         sets.iter()
             .map(|s| {
@@ -191,23 +190,24 @@ fn select(sets: &[WeightSet], s: &str) -> Result<Side, String> {
                 origin: s.to_string(),
                 tensors: strip_wrappers(hits.into_iter().next().expect("one").1),
             }),
-            0 => Err(format!(
-                "no tensor name starts with '{s}' (weight sets: {})",
-                available()
-            )),
-            _ => Err(format!(
-                "names starting with '{s}' appear in several weight sets ({}); select the set by path",
-                hits.iter()
+            0 => Err(EmaErrorKind::NoPrefix {
+                prefix: s.to_string(),
+                available: available(),
+            }),
+            _ => Err(EmaErrorKind::PrefixInSeveral {
+                prefix: s.to_string(),
+                sets: hits
+                    .iter()
                     .map(|(set, _)| set.path.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+                    .join(", "),
+            }),
         };
     }
-    Err(format!(
-        "no weight set '{s}' (weight sets: {}; a key prefix must end with '.')",
-        available()
-    ))
+    Err(EmaErrorKind::NoSet {
+        name: s.to_string(),
+        available: available(),
+    })
 }
 
 #[cfg(test)]

@@ -2,18 +2,17 @@
 //! ([`locate`]), the recognised layouts ([`layouts`]), and folding the EMA into one state dict
 //! under the model's own names ([`fold`]).
 
+pub mod error;
 pub mod fold;
 pub mod layouts;
 pub mod locate;
 pub mod wild;
 
-use std::fmt;
-use std::path::PathBuf;
-
 use serde::Serialize;
 
 use crate::tensor::Tensor;
 
+pub use error::{EmaError, EmaErrorKind};
 pub use fold::{FoldOptions, FoldReport, Folded, fold};
 pub use locate::{Selectors, locate, locate_in};
 
@@ -84,73 +83,6 @@ impl Located {
             stripped: self.stripped,
             updates: self.updates,
             decay: self.decay,
-        }
-    }
-}
-
-/// The EMA layer's error: the file, and why no EMA could be chosen.
-#[derive(Debug)]
-pub struct EmaError {
-    /// The checkpoint.
-    pub path: PathBuf,
-    /// What went wrong.
-    pub kind: EmaErrorKind,
-}
-
-/// Why no EMA could be chosen or folded.
-#[derive(Debug)]
-pub enum EmaErrorKind {
-    /// No rule found an EMA.
-    NotFound {
-        /// What the file holds (weight sets with sizes).
-        holds: Vec<String>,
-    },
-    /// Several candidates fit; each with the flag that picks it.
-    Ambiguous(Vec<(String, String)>),
-    /// A `--ema` / `--raw` selector names nothing usable.
-    Selector(String),
-    /// The EMA and raw weights disagree (names, shapes), and `--allow-missing` was not given.
-    Mismatch(String),
-    /// The checkpoint's module tree is broken.
-    Module(crate::checkpoint::module::ModuleError),
-}
-
-impl fmt::Display for EmaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = self.path.display();
-        match &self.kind {
-            EmaErrorKind::NotFound { holds } => write!(
-                f,
-                "{p}: no EMA found. Looked for the Ultralytics/YOLOv5 `ema` entry, timm \
-                 `state_dict_ema`/`model_ema`, mmengine `ema_state_dict`, mmcv `ema_*` buffers, \
-                 LDM `model_ema.*`, AveragedModel `n_averaged`, Lightning `current_model_state`, \
-                 RT-DETR `ema.module`, DINO `teacher`, `ema.`/`model_ema.`/`ema_model.` key \
-                 prefixes, and any `ema`/`shadow`/`swa`/`teacher`/`averaged` set matching the raw \
-                 weights. The file holds: {}. Name the EMA with --ema SELECTOR.",
-                if holds.is_empty() {
-                    "no weight sets".to_string()
-                } else {
-                    holds.join("; ")
-                }
-            ),
-            EmaErrorKind::Ambiguous(c) => {
-                write!(f, "{p}: {} EMA candidates fit; choose one:", c.len())?;
-                for (what, flag) in c {
-                    write!(f, " [{what}: {flag}]")?;
-                }
-                Ok(())
-            }
-            EmaErrorKind::Selector(m) | EmaErrorKind::Mismatch(m) => write!(f, "{p}: {m}"),
-            EmaErrorKind::Module(e) => write!(f, "{p}: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for EmaError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            EmaErrorKind::Module(e) => Some(e),
-            _ => None,
         }
     }
 }

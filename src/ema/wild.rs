@@ -2,7 +2,7 @@
 //! diffusers `EMAModel` (a nameless list of shadow parameters) and lucidrains `ema-pytorch`
 //! (`ema_model.*` beside `online_model.*` in one state dict). `docs/layouts.md` has their rows.
 
-use super::{Located, Named, Side, strip_wrappers};
+use super::{EmaErrorKind, Located, Named, Side, strip_wrappers};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::module;
 use crate::checkpoint::sets::WeightSet;
@@ -34,7 +34,10 @@ fn side(origin: &str, tensors: Named) -> Side {
 /// module (its `_parameters`, in `named_parameters()` order, shared ones once) or a state dict
 /// (its entries minus buffers). Every shape must match in order; anything else is an error that
 /// names the first disagreeing index.
-pub(super) fn diffusers(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+pub(super) fn diffusers(
+    ck: &Checkpoint,
+    sets: &[WeightSet],
+) -> Result<Option<Located>, EmaErrorKind> {
     let g = &ck.graph;
     let Some(entries) = g.dict(&ck.root) else {
         return Ok(None);
@@ -54,9 +57,10 @@ pub(super) fn diffusers(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Lo
         .unwrap_or_default();
     let mut shadow = Vec::with_capacity(items.len());
     for (i, v) in items.iter().enumerate() {
-        let t = g
-            .tensor(v)
-            .ok_or_else(|| format!("`{key}.shadow_params[{i}]` is not a tensor"))?;
+        let t = g.tensor(v).ok_or_else(|| EmaErrorKind::ShadowNotTensor {
+            key: key.to_string(),
+            index: i,
+        })?;
         shadow.push(t.clone());
     }
     // The model it shadows: every other weight set whose parameters match, shape for shape.
@@ -72,28 +76,23 @@ pub(super) fn diffusers(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Lo
     let (raw_set, params) = match fits.len() {
         1 => fits.remove(0),
         0 if misfits.is_empty() => {
-            return Err(format!(
-                "`{key}` is a diffusers EMAModel state ({} shadow parameters, in parameters() \
-                 order, without names), and nothing beside it names them: save the model's \
-                 state_dict() with it",
-                shadow.len()
-            ));
+            return Err(EmaErrorKind::ShadowUnnamed {
+                key: key.to_string(),
+                count: shadow.len(),
+            });
         }
         0 => {
-            return Err(format!(
-                "`{key}` is a diffusers EMAModel state ({} shadow parameters without names) \
-                 and no model beside it has those parameters in that order: {}",
-                shadow.len(),
-                misfits.join("; ")
-            ));
+            return Err(EmaErrorKind::ShadowMisfit {
+                key: key.to_string(),
+                count: shadow.len(),
+                misfits,
+            });
         }
         _ => {
-            let names: Vec<String> = fits.iter().map(|(s, _)| format!("`{}`", s.path)).collect();
-            return Err(format!(
-                "`{key}` is a diffusers EMAModel state and several models beside it have its \
-                 parameters ({}); name the one it shadows with --raw",
-                names.join(", ")
-            ));
+            return Err(EmaErrorKind::ShadowSeveral {
+                key: key.to_string(),
+                models: fits.iter().map(|(s, _)| format!("`{}`", s.path)).collect(),
+            });
         }
     };
     let ema: Named = params
@@ -121,10 +120,10 @@ pub(super) fn diffusers(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Lo
 
 /// The parameters of a weight set in `parameters()` order: from the module tree when the set is
 /// a pickled module (buffers known exactly), else its entries minus [`BUFFER_NAMES`].
-fn parameters(ck: &Checkpoint, s: &WeightSet) -> Result<Vec<(String, Tensor)>, String> {
+fn parameters(ck: &Checkpoint, s: &WeightSet) -> Result<Vec<(String, Tensor)>, EmaErrorKind> {
     if s.class.is_some() {
-        let v = lookup(ck, &s.path).ok_or_else(|| format!("`{}` vanished", s.path))?;
-        let names = module::parameter_names(&ck.graph, v).map_err(|e| e.to_string())?;
+        let v = lookup(ck, &s.path).ok_or_else(|| EmaErrorKind::Vanished(s.path.clone()))?;
+        let names = module::parameter_names(&ck.graph, v)?;
         return Ok(names
             .into_iter()
             .filter_map(|n| s.get(&n).map(|t| (n, t.clone())))
@@ -184,7 +183,10 @@ fn first_disagreement(shadow: &[Tensor], params: &[(String, Tensor)]) -> Option<
 /// `online_model.*` (the raw model, when it was included) and the `initted` / `step` buffers.
 /// The raw weights may also sit beside it as a plain state dict (`model`); when both are there
 /// they must hold the same tensors.
-pub(super) fn ema_pytorch(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, String> {
+pub(super) fn ema_pytorch(
+    _ck: &Checkpoint,
+    sets: &[WeightSet],
+) -> Result<Option<Located>, EmaErrorKind> {
     let Some(s) = sets.iter().find(|s| {
         s.get("initted").is_some() && s.tensors.iter().any(|(n, _)| n.starts_with("ema_model."))
     }) else {
@@ -204,11 +206,11 @@ pub(super) fn ema_pytorch(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option
         (false, None) => Some(side(&format!("{}.online_model", s.path), online)),
         (false, Some(b)) => {
             if let Some(why) = disagree(&online, &b.tensors) {
-                return Err(format!(
-                    "ema-pytorch: `{}.online_model.*` and `{}` should both be the raw model but \
-                     differ ({why}); choose one with --raw",
-                    s.path, b.origin
-                ));
+                return Err(EmaErrorKind::OnlineDiffers {
+                    path: s.path.clone(),
+                    beside: b.origin.clone(),
+                    why,
+                });
             }
             Some(b)
         }

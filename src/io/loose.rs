@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::pickle::{self, Limits};
 use super::torch_zip::{Entry, entry_bytes};
 use super::zipdir::{ZipDir, ZipEntry};
-use super::{InertPersistentLoad, ReadError, ReadErrorKind, new_parts};
+use super::{InertPersistentLoad, NpyHeaderError, ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::tensor::MappedFile;
@@ -72,8 +72,8 @@ pub fn read_zip(path: &Path, map: Arc<MappedFile>, dir: &ZipDir) -> Result<Check
         if kind == Member::Skip {
             continue;
         }
-        let data = entry_bytes(&map, &entry, MAX_MEMBER)
-            .map_err(|m| ReadError::new(path, ReadErrorKind::Zip(format!("{name}: {m}"))))?;
+        let data =
+            entry_bytes(&map, &entry, &name, MAX_MEMBER).map_err(|k| ReadError::new(path, k))?;
         let bytes = data.as_slice();
         let at = match kind {
             Member::Npy => npy_pickle_offset(bytes).map_err(|m| npy_err(path, &name, m))?,
@@ -146,7 +146,7 @@ pub fn judge_members(map: &Arc<MappedFile>, entries: &[ZipEntry], graph: &mut Gr
         if kind == Member::Skip {
             continue;
         }
-        let Ok(data) = entry_bytes(map, &entry, MAX_MEMBER) else {
+        let Ok(data) = entry_bytes(map, &entry, "", MAX_MEMBER) else {
             continue;
         };
         let bytes = data.as_slice();
@@ -165,10 +165,13 @@ pub fn judge_members(map: &Arc<MappedFile>, entries: &[ZipEntry], graph: &mut Gr
     }
 }
 
-fn npy_err(path: &Path, name: &str, m: String) -> ReadError {
+fn npy_err(path: &Path, name: &str, source: NpyHeaderError) -> ReadError {
     ReadError::new(
         path,
-        ReadErrorKind::NotACheckpoint(format!("{name}: not a valid .npy array: {m}")),
+        ReadErrorKind::Npy {
+            name: name.to_string(),
+            source,
+        },
     )
 }
 
@@ -206,24 +209,24 @@ pub fn read_npy(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, ReadErr
 /// The header is `\x93NUMPY`, a version, a little-endian length (2 bytes in version 1, 4 after)
 /// and a Python dict literal whose `'descr'` is the dtype: `'|O'` or a list of fields, any of
 /// which can be an object field.
-fn npy_pickle_offset(b: &[u8]) -> Result<Option<usize>, String> {
+fn npy_pickle_offset(b: &[u8]) -> Result<Option<usize>, NpyHeaderError> {
     if !is_npy(b) || b.len() < 10 {
-        return Err("no .npy magic".into());
+        return Err(NpyHeaderError::NoMagic);
     }
     let (len, start): (usize, usize) = match b[6] {
         1 => (usize::from(u16::from_le_bytes([b[8], b[9]])), 10),
         2 | 3 => {
-            let l = b.get(8..12).ok_or("truncated header")?;
+            let l = b.get(8..12).ok_or(NpyHeaderError::Truncated)?;
             (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
         }
-        v => return Err(format!("unknown version {v}")),
+        v => return Err(NpyHeaderError::Version(v)),
     };
     let end = start
         .checked_add(len)
         .filter(|&e| e <= b.len())
-        .ok_or("truncated header")?;
+        .ok_or(NpyHeaderError::Truncated)?;
     let text = String::from_utf8_lossy(&b[start..end]);
-    let descr = descr_value(&text).ok_or("the header has no 'descr'")?;
+    let descr = descr_value(&text).ok_or(NpyHeaderError::NoDescr)?;
     Ok(has_object_field(descr).then_some(end))
 }
 

@@ -21,7 +21,7 @@ use crate::tensor::MappedFile;
 
 use crate::checkpoint::value::{Graph, Value};
 use crate::checkpoint::{Checkpoint, Format, FormatInfo};
-pub use error::{ReadError, ReadErrorKind};
+pub use error::{EntryError, NpyHeaderError, ReadError, ReadErrorKind, TarError};
 
 /// Opens a checkpoint of any supported format: torch zip (`.pt .pth .ckpt .bin .pth.tar`), legacy
 /// torch (pickle sequence or tar), plain pickle, safetensors, or a sharded safetensors set (its
@@ -118,7 +118,11 @@ fn refuse_if_pickle(path: &Path, b: &[u8], what: &str) -> Result<(), ReadError> 
 pub(crate) struct InertPersistentLoad;
 
 impl pickle::PersistentLoad for InertPersistentLoad {
-    fn load(&mut self, _graph: &mut Graph, _pid: &Value) -> Result<Value, String> {
+    fn load(
+        &mut self,
+        _graph: &mut Graph,
+        _pid: &Value,
+    ) -> Result<Value, pickle::PersistentIdError> {
         Ok(Value::None)
     }
 }

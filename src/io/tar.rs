@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::pickle::{self, Limits, NoPersistentLoad, PersistentLoad};
+use super::pickle::{self, Limits, NoPersistentLoad, PersistentIdError, PersistentLoad};
 use super::torch_zip::storage_dtype;
-use super::{ReadError, ReadErrorKind, new_parts};
+use super::{ReadError, ReadErrorKind, TarError, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::tensor::{Buffer, MappedFile, Tensor};
@@ -148,7 +148,7 @@ struct Member {
 }
 
 /// Lists the members as `tarfile` loads them: up to the first zero, invalid or short block.
-fn members(b: &[u8]) -> Result<Vec<Member>, String> {
+fn members(b: &[u8]) -> Result<Vec<Member>, TarError> {
     let mut out = Vec::new();
     let mut off = 0usize;
     while off < b.len() {
@@ -157,26 +157,23 @@ fn members(b: &[u8]) -> Result<Vec<Member>, String> {
         };
         let shown = String::from_utf8_lossy(&h.name).into_owned();
         if matches!(h.kind, b'L' | b'K' | b'S' | b'x' | b'g' | b'X') {
-            return Err(format!(
-                "tar member {shown:?} has an extended (PAX or GNU) header, which renames or \
-                 reshapes members; torch never wrote one"
-            ));
+            return Err(TarError::Extended(shown));
         }
         let regular = matches!(h.kind, b'0' | 0 | b'7');
         let supported = regular || matches!(h.kind, b'1'..=b'6');
         let size = if regular || !supported { h.size } else { 0 };
-        let size = usize::try_from(size)
-            .map_err(|_| format!("tar member {shown:?} declares a size of {}", h.size))?;
+        let size = usize::try_from(size).map_err(|_| TarError::Size {
+            name: shown.clone(),
+            size: h.size,
+        })?;
         let start = off + BLOCK;
         let padded = size.div_ceil(BLOCK).checked_mul(BLOCK);
         let next = padded
             .and_then(|p| start.checked_add(p))
             .filter(|&n| n <= b.len())
-            .ok_or_else(|| {
-                format!(
-                    "tar member {shown:?} at offset {off} runs past the end of the file (Python's \
-                     tarfile fails on it and torch.load then reads the file as a pickle)"
-                )
+            .ok_or(TarError::PastEnd {
+                name: shown,
+                offset: off,
             })?;
         out.push(Member {
             name: h.name,
@@ -210,7 +207,7 @@ fn read_into(
     graph: &mut Graph,
 ) -> Result<Checkpoint, ReadError> {
     let ambiguous = |m: String| ReadError::new(path, ReadErrorKind::Ambiguous(m));
-    let list = members(&map).map_err(ambiguous)?;
+    let list = members(&map).map_err(|e| ReadError::new(path, ReadErrorKind::Tar(e)))?;
     let (_, mut info) = new_parts(Format::TorchTar, map.len() as u64);
     info.serialization_version = Some("tar".into());
     let member = |graph: &Graph, name: &str| -> Result<std::ops::Range<usize>, ReadError> {
@@ -250,7 +247,7 @@ fn read_into(
             _ => return Err(r.err(format!("storage {i}: not a (key, location, type) tuple"))),
         };
         let key = key.ok_or_else(|| r.err(format!("storage {i}: key is not an int or str")))?;
-        let dtype = storage_dtype(graph, &ty).map_err(|m| r.err(m))?;
+        let dtype = storage_dtype(graph, &ty).map_err(|e| r.err(e.to_string()))?;
         let numel = r.i64()?;
         let len = usize::try_from(numel)
             .ok()
@@ -444,19 +441,16 @@ struct TarObjects {
 }
 
 impl PersistentLoad for TarObjects {
-    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, String> {
+    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, PersistentIdError> {
         if let Some(items) = graph.seq(pid) {
-            return items
-                .first()
-                .cloned()
-                .ok_or_else(|| "empty persistent id tuple".to_string());
+            return items.first().cloned().ok_or(PersistentIdError::EmptyTuple);
         }
-        let key = key_text(pid).ok_or("persistent id is not a key")?;
+        let key = key_text(pid).ok_or(PersistentIdError::NotKey)?;
         self.tensors
             .get(&key)
             .or_else(|| self.storages.get(&key))
             .cloned()
-            .ok_or_else(|| format!("persistent id '{key}' names no tensor or storage"))
+            .ok_or(PersistentIdError::Unknown(key))
     }
 }
 
@@ -524,8 +518,11 @@ mod tests {
         assert_eq!(m[0].data, 512..515);
         let mut cut = block("a", 3, b'0');
         cut.extend_from_slice(b"xyz");
-        assert!(members(&cut).unwrap_err().contains("runs past"));
+        assert!(matches!(
+            members(&cut).unwrap_err(),
+            TarError::PastEnd { offset: 0, .. }
+        ));
         let pax = block("p", 0, b'x');
-        assert!(members(&pax).unwrap_err().contains("extended"));
+        assert!(matches!(members(&pax).unwrap_err(), TarError::Extended(_)));
     }
 }

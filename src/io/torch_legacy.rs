@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::tensor::MappedFile;
 
-use super::pickle::{self, Limits, NoPersistentLoad, PersistentLoad};
+use super::pickle::{self, Limits, NoPersistentLoad, PersistentIdError, PersistentLoad};
 use super::torch_zip::{protocol_of, storage_dtype};
 use super::{ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
@@ -264,28 +264,23 @@ struct LegacyStorages {
 }
 
 impl PersistentLoad for LegacyStorages {
-    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, String> {
-        let fields = graph
-            .seq(pid)
-            .ok_or("persistent id is not a tuple")?
-            .to_vec();
+    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, PersistentIdError> {
+        let fields = graph.seq(pid).ok_or(PersistentIdError::NotTuple)?.to_vec();
         let [kind, ty, key, _loc, _numel, view] = fields.as_slice() else {
-            return Err(format!(
-                "persistent id with {} fields, expected 6",
-                fields.len()
-            ));
+            return Err(PersistentIdError::Fields {
+                got: fields.len(),
+                expected: Some(6),
+            });
         };
         if kind.as_str() != Some("storage") {
-            return Err(format!(
-                "persistent id of kind {kind:?}, expected 'storage'"
-            ));
+            return Err(PersistentIdError::Kind(format!("{kind:?}")));
         }
         if *view != Value::None {
-            return Err("storage views (torch < 0.4) are not supported".into());
+            return Err(PersistentIdError::StorageView);
         }
         let key = key
             .as_str()
-            .ok_or("storage key is not a string")?
+            .ok_or(PersistentIdError::KeyNotString)?
             .to_string();
         if let Some(v) = self.nodes.get(&key) {
             return Ok(v.clone());

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use crate::tensor::MappedFile;
 use zip::CompressionMethod;
 
+use super::pickle::PersistentIdError;
 use super::pickle::{self, Limits, PersistentLoad};
 use super::zipdir::{self, UNREADABLE_FLAGS, ZipDir, ZipDirError, ZipEntry};
-use super::{ReadError, ReadErrorKind, new_parts};
+use super::{EntryError, ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::tensor::{Buffer, DType, Deflated, InflateBudget, Tensor};
@@ -92,8 +93,8 @@ fn read_record(
         match entries.get(&format!("{record}{name}").to_ascii_lowercase()) {
             None => Ok(None),
             Some(e) => {
-                let b = entry_bytes(map, e, 4096)
-                    .map_err(|m| zip_err(format!("{record}{name}: {m}")))?;
+                let b = entry_bytes(map, e, &format!("{record}{name}"), 4096)
+                    .map_err(|k| ReadError::new(path, k))?;
                 Ok(Some(
                     String::from_utf8_lossy(b.as_slice()).trim().to_string(),
                 ))
@@ -120,7 +121,7 @@ fn read_record(
         .get(&pkl_name.to_ascii_lowercase())
         .ok_or_else(|| zip_err(format!("{pkl_name}: not found")))?;
     let pkl =
-        entry_bytes(map, pkl_entry, usize::MAX).map_err(|m| zip_err(format!("{pkl_name}: {m}")))?;
+        entry_bytes(map, pkl_entry, &pkl_name, usize::MAX).map_err(|k| ReadError::new(path, k))?;
     info.pickle_protocol = protocol_of(pkl.as_slice());
 
     let mut loader = ZipStorages {
@@ -285,17 +286,30 @@ pub(super) fn protocol_of(pkl: &[u8]) -> Option<u8> {
 pub(super) fn entry_bytes(
     map: &Arc<MappedFile>,
     e: &Entry,
+    name: &str,
     limit: usize,
-) -> Result<EntryBytes, String> {
+) -> Result<EntryBytes, ReadErrorKind> {
+    let entry = || name.to_string();
     if e.method == CompressionMethod::Deflated && e.size > limit {
-        return Err(format!(
-            "declares {} bytes, more than {limit} expected",
-            e.size
-        ));
+        return Err(ReadErrorKind::Entry {
+            entry: entry(),
+            source: EntryError::OverLimit {
+                size: e.size,
+                limit,
+            },
+        });
     }
-    // The caller names the file and the entry.
-    let b = entry_buffer(map, e, "", &InflateBudget::for_records(map.len()))?;
-    b.bytes().map_err(|err| err.to_string())?;
+    // The error names the entry, the caller the file.
+    let b = entry_buffer(map, e, "", &InflateBudget::for_records(map.len())).map_err(|source| {
+        ReadErrorKind::Entry {
+            entry: entry(),
+            source,
+        }
+    })?;
+    b.bytes().map_err(|source| ReadErrorKind::EntryRead {
+        entry: entry(),
+        source,
+    })?;
     Ok(EntryBytes(b))
 }
 
@@ -304,8 +318,10 @@ pub(super) struct EntryBytes(Buffer);
 
 impl EntryBytes {
     pub(super) fn as_slice(&self) -> &[u8] {
-        // Cannot fail: `entry_bytes` read the bytes before wrapping them.
-        self.0.bytes().unwrap_or_default()
+        // `entry_bytes` read the bytes before wrapping them; a decompressed entry keeps them.
+        self.0
+            .bytes()
+            .expect("entry_bytes checked that the bytes are readable")
     }
 }
 
@@ -316,15 +332,15 @@ fn entry_buffer(
     e: &Entry,
     name: &str,
     budget: &Arc<InflateBudget>,
-) -> Result<Buffer, String> {
+) -> Result<Buffer, EntryError> {
     let raw = e.data_start..e.data_start + e.compressed_size;
     match e.method {
         CompressionMethod::Stored => {
             if e.size != e.compressed_size {
-                return Err(format!(
-                    "stored entry declares {} bytes but holds {}",
-                    e.size, e.compressed_size
-                ));
+                return Err(EntryError::StoredSize {
+                    size: e.size,
+                    held: e.compressed_size,
+                });
             }
             Ok(Buffer::Mapped {
                 map: map.clone(),
@@ -336,16 +352,16 @@ fn entry_buffer(
             // stored blocks' 5 bytes in 65,535: sizes outside those bounds are lies, caught
             // here without decompressing anything.
             if e.size / 1032 > e.compressed_size {
-                return Err(format!(
-                    "declares {} bytes, more than {} compressed bytes can expand to",
-                    e.size, e.compressed_size
-                ));
+                return Err(EntryError::Expands {
+                    size: e.size,
+                    compressed: e.compressed_size,
+                });
             }
             if e.compressed_size > e.size + e.size / 64 + 128 {
-                return Err(format!(
-                    "declares {} bytes but holds {} compressed bytes, more than deflate makes of so few",
-                    e.size, e.compressed_size
-                ));
+                return Err(EntryError::Shrinks {
+                    size: e.size,
+                    compressed: e.compressed_size,
+                });
             }
             Ok(Buffer::Deflated(Arc::new(Deflated::new(
                 map.clone(),
@@ -355,7 +371,7 @@ fn entry_buffer(
                 budget.clone(),
             ))))
         }
-        other => Err(format!("compression method {other:?} is not used by torch")),
+        other => Err(EntryError::Method(format!("{other:?}"))),
     }
 }
 
@@ -371,23 +387,23 @@ struct ZipStorages<'a> {
 }
 
 impl PersistentLoad for ZipStorages<'_> {
-    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, String> {
-        let fields = graph
-            .seq(pid)
-            .ok_or("persistent id is not a tuple")?
-            .to_vec();
+    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, PersistentIdError> {
+        let fields = graph.seq(pid).ok_or(PersistentIdError::NotTuple)?.to_vec();
         let (kind, ty, key, numel) = match fields.as_slice() {
             [k, t, key, _loc, n, ..] => (k, t, key, n),
-            _ => return Err(format!("persistent id with {} fields", fields.len())),
+            _ => {
+                return Err(PersistentIdError::Fields {
+                    got: fields.len(),
+                    expected: None,
+                });
+            }
         };
         if kind.as_str() != Some("storage") {
-            return Err(format!(
-                "persistent id of kind {kind:?}, expected 'storage'"
-            ));
+            return Err(PersistentIdError::Kind(format!("{kind:?}")));
         }
         let key = key
             .as_str()
-            .ok_or("storage key is not a string")?
+            .ok_or(PersistentIdError::KeyNotString)?
             .to_string();
         if let Some(v) = self.cache.get(&key) {
             return Ok(v.clone());
@@ -396,31 +412,35 @@ impl PersistentLoad for ZipStorages<'_> {
         let numel = numel
             .as_int()
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or("storage size is negative or not an integer")?;
+            .ok_or(PersistentIdError::BadSize)?;
         let name = format!("{}data/{key}", self.record);
-        let entry = self
-            .entries
-            .get(&name.to_ascii_lowercase())
-            .ok_or_else(|| {
-                format!("data.pkl references storage '{key}' but the archive has no {name}")
-            })?;
-        let need = numel
-            .checked_mul(dtype.size())
-            .ok_or_else(|| format!("storage '{key}' size overflows"))?;
+        let Some(entry) = self.entries.get(&name.to_ascii_lowercase()) else {
+            return Err(PersistentIdError::Missing { key, entry: name });
+        };
+        let Some(need) = numel.checked_mul(dtype.size()) else {
+            return Err(PersistentIdError::Overflow(key));
+        };
         if entry.size < need {
-            return Err(format!(
-                "storage '{key}' needs {need} bytes ({numel} x {dtype}) but {name} holds {}",
-                entry.size
-            ));
+            return Err(PersistentIdError::TooSmall {
+                key,
+                need,
+                numel,
+                dtype,
+                entry: name,
+                size: entry.size,
+            });
         }
-        let buffer = entry_buffer(self.map, entry, &name, &self.budget)
-            .map_err(|m| format!("{name}: {m}"))?;
+        let buffer = entry_buffer(self.map, entry, &name, &self.budget).map_err(|source| {
+            PersistentIdError::Entry {
+                entry: name.clone(),
+                source,
+            }
+        })?;
         if !buffer.is_mapped() {
             self.compressed += 1;
         }
         let key: Arc<str> = key.into();
-        let t = Tensor::new_view(dtype, vec![numel], vec![1], 0, buffer, key.clone())
-            .map_err(|e| e.0)?;
+        let t = Tensor::new_view(dtype, vec![numel], vec![1], 0, buffer, key.clone())?;
         let v = graph.add(Node::Storage(Box::new(t)));
         self.cache.insert(key.to_string(), v.clone());
         Ok(v)
@@ -428,10 +448,10 @@ impl PersistentLoad for ZipStorages<'_> {
 }
 
 /// The dtype of a storage-type global (`torch.FloatStorage`, `torch.UntypedStorage`, …).
-pub(super) fn storage_dtype(graph: &Graph, ty: &Value) -> Result<DType, String> {
+pub(super) fn storage_dtype(graph: &Graph, ty: &Value) -> Result<DType, PersistentIdError> {
     match graph.get(ty) {
         Some(Node::Global(g)) => DType::from_torch_name(&g.name)
-            .ok_or_else(|| format!("unknown storage type {}", g.dotted())),
-        _ => Err("storage type is not a global".into()),
+            .ok_or_else(|| PersistentIdError::StorageType(g.dotted())),
+        _ => Err(PersistentIdError::TypeNotGlobal),
     }
 }

@@ -43,18 +43,31 @@ impl Classic {
 
     /// Refuses the export options the classic exporters do not have or fuse-ema does not
     /// build for these heads.
-    pub fn check_options(self, nms: bool, end2end: bool) -> Result<(), String> {
-        let what = if nms {
+    pub fn check_options(self, nms: bool, end2end: bool) -> Result<(), ClassicOptionError> {
+        let option = if nms {
             "--nms"
         } else if end2end {
             "--end2end"
         } else {
             return Ok(());
         };
-        Err(format!(
-            "{what} is not supported for classic {self:?} models (anchor-based heads export (B, anchors, 5 + nc) rows, as their export.py does)"
-        ))
+        Err(ClassicOptionError {
+            option,
+            model: self,
+        })
     }
+}
+
+/// An export option the classic exporters do not have.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{option} is not supported for classic {model:?} models (anchor-based heads export (B, anchors, 5 + nc) rows, as their export.py does)"
+)]
+pub struct ClassicOptionError {
+    /// The option (`--nms`, `--end2end`).
+    pub option: &'static str,
+    /// The classic repository.
+    pub model: Classic,
 }
 
 /// The classic repository of a detection model fuse-ema exports: the root is

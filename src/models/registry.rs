@@ -155,6 +155,7 @@ const GROUPS: &[(&str, &[Layer])] = &[
     ("csp.rs", layers::csp::LAYERS),
     ("ghost.rs", layers::ghost::LAYERS),
     ("elan.rs", layers::elan::LAYERS),
+    ("v9.rs", layers::v9::LAYERS),
     ("resnet.rs", layers::resnet::LAYERS),
     ("attention.rs", layers::attention::LAYERS),
     ("v10.rs", layers::v10::LAYERS),

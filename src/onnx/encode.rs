@@ -62,7 +62,14 @@ type Body<'a> = &'a dyn Fn(&mut dyn Sink) -> io::Result<()>;
 
 type R = io::Result<()>;
 
-fn varint(s: &mut dyn Sink, mut v: u64) -> R {
+fn varint(s: &mut dyn Sink, v: u64) -> R {
+    let (buf, n) = varint_bytes(v);
+    s.put(&buf[..n])
+}
+
+/// `v` as a protobuf varint: seven bits a byte, low first, the high bit set on all but the last;
+/// the bytes and how many of them are used (1 to 10). For every writer of ONNX protobuf.
+pub(crate) fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
     let mut buf = [0u8; 10];
     let mut n = 0;
     while v >= 0x80 {
@@ -71,7 +78,7 @@ fn varint(s: &mut dyn Sink, mut v: u64) -> R {
         n += 1;
     }
     buf[n] = v as u8;
-    s.put(&buf[..=n])
+    (buf, n + 1)
 }
 
 fn key(s: &mut dyn Sink, field: u32, wire: u8) -> R {

@@ -2,34 +2,31 @@
 //! default), dispatching on class names and pickled attributes, and written as protobuf.
 
 pub mod encode;
+mod error;
 pub mod graft;
 pub mod graph;
+mod metadata;
 pub mod nms;
 pub mod origin;
 pub mod proto;
 pub mod read;
 pub mod ultralytics;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::checkpoint::py::ModuleRef;
 use graph::{GraphBuilder, GraphValue, Spilled};
 use proto::{Attr, Dim, ElemType, Model, ValueInfo};
 
 use crate::checkpoint::Checkpoint;
-use crate::checkpoint::metadata::to_json;
 use crate::checkpoint::module;
 use crate::models::layers::heads::{self, HeadOptions};
+pub use error::{ExportError, ExportErrorKind};
+pub use metadata::{ULTRALYTICS_DOCS, ULTRALYTICS_LICENSE, training_imgsz};
 
 /// Opsets the builder's operators are valid in (Split with a sizes input, Softmax over one axis,
 /// Resize with scales: 13 and later).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
-
-/// The `license` metadata Ultralytics writes: the weights are those of an Ultralytics model.
-pub const ULTRALYTICS_LICENSE: &str = "AGPL-3.0 License (https://ultralytics.com/license)";
-
-/// The `docs` metadata Ultralytics writes.
-pub const ULTRALYTICS_DOCS: &str = "https://docs.ultralytics.com";
 
 /// What to export and how.
 #[derive(Clone, Debug)]
@@ -98,6 +95,18 @@ impl Exported {
             .write_spilled(w, self.external.as_deref(), self.spill.as_ref())
     }
 
+    /// [`Exported::write_model`] with the external data under another file name (a staged
+    /// temporary, or the parity-failed model's own data file); the same as `write_model` when
+    /// the weights stay inline.
+    pub fn write_model_naming(
+        &self,
+        w: &mut impl std::io::Write,
+        data_name: &str,
+    ) -> std::io::Result<u64> {
+        let name = self.external.as_ref().map(|_| data_name);
+        self.model.write_spilled(w, name, self.spill.as_ref())
+    }
+
     /// Writes the external data file's contents and returns their length (nothing is written
     /// when the weights stay inline).
     pub fn write_external_data(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
@@ -108,147 +117,9 @@ impl Exported {
     }
 }
 
-/// The ONNX layer's error: the checkpoint, and why it cannot be exported.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: cannot export: {kind}", path.display())]
-pub struct ExportError {
-    /// The checkpoint.
-    pub path: PathBuf,
-    /// What went wrong.
-    #[source]
-    pub kind: ExportErrorKind,
-}
-
-/// One way an export fails.
-#[derive(Debug, thiserror::Error)]
-pub enum ExportErrorKind {
-    /// An opset outside the supported range.
-    #[error("opset {opset} is not supported (supported: {}–{})", OPSETS.start(), OPSETS.end())]
-    Opset {
-        /// The opset asked for.
-        opset: i64,
-    },
-    /// The key does not hold a pickled module.
-    #[error("'{0}' is not a pickled model module")]
-    NotAModule(String),
-    /// A model of another framework under Ultralytics' class names (the text names it).
-    #[error("{0}")]
-    Foreign(String),
-    /// A module that is not an Ultralytics model class.
-    #[error("'{key}' is a {class}, not an Ultralytics model")]
-    NotUltralytics {
-        /// The checkpoint key.
-        key: String,
-        /// Its class.
-        class: String,
-    },
-    /// The model's layers cannot be emitted (the text names the layer path and class).
-    #[error("{0}")]
-    Model(String),
-    /// An end-to-end export of a model without layers.
-    #[error("the model has no layers")]
-    NoLayers,
-    /// An input size the model's strides do not divide.
-    #[error("image size {h}x{w} is not a multiple of the model stride {stride}")]
-    ImageSize {
-        /// Height.
-        h: i64,
-        /// Width.
-        w: i64,
-        /// The largest stride.
-        stride: i64,
-    },
-    /// `--nms` on an output that is not (batch, 4 + nc + extra, anchors).
-    #[error("--nms needs a (batch, 4 + nc + extra, anchors) output; the model gives {0:?}")]
-    NmsShape(Vec<i64>),
-    /// `--nms` on an output with fewer rows than boxes and classes need.
-    #[error("--nms: the output has {rows} rows for 4 box rows and {nc} classes")]
-    NmsRows {
-        /// Rows of the output.
-        rows: i64,
-        /// Classes.
-        nc: i64,
-    },
-    /// `--nms` on an OBB output without exactly one angle row.
-    #[error("--nms: an obb output has one angle row after the scores, this one {0}")]
-    ObbAngle(i64),
-    /// The weights could not be spilled to the scratch file.
-    #[error("cannot write the weights to a scratch file in {}: {source}", dir.display())]
-    Scratch {
-        /// The scratch folder.
-        dir: PathBuf,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// The task of an Ultralytics model class (from the module registry).
 fn task_of(class: &str) -> Option<&'static str> {
     crate::models::registry::task_of_model(class)
-}
-
-/// Python `repr` of JSON-like data, for metadata Ultralytics reads with `ast.literal_eval`.
-fn py_repr(v: &serde_json::Value) -> String {
-    use serde_json::Value as J;
-    match v {
-        J::Null => "None".into(),
-        J::Bool(b) => if *b { "True" } else { "False" }.into(),
-        J::Number(n) => n.to_string(),
-        J::String(s) => {
-            let mut o = String::from("'");
-            for c in s.chars() {
-                match c {
-                    '\'' => o.push_str("\\'"),
-                    '\\' => o.push_str("\\\\"),
-                    '\n' => o.push_str("\\n"),
-                    c => o.push(c),
-                }
-            }
-            o.push('\'');
-            o
-        }
-        J::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
-        J::Object(m) => {
-            let items: Vec<String> = m
-                .iter()
-                .map(|(k, v)| {
-                    // Ultralytics class names are keyed by int.
-                    let key = if k.parse::<i64>().is_ok() {
-                        k.clone()
-                    } else {
-                        py_repr(&J::String(k.clone()))
-                    };
-                    format!("{key}: {}", py_repr(v))
-                })
-                .collect();
-            format!("{{{}}}", items.join(", "))
-        }
-    }
-}
-
-/// The training image size recorded in the checkpoint (`train_args.imgsz`, or the model's args).
-pub fn training_imgsz(ckpt: &Checkpoint, model: ModuleRef) -> Option<(i64, i64)> {
-    let g = &ckpt.graph;
-    let from = |v: &crate::checkpoint::value::Value| -> Option<(i64, i64)> {
-        if let Some(i) = v.as_int() {
-            return Some((i, i));
-        }
-        match g.seq(v)? {
-            [h, w] => Some((h.as_int()?, w.as_int()?)),
-            [s] => s.as_int().map(|i| (i, i)),
-            _ => None,
-        }
-    };
-    g.dict_get(&ckpt.root, "train_args")
-        .and_then(|a| g.dict_get(a, "imgsz"))
-        .and_then(from)
-        .or_else(|| {
-            model
-                .attr("args")
-                .and_then(|a| g.dict_get(a, "imgsz").or_else(|| g.attr(a, "imgsz")))
-                .and_then(from)
-        })
 }
 
 /// Exports the Ultralytics model at `opts.module_key`.
@@ -274,7 +145,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     let classic = crate::models::foreign::classic(root);
     if let Some(c) = classic {
         c.check_options(opts.nms.is_some(), opts.end2end)
-            .map_err(model_err)?;
+            .map_err(|e| err(e.into()))?;
     }
     let task = match classic {
         Some(_) => crate::models::foreign::CLASSIC_TASK,
@@ -310,7 +181,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         .ok()
         .and_then(|l| l.children().pop().map(|(_, h)| h));
     let nms_layout = match &opts.nms {
-        Some(n) => Some(nms_layout(task, head, n, opts.max_det).map_err(model_err)?),
+        Some(n) => Some(nms_layout(task, head, n, opts.max_det).map_err(err)?),
         None => None,
     };
     let batch = if opts.dynamic { -1 } else { opts.batch };
@@ -414,70 +285,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
             Dim::Fixed(d)
         }
     };
-    let names = root
-        .attr("names")
-        .map(|n| to_json(g, n))
-        .unwrap_or(serde_json::Value::Null);
-    let mut metadata = vec![
-        (
-            "description".to_string(),
-            format!(
-                "{class} exported by fuse-ema from {}",
-                file_name(&ckpt.path)
-            ),
-        ),
-        ("author".into(), "fuse-ema".into()),
-    ];
-    for key in ["date", "version"] {
-        if let Some(s) = g.dict_get(&ckpt.root, key).and_then(|v| v.as_str()) {
-            metadata.push((key.into(), s.to_string()));
-        }
-    }
-    let kpt_shape = head.and_then(|h| h.ints("kpt_shape"));
-    // The keys and values Ultralytics' exporter writes (engine/exporter.py), in its order.
-    metadata.extend([
-        ("license".into(), ULTRALYTICS_LICENSE.into()),
-        ("docs".into(), ULTRALYTICS_DOCS.into()),
-        ("stride".into(), max_stride.to_string()),
-        ("task".into(), task.to_string()),
-        ("head".into(), head.map(|h| h.class()).unwrap_or_default()),
-        ("batch".into(), opts.batch.to_string()),
-        ("imgsz".into(), format!("[{h}, {w}]")),
-        ("names".into(), py_repr(&names)),
-        ("channels".into(), "3".into()),
-        (
-            "end2end".into(),
-            if opts.end2end { "True" } else { "False" }.into(),
-        ),
-        (
-            "args".into(),
-            format!(
-                "{{'batch': {}, 'dynamic': {}, 'half': {}, 'imgsz': [{h}, {w}], 'nms': {}, 'opset': {}}}",
-                opts.batch,
-                py_bool(opts.dynamic),
-                py_bool(opts.half),
-                py_bool(opts.nms.is_some()),
-                opts.opset
-            ),
-        ),
-        ("producer".into(), format!("fuse-ema {}", env!("CARGO_PKG_VERSION"))),
-    ]);
-    if let Some(k) = kpt_shape {
-        metadata.push((
-            "kpt_shape".into(),
-            format!(
-                "[{}]",
-                k.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
-            ),
-        ));
-        // Ultralytics ≥ 8.3.x pose models carry `kpt_names` ({class: [name per keypoint]}).
-        if let Some(names) = root.attr("kpt_names") {
-            metadata.push(("kpt_names".into(), py_repr(&to_json(g, names))));
-        }
-    }
-    if let Some(c) = classic {
-        metadata = c.metadata(max_stride, py_repr(&names));
-    }
+    let metadata = metadata::exported(ckpt, root, task, max_stride, (h, w), opts, classic);
     let model = Model {
         opset: opts.opset,
         graph_name: class.clone(),
@@ -543,10 +351,6 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     })
 }
 
-fn py_bool(b: bool) -> &'static str {
-    if b { "True" } else { "False" }
-}
-
 /// The name of dimension `dim` of output `output` (of `rank` dimensions) when height and width
 /// are dynamic, as Ultralytics' exporter names them; `None` for a fixed one (channels, classes,
 /// NMS rows).
@@ -577,24 +381,19 @@ fn nms_layout(
     head: Option<ModuleRef>,
     n: &nms::Nms,
     max_det: usize,
-) -> Result<(nms::Nms, i64), String> {
+) -> Result<(nms::Nms, i64), ExportErrorKind> {
     n.check(max_det)?;
     let class = head.map(|h| h.class()).unwrap_or_default();
     if !matches!(task, "detect" | "segment" | "pose" | "obb") || class == "RTDETRDecoder" {
-        return Err(format!(
-            "--nms applies to detect, segment, pose and obb models with a YOLO head; this is a {task} model ({class})"
-        ));
+        return Err(ExportErrorKind::NmsTask {
+            task: task.to_string(),
+            class,
+        });
     }
-    let nc = head
-        .and_then(|h| h.int("nc"))
-        .ok_or_else(|| format!("--nms: the {class} head has no class count `nc`"))?;
+    let Some(nc) = head.and_then(|h| h.int("nc")) else {
+        return Err(ExportErrorKind::NmsClasses(class));
+    };
     Ok((*n, nc))
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default()
 }
 
 /// The task and class count of an Ultralytics model module (from its last layer).

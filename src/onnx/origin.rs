@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
+use super::graft::{GraftError, GraftFault};
 use super::proto::{ElemType, Model, TensorProto};
-use super::{ExportOptions, export};
+use super::{ExportError, ExportOptions, export};
 use crate::checkpoint::Checkpoint;
 use crate::ema::Located;
 
@@ -27,6 +28,21 @@ pub struct WeightsOrigin {
     pub summary: String,
 }
 
+impl WeightsOrigin {
+    /// Nothing counted yet; the verdict and summary come once every tensor is.
+    fn counting() -> WeightsOrigin {
+        WeightsOrigin {
+            verdict: "unknown",
+            compared: 0,
+            matching_ema: 0,
+            matching_raw: 0,
+            closer_to_ema: 0,
+            closer_to_raw: 0,
+            summary: String::new(),
+        }
+    }
+}
+
 fn floats(t: &TensorProto) -> Option<Vec<f32>> {
     match t.elem {
         ElemType::Float => Some(crate::convert::f32s_le(&t.raw).collect()),
@@ -44,7 +60,7 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
 type Pool = Vec<(Vec<i64>, Vec<f32>)>;
 
 /// Our own export of `key`'s weights (initializers only matter, so nothing is encoded).
-fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
+fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, ExportError> {
     let opts = ExportOptions {
         imgsz: None,
         batch: 1,
@@ -60,7 +76,7 @@ fn folded(ckpt: &Checkpoint, key: &str) -> Result<Pool, String> {
         scratch_dir: None,
         end2end: false,
     };
-    let e = export(ckpt, &opts).map_err(|e| e.to_string())?;
+    let e = export(ckpt, &opts)?;
     Ok(e.model
         .initializers
         .iter()
@@ -89,7 +105,7 @@ pub fn weights_origin(
     ckpt: &Checkpoint,
     located: &Located,
     model: &Model,
-) -> Result<WeightsOrigin, String> {
+) -> Result<WeightsOrigin, ExportError> {
     let ema = folded(ckpt, &located.ema.origin)?;
     let raw = match &located.raw {
         Some(r) => Some(folded(ckpt, &r.origin)?),
@@ -100,15 +116,7 @@ pub fn weights_origin(
         .iter()
         .any(|t| t.elem == ElemType::Float16);
     let tol = if half { 5e-3 } else { 1e-3 };
-    let mut w = WeightsOrigin {
-        verdict: "unknown",
-        compared: 0,
-        matching_ema: 0,
-        matching_raw: 0,
-        closer_to_ema: 0,
-        closer_to_raw: 0,
-        summary: String::new(),
-    };
+    let mut w = WeightsOrigin::counting();
     for t in &model.initializers {
         let Some(v) = floats(t) else { continue };
         if v.len() < 16 {
@@ -132,41 +140,28 @@ pub fn weights_origin(
             }
         }
     }
-    let (verdict, summary) = if w.compared == 0 {
-        ("unknown", "no initializer has the shape of a checkpoint weight: cannot tell which weights were exported".to_string())
-    } else if raw.is_some() && w.closer_to_raw > w.closer_to_ema {
-        (
-            "raw",
-            format!(
-                "this ONNX was exported from the raw weights, not the EMA ({} of {} tensors nearer the raw weights, {} match them)",
-                w.closer_to_raw, w.compared, w.matching_raw
-            ),
-        )
-    } else if w.matching_ema * 2 >= w.compared {
-        (
-            "ema",
-            format!(
-                "exported from the EMA: {} of {} weight tensors match it{}",
-                w.matching_ema,
-                w.compared,
-                if raw.is_some() {
-                    format!(" ({} nearer the EMA than the raw weights)", w.closer_to_ema)
-                } else {
-                    " (the checkpoint keeps no raw weights to compare)".into()
-                }
-            ),
-        )
-    } else {
-        (
-            "neither",
-            format!(
-                "the weights match neither the EMA nor the raw weights ({} of {} match the EMA): another checkpoint?",
-                w.matching_ema, w.compared
-            ),
-        )
+    w.verdict = verdict(&w);
+    w.summary = match w.verdict {
+        "unknown" => "no initializer has the shape of a checkpoint weight: cannot tell which weights were exported".to_string(),
+        "raw" => format!(
+            "this ONNX was exported from the raw weights, not the EMA ({} of {} tensors nearer the raw weights, {} match them)",
+            w.closer_to_raw, w.compared, w.matching_raw
+        ),
+        "ema" => format!(
+            "exported from the EMA: {} of {} weight tensors match it{}",
+            w.matching_ema,
+            w.compared,
+            if raw.is_some() {
+                format!(" ({} nearer the EMA than the raw weights)", w.closer_to_ema)
+            } else {
+                " (the checkpoint keeps no raw weights to compare)".into()
+            }
+        ),
+        _ => format!(
+            "the weights match neither the EMA nor the raw weights ({} of {} match the EMA): another checkpoint?",
+            w.matching_ema, w.compared
+        ),
     };
-    w.verdict = verdict;
-    w.summary = summary;
     Ok(w)
 }
 
@@ -178,29 +173,27 @@ pub fn weights_origin_matched(
     located: &Located,
     ema: &crate::ema::Named,
     model: &std::path::Path,
-) -> Result<WeightsOrigin, String> {
+    checkpoint: &std::path::Path,
+) -> Result<WeightsOrigin, GraftError> {
     use super::graft::{self, Source, weights::Weights};
-    let src = Source::open(model).map_err(|e| e.to_string())?;
-    let replaced =
-        |raw: &crate::ema::Named, avg: &crate::ema::Named| -> Result<Vec<bool>, String> {
-            let w = Weights::new(raw, avg)?;
-            let plan = graft::plan(&src, &w)?;
-            Ok(plan.entries.iter().map(|e| e.how.replaced()).collect())
-        };
+    let src = Source::open(model)?;
+    let replaced = |raw: &crate::ema::Named, avg: &crate::ema::Named| {
+        let w = Weights::new(raw, avg)?;
+        let plan = graft::plan(&src, &w)?;
+        Ok::<_, GraftFault>(
+            plan.entries
+                .iter()
+                .map(|e| e.how.replaced())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let replaced = |raw, avg| replaced(raw, avg).map_err(|f| f.at(model, checkpoint));
     let on_ema = replaced(ema, ema)?;
     let on_raw = match &located.raw {
         Some(r) => Some(replaced(&r.tensors, ema)?),
         None => None,
     };
-    let mut w = WeightsOrigin {
-        verdict: "unknown",
-        compared: 0,
-        matching_ema: 0,
-        matching_raw: 0,
-        closer_to_ema: 0,
-        closer_to_raw: 0,
-        summary: String::new(),
-    };
+    let mut w = WeightsOrigin::counting();
     for (i, &e) in on_ema.iter().enumerate() {
         let r = on_raw.as_ref().is_some_and(|v| v[i]);
         if !e && !r {
@@ -212,34 +205,36 @@ pub fn weights_origin_matched(
         w.closer_to_ema += (e && !r) as usize;
         w.closer_to_raw += (r && !e) as usize;
     }
-    let (verdict, summary) = if w.compared == 0 {
-        ("unknown", "no initializer matches the EMA or the raw weights: cannot tell which weights were exported (another checkpoint?)".to_string())
-    } else if w.closer_to_raw > w.closer_to_ema {
-        (
-            "raw",
-            format!(
-                "this ONNX holds the raw weights, not the EMA ({} of {} weight tensors match only the raw weights; `fuse-ema graft` puts the EMA in)",
-                w.closer_to_raw, w.compared
-            ),
-        )
-    } else if w.matching_ema * 2 >= w.compared {
-        (
-            "ema",
-            format!(
-                "holds the EMA: {} of {} weight tensors match it ({} only the EMA)",
-                w.matching_ema, w.compared, w.closer_to_ema
-            ),
-        )
-    } else {
-        (
-            "neither",
-            format!(
-                "the weights match neither the EMA nor the raw weights ({} of {} match the EMA)",
-                w.matching_ema, w.compared
-            ),
-        )
+    w.verdict = verdict(&w);
+    w.summary = match w.verdict {
+        "unknown" => "no initializer matches the EMA or the raw weights: cannot tell which weights were exported (another checkpoint?)".to_string(),
+        "raw" => format!(
+            "this ONNX holds the raw weights, not the EMA ({} of {} weight tensors match only the raw weights; `fuse-ema graft` puts the EMA in)",
+            w.closer_to_raw, w.compared
+        ),
+        "ema" => format!(
+            "holds the EMA: {} of {} weight tensors match it ({} only the EMA)",
+            w.matching_ema, w.compared, w.closer_to_ema
+        ),
+        _ => format!(
+            "the weights match neither the EMA nor the raw weights ({} of {} match the EMA)",
+            w.matching_ema, w.compared
+        ),
     };
-    w.verdict = verdict;
-    w.summary = summary;
     Ok(w)
+}
+
+/// The verdict from the counts, one rule for both ways of matching: nothing compared, more
+/// tensors nearer the raw weights than the EMA (never without raw weights: then nothing is
+/// nearer them), at least half matching the EMA, else neither.
+fn verdict(w: &WeightsOrigin) -> &'static str {
+    if w.compared == 0 {
+        "unknown"
+    } else if w.closer_to_raw > w.closer_to_ema {
+        "raw"
+    } else if w.matching_ema * 2 >= w.compared {
+        "ema"
+    } else {
+        "neither"
+    }
 }

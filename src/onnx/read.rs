@@ -126,13 +126,9 @@ pub enum OnnxReadError {
     /// The bytes hold no graph.
     #[error("no graph: not an ONNX model")]
     NoGraph,
-}
-
-/// For layers that still report text (graft's scan and weights).
-impl From<OnnxReadError> for String {
-    fn from(e: OnnxReadError) -> String {
-        e.to_string()
-    }
+    /// The bytes hold two graphs, which readers resolve differently.
+    #[error("two graphs in one model")]
+    TwoGraphs,
 }
 
 pub(crate) struct Buf<'a> {

@@ -16,9 +16,17 @@ fn round_half_even(x: f64) -> i64 {
 }
 
 /// Letterboxes `path` to (batch, 3, h, w), the image repeated over the batch.
-pub fn letterbox(path: &Path, batch: usize, h: usize, w: usize) -> Result<RefTensor, String> {
+pub fn letterbox(
+    path: &Path,
+    batch: usize,
+    h: usize,
+    w: usize,
+) -> Result<RefTensor, super::ParityError> {
     let img = image::open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|source| super::ParityError::Image {
+            path: path.to_path_buf(),
+            source,
+        })?
         .to_rgb8();
     let (iw, ih) = (img.width() as usize, img.height() as usize);
     let r = (h as f64 / ih as f64).min(w as f64 / iw as f64);

@@ -2,6 +2,7 @@
 //! Runtime; the checkpoint runs in the independent reference interpreter; outputs are compared
 //! numerically and at task level (detections after NMS, classification top-k).
 
+mod error;
 mod inputs;
 pub mod labels;
 pub mod letterbox;
@@ -18,6 +19,7 @@ use crate::models::layers::heads::HeadOptions;
 use crate::reference::Reference;
 use crate::runtime::{Engine, timing};
 
+pub use error::ParityError;
 use inputs::run_onnx;
 pub use inputs::{Inputs, OnnxModel, seeded_images};
 pub use nms_output::NmsOutput;
@@ -141,15 +143,49 @@ pub fn compare_f16(
     emulated: Option<&[f32]>,
     tol: Tolerance,
 ) -> OutputStats {
+    compare_along(name, shape, 1, got, want, emulated, tol)
+}
+
+/// The dimension that holds an output's channels for `task`: the last one for the anchor-based
+/// heads of classic YOLOv5/YOLOv7, whose rows are (B, anchors, 5 + nc) — comparing along
+/// dimension 1 there would make every anchor a "channel" whose limit its box coordinates set,
+/// and hide the scores — and dimension 1 (B, C, …) for everything else.
+pub fn channel_axis(task: &str, shape: &[usize]) -> usize {
+    if task == crate::models::foreign::CLASSIC_TASK && shape.len() == 3 {
+        2
+    } else {
+        1
+    }
+}
+
+/// How element `i` maps to a channel along `axis`: (channel count, elements per channel step).
+/// Outputs of fewer than three dimensions are one channel.
+fn channel_layout(shape: &[usize], axis: usize, len: usize) -> (usize, usize) {
+    if shape.len() >= 3 && axis < shape.len() {
+        (
+            shape[axis],
+            shape[axis + 1..].iter().product::<usize>().max(1),
+        )
+    } else {
+        (1, len.max(1))
+    }
+}
+
+/// [`compare_f16`] with the channels along dimension `axis` (see [`channel_axis`]).
+pub fn compare_along(
+    name: &str,
+    shape: &[usize],
+    axis: usize,
+    got: &[f32],
+    want: &[f32],
+    emulated: Option<&[f32]>,
+    tol: Tolerance,
+) -> OutputStats {
     let (mut max_abs, mut max_rel, mut sum, mut dot, mut gg, mut ww, mut rmax) =
         (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
     let mut nan = got.len() != want.len();
-    let channels = if shape.len() >= 3 { shape[1] } else { 1 };
-    let inner: usize = if shape.len() >= 3 {
-        shape[2..].iter().product()
-    } else {
-        got.len().max(1)
-    };
+    let (channels, inner) = channel_layout(shape, axis, got.len());
+    let channels = channels.max(1);
     let (mut cmax, mut cref) = (vec![0f64; channels], vec![0f64; channels]);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let (g, w) = (g as f64, w as f64);
@@ -168,7 +204,7 @@ pub fn compare_f16(
     }
     let emulated = emulated.filter(|e| e.len() == want.len() && tol.f16_noise.is_some());
     let noise = match emulated {
-        Some(e) => channel_noise(shape, e, want),
+        Some(e) => channel_noise_along(shape, axis, e, want),
         None => vec![0f64; channels],
     };
     let factor = tol.f16_noise.unwrap_or(0.0);
@@ -203,12 +239,13 @@ pub fn compare_f16(
 /// Per channel (dimension 1, as in [`compare`]): max |emulated − exact|, the f16 rounding noise.
 /// Non-finite differences (the emulation overflowing f16) count as no noise: they widen nothing.
 pub fn channel_noise(shape: &[usize], emulated: &[f32], exact: &[f32]) -> Vec<f64> {
-    let channels = if shape.len() >= 3 { shape[1] } else { 1 };
-    let inner: usize = if shape.len() >= 3 {
-        shape[2..].iter().product::<usize>().max(1)
-    } else {
-        exact.len().max(1)
-    };
+    channel_noise_along(shape, 1, emulated, exact)
+}
+
+/// [`channel_noise`] with the channels along dimension `axis`.
+fn channel_noise_along(shape: &[usize], axis: usize, emulated: &[f32], exact: &[f32]) -> Vec<f64> {
+    let (channels, inner) = channel_layout(shape, axis, exact.len());
+    let channels = channels.max(1);
     let mut noise = vec![0f64; channels];
     for (i, (&x, &w)) in emulated.iter().zip(exact).enumerate() {
         let d = (x as f64 - w as f64).abs();
@@ -293,14 +330,14 @@ pub fn against_reference(
     (head, nms): (HeadOptions, Option<NmsOutput>),
     inputs: Inputs,
     tol: Tolerance,
-) -> Result<ParityReport, String> {
+) -> Result<ParityReport, ParityError> {
     let mut r = Reference::new(reference)
-        .map_err(|e| e.to_string())?
+        .map_err(ParityError::Reference)?
         .with_head(head);
     let mut r16 = match tol.f16_noise {
         Some(_) => Some(
             Reference::new(reference)
-                .map_err(|e| e.to_string())?
+                .map_err(ParityError::Reference)?
                 .with_head(head)
                 .emulating_f16(),
         ),
@@ -338,12 +375,10 @@ pub fn against_reference(
             (want, e16.map(join))
         });
         let got = timing::phase("ONNX", || run_onnx(rt, &model, &images));
-        let got = got.map_err(|e| e.to_string())?;
-        let mut want = want.map_err(|e| format!("reference interpreter: {e}"))?;
+        let got = got?;
+        let mut want = want.map_err(ParityError::ReferenceRun)?;
         let logits = r.class_logits.take();
-        let emulated = emulated
-            .transpose()
-            .map_err(|e| format!("reference interpreter (f16 emulation): {e}"))?;
+        let emulated = emulated.transpose().map_err(ParityError::EmulationRun)?;
         let mut row_noise = [0f64; 5];
         if let (Some(p), Some(raw)) = (&nms, want.first_mut()) {
             if let (Some(k), Some(e)) = (tol.f16_noise, emulated.as_ref().and_then(|e| e.first()))
@@ -354,11 +389,10 @@ pub fn against_reference(
             *raw = p.rows(raw, task, nc, &input_shape)?;
         }
         if got.len() != want.len() {
-            return Err(format!(
-                "the ONNX has {} outputs, the model {}",
-                got.len(),
-                want.len()
-            ));
+            return Err(ParityError::OutputCount {
+                onnx: got.len(),
+                model: want.len(),
+            });
         }
         // Detection rows are compared as sets below, not channel by channel.
         let skip = usize::from(nms.is_some());
@@ -398,7 +432,8 @@ pub fn against_reference(
                         .as_ref()
                         .and_then(|e| e.get(i))
                         .map(|t| &t.data[..]);
-                    compare_f16(name, &g.shape, &g.data, &w.data, e, tol)
+                    let axis = channel_axis(task, &g.shape);
+                    compare_along(name, &g.shape, axis, &g.data, &w.data, e, tol)
                 }
             })
             .collect();
@@ -445,22 +480,23 @@ pub fn against_golden(
     head: HeadOptions,
     tol: Tolerance,
     nms: Option<NmsOutput>,
-) -> Result<ParityReport, String> {
+) -> Result<ParityReport, ParityError> {
     let images = golden
         .get("images")
-        .ok_or("the golden file has no `images` array")?;
-    let got = run_onnx(rt, &model, images).map_err(|e| e.to_string())?;
+        .ok_or_else(|| ParityError::GoldenMissing("images".into()))?;
+    let got = run_onnx(rt, &model, images)?;
     let mut outputs = Vec::new();
     let mut tasks = Vec::new();
     for (name, g) in &got {
         let w = golden
             .get(name)
-            .ok_or_else(|| format!("the golden file has no `{name}` array"))?;
+            .ok_or_else(|| ParityError::GoldenMissing(name.clone()))?;
         if w.shape != g.shape {
-            return Err(format!(
-                "`{name}`: the ONNX gives {:?}, the golden file holds {:?}",
-                g.shape, w.shape
-            ));
+            return Err(ParityError::GoldenShape {
+                name: name.clone(),
+                onnx: g.shape.clone(),
+                golden: w.shape.clone(),
+            });
         }
         if head.end2end && name == "output0" {
             let (s, t) = compare_rows(name, &g.shape, &g.data, &w.data, tol);
@@ -479,7 +515,8 @@ pub fn against_golden(
             let logits = golden.get("logits").map(|l| &l.data[..]);
             labels::compare_labels(name, &g.shape, &g.data, &w.data, logits, tol)
         } else {
-            compare(name, &g.shape, &g.data, &w.data, tol)
+            let axis = channel_axis(task, &g.shape);
+            compare_along(name, &g.shape, axis, &g.data, &w.data, None, tol)
         });
         if name == "output0" {
             tasks.extend(task_check(
@@ -554,6 +591,28 @@ mod tests {
         let s = compare("y", &[2, 2, 4], &got, &want, TOL);
         assert!(!s.pass);
         assert_eq!(s.worst_channel, 1);
+    }
+
+    #[test]
+    fn classic_rows_are_compared_per_column_not_per_anchor() {
+        // (B, anchors, 5 + nc): two anchors whose boxes are in the hundreds and whose class
+        // score (column 5) is lowered by 0.02 in the runtime's output.
+        let want = vec![
+            300.0, 200.0, 50.0, 40.0, 0.9, 0.8, //
+            500.0, 100.0, 60.0, 30.0, 0.7, 0.6,
+        ];
+        let mut got = want.clone();
+        got[5] -= 0.02;
+        got[11] -= 0.02;
+        let shape = [1, 2, 6];
+        // Along dimension 1 each anchor is a "channel" and its box sets the limit: it passes.
+        assert!(compare_along("y", &shape, 1, &got, &want, None, TOL).pass);
+        let axis = channel_axis(crate::models::foreign::CLASSIC_TASK, &shape);
+        assert_eq!(axis, 2);
+        let s = compare_along("y", &shape, axis, &got, &want, None, TOL);
+        assert!(!s.pass);
+        assert_eq!(s.worst_channel, 5);
+        assert_eq!(channel_axis("detect", &shape), 1);
     }
 
     #[test]

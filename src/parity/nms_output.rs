@@ -25,13 +25,13 @@ impl NmsOutput {
         task: &str,
         nc: usize,
         input: &[usize],
-    ) -> Result<RefTensor, String> {
+    ) -> Result<RefTensor, super::ParityError> {
         let rows = raw.shape.get(1).copied().unwrap_or(0);
         if raw.shape.len() != 3 || rows < 4 + nc || input.len() != 4 {
-            return Err(format!(
-                "--nms needs a (B, 4 + {nc} + extra, anchors) output; the model gives {:?}",
-                raw.shape
-            ));
+            return Err(super::ParityError::NmsShape {
+                nc,
+                shape: raw.shape.clone(),
+            });
         }
         let layout = crate::onnx::nms::Layout {
             nc: nc as i64,
@@ -40,7 +40,7 @@ impl NmsOutput {
         let hw = (input[2], input[3]);
         if task == "obb" {
             if layout.extra != 1 {
-                return Err(format!("an obb output with {} angle rows", layout.extra));
+                return Err(super::ParityError::ObbAngles(layout.extra));
             }
             let r = crate::reference::nms::nms_rotated(raw, nc, &self.nms, self.max_det, hw);
             return Ok(r);

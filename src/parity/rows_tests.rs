@@ -104,10 +104,25 @@ fn a_row_tied_at_saturation_may_go_but_a_lone_one_may_not() {
     let mut s = scene();
     s[0][4] = 1.0;
     s[1][4] = 1.0;
+    // Row 1 overlaps row 0 (IoU 0.6): which of two tied candidates suppresses the other is the
+    // order of ties.
+    s[1][..4].copy_from_slice(&[7.0, 7.0, 15.0, 15.0]);
     let want = rows(&s, 5);
     // The other side kept one of the two tied rows only.
     let got = rows(&[s[0], s[2]], 5);
     assert!(rows_check(&got, &want, TOL)[0].pass);
+    // A tied row that overlaps nothing on the other side was suppressed by nothing: a failure.
+    let mut apart = s.clone();
+    apart[1][..4].copy_from_slice(&[30.0, 30.0, 40.0, 36.0]);
+    assert!(!rows_check(&got, &rows(&apart, 5), TOL)[0].pass);
+    // Saturated rows whose boxes moved (scaled ×2) overlap too little: not excused.
+    let mut doubled = s.clone();
+    for r in doubled.iter_mut() {
+        for v in r[..4].iter_mut() {
+            *v *= 2.0;
+        }
+    }
+    assert!(!rows_check(&rows(&doubled, 5), &want, TOL)[0].pass);
     let mut lone = scene();
     lone[0][4] = 1.0;
     let want = rows(&lone, 5);

@@ -56,12 +56,13 @@ pub enum PipelineError {
         source: std::io::Error,
     },
     /// The parity check could not run (not: it ran and failed).
-    #[error("{}: parity check could not run: {message}", file.display())]
+    #[error("{}: parity check could not run: {source}", file.display())]
     Parity {
         /// The file the check is about (the checkpoint for export, the model for verify).
         file: PathBuf,
         /// Why, from the parity layer.
-        message: String,
+        #[source]
+        source: Box<parity::ParityError>,
     },
     /// An ONNX model without an input.
     #[error("{}: the model has no input", .0.display())]
@@ -170,19 +171,38 @@ fn stream(
 }
 
 /// An exported model written to a temporary file beside its target, its external data (when
-/// any) already in place. Parity reads the model from [`StagedExport::model_path`]; dropping it
-/// uncommitted removes both, so a failed run leaves nothing behind.
+/// any) in another temporary file that the staged model names. Parity reads the model from
+/// [`StagedExport::model_path`]; nothing takes a final name before [`StagedExport::commit`], so a
+/// failed or interrupted run replaces nothing (an existing `OUT.onnx.data` of an earlier export
+/// included) and leaves nothing behind.
 pub struct StagedExport {
     model: Option<AtomicFile>,
-    /// The committed data file, removed on drop unless the model is committed too.
-    data: Option<PathBuf>,
+    data: Option<AtomicFile>,
     paths: ExportPaths,
+    inputs: Vec<PathBuf>,
+    /// The staged model's length in bytes.
+    pub model_len: u64,
+}
+
+/// Where a committed export went.
+#[derive(Debug)]
+pub struct Committed {
+    /// The model: the target, or the `.parity-failed.onnx` path.
+    pub model: PathBuf,
+    /// Its external data file, when it has one (named after the model it belongs to).
+    pub data: Option<PathBuf>,
     /// The model's length in bytes.
     pub model_len: u64,
 }
 
-/// Writes `exported` for `paths`: the external data first (committed, since the model names
-/// it and parity loads the model), then the model to a temporary file.
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Writes `exported` for `paths` to temporary files: the external data first, then the model
+/// naming it, so parity can load the pair.
 pub fn stage(
     exported: &crate::onnx::Exported,
     paths: &ExportPaths,
@@ -192,8 +212,10 @@ pub fn stage(
         model: None,
         data: None,
         paths: paths.clone(),
+        inputs: inputs.iter().map(|p| p.to_path_buf()).collect(),
         model_len: 0,
     };
+    let mut data_name = None;
     if let Some(name) = &exported.external {
         let target = paths.model.with_file_name(name);
         let mut f = AtomicFile::create(&target, inputs)?;
@@ -203,54 +225,83 @@ pub fn stage(
                 source,
             }
         })?;
-        f.commit()?;
-        staged.data = Some(target);
+        data_name = Some(file_name(f.path()));
+        staged.data = Some(f);
     }
     let mut f = AtomicFile::create(&paths.model, inputs)?;
-    staged.model_len =
-        stream(f.file(), |w| exported.write_model(w)).map_err(|source| PipelineError::Stream {
-            path: paths.model.clone(),
-            source,
-        })?;
+    staged.model_len = stream(f.file(), |w| match &data_name {
+        Some(n) => exported.write_model_naming(w, n),
+        None => exported.write_model(w),
+    })
+    .map_err(|source| PipelineError::Stream {
+        path: paths.model.clone(),
+        source,
+    })?;
     staged.model = Some(f);
     Ok(staged)
 }
 
 impl StagedExport {
-    /// The model's temporary file (complete, with its data file in place).
+    /// The model's temporary file (complete, with its data file beside it).
     pub fn model_path(&self) -> Option<&Path> {
         self.model.as_ref().map(AtomicFile::path)
     }
 
-    /// Renames the model to its target when `passed`, else to the `.parity-failed.onnx` path;
-    /// returns where it went. The data file stays only when this succeeds.
-    pub fn commit(mut self, passed: bool) -> Result<PathBuf, WriteError> {
+    /// Renames the model to its target when `passed`, else to the `.parity-failed.onnx` path.
+    /// With external data, the model is written once more naming the data file it will sit
+    /// beside (`OUT.onnx.data`, or `OUT.parity-failed.onnx.data`), and the data is renamed to
+    /// that name just before the model: a failed check never replaces the target's data.
+    pub fn commit(
+        mut self,
+        passed: bool,
+        exported: &crate::onnx::Exported,
+    ) -> Result<Committed, PipelineError> {
         let target = if passed {
             self.paths.model.clone()
         } else {
             self.paths.failed.clone()
         };
-        if let Some(f) = self.model.take() {
-            let committed = if passed {
-                f.commit()
-            } else {
-                f.commit_as(&target)
-            };
-            committed?;
+        let Some(data) = self.data.take() else {
+            if let Some(f) = self.model.take() {
+                if passed {
+                    f.commit()
+                } else {
+                    f.commit_as(&target)
+                }?;
+            }
+            return Ok(Committed {
+                model: target,
+                data: None,
+                model_len: self.model_len,
+            });
+        };
+        let data_target = match (&exported.external, passed) {
+            (Some(name), true) => target.with_file_name(name),
+            _ => target.with_file_name(ExportPaths::data_name(&target)),
+        };
+        let inputs: Vec<&Path> = self.inputs.iter().map(PathBuf::as_path).collect();
+        let mut model = AtomicFile::create(&target, &inputs)?;
+        let model_len = stream(model.file(), |w| {
+            exported.write_model_naming(w, &file_name(&data_target))
+        })
+        .map_err(|source| PipelineError::Stream {
+            path: target.clone(),
+            source,
+        })?;
+        // The staged model named the temporary data file; it goes with this drop.
+        self.model = None;
+        data.commit_as(&data_target)?;
+        if let Err(e) = model.commit() {
+            // The data is in place but no model names it: it is debris. A removal that fails
+            // leaves a file the user can see; the commit's error is what is reported.
+            let _ = std::fs::remove_file(&data_target);
+            return Err(e.into());
         }
-        self.data = None;
-        Ok(target)
-    }
-}
-
-impl Drop for StagedExport {
-    fn drop(&mut self) {
-        // The run failed after the data file was committed: without a model naming it, it is
-        // debris. A removal that fails leaves a file the user can see and delete; the run's own
-        // error is what is reported.
-        if let Some(p) = self.data.take() {
-            let _ = std::fs::remove_file(p);
-        }
+        Ok(Committed {
+            model: target,
+            data: Some(data_target),
+            model_len,
+        })
     }
 }
 
@@ -309,7 +360,7 @@ impl ParityPlan<'_> {
                 .and_then(|k| k.get(1).map(|&d| d as usize)),
             ..n
         });
-        let compare = || -> Result<ParityReport, String> {
+        let compare = || -> Result<ParityReport, parity::ParityError> {
             if let Some(g) = self.golden {
                 let npz = parity::npz::Npz::open(g)?;
                 return parity::against_golden(rt, model, &npz, (&task.0, task.1), head, tol, nms);
@@ -331,9 +382,9 @@ impl ParityPlan<'_> {
             let how = (head, nms);
             parity::against_reference(rt, model, root, (&task.0, task.1), how, inputs, tol)
         };
-        compare().map_err(|message| PipelineError::Parity {
+        compare().map_err(|source| PipelineError::Parity {
             file: file.to_path_buf(),
-            message,
+            source: Box::new(source),
         })
     }
 }

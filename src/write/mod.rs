@@ -6,6 +6,7 @@
 //! Tensor bytes are streamed from the input's memory map in order; memory stays flat.
 
 mod pickle;
+pub mod reemit;
 pub mod repickle;
 #[cfg(test)]
 mod repickle_tests;

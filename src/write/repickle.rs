@@ -62,7 +62,7 @@ pub fn repickle(
 ) -> Result<Repickled, RepickleError> {
     let mut p = Pickler {
         g: graph,
-        out: vec![0x80, 2],
+        out: vec![0x80, super::reemit::PROTOCOL],
         memo: HashMap::new(),
         busy: HashSet::new(),
         storages: Vec::new(),
@@ -131,6 +131,17 @@ pub enum RepickleError {
     /// A global whose module or name cannot be written as GLOBAL text.
     #[error("global {0:?} cannot be written as GLOBAL")]
     BadGlobal(String),
+    /// A global whose meaning at the written protocol is not what the input's loader resolved
+    /// (a Python 2 name read at protocol ≥ 3): writing it would change what the file does.
+    #[error("global {written} would mean {now} when written again, not {was}")]
+    Renamed {
+        /// As written.
+        written: String,
+        /// What the output's loader would look up.
+        now: String,
+        /// What the input's loader looked up (the written name itself for a new global).
+        was: String,
+    },
     /// A size beyond a pickled int.
     #[error("{0} does not fit a pickled int")]
     TooBig(usize),
@@ -434,6 +445,25 @@ impl Pickler<'_> {
         let bad = |s: &str| s.is_empty() || s.contains('\n');
         if bad(&g.module) || bad(&g.name) {
             return Err(RepickleError::BadGlobal(g.dotted()));
+        }
+        // The CLI refuses such files with the security message first; this keeps any other
+        // caller from writing one.
+        let now = super::reemit::resolved(g);
+        let records = self.g.uses().records();
+        let mut meant = records
+            .iter()
+            .filter(|r| r.written == *g)
+            .map(|r| &r.resolved);
+        let changed = match meant.clone().next() {
+            Some(_) => meant.find(|was| **was != now).cloned(),
+            None => (now != *g).then(|| g.clone()),
+        };
+        if let Some(was) = changed {
+            return Err(RepickleError::Renamed {
+                written: g.dotted(),
+                now: now.dotted(),
+                was: was.dotted(),
+            });
         }
         self.out.push(b'c');
         self.out.extend_from_slice(g.module.as_bytes());

@@ -54,6 +54,27 @@ pub fn export(ckpt: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     super::run(&args)
 }
 
+/// Runs `fuse-ema verify ONNX --checkpoint CKPT --runtime ort`, asserts it exits 0 and gives
+/// its standard output.
+pub fn verify_passes(onnx: &Path, ckpt: &Path) -> String {
+    let r = super::run(&[
+        "verify",
+        onnx.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--runtime",
+        "ort",
+    ]);
+    let out = String::from_utf8_lossy(&r.stdout).to_string();
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    out
+}
+
 /// Exports `ckpt` once per size of the golden `gold` (a static file each: `--imgsz H,W --batch
 /// B`, with the export's own parity check in ONNX Runtime), runs it on that size's `images` and
 /// hands `check` a label for messages, the golden, the size's suffix and ONNX Runtime's outputs.

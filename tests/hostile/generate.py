@@ -143,6 +143,15 @@ add("dotted-proto2.pt", sd_with(Call(G("torch.nn.modules.module", "torch.load"),
 # imported as functools.reduce.
 add("compat-builtin-reduce.pkl", dumps(Call(G("__builtin__", "reduce"), G("collections", "OrderedDict"), [[]]), 2), "dangerous", "functools.reduce", "H1")
 
+# Re-emission: at protocol >= 3 Python imports a Python 2 name as written (`__builtin__` does not
+# exist, so loading fails and nothing runs); written again at protocol 2, as `strip` and
+# `average --strip` write, `_compat_pickle` would map it to `builtins.eval`. inspect calls these
+# "not allowed" (exit 1); every re-emitter must refuse them without --strict (exit 1) and write
+# nothing.
+add("reemit-builtin-eval.pt", sd_with(Call(G("__builtin__", "eval"), "1+1"), 4), "reemit", "__builtin__.eval", "review F1")
+add("reemit-commands-getoutput.pt", sd_with(Call(G("commands", "getoutput"), "id"), 4), "reemit", "commands.getoutput", "review F1")
+add("reemit-copy-reg-reconstructor.pt", sd_with(Call(G("copy_reg", "_reconstructor"), G("collections", "OrderedDict"), G("builtins", "dict"), None), 4), "reemit", "copy_reg._reconstructor", "review F1")
+
 # ---- 2. prefix allow-list gadgets: plain names in allow-listed modules that run code ----
 cfg = {"nc": 80, "backbone": [[-1, 1, "__import__('os').system('id')", []]], "head": []}
 add("gadget-parse-model.pt", sd_with(Call(G("ultralytics.nn.tasks", "parse_model"), cfg, 3)), "dangerous", "ultralytics.nn.tasks.parse_model", "H1")

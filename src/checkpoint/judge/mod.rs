@@ -166,6 +166,12 @@ fn describe(u: &Use) -> String {
     }
 }
 
+/// The finding for one record judged on its own, if any (the re-emit check judges records under
+/// the meaning they would have when written again).
+pub fn judge_record(r: &GlobalRecord, allow: &AllowList) -> Option<Finding> {
+    judge_one(r, allow).1
+}
+
 fn judge_one(r: &GlobalRecord, allow: &AllowList) -> (GlobalReport, Option<Finding>) {
     let (m, n) = (&*r.resolved.module, &*r.resolved.name);
     let name = display_name(m, n);

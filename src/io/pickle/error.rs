@@ -171,9 +171,95 @@ pub enum PickleFault {
         #[source]
         source: ViewError,
     },
-    /// The reader's persistent-id resolution refused the id (its message names the key).
+    /// The reader's persistent-id resolution refused the id.
     #[error("{0}")]
-    PersistentId(String),
+    PersistentId(#[from] PersistentIdError),
+}
+
+/// Why a reader refused a persistent id (torch's reference to a storage or tensor); the text
+/// names the key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PersistentIdError {
+    /// A pickle that may not reference anything outside itself.
+    #[error("persistent id in a pickle that may not have any")]
+    NotAllowed,
+    /// The id is not a tuple.
+    #[error("persistent id is not a tuple")]
+    NotTuple,
+    /// A tuple of the wrong length.
+    #[error("persistent id with {got} fields{}", expected.map(|n| format!(", expected {n}")).unwrap_or_default())]
+    Fields {
+        /// Fields found.
+        got: usize,
+        /// Fields the reader needs exactly, when it says.
+        expected: Option<usize>,
+    },
+    /// A tuple whose first field is not `'storage'` (its repr).
+    #[error("persistent id of kind {0}, expected 'storage'")]
+    Kind(String),
+    /// A storage view (torch < 0.4).
+    #[error("storage views (torch < 0.4) are not supported")]
+    StorageView,
+    /// A storage key that is not a string.
+    #[error("storage key is not a string")]
+    KeyNotString,
+    /// A storage type global that names no dtype.
+    #[error("unknown storage type {0}")]
+    StorageType(String),
+    /// A storage type that is not a global.
+    #[error("storage type is not a global")]
+    TypeNotGlobal,
+    /// A storage size that is negative or not an integer.
+    #[error("storage size is negative or not an integer")]
+    BadSize,
+    /// A storage the archive does not hold.
+    #[error("data.pkl references storage '{key}' but the archive has no {entry}")]
+    Missing {
+        /// The storage key.
+        key: String,
+        /// The entry looked for.
+        entry: String,
+    },
+    /// A storage whose byte size overflows.
+    #[error("storage '{0}' size overflows")]
+    Overflow(String),
+    /// A storage entry smaller than its elements.
+    #[error("storage '{key}' needs {need} bytes ({numel} x {dtype}) but {entry} holds {size}")]
+    TooSmall {
+        /// The storage key.
+        key: String,
+        /// Bytes needed.
+        need: usize,
+        /// Elements.
+        numel: usize,
+        /// Element type.
+        dtype: crate::tensor::DType,
+        /// The entry.
+        entry: String,
+        /// Bytes it holds.
+        size: usize,
+    },
+    /// A storage entry whose bytes cannot be had.
+    #[error("{entry}: {source}")]
+    Entry {
+        /// The entry.
+        entry: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::io::EntryError,
+    },
+    /// A storage that does not fit its own bytes.
+    #[error("{0}")]
+    View(#[from] ViewError),
+    /// An empty tuple (torch < 0.4's tar layout).
+    #[error("empty persistent id tuple")]
+    EmptyTuple,
+    /// An id that is neither an int nor a string.
+    #[error("persistent id is not a key")]
+    NotKey,
+    /// A key that names nothing the tar member lists.
+    #[error("persistent id '{0}' names no tensor or storage")]
+    Unknown(String),
 }
 
 /// How a pickle's frames could be read differently by CPython's C and Python unpicklers.

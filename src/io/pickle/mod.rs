@@ -17,7 +17,7 @@ mod vm;
 
 use crate::checkpoint::value::{Graph, Value};
 
-pub use error::{FrameConflict, PickleError, PickleFault};
+pub use error::{FrameConflict, PersistentIdError, PickleError, PickleFault};
 pub use vm::unpickle;
 
 /// Hard limits that bound the work and memory a hostile pickle can demand.
@@ -64,14 +64,14 @@ impl Default for Limits {
 /// data outside itself.
 pub trait PersistentLoad {
     /// Turns the pid into a value, usually a storage node.
-    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, String>;
+    fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, PersistentIdError>;
 }
 
 /// A persistent loader for pickles that must not reference anything outside themselves.
 pub struct NoPersistentLoad;
 
 impl PersistentLoad for NoPersistentLoad {
-    fn load(&mut self, _graph: &mut Graph, _pid: &Value) -> Result<Value, String> {
-        Err("persistent id in a pickle that may not have any".into())
+    fn load(&mut self, _graph: &mut Graph, _pid: &Value) -> Result<Value, PersistentIdError> {
+        Err(PersistentIdError::NotAllowed)
     }
 }

@@ -68,7 +68,7 @@ pub const LAYERS: &[Layer] = &[
 ];
 
 /// The activation entry for `m`'s class; `Ok(None)` for `Identity`.
-fn entry(m: ModuleRef) -> Result<Option<Kind>, String> {
+fn entry(m: ModuleRef) -> BuildResult<Option<Kind>> {
     let class = m.class();
     if class == "Identity" {
         return Ok(None);

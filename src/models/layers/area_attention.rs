@@ -128,7 +128,7 @@ impl Builder<'_> {
         let [b, c, h, w] = check::nchw(x, scope)?;
         p.run_length(h, w)?;
         let (nh, hd, a) = (p.heads, p.head_dim, p.area);
-        let qkv = self.conv_block(&format!("{scope}.qkv"), m.child("qkv")?, x)?;
+        let qkv = self.sub_conv(scope, m, "qkv", x)?;
         if check::nchw(&qkv, scope)?[1] != 3 * p.all {
             return Err(format!(
                 "{scope}: qkv gives {:?}, not 3 x {nh} heads of {hd}",
@@ -176,12 +176,12 @@ impl Builder<'_> {
             }
         };
         let (o, v) = (back(&o), back(&qkv[2]));
-        let pe = self.conv_block(&format!("{scope}.pe"), m.child("pe")?, &v)?;
+        let pe = self.sub_conv(scope, m, "pe", &v)?;
         if pe.shape != map {
             return Err(format!("{scope}: pe gives {:?}, not {map:?}", pe.shape));
         }
         let sum = self.add(scope, &o, &pe);
-        self.conv_block(&format!("{scope}.proj"), m.child("proj")?, &sum)
+        self.sub_conv(scope, m, "proj", &sum)
     }
 
     /// `ABlock`: x + attn(x), then that plus mlp of it.
@@ -194,11 +194,7 @@ impl Builder<'_> {
         let a = self.aattn(&format!("{scope}.attn"), m.child("attn")?, x)?;
         same_shape(scope, x, &a)?;
         let x1 = self.add(scope, x, &a);
-        let f = self.module(
-            &format!("{scope}.mlp"),
-            m.child("mlp")?,
-            LayerInput::One(x1.clone()),
-        )?;
+        let f = self.sub(scope, m, "mlp", &x1)?;
         same_shape(scope, &x1, &f)?;
         Ok(self.add(scope, &x1, &f))
     }
@@ -211,13 +207,13 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];
+        let mut ys = vec![self.sub_conv(scope, m, "cv1", x)?];
         for (i, (_, blk)) in m.child("m")?.children().into_iter().enumerate() {
             let last = ys.last().expect("cv1 output").clone();
             ys.push(self.module(&format!("{scope}.m.{i}"), blk, LayerInput::One(last))?);
         }
         let cat = self.cat(scope, &ys, 1)?;
-        let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)?;
+        let y = self.sub_conv(scope, m, "cv2", &cat)?;
         let c = check::nchw(&y, scope)?[1];
         let Some(g) = gamma(m, c as usize)? else {
             return Ok(y);

@@ -1,7 +1,6 @@
 //! YOLO11's attention blocks: `Attention`, `PSABlock`, `C2PSA`, `PSA`.
 
 use crate::checkpoint::py::{BuildResult, ModuleRef};
-use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
@@ -90,7 +89,7 @@ impl Builder<'_> {
         let [_, c, h, w] = check::nchw(x, scope)?;
         // With a dynamic input the positions' count and the map's size come from the graph.
         let n = if self.b.dynamic_hw { -1 } else { h * w };
-        let qkv = self.conv_block(&format!("{scope}.qkv"), m.child("qkv")?, x)?;
+        let qkv = self.sub_conv(scope, m, "qkv", x)?;
         let r = self
             .b
             .reshape(scope, &qkv.name, &[0, heads, 2 * key_dim + head_dim, n]);
@@ -121,13 +120,13 @@ impl Builder<'_> {
             name: v,
             shape: x.shape.clone(),
         };
-        let pe = self.conv_block(&format!("{scope}.pe"), m.child("pe")?, &v)?;
+        let pe = self.sub_conv(scope, m, "pe", &v)?;
         let sum = self.b.bin(scope, "Add", &o, &pe.name);
         let sum = GraphValue {
             name: sum,
             shape: x.shape.clone(),
         };
-        self.conv_block(&format!("{scope}.proj"), m.child("proj")?, &sum)
+        self.sub_conv(scope, m, "proj", &sum)
     }
 
     /// `PSABlock`: attention then feed-forward, each with a residual when `add`.
@@ -141,11 +140,7 @@ impl Builder<'_> {
         let add = m.bool("add").unwrap_or(true);
         let a = self.attention(&format!("{scope}.attn"), m.child("attn")?, x)?;
         let x = if add { self.add(scope, x, &a) } else { a };
-        let f = self.module(
-            &format!("{scope}.ffn"),
-            m.child("ffn")?,
-            LayerInput::One(x.clone()),
-        )?;
+        let f = self.sub(scope, m, "ffn", &x)?;
         Ok(if add { self.add(scope, &x, &f) } else { f })
     }
 
@@ -158,7 +153,7 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let a = self.sub_conv(scope, m, "cv1", x)?;
         let c = m.int("c").ok_or("C2PSA without c")?;
         let [an, ac, ah, aw] = check::nchw(&a, scope)?;
         if c <= 0 || 2 * c != ac {
@@ -175,21 +170,13 @@ impl Builder<'_> {
         if m.class() == "PSA" {
             let at = self.attention(&format!("{scope}.attn"), m.child("attn")?, &second)?;
             second = self.add(scope, &second, &at);
-            let f = self.module(
-                &format!("{scope}.ffn"),
-                m.child("ffn")?,
-                LayerInput::One(second.clone()),
-            )?;
+            let f = self.sub(scope, m, "ffn", &second)?;
             second = self.add(scope, &second, &f);
         } else {
-            second = self.module(
-                &format!("{scope}.m"),
-                m.child("m")?,
-                LayerInput::One(second),
-            )?;
+            second = self.sub(scope, m, "m", &second)?;
         }
         let cat = self.cat(scope, &[first, second], 1)?;
-        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
+        self.sub_conv(scope, m, "cv2", &cat)
     }
 }
 

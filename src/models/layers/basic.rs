@@ -214,22 +214,7 @@ impl Builder<'_> {
         f: f64,
     ) -> BuildResult<GraphValue> {
         let [xn, xc, xh, xw] = check::nchw(x, scope)?;
-        let scales = self
-            .b
-            .f32s(&format!("{scope}/scales"), &[1.0, 1.0, f as f32, f as f32]);
-        let y = self.b.node(
-            scope,
-            "Resize",
-            &[&x.name, "", &scales],
-            vec![
-                (
-                    "coordinate_transformation_mode",
-                    Attr::Str("asymmetric".into()),
-                ),
-                ("mode", Attr::Str("nearest".into())),
-                ("nearest_mode", Attr::Str("floor".into())),
-            ],
-        );
+        let y = self.resize_nearest_node(scope, &x.name, [f as f32, f as f32]);
         let shape = check::positive(
             scope,
             vec![
@@ -240,6 +225,30 @@ impl Builder<'_> {
             ],
         )?;
         Ok(GraphValue { name: y, shape })
+    }
+
+    /// The `Resize` node of a nearest-neighbour resize of `x` by `[fh, fw]`, picking source
+    /// pixels as `F.interpolate(mode='nearest')` does (floor of dst / scale); its output's name.
+    pub(crate) fn resize_nearest_node(
+        &mut self,
+        scope: &str,
+        x: &str,
+        [fh, fw]: [f32; 2],
+    ) -> String {
+        let scales = self.b.f32s(&format!("{scope}/scales"), &[1.0, 1.0, fh, fw]);
+        self.b.node(
+            scope,
+            "Resize",
+            &[x, "", &scales],
+            vec![
+                (
+                    "coordinate_transformation_mode",
+                    Attr::Str("asymmetric".into()),
+                ),
+                ("mode", Attr::Str("nearest".into())),
+                ("nearest_mode", Attr::Str("floor".into())),
+            ],
+        )
     }
 
     /// `nn.ZeroPad2d` as a constant `Pad`.

@@ -13,12 +13,24 @@
 use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::LayerInput;
 use crate::models::layers::conv::Conv2dParams;
-use crate::models::registry::{Layer, head, layer, part};
+use crate::models::registry::{EmitFn, Layer, RunFn, head, layer, part};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
 use crate::reference::{RefResult, Reference, e, shape};
+
+/// The anchor-based heads' emission and reference, one pair for the three classes.
+const ANCHOR_HEAD: (EmitFn, RunFn) = (
+    |b, s, m, x| b.anchor_head(s, m, &x.many()),
+    |r, m, x| anchor_head(r, m, x.many()),
+);
+
+/// `MP` and `SP`: their child `m` (a max pool) on the input.
+const POOL_WRAPPER: (EmitFn, RunFn) = (
+    |b, s, m, x| b.module(&format!("{s}.m"), m.child("m")?, x),
+    |r, m, x| r.sub(m, "m", &x.one(&m.class())?),
+);
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -26,22 +38,22 @@ pub const LAYERS: &[Layer] = &[
         "models.yolo.Detect",
         "detect",
         "YOLOv5's anchor-based head (matched by its pickled path): 1×1 conv per level, sigmoid, grid and anchor decode: (B, anchors, 5 + nc) as its export.py writes",
-        |b, s, m, x| b.anchor_head(s, m, &x.many()),
-        |r, m, x| anchor_head(r, m, x.many()),
+        ANCHOR_HEAD.0,
+        ANCHOR_HEAD.1,
     ),
     head(
         "IDetect",
         "detect",
         "YOLOv7's anchor-based head: `ImplicitA` added before and `ImplicitM` multiplied after each 1×1 conv (folded as its fuse() does), decoded as its export.py --grid writes: (B, anchors, 5 + nc)",
-        |b, s, m, x| b.anchor_head(s, m, &x.many()),
-        |r, m, x| anchor_head(r, m, x.many()),
+        ANCHOR_HEAD.0,
+        ANCHOR_HEAD.1,
     ),
     head(
         "IAuxDetect",
         "detect",
         "YOLOv7's P6 head with auxiliary training branches: `IDetect` on the first `nl` inputs; the auxiliary convolutions (`m2`) serve training only and are not evaluated",
-        |b, s, m, x| b.anchor_head(s, m, &x.many()),
-        |r, m, x| anchor_head(r, m, x.many()),
+        ANCHOR_HEAD.0,
+        ANCHOR_HEAD.1,
     ),
     part(
         "ImplicitA",
@@ -56,14 +68,14 @@ pub const LAYERS: &[Layer] = &[
     layer(
         "MP",
         "YOLOv7's stride-k max pool (its child `m`)",
-        |b, s, m, x| b.module(&format!("{s}.m"), m.child("m")?, x),
-        |r, m, x| r.sub(m, "m", &x.one("MP")?),
+        POOL_WRAPPER.0,
+        POOL_WRAPPER.1,
     ),
     layer(
         "SP",
         "YOLOv7's size-preserving max pool (its child `m`)",
-        |b, s, m, x| b.module(&format!("{s}.m"), m.child("m")?, x),
-        |r, m, x| r.sub(m, "m", &x.one("SP")?),
+        POOL_WRAPPER.0,
+        POOL_WRAPPER.1,
     ),
 ];
 
@@ -96,9 +108,9 @@ impl<'g> AnchorHead<'g> {
         let (nc, no, na, nl) = (get("nc")?, get("no")?, get("na")?, get("nl")?);
         // IAuxDetect reads its auxiliary levels after the `nl` it decodes.
         let inputs = if class == "IAuxDetect" { 2 * nl } else { nl };
-        if no != nc + 5 || na == 0 || inputs != levels {
+        if no != nc + 5 || na == 0 || nl == 0 || inputs != levels {
             return Err(format!(
-                "{class}: no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, {inputs} inputs)"
+                "{class}: no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, na ≥ 1, nl ≥ 1, {inputs} inputs)"
             ));
         }
         let convs: Vec<ModuleRef> = m.child("m")?.children().into_iter().map(|c| c.1).collect();
@@ -183,6 +195,14 @@ impl<'g> AnchorHead<'g> {
                     "level {i}: implicit sizes {} and {} for a {kh}×{kw} convolution {c} → {o}",
                     ia.len(),
                     im.len()
+                ));
+            }
+            // Folding the offset into the bias is exact only where every output reads an input
+            // pixel: padding would add W·ia at the border, where the zeros were never offset.
+            if p.pad != [0, 0] {
+                return Err(format!(
+                    "level {i}: a 1×1 convolution padded {:?}: ImplicitA cannot be folded into its bias",
+                    p.pad
                 ));
             }
             let mut b = p.bias.take().unwrap_or_else(|| vec![0.0; o]);
@@ -275,29 +295,9 @@ impl Builder<'_> {
     /// The cell offsets (x − ½, y − ½) of the feature map `y` as (1, 1, h·w, 2), row-major,
     /// from its runtime shape.
     fn cell_grid(&mut self, s: &str, y: &str) -> String {
-        let dtype = Attr::Int(self.b.dtype as i64);
-        let (zero, one) = (self.b.int_scalar(s, 0), self.b.int_scalar(s, 1));
-        let (ih, iw, ihw) = (
-            self.b.int_scalar(s, 2),
-            self.b.int_scalar(s, 3),
-            self.b.ints(s, &[2, 3]),
-        );
+        let ix = self.grid_indices(s);
         let half = self.b.weight(&format!("{s}/half"), &[], &[0.5]);
-        let shape = self.b.node(s, "Shape", &[y], vec![]);
-        let gather = |b: &mut Self, i: &str| {
-            b.b.node(s, "Gather", &[&shape, i], vec![("axis", Attr::Int(0))])
-        };
-        let (h, w, hw) = (gather(self, &ih), gather(self, &iw), gather(self, &ihw));
-        let offsets = |b: &mut Self, n: &str| {
-            let r = b.b.node(s, "Range", &[&zero, n, &one], vec![]);
-            let r = b.b.node(s, "Cast", &[&r], vec![("to", dtype.clone())]);
-            b.b.bin(s, "Sub", &r, &half)
-        };
-        let (cx, cy) = (offsets(self, &w), offsets(self, &h));
-        let cx = self.b.reshape(s, &cx, &[1, -1]);
-        let cy = self.b.reshape(s, &cy, &[-1, 1]);
-        let gx = self.b.node(s, "Expand", &[&cx, &hw], vec![]);
-        let gy = self.b.node(s, "Expand", &[&cy, &hw], vec![]);
+        let (gx, gy) = self.runtime_cells(s, y, &ix, "Sub", &half);
         let gx = self.b.reshape(s, &gx, &[1, 1, -1, 1]);
         let gy = self.b.reshape(s, &gy, &[1, 1, -1, 1]);
         self.b.concat(s, &[&gx, &gy], 3)

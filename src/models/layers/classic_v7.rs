@@ -5,7 +5,7 @@
 
 use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::LayerInput;
-use crate::models::layers::conv::BatchNorm;
+use crate::models::layers::conv::{BatchNorm, batch_norm};
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::{Builder, check};
@@ -68,20 +68,6 @@ fn check_same(a: &[i64], b: &[i64], scope: &str) -> BuildResult<()> {
 // ---- emit ----
 
 impl Builder<'_> {
-    fn sub(
-        &mut self,
-        scope: &str,
-        m: ModuleRef,
-        name: &str,
-        x: &GraphValue,
-    ) -> BuildResult<GraphValue> {
-        self.module(
-            &format!("{scope}.{name}"),
-            m.child(name)?,
-            LayerInput::One(x.clone()),
-        )
-    }
-
     /// `SPPCSPC`.
     pub(crate) fn sppcspc(
         &mut self,
@@ -219,9 +205,7 @@ fn sppcspc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTenso
 fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
     // BatchNorm applied as BatchNorm, unfolded, as PyTorch runs it before fusing.
     let bn = |bn: ModuleRef, mut y: RefTensor| -> RefResult<RefTensor> {
-        let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
-        let p = BatchNorm::parse(bn, c)?;
-        ops::batch_norm(&mut y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
+        batch_norm(bn, &mut y, "BatchNorm2d")?;
         Ok(y)
     };
     let branch = |r: &mut Reference, name: &str| -> RefResult<RefTensor> {

@@ -93,7 +93,7 @@ impl Builder<'_> {
             LayerInput::One(v) => v,
             vs => self.cat(scope, &vs.many(), 1)?,
         };
-        let c = self.conv_block(&format!("{scope}.conv"), m.child("conv")?, &x)?;
+        let c = self.sub_conv(scope, m, "conv", &x)?;
         let p = self.b.node(scope, "GlobalAveragePool", &[&c.name], vec![]);
         let f = self
             .b

@@ -448,13 +448,20 @@ impl Reference<'_> {
         }
         let mut y = conv(m.child("conv").map_err(e)?, x)?;
         if let Some(bn) = m.opt_child("bn") {
-            let (_, c, _, _) = shape::nchw(&y, "BatchNorm2d")?;
-            let p = BatchNorm::parse(bn, c)?;
-            ops::batch_norm(&mut y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
+            batch_norm(bn, &mut y, "BatchNorm2d")?;
         }
         super::act::run(m.opt_child("act"), &mut y)?;
         Ok(y)
     }
+}
+
+/// `bn`, an `nn.BatchNorm2d`, applied to `y` in place as BatchNorm (the reference never folds
+/// it); `what` names the block in a shape error.
+pub(crate) fn batch_norm(bn: ModuleRef, y: &mut RefTensor, what: &str) -> RefResult<()> {
+    let (_, c, _, _) = shape::nchw(y, what)?;
+    let p = BatchNorm::parse(bn, c)?;
+    ops::batch_norm(y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
+    Ok(())
 }
 
 /// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.

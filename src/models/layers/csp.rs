@@ -72,17 +72,50 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.module(
-            &format!("{scope}.cv1"),
-            m.child("cv1")?,
-            LayerInput::One(x.clone()),
-        )?;
-        let y = self.module(&format!("{scope}.cv2"), m.child("cv2")?, LayerInput::One(a))?;
-        Ok(if m.bool("add").unwrap_or(false) {
+        let a = self.sub(scope, m, "cv1", x)?;
+        let y = self.sub(scope, m, "cv2", &a)?;
+        Ok(self.residual(scope, m, x, y))
+    }
+
+    /// `y`, plus the block's input `x` when its `add` flag is set (`x + y if self.add else y`).
+    pub(crate) fn residual(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+        y: GraphValue,
+    ) -> GraphValue {
+        if m.bool("add").unwrap_or(false) {
             self.add(scope, x, &y)
         } else {
             y
-        })
+        }
+    }
+
+    /// cv1 of `m` on `x`, split into two halves of `self.c` channels (`chunk(2, 1)` /
+    /// `split((c, c), 1)`); `what` names the block in the error.
+    pub(crate) fn cv1_halves(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        x: &GraphValue,
+        what: &str,
+    ) -> BuildResult<[GraphValue; 2]> {
+        let a = self.sub_conv(scope, m, "cv1", x)?;
+        let [an, ac, ah, aw] = check::nchw(&a, scope)?;
+        let c = m.int("c").unwrap_or(ac / 2);
+        if c <= 0 || 2 * c != ac {
+            return Err(format!(
+                "{what} splits {ac} channels into two halves of {c}"
+            ));
+        }
+        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
+        let parts = <[String; 2]>::try_from(parts)
+            .map_err(|p| format!("{scope}: a split in two gave {} parts", p.len()))?;
+        Ok(parts.map(|name| GraphValue {
+            name,
+            shape: vec![an, c, ah, aw],
+        }))
     }
 
     /// `C2`: cv1's output in two halves, the bottlenecks on the first, concatenated with the
@@ -93,26 +126,10 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let [an, ac, ah, aw] = check::nchw(&a, scope)?;
-        let c = m.int("c").unwrap_or(ac / 2);
-        if c <= 0 || 2 * c != ac {
-            return Err(format!(
-                "{scope}: C2 splits {ac} channels into two halves of {c}"
-            ));
-        }
-        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
-        let half = |name: &String| GraphValue {
-            name: name.clone(),
-            shape: vec![an, c, ah, aw],
-        };
-        let y = self.module(
-            &format!("{scope}.m"),
-            m.child("m")?,
-            LayerInput::One(half(&parts[0])),
-        )?;
-        let cat = self.cat(scope, &[y, half(&parts[1])], 1)?;
-        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
+        let [first, second] = self.cv1_halves(scope, m, x, &format!("{scope}: C2"))?;
+        let y = self.sub(scope, m, "m", &first)?;
+        let cat = self.cat(scope, &[y, second], 1)?;
+        self.sub_conv(scope, m, "cv2", &cat)
     }
 
     /// `SPP`: cv1, then each max pool of `m` on cv1's output, all concatenated, cv2.
@@ -122,13 +139,13 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let a = self.sub_conv(scope, m, "cv1", x)?;
         let mut ys = vec![a.clone()];
         for (i, (_, pool)) in m.child("m")?.children().into_iter().enumerate() {
             ys.push(self.module(&format!("{scope}.m.{i}"), pool, LayerInput::One(a.clone()))?);
         }
         let cat = self.cat(scope, &ys, 1)?;
-        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
+        self.sub_conv(scope, m, "cv2", &cat)
     }
 
     /// `C2f` / `C3k2`: halves of cv1, chained blocks on the second, concatenation, cv2.
@@ -138,31 +155,17 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let [an, ac, ah, aw] = check::nchw(&a, scope)?;
-        let c = m.int("c").unwrap_or(ac / 2);
-        if c <= 0 || 2 * c != ac {
-            return Err(format!(
-                "{scope}: C2f splits {ac} channels into two halves of {c}"
-            ));
-        }
-        let parts = self.b.split(scope, &a.name, 1, &[c, c]);
-        let mut ys: Vec<GraphValue> = parts
-            .into_iter()
-            .map(|name| GraphValue {
-                name,
-                shape: vec![an, c, ah, aw],
-            })
-            .collect();
+        let mut ys = self
+            .cv1_halves(scope, m, x, &format!("{scope}: C2f"))?
+            .to_vec();
         for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
             let last = ys.last().expect("two halves").clone();
             ys.push(self.module(&format!("{scope}.m.{i}"), b, LayerInput::One(last))?);
         }
         let cat = self.cat(scope, &ys, 1)?;
-        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)
+        self.sub_conv(scope, m, "cv2", &cat)
     }
 
-    /// `C3`: cv3(cat(m(cv1(x)), cv2(x))).
     /// `C3` / `C3k`: cv3(cat(m(cv1(x)), cv2(x))).
     pub(crate) fn c3(
         &mut self,
@@ -170,16 +173,15 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let mut a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let mut a = self.sub_conv(scope, m, "cv1", x)?;
         for (i, (_, b)) in m.child("m")?.children().into_iter().enumerate() {
             a = self.module(&format!("{scope}.m.{i}"), b, LayerInput::One(a))?;
         }
-        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, x)?;
+        let b = self.sub_conv(scope, m, "cv2", x)?;
         let cat = self.cat(scope, &[a, b], 1)?;
-        self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &cat)
+        self.sub_conv(scope, m, "cv3", &cat)
     }
 
-    /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
     /// `SPPF`: cv1, `n` chained max pools, concatenation, cv2, plus x when `add`.
     pub(crate) fn sppf(
         &mut self,
@@ -187,19 +189,15 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let mut ys = vec![self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?];
+        let mut ys = vec![self.sub_conv(scope, m, "cv1", x)?];
         let pool = m.child("m")?;
         for _ in 0..m.int("n").unwrap_or(3) {
             let last = ys.last().expect("cv1 output").clone();
             ys.push(self.maxpool(&format!("{scope}.m"), pool, &last)?);
         }
         let cat = self.cat(scope, &ys, 1)?;
-        let y = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &cat)?;
-        Ok(if m.bool("add").unwrap_or(false) {
-            self.add(scope, x, &y)
-        } else {
-            y
-        })
+        let y = self.sub_conv(scope, m, "cv2", &cat)?;
+        Ok(self.residual(scope, m, x, y))
     }
 }
 
@@ -209,12 +207,7 @@ impl Reference<'_> {
     pub(crate) fn bottleneck(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let y = self.sub(m, "cv2", &a)?;
-        Ok(if m.bool("add").unwrap_or(false) {
-            shape::same_shape(x, &y, "Bottleneck")?;
-            ops::add(x, &y)
-        } else {
-            y
-        })
+        residual(m, x, y, "Bottleneck")
     }
 
     pub(crate) fn c2(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
@@ -276,11 +269,22 @@ impl Reference<'_> {
         shape::same_maps(&refs, "SPPF")?;
         let cat = ops::cat_channels(&refs);
         let y = self.sub(m, "cv2", &cat)?;
-        Ok(if m.bool("add").unwrap_or(false) {
-            shape::same_shape(x, &y, "SPPF")?;
-            ops::add(x, &y)
-        } else {
-            y
-        })
+        residual(m, x, y, "SPPF")
     }
+}
+
+/// `y`, plus the block's input `x` when its `add` flag is set; `what` names the block in a shape
+/// error.
+pub(crate) fn residual(
+    m: ModuleRef,
+    x: &RefTensor,
+    y: RefTensor,
+    what: &str,
+) -> RefResult<RefTensor> {
+    Ok(if m.bool("add").unwrap_or(false) {
+        shape::same_shape(x, &y, what)?;
+        ops::add(x, &y)
+    } else {
+        y
+    })
 }

@@ -41,8 +41,8 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let y = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let z = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &y)?;
+        let y = self.sub_conv(scope, m, "cv1", x)?;
+        let z = self.sub_conv(scope, m, "cv2", &y)?;
         if y.shape[2..] != z.shape[2..] {
             return Err(format!(
                 "{scope}: cv2 maps {:?} to {:?}, which cannot be concatenated",
@@ -59,11 +59,7 @@ impl Builder<'_> {
         m: ModuleRef,
         x: GraphValue,
     ) -> BuildResult<GraphValue> {
-        let y = self.module(
-            &format!("{scope}.conv"),
-            m.child("conv")?,
-            LayerInput::One(x.clone()),
-        )?;
+        let y = self.sub(scope, m, "conv", &x)?;
         self.plus_shortcut(scope, m, y, x)
     }
 
@@ -76,11 +72,7 @@ impl Builder<'_> {
         y: GraphValue,
         x: GraphValue,
     ) -> BuildResult<GraphValue> {
-        let s = self.module(
-            &format!("{scope}.shortcut"),
-            m.child("shortcut")?,
-            LayerInput::One(x),
-        )?;
+        let s = self.sub(scope, m, "shortcut", &x)?;
         if y.shape != s.shape {
             return Err(format!(
                 "{scope}: cannot add {:?} and {:?}",

@@ -20,3 +20,4 @@ pub mod heads;
 pub mod resnet;
 pub mod rtdetr;
 pub mod v10;
+pub mod v9;

@@ -63,8 +63,8 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &a)
+        let a = self.sub_conv(scope, m, "cv1", x)?;
+        self.sub_conv(scope, m, "cv2", &a)
     }
 
     /// `RepVGGDW`: act(conv(x) + conv1(x)), each branch with its BatchNorm folded. `fuse()` sums
@@ -98,11 +98,7 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let y = self.module(
-            &format!("{scope}.cv1"),
-            m.child("cv1")?,
-            LayerInput::One(x.clone()),
-        )?;
+        let y = self.sub(scope, m, "cv1", x)?;
         if !m.bool("add").unwrap_or(false) {
             return Ok(y);
         }

@@ -14,6 +14,7 @@
 //! values, or the one the ratios imply) completes the match. The EMA side is then folded the
 //! same way.
 
+use super::GraftFault;
 use super::weights::{Side, Weights, max_abs};
 
 /// A BatchNorm's tensors in the checkpoint.
@@ -65,7 +66,7 @@ pub fn groups(raw: &Side) -> Vec<Bn> {
 }
 
 /// `s = γ / √(var + ε)` from `side`.
-pub fn scale(side: &Side, bn: &Bn, eps: f64) -> Result<Vec<f64>, String> {
+pub fn scale(side: &Side, bn: &Bn, eps: f64) -> Result<Vec<f64>, GraftFault> {
     let var = side.values(&bn.var)?;
     let gamma = match &bn.gamma {
         Some(g) => Some(side.values(g)?),
@@ -77,7 +78,7 @@ pub fn scale(side: &Side, bn: &Bn, eps: f64) -> Result<Vec<f64>, String> {
 }
 
 /// The folded Conv weight from `side`: `conv` scaled per output channel.
-pub fn fold_weight(side: &Side, conv: &str, bn: &Bn, eps: f64) -> Result<Vec<f32>, String> {
+pub fn fold_weight(side: &Side, conv: &str, bn: &Bn, eps: f64) -> Result<Vec<f32>, GraftFault> {
     let s = scale(side, bn, eps)?;
     let w = side.values(conv)?;
     let per = w.len() / bn.channels.max(1);
@@ -88,7 +89,12 @@ pub fn fold_weight(side: &Side, conv: &str, bn: &Bn, eps: f64) -> Result<Vec<f32
 }
 
 /// The folded bias from `side`: `(b − mean)·s + β`, `b` = 0 without a Conv bias.
-pub fn fold_bias(side: &Side, bias: Option<&str>, bn: &Bn, eps: f64) -> Result<Vec<f32>, String> {
+pub fn fold_bias(
+    side: &Side,
+    bias: Option<&str>,
+    bn: &Bn,
+    eps: f64,
+) -> Result<Vec<f32>, GraftFault> {
     let s = scale(side, bn, eps)?;
     let mean = side.values(&bn.mean)?;
     let b = match bias {
@@ -164,7 +170,7 @@ fn best_eps(
     r: &[Option<f64>],
     wmax: &[f64],
     limit: f64,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64), GraftFault> {
     let var = w.raw.values(&bn.var)?;
     let gamma = match &bn.gamma {
         Some(g) => Some(w.raw.values(g)?),
@@ -179,7 +185,7 @@ fn best_eps(
         })
         .collect();
     implied.sort_by(f64::total_cmp);
-    let err = |eps: f64| -> Result<f64, String> {
+    let err = |eps: f64| -> Result<f64, GraftFault> {
         let s = scale(&w.raw, bn, eps)?;
         Ok((0..bn.channels)
             .filter_map(|o| r[o].map(|r| (s[o] - r).abs() * wmax[o]))
@@ -215,7 +221,7 @@ pub fn find_weight(
     bns: &[Bn],
     rtol: f64,
     near: &str,
-) -> Result<Vec<WeightFold>, String> {
+) -> Result<Vec<WeightFold>, GraftFault> {
     let Some(&out) = dims.first() else {
         return Ok(Vec::new());
     };
@@ -267,7 +273,7 @@ pub fn find_bias(
     bn: &Bn,
     eps: f64,
     rtol: f64,
-) -> Result<Option<(Option<String>, f64)>, String> {
+) -> Result<Option<(Option<String>, f64)>, GraftFault> {
     if v.len() != bn.channels {
         return Ok(None);
     }

@@ -5,26 +5,18 @@ use std::path::Path;
 
 use ndarray::ArrayD;
 
+use super::GraftFault;
 use super::report::{Drift, OutputDrift};
 use crate::onnx::proto::{Dim, ElemType, ValueInfo};
 use crate::runtime::Engine;
 
 /// The concrete input shapes: fixed dimensions as they are, a dynamic one as `shapes` gives it,
-/// else 1. `None` (with the reason) for an input that is not float32.
-fn input_shapes(
-    inputs: &[ValueInfo],
-    shapes: &[Vec<usize>],
-) -> Result<Vec<(String, Vec<usize>)>, String> {
+/// else 1.
+fn input_shapes(inputs: &[ValueInfo], shapes: &[Vec<usize>]) -> Vec<(String, Vec<usize>)> {
     inputs
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            if v.elem != ElemType::Float {
-                return Err(format!(
-                    "input '{}' is not float32 (seeded inputs are images)",
-                    v.name
-                ));
-            }
             let shape = match shapes.get(i) {
                 Some(s) => s.clone(),
                 None => v
@@ -36,7 +28,7 @@ fn input_shapes(
                     })
                     .collect(),
             };
-            Ok((v.name.clone(), shape))
+            (v.name.clone(), shape)
         })
         .collect()
 }
@@ -50,25 +42,29 @@ pub fn measure(
     shapes: &[Vec<usize>],
     original: &Path,
     grafted: &Path,
-) -> Result<Drift, String> {
+) -> Result<Drift, GraftFault> {
     let mut d = Drift {
         runtime: Some(engine.name()),
         inputs: Vec::new(),
         outputs: Vec::new(),
         skipped: None,
     };
-    let named = match input_shapes(inputs, shapes) {
-        Ok(n) => n,
-        Err(why) => {
-            d.skipped = Some(why);
-            return Ok(d);
-        }
-    };
+    if let Some(v) = inputs.iter().find(|v| v.elem != ElemType::Float) {
+        d.skipped = Some(format!(
+            "input '{}' is not float32 (seeded inputs are images)",
+            v.name
+        ));
+        return Ok(d);
+    }
+    let named = input_shapes(inputs, shapes);
     let mut feeds = Vec::new();
     for (i, (name, shape)) in named.iter().enumerate() {
         let t = crate::parity::seeded_images(shape, i as u64);
-        let a = ArrayD::from_shape_vec(shape.clone(), t.data)
-            .map_err(|e| format!("input '{name}': {e}"))?;
+        let a =
+            ArrayD::from_shape_vec(shape.clone(), t.data).map_err(|source| GraftFault::Seed {
+                name: name.clone(),
+                source,
+            })?;
         feeds.push((name.as_str(), a));
     }
     d.inputs = named.clone();
@@ -81,7 +77,7 @@ pub fn measure(
     };
     let after = engine
         .run_file(grafted, &feeds)
-        .map_err(|e| format!("the grafted model does not run (the original does): {e}"))?;
+        .map_err(GraftFault::GraftedFails)?;
     for ((name, a), (_, b)) in before.iter().zip(&after) {
         let (mut max_abs, mut sum, mut reference_max) = (0f64, 0f64, 0f64);
         for (x, y) in a.iter().zip(b.iter()) {

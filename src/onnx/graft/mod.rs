@@ -7,6 +7,7 @@
 
 pub mod bnfold;
 pub mod drift;
+pub mod error;
 pub mod names;
 pub mod report;
 pub mod scan;
@@ -16,8 +17,9 @@ pub mod weights;
 pub mod write;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+pub use error::{GraftError, GraftFault};
 use report::{Entry, How};
 use scan::{Data, FLOAT, FLOAT16, Init, Scanned};
 use weights::{Weights, max_diff};
@@ -40,27 +42,6 @@ const WEIGHT_SLOTS: &[(&str, &[usize])] = &[
     ("GRU", &[1, 2, 3]),
     ("RNN", &[1, 2, 3]),
 ];
-
-/// The graft layer's error.
-#[derive(Debug, thiserror::Error)]
-pub enum GraftError {
-    /// The ONNX cannot be read.
-    #[error("{path}: not a readable ONNX model: {message}")]
-    Model {
-        /// The model.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-    /// The checkpoint's tensors cannot be read or do not fit the ONNX.
-    #[error("{path}: {message}")]
-    Checkpoint {
-        /// The checkpoint.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-}
 
 /// How one initializer is recomputed from a side's tensors.
 #[derive(Clone, Debug)]
@@ -96,7 +77,7 @@ pub enum Recipe {
 
 impl Recipe {
     /// The values from `side` (`raw` or `ema`).
-    pub fn compute(&self, side: &weights::Side) -> Result<Vec<f32>, String> {
+    pub fn compute(&self, side: &weights::Side) -> Result<Vec<f32>, GraftFault> {
         match self {
             Recipe::Copy { key, perm } => Ok(values::apply(&side.values(key)?, perm)),
             Recipe::Scale { key, factor } => Ok(side
@@ -188,7 +169,7 @@ fn decode(code: u64, b: &[u8]) -> Vec<f32> {
             .collect(),
         scan::DOUBLE => b
             .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8 bytes")) as f32)
             .collect(),
         _ => Vec::new(),
     }
@@ -213,48 +194,58 @@ pub fn encode(code: u64, v: &[f32]) -> Vec<u8> {
 impl Source {
     /// Opens and scans the model (a regular file, at most 2 GiB as protobuf allows).
     pub fn open(path: &Path) -> Result<Source, GraftError> {
-        let err = |m: String| GraftError::Model {
-            path: path.to_path_buf(),
-            message: m,
-        };
-        let (file, len) = crate::io::open_regular(path).map_err(|e| err(e.to_string()))?;
+        let path_buf = || path.to_path_buf();
+        let (file, len) = crate::io::open_regular(path).map_err(|source| GraftError::Open {
+            path: path_buf(),
+            source,
+        })?;
         if len > 2 << 30 {
-            return Err(err(format!("{len} bytes: protobuf models stop at 2 GiB")));
+            return Err(GraftError::TooLarge {
+                path: path_buf(),
+                len,
+            });
         }
         if len == 0 {
-            return Err(err("an empty file".into()));
+            return Err(GraftError::Empty { path: path_buf() });
         }
         // SAFETY: read-only map of a regular file; a file truncated meanwhile faults, and the
         // SIGBUS handler reports it as changed.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(e.to_string()))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| GraftError::Map {
+            path: path_buf(),
+            source,
+        })?;
         crate::signals::watch_mapping(path, map.as_ptr(), map.len());
-        let scanned = scan::scan(&map, path).map_err(err)?;
+        let scanned = scan::scan(&map, path).map_err(|source| GraftError::Scan {
+            path: path_buf(),
+            source,
+        })?;
         Ok(Source { file, scanned })
     }
 
     /// The initializer's element bytes (from the model file, or its external data file).
-    pub fn bytes(&self, t: &Init) -> Result<Vec<u8>, String> {
+    pub fn bytes(&self, t: &Init) -> Result<Vec<u8>, GraftFault> {
         use std::os::unix::fs::FileExt;
         match &t.data {
             Data::Inline(r) => {
                 let mut b = vec![0u8; r.len()];
                 self.file
                     .read_exact_at(&mut b, r.start as u64)
-                    .map_err(|e| format!("initializer '{}': {e}", t.name))?;
+                    .map_err(|source| GraftFault::InitializerRead {
+                        name: t.name.clone(),
+                        source,
+                    })?;
                 Ok(b)
             }
             Data::External(kv) => {
                 let mut ext = crate::onnx::read::External::new(self.scanned.path.parent());
-                ext.slice(&t.name, kv)
-                    .map(<[u8]>::to_vec)
-                    .map_err(String::from)
+                Ok(ext.slice(&t.name, kv).map(<[u8]>::to_vec)?)
             }
             Data::Other => Ok(Vec::new()),
         }
     }
 
     /// The initializer as f32 values, when it is a floating tensor whose bytes fit its shape.
-    fn floats(&self, t: &Init) -> Result<Option<Vec<f32>>, String> {
+    fn floats(&self, t: &Init) -> Result<Option<Vec<f32>>, GraftFault> {
         let (Some(size), Some(n)) = (t.float_size(), t.numel()) else {
             return Ok(None);
         };
@@ -263,11 +254,12 @@ impl Source {
         }
         let b = self.bytes(t)?;
         if b.len() != n * size {
-            return Err(format!(
-                "initializer '{}': {} data bytes for {n} elements of {size} bytes",
-                t.name,
-                b.len()
-            ));
+            return Err(GraftFault::InitializerSize {
+                name: t.name.clone(),
+                len: b.len(),
+                numel: n,
+                size,
+            });
         }
         Ok(Some(decode(t.code, &b)))
     }
@@ -301,7 +293,7 @@ fn in_weight_slot(uses: &[(String, usize)]) -> bool {
 }
 
 /// Identifies every initializer of `src` against `w`.
-pub fn plan(src: &Source, w: &Weights) -> Result<Plan, String> {
+pub fn plan(src: &Source, w: &Weights) -> Result<Plan, GraftFault> {
     let s = &src.scanned;
     let uses = uses(s);
     let bns = bnfold::groups(&w.raw);
@@ -428,7 +420,7 @@ fn fold_convs(
     bns: &[bnfold::Bn],
     entries: &mut [Entry],
     recipes: &mut [Option<Recipe>],
-) -> Result<(), String> {
+) -> Result<(), GraftFault> {
     let s = &src.scanned;
     let index: std::collections::HashMap<&str, usize> = s
         .inits
@@ -514,7 +506,7 @@ impl Plan {
 
     /// Computes each replaced initializer's EMA values once to record how far it moves
     /// (nothing is kept: writing recomputes them).
-    pub fn measure_changes(&mut self, src: &Source, w: &Weights) -> Result<(), String> {
+    pub fn measure_changes(&mut self, src: &Source, w: &Weights) -> Result<(), GraftFault> {
         for (i, r) in self.recipes.iter().enumerate() {
             let Some(r) = r else { continue };
             let t = &src.scanned.inits[i];
@@ -525,16 +517,15 @@ impl Plan {
         Ok(())
     }
 
-    fn values(&self, i: usize, r: &Recipe, t: &Init, w: &Weights) -> Result<Vec<f32>, String> {
+    fn values(&self, i: usize, r: &Recipe, t: &Init, w: &Weights) -> Result<Vec<f32>, GraftFault> {
         let v = r.compute(&w.ema)?;
         if Some(v.len()) != t.numel() {
-            return Err(format!(
-                "initializer '{}' ({}): the EMA gives {} elements, the model has {:?}",
-                t.name,
-                self.entries[i].source,
-                v.len(),
-                t.dims
-            ));
+            return Err(GraftFault::EmaCount {
+                name: t.name.clone(),
+                recipe: self.entries[i].source.clone(),
+                got: v.len(),
+                dims: t.dims.clone(),
+            });
         }
         Ok(v)
     }
@@ -546,7 +537,7 @@ impl Plan {
         w: &Weights,
         metadata: &[(String, String)],
         out: &mut impl std::io::Write,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, GraftFault> {
         let s = &src.scanned;
         let fates: Vec<write::Fate> = s
             .inits
@@ -554,18 +545,16 @@ impl Plan {
             .enumerate()
             .map(|(i, t)| {
                 let size = t.float_size().unwrap_or(1) as u64;
-                match (&self.recipes[i], &t.data) {
+                Ok(match (&self.recipes[i], &t.data) {
                     (Some(_), _) => write::Fate::Rewrite(t.numel().unwrap_or(0) as u64 * size),
-                    // External data is brought inline: the output may live elsewhere.
-                    (None, Data::External(_)) => match src.bytes(t) {
-                        Ok(b) => write::Fate::Rewrite(b.len() as u64),
-                        Err(_) => write::Fate::Keep,
-                    },
+                    // External data is brought inline: the output may live elsewhere, so a
+                    // reference kept as it is could dangle; data that cannot be read is an error.
+                    (None, Data::External(_)) => write::Fate::Rewrite(src.bytes(t)?.len() as u64),
                     (None, _) => write::Fate::Keep,
-                }
+                })
             })
-            .collect();
-        let mut produce = |i: usize| -> Result<Vec<u8>, String> {
+            .collect::<Result<_, GraftFault>>()?;
+        let mut produce = |i: usize| -> Result<Vec<u8>, GraftFault> {
             let t = &s.inits[i];
             match &self.recipes[i] {
                 Some(r) => Ok(encode(t.code, &self.values(i, r, t, w)?)),

@@ -3,6 +3,7 @@
 //! key. A name is only a hint: the values must also be the raw tensor's, since some exporters
 //! keep the name of a weight they changed (BatchNorm folded into `conv.weight`).
 
+use super::GraftFault;
 use super::weights::{Weights, max_abs, max_diff};
 
 /// The raw key `name` refers to: itself, without a wrapper prefix (`module.`, `_orig_mod.`), or
@@ -46,7 +47,7 @@ pub fn by_name(
     v: &[f32],
     w: &Weights,
     rtol: f64,
-) -> Result<Option<(String, f64)>, String> {
+) -> Result<Option<(String, f64)>, GraftFault> {
     let Some(key) = key_for(name, w) else {
         return Ok(None);
     };

@@ -105,7 +105,7 @@ fn offset(outer: &[u8], inner: &[u8]) -> usize {
 fn fields<'a>(
     file: &'a [u8],
     msg: &'a [u8],
-) -> Result<Vec<(u32, Field<'a>, Range<usize>)>, String> {
+) -> Result<Vec<(u32, Field<'a>, Range<usize>)>, read::OnnxReadError> {
     let base = offset(file, msg);
     let mut b = Buf::new(msg);
     let mut out = Vec::new();
@@ -117,7 +117,7 @@ fn fields<'a>(
     Ok(out)
 }
 
-fn tensor(file: &[u8], msg: &[u8], field: Range<usize>) -> Result<Init, String> {
+fn tensor(file: &[u8], msg: &[u8], field: Range<usize>) -> Result<Init, read::OnnxReadError> {
     let mut t = Init {
         name: String::new(),
         code: 0,
@@ -165,7 +165,7 @@ fn tensor(file: &[u8], msg: &[u8], field: Range<usize>) -> Result<Init, String> 
 }
 
 /// Scans `file` (the bytes of the model at `path`).
-pub fn scan(file: &[u8], path: &Path) -> Result<Scanned, String> {
+pub fn scan(file: &[u8], path: &Path) -> Result<Scanned, read::OnnxReadError> {
     let mut s = Scanned {
         path: path.to_path_buf(),
         top: Vec::new(),
@@ -181,7 +181,7 @@ pub fn scan(file: &[u8], path: &Path) -> Result<Scanned, String> {
         match (f, v) {
             (7, Field::Bytes(g)) => {
                 if s.graph != usize::MAX {
-                    return Err("two graphs in one model".into());
+                    return Err(read::OnnxReadError::TwoGraphs);
                 }
                 s.graph = s.top.len();
                 for (gf, gv, grange) in fields(file, g)? {
@@ -215,7 +215,7 @@ pub fn scan(file: &[u8], path: &Path) -> Result<Scanned, String> {
         s.top.push(Span { field: f, range });
     }
     if s.graph == usize::MAX {
-        return Err("no graph: not an ONNX model".into());
+        return Err(read::OnnxReadError::NoGraph);
     }
     let names: std::collections::HashSet<&str> = s.inits.iter().map(|t| t.name.as_str()).collect();
     s.inputs = all_inputs

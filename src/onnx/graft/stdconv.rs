@@ -11,6 +11,7 @@
 //! values), fitting one factor per channel, and finding those factors as 1 or a multiple of a
 //! raw tensor; the EMA is then standardized the same way.
 
+use super::GraftFault;
 use super::values;
 use super::weights::{Side, Weights, max_abs};
 
@@ -45,7 +46,7 @@ fn standardize(w: &[f32], channels: usize, eps: f64) -> Vec<f64> {
 }
 
 /// The standardized weight from `side`.
-pub fn compute(side: &Side, f: &StdFold) -> Result<Vec<f32>, String> {
+pub fn compute(side: &Side, f: &StdFold) -> Result<Vec<f32>, GraftFault> {
     let w = side.values(&f.conv)?;
     let channels = side
         .shape(&f.conv)
@@ -69,7 +70,12 @@ pub fn compute(side: &Side, f: &StdFold) -> Result<Vec<f32>, String> {
 }
 
 /// Finds the raw Conv weight whose standardization gives `v` (of `dims`).
-pub fn find(dims: &[i64], v: &[f32], w: &Weights, rtol: f64) -> Result<Option<StdFold>, String> {
+pub fn find(
+    dims: &[i64],
+    v: &[f32],
+    w: &Weights,
+    rtol: f64,
+) -> Result<Option<StdFold>, GraftFault> {
     let Some(channels) = dims.first().and_then(|&d| usize::try_from(d).ok()) else {
         return Ok(None);
     };

@@ -2,6 +2,7 @@
 //! with its axes permuted (a Linear weight transposed for `MatMul`, a `cls_token` expanded to
 //! batch 1). Fingerprints pick the candidates; each is then compared element by element.
 
+use super::GraftFault;
 use super::weights::{Print, Weights, max_abs, max_diff, permutations, permute};
 
 /// One raw tensor the values equal.
@@ -52,7 +53,7 @@ fn hits_for(
     v: &[f32],
     w: &Weights,
     rtol: f64,
-) -> Result<Vec<Hit>, String> {
+) -> Result<Vec<Hit>, GraftFault> {
     let rv = w.raw.values(key)?;
     let limit = rtol * max_abs(&rv).max(max_abs(v)) + f32::MIN_POSITIVE as f64;
     let d = max_diff(&rv, v);
@@ -116,7 +117,7 @@ pub fn by_value(
     w: &Weights,
     rtol: f64,
     prefer: Option<&str>,
-) -> Result<Found, String> {
+) -> Result<Found, GraftFault> {
     let p = Print::of(v);
     let mut hits = Vec::new();
     for (key, print) in w
@@ -160,19 +161,18 @@ pub fn by_value(
 }
 
 /// The EMA counterpart of a hit, transformed the same way.
-pub fn ema_of(h: &Hit, w: &Weights) -> Result<Vec<f32>, String> {
+pub fn ema_of(h: &Hit, w: &Weights) -> Result<Vec<f32>, GraftFault> {
     let ev = w.ema.values(&h.key)?;
     let shape = w
         .ema
         .shape(&h.key)
-        .ok_or_else(|| format!("the EMA has no '{}'", h.key))?;
+        .ok_or_else(|| GraftFault::EmaMissing { key: h.key.clone() })?;
     if Some(shape) != w.raw.shape(&h.key) {
-        return Err(format!(
-            "'{}' has shape {:?} in the EMA but {:?} in the raw weights",
-            h.key,
-            shape,
-            w.raw.shape(&h.key).unwrap_or_default()
-        ));
+        return Err(GraftFault::EmaShape {
+            key: h.key.clone(),
+            ema: shape.to_vec(),
+            raw: w.raw.shape(&h.key).unwrap_or_default().to_vec(),
+        });
     }
     Ok(apply(&ev, &h.perm))
 }
@@ -187,7 +187,7 @@ pub fn by_multiple(
     v: &[f32],
     w: &Weights,
     rtol: f64,
-) -> Result<Result<Option<Scaled>, Vec<String>>, String> {
+) -> Result<Result<Option<Scaled>, Vec<String>>, GraftFault> {
     let limit = rtol * max_abs(v) + f32::MIN_POSITIVE as f64;
     let mut found: Vec<Scaled> = Vec::new();
     for (key, print) in w
@@ -223,7 +223,7 @@ pub fn by_multiple(
     let Some(first) = found.first() else {
         return Ok(Ok(None));
     };
-    let scaled = |k: &str, c: f64| -> Result<Vec<f32>, String> {
+    let scaled = |k: &str, c: f64| -> Result<Vec<f32>, GraftFault> {
         Ok(w.ema
             .values(k)?
             .iter()

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use super::GraftFault;
 use crate::convert::to_f32_vec;
 use crate::ema::Named;
 use crate::tensor::Tensor;
@@ -107,17 +108,22 @@ impl Side {
     }
 
     /// The tensor's values as f32 (row-major).
-    pub fn values(&self, key: &str) -> Result<Values, String> {
+    pub fn values(&self, key: &str) -> Result<Values, GraftFault> {
         if let Some(v) = self.cache.borrow().1.get(key) {
             return Ok(v.clone());
         }
-        let t = self
-            .tensors
-            .get(key)
-            .ok_or_else(|| format!("no tensor '{key}'"))?;
-        let v = std::rc::Rc::new(
-            to_f32_vec(t).ok_or_else(|| format!("tensor '{key}' cannot be read as numbers"))?,
-        );
+        let t = self.tensors.get(key).ok_or_else(|| GraftFault::NoTensor {
+            key: key.to_string(),
+        })?;
+        let v = to_f32_vec(t)
+            .map_err(|source| GraftFault::TensorRead {
+                key: key.to_string(),
+                source,
+            })?
+            .ok_or_else(|| GraftFault::NotNumbers {
+                key: key.to_string(),
+            })?;
+        let v = std::rc::Rc::new(v);
         let mut c = self.cache.borrow_mut();
         if v.len() <= CACHE_NUMEL && c.0 + v.len() <= CACHE_TOTAL {
             c.0 += v.len();
@@ -140,7 +146,7 @@ pub struct Weights {
 
 impl Weights {
     /// Reads every raw tensor once to fingerprint it.
-    pub fn new(raw: &Named, ema: &Named) -> Result<Weights, String> {
+    pub fn new(raw: &Named, ema: &Named) -> Result<Weights, GraftFault> {
         let raw = Side::new(raw);
         let ema = Side::new(ema);
         let mut prints: HashMap<usize, Vec<(String, Print)>> = HashMap::new();

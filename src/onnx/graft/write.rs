@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
+use super::GraftFault;
 use super::scan::Scanned;
 
 /// What becomes of one initializer.
@@ -65,11 +66,10 @@ pub fn write(
     file: &File,
     s: &Scanned,
     fates: &[Fate],
-    produce: &mut dyn FnMut(usize) -> Result<Vec<u8>, String>,
+    produce: &mut dyn FnMut(usize) -> Result<Vec<u8>, GraftFault>,
     metadata: &[(String, String)],
     w: &mut impl Write,
-) -> Result<u64, String> {
-    let io = |e: io::Error| e.to_string();
+) -> Result<u64, GraftFault> {
     let mut w = Counting { w, n: 0 };
     let mut buf = Vec::new();
     // Initializer index of each graph field that is one.
@@ -93,44 +93,44 @@ pub fn write(
     let graph_len: u64 = (0..s.graph_fields.len()).map(field_len).sum();
     for (k, top) in s.top.iter().enumerate() {
         if k != s.graph {
-            copy(file, top.range.clone(), &mut w, &mut buf).map_err(io)?;
+            copy(file, top.range.clone(), &mut w, &mut buf)?;
             continue;
         }
-        w.write_all(&[0x3a]).map_err(io)?; // field 7, length-delimited
-        varint(&mut w, graph_len).map_err(io)?;
+        w.write_all(&[0x3a])?; // field 7, length-delimited
+        varint(&mut w, graph_len)?;
         let start = w.n;
         for (j, f) in s.graph_fields.iter().enumerate() {
             let Some(i) = init_of[j] else {
-                copy(file, f.range.clone(), &mut w, &mut buf).map_err(io)?;
+                copy(file, f.range.clone(), &mut w, &mut buf)?;
                 continue;
             };
             let Fate::Rewrite(raw) = fates[i] else {
-                copy(file, f.range.clone(), &mut w, &mut buf).map_err(io)?;
+                copy(file, f.range.clone(), &mut w, &mut buf)?;
                 continue;
             };
             let t = &s.inits[i];
             let bytes = produce(i)?;
             if bytes.len() as u64 != raw {
-                return Err(format!(
-                    "initializer '{}': {} bytes made, {raw} expected",
-                    t.name,
-                    bytes.len()
-                ));
+                return Err(GraftFault::Made {
+                    name: t.name.clone(),
+                    made: bytes.len(),
+                    expected: raw,
+                });
             }
-            w.write_all(&[0x2a]).map_err(io)?; // field 5, length-delimited
-            varint(&mut w, tensor_len(&t.keep, raw)).map_err(io)?;
+            w.write_all(&[0x2a])?; // field 5, length-delimited
+            varint(&mut w, tensor_len(&t.keep, raw))?;
             for r in &t.keep {
-                copy(file, r.clone(), &mut w, &mut buf).map_err(io)?;
+                copy(file, r.clone(), &mut w, &mut buf)?;
             }
-            w.write_all(&[0x4a]).map_err(io)?; // raw_data, field 9
-            varint(&mut w, raw).map_err(io)?;
-            w.write_all(&bytes).map_err(io)?;
+            w.write_all(&[0x4a])?; // raw_data, field 9
+            varint(&mut w, raw)?;
+            w.write_all(&bytes)?;
         }
         if w.n - start != graph_len {
-            return Err(format!(
-                "the graph came out {} bytes long, {graph_len} measured",
-                w.n - start
-            ));
+            return Err(GraftFault::GraphLength {
+                written: w.n - start,
+                measured: graph_len,
+            });
         }
     }
     for (k, v) in metadata {
@@ -140,14 +140,14 @@ pub fn write(
             + 1
             + varint_len(v.len() as u64)
             + v.len() as u64;
-        w.write_all(&[0x72]).map_err(io)?; // metadata_props, field 14
-        varint(&mut w, entry).map_err(io)?;
-        w.write_all(&[0x0a]).map_err(io)?;
-        varint(&mut w, k.len() as u64).map_err(io)?;
-        w.write_all(k.as_bytes()).map_err(io)?;
-        w.write_all(&[0x12]).map_err(io)?;
-        varint(&mut w, v.len() as u64).map_err(io)?;
-        w.write_all(v.as_bytes()).map_err(io)?;
+        w.write_all(&[0x72])?; // metadata_props, field 14
+        varint(&mut w, entry)?;
+        w.write_all(&[0x0a])?;
+        varint(&mut w, k.len() as u64)?;
+        w.write_all(k.as_bytes())?;
+        w.write_all(&[0x12])?;
+        varint(&mut w, v.len() as u64)?;
+        w.write_all(v.as_bytes())?;
     }
     Ok(w.n)
 }
@@ -258,6 +258,9 @@ mod tests {
             &[],
             &mut Vec::new(),
         );
-        assert!(wrong.unwrap_err().contains("160 expected"));
+        assert!(matches!(
+            wrong.unwrap_err(),
+            GraftFault::Made { expected: 160, .. }
+        ));
     }
 }

@@ -35,15 +35,16 @@ impl Nms {
     };
 
     /// Refuses thresholds outside [0, 1] (`NonMaxSuppression` rejects such an IoU) and NaN.
-    pub fn check(&self, max_det: usize) -> Result<(), String> {
+    pub fn check(&self, max_det: usize) -> Result<(), crate::onnx::ExportErrorKind> {
+        use crate::onnx::ExportErrorKind;
         if !(0.0..=1.0).contains(&self.conf) {
-            return Err(format!("--conf {} is not in [0, 1]", self.conf));
+            return Err(ExportErrorKind::Conf(self.conf));
         }
         if !(0.0..=1.0).contains(&self.iou) {
-            return Err(format!("--iou {} is not in [0, 1]", self.iou));
+            return Err(ExportErrorKind::Iou(self.iou));
         }
         if !(1..=MAX_DET_LIMIT).contains(&max_det) {
-            return Err(format!("--max-det {max_det} is not in 1..={MAX_DET_LIMIT}"));
+            return Err(ExportErrorKind::MaxDet(max_det));
         }
         Ok(())
     }

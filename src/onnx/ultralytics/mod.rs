@@ -73,6 +73,36 @@ impl<'g> Builder<'g> {
             _ => Err(registry::unsupported_class(&m.class())),
         }
     }
+
+    /// `m`'s child `name` on `x` through the registry, in scope `{scope}.{name}` (`self.name(x)`
+    /// in a block's `forward`).
+    pub(crate) fn sub(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        name: &str,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
+        let child = m.child(name)?;
+        self.module(
+            &format!("{scope}.{name}"),
+            child,
+            LayerInput::One(x.clone()),
+        )
+    }
+
+    /// `m`'s child `name`, a `Conv` (convolution, BatchNorm folded, activation), on `x`, in
+    /// scope `{scope}.{name}`.
+    pub(crate) fn sub_conv(
+        &mut self,
+        scope: &str,
+        m: ModuleRef,
+        name: &str,
+        x: &GraphValue,
+    ) -> BuildResult<GraphValue> {
+        let child = m.child(name)?;
+        self.conv_block(&format!("{scope}.{name}"), child, x)
+    }
 }
 
 impl Backend for Builder<'_> {

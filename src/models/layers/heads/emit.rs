@@ -8,6 +8,16 @@ use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 
+/// Names of the integer constants that pick a feature map's height, width and both out of its
+/// runtime shape, and the bounds of `Range` (made once per head, shared by its levels).
+pub(crate) struct GridIndices {
+    zero: String,
+    one: String,
+    h: String,
+    w: String,
+    hw: String,
+}
+
 impl Builder<'_> {
     /// Runs a head branch (`nn.Sequential` or a single module) on one level.
     fn branch(&mut self, scope: &str, m: ModuleRef, x: &GraphValue) -> BuildResult<GraphValue> {
@@ -210,33 +220,12 @@ impl Builder<'_> {
         }
         let s = format!("{scope}/anchors");
         let s = s.as_str();
-        let dtype = Attr::Int(self.b.dtype as i64);
-        let (zero, one) = (self.b.int_scalar(s, 0), self.b.int_scalar(s, 1));
-        let (ih, iw, ihw) = (
-            self.b.int_scalar(s, 2),
-            self.b.int_scalar(s, 3),
-            self.b.ints(s, &[2, 3]),
-        );
+        let ix = self.grid_indices(s);
         let offset = self.b.weight(&format!("{s}/offset"), &[], &[0.5]);
         let (mut points, mut row) = (Vec::new(), Vec::new());
         for (x, &stride) in xs.iter().zip(strides) {
-            let shape = self.b.node(s, "Shape", &[&x.name], vec![]);
-            let gather = |b: &mut Self, i: &str| {
-                b.b.node(s, "Gather", &[&shape, i], vec![("axis", Attr::Int(0))])
-            };
-            let (h, w, hw) = (gather(self, &ih), gather(self, &iw), gather(self, &ihw));
-            // Cell centres along one axis: arange(n) + 0.5 in the compute dtype.
-            let centres = |b: &mut Self, n: &str| {
-                let r = b.b.node(s, "Range", &[&zero, n, &one], vec![]);
-                let r = b.b.node(s, "Cast", &[&r], vec![("to", dtype.clone())]);
-                b.b.bin(s, "Add", &r, &offset)
-            };
-            let (cx, cy) = (centres(self, &w), centres(self, &h));
-            let cx = self.b.reshape(s, &cx, &[1, -1]);
-            let cy = self.b.reshape(s, &cy, &[-1, 1]);
-            // meshgrid(ij): x varies along the row, y down the column; flattened row-major.
-            let gx = self.b.node(s, "Expand", &[&cx, &hw], vec![]);
-            let gy = self.b.node(s, "Expand", &[&cy, &hw], vec![]);
+            // Cell centres: arange(n) + 0.5 along each axis.
+            let (gx, gy) = self.runtime_cells(s, &x.name, &ix, "Add", &offset);
             let gx = self.b.reshape(s, &gx, &[1, 1, -1]);
             let gy = self.b.reshape(s, &gy, &[1, 1, -1]);
             points.push(self.b.concat(s, &[&gx, &gy], 1));
@@ -252,6 +241,57 @@ impl Builder<'_> {
         let anchor = self.b.concat(s, &points, 2);
         let st = self.b.concat(s, &row, 1);
         Ok((anchor, st))
+    }
+
+    /// The index constants [`Self::runtime_cells`] reads a feature map's shape with.
+    pub(crate) fn grid_indices(&mut self, s: &str) -> GridIndices {
+        let (zero, one) = (self.b.int_scalar(s, 0), self.b.int_scalar(s, 1));
+        let (h, w, hw) = (
+            self.b.int_scalar(s, 2),
+            self.b.int_scalar(s, 3),
+            self.b.ints(s, &[2, 3]),
+        );
+        GridIndices {
+            zero,
+            one,
+            h,
+            w,
+            hw,
+        }
+    }
+
+    /// The cell coordinates of the feature map `y` from its runtime shape, as meshgrid(ij) gives
+    /// them: x varying along each row, y down each column, both (h, w), each `arange(n)` in the
+    /// compute dtype with `offset` applied by `op` (`Add` or `Sub`).
+    pub(crate) fn runtime_cells(
+        &mut self,
+        s: &str,
+        y: &str,
+        ix: &GridIndices,
+        op: &str,
+        offset: &str,
+    ) -> (String, String) {
+        let dtype = Attr::Int(self.b.dtype as i64);
+        let shape = self.b.node(s, "Shape", &[y], vec![]);
+        let gather = |b: &mut Self, i: &str| {
+            b.b.node(s, "Gather", &[&shape, i], vec![("axis", Attr::Int(0))])
+        };
+        let (h, w, hw) = (
+            gather(self, &ix.h),
+            gather(self, &ix.w),
+            gather(self, &ix.hw),
+        );
+        let along = |b: &mut Self, n: &str| {
+            let r = b.b.node(s, "Range", &[&ix.zero, n, &ix.one], vec![]);
+            let r = b.b.node(s, "Cast", &[&r], vec![("to", dtype.clone())]);
+            b.b.bin(s, op, &r, offset)
+        };
+        let (cx, cy) = (along(self, &w), along(self, &h));
+        let cx = self.b.reshape(s, &cx, &[1, -1]);
+        let cy = self.b.reshape(s, &cy, &[-1, 1]);
+        let gx = self.b.node(s, "Expand", &[&cx, &hw], vec![]);
+        let gy = self.b.node(s, "Expand", &[&cy, &hw], vec![]);
+        (gx, gy)
     }
 
     /// Pose keypoints in export form: (xy·2 + anchor − 0.5)·stride (`Pose26`: (xy + anchor)·stride),

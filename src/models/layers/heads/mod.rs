@@ -246,10 +246,10 @@ impl HeadSpec {
 impl Builder<'_> {
     /// `Proto`: cv1, a stride-2 transposed conv, cv2, cv3 — the mask prototypes (B, nm, H/4, W/4).
     fn proto(&mut self, scope: &str, m: ModuleRef, x: &GraphValue) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
+        let a = self.sub_conv(scope, m, "cv1", x)?;
         let up = self.conv_transpose(&format!("{scope}.upsample"), m.child("upsample")?, &a)?;
-        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, &up)?;
-        self.conv_block(&format!("{scope}.cv3"), m.child("cv3")?, &b)
+        let b = self.sub_conv(scope, m, "cv2", &up)?;
+        self.sub_conv(scope, m, "cv3", &b)
     }
 
     /// The head's prototypes by its `proto`'s class: `Proto` reads the first level, `Proto26`
@@ -288,7 +288,7 @@ impl Builder<'_> {
             }
             feat.name = self.b.bin(scope, "Add", &feat.name, &up.name);
         }
-        let fused = self.conv_block(&format!("{scope}.feat_fuse"), m.child("feat_fuse")?, &feat)?;
+        let fused = self.sub_conv(scope, m, "feat_fuse", &feat)?;
         self.proto(scope, m, &fused)
     }
 }

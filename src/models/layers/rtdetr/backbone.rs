@@ -3,6 +3,7 @@
 
 use crate::checkpoint::py::{BuildResult, ModuleRef};
 use crate::models::LayerInput;
+use crate::models::layers::csp::residual;
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
@@ -84,13 +85,9 @@ impl Builder<'_> {
             ys.push(self.module(&format!("{scope}.m.{i}"), b, LayerInput::One(last))?);
         }
         let cat = self.cat(scope, &ys, 1)?;
-        let y = self.conv_block(&format!("{scope}.sc"), m.child("sc")?, &cat)?;
-        let y = self.conv_block(&format!("{scope}.ec"), m.child("ec")?, &y)?;
-        Ok(if m.bool("add").unwrap_or(false) {
-            self.add(scope, x, &y)
-        } else {
-            y
-        })
+        let y = self.sub_conv(scope, m, "sc", &cat)?;
+        let y = self.sub_conv(scope, m, "ec", &y)?;
+        Ok(self.residual(scope, m, x, y))
     }
 
     /// `LightConv`: conv1 then conv2.
@@ -100,8 +97,8 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let y = self.conv_block(&format!("{scope}.conv1"), m.child("conv1")?, x)?;
-        self.conv_block(&format!("{scope}.conv2"), m.child("conv2")?, &y)
+        let y = self.sub_conv(scope, m, "conv1", x)?;
+        self.sub_conv(scope, m, "conv2", &y)
     }
 
     /// `RepC3`: cv3(m(cv1(x)) + cv2(x)).
@@ -111,9 +108,9 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let a = self.conv_block(&format!("{scope}.cv1"), m.child("cv1")?, x)?;
-        let a = self.module(&format!("{scope}.m"), m.child("m")?, LayerInput::One(a))?;
-        let b = self.conv_block(&format!("{scope}.cv2"), m.child("cv2")?, x)?;
+        let a = self.sub_conv(scope, m, "cv1", x)?;
+        let a = self.sub(scope, m, "m", &a)?;
+        let b = self.sub_conv(scope, m, "cv2", x)?;
         if a.shape != b.shape {
             return Err(format!(
                 "{scope}: RepC3 branches {:?} and {:?}",
@@ -121,7 +118,7 @@ impl Builder<'_> {
             ));
         }
         let s = self.add(scope, &a, &b);
-        self.module(&format!("{scope}.cv3"), m.child("cv3")?, LayerInput::One(s))
+        self.sub(scope, m, "cv3", &s)
     }
 }
 
@@ -165,12 +162,7 @@ impl Reference<'_> {
         shape::same_maps(&refs, "HGBlock")?;
         let y = self.sub(m, "sc", &ops::cat_channels(&refs))?;
         let y = self.sub(m, "ec", &y)?;
-        Ok(if m.bool("add").unwrap_or(false) {
-            shape::same_shape(x, &y, "HGBlock")?;
-            ops::add(x, &y)
-        } else {
-            y
-        })
+        residual(m, x, y, "HGBlock")
     }
 
     pub(crate) fn lightconv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
