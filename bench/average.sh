@@ -9,6 +9,7 @@
 # figures in docs/benchmarks.md say which were used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 PY=${PY:-python3}
 N=${N:-10}
 SIZE_MB=${SIZE_MB:-1024}
@@ -72,4 +73,5 @@ echo "average (EMA replay): ${t_ema}s"
 echo "cat (one read):      ${t_read}s"
 [ -n "${NO_PY:-}" ] || echo "python (torch.load + running mean + torch.save): ${t_py}s, peak RSS $(( $(rss "$PY" "$DIR/py_avg.py" "${files[@]}") / 1024 )) MB"
 echo "runs (average, cat, EMA replay):"; echo "$pairs"
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -f "$DIR"/*.safetensors "$DIR"/*.py-avg.pt

@@ -6,6 +6,7 @@
 # 8.0-style f32 file, where strip converts the EMA to f16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 PY=${PY:-python3}
 BIG=${BIG:-/tmp/fuse-ema-big-last.pt}
 RUNS=${RUNS:-5}
@@ -46,3 +47,4 @@ if [ -z "${NO_TMPFS:-}" ] && [ -d /dev/shm ]; then
   OUT=${OUT_DISK:-/tmp/fuse-ema-bench}
 fi
 rm -f "$OUT"/*.pt "$OUT/copy.bin"
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,11 +1,15 @@
 //! `average`: one state dict from several checkpoints — SWA or a model soup (uniform), a weighted
 //! average, or an EMA replayed over a sequence of saved checkpoints.
 //!
-//! Streaming: f32/f16/bf16 tensors are averaged a step of elements at a time across all inputs,
-//! each input's window read with one positioned read ([`reader`]: a helper thread reads ahead
-//! while the other averages), with vectorised element loops ([`kernel`]); each result goes to an
-//! unnamed scratch file beside the output, which the writers then copy. Memory is a few windows
-//! per input and one step's accumulator, whatever the model size.
+//! Streaming: each output tensor is computed when its writer reaches it and written straight
+//! into the output's temporary file ([`Plan::write_safetensors`], [`Plan::write_torch`]; the
+//! safetensors header is planned up front from the first input's names, dtypes and shapes, and
+//! the tensors are averaged in the order the file lays them out). f32/f16/bf16 tensors are
+//! averaged a step of elements at a time across all inputs, each input's window read with one
+//! positioned read ([`reader`]: a helper thread reads ahead while the other averages), with
+//! vectorised element loops ([`kernel`]). Memory is a few windows per input and one step's
+//! accumulator, whatever the model size. `--strip`, whose writer needs the averaged tensors as
+//! tensors, averages into an unnamed scratch file instead ([`Plan::to_scratch`]).
 //!
 //! Arithmetic follows what PyTorch computes on CPU, so results are reproducible bit for bit:
 //! uniform is `torch.optim.swa_utils.AveragedModel`'s running mean, `a + (x − a) / (n + 1)` in
@@ -16,45 +20,29 @@
 //! computed in f32 and rounded to their dtype once at the end.
 
 mod kernel;
+mod method;
 mod reader;
+mod stream;
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::convert;
 use crate::ema::Named;
+use crate::progress::Progress;
 use crate::tensor::{Buffer, DType, MappedFile, Tensor};
-
-/// How the inputs are combined.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "method")]
-pub enum Method {
-    /// Equal weights, as SWA and uniform model soups average.
-    Uniform,
-    /// Normalised weights, one per input.
-    Weighted {
-        /// As given (normalised by their sum).
-        weights: Vec<f64>,
-    },
-    /// `e ← d·e + (1 − d)·x` over the inputs in order, starting from the first; `every` > 1
-    /// means the checkpoints were saved `every` steps apart, so each stands for that many steps
-    /// (decay `d^every` per checkpoint).
-    Ema {
-        /// Per-step decay.
-        decay: f64,
-        /// Steps between checkpoints.
-        every: u32,
-    },
-}
+use crate::write::{OutDType, WriteError};
+pub use method::{Method, UsageError};
 
 /// Why averaging failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AverageError {
     /// Fewer than two inputs, bad weights or decay.
-    #[error("{0}")]
-    Usage(String),
+    #[error(transparent)]
+    Usage(#[from] UsageError),
     /// The inputs are not checkpoints of one model.
     #[error("{file}: {problem}")]
     Mismatch {
@@ -71,9 +59,23 @@ pub enum AverageError {
         /// The tensor.
         name: String,
     },
-    /// The scratch file failed.
+    /// Writing an averaged tensor's bytes failed (the writer names the output).
+    #[error("{0}")]
+    Output(#[source] std::io::Error),
+    /// The output could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The scratch file (for `--strip`) failed.
     #[error("scratch file beside the output: {0}")]
-    Scratch(#[from] std::io::Error),
+    Scratch(#[source] std::io::Error),
+    /// A writer asked for the tensors in another order than the one planned (a bug).
+    #[error("internal error: tensor {asked} asked for where {due:?} was due")]
+    Order {
+        /// The tensor due next, if any.
+        due: Option<usize>,
+        /// The one asked for.
+        asked: usize,
+    },
     /// An averaged tensor does not fit the scratch bytes written for it.
     #[error("averaged tensor '{name}': {source}")]
     View {
@@ -99,129 +101,6 @@ pub struct AverageReport {
     pub averaged: usize,
     /// Taken from the last input (not floating point).
     pub from_last: Vec<String>,
-}
-
-impl Method {
-    /// Checks the parameters against the number of inputs.
-    pub fn check(&self, inputs: usize) -> Result<(), AverageError> {
-        if inputs < 2 {
-            return Err(AverageError::Usage(format!(
-                "average needs at least two checkpoints, got {inputs}"
-            )));
-        }
-        match self {
-            Method::Uniform => Ok(()),
-            Method::Weighted { weights } => {
-                if weights.len() != inputs {
-                    return Err(AverageError::Usage(format!(
-                        "--weights has {} values for {inputs} checkpoints",
-                        weights.len()
-                    )));
-                }
-                if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-                    return Err(AverageError::Usage(
-                        "--weights must be finite and not negative".into(),
-                    ));
-                }
-                if weights.iter().sum::<f64>() <= 0.0 {
-                    return Err(AverageError::Usage("--weights sum to zero".into()));
-                }
-                Ok(())
-            }
-            Method::Ema { decay, every } => {
-                if !(0.0..1.0).contains(decay) || *every == 0 {
-                    return Err(AverageError::Usage(format!(
-                        "--ema-decay {decay} must be in [0, 1) and --every {every} at least 1"
-                    )));
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Each input's weight in the result.
-    fn weights(&self, n: usize) -> Vec<f64> {
-        match self {
-            Method::Uniform => vec![1.0 / n as f64; n],
-            Method::Weighted { weights } => {
-                let s: f64 = weights.iter().sum();
-                weights.iter().map(|w| w / s).collect()
-            }
-            Method::Ema { decay, every } => {
-                let d = decay.powf(f64::from(*every));
-                (0..n)
-                    .map(|i| {
-                        let later = (n - 1 - i) as i32;
-                        let own = if i == 0 { 1.0 } else { 1.0 - d };
-                        own * d.powi(later)
-                    })
-                    .collect()
-            }
-        }
-    }
-}
-
-/// The arithmetic of one method in one precision (f32 for f32/f16/bf16, f64 for f64).
-trait Real: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
-    fn from_f64(x: f64) -> Self;
-    fn to_f64(self) -> f64;
-    fn mul(self, o: Self) -> Self;
-    fn div(self, o: Self) -> Self;
-}
-
-impl Real for f32 {
-    fn from_f64(x: f64) -> f32 {
-        x as f32
-    }
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    fn mul(self, o: f32) -> f32 {
-        self * o
-    }
-    fn div(self, o: f32) -> f32 {
-        self / o
-    }
-}
-
-impl Real for f64 {
-    fn from_f64(x: f64) -> f64 {
-        x
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn mul(self, o: f64) -> f64 {
-        self * o
-    }
-    fn div(self, o: f64) -> f64 {
-        self / o
-    }
-}
-
-/// Folds input `i`'s elements `x` into the accumulator `acc` (which holds input 0 after the
-/// first call), as the method does.
-fn step<R: Real>(method: &Method, weights: &[f64], i: usize, acc: &mut [R], x: &[R]) {
-    match method {
-        Method::Uniform => {
-            // AveragedModel: a + (x − a) / (n + 1), n inputs averaged so far.
-            let n1 = R::from_f64((i + 1) as f64);
-            for (a, &v) in acc.iter_mut().zip(x) {
-                *a = *a + (v - *a).div(n1);
-            }
-        }
-        Method::Ema { decay, every } => {
-            let d = decay.powf(f64::from(*every));
-            let (keep, take) = (R::from_f64(d), R::from_f64(1.0 - d));
-            for (a, &v) in acc.iter_mut().zip(x) {
-                *a = keep.mul(*a) + take.mul(v);
-            }
-        }
-        // Weighted sums accumulate in f64 elsewhere.
-        Method::Weighted { .. } => {
-            let _ = weights;
-        }
-    }
 }
 
 /// Which weights of each checkpoint are averaged.
@@ -283,10 +162,6 @@ fn name_of(path: &str) -> &str {
     if path.is_empty() { "(root)" } else { path }
 }
 
-/// Where one output tensor is: averaged bytes in the scratch file (dtype, shape, byte range), or
-/// the last input's own tensor.
-type Placed = Result<(DType, Vec<usize>, std::ops::Range<usize>), Tensor>;
-
 /// One input: where it came from (for messages) and its state dict.
 pub struct Input<'a> {
     /// The file, as given.
@@ -295,263 +170,205 @@ pub struct Input<'a> {
     pub tensors: &'a Named,
 }
 
-/// Elements per step: the accumulator (1 MiB of f32) stays in cache while the matching chunk of
-/// every input is folded into it, and each input is read in windows of this many elements.
-const STEP: usize = 1 << 18;
-
-/// Averages `inputs` (at least two, all with the first one's names, shapes and dtypes). Results
-/// go to `scratch` (an unnamed file beside the output); the returned tensors are views of it
-/// (integer buffers are the last input's own tensors).
-///
-/// f32, f16 and bf16 tensors are averaged a step of [`STEP`] elements at a time across all
-/// inputs (a helper thread reads the next steps meanwhile, see [`reader`]); f64 tensors whole,
-/// one input at a time.
-pub fn average(
-    inputs: &[Input<'_>],
-    method: &Method,
-    scratch: std::fs::File,
-) -> Result<(Named, AverageReport), AverageError> {
-    method.check(inputs.len())?;
-    let first = &inputs[0];
-    for inp in &inputs[1..] {
-        check_same(first, inp)?;
-    }
-    let weights = method.weights(inputs.len());
-    let steps: Vec<reader::Step> = first
-        .tensors
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, t))| chunked_dtype(t.dtype()))
-        .flat_map(|(k, (_, t))| {
-            let n = t.numel();
-            (0..n).step_by(STEP).map(move |e0| reader::Step {
-                k,
-                elems: e0..(e0 + STEP).min(n),
-            })
-        })
-        .collect();
-    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-    std::thread::scope(|s| {
-        let feed = if two_cores {
-            let (tx, ready) = std::sync::mpsc::sync_channel(reader::AHEAD);
-            let (spare, back) = std::sync::mpsc::channel();
-            let steps = &steps;
-            s.spawn(move || reader::read_ahead(steps, inputs, tx, back));
-            reader::Feed::Helper { ready, spare }
-        } else {
-            reader::Feed::Inline { pool: Vec::new() }
-        };
-        average_all(inputs, method, &weights, scratch, feed)
-        // Returning drops the feed, which stops the helper at its next step.
-    })
+/// An average checked and ready to write: the inputs (at least two, all with the first one's
+/// names, shapes and dtypes), the method and what the result will hold.
+pub struct Plan<'a> {
+    inputs: &'a [Input<'a>],
+    method: &'a Method,
+    report: AverageReport,
 }
 
-/// Dtypes averaged step by step in f32.
-fn chunked_dtype(d: DType) -> bool {
-    matches!(d, DType::F32 | DType::F16 | DType::BF16)
-}
-
-fn average_all(
-    inputs: &[Input<'_>],
-    method: &Method,
-    weights: &[f64],
-    scratch: std::fs::File,
-    mut feed: reader::Feed,
-) -> Result<(Named, AverageReport), AverageError> {
-    let first = &inputs[0];
-    let last = inputs.last().expect("two inputs");
-    let mut out = std::io::BufWriter::with_capacity(4 << 20, scratch);
-    // (name, dtype, shape, byte range in the scratch file) or the last input's tensor.
-    let mut placed: Vec<(String, Placed)> = Vec::with_capacity(first.tensors.len());
-    let mut offset = 0usize;
-    let mut report = AverageReport {
-        method: method.clone(),
-        weights: weights.to_vec(),
-        tensors: first.tensors.len(),
-        averaged: 0,
-        from_last: Vec::new(),
-    };
-    let mut bufs = Bufs::default();
-    for (k, (name, t0)) in first.tensors.iter().enumerate() {
-        if !t0.dtype().is_float() {
-            report.from_last.push(name.clone());
-            placed.push((name.clone(), Err(last.tensors[k].1.clone())));
-            continue;
+impl<'a> Plan<'a> {
+    /// Checks the method against the inputs and the inputs against each other.
+    pub fn new(inputs: &'a [Input<'a>], method: &'a Method) -> Result<Plan<'a>, AverageError> {
+        method.check(inputs.len())?;
+        let first = &inputs[0];
+        for inp in &inputs[1..] {
+            check_same(first, inp)?;
         }
-        let len = if chunked_dtype(t0.dtype()) {
-            chunked(inputs, k, method, weights, &mut feed, &mut bufs, &mut out)?
-        } else {
-            let v = combine::<f64>(inputs, k, method, weights, convert::to_f64_vec)?;
-            let mut bytes = Vec::with_capacity(v.len() * 8);
-            for x in v {
-                bytes.extend_from_slice(&x.to_le_bytes());
-            }
-            out.write_all(&bytes)?;
-            bytes.len()
+        let from_last: Vec<String> = first
+            .tensors
+            .iter()
+            .filter(|(_, t)| !t.dtype().is_float())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let report = AverageReport {
+            method: method.clone(),
+            weights: method.weights(inputs.len()),
+            tensors: first.tensors.len(),
+            averaged: first.tensors.len() - from_last.len(),
+            from_last,
         };
-        placed.push((
-            name.clone(),
-            Ok((t0.dtype(), t0.shape().to_vec(), offset..offset + len)),
-        ));
-        offset += len;
-        report.averaged += 1;
+        Ok(Plan {
+            inputs,
+            method,
+            report,
+        })
     }
-    // No fsync: the scratch file is unnamed and read back through the page cache; only the
-    // output, which the writers sync before renaming it into place, has to reach the disk.
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    // An empty map is not allowed; a file of integer buffers only has nothing averaged.
-    let map = if offset == 0 {
-        None
-    } else {
-        // SAFETY: the scratch file is unnamed (no other process can reach it) and this process
-        // writes nothing more to it.
-        let m = unsafe { memmap2::Mmap::map(&file)? };
-        Some(Arc::new(MappedFile::new(m, file)))
-    };
-    let tensors = placed
-        .into_iter()
-        .map(|(name, p)| {
-            let t = match p {
-                Err(t) => t,
-                Ok((dtype, shape, range)) => {
-                    let storage = Buffer::Mapped {
-                        map: Arc::clone(map.as_ref().expect("bytes were written")),
-                        range,
-                    };
-                    Tensor::contiguous(dtype, shape, storage, Arc::from(name.as_str())).map_err(
-                        |source| AverageError::View {
+
+    /// What the result holds and each input's weight in it.
+    pub fn report(&self) -> &AverageReport {
+        &self.report
+    }
+
+    /// The first input's tensors: the names, dtypes and shapes of the result.
+    fn like(&self) -> &'a Named {
+        self.inputs[0].tensors
+    }
+
+    /// Runs `write` (a writer that asks for the tensors in `order`, each through its `fill`
+    /// callback) with the averaging; an averaging failure inside a callback is reported as
+    /// itself rather than as the writer's failure to write.
+    fn through_writer(
+        &self,
+        order: &[usize],
+        write: impl FnOnce(
+            &mut dyn FnMut(usize, DType, &mut dyn Write) -> std::io::Result<()>,
+        ) -> Result<(), WriteError>,
+    ) -> Result<(), AverageError> {
+        let mut failed = None;
+        let written = stream::run(
+            self.inputs,
+            self.method,
+            &self.report.weights,
+            order,
+            |avg| {
+                write(&mut |k, d, w| {
+                    avg.write(k, d, w).map_err(|e| {
+                        let io = std::io::Error::other(e.to_string());
+                        failed = Some(e);
+                        io
+                    })
+                })
+            },
+        );
+        match (failed, written) {
+            (Some(AverageError::Output(_)), Err(e)) | (None, Err(e)) => Err(e.into()),
+            (Some(e), _) => Err(e),
+            (None, Ok(())) => Ok(()),
+        }
+    }
+
+    /// Writes the average to `target` as one safetensors file with `metadata`, each tensor
+    /// averaged straight into the output in the file's order.
+    pub fn write_safetensors(
+        &self,
+        target: &Path,
+        input_paths: &[&Path],
+        dtype: OutDType,
+        metadata: &BTreeMap<String, String>,
+        progress: &dyn Progress,
+    ) -> Result<(), AverageError> {
+        use crate::write::safetensors;
+        let like = self.like();
+        let layout = safetensors::Layout::new(target, like, dtype, metadata)?;
+        let mut writeback = crate::write::Writeback::default();
+        self.through_writer(&layout.order(), |fill| {
+            safetensors::write_filled(
+                target,
+                input_paths,
+                like,
+                dtype,
+                &layout,
+                progress,
+                |i, d, f| {
+                    fill(
+                        i,
+                        d,
+                        &mut crate::write::WritebackFile::new(f, &mut writeback)?,
+                    )
+                },
+            )
+        })
+    }
+
+    /// Writes the average to `target` as a torch state dict (`.pt`), each tensor averaged
+    /// straight into the output in state-dict order.
+    pub fn write_torch(
+        &self,
+        target: &Path,
+        input_paths: &[&Path],
+        dtype: OutDType,
+        progress: &dyn Progress,
+    ) -> Result<(), AverageError> {
+        let like = self.like();
+        let order: Vec<usize> = (0..like.len()).collect();
+        self.through_writer(&order, |fill| {
+            crate::write::torch_zip::write_filled(target, input_paths, like, dtype, progress, fill)
+        })
+    }
+
+    /// The averaged tensors, in state-dict order, as views of `scratch` (an unnamed file beside
+    /// the output) where they were averaged; integer buffers are the last input's own tensors.
+    pub fn to_scratch(&self, scratch: std::fs::File) -> Result<Named, AverageError> {
+        let like = self.like();
+        let order: Vec<usize> = (0..like.len())
+            .filter(|&k| like[k].1.dtype().is_float())
+            .collect();
+        let mut out = std::io::BufWriter::with_capacity(4 << 20, scratch);
+        let mut ranges = Vec::with_capacity(like.len());
+        stream::run(
+            self.inputs,
+            self.method,
+            &self.report.weights,
+            &order,
+            |avg| {
+                let mut offset = 0usize;
+                for (k, (_, t)) in like.iter().enumerate() {
+                    if !t.dtype().is_float() {
+                        ranges.push(None);
+                        continue;
+                    }
+                    avg.write(k, t.dtype(), &mut out)?;
+                    let len = t.numel() * t.dtype().size();
+                    ranges.push(Some(offset..offset + len));
+                    offset += len;
+                }
+                Ok::<(), AverageError>(())
+            },
+        )?;
+        // No fsync: the scratch file is unnamed and read back through the page cache; only the
+        // output, which the writers sync before renaming it into place, has to reach the disk.
+        let file = out
+            .into_inner()
+            .map_err(|e| AverageError::Scratch(e.into_error()))?;
+        // An empty map is not allowed; a file of integer buffers only has nothing averaged.
+        let map = if ranges.iter().any(Option::is_some) {
+            // SAFETY: the scratch file is unnamed (no other process can reach it) and this
+            // process writes nothing more to it.
+            let m = unsafe { memmap2::Mmap::map(&file) }.map_err(AverageError::Scratch)?;
+            Some(Arc::new(MappedFile::new(m, file)))
+        } else {
+            None
+        };
+        let last = self.inputs[self.inputs.len() - 1].tensors;
+        like.iter()
+            .zip(ranges)
+            .enumerate()
+            .map(|(k, ((name, t0), range))| {
+                let t = match (range, &map) {
+                    (Some(range), Some(map)) => {
+                        let storage = Buffer::Mapped {
+                            map: Arc::clone(map),
+                            range,
+                        };
+                        Tensor::contiguous(
+                            t0.dtype(),
+                            t0.shape().to_vec(),
+                            storage,
+                            Arc::from(name.as_str()),
+                        )
+                        .map_err(|source| AverageError::View {
                             name: name.clone(),
                             source,
-                        },
-                    )?
-                }
-            };
-            Ok((name, t))
-        })
-        .collect::<Result<_, AverageError>>()?;
-    Ok((tensors, report))
-}
-
-/// Buffers reused across steps.
-#[derive(Default)]
-struct Bufs {
-    acc: Vec<f32>,
-    wide: Vec<f64>,
-    widened: Vec<f32>,
-    encoded: Vec<u8>,
-}
-
-/// Tensor `k` of every input (f32, f16 or bf16) combined step by step and written to `out` in
-/// its dtype; returns the bytes written. The same arithmetic per element, in the same order over
-/// the inputs, as [`combine`] and [`step`]: only the loop order differs.
-fn chunked(
-    inputs: &[Input<'_>],
-    k: usize,
-    method: &Method,
-    weights: &[f64],
-    feed: &mut reader::Feed,
-    bufs: &mut Bufs,
-    out: &mut impl Write,
-) -> Result<usize, AverageError> {
-    let unreadable = |i: usize| AverageError::Unreadable {
-        file: inputs[i].file.to_string(),
-        name: inputs[i].tensors[k].0.clone(),
-    };
-    let t0 = &inputs[0].tensors[k].1;
-    let (dtype, n, es) = (t0.dtype(), t0.numel(), t0.dtype().size());
-    let mut src = Vec::with_capacity(inputs.len());
-    for (i, inp) in inputs.iter().enumerate() {
-        let t = &inp.tensors[k].1;
-        let b = t.to_contiguous_bytes().map_err(|_| unreadable(i))?;
-        if b.len() != n * es {
-            return Err(unreadable(i));
-        }
-        src.push(b);
+                        })?
+                    }
+                    _ => last[k].1.clone(),
+                };
+                Ok((name.clone(), t))
+            })
+            .collect()
     }
-    let update = |i: usize| match method {
-        Method::Ema { decay, every } => {
-            let d = decay.powf(f64::from(*every));
-            kernel::Update::Ema(d as f32, (1.0 - d) as f32)
-        }
-        // AveragedModel: a + (x − a) / (n + 1), n inputs averaged so far.
-        _ => kernel::Update::Mean((i + 1) as f32),
-    };
-    let mut written = 0;
-    for e0 in (0..n).step_by(STEP) {
-        let elems = e0..(e0 + STEP).min(n);
-        let step = reader::Step {
-            k,
-            elems: elems.clone(),
-        };
-        let windows = feed.next(inputs, &step).map_err(unreadable)?;
-        let bytes = |i: usize| match &windows[i] {
-            Some(b) => &b[..],
-            None => &src[i][elems.start * es..elems.end * es],
-        };
-        let Bufs {
-            acc,
-            wide,
-            widened,
-            encoded,
-        } = &mut *bufs;
-        acc.clear();
-        if let Method::Weighted { .. } = method {
-            // Σ wᵢxᵢ in f64, rounded once.
-            wide.clear();
-            wide.resize(elems.len(), 0.0);
-            for (i, w) in weights.iter().enumerate() {
-                kernel::weighted(wide, kernel::as_f32(dtype, bytes(i), widened), *w);
-            }
-            acc.extend(wide.iter().map(|&a| a as f32));
-        } else {
-            acc.extend_from_slice(kernel::as_f32(dtype, bytes(0), widened));
-            for i in 1..inputs.len() {
-                kernel::update(acc, kernel::as_f32(dtype, bytes(i), widened), update(i));
-            }
-        }
-        feed.give_back(windows);
-        encoded.clear();
-        kernel::encode(acc, dtype, encoded);
-        out.write_all(encoded)?;
-        written += encoded.len();
-    }
-    Ok(written)
-}
-
-/// Input `k`'s tensor of every checkpoint combined, in precision `R`.
-fn combine<R: Real>(
-    inputs: &[Input<'_>],
-    k: usize,
-    method: &Method,
-    weights: &[f64],
-    read: impl Fn(&Tensor) -> Option<Vec<R>>,
-) -> Result<Vec<R>, AverageError> {
-    let load = |i: usize| -> Result<Vec<R>, AverageError> {
-        let (name, t) = &inputs[i].tensors[k];
-        read(t).ok_or_else(|| AverageError::Unreadable {
-            file: inputs[i].file.to_string(),
-            name: name.clone(),
-        })
-    };
-    if let Method::Weighted { .. } = method {
-        let mut acc: Vec<f64> = Vec::new();
-        for (i, w) in weights.iter().enumerate() {
-            let x = load(i)?;
-            if acc.is_empty() {
-                acc = vec![0.0; x.len()];
-            }
-            for (a, v) in acc.iter_mut().zip(&x) {
-                *a += w * v.to_f64();
-            }
-        }
-        return Ok(acc.into_iter().map(R::from_f64).collect());
-    }
-    let mut acc = load(0)?;
-    for i in 1..inputs.len() {
-        let x = load(i)?;
-        step(method, weights, i, &mut acc, &x);
-    }
-    Ok(acc)
 }
 
 /// `b` must hold `a`'s names in the same order, with the same shapes and dtypes.
@@ -589,41 +406,82 @@ fn check_same(a: &Input<'_>, b: &Input<'_>) -> Result<(), AverageError> {
     Ok(())
 }
 
+/// `bytes` as a 1-D f32 tensor mapped from a temporary file, and the file (for tests that
+/// change it underneath).
+#[cfg(test)]
+fn mapped_f32(bytes: &[u8]) -> (Tensor, std::fs::File) {
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(bytes).unwrap();
+    // SAFETY: a private temporary file of this test.
+    let m = unsafe { memmap2::Mmap::map(&f).unwrap() };
+    let map = Arc::new(MappedFile::new(m, f.try_clone().unwrap()));
+    let storage = Buffer::Mapped {
+        map,
+        range: 0..bytes.len(),
+    };
+    let t = Tensor::contiguous(DType::F32, vec![bytes.len() / 4], storage, "0".into()).unwrap();
+    (t, f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn ema_weights_sum_to_one_and_favour_the_last() {
-        let w = Method::Ema {
-            decay: 0.5,
-            every: 1,
-        }
-        .weights(3);
-        assert_eq!(w, vec![0.25, 0.25, 0.5]);
-        let w = Method::Uniform.weights(4);
-        assert_eq!(w, vec![0.25; 4]);
+    /// An f32 tensor of `n` elements mapped from a temporary file, and the file.
+    fn mapped(n: usize, seed: f32) -> (Tensor, std::fs::File) {
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| (i as f32 * seed).to_le_bytes())
+            .collect();
+        mapped_f32(&bytes)
     }
 
     #[test]
-    fn uniform_is_the_running_mean() {
-        let mut acc = vec![1.0f32, 4.0];
-        step(&Method::Uniform, &[], 1, &mut acc, &[3.0, 0.0]);
-        step(&Method::Uniform, &[], 2, &mut acc, &[5.0, 2.0]);
-        assert_eq!(acc, vec![3.0, 2.0]);
-    }
-
-    #[test]
-    fn bad_parameters_are_usage_errors() {
-        assert!(Method::Uniform.check(1).is_err());
-        let w = Method::Weighted {
-            weights: vec![1.0, -1.0],
-        };
-        assert!(w.check(2).is_err());
-        let e = Method::Ema {
-            decay: 1.0,
-            every: 1,
-        };
-        assert!(e.check(3).is_err());
+    fn written_straight_to_the_output_and_an_unreadable_input_leaves_nothing() {
+        let n = stream::STEP + 5;
+        let (a, _fa) = mapped(n, 1.0);
+        let (b, fb) = mapped(n, 3.0);
+        let (na, nb) = (vec![("w".to_string(), a)], vec![("w".to_string(), b)]);
+        let inputs = [
+            Input {
+                file: "a.pt",
+                tensors: &na,
+            },
+            Input {
+                file: "b.pt",
+                tensors: &nb,
+            },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("avg.safetensors");
+        let plan = Plan::new(&inputs, &Method::Uniform).unwrap();
+        let silent = crate::progress::Silent;
+        plan.write_safetensors(&out, &[], OutDType::Keep, &BTreeMap::new(), &silent)
+            .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let st = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let got = st.tensor("w").unwrap();
+        let want: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                let (x, y) = (i as f32, i as f32 * 3.0);
+                (x + (y - x) / 2.0).to_le_bytes()
+            })
+            .collect();
+        assert_eq!(got.data(), &want[..]);
+        // The second input shrinks: the error names it, and no output is left.
+        fb.set_len(100).unwrap();
+        let out2 = dir.path().join("again.pt");
+        let e = plan
+            .write_torch(&out2, &[], OutDType::Keep, &silent)
+            .unwrap_err();
+        assert!(
+            matches!(&e, AverageError::Unreadable { file, name } if file == "b.pt" && name == "w"),
+            "{e}"
+        );
+        assert!(!out2.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
     }
 }

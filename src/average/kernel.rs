@@ -101,8 +101,10 @@ pub(super) fn as_f32<'a>(dtype: DType, bytes: &'a [u8], scratch: &'a mut Vec<f32
     scratch
 }
 
-/// Appends `acc` to `out` as `dtype` (f32, f16 or bf16), rounding once from f32.
-pub(super) fn encode(acc: &[f32], dtype: DType, out: &mut Vec<u8>) {
+/// `acc` as the bytes of `dtype` (f32, f16 or bf16, little-endian), rounding once from f32:
+/// f32 elements are their own bytes on a little-endian machine, others are encoded into `out`.
+pub(super) fn encode<'a>(acc: &'a [f32], dtype: DType, out: &'a mut Vec<u8>) -> &'a [u8] {
+    out.clear();
     match dtype {
         DType::F16 => {
             for &a in acc {
@@ -114,12 +116,20 @@ pub(super) fn encode(acc: &[f32], dtype: DType, out: &mut Vec<u8>) {
                 out.extend_from_slice(&half::bf16::from_f32(a).to_le_bytes());
             }
         }
+        _ if cfg!(target_endian = "little") => {
+            // SAFETY: f32 has no padding and every byte of it is initialised; u8 has alignment
+            // 1; the slice covers exactly `acc`'s memory, borrowed for as long as `acc`.
+            return unsafe {
+                std::slice::from_raw_parts(acc.as_ptr().cast::<u8>(), std::mem::size_of_val(acc))
+            };
+        }
         _ => {
             for &a in acc {
                 out.extend_from_slice(&a.to_le_bytes());
             }
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -153,5 +163,9 @@ mod tests {
             .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
             .collect();
         assert_eq!(as_f32(DType::F16, &h, &mut s), &v);
+        let mut out = Vec::new();
+        let le: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(encode(&v, DType::F32, &mut out), &le[..]);
+        assert_eq!(encode(&v, DType::F16, &mut out), &h[..]);
     }
 }

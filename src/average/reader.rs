@@ -27,10 +27,25 @@ pub(super) struct Step {
     pub elems: std::ops::Range<usize>,
 }
 
+/// One input's window: the first `len` bytes of a buffer that keeps its largest size, so a short
+/// window (a tensor's last step) does not make the next full one zero the buffer again.
+#[derive(Debug, PartialEq)]
+pub(super) struct Window {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Window {
+    /// The window's bytes.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// One step's bytes: per input, its window read into a buffer (`Some`), or `None` where the
 /// tensor is not a contiguous range of a mapped file (its bytes are then taken from the tensor
 /// itself). `Err(i)`: input `i` could not be read.
-pub(super) type Windows = Result<Vec<Option<Vec<u8>>>, usize>;
+pub(super) type Windows = Result<Vec<Option<Window>>, usize>;
 
 /// Where `t`'s elements `elems` lie in its file, when it is a contiguous view of a mapped file.
 fn file_range<'t>(
@@ -53,10 +68,12 @@ fn read_step(inputs: &[Input<'_>], step: &Step, spare: &mut Vec<Vec<u8>>) -> Win
     for (i, inp) in inputs.iter().enumerate() {
         match file_range(&inp.tensors[step.k].1, &step.elems) {
             Some((file, offset, len)) => {
-                let mut b = spare.pop().unwrap_or_default();
-                b.resize(len, 0);
-                file.read_exact_at(&mut b, offset).map_err(|_| i)?;
-                out.push(Some(b));
+                let mut buf = spare.pop().unwrap_or_default();
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+                file.read_exact_at(&mut buf[..len], offset).map_err(|_| i)?;
+                out.push(Some(Window { buf, len }));
             }
             None => out.push(None),
         }
@@ -114,8 +131,8 @@ impl Feed {
     }
 
     /// Hands a step's buffers back for reuse.
-    pub(super) fn give_back(&mut self, windows: Vec<Option<Vec<u8>>>) {
-        for b in windows.into_iter().flatten() {
+    pub(super) fn give_back(&mut self, windows: Vec<Option<Window>>) {
+        for Window { buf: b, .. } in windows.into_iter().flatten() {
             match self {
                 Feed::Helper { spare, .. } => {
                     let _ = spare.send(b);
@@ -129,23 +146,10 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{DType, MappedFile};
-    use std::io::Write;
-    use std::sync::Arc;
 
     fn mapped(n: usize, seed: u8) -> (Tensor, std::fs::File) {
         let bytes: Vec<u8> = (0..n * 4).map(|i| (i as u8).wrapping_mul(seed)).collect();
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(&bytes).unwrap();
-        // SAFETY: a private temporary file of this test.
-        let m = unsafe { memmap2::Mmap::map(&f).unwrap() };
-        let map = Arc::new(MappedFile::new(m, f.try_clone().unwrap()));
-        let storage = Buffer::Mapped {
-            map,
-            range: 0..n * 4,
-        };
-        let t = Tensor::contiguous(DType::F32, vec![n], storage, "0".into()).unwrap();
-        (t, f)
+        super::super::mapped_f32(&bytes)
     }
 
     #[test]
@@ -188,7 +192,7 @@ mod tests {
                 for s in &steps {
                     let w = feed.next(&inputs, s).unwrap();
                     for (i, got) in w.iter().enumerate() {
-                        assert_eq!(got.as_deref(), Some(&want(i, s)[..]));
+                        assert_eq!(got.as_ref().map(Window::bytes), Some(&want(i, s)[..]));
                     }
                     feed.give_back(w);
                 }

@@ -69,28 +69,32 @@ pub(super) fn average(a: AverageArgs) -> i32 {
         .iter()
         .map(|(file, (tensors, _))| Input { file, tensors })
         .collect();
-    let dir = write::output_dir(&a.output);
-    let scratch = match tempfile::tempfile_in(&dir) {
-        Ok(f) => f,
-        Err(e) => return fail(format_args!("{}: scratch file: {e}", dir.display())),
-    };
-    let (tensors, report) = match average::average(&inputs, &method, scratch) {
-        Ok(r) => r,
+    let plan = match average::Plan::new(&inputs, &method) {
+        Ok(p) => p,
         Err(e) => return fail(e),
     };
+    let report = plan.report();
     let paths: Vec<&std::path::Path> = input_paths.iter().map(|p| p.as_path()).collect();
     let mut deployable = None;
     let written = if a.strip {
+        let dir = write::output_dir(&a.output);
+        let scratch = match tempfile::tempfile_in(&dir) {
+            Ok(f) => f,
+            Err(e) => return fail(format_args!("{}: scratch file: {e}", dir.display())),
+        };
+        let tensors = match plan.to_scratch(scratch) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
         match stripped(&a, &tensors, &paths, strip_dtype) {
             Ok(rules) => {
                 deployable = Some(rules);
-                Ok(vec![a.output.clone()])
+                Ok(())
             }
             Err(code) => return code,
         }
     } else if torch_out {
-        write::torch_zip::write(&a.output, &paths, &tensors, dtype, &Bar::new("average"))
-            .map(|()| vec![a.output.clone()])
+        plan.write_torch(&a.output, &paths, dtype, &Bar::new("average"))
     } else {
         let mut meta = std::collections::BTreeMap::new();
         meta.insert("format".to_string(), "pt".to_string());
@@ -100,19 +104,11 @@ pub(super) fn average(a: AverageArgs) -> i32 {
         );
         meta.insert(
             "average".to_string(),
-            serde_json::to_string(&report).unwrap_or_default(),
+            serde_json::to_string(report).unwrap_or_default(),
         );
-        write::safetensors::write(
-            &a.output,
-            &paths,
-            &tensors,
-            dtype,
-            &meta,
-            None,
-            &Bar::new("average"),
-        )
+        plan.write_safetensors(&a.output, &paths, dtype, &meta, &Bar::new("average"))
     };
-    let written = match written {
+    let written = match written.map(|()| vec![a.output.clone()]) {
         Ok(w) => w,
         Err(e) => return fail(e),
     };

@@ -247,33 +247,31 @@ pub fn replace_model_weights(
     g: &mut Graph,
     plan: &Plan,
     tensors: &crate::ema::Named,
-) -> Result<usize, String> {
+) -> Result<usize, ReplaceError> {
     let model = g
         .dict_get(&plan.root, "model")
         .cloned()
-        .ok_or("the stripped checkpoint has no `model`")?;
-    let entries = crate::checkpoint::module::state_dict(g, &model).map_err(|e| e.to_string())?;
+        .ok_or(ReplaceError::NoModel)?;
+    let entries = crate::checkpoint::module::state_dict(g, &model)?;
     let by_name: HashMap<&str, &crate::tensor::Tensor> =
         tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut used = std::collections::HashSet::new();
     for (name, v) in &entries {
         let new = by_name
             .get(name.as_str())
-            .ok_or_else(|| format!("the model's `{name}` is not among the averaged tensors"))?;
+            .ok_or_else(|| ReplaceError::Missing(name.clone()))?;
         let Some(id) = v.node() else {
-            return Err(format!("the model's `{name}` is not a tensor"));
+            return Err(ReplaceError::NotATensor(name.clone()));
         };
         let Node::Tensor(old) = g.node_mut(id) else {
-            return Err(format!("the model's `{name}` is not a tensor"));
+            return Err(ReplaceError::NotATensor(name.clone()));
         };
         if old.shape() != new.shape() || old.dtype() != new.dtype() {
-            return Err(format!(
-                "`{name}` is {} {:?} in the model but {} {:?} in the average",
-                old.dtype(),
-                old.shape(),
-                new.dtype(),
-                new.shape()
-            ));
+            return Err(ReplaceError::Differs {
+                name: name.clone(),
+                model: format!("{} {:?}", old.dtype(), old.shape()),
+                average: format!("{} {:?}", new.dtype(), new.shape()),
+            });
         }
         // Its own storage key, which no storage of the checkpoint (keys "0", "1", …) can have.
         let t = (*new)
@@ -284,9 +282,37 @@ pub fn replace_model_weights(
         used.insert(name.as_str());
     }
     if let Some((extra, _)) = tensors.iter().find(|(n, _)| !used.contains(n.as_str())) {
-        return Err(format!(
-            "the averaged `{extra}` is not in the model's state dict"
-        ));
+        return Err(ReplaceError::Extra(extra.clone()));
     }
     Ok(entries.len())
+}
+
+/// Why [`replace_model_weights`] cannot put the given tensors into the stripped model.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// The stripped root has no `model` entry.
+    #[error("the stripped checkpoint has no `model`")]
+    NoModel,
+    /// The model's state dict cannot be listed.
+    #[error(transparent)]
+    Module(#[from] crate::checkpoint::module::ModuleError),
+    /// An entry of the model's state dict is not among the tensors.
+    #[error("the model's `{0}` is not among the averaged tensors")]
+    Missing(String),
+    /// An entry of the model's state dict is not a tensor node.
+    #[error("the model's `{0}` is not a tensor")]
+    NotATensor(String),
+    /// An entry's shape or dtype differs from the tensor given for it.
+    #[error("`{name}` is {model} in the model but {average} in the average")]
+    Differs {
+        /// The entry.
+        name: String,
+        /// Its dtype and shape in the model.
+        model: String,
+        /// Its dtype and shape among the tensors.
+        average: String,
+    },
+    /// A tensor given is not in the model's state dict.
+    #[error("the averaged `{0}` is not in the model's state dict")]
+    Extra(String),
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::convert::convert_float;
 use crate::tensor::{DType, Tensor};
 pub use target::{check_target, checkpoint_inputs, same_target};
+pub(crate) use zip_stored::{Writeback, WritebackFile};
 
 /// The writer layer's error: which output, and what went wrong.
 #[derive(Debug, thiserror::Error)]

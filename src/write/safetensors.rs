@@ -2,7 +2,7 @@
 //! `<stem>.safetensors.index.json`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use super::{AtomicFile, OutDType, WriteError, WriteErrorKind, append_tensor};
@@ -105,6 +105,64 @@ fn header(
     Ok(out)
 }
 
+/// One file's layout, planned from the names, dtypes and shapes of the tensors it will hold
+/// (each converted as the [`OutDType`] says): their order in the file and the header.
+pub struct Layout {
+    order: Vec<(usize, Dtype)>,
+    head: Vec<u8>,
+}
+
+impl Layout {
+    /// Plans a file holding tensors like `like`'s (their bytes may come from elsewhere).
+    pub fn new(
+        target: &Path,
+        like: &[Entry],
+        dtype: OutDType,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Layout, WriteError> {
+        let order = layout_order(target, like, dtype)?;
+        let head = header(target, like, &order, dtype, metadata)?;
+        Ok(Layout { order, head })
+    }
+
+    /// Indices into the planned tensors, in the order the file holds them.
+    pub fn order(&self) -> Vec<usize> {
+        self.order.iter().map(|&(i, _)| i).collect()
+    }
+}
+
+/// Writes one file laid out as `layout` into an atomic temp file (not yet committed): the
+/// header, then each tensor's bytes as `fill(i, dtype, file)` writes them at the file's
+/// position, in the layout's order; each must write exactly its size.
+fn write_laid_out(
+    target: &Path,
+    inputs: &[&Path],
+    like: &[Entry],
+    dtype: OutDType,
+    layout: &Layout,
+    progress: &dyn Progress,
+    mut fill: impl FnMut(usize, crate::tensor::DType, &mut std::fs::File) -> std::io::Result<()>,
+) -> Result<AtomicFile, WriteError> {
+    let mut file = AtomicFile::create(target, inputs)?;
+    let io = |e: std::io::Error| WriteError::new(target, e);
+    file.file().write_all(&layout.head).map_err(io)?;
+    let mut end = layout.head.len() as u64;
+    for &(i, _) in &layout.order {
+        let (name, t) = &like[i];
+        let d = dtype.of(t);
+        fill(i, d, file.file()).map_err(io)?;
+        end += (t.numel() * d.size()) as u64;
+        let at = file.file().stream_position().map_err(io)?;
+        if at != end {
+            return Err(io(std::io::Error::other(format!(
+                "tensor '{name}': the file is at byte {at} where its end was due at {end}"
+            ))));
+        }
+        progress.advance(t.nbytes() as u64);
+    }
+    Ok(file)
+}
+
 /// Writes one file into an atomic temp file (not yet committed).
 fn write_one(
     target: &Path,
@@ -114,17 +172,34 @@ fn write_one(
     metadata: &BTreeMap<String, String>,
     progress: &dyn Progress,
 ) -> Result<AtomicFile, WriteError> {
-    let order = layout_order(target, tensors, dtype)?;
-    let head = header(target, tensors, &order, dtype, metadata)?;
-    let mut file = AtomicFile::create(target, inputs)?;
-    let io = |e: std::io::Error| WriteError::new(target, e);
-    file.file().write_all(&head).map_err(io)?;
-    for &(i, _) in &order {
-        let t = &tensors[i].1;
-        append_tensor(file.file(), t, dtype.of(t)).map_err(io)?;
-        progress.advance(t.nbytes() as u64);
-    }
-    Ok(file)
+    let layout = Layout::new(target, tensors, dtype, metadata)?;
+    write_laid_out(
+        target,
+        inputs,
+        tensors,
+        dtype,
+        &layout,
+        progress,
+        |i, d, f| append_tensor(f, &tensors[i].1, d),
+    )
+}
+
+/// Writes one file (no shards) planned as `layout` from `like`, each tensor's bytes written by
+/// `fill(i, dtype, file)` at the file's position, in the layout's order (`like[i]`'s elements as
+/// `dtype`); used where the bytes are computed rather than copied (`average`).
+pub fn write_filled(
+    target: &Path,
+    inputs: &[&Path],
+    like: &Named,
+    dtype: OutDType,
+    layout: &Layout,
+    progress: &dyn Progress,
+    fill: impl FnMut(usize, crate::tensor::DType, &mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), WriteError> {
+    progress.start(like.iter().map(|(_, t)| t.nbytes() as u64).sum());
+    write_laid_out(target, inputs, like, dtype, layout, progress, fill)?.commit()?;
+    progress.finish();
+    Ok(())
 }
 
 /// Writes `tensors` to `target` (a `.safetensors` path). With `max_shard`, writes

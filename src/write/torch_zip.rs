@@ -24,6 +24,40 @@ pub fn write(
     progress: &dyn Progress,
 ) -> Result<(), WriteError> {
     progress.start(tensors.iter().map(|(_, t)| t.nbytes() as u64).sum());
+    let pkl = state_dict_pickle(target, tensors, dtype)?;
+    let parts: Vec<(&Tensor, DType)> = tensors.iter().map(|(_, t)| (t, dtype.of(t))).collect();
+    write_archive(target, inputs, &pkl, &parts, progress)
+}
+
+/// Writes a plain torch state dict with the names, dtypes and shapes of `like` (each converted
+/// as `dtype` says) to `target`, each tensor's bytes written by `fill(i, dtype, w)` in state-dict
+/// order (`like[i]`'s elements as `dtype`); used where the bytes are computed rather than copied
+/// (`average`). Each must write exactly its size.
+pub fn write_filled(
+    target: &Path,
+    inputs: &[&Path],
+    like: &Named,
+    dtype: OutDType,
+    progress: &dyn Progress,
+    mut fill: impl FnMut(usize, DType, &mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), WriteError> {
+    progress.start(like.iter().map(|(_, t)| t.nbytes() as u64).sum());
+    let pkl = state_dict_pickle(target, like, dtype)?;
+    archive(target, inputs, &pkl, like.len(), progress, |z, i, name| {
+        let t = &like[i].1;
+        let d = dtype.of(t);
+        let len = (t.numel() * d.size()) as u64;
+        z.streamed(name, len, |w| fill(i, d, w))?;
+        Ok(t.nbytes() as u64)
+    })
+}
+
+/// The `data.pkl` of a plain state dict of `tensors` converted as `dtype` says.
+fn state_dict_pickle(
+    target: &Path,
+    tensors: &Named,
+    dtype: OutDType,
+) -> Result<Vec<u8>, WriteError> {
     let mut entries = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let d = dtype.of(t);
@@ -42,9 +76,7 @@ pub fn write(
             shape: t.shape(),
         });
     }
-    let pkl = pickle::state_dict(&entries);
-    let parts: Vec<(&Tensor, DType)> = tensors.iter().map(|(_, t)| (t, dtype.of(t))).collect();
-    write_archive(target, inputs, &pkl, &parts, progress)
+    Ok(pickle::state_dict(&entries))
 }
 
 /// Writes a re-emitted object graph ([`super::repickle`]) as a torch archive: `data.pkl`, then
@@ -71,25 +103,40 @@ fn write_archive(
     parts: &[(&Tensor, DType)],
     progress: &dyn Progress,
 ) -> Result<(), WriteError> {
+    let mut crcs = InputCrcs::default();
+    archive(target, inputs, pkl, parts.len(), progress, |z, i, name| {
+        let (t, d) = parts[i];
+        let len = (t.numel() * d.size()) as u64;
+        match crcs.unchanged_entry(t, d) {
+            Some((range, crc, from)) => {
+                z.copied(name, len, crc, from, |f| t.storage().copy_to(range, f))?
+            }
+            None => z.streamed(name, len, |w| write_tensor(w, t, d))?,
+        }
+        Ok(t.nbytes() as u64)
+    })
+}
+
+/// The archive's frame: `data.pkl`, `byteorder`, then `part(zip, i, "archive/data/<i>")` for
+/// each of `parts` storages (returning the input bytes it covered, for progress), `version`,
+/// the directory; committed when all went well.
+fn archive(
+    target: &Path,
+    inputs: &[&Path],
+    pkl: &[u8],
+    parts: usize,
+    progress: &dyn Progress,
+    mut part: impl FnMut(&mut StoredZip<'_>, usize, &str) -> std::io::Result<u64>,
+) -> Result<(), WriteError> {
     let mut file = AtomicFile::create(target, inputs)?;
     let err = |e: std::io::Error| WriteError::new(target, e);
-    let mut crcs = InputCrcs::default();
     {
         let mut z = StoredZip::new(file.file());
         z.bytes("archive/data.pkl", pkl).map_err(err)?;
         z.bytes("archive/byteorder", b"little").map_err(err)?;
-        for (i, (t, d)) in parts.iter().enumerate() {
-            let name = format!("archive/data/{i}");
-            let len = (t.numel() * d.size()) as u64;
-            match crcs.unchanged_entry(t, *d) {
-                Some((range, crc)) => z
-                    .copied(&name, len, crc, |f| t.storage().copy_to(range, f))
-                    .map_err(err)?,
-                None => z
-                    .streamed(&name, len, |w| write_tensor(w, t, *d))
-                    .map_err(err)?,
-            }
-            progress.advance(t.nbytes() as u64);
+        for i in 0..parts {
+            let covered = part(&mut z, i, &format!("archive/data/{i}")).map_err(err)?;
+            progress.advance(covered);
         }
         z.bytes("archive/version", b"3\n").map_err(err)?;
         z.finish().map_err(err)?;
@@ -107,8 +154,9 @@ struct InputCrcs {
 
 impl InputCrcs {
     /// When `t` written as `d` is exactly the bytes of one stored entry of its input (the whole
-    /// storage, unconverted): its byte range in the storage and the entry's CRC-32.
-    fn unchanged_entry(&mut self, t: &Tensor, d: DType) -> Option<(Range<usize>, u32)> {
+    /// storage, unconverted): its byte range in the storage, the entry's CRC-32 and where its
+    /// data starts in the input file.
+    fn unchanged_entry(&mut self, t: &Tensor, d: DType) -> Option<(Range<usize>, u32, u64)> {
         let range = t.contiguous_range().filter(|_| d == t.dtype())?;
         let Buffer::Mapped { map, range: base } = &t.storage() else {
             return None;
@@ -119,7 +167,7 @@ impl InputCrcs {
             .or_insert_with(|| crate::io::stored_crcs(&map.map()[..]));
         let start = (base.start + range.start) as u64;
         match crcs.get(&start) {
-            Some(&(size, crc)) if size == range.len() as u64 => Some((range, crc)),
+            Some(&(size, crc)) if size == range.len() as u64 => Some((range, crc, start)),
             _ => None,
         }
     }

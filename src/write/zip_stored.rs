@@ -8,6 +8,16 @@
 //! way; the local header is written first with the sizes (always known in advance) and its CRC
 //! field is filled in afterwards, so no data descriptor is needed and every reader (miniz, Python's
 //! `zipfile`, this crate's own strict reader) sees the same sizes in both headers.
+//!
+//! A large copied entry's data is placed at the same offset within a page as its bytes have in
+//! the input (still 64-byte aligned): on file systems without shared extents (ext4), the kernel
+//! copies page cache to page cache, and a source and destination that are out of phase cost each
+//! page two partial copies — measured on a 397 MB strip, 0.17–0.18 s of system time against
+//! 0.10–0.12 s in phase, the same as `cp`. The padding is under a page per entry.
+//!
+//! The disk writeback of what has been written is started every [`WRITEBACK_STEP`] bytes
+//! ([`Writeback`]), so the fsync before the rename waits for the last few megabytes only instead
+//! of the whole file: the writes to disk overlap the copying.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
@@ -30,6 +40,86 @@ const EXTERNAL_ATTRS: u32 = 0o100644 << 16;
 /// identical bytes.
 const DOS_DATE: u16 = (1 << 5) | 1;
 const MARK32: u32 = u32::MAX;
+/// The page size the kernel copies in, and the smallest copied entry placed in its input's page
+/// phase: below it the padding (up to a page) would outweigh the copy it saves, and the small
+/// storages of typical checkpoints keep the 64-byte layout earlier outputs had.
+const PAGE: u64 = 4096;
+const PHASED_MIN: u64 = 256 << 10;
+
+/// Bytes written between two starts of their writeback.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Starts the disk writeback of an output's bytes as they are written, [`WRITEBACK_STEP`] at a
+/// time (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`: it queues the writes and does not wait
+/// for them). Only a head start: durability still comes from the fsync before the rename, which
+/// also reports any write error, so a failure to start is ignored here.
+#[derive(Debug, Default)]
+pub(crate) struct Writeback {
+    from: u64,
+}
+
+impl Writeback {
+    /// Bytes up to `to` have been written to `file`: starts the writeback of the ones not yet
+    /// started once there are enough of them.
+    pub(crate) fn written(&mut self, file: &File, to: u64) {
+        if to < self.from + WRITEBACK_STEP {
+            return;
+        }
+        start_writeback(file, self.from, to - self.from);
+        self.from = to;
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, from: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain system call on an open descriptor this process owns; it reads no memory.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _from: u64, _len: u64) {}
+
+/// A writer to a file at its position that starts the writeback of what it wrote as it goes
+/// ([`Writeback`], which may outlive it and serve the next part of the file).
+pub(crate) struct WritebackFile<'f> {
+    file: &'f mut File,
+    pos: u64,
+    writeback: &'f mut Writeback,
+}
+
+impl<'f> WritebackFile<'f> {
+    /// Writes to `file` from its current position.
+    pub(crate) fn new(
+        file: &'f mut File,
+        writeback: &'f mut Writeback,
+    ) -> io::Result<WritebackFile<'f>> {
+        let pos = file.stream_position()?;
+        Ok(WritebackFile {
+            file,
+            pos,
+            writeback,
+        })
+    }
+}
+
+impl Write for WritebackFile<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        self.writeback.written(self.file, self.pos);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
 
 struct Central {
     name: Vec<u8>,
@@ -43,6 +133,7 @@ pub(crate) struct StoredZip<'f> {
     file: &'f mut File,
     pos: u64,
     central: Vec<Central>,
+    writeback: Writeback,
 }
 
 /// Accumulates the CRC-32 of the bytes written through it.
@@ -70,27 +161,30 @@ impl<'f> StoredZip<'f> {
             file,
             pos: 0,
             central: Vec::new(),
+            writeback: Writeback::default(),
         }
     }
 
     /// Writes a small entry from memory.
     pub(crate) fn bytes(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
         let crc = crc32fast::hash(data);
-        self.entry(name, data.len() as u64, Some(crc), |f| f.write_all(data))
+        self.entry(name, data.len() as u64, Some(crc), 0, |f| f.write_all(data))
     }
 
-    /// Writes an entry of `size` bytes whose data `body` writes to the file at its position.
-    /// With `crc` given (the bytes are an input's entry copied unchanged) the header gets it at
-    /// once; otherwise `body` must write through [`StoredZip::streamed`].
+    /// Writes an entry of `size` bytes whose data `body` writes to the file at its position,
+    /// which is `phase` (a multiple of 64 below [`PAGE`]) past a page boundary. With `crc` given
+    /// (the bytes are an input's entry copied unchanged) the header gets it at once; otherwise
+    /// `body` must write through [`StoredZip::streamed`].
     fn entry(
         &mut self,
         name: &str,
         size: u64,
         crc: Option<u32>,
+        phase: u64,
         body: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
         let offset = self.pos;
-        let header = local_header(name.as_bytes(), size, crc.unwrap_or(0), offset);
+        let header = local_header(name.as_bytes(), size, crc.unwrap_or(0), offset, phase);
         self.file.write_all(&header)?;
         let data_start = offset + header.len() as u64;
         body(self.file)?;
@@ -102,6 +196,7 @@ impl<'f> StoredZip<'f> {
             )));
         }
         self.pos = end;
+        self.writeback.written(self.file, end);
         self.central.push(Central {
             name: name.as_bytes().to_vec(),
             crc: crc.unwrap_or(0),
@@ -112,15 +207,23 @@ impl<'f> StoredZip<'f> {
     }
 
     /// Writes an entry of `size` bytes that are the unchanged bytes of an input entry whose
-    /// directory records `crc`; `copy` sends them (kernel-side where it can).
+    /// directory records `crc` and whose data starts at byte `from` of its input; `copy` sends
+    /// them (kernel-side where it can). A large entry from a 64-byte aligned input offset is
+    /// placed in the same page phase as its input.
     pub(crate) fn copied(
         &mut self,
         name: &str,
         size: u64,
         crc: u32,
+        from: u64,
         copy: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
-        self.entry(name, size, Some(crc), copy)
+        let phase = if size >= PHASED_MIN && from.is_multiple_of(ALIGN) {
+            from % PAGE
+        } else {
+            0
+        };
+        self.entry(name, size, Some(crc), phase, copy)
     }
 
     /// Writes an entry of `size` bytes that `fill` streams through a buffered, CRC-computing
@@ -133,7 +236,7 @@ impl<'f> StoredZip<'f> {
     ) -> io::Result<()> {
         let offset = self.pos;
         let mut crc = 0;
-        self.entry(name, size, None, |f| {
+        self.entry(name, size, None, 0, |f| {
             let mut w = CrcWriter {
                 inner: io::BufWriter::with_capacity(1 << 20, f),
                 hasher: crc32fast::Hasher::new(),
@@ -199,8 +302,9 @@ fn clamp32(v: u64) -> u32 {
 }
 
 /// A local header for an entry whose header starts at `offset`: zip64 sizes when the size needs
-/// them, then padding so the data starts on a 64-byte boundary.
-fn local_header(name: &[u8], size: u64, crc: u32, offset: u64) -> Vec<u8> {
+/// them, then padding so the data starts on a 64-byte boundary, `phase` bytes past a page
+/// boundary when `phase` is not 0 (a multiple of 64 below [`PAGE`]).
+fn local_header(name: &[u8], size: u64, crc: u32, offset: u64, phase: u64) -> Vec<u8> {
     let big = size >= u64::from(MARK32);
     let mut extra = Vec::new();
     if big {
@@ -210,9 +314,14 @@ fn local_header(name: &[u8], size: u64, crc: u32, offset: u64) -> Vec<u8> {
         extra.extend_from_slice(&size.to_le_bytes());
     }
     let unpadded = offset + 30 + name.len() as u64 + extra.len() as u64;
-    let mut pad = (ALIGN - unpadded % ALIGN) % ALIGN;
+    let (unit, at) = if phase == 0 {
+        (ALIGN, 0)
+    } else {
+        (PAGE, phase)
+    };
+    let mut pad = (unit + at - unpadded % unit) % unit;
     if pad > 0 && pad < 6 {
-        pad += ALIGN; // the padding field's 4-byte header and its u16 alignment must fit
+        pad += unit; // the padding field's 4-byte header and its u16 alignment must fit
     }
     if pad > 0 {
         extra.extend_from_slice(&PAD_ID.to_le_bytes());
@@ -297,7 +406,7 @@ mod tests {
             z.streamed("archive/data/0", 1000, |w| w.write_all(&[7u8; 1000]))
                 .unwrap();
             let crc = crc32fast::hash(&[9u8; 100]);
-            z.copied("archive/data/1", 100, crc, |f| f.write_all(&[9u8; 100]))
+            z.copied("archive/data/1", 100, crc, 64, |f| f.write_all(&[9u8; 100]))
                 .unwrap();
             z.finish().unwrap();
         }
@@ -310,6 +419,42 @@ mod tests {
             // The zip crate checks each entry's CRC while reading it.
             e.read_to_end(&mut v).unwrap();
             assert_eq!(v, vec![byte; len]);
+        }
+    }
+
+    #[test]
+    fn large_copies_land_in_their_inputs_page_phase_and_read_back() {
+        let big = vec![5u8; PHASED_MIN as usize];
+        let crc = crc32fast::hash(&big);
+        let mut f = tempfile::tempfile().unwrap();
+        {
+            let mut z = StoredZip::new(&mut f);
+            z.bytes("archive/data.pkl", b"\x80\x02.").unwrap();
+            // From input offsets 4096·k + 3008 (in phase 3008), 128 (phase 128), and an
+            // unaligned one (plain 64-byte alignment).
+            for (i, from) in [(0, 12_288 + 3008), (1, 128), (2, 4097)] {
+                z.copied(
+                    &format!("archive/data/{i}"),
+                    big.len() as u64,
+                    crc,
+                    from,
+                    |f| f.write_all(&big),
+                )
+                .unwrap();
+            }
+            z.finish().unwrap();
+        }
+        let mut a = zip::ZipArchive::new(f).unwrap();
+        for (i, phase) in [(0, Some(3008)), (1, Some(128)), (2, None)] {
+            let mut e = a.by_name(&format!("archive/data/{i}")).unwrap();
+            let start = e.data_start().unwrap();
+            assert_eq!(start % ALIGN, 0, "{i}");
+            if let Some(p) = phase {
+                assert_eq!(start % PAGE, p, "{i}");
+            }
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).unwrap();
+            assert_eq!(v, big);
         }
     }
 
@@ -344,7 +489,7 @@ mod tests {
 
     #[test]
     fn sizes_past_4_gib_are_marked_and_given_in_zip64_fields() {
-        let h = local_header(b"n", 5 << 30, 1, 0);
+        let h = local_header(b"n", 5 << 30, 1, 0, 0);
         assert_eq!(u32::from_le_bytes([h[18], h[19], h[20], h[21]]), MARK32);
         assert_eq!(&h[31..33], &1u16.to_le_bytes());
         assert_eq!(h.len() % 64, 0);
