@@ -73,6 +73,19 @@ pub enum Buffer {
 }
 
 impl Buffer {
+    /// Whether `other` is this very buffer (the same mapped range, owned allocation or zip
+    /// entry), not merely equal bytes.
+    pub fn is_same(&self, other: &Buffer) -> bool {
+        match (self, other) {
+            (Buffer::Mapped { map: a, range: r }, Buffer::Mapped { map: b, range: s }) => {
+                Arc::ptr_eq(a, b) && r == s
+            }
+            (Buffer::Owned(a), Buffer::Owned(b)) => Arc::ptr_eq(a, b),
+            (Buffer::Deflated(a), Buffer::Deflated(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// The bytes; a deflated buffer is decompressed here (once), which fails for a corrupt entry
     /// or past the file's [`InflateBudget`].
     pub fn bytes(&self) -> std::io::Result<&[u8]> {

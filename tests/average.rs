@@ -137,10 +137,16 @@ fn checkpoints_of_different_models_and_bad_options_are_refused() {
     assert_eq!(r.status.code(), Some(2), "{err}");
     assert!(err.contains("yolov8-best.pt"), "{err}");
     assert!(!out.exists());
-    for bad in [
-        vec!["--weights", "1,2"],
-        vec!["--weights", "1,-1,1,1"],
-        vec!["--ema-decay", "1.5"],
+    for (bad, says) in [
+        (vec!["--weights", "1,2"], "--weights"),
+        (vec!["--weights", "1,-1,1,1"], "finite and not negative"),
+        // Each weight is finite, their sum is not: every weight would normalise to 0 and an
+        // all-zero model be written (review, session 5).
+        (
+            vec!["--weights", "1e308,1e308,1e308,1e308"],
+            "sum to more than an f64 holds",
+        ),
+        (vec!["--ema-decay", "1.5"], "--ema-decay"),
     ] {
         let mut args = vec!["average"];
         let files = paths(EPOCHS);
@@ -148,7 +154,9 @@ fn checkpoints_of_different_models_and_bad_options_are_refused() {
         args.extend_from_slice(&["-o", out.to_str().unwrap()]);
         args.extend_from_slice(&bad);
         let r = run(&args);
-        assert_eq!(r.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
         assert!(!out.exists());
     }
     let r = run(&["average", e1.to_str().unwrap(), "-o", out.to_str().unwrap()]);

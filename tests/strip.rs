@@ -509,3 +509,35 @@ fn never_over_its_input_and_the_umask_is_honoured() {
     );
     assert!(report["output_bytes"].as_u64().unwrap() < report["input_bytes"].as_u64().unwrap() / 2);
 }
+
+/// A last checkpoint that already holds a storage under the key `average --strip` once chose for
+/// an averaged tensor (`fixtures/average/key_clash.py`, written by hand): the output must keep
+/// both, the model's strides as they were (session-5 review: they became conv weights).
+#[test]
+fn average_strip_keeps_a_storage_whose_key_it_would_have_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("averaged.pt");
+    let o = run(&[
+        "average",
+        fixture("average/yolo-epoch1.pt").to_str().unwrap(),
+        fixture("average/crafted/storage-key-clash.pt")
+            .to_str()
+            .unwrap(),
+        "--strip",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ck = fuse_ema::io::open(&out).unwrap();
+    let model = ck.graph.dict_get(&ck.root, "model").unwrap();
+    let m = fuse_ema::checkpoint::py::ModuleRef {
+        g: &ck.graph,
+        v: model,
+    };
+    assert_eq!(m.attr_tensor_f64("stride"), Some(vec![8.0, 16.0, 32.0]));
+}

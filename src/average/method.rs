@@ -48,6 +48,9 @@ pub enum UsageError {
     /// The weights sum to zero.
     #[error("--weights sum to zero")]
     ZeroWeights,
+    /// The weights' sum is not a finite number (each would normalise to zero).
+    #[error("--weights sum to more than an f64 holds")]
+    WeightsOverflow,
     /// The decay is outside [0, 1) or `--every` is zero.
     #[error("--ema-decay {decay} must be in [0, 1) and --every {every} at least 1")]
     BadDecay {
@@ -76,7 +79,11 @@ impl Method {
                 if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
                     return Err(UsageError::BadWeight);
                 }
-                if weights.iter().sum::<f64>() <= 0.0 {
+                let sum = weights.iter().sum::<f64>();
+                if !sum.is_finite() {
+                    return Err(UsageError::WeightsOverflow);
+                }
+                if sum <= 0.0 {
                     return Err(UsageError::ZeroWeights);
                 }
                 Ok(())

@@ -255,6 +255,7 @@ pub fn replace_model_weights(
     let entries = crate::checkpoint::module::state_dict(g, &model)?;
     let by_name: HashMap<&str, &crate::tensor::Tensor> =
         tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let prefix = fresh_prefix(g, "average");
     let mut used = std::collections::HashSet::new();
     for (name, v) in &entries {
         let new = by_name
@@ -273,11 +274,11 @@ pub fn replace_model_weights(
                 average: format!("{} {:?}", new.dtype(), new.shape()),
             });
         }
-        // Its own storage key, which no storage of the checkpoint (keys "0", "1", …) can have.
+        // Its own storage key, under a prefix no storage of the checkpoint has.
         let t = (*new)
             .clone()
             .with_parameter(old.is_parameter())
-            .with_storage_key(format!("average/{name}").into());
+            .with_storage_key(format!("{prefix}{name}").into());
         **old = t;
         used.insert(name.as_str());
     }
@@ -285,6 +286,26 @@ pub fn replace_model_weights(
         return Err(ReplaceError::Extra(extra.clone()));
     }
     Ok(entries.len())
+}
+
+/// `base/`, or `base2/`, `base3/`, … : the first prefix that no storage key of `g` starts with.
+/// Checkpoints name their storages "0", "1", …, but any string is a legal record name.
+fn fresh_prefix(g: &Graph, base: &str) -> String {
+    let keys: Vec<std::sync::Arc<str>> = (0..g.len())
+        .filter_map(
+            |i| match g.node(crate::checkpoint::value::NodeId(i as u32)) {
+                Node::Tensor(t) | Node::Storage(t) => Some(t.storage_key().clone()),
+                _ => None,
+            },
+        )
+        .collect();
+    (1..)
+        .map(|n| match n {
+            1 => format!("{base}/"),
+            n => format!("{base}{n}/"),
+        })
+        .find(|p| !keys.iter().any(|k| k.starts_with(p.as_str())))
+        .unwrap_or_else(|| format!("{base}/"))
 }
 
 /// Why [`replace_model_weights`] cannot put the given tensors into the stripped model.

@@ -131,6 +131,9 @@ pub enum RepickleError {
     /// A global whose module or name cannot be written as GLOBAL text.
     #[error("global {0:?} cannot be written as GLOBAL")]
     BadGlobal(String),
+    /// Two different storages under one key.
+    #[error("two different storages have the key {0:?}")]
+    KeyClash(String),
     /// A global whose meaning at the written protocol is not what the input's loader resolved
     /// (a Python 2 name read at protocol ≥ 3): writing it would change what the file does.
     #[error("global {written} would mean {now} when written again, not {was}")]
@@ -351,6 +354,11 @@ impl Pickler<'_> {
         // Keyed with the element size too: one storage seen through two dtypes would need one
         // untyped storage, which torch's pickled storage classes cannot say.
         match self.by_key.get(&(t.storage_key().clone(), size)) {
+            // Two different buffers under one key would be written as one storage: any string is
+            // a legal record name, so a checkpoint may already hold the key an edit chose.
+            Some(&k) if !self.storages[k].view.storage().is_same(whole.storage()) => {
+                Err(RepickleError::KeyClash(t.storage_key().to_string()))
+            }
             Some(&k) if self.storages[k].dtype == t.dtype() => Ok(k),
             Some(_) => Err(RepickleError::TwoDtypes(t.storage_key().to_string())),
             None => {
