@@ -24,7 +24,7 @@ mod method;
 mod reader;
 mod stream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -111,6 +111,30 @@ pub enum Source {
     Ema,
     /// The raw (trained) weights.
     Raw,
+}
+
+/// `other` in the order of `first`'s names when both hold the same names once each (a
+/// safetensors file lists its tensors sorted by name, a `.pt` state dict in module order), else
+/// unchanged, for [`Plan::new`] to name the first difference.
+pub fn in_order_of(first: &Named, other: Named) -> Named {
+    if first.len() != other.len() {
+        return other;
+    }
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(other.len());
+    for (i, (n, _)) in other.iter().enumerate() {
+        if by_name.insert(n.as_str(), i).is_some() {
+            return other;
+        }
+    }
+    let order: Option<Vec<usize>> = first
+        .iter()
+        .map(|(n, _)| by_name.get(n.as_str()).copied())
+        .collect();
+    let Some(order) = order else {
+        return other;
+    };
+    let mut slots: Vec<Option<(String, Tensor)>> = other.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// What one checkpoint contributes: its state dict and, in words, where it came from.
@@ -433,6 +457,31 @@ mod tests {
             .flat_map(|i| (i as f32 * seed).to_le_bytes())
             .collect();
         mapped_f32(&bytes)
+    }
+
+    #[test]
+    fn inputs_listing_the_same_names_in_another_order_are_aligned_by_name() {
+        let (t, _f) = mapped(4, 1.0);
+        let named = |names: &[&str]| -> Named {
+            names.iter().map(|n| (n.to_string(), t.clone())).collect()
+        };
+        let names = |v: &Named| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let first = named(&["b", "a", "c"]);
+        // Sorted, as safetensors lists them: put in the first input's order.
+        assert_eq!(
+            names(&in_order_of(&first, named(&["a", "b", "c"]))),
+            ["b", "a", "c"]
+        );
+        // Different names, a duplicate or a different count: left for the plan to refuse.
+        assert_eq!(
+            names(&in_order_of(&first, named(&["a", "b", "d"]))),
+            ["a", "b", "d"]
+        );
+        assert_eq!(
+            names(&in_order_of(&first, named(&["a", "a", "c"]))),
+            ["a", "a", "c"]
+        );
+        assert_eq!(names(&in_order_of(&first, named(&["a", "b"]))), ["a", "b"]);
     }
 
     #[test]

@@ -61,7 +61,13 @@ pub(super) fn average(a: AverageArgs) -> i32 {
         };
         input_paths.extend(write::checkpoint_inputs(f, &ckpt));
         match average::contribution(&ckpt, source) {
-            Ok(c) => contributions.push((f.display().to_string(), c)),
+            Ok((tensors, from)) => {
+                let tensors = match contributions.first() {
+                    Some((_, (first, _))) => average::in_order_of(first, tensors),
+                    None => tensors,
+                };
+                contributions.push((f.display().to_string(), (tensors, from)));
+            }
             Err(e) => return fail(e),
         }
     }
