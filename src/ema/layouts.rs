@@ -148,6 +148,14 @@ fn timm(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErro
     )))
 }
 
+/// The entries of `named` under `prefix`, with the prefix taken off (others dropped).
+fn under_prefix(named: &Named, prefix: &str) -> Named {
+    named
+        .iter()
+        .filter_map(|(n, t)| n.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
+        .collect()
+}
+
 /// mmengine `EMAHook`: after its swap, `state_dict` holds the EMA and `ema_state_dict` the raw
 /// weights under `module.` (plus `steps`).
 fn mmengine(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaErrorKind> {
@@ -157,14 +165,7 @@ fn mmengine(ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located>, EmaE
     if !ema_sd.tensors.iter().any(|(n, _)| n.starts_with("module.")) {
         return Ok(None);
     }
-    let raw: Named = ema_sd
-        .tensors
-        .iter()
-        .filter_map(|(n, t)| {
-            n.strip_prefix("module.")
-                .map(|s| (s.to_string(), t.clone()))
-        })
-        .collect();
+    let raw = under_prefix(&ema_sd.tensors, "module.");
     let steps = ema_sd.get("steps").and_then(scalar_f64);
     let mut l = located(
         "mmengine",
@@ -359,14 +360,7 @@ fn averaged_model(_ck: &Checkpoint, sets: &[WeightSet]) -> Result<Option<Located
     }) else {
         return Ok(None);
     };
-    let ema: Named = s
-        .tensors
-        .iter()
-        .filter_map(|(n, t)| {
-            n.strip_prefix("module.")
-                .map(|k| (k.to_string(), t.clone()))
-        })
-        .collect();
+    let ema = under_prefix(&s.tensors, "module.");
     let ema = strip_wrappers(ema);
     let raw = super::matching_raw(sets, &s.path, &ema);
     let path = if s.path.is_empty() {

@@ -20,25 +20,13 @@ pub enum Fate {
     Rewrite(u64),
 }
 
-fn varint_len(mut v: u64) -> u64 {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
+fn varint_len(v: u64) -> u64 {
+    crate::onnx::encode::varint_bytes(v).1 as u64
 }
 
-fn varint(w: &mut impl Write, mut v: u64) -> io::Result<()> {
-    let mut buf = [0u8; 10];
-    let mut n = 0;
-    while v >= 0x80 {
-        buf[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    buf[n] = v as u8;
-    w.write_all(&buf[..=n])
+fn varint(w: &mut impl Write, v: u64) -> io::Result<()> {
+    let (b, n) = crate::onnx::encode::varint_bytes(v);
+    w.write_all(&b[..n])
 }
 
 /// Copies `range` of `file` to `w` in chunks of at most 8 MiB.
