@@ -44,6 +44,7 @@ fn plan<'a>(p: &'a ParityArgs, engine: &'a crate::runtime::Engine) -> ParityPlan
         golden: p.golden.as_deref(),
         image: p.parity_input.as_deref(),
         samples: p.parity_samples,
+        budget: p.parity_budget,
         atol: p.atol,
         rtol: p.rtol,
     }

@@ -244,12 +244,26 @@ struct StripArgs {
     strict: StrictArgs,
 }
 
+/// `--parity-budget`: seconds, a finite number ≥ 0.
+fn parse_budget(s: &str) -> Result<std::time::Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("expected seconds (a number ≥ 0), got `{s}`"))
+}
+
 /// How parity is checked.
 #[derive(clap::Args, Clone)]
 struct ParityArgs {
     /// Seeded uniform [0,1) input batches to compare on.
     #[arg(long, default_value_t = 1, value_name = "N")]
     parity_samples: usize,
+    /// Stop checking further seeded batches once parity has run this long (the first batch
+    /// always runs; the report says how many were checked; no default: every batch runs), e.g.
+    /// `--parity-samples 8 --parity-budget 30`.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_budget)]
+    parity_budget: Option<std::time::Duration>,
     /// Compare on this image (jpg/png), letterboxed as Ultralytics does, instead of random inputs.
     #[arg(long, value_name = "IMAGE")]
     parity_input: Option<PathBuf>,

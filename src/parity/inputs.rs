@@ -1,6 +1,10 @@
 //! What parity runs on: seeded or prepared input images, and the ONNX (bytes or a file) run on
 //! them.
 
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
 use crate::reference::ops::RefTensor;
 use crate::runtime::{Engine, RuntimeError};
 
@@ -29,9 +33,115 @@ pub enum Inputs<'a> {
         shape: &'a [usize],
         /// How many batches.
         samples: usize,
+        /// `--parity-budget`: after each batch, stop when the parity run has taken longer than
+        /// this (at least one batch always runs).
+        budget: Option<Duration>,
     },
     /// A prepared image and its file name.
     Image(RefTensor, String),
+}
+
+/// How many seeded batches a parity run checked, and whether `--parity-budget` cut it short.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SampleCount {
+    /// `--parity-samples`.
+    pub requested: usize,
+    /// Batches compared (the first `checked` seeds).
+    pub checked: usize,
+    /// `--parity-budget` in seconds, when given.
+    pub budget_seconds: Option<f64>,
+    /// Whether the budget stopped the run before every requested batch was checked.
+    pub cut_by_budget: bool,
+}
+
+/// The batches of one parity run, made one at a time (so a budget cut costs nothing and N
+/// batches never sit in memory together), with the budget checked between them.
+pub(super) struct Batches<'a> {
+    inputs: Inputs<'a>,
+    started: Instant,
+    /// Batches handed out so far.
+    given: usize,
+    cut: bool,
+    /// An image's description, taken before the image is handed out.
+    image: String,
+}
+
+impl<'a> Batches<'a> {
+    /// Starts the clock of `--parity-budget`.
+    pub(super) fn new(inputs: Inputs<'a>) -> Batches<'a> {
+        let image = match &inputs {
+            Inputs::Image(t, name) => format!("{name} letterboxed to {:?}", t.shape),
+            Inputs::Seeded { .. } => String::new(),
+        };
+        Batches {
+            inputs,
+            started: Instant::now(),
+            given: 0,
+            cut: false,
+            image,
+        }
+    }
+
+    /// The next batch, or `None` when all were given or the budget is spent. The budget is
+    /// checked between batches: the first always runs, and a batch once begun is finished.
+    pub(super) fn next(&mut self) -> Option<RefTensor> {
+        let t = match &mut self.inputs {
+            Inputs::Seeded {
+                shape,
+                samples,
+                budget,
+            } => {
+                if self.given >= (*samples).max(1) {
+                    return None;
+                }
+                if self.given > 0 && budget.is_some_and(|b| self.started.elapsed() > b) {
+                    self.cut = true;
+                    return None;
+                }
+                seeded_images(shape, self.given as u64)
+            }
+            Inputs::Image(t, _) if self.given == 0 => {
+                std::mem::replace(t, RefTensor::new(vec![], vec![0]))
+            }
+            Inputs::Image(..) => return None,
+        };
+        self.given += 1;
+        Some(t)
+    }
+
+    /// What was compared, in words, and the count of seeded batches.
+    pub(super) fn finish(self) -> (String, Option<SampleCount>) {
+        match self.inputs {
+            Inputs::Seeded {
+                shape,
+                samples,
+                budget,
+            } => {
+                let requested = samples.max(1);
+                let count = SampleCount {
+                    requested,
+                    checked: self.given,
+                    budget_seconds: budget.map(|b| b.as_secs_f64()),
+                    cut_by_budget: self.cut,
+                };
+                let described = if self.cut {
+                    format!(
+                        "{} of {requested} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds 0..{}; the --parity-budget of {} s cut the other {})",
+                        self.given,
+                        self.given,
+                        count.budget_seconds.unwrap_or_default(),
+                        requested - self.given
+                    )
+                } else {
+                    format!(
+                        "{requested} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds 0..{requested})"
+                    )
+                };
+                (described, Some(count))
+            }
+            Inputs::Image(..) => (self.image, None),
+        }
+    }
 }
 
 /// Where the ONNX comes from.

@@ -20,8 +20,8 @@ use crate::reference::Reference;
 use crate::runtime::{Engine, timing};
 
 pub use error::ParityError;
-use inputs::run_onnx;
-pub use inputs::{Inputs, OnnxModel, seeded_images};
+use inputs::{Batches, run_onnx};
+pub use inputs::{Inputs, OnnxModel, SampleCount, seeded_images};
 pub use nms_output::NmsOutput;
 pub use rows::{RowsTolerance, compare_rows, detection_sets, rows_check};
 pub use task::{Agreement, TaskCheck, task_check};
@@ -117,6 +117,10 @@ pub struct ParityReport {
     pub outputs: Vec<OutputStats>,
     /// Task-level checks, per image.
     pub task: Vec<TaskCheck>,
+    /// Seeded inputs: how many batches were asked for and checked (absent for an image or a
+    /// golden file, which are one batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SampleCount>,
     /// Everything passed.
     pub pass: bool,
 }
@@ -344,23 +348,8 @@ pub fn against_reference(
         None => None,
     };
     let (mut outputs, mut tasks) = (Vec::new(), Vec::new());
-    let (batches, described) = match inputs {
-        Inputs::Seeded { shape, samples } => (
-            (0..samples.max(1))
-                .map(|s| seeded_images(shape, s as u64))
-                .collect::<Vec<_>>(),
-            format!(
-                "{} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds 0..{})",
-                samples.max(1),
-                samples.max(1)
-            ),
-        ),
-        Inputs::Image(t, name) => {
-            let d = format!("{name} letterboxed to {:?}", t.shape);
-            (vec![t], d)
-        }
-    };
-    for images in batches {
+    let mut batches = Batches::new(inputs);
+    while let Some(images) = batches.next() {
         let input_shape = images.shape.clone();
         // The reference first, then the runtime: each one's memory is freed before the other
         // starts, so the peak is the larger of the two, not their sum. Side by side they took
@@ -456,6 +445,7 @@ pub fn against_reference(
             tasks.extend(task_check(task, nc, g, w, agree));
         }
     }
+    let (described, samples) = batches.finish();
     let pass = outputs.iter().all(|o| o.pass) && tasks.iter().all(|t| t.pass);
     Ok(ParityReport {
         runtime: rt.name(),
@@ -463,6 +453,7 @@ pub fn against_reference(
             "reference interpreter on the checkpoint's EMA module tree (BatchNorm unfolded, f32)"
                 .into(),
         inputs: described,
+        samples,
         tolerance: tol,
         outputs,
         task: tasks,
@@ -536,6 +527,7 @@ pub fn against_golden(
         tolerance: tol,
         outputs,
         task: tasks,
+        samples: None,
         pass,
     })
 }

@@ -315,6 +315,8 @@ pub struct ParityPlan<'a> {
     pub image: Option<&'a Path>,
     /// Seeded input batches.
     pub samples: usize,
+    /// `--parity-budget`: stop after the batch during which the parity run exceeded this.
+    pub budget: Option<std::time::Duration>,
     /// The user's `atol` and `rtol`, when given.
     pub atol: Option<f64>,
     /// See `atol`.
@@ -377,6 +379,7 @@ impl ParityPlan<'_> {
                 None => parity::Inputs::Seeded {
                     shape,
                     samples: self.samples,
+                    budget: self.budget,
                 },
             };
             let how = (head, nms);

@@ -1,8 +1,23 @@
 //! Kernels of the reference interpreter, on plain row-major f32 buffers: convolution (im2col +
 //! GEMM, direct loops for depthwise), batch norm, activations, pooling, resizing.
+//!
+//! Threads: the GEMM is matrixmultiply's own (ndarray's `matrixmultiply-threading`); every other
+//! pass over a feature map (im2col, depthwise, bias, batch norm, activations, sums) is split over
+//! channels or chunks on rayon's pool. Each element is still computed by the same expression in
+//! the same order as on one thread, so the results do not depend on the thread count.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
+/// The fewest elements worth one task on the pool: below this, handing work to another thread
+/// costs more than the work (a few microseconds).
+const PAR_MIN: usize = 1 << 14;
+
+/// How many items of `per` elements make one task of at least [`PAR_MIN`] elements.
+fn min_items(per: usize) -> usize {
+    (PAR_MIN / per.max(1)).max(1)
+}
 
 /// The interpreter's tensor: dense, row-major f32 with its shape.
 #[derive(Clone, Debug)]
@@ -93,19 +108,14 @@ fn conv2d_tiled(
         let xb = &x.data[b * c * h * wd..(b + 1) * c * h * wd];
         let ob = &mut out[b * o * plane..(b + 1) * o * plane];
         if depthwise {
-            for ch in 0..c {
-                let xc = &xb[ch * h * wd..(ch + 1) * h * wd];
-                let wc = &w[ch * kh * kw..(ch + 1) * kh * kw];
-                depthwise_plane(
-                    xc,
-                    (h, wd),
-                    wc,
-                    (kh, kw),
-                    s,
-                    &mut ob[ch * plane..(ch + 1) * plane],
-                    ow,
-                );
-            }
+            ob.par_chunks_mut(plane.max(1))
+                .with_min_len(min_items(plane * kh * kw))
+                .enumerate()
+                .for_each(|(ch, oc)| {
+                    let xc = &xb[ch * h * wd..(ch + 1) * h * wd];
+                    let wc = &w[ch * kh * kw..(ch + 1) * kh * kw];
+                    depthwise_plane(xc, (h, wd), wc, (kh, kw), s, oc, ow);
+                });
         } else {
             for g in 0..s.groups {
                 let xg = &xb[g * cg * h * wd..(g + 1) * cg * h * wd];
@@ -142,11 +152,14 @@ fn conv2d_tiled(
             }
         }
         if let Some(bias) = bias {
-            for (ch, &bv) in bias.iter().enumerate() {
-                for v in &mut ob[ch * plane..(ch + 1) * plane] {
-                    *v += bv;
-                }
-            }
+            ob.par_chunks_mut(plane.max(1))
+                .with_min_len(min_items(plane))
+                .zip(bias)
+                .for_each(|(oc, &bv)| {
+                    for v in oc {
+                        *v += bv;
+                    }
+                });
         }
     }
     RefTensor::new(out, vec![n, o, oh, ow])
@@ -202,6 +215,7 @@ fn taps_inside(off: isize, stride: usize, w: usize, ow: usize) -> (usize, usize)
 }
 
 /// The column matrix of output rows `[oy0, oy1)`: row (ch, ky, kx), column (oy − oy0)·ow + ox.
+/// Each channel's `kh·kw` rows are filled by one task.
 fn im2col(
     x: &[f32],
     (c, h, w): (usize, usize, usize),
@@ -210,31 +224,52 @@ fn im2col(
     s: &ConvSpec,
     cols: &mut [f32],
 ) {
+    let per = kh * kw * (oy1 - oy0) * ow;
+    if per == 0 {
+        return;
+    }
+    cols[..c * per]
+        .par_chunks_mut(per)
+        .with_min_len(min_items(per))
+        .enumerate()
+        .for_each(|(ch, dst)| {
+            let xc = &x[ch * h * w..(ch + 1) * h * w];
+            im2col_channel(xc, (h, w), (kh, kw), (oy0, oy1, ow), s, dst);
+        });
+}
+
+/// One input channel's `kh·kw` rows of the column matrix.
+fn im2col_channel(
+    x: &[f32],
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    (oy0, oy1, ow): (usize, usize, usize),
+    s: &ConvSpec,
+    cols: &mut [f32],
+) {
     let n = (oy1 - oy0) * ow;
-    for ch in 0..c {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = ((ch * kh + ky) * kw + kx) * n;
-                let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
-                for oy in oy0..oy1 {
-                    let iy = (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
-                    let dst = &mut cols[row + (oy - oy0) * ow..row + (oy - oy0 + 1) * ow];
-                    if iy < 0 || iy >= h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &x[ch * h * w + iy as usize * w..ch * h * w + (iy as usize + 1) * w];
-                    // Columns whose tap ox·stride + off lies inside the row; zeros outside.
-                    let (lo, hi) = taps_inside(off, s.stride.1, w, ow);
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    if s.stride.1 == 1 {
-                        let start = (lo as isize + off) as usize;
-                        dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
-                    } else {
-                        for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
-                            *d = src[((ox * s.stride.1) as isize + off) as usize];
-                        }
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let row = (ky * kw + kx) * n;
+            let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
+            // Columns whose tap ox·stride + off lies inside the row; zeros outside.
+            let (lo, hi) = taps_inside(off, s.stride.1, w, ow);
+            for oy in oy0..oy1 {
+                let iy = (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
+                let dst = &mut cols[row + (oy - oy0) * ow..row + (oy - oy0 + 1) * ow];
+                if iy < 0 || iy >= h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &x[iy as usize * w..(iy as usize + 1) * w];
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if s.stride.1 == 1 {
+                    let start = (lo as isize + off) as usize;
+                    dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                } else {
+                    for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
+                        *d = src[((ox * s.stride.1) as isize + off) as usize];
                     }
                 }
             }
@@ -251,23 +286,28 @@ pub fn batch_norm(
     var: &[f32],
     eps: f32,
 ) {
-    let (n, c, h, w) = x.nchw();
-    for b in 0..n {
-        for ch in 0..c {
+    let (_, c, h, w) = x.nchw();
+    let plane = (h * w).max(1);
+    x.data
+        .par_chunks_mut(plane)
+        .with_min_len(min_items(plane))
+        .enumerate()
+        .for_each(|(p, xs)| {
+            let ch = p % c;
             let inv = 1.0 / (var[ch] + eps).sqrt();
-            let base = (b * c + ch) * h * w;
-            for v in &mut x.data[base..base + h * w] {
+            for v in xs {
                 *v = (*v - mean[ch]) * inv * gamma[ch] + beta[ch];
             }
-        }
-    }
+        });
 }
 
 /// Applies an elementwise function in place.
-pub fn map(x: &mut RefTensor, f: impl Fn(f32) -> f32) {
-    for v in &mut x.data {
-        *v = f(*v);
-    }
+pub fn map(x: &mut RefTensor, f: impl Fn(f32) -> f32 + Sync) {
+    x.data.par_chunks_mut(PAR_MIN).for_each(|xs| {
+        for v in xs {
+            *v = f(*v);
+        }
+    });
 }
 
 /// Logistic sigmoid.
@@ -348,7 +388,7 @@ pub fn channels(x: &RefTensor, from: usize, to: usize) -> RefTensor {
 /// Elementwise sum.
 pub fn add(a: &RefTensor, b: &RefTensor) -> RefTensor {
     RefTensor::new(
-        a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
+        a.data.par_iter().zip(&b.data).map(|(x, y)| x + y).collect(),
         a.shape.clone(),
     )
 }
