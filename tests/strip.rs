@@ -539,5 +539,8 @@ fn average_strip_keeps_a_storage_whose_key_it_would_have_chosen() {
         g: &ck.graph,
         v: model,
     };
-    assert_eq!(m.attr_tensor_f64("stride"), Some(vec![8.0, 16.0, 32.0]));
+    assert_eq!(
+        m.attr_tensor_f64("stride").unwrap(),
+        Some(vec![8.0, 16.0, 32.0])
+    );
 }

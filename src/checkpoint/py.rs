@@ -3,7 +3,7 @@
 
 use crate::checkpoint::module;
 use crate::checkpoint::value::{Graph, Node, Value};
-use crate::convert::{to_f32_vec, to_f64_vec};
+use crate::convert::{to_f32_vec, try_f64_vec};
 
 /// A module in the checkpoint's object graph.
 #[derive(Clone, Copy)]
@@ -189,9 +189,16 @@ impl<'g> ModuleRef<'g> {
         })
     }
 
-    /// A tensor attribute that is not a parameter or buffer (Detect's `stride`).
-    pub fn attr_tensor_f64(&self, name: &str) -> Option<Vec<f64>> {
-        let t = self.g.tensor(self.attr(name)?)?;
-        to_f64_vec(t)
+    /// A tensor attribute that is not a parameter or buffer (Detect's `stride`): `None` when
+    /// there is none or it holds no real numbers, an error when its bytes cannot be read.
+    pub fn attr_tensor_f64(&self, name: &str) -> Result<Option<Vec<f64>>, AttrError> {
+        let Some(t) = self.attr(name).and_then(|v| self.g.tensor(v)) else {
+            return Ok(None);
+        };
+        try_f64_vec(t).map_err(|source| AttrError::Unreadable {
+            class: self.class(),
+            name: name.to_string(),
+            source,
+        })
     }
 }

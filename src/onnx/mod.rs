@@ -163,7 +163,11 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         heads::check_end2end(head.ok_or_else(|| err(ExportErrorKind::NoLayers))?)
             .map_err(model_err)?;
     }
-    let strides = root.attr_tensor_f64("stride").unwrap_or_else(|| vec![32.0]);
+    // A model without strides (a classifier) pads to 32, as Ultralytics' check_imgsz does.
+    let strides = root
+        .attr_tensor_f64("stride")
+        .map_err(|e| model_err(e.to_string()))?
+        .unwrap_or_else(|| vec![32.0]);
     let max_stride = strides.iter().cloned().fold(1.0, f64::max) as i64;
     let (h, w) = opts
         .imgsz

@@ -116,6 +116,7 @@ impl<'g> AnchorHead<'g> {
         let convs: Vec<ModuleRef> = m.child("m")?.children().into_iter().map(|c| c.1).collect();
         let strides: Vec<f32> = m
             .attr_tensor_f64("stride")
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{class} has no `stride`"))?
             .into_iter()
             .map(|s| s as f32)

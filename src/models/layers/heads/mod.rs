@@ -181,7 +181,10 @@ impl HeadSpec {
         };
         let nc = m.int("nc").ok_or("nc missing")?;
         let reg_max = m.int("reg_max").unwrap_or(16);
-        let strides = m.attr_tensor_f64("stride").ok_or("stride missing")?;
+        let strides = m
+            .attr_tensor_f64("stride")
+            .map_err(|e| e.to_string())?
+            .ok_or("stride missing")?;
         if inputs == 0 || strides.len() != inputs {
             return Err(format!("{} strides for {inputs} inputs", strides.len()));
         }

@@ -137,7 +137,7 @@ impl Head {
             layers,
             bbox_heads,
             score: out_of(Linear::parse(score_list[eval as usize].1, hd)?, nc)?,
-            stored: stored(m),
+            stored: stored(m)?,
         };
         Ok((head, input_proj))
     }
@@ -174,8 +174,17 @@ fn mlp(m: ModuleRef, inp: usize, out: usize) -> BuildResult<Mlp> {
     Ok(p)
 }
 
-/// The head's stored anchors, when they are all there and consistent.
-fn stored(m: ModuleRef) -> Option<Stored> {
+/// The head's stored anchors, when they are all there and consistent; a stored tensor whose
+/// bytes cannot be read is an error, not a reason to compute them instead.
+fn stored(m: ModuleRef) -> BuildResult<Option<Stored>> {
+    let read = |name: &str| m.attr_tensor_f64(name).map_err(|e| e.to_string());
+    let (Some(anchors), Some(valid)) = (read("anchors")?, read("valid_mask")?) else {
+        return Ok(None);
+    };
+    Ok(stored_with(m, anchors, valid))
+}
+
+fn stored_with(m: ModuleRef, anchors: Vec<f64>, valid: Vec<f64>) -> Option<Stored> {
     let shapes: Vec<(usize, usize)> =
         m.g.seq(m.attr("shapes")?)?
             .iter()
@@ -188,16 +197,8 @@ fn stored(m: ModuleRef) -> Option<Stored> {
             })
             .collect::<Option<_>>()?;
     let a: usize = shapes.iter().map(|(h, w)| h * w).sum();
-    let anchors: Vec<f32> = m
-        .attr_tensor_f64("anchors")?
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
-    let valid: Vec<bool> = m
-        .attr_tensor_f64("valid_mask")?
-        .into_iter()
-        .map(|v| v != 0.0)
-        .collect();
+    let anchors: Vec<f32> = anchors.into_iter().map(|v| v as f32).collect();
+    let valid: Vec<bool> = valid.into_iter().map(|v| v != 0.0).collect();
     (a > 0 && anchors.len() == 4 * a && valid.len() == a).then_some(Stored {
         shapes,
         anchors,
