@@ -5,9 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{Expected, dtype_name, fixture, run, run_json};
+use common::{Expected, dtype_name, fixture, run, run_json, sha256};
 use fuse_ema::ema::{self, FoldOptions, Selectors};
-use sha2::Digest;
 
 /// (fixture, expected name, weight set holding the folded EMA, layout id)
 const CASES: &[(&str, &str, &str, &str)] = &[
@@ -76,14 +75,6 @@ fn every_layout_locates_and_folds_to_pytorchs_ema() {
             assert_eq!(l.updates, Some(u), "{file}: updates");
         }
     }
-}
-
-fn sha256(p: &Path) -> String {
-    let bytes = std::fs::read(p).unwrap();
-    sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[test]

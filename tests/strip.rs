@@ -2,7 +2,8 @@
 //! are compared with what PyTorch loaded from the framework's own result (Ultralytics'
 //! `strip_optimizer`, timm / mmengine / Lightning edits), saved by `fixtures/surgery/generate.py`
 //! as `fixtures/surgery/expected/<case>.tree.json` + `.safetensors`. The outputs must pass
-//! `inspect --strict`; `results.json` records the generator's own torch.load / YOLO comparisons.
+//! `inspect --strict`; `results.json` records the generator's own torch.load / YOLO comparisons
+//! and the SHA-256 of the output they were made on, which the current binary must reproduce.
 
 mod common;
 
@@ -359,6 +360,12 @@ fn an_average_written_deployable_equals_pythons_strip_of_the_same_average() {
         assert_eq!(r[key], J::Bool(true), "{key}: {r}");
     }
     assert!(r["boxes"].as_u64().is_some(), "YOLO predicted: {r}");
+    // Those checks were made on these very bytes: the record speaks for this binary.
+    assert_eq!(
+        J::String(common::sha256(&out)),
+        r["output_sha256"],
+        "the output differs from the one the generator checked with YOLO; rerun fixtures/average/yolo.py --bin"
+    );
 }
 
 /// A checkpoint that is not an Ultralytics one has no deployable form to average into, and a
@@ -408,6 +415,36 @@ fn the_generators_torch_load_and_yolo_comparisons_were_all_equal() {
     assert_eq!(results.len(), cases.len(), "results.json covers every case");
     for (case, _) in &cases {
         let c = &results[case];
+        // The checks were made on the generator's run of the binary of its day: strip again and
+        // require the same bytes, so they speak for the binary under test.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.pt");
+        let input = fixture(&c["input"].as_str().unwrap().replacen("fixtures/", "", 1));
+        let mut args = vec![
+            "strip",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        let extra: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        args.extend(extra);
+        let o = run(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{case}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            J::String(common::sha256(&out)),
+            c["output_sha256"],
+            "{case}: the output differs from the one the generator checked; rerun fixtures/surgery/generate.py --bin"
+        );
         assert_eq!(c["all_equal"], J::Bool(true), "{case}: {c}");
         assert_eq!(c["tree_equal"], J::Bool(true), "{case}");
         assert!(c["differences"].as_array().unwrap().is_empty(), "{case}");

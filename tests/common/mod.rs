@@ -178,3 +178,13 @@ pub fn assert_labels(
         s.worst_channel
     );
 }
+
+/// The SHA-256 of a file, in lowercase hex.
+pub fn sha256(p: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(p).unwrap();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
