@@ -89,7 +89,15 @@ pub(super) fn refuse_reemit(
     if refused.is_empty() {
         return Ok(());
     }
-    super::strict_message(file, &refused);
+    if strict {
+        super::strict_message(file, &refused);
+    } else {
+        eprintln!(
+            "fuse-ema: refused: {}: writing it again would write {} (see docs/security.md)",
+            file.display(),
+            judge::summary(&refused)
+        );
+    }
     Err(EXIT_CHECK_FAILED)
 }
 
