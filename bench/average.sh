@@ -73,5 +73,17 @@ echo "average (EMA replay): ${t_ema}s"
 echo "cat (one read):      ${t_read}s"
 [ -n "${NO_PY:-}" ] || echo "python (torch.load + running mean + torch.save): ${t_py}s, peak RSS $(( $(rss "$PY" "$DIR/py_avg.py" "${files[@]}") / 1024 )) MB"
 echo "runs (average, cat, EMA replay):"; echo "$pairs"
+# From disk: the page cache dropped before each command (needs root; skipped, and said so,
+# without it). Ten 1 GB checkpoints are usually not all cached, so this is the case the target
+# describes; the warm runs above compare against a memory copy.
+if [ -w /proc/sys/vm/drop_caches ]; then
+    cold() { sync; echo 3 > /proc/sys/vm/drop_caches; timed "$@"; }
+    cpairs=$(for _ in $(seq "$RUNS"); do echo "$(cold read_once) $(cold avg_once)"; done)
+    echo "cold cache (cat, average), ratio per pair:"
+    echo "$cpairs" | awk '{printf "%s %s %.3f\n", $1, $2, $2 / $1}'
+    echo "cold median per-pair ratio: $(echo "$cpairs" | awk '{printf "%.3f\n", $2 / $1}' | median)"
+else
+    echo "cold cache: skipped (/proc/sys/vm/drop_caches is not writable: run as root to measure from disk)"
+fi
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -f "$DIR"/*.safetensors "$DIR"/*.py-avg.pt
