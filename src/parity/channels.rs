@@ -43,11 +43,12 @@ pub fn channel_axis(task: &str, shape: &[usize]) -> usize {
 }
 
 /// How element `i` maps to a channel along `axis`: (channel count, elements per channel step).
-/// Outputs of fewer than three dimensions are one channel.
+/// Outputs of fewer than three dimensions are one channel; never zero channels (an empty
+/// output still gets one, so the worst channel is always defined).
 fn channel_layout(shape: &[usize], axis: usize, len: usize) -> (usize, usize) {
     if shape.len() >= 3 && axis < shape.len() {
         (
-            shape[axis],
+            shape[axis].max(1),
             shape[axis + 1..].iter().product::<usize>().max(1),
         )
     } else {
@@ -69,7 +70,6 @@ pub fn compare_along(
         (0f64, 0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
     let mut nan = got.len() != want.len();
     let (channels, inner) = channel_layout(shape, axis, got.len());
-    let channels = channels.max(1);
     let (mut cmax, mut cref) = (vec![0f64; channels], vec![0f64; channels]);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let (g, w) = (g as f64, w as f64);
@@ -129,7 +129,6 @@ pub fn channel_noise(shape: &[usize], emulated: &[f32], exact: &[f32]) -> Vec<f6
 /// [`channel_noise`] with the channels along dimension `axis`.
 fn channel_noise_along(shape: &[usize], axis: usize, emulated: &[f32], exact: &[f32]) -> Vec<f64> {
     let (channels, inner) = channel_layout(shape, axis, exact.len());
-    let channels = channels.max(1);
     let mut noise = vec![0f64; channels];
     for (i, (&x, &w)) in emulated.iter().zip(exact).enumerate() {
         let d = (x as f64 - w as f64).abs();
