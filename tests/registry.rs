@@ -8,6 +8,7 @@ use common::fixture;
 use fuse_ema::checkpoint::Checkpoint;
 use fuse_ema::checkpoint::py::ModuleRef;
 use fuse_ema::checkpoint::value::{Node, NodeId, Value};
+use fuse_ema::models::LayerError;
 use fuse_ema::models::registry::{self, Kind};
 use fuse_ema::onnx::ultralytics::Builder;
 use fuse_ema::reference::{RefError, Reference, ops::RefTensor};
@@ -142,16 +143,20 @@ fn a_head_without_nc_is_named_by_both_backends() {
         .unwrap()
         .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
         .expect_err("the reference refuses");
-    let RefError::Layer {
+    let RefError::Model(LayerError::At {
         path,
         class,
         source,
-    } = err
+    }) = err
     else {
         panic!("not a layer error: {err:?}")
     };
     assert_eq!(path, format!("model.{name}"));
     assert_eq!(class, "Detect");
+    assert!(
+        matches!(&*source, LayerError::Missing { class, attr } if class == "Detect" && attr == "nc"),
+        "{source:?}"
+    );
     assert_eq!(source.to_string(), "nc missing");
 }
 

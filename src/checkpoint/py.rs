@@ -14,10 +14,6 @@ pub struct ModuleRef<'g> {
     pub v: &'g Value,
 }
 
-/// Result type of the builder and the layers' shared parses, whose messages are text the
-/// model walk prefixes with the layer's path.
-pub type BuildResult<T> = Result<T, String>;
-
 /// A weight's values as f32 and its shape.
 pub type Weight = (Vec<f32>, Vec<i64>);
 
@@ -69,13 +65,6 @@ pub enum AttrError {
         /// The entry.
         name: String,
     },
-}
-
-/// The builder's layers report text (see [`BuildResult`]); an attribute error becomes its message.
-impl From<AttrError> for String {
-    fn from(e: AttrError) -> String {
-        e.to_string()
-    }
 }
 
 impl<'g> ModuleRef<'g> {
