@@ -3,7 +3,7 @@
 
 use crate::checkpoint::module;
 use crate::checkpoint::value::{Graph, Node, Value};
-use crate::convert::{to_f32_vec, try_f64_vec};
+use crate::convert::{to_f32_vec, to_f64_vec};
 
 /// A module in the checkpoint's object graph.
 #[derive(Clone, Copy)]
@@ -184,7 +184,7 @@ impl<'g> ModuleRef<'g> {
         let Some(t) = self.attr(name).and_then(|v| self.g.tensor(v)) else {
             return Ok(None);
         };
-        try_f64_vec(t).map_err(|source| AttrError::Unreadable {
+        to_f64_vec(t).map_err(|source| AttrError::Unreadable {
             class: self.class(),
             name: name.to_string(),
             source,
