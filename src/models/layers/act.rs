@@ -75,7 +75,7 @@ fn entry(m: ModuleRef) -> BuildResult<Option<Kind>> {
     }
     match registry::find(&class).map(|l| l.kind) {
         Some(k @ Kind::Activation { .. }) => Ok(Some(k)),
-        _ => Err(LayerError::unsupported(class, "as an activation")),
+        _ => Err(LayerError::unsupported(class, "use as an activation")),
     }
 }
 

@@ -249,7 +249,7 @@ fn reorg(x: &RefTensor) -> BuildResult<RefTensor> {
     if h % 2 != 0 || w % 2 != 0 {
         return Err(LayerError::shape(
             "ReOrg",
-            format!("of an odd-sized {h}x{w} map"),
+            format!("an odd-sized {h}x{w} map"),
         ));
     }
     let (oh, ow) = (h / 2, w / 2);

@@ -117,7 +117,7 @@ impl Builder<'_> {
             // (rb − lt)/2 offset by θ.
             let raw = extra
                 .clone()
-                .ok_or_else(|| LayerError::shape("OBB", "without angle channels"))?;
+                .ok_or_else(|| LayerError::shape("OBB", "no angle channels"))?;
             let theta = if spec.yolo26 {
                 raw
             } else {
@@ -168,16 +168,14 @@ impl Builder<'_> {
         let mut outs = vec![dbox, sig];
         match spec.kind {
             HeadKind::Segment => {
-                outs.push(
-                    extra.ok_or_else(|| LayerError::shape("Segment", "without mask channels"))?,
-                );
+                outs.push(extra.ok_or_else(|| LayerError::shape("Segment", "no mask channels"))?);
                 let proto = self.prototypes(&format!("{scope}.proto"), m.child("proto")?, xs)?;
                 self.extra_outputs.push(proto);
             }
             HeadKind::Pose => outs.push(self.keypoints(
                 scope,
                 &spec,
-                &extra.ok_or_else(|| LayerError::shape("Pose", "without keypoint channels"))?,
+                &extra.ok_or_else(|| LayerError::shape("Pose", "no keypoint channels"))?,
                 &anchor,
                 &st,
                 a,

@@ -206,7 +206,7 @@ impl HeadSpec {
                 m.int("ne")
                     .ok_or_else(|| LayerError::missing(&class, "ne"))?,
             ),
-            other => return Err(LayerError::UnknownClass(other.to_string())),
+            other => return Err(LayerError::unsupported(other, "use as a detection head")),
         };
         if (kind != HeadKind::Detect && !(1..=1 << 16).contains(&extra))
             || !(1..=1 << 16).contains(&nc)

@@ -34,7 +34,7 @@ impl Deform {
             return Err(LayerError::shape(
                 "MSDeformAttn",
                 format!(
-                    "for {:?} levels of {:?} channels, {heads} heads; the decoder has {levels} of {d}",
+                    "{:?} levels of {:?} channels, {heads} heads; the decoder has {levels} of {d}",
                     m.int("n_levels"),
                     m.int("d_model")
                 ),
