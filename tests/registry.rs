@@ -109,18 +109,22 @@ fn export_options() -> fuse_ema::onnx::ExportOptions {
     }
 }
 
+/// The reference interpreter's error on the `model` entry of `ckpt` for a 1×3×64×64 input.
+fn run_error(ckpt: &Checkpoint) -> RefError {
+    let g = &ckpt.graph;
+    let v = g.dict_get(&ckpt.root, "model").unwrap();
+    Reference::new(ModuleRef { g, v })
+        .unwrap()
+        .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
+        .expect_err("the reference refuses")
+}
+
 /// Both backends' errors for the `model` entry of `ckpt`.
 fn errors(ckpt: &Checkpoint) -> (String, String) {
     let export = fuse_ema::onnx::export(ckpt, &export_options())
         .expect_err("the export refuses")
         .to_string();
-    let g = &ckpt.graph;
-    let v = g.dict_get(&ckpt.root, "model").unwrap();
-    let run = Reference::new(ModuleRef { g, v })
-        .unwrap()
-        .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
-        .expect_err("the reference refuses")
-        .to_string();
+    let run = run_error(ckpt).to_string();
     (export, run)
 }
 
@@ -141,12 +145,7 @@ fn a_head_without_nc_is_named_by_both_backends() {
     assert!(export.contains(&want), "{export}");
     assert!(run.contains(&want), "{run}");
     // The reference's error keeps the layer's path and class as fields, the cause as its source.
-    let g = &ckpt.graph;
-    let v = g.dict_get(&ckpt.root, "model").unwrap();
-    let err = Reference::new(ModuleRef { g, v })
-        .unwrap()
-        .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
-        .expect_err("the reference refuses");
+    let err = run_error(&ckpt);
     let RefError::Model(LayerError::At {
         path,
         class,
@@ -270,11 +269,6 @@ fn an_unreadable_weight_keeps_the_read_error_as_its_source() {
     let opts = export_options();
     let e = fuse_ema::onnx::export(&ckpt, &opts).expect_err("the export refuses");
     assert!(has_io(&e), "{e}");
-    let g = &ckpt.graph;
-    let v = g.dict_get(&ckpt.root, "model").unwrap();
-    let e = Reference::new(ModuleRef { g, v })
-        .unwrap()
-        .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
-        .expect_err("the reference refuses");
+    let e = run_error(&ckpt);
     assert!(has_io(&e), "{e}");
 }
