@@ -52,12 +52,15 @@ pub enum AverageError {
         problem: String,
     },
     /// A tensor could not be read.
-    #[error("{file}: tensor '{name}' cannot be read")]
+    #[error("{file}: tensor '{name}' cannot be read: {source}")]
     Unreadable {
         /// The input.
         file: String,
         /// The tensor.
         name: String,
+        /// The reader's error (or what is wrong with the bytes it gave).
+        #[source]
+        source: std::io::Error,
     },
     /// Writing an averaged tensor's bytes failed (the writer names the output).
     #[error("{0}")]
@@ -523,7 +526,7 @@ mod tests {
             .write_torch(&out2, &[], OutDType::Keep, &silent)
             .unwrap_err();
         assert!(
-            matches!(&e, AverageError::Unreadable { file, name } if file == "b.pt" && name == "w"),
+            matches!(&e, AverageError::Unreadable { file, name, .. } if file == "b.pt" && name == "w"),
             "{e}"
         );
         assert!(!out2.exists());

@@ -128,7 +128,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         path: ckpt.path.clone(),
         kind,
     };
-    let model_err = |m: String| err(ExportErrorKind::Model(m));
+    let model_err = |m: crate::models::LayerError| err(ExportErrorKind::Model(m));
     if !OPSETS.contains(&opts.opset) {
         return Err(err(ExportErrorKind::Opset { opset: opts.opset }));
     }
@@ -166,7 +166,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     // A model without strides (a classifier) pads to 32, as Ultralytics' check_imgsz does.
     let strides = root
         .attr_tensor_f64("stride")
-        .map_err(|e| model_err(e.to_string()))?
+        .map_err(|e| model_err(e.into()))?
         .unwrap_or_else(|| vec![32.0]);
     let max_stride = strides.iter().cloned().fold(1.0, f64::max) as i64;
     let (h, w) = opts
