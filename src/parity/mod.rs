@@ -25,7 +25,7 @@ pub use error::ParityError;
 use inputs::{Batches, run_onnx};
 pub use inputs::{Inputs, OnnxModel, SampleCount, seeded_images};
 pub use nms_output::NmsOutput;
-pub use rows::{RowsTolerance, compare_rows, detection_sets, rows_check};
+pub use rows::{RowsTolerance, Suppression, compare_rows, detection_sets, nms_rows_check, rows_check};
 pub use task::{Agreement, TaskCheck, task_check};
 
 /// Pass criterion, per channel of each output: max |Δ| ≤ atol + rtol · max |reference| over that
@@ -235,13 +235,16 @@ pub fn against_reference(
         let logits = r.class_logits.take();
         let emulated = emulated.transpose().map_err(ParityError::EmulationRun)?;
         let mut row_noise = [0f64; 5];
+        let mut candidates = None;
         if let (Some(p), Some(raw)) = (&nms, want.first_mut()) {
             if let (Some(k), Some(e)) = (tol.f16_noise, emulated.as_ref().and_then(|e| e.first()))
                 && e.shape == raw.shape
             {
                 row_noise = p.noise(raw, e, nc).map(|n| k * n);
             }
-            *raw = p.rows(raw, task, nc, &input_shape)?;
+            let rows = p.rows(raw, task, nc, &input_shape)?;
+            candidates = Some(p.candidates(raw, task, nc));
+            *raw = rows;
         }
         if got.len() != want.len() {
             return Err(ParityError::OutputCount {
@@ -296,9 +299,9 @@ pub fn against_reference(
         if let (Some(p), Some((_, g)), Some(w)) = (&nms, got.first(), want.first()) {
             let rt = RowsTolerance {
                 noise: row_noise,
-                ..p.tolerance(tol)
+                ..p.tolerance(tol, task)
             };
-            tasks.extend(rows_check(g, w, rt));
+            tasks.extend(nms_rows_check(g, w, candidates.as_ref(), rt));
         } else if let (Some((_, g)), Some(w)) = (got.first(), want.first())
             && g.shape == w.shape
             && !head.end2end
@@ -364,7 +367,7 @@ pub fn against_golden(
         if name == "output0"
             && let Some(p) = &nms
         {
-            tasks.extend(rows_check(g, w, p.tolerance(tol)));
+            tasks.extend(rows_check(g, w, p.tolerance(tol, task)));
             continue;
         }
         // A class map is compared as labels, judged by the golden's `logits` where it has them.
