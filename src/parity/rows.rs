@@ -10,6 +10,8 @@
 use super::{OutputStats, TaskCheck, Tolerance};
 use crate::reference::ops::RefTensor;
 
+/// Unmatched rows a failed check names.
+const MAX_LISTED: usize = 8;
 /// The score column.
 const SCORE: usize = 4;
 /// The class column; compared exactly (but see saturated scores).
@@ -105,7 +107,14 @@ pub fn nms_rows_check(
     {
         return vec![shape_failure(&c.shape, &want.shape)];
     }
-    sets("output0", &want.shape, (&got.data, &want.data), candidates, tol).1
+    sets(
+        "output0",
+        &want.shape,
+        (&got.data, &want.data),
+        candidates,
+        tol,
+    )
+    .1
 }
 
 /// Top-k rows `got` (ONNX) against `want` (reference), both of `shape` (B, K, C ≥ 6), with the
@@ -231,7 +240,13 @@ fn sets(
                     "{counts} by class and every column ({ambiguous} unmatched at a tie, the threshold or the cut)"
                 )
             } else {
-                format!("{counts}; {}", problems.join(", "))
+                // A few rows say what is wrong; a list of hundreds would bury it.
+                let more = problems.len().saturating_sub(MAX_LISTED);
+                let listed = problems[..problems.len().min(MAX_LISTED)].join(", ");
+                match more {
+                    0 => format!("{counts}; {listed}"),
+                    n => format!("{counts}; {listed}, and {n} more rows have no match"),
+                }
             },
         });
     }

@@ -133,7 +133,12 @@ pub(super) fn iou(a: &[f32], b: &[f32], centred: bool) -> f64 {
     let corners = |r: &[f32]| {
         let v = [r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64];
         match centred {
-            true => [v[0] - v[2] / 2.0, v[1] - v[3] / 2.0, v[0] + v[2] / 2.0, v[1] + v[3] / 2.0],
+            true => [
+                v[0] - v[2] / 2.0,
+                v[1] - v[3] / 2.0,
+                v[0] + v[2] / 2.0,
+                v[1] + v[3] / 2.0,
+            ],
             false => v,
         }
     };
