@@ -36,20 +36,29 @@ pub(super) fn embedded_nms(model: &Model) -> Result<Option<NmsOutput>, String> {
     let nms_nodes: Vec<_> = (model.nodes.iter())
         .filter(|n| n.op == "NonMaxSuppression")
         .collect();
-    // The scalar constants the `Greater` nodes compare with, in order, without repeats.
-    let mut compared: Vec<f32> = Vec::new();
-    for n in model.nodes.iter().filter(|n| n.op == "Greater") {
-        if let Some(v) = n.inputs.get(1).and_then(|i| scalar(model, i))
-            && !compared.iter().any(|c| c.to_bits() == v.to_bits())
-        {
-            compared.push(v);
+    // The scalar constants that `Greater` nodes (all, or those in `within`) compare with, in
+    // order, without repeats.
+    let compared = |within: Option<&[bool]>| {
+        let mut found: Vec<f32> = Vec::new();
+        for (i, n) in model.nodes.iter().enumerate() {
+            if n.op != "Greater" || within.is_some_and(|w| !w[i]) {
+                continue;
+            }
+            if let Some(v) = n.inputs.get(1).and_then(|i| scalar(model, i))
+                && !found.iter().any(|c| c.to_bits() == v.to_bits())
+            {
+                found.push(v);
+            }
         }
-    }
+        found
+    };
     let (conf, iou) = match nms_nodes[..] {
         [n] => {
             let iou = (n.inputs.get(3).and_then(|i| scalar(model, i)))
                 .ok_or("its NonMaxSuppression has no constant iou_threshold")?;
-            let mut confs = compared.clone();
+            // The score filter feeds the NMS: only the comparisons upstream of it count (a
+            // Greater on the rows after it is no threshold of this NMS).
+            let mut confs = compared(Some(&upstream(model, &n.inputs)));
             if let Some(v) = n.inputs.get(4).and_then(|i| scalar(model, i))
                 && !confs.iter().any(|c| c.to_bits() == v.to_bits())
             {
@@ -66,7 +75,8 @@ pub(super) fn embedded_nms(model: &Model) -> Result<Option<NmsOutput>, String> {
             }
         }
         [] => {
-            let named = |name: &str| scalar(model, name).filter(|v| compared.contains(v));
+            let all = compared(None);
+            let named = |name: &str| scalar(model, name).filter(|v| all.contains(v));
             match (named("nms/conf"), named("nms/iou")) {
                 (Some(conf), Some(iou)) => (conf, iou),
                 _ => {
@@ -99,6 +109,21 @@ pub(super) fn embedded_nms(model: &Model) -> Result<Option<NmsOutput>, String> {
         max_det,
         kpt_dim: None,
     }))
+}
+
+/// Which nodes of `model` compute (directly or not) any of `values`.
+fn upstream(model: &Model, values: &[String]) -> Vec<bool> {
+    let mut marked = vec![false; model.nodes.len()];
+    let mut todo: Vec<&str> = values.iter().map(String::as_str).collect();
+    while let Some(v) = todo.pop() {
+        for (i, n) in model.nodes.iter().enumerate() {
+            if !marked[i] && n.outputs.iter().any(|o| o == v) {
+                marked[i] = true;
+                todo.extend(n.inputs.iter().map(String::as_str));
+            }
+        }
+    }
+    marked
 }
 
 /// The value of `name` when it is a one-element float32 constant: an initializer or the output
