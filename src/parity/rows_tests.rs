@@ -153,7 +153,7 @@ fn moved_saturated_boxes_and_phantom_rows_fail() {
     moved[1][0] += 1.0;
     moved[1][2] += 1.0;
     let c = rows_check(&rows(&moved, 5), &want, TOL);
-    // Without candidates the pairing alone allows it (each moved row overlaps its original
+    // Without candidates the overlap alone allows it (each moved row overlaps its original
     // above the IoU) …
     assert!(c[0].pass, "{}", c[0].detail);
     // … with the reference's candidates a moved box is no candidate: not excused.

@@ -36,12 +36,17 @@ pub(super) fn embedded_nms(model: &Model) -> Result<Option<NmsOutput>, String> {
     let nms_nodes: Vec<_> = (model.nodes.iter())
         .filter(|n| n.op == "NonMaxSuppression")
         .collect();
-    // The scalar constants that `Greater` nodes (all, or those in `within`) compare with, in
-    // order, without repeats.
+    // The scalar constants that `Greater` nodes compare with, in order, without repeats: all of
+    // them, or those comparing a value that a node in `within` computes.
     let compared = |within: Option<&[bool]>| {
         let mut found: Vec<f32> = Vec::new();
-        for (i, n) in model.nodes.iter().enumerate() {
-            if n.op != "Greater" || within.is_some_and(|w| !w[i]) {
+        for n in &model.nodes {
+            let counts = |w: &[bool]| {
+                let compared = n.inputs.first().map(String::as_str).unwrap_or_default();
+                (model.nodes.iter().enumerate())
+                    .any(|(j, p)| w[j] && p.outputs.iter().any(|o| o == compared))
+            };
+            if n.op != "Greater" || within.is_some_and(|w| !counts(w)) {
                 continue;
             }
             if let Some(v) = n.inputs.get(1).and_then(|i| scalar(model, i))
@@ -56,8 +61,9 @@ pub(super) fn embedded_nms(model: &Model) -> Result<Option<NmsOutput>, String> {
         [n] => {
             let iou = (n.inputs.get(3).and_then(|i| scalar(model, i)))
                 .ok_or("its NonMaxSuppression has no constant iou_threshold")?;
-            // The score filter feeds the NMS: only the comparisons upstream of it count (a
-            // Greater on the rows after it is no threshold of this NMS).
+            // The score filter compares the candidates' scores, computed upstream of the NMS
+            // (its mask may be applied before or after it): a Greater on values computed from
+            // the NMS's result (the rows) is no threshold of it.
             let mut confs = compared(Some(&upstream(model, &n.inputs)));
             if let Some(v) = n.inputs.get(4).and_then(|i| scalar(model, i))
                 && !confs.iter().any(|c| c.to_bits() == v.to_bits())
