@@ -332,11 +332,11 @@ pub fn against_reference(
     })
 }
 
-/// Whether a golden array is one of the model's outputs (`output0`, `output1`, …; not the
-/// second size's `output0_BxHxW`, nor `images` or `logits`).
+/// Whether a golden array is one of the model's outputs (`output0`, `output1`, …, or YOLOv7's
+/// single `output`; not the second size's `output0_BxHxW`, nor `images` or `logits`).
 fn is_output_name(n: &str) -> bool {
     n.strip_prefix("output")
-        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|i| i.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A failed check for each output on one side only (`onnx` against the golden's `golden`).
