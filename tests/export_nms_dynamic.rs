@@ -13,7 +13,7 @@ use std::path::Path;
 
 use common::{PER_CHANNEL, assert_channels, fixture, golden};
 use fuse_ema::onnx::proto::Dim;
-use fuse_ema::parity::{RowsTolerance, Tolerance, rows_check};
+use fuse_ema::parity::{RowsTolerance, Suppression, Tolerance, rows_check};
 use fuse_ema::reference::ops::RefTensor;
 
 /// The two sizes every `.io` golden holds.
@@ -162,6 +162,7 @@ fn nms_matches_ultralytics_nmsmodel() {
         conf: 0.25,
         kpt_dim: None,
         noise: [0.0; 5],
+        suppression: None,
     };
     for name in ["yolo11-detect", "yolov8-seg", "yolov8-pose", "yolov8-obb"] {
         let golden = io_golden(name);
@@ -188,6 +189,10 @@ fn nms_matches_ultralytics_nmsmodel() {
                 assert_eq!(y.shape, want.shape, "{name}{sfx}");
                 let tol = RowsTolerance {
                     kpt_dim: (name == "yolov8-pose").then_some(3),
+                    suppression: Some(Suppression {
+                        iou: 0.7,
+                        centred: name == "yolov8-obb",
+                    }),
                     ..tol
                 };
                 for c in rows_check(y, want, tol) {

@@ -92,6 +92,10 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
                 conf: 0.25,
                 kpt_dim: what.contains("pose").then_some(3),
                 noise: [0.0; 5],
+                suppression: Some(fuse_ema::parity::Suppression {
+                    iou: 0.7,
+                    centred: false,
+                }),
             };
             let got_t = fuse_ema::reference::ops::RefTensor::new(g.clone(), want.shape.clone());
             let checks = fuse_ema::parity::rows_check(&got_t, want, tol);

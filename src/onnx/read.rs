@@ -468,6 +468,7 @@ pub(crate) fn node(b: &[u8]) -> R<Node> {
         outputs: vec![],
         attrs: vec![],
     };
+    let mut tensors = Vec::new();
     while let Some((f, v)) = p.next()? {
         match (f, v) {
             (1, Field::Bytes(s)) => n.inputs.push(text(s)),
@@ -477,10 +478,17 @@ pub(crate) fn node(b: &[u8]) -> R<Node> {
             (5, Field::Bytes(a)) => {
                 if let (name, Some(a)) = attribute(a)? {
                     n.attrs.push((name, a));
+                } else if let Some(a) = constant::value(a)? {
+                    tensors.push(a);
                 }
             }
             _ => {}
         }
+    }
+    // Only `Constant` may take its tensor as `value_float(s)` / `value_int(s)` (the same value);
+    // another operator's tensor attribute (ConstantOfShape's `value`) stays out, as before.
+    if n.op == "Constant" {
+        n.attrs.extend(tensors);
     }
     Ok(n)
 }
@@ -593,3 +601,6 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
         .collect();
     Ok(m)
 }
+
+#[path = "read_constant.rs"]
+mod constant;

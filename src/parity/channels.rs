@@ -1,12 +1,13 @@
 //! The per-channel comparison: for each channel of an output, max |Δ| ≤ atol + rtol · max
 //! |reference| over that channel (plus, for f16 models, a multiple of the channel's emulated f16
-//! noise). Channels are dimension 1 of (B, C, …) outputs, and the last dimension of the classic
-//! YOLOv5/YOLOv7 rows (B, anchors, 5 + nc).
+//! noise). Channels are dimension 1 of (B, C, …) outputs — each class of a (B, nc)
+//! classification output — and the last dimension of the classic YOLOv5/YOLOv7 rows
+//! (B, anchors, 5 + nc).
 
 use super::{OutputStats, Tolerance};
 
 /// Compares two same-shaped outputs, channel by channel (dimension 1; the whole output when it
-/// has fewer than three dimensions).
+/// has one dimension).
 pub fn compare(
     name: &str,
     shape: &[usize],
@@ -43,10 +44,12 @@ pub fn channel_axis(task: &str, shape: &[usize]) -> usize {
 }
 
 /// How element `i` maps to a channel along `axis`: (channel count, elements per channel step).
-/// Outputs of fewer than three dimensions are one channel; never zero channels (an empty
-/// output still gets one, so the worst channel is always defined).
+/// A (B, nc) classification output has a channel per class: as one channel, every class's
+/// limit was set by the largest probability, and a small class's probability could drop by
+/// most of itself unseen (review 6). Outputs of one dimension are one channel; never zero
+/// channels (an empty output still gets one, so the worst channel is always defined).
 fn channel_layout(shape: &[usize], axis: usize, len: usize) -> (usize, usize) {
-    if shape.len() >= 3 && axis < shape.len() {
+    if shape.len() >= 2 && axis < shape.len() {
         (
             shape[axis].max(1),
             shape[axis + 1..].iter().product::<usize>().max(1),
@@ -213,6 +216,21 @@ mod tests {
         assert!(!s.pass);
         assert_eq!(s.worst_channel, 5);
         assert_eq!(channel_axis("detect", &shape), 1);
+    }
+
+    /// Review 6: class probabilities (B, nc) are compared per class, so lowering a small class's
+    /// probability by 5e-4 fails, far below the 1e-3 that the largest class would allow.
+    #[test]
+    fn each_class_of_a_classification_output_is_a_channel() {
+        let want = [0.9f32, 0.05, 0.03, 0.02, 0.2, 0.7, 0.05, 0.05];
+        assert!(compare("output0", &[2, 4], &want, &want, Tolerance::F32).pass);
+        let mut got = want;
+        got[3] -= 5e-4;
+        let s = compare("output0", &[2, 4], &got, &want, Tolerance::F32);
+        assert!(!s.pass, "{s:?}");
+        assert_eq!(s.worst_channel, 3);
+        // As one channel the limit was 1e-4 + 1e-3 · 0.9: the change passed.
+        assert!(compare("output0", &[8], &got, &want, Tolerance::F32).pass);
     }
 
     #[test]

@@ -44,16 +44,6 @@ pub enum ParityError {
     /// A golden file without an array the comparison needs.
     #[error("the golden file has no `{0}` array")]
     GoldenMissing(String),
-    /// A golden array of another shape than the ONNX's output.
-    #[error("`{name}`: the ONNX gives {onnx:?}, the golden file holds {golden:?}")]
-    GoldenShape {
-        /// The output.
-        name: String,
-        /// The ONNX's shape.
-        onnx: Vec<usize>,
-        /// The golden array's shape.
-        golden: Vec<usize>,
-    },
     /// The golden file cannot be opened (the reader's error names it).
     #[error("{0}")]
     GoldenOpen(#[source] crate::io::ReadError),

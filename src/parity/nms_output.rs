@@ -72,13 +72,58 @@ impl NmsOutput {
         groups
     }
 
-    pub(super) fn tolerance(&self, tol: Tolerance) -> RowsTolerance {
+    /// The reference's candidates before suppression, as rows of the output's width (B, anchors,
+    /// 6 + extra): each anchor whose best score is above the threshold less 0.05 (OBB: every
+    /// anchor, those at or below the threshold with score 0, as its NMS keeps them), zero rows
+    /// for the others. An ONNX row that only one side keeps must be one of these.
+    pub(super) fn candidates(&self, raw: &RefTensor, task: &str, nc: usize) -> RefTensor {
+        let (b, rows, a) = match raw.shape[..] {
+            [b, rows, a] if rows >= 4 + nc && nc > 0 => (b, rows, a),
+            _ => return RefTensor::new(Vec::new(), vec![0, 0, 6]),
+        };
+        let extra = rows - 4 - nc;
+        let width = 6 + extra;
+        let rotated = task == "obb";
+        let mut out = vec![0f32; b * a * width];
+        for img in 0..b {
+            let at = |r: usize, k: usize| raw.data[(img * rows + r) * a + k];
+            for k in 0..a {
+                let best = (1..nc).fold((0, at(4, k)), |m, c| match at(4 + c, k) > m.1 {
+                    true => (c, at(4 + c, k)),
+                    false => m,
+                });
+                let above = best.1 > self.nms.conf;
+                if !(rotated || best.1 > self.nms.conf - 0.05) {
+                    continue;
+                }
+                let (cx, cy, w, h) = (at(0, k), at(1, k), at(2, k), at(3, k));
+                let o = &mut out[(img * a + k) * width..][..width];
+                o[..4].copy_from_slice(&match rotated {
+                    true => [cx, cy, w, h],
+                    false => [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+                });
+                o[4] = if rotated && !above { 0.0 } else { best.1 };
+                o[5] = best.0 as f32;
+                for e in 0..extra {
+                    o[6 + e] = at(4 + nc + e, k);
+                }
+            }
+        }
+        RefTensor::new(out, vec![b, a, width])
+    }
+
+    /// The tolerance of the rows of a model of `task`.
+    pub(super) fn tolerance(&self, tol: Tolerance, task: &str) -> RowsTolerance {
         RowsTolerance {
             atol: tol.atol,
             rtol: tol.rtol,
             conf: self.nms.conf,
             kpt_dim: self.kpt_dim,
             noise: [0.0; 5],
+            suppression: Some(rows::Suppression {
+                iou: self.nms.iou,
+                centred: task == "obb",
+            }),
         }
     }
 }

@@ -22,6 +22,11 @@ impl Npz {
             .map(|(_, t, _)| t)
     }
 
+    /// The names of the arrays, in the archive's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.arrays.iter().map(|(n, ..)| n.as_str())
+    }
+
     /// The element type an array is stored as in the file.
     pub fn dtype(&self, name: &str) -> Option<Dtype> {
         self.arrays

@@ -10,6 +10,8 @@
 use super::{OutputStats, TaskCheck, Tolerance};
 use crate::reference::ops::RefTensor;
 
+/// Unmatched rows a failed check names.
+const MAX_LISTED: usize = 8;
 /// The score column.
 const SCORE: usize = 4;
 /// The class column; compared exactly (but see saturated scores).
@@ -34,6 +36,20 @@ pub struct RowsTolerance {
     /// f16 models: the allowance for f16 rounding added to the limit of each column group (see
     /// [`group`]), a multiple of the reference's emulated f16 noise in those channels.
     pub noise: [f64; 5],
+    /// NMS rows: the suppression that made them (its IoU threshold), which lets two rows tied
+    /// at a saturated score trade places ([`Suppression`]). `None` for top-k rows, which no
+    /// suppression made: there a saturated tie only reorders rows.
+    pub suppression: Option<Suppression>,
+}
+
+/// The NMS behind a list of rows, as far as the comparison needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Suppression {
+    /// The IoU above which a kept box suppresses another of its class.
+    pub iou: f32,
+    /// Boxes are `cx cy w h` (OBB rows, whose NMS compares rotated boxes; the comparison reads
+    /// them axis-aligned), else `x1 y1 x2 y2`.
+    pub centred: bool,
 }
 
 impl RowsTolerance {
@@ -46,6 +62,7 @@ impl RowsTolerance {
             conf: f32::NEG_INFINITY,
             kpt_dim: None,
             noise: [0.0; 5],
+            suppression: None,
         }
     }
 }
@@ -69,10 +86,35 @@ pub(super) fn group(j: usize, kpt_dim: Option<usize>) -> usize {
 /// Compares `got` with `want` (reference), both (B, K, C ≥ 6), as detection sets per image: one
 /// task check per image.
 pub fn rows_check(got: &RefTensor, want: &RefTensor, tol: RowsTolerance) -> Vec<TaskCheck> {
+    nms_rows_check(got, want, None, tol)
+}
+
+/// [`rows_check`] of NMS rows with the reference's candidates: `candidates` (B, N, C) holds, as
+/// rows, what the model computed before suppression (every anchor at or near the threshold).
+/// Then a row the ONNX alone keeps — at the threshold, the cut or a tie — must be one of them:
+/// a real detection the other side dropped, never a moved box or an invented row.
+pub fn nms_rows_check(
+    got: &RefTensor,
+    want: &RefTensor,
+    candidates: Option<&RefTensor>,
+    tol: RowsTolerance,
+) -> Vec<TaskCheck> {
     if got.shape != want.shape {
         return vec![shape_failure(&got.shape, &want.shape)];
     }
-    detection_sets("output0", &want.shape, &got.data, &want.data, tol).1
+    if let Some(c) = candidates
+        && (c.shape.len() != 3 || c.shape[0] != want.shape[0] || c.shape[2] != want.shape[2])
+    {
+        return vec![shape_failure(&c.shape, &want.shape)];
+    }
+    sets(
+        "output0",
+        &want.shape,
+        (&got.data, &want.data),
+        candidates,
+        tol,
+    )
+    .1
 }
 
 /// Top-k rows `got` (ONNX) against `want` (reference), both of `shape` (B, K, C ≥ 6), with the
@@ -97,12 +139,24 @@ fn shape_failure(got: &[usize], want: &[usize]) -> TaskCheck {
     }
 }
 
-/// The one comparison behind [`rows_check`] and [`compare_rows`].
+/// The comparison behind [`rows_check`] and [`compare_rows`], without candidates.
 pub fn detection_sets(
     name: &str,
     shape: &[usize],
     got: &[f32],
     want: &[f32],
+    tol: RowsTolerance,
+) -> (OutputStats, Vec<TaskCheck>) {
+    sets(name, shape, (got, want), None, tol)
+}
+
+/// The one comparison: `candidates`, when given, are the reference's rows before suppression,
+/// of the same width, (B, N, C).
+fn sets(
+    name: &str,
+    shape: &[usize],
+    (got, want): (&[f32], &[f32]),
+    candidates: Option<&RefTensor>,
     tol: RowsTolerance,
 ) -> (OutputStats, Vec<TaskCheck>) {
     let mut stats = OutputStats {
@@ -141,52 +195,41 @@ pub fn detection_sets(
     let mut checks = Vec::new();
     for img in 0..b {
         // All-zero rows are NMS padding; a top-k list has none.
-        let rows = |d: &[f32]| -> Vec<Vec<f32>> {
+        let rows = |d: &[f32], k: usize| -> Vec<Vec<f32>> {
             (0..k)
                 .map(|r| d[(img * k + r) * c..(img * k + r + 1) * c].to_vec())
                 .filter(|r| r.iter().any(|v| *v != 0.0))
                 .collect()
         };
-        let (g, w) = (rows(got), rows(want));
-        // Candidates at or below the threshold (OBB rows keep them with score 0) and those at
-        // the cut of a full list may be kept by one side only.
-        let borderline = |r: &[f32], side: &[Vec<f32>]| {
-            let floor = side.iter().map(|r| r[SCORE]).fold(f32::INFINITY, f32::min);
-            r[SCORE] <= tol.conf
-                || near(r[SCORE], tol.conf)
-                || (side.len() == k && near(r[SCORE], floor))
-        };
-        // Two candidates tied at a saturated score come in the sort's order of ties, and the
-        // first suppresses the second where they overlap: each side may keep the other one.
-        // Such a row may go unmatched only where the other side holds a saturated row whose box
-        // overlaps it (the one that may have suppressed it) — otherwise any wrong row with a
-        // saturated score would be excused (review, session 5: boxes doubled passed with 4 of
-        // 17 rows matched).
-        let excused = |r: &[f32], side: &[Vec<f32>], other: &[Vec<f32>]| {
-            saturated(r[SCORE])
-                && side.iter().filter(|o| saturated(o[SCORE])).count() > 1
-                && other.iter().any(|o| saturated(o[SCORE]) && overlap(r, o))
-        };
-        let (mut matched, mut ambiguous, mut problems) = (0usize, 0usize, Vec::new());
+        let (g, w) = (rows(got, k), rows(want, k));
+        let cands = candidates.map(|t| rows(&t.data, t.shape[1]));
+        let mut matched = 0usize;
         let mut used = vec![false; g.len()];
-        for r in &w {
+        let mut lost = Vec::new();
+        for (i, r) in w.iter().enumerate() {
             match (0..g.len()).find(|&j| !used[j] && close(r, &g[j])) {
                 Some(j) => {
                     used[j] = true;
                     matched += 1;
                     acc.add(&g[j], r);
                 }
-                None if borderline(r, &w) || excused(r, &w, &g) => ambiguous += 1,
-                None => problems.push(unmatched("reference", r)),
+                None => lost.push(i),
             }
         }
-        for (j, r) in g.iter().enumerate() {
-            match used[j] {
-                true => {}
-                false if borderline(r, &g) || excused(r, &g, &w) => ambiguous += 1,
-                false => problems.push(unmatched("ONNX", r)),
-            }
-        }
+        let extra: Vec<usize> = (0..g.len()).filter(|&j| !used[j]).collect();
+        let rules = ambiguity::Rules {
+            k,
+            conf: tol.conf,
+            near: &near,
+            saturated: &saturated,
+            close: &close,
+            suppression: tol.suppression,
+        };
+        let (ambiguous, problems) = rules.judge((&g, &extra), (&w, &lost), cands.as_deref());
+        let problems: Vec<String> = problems
+            .into_iter()
+            .map(|(onnx, r)| unmatched(if onnx { "ONNX" } else { "reference" }, r))
+            .collect();
         let counts = format!("{} vs {} rows, {matched} matched", g.len(), w.len());
         checks.push(TaskCheck {
             kind: "detection rows",
@@ -197,33 +240,19 @@ pub fn detection_sets(
                     "{counts} by class and every column ({ambiguous} unmatched at a tie, the threshold or the cut)"
                 )
             } else {
-                format!("{counts}; {}", problems.join(", "))
+                // A few rows say what is wrong; a list of hundreds would bury it.
+                let more = problems.len().saturating_sub(MAX_LISTED);
+                let listed = problems[..problems.len().min(MAX_LISTED)].join(", ");
+                match more {
+                    0 => format!("{counts}; {listed}"),
+                    n => format!("{counts}; {listed}, and {n} more rows have no match"),
+                }
             },
         });
     }
     acc.finish(&mut stats, &limit);
     stats.pass = checks.iter().all(|t| t.pass);
     (stats, checks)
-}
-
-/// Whether two rows' boxes overlap as NMS would see them suppress each other (IoU ≥ 0.3). The
-/// rows do not say their box format: `x1 y1 x2 y2` (NMS, end-to-end) or `cx cy w h` (RT-DETR,
-/// OBB); the larger of the two readings' IoU is taken, which still refuses a box moved or
-/// scaled off its counterpart.
-fn overlap(a: &[f32], b: &[f32]) -> bool {
-    let iou = |a: [f64; 4], b: [f64; 4]| {
-        let area = |r: [f64; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-        let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-        let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-        let union = area(a) + area(b) - w * h;
-        if union > 0.0 { w * h / union } else { 0.0 }
-    };
-    let xyxy = |r: &[f32]| [r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64];
-    let cxcywh = |r: &[f32]| {
-        let (cx, cy, w, h) = (r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64);
-        [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
-    };
-    iou(xyxy(a), xyxy(b)).max(iou(cxcywh(a), cxcywh(b))) >= 0.3
 }
 
 /// Each column's limit: atol + rtol · the largest reference magnitude of its group (or of the
@@ -358,6 +387,9 @@ impl Accumulator {
         stats.worst_channel_limit = limit.get(worst).copied().unwrap_or(0.0);
     }
 }
+
+#[path = "rows_ambiguity.rs"]
+mod ambiguity;
 
 #[cfg(test)]
 #[path = "rows_tests.rs"]

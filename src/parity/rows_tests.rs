@@ -9,6 +9,10 @@ const TOL: RowsTolerance = RowsTolerance {
     conf: 0.25,
     kpt_dim: None,
     noise: [0.0; 5],
+    suppression: Some(Suppression {
+        iou: 0.7,
+        centred: false,
+    }),
 };
 
 fn rows(r: &[[f32; 6]], k: usize) -> RefTensor {
@@ -64,6 +68,14 @@ fn a_missing_or_extra_row_fails_unless_at_the_threshold() {
     let want = rows(&s, 5);
     let c = rows_check(&rows(&s[..2], 5), &want, TOL);
     assert!(c[0].pass, "a row at the threshold may go: {}", c[0].detail);
+    // A row well below the threshold is in no NMS list made with it (review 6: an export at
+    // conf 0.001 judged at 0.25 passed with 10 vs 0 rows).
+    s[2][4] = 0.1;
+    let c = rows_check(&rows(&s, 5), &rows(&s[..2], 5), TOL);
+    assert!(!c[0].pass, "{}", c[0].detail);
+    // OBB lists keep candidates at or below it with score 0.
+    s[2][4] = 0.0;
+    assert!(rows_check(&rows(&s, 5), &rows(&s[..2], 5), TOL)[0].pass);
 }
 
 #[test]
@@ -101,32 +113,81 @@ fn keypoint_coordinates_share_the_pixel_scale() {
 
 #[test]
 fn a_row_tied_at_saturation_may_go_but_a_lone_one_may_not() {
+    // Two candidates tied at 1.0 overlapping above the NMS IoU (0.78): the order of ties decides
+    // which suppresses the other, so each side keeps one of them.
+    let mut s = scene();
+    s[0][4] = 1.0;
+    let mut twin = s[0];
+    twin[..4].copy_from_slice(&[6.5, 6.5, 14.5, 14.5]);
+    let want = rows(&[twin, s[1], s[2]], 5);
+    let got = rows(&s, 5);
+    let c = rows_check(&got, &want, TOL);
+    assert!(c[0].pass, "{}", c[0].detail);
+    assert!(c[0].detail.contains("(2 unmatched"), "{}", c[0].detail);
+    // An overlap below the IoU (0.62): neither could have suppressed the other.
+    let mut apart = twin;
+    apart[..4].copy_from_slice(&[7.0, 7.0, 15.0, 15.0]);
+    assert!(!rows_check(&got, &rows(&[apart, s[1], s[2]], 5), TOL)[0].pass);
+    // A saturated row missing with nothing in its place: a failure.
+    assert!(!rows_check(&rows(&s[1..], 5), &want, TOL)[0].pass);
+    // Top-k rows have no suppression: a saturated tie there only reorders.
+    let top_k = RowsTolerance {
+        suppression: None,
+        ..TOL
+    };
+    assert!(!rows_check(&got, &want, top_k)[0].pass);
+}
+
+/// Review 6: doctored NMS outputs that the earlier rules excused.
+#[test]
+fn moved_saturated_boxes_and_phantom_rows_fail() {
     let mut s = scene();
     s[0][4] = 1.0;
     s[1][4] = 1.0;
-    // Row 1 overlaps row 0 (IoU 0.6): which of two tied candidates suppresses the other is the
-    // order of ties.
-    s[1][..4].copy_from_slice(&[7.0, 7.0, 15.0, 15.0]);
+    s[1][..4].copy_from_slice(&[10.0, 10.0, 20.0, 20.0]);
     let want = rows(&s, 5);
-    // The other side kept one of the two tied rows only.
-    let got = rows(&[s[0], s[2]], 5);
-    assert!(rows_check(&got, &want, TOL)[0].pass);
-    // A tied row that overlaps nothing on the other side was suppressed by nothing: a failure.
-    let mut apart = s.clone();
-    apart[1][..4].copy_from_slice(&[30.0, 30.0, 40.0, 36.0]);
-    assert!(!rows_check(&got, &rows(&apart, 5), TOL)[0].pass);
-    // Saturated rows whose boxes moved (scaled ×2) overlap too little: not excused.
-    let mut doubled = s.clone();
-    for r in doubled.iter_mut() {
-        for v in r[..4].iter_mut() {
-            *v *= 2.0;
-        }
+    // Saturated rows moved (1 px on 8–10 px boxes: IoU 0.78 and 0.82 with their originals).
+    let mut moved = s.clone();
+    moved[0][0] += 1.0;
+    moved[0][2] += 1.0;
+    moved[1][0] += 1.0;
+    moved[1][2] += 1.0;
+    let c = rows_check(&rows(&moved, 5), &want, TOL);
+    // Without candidates the overlap alone allows it (each moved row overlaps its original
+    // above the IoU) …
+    assert!(c[0].pass, "{}", c[0].detail);
+    // … with the reference's candidates a moved box is no candidate: not excused.
+    let cands = rows(&s, 5);
+    let c = nms_rows_check(&rows(&moved, 5), &want, Some(&cands), TOL);
+    assert!(!c[0].pass, "{}", c[0].detail);
+    assert!(c[0].detail.contains("1 matched"), "{}", c[0].detail);
+    // Moved far (the 60 px of the review): no overlap, no pair, with or without candidates.
+    let mut far = s.clone();
+    for r in far.iter_mut().take(2) {
+        r[0] += 60.0;
+        r[2] += 60.0;
     }
-    assert!(!rows_check(&rows(&doubled, 5), &want, TOL)[0].pass);
-    let mut lone = scene();
-    lone[0][4] = 1.0;
-    let want = rows(&lone, 5);
-    assert!(!rows_check(&rows(&lone[1..], 5), &want, TOL)[0].pass);
+    assert!(!rows_check(&rows(&far, 5), &want, TOL)[0].pass);
+    // Padding filled with copies of the first row (saturated, the candidate itself).
+    let mut dup = s.clone();
+    dup.extend([s[0]; 2]);
+    let c = nms_rows_check(&rows(&dup, 5), &want, Some(&cands), TOL);
+    assert!(!c[0].pass, "{}", c[0].detail);
+    // Padding filled with copies of the lowest row: its own list is full, the other is not.
+    let mut low = s.clone();
+    low.extend([s[2]; 2]);
+    let c = nms_rows_check(&rows(&low, 5), &want, Some(&cands), TOL);
+    assert!(!c[0].pass, "{}", c[0].detail);
+    // Both lists full: one row at the cut may differ, if it is a candidate.
+    let full = |r: &[[f32; 6]]| rows(r, r.len());
+    let mut other = s.clone();
+    other[2] = [40.0, 2.0, 50.0, 9.0, 0.6, 1.0];
+    let mut all = s.clone();
+    all.push(other[2]);
+    let c = nms_rows_check(&full(&other), &full(&s), Some(&rows(&all, 4)), TOL);
+    assert!(c[0].pass, "{}", c[0].detail);
+    let c = nms_rows_check(&full(&other), &full(&s), Some(&full(&s)), TOL);
+    assert!(!c[0].pass, "an invented row at the cut: {}", c[0].detail);
 }
 
 #[test]
@@ -211,8 +272,8 @@ fn a_shape_that_is_not_rows_fails_top_k() {
     assert!(!s.pass);
 }
 
-/// One comparison, two kinds of list: a row below 0.25 may go unmatched in NMS rows (the
-/// threshold) but not in top-k rows, where only the lowest kept score is the cut.
+/// One comparison, two kinds of list: a row at a threshold of 0.2 may go unmatched in NMS rows
+/// but not in top-k rows, where only the lowest kept score is the cut.
 #[test]
 fn top_k_rows_have_no_threshold() {
     let mut want = top_k();
@@ -223,7 +284,7 @@ fn top_k_rows_have_no_threshold() {
     let (s, t) = compare_rows("output0", &[1, 5, 7], &g, &w, F32);
     assert!(!s.pass, "{}", t[0].detail);
     let nms = RowsTolerance {
-        conf: 0.25,
+        conf: 0.2,
         ..RowsTolerance::top_k(F32)
     };
     let (s, t) = detection_sets("output0", &[1, 5, 7], &g, &w, nms);

@@ -67,6 +67,22 @@ pub enum PipelineError {
     /// An ONNX model without an input.
     #[error("{}: the model has no input", .0.display())]
     NoInput(PathBuf),
+    /// An ONNX output that is one of its inputs: nothing is computed that could be compared.
+    #[error("{}: output `{name}` is the graph input itself, not something the model computes", file.display())]
+    OutputIsInput {
+        /// The ONNX.
+        file: PathBuf,
+        /// The output.
+        name: String,
+    },
+    /// `verify` cannot tell how an ONNX with NMS inside was made, so cannot judge its rows.
+    #[error("{}: the ONNX embeds NMS, but {what}; cannot judge its detection rows", file.display())]
+    NmsUnknown {
+        /// The ONNX.
+        file: PathBuf,
+        /// What could not be determined.
+        what: String,
+    },
     /// The report could not be encoded.
     #[error("{}: {source}", path.display())]
     Report {
@@ -482,6 +498,15 @@ pub fn onnx_check(
         .inputs
         .first()
         .ok_or_else(|| PipelineError::NoInput(path.to_path_buf()))?;
+    // An output that merely passes an input through has nothing to compare (review 6: an ONNX
+    // whose only output was `images` passed against a golden file).
+    if let Some(o) = (model.outputs.iter()).find(|o| model.inputs.iter().any(|i| i.name == o.name))
+    {
+        return Err(PipelineError::OutputIsInput {
+            file: path.to_path_buf(),
+            name: o.name.clone(),
+        });
+    }
     let train = crate::onnx::training_imgsz(ckpt, root).unwrap_or((640, 640));
     let shape: Vec<usize> = input
         .dims
@@ -510,7 +535,12 @@ pub fn onnx_check(
         shape,
         half,
         head,
-        nms: embedded_nms(model),
+        nms: super::embedded_nms::embedded_nms(model).map_err(|what| {
+            PipelineError::NmsUnknown {
+                file: path.to_path_buf(),
+                what,
+            }
+        })?,
     })
 }
 
@@ -520,19 +550,4 @@ fn output_rows(model: &Model) -> Option<usize> {
         Dim::Fixed(n) if *n > 0 => Some(*n as usize),
         _ => None,
     }
-}
-
-/// The NMS an ONNX embeds, from the metadata `yolo export nms=True` (and `--nms`) writes: `args`
-/// with `'nms': True`, rows per image from `output0`'s shape. The thresholds are not recorded;
-/// Ultralytics' defaults (conf 0.25, IoU 0.7, per class) are what both exporters use by default.
-fn embedded_nms(model: &Model) -> Option<NmsOutput> {
-    let args = model.metadata.iter().find(|(k, _)| k == "args")?;
-    if !args.1.contains("'nms': True") {
-        return None;
-    }
-    Some(NmsOutput {
-        nms: crate::onnx::nms::Nms::DEFAULT,
-        max_det: output_rows(model)?,
-        kpt_dim: None,
-    })
 }

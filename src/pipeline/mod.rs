@@ -3,6 +3,7 @@
 //! and verify pipelines ([`export`]: which weights, the order outputs are written in, what a
 //! failed parity check leaves, what an ONNX file says about how to check it).
 
+mod embedded_nms;
 pub mod export;
 pub mod open;
 

@@ -1,0 +1,172 @@
+//! Which unmatched detection rows the set itself makes ambiguous, and which are errors.
+//!
+//! An honest pair of lists differs only where the model's own numbers leave the answer open:
+//! a score at the confidence threshold (kept by one side, dropped by the other), a score at the
+//! lowest kept score of a full list (the `max_det` / top-k cut: which of two near-equal
+//! candidates fills the last place), and two candidates tied at a saturated score of 1 whose
+//! boxes overlap above the NMS IoU (the order of ties decides which suppresses the other). Each
+//! excuse is written so that what it lets through is bounded by what such a tie can produce:
+//! a row excused at the cut needs the OTHER list to be full (a list cannot have dropped a row
+//! for want of room while it had room; review 6: padding filled with copies of the lowest row
+//! excused itself), a row missing at a saturated tie needs a saturated row on the other side
+//! overlapping it above the NMS IoU (its suppressor there; the earlier IoU ≥ 0.3 with any
+//! saturated row let saturated boxes moved 60 px pass, review 6), and a row NMS could not have
+//! kept beside another of its class on its own side (overlapping it above the IoU) is never
+//! excused (review 6: 298 copies of one row passed). Where the reference's candidates before
+//! suppression are known (`verify`, export), every ONNX row an excuse covers must also be one
+//! of them: a real output of the model at some anchor, never a moved or invented box.
+
+use super::{CLASS, SCORE, Suppression};
+
+/// The overlap asked of rotated (OBB) rows at a saturated tie, read axis-aligned.
+const ROTATED_OVERLAP: f64 = 0.3;
+
+/// Slack on IoU comparisons: box columns carry rounding of ~1e-3 relative, which moves an IoU
+/// by a few thousandths.
+const IOU_SLACK: f64 = 0.01;
+
+/// The rules, with the comparison's own notions of near, saturated and close.
+pub(super) struct Rules<'a> {
+    /// Rows per image (a list of this many rows is full).
+    pub k: usize,
+    /// The confidence threshold (`-inf` for top-k rows).
+    pub conf: f32,
+    /// Two scores within twice the score limit.
+    pub near: &'a dyn Fn(f32, f32) -> bool,
+    /// A score within the score limit of 1.
+    pub saturated: &'a dyn Fn(f32) -> bool,
+    /// Two rows alike in every column (the class too, unless both saturated).
+    pub close: &'a dyn Fn(&[f32], &[f32]) -> bool,
+    /// NMS rows: the suppression that made them.
+    pub suppression: Option<Suppression>,
+}
+
+impl Rules<'_> {
+    /// Judges the unmatched rows: `got` (ONNX rows, `extra` the unmatched indices) and `want`
+    /// (reference rows, `lost` the unmatched ones), with the reference's candidates of this
+    /// image when known. Returns how many were excused and the rows that were not (`true`:
+    /// an ONNX row), reference rows first.
+    pub fn judge<'r>(
+        &self,
+        (got, extra): (&'r [Vec<f32>], &[usize]),
+        (want, lost): (&'r [Vec<f32>], &[usize]),
+        candidates: Option<&[Vec<f32>]>,
+    ) -> (usize, Vec<(bool, &'r [f32])>) {
+        // An ONNX row the excuses cover must be something the model computed.
+        let real = |r: &[f32]| candidates.is_none_or(|cs| cs.iter().any(|c| (self.close)(r, c)));
+        let lone = |r: &[f32], side: &[Vec<f32>]| match self.suppression {
+            Some(s) => side.iter().all(|o| {
+                std::ptr::eq(o.as_slice(), r)
+                    || o[CLASS] != r[CLASS]
+                    || iou(o, r, s.centred) <= s.iou as f64 + IOU_SLACK
+            }),
+            None => true,
+        };
+        let plain = |r: &[f32], other: &[Vec<f32>]| self.at_threshold(r) || self.at_cut(r, other);
+        let rest_w: Vec<usize> = lost
+            .iter()
+            .copied()
+            .filter(|&i| !plain(&want[i], got))
+            .collect();
+        let rest_g: Vec<usize> = extra
+            .iter()
+            .copied()
+            .filter(|&j| {
+                let r = &got[j];
+                !(plain(r, want) && real(r) && lone(r, got))
+            })
+            .collect();
+        let mut excused = (lost.len() - rest_w.len()) + (extra.len() - rest_g.len());
+        // Saturated ties. An ONNX row the reference lacks is excused when it is a saturated
+        // candidate its own NMS could keep (`lone`) overlapping, above the IoU, a saturated
+        // reference row: the row that suppressed it there. A reference row the ONNX lacks is
+        // excused when a saturated ONNX row in good standing (matched, or itself excused)
+        // overlaps it above the IoU: the row that suppressed it in the ONNX. Counts need not
+        // balance — one kept box suppresses every box it overlaps, so where f16 rounding
+        // reorders ties at 1.0 the ONNX may keep one box where the reference keeps two (seen
+        // on yolov8-seg `--nms --half`: 24 vs 25 rows).
+        let (mut tied_w, mut tied_g) = (vec![false; want.len()], vec![false; got.len()]);
+        if let Some(s) = self.suppression {
+            let sat = |r: &[f32]| (self.saturated)(r[SCORE]);
+            // Rotated boxes: the rows' axis-aligned reading is no probabilistic IoU, so only a
+            // plain overlap (the IoU ≥ 0.3 of before) is asked there.
+            let bound = match s.centred {
+                true => ROTATED_OVERLAP,
+                false => s.iou as f64 - IOU_SLACK,
+            };
+            let overlaps = |r: &[f32], o: &[f32]| iou(r, o, s.centred) >= bound;
+            for &j in &rest_g {
+                let r = &got[j];
+                tied_g[j] = sat(r)
+                    && real(r)
+                    && lone(r, got)
+                    && want.iter().any(|o| sat(o) && overlaps(r, o));
+            }
+            let standing: Vec<bool> = (0..got.len())
+                .map(|j| !rest_g.contains(&j) || tied_g[j])
+                .collect();
+            for &i in &rest_w {
+                let r = &want[i];
+                let by_row =
+                    (got.iter().zip(&standing)).any(|(o, ok)| *ok && sat(o) && overlaps(r, o));
+                // OBB's fast NMS lets any better candidate suppress, kept or not: there the
+                // suppressor may be a saturated candidate that is no row on either side.
+                let by_candidate = s.centred
+                    && candidates.is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| sat(c) && !(self.close)(r, c) && overlaps(r, c))
+                    });
+                tied_w[i] = sat(r) && (by_row || by_candidate);
+            }
+            excused += tied_w.iter().chain(&tied_g).filter(|t| **t).count();
+        }
+        let problems = rest_w
+            .iter()
+            .filter(|&&i| !tied_w[i])
+            .map(|&i| (false, want[i].as_slice()))
+            .chain(
+                rest_g
+                    .iter()
+                    .filter(|&&j| !tied_g[j])
+                    .map(|&j| (true, got[j].as_slice())),
+            )
+            .collect();
+        (excused, problems)
+    }
+
+    /// At the confidence threshold: within twice the score limit of it, or a zeroed candidate
+    /// (OBB rows keep those with score 0). A row well below it is in no honest NMS list.
+    fn at_threshold(&self, r: &[f32]) -> bool {
+        self.conf.is_finite() && (r[SCORE] == 0.0 || (self.near)(r[SCORE], self.conf))
+    }
+
+    /// At the cut of `other`, the list this row is missing from: that list is full and its
+    /// lowest score is near this row's.
+    fn at_cut(&self, r: &[f32], other: &[Vec<f32>]) -> bool {
+        let floor = other.iter().map(|o| o[SCORE]).fold(f32::INFINITY, f32::min);
+        other.len() == self.k && (self.near)(r[SCORE], floor)
+    }
+}
+
+/// The IoU of two rows' boxes, read as `cx cy w h` when `centred` (axis-aligned), else as
+/// `x1 y1 x2 y2`; 0 for a box with no area.
+pub(super) fn iou(a: &[f32], b: &[f32], centred: bool) -> f64 {
+    let corners = |r: &[f32]| {
+        let v = [r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64];
+        match centred {
+            true => [
+                v[0] - v[2] / 2.0,
+                v[1] - v[3] / 2.0,
+                v[0] + v[2] / 2.0,
+                v[1] + v[3] / 2.0,
+            ],
+            false => v,
+        }
+    };
+    let (a, b) = (corners(a), corners(b));
+    let area = |r: [f64; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let union = area(a) + area(b) - w * h;
+    if union > 0.0 { w * h / union } else { 0.0 }
+}
