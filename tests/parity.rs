@@ -101,7 +101,8 @@ fn broken(
 #[test]
 fn an_output_that_is_the_input_is_refused_not_read_after_free() {
     // Review F5: ONNX Runtime hands a pass-through output back in the input's own buffer; the
-    // runner used to free the input first and then copy from it.
+    // runner used to free the input first and then copy from it. `verify` refuses such a model
+    // before running it; the runner refuses it too, for every other caller.
     let (_d, p) = broken(|m| {
         m.outputs = vec![m.inputs[0].clone()];
     });
@@ -115,8 +116,17 @@ fn an_output_that_is_the_input_is_refused_not_read_after_free() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("output images is one of its inputs"), "{err}");
+    assert!(err.contains("is the graph input itself"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    let rt = fuse_ema::runtime::Engine::Ort(fuse_ema::runtime::ort().unwrap(), None);
+    let x = ndarray::ArrayD::<f32>::zeros(vec![1, 3, 64, 64]);
+    let e = rt
+        .run(&std::fs::read(&p).unwrap(), &[("images", x)])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("output images is one of its inputs"),
+        "{e}"
+    );
 }
 
 #[test]

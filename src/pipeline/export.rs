@@ -274,10 +274,13 @@ impl StagedExport {
         } else {
             self.paths.failed.clone()
         };
-        let data = self.data.as_ref().map(|_| match (&exported.external, passed) {
-            (Some(name), true) => target.with_file_name(name),
-            _ => target.with_file_name(ExportPaths::data_name(&target)),
-        });
+        let data = self
+            .data
+            .as_ref()
+            .map(|_| match (&exported.external, passed) {
+                (Some(name), true) => target.with_file_name(name),
+                _ => target.with_file_name(ExportPaths::data_name(&target)),
+            });
         (target, data)
     }
 
