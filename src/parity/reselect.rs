@@ -167,3 +167,80 @@ pub(super) fn annotate(checks: &mut [TaskCheck], done: &[Reselection]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows that depend on the whole selection, as a decoder's do: each query's row carries the
+    /// sum of the selected indices in its score (and its own index, so the rows are ranked).
+    fn decode(sel: &[usize]) -> Vec<f32> {
+        let mix: usize = sel.iter().sum();
+        sel.iter()
+            .flat_map(|&q| {
+                let c = 0.1 + 0.2 * q as f32;
+                [c, c, 0.05, 0.05, 0.3 + 0.1 * q as f32 + 0.01 * mix as f32, 0.0]
+            })
+            .collect()
+    }
+
+    fn case(onnx: &[usize]) -> (Vec<Reselection>, RefTensor) {
+        // Queries 1 and 2 tie to 5e-4, within the margin 2·(1e-4 + 1e-3·0.9); query 3 is far.
+        let scores = vec![0.9, 0.5, 0.4995, 0.1];
+        let sel = QuerySelection::new(0, scores, vec![0, 1], decode);
+        let got = RefTensor::new(decode(onnx), vec![1, 2, 6]);
+        let mut want = RefTensor::new(decode(&[0, 1]), vec![1, 2, 6]);
+        let rt = RowsTolerance::top_k(Tolerance::F32);
+        let (_, checks) = detection_sets("output0", &want.shape, &got.data, &want.data, rt);
+        assert!(
+            !checks[0].pass,
+            "the selections differ: {}",
+            checks[0].detail
+        );
+        let done = retry(3, &got, &mut want, &checks, &[sel], (Tolerance::F32, rt));
+        (done, want)
+    }
+
+    #[test]
+    fn a_swap_at_a_near_tie_is_found_and_reported() {
+        let (done, want) = case(&[0, 2]);
+        assert_eq!(done.len(), 1);
+        let r = &done[0];
+        assert_eq!((r.batch, r.image, r.k, r.tried), (3, 0, 2, 1));
+        let s = r.accepted.expect("the swap 1 → 2 matches the ONNX");
+        assert_eq!((s.dropped, s.taken), (1, 2));
+        assert!((r.cut_gap - 5e-4).abs() < 1e-6 && (r.margin - 2.0e-3).abs() < 1e-6);
+        assert_eq!(r.own_selection, "2 vs 2 rows, 0 matched, 2 unmatched");
+        assert_eq!(
+            want.data,
+            decode(&[0, 2]),
+            "the reference rows are the swap's"
+        );
+        assert!(
+            r.describe()
+                .contains("query 1 (encoder score 0.500000) swapped for 2")
+        );
+    }
+
+    #[test]
+    fn a_selection_beyond_the_margin_is_not_excused() {
+        let (done, want) = case(&[0, 3]);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].accepted.is_none() && done[0].tried == 1, "{done:?}");
+        assert_eq!(want.data, decode(&[0, 1]), "the reference rows stay");
+        let mut checks = vec![TaskCheck {
+            kind: "detection rows",
+            image: 0,
+            pass: false,
+            detail: "2 vs 2 rows, 0 matched; …".into(),
+        }];
+        annotate(&mut checks, &done);
+        assert!(
+            checks[0]
+                .detail
+                .ends_with("none of the 1 query swaps within the selection margin 2.0e-3 at the top-2 cut matched either"),
+            "{}",
+            checks[0].detail
+        );
+    }
+}
