@@ -278,8 +278,9 @@ pub fn against_reference(
                     let (mut s, mut t) = detection_sets(name, &g.shape, &g.data, &w.data, rt);
                     if t.iter().any(|t| !t.pass) && !selections.is_empty() {
                         let mut w = w.clone();
-                        let done =
-                            reselect::retry(batch - 1, g, &mut w, &t, &selections, (tol, rt));
+                        let done = timing::phase("query reselection", || {
+                            reselect::retry(batch - 1, g, &mut w, &t, &selections, (tol, rt))
+                        });
                         if done.iter().any(|d| d.accepted.is_some()) {
                             (s, t) = detection_sets(name, &g.shape, &g.data, &w.data, rt);
                         }

@@ -179,7 +179,14 @@ mod tests {
         sel.iter()
             .flat_map(|&q| {
                 let c = 0.1 + 0.2 * q as f32;
-                [c, c, 0.05, 0.05, 0.3 + 0.1 * q as f32 + 0.01 * mix as f32, 0.0]
+                [
+                    c,
+                    c,
+                    0.05,
+                    0.05,
+                    0.3 + 0.1 * q as f32 + 0.01 * mix as f32,
+                    0.0,
+                ]
             })
             .collect()
     }
