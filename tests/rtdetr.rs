@@ -1,7 +1,8 @@
 //! RT-DETR (`rtdetr-l`, fixtures/families/rtdetr-l-detect.pt): the reference interpreter against
 //! PyTorch's goldens, compared as rows (its output is the top 300 of queries × classes), and the
-//! opsets the export refuses. The export itself, run in ONNX Runtime at both golden sizes, is in
-//! tests/families.rs.
+//! opsets the export refuses, and parity at a near-tie of the encoder's query selection (a swap
+//! at the cut is decoded and reported; wrong models still fail). The export itself, run in ONNX
+//! Runtime at both golden sizes, is in tests/families.rs.
 
 mod common;
 
@@ -81,24 +82,54 @@ fn opsets_below_17_are_refused() {
     assert!(!out.exists());
 }
 
-/// The interpreter's query selection on the seeded input parity uses (seed 0, 1×160×160), and
-/// the boundary pair: its k-th selected query and the best query it left out, with their scores.
-fn seed0_selection() -> (QuerySelection, (usize, f32), (usize, f32)) {
+/// The cut of a selection: its k-th selected query and the best query it left out, with their
+/// scores (the closest pair of a selected and a left-out query).
+type Cut = ((usize, f32), (usize, f32));
+
+/// The first seeded input parity uses at 1×160×160 (seeds 0, 1, …) whose query cut is a near-tie
+/// (the k-th and (k+1)-th scores within half the selection margin): its seed, the interpreter's
+/// selection, and its cut. Seed 0 of the committed fixture is one (scores 2.0e-4 apart, margin
+/// 3.5e-3); the search keeps the tests meaningful if the fixture is regenerated.
+fn near_tie_seed() -> (u64, QuerySelection, Cut) {
     let ckpt = fuse_ema::io::open(&fixture("families/rtdetr-l-detect.pt")).unwrap();
     let v = ckpt.graph.dict_get(&ckpt.root, "model").unwrap();
     let mut r = Reference::new(ModuleRef { g: &ckpt.graph, v })
         .unwrap()
         .keeping_selections();
-    r.run(seeded_images(&[1, 3, 160, 160], 0)).unwrap();
-    assert_eq!(r.selections.len(), 1, "one selection per image");
-    let sel = r.selections.remove(0);
-    let last = *sel.chosen.last().unwrap();
-    let best_out = (0..sel.scores.len())
-        .filter(|q| !sel.chosen.contains(q))
-        .max_by(|&a, &b| sel.scores[a].total_cmp(&sel.scores[b]))
-        .unwrap();
-    let (sl, so) = (sel.scores[last], sel.scores[best_out]);
-    (sel, (last, sl), (best_out, so))
+    for seed in 0..8 {
+        r.run(seeded_images(&[1, 3, 160, 160], seed)).unwrap();
+        assert_eq!(r.selections.len(), 1, "one selection per image");
+        let sel = r.selections.remove(0);
+        let last = *sel.chosen.last().unwrap();
+        let best_out = (0..sel.scores.len())
+            .filter(|q| !sel.chosen.contains(q))
+            .max_by(|&a, &b| sel.scores[a].total_cmp(&sel.scores[b]))
+            .unwrap();
+        let (sl, so) = (sel.scores[last], sel.scores[best_out]);
+        if ((sl - so) as f64) < margin(&sel) / 2.0 {
+            return (seed, sel, ((last, sl), (best_out, so)));
+        }
+    }
+    panic!("no seed of 0..8 has a near-tie at the query cut");
+}
+
+/// `--parity-samples` that includes `seed`.
+fn samples(seed: u64) -> String {
+    (seed + 1).to_string()
+}
+
+/// The report's retry entry for the first image of batch `seed`.
+fn retry_of(r: &serde_json::Value, seed: u64) -> serde_json::Value {
+    r["parity"]["query_reselections"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["batch"] == seed && q["image"] == 0))
+        .cloned()
+        .unwrap_or_else(|| panic!("no retry reported for batch {seed}: {r}"))
+}
+
+/// The detection-rows check of batch `seed` (one image per batch).
+fn rows_check_of(r: &serde_json::Value, seed: u64) -> serde_json::Value {
+    r["parity"]["task"][seed as usize].clone()
 }
 
 /// The fixture exported at 1×160×160 (no parity), edited by `edit`, written to a temporary file.
@@ -175,10 +206,12 @@ fn lower_scores(m: &mut fuse_ema::onnx::proto::Model, by: f32) {
     t.raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
 }
 
-fn verify(model: &std::path::Path) -> (i32, serde_json::Value) {
+fn verify(model: &std::path::Path, seed: u64) -> (i32, serde_json::Value) {
     run_json(&[
         "verify",
         model.to_str().unwrap(),
+        "--parity-samples",
+        &samples(seed),
         "--checkpoint",
         fixture("families/rtdetr-l-detect.pt").to_str().unwrap(),
         "--runtime",
@@ -199,36 +232,32 @@ fn margin(sel: &QuerySelection) -> f64 {
 /// (held-out rtdetr-l seed 1000 did this by rounding alone: docs/parity.md, "Query selection").
 #[test]
 fn a_near_tie_at_the_query_cut_is_decoded_both_ways_and_reported() {
-    let (sel, (_, sl), (out, so)) = seed0_selection();
-    let gap = (sl - so) as f64;
+    let (seed, sel, (_, (out, so))) = near_tie_seed();
+    let gap = (sel.scores[*sel.chosen.last().unwrap()] - so) as f64;
     let margin = margin(&sel);
-    assert!(
-        gap >= 0.0 && gap < margin / 2.0,
-        "gap {gap} margin {margin}"
-    );
     // Past the cut by a quarter of the margin: far beyond any runtime's rounding of the scores.
     let (_d, p) = edited_export(|m| raise_encoder_score(m, out, (gap + margin / 4.0) as f32));
-    let (code, r) = verify(&p);
+    let (code, r) = verify(&p, seed);
     assert_eq!(code, 0, "{r}");
-    let q = &r["parity"]["query_reselections"];
-    assert_eq!(q.as_array().map(Vec::len), Some(1), "{q}");
-    assert_eq!(q[0]["image"], 0);
-    assert_eq!(q[0]["k"], 300);
-    assert_eq!(q[0]["accepted"]["taken"], out, "{q}");
+    let q = retry_of(&r, seed);
+    assert_eq!(q["k"], 300);
+    assert_eq!(q["accepted"]["taken"], out, "{q}");
     // The query it left out for it lies at the cut too (the ONNX's own lowest).
-    let dropped = q[0]["accepted"]["dropped"].as_u64().unwrap() as usize;
+    let dropped = q["accepted"]["dropped"].as_u64().unwrap() as usize;
     assert!(sel.chosen.contains(&dropped), "{q}");
     assert!(sel.scores[dropped] as f64 - so as f64 <= margin, "{q}");
     // With the interpreter's own selection the rows did not all match.
-    let own = q[0]["own_selection"].as_str().unwrap();
+    let own = q["own_selection"].as_str().unwrap();
     assert!(!own.ends_with(", 0 unmatched"), "{own}");
-    let detail = r["parity"]["task"][0]["detail"].as_str().unwrap();
+    let check = rows_check_of(&r, seed);
+    assert_eq!(check["pass"], true, "{check}");
+    let detail = check["detail"].as_str().unwrap();
     assert!(
         detail.contains("query selection swapped at a near-tie"),
         "{detail}"
     );
     assert!(
-        (q[0]["cut_gap"].as_f64().unwrap() - gap).abs() < 1e-6,
+        (q["cut_gap"].as_f64().unwrap() - gap).abs() < 1e-6,
         "{q} vs {gap}"
     );
 }
@@ -238,37 +267,37 @@ fn a_near_tie_at_the_query_cut_is_decoded_both_ways_and_reported() {
 /// its swap is decoded, and so does the unedited export with the lowered scores alone.
 #[test]
 fn lowered_scores_fail_even_with_a_near_tie_retried() {
-    let (sel, _, (out, so)) = seed0_selection();
-    let gap = (sel.scores[*sel.chosen.last().unwrap()] - so) as f64;
+    let (seed, sel, ((_, sl), (out, so))) = near_tie_seed();
     let margin = margin(&sel);
     let (_d, p) = edited_export(|m| {
-        raise_encoder_score(m, out, (gap + margin / 4.0) as f32);
+        raise_encoder_score(m, out, ((sl - so) as f64 + margin / 4.0) as f32);
         lower_scores(m, 0.01);
     });
-    let (code, r) = verify(&p);
+    let (code, r) = verify(&p, seed);
     assert_eq!(code, 1, "{r}");
     assert_eq!(r["parity"]["pass"], false);
-    let q = &r["parity"]["query_reselections"][0];
+    let q = retry_of(&r, seed);
     assert!(q["accepted"].is_null(), "{q}");
     assert!(q["tried"].as_u64().unwrap() >= 1, "{q}");
-    let detail = r["parity"]["task"][0]["detail"].as_str().unwrap();
+    let check = rows_check_of(&r, seed);
+    assert_eq!(check["pass"], false, "{check}");
+    let detail = check["detail"].as_str().unwrap();
     assert!(
         detail.contains("query swaps within the selection margin"),
         "{detail}"
     );
 
     let (_d, p) = edited_export(|m| lower_scores(m, 0.01));
-    let (code, r) = verify(&p);
+    let (code, r) = verify(&p, seed);
     assert_eq!(code, 1, "{r}");
-    assert_eq!(r["parity"]["task"][0]["pass"], false, "{r}");
+    assert_eq!(rows_check_of(&r, seed)["pass"], false, "{r}");
 }
 
-/// A selection change the tolerance can order is not excused: a query far below the cut (the
-/// 40th best left out, more than the margin below) forced into the selection fails, and the
-/// report says which swaps, if any, were tried.
+/// A selection change the tolerance can order is not excused: a query far below the cut (more
+/// than twice the margin below) forced into the selection fails, although the retry ran.
 #[test]
 fn a_query_far_below_the_cut_forced_in_fails() {
-    let (sel, (_, sl), _) = seed0_selection();
+    let (seed, sel, ((_, sl), _)) = near_tie_seed();
     let margin = margin(&sel);
     let mut left: Vec<usize> = (0..sel.scores.len())
         .filter(|q| !sel.chosen.contains(q))
@@ -280,9 +309,9 @@ fn a_query_far_below_the_cut_forced_in_fails() {
         .unwrap();
     let lift = (sl - sel.scores[far]) as f64 + margin / 4.0;
     let (_d, p) = edited_export(|m| raise_encoder_score(m, far, lift as f32));
-    let (code, r) = verify(&p);
+    let (code, r) = verify(&p, seed);
     assert_eq!(code, 1, "{r}");
-    let q = &r["parity"]["query_reselections"][0];
+    let q = retry_of(&r, seed);
     assert!(q["accepted"].is_null(), "{q}");
-    assert_eq!(r["parity"]["task"][0]["pass"], false);
+    assert_eq!(rows_check_of(&r, seed)["pass"], false);
 }
