@@ -66,7 +66,7 @@ pub enum AverageError {
     #[error(transparent)]
     Write(#[from] WriteError),
     /// The scratch file (for `--strip`) failed.
-    #[error("scratch file beside the output: {0}")]
+    #[error("scratch file for the output: {0}")]
     Scratch(#[source] std::io::Error),
     /// A writer asked for the tensors in another order than the one planned (a bug).
     #[error("internal error: tensor {asked} asked for where {due:?} was due")]

@@ -114,8 +114,8 @@ impl Conv2dParams {
 /// and bias: Ultralytics 8.0 to 8.4.138 (`fuse_conv_and_bn`: `diag(γ / √(ε + var)) · w`, bias
 /// `β − γ·mean / √(var + ε)` plus the scaled conv bias) or 8.4.139 on
 /// (`torch.nn.utils.fusion.fuse_conv_bn_weights`: `r = rsqrt(var + ε)`, i.e. 1 / √ rounded
-/// twice on CPU; `w · (γ·r)`, bias `(b − mean)·r·γ + β`). The export uses `Diag` for every
-/// release (measurements in docs/export.md, "BatchNorm fold").
+/// twice on CPU; `w · (γ·r)`, bias `(b − mean)·r·γ + β`). The export follows the checkpoint's
+/// release ([`BnFold::for_version`]; docs/export.md, "BatchNorm fold").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BnFold {
     /// Ultralytics ≤ 8.4.138, and checkpoints that name no version.
