@@ -362,5 +362,9 @@ pub fn parity_text(r: &crate::parity::ParityReport) -> String {
             let _ = writeln!(o, "    image {}: {}", t.image, t.detail);
         }
     }
+    // A pass that needed another query selection says so (a failed retry is in its image's line).
+    for q in r.query_reselections.iter().filter(|q| q.accepted.is_some()) {
+        let _ = writeln!(o, "  query selection: {}", q.describe());
+    }
     o
 }

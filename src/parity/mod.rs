@@ -10,6 +10,7 @@ pub mod letterbox;
 mod nms_output;
 pub mod npy;
 pub mod npz;
+pub mod reselect;
 mod rows;
 mod task;
 
@@ -25,6 +26,7 @@ pub use error::ParityError;
 use inputs::{Batches, run_onnx};
 pub use inputs::{Inputs, OnnxModel, SampleCount, seeded_images};
 pub use nms_output::NmsOutput;
+pub use reselect::Reselection;
 pub use rows::{
     RowsTolerance, Suppression, compare_rows, detection_sets, nms_rows_check, rows_check,
 };
@@ -125,6 +127,10 @@ pub struct ParityReport {
     /// golden file, which are one batch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples: Option<SampleCount>,
+    /// RT-DETR: images whose rows failed with the interpreter's query selection, and what
+    /// decoding its near-tie swaps found (docs/parity.md, "Query selection").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_reselections: Vec<Reselection>,
     /// Everything passed.
     pub pass: bool,
 }
@@ -205,7 +211,8 @@ pub fn against_reference(
 ) -> Result<ParityReport, ParityError> {
     let mut r = Reference::new(reference)
         .map_err(ParityError::Reference)?
-        .with_head(head);
+        .with_head(head)
+        .keeping_selections();
     let mut r16 = match tol.f16_noise {
         Some(_) => Some(
             Reference::new(reference)
@@ -215,9 +222,11 @@ pub fn against_reference(
         ),
         None => None,
     };
-    let (mut outputs, mut tasks) = (Vec::new(), Vec::new());
+    let (mut outputs, mut tasks, mut reselections) = (Vec::new(), Vec::new(), Vec::new());
     let mut batches = Batches::new(inputs);
+    let mut batch = 0;
     while let Some(images) = batches.next() {
+        batch += 1;
         let input_shape = images.shape.clone();
         // The reference first, then the runtime: each one's memory is freed before the other
         // starts, so the peak is the larger of the two, not their sum. Side by side they took
@@ -235,6 +244,7 @@ pub fn against_reference(
         let got = got?;
         let mut want = want.map_err(ParityError::ReferenceRun)?;
         let logits = r.class_logits.take();
+        let selections = std::mem::take(&mut r.selections);
         let emulated = emulated.transpose().map_err(ParityError::EmulationRun)?;
         let mut row_noise = [0f64; 5];
         let mut candidates = None;
@@ -270,7 +280,18 @@ pub fn against_reference(
                     if let (Some(k), Some(e)) = (tol.f16_noise, e) {
                         rt.noise = rows::f16_noise(w, e, rt).map(|n| k * n);
                     }
-                    let (mut s, t) = detection_sets(name, &g.shape, &g.data, &w.data, rt);
+                    let (mut s, mut t) = detection_sets(name, &g.shape, &g.data, &w.data, rt);
+                    if t.iter().any(|t| !t.pass) && !selections.is_empty() {
+                        let mut w = w.clone();
+                        let done = timing::phase("query reselection", || {
+                            reselect::retry(batch - 1, g, &mut w, &t, &selections, (tol, rt))
+                        });
+                        if done.iter().any(|d| d.accepted.is_some()) {
+                            (s, t) = detection_sets(name, &g.shape, &g.data, &w.data, rt);
+                        }
+                        reselect::annotate(&mut t, &done);
+                        reselections.extend(done);
+                    }
                     if tol.f16_noise.is_some() && e.is_some() {
                         s.worst_channel_f16_noise = Some(
                             rt.noise[rows::group(s.worst_channel, None)]
@@ -328,6 +349,7 @@ pub fn against_reference(
         tolerance: tol,
         outputs,
         task: tasks,
+        query_reselections: reselections,
         pass,
     })
 }
@@ -444,6 +466,7 @@ pub fn against_golden(
         outputs,
         task: tasks,
         samples: None,
+        query_reselections: Vec::new(),
         pass,
     })
 }

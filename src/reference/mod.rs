@@ -7,6 +7,7 @@
 
 pub mod nms;
 pub mod ops;
+pub mod selection;
 pub mod seq;
 pub(crate) mod shape;
 
@@ -40,6 +41,12 @@ pub struct Reference<'g> {
     /// `SemanticSegment`'s resized logits (B, nc, H, W) from the current run, beside its class
     /// map: parity reads them to tell a near-tie from a wrong class.
     pub class_logits: Option<RefTensor>,
+    /// Top-k selections inside the model (RT-DETR's queries) from the current run, one per
+    /// batch item, each able to decode another choice; kept only when
+    /// [`Reference::keeping_selections`] asked for them.
+    pub selections: Vec<selection::QuerySelection>,
+    /// Whether to keep [`Reference::selections`].
+    pub(crate) keep_selections: bool,
     /// Round the input and every module's output to f16 (see [`Reference::emulating_f16`]).
     pub(crate) f16: bool,
     /// What the detection heads output (see [`Reference::with_head`]).
@@ -53,6 +60,8 @@ impl<'g> Reference<'g> {
             net: Net::new(root)?,
             extra: Vec::new(),
             class_logits: None,
+            selections: Vec::new(),
+            keep_selections: false,
             f16: false,
             head: HeadOptions::default(),
         })
@@ -75,6 +84,15 @@ impl<'g> Reference<'g> {
         self
     }
 
+    /// The same interpreter keeping each run's in-model top-k selections with what decoding
+    /// another choice needs (RT-DETR: the encoder's features of every anchor, about
+    /// 2 · anchors · hidden_dim floats per image), so parity can tell a near-tie at the cut from a
+    /// wrong model (docs/parity.md, "Query selection").
+    pub fn keeping_selections(mut self) -> Reference<'g> {
+        self.keep_selections = true;
+        self
+    }
+
     fn round(&self, mut t: RefTensor) -> RefTensor {
         if self.f16 {
             ops::map(&mut t, |v| half::f16::from_f32(v).to_f32());
@@ -87,6 +105,7 @@ impl<'g> Reference<'g> {
     pub fn run(&mut self, images: RefTensor) -> RefResult<Vec<RefTensor>> {
         self.extra.clear();
         self.class_logits = None;
+        self.selections.clear();
         let net = self.net;
         let images = self.round(images);
         let out = net.forward(self, images)?;

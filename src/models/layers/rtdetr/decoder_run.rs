@@ -8,8 +8,10 @@ use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::conv::{BatchNorm, conv};
 use crate::models::{BuildResult, LayerError};
 use crate::reference::ops::{self, RefTensor};
+use crate::reference::selection::QuerySelection;
 use crate::reference::seq::top_k;
 use crate::reference::{Reference, shape};
+use std::sync::Arc;
 
 /// `_generate_anchors`, computed in f64 and rounded once.
 fn anchors_f64(shapes: &[(usize, usize)]) -> Anchors {
@@ -73,6 +75,8 @@ impl Reference<'_> {
         }
         let total: usize = shapes.iter().map(|(h, w)| h * w).sum();
         let (anchors, valid) = p.anchors(&shapes, anchors_f64);
+        // Shared with the decodes parity may ask for later (`keeping_selections`).
+        let (p, anchors) = (Arc::new(p), Arc::new(anchors));
         let k = p.queries.min(total);
         let nc = p.nc;
         let kout = p.queries.min(MAX_DET).min(k * nc);
@@ -103,53 +107,80 @@ impl Reference<'_> {
                 .map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max))
                 .collect();
             let sel = top_k(&best, k);
-            let mut embed = Vec::with_capacity(k * hd);
-            for &i in &sel {
-                embed.extend_from_slice(&features[i * hd..(i + 1) * hd]);
-            }
-            let eb = run_mlp(&p.enc_bbox, &embed, k);
-            let mut refer: Vec<f32> = sel
-                .iter()
-                .flat_map(|&i| (0..4).map(move |j| (i, j)))
-                .zip(&eb)
-                .map(|((i, j), v)| ops::sigmoid(v + anchors[i * 4 + j]))
-                .collect();
-            let mut x = embed;
-            let mut logits = Vec::new();
-            for (i, l) in p.layers.iter().enumerate() {
-                let qpos = run_mlp(&p.query_pos, &refer, k);
-                let qk: Vec<f32> = x.iter().zip(&qpos).map(|(a, b)| a + b).collect();
-                let sa = run_mha(&l.self_attn, &qk, &qk, &x, k, k);
-                let mut o: Vec<f32> = x.iter().zip(&sa).map(|(a, b)| a + b).collect();
-                run_norm(&l.norm1, &mut o);
-                let q: Vec<f32> = o.iter().zip(&qpos).map(|(a, b)| a + b).collect();
-                let ca = run_deform(&l.cross, &q, &refer, &feats, k, &shapes);
-                let mut o: Vec<f32> = o.iter().zip(&ca).map(|(a, b)| a + b).collect();
-                run_norm(&l.norm2, &mut o);
-                let mut f = run_linear(&l.linear1, &o, k);
-                f.iter_mut().for_each(|v| *v = v.max(0.0));
-                let f = run_linear(&l.linear2, &f, k);
-                let mut o: Vec<f32> = o.iter().zip(&f).map(|(a, b)| a + b).collect();
-                run_norm(&l.norm3, &mut o);
-                let bbox = run_mlp(&p.bbox_heads[i], &o, k);
-                refer = bbox
-                    .iter()
-                    .zip(&refer)
-                    .map(|(bx, r)| ops::sigmoid(bx + inverse_sigmoid(*r)))
-                    .collect();
-                if i + 1 == p.layers.len() {
-                    logits = run_linear(&p.score, &o, k);
-                }
-                x = o;
-            }
-            let probs: Vec<f32> = logits.iter().map(|&v| ops::sigmoid(v)).collect();
-            for idx in top_k(&probs, kout) {
-                let (q, c) = (idx / nc, idx % nc);
-                out.extend_from_slice(&refer[q * 4..q * 4 + 4]);
-                out.push(probs[idx]);
-                out.push(c as f32);
+            out.extend(decode(&p, &sel, &features, &feats, &anchors, &shapes, kout));
+            if self.keep_selections {
+                let (p, anchors, shapes) = (p.clone(), anchors.clone(), shapes.clone());
+                let rerun = move |sel: &[usize]| {
+                    decode(&p, sel, &features, &feats, &anchors, &shapes, kout)
+                };
+                self.selections
+                    .push(QuerySelection::new(b, best, sel, rerun));
             }
         }
         Ok(RefTensor::new(out, vec![n, kout, 6]))
     }
+}
+
+/// The decoder after the query selection, for one image: the selected anchors' encoder features
+/// and boxes refined through the decoder layers, then the top `kout` of queries × classes as
+/// rows of cx, cy, w, h, score, class. `features` are the encoder outputs of every anchor (A,
+/// hd), `feats` the projected levels the deformable attention samples (A, hd).
+fn decode(
+    p: &Head,
+    sel: &[usize],
+    features: &[f32],
+    feats: &[f32],
+    anchors: &[f32],
+    shapes: &[(usize, usize)],
+    kout: usize,
+) -> Vec<f32> {
+    let (k, hd, nc) = (sel.len(), p.hd, p.nc);
+    let mut embed = Vec::with_capacity(k * hd);
+    for &i in sel {
+        embed.extend_from_slice(&features[i * hd..(i + 1) * hd]);
+    }
+    let mut out = Vec::with_capacity(kout * 6);
+    let eb = run_mlp(&p.enc_bbox, &embed, k);
+    let mut refer: Vec<f32> = sel
+        .iter()
+        .flat_map(|&i| (0..4).map(move |j| (i, j)))
+        .zip(&eb)
+        .map(|((i, j), v)| ops::sigmoid(v + anchors[i * 4 + j]))
+        .collect();
+    let mut x = embed;
+    let mut logits = Vec::new();
+    for (i, l) in p.layers.iter().enumerate() {
+        let qpos = run_mlp(&p.query_pos, &refer, k);
+        let qk: Vec<f32> = x.iter().zip(&qpos).map(|(a, b)| a + b).collect();
+        let sa = run_mha(&l.self_attn, &qk, &qk, &x, k, k);
+        let mut o: Vec<f32> = x.iter().zip(&sa).map(|(a, b)| a + b).collect();
+        run_norm(&l.norm1, &mut o);
+        let q: Vec<f32> = o.iter().zip(&qpos).map(|(a, b)| a + b).collect();
+        let ca = run_deform(&l.cross, &q, &refer, feats, k, shapes);
+        let mut o: Vec<f32> = o.iter().zip(&ca).map(|(a, b)| a + b).collect();
+        run_norm(&l.norm2, &mut o);
+        let mut f = run_linear(&l.linear1, &o, k);
+        f.iter_mut().for_each(|v| *v = v.max(0.0));
+        let f = run_linear(&l.linear2, &f, k);
+        let mut o: Vec<f32> = o.iter().zip(&f).map(|(a, b)| a + b).collect();
+        run_norm(&l.norm3, &mut o);
+        let bbox = run_mlp(&p.bbox_heads[i], &o, k);
+        refer = bbox
+            .iter()
+            .zip(&refer)
+            .map(|(bx, r)| ops::sigmoid(bx + inverse_sigmoid(*r)))
+            .collect();
+        if i + 1 == p.layers.len() {
+            logits = run_linear(&p.score, &o, k);
+        }
+        x = o;
+    }
+    let probs: Vec<f32> = logits.iter().map(|&v| ops::sigmoid(v)).collect();
+    for idx in top_k(&probs, kout) {
+        let (q, c) = (idx / nc, idx % nc);
+        out.extend_from_slice(&refer[q * 4..q * 4 + 4]);
+        out.push(probs[idx]);
+        out.push(c as f32);
+    }
+    out
 }
