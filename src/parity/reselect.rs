@@ -217,7 +217,7 @@ mod tests {
         let s = r.accepted.expect("the swap 1 → 2 matches the ONNX");
         assert_eq!((s.dropped, s.taken), (1, 2));
         assert!((r.cut_gap - 5e-4).abs() < 1e-6 && (r.margin - 2.0e-3).abs() < 1e-6);
-        assert_eq!(r.own_selection, "2 vs 2 rows, 0 matched, 2 unmatched");
+        assert_eq!(r.own_selection, "2 vs 2 rows, 0 matched, 4 unmatched");
         assert_eq!(
             want.data,
             decode(&[0, 2]),

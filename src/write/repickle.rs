@@ -233,7 +233,11 @@ impl Pickler<'_> {
                 } else {
                     "frozenset"
                 };
-                self.own(&Global::new("__builtin__", name), ("builtins", name))?;
+                self.own_constant(if name == "set" {
+                    Own::Set
+                } else {
+                    Own::FrozenSet
+                })?;
                 self.out.push(b']');
                 self.appends(items)?;
                 self.out.extend_from_slice(b"\x85R");
@@ -241,12 +245,12 @@ impl Pickler<'_> {
             }
             Node::Bytes(b) => {
                 if b.is_empty() {
-                    self.own(&Global::new("__builtin__", "bytes"), ("builtins", "bytes"))?;
+                    self.own_constant(Own::Bytes)?;
                     self.out.extend_from_slice(b")R");
                 } else {
                     // Protocol 2 has no bytes opcode: Python 3 writes
                     // `_codecs.encode(latin-1 text, 'latin1')`.
-                    self.own(&Global::new("_codecs", "encode"), ("_codecs", "encode"))?;
+                    self.own_constant(Own::Encode)?;
                     let text: String = b.iter().map(|&c| c as char).collect();
                     self.str(&text);
                     self.str("latin1");
@@ -266,10 +270,7 @@ impl Pickler<'_> {
                 match o.made {
                     Made::Reduce => self.global(class)?,
                     Made::NewObj => self.global(class)?,
-                    Made::Reconstructor => self.own(
-                        &Global::new("copy_reg", "_reconstructor"),
-                        ("copyreg", "_reconstructor"),
-                    )?,
+                    Made::Reconstructor => self.own_constant(Own::Reconstructor)?,
                 }
                 self.tuple(&o.args)?;
                 self.out
@@ -487,6 +488,23 @@ impl Pickler<'_> {
         Ok(())
     }
 
+    /// The writer's own globals inside `value`, out of line: `value` recurses once per nesting
+    /// level, so its frame must stay small (a 1000-deep pickle on the main thread's stack).
+    #[inline(never)]
+    fn own_constant(&mut self, which: Own) -> R {
+        let (written, meant) = match which {
+            Own::Set => (("__builtin__", "set"), ("builtins", "set")),
+            Own::FrozenSet => (("__builtin__", "frozenset"), ("builtins", "frozenset")),
+            Own::Bytes => (("__builtin__", "bytes"), ("builtins", "bytes")),
+            Own::Encode => (("_codecs", "encode"), ("_codecs", "encode")),
+            Own::Reconstructor => (
+                ("copy_reg", "_reconstructor"),
+                ("copyreg", "_reconstructor"),
+            ),
+        };
+        self.own(&Global::new(written.0, written.1), meant)
+    }
+
     /// A global the writer itself chose, spelled the protocol-2 way (`__builtin__.set` for a set
     /// the input built with EMPTY_SET or `builtins.set`): it must mean `meant` when read back,
     /// whatever the input's own records say about that spelling.
@@ -566,4 +584,14 @@ impl Pickler<'_> {
             self.out.extend_from_slice(&m.to_le_bytes());
         }
     }
+}
+
+/// The globals `value` writes for containers and bytes it rebuilds itself.
+#[derive(Clone, Copy)]
+enum Own {
+    Set,
+    FrozenSet,
+    Bytes,
+    Encode,
+    Reconstructor,
 }
