@@ -300,3 +300,24 @@ fn every_hostile_file_gets_its_promised_answer_and_nothing_runs() {
         failures.join("\n")
     );
 }
+
+/// A dict key set twice (review F6): `torch.load` keeps the last value, so the weights fuse-ema
+/// folds are the second `state_dict`, never the first.
+#[test]
+fn a_key_set_twice_means_its_last_value() {
+    let src = hostile_dir().join("files/dict-key-twice.pt");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("folded.safetensors");
+    let (src, out) = (src.to_str().unwrap(), out.to_str().unwrap());
+    let o = run(&["fold", src, "--ema", "state_dict", "-o", out]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let bytes = std::fs::read(out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    assert_eq!(names, vec!["weight".to_string()]);
+}

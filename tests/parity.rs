@@ -99,6 +99,27 @@ fn broken(
 }
 
 #[test]
+fn an_output_that_is_the_input_is_refused_not_read_after_free() {
+    // Review F5: ONNX Runtime hands a pass-through output back in the input's own buffer; the
+    // runner used to free the input first and then copy from it.
+    let (_d, p) = broken(|m| {
+        m.outputs = vec![m.inputs[0].clone()];
+    });
+    let out = run(&[
+        "verify",
+        p.to_str().unwrap(),
+        "--checkpoint",
+        fixture("yolo11-detect.pt").to_str().unwrap(),
+        "--runtime",
+        "ort",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("output images is one of its inputs"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
 fn a_perturbed_initializer_fails_parity() {
     let (_d, p) = broken(|m| {
         // The class branch's last bias of the first level: every class score shifts.

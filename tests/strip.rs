@@ -411,6 +411,33 @@ fn average_strip_refuses_other_layouts_and_outputs() {
     assert!(!st.exists());
 }
 
+/// Review F1: inputs pickled at protocols 3 and 4 hold sets as `builtins.set` / EMPTY_SET, which
+/// the protocol-2 writer spells `__builtin__.set`; that is the writer's own spelling of the same
+/// meaning, not a rename, so `average --strip` of them writes (the `strip` cases are
+/// `yolov8-proto3` / `yolov8-proto4` above).
+#[test]
+fn average_strip_accepts_protocol_3_and_4_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("averaged.pt");
+    let p = |n: u32| surgery(&format!("yolov8-proto{n}.pt"));
+    let o = run(&[
+        "average",
+        p(3).to_str().unwrap(),
+        p(4).to_str().unwrap(),
+        "--strip",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(&["inspect", out.to_str().unwrap(), "--strict"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
 #[test]
 fn the_generators_torch_load_and_yolo_comparisons_were_all_equal() {
     let text = std::fs::read_to_string(surgery("results.json")).unwrap();

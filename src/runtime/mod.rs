@@ -175,6 +175,12 @@ pub enum RuntimeError {
         #[source]
         source: Arc<ort::Error>,
     },
+    /// A graph output that is one of the graph's inputs: the model passes its input through.
+    #[error("the model's output {name} is one of its inputs: it computes nothing from it")]
+    OutputIsInput {
+        /// The output (and input).
+        name: String,
+    },
     /// An integer class map holding a label f32 cannot hold exactly.
     #[error("ONNX Runtime output {name}: label {label} is beyond what f32 holds exactly")]
     Label {
@@ -397,14 +403,30 @@ impl OrtRuntime {
             Source::File(p) => builder.commit_from_file(p),
         })
         .map_err(e("cannot load the model"))?;
-        let mut values = Vec::new();
+        // A graph output that is a graph input is the input's own buffer, which ONNX Runtime
+        // hands back without a copy: it computes nothing, and reading it after the input is
+        // freed would read freed memory.
+        if let Some(o) = (session.outputs().iter())
+            .find(|o| session.inputs().iter().any(|i| i.name() == o.name()))
+        {
+            return Err(RuntimeError::OutputIsInput {
+                name: o.name().to_string(),
+            });
+        }
+        // The tensors outlive `outputs`: an output may still point into an input's buffer.
+        let mut tensors = Vec::new();
         for (name, a) in inputs {
             let t = ort::value::Tensor::from_array(a.clone()).map_err(e("input"))?;
-            values.push((
-                std::borrow::Cow::from(name.to_string()),
-                ort::session::SessionInputValue::from(t),
-            ));
+            tensors.push((name.to_string(), t));
         }
+        let values: Vec<_> = (tensors.iter())
+            .map(|(name, t)| {
+                (
+                    std::borrow::Cow::from(name.as_str()),
+                    ort::session::SessionInputValue::from(t),
+                )
+            })
+            .collect();
         let outputs =
             timing::phase("ONNX Runtime run", || session.run(values)).map_err(e("run"))?;
         let mut out = Vec::new();

@@ -105,6 +105,9 @@ pub enum WriteErrorKind {
     /// Tensor byte sizes or offsets overflow.
     #[error("tensor sizes overflow")]
     Overflow,
+    /// Two tensors under one name: readers would keep one of them, silently.
+    #[error("two tensors are named '{0}'")]
+    DuplicateName(String),
     /// The safetensors crate refuses the layout.
     #[error("invalid safetensors layout: {0}")]
     Layout(#[source] ::safetensors::SafeTensorError),

@@ -233,7 +233,7 @@ impl Pickler<'_> {
                 } else {
                     "frozenset"
                 };
-                self.global(&Global::new("__builtin__", name))?;
+                self.own(&Global::new("__builtin__", name), ("builtins", name))?;
                 self.out.push(b']');
                 self.appends(items)?;
                 self.out.extend_from_slice(b"\x85R");
@@ -241,12 +241,12 @@ impl Pickler<'_> {
             }
             Node::Bytes(b) => {
                 if b.is_empty() {
-                    self.global(&Global::new("__builtin__", "bytes"))?;
+                    self.own(&Global::new("__builtin__", "bytes"), ("builtins", "bytes"))?;
                     self.out.extend_from_slice(b")R");
                 } else {
                     // Protocol 2 has no bytes opcode: Python 3 writes
                     // `_codecs.encode(latin-1 text, 'latin1')`.
-                    self.global(&Global::new("_codecs", "encode"))?;
+                    self.own(&Global::new("_codecs", "encode"), ("_codecs", "encode"))?;
                     let text: String = b.iter().map(|&c| c as char).collect();
                     self.str(&text);
                     self.str("latin1");
@@ -266,9 +266,10 @@ impl Pickler<'_> {
                 match o.made {
                     Made::Reduce => self.global(class)?,
                     Made::NewObj => self.global(class)?,
-                    Made::Reconstructor => {
-                        self.global(&Global::new("copy_reg", "_reconstructor"))?
-                    }
+                    Made::Reconstructor => self.own(
+                        &Global::new("copy_reg", "_reconstructor"),
+                        ("copyreg", "_reconstructor"),
+                    )?,
                 }
                 self.tuple(&o.args)?;
                 self.out
@@ -301,10 +302,16 @@ impl Pickler<'_> {
         }
         let grad = self.g.requires_grad(id);
         if t.is_parameter() {
-            self.global(&Global::new("torch._utils", "_rebuild_parameter"))?;
+            self.own(
+                &Global::new("torch._utils", "_rebuild_parameter"),
+                ("torch._utils", "_rebuild_parameter"),
+            )?;
             self.out.push(b'(');
         }
-        self.global(&Global::new("torch._utils", "_rebuild_tensor_v2"))?;
+        self.own(
+            &Global::new("torch._utils", "_rebuild_tensor_v2"),
+            ("torch._utils", "_rebuild_tensor_v2"),
+        )?;
         self.out.push(b'(');
         let to = self.convert.get(&id).copied().filter(|&d| d != t.dtype());
         let (offset, strides) = match to {
@@ -383,7 +390,7 @@ impl Pickler<'_> {
         let numel = s.view.numel();
         self.out.push(b'(');
         self.str("storage");
-        self.global(&Global::new("torch", &class))?;
+        self.own(&Global::new("torch", &class), ("torch", &class))?;
         self.str(&key.to_string());
         self.str("cpu");
         self.usize(numel)?;
@@ -401,7 +408,10 @@ impl Pickler<'_> {
     }
 
     fn ordered_dict(&mut self) -> R {
-        self.global(&Global::new("collections", "OrderedDict"))?;
+        self.own(
+            &Global::new("collections", "OrderedDict"),
+            ("collections", "OrderedDict"),
+        )?;
         self.out.extend_from_slice(b")R");
         Ok(())
     }
@@ -473,12 +483,32 @@ impl Pickler<'_> {
                 was: was.dotted(),
             });
         }
+        self.write_global(g);
+        Ok(())
+    }
+
+    /// A global the writer itself chose, spelled the protocol-2 way (`__builtin__.set` for a set
+    /// the input built with EMPTY_SET or `builtins.set`): it must mean `meant` when read back,
+    /// whatever the input's own records say about that spelling.
+    fn own(&mut self, g: &Global, meant: (&str, &str)) -> R {
+        let now = super::reemit::resolved(g);
+        if !now.is(meant.0, meant.1) {
+            return Err(RepickleError::Renamed {
+                written: g.dotted(),
+                now: now.dotted(),
+                was: format!("{}.{}", meant.0, meant.1),
+            });
+        }
+        self.write_global(g);
+        Ok(())
+    }
+
+    fn write_global(&mut self, g: &Global) {
         self.out.push(b'c');
         self.out.extend_from_slice(g.module.as_bytes());
         self.out.push(b'\n');
         self.out.extend_from_slice(g.name.as_bytes());
         self.out.push(b'\n');
-        Ok(())
     }
 
     fn str(&mut self, s: &str) {

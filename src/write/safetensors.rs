@@ -58,8 +58,15 @@ fn header(
     let overflow = || WriteError::new(target, WriteErrorKind::Overflow);
     let mut infos = Vec::with_capacity(order.len());
     let mut offset = 0usize;
+    let mut names = std::collections::HashSet::with_capacity(order.len());
     for &(i, st) in order {
         let (name, t) = &tensors[i];
+        if !names.insert(name.as_str()) {
+            return Err(WriteError::new(
+                target,
+                WriteErrorKind::DuplicateName(name.clone()),
+            ));
+        }
         let len = t
             .numel()
             .checked_mul(dtype.of(t).size())

@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 import corpus_public  # noqa: E402
 import torchpath  # noqa: E402
-from pickleasm import Build, Call, G, dumps, module_obj, ops, tensor  # noqa: E402
+from pickleasm import Build, Call, G, Raw, dumps, module_obj, ops, tensor  # noqa: E402
 from writers import (  # noqa: E402
     legacy,
     legacy_state_dict,
@@ -474,6 +474,30 @@ def main_():
                 record[name] = r
     (HERE / "python-globals.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     print(len(manifest), "hostile files;", len(record), "recorded;", len(markers) + 1, "controls")
+
+
+# ---- a dict key set twice (review of session 5, F6): Python keeps the first position and the
+# last value; torch.load of this file gives the second `state_dict` ----
+def setitems(pairs, proto=2):
+    """EMPTY_DICT MARK k v k v … SETITEMS, keys repeated as given (a Python dict cannot hold that)."""
+    body = b"}("
+    for k, v in pairs:
+        body += ops(k, proto) + ops(v, proto)
+    return Raw(body + b"u")
+
+
+W_TWICE = tensor("0", 4, [2, 2], [2, 1])
+add("dict-key-twice.pt",
+    torch_zip(b"\x80\x02" + ops(setitems([("state_dict", {"decoy": W_TWICE}),
+                                           ("state_dict", {"weight": W_TWICE})]), 2) + b".", STORAGE),
+    "clean", "dict-key-twice.pt", "H2")
+add("dict-nan-key.pt",
+    torch_zip(b"\x80\x02" + ops(setitems([("state_dict", {"weight": W}),
+                                           (float("nan"), 1), (float("nan"), 2)]), 2) + b".", STORAGE),
+    "error", "ambiguous dict key", "H2")
+add("dict-list-key.pt",
+    torch_zip(b"\x80\x02" + ops(setitems([("state_dict", {"weight": W}), ([1], 2)]), 2) + b".", STORAGE),
+    "error", "Python cannot hash", "H2")
 
 
 main_()

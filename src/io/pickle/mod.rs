@@ -8,6 +8,7 @@
 
 mod error;
 mod frame;
+mod keys;
 mod literal;
 mod ops;
 mod reconstruct;

@@ -44,6 +44,7 @@ pub fn construct(
                     }
                 }
             }
+            let entries = super::keys::dict_of(graph, entries)?;
             let d = graph.add(Node::Dict(entries));
             graph.set_made_by(&d, g);
             Ok(d)

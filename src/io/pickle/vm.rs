@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::error::PickleFault;
 use super::frame::Frames;
+use super::keys::{self, KeyIndex};
 use super::literal::*;
 use super::ops::*;
 use super::reconstruct;
@@ -34,6 +35,7 @@ pub fn unpickle(
         graph,
         loader,
         limits,
+        keys: KeyIndex::default(),
     };
     vm.run()
 }
@@ -53,6 +55,8 @@ pub(super) struct Vm<'a> {
     pub(super) graph: &'a mut Graph,
     pub(super) loader: &'a mut dyn PersistentLoad,
     pub(super) limits: &'a Limits,
+    /// Where each dict's keys sit, for Python's rule on a key set twice.
+    pub(super) keys: KeyIndex,
 }
 
 pub(super) type R<T> = Result<T, PickleFault>;
@@ -291,7 +295,7 @@ impl<'a> Vm<'a> {
             EMPTY_DICT => self.push_node(Node::Dict(Vec::new())),
             DICT => {
                 let items = self.pop_mark()?;
-                let pairs = pairs(items)?;
+                let pairs = keys::dict_of(self.graph, pairs(items)?)?;
                 self.push_node(Node::Dict(pairs));
             }
             EMPTY_SET => self.push_node(Node::Set(Vec::new())),
@@ -523,15 +527,21 @@ impl<'a> Vm<'a> {
         self.values += 2 * entries.len();
         let target = self.top()?.clone();
         record::filled(self.graph, &target);
-        match target.node().map(|id| self.graph.node_mut(id)) {
-            Some(Node::Dict(d)) => d.extend(entries),
-            Some(Node::Object(o)) => o.entries.extend(entries),
-            other => {
-                let kind = other.map(|n| n.kind()).unwrap_or("scalar");
-                return Err(PickleFault::SetItemOn(kind));
-            }
+        let Some(id) = target.node() else {
+            return Err(PickleFault::SetItemOn("scalar"));
+        };
+        // Taken out while the keys are compared: a key's equality reads other nodes.
+        let mut items = match self.graph.node_mut(id) {
+            Node::Dict(d) => std::mem::take(d),
+            Node::Object(o) => std::mem::take(&mut o.entries),
+            other => return Err(PickleFault::SetItemOn(other.kind())),
+        };
+        let set = self.keys.set_items(self.graph, id, &mut items, entries);
+        match self.graph.node_mut(id) {
+            Node::Object(o) => o.entries = items,
+            node => *node = Node::Dict(items),
         }
-        Ok(())
+        set
     }
 
     fn build(&mut self, target: &Value, state: Value) -> R<()> {

@@ -1,0 +1,208 @@
+//! Python's dict rule for keys a pickle sets twice.
+//!
+//! `SETITEM(S)`, `DICT` and `OrderedDict(pairs)` do `d[k] = v`: a key already present keeps its
+//! first position and takes the last value, so `torch.load(...)["ema"]` is the last `ema` written.
+//! A reader that kept the first (or both) would hand the user other weights than torch does. Keys
+//! are compared the way Python compares them (`1 == 1.0 == True`, tuples by content, a class by
+//! identity); where that cannot be decided without running the key's own `__eq__`, the file is
+//! refused rather than guessed.
+
+use std::collections::HashMap;
+
+use super::error::PickleFault;
+use crate::checkpoint::value::{Graph, Node, NodeId, Value};
+
+/// How deep a tuple key may nest before it is refused (a checkpoint's keys are flat).
+const MAX_DEPTH: usize = 32;
+
+/// A key in the form Python's equality sees: two keys are one dict key exactly when their `Key`s
+/// are equal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum Key {
+    None,
+    /// `int`, `bool` and an integral `float` within ±2^63 (Python: `1 == 1.0 == True`).
+    Int(i64),
+    /// A non-integral float's bits (never NaN).
+    Float(u64),
+    /// An `int` beyond 64 bits, as its decimal text.
+    Big(String),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Key>),
+    /// Sorted, deduplicated elements.
+    FrozenSet(Vec<Key>),
+    /// A class or function: `find_class` returns one object per name.
+    Global(String),
+    /// A tensor or storage: hashed by identity.
+    Identity(NodeId),
+    /// An instance of this class: equality is the class's own, so two of one class are refused.
+    Instance(String),
+}
+
+/// The key `v` is, or why Python's answer cannot be known (or would be an error).
+pub(super) fn key(graph: &Graph, v: &Value) -> Result<Key, PickleFault> {
+    key_at(graph, v, 0)
+}
+
+fn key_at(graph: &Graph, v: &Value, depth: usize) -> Result<Key, PickleFault> {
+    if depth > MAX_DEPTH {
+        return Err(PickleFault::UndecidableKey("a tuple key nested too deep"));
+    }
+    Ok(match v {
+        Value::None => Key::None,
+        Value::Bool(b) => Key::Int(*b as i64),
+        Value::Int(i) => Key::Int(*i),
+        Value::BigInt(s) => Key::Big(s.to_string()),
+        Value::Float(f) => float_key(*f)?,
+        Value::Str(s) => Key::Str(s.to_string()),
+        Value::Node(id) => match graph.node(*id) {
+            Node::Tuple(items) => Key::Tuple(
+                (items.iter())
+                    .map(|x| key_at(graph, x, depth + 1))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Node::FrozenSet(items) => {
+                let mut ks = (items.iter())
+                    .map(|x| key_at(graph, x, depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                ks.sort();
+                ks.dedup();
+                Key::FrozenSet(ks)
+            }
+            Node::Bytes(b) => Key::Bytes(b.to_vec()),
+            Node::Global(g) => Key::Global(g.dotted()),
+            Node::Tensor(_) | Node::Storage(_) => Key::Identity(*id),
+            Node::Object(o) => {
+                Key::Instance((o.class.as_ref()).map(|c| c.dotted()).unwrap_or_default())
+            }
+            n @ (Node::List(_) | Node::Dict(_) | Node::Set(_)) => {
+                return Err(PickleFault::UnhashableKey(n.kind()));
+            }
+        },
+    })
+}
+
+fn float_key(f: f64) -> Result<Key, PickleFault> {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if f.is_nan() {
+        // NaN equals itself only by identity, which a reader of values cannot see.
+        return Err(PickleFault::UndecidableKey("a NaN key"));
+    }
+    if f.fract() == 0.0 {
+        if f.abs() < TWO_63 {
+            return Ok(Key::Int(f as i64));
+        }
+        // It may equal an int beyond 64 bits, held as text.
+        return Err(PickleFault::UndecidableKey(
+            "an integral float key beyond 2^63",
+        ));
+    }
+    Ok(Key::Float(f.to_bits()))
+}
+
+/// The positions of a dict's keys, kept per dict so that one SETITEM at a time stays linear.
+#[derive(Default)]
+pub(super) struct KeyIndex {
+    dicts: HashMap<NodeId, HashMap<Key, usize>>,
+}
+
+impl KeyIndex {
+    /// Sets `new` into `entries` (the items of node `id`) as Python's `d[k] = v` does.
+    pub(super) fn set_items(
+        &mut self,
+        graph: &Graph,
+        id: NodeId,
+        entries: &mut Vec<(Value, Value)>,
+        new: Vec<(Value, Value)>,
+    ) -> Result<(), PickleFault> {
+        let index = match self.dicts.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut index = HashMap::with_capacity(entries.len());
+                for (i, (k, _)) in entries.iter().enumerate() {
+                    index.insert(key(graph, k)?, i);
+                }
+                e.insert(index)
+            }
+        };
+        // Entries set by other means (a BUILD, a reconstructor) since the index was made.
+        if index.len() != entries.len() {
+            index.clear();
+            for (i, (k, _)) in entries.iter().enumerate() {
+                index.insert(key(graph, k)?, i);
+            }
+        }
+        set_into(graph, index, entries, new)
+    }
+}
+
+/// `pairs` as the dict Python builds from them, first positions and last values.
+pub(super) fn dict_of(
+    graph: &Graph,
+    pairs: Vec<(Value, Value)>,
+) -> Result<Vec<(Value, Value)>, PickleFault> {
+    let mut entries = Vec::with_capacity(pairs.len());
+    set_into(graph, &mut HashMap::new(), &mut entries, pairs)?;
+    Ok(entries)
+}
+
+fn set_into(
+    graph: &Graph,
+    index: &mut HashMap<Key, usize>,
+    entries: &mut Vec<(Value, Value)>,
+    new: Vec<(Value, Value)>,
+) -> Result<(), PickleFault> {
+    for (k, v) in new {
+        let kk = key(graph, &k)?;
+        match index.get(&kk) {
+            Some(_) if matches!(kk, Key::Instance(_)) => {
+                return Err(PickleFault::UndecidableKey(
+                    "two instance keys of one class (their own __eq__ decides)",
+                ));
+            }
+            Some(&i) => entries[i].1 = v,
+            None => {
+                index.insert(kk, entries.len());
+                entries.push((k, v));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_key_equality() {
+        let g = Graph::default();
+        let k = |v: Value| key(&g, &v).unwrap();
+        assert_eq!(k(Value::Int(1)), k(Value::Bool(true)));
+        assert_eq!(k(Value::Int(1)), k(Value::Float(1.0)));
+        assert_eq!(k(Value::Int(0)), k(Value::Float(-0.0)));
+        assert_ne!(k(Value::Int(1)), k(Value::Str("1".into())));
+        assert_ne!(k(Value::Float(0.5)), k(Value::Float(0.25)));
+        assert!(key(&g, &Value::Float(f64::NAN)).is_err());
+        assert!(key(&g, &Value::Float(1e300)).is_err());
+    }
+
+    #[test]
+    fn the_last_value_wins_in_the_first_position() {
+        let g = Graph::default();
+        let s = |x: &str| Value::Str(x.into());
+        let d = dict_of(
+            &g,
+            vec![
+                (s("ema"), Value::Int(1)),
+                (s("model"), Value::Int(2)),
+                (s("ema"), Value::Int(3)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            vec![(s("ema"), Value::Int(3)), (s("model"), Value::Int(2))]
+        );
+    }
+}
