@@ -25,13 +25,14 @@ perf report -i "$OUT/tract.perf" --children --sort symbol --no-inline -g none --
   grep -E 'as tract_core::ops::(EvalOp|OpState)>::eval |SimpleState<F,O>::do_exec|into_optimized' |
   sed -E 's/ +\[\.\] / /; s/ +- +- *$//; s/^ +//'
 echo "ONNX Runtime, one thread, kernel time per op type:"
-"$PYTHON" - "$OUT/model.onnx" "$IMGSZ" <<'PY'
+"$PYTHON" - "$OUT/model.onnx" "$IMGSZ" "$OUT/ort-profile" <<'PY'
 import collections, json, sys
 import numpy as np
 import onnxruntime as ort
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
 so.enable_profiling = True
+so.profile_file_prefix = sys.argv[3]
 s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
 n = int(sys.argv[2])
 s.run(None, {s.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, n, n), dtype=np.float32)})
