@@ -52,12 +52,15 @@ pub enum AverageError {
         problem: String,
     },
     /// A tensor could not be read.
-    #[error("{file}: tensor '{name}' cannot be read")]
+    #[error("{file}: tensor '{name}' cannot be read: {source}")]
     Unreadable {
         /// The input.
         file: String,
         /// The tensor.
         name: String,
+        /// The reader's error (or what is wrong with the bytes it gave).
+        #[source]
+        source: std::io::Error,
     },
     /// Writing an averaged tensor's bytes failed (the writer names the output).
     #[error("{0}")]
@@ -66,7 +69,7 @@ pub enum AverageError {
     #[error(transparent)]
     Write(#[from] WriteError),
     /// The scratch file (for `--strip`) failed.
-    #[error("scratch file beside the output: {0}")]
+    #[error("scratch file for the output: {0}")]
     Scratch(#[source] std::io::Error),
     /// A writer asked for the tensors in another order than the one planned (a bug).
     #[error("internal error: tensor {asked} asked for where {due:?} was due")]
@@ -523,7 +526,7 @@ mod tests {
             .write_torch(&out2, &[], OutDType::Keep, &silent)
             .unwrap_err();
         assert!(
-            matches!(&e, AverageError::Unreadable { file, name } if file == "b.pt" && name == "w"),
+            matches!(&e, AverageError::Unreadable { file, name, .. } if file == "b.pt" && name == "w"),
             "{e}"
         );
         assert!(!out2.exists());

@@ -42,16 +42,10 @@ pub fn for_each_f64(dtype: DType, bytes: &[u8], mut f: impl FnMut(f64)) -> bool 
 
 /// All elements as f64 in row-major order, `Ok(None)` for dtypes without a real value, the
 /// error when the bytes cannot be read (a compressed storage that does not decompress).
-pub fn try_f64_vec(t: &Tensor) -> std::io::Result<Option<Vec<f64>>> {
+pub fn to_f64_vec(t: &Tensor) -> std::io::Result<Option<Vec<f64>>> {
     let bytes = t.to_contiguous_bytes()?;
     let mut out = Vec::with_capacity(t.numel());
     Ok(for_each_f64(t.dtype(), &bytes, |x| out.push(x)).then_some(out))
-}
-
-/// [`try_f64_vec`] for callers that treat unreadable bytes as no values (`None`); prefer
-/// `try_f64_vec` where the read error should reach the user.
-pub fn to_f64_vec(t: &Tensor) -> Option<Vec<f64>> {
-    try_f64_vec(t).ok().flatten()
 }
 
 /// All elements as f32 in row-major order (f16/bf16 widen exactly), `Ok(None)` for dtypes without
@@ -104,12 +98,13 @@ fn extend_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) -> bool {
     true
 }
 
-/// The value of a one-element tensor.
+/// The value of a one-element tensor; `None` also when its bytes cannot be read (it is
+/// metadata, a step count or a decay, that the caller can do without).
 pub fn scalar_f64(t: &Tensor) -> Option<f64> {
     if t.numel() != 1 {
         return None;
     }
-    to_f64_vec(t)?.first().copied()
+    to_f64_vec(t).ok()??.first().copied()
 }
 
 /// Appends `bytes` (elements of `src`) converted to `dst` to `out`. Both must be among f64, f32,
@@ -188,7 +183,9 @@ mod tests {
             view(vec![2, 5], vec![5, 1], 3),
             view(vec![4, 3], vec![1, 4], 0),
         ] {
-            let want: Vec<f32> = to_f64_vec(&t).unwrap().iter().map(|&x| x as f32).collect();
+            let want: Vec<f32> = (to_f64_vec(&t).unwrap().unwrap().iter())
+                .map(|&x| x as f32)
+                .collect();
             assert_eq!(to_f32_vec(&t).unwrap().unwrap(), want);
         }
         assert_eq!(

@@ -182,7 +182,8 @@ fn decompression_is_lazy_and_bounded() {
     assert_eq!(fuse_ema::convert::scalar_f64(epoch), Some(7.0));
     let err = weight.for_each_chunk(|_| Ok(())).unwrap_err();
     assert!(err.to_string().contains("decompression bomb"), "{err}");
-    assert!(fuse_ema::convert::to_f64_vec(weight).is_none());
+    let err = fuse_ema::convert::to_f64_vec(weight).unwrap_err();
+    assert!(err.to_string().contains("decompression bomb"), "{err}");
 }
 
 // ---- sharded safetensors ----

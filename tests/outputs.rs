@@ -557,6 +557,19 @@ fn export_and_verify_reports_never_replace_what_the_run_reads_or_writes() {
         assert_refused(&o, "would overwrite the model this export writes");
         assert!(!model.exists());
     }
+    // A report that cannot be written (review F7): the run fails and commits no model either.
+    let o = run(&[
+        "export",
+        s(&ckpt),
+        "-o",
+        s(&model),
+        "--report",
+        s(&dir.path().join("no-such-dir/r.json")),
+        "--runtime",
+        "tract",
+    ]);
+    assert_refused(&o, "no-such-dir");
+    assert!(!model.exists(), "a failed report leaves no model");
     // The report onto the golden file the parity check reads.
     let golden = dir.path().join("g.npz");
     std::fs::copy(fixture("yolov8-epoch1.io.npz"), &golden).unwrap();

@@ -8,6 +8,7 @@ use common::fixture;
 use fuse_ema::checkpoint::Checkpoint;
 use fuse_ema::checkpoint::py::ModuleRef;
 use fuse_ema::checkpoint::value::{Node, NodeId, Value};
+use fuse_ema::models::LayerError;
 use fuse_ema::models::registry::{self, Kind};
 use fuse_ema::onnx::ultralytics::Builder;
 use fuse_ema::reference::{RefError, Reference, ops::RefTensor};
@@ -90,9 +91,9 @@ fn head(ckpt: &Checkpoint) -> (String, NodeId, NodeId) {
     (name.to_string(), obj, state)
 }
 
-/// Both backends' errors for the `model` entry of `ckpt`.
-fn errors(ckpt: &Checkpoint) -> (String, String) {
-    let opts = fuse_ema::onnx::ExportOptions {
+/// A 64×64 export of the `model` entry.
+fn export_options() -> fuse_ema::onnx::ExportOptions {
+    fuse_ema::onnx::ExportOptions {
         imgsz: Some((64, 64)),
         batch: 1,
         dynamic: false,
@@ -105,17 +106,25 @@ fn errors(ckpt: &Checkpoint) -> (String, String) {
         external_name: "model.onnx.data".into(),
         scratch_dir: None,
         end2end: false,
-    };
-    let export = fuse_ema::onnx::export(ckpt, &opts)
-        .expect_err("the export refuses")
-        .to_string();
+    }
+}
+
+/// The reference interpreter's error on the `model` entry of `ckpt` for a 1×3×64×64 input.
+fn run_error(ckpt: &Checkpoint) -> RefError {
     let g = &ckpt.graph;
     let v = g.dict_get(&ckpt.root, "model").unwrap();
-    let run = Reference::new(ModuleRef { g, v })
+    Reference::new(ModuleRef { g, v })
         .unwrap()
         .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
         .expect_err("the reference refuses")
+}
+
+/// Both backends' errors for the `model` entry of `ckpt`.
+fn errors(ckpt: &Checkpoint) -> (String, String) {
+    let export = fuse_ema::onnx::export(ckpt, &export_options())
+        .expect_err("the export refuses")
         .to_string();
+    let run = run_error(ckpt).to_string();
     (export, run)
 }
 
@@ -136,22 +145,21 @@ fn a_head_without_nc_is_named_by_both_backends() {
     assert!(export.contains(&want), "{export}");
     assert!(run.contains(&want), "{run}");
     // The reference's error keeps the layer's path and class as fields, the cause as its source.
-    let g = &ckpt.graph;
-    let v = g.dict_get(&ckpt.root, "model").unwrap();
-    let err = Reference::new(ModuleRef { g, v })
-        .unwrap()
-        .run(RefTensor::new(vec![0.5; 3 * 64 * 64], vec![1, 3, 64, 64]))
-        .expect_err("the reference refuses");
-    let RefError::Layer {
+    let err = run_error(&ckpt);
+    let RefError::Model(LayerError::At {
         path,
         class,
         source,
-    } = err
+    }) = err
     else {
         panic!("not a layer error: {err:?}")
     };
     assert_eq!(path, format!("model.{name}"));
     assert_eq!(class, "Detect");
+    assert!(
+        matches!(&*source, LayerError::Missing { class, attr } if class == "Detect" && attr == "nc"),
+        "{source:?}"
+    );
     assert_eq!(source.to_string(), "nc missing");
 }
 
@@ -212,4 +220,55 @@ fn an_attribute_one_backend_cannot_honour_is_refused_by_both() {
             "{err}"
         );
     }
+}
+
+/// A weight whose bytes cannot be read (here a storage that would inflate past its budget) is
+/// refused by both backends naming the layer, the class and the weight, and the reader's I/O
+/// error stays in the `source()` chain instead of being flattened into text.
+#[test]
+fn an_unreadable_weight_keeps_the_read_error_as_its_source() {
+    let bomb_ckpt = fuse_ema::io::open(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/hostile/files/deflate-bomb-512m.pt"),
+    )
+    .unwrap();
+    let g = &bomb_ckpt.graph;
+    let sd = g.dict_get(&bomb_ckpt.root, "state_dict").unwrap();
+    let bomb = g.tensor(g.dict_get(sd, "weight").unwrap()).unwrap().clone();
+    let mut ckpt = fuse_ema::io::open(&fixture("yolov8-best.pt")).unwrap();
+    let weight = {
+        let g = &ckpt.graph;
+        let v = g.dict_get(&ckpt.root, "model").unwrap();
+        let conv = (ModuleRef { g, v }.child("model").unwrap())
+            .child("0")
+            .unwrap()
+            .child("conv")
+            .unwrap();
+        let params = conv.attr("_parameters").unwrap();
+        g.dict_get(params, "weight").unwrap().node().unwrap()
+    };
+    *ckpt.graph.node_mut(weight) = Node::Tensor(Box::new(bomb));
+    let (export, run) = errors(&ckpt);
+    for err in [&export, &run] {
+        assert!(
+            err.contains("model.0 (Conv): Conv2d.weight: ") && err.contains("decompression bomb"),
+            "{err}"
+        );
+    }
+    // Both chains reach the reader's io::Error.
+    fn has_io(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cur = Some(e);
+        while let Some(e) = cur {
+            if e.downcast_ref::<std::io::Error>().is_some() {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+    let opts = export_options();
+    let e = fuse_ema::onnx::export(&ckpt, &opts).expect_err("the export refuses");
+    assert!(has_io(&e), "{e}");
+    let e = run_error(&ckpt);
+    assert!(has_io(&e), "{e}");
 }

@@ -77,7 +77,9 @@ fn emit(ckpt: &Checkpoint) -> Result<Vec<i64>, String> {
         name: "images".into(),
         shape: vec![1, 3, 64, 64],
     };
-    forward(&mut bld, model(ckpt), input).map(|v| v.shape)
+    forward(&mut bld, model(ckpt), input)
+        .map(|v| v.shape)
+        .map_err(|e| e.to_string())
 }
 
 /// The reference's outputs on `images`.
@@ -153,7 +155,7 @@ fn an_area_that_does_not_divide_the_positions_is_refused_by_both() {
     both_refuse(
         &ckpt,
         &layer,
-        "AAttn cannot cut 4x4 = 16 positions into 3 equal areas",
+        "AAttn: cannot cut 4x4 = 16 positions into 3 equal areas",
     );
 }
 
@@ -166,6 +168,6 @@ fn a_repvggdw_without_its_3x3_branch_must_be_the_fused_one() {
     both_refuse(
         &ckpt,
         &layer,
-        "RepVGGDW without conv1 has a Conv where fuse() leaves a Conv2d",
+        "RepVGGDW: without conv1 has a Conv where fuse() leaves a Conv2d",
     );
 }

@@ -192,13 +192,21 @@ pub(super) fn combine<R: Real>(
     k: usize,
     method: &Method,
     weights: &[f64],
-    read: impl Fn(&crate::tensor::Tensor) -> Option<Vec<R>>,
+    read: impl Fn(&crate::tensor::Tensor) -> std::io::Result<Option<Vec<R>>>,
 ) -> Result<Vec<R>, AverageError> {
     let load = |i: usize| -> Result<Vec<R>, AverageError> {
         let (name, t) = &inputs[i].tensors[k];
-        read(t).ok_or_else(|| AverageError::Unreadable {
+        let unreadable = |source| AverageError::Unreadable {
             file: inputs[i].file.to_string(),
             name: name.clone(),
+            source,
+        };
+        read(t).map_err(unreadable)?.ok_or_else(|| {
+            let dtype = t.dtype();
+            unreadable(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("dtype {dtype} has no real values"),
+            ))
         })
     };
     if let Method::Weighted { .. } = method {

@@ -44,8 +44,8 @@ impl Window {
 
 /// One step's bytes: per input, its window read into a buffer (`Some`), or `None` where the
 /// tensor is not a contiguous range of a mapped file (its bytes are then taken from the tensor
-/// itself). `Err(i)`: input `i` could not be read.
-pub(super) type Windows = Result<Vec<Option<Window>>, usize>;
+/// itself). `Err((i, e))`: input `i` could not be read, for the reason `e`.
+pub(super) type Windows = Result<Vec<Option<Window>>, (usize, std::io::Error)>;
 
 /// Where `t`'s elements `elems` lie in its file, when it is a contiguous view of a mapped file.
 fn file_range<'t>(
@@ -72,7 +72,8 @@ fn read_step(inputs: &[Input<'_>], step: &Step, spare: &mut Vec<Vec<u8>>) -> Win
                 if buf.len() < len {
                     buf.resize(len, 0);
                 }
-                file.read_exact_at(&mut buf[..len], offset).map_err(|_| i)?;
+                file.read_exact_at(&mut buf[..len], offset)
+                    .map_err(|e| (i, e))?;
                 out.push(Some(Window { buf, len }));
             }
             None => out.push(None),
@@ -200,6 +201,9 @@ mod tests {
         });
         fb.set_len(2000).unwrap();
         let mut inline = Feed::Inline { pool: Vec::new() };
-        assert_eq!(inline.next(&inputs, &steps[3]), Err(1));
+        let Err((i, e)) = inline.next(&inputs, &steps[3]) else {
+            panic!("a shrunk input is read")
+        };
+        assert_eq!((i, e.kind()), (1, std::io::ErrorKind::UnexpectedEof));
     }
 }

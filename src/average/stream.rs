@@ -132,18 +132,23 @@ impl Averager<'_> {
     /// [`combine`]: only the loop order differs.
     fn chunked(&mut self, k: usize, out: DType, w: &mut dyn Write) -> Result<(), AverageError> {
         let inputs = self.inputs;
-        let unreadable = |i: usize| AverageError::Unreadable {
+        let unreadable = |i: usize, source| AverageError::Unreadable {
             file: inputs[i].file.to_string(),
             name: inputs[i].tensors[k].0.clone(),
+            source,
         };
         let t0 = &inputs[0].tensors[k].1;
         let (dtype, n, es) = (t0.dtype(), t0.numel(), t0.dtype().size());
         let mut src = Vec::with_capacity(inputs.len());
         for (i, inp) in inputs.iter().enumerate() {
             let t = &inp.tensors[k].1;
-            let b = t.to_contiguous_bytes().map_err(|_| unreadable(i))?;
+            let b = t.to_contiguous_bytes().map_err(|e| unreadable(i, e))?;
             if b.len() != n * es {
-                return Err(unreadable(i));
+                let short = format!("{} bytes where {} were expected", b.len(), n * es);
+                return Err(unreadable(
+                    i,
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, short),
+                ));
             }
             src.push(b);
         }
@@ -161,7 +166,7 @@ impl Averager<'_> {
                 k,
                 elems: elems.clone(),
             };
-            let windows = self.feed.next(inputs, &step).map_err(unreadable)?;
+            let windows = (self.feed.next(inputs, &step)).map_err(|(i, e)| unreadable(i, e))?;
             let bytes = |i: usize| match &windows[i] {
                 Some(b) => b.bytes(),
                 None => &src[i][elems.start * es..elems.end * es],

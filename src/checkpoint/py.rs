@@ -3,7 +3,7 @@
 
 use crate::checkpoint::module;
 use crate::checkpoint::value::{Graph, Node, Value};
-use crate::convert::{to_f32_vec, try_f64_vec};
+use crate::convert::{to_f32_vec, to_f64_vec};
 
 /// A module in the checkpoint's object graph.
 #[derive(Clone, Copy)]
@@ -13,10 +13,6 @@ pub struct ModuleRef<'g> {
     /// The module object.
     pub v: &'g Value,
 }
-
-/// Result type of the builder and the layers' shared parses, whose messages are text the
-/// model walk prefixes with the layer's path.
-pub type BuildResult<T> = Result<T, String>;
 
 /// A weight's values as f32 and its shape.
 pub type Weight = (Vec<f32>, Vec<i64>);
@@ -69,13 +65,6 @@ pub enum AttrError {
         /// The entry.
         name: String,
     },
-}
-
-/// The builder's layers report text (see [`BuildResult`]); an attribute error becomes its message.
-impl From<AttrError> for String {
-    fn from(e: AttrError) -> String {
-        e.to_string()
-    }
 }
 
 impl<'g> ModuleRef<'g> {
@@ -195,7 +184,7 @@ impl<'g> ModuleRef<'g> {
         let Some(t) = self.attr(name).and_then(|v| self.g.tensor(v)) else {
             return Ok(None);
         };
-        try_f64_vec(t).map_err(|source| AttrError::Unreadable {
+        to_f64_vec(t).map_err(|source| AttrError::Unreadable {
             class: self.class(),
             name: name.to_string(),
             source,

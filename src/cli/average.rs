@@ -88,6 +88,9 @@ pub(super) fn average(a: AverageArgs) -> i32 {
         };
         let tensors = match plan.to_scratch(scratch) {
             Ok(t) => t,
+            Err(e @ average::AverageError::Scratch(_)) => {
+                return fail(format_args!("{}: {e}", dir.display()));
+            }
             Err(e) => return fail(e),
         };
         match stripped(&a, &tensors, &paths, strip_dtype) {

@@ -174,20 +174,29 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         _ => None,
     };
     let passed = report.as_ref().is_none_or(|r| r.pass);
+    // The report is written before the model is committed, so a report that cannot be written
+    // leaves no model behind; it must replace neither an input nor what this run writes.
+    let (model_target, data_target) = staged.targets(passed, &exported);
+    let mut written = inputs.clone();
+    written.push(&model_target);
+    written.extend(data_target.as_deref());
+    let staged_report = match (&report, &a.parity.report) {
+        (Some(r), Some(path)) => match export::stage_report(path, r, &written) {
+            Ok(f) => Some(f),
+            Err(e) => return fail(e),
+        },
+        _ => None,
+    };
     let committed = match staged.commit(passed, &exported) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let (final_path, model_len) = (&committed.model, committed.model_len);
-    // The report must replace neither an input nor what this run just wrote.
-    let mut written = inputs.clone();
-    written.push(final_path);
-    written.extend(committed.data.as_deref());
-    if let Some(r) = &report
-        && let Err(code) = write_report(&a.parity, r, &written)
+    if let Some(f) = staged_report
+        && let Err(e) = f.commit()
     {
-        return code;
+        return fail(e);
     }
+    let (final_path, model_len) = (&committed.model, committed.model_len);
     if a.json {
         let v = json!({
             "file": a.file.display().to_string(),

@@ -157,6 +157,17 @@ pub enum EmaErrorKind {
         /// Each disagreement.
         parts: Vec<String>,
     },
+    /// A tensor whose bytes cannot be read (a compressed storage that does not decompress).
+    #[error("`{set}` tensor '{name}' cannot be read: {source}")]
+    Unreadable {
+        /// The weight set holding it.
+        set: String,
+        /// The tensor.
+        name: String,
+        /// The reader's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A module weight set whose path no longer resolves in the graph it was found in.
     #[error("`{0}` vanished")]
     Vanished(String),

@@ -205,7 +205,8 @@ pub(super) fn ema_pytorch(
         (true, beside) => beside,
         (false, None) => Some(side(&format!("{}.online_model", s.path), online)),
         (false, Some(b)) => {
-            if let Some(why) = disagree(&online, &b.tensors) {
+            let online_origin = format!("{}.online_model", s.path);
+            if let Some(why) = disagree((&online_origin, &online), (&b.origin, &b.tensors))? {
                 return Err(EmaErrorKind::OnlineDiffers {
                     path: s.path.clone(),
                     beside: b.origin.clone(),
@@ -228,25 +229,70 @@ pub(super) fn ema_pytorch(
     Ok(Some(l))
 }
 
-/// The first way two raw copies differ: a name only one has, a shape, or a value.
-fn disagree(a: &Named, b: &Named) -> Option<String> {
+/// The first way two raw copies (each with its origin, for errors) differ: a name only one has,
+/// a shape, or a value; an error when a tensor's bytes cannot be read.
+fn disagree(
+    (a_origin, a): (&str, &Named),
+    (b_origin, b): (&str, &Named),
+) -> Result<Option<String>, EmaErrorKind> {
     let by: std::collections::HashMap<&str, &Tensor> =
         b.iter().map(|(n, t)| (n.as_str(), t)).collect();
     if a.len() != b.len() {
-        return Some(format!("{} vs {} tensors", a.len(), b.len()));
+        return Ok(Some(format!("{} vs {} tensors", a.len(), b.len())));
     }
+    let unreadable = |set: &str, n: &str| {
+        let (set, name) = (set.to_string(), n.to_string());
+        move |source| EmaErrorKind::Unreadable { set, name, source }
+    };
+    // Values compared as numbers (-0.0 equals 0.0, as torch.equal has it); a dtype without
+    // real values (complex, f8) as bytes.
+    let read =
+        |set: &str, n: &str, t: &Tensor| -> Result<Result<Vec<f64>, Vec<u8>>, EmaErrorKind> {
+            match crate::convert::to_f64_vec(t).map_err(unreadable(set, n))? {
+                Some(v) => Ok(Ok(v)),
+                None => Ok(Err(t
+                    .to_contiguous_bytes()
+                    .map_err(unreadable(set, n))?
+                    .to_vec())),
+            }
+        };
     for (n, t) in a {
         let Some(o) = by.get(n.as_str()) else {
-            return Some(format!("`{n}` only in one"));
+            return Ok(Some(format!("`{n}` only in one")));
         };
         if o.shape() != t.shape() || o.dtype() != t.dtype() {
-            return Some(format!("`{n}`: {:?} vs {:?}", t.shape(), o.shape()));
+            return Ok(Some(format!("`{n}`: {:?} vs {:?}", t.shape(), o.shape())));
         }
-        match (crate::convert::to_f64_vec(t), crate::convert::to_f64_vec(o)) {
-            (Some(x), Some(y)) if x == y => {}
-            (Some(_), Some(_)) => return Some(format!("`{n}` holds other values")),
-            _ => return Some(format!("`{n}` cannot be read")),
+        // Same dtype on both sides: either both have real values or neither has.
+        if read(a_origin, n, t)? != read(b_origin, n, o)? {
+            return Ok(Some(format!("`{n}` holds other values")));
         }
     }
-    None
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tensor whose storage does not decompress is an error naming the set and the tensor,
+    /// with the reader's error as its source, not a difference and not equal.
+    #[test]
+    fn an_unreadable_tensor_is_an_error_not_a_difference() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/hostile/files/deflate-bomb-512m.pt");
+        let ck = crate::io::open(&path).unwrap();
+        let g = &ck.graph;
+        let sd = g.dict_get(&ck.root, "state_dict").unwrap();
+        let bomb = g.tensor(g.dict_get(sd, "weight").unwrap()).unwrap().clone();
+        let a: Named = vec![("w".into(), bomb.clone())];
+        let b: Named = vec![("w".into(), bomb)];
+        let e = disagree(("m.online_model", &a), ("model", &b)).unwrap_err();
+        let EmaErrorKind::Unreadable { set, name, source } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!((set.as_str(), name.as_str()), ("m.online_model", "w"));
+        assert!(source.to_string().contains("decompression bomb"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
 }

@@ -1,7 +1,8 @@
 //! Reading module attributes with checks, shared by both backends' parsing: a malformed pickle
 //! fails here, with the class in the message, instead of in either backend's arithmetic.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use super::{BuildResult, LayerError};
+use crate::checkpoint::py::ModuleRef;
 
 /// A 2-D attribute (`stride`, `padding`): one value for both sides, or two.
 pub(crate) fn pair(m: &ModuleRef, name: &str, default: i64) -> BuildResult<[i64; 2]> {
@@ -9,7 +10,7 @@ pub(crate) fn pair(m: &ModuleRef, name: &str, default: i64) -> BuildResult<[i64;
         None => Ok([default, default]),
         Some([a]) => Ok([*a, *a]),
         Some([a, b]) => Ok([*a, *b]),
-        Some(other) => Err(format!("{}.{name} = {other:?} is not 2-D", m.class())),
+        Some(other) => Err(LayerError::bad_attr(m.class(), name, other, "is not 2-D")),
     }
 }
 
@@ -17,7 +18,11 @@ pub(crate) fn pair(m: &ModuleRef, name: &str, default: i64) -> BuildResult<[i64;
 /// arithmetic below can hold.
 pub(crate) fn weight4(m: &ModuleRef, data: &[f32], ws: &[i64]) -> BuildResult<[i64; 4]> {
     let [o, i, kh, kw] = ws[..] else {
-        return Err(format!("{} weight has shape {ws:?}, not 4-D", m.class()));
+        return Err(LayerError::weight(
+            m.class(),
+            "weight",
+            format!("has shape {ws:?}, not 4-D"),
+        ));
     };
     let limit = 1 << 20;
     let count = [o, i, kh, kw]
@@ -26,7 +31,11 @@ pub(crate) fn weight4(m: &ModuleRef, data: &[f32], ws: &[i64]) -> BuildResult<[i
     if [o, i, kh, kw].iter().any(|&d| d <= 0 || d > limit)
         || count.and_then(|n| usize::try_from(n).ok()) != Some(data.len())
     {
-        return Err(format!("{} weight shape {ws:?} is not usable", m.class()));
+        return Err(LayerError::weight(
+            m.class(),
+            "weight",
+            format!("has shape {ws:?}, not usable"),
+        ));
     }
     Ok([o, i, kh, kw])
 }
@@ -46,9 +55,11 @@ pub(crate) fn check_geometry(
         .flatten()
         .any(|&v| !(0..=1 << 16).contains(&v));
     if bad_pos || bad_nonneg {
-        return Err(format!(
-            "{} has an unusable stride, dilation or padding ({positive:?}, {non_negative:?})",
-            m.class()
+        return Err(LayerError::bad_attr(
+            m.class(),
+            "stride/dilation/padding",
+            (positive, non_negative),
+            "is not usable",
         ));
     }
     Ok(())
@@ -62,10 +73,10 @@ pub(crate) fn per_channel(
     channels: usize,
 ) -> BuildResult<()> {
     if v.len() != channels {
-        return Err(format!(
-            "{}.{name} has {} values for {channels} channels",
+        return Err(LayerError::weight(
             m.class(),
-            v.len()
+            name,
+            format!("has {} values for {channels} channels", v.len()),
         ));
     }
     Ok(())

@@ -10,13 +10,15 @@
 //! support table in `docs/export.md` all come from it.
 
 pub(crate) mod attrs;
+pub mod error;
 pub mod foreign;
 pub mod layers;
 pub mod registry;
 
 use std::collections::BTreeSet;
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
+pub use error::{BuildResult, LayerError};
 
 /// What a layer receives (one value, or several: `Concat`, heads) and, for the layer list, what
 /// a layer gives (one value, or a list: `CBLinear`'s split).
@@ -36,9 +38,9 @@ impl<X> LayerInput<X> {
     pub fn one(self, what: &str) -> BuildResult<X> {
         match self {
             LayerInput::One(v) => Ok(v),
-            LayerInput::Many(_) | LayerInput::Nested(_) => {
-                Err(format!("{what} expects one input, got a list"))
-            }
+            LayerInput::Many(_) | LayerInput::Nested(_) => Err(LayerError::NotOne {
+                class: what.to_string(),
+            }),
         }
     }
 
@@ -127,14 +129,18 @@ impl<'g> Net<'g> {
         values[0] = Some(LayerInput::One(input));
         for (i, (name, layer)) in layers.iter().enumerate() {
             let path = format!("model.{name}");
-            let at = |m: String| format!("{path} ({}): {m}", layer.class());
-            let f = layer.attr("f").ok_or_else(|| at("no `f`".into()))?;
+            let at = |source: LayerError| LayerError::At {
+                path: path.clone(),
+                class: layer.class(),
+                source: Box::new(source),
+            };
+            let f = (layer.attr("f")).ok_or_else(|| at(LayerError::missing(layer.class(), "f")))?;
             let srcs = reads(*layer, i).map_err(at)?;
             let mut xs = Vec::with_capacity(srcs.len());
             for (r, src) in srcs.iter().enumerate() {
                 let j = f_entry(*layer, r);
                 let Some(src) = *src else {
-                    return Err(at(format!("reads layer {j}, which is not kept")));
+                    return Err(at(LayerError::NotKept { from: j }));
                 };
                 // The last read of a value moves it out; earlier ones copy.
                 let slot = &mut values[src];
@@ -143,10 +149,14 @@ impl<'g> Net<'g> {
                 } else {
                     slot.clone()
                 };
-                xs.push(v.ok_or_else(|| at(format!("reads layer {j}, which is not kept")))?);
+                xs.push(v.ok_or_else(|| at(LayerError::NotKept { from: j }))?);
             }
             let x = if f.as_int().is_some() {
-                xs.pop().ok_or_else(|| at("no input".into()))?
+                xs.pop().ok_or_else(|| {
+                    at(LayerError::NotKept {
+                        from: f_entry(*layer, 0),
+                    })
+                })?
             } else if xs.iter().all(|v| matches!(v, LayerInput::One(_))) {
                 LayerInput::Many(xs.into_iter().filter_map(|v| v.one("").ok()).collect())
             } else {
@@ -160,17 +170,24 @@ impl<'g> Net<'g> {
                 values[i + 1] = Some(out);
             }
         }
-        Err("model: no layer output".into())
+        Err(LayerError::NoOutput)
     }
 }
 
 /// The values layer `i` reads, in `f`'s order: `Some(0)` the model input, `Some(k + 1)` layer
 /// k's output, `None` an index that names no earlier layer.
 fn reads(layer: ModuleRef, i: usize) -> BuildResult<Vec<Option<usize>>> {
-    let f = layer.attr("f").ok_or("no `f`")?;
+    let f = (layer.attr("f")).ok_or_else(|| LayerError::missing(layer.class(), "f"))?;
     let js = match f.as_int() {
         Some(j) => vec![j],
-        None => layer.ints("f").ok_or("unreadable `f`")?,
+        None => layer.ints("f").ok_or_else(|| {
+            LayerError::bad_attr(
+                layer.class(),
+                "f",
+                f,
+                "is neither an int nor a list of ints",
+            )
+        })?,
     };
     Ok(js
         .into_iter()

@@ -5,20 +5,20 @@
 
 use std::collections::BTreeSet;
 
-use super::LayerInput;
 use super::layers;
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use super::{BuildResult, LayerError, LayerInput};
+use crate::checkpoint::py::ModuleRef;
 use crate::onnx::graph::{GraphBuilder, GraphValue};
 use crate::onnx::ultralytics::Builder;
+use crate::reference::Reference;
 use crate::reference::ops::RefTensor;
-use crate::reference::{RefError, Reference};
 
 /// Emits a layer into the graph (BatchNorm folded, as `fuse_conv_and_bn` does).
 pub type EmitFn =
     fn(&mut Builder<'_>, &str, ModuleRef<'_>, LayerInput<GraphValue>) -> BuildResult<GraphValue>;
 /// Runs a layer in the reference interpreter (BatchNorm unfolded, its own loops).
 pub type RunFn =
-    fn(&mut Reference<'_>, ModuleRef<'_>, LayerInput<RefTensor>) -> Result<RefTensor, RefError>;
+    fn(&mut Reference<'_>, ModuleRef<'_>, LayerInput<RefTensor>) -> BuildResult<RefTensor>;
 /// Emits a layer whose output is a list of values (`CBLinear`).
 pub type ForkEmitFn = fn(
     &mut Builder<'_>,
@@ -27,11 +27,8 @@ pub type ForkEmitFn = fn(
     LayerInput<GraphValue>,
 ) -> BuildResult<Vec<GraphValue>>;
 /// Runs a layer whose output is a list of values.
-pub type ForkRunFn = fn(
-    &mut Reference<'_>,
-    ModuleRef<'_>,
-    LayerInput<RefTensor>,
-) -> Result<Vec<RefTensor>, RefError>;
+pub type ForkRunFn =
+    fn(&mut Reference<'_>, ModuleRef<'_>, LayerInput<RefTensor>) -> BuildResult<Vec<RefTensor>>;
 /// Emits an activation on the value named by the last argument, in the scope given; returns
 /// the output's name.
 pub type ActEmitFn = fn(&mut GraphBuilder, &str, ModuleRef<'_>, &str) -> String;
@@ -205,8 +202,8 @@ pub fn task_of_model(class: &str) -> Option<&'static str> {
 }
 
 /// The error for a class neither backend handles where it was met.
-pub fn unsupported_class(class: &str) -> String {
-    format!("unsupported module class {class}")
+pub fn unsupported_class(class: &str) -> LayerError {
+    LayerError::UnknownClass(class.to_string())
 }
 
 /// Every class below `m` (itself included) that the registry does not know.
@@ -230,10 +227,7 @@ pub fn check(m: ModuleRef) -> BuildResult<()> {
     if bad.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "unsupported module classes: {}",
-        bad.into_iter().collect::<Vec<_>>().join(", ")
-    ))
+    Err(LayerError::UnknownClasses(bad.into_iter().collect()))
 }
 
 /// The support table of `docs/export.md`, generated from the registry.

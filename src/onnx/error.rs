@@ -39,9 +39,9 @@ pub enum ExportErrorKind {
         /// Its class.
         class: String,
     },
-    /// The model's layers cannot be emitted (the text names the layer path and class).
+    /// The model's layers cannot be emitted (the layer error names the layer's path and class).
     #[error("{0}")]
-    Model(String),
+    Model(#[source] crate::models::LayerError),
     /// An end-to-end export of a model without layers.
     #[error("the model has no layers")]
     NoLayers,

@@ -128,7 +128,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
         path: ckpt.path.clone(),
         kind,
     };
-    let model_err = |m: String| err(ExportErrorKind::Model(m));
+    let model_err = |m: crate::models::LayerError| err(ExportErrorKind::Model(m));
     if !OPSETS.contains(&opts.opset) {
         return Err(err(ExportErrorKind::Opset { opset: opts.opset }));
     }
@@ -166,7 +166,7 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     // A model without strides (a classifier) pads to 32, as Ultralytics' check_imgsz does.
     let strides = root
         .attr_tensor_f64("stride")
-        .map_err(|e| model_err(e.to_string()))?
+        .map_err(|e| model_err(e.into()))?
         .unwrap_or_else(|| vec![32.0]);
     let max_stride = strides.iter().cloned().fold(1.0, f64::max) as i64;
     let (h, w) = opts
@@ -203,11 +203,12 @@ pub fn export(ckpt: &Checkpoint, opts: &ExportOptions) -> Result<Exported, Expor
     }
     let mut bld = ultralytics::Builder::new(graph);
     bld.opset = opts.opset;
-    // The BatchNorm fold stays 8.0–8.4.138's order for every release: following 8.4.139+'s
-    // (`BnFold::for_version`) makes the folded weights Ultralytics' own, but moves ONNX Runtime's
-    // outputs only by rounding noise, and that noise takes yolov8n-p6-detect at 2×64×128 — where
-    // PyTorch's own f32 forward is 0.77 of the limit from its f64 one — over the limit
+    // The BatchNorm fold in the operation order of the checkpoint's own Ultralytics release
+    // (8.4.139 changed it), so the folded weights are the ones its `yolo export` computes
     // (docs/export.md, "BatchNorm fold").
+    bld.bn_fold = crate::models::layers::conv::BnFold::for_version(
+        g.dict_get(&ckpt.root, "version").and_then(|v| v.as_str()),
+    );
     bld.head = HeadOptions {
         end2end: opts.end2end,
         max_det: opts.max_det,

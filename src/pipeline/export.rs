@@ -247,21 +247,38 @@ impl StagedExport {
         self.model.as_ref().map(AtomicFile::path)
     }
 
-    /// Renames the model to its target when `passed`, else to the `.parity-failed.onnx` path.
-    /// With external data, the model is written once more naming the data file it will sit
-    /// beside (`OUT.onnx.data`, or `OUT.parity-failed.onnx.data`), and the data is renamed to
-    /// that name just before the model: a failed check never replaces the target's data.
-    pub fn commit(
-        mut self,
+    /// Where [`StagedExport::commit`] will put the model and its external data.
+    pub fn targets(
+        &self,
         passed: bool,
         exported: &crate::onnx::Exported,
-    ) -> Result<Committed, PipelineError> {
+    ) -> (PathBuf, Option<PathBuf>) {
         let target = if passed {
             self.paths.model.clone()
         } else {
             self.paths.failed.clone()
         };
-        let Some(data) = self.data.take() else {
+        let data = self.data.as_ref().map(|_| match (&exported.external, passed) {
+            (Some(name), true) => target.with_file_name(name),
+            _ => target.with_file_name(ExportPaths::data_name(&target)),
+        });
+        (target, data)
+    }
+
+    /// Renames the model to its target when `passed`, else to the `.parity-failed.onnx` path.
+    /// With external data, the model is written once more naming the data file it will sit
+    /// beside (`OUT.onnx.data`, or `OUT.parity-failed.onnx.data`), and the data is renamed to
+    /// that name just before the model: a failed check never replaces the target's data. An
+    /// earlier data file of that name is kept under a backup name until the model is in place,
+    /// and put back if the model cannot be; only a crash between the two renames leaves the
+    /// earlier model beside the new data.
+    pub fn commit(
+        mut self,
+        passed: bool,
+        exported: &crate::onnx::Exported,
+    ) -> Result<Committed, PipelineError> {
+        let (target, data_target) = self.targets(passed, exported);
+        let (Some(data), Some(data_target)) = (self.data.take(), data_target) else {
             if let Some(f) = self.model.take() {
                 if passed {
                     f.commit()
@@ -275,10 +292,6 @@ impl StagedExport {
                 model_len: self.model_len,
             });
         };
-        let data_target = match (&exported.external, passed) {
-            (Some(name), true) => target.with_file_name(name),
-            _ => target.with_file_name(ExportPaths::data_name(&target)),
-        };
         let inputs: Vec<&Path> = self.inputs.iter().map(PathBuf::as_path).collect();
         let mut model = AtomicFile::create(&target, &inputs)?;
         let model_len = stream(model.file(), |w| {
@@ -290,12 +303,24 @@ impl StagedExport {
         })?;
         // The staged model named the temporary data file; it goes with this drop.
         self.model = None;
+        let backup = keep_aside(&data_target);
         data.commit_as(&data_target)?;
         if let Err(e) = model.commit() {
-            // The data is in place but no model names it: it is debris. A removal that fails
-            // leaves a file the user can see; the commit's error is what is reported.
-            let _ = std::fs::remove_file(&data_target);
+            // The new data is in place but no model names it: the earlier data goes back (or,
+            // with none, the debris goes). A step that fails leaves a file the user can see;
+            // the commit's error is what is reported.
+            match &backup {
+                Some(b) => {
+                    let _ = std::fs::rename(b, &data_target);
+                }
+                None => {
+                    let _ = std::fs::remove_file(&data_target);
+                }
+            }
             return Err(e.into());
+        }
+        if let Some(b) = backup {
+            let _ = std::fs::remove_file(b);
         }
         Ok(Committed {
             model: target,
@@ -303,6 +328,36 @@ impl StagedExport {
             model_len,
         })
     }
+}
+
+/// A hard link to an existing `path` under a hidden name beside it, so the file survives being
+/// replaced; `None` when there is no such file or the link cannot be made (then a failed commit
+/// cannot restore it, as before).
+fn keep_aside(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = file_name(path);
+    let backup = dir.join(format!(".{name}.fuse-ema-{}.keep", std::process::id()));
+    std::fs::hard_link(path, &backup).ok().map(|_| backup)
+}
+
+/// Writes `report` to a temporary file beside `path`, to be committed once the model is.
+pub fn stage_report(
+    path: &Path,
+    report: &ParityReport,
+    inputs: &[&Path],
+) -> Result<AtomicFile, PipelineError> {
+    let text = serde_json::to_string_pretty(report).map_err(|source| PipelineError::Report {
+        path: path.to_path_buf(),
+        source,
+    })? + "\n";
+    let mut f = AtomicFile::create(path, inputs)?;
+    std::io::Write::write_all(f.file(), text.as_bytes()).map_err(|source| {
+        PipelineError::Stream {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(f)
 }
 
 /// How a parity check runs: where, on what, within which tolerance.
@@ -398,18 +453,7 @@ pub fn write_report(
     report: &ParityReport,
     inputs: &[&Path],
 ) -> Result<(), PipelineError> {
-    let text = serde_json::to_string_pretty(report).map_err(|source| PipelineError::Report {
-        path: path.to_path_buf(),
-        source,
-    })? + "\n";
-    let mut f = AtomicFile::create(path, inputs)?;
-    std::io::Write::write_all(f.file(), text.as_bytes()).map_err(|source| {
-        PipelineError::Stream {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    f.commit()?;
+    stage_report(path, report, inputs)?.commit()?;
     Ok(())
 }
 

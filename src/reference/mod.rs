@@ -15,46 +15,22 @@ use ops::RefTensor;
 use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
-use crate::models::{Backend, LayerInput, Net};
+use crate::models::{Backend, BuildResult, LayerError, LayerInput, Net};
 
-/// The reference layer's error.
-#[derive(Debug, Clone, thiserror::Error)]
+/// The reference interpreter's error: the model's layers cannot be run (the layer error names
+/// the layer's path and class, `model.22 (Detect): nc missing`, and keeps its cause as source).
+#[derive(Debug, thiserror::Error)]
 pub enum RefError {
-    /// A layer of the model's layer list failed; the message names where and what:
-    /// `model.22 (Detect): nc missing`.
-    #[error("{path} ({class}): {source}")]
-    Layer {
-        /// The layer's path (`model.22`).
-        path: String,
-        /// Its class (`Detect`).
-        class: String,
-        /// What went wrong inside it.
-        source: Box<RefError>,
-    },
-    /// A module's attributes, weights or input shapes are unusable (its parse or shape check
-    /// says which), or its class is not one the interpreter runs.
-    #[error("{0}")]
-    Module(String),
-    /// The model module itself: no layer list, or a layer's `f` that names no earlier output.
-    #[error("{0}")]
-    Model(String),
+    /// The model module or one of its layers cannot be run.
+    #[error(transparent)]
+    Model(#[from] LayerError),
 }
 
 /// Result type of the reference interpreter.
 pub type RefResult<X> = Result<X, RefError>;
 
-type R<X> = RefResult<X>;
-
-impl From<String> for RefError {
-    fn from(m: String) -> RefError {
-        RefError::Module(m)
-    }
-}
-
-/// A reference error with message `m`.
-pub(crate) fn e(m: impl Into<String>) -> RefError {
-    RefError::Module(m.into())
-}
+/// Result type of the interpreter's layers and checks (the layers' own error).
+pub(crate) type R<X> = BuildResult<X>;
 
 /// The interpreter over one model module.
 pub struct Reference<'g> {
@@ -68,21 +44,17 @@ pub struct Reference<'g> {
     pub(crate) f16: bool,
     /// What the detection heads output (see [`Reference::with_head`]).
     pub(crate) head: HeadOptions,
-    /// The error of the layer that failed in the current run, kept whole: the layer list's
-    /// walk only carries its message.
-    failed: Option<RefError>,
 }
 
 impl<'g> Reference<'g> {
     /// Wraps a pickled `*Model` module (it must hold the layer list `model`).
-    pub fn new(root: ModuleRef<'g>) -> R<Reference<'g>> {
+    pub fn new(root: ModuleRef<'g>) -> RefResult<Reference<'g>> {
         Ok(Reference {
-            net: Net::new(root).map_err(RefError::Model)?,
+            net: Net::new(root)?,
             extra: Vec::new(),
             class_logits: None,
             f16: false,
             head: HeadOptions::default(),
-            failed: None,
         })
     }
 
@@ -112,15 +84,12 @@ impl<'g> Reference<'g> {
 
     /// Runs the model on `images` (N, 3, H, W) and returns its outputs in export form
     /// (`output0`, then `output1` for segmentation).
-    pub fn run(&mut self, images: RefTensor) -> R<Vec<RefTensor>> {
+    pub fn run(&mut self, images: RefTensor) -> RefResult<Vec<RefTensor>> {
         self.extra.clear();
         self.class_logits = None;
         let net = self.net;
         let images = self.round(images);
-        self.failed = None;
-        let out = net
-            .forward(self, images)
-            .map_err(|m| self.failed.take().unwrap_or(RefError::Model(m)))?;
+        let out = net.forward(self, images)?;
         let mut outs = vec![out];
         for t in std::mem::take(&mut self.extra) {
             outs.push(self.round(t));
@@ -144,13 +113,13 @@ impl<'g> Reference<'g> {
                 let y = run(self, m, x)?;
                 Ok(self.round(y))
             }
-            _ => Err(e(registry::unsupported_class(&m.class()))),
+            _ => Err(registry::unsupported_class(&m.class())),
         }
     }
 
     /// Runs `m`'s child `name` on `x`.
     pub(crate) fn sub(&mut self, m: ModuleRef, name: &str, x: &RefTensor) -> R<RefTensor> {
-        let c = m.child(name).map_err(e)?;
+        let c = m.child(name)?;
         // A `Conv` (most children) reads its input by reference: no copy of `x` to wrap it.
         if c.class() == "Conv" {
             let y = self.conv_bn_act(c, x)?;
@@ -165,24 +134,14 @@ impl Backend for Reference<'_> {
 
     fn layer(
         &mut self,
-        path: &str,
+        _path: &str,
         m: ModuleRef<'_>,
         x: LayerInput<RefTensor>,
-    ) -> Result<LayerInput<RefTensor>, String> {
-        let out = match registry::lookup(m).map(|l| l.kind) {
+    ) -> BuildResult<LayerInput<RefTensor>> {
+        match registry::lookup(m).map(|l| l.kind) {
             Some(Kind::Fork { run, .. }) => run(self, m, x)
                 .map(|ts| LayerInput::Many(ts.into_iter().map(|t| self.round(t)).collect())),
             _ => self.module(m, x).map(LayerInput::One),
-        };
-        out.map_err(|source| {
-            // The walk prefixes the message with the same path and class.
-            let message = source.to_string();
-            self.failed = Some(RefError::Layer {
-                path: path.to_string(),
-                class: m.class(),
-                source: Box::new(source),
-            });
-            message
-        })
+        }
     }
 }

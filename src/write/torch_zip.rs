@@ -109,7 +109,9 @@ fn write_archive(
         let len = (t.numel() * d.size()) as u64;
         match crcs.unchanged_entry(t, d) {
             Some((range, crc, from)) => {
-                z.copied(name, len, crc, from, |f| t.storage().copy_to(range, f))?
+                z.copied(name, len, crc, from, |f| {
+                t.storage().copy_to(range, f).map_err(|e| super::changed(t, e))
+            })?
             }
             None => z.streamed(name, len, |w| write_tensor(w, t, d))?,
         }

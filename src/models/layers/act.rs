@@ -1,12 +1,12 @@
 //! Activations, applied by the `Conv` that holds them (`Conv.act`).
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::registry::{self, Kind, Layer, activation};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, e};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -75,7 +75,7 @@ fn entry(m: ModuleRef) -> BuildResult<Option<Kind>> {
     }
     match registry::find(&class).map(|l| l.kind) {
         Some(k @ Kind::Activation { .. }) => Ok(Some(k)),
-        _ => Err(format!("activation {class}")),
+        _ => Err(LayerError::unsupported(class, "use as an activation")),
     }
 }
 
@@ -100,9 +100,9 @@ impl Builder<'_> {
 }
 
 /// Applies an activation module to `x` in place (none, or `Identity`, leaves it).
-pub(crate) fn run(m: Option<ModuleRef>, x: &mut RefTensor) -> RefResult<()> {
+pub(crate) fn run(m: Option<ModuleRef>, x: &mut RefTensor) -> BuildResult<()> {
     let Some(m) = m else { return Ok(()) };
-    if let Some(Kind::Activation { run, .. }) = entry(m).map_err(e)? {
+    if let Some(Kind::Activation { run, .. }) = entry(m)? {
         run(m, x);
     }
     Ok(())

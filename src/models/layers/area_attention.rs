@@ -5,14 +5,15 @@
 //! (`head_dim` each) in that order. Ultralytics 8.4's forward is plain matrix products and a
 //! softmax (no fused or flash attention kernel), so the export matches it exactly.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -58,19 +59,23 @@ impl AreaAttnParams {
         let dim = |k: &str| {
             m.int(k)
                 .filter(|v| (1..=1 << 16).contains(v))
-                .ok_or_else(|| format!("AAttn {k} = {:?}", m.int(k)))
+                .ok_or_else(|| LayerError::bad_attr("AAttn", k, m.int(k), "is not a usable size"))
         };
         let (heads, head_dim) = (dim("num_heads")?, dim("head_dim")?);
         let all = heads * head_dim;
         if m.int("all_head_dim").is_some_and(|a| a != all) {
-            return Err(format!(
-                "AAttn all_head_dim = {:?} for {heads} heads of {head_dim}",
-                m.int("all_head_dim")
+            return Err(LayerError::bad_attr(
+                "AAttn",
+                "all_head_dim",
+                m.int("all_head_dim"),
+                format!("for {heads} heads of {head_dim}"),
             ));
         }
-        let area = m.int("area").ok_or("AAttn without area")?;
+        let area = m
+            .int("area")
+            .ok_or_else(|| LayerError::missing("AAttn", "area"))?;
         if area > 1 << 16 {
-            return Err(format!("AAttn area = {area}"));
+            return Err(LayerError::bad_attr("AAttn", "area", area, "is over 65536"));
         }
         Ok(AreaAttnParams {
             heads,
@@ -86,9 +91,12 @@ impl AreaAttnParams {
     fn run_length(&self, h: i64, w: i64) -> BuildResult<i64> {
         let n = h * w;
         if n % self.area != 0 {
-            return Err(format!(
-                "AAttn cannot cut {h}x{w} = {n} positions into {} equal areas",
-                self.area
+            return Err(LayerError::shape(
+                "AAttn",
+                format!(
+                    "cannot cut {h}x{w} = {n} positions into {} equal areas",
+                    self.area
+                ),
             ));
         }
         Ok(n / self.area)
@@ -107,7 +115,10 @@ fn gamma(m: ModuleRef, channels: usize) -> BuildResult<Option<Vec<f32>>> {
 /// Two values a residual adds must have one shape.
 fn same_shape(scope: &str, a: &GraphValue, b: &GraphValue) -> BuildResult<()> {
     if a.shape != b.shape {
-        return Err(format!("{scope}: adds {:?} to {:?}", b.shape, a.shape));
+        return Err(LayerError::shape(
+            scope,
+            format!("adds {:?} to {:?}", b.shape, a.shape),
+        ));
     }
     Ok(())
 }
@@ -130,9 +141,9 @@ impl Builder<'_> {
         let (nh, hd, a) = (p.heads, p.head_dim, p.area);
         let qkv = self.sub_conv(scope, m, "qkv", x)?;
         if check::nchw(&qkv, scope)?[1] != 3 * p.all {
-            return Err(format!(
-                "{scope}: qkv gives {:?}, not 3 x {nh} heads of {hd}",
-                qkv.shape
+            return Err(LayerError::shape(
+                scope,
+                format!("qkv gives {:?}, not 3 x {nh} heads of {hd}", qkv.shape),
             ));
         }
         let perm = |p: &[i64]| vec![("perm", Attr::Ints(p.to_vec()))];
@@ -178,7 +189,10 @@ impl Builder<'_> {
         let (o, v) = (back(&o), back(&qkv[2]));
         let pe = self.sub_conv(scope, m, "pe", &v)?;
         if pe.shape != map {
-            return Err(format!("{scope}: pe gives {:?}, not {map:?}", pe.shape));
+            return Err(LayerError::shape(
+                scope,
+                format!("pe gives {:?}, not {map:?}", pe.shape),
+            ));
         }
         let sum = self.add(scope, &o, &pe);
         self.sub_conv(scope, m, "proj", &sum)
@@ -255,7 +269,7 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], kd: usize, vd: usize, n: usize, scale
 impl Reference<'_> {
     /// `AAttn`: per image, area and head, gathers the area's query, key and value rows,
     /// attends, and scatters the result and the values back to (C, H·W).
-    pub(crate) fn aattn(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn aattn(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let (n, _, h, w) = shape::nchw(x, "AAttn")?;
         let p = AreaAttnParams::parse(m)?;
         let np = p.run_length(h as i64, w as i64)? as usize;
@@ -267,10 +281,13 @@ impl Reference<'_> {
         );
         let qkv = self.sub(m, "qkv", x)?;
         if qkv.shape != [n, 3 * all, h, w] {
-            return Err(e(format!(
-                "AAttn: qkv {:?} does not hold {nh} heads of 3 x {hd} at {h}x{w}",
-                qkv.shape
-            )));
+            return Err(LayerError::shape(
+                "AAttn",
+                format!(
+                    "qkv {:?} does not hold {nh} heads of 3 x {hd} at {h}x{w}",
+                    qkv.shape
+                ),
+            ));
         }
         let hw = h * w;
         let mut out = vec![0.0f32; n * all * hw];
@@ -301,8 +318,8 @@ impl Reference<'_> {
         self.sub(m, "proj", &ops::add(&out, &pe))
     }
 
-    pub(crate) fn ablock(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
-        let a = self.aattn(m.child("attn").map_err(e)?, x)?;
+    pub(crate) fn ablock(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
+        let a = self.aattn(m.child("attn")?, x)?;
         shape::same_shape(x, &a, "ABlock")?;
         let x1 = ops::add(x, &a);
         let f = self.sub(m, "mlp", &x1)?;
@@ -310,9 +327,9 @@ impl Reference<'_> {
         Ok(ops::add(&x1, &f))
     }
 
-    pub(crate) fn a2c2f(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn a2c2f(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
-        for (_, blk) in m.child("m").map_err(e)?.children() {
+        for (_, blk) in m.child("m")?.children() {
             let last = ys.last().expect("cv1").clone();
             ys.push(self.module(blk, LayerInput::One(last))?);
         }

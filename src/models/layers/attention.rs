@@ -1,12 +1,13 @@
 //! YOLO11's attention blocks: `Attention`, `PSABlock`, `C2PSA`, `PSA`.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::registry::{Layer, layer};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -56,7 +57,9 @@ impl AttentionParams {
         let dim = |k: &str| {
             m.int(k)
                 .filter(|v| (1..=1 << 16).contains(v))
-                .ok_or_else(|| format!("Attention {k} = {:?}", m.int(k)))
+                .ok_or_else(|| {
+                    LayerError::bad_attr("Attention", k, m.int(k), "is not a usable size")
+                })
         };
         let (heads, key_dim, head_dim) = (dim("num_heads")?, dim("key_dim")?, dim("head_dim")?);
         let scale = m.float("scale").unwrap_or((key_dim as f64).powf(-0.5)) as f32;
@@ -154,11 +157,14 @@ impl Builder<'_> {
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
         let a = self.sub_conv(scope, m, "cv1", x)?;
-        let c = m.int("c").ok_or("C2PSA without c")?;
+        let c = m
+            .int("c")
+            .ok_or_else(|| LayerError::missing("C2PSA", "c"))?;
         let [an, ac, ah, aw] = check::nchw(&a, scope)?;
         if c <= 0 || 2 * c != ac {
-            return Err(format!(
-                "{scope}: C2PSA splits {ac} channels into two halves of {c}"
+            return Err(LayerError::shape(
+                scope,
+                format!("C2PSA splits {ac} channels into two halves of {c}"),
             ));
         }
         let parts = self.b.split(scope, &a.name, 1, &[c, c]);
@@ -183,7 +189,7 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn c2psa(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn c2psa(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let c = shape::nchw(&a, "C2PSA")?.1 / 2;
         shape::channels(&a, c, 2 * c, "C2PSA")?;
@@ -191,7 +197,7 @@ impl Reference<'_> {
         let second = ops::channels(&a, c, 2 * c);
         let second = if m.class() == "PSA" {
             // PSA: b + attn(b), then that plus ffn of it.
-            let at = self.attention(m.child("attn").map_err(e)?, &second)?;
+            let at = self.attention(m.child("attn")?, &second)?;
             shape::same_shape(&second, &at, "PSA")?;
             let b1 = ops::add(&second, &at);
             let f = self.sub(m, "ffn", &b1)?;
@@ -204,9 +210,9 @@ impl Reference<'_> {
         self.sub(m, "cv2", &ops::cat_channels(&[&first, &second]))
     }
 
-    pub(crate) fn psablock(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn psablock(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let add = m.bool("add").unwrap_or(true);
-        let a = self.attention(m.child("attn").map_err(e)?, x)?;
+        let a = self.attention(m.child("attn")?, x)?;
         if add {
             shape::same_shape(x, &a, "PSABlock")?;
         }
@@ -219,7 +225,7 @@ impl Reference<'_> {
     }
 
     /// Multi-head attention over H·W positions plus the positional depthwise conv of the values.
-    pub(crate) fn attention(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn attention(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let (n, c, h, w) = shape::nchw(x, "Attention")?;
         let hw = h * w;
         let p = AttentionParams::parse(m)?;
@@ -228,10 +234,13 @@ impl Reference<'_> {
         let qkv = self.sub(m, "qkv", x)?;
         let per = 2 * kd + hd;
         if qkv.shape != [n, heads * per, h, w] || heads * hd != c {
-            return Err(e(format!(
-                "Attention: qkv {:?} does not split into {heads} heads of {kd}+{kd}+{hd} over {c} channels",
-                qkv.shape
-            )));
+            return Err(LayerError::shape(
+                "Attention",
+                format!(
+                    "qkv {:?} does not split into {heads} heads of {kd}+{kd}+{hd} over {c} channels",
+                    qkv.shape
+                ),
+            ));
         }
         let mut out = vec![0.0f32; n * c * hw];
         let mut v_all = vec![0.0f32; n * c * hw];

@@ -1,14 +1,15 @@
 //! Containers and shape plumbing: `Sequential`, `ModuleList`, `Identity`, `Concat`,
 //! `MaxPool2d`, `Upsample`, `ZeroPad2d`.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer, part};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, e, shape};
+use crate::reference::shape;
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -27,7 +28,7 @@ pub const LAYERS: &[Layer] = &[
             for (_, c) in m.children() {
                 x = LayerInput::One(r.module(c, x)?);
             }
-            Ok(x.one("Sequential")?)
+            x.one("Sequential")
         },
     ),
     part(
@@ -39,7 +40,7 @@ pub const LAYERS: &[Layer] = &[
         "Identity",
         "passes its input on",
         |_, _, _, x| x.one("Identity"),
-        |_, _, x| Ok(x.one("Identity")?),
+        |_, _, x| x.one("Identity"),
     ),
     layer(
         "Concat",
@@ -54,7 +55,7 @@ pub const LAYERS: &[Layer] = &[
                 let xs = xs.many();
                 let d = m.int("d").unwrap_or(1);
                 if d != 1 && d != -3 {
-                    return Err(e(format!("Concat along dimension {d}")));
+                    return Err(LayerError::unsupported("Concat", format!("dimension {d}")));
                 }
                 let refs = xs.iter().collect::<Vec<_>>();
                 shape::same_maps(&refs, "Concat")?;
@@ -90,13 +91,28 @@ pub fn zero_pad_params(m: ModuleRef) -> BuildResult<[i64; 4]> {
     let p = match m.ints("padding").as_deref() {
         Some(&[a]) => [a; 4],
         Some(&[l, r, t, b]) => [l, r, t, b],
-        other => return Err(format!("ZeroPad2d padding {other:?}")),
+        other => {
+            return Err(LayerError::bad_attr(
+                "ZeroPad2d",
+                "padding",
+                other,
+                "is neither 1 nor 4 ints",
+            ));
+        }
     };
     if p.iter().any(|v| !(0..=1024).contains(v)) {
-        return Err(format!("ZeroPad2d padding {p:?}"));
+        return Err(LayerError::bad_attr(
+            "ZeroPad2d",
+            "padding",
+            p,
+            "is outside 0..=1024",
+        ));
     }
     if m.float("value").is_some_and(|v| v != 0.0) {
-        return Err(format!("ZeroPad2d value {:?}", m.float("value")));
+        return Err(LayerError::unsupported(
+            "ZeroPad2d",
+            format!("value {:?}", m.float("value")),
+        ));
     }
     Ok(p)
 }
@@ -124,7 +140,7 @@ impl MaxPoolParams {
         let pad = check::pair(&m, "padding", 0)?;
         let dil = check::pair(&m, "dilation", 1)?;
         if m.bool("ceil_mode") == Some(true) {
-            return Err("MaxPool2d ceil_mode=True".into());
+            return Err(LayerError::unsupported("MaxPool2d", "ceil_mode=True"));
         }
         check::check_geometry(&m, &[kernel, stride, dil], &[pad])?;
         Ok(MaxPoolParams {
@@ -140,7 +156,10 @@ impl MaxPoolParams {
 pub fn upsample_factor(m: ModuleRef) -> BuildResult<f64> {
     let mode = m.str("mode").unwrap_or("nearest");
     if mode != "nearest" {
-        return Err(format!("Upsample mode '{mode}'"));
+        return Err(LayerError::unsupported(
+            "Upsample",
+            format!("mode '{mode}'"),
+        ));
     }
     let f = m
         .float("scale_factor")
@@ -148,9 +167,14 @@ pub fn upsample_factor(m: ModuleRef) -> BuildResult<f64> {
             m.ints("scale_factor")
                 .and_then(|v| v.first().map(|&i| i as f64))
         })
-        .ok_or("Upsample without scale_factor")?;
+        .ok_or_else(|| LayerError::missing("Upsample", "scale_factor"))?;
     if !(f.is_finite() && f > 0.0 && f <= 64.0) {
-        return Err(format!("Upsample scale_factor {f}"));
+        return Err(LayerError::bad_attr(
+            "Upsample",
+            "scale_factor",
+            f,
+            "is not in (0, 64]",
+        ));
     }
     Ok(f)
 }
@@ -284,11 +308,12 @@ impl Builder<'_> {
     ) -> BuildResult<GraphValue> {
         let first = xs
             .first()
-            .ok_or_else(|| format!("{scope}: nothing to concatenate"))?;
+            .ok_or_else(|| LayerError::shape(scope, "nothing to concatenate"))?;
         let rank = first.shape.len();
         if rank == 0 || xs.iter().any(|v| v.shape.len() != rank) {
-            return Err(format!(
-                "{scope}: cannot concatenate values of different ranks"
+            return Err(LayerError::shape(
+                scope,
+                "cannot concatenate values of different ranks",
             ));
         }
         let names: Vec<&str> = xs.iter().map(|v| v.name.as_str()).collect();
@@ -311,30 +336,36 @@ impl Builder<'_> {
 // ---- run ----
 
 /// `nn.MaxPool2d` (square windows without dilation, as Ultralytics uses).
-pub fn maxpool(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+pub fn maxpool(m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     let p = MaxPoolParams::parse(m)?;
     let square = |v: [i64; 2]| (v[0] == v[1]).then_some(v[0] as usize);
     let (Some(k), Some(s), Some(pad), [1, 1]) =
         (square(p.kernel), square(p.stride), square(p.pad), p.dil)
     else {
-        return Err(e("MaxPool2d with a non-square or dilated window"));
+        return Err(LayerError::unsupported(
+            "MaxPool2d",
+            "a non-square or dilated window",
+        ));
     };
     shape::pool(x, k, s, pad, "MaxPool2d")?;
     Ok(ops::max_pool(x, k, s, pad))
 }
 
 /// `nn.Upsample` (nearest, integer factor).
-pub fn upsample(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+pub fn upsample(m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     let f = upsample_factor(m)?;
     if f.fract() != 0.0 {
-        return Err(e(format!("Upsample by a non-integer factor {f}")));
+        return Err(LayerError::unsupported(
+            "Upsample",
+            format!("a non-integer factor {f}"),
+        ));
     }
     shape::upsample(x, f as usize, "Upsample")?;
     Ok(ops::upsample_nearest(x, f as usize))
 }
 
 /// `nn.ZeroPad2d`: each map copied into a larger zeroed one.
-pub fn zero_pad(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+pub fn zero_pad(m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     let [l, r, t, b] = zero_pad_params(m)?.map(|v| v as usize);
     let (n, c, h, w) = shape::nchw(x, "ZeroPad2d")?;
     let (oh, ow) = (h + t + b, w + l + r);

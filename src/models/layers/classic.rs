@@ -10,15 +10,16 @@
 //! sigmoid, boxes decoded with the cell grid and the anchors (xy = (2·σ + grid − ½)·stride,
 //! wh = (2·σ)²·anchor), rows concatenated into (B, anchors·cells over the levels, 5 + nc).
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::layers::conv::Conv2dParams;
 use crate::models::registry::{EmitFn, Layer, RunFn, head, layer, part};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The anchor-based heads' emission and reference, one pair for the three classes.
 const ANCHOR_HEAD: (EmitFn, RunFn) = (
@@ -103,21 +104,25 @@ impl<'g> AnchorHead<'g> {
             m.int(k)
                 .filter(|v| (0..=1 << 16).contains(v))
                 .map(|v| v as usize)
-                .ok_or_else(|| format!("{class} has no usable `{k}`"))
+                .ok_or_else(|| {
+                    LayerError::bad_attr(&class, k, m.int(k), "is missing or not in 0..=65536")
+                })
         };
         let (nc, no, na, nl) = (get("nc")?, get("no")?, get("na")?, get("nl")?);
         // IAuxDetect reads its auxiliary levels after the `nl` it decodes.
         let inputs = if class == "IAuxDetect" { 2 * nl } else { nl };
         if no != nc + 5 || na == 0 || nl == 0 || inputs != levels {
-            return Err(format!(
-                "{class}: no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, na ≥ 1, nl ≥ 1, {inputs} inputs)"
+            return Err(LayerError::shape(
+                &class,
+                format!(
+                    "no = {no}, nc = {nc}, na = {na}, nl = {nl} for {levels} inputs (expected no = nc + 5, na ≥ 1, nl ≥ 1, {inputs} inputs)"
+                ),
             ));
         }
         let convs: Vec<ModuleRef> = m.child("m")?.children().into_iter().map(|c| c.1).collect();
         let strides: Vec<f32> = m
-            .attr_tensor_f64("stride")
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{class} has no `stride`"))?
+            .attr_tensor_f64("stride")?
+            .ok_or_else(|| LayerError::missing(&class, "stride"))?
             .into_iter()
             .map(|s| s as f32)
             .collect();
@@ -125,9 +130,12 @@ impl<'g> AnchorHead<'g> {
             || strides.len() != nl
             || strides.iter().any(|s| !s.is_finite() || *s <= 0.0)
         {
-            return Err(format!(
-                "{class}: {} convolutions and strides {strides:?} for {nl} levels",
-                convs.len()
+            return Err(LayerError::shape(
+                &class,
+                format!(
+                    "{} convolutions and strides {strides:?} for {nl} levels",
+                    convs.len()
+                ),
             ));
         }
         // YOLOv7 keeps the pixel anchors as the buffer `anchor_grid` (nl, 1, na, 1, 1, 2);
@@ -143,8 +151,10 @@ impl<'g> AnchorHead<'g> {
             (px, shape)
         };
         if px.len() != nl * na * 2 {
-            return Err(format!(
-                "{class}: anchors of shape {shape:?} for {nl} levels of {na}"
+            return Err(LayerError::weight(
+                &class,
+                "anchors",
+                format!("has shape {shape:?} for {nl} levels of {na}"),
             ));
         }
         let anchors = (0..nl)
@@ -158,7 +168,10 @@ impl<'g> AnchorHead<'g> {
             let list = |name: &str| -> BuildResult<Vec<Vec<f32>>> {
                 let ms = m.child(name)?.children();
                 if ms.len() != nl {
-                    return Err(format!("{class}.{name} has {} entries for {nl}", ms.len()));
+                    return Err(LayerError::shape(
+                        &class,
+                        format!("{name} has {} entries for {nl} levels", ms.len()),
+                    ));
                 }
                 ms.into_iter()
                     .map(|(_, c)| Ok(c.need_f32("implicit")?.0))
@@ -184,26 +197,35 @@ impl<'g> AnchorHead<'g> {
         let mut p = Conv2dParams::parse(self.convs[i])?;
         let [o, c, kh, kw] = p.shape.map(|d| d as usize);
         if o != self.na * self.no || p.groups != 1 {
-            return Err(format!(
-                "level {i}: the convolution gives {o} channels in {} groups for {} anchors of {}",
-                p.groups, self.na, self.no
+            return Err(LayerError::shape(
+                format!("level {i}"),
+                format!(
+                    "the convolution gives {o} channels in {} groups for {} anchors of {}",
+                    p.groups, self.na, self.no
+                ),
             ));
         }
         if let Some(imp) = &self.implicit {
             let (ia, im) = &imp[i];
             if kh * kw != 1 || ia.len() != c || im.len() != o {
-                return Err(format!(
-                    "level {i}: implicit sizes {} and {} for a {kh}×{kw} convolution {c} → {o}",
-                    ia.len(),
-                    im.len()
+                return Err(LayerError::shape(
+                    format!("level {i}"),
+                    format!(
+                        "implicit sizes {} and {} for a {kh}×{kw} convolution {c} → {o}",
+                        ia.len(),
+                        im.len()
+                    ),
                 ));
             }
             // Folding the offset into the bias is exact only where every output reads an input
             // pixel: padding would add W·ia at the border, where the zeros were never offset.
             if p.pad != [0, 0] {
-                return Err(format!(
-                    "level {i}: a 1×1 convolution padded {:?}: ImplicitA cannot be folded into its bias",
-                    p.pad
+                return Err(LayerError::unsupported(
+                    format!("level {i}"),
+                    format!(
+                        "a 1×1 convolution padded {:?} (ImplicitA cannot be folded into its bias)",
+                        p.pad
+                    ),
                 ));
             }
             let mut b = p.bias.take().unwrap_or_else(|| vec![0.0; o]);
@@ -248,7 +270,10 @@ impl Builder<'_> {
             let [b, _, ny, nx] = check::nchw(&y, scope)?;
             let dynamic = self.b.dynamic_hw;
             if !dynamic && (!(1..=1 << 14).contains(&ny) || !(1..=1 << 14).contains(&nx)) {
-                return Err(format!("{scope}: level {i} feature map is {ny}x{nx}"));
+                return Err(LayerError::shape(
+                    scope,
+                    format!("level {i} feature map is {ny}x{nx}"),
+                ));
             }
             batch = b;
             let grid = if dynamic {
@@ -309,8 +334,8 @@ impl Builder<'_> {
 
 /// `models.yolo.Detect` / `IDetect` as their repositories evaluate them before fusing: the
 /// implicit offset, the convolution, the implicit scale, then the decode.
-fn anchor_head(r: &mut Reference, m: ModuleRef, xs: Vec<RefTensor>) -> RefResult<RefTensor> {
-    let h = AnchorHead::parse(m, xs.len()).map_err(e)?;
+fn anchor_head(r: &mut Reference, m: ModuleRef, xs: Vec<RefTensor>) -> BuildResult<RefTensor> {
+    let h = AnchorHead::parse(m, xs.len())?;
     let mut xs = xs;
     xs.truncate(h.convs.len());
     let (na, no) = (h.na, h.no);
@@ -319,7 +344,10 @@ fn anchor_head(r: &mut Reference, m: ModuleRef, xs: Vec<RefTensor>) -> RefResult
     for (i, x) in xs.into_iter().enumerate() {
         let (b, c, xh, xw) = shape::nchw(&x, "anchor head")?;
         if b != batch {
-            return Err(e(format!("level {i} has batch {b}, level 0 {batch}")));
+            return Err(LayerError::shape(
+                format!("level {i}"),
+                format!("batch {b}, level 0 {batch}"),
+            ));
         }
         let mut x = x;
         if let Some(imp) = &h.implicit {
@@ -332,9 +360,10 @@ fn anchor_head(r: &mut Reference, m: ModuleRef, xs: Vec<RefTensor>) -> RefResult
         let mut y = r.module(h.convs[i], LayerInput::One(x))?;
         let (_, o, ny, nx) = shape::nchw(&y, "anchor head")?;
         if o != na * no {
-            return Err(e(format!(
-                "level {i}: {o} channels for {na} anchors of {no}"
-            )));
+            return Err(LayerError::shape(
+                format!("level {i}"),
+                format!("{o} channels for {na} anchors of {no}"),
+            ));
         }
         if let Some(imp) = &h.implicit {
             let im = &imp[i].1;

@@ -3,14 +3,15 @@
 //! which holds other children, so it is registered by its pickled path), `ReOrg` (space to depth),
 //! `DownC` and `Shortcut`.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::layers::conv::{BatchNorm, batch_norm};
 use crate::models::registry::{Layer, layer};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -46,21 +47,30 @@ pub const LAYERS: &[Layer] = &[
                 check_same(&a.shape, &c.shape, s)?;
                 Ok(b.add(s, a, c))
             }
-            xs => Err(format!("{s}: Shortcut adds two inputs, got {}", xs.len())),
+            xs => Err(LayerError::inputs(
+                "Shortcut",
+                format!("adds two inputs, got {}", xs.len()),
+            )),
         },
         |_, _, x| match &x.many()[..] {
             [a, c] => {
                 shape::same_shape(a, c, "Shortcut")?;
                 Ok(ops::add(a, c))
             }
-            xs => Err(e(format!("Shortcut adds two inputs, got {}", xs.len()))),
+            xs => Err(LayerError::inputs(
+                "Shortcut",
+                format!("adds two inputs, got {}", xs.len()),
+            )),
         },
     ),
 ];
 
 fn check_same(a: &[i64], b: &[i64], scope: &str) -> BuildResult<()> {
     if a != b {
-        return Err(format!("{scope}: cannot add {a:?} and {b:?}"));
+        return Err(LayerError::shape(
+            scope,
+            format!("cannot add {a:?} and {b:?}"),
+        ));
     }
     Ok(())
 }
@@ -146,7 +156,10 @@ impl Builder<'_> {
     pub(crate) fn reorg(&mut self, scope: &str, x: &GraphValue) -> BuildResult<GraphValue> {
         let [n, c, h, w] = check::nchw(x, scope)?;
         if h % 2 != 0 || w % 2 != 0 {
-            return Err(format!("{scope}: ReOrg of an odd-sized {h}x{w} map"));
+            return Err(LayerError::shape(
+                scope,
+                format!("ReOrg of an odd-sized {h}x{w} map"),
+            ));
         }
         let mut parts = Vec::new();
         for (r, q) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
@@ -185,12 +198,12 @@ impl Builder<'_> {
 
 // ---- run ----
 
-fn sppcspc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+fn sppcspc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     let a = r.sub(m, "cv1", x)?;
     let a = r.sub(m, "cv3", &a)?;
     let x1 = r.sub(m, "cv4", &a)?;
     let mut ys = vec![x1.clone()];
-    for (_, pool) in m.child("m").map_err(e)?.children() {
+    for (_, pool) in m.child("m")?.children() {
         ys.push(r.module(pool, LayerInput::One(x1.clone()))?);
     }
     let refs: Vec<&RefTensor> = ys.iter().collect();
@@ -202,16 +215,16 @@ fn sppcspc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTenso
     r.sub(m, "cv7", &ops::cat_channels(&[&y1, &y2]))
 }
 
-fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     // BatchNorm applied as BatchNorm, unfolded, as PyTorch runs it before fusing.
-    let bn = |bn: ModuleRef, mut y: RefTensor| -> RefResult<RefTensor> {
+    let bn = |bn: ModuleRef, mut y: RefTensor| -> BuildResult<RefTensor> {
         batch_norm(bn, &mut y, "BatchNorm2d")?;
         Ok(y)
     };
-    let branch = |r: &mut Reference, name: &str| -> RefResult<RefTensor> {
-        let seq = m.child(name).map_err(e)?;
+    let branch = |r: &mut Reference, name: &str| -> BuildResult<RefTensor> {
+        let seq = m.child(name)?;
         let y = r.sub(seq, "0", x)?;
-        bn(seq.child("1").map_err(e)?, y)
+        bn(seq.child("1")?, y)
     };
     let mut y = if m.opt_child("rbr_reparam").is_some() {
         r.sub(m, "rbr_reparam", x)?
@@ -231,10 +244,13 @@ fn rep_conv_v7(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefT
     Ok(y)
 }
 
-fn reorg(x: &RefTensor) -> RefResult<RefTensor> {
+fn reorg(x: &RefTensor) -> BuildResult<RefTensor> {
     let (n, c, h, w) = shape::nchw(x, "ReOrg")?;
     if h % 2 != 0 || w % 2 != 0 {
-        return Err(e(format!("ReOrg of an odd-sized {h}x{w} map")));
+        return Err(LayerError::shape(
+            "ReOrg",
+            format!("an odd-sized {h}x{w} map"),
+        ));
     }
     let (oh, ow) = (h / 2, w / 2);
     let mut out = Vec::with_capacity(x.data.len());
@@ -251,7 +267,7 @@ fn reorg(x: &RefTensor) -> RefResult<RefTensor> {
     Ok(RefTensor::new(out, vec![n, 4 * c, oh, ow]))
 }
 
-fn downc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+fn downc(r: &mut Reference, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     let a = r.sub(m, "cv1", x)?;
     let a = r.sub(m, "cv2", &a)?;
     let p = r.sub(m, "mp", x)?;

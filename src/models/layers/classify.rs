@@ -1,14 +1,15 @@
 //! The classification head: `Classify` (conv, global average pool, linear, softmax) and the
 //! parts only it reads.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, head, part};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -64,7 +65,13 @@ impl Linear {
             {
                 [o, i]
             }
-            _ => return Err(format!("Linear weight has shape {ws:?}")),
+            _ => {
+                return Err(LayerError::weight(
+                    "Linear",
+                    "weight",
+                    format!("has shape {ws:?}, not 2-D"),
+                ));
+            }
         };
         let bias = m
             .tensor_f32("bias")?
@@ -129,15 +136,16 @@ impl Builder<'_> {
 
 impl Reference<'_> {
     /// `Classify`: conv, mean over H·W, linear, softmax.
-    pub(crate) fn classify(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn classify(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let y = self.sub(m, "conv", x)?;
         let (n, c, h, w) = shape::nchw(&y, "Classify")?;
-        let lin = Linear::parse(m.child("linear").map_err(e)?)?;
+        let lin = Linear::parse(m.child("linear")?)?;
         let ws = [lin.shape[0] as usize, lin.shape[1] as usize];
         if ws[1] != c {
-            return Err(e(format!(
-                "Classify: linear weight {ws:?} does not fit {c} channels"
-            )));
+            return Err(LayerError::shape(
+                "Classify",
+                format!("linear weight {ws:?} does not fit {c} channels"),
+            ));
         }
         let (wt, bias) = (lin.weight, lin.bias);
         let mut out = vec![0.0f32; n * ws[0]];

@@ -2,13 +2,14 @@
 //! `ConvTranspose2d`. The emission folds BatchNorm into the weights exactly as the checkpoint's
 //! Ultralytics release does (`BnFold`); the reference applies it unfolded, after its own convolution loops.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::registry::{Layer, layer, part};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, ConvSpec, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -84,18 +85,28 @@ impl Conv2dParams {
         let pad = match m.str("padding") {
             Some("valid") => [0, 0],
             Some("same") => [dil[0] * (shape[2] - 1) / 2, dil[1] * (shape[3] - 1) / 2],
-            Some(other) => return Err(format!("Conv2d padding '{other}'")),
+            Some(other) => {
+                return Err(LayerError::unsupported(
+                    "Conv2d",
+                    format!("padding '{other}'"),
+                ));
+            }
             None => check::pair(&m, "padding", 0)?,
         };
         if m.str("padding_mode").is_some_and(|p| p != "zeros") {
-            return Err(format!("Conv2d padding_mode {:?}", m.str("padding_mode")));
+            return Err(LayerError::unsupported(
+                "Conv2d",
+                format!("padding_mode {:?}", m.str("padding_mode")),
+            ));
         }
         check::check_geometry(&m, &[stride, dil], &[pad])?;
         let groups = m.int("groups").unwrap_or(1);
         if !(1..=1 << 16).contains(&groups) || shape[0] % groups != 0 {
-            return Err(format!(
-                "Conv2d groups = {groups} for {} output channels",
-                shape[0]
+            return Err(LayerError::bad_attr(
+                "Conv2d",
+                "groups",
+                groups,
+                format!("for {} output channels", shape[0]),
             ));
         }
         Ok(Conv2dParams {
@@ -114,8 +125,8 @@ impl Conv2dParams {
 /// and bias: Ultralytics 8.0 to 8.4.138 (`fuse_conv_and_bn`: `diag(γ / √(ε + var)) · w`, bias
 /// `β − γ·mean / √(var + ε)` plus the scaled conv bias) or 8.4.139 on
 /// (`torch.nn.utils.fusion.fuse_conv_bn_weights`: `r = rsqrt(var + ε)`, i.e. 1 / √ rounded
-/// twice on CPU; `w · (γ·r)`, bias `(b − mean)·r·γ + β`). The export uses `Diag` for every
-/// release (measurements in docs/export.md, "BatchNorm fold").
+/// twice on CPU; `w · (γ·r)`, bias `(b − mean)·r·γ + β`). The export follows the checkpoint's
+/// release ([`BnFold::for_version`]; docs/export.md, "BatchNorm fold").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BnFold {
     /// Ultralytics ≤ 8.4.138, and checkpoints that name no version.
@@ -225,7 +236,12 @@ impl ConvTransposeParams {
         let shape = check::weight4(&m, &weight, &ws)?;
         let groups = m.int("groups").unwrap_or(1);
         if !(1..=1 << 16).contains(&groups) {
-            return Err(format!("{} groups = {groups}", m.class()));
+            return Err(LayerError::bad_attr(
+                m.class(),
+                "groups",
+                groups,
+                "is not in 1..=65536",
+            ));
         }
         let bias = m.tensor_f32("bias")?.map(|(b, _)| b);
         if let Some(b) = &bias {
@@ -387,7 +403,7 @@ impl Builder<'_> {
 // ---- run ----
 
 /// `nn.Conv2d` (with its own bias, if any).
-pub fn conv(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+pub fn conv(m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     let p = Conv2dParams::parse(m)?;
     conv_with(p, x)
 }
@@ -395,7 +411,7 @@ pub fn conv(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
 /// `nn.Conv2d` and an optional BatchNorm computed as an f16 graph stores them: BatchNorm folded
 /// into the weights and bias (in f64), both rounded to f16 — the f16 emulation only; the exact
 /// reference never folds.
-fn conv_f16(m: ModuleRef, bn: Option<ModuleRef>, x: &RefTensor) -> RefResult<RefTensor> {
+fn conv_f16(m: ModuleRef, bn: Option<ModuleRef>, x: &RefTensor) -> BuildResult<RefTensor> {
     let mut p = Conv2dParams::parse(m)?;
     let out = usize::try_from(p.shape[0]).unwrap_or(0);
     let mut b = p.bias.take().unwrap_or_else(|| vec![0.0; out]);
@@ -418,7 +434,7 @@ fn conv_f16(m: ModuleRef, bn: Option<ModuleRef>, x: &RefTensor) -> RefResult<Ref
 }
 
 /// Runs a parsed `nn.Conv2d` after checking shapes.
-fn conv_with(p: Conv2dParams, x: &RefTensor) -> RefResult<RefTensor> {
+fn conv_with(p: Conv2dParams, x: &RefTensor) -> BuildResult<RefTensor> {
     let u = |v: [i64; 2]| (v[0] as usize, v[1] as usize);
     let ws: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
     let spec = ConvSpec {
@@ -440,13 +456,13 @@ fn conv_with(p: Conv2dParams, x: &RefTensor) -> RefResult<RefTensor> {
 
 impl Reference<'_> {
     /// Ultralytics `Conv`: conv, BatchNorm (as BatchNorm), activation.
-    pub(crate) fn conv_bn_act(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn conv_bn_act(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         if self.f16 {
-            let mut y = conv_f16(m.child("conv").map_err(e)?, m.opt_child("bn"), x)?;
+            let mut y = conv_f16(m.child("conv")?, m.opt_child("bn"), x)?;
             super::act::run(m.opt_child("act"), &mut y)?;
             return Ok(y);
         }
-        let mut y = conv(m.child("conv").map_err(e)?, x)?;
+        let mut y = conv(m.child("conv")?, x)?;
         if let Some(bn) = m.opt_child("bn") {
             batch_norm(bn, &mut y, "BatchNorm2d")?;
         }
@@ -457,7 +473,7 @@ impl Reference<'_> {
 
 /// `bn`, an `nn.BatchNorm2d`, applied to `y` in place as BatchNorm (the reference never folds
 /// it); `what` names the block in a shape error.
-pub(crate) fn batch_norm(bn: ModuleRef, y: &mut RefTensor, what: &str) -> RefResult<()> {
+pub(crate) fn batch_norm(bn: ModuleRef, y: &mut RefTensor, what: &str) -> BuildResult<()> {
     let (_, c, _, _) = shape::nchw(y, what)?;
     let p = BatchNorm::parse(bn, c)?;
     ops::batch_norm(y, &p.gamma, &p.beta, &p.mean, &p.var, p.eps);
@@ -465,7 +481,7 @@ pub(crate) fn batch_norm(bn: ModuleRef, y: &mut RefTensor, what: &str) -> RefRes
 }
 
 /// `nn.ConvTranspose2d` by scattering each input pixel through the kernel.
-pub(crate) fn conv_transpose(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+pub(crate) fn conv_transpose(m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     let ConvTransposeParams {
         weight: w,
         shape: ws,
@@ -485,9 +501,12 @@ pub(crate) fn conv_transpose(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor
         out_pad,
         groups,
     ) else {
-        return Err(e(format!(
-            "ConvTranspose2d with groups {groups}, stride {stride:?}, padding {pad:?}, dilation {dil:?}, output padding {out_pad:?}"
-        )));
+        return Err(LayerError::unsupported(
+            "ConvTranspose2d",
+            format!(
+                "groups {groups}, stride {stride:?}, padding {pad:?}, dilation {dil:?}, output padding {out_pad:?}"
+            ),
+        ));
     };
     let (s, p) = (stride[0] as usize, pad[0] as usize);
     let (n, c, h, wd) = shape::nchw(x, "ConvTranspose2d")?;
@@ -501,10 +520,13 @@ pub(crate) fn conv_transpose(m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor
         || h.saturating_sub(1) * s + kh < 2 * p + 1
         || wd.saturating_sub(1) * s + kw < 2 * p + 1
     {
-        return Err(e(format!(
-            "ConvTranspose2d weight {ws:?} (stride {s}, padding {p}) does not fit input {:?}",
-            x.shape
-        )));
+        return Err(LayerError::shape(
+            "ConvTranspose2d",
+            format!(
+                "weight {ws:?} (stride {s}, padding {p}) does not fit input {:?}",
+                x.shape
+            ),
+        ));
     }
     if let Some(b) = &bias {
         shape::per_channel(b.len(), o, "ConvTranspose2d bias")?;

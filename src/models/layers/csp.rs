@@ -1,13 +1,14 @@
 //! CSP blocks: `Bottleneck`, `C2`, `C2f` / `C3k2`, `C3` / `C3k` / `C3Ghost` / `RepCSP`, and the
 //! spatial pyramid pools `SPP`, `SPPF`.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -105,13 +106,15 @@ impl Builder<'_> {
         let [an, ac, ah, aw] = check::nchw(&a, scope)?;
         let c = m.int("c").unwrap_or(ac / 2);
         if c <= 0 || 2 * c != ac {
-            return Err(format!(
-                "{what} splits {ac} channels into two halves of {c}"
+            return Err(LayerError::shape(
+                what,
+                format!("splits {ac} channels into two halves of {c}"),
             ));
         }
         let parts = self.b.split(scope, &a.name, 1, &[c, c]);
-        let parts = <[String; 2]>::try_from(parts)
-            .map_err(|p| format!("{scope}: a split in two gave {} parts", p.len()))?;
+        let parts = <[String; 2]>::try_from(parts).map_err(|p| {
+            LayerError::shape(scope, format!("a split in two gave {} parts", p.len()))
+        })?;
         Ok(parts.map(|name| GraphValue {
             name,
             shape: vec![an, c, ah, aw],
@@ -204,17 +207,20 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn bottleneck(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn bottleneck(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let y = self.sub(m, "cv2", &a)?;
         residual(m, x, y, "Bottleneck")
     }
 
-    pub(crate) fn c2(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn c2(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let ac = shape::nchw(&a, "C2")?.1;
         if ac % 2 != 0 {
-            return Err(e(format!("C2 cannot halve {ac} channels")));
+            return Err(LayerError::shape(
+                "C2",
+                format!("cannot halve {ac} channels"),
+            ));
         }
         let c = ac / 2;
         shape::channels(&a, c, 2 * c, "C2")?;
@@ -224,10 +230,10 @@ impl Reference<'_> {
         self.sub(m, "cv2", &ops::cat_channels(&[&y, &b]))
     }
 
-    pub(crate) fn spp(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn spp(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let mut ys = vec![a.clone()];
-        for (_, pool) in m.child("m").map_err(e)?.children() {
+        for (_, pool) in m.child("m")?.children() {
             ys.push(self.module(pool, LayerInput::One(a.clone()))?);
         }
         let refs = ys.iter().collect::<Vec<_>>();
@@ -235,12 +241,12 @@ impl Reference<'_> {
         self.sub(m, "cv2", &ops::cat_channels(&refs))
     }
 
-    pub(crate) fn c2f(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn c2f(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let c = shape::nchw(&a, "C2f")?.1 / 2;
         shape::channels(&a, c, 2 * c, "C2f")?;
         let mut ys = vec![ops::channels(&a, 0, c), ops::channels(&a, c, 2 * c)];
-        for (_, b) in m.child("m").map_err(e)?.children() {
+        for (_, b) in m.child("m")?.children() {
             let last = ys.last().expect("halves").clone();
             ys.push(self.module(b, LayerInput::One(last))?);
         }
@@ -250,7 +256,7 @@ impl Reference<'_> {
         self.sub(m, "cv2", &cat)
     }
 
-    pub(crate) fn c3(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn c3(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "m", &a)?;
         let b = self.sub(m, "cv2", x)?;
@@ -259,7 +265,7 @@ impl Reference<'_> {
         self.sub(m, "cv3", &cat)
     }
 
-    pub(crate) fn sppf(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn sppf(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for _ in 0..m.int("n").unwrap_or(3) {
             let last = ys.last().expect("cv1").clone();
@@ -280,7 +286,7 @@ pub(crate) fn residual(
     x: &RefTensor,
     y: RefTensor,
     what: &str,
-) -> RefResult<RefTensor> {
+) -> BuildResult<RefTensor> {
     Ok(if m.bool("add").unwrap_or(false) {
         shape::same_shape(x, &y, what)?;
         ops::add(x, &y)

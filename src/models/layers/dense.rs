@@ -3,14 +3,15 @@
 //! input size, which the export form of each head performs; [`DepthSpec`] and [`SemanticSpec`]
 //! read their attributes once for both backends.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, head};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::{Attr, ElemType};
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -64,22 +65,26 @@ impl<'g> DepthSpec<'g> {
         };
         let (proj, refine, head) = (list("proj")?, list("refine")?, list("head")?);
         if inputs == 0 || proj.len() != inputs || refine.len() + 1 != inputs {
-            return Err(format!(
-                "Depth has {} projections and {} refinements for {inputs} inputs",
-                proj.len(),
-                refine.len()
+            return Err(LayerError::shape(
+                "Depth",
+                format!(
+                    "has {} projections and {} refinements for {inputs} inputs",
+                    proj.len(),
+                    refine.len()
+                ),
             ));
         }
         if head.is_empty() {
-            return Err("Depth.head is empty".into());
+            return Err(LayerError::shape("Depth", "its head list is empty"));
         }
         let scalar = |name: &str, default: f32| -> BuildResult<f32> {
             match m.tensor_f32(name)? {
                 None => Ok(default),
                 Some((v, _)) if v.len() == 1 && v[0].is_finite() => Ok(v[0]),
-                Some((v, s)) => Err(format!(
-                    "Depth.{name} has shape {s:?} ({} values), not one finite value",
-                    v.len()
+                Some((v, s)) => Err(LayerError::weight(
+                    "Depth",
+                    name,
+                    format!("has shape {s:?} ({} values), not one finite value", v.len()),
                 )),
             }
         };
@@ -104,12 +109,19 @@ impl<'g> SemanticSpec<'g> {
     /// Reads the head `m`, which receives `inputs` feature maps (the first is classified; the
     /// others feed only the training-time auxiliary head).
     pub fn parse(m: ModuleRef<'g>, inputs: usize) -> BuildResult<SemanticSpec<'g>> {
-        let nc = m.int("nc").ok_or("SemanticSegment without nc")?;
+        let nc = m
+            .int("nc")
+            .ok_or_else(|| LayerError::missing("SemanticSegment", "nc"))?;
         if !(1..=1 << 16).contains(&nc) {
-            return Err(format!("SemanticSegment nc = {nc}"));
+            return Err(LayerError::bad_attr(
+                "SemanticSegment",
+                "nc",
+                nc,
+                "is not in 1..=65536",
+            ));
         }
         if inputs == 0 {
-            return Err("SemanticSegment without inputs".into());
+            return Err(LayerError::inputs("SemanticSegment", "no inputs"));
         }
         Ok(SemanticSpec {
             nc,
@@ -203,9 +215,12 @@ impl Builder<'_> {
         for i in (0..feats.len() - 1).rev() {
             let up = self.bilinear(&format!("{scope}.up.{i}"), &out, LEVEL_SCALE, true)?;
             if up.shape != feats[i].shape {
-                return Err(format!(
-                    "{scope}: level {i} is {:?}, the upsampled coarser level {:?}",
-                    feats[i].shape, up.shape
+                return Err(LayerError::shape(
+                    scope,
+                    format!(
+                        "level {i} is {:?}, the upsampled coarser level {:?}",
+                        feats[i].shape, up.shape
+                    ),
                 ));
             }
             let sum = self.add(scope, &up, &feats[i]);
@@ -217,9 +232,9 @@ impl Builder<'_> {
         }
         let y = self.dense_chain(&format!("{scope}.head"), &spec.head, out)?;
         if y.shape.get(1) != Some(&1) {
-            return Err(format!(
-                "{scope}: the head gives {:?}, not one channel",
-                y.shape
+            return Err(LayerError::shape(
+                scope,
+                format!("the head gives {:?}, not one channel", y.shape),
             ));
         }
         let lo = self
@@ -260,9 +275,9 @@ impl Builder<'_> {
         )?;
         let [n, c, _, _] = check::nchw(&logits, scope)?;
         if c != spec.nc {
-            return Err(format!(
-                "{scope}: the classifier gives {c} channels for nc={}",
-                spec.nc
+            return Err(LayerError::shape(
+                scope,
+                format!("the classifier gives {c} channels for nc={}", spec.nc),
             ));
         }
         let y = self.bilinear(&format!("{scope}.resize"), &logits, SEMANTIC_SCALE, false)?;
@@ -300,7 +315,7 @@ impl Builder<'_> {
 /// Bilinear resize of (N, C, H, W) by an integer factor, as `F.interpolate(mode="bilinear")`
 /// computes it: with `align_corners` the corner pixels map onto each other; without, half-pixel
 /// centres at scale 1/factor, source coordinates below 0 clamped to 0.
-fn resize_bilinear(x: &RefTensor, factor: usize, align_corners: bool) -> RefResult<RefTensor> {
+fn resize_bilinear(x: &RefTensor, factor: usize, align_corners: bool) -> BuildResult<RefTensor> {
     let (n, c, h, w) = shape::nchw(x, "bilinear resize")?;
     let (oh, ow) = (h * factor, w * factor);
     // Per output coordinate: the two source indices and the weight of the second.
@@ -340,7 +355,7 @@ fn resize_bilinear(x: &RefTensor, factor: usize, align_corners: bool) -> RefResu
 
 impl Reference<'_> {
     /// Runs a head list in order (`ConvTranspose2d` included).
-    fn dense_chain(&mut self, ms: &[ModuleRef], x: RefTensor) -> RefResult<RefTensor> {
+    fn dense_chain(&mut self, ms: &[ModuleRef], x: RefTensor) -> BuildResult<RefTensor> {
         let mut x = x;
         for m in ms {
             x = if m.class() == "ConvTranspose2d" {
@@ -353,7 +368,7 @@ impl Reference<'_> {
     }
 
     /// `Depth` in export form.
-    pub(crate) fn depth(&mut self, m: ModuleRef, xs: &[RefTensor]) -> RefResult<RefTensor> {
+    pub(crate) fn depth(&mut self, m: ModuleRef, xs: &[RefTensor]) -> BuildResult<RefTensor> {
         let spec = DepthSpec::parse(m, xs.len())?;
         let mut feats = Vec::new();
         for (p, x) in spec.proj.iter().zip(xs) {
@@ -368,7 +383,10 @@ impl Reference<'_> {
         let mut y = self.dense_chain(&spec.head, out)?;
         let (_, c, _, _) = shape::nchw(&y, "Depth")?;
         if c != 1 {
-            return Err(e(format!("Depth: the head gives {c} channels, not one")));
+            return Err(LayerError::shape(
+                "Depth",
+                format!("the head gives {c} channels, not one"),
+            ));
         }
         let (a, b) = spec.cal;
         ops::map(&mut y, |v| {
@@ -379,15 +397,15 @@ impl Reference<'_> {
 
     /// `SemanticSegment` in export form: the class map, each label as an f32. The resized logits
     /// are kept (`class_logits`) so that parity can tell a near-tie from a wrong class.
-    pub(crate) fn semantic(&mut self, m: ModuleRef, xs: &[RefTensor]) -> RefResult<RefTensor> {
+    pub(crate) fn semantic(&mut self, m: ModuleRef, xs: &[RefTensor]) -> BuildResult<RefTensor> {
         let spec = SemanticSpec::parse(m, xs.len())?;
         let logits = self.module(spec.classifier, LayerInput::One(xs[0].clone()))?;
         let (n, c, _, _) = shape::nchw(&logits, "SemanticSegment")?;
         if c as i64 != spec.nc {
-            return Err(e(format!(
-                "SemanticSegment: the classifier gives {c} channels for nc={}",
-                spec.nc
-            )));
+            return Err(LayerError::shape(
+                "SemanticSegment",
+                format!("the classifier gives {c} channels for nc={}", spec.nc),
+            ));
         }
         let y = resize_bilinear(&logits, SEMANTIC_SCALE, false)?;
         let (h, w) = (y.shape[2], y.shape[3]);

@@ -5,13 +5,14 @@
 //! The emission folds each `RepConv` into one convolution as Ultralytics' `fuse_convs` does; the
 //! reference runs its branches unfolded, each BatchNorm as BatchNorm.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 use super::conv::{BatchNorm, Conv2dParams, batch_norm};
 
@@ -87,7 +88,10 @@ impl<'g> RepConvParts<'g> {
                 bn: m.opt_child("bn"),
             }),
             (None, None, Some(conv)) => Ok(RepConvParts::Fused(conv)),
-            _ => Err("RepConv holds neither conv1 and conv2 nor a fused conv".into()),
+            _ => Err(LayerError::shape(
+                "RepConv",
+                "holds neither conv1 and conv2 nor a fused conv",
+            )),
         }
     }
 }
@@ -109,9 +113,12 @@ fn rep_geometry(p3: &Conv2dParams, p1: &Conv2dParams, identity: bool) -> BuildRe
         && p1.bias.is_none()
         && (!identity || (p3.stride == [1, 1] && o3 == i3 * p3.groups));
     if !ok {
-        return Err(format!(
-            "RepConv branches do not line up (3×3 weight {:?} padding {:?}, 1×1 weight {:?} padding {:?}, strides {:?} / {:?}, identity {identity})",
-            p3.shape, p3.pad, p1.shape, p1.pad, p3.stride, p1.stride
+        return Err(LayerError::shape(
+            "RepConv",
+            format!(
+                "branches do not line up (3×3 weight {:?} padding {:?}, 1×1 weight {:?} padding {:?}, strides {:?} / {:?}, identity {identity})",
+                p3.shape, p3.pad, p1.shape, p1.pad, p3.stride, p1.stride
+            ),
         ));
     }
     Ok(())
@@ -201,7 +208,7 @@ impl Builder<'_> {
         for name in names {
             let last = ys
                 .last()
-                .ok_or_else(|| format!("{scope}: nothing to chain on"))?;
+                .ok_or_else(|| LayerError::shape(scope, "nothing to chain on"))?;
             let y = self.sub(scope, m, name, last)?;
             ys.push(y);
         }
@@ -232,7 +239,7 @@ fn fold(kernel: &[f32], bn: BatchNorm) -> (Vec<f32>, Vec<f32>) {
 
 impl Reference<'_> {
     /// `RepConv` as trained: conv1(x) + conv2(x) (+ bn(x)), then the activation.
-    pub(crate) fn rep_conv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn rep_conv(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let mut y = match RepConvParts::parse(m)? {
             RepConvParts::Fused(conv) => self.module(conv, LayerInput::One(x.clone()))?,
             RepConvParts::Branches { conv1, conv2, bn } => {
@@ -253,11 +260,14 @@ impl Reference<'_> {
         Ok(y)
     }
 
-    pub(crate) fn elan(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn elan(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let (_, ac, _, _) = shape::nchw(&a, "RepNCSPELAN4")?;
         if ac % 2 != 0 {
-            return Err(e(format!("RepNCSPELAN4 cannot halve {ac} channels")));
+            return Err(LayerError::shape(
+                "RepNCSPELAN4",
+                format!("cannot halve {ac} channels"),
+            ));
         }
         let c = ac / 2;
         shape::channels(&a, c, 2 * c, "RepNCSPELAN4")?;
@@ -271,7 +281,7 @@ impl Reference<'_> {
         self.sub(m, "cv4", &ops::cat_channels(&refs))
     }
 
-    pub(crate) fn sppelan(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn sppelan(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for name in ["cv2", "cv3", "cv4"] {
             let last = ys.last().expect("cv1").clone();

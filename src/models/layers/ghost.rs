@@ -1,13 +1,14 @@
 //! Ghost blocks (YOLOv8-ghost): `GhostConv` (a conv whose cheap depthwise copy doubles its
 //! channels), `GhostBottleneck` and `C3Ghost` (a `C3` of ghost bottlenecks).
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -44,9 +45,12 @@ impl Builder<'_> {
         let y = self.sub_conv(scope, m, "cv1", x)?;
         let z = self.sub_conv(scope, m, "cv2", &y)?;
         if y.shape[2..] != z.shape[2..] {
-            return Err(format!(
-                "{scope}: cv2 maps {:?} to {:?}, which cannot be concatenated",
-                y.shape, z.shape
+            return Err(LayerError::shape(
+                scope,
+                format!(
+                    "cv2 maps {:?} to {:?}, which cannot be concatenated",
+                    y.shape, z.shape
+                ),
             ));
         }
         self.cat(scope, &[y, z], 1)
@@ -74,9 +78,9 @@ impl Builder<'_> {
     ) -> BuildResult<GraphValue> {
         let s = self.sub(scope, m, "shortcut", &x)?;
         if y.shape != s.shape {
-            return Err(format!(
-                "{scope}: cannot add {:?} and {:?}",
-                y.shape, s.shape
+            return Err(LayerError::shape(
+                scope,
+                format!("cannot add {:?} and {:?}", y.shape, s.shape),
             ));
         }
         Ok(self.add(scope, &y, &s))
@@ -86,16 +90,20 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn ghost_conv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn ghost_conv(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let y = self.sub(m, "cv1", x)?;
         let z = self.sub(m, "cv2", &y)?;
         shape::same_maps(&[&y, &z], "GhostConv")?;
         Ok(ops::cat_channels(&[&y, &z]))
     }
 
-    pub(crate) fn ghost_bottleneck(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn ghost_bottleneck(
+        &mut self,
+        m: ModuleRef,
+        x: &RefTensor,
+    ) -> BuildResult<RefTensor> {
         let y = self.sub(m, "conv", x)?;
-        let s = self.module(m.child("shortcut").map_err(e)?, LayerInput::One(x.clone()))?;
+        let s = self.module(m.child("shortcut")?, LayerInput::One(x.clone()))?;
         shape::same_shape(&y, &s, "GhostBottleneck")?;
         Ok(ops::add(&y, &s))
     }

@@ -1,13 +1,14 @@
 //! ResNet backbones (`yolov8-cls-resnet50/101`): `ResNetLayer` (a stem, or a run of blocks) and
 //! `ResNetBlock` (a 1×1 / 3×3 / 1×1 bottleneck plus a shortcut, then ReLU).
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
+use crate::models::BuildResult;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -15,7 +16,7 @@ pub const LAYERS: &[Layer] = &[
         "ResNetLayer",
         "its `layer`: a 7×7 stem `Conv` and max pool, or a run of `ResNetBlock`s",
         |b, s, m, x| b.module(&format!("{s}.layer"), m.child("layer")?, x),
-        |r, m, x| r.module(m.child("layer").map_err(e)?, x),
+        |r, m, x| r.module(m.child("layer")?, x),
     ),
     layer(
         "ResNetBlock",
@@ -52,7 +53,7 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn resnet_block(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn resnet_block(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "cv2", &a)?;
         let a = self.sub(m, "cv3", &a)?;

@@ -1,13 +1,14 @@
 //! YOLOv10's blocks: `SCDown`, `RepVGGDW`, `CIB`, `C2fCIB` (its `PSA` is in `attention.rs`, its
 //! `v10Detect` head in `heads/`).
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, layer};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -45,9 +46,12 @@ fn repvggdw_branches(m: ModuleRef) -> BuildResult<(ModuleRef, Option<ModuleRef>)
     let conv = m.child("conv")?;
     let conv1 = m.opt_child("conv1");
     if conv1.is_none() && conv.class() != "Conv2d" {
-        return Err(format!(
-            "RepVGGDW without conv1 has a {} where fuse() leaves a Conv2d",
-            conv.class()
+        return Err(LayerError::shape(
+            "RepVGGDW",
+            format!(
+                "without conv1 has a {} where fuse() leaves a Conv2d",
+                conv.class()
+            ),
         ));
     }
     Ok((conv, conv1))
@@ -81,9 +85,9 @@ impl Builder<'_> {
         if let Some(conv1) = conv1 {
             let y1 = self.module(&format!("{scope}.conv1"), conv1, LayerInput::One(x.clone()))?;
             if y1.shape != y.shape {
-                return Err(format!(
-                    "{scope}: RepVGGDW branches give {:?} and {:?}",
-                    y.shape, y1.shape
+                return Err(LayerError::shape(
+                    scope,
+                    format!("RepVGGDW branches give {:?} and {:?}", y.shape, y1.shape),
                 ));
             }
             y = self.add(scope, &y, &y1);
@@ -103,9 +107,9 @@ impl Builder<'_> {
             return Ok(y);
         }
         if y.shape != x.shape {
-            return Err(format!(
-                "{scope}: CIB adds {:?} to its input {:?}",
-                y.shape, x.shape
+            return Err(LayerError::shape(
+                scope,
+                format!("CIB adds {:?} to its input {:?}", y.shape, x.shape),
             ));
         }
         Ok(self.add(scope, x, &y))
@@ -115,13 +119,13 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn scdown(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn scdown(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         self.sub(m, "cv2", &a)
     }
 
     /// `RepVGGDW` as its unfused forward: both branches run, each with BatchNorm unfolded.
-    pub(crate) fn repvggdw(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn repvggdw(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let (conv, conv1) = repvggdw_branches(m)?;
         let mut y = self.module(conv, LayerInput::One(x.clone()))?;
         if let Some(conv1) = conv1 {
@@ -133,8 +137,8 @@ impl Reference<'_> {
         Ok(y)
     }
 
-    pub(crate) fn cib(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
-        let y = self.module(m.child("cv1").map_err(e)?, LayerInput::One(x.clone()))?;
+    pub(crate) fn cib(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
+        let y = self.module(m.child("cv1")?, LayerInput::One(x.clone()))?;
         if !m.bool("add").unwrap_or(false) {
             return Ok(y);
         }

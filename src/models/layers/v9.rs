@@ -2,14 +2,15 @@
 //! its auxiliary branch's `CBLinear` (a conv split into a list) and `CBFuse` (entries of those
 //! lists resized and summed). The ELAN blocks are in `elan.rs`.
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::registry::{Layer, fork, layer};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -43,27 +44,39 @@ pub const LAYERS: &[Layer] = &[
 
 /// `CBLinear.c2s`: the channel groups its conv's output splits into.
 fn c2s(m: &ModuleRef, channels: i64) -> BuildResult<Vec<i64>> {
-    let c = m.ints("c2s").ok_or("CBLinear without c2s")?;
+    let c = m
+        .ints("c2s")
+        .ok_or_else(|| LayerError::missing("CBLinear", "c2s"))?;
     if c.is_empty() || c.iter().any(|&v| v <= 0) || c.iter().sum::<i64>() != channels {
-        return Err(format!("CBLinear splits {channels} channels into {c:?}"));
+        return Err(LayerError::shape(
+            "CBLinear",
+            format!("splits {channels} channels into {c:?}"),
+        ));
     }
     Ok(c)
 }
 
 /// `CBFuse`'s inputs: for each list, the entry `idx[i]`; then the target map.
 fn cb_fuse_inputs<X: Clone>(m: &ModuleRef, x: LayerInput<X>) -> BuildResult<(Vec<X>, X)> {
-    let idx = m.ints("idx").ok_or("CBFuse without idx")?;
+    let idx = m
+        .ints("idx")
+        .ok_or_else(|| LayerError::missing("CBFuse", "idx"))?;
     let LayerInput::Nested(mut xs) = x else {
-        return Err("CBFuse expects lists of CBLinear outputs and a feature map".into());
+        return Err(LayerError::inputs(
+            "CBFuse",
+            "expects lists of CBLinear outputs and a feature map",
+        ));
     };
     let Some(LayerInput::One(target)) = xs.pop() else {
-        return Err("CBFuse: the last input is not a single feature map".into());
+        return Err(LayerError::inputs(
+            "CBFuse",
+            "the last input is not a single feature map",
+        ));
     };
     if xs.len() != idx.len() {
-        return Err(format!(
-            "CBFuse reads {} lists with {} indices",
-            xs.len(),
-            idx.len()
+        return Err(LayerError::shape(
+            "CBFuse",
+            format!("reads {} lists with {} indices", xs.len(), idx.len()),
         ));
     }
     let picked = xs
@@ -73,8 +86,13 @@ fn cb_fuse_inputs<X: Clone>(m: &ModuleRef, x: LayerInput<X>) -> BuildResult<(Vec
             LayerInput::Many(list) => usize::try_from(i)
                 .ok()
                 .and_then(|i| list.get(i).cloned())
-                .ok_or_else(|| format!("CBFuse index {i} of a list of {}", list.len())),
-            _ => Err("CBFuse: an input other than the last is not a list".into()),
+                .ok_or_else(|| {
+                    LayerError::shape("CBFuse", format!("index {i} of a list of {}", list.len()))
+                }),
+            _ => Err(LayerError::inputs(
+                "CBFuse",
+                "an input other than the last is not a list",
+            )),
         })
         .collect::<BuildResult<Vec<X>>>()?;
     Ok((picked, target))
@@ -86,8 +104,9 @@ fn up_factor(from: i64, to: i64) -> BuildResult<i64> {
     if from > 0 && to >= from && to % from == 0 {
         Ok(to / from)
     } else {
-        Err(format!(
-            "CBFuse resizes {from} to {to}, not an integer upsampling"
+        Err(LayerError::shape(
+            "CBFuse",
+            format!("resizes {from} to {to}, not an integer upsampling"),
         ))
     }
 }
@@ -135,7 +154,10 @@ impl Builder<'_> {
         let [pn, pc, ph, pw] = check::nchw(&p, scope)?;
         // `chunk(2, 1)` halves: `ADown.c` is the output half, not the input's.
         if pc <= 0 || pc % 2 != 0 {
-            return Err(format!("{scope}: ADown cannot halve {pc} channels"));
+            return Err(LayerError::shape(
+                scope,
+                format!("ADown cannot halve {pc} channels"),
+            ));
         }
         let c = pc / 2;
         let parts = self.b.split(scope, &p.name, 1, &[c, c]);
@@ -165,9 +187,9 @@ impl Builder<'_> {
         };
         let y2 = self.sub_conv(scope, m, "cv2", &pooled)?;
         if y1.shape[2..] != y2.shape[2..] {
-            return Err(format!(
-                "{scope}: ADown branches give {:?} and {:?}",
-                y1.shape, y2.shape
+            return Err(LayerError::shape(
+                scope,
+                format!("ADown branches give {:?} and {:?}", y1.shape, y2.shape),
             ));
         }
         self.cat(scope, &[y1, y2], 1)
@@ -208,7 +230,10 @@ impl Builder<'_> {
         for v in &picked {
             let [_, c, h, w] = check::nchw(v, scope)?;
             if c != tc {
-                return Err(format!("{scope}: CBFuse adds {c} channels to {tc}"));
+                return Err(LayerError::shape(
+                    scope,
+                    format!("CBFuse adds {c} channels to {tc}"),
+                ));
             }
             let (fh, fw) = (up_factor(h, th)?, up_factor(w, tw)?);
             let r = if (fh, fw) == (1, 1) {
@@ -228,16 +253,19 @@ impl Builder<'_> {
 // ---- run ----
 
 impl Reference<'_> {
-    pub(crate) fn aconv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn aconv(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let p = avg_pool2(x)?;
         self.sub(m, "cv1", &p)
     }
 
-    pub(crate) fn adown(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn adown(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let p = avg_pool2(x)?;
         let (_, c, _, _) = shape::nchw(&p, "ADown")?;
         if c % 2 != 0 {
-            return Err(e(format!("ADown cannot halve {c} channels")));
+            return Err(LayerError::shape(
+                "ADown",
+                format!("cannot halve {c} channels"),
+            ));
         }
         let y1 = self.sub(m, "cv1", &ops::channels(&p, 0, c / 2))?;
         let second = ops::channels(&p, c / 2, c);
@@ -247,7 +275,7 @@ impl Reference<'_> {
         Ok(ops::cat_channels(&[&y1, &y2]))
     }
 
-    pub(crate) fn cb_linear(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<Vec<RefTensor>> {
+    pub(crate) fn cb_linear(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<Vec<RefTensor>> {
         let y = self.sub(m, "conv", x)?;
         let (_, c, _, _) = shape::nchw(&y, "CBLinear")?;
         let sizes = c2s(&m, c as i64)?;
@@ -264,10 +292,13 @@ impl Reference<'_> {
 }
 
 /// `avg_pool2d(x, 2, 1, 0)`: the mean of each 2×2 window.
-fn avg_pool2(x: &RefTensor) -> RefResult<RefTensor> {
+fn avg_pool2(x: &RefTensor) -> BuildResult<RefTensor> {
     let (n, c, h, w) = shape::nchw(x, "avg_pool2d")?;
     if h < 2 || w < 2 {
-        return Err(e(format!("avg_pool2d(2) on a {h}x{w} map")));
+        return Err(LayerError::shape(
+            "ADown",
+            format!("avg_pool2d(2) on a {h}x{w} map"),
+        ));
     }
     let (oh, ow) = (h - 1, w - 1);
     let mut out = vec![0.0f32; n * c * oh * ow];
@@ -288,17 +319,17 @@ fn avg_pool2(x: &RefTensor) -> RefResult<RefTensor> {
 
 /// `CBFuse`: each picked map resized to the target's size as `F.interpolate(mode='nearest')`
 /// picks source pixels (floor(dst · in/out)), then all summed with the target.
-fn cb_fuse(m: ModuleRef, x: LayerInput<RefTensor>) -> RefResult<RefTensor> {
+fn cb_fuse(m: ModuleRef, x: LayerInput<RefTensor>) -> BuildResult<RefTensor> {
     let (picked, target) = cb_fuse_inputs(&m, x)?;
     let (tn, tc, th, tw) = shape::nchw(&target, "CBFuse")?;
     let mut sum = target.clone();
     for v in &picked {
         let (n, c, h, w) = shape::nchw(v, "CBFuse")?;
         if (n, c) != (tn, tc) {
-            return Err(e(format!(
-                "CBFuse adds {:?} to {:?}",
-                v.shape, target.shape
-            )));
+            return Err(LayerError::shape(
+                "CBFuse",
+                format!("adds {:?} to {:?}", v.shape, target.shape),
+            ));
         }
         up_factor(h as i64, th as i64)?;
         up_factor(w as i64, tw as i64)?;

@@ -2,7 +2,7 @@
 //! shape checks that keep a malformed module tree from indexing out of range (errors name the
 //! layer); the attribute checks come from `models::attrs`, shared with the reference.
 
-use crate::checkpoint::py::BuildResult;
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 
 pub(crate) use crate::models::attrs::{check_geometry, pair, per_channel, weight4};
@@ -17,7 +17,10 @@ pub(crate) fn out_size(size: i64, k: i64, s: i64, p: i64, d: i64) -> i64 {
 /// computations turn into huge allocations. The batch dimension is left alone (-1 when dynamic).
 pub(crate) fn positive(what: &str, shape: Vec<i64>) -> BuildResult<Vec<i64>> {
     if shape.iter().skip(1).any(|&d| d <= 0) {
-        return Err(format!("{what}: the output would have shape {shape:?}"));
+        return Err(LayerError::shape(
+            what,
+            format!("the output would have shape {shape:?}"),
+        ));
     }
     Ok(shape)
 }
@@ -27,9 +30,9 @@ pub(crate) fn positive(what: &str, shape: Vec<i64>) -> BuildResult<Vec<i64>> {
 pub(crate) fn nchw(x: &GraphValue, what: &str) -> BuildResult<[i64; 4]> {
     match x.shape[..] {
         [n, c, h, w] => Ok([n, c, h, w]),
-        _ => Err(format!(
-            "{what} expects a 4-D feature map, got shape {:?}",
-            x.shape
+        _ => Err(LayerError::shape(
+            what,
+            format!("expects a 4-D feature map, got shape {:?}", x.shape),
         )),
     }
 }

@@ -4,10 +4,10 @@
 
 pub(crate) mod check;
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::heads::HeadOptions;
 use crate::models::registry::{self, Kind};
-use crate::models::{Backend, LayerInput, Net};
+use crate::models::{Backend, BuildResult, LayerInput, Net};
 
 use super::graph::{GraphBuilder, GraphValue};
 use super::proto::ElemType;

@@ -2,8 +2,9 @@
 //! with anchors and strides as constants for the static input size.
 
 use super::{HeadKind, HeadSpec};
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
@@ -48,14 +49,17 @@ impl Builder<'_> {
             .collect::<BuildResult<Vec<_>>>()?;
         let first = xs
             .first()
-            .ok_or_else(|| format!("{class} without inputs"))?;
+            .ok_or_else(|| LayerError::inputs(class, "no inputs"))?;
         let batch = check::nchw(first, scope)?[0];
         let (mut boxes, mut scores, mut extra) = (Vec::new(), Vec::new(), Vec::new());
         let mut a = 0;
         for (i, x) in xs.iter().enumerate() {
             let [_, _, xh, xw] = check::nchw(x, scope)?;
             if !(1..=1 << 14).contains(&xh) || !(1..=1 << 14).contains(&xw) {
-                return Err(format!("{scope}: level {i} feature map is {xh}x{xw}"));
+                return Err(LayerError::shape(
+                    scope,
+                    format!("level {i} feature map is {xh}x{xw}"),
+                ));
             }
             a += xh * xw;
             let hw = if self.b.dynamic_hw { -1 } else { xh * xw };
@@ -68,10 +72,9 @@ impl Builder<'_> {
                     for (name, head) in names.iter().zip(heads) {
                         s = format!("{scope}.{name}.{i}");
                         let (_, branch) = head.get(i).ok_or_else(|| {
-                            format!(
-                                "{scope}.{name} has {} branches for {} inputs",
-                                head.len(),
-                                xs.len()
+                            LayerError::shape(
+                                format!("{scope}.{name}"),
+                                format!("{} branches for {} inputs", head.len(), xs.len()),
                             )
                         })?;
                         y = b.branch(&s, *branch, &y)?;
@@ -112,7 +115,9 @@ impl Builder<'_> {
         let decoded = if spec.kind == HeadKind::Obb {
             // θ = (sigmoid(raw) − 1/4)·π (OBB26: θ = raw), then dist2rbox: rotate the
             // (rb − lt)/2 offset by θ.
-            let raw = extra.clone().ok_or("OBB without angle channels")?;
+            let raw = extra
+                .clone()
+                .ok_or_else(|| LayerError::shape("OBB", "no angle channels"))?;
             let theta = if spec.yolo26 {
                 raw
             } else {
@@ -163,19 +168,19 @@ impl Builder<'_> {
         let mut outs = vec![dbox, sig];
         match spec.kind {
             HeadKind::Segment => {
-                outs.push(extra.ok_or("Segment without mask channels")?);
+                outs.push(extra.ok_or_else(|| LayerError::shape("Segment", "no mask channels"))?);
                 let proto = self.prototypes(&format!("{scope}.proto"), m.child("proto")?, xs)?;
                 self.extra_outputs.push(proto);
             }
             HeadKind::Pose => outs.push(self.keypoints(
                 scope,
                 &spec,
-                &extra.ok_or("Pose without keypoint channels")?,
+                &extra.ok_or_else(|| LayerError::shape("Pose", "no keypoint channels"))?,
                 &anchor,
                 &st,
                 a,
             )?),
-            HeadKind::Obb => outs.push(angle.ok_or("OBB without angle")?),
+            HeadKind::Obb => outs.push(angle.ok_or_else(|| LayerError::missing("OBB", "angle"))?),
             HeadKind::Detect => {}
         }
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
@@ -305,7 +310,9 @@ impl Builder<'_> {
         st: &str,
         a: i64,
     ) -> BuildResult<String> {
-        let (n, ndim) = spec.kpt_shape.ok_or("Pose without kpt_shape")?;
+        let (n, ndim) = spec
+            .kpt_shape
+            .ok_or_else(|| LayerError::missing("Pose", "kpt_shape"))?;
         // A dynamic input leaves the anchor count to the graph.
         let a = if self.b.dynamic_hw { -1 } else { a };
         let y = self.b.reshape(scope, kpts, &[0, n, ndim, a]);

@@ -8,12 +8,13 @@ mod emit;
 mod run;
 mod topk;
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::registry::{Layer, head, part};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
@@ -112,10 +113,7 @@ pub fn check_end2end(head: ModuleRef) -> BuildResult<()> {
     if head.opt_child("one2one_cv2").is_some() {
         return Ok(());
     }
-    Err(format!(
-        "--end2end needs a head with one-to-one branches (YOLOv10, YOLO26); this model's head {} has none",
-        head.class()
-    ))
+    Err(LayerError::NoOneToOne { head: head.class() })
 }
 
 /// The base form of a detection head: what its extra channels mean.
@@ -164,7 +162,7 @@ impl HeadSpec {
     pub fn parse(m: ModuleRef, inputs: usize, opts: HeadOptions) -> BuildResult<HeadSpec> {
         let class = m.class();
         if m.bool("xyxy") == Some(true) {
-            return Err(format!("{class} with xyxy output"));
+            return Err(LayerError::unsupported(class, "xyxy output"));
         }
         // `yolo export` takes the one-to-many branches unless asked for end-to-end output
         // (`nms=False`), whatever the head's own `end2end` was when it was saved.
@@ -173,48 +171,72 @@ impl HeadSpec {
             "one2one_"
         } else {
             if m.opt_child("cv2").is_none() && m.opt_child("one2one_cv2").is_some() {
-                return Err(format!(
-                    "{class}'s one-to-many branches were removed (a fused checkpoint); export it with --end2end"
-                ));
+                return Err(LayerError::NoOneToMany { head: class });
             }
             ""
         };
-        let nc = m.int("nc").ok_or("nc missing")?;
+        let nc = m
+            .int("nc")
+            .ok_or_else(|| LayerError::missing(&class, "nc"))?;
         let reg_max = m.int("reg_max").unwrap_or(16);
         let strides = m
-            .attr_tensor_f64("stride")
-            .map_err(|e| e.to_string())?
-            .ok_or("stride missing")?;
+            .attr_tensor_f64("stride")?
+            .ok_or_else(|| LayerError::missing(&class, "stride"))?;
         if inputs == 0 || strides.len() != inputs {
-            return Err(format!("{} strides for {inputs} inputs", strides.len()));
+            return Err(LayerError::shape(
+                &class,
+                format!("{} strides for {inputs} inputs", strides.len()),
+            ));
         }
         // `v10Detect` is a `Detect` with a lighter class branch: the branches run as modules.
         let (kind, extra) = match class.as_str() {
             "Detect" | "v10Detect" => (HeadKind::Detect, 0),
-            "Segment" | "Segment26" => (HeadKind::Segment, m.int("nm").ok_or("nm missing")?),
-            "Pose" | "Pose26" => (HeadKind::Pose, m.int("nk").ok_or("nk missing")?),
-            "OBB" | "OBB26" => (HeadKind::Obb, m.int("ne").ok_or("ne missing")?),
-            other => return Err(format!("{other} is not a detection head")),
+            "Segment" | "Segment26" => (
+                HeadKind::Segment,
+                m.int("nm")
+                    .ok_or_else(|| LayerError::missing(&class, "nm"))?,
+            ),
+            "Pose" | "Pose26" => (
+                HeadKind::Pose,
+                m.int("nk")
+                    .ok_or_else(|| LayerError::missing(&class, "nk"))?,
+            ),
+            "OBB" | "OBB26" => (
+                HeadKind::Obb,
+                m.int("ne")
+                    .ok_or_else(|| LayerError::missing(&class, "ne"))?,
+            ),
+            other => return Err(LayerError::unsupported(other, "use as a detection head")),
         };
         if (kind != HeadKind::Detect && !(1..=1 << 16).contains(&extra))
             || !(1..=1 << 16).contains(&nc)
             || !(1..=1 << 10).contains(&reg_max)
             || (kind == HeadKind::Obb && extra != 1)
         {
-            return Err(format!(
-                "nc={nc}, reg_max={reg_max}, extra channels {extra}"
+            return Err(LayerError::bad_attr(
+                &class,
+                "nc/reg_max/extra channels",
+                (nc, reg_max, extra),
+                "is out of range",
             ));
         }
         let kpt_shape = if kind == HeadKind::Pose {
             match m.ints("kpt_shape").as_deref() {
                 Some(&[n, d]) if (2..=3).contains(&d) && n * d == extra => Some((n, d)),
-                other => return Err(format!("kpt_shape {other:?} for nk={extra}")),
+                other => {
+                    return Err(LayerError::bad_attr(
+                        &class,
+                        "kpt_shape",
+                        other,
+                        format!("does not fit nk={extra}"),
+                    ));
+                }
             }
         } else {
             None
         };
         if opts.end2end && opts.max_det == 0 {
-            return Err("--max-det must be at least 1".into());
+            return Err(LayerError::MaxDet);
         }
         Ok(HeadSpec {
             yolo26: class.ends_with("26"),
@@ -263,16 +285,15 @@ impl Builder<'_> {
         m: ModuleRef,
         xs: &[GraphValue],
     ) -> BuildResult<GraphValue> {
-        let first = xs.first().ok_or("prototypes without inputs")?;
+        let first = (xs.first()).ok_or_else(|| LayerError::inputs(m.class(), "no inputs"))?;
         if m.class() != "Proto26" {
             return self.proto(scope, m, first);
         }
         let refine = m.child("feat_refine")?.children();
         if refine.len() + 1 != xs.len() || xs.len() > 7 {
-            return Err(format!(
-                "{scope}: {} feat_refine convs for {} levels",
-                refine.len(),
-                xs.len()
+            return Err(LayerError::shape(
+                scope,
+                format!("{} feat_refine convs for {} levels", refine.len(), xs.len()),
             ));
         }
         // Each deeper level, refined to the first level's channels and upsampled to its size
@@ -284,9 +305,12 @@ impl Builder<'_> {
             let factor = 1i64 << (i + 1);
             let up = self.resize_nearest(&s, &y, factor as f64)?;
             if up.shape != feat.shape {
-                return Err(format!(
-                    "{s}: {:?} upsampled by {factor} does not fit {:?}",
-                    y.shape, feat.shape
+                return Err(LayerError::shape(
+                    s,
+                    format!(
+                        "{:?} upsampled by {factor} does not fit {:?}",
+                        y.shape, feat.shape
+                    ),
                 ));
             }
             feat.name = self.b.bin(scope, "Add", &feat.name, &up.name);
@@ -298,26 +322,25 @@ impl Builder<'_> {
 
 impl Reference<'_> {
     /// `Proto`, BatchNorm unfolded.
-    fn proto(&mut self, p: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
-        let a = self.conv_bn_act(p.child("cv1").map_err(e)?, x)?;
-        let up = super::conv::conv_transpose(p.child("upsample").map_err(e)?, &a)?;
-        let b = self.conv_bn_act(p.child("cv2").map_err(e)?, &up)?;
-        self.conv_bn_act(p.child("cv3").map_err(e)?, &b)
+    fn proto(&mut self, p: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
+        let a = self.conv_bn_act(p.child("cv1")?, x)?;
+        let up = super::conv::conv_transpose(p.child("upsample")?, &a)?;
+        let b = self.conv_bn_act(p.child("cv2")?, &up)?;
+        self.conv_bn_act(p.child("cv3")?, &b)
     }
 
     /// `Proto` on the first level, or `Proto26` on every level.
-    fn prototypes(&mut self, p: ModuleRef, xs: &[RefTensor]) -> RefResult<RefTensor> {
-        let first = xs.first().ok_or_else(|| e("prototypes without inputs"))?;
+    fn prototypes(&mut self, p: ModuleRef, xs: &[RefTensor]) -> BuildResult<RefTensor> {
+        let first = (xs.first()).ok_or_else(|| LayerError::inputs(p.class(), "no inputs"))?;
         if p.class() != "Proto26" {
             return self.proto(p, first);
         }
-        let refine = p.child("feat_refine").map_err(e)?.children();
+        let refine = p.child("feat_refine")?.children();
         if refine.len() + 1 != xs.len() || xs.len() > 7 {
-            return Err(e(format!(
-                "Proto26: {} feat_refine convs for {} levels",
-                refine.len(),
-                xs.len()
-            )));
+            return Err(LayerError::shape(
+                "Proto26",
+                format!("{} feat_refine convs for {} levels", refine.len(), xs.len()),
+            ));
         }
         let mut feat = first.clone();
         for (i, (_, f)) in refine.iter().enumerate() {
@@ -327,7 +350,7 @@ impl Reference<'_> {
             shape::same_shape(&feat, &up, "Proto26")?;
             feat = ops::add(&feat, &up);
         }
-        let fused = self.conv_bn_act(p.child("feat_fuse").map_err(e)?, &feat)?;
+        let fused = self.conv_bn_act(p.child("feat_fuse")?, &feat)?;
         self.proto(p, &fused)
     }
 }

@@ -3,8 +3,9 @@
 use super::{HeadKind, HeadSpec};
 use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
+use crate::models::{BuildResult, LayerError};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 impl Reference<'_> {
     /// Runs branch `i` of each of the head's branch lists `lists` (`cv2`; `cv4` then
@@ -15,13 +16,15 @@ impl Reference<'_> {
         lists: &[String],
         i: usize,
         x: &RefTensor,
-    ) -> RefResult<RefTensor> {
+    ) -> BuildResult<RefTensor> {
         let mut y = x.clone();
         for list in lists {
-            let branch = head.child(list).map_err(e)?.children();
+            let branch = head.child(list)?.children();
             let m = branch
                 .get(i)
-                .ok_or_else(|| e(format!("{list} has no branch {i}")))?
+                .ok_or_else(|| {
+                    LayerError::shape(head.class(), format!("{list} has no branch {i}"))
+                })?
                 .1;
             y = self.module(m, LayerInput::One(y))?;
         }
@@ -29,7 +32,7 @@ impl Reference<'_> {
     }
 
     /// The detection heads in export form, or as end-to-end rows (see `Builder::detect`).
-    pub(crate) fn head(&mut self, m: ModuleRef, xs: &[RefTensor]) -> RefResult<RefTensor> {
+    pub(crate) fn head(&mut self, m: ModuleRef, xs: &[RefTensor]) -> BuildResult<RefTensor> {
         let spec = HeadSpec::parse(m, xs.len(), self.head)?;
         let class = spec.class.clone();
         let (nc, rm, extra) = (spec.nc as usize, spec.reg_max as usize, spec.extra as usize);
@@ -59,12 +62,15 @@ impl Reference<'_> {
             };
             let fits = |t: &RefTensor, ch: usize| t.shape == [n, ch, h, w];
             if !fits(&b, 4 * rm) || !fits(&c, nc) || xe.as_ref().is_some_and(|t| !fits(t, extra)) {
-                return Err(e(format!(
-                    "{class} level {i}: branch outputs {:?} and {:?} do not fit {} box and {nc} class channels at {h}x{w}",
-                    b.shape,
-                    c.shape,
-                    4 * rm
-                )));
+                return Err(LayerError::shape(
+                    format!("{class} level {i}"),
+                    format!(
+                        "branch outputs {:?} and {:?} do not fit {} box and {nc} class channels at {h}x{w}",
+                        b.shape,
+                        c.shape,
+                        4 * rm
+                    ),
+                ));
             }
             for bi in 0..n {
                 for (dst, src, ch) in [(&mut bx, &b, 4 * rm), (&mut cl, &c, nc)] {
@@ -90,13 +96,7 @@ impl Reference<'_> {
             offset += hw;
         }
         let bins: Vec<f32> = if rm > 1 {
-            m.child("dfl")
-                .map_err(e)?
-                .child("conv")
-                .map_err(e)?
-                .need_f32("weight")
-                .map_err(e)?
-                .0
+            m.child("dfl")?.child("conv")?.need_f32("weight")?.0
         } else {
             vec![1.0]
         };
@@ -177,7 +177,7 @@ impl Reference<'_> {
             }
         }
         if spec.kind == HeadKind::Segment {
-            let p = m.child("proto").map_err(e)?;
+            let p = m.child("proto")?;
             let protos = self.prototypes(p, xs)?;
             self.extra.push(protos);
         }

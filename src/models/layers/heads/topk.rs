@@ -4,7 +4,7 @@
 //! give each as a row: its box, the score, the class index (as a float) and the anchor's extra
 //! channels. Both sides take the class-aware selection (`agnostic_nms` is off at export).
 
-use crate::checkpoint::py::BuildResult;
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::Builder;
@@ -21,13 +21,16 @@ impl Builder<'_> {
         max_det: usize,
     ) -> BuildResult<GraphValue> {
         let [batch, c, a] = y.shape[..] else {
-            return Err(format!("{scope}: head output {:?} is not 3-D", y.shape));
+            return Err(LayerError::shape(
+                scope,
+                format!("head output {:?} is not 3-D", y.shape),
+            ));
         };
         let extra = c - 4 - nc;
         if extra < 0 || a < 1 {
-            return Err(format!(
-                "{scope}: head output {:?} for {nc} classes",
-                y.shape
+            return Err(LayerError::shape(
+                scope,
+                format!("head output {:?} for {nc} classes", y.shape),
             ));
         }
         let k = i64::try_from(max_det).unwrap_or(i64::MAX).min(a);

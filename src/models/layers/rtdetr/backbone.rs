@@ -1,14 +1,15 @@
 //! RT-DETR's convolutional blocks: `HGStem`, `HGBlock`, `LightConv` (HGNetv2) and `RepC3`
 //! (whose `RepConv`s are declared with YOLOv9's blocks, `elan.rs`).
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::LayerInput;
 use crate::models::layers::csp::residual;
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, RefTensor};
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// `HGStem`'s pool must be the 2×2, stride-1 window the stem is built with: with stride 1 its
 /// `ceil_mode=True` changes nothing.
@@ -17,7 +18,10 @@ fn stem_pool(p: ModuleRef) -> BuildResult<()> {
     if one("kernel_size", 2) && one("stride", 1) && one("padding", 0) {
         Ok(())
     } else {
-        Err("HGStem pool is not a 2×2 stride-1 max pool".into())
+        Err(LayerError::shape(
+            "HGStem",
+            "pool is not a 2×2 stride-1 max pool",
+        ))
     }
 }
 
@@ -112,9 +116,9 @@ impl Builder<'_> {
         let a = self.sub(scope, m, "m", &a)?;
         let b = self.sub_conv(scope, m, "cv2", x)?;
         if a.shape != b.shape {
-            return Err(format!(
-                "{scope}: RepC3 branches {:?} and {:?}",
-                a.shape, b.shape
+            return Err(LayerError::shape(
+                scope,
+                format!("RepC3 branches {:?} and {:?}", a.shape, b.shape),
             ));
         }
         let s = self.add(scope, &a, &b);
@@ -125,7 +129,7 @@ impl Builder<'_> {
 // ---- run ----
 
 /// Zero padding of one row at the bottom and one column at the right.
-fn pad_br(x: &RefTensor) -> RefResult<RefTensor> {
+fn pad_br(x: &RefTensor) -> BuildResult<RefTensor> {
     let (n, c, h, w) = shape::nchw(x, "HGStem")?;
     let mut out = vec![0.0f32; n * c * (h + 1) * (w + 1)];
     for p in 0..n * c {
@@ -139,12 +143,12 @@ fn pad_br(x: &RefTensor) -> RefResult<RefTensor> {
 }
 
 impl Reference<'_> {
-    pub(crate) fn hgstem(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn hgstem(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let x = self.sub(m, "stem1", x)?;
         let x = pad_br(&x)?;
         let x2 = self.sub(m, "stem2a", &x)?;
         let x2 = self.sub(m, "stem2b", &pad_br(&x2)?)?;
-        stem_pool(m.child("pool").map_err(e)?)?;
+        stem_pool(m.child("pool")?)?;
         shape::pool(&x, 2, 1, 0, "HGStem pool")?;
         let x1 = ops::max_pool(&x, 2, 1, 0);
         shape::same_maps(&[&x1, &x2], "HGStem")?;
@@ -152,9 +156,9 @@ impl Reference<'_> {
         self.sub(m, "stem4", &x)
     }
 
-    pub(crate) fn hgblock(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn hgblock(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let mut ys = vec![x.clone()];
-        for (_, b) in m.child("m").map_err(e)?.children() {
+        for (_, b) in m.child("m")?.children() {
             let last = ys.last().expect("input").clone();
             ys.push(self.module(b, LayerInput::One(last))?);
         }
@@ -165,12 +169,12 @@ impl Reference<'_> {
         residual(m, x, y, "HGBlock")
     }
 
-    pub(crate) fn lightconv(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn lightconv(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let y = self.sub(m, "conv1", x)?;
         self.sub(m, "conv2", &y)
     }
 
-    pub(crate) fn repc3(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn repc3(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
         let a = self.sub(m, "m", &a)?;
         let b = self.sub(m, "cv2", x)?;

@@ -6,7 +6,8 @@
 
 use super::deform::Deform;
 use super::{Linear, MIN_OPSET, Mha, Mlp, Norm, size};
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::GraphValue;
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
@@ -67,19 +68,24 @@ impl Head {
         let hd = size(m, "hidden_dim")?;
         let queries = size(m, "num_queries")?;
         if m.int("nl").is_some_and(|n| n as usize != levels) || levels == 0 {
-            return Err(format!(
-                "RTDETRDecoder nl = {:?} for {levels} inputs",
-                m.int("nl")
+            return Err(LayerError::bad_attr(
+                "RTDETRDecoder",
+                "nl",
+                m.int("nl"),
+                format!("for {levels} inputs"),
             ));
         }
         if m.bool("learnt_init_query") == Some(true) {
-            return Err("RTDETRDecoder with learnt_init_query=True".into());
+            return Err(LayerError::unsupported(
+                "RTDETRDecoder",
+                "learnt_init_query=True",
+            ));
         }
         let projs = m.child("input_proj")?.children();
         if projs.len() != levels {
-            return Err(format!(
-                "{} input projections for {levels} inputs",
-                projs.len()
+            return Err(LayerError::shape(
+                "RTDETRDecoder",
+                format!("{} input projections for {levels} inputs", projs.len()),
             ));
         }
         let mut input_proj = Vec::new();
@@ -92,7 +98,12 @@ impl Head {
         let eval = dec.int("eval_idx").unwrap_or(n as i64 - 1);
         let eval = if eval < 0 { eval + n as i64 } else { eval };
         if !(0..n as i64).contains(&eval) {
-            return Err(format!("decoder eval_idx {eval} of {n} layers"));
+            return Err(LayerError::bad_attr(
+                "DeformableTransformerDecoder",
+                "eval_idx",
+                eval,
+                format!("is not one of its {n} layers"),
+            ));
         }
         let run = eval as usize + 1;
         let (bbox_list, score_list) = (
@@ -100,7 +111,10 @@ impl Head {
             m.child("dec_score_head")?.children(),
         );
         if bbox_list.len() < run || score_list.len() < run {
-            return Err("fewer decoder heads than decoder layers".into());
+            return Err(LayerError::shape(
+                "RTDETRDecoder",
+                "fewer decoder heads than decoder layers",
+            ));
         }
         let mut layers = Vec::new();
         let mut bbox_heads = Vec::new();
@@ -109,7 +123,10 @@ impl Head {
             if let Some(a) = l.opt_child("act")
                 && a.class() != "ReLU"
             {
-                return Err(format!("decoder layer activation {}", a.class()));
+                return Err(LayerError::unsupported(
+                    "DeformableTransformerDecoderLayer",
+                    format!("activation {}", a.class()),
+                ));
             }
             let linear1 = Linear::parse(l.child("linear1")?, hd)?;
             let linear2 = Linear::parse(l.child("linear2")?, linear1.out)?;
@@ -161,7 +178,10 @@ pub(super) type Anchors = (Vec<f32>, Vec<bool>);
 
 fn out_of(l: Linear, out: usize) -> BuildResult<Linear> {
     if l.out != out {
-        return Err(format!("a linear layer gives {} values, not {out}", l.out));
+        return Err(LayerError::shape(
+            "RTDETRDecoder",
+            format!("a linear layer gives {} values, not {out}", l.out),
+        ));
     }
     Ok(l)
 }
@@ -169,7 +189,10 @@ fn out_of(l: Linear, out: usize) -> BuildResult<Linear> {
 fn mlp(m: ModuleRef, inp: usize, out: usize) -> BuildResult<Mlp> {
     let p = Mlp::parse(m, inp)?;
     if p.out() != out {
-        return Err(format!("an MLP gives {} values, not {out}", p.out()));
+        return Err(LayerError::shape(
+            "RTDETRDecoder",
+            format!("an MLP gives {} values, not {out}", p.out()),
+        ));
     }
     Ok(p)
 }
@@ -177,7 +200,7 @@ fn mlp(m: ModuleRef, inp: usize, out: usize) -> BuildResult<Mlp> {
 /// The head's stored anchors, when they are all there and consistent; a stored tensor whose
 /// bytes cannot be read is an error, not a reason to compute them instead.
 fn stored(m: ModuleRef) -> BuildResult<Option<Stored>> {
-    let read = |name: &str| m.attr_tensor_f64(name).map_err(|e| e.to_string());
+    let read = |name: &str| m.attr_tensor_f64(name);
     let (Some(anchors), Some(valid)) = (read("anchors")?, read("valid_mask")?) else {
         return Ok(None);
     };
@@ -238,10 +261,12 @@ impl Builder<'_> {
     /// Refuses opsets without the operators the RT-DETR emission uses.
     pub(super) fn rtdetr_opset(&self) -> BuildResult<()> {
         if self.opset < MIN_OPSET {
-            return Err(format!(
-                "RT-DETR needs opset {MIN_OPSET} or later (LayerNormalization, GridSample); opset {} was asked for",
-                self.opset
-            ));
+            return Err(LayerError::Opset {
+                model: "RT-DETR",
+                min: MIN_OPSET,
+                operators: "LayerNormalization, GridSample",
+                asked: self.opset,
+            });
         }
         Ok(())
     }
@@ -262,7 +287,10 @@ impl Builder<'_> {
             let y = self.conv2d(&format!("{s}.input_proj.{i}.0"), conv, Some(bn), x)?;
             let [_, c, h, w] = check::nchw(&y, s)?;
             if c != hd {
-                return Err(format!("input projection {i} gives {c} channels, not {hd}"));
+                return Err(LayerError::shape(
+                    "RTDETRDecoder",
+                    format!("input projection {i} gives {c} channels, not {hd}"),
+                ));
             }
             let f = self.b.reshape(s, &y.name, &[0, hd, h * w]);
             flat.push(self.b.node(

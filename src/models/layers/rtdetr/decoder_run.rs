@@ -6,9 +6,10 @@ use super::deform::run_deform;
 use super::encoder::{run_linear, run_mha, run_mlp, run_norm};
 use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::conv::{BatchNorm, conv};
+use crate::models::{BuildResult, LayerError};
 use crate::reference::ops::{self, RefTensor};
 use crate::reference::seq::top_k;
-use crate::reference::{RefResult, Reference, e, shape};
+use crate::reference::{Reference, shape};
 
 /// `_generate_anchors`, computed in f64 and rounded once.
 fn anchors_f64(shapes: &[(usize, usize)]) -> Anchors {
@@ -49,7 +50,7 @@ impl Reference<'_> {
         &mut self,
         m: ModuleRef,
         xs: &[RefTensor],
-    ) -> RefResult<RefTensor> {
+    ) -> BuildResult<RefTensor> {
         let (p, projs) = Head::parse(m, xs.len())?;
         let hd = p.hd;
         let mut levels = Vec::new();
@@ -59,7 +60,10 @@ impl Reference<'_> {
             let mut y = conv(c, x)?;
             let (yn, yc, h, w) = shape::nchw(&y, "RTDETRDecoder input projection")?;
             if yc != hd || (i > 0 && yn != n) {
-                return Err(e(format!("input projection {i} gives {:?}", y.shape)));
+                return Err(LayerError::shape(
+                    "RTDETRDecoder",
+                    format!("input projection {i} gives {:?}", y.shape),
+                ));
             }
             n = yn;
             let b = BatchNorm::parse(bn, yc)?;

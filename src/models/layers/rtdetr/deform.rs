@@ -6,7 +6,8 @@
 
 use super::encoder::run_linear;
 use super::{Linear, grid_sample_attrs, size};
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::Builder;
 use crate::reference::seq;
@@ -30,18 +31,21 @@ impl Deform {
             || m.int("d_model") != Some(d as i64)
             || !d.is_multiple_of(heads)
         {
-            return Err(format!(
-                "MSDeformAttn for {:?} levels of {:?} channels, {heads} heads; the decoder has {levels} of {d}",
-                m.int("n_levels"),
-                m.int("d_model")
+            return Err(LayerError::shape(
+                "MSDeformAttn",
+                format!(
+                    "{:?} levels of {:?} channels, {heads} heads; the decoder has {levels} of {d}",
+                    m.int("n_levels"),
+                    m.int("d_model")
+                ),
             ));
         }
         let lin = |name: &str, out: usize| -> BuildResult<Linear> {
             let l = Linear::parse(m.child(name)?, d)?;
             if l.out != out {
-                return Err(format!(
-                    "MSDeformAttn {name} gives {} values, not {out}",
-                    l.out
+                return Err(LayerError::shape(
+                    "MSDeformAttn",
+                    format!("{name} gives {} values, not {out}", l.out),
                 ));
             }
             Ok(l)

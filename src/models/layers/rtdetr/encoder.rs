@@ -3,14 +3,15 @@
 //! emission (`impl Builder`, ONNX nodes) and the reference (`seq` kernels) of each.
 
 use super::{Linear, Mha, Mlp, Norm, pos_dim};
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::layers::act;
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::graph::{GraphBuilder, GraphValue};
 use crate::onnx::proto::Attr;
 use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::RefTensor;
 use crate::reference::seq;
-use crate::reference::{RefResult, Reference, shape};
+use crate::reference::{Reference, shape};
 
 // ---- GELU ----
 
@@ -211,13 +212,16 @@ struct Aifi {
 impl Aifi {
     fn parse(m: ModuleRef, c: usize) -> BuildResult<Aifi> {
         if m.bool("normalize_before") == Some(true) {
-            return Err("AIFI with normalize_before=True".into());
+            return Err(LayerError::unsupported("AIFI", "normalize_before=True"));
         }
         pos_dim(c)?;
         let fc1 = Linear::parse(m.child("fc1")?, c)?;
         let fc2 = Linear::parse(m.child("fc2")?, fc1.out)?;
         if fc2.out != c {
-            return Err(format!("AIFI fc2 gives {} channels, not {c}", fc2.out));
+            return Err(LayerError::shape(
+                "AIFI",
+                format!("fc2 gives {} channels, not {c}", fc2.out),
+            ));
         }
         Ok(Aifi {
             ma: Mha::parse(m.child("ma")?, c)?,
@@ -316,7 +320,7 @@ fn pos_embed_f64(w: usize, h: usize, c: usize) -> BuildResult<Vec<f32>> {
 }
 
 impl Reference<'_> {
-    pub(crate) fn aifi(&mut self, m: ModuleRef, x: &RefTensor) -> RefResult<RefTensor> {
+    pub(crate) fn aifi(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let (n, c, h, w) = shape::nchw(x, "AIFI")?;
         let a = Aifi::parse(m, c)?;
         let hw = h * w;

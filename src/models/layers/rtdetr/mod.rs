@@ -11,8 +11,9 @@ mod decoder_run;
 mod deform;
 mod encoder;
 
-use crate::checkpoint::py::{BuildResult, ModuleRef};
+use crate::checkpoint::py::ModuleRef;
 use crate::models::registry::{Layer, activation, head, layer, part};
+use crate::models::{BuildResult, LayerError};
 use crate::onnx::proto::Attr;
 
 /// The classes of this file.
@@ -132,7 +133,7 @@ fn size(m: ModuleRef, name: &str) -> BuildResult<usize> {
     m.int(name)
         .filter(|v| (1..=1 << 16).contains(v))
         .map(|v| v as usize)
-        .ok_or_else(|| format!("{} {name} = {:?}", m.class(), m.int(name)))
+        .ok_or_else(|| LayerError::bad_attr(m.class(), name, m.int(name), "is not in 1..=65536"))
 }
 
 /// `nn.Linear`'s weights, read and checked once for both backends.
@@ -154,15 +155,20 @@ impl Linear {
         let out = match ws[..] {
             [o, i] if i as usize == inp && (1..=1 << 20).contains(&o) => o as usize,
             _ => {
-                return Err(format!(
-                    "{} weight {ws:?} does not take {inp} inputs",
-                    m.class()
+                return Err(LayerError::weight(
+                    m.class(),
+                    "weight",
+                    format!("has shape {ws:?}, which does not take {inp} inputs"),
                 ));
             }
         };
         let b = m.tensor_f32("bias")?.map(|(b, _)| b);
         if b.as_ref().is_some_and(|b| b.len() != out) {
-            return Err(format!("{} bias does not have {out} values", m.class()));
+            return Err(LayerError::weight(
+                m.class(),
+                "bias",
+                format!("does not have {out} values"),
+            ));
         }
         Ok(Linear { w, inp, out, b })
     }
@@ -193,12 +199,21 @@ impl Norm {
     pub fn parse(m: ModuleRef, c: usize) -> BuildResult<Norm> {
         let shape = m.ints("normalized_shape");
         if shape.as_deref() != Some(&[c as i64]) {
-            return Err(format!("LayerNorm over {shape:?}, expected [{c}]"));
+            return Err(LayerError::bad_attr(
+                "LayerNorm",
+                "normalized_shape",
+                shape,
+                format!("is not [{c}]"),
+            ));
         }
         let read = |n: &str| -> BuildResult<Vec<f32>> {
             match m.tensor_f32(n)? {
                 Some((v, _)) if v.len() == c => Ok(v),
-                Some(_) => Err(format!("LayerNorm {n} does not have {c} values")),
+                Some(_) => Err(LayerError::weight(
+                    "LayerNorm",
+                    n,
+                    format!("does not have {c} values"),
+                )),
                 None => Ok(vec![if n == "weight" { 1.0 } else { 0.0 }; c]),
             }
         };
@@ -229,24 +244,38 @@ impl Mha {
     pub fn parse(m: ModuleRef, e: usize) -> BuildResult<Mha> {
         let heads = size(m, "num_heads")?;
         if m.int("embed_dim") != Some(e as i64) || !e.is_multiple_of(heads) {
-            return Err(format!(
-                "MultiheadAttention embed_dim {:?} with {heads} heads on {e} channels",
-                m.int("embed_dim")
+            return Err(LayerError::shape(
+                "MultiheadAttention",
+                format!(
+                    "embed_dim {:?} with {heads} heads on {e} channels",
+                    m.int("embed_dim")
+                ),
             ));
         }
         if m.bool("_qkv_same_embed_dim") == Some(false)
             || m.bool("add_zero_attn") == Some(true)
             || m.tensor_f32("bias_k")?.is_some()
         {
-            return Err("MultiheadAttention with separate q/k/v widths or extra key biases".into());
+            return Err(LayerError::unsupported(
+                "MultiheadAttention",
+                "separate q/k/v widths or extra key biases",
+            ));
         }
         let (w, ws) = m.need_f32("in_proj_weight")?;
         if ws != [3 * e as i64, e as i64] {
-            return Err(format!("MultiheadAttention in_proj_weight {ws:?}"));
+            return Err(LayerError::weight(
+                "MultiheadAttention",
+                "in_proj_weight",
+                format!("has shape {ws:?}, not [3·{e}, {e}]"),
+            ));
         }
         let b = m.tensor_f32("in_proj_bias")?.map(|(b, _)| b);
         if b.as_ref().is_some_and(|b| b.len() != 3 * e) {
-            return Err("MultiheadAttention in_proj_bias size".into());
+            return Err(LayerError::weight(
+                "MultiheadAttention",
+                "in_proj_bias",
+                format!("does not have 3·{e} values"),
+            ));
         }
         let packed = Linear {
             w,
@@ -256,7 +285,11 @@ impl Mha {
         };
         let out = Linear::parse(m.child("out_proj")?, e)?;
         if out.out != e {
-            return Err("MultiheadAttention out_proj width".into());
+            return Err(LayerError::weight(
+                "MultiheadAttention",
+                "out_proj",
+                format!("does not map {e} to {e} values"),
+            ));
         }
         Ok(Mha {
             heads,
@@ -280,16 +313,25 @@ impl Mlp {
     /// Reads `m` taking `inp` values; refuses the variants the RT-DETR head never builds.
     pub fn parse(m: ModuleRef, inp: usize) -> BuildResult<Mlp> {
         if m.bool("residual") == Some(true) || m.bool("sigmoid") == Some(true) {
-            return Err("MLP with a residual or sigmoid output".into());
+            return Err(LayerError::unsupported(
+                "MLP",
+                "a residual or sigmoid output",
+            ));
         }
         if let Some(n) = m.opt_child("out_norm")
             && n.class() != "Identity"
         {
-            return Err(format!("MLP with out_norm {}", n.class()));
+            return Err(LayerError::unsupported(
+                "MLP",
+                format!("out_norm {}", n.class()),
+            ));
         }
         let act = m.opt_child("act").map(|a| a.class());
         if act.as_deref().is_some_and(|a| a != "ReLU") {
-            return Err(format!("MLP with activation {act:?}"));
+            return Err(LayerError::unsupported(
+                "MLP",
+                format!("activation {act:?}"),
+            ));
         }
         let mut layers = Vec::new();
         let mut width = inp;
@@ -302,7 +344,12 @@ impl Mlp {
             || m.int("num_layers")
                 .is_some_and(|n| n as usize != layers.len())
         {
-            return Err("MLP layer count".into());
+            return Err(LayerError::bad_attr(
+                "MLP",
+                "num_layers",
+                m.int("num_layers"),
+                "does not match its layers",
+            ));
         }
         Ok(Mlp { layers, act })
     }
@@ -316,8 +363,9 @@ impl Mlp {
 /// The 2-D sin-cos position embedding width check AIFI makes.
 fn pos_dim(c: usize) -> BuildResult<usize> {
     if !c.is_multiple_of(4) {
-        return Err(format!(
-            "AIFI needs a channel count divisible by 4, got {c}"
+        return Err(LayerError::shape(
+            "AIFI",
+            format!("needs a channel count divisible by 4, got {c}"),
         ));
     }
     Ok(c / 4)
