@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::commands::{print_json, torch_output};
+use super::commands::{out_dtype, print_json, torch_output};
 use super::progress::Bar;
 use super::{AverageArgs, AverageSource, EXIT_OK, fail};
 use crate::surgery::{self, StripOptions};
@@ -12,11 +12,9 @@ use std::path::Path;
 
 pub(super) fn average(a: AverageArgs) -> i32 {
     use crate::average::{self, Input, Method, Source};
-    let Some(dtype) = OutDType::parse(&a.dtype) else {
-        return fail(format_args!(
-            "--dtype {}: expected keep, f32, f16 or bf16",
-            a.dtype
-        ));
+    let dtype = match out_dtype(&a.dtype) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let method = match (&a.weights, a.ema_decay) {
         (Some(w), _) => Method::Weighted { weights: w.clone() },

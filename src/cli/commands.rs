@@ -54,6 +54,14 @@ pub(super) fn torch_output(path: &std::path::Path) -> Result<bool, i32> {
     Ok(torch)
 }
 
+/// The `--dtype` of a weights output (`keep`, `f32`, `f16` or `bf16`); anything else is a usage
+/// error.
+pub(super) fn out_dtype(s: &str) -> Result<OutDType, i32> {
+    OutDType::parse(s)
+        .ok_or_else(|| fail(format_args!("--dtype {s}: expected keep, f32, f16 or bf16")))
+}
+
+/// Prints `v` as pretty JSON on stdout (the `--json` output of every command).
 pub(super) fn print_json(v: &impl serde::Serialize) -> Result<(), i32> {
     match serde_json::to_string_pretty(v) {
         Ok(s) => {
@@ -240,11 +248,9 @@ fn verdict_json(
 }
 
 pub(super) fn fold(a: FoldArgs) -> i32 {
-    let Some(dtype) = OutDType::parse(&a.dtype) else {
-        return fail(format_args!(
-            "--dtype {}: expected keep, f32, f16 or bf16",
-            a.dtype
-        ));
+    let dtype = match out_dtype(&a.dtype) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let max_shard = match &a.max_shard_size {
         None => None,

@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, GraftArgs, VerifyArgs, fail};
+use super::commands::print_json;
+use super::{EXIT_CHECK_FAILED, EXIT_OK, GraftArgs, VerifyArgs, fail};
 use crate::ema::{self, FoldOptions, Selectors};
 use crate::onnx::graft::report::{Counts, GraftReport};
 use crate::onnx::graft::{self, Source, weights::Weights};
@@ -23,13 +24,11 @@ fn parse_shapes(s: &[String]) -> Result<Vec<Vec<usize>>, String> {
         .collect()
 }
 
-fn print(r: &GraftReport, json: bool, all: bool) -> Result<(), String> {
+fn print(r: &GraftReport, json: bool, all: bool) -> Result<(), i32> {
     if json {
-        let s = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
-        println!("{s}");
-    } else {
-        print!("{}", r.text(all));
+        return print_json(r);
     }
+    print!("{}", r.text(all));
     Ok(())
 }
 
@@ -113,8 +112,8 @@ pub(super) fn graft(a: GraftArgs) -> i32 {
         written: false,
     };
     if plan.has_unmatched() && !a.allow_unmatched {
-        if let Err(m) = print(&report, a.json, a.all) {
-            return fail(m);
+        if let Err(code) = print(&report, a.json, a.all) {
+            return code;
         }
         eprintln!(
             "fuse-ema: error: {}: {} initializer(s) look like weights but match no raw tensor of {} ({} ambiguous); nothing written (--allow-unmatched leaves them as they are)",
@@ -179,10 +178,7 @@ pub(super) fn graft(a: GraftArgs) -> i32 {
     report.written = true;
     match print(&report, a.json, a.all) {
         Ok(()) => EXIT_OK,
-        Err(m) => {
-            eprintln!("fuse-ema: error: {m}");
-            EXIT_BAD_INPUT
-        }
+        Err(code) => code,
     }
 }
 
@@ -220,9 +216,8 @@ pub(super) fn verify_weights(a: &VerifyArgs, located: &ema::Located) -> i32 {
             "weights": w,
             "pass": pass,
         });
-        match serde_json::to_string_pretty(&v) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return fail(e),
+        if let Err(code) = print_json(&v) {
+            return code;
         }
     } else {
         println!(

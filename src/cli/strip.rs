@@ -59,9 +59,8 @@ pub(super) fn strip(a: StripArgs) -> i32 {
     r.input_bytes = std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0);
     r.output_bytes = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     if a.json {
-        match serde_json::to_string_pretty(&plan.report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return fail(e),
+        if let Err(code) = super::commands::print_json(&plan.report) {
+            return code;
         }
     } else {
         print!("{}", text(&plan.report));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::tensor::MappedFile;
 
 use super::pickle::{self, Limits, NoPersistentLoad, PersistentIdError, PersistentLoad};
-use super::torch_zip::{protocol_of, storage_dtype};
+use super::torch_zip::{protocol_of, storage_dtype, storage_key};
 use super::{ReadError, ReadErrorKind, new_parts};
 use crate::checkpoint::value::{Graph, Node, Value};
 use crate::checkpoint::{Checkpoint, Format};
@@ -272,16 +272,10 @@ impl PersistentLoad for LegacyStorages {
                 expected: Some(6),
             });
         };
-        if kind.as_str() != Some("storage") {
-            return Err(PersistentIdError::Kind(format!("{kind:?}")));
-        }
+        let key = storage_key(kind, key)?;
         if *view != Value::None {
             return Err(PersistentIdError::StorageView);
         }
-        let key = key
-            .as_str()
-            .ok_or(PersistentIdError::KeyNotString)?
-            .to_string();
         if let Some(v) = self.nodes.get(&key) {
             return Ok(v.clone());
         }

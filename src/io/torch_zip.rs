@@ -398,13 +398,7 @@ impl PersistentLoad for ZipStorages<'_> {
                 });
             }
         };
-        if kind.as_str() != Some("storage") {
-            return Err(PersistentIdError::Kind(format!("{kind:?}")));
-        }
-        let key = key
-            .as_str()
-            .ok_or(PersistentIdError::KeyNotString)?
-            .to_string();
+        let key = storage_key(kind, key)?;
         if let Some(v) = self.cache.get(&key) {
             return Ok(v.clone());
         }
@@ -445,6 +439,17 @@ impl PersistentLoad for ZipStorages<'_> {
         self.cache.insert(key.to_string(), v.clone());
         Ok(v)
     }
+}
+
+/// The key of a `('storage', type, key, …)` persistent id: its first field must be the tag
+/// `'storage'` (checked first, as torch's `persistent_load` does) and its key a string.
+pub(super) fn storage_key(kind: &Value, key: &Value) -> Result<String, PersistentIdError> {
+    if kind.as_str() != Some("storage") {
+        return Err(PersistentIdError::Kind(format!("{kind:?}")));
+    }
+    key.as_str()
+        .map(str::to_string)
+        .ok_or(PersistentIdError::KeyNotString)
 }
 
 /// The dtype of a storage-type global (`torch.FloatStorage`, `torch.UntypedStorage`, …).
