@@ -266,6 +266,18 @@ struct LegacyStorages {
 impl PersistentLoad for LegacyStorages {
     fn load(&mut self, graph: &mut Graph, pid: &Value) -> Result<Value, PersistentIdError> {
         let fields = graph.seq(pid).ok_or(PersistentIdError::NotTuple)?.to_vec();
+        // `('module', class, source file, source)`: torch.save (non-zip) writes a module class
+        // this way so that the loader can warn when its source changed; `_legacy_load` returns
+        // the class itself (a global of the same pickle, judged like any other).
+        if fields.first().and_then(Value::as_str) == Some("module") {
+            return match fields.as_slice() {
+                [_, class, _file, _source] => Ok(class.clone()),
+                _ => Err(PersistentIdError::Fields {
+                    got: fields.len(),
+                    expected: Some(4),
+                }),
+            };
+        }
         let [kind, ty, key, _loc, _numel, view] = fields.as_slice() else {
             return Err(PersistentIdError::Fields {
                 got: fields.len(),

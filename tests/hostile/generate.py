@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 import corpus_public  # noqa: E402
 import torchpath  # noqa: E402
-from pickleasm import Build, Call, G, Raw, dumps, module_obj, ops, tensor  # noqa: E402
+from pickleasm import Build, Call, G, Persid, Raw, dumps, module_obj, ops, tensor  # noqa: E402
 from writers import (  # noqa: E402
     legacy,
     legacy_state_dict,
@@ -203,6 +203,12 @@ add_marker(
 )
 add_marker("legacy-keys-global.pt", lambda m: legacy(main, keys_pickle=dumps([opener(m)])), OPEN | TORCH, "dangerous", "builtins.open", "H2")
 add("legacy-main-global.pt", legacy({"weight": main["weight"], "x": Call(G("posix", "system"), "id")}), "dangerous", "posix.system", "")
+# A ('module', class, file, source) persistent id hands the loader the class itself, which the
+# pickle then calls: judged as the global it is.
+add("legacy-module-pid-call.pt",
+    legacy({"weight": main["weight"],
+            "x": Call(Persid(("module", G("posix", "system"), "m.py", "src")), "id")}),
+    "dangerous", "posix.system", "")
 
 # ---- 4. tar: torch tries its legacy tar loader before the pickle sequence ----
 storages = lambda m: dumps(opener(m)) + dumps([])  # noqa: E731
