@@ -148,6 +148,7 @@ pub const fn part(class: &'static str, of: &'static str, summary: &'static str) 
 const GROUPS: &[(&str, &[Layer])] = &[
     ("basic.rs", layers::basic::LAYERS),
     ("conv.rs", layers::conv::LAYERS),
+    ("conv_transpose.rs", layers::conv_transpose::LAYERS),
     ("act.rs", layers::act::LAYERS),
     ("csp.rs", layers::csp::LAYERS),
     ("ghost.rs", layers::ghost::LAYERS),

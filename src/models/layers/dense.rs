@@ -359,7 +359,7 @@ impl Reference<'_> {
         let mut x = x;
         for m in ms {
             x = if m.class() == "ConvTranspose2d" {
-                super::conv::conv_transpose(*m, &x)?
+                super::conv_transpose::conv_transpose(*m, &x)?
             } else {
                 self.module(*m, LayerInput::One(x))?
             };

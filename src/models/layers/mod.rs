@@ -12,6 +12,7 @@ pub mod classic;
 pub mod classic_v7;
 pub mod classify;
 pub mod conv;
+pub mod conv_transpose;
 pub mod csp;
 pub mod dense;
 pub mod elan;

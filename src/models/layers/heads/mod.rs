@@ -324,7 +324,7 @@ impl Reference<'_> {
     /// `Proto`, BatchNorm unfolded.
     fn proto(&mut self, p: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.conv_bn_act(p.child("cv1")?, x)?;
-        let up = super::conv::conv_transpose(p.child("upsample")?, &a)?;
+        let up = super::conv_transpose::conv_transpose(p.child("upsample")?, &a)?;
         let b = self.conv_bn_act(p.child("cv2")?, &up)?;
         self.conv_bn_act(p.child("cv3")?, &b)
     }
