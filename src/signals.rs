@@ -15,14 +15,16 @@
 //! registries are push-only linked lists of leaked nodes whose contents are built (paths as C
 //! strings, messages pre-formatted) before they are published with an atomic store. Nodes are
 //! never freed, so a handler running on another thread can never see freed memory; a slot whose
-//! temporary file is gone is cleared and reused by the next registration.
+//! temporary file or map is gone (its guard dropped) is cleared and reused by the next
+//! registration.
 
 use std::ffi::{CString, c_char, c_int, c_void};
+use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::Once;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 /// One registered temporary file; `path` is null while the slot is free.
 #[derive(Debug)]
@@ -31,12 +33,23 @@ struct TempSlot {
     next: *const TempSlot,
 }
 
-/// One registered memory map: the address range and the line to print when it faults.
-struct MapSlot {
-    start: usize,
-    len: usize,
-    message: &'static [u8],
+/// What a fault inside one registered map reports; leaked, so a handler may hold it forever.
+struct MapInfo {
+    message: Box<[u8]>,
     path: PathBuf,
+}
+
+/// One slot of the map registry. A slot is reused once its map is gone: `seq` is odd while the
+/// fields are being rewritten, so a handler that reads an odd or changed `seq` skips the slot
+/// rather than pairing one map's address with another's file.
+struct MapSlot {
+    seq: AtomicUsize,
+    /// Held by the [`MapWatch`] of the map now in the slot.
+    claimed: AtomicBool,
+    live: AtomicBool,
+    start: AtomicUsize,
+    len: AtomicUsize,
+    info: AtomicPtr<MapInfo>,
     next: *const MapSlot,
 }
 
@@ -130,43 +143,109 @@ pub fn register_temp(path: &Path) -> TempGuard {
     TempGuard { slot }
 }
 
+/// A registered memory map; dropping it unregisters the range. Keep it alive exactly as long
+/// as the map (declare it so that it drops first), so a fault at an address a later, unwatched
+/// mapping reuses is never blamed on this file.
+#[must_use = "dropping the watch unregisters the map at once"]
+pub struct MapWatch {
+    slot: &'static MapSlot,
+}
+
+// SAFETY: the slot is only touched through its atomics.
+unsafe impl Send for MapWatch {}
+unsafe impl Sync for MapWatch {}
+
+impl fmt::Debug for MapWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MapWatch({:#x})", self.slot.start.load(Ordering::SeqCst))
+    }
+}
+
+impl Drop for MapWatch {
+    fn drop(&mut self) {
+        // The info is deliberately leaked: a handler on another thread may still hold it.
+        self.slot.live.store(false, Ordering::SeqCst);
+        self.slot.claimed.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Registers a memory map of `path` covering `len` bytes from `start`, so a SIGBUS inside it is
-/// reported as the file having changed. Maps are never unregistered: the registry is a handful of
-/// entries per run.
-pub fn watch_mapping(path: &Path, start: *const u8, len: usize) {
+/// reported as the file having changed, until the returned watch is dropped.
+pub fn watch_mapping(path: &Path, start: *const u8, len: usize) -> MapWatch {
     let message = format!(
         "fuse-ema: error: {}: file changed while reading\n",
         path.display()
     );
-    let node = Box::leak(Box::new(MapSlot {
-        start: start as usize,
-        len,
-        message: Box::leak(message.into_bytes().into_boxed_slice()),
+    let info = Box::into_raw(Box::new(MapInfo {
+        message: message.into_bytes().into_boxed_slice(),
         path: path.to_path_buf(),
+    }));
+    let slot = claim_map_slot();
+    // Odd while rewriting: a handler reading now skips the slot.
+    slot.seq.fetch_add(1, Ordering::SeqCst);
+    slot.start.store(start as usize, Ordering::SeqCst);
+    slot.len.store(len, Ordering::SeqCst);
+    slot.info.store(info, Ordering::SeqCst);
+    slot.live.store(true, Ordering::SeqCst);
+    slot.seq.fetch_add(1, Ordering::SeqCst);
+    MapWatch { slot }
+}
+
+/// A free slot of the registry, claimed: an unclaimed published one, or a new one pushed.
+fn claim_map_slot() -> &'static MapSlot {
+    let mut node = MAPS.load(Ordering::SeqCst) as *const MapSlot;
+    while !node.is_null() {
+        // SAFETY: published nodes are leaked and never freed.
+        let slot = unsafe { &*node };
+        if slot
+            .claimed
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return slot;
+        }
+        node = slot.next;
+    }
+    let slot: &'static mut MapSlot = Box::leak(Box::new(MapSlot {
+        seq: AtomicUsize::new(0),
+        claimed: AtomicBool::new(true),
+        live: AtomicBool::new(false),
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        info: AtomicPtr::new(ptr::null_mut()),
         next: ptr::null(),
     }));
     let mut head = MAPS.load(Ordering::SeqCst);
     loop {
-        node.next = head;
-        match MAPS.compare_exchange(head, node, Ordering::SeqCst, Ordering::SeqCst) {
+        slot.next = head;
+        match MAPS.compare_exchange(head, slot, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => break,
             Err(h) => head = h,
         }
     }
+    slot
 }
 
-/// The file whose registered map contains `addr` (the most recent map, when several did).
+/// The file whose watched map contains `addr`.
 pub fn mapped_path(addr: *const u8) -> Option<&'static Path> {
     find_map(addr as usize).map(|m| m.path.as_path())
 }
 
-fn find_map(addr: usize) -> Option<&'static MapSlot> {
+/// The info of the live map containing `addr`. Async-signal-safe: atomic loads only.
+fn find_map(addr: usize) -> Option<&'static MapInfo> {
     let mut node = MAPS.load(Ordering::SeqCst) as *const MapSlot;
     while !node.is_null() {
         // SAFETY: published nodes are leaked and never freed.
         let m = unsafe { &*node };
-        if addr >= m.start && addr - m.start < m.len {
-            return Some(m);
+        let seq = m.seq.load(Ordering::SeqCst);
+        let live = m.live.load(Ordering::SeqCst);
+        let start = m.start.load(Ordering::SeqCst);
+        let len = m.len.load(Ordering::SeqCst);
+        let info = m.info.load(Ordering::SeqCst);
+        let stable = seq % 2 == 0 && m.seq.load(Ordering::SeqCst) == seq;
+        if stable && live && !info.is_null() && addr >= start && addr - start < len {
+            // SAFETY: infos are leaked and never freed.
+            return Some(unsafe { &*info });
         }
         node = m.next;
     }
@@ -237,11 +316,21 @@ mod tests {
     #[test]
     fn maps_are_found_by_address() {
         let buf = [0u8; 64];
-        watch_mapping(Path::new("/x/model.pt"), buf.as_ptr(), buf.len());
+        let watch = watch_mapping(Path::new("/x/model.pt"), buf.as_ptr(), buf.len());
         assert_eq!(
             mapped_path(buf[10..].as_ptr()),
             Some(Path::new("/x/model.pt"))
         );
         assert_eq!(mapped_path(buf.as_ptr().wrapping_add(64)), None);
+        drop(watch);
+        // Gone with its watch: a later mapping at the same address is not blamed on it.
+        assert_eq!(mapped_path(buf[10..].as_ptr()), None);
+        let other = [0u8; 64];
+        let _w = watch_mapping(Path::new("/x/other.pt"), other.as_ptr(), other.len());
+        assert_eq!(mapped_path(buf[10..].as_ptr()), None);
+        assert_eq!(
+            mapped_path(other[1..].as_ptr()),
+            Some(Path::new("/x/other.pt"))
+        );
     }
 }

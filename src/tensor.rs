@@ -14,6 +14,8 @@ pub use crate::inflate::{Deflated, InflateBudget};
 /// An input file, memory-mapped for in-place reads, with its handle kept for positioned reads
 /// and kernel-side copies when whole tensors are streamed.
 pub struct MappedFile {
+    /// Declared before `map` so the range is unregistered before it is unmapped.
+    _watch: Option<crate::signals::MapWatch>,
     map: Mmap,
     file: std::fs::File,
     /// Held while [`Buffer::copy_to`] uses the handle's file position.
@@ -24,6 +26,19 @@ impl MappedFile {
     /// Wraps a map of `file`.
     pub fn new(map: Mmap, file: std::fs::File) -> MappedFile {
         MappedFile {
+            _watch: None,
+            map,
+            file,
+            copy_position: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Wraps a map of the input `path`, watched for the life of the map: a SIGBUS inside it
+    /// reports `path` as changed while reading (see [`crate::signals`]).
+    pub fn watched(map: Mmap, file: std::fs::File, path: &std::path::Path) -> MappedFile {
+        let watch = crate::signals::watch_mapping(path, map.as_ptr(), map.len());
+        MappedFile {
+            _watch: Some(watch),
             map,
             file,
             copy_position: std::sync::Mutex::new(()),

@@ -172,13 +172,12 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>, ReadError> {
     // SAFETY: the map is read-only; a file truncated by another process while mapped faults
     // (SIGBUS), which crate::signals turns into "file changed while reading", exit 2.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ReadError::new(path, e))?;
-    crate::signals::watch_mapping(path, map.as_ptr(), map.len());
     // Opening reads a few bytes at many places (zip local headers, the pickle): random access
     // keeps the kernel from faulting in whole read-ahead windows of tensor data around each one.
     // Streaming writers read with positioned reads, not through the map.
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Random);
-    Ok(Arc::new(MappedFile::new(map, file)))
+    Ok(Arc::new(MappedFile::watched(map, file, path)))
 }
 
 /// Opens a regular file for reading and returns it with its size. A FIFO, device or socket is

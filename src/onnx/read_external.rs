@@ -10,8 +10,9 @@ use super::{OnnxReadError, R};
 /// initializers point into it, with the bytes handed out counted against the files' sizes.
 pub(crate) struct External<'p> {
     dir: Option<&'p Path>,
-    /// Each file's map (`None` for an empty file, which cannot be mapped).
-    files: HashMap<String, Option<memmap2::Mmap>>,
+    /// Each file's map (`None` for an empty file, which cannot be mapped), watched for faults
+    /// for as long as it is mapped (the watch drops first).
+    files: HashMap<String, Option<(crate::signals::MapWatch, memmap2::Mmap)>>,
     /// Bytes of all files mapped so far.
     mapped: u64,
     /// Bytes copied out of them so far.
@@ -51,10 +52,10 @@ impl<'p> External<'p> {
         let loc = get("location").ok_or_else(|| OnnxReadError::NoLocation(name.to_string()))?;
         if !self.files.contains_key(loc) {
             let map = self.open(name, loc)?;
-            self.mapped += map.as_ref().map_or(0, |m| m.len() as u64);
+            self.mapped += map.as_ref().map_or(0, |(_, m)| m.len() as u64);
             self.files.insert(loc.to_string(), map);
         }
-        let data: &[u8] = self.files[loc].as_deref().unwrap_or_default();
+        let data: &[u8] = self.files[loc].as_ref().map_or(&[], |(_, m)| &m[..]);
         let off: usize = get("offset")
             .unwrap_or("0")
             .parse()
@@ -79,7 +80,7 @@ impl<'p> External<'p> {
     }
 
     /// Opens and maps `loc`, which must be a regular file inside the model's folder.
-    fn open(&self, name: &str, loc: &str) -> R<Option<memmap2::Mmap>> {
+    fn open(&self, name: &str, loc: &str) -> R<Option<(crate::signals::MapWatch, memmap2::Mmap)>> {
         let leaves = Path::new(loc).components().any(|c| {
             !matches!(
                 c,
@@ -133,7 +134,7 @@ impl<'p> External<'p> {
         // SAFETY: read-only map of a regular file; the bytes are copied out before the model is
         // used. A file truncated meanwhile faults: the SIGBUS handler reports it as changed.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
-        crate::signals::watch_mapping(&path, map.as_ptr(), map.len());
-        Ok(Some(map))
+        let watch = crate::signals::watch_mapping(&path, map.as_ptr(), map.len());
+        Ok(Some((watch, map)))
     }
 }

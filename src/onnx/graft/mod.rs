@@ -214,7 +214,7 @@ impl Source {
             path: path_buf(),
             source,
         })?;
-        crate::signals::watch_mapping(path, map.as_ptr(), map.len());
+        let _watch = crate::signals::watch_mapping(path, map.as_ptr(), map.len());
         let scanned = scan::scan(&map, path).map_err(|source| GraftError::Scan {
             path: path_buf(),
             source,
