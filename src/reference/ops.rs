@@ -1,13 +1,12 @@
 //! Kernels of the reference interpreter, on plain row-major f32 buffers: convolution (im2col +
 //! GEMM, direct loops for depthwise), batch norm, activations, pooling, resizing.
 //!
-//! Threads: the GEMM is matrixmultiply's own (ndarray's `matrixmultiply-threading`); every other
-//! pass over a feature map (im2col, depthwise, bias, batch norm, activations, sums) is split over
-//! channels or chunks on rayon's pool. Each element is still computed by the same expression in
-//! the same order as on one thread, so the results do not depend on the thread count.
+//! Threads: the GEMM is the `gemm` crate's, on rayon's pool (docs/benchmarks.md says why that
+//! one); every other pass over a feature map (im2col, depthwise, bias, batch norm, activations,
+//! sums) is split over channels or chunks on the same pool. The GEMM splits only the output
+//! (never the sum over k), and every other element is computed by the same expression in the
+//! same order as on one thread, so the results do not depend on the thread count.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 /// The fewest elements worth one task on the pool: below this, handing work to another thread
@@ -55,10 +54,69 @@ pub struct ConvSpec {
 
 /// `out = a · b` for row-major slices (m×k)·(k×n).
 fn gemm(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    let a = ArrayView2::from_shape((m, k), a).expect("a shape");
-    let b = ArrayView2::from_shape((k, n), b).expect("b shape");
-    let mut c = ArrayViewMut2::from_shape((m, n), out).expect("c shape");
-    general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+    gemm_strided((a, k), (b, n), (out, n), (m, k, n));
+}
+
+/// `c = a · b` (c overwritten) for row-major operands whose rows lie `lda`, `ldb`, `ldc` floats
+/// apart: a is m×k, b k×n, c m×n.
+fn gemm_strided(
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    (m, k, n): (usize, usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    // The raw-pointer call below reads and writes exactly these extents.
+    assert!(
+        lda >= k && a.len() >= (m - 1) * lda + k,
+        "gemm: a too short"
+    );
+    assert!(
+        ldb >= n && b.len() >= (k - 1) * ldb + n,
+        "gemm: b too short"
+    );
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "gemm: c too short"
+    );
+    let threads = if m * k * n < PAR_MIN * 16 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    };
+    // SAFETY: the asserts above keep every element the call touches inside the three slices
+    // (column stride 1, row strides as given); `c` is borrowed mutably, so nothing aliases it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            false,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            b.as_ptr(),
+            1,
+            ldb as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads,
+        );
+    }
 }
 
 /// The most floats one im2col tile holds (16 MiB). Unbounded, the column matrix of an early
@@ -73,6 +131,11 @@ thread_local! {
     static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// What a convolution applies to its output, channel by channel, in the same pass that adds
+/// its bias: called with an output channel and a run of that channel's outputs (a tile's rows),
+/// while they are still in cache. The `Conv` block's BatchNorm and activation ride here.
+pub type Epilogue<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
+
 /// 2-D convolution; `w` is (O, C/groups, kh, kw), `bias` per output channel.
 pub fn conv2d(
     x: &RefTensor,
@@ -81,14 +144,55 @@ pub fn conv2d(
     bias: Option<&[f32]>,
     s: &ConvSpec,
 ) -> RefTensor {
-    conv2d_tiled(x, (w, wshape), bias, s, COLS_BUDGET)
+    conv2d_tiled(x, (w, wshape), (bias, None), s, COLS_BUDGET)
+}
+
+/// [`conv2d`] followed by `then` on each output channel (after the bias).
+pub fn conv2d_then(
+    x: &RefTensor,
+    (w, wshape): (&[f32], &[usize]),
+    bias: Option<&[f32]>,
+    s: &ConvSpec,
+    then: Epilogue,
+) -> RefTensor {
+    conv2d_tiled(x, (w, wshape), (bias, Some(then)), s, COLS_BUDGET)
+}
+
+/// Adds `bias` to each channel's run and applies `then`: `out` holds channels `ch0..` of
+/// `plane` outputs each, of which `[from, to)` are this pass's.
+fn finish(
+    out: &mut [f32],
+    (ch0, plane): (usize, usize),
+    (from, to): (usize, usize),
+    (bias, then): (Option<&[f32]>, Option<Epilogue>),
+) {
+    if bias.is_none() && then.is_none() {
+        return;
+    }
+    out.par_chunks_mut(plane.max(1))
+        .with_min_len(min_items(to - from))
+        .enumerate()
+        .for_each(|(i, oc)| channel_finish(&mut oc[from..to], ch0 + i, (bias, then)));
+}
+
+/// One channel's run of outputs: bias, then the epilogue.
+fn channel_finish(run: &mut [f32], ch: usize, (bias, then): (Option<&[f32]>, Option<Epilogue>)) {
+    if let Some(bias) = bias {
+        let bv = bias[ch];
+        for v in run.iter_mut() {
+            *v += bv;
+        }
+    }
+    if let Some(then) = then {
+        then(ch, run);
+    }
 }
 
 /// [`conv2d`] with im2col tiles of at most `budget` floats (at least one output row).
 fn conv2d_tiled(
     x: &RefTensor,
     (w, wshape): (&[f32], &[usize]),
-    bias: Option<&[f32]>,
+    post: (Option<&[f32]>, Option<Epilogue>),
     s: &ConvSpec,
     budget: usize,
 ) -> RefTensor {
@@ -115,51 +219,38 @@ fn conv2d_tiled(
                     let xc = &xb[ch * h * wd..(ch + 1) * h * wd];
                     let wc = &w[ch * kh * kw..(ch + 1) * kh * kw];
                     depthwise_plane(xc, (h, wd), wc, (kh, kw), s, oc, ow);
+                    channel_finish(oc, ch, post);
                 });
-        } else {
-            for g in 0..s.groups {
-                let xg = &xb[g * cg * h * wd..(g + 1) * cg * h * wd];
-                let wg = &w[g * og * kdim..(g + 1) * og * kdim];
-                let og_out = &mut ob[g * og * plane..(g + 1) * og * plane];
-                if pointwise {
-                    gemm(wg, xg, og_out, og, kdim, plane);
-                    continue;
-                }
-                COLS.with_borrow_mut(|cols| {
-                    let mut c_all =
-                        ArrayViewMut2::from_shape((og, plane), &mut *og_out).expect("c shape");
-                    let a = ArrayView2::from_shape((og, kdim), wg).expect("a shape");
-                    let mut oy = 0;
-                    while oy < oh {
-                        let oy1 = (oy + rows).min(oh);
-                        let cols_n = (oy1 - oy) * ow;
-                        cols.resize(kdim * cols_n, 0.0);
-                        im2col(
-                            xg,
-                            (cg, h, wd),
-                            (kh, kw),
-                            (oy, oy1, ow),
-                            s,
-                            &mut cols[..kdim * cols_n],
-                        );
-                        let bm = ArrayView2::from_shape((kdim, cols_n), &cols[..kdim * cols_n])
-                            .expect("b shape");
-                        let mut cv = c_all.slice_mut(ndarray::s![.., oy * ow..oy1 * ow]);
-                        general_mat_mul(1.0, &a, &bm, 0.0, &mut cv);
-                        oy = oy1;
-                    }
-                });
-            }
+            continue;
         }
-        if let Some(bias) = bias {
-            ob.par_chunks_mut(plane.max(1))
-                .with_min_len(min_items(plane))
-                .zip(bias)
-                .for_each(|(oc, &bv)| {
-                    for v in oc {
-                        *v += bv;
-                    }
-                });
+        for g in 0..s.groups {
+            let xg = &xb[g * cg * h * wd..(g + 1) * cg * h * wd];
+            let wg = &w[g * og * kdim..(g + 1) * og * kdim];
+            let og_out = &mut ob[g * og * plane..(g + 1) * og * plane];
+            if pointwise {
+                // A 1×1 convolution is the GEMM on the input itself: no column matrix.
+                gemm(wg, xg, og_out, og, kdim, plane);
+                finish(og_out, (g * og, plane), (0, plane), post);
+                continue;
+            }
+            COLS.with_borrow_mut(|cols| {
+                let mut oy = 0;
+                while oy < oh {
+                    let oy1 = (oy + rows).min(oh);
+                    let cols_n = (oy1 - oy) * ow;
+                    cols.resize(kdim * cols_n, 0.0);
+                    let tile = &mut cols[..kdim * cols_n];
+                    im2col(xg, (cg, h, wd), (kh, kw), (oy, oy1, ow), s, tile);
+                    gemm_strided(
+                        (wg, kdim),
+                        (tile, cols_n),
+                        (&mut og_out[oy * ow..], plane),
+                        (og, kdim, cols_n),
+                    );
+                    finish(og_out, (g * og, plane), (oy * ow, oy1 * ow), post);
+                    oy = oy1;
+                }
+            });
         }
     }
     RefTensor::new(out, vec![n, o, oh, ow])
@@ -294,20 +385,36 @@ pub fn batch_norm(
         .enumerate()
         .for_each(|(p, xs)| {
             let ch = p % c;
-            let inv = 1.0 / (var[ch] + eps).sqrt();
-            for v in xs {
-                *v = (*v - mean[ch]) * inv * gamma[ch] + beta[ch];
-            }
+            batch_norm_run(xs, (gamma[ch], beta[ch], mean[ch], var[ch], eps), |v| v);
         });
+}
+
+/// Batch norm of one channel's run of values (γ, β, mean, var, eps), then `act` on each.
+#[inline]
+pub fn batch_norm_run(
+    xs: &mut [f32],
+    (gamma, beta, mean, var, eps): (f32, f32, f32, f32, f32),
+    act: impl Fn(f32) -> f32,
+) {
+    let inv = 1.0 / (var + eps).sqrt();
+    for v in xs {
+        *v = act((*v - mean) * inv * gamma + beta);
+    }
+}
+
+/// Applies `f` to each value of a run in place.
+#[inline]
+pub fn map_run(xs: &mut [f32], f: impl Fn(f32) -> f32) {
+    for v in xs {
+        *v = f(*v);
+    }
 }
 
 /// Applies an elementwise function in place.
 pub fn map(x: &mut RefTensor, f: impl Fn(f32) -> f32 + Sync) {
-    x.data.par_chunks_mut(PAR_MIN).for_each(|xs| {
-        for v in xs {
-            *v = f(*v);
-        }
-    });
+    x.data
+        .par_chunks_mut(PAR_MIN)
+        .for_each(|xs| map_run(xs, &f));
 }
 
 /// Logistic sigmoid.
@@ -495,13 +602,24 @@ mod tests {
             for (j, v) in want.iter_mut().enumerate() {
                 *v += bias[(j / plane) % o];
             }
+            // The epilogue must see every output exactly once, after the bias, with its
+            // channel: doubling plus the channel number tells a missed or repeated run.
+            let then = |ch: usize, run: &mut [f32]| map_run(run, |v| 2.0 * v + ch as f32);
             for budget in [1, 40, 1 << 20] {
-                let got = conv2d_tiled(&x, (&w, &ws), Some(&bias), &s, budget);
+                let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, budget);
+                let post = conv2d_tiled(&x, (&w, &ws), (Some(&bias), Some(&then)), &s, budget);
                 assert_eq!(got.data.len(), want.len(), "case {i}");
-                for (a, b) in got.data.iter().zip(&want) {
+                assert_eq!(post.data.len(), want.len(), "case {i}");
+                for (j, ((a, p), b)) in got.data.iter().zip(&post.data).zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() < 1e-4,
                         "case {i}, budget {budget}: {a} vs {b}"
+                    );
+                    let ch = (j / plane) % o;
+                    assert_eq!(
+                        *p,
+                        2.0 * a + ch as f32,
+                        "case {i}, budget {budget}, epilogue"
                     );
                 }
             }

@@ -17,13 +17,13 @@ pub const LAYERS: &[Layer] = &[
             let sig = g.node(s, "Sigmoid", &[x], vec![]);
             g.bin(s, "Mul", x, &sig)
         },
-        |_, t| ops::map(t, |v| v * ops::sigmoid(v)),
+        |_, t| ops::map(t, silu),
     ),
     activation(
         "ReLU",
         "max(x, 0)",
         |g, s, _, x| g.node(s, "Relu", &[x], vec![]),
-        |_, t| ops::map(t, |v| v.max(0.0)),
+        |_, t| ops::map(t, relu),
     ),
     activation(
         "Sigmoid",
@@ -41,7 +41,7 @@ pub const LAYERS: &[Layer] = &[
         "Hardswish",
         "x·relu6(x + 3)/6",
         |g, s, _, x| g.node(s, "HardSwish", &[x], vec![]),
-        |_, t| ops::map(t, |v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0),
+        |_, t| ops::map(t, hardswish),
     ),
     activation(
         "LeakyReLU",
@@ -52,7 +52,7 @@ pub const LAYERS: &[Layer] = &[
         },
         |m, t| {
             let a = m.float("negative_slope").unwrap_or(0.01) as f32;
-            ops::map(t, |v| if v >= 0.0 { v } else { a * v })
+            ops::map(t, |v| leaky_relu(v, a))
         },
     ),
     activation(
@@ -63,9 +63,104 @@ pub const LAYERS: &[Layer] = &[
             let t = g.node(s, "Tanh", &[&sp], vec![]);
             g.bin(s, "Mul", x, &t)
         },
-        |_, t| ops::map(t, |v| v * ((1.0 + v.exp()).ln()).tanh()),
+        |_, t| ops::map(t, mish),
     ),
 ];
+
+fn silu(v: f32) -> f32 {
+    v * ops::sigmoid(v)
+}
+
+fn relu(v: f32) -> f32 {
+    v.max(0.0)
+}
+
+fn hardswish(v: f32) -> f32 {
+    v * (v + 3.0).clamp(0.0, 6.0) / 6.0
+}
+
+fn leaky_relu(v: f32, a: f32) -> f32 {
+    if v >= 0.0 { v } else { a * v }
+}
+
+fn mish(v: f32) -> f32 {
+    v * ((1.0 + v.exp()).ln()).tanh()
+}
+
+/// An activation a convolution applies in its own pass over each output tile (see
+/// [`ops::Epilogue`]): the same function as the class's registry entry runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Pointwise {
+    /// No activation, or `Identity`.
+    Identity,
+    /// `SiLU`.
+    Silu,
+    /// `ReLU`.
+    Relu,
+    /// `Sigmoid`.
+    Sigmoid,
+    /// `Tanh`.
+    Tanh,
+    /// `Hardswish`.
+    Hardswish,
+    /// `LeakyReLU` with its slope.
+    LeakyRelu(f32),
+    /// `Mish`.
+    Mish,
+}
+
+impl Pointwise {
+    /// `m`'s activation as a pointwise function, after the same class check as [`run`];
+    /// `None` for an activation this file does not hold (GELU): [`run`] applies it.
+    pub(crate) fn of(m: Option<ModuleRef>) -> BuildResult<Option<Pointwise>> {
+        let Some(m) = m else {
+            return Ok(Some(Pointwise::Identity));
+        };
+        if entry(m)?.is_none() {
+            return Ok(Some(Pointwise::Identity));
+        }
+        Ok(Some(match m.class().as_str() {
+            "SiLU" => Pointwise::Silu,
+            "ReLU" => Pointwise::Relu,
+            "Sigmoid" => Pointwise::Sigmoid,
+            "Tanh" => Pointwise::Tanh,
+            "Hardswish" => Pointwise::Hardswish,
+            "LeakyReLU" => Pointwise::LeakyRelu(m.float("negative_slope").unwrap_or(0.01) as f32),
+            "Mish" => Pointwise::Mish,
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Batch norm (γ, β, mean, var, eps) of one channel's run of values, then this activation,
+    /// in one pass; the match is outside the loop so each arm's loop is compiled for its
+    /// function alone.
+    pub(crate) fn batch_norm_run(self, xs: &mut [f32], bn: (f32, f32, f32, f32, f32)) {
+        match self {
+            Pointwise::Identity => ops::batch_norm_run(xs, bn, |v| v),
+            Pointwise::Silu => ops::batch_norm_run(xs, bn, silu),
+            Pointwise::Relu => ops::batch_norm_run(xs, bn, relu),
+            Pointwise::Sigmoid => ops::batch_norm_run(xs, bn, ops::sigmoid),
+            Pointwise::Tanh => ops::batch_norm_run(xs, bn, f32::tanh),
+            Pointwise::Hardswish => ops::batch_norm_run(xs, bn, hardswish),
+            Pointwise::LeakyRelu(a) => ops::batch_norm_run(xs, bn, |v| leaky_relu(v, a)),
+            Pointwise::Mish => ops::batch_norm_run(xs, bn, mish),
+        }
+    }
+
+    /// This activation on one run of values.
+    pub(crate) fn run(self, xs: &mut [f32]) {
+        match self {
+            Pointwise::Identity => {}
+            Pointwise::Silu => ops::map_run(xs, silu),
+            Pointwise::Relu => ops::map_run(xs, relu),
+            Pointwise::Sigmoid => ops::map_run(xs, ops::sigmoid),
+            Pointwise::Tanh => ops::map_run(xs, f32::tanh),
+            Pointwise::Hardswish => ops::map_run(xs, hardswish),
+            Pointwise::LeakyRelu(a) => ops::map_run(xs, |v| leaky_relu(v, a)),
+            Pointwise::Mish => ops::map_run(xs, mish),
+        }
+    }
+}
 
 /// The activation entry for `m`'s class; `Ok(None)` for `Identity`.
 fn entry(m: ModuleRef) -> BuildResult<Option<Kind>> {

@@ -11,6 +11,8 @@ use crate::onnx::ultralytics::{Builder, check};
 use crate::reference::ops::{self, ConvSpec, RefTensor};
 use crate::reference::{Reference, shape};
 
+use super::act::Pointwise;
+
 /// The classes of this file.
 pub const LAYERS: &[Layer] = &[
     layer(
@@ -300,7 +302,7 @@ impl Builder<'_> {
 /// `nn.Conv2d` (with its own bias, if any).
 pub fn conv(m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
     let p = Conv2dParams::parse(m)?;
-    conv_with(p, x)
+    conv_with(p, x, None)
 }
 
 /// `nn.Conv2d` and an optional BatchNorm computed as an f16 graph stores them: BatchNorm folded
@@ -325,11 +327,15 @@ fn conv_f16(m: ModuleRef, bn: Option<ModuleRef>, x: &RefTensor) -> BuildResult<R
         *v = half::f16::from_f32(*v).to_f32();
     }
     p.bias = Some(b);
-    conv_with(p, x)
+    conv_with(p, x, None)
 }
 
-/// Runs a parsed `nn.Conv2d` after checking shapes.
-fn conv_with(p: Conv2dParams, x: &RefTensor) -> BuildResult<RefTensor> {
+/// Runs a parsed `nn.Conv2d` after checking shapes, with `then` on each output tile.
+fn conv_with(
+    p: Conv2dParams,
+    x: &RefTensor,
+    then: Option<ops::Epilogue>,
+) -> BuildResult<RefTensor> {
     let u = |v: [i64; 2]| (v[0] as usize, v[1] as usize);
     let ws: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
     let spec = ConvSpec {
@@ -346,7 +352,10 @@ fn conv_with(p: Conv2dParams, x: &RefTensor) -> BuildResult<RefTensor> {
         &spec,
         "Conv2d",
     )?;
-    Ok(ops::conv2d(x, &p.weight, &ws, p.bias.as_deref(), &spec))
+    Ok(match then {
+        Some(then) => ops::conv2d_then(x, (&p.weight, &ws), p.bias.as_deref(), &spec, then),
+        None => ops::conv2d(x, &p.weight, &ws, p.bias.as_deref(), &spec),
+    })
 }
 
 impl Reference<'_> {
@@ -357,12 +366,30 @@ impl Reference<'_> {
             super::act::run(m.opt_child("act"), &mut y)?;
             return Ok(y);
         }
-        let mut y = conv(m.child("conv")?, x)?;
-        if let Some(bn) = m.opt_child("bn") {
-            batch_norm(bn, &mut y, "BatchNorm2d")?;
-        }
-        super::act::run(m.opt_child("act"), &mut y)?;
-        Ok(y)
+        let p = Conv2dParams::parse(m.child("conv")?)?;
+        let out = usize::try_from(p.shape[0]).unwrap_or(0);
+        let bn = match m.opt_child("bn") {
+            Some(bn) => Some(BatchNorm::parse(bn, out)?),
+            None => None,
+        };
+        let Some(act) = Pointwise::of(m.opt_child("act"))? else {
+            // An activation with no pointwise form here: its own pass.
+            let mut y = conv_with(p, x, None)?;
+            if let Some(bn) = &bn {
+                ops::batch_norm(&mut y, &bn.gamma, &bn.beta, &bn.mean, &bn.var, bn.eps);
+            }
+            super::act::run(m.opt_child("act"), &mut y)?;
+            return Ok(y);
+        };
+        // BatchNorm (unfolded: applied to the convolution's output, as `batch_norm` does) and
+        // the activation run on each output tile right after its GEMM, in one pass.
+        let then = |ch: usize, run: &mut [f32]| match &bn {
+            Some(n) => {
+                act.batch_norm_run(run, (n.gamma[ch], n.beta[ch], n.mean[ch], n.var[ch], n.eps))
+            }
+            None => act.run(run),
+        };
+        conv_with(p, x, Some(&then))
     }
 }
 
