@@ -359,9 +359,14 @@ mod tests {
                 assert_eq!(got.shape, direct.shape, "case {i}");
                 let err = worst(&got.data, &want, plane);
                 eprintln!("case {i}, budget {budget}: winograd {err:.2e}, direct {direct_err:.2e}");
-                // Parity allows 1e-4 on this scale; the kernel may use at most 1 % of it.
+                // Parity allows 1e-4 on this scale; the kernel may use at most 2 % of it, and
+                // round at most 3× worse than the direct path (F(2×2, 3×3) measures ≤ 2×).
                 assert!(
-                    err < 1e-6,
+                    err < 3.0 * direct_err + 1e-7,
+                    "case {i}: {err:e} against the direct path's {direct_err:e}"
+                );
+                assert!(
+                    err < 2e-6,
                     "case {i}, budget {budget}: {err:e} of the channel scale"
                 );
                 // The epilogue sees every output exactly once, after the bias, with its channel.
