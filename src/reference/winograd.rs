@@ -135,6 +135,7 @@ fn input_transform(
             // The tile row's four input rows, zero-padded to whole tiles, so the tile loop
             // below reads without bounds tests.
             let mut buf = vec![0.0f32; 4 * line];
+            let mut scratch = Vec::new();
             for ty in ty0..ty1 {
                 for (r, dst) in buf.chunks_exact_mut(line).enumerate() {
                     dst.fill(0.0);
@@ -148,39 +149,64 @@ fn input_transform(
                     let n = w.min(line - lo);
                     dst[lo..lo + n].copy_from_slice(&src[..n]);
                 }
-                let (b0, rest) = buf.split_at(line);
-                let (b1, rest) = rest.split_at(line);
-                let (b2, b3) = rest.split_at(line);
+                tile_row(&buf, tw, &mut scratch);
                 let base = (ty - ty0) * tw;
-                for tx in 0..tw {
-                    let j = 2 * tx;
-                    // Rows of d B, then Bᵀ (d B). Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1].
-                    let e = [
-                        row_b(&b0[j..j + 4]),
-                        row_b(&b1[j..j + 4]),
-                        row_b(&b2[j..j + 4]),
-                        row_b(&b3[j..j + 4]),
-                    ];
-                    for k in 0..4 {
-                        let col = [
-                            e[0][k] - e[2][k],
-                            e[1][k] + e[2][k],
-                            e[2][k] - e[1][k],
-                            e[1][k] - e[3][k],
-                        ];
-                        for (i, val) in col.into_iter().enumerate() {
-                            vc[(4 * i + k) * t + base + tx] = val;
-                        }
-                    }
+                for (xi, src) in scratch[..16 * tw].chunks_exact(tw).enumerate() {
+                    vc[xi * t + base..xi * t + base + tw].copy_from_slice(src);
                 }
             }
         });
 }
 
-/// One row of a tile times B: `[d0 − d2, d1 + d2, d2 − d1, d1 − d3]`.
-#[inline(always)]
-fn row_b(d: &[f32]) -> [f32; 4] {
-    [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+/// `V = Bᵀ d B` of one tile row's `tw` tiles from its four zero-padded input rows (`buf`,
+/// `2·tw + 2` floats each), into `out[ξ·tw + tx]`. Each step is an elementwise operation on
+/// whole rows of tiles (even and odd input columns split apart first), which the compiler
+/// turns into SIMD; the arithmetic per value is that of the definition, in the same order.
+/// Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1].
+fn tile_row(buf: &[f32], tw: usize, out: &mut Vec<f32>) {
+    let line = 2 * tw + 2;
+    out.resize(16 * tw + 8 * (tw + 1) + 16 * tw, 0.0);
+    let (v, rest) = out.split_at_mut(16 * tw);
+    let (eo, p) = rest.split_at_mut(8 * (tw + 1));
+    // eo[2r] = row r's even columns, eo[2r + 1] its odd ones: tile tx's d_r = (e[tx], o[tx],
+    // e[tx + 1], o[tx + 1]).
+    for (r, row) in buf.chunks_exact(line).enumerate() {
+        let (e, o) = eo[2 * r * (tw + 1)..(2 * r + 2) * (tw + 1)].split_at_mut(tw + 1);
+        for (j, pair) in row.chunks_exact(2).enumerate() {
+            e[j] = pair[0];
+            o[j] = pair[1];
+        }
+    }
+    // p[4r + k] = (d_r B)[k]: [d0 − d2, d1 + d2, d2 − d1, d1 − d3].
+    for r in 0..4 {
+        let (e, o) = eo[2 * r * (tw + 1)..(2 * r + 2) * (tw + 1)].split_at(tw + 1);
+        let (e0, e1, o0, o1) = (&e[..tw], &e[1..], &o[..tw], &o[1..]);
+        let pr = &mut p[4 * r * tw..4 * (r + 1) * tw];
+        let (p0, rest) = pr.split_at_mut(tw);
+        let (p1, rest) = rest.split_at_mut(tw);
+        let (p2, p3) = rest.split_at_mut(tw);
+        for tx in 0..tw {
+            p0[tx] = e0[tx] - e1[tx];
+            p1[tx] = o0[tx] + e1[tx];
+            p2[tx] = e1[tx] - o0[tx];
+            p3[tx] = o0[tx] - o1[tx];
+        }
+    }
+    // V[4i + k] = (Bᵀ (d B))[i][k] from the rows' p[·][k].
+    let row = |r: usize, k: usize| &p[(4 * r + k) * tw..(4 * r + k + 1) * tw];
+    for k in 0..4 {
+        let (q0, q1, q2, q3) = (row(0, k), row(1, k), row(2, k), row(3, k));
+        let (v0, rest) = v[k * tw..].split_at_mut(4 * tw);
+        let (v1, rest) = rest.split_at_mut(4 * tw);
+        let (v2, v3) = rest.split_at_mut(4 * tw);
+        let (v0, v1, v2, v3) = (&mut v0[..tw], &mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
+        for tx in 0..tw {
+            v0[tx] = q0[tx] - q2[tx];
+            v1[tx] = q1[tx] + q2[tx];
+            v2[tx] = q2[tx] - q1[tx];
+            v3[tx] = q1[tx] - q3[tx];
+        }
+    }
 }
 
 /// `M[ξ] = U[ξ] · V[ξ]` for the 16 ξ, one GEMM per task on the pool (each on one thread, so the
@@ -214,29 +240,35 @@ fn output_transform(
         .for_each(|(oc, op)| {
             let mo = |xi: usize| &m[(xi * o + oc) * t..(xi * o + oc + 1) * t];
             let mx: [&[f32]; 16] = std::array::from_fn(mo);
+            let mut a = vec![0.0f32; 8 * tw];
             for ty in ty0..ty1 {
                 let base = (ty - ty0) * tw;
-                let y0 = 2 * ty;
-                for tx in 0..tw {
-                    let i = base + tx;
-                    // Rows of Aᵀ m (4 columns), then (Aᵀ m) A.
-                    let mut a = [[0.0f32; 4]; 2];
-                    for k in 0..4 {
-                        let (m0, m1, m2, m3) =
-                            (mx[k][i], mx[4 + k][i], mx[8 + k][i], mx[12 + k][i]);
-                        a[0][k] = m0 + m1 + m2;
-                        a[1][k] = m1 - m2 - m3;
+                let mi = |xi: usize| &mx[xi][base..base + tw];
+                // Rows of Aᵀ m, a row of tiles at a time: a[4·dy + k] (dy = output row).
+                for k in 0..4 {
+                    let (m0, m1, m2, m3) = (mi(k), mi(4 + k), mi(8 + k), mi(12 + k));
+                    let (a0, a1) = a.split_at_mut(4 * tw);
+                    let (a0, a1) = (&mut a0[k * tw..(k + 1) * tw], &mut a1[k * tw..(k + 1) * tw]);
+                    for tx in 0..tw {
+                        a0[tx] = m0[tx] + m1[tx] + m2[tx];
+                        a1[tx] = m1[tx] - m2[tx] - m3[tx];
                     }
-                    let x0 = 2 * tx;
-                    for (dy, r) in a.iter().enumerate() {
-                        if y0 + dy >= oh {
-                            break;
-                        }
-                        let row = &mut op[(y0 + dy) * ow..(y0 + dy + 1) * ow];
-                        row[x0] = r[0] + r[1] + r[2];
-                        if x0 + 1 < ow {
-                            row[x0 + 1] = r[1] - r[2] - r[3];
-                        }
+                }
+                // (Aᵀ m) A into the output rows; a tile's column past an odd width is dropped.
+                for dy in 0..2 {
+                    let y = 2 * ty + dy;
+                    if y >= oh {
+                        break;
+                    }
+                    let r = |k: usize| &a[(4 * dy + k) * tw..(4 * dy + k + 1) * tw];
+                    let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                    let row = &mut op[y * ow..(y + 1) * ow];
+                    for (tx, pair) in row.chunks_exact_mut(2).enumerate() {
+                        pair[0] = r0[tx] + r1[tx] + r2[tx];
+                        pair[1] = r1[tx] - r2[tx] - r3[tx];
+                    }
+                    if ow % 2 == 1 {
+                        row[ow - 1] = r0[tw - 1] + r1[tw - 1] + r2[tw - 1];
                     }
                 }
             }
