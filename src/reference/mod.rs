@@ -10,6 +10,7 @@ pub mod ops;
 pub mod selection;
 pub mod seq;
 pub(crate) mod shape;
+mod winograd;
 
 use ops::RefTensor;
 

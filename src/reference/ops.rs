@@ -9,12 +9,14 @@
 
 use rayon::prelude::*;
 
+use super::winograd::WINO_BUDGET;
+
 /// The fewest elements worth one task on the pool: below this, handing work to another thread
 /// costs more than the work (a few microseconds).
 const PAR_MIN: usize = 1 << 14;
 
 /// How many items of `per` elements make one task of at least [`PAR_MIN`] elements.
-fn min_items(per: usize) -> usize {
+pub(super) fn min_items(per: usize) -> usize {
     (PAR_MIN / per.max(1)).max(1)
 }
 
@@ -54,16 +56,17 @@ pub struct ConvSpec {
 
 /// `out = a · b` for row-major slices (m×k)·(k×n).
 fn gemm(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    gemm_strided((a, k), (b, n), (out, n), (m, k, n));
+    gemm_strided((a, k), (b, n), (out, n), (m, k, n), true);
 }
 
 /// `c = a · b` (c overwritten) for row-major operands whose rows lie `lda`, `ldb`, `ldc` floats
-/// apart: a is m×k, b k×n, c m×n.
-fn gemm_strided(
+/// apart: a is m×k, b k×n, c m×n; on the pool when `parallel` and the product is large enough.
+pub(super) fn gemm_strided(
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
     (c, ldc): (&mut [f32], usize),
     (m, k, n): (usize, usize, usize),
+    parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -87,7 +90,7 @@ fn gemm_strided(
         ldc >= n && c.len() >= (m - 1) * ldc + n,
         "gemm: c too short"
     );
-    let threads = if m * k * n < PAR_MIN * 16 {
+    let threads = if !parallel || m * k * n < PAR_MIN * 16 {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
@@ -144,7 +147,13 @@ pub fn conv2d(
     bias: Option<&[f32]>,
     s: &ConvSpec,
 ) -> RefTensor {
-    conv2d_tiled(x, (w, wshape), (bias, None), s, COLS_BUDGET)
+    conv2d_tiled(
+        x,
+        (w, wshape),
+        (bias, None),
+        s,
+        (COLS_BUDGET, Some(WINO_BUDGET)),
+    )
 }
 
 /// [`conv2d`] followed by `then` on each output channel (after the bias).
@@ -155,7 +164,13 @@ pub fn conv2d_then(
     s: &ConvSpec,
     then: Epilogue,
 ) -> RefTensor {
-    conv2d_tiled(x, (w, wshape), (bias, Some(then)), s, COLS_BUDGET)
+    conv2d_tiled(
+        x,
+        (w, wshape),
+        (bias, Some(then)),
+        s,
+        (COLS_BUDGET, Some(WINO_BUDGET)),
+    )
 }
 
 /// Adds `bias` to each channel's run and applies `then`: `out` holds channels `ch0..` of
@@ -176,7 +191,11 @@ fn finish(
 }
 
 /// One channel's run of outputs: bias, then the epilogue.
-fn channel_finish(run: &mut [f32], ch: usize, (bias, then): (Option<&[f32]>, Option<Epilogue>)) {
+pub(super) fn channel_finish(
+    run: &mut [f32],
+    ch: usize,
+    (bias, then): (Option<&[f32]>, Option<Epilogue>),
+) {
     if let Some(bias) = bias {
         let bv = bias[ch];
         for v in run.iter_mut() {
@@ -188,13 +207,14 @@ fn channel_finish(run: &mut [f32], ch: usize, (bias, then): (Option<&[f32]>, Opt
     }
 }
 
-/// [`conv2d`] with im2col tiles of at most `budget` floats (at least one output row).
-fn conv2d_tiled(
+/// [`conv2d`] with im2col tiles of at most `budget` floats (at least one output row), and
+/// Winograd chunks of at most `wino` floats where it applies (`None`: never, for tests).
+pub(super) fn conv2d_tiled(
     x: &RefTensor,
     (w, wshape): (&[f32], &[usize]),
     post: (Option<&[f32]>, Option<Epilogue>),
     s: &ConvSpec,
-    budget: usize,
+    (budget, wino): (usize, Option<usize>),
 ) -> RefTensor {
     let (n, c, h, wd) = x.nchw();
     let (o, cg, kh, kw) = (wshape[0], wshape[1], wshape[2], wshape[3]);
@@ -223,6 +243,11 @@ fn conv2d_tiled(
                 });
             continue;
         }
+        if let Some(wino) = wino.filter(|_| super::winograd::applies(wshape, s)) {
+            let (xw, pad) = ((w, o), s.pad);
+            super::winograd::conv3x3(xb, (c, h, wd), xw, pad, ob, post, wino);
+            continue;
+        }
         for g in 0..s.groups {
             let xg = &xb[g * cg * h * wd..(g + 1) * cg * h * wd];
             let wg = &w[g * og * kdim..(g + 1) * og * kdim];
@@ -246,6 +271,7 @@ fn conv2d_tiled(
                         (tile, cols_n),
                         (&mut og_out[oy * ow..], plane),
                         (og, kdim, cols_n),
+                        true,
                     );
                     finish(og_out, (g * og, plane), (oy * ow, oy1 * ow), post);
                     oy = oy1;
@@ -524,105 +550,5 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Convolution by its definition, one output at a time.
-    fn direct(x: &RefTensor, w: &[f32], ws: [usize; 4], s: &ConvSpec) -> Vec<f32> {
-        let (n, c, h, wd) = x.nchw();
-        let [o, cg, kh, kw] = ws;
-        let oh = (h + 2 * s.pad.0 - s.dil.0 * (kh - 1) - 1) / s.stride.0 + 1;
-        let ow = (wd + 2 * s.pad.1 - s.dil.1 * (kw - 1) - 1) / s.stride.1 + 1;
-        let og = o / s.groups;
-        let mut out = vec![0.0f32; n * o * oh * ow];
-        for b in 0..n {
-            for oc in 0..o {
-                let g = oc / og;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = 0.0f64;
-                        for ci in 0..cg {
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let iy = (oy * s.stride.0 + ky * s.dil.0) as isize
-                                        - s.pad.0 as isize;
-                                    let ix = (ox * s.stride.1 + kx * s.dil.1) as isize
-                                        - s.pad.1 as isize;
-                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                        continue;
-                                    }
-                                    let xi = ((b * c + g * cg + ci) * h + iy as usize) * wd
-                                        + ix as usize;
-                                    let wi = ((oc * cg + ci) * kh + ky) * kw + kx;
-                                    acc += x.data[xi] as f64 * w[wi] as f64;
-                                }
-                            }
-                        }
-                        out[((b * o + oc) * oh + oy) * ow + ox] = acc as f32;
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n as u32)
-            .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-            .collect()
-    }
-
-    #[test]
-    fn tiled_convolutions_match_the_definition() {
-        // (channels, out, kernel, stride, pad, dilation, groups) over a 2×C×13×11 input; tiles
-        // of one to a few output rows, and the whole map at once.
-        let cases = [
-            (6, 4, 3, 1, 1, 1, 1),
-            (6, 4, 3, 2, 1, 1, 1),
-            (6, 6, 3, 2, 1, 1, 6),
-            (6, 6, 5, 1, 2, 1, 6),
-            (6, 4, 3, 1, 2, 2, 2),
-            (6, 4, 1, 1, 0, 1, 1),
-            (6, 4, 1, 2, 0, 1, 1),
-            (4, 8, 2, 2, 0, 1, 1),
-        ];
-        for (i, &(c, o, k, st, p, d, g)) in cases.iter().enumerate() {
-            let x = RefTensor::new(values(2 * c * 13 * 11, i as u32), vec![2, c, 13, 11]);
-            let ws = [o, c / g, k, k];
-            let w = values(ws.iter().product(), 7 + i as u32);
-            let bias = values(o, 99);
-            let s = ConvSpec {
-                stride: (st, st),
-                pad: (p, p),
-                dil: (d, d),
-                groups: g,
-            };
-            let mut want = direct(&x, &w, ws, &s);
-            let plane = want.len() / (2 * o);
-            for (j, v) in want.iter_mut().enumerate() {
-                *v += bias[(j / plane) % o];
-            }
-            // The epilogue must see every output exactly once, after the bias, with its
-            // channel: doubling plus the channel number tells a missed or repeated run.
-            let then = |ch: usize, run: &mut [f32]| map_run(run, |v| 2.0 * v + ch as f32);
-            for budget in [1, 40, 1 << 20] {
-                let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, budget);
-                let post = conv2d_tiled(&x, (&w, &ws), (Some(&bias), Some(&then)), &s, budget);
-                assert_eq!(got.data.len(), want.len(), "case {i}");
-                assert_eq!(post.data.len(), want.len(), "case {i}");
-                for (j, ((a, p), b)) in got.data.iter().zip(&post.data).zip(&want).enumerate() {
-                    assert!(
-                        (a - b).abs() < 1e-4,
-                        "case {i}, budget {budget}: {a} vs {b}"
-                    );
-                    let ch = (j / plane) % o;
-                    assert_eq!(
-                        *p,
-                        2.0 * a + ch as f32,
-                        "case {i}, budget {budget}, epilogue"
-                    );
-                }
-            }
-        }
-    }
-}
+#[path = "ops_tests.rs"]
+mod tests;

@@ -1,0 +1,109 @@
+//! Tests of the interpreter's kernels (`ops.rs`): the tiled im2col convolution against its
+//! definition.
+
+use super::*;
+
+/// Convolution by its definition, one output at a time.
+fn direct(x: &RefTensor, w: &[f32], ws: [usize; 4], s: &ConvSpec) -> Vec<f32> {
+    let (n, c, h, wd) = x.nchw();
+    let [o, cg, kh, kw] = ws;
+    let oh = (h + 2 * s.pad.0 - s.dil.0 * (kh - 1) - 1) / s.stride.0 + 1;
+    let ow = (wd + 2 * s.pad.1 - s.dil.1 * (kw - 1) - 1) / s.stride.1 + 1;
+    let og = o / s.groups;
+    let mut out = vec![0.0f32; n * o * oh * ow];
+    for b in 0..n {
+        for oc in 0..o {
+            let g = oc / og;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0.0f64;
+                    for ci in 0..cg {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy =
+                                    (oy * s.stride.0 + ky * s.dil.0) as isize - s.pad.0 as isize;
+                                let ix =
+                                    (ox * s.stride.1 + kx * s.dil.1) as isize - s.pad.1 as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xi =
+                                    ((b * c + g * cg + ci) * h + iy as usize) * wd + ix as usize;
+                                let wi = ((oc * cg + ci) * kh + ky) * kw + kx;
+                                acc += x.data[xi] as f64 * w[wi] as f64;
+                            }
+                        }
+                    }
+                    out[((b * o + oc) * oh + oy) * ow + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+#[test]
+fn tiled_convolutions_match_the_definition() {
+    // (channels, out, kernel, stride, pad, dilation, groups) over a 2×C×13×11 input; tiles
+    // of one to a few output rows, and the whole map at once.
+    let cases = [
+        (6, 4, 3, 1, 1, 1, 1),
+        (6, 4, 3, 2, 1, 1, 1),
+        (6, 6, 3, 2, 1, 1, 6),
+        (6, 6, 5, 1, 2, 1, 6),
+        (6, 4, 3, 1, 2, 2, 2),
+        (6, 4, 1, 1, 0, 1, 1),
+        (6, 4, 1, 2, 0, 1, 1),
+        (4, 8, 2, 2, 0, 1, 1),
+    ];
+    for (i, &(c, o, k, st, p, d, g)) in cases.iter().enumerate() {
+        let x = RefTensor::new(values(2 * c * 13 * 11, i as u32), vec![2, c, 13, 11]);
+        let ws = [o, c / g, k, k];
+        let w = values(ws.iter().product(), 7 + i as u32);
+        let bias = values(o, 99);
+        let s = ConvSpec {
+            stride: (st, st),
+            pad: (p, p),
+            dil: (d, d),
+            groups: g,
+        };
+        let mut want = direct(&x, &w, ws, &s);
+        let plane = want.len() / (2 * o);
+        for (j, v) in want.iter_mut().enumerate() {
+            *v += bias[(j / plane) % o];
+        }
+        // The epilogue must see every output exactly once, after the bias, with its
+        // channel: doubling plus the channel number tells a missed or repeated run.
+        let then = |ch: usize, run: &mut [f32]| map_run(run, |v| 2.0 * v + ch as f32);
+        for budget in [1, 40, 1 << 20] {
+            let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (budget, None));
+            let post = conv2d_tiled(
+                &x,
+                (&w, &ws),
+                (Some(&bias), Some(&then)),
+                &s,
+                (budget, None),
+            );
+            assert_eq!(got.data.len(), want.len(), "case {i}");
+            assert_eq!(post.data.len(), want.len(), "case {i}");
+            for (j, ((a, p), b)) in got.data.iter().zip(&post.data).zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "case {i}, budget {budget}: {a} vs {b}"
+                );
+                let ch = (j / plane) % o;
+                assert_eq!(
+                    *p,
+                    2.0 * a + ch as f32,
+                    "case {i}, budget {budget}, epilogue"
+                );
+            }
+        }
+    }
+}
