@@ -7,7 +7,9 @@
 //! the model) changes the bytes on purpose; paste the table a failing run prints, after checking
 //! the new models in ONNX Runtime (`tests/export_onnx.rs`). Re-taken when the BatchNorm fold
 //! started following the checkpoint's release (8.4.190 fixtures: 1-ulp conv bias differences;
-//! `--half` files mostly unchanged, since f16 rounding absorbs them).
+//! `--half` files mostly unchanged, since f16 rounding absorbs them). Re-taken for the built
+//! fixtures' regeneration with pooled conditioning (fixtures/README.md, "Built fixtures'
+//! conditioning"; new weights, same graphs: tests/export_graph_bytes.rs).
 
 mod common;
 
@@ -52,127 +54,127 @@ const EXPECTED: &[(&str, &str, &str, &str)] = &[
         "yolo11-detect",
         "plain",
         "model.onnx",
-        "50a27de6194a546607e7539ec3fe53d91e822f56253ca03f525774eeac0cea7f",
+        "9cc253e60753e35c8635e13444352d94b618b1ebfd4399d9a125e67d7dc25066",
     ),
     (
         "yolo11-detect",
         "half",
         "model.onnx",
-        "cf674000f9c3c1d28b762ce86681c4e9958c315d98ec63dd5afb85f71e4ae601",
+        "919fba8f9be743b3287c573889d20e8b2d6fd009f7c8b833970990befd5b93a4",
     ),
     (
         "yolo11-detect",
         "dynamic",
         "model.onnx",
-        "8ff1c86d847a159ce3c6a57769153fbd0a6024f747f27ed25985fc0adeb144ab",
+        "c21a4574bb62b355c40d8eb4a5ea632d9595f60e15cb02e94b0859f1b993e152",
     ),
     (
         "yolo11-detect",
         "external",
         "model.onnx",
-        "54abf4aed36f63f5e9fcd3c6380b55e149bb32d3db84467a7fcb335ff7f4a829",
+        "309694f6b0ad074ae79967f6a6982c38fde8373f73fed9d2ca3445ced319d4ee",
     ),
     (
         "yolo11-detect",
         "external",
         "model.onnx.data",
-        "72fb2050cd266136435d594a412ae4506176e091105c6874e15c5d2caf21dea2",
+        "038bd30e2ec4c499afc751b781df6d6e6fbf0cfec769845e5015ce7c575397bb",
     ),
     (
         "yolov8-seg",
         "plain",
         "model.onnx",
-        "8362c74a6c13c2d0e89109c62e6272803cf622ccf629d58747e281b37b3f82bf",
+        "514b6a4efc4978f90fc24a49f96ddaa887d72d873d9620cf80510cfb1104b939",
     ),
     (
         "yolov8-seg",
         "half",
         "model.onnx",
-        "a2a69cea93eaa377d678a899673d854028d59a76e6fd718ccb722548a563ca4e",
+        "4b41e4a78589c559f107511c415fd3e45091c9d12c94330f99a6d0c9ba803970",
     ),
     (
         "yolov8-seg",
         "dynamic",
         "model.onnx",
-        "b6ffb08ef6eca53a0fed32e28fb70cfbe19d1bbdd846a3027792745b096d086b",
+        "fe0e8c344c736f46b952c5e919d86f3c8ae91d98377726cad6be9dbd7f6227c7",
     ),
     (
         "yolov8-seg",
         "external",
         "model.onnx",
-        "7ac8827753cc5c7a54ec8dcb27d9fc7e7385a862a27fe12beb7fa8c159f938c2",
+        "60f0e2744c9506f98f4f6427c5c7c8526c6abce11682f0a44fe58c5a901445ac",
     ),
     (
         "yolov8-seg",
         "external",
         "model.onnx.data",
-        "0f470a684a3175e7bbbe53001d22d2f4de86c3cdcea771449bcfa8adbe6dea55",
+        "579342de8e243517db977cb50d8bbed71322e876de893cc1f1bbc4c9428640a9",
     ),
     (
         "yolov8-pose",
         "plain",
         "model.onnx",
-        "9b4ae0f1f83180d3a5e1fa2fec063feca74b2e1a865a554f8785feae3bfb8c91",
+        "ad2c06c6cb131ac313515fd5406b4d0359d78a366491f23ad57340ed40db9103",
     ),
     (
         "yolov8-pose",
         "half",
         "model.onnx",
-        "59ce7d8a4cac429e4b2047c38a0a44bc1fc1d211236705bf60327fca056bc982",
+        "5236354d86f3be164db1272ca71d97a0ee11eb74a6de836c10a0b09ffebf99fd",
     ),
     (
         "yolov8-pose",
         "dynamic",
         "model.onnx",
-        "a28b48adc9f8db6300017b495f4768fe1542aac3c5494e507cb4fe3790288c13",
+        "edc3418604d2e1a12f69e727728a46dc967c3ef39b0e5900d238aa611cedcf8c",
     ),
     (
         "yolov8-pose",
         "external",
         "model.onnx",
-        "3b1ab180b14fd5f5fe207e9b58de07767b3b0fca642cd179b5d7a448f4ef8422",
+        "ba97cc8aa650cec664299ba22d1ebd7f1a51983057b56417769493b3e108253d",
     ),
     (
         "yolov8-pose",
         "external",
         "model.onnx.data",
-        "eece71ac2ae48aec9ef1a471cece011db324b6f09edef249606067a01a4e423d",
+        "fff90575e262cd6bda3a46edecdbd17bd13c81807e935cbffb56d5afb0d11b4a",
     ),
     (
         "yolov8-cls",
         "plain",
         "model.onnx",
-        "df5e0e59efa50120192067e6cdd2ec3a2ed58525f544576eb8c1959fad1fc8d0",
+        "031511cb050092dfd56ee8a636639961e8e8fcdc46c4fd117bdcf4fa38627197",
     ),
     (
         "yolov8-cls",
         "half",
         "model.onnx",
-        "cc36b084b06a937545f518c12746d875b8ed53d2ae9a213c216d35ebdc15a2d0",
+        "dfc815e3695fade52dec416f286c7c5b11f427ac3df6ff1861819017ccf0484e",
     ),
     (
         "yolov8-cls",
         "dynamic",
         "model.onnx",
-        "33ca9a4d503e1c36ce1f1585d320569929aeb6251cbcb374253e10d1e7b09e5c",
+        "e0a9ba032453bb1a2888797f4a6ce7f6dfe82eb73fa8dd297d91496b2bfe174f",
     ),
     (
         "yolov8-cls",
         "external",
         "model.onnx",
-        "e02f86ad0a41545d53c1f39f7339483a609d842afc17c3a221ca2e7f6fc0ec17",
+        "aa2921c9ebe4d2f8294899c0aea030a40665f5c0f39cd5d83f1a7703765df081",
     ),
     (
         "yolov8-cls",
         "external",
         "model.onnx.data",
-        "69a912a9c90d21e7eecc1abe9a867c2ff8f8728594793cdf53a01e1b063e633f",
+        "436f45472bf6f6b783bc91abb29760f28d56c529f771d05939ec0bbcce118299",
     ),
     (
         "yolov8-obb",
         "opset13",
         "model.onnx",
-        "47400147920fc7bef3ae29c40ba1d27d85be823b56fed19a50ca822a626e7784",
+        "0fd4f5ec1bf1985d85a812a4adb8f51783f234c3ceb2018cf4f6654b9723d23a",
     ),
 ];
 

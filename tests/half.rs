@@ -26,16 +26,22 @@ fn verify(model: &Path, ckpt: &str, runtime: &str) -> (i32, serde_json::Value) {
 fn ultralytics_half_exports_pass_parity() {
     // Made by Ultralytics 8.4's exporter (`half=True` on CPU: onnxruntime's float16 conversion,
     // f32 inputs and outputs), fixtures/generate.py half_exports().
-    for (model, ckpt, runtimes) in [
+    // `needs_noise`: the fixed part of the limit alone would reject the ONNX Runtime run. Not so
+    // for yolo11 since its fixture's pooled conditioning (fixtures/README.md, "Built fixtures'
+    // conditioning"): its box row differs by 3.35 against a fixed part of 6.44 (288 against 5.4
+    // before); yolov8-seg still needs it (0.041 against 0.030).
+    for (model, ckpt, runtimes, needs_noise) in [
         (
             "yolo11-detect-half640.onnx",
             "yolo11-detect.pt",
             &["ort"][..],
+            false,
         ),
         (
             "yolov8-seg-half320.onnx",
             "yolov8-seg.pt",
             &["ort", "tract"][..],
+            true,
         ),
     ] {
         for rt in runtimes {
@@ -57,7 +63,7 @@ fn ultralytics_half_exports_pass_parity() {
                 assert!(d <= limit);
                 // The fixed part alone (atol + rtol · peak, the former f16 criterion) would have
                 // rejected these: the rounding noise is what lets them pass.
-                if *rt == "ort" {
+                if *rt == "ort" && needs_noise {
                     assert!(
                         d > limit - k * noise,
                         "{model} {}: {d} within the fixed part",

@@ -62,6 +62,7 @@ fn counts(detail: &str) -> (usize, usize) {
 const ALIKE: Agreement = Agreement {
     score: 1e-3,
     boxes: None,
+    rows: [1e-4; 4],
 };
 
 #[test]

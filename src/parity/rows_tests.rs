@@ -138,6 +138,76 @@ fn a_row_tied_at_saturation_may_go_but_a_lone_one_may_not() {
     assert!(!rows_check(&got, &want, top_k)[0].pass);
 }
 
+/// Two overlapping boxes of one class at near-equal scores (not saturated): the order rounding
+/// leaves them in decides which suppresses the other (yolov8-seg / yolov8-pose `--nms --half`
+/// at 2×64×96: 30 vs 30 rows, 28 matched, before this was excused).
+#[test]
+fn rows_tied_at_a_near_equal_score_may_swap() {
+    let s = scene();
+    let mut twin = s[0];
+    twin[..4].copy_from_slice(&[6.5, 6.5, 14.5, 14.5]); // IoU 0.78 with s[0]
+    twin[4] = s[0][4] + 1.5e-3; // within twice the score limit (2.2e-3)
+    let want = rows(&[twin, s[1], s[2]], 5);
+    let got = rows(&s, 5);
+    // The reference's candidates: both boxes (and the rest) are outputs of the model.
+    let cands = |t: [f32; 6]| rows(&[t, s[0], s[1], s[2]], 5);
+    let c = nms_rows_check(&got, &want, Some(&cands(twin)), TOL);
+    assert!(c[0].pass, "{}", c[0].detail);
+    assert!(c[0].detail.contains("(2 unmatched"), "{}", c[0].detail);
+    // Without candidates the ONNX row could be the reference's moved: not excused.
+    assert!(!rows_check(&got, &want, TOL)[0].pass);
+    // Scores 0.02 apart are no tie: the better box suppresses the other on both sides.
+    twin[4] = s[0][4] + 0.02;
+    let c = nms_rows_check(&got, &rows(&[twin, s[1], s[2]], 5), Some(&cands(twin)), TOL);
+    assert!(!c[0].pass, "{}", c[0].detail);
+    // Nor is another class (per-class NMS: neither suppresses the other).
+    twin[4] = s[0][4] + 1.5e-3;
+    twin[5] = 1.0;
+    let c = nms_rows_check(&got, &rows(&[twin, s[1], s[2]], 5), Some(&cands(twin)), TOL);
+    assert!(!c[0].pass, "{}", c[0].detail);
+}
+
+/// Measured on yolo11-detect `--nms --half` (2×64×96): a row at score 0.51 overlapping a better
+/// row of its class at IoU 0.6996 in f32 is suppressed in f16, where the IoU crosses 0.7.
+#[test]
+fn a_row_at_the_nms_iou_may_go_but_not_below_it() {
+    let s = scene();
+    // s[0]'s 8×8 box shifted in x until the IoU with it is 0.7 (dx ≈ 1.41).
+    let at = |dx: f32| [6.0 + dx, 6.0, 14.0 + dx, 14.0, 0.5, 0.0];
+    let iou_of = |dx: f32| ambiguity::iou(&s[0], &at(dx), false);
+    let dx = (0..4000)
+        .map(|i| i as f32 * 1e-3)
+        .min_by(|a, b| {
+            (iou_of(*a) - 0.7)
+                .abs()
+                .total_cmp(&(iou_of(*b) - 0.7).abs())
+        })
+        .unwrap();
+    assert!((iou_of(dx) - 0.7).abs() < 1e-3);
+    let want = rows(&[s[0], s[1], s[2], at(dx)], 5);
+    let got = rows(&s, 5);
+    let cands = |t: [f32; 6]| rows(&[s[0], s[1], s[2], t], 5);
+    let check = |g: &RefTensor, w: &RefTensor, t: [f32; 6]| {
+        nms_rows_check(g, w, Some(&cands(t)), TOL)[0].clone()
+    };
+    let c = check(&got, &want, at(dx));
+    assert!(c.pass, "{}", c.detail);
+    // The other way round: the ONNX keeps it and the reference does not.
+    let c = check(&want, &got, at(dx));
+    assert!(c.pass, "{}", c.detail);
+    // Without the reference's candidates, not excused.
+    assert!(!rows_check(&got, &want, TOL)[0].pass);
+    // Well below the IoU (0.6), nothing could have suppressed it: a failure, both ways.
+    let far = rows(&[s[0], s[1], s[2], at(2.0)], 5);
+    assert!(ambiguity::iou(&s[0], &at(2.0), false) < 0.61);
+    assert!(!check(&got, &far, at(2.0)).pass);
+    assert!(!check(&far, &got, at(2.0)).pass);
+    // A better-scored row at the IoU cannot have been suppressed by a worse one.
+    let mut high = at(dx);
+    high[4] = 0.95;
+    assert!(!check(&got, &rows(&[s[0], s[1], s[2], high], 5), high).pass);
+}
+
 /// Review 6: doctored NMS outputs that the earlier rules excused.
 #[test]
 fn moved_saturated_boxes_and_phantom_rows_fail() {
