@@ -44,7 +44,10 @@ impl<'a> Vm<'a> {
         }
         match self.graph.node(id) {
             Node::Object(o) => {
-                let class = o.class.as_ref().map_or_else(|| "an object".into(), Global::dotted);
+                let class = o
+                    .class
+                    .as_ref()
+                    .map_or_else(|| "an object".into(), Global::dotted);
                 let prev = o.state.clone();
                 let next = self.apply(prev, &state, &class)?;
                 if let Node::Object(o) = self.graph.node_mut(id) {
@@ -106,12 +109,12 @@ impl<'a> Vm<'a> {
                 _ => false,
             };
         match shape {
-            Shape::Dict(_) | Shape::Nothing if module && matches!(self.graph.get(state), Some(Node::Tuple(_))) => {
+            Shape::Dict(_) | Shape::Nothing
+                if module && matches!(self.graph.get(state), Some(Node::Tuple(_))) =>
+            {
                 refuse("nn.Module.__setstate__ takes a dict, not a (state, slotstate) pair")
             }
-            Shape::Nothing if module => {
-                refuse("nn.Module.__setstate__ takes a dict, not None")
-            }
+            Shape::Nothing if module => refuse("nn.Module.__setstate__ takes a dict, not None"),
             Shape::Nothing => Ok(match prev {
                 Some(_) => None,
                 None => Some(state.clone()),

@@ -154,7 +154,9 @@ pub enum PickleFault {
     BuildOn(&'static str),
     /// BUILD with a state on a builtin container without `__dict__` (its kind): Python raises
     /// AttributeError, so `torch.load` fails.
-    #[error("BUILD on a {0}, which has no __dict__ (Python raises AttributeError; torch.load fails)")]
+    #[error(
+        "BUILD on a {0}, which has no __dict__ (Python raises AttributeError; torch.load fails)"
+    )]
     BuildNoDict(&'static str),
     /// BUILD on a tensor: `Tensor.__setstate__` can replace its data or re-point it at another
     /// storage, which torch.save never asks for.

@@ -2,12 +2,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::containers;
 use super::error::PickleFault;
 use super::frame::Frames;
 use super::keys::{self, KeyIndex};
 use super::literal::*;
 use super::ops::*;
-use super::containers;
 use super::reconstruct;
 use super::record::{self, Call};
 use super::{Limits, PersistentLoad, PickleError};
