@@ -49,9 +49,10 @@ impl<'a> Vm<'a> {
                     .as_ref()
                     .map_or_else(|| "an object".into(), Global::dotted);
                 let prev = o.state.clone();
-                let next = self.apply(prev, &state, &class)?;
-                if let Node::Object(o) = self.graph.node_mut(id) {
-                    o.state = next;
+                if let Some(next) = self.apply(prev, &state, &class)?
+                    && let Node::Object(o) = self.graph.node_mut(id)
+                {
+                    o.state = Some(next);
                 }
                 Ok(())
             }
@@ -115,10 +116,8 @@ impl<'a> Vm<'a> {
                 refuse("nn.Module.__setstate__ takes a dict, not a (state, slotstate) pair")
             }
             Shape::Nothing if module => refuse("nn.Module.__setstate__ takes a dict, not None"),
-            Shape::Nothing => Ok(match prev {
-                Some(_) => None,
-                None => Some(state.clone()),
-            }),
+            // Kept for writers only when nothing was set before.
+            Shape::Nothing => Ok(prev.is_none().then_some(Value::None)),
             Shape::Dict(entries) => {
                 if prev.is_some() && own.is_none() {
                     return refuse(
@@ -196,4 +195,62 @@ fn module_keys(entries: &[(Value, Value)]) -> bool {
     entries
         .iter()
         .any(|(k, _)| k.as_str().is_some_and(|k| MODULE_KEYS.contains(&k)))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::checkpoint::value::{Graph, Value};
+    use crate::io::pickle::{Limits, NoPersistentLoad, unpickle};
+
+    /// `argparse.Namespace` NEWOBJ'd and memoized as 0, its state dict memoized as 1, then `tail`
+    /// (run with the object on the stack) and STOP; the object's attributes as (name, int).
+    fn attrs_after(tail: &[u8]) -> Result<Vec<(String, i64)>, String> {
+        let mut p =
+            b"\x80\x02cargparse\nNamespace\n)\x81q\x00}q\x01(X\x01\x00\x00\x00aK\x01ub".to_vec();
+        p.extend_from_slice(tail);
+        p.push(b'.');
+        let mut g = Graph::new();
+        let (v, _) = unpickle(&p, &mut g, &mut NoPersistentLoad, &Limits::default())
+            .map_err(|e| e.to_string())?;
+        Ok(g.attrs(&v)
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_int().unwrap()))
+            .collect())
+    }
+
+    fn pairs(p: &[(&str, i64)]) -> Vec<(String, i64)> {
+        p.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn the_state_is_copied_at_build_time() {
+        // h1 'a' 9 SETITEM POP: the state dict changes after BUILD; the instance does not.
+        let tail = b"h\x01X\x01\x00\x00\x00aK\x09s0";
+        assert_eq!(attrs_after(tail).unwrap(), pairs(&[("a", 1)]));
+    }
+
+    #[test]
+    fn a_second_build_merges() {
+        // { 'b': 2, 'a': 3 } BUILD: 'a' keeps its place and takes 3, 'b' is added.
+        let tail = b"}(X\x01\x00\x00\x00bK\x02X\x01\x00\x00\x00aK\x03ub";
+        assert_eq!(attrs_after(tail).unwrap(), pairs(&[("a", 3), ("b", 2)]));
+        // BUILD {} and BUILD None change nothing.
+        assert_eq!(attrs_after(b"}bNb").unwrap(), pairs(&[("a", 1)]));
+    }
+
+    #[test]
+    fn slot_states_and_raw_states_after_a_dict_are_refused() {
+        // (None, {'c': 1}) BUILD: setattr, not modelled.
+        let slots = b"N}X\x01\x00\x00\x00cK\x01s\x86b";
+        assert!(attrs_after(slots).unwrap_err().contains("slot state"));
+        // (None, {}) BUILD: nothing to set.
+        assert_eq!(attrs_after(b"N}\x86b").unwrap(), pairs(&[("a", 1)]));
+        // A 3-tuple after a dict: the class's own __setstate__ would decide.
+        assert!(
+            attrs_after(b"K\x01K\x02K\x03\x87b")
+                .unwrap_err()
+                .contains("second BUILD")
+        );
+    }
 }

@@ -196,3 +196,82 @@ fn hashable_at(graph: &Graph, v: &Value, depth: usize) -> R<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(name: &str) -> Global {
+        Global::new("builtins", name)
+    }
+
+    #[test]
+    fn protocol_2_bytearray_is_latin_1_text_and_unhashable() {
+        let mut graph = Graph::new();
+        let args = [Value::Str("a\u{e9}".into()), Value::Str("latin-1".into())];
+        let v = bytes(&mut graph, &g("bytearray"), &args, false).unwrap();
+        assert!(matches!(graph.get(&v), Some(Node::Bytes(b)) if **b == [b'a', 0xe9]));
+        assert_eq!(
+            hashable(&graph, &v),
+            Err(PickleFault::UnhashableKey("bytearray"))
+        );
+        let key = graph.add(Node::Tuple(vec![Value::Int(1), v]));
+        assert!(hashable(&graph, &key).is_err());
+        // bytes(<bytearray>) is a new, hashable object.
+        let b = bytes(&mut graph, &g("bytes"), &[key.clone()], false);
+        assert!(b.is_err(), "a tuple is not bytes");
+        let too_wide = [Value::Str("\u{100}".into()), Value::Str("latin-1".into())];
+        assert!(bytes(&mut graph, &g("bytearray"), &too_wide, false).is_err());
+    }
+
+    #[test]
+    fn new_ignores_arguments_only_where_python_does() {
+        let mut graph = Graph::new();
+        let items = graph.add(Node::List(vec![Value::Int(1), Value::Int(2)]));
+        let args = [items];
+        for (name, kind) in [
+            ("list", Kind::List),
+            ("set", Kind::Set),
+            ("dict", Kind::Dict),
+        ] {
+            assert!(matches!(
+                make(&mut graph, &g(name), kind, &args, &[], true),
+                Err(PickleFault::NewWithArguments(_))
+            ));
+        }
+        let t = make(&mut graph, &g("tuple"), Kind::Tuple, &args, &[], true).unwrap();
+        assert_eq!(graph.seq(&t).map(<[Value]>::len), Some(2));
+        let l = make(&mut graph, &g("list"), Kind::List, &args, &[], false).unwrap();
+        assert_eq!(graph.seq(&l).map(<[Value]>::len), Some(2));
+    }
+
+    #[test]
+    fn a_set_becomes_a_sequence_only_when_its_order_cannot_matter() {
+        let mut graph = Graph::new();
+        let two = graph.add(Node::Set(vec![Value::Int(1), Value::Int(2)]));
+        let one = graph.add(Node::Set(vec![Value::Int(1)]));
+        assert!(
+            make(
+                &mut graph,
+                &g("list"),
+                Kind::List,
+                &[two.clone()],
+                &[],
+                false
+            )
+            .is_err()
+        );
+        assert!(make(&mut graph, &g("list"), Kind::List, &[one], &[], false).is_ok());
+        assert!(
+            make(
+                &mut graph,
+                &g("frozenset"),
+                Kind::FrozenSet,
+                &[two],
+                &[],
+                false
+            )
+            .is_ok()
+        );
+    }
+}
