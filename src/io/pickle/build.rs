@@ -199,7 +199,7 @@ fn module_keys(entries: &[(Value, Value)]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::checkpoint::value::{Graph, Value};
+    use crate::checkpoint::value::Graph;
     use crate::io::pickle::{Limits, NoPersistentLoad, unpickle};
 
     /// `argparse.Namespace` NEWOBJ'd and memoized as 0, its state dict memoized as 1, then `tail`

@@ -218,7 +218,7 @@ mod tests {
         let key = graph.add(Node::Tuple(vec![Value::Int(1), v]));
         assert!(hashable(&graph, &key).is_err());
         // bytes(<bytearray>) is a new, hashable object.
-        let b = bytes(&mut graph, &g("bytes"), &[key.clone()], false);
+        let b = bytes(&mut graph, &g("bytes"), std::slice::from_ref(&key), false);
         assert!(b.is_err(), "a tuple is not bytes");
         let too_wide = [Value::Str("\u{100}".into()), Value::Str("latin-1".into())];
         assert!(bytes(&mut graph, &g("bytearray"), &too_wide, false).is_err());
@@ -255,7 +255,7 @@ mod tests {
                 &mut graph,
                 &g("list"),
                 Kind::List,
-                &[two.clone()],
+                std::slice::from_ref(&two),
                 &[],
                 false
             )
