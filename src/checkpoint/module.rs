@@ -93,6 +93,20 @@ pub enum ModuleError {
     /// More state-dict entries than the limit.
     #[error("state dict larger than {MAX_ENTRIES} entries")]
     TooManyEntries,
+    /// An instance attribute with the name of a parameter, buffer or child: Python's attribute
+    /// lookup finds it first, so `forward()` uses it while `state_dict()` holds the other.
+    #[error(
+        "module '{path}' has an instance attribute '{attr}' that shadows its {registry} entry \
+         (PyTorch's forward uses the attribute, state_dict() the entry: readers disagree)"
+    )]
+    Shadowed {
+        /// The module's dotted path (`<root>` for the top).
+        path: String,
+        /// The attribute name.
+        attr: String,
+        /// `_parameters`, `_buffers` or `_modules`.
+        registry: &'static str,
+    },
 }
 
 /// Whether `v` is a pickled `nn.Module`: an object whose state holds `_parameters` and `_modules`.
@@ -187,6 +201,7 @@ fn walk(
     }
     path.push(id);
     budget.step(1)?;
+    check_shadows(graph, v, prefix, budget)?;
     let skip = non_persistent(graph, v);
     for (attr, is_buffer) in [("_parameters", false), ("_buffers", true)] {
         let Some(d) = graph.attr(v, attr).and_then(|d| graph.dict(d)) else {
@@ -217,6 +232,43 @@ fn walk(
         walk(graph, child, &prefix, out, path, visits, budget)?;
     }
     path.pop();
+    Ok(())
+}
+
+/// Refuses a module whose instance `__dict__` holds a name of its `_parameters`, `_buffers` or
+/// `_modules`: `Module.__getattr__` is consulted only when normal lookup fails, so the plain
+/// attribute wins in `forward()`; `nn.Module.__setattr__` never lets the two coexist, so only a
+/// doctored file has both.
+fn check_shadows(
+    graph: &Graph,
+    v: &Value,
+    prefix: &str,
+    budget: &mut FlattenBudget,
+) -> Result<(), ModuleError> {
+    let Some(attrs) = graph.attrs(v) else {
+        return Ok(());
+    };
+    budget.step(attrs.len())?;
+    let names: std::collections::HashSet<&str> =
+        attrs.iter().filter_map(|(k, _)| k.as_str()).collect();
+    for registry in ["_parameters", "_buffers", "_modules"] {
+        let Some(d) = graph.attr(v, registry).and_then(|d| graph.dict(d)) else {
+            continue;
+        };
+        budget.step(d.len())?;
+        if let Some(name) = d
+            .iter()
+            .filter_map(|(k, _)| k.as_str())
+            .find(|k| names.contains(k))
+        {
+            let path = prefix.strip_suffix('.').unwrap_or(prefix);
+            return Err(ModuleError::Shadowed {
+                path: if path.is_empty() { "<root>" } else { path }.to_string(),
+                attr: name.to_string(),
+                registry,
+            });
+        }
+    }
     Ok(())
 }
 

@@ -152,6 +152,43 @@ pub enum PickleFault {
     /// BUILD on a value that cannot take a state (its kind).
     #[error("BUILD on a {0}")]
     BuildOn(&'static str),
+    /// BUILD with a state on a builtin container without `__dict__` (its kind): Python raises
+    /// AttributeError, so `torch.load` fails.
+    #[error(
+        "BUILD on a {0}, which has no __dict__ (Python raises AttributeError; torch.load fails)"
+    )]
+    BuildNoDict(&'static str),
+    /// BUILD on a tensor: `Tensor.__setstate__` can replace its data or re-point it at another
+    /// storage, which torch.save never asks for.
+    #[error(
+        "BUILD on a tensor (Tensor.__setstate__ would replace its data or storage; torch.save never writes it)"
+    )]
+    TensorState,
+    /// A BUILD whose state fuse-ema cannot apply as Python would (the text says why).
+    #[error("BUILD on {class}: {why}")]
+    BuildState {
+        /// The target's class, `module.Name`.
+        class: String,
+        /// What Python would do that is not modelled.
+        why: &'static str,
+    },
+    /// NEWOBJ of a builtin container with arguments: its `__new__` ignores them (only
+    /// `__init__`, which NEWOBJ does not run, would fill it).
+    #[error(
+        "NEWOBJ of {0} with arguments: its __new__ ignores them, so Python's object is empty (readers disagree)"
+    )]
+    NewWithArguments(String),
+    /// NEWOBJ_EX whose keyword arguments are not a dict (Python raises UnpicklingError).
+    #[error("NEWOBJ_EX keyword arguments are not a dict")]
+    KwargsNotDict,
+    /// A builtin container called with arguments Python rejects or reads in a way not modelled.
+    #[error("{class}() with {why}")]
+    ContainerArguments {
+        /// The container, `module.name`.
+        class: String,
+        /// What is wrong with the arguments.
+        why: &'static str,
+    },
     /// A reconstructor read as data was called with arguments of the wrong form (the text says
     /// which reconstructor and what is missing).
     #[error("{0}")]

@@ -6,6 +6,8 @@
 //! reconstructors (tensors, `OrderedDict`, `torch.Size`, sets, `_codecs.encode`, numpy scalars) is
 //! interpreted as data; no other global is looked up, imported or called.
 
+mod build;
+mod containers;
 mod error;
 mod frame;
 mod keys;

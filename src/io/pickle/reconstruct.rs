@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::containers::{self, Kind};
 use super::error::PickleFault;
 use crate::checkpoint::value::{Global, Graph, Made, Node, Object, Value};
 use crate::tensor::{DType, Tensor};
@@ -36,42 +37,19 @@ pub fn construct(
         }
         ("torch._tensor", "_rebuild_from_type_v2") => rebuild_from_type(graph, args),
         ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
-            let mut entries = Vec::new();
-            if let Some(items) = args.first().and_then(|a| graph.seq(a)) {
-                for item in items {
-                    if let Some([k, v]) = graph.seq(item) {
-                        entries.push((k.clone(), v.clone()));
-                    }
-                }
-            }
-            let entries = super::keys::dict_of(graph, entries)?;
-            let d = graph.add(Node::Dict(entries));
-            graph.set_made_by(&d, g);
-            Ok(d)
+            containers::make(graph, g, Kind::Dict, &args, &kwargs, is_new)
         }
         ("builtins", "set") | ("__builtin__", "set") => {
-            let items = first_seq(graph, &args);
-            let v = graph.add(Node::Set(items));
-            graph.set_made_by(&v, g);
-            Ok(v)
+            containers::make(graph, g, Kind::Set, &args, &kwargs, is_new)
         }
         ("builtins", "frozenset") | ("__builtin__", "frozenset") => {
-            let items = first_seq(graph, &args);
-            let v = graph.add(Node::FrozenSet(items));
-            graph.set_made_by(&v, g);
-            Ok(v)
+            containers::make(graph, g, Kind::FrozenSet, &args, &kwargs, is_new)
         }
         ("builtins", "list") | ("__builtin__", "list") => {
-            let items = first_seq(graph, &args);
-            let v = graph.add(Node::List(items));
-            graph.set_made_by(&v, g);
-            Ok(v)
+            containers::make(graph, g, Kind::List, &args, &kwargs, is_new)
         }
         ("builtins", "tuple") | ("__builtin__", "tuple") | ("torch", "Size") => {
-            let items = first_seq(graph, &args);
-            let v = graph.add(Node::Tuple(items));
-            graph.set_made_by(&v, g);
-            Ok(v)
+            containers::make(graph, g, Kind::Tuple, &args, &kwargs, is_new)
         }
         ("_codecs", "encode") => {
             // Protocol 2 stores bytes as _codecs.encode(latin-1 text, 'latin1').
@@ -83,12 +61,7 @@ pub fn construct(
             Ok(graph.add(Node::Bytes(bytes)))
         }
         ("builtins", "bytearray") | ("builtins", "bytes") | ("__builtin__", "bytearray") => {
-            match args.first() {
-                Some(v @ Value::Node(_)) if matches!(graph.get(v), Some(Node::Bytes(_))) => {
-                    Ok(v.clone())
-                }
-                _ => Ok(graph.add(Node::Bytes(Arc::from(&[][..])))),
-            }
+            containers::bytes(graph, g, &args, is_new)
         }
         ("numpy.core.multiarray", "scalar") | ("numpy._core.multiarray", "scalar") => {
             Ok(numpy_scalar(graph, &args).unwrap_or_else(|| inert(graph, g, args, kwargs)))
@@ -211,17 +184,6 @@ fn inert(graph: &mut Graph, g: &Global, args: Vec<Value>, kwargs: Vec<(Value, Va
         kwargs,
         ..Object::default()
     })))
-}
-
-fn first_seq(graph: &Graph, args: &[Value]) -> Vec<Value> {
-    args.first()
-        .and_then(|a| match graph.get(a) {
-            Some(Node::Tuple(v) | Node::List(v) | Node::Set(v) | Node::FrozenSet(v)) => {
-                Some(v.clone())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 fn mark_parameter(graph: &mut Graph, data: &Value) -> R<Value> {

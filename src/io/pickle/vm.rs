@@ -1,7 +1,8 @@
 //! The opcode loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use super::containers;
 use super::error::PickleFault;
 use super::frame::Frames;
 use super::keys::{self, KeyIndex};
@@ -36,6 +37,7 @@ pub fn unpickle(
         loader,
         limits,
         keys: KeyIndex::default(),
+        instance_dicts: HashSet::new(),
     };
     vm.run()
 }
@@ -57,6 +59,8 @@ pub(super) struct Vm<'a> {
     pub(super) limits: &'a Limits,
     /// Where each dict's keys sit, for Python's rule on a key set twice.
     pub(super) keys: KeyIndex,
+    /// The dict nodes holding objects' attributes, made by BUILD (see `build.rs`).
+    pub(super) instance_dicts: HashSet<NodeId>,
 }
 
 pub(super) type R<T> = Result<T, PickleFault>;
@@ -267,9 +271,16 @@ impl<'a> Vm<'a> {
                 let n = self.take(1)?[0] as usize;
                 self.push_bytes(n)?;
             }
-            BINBYTES8 | BYTEARRAY8 => {
+            BINBYTES8 => {
                 let n = self.len8()?;
                 self.push_bytes(n)?;
+            }
+            BYTEARRAY8 => {
+                let n = self.len8()?;
+                self.push_bytes(n)?;
+                let v = self.top()?.clone();
+                self.graph
+                    .set_made_by(&v, &Global::new("builtins", "bytearray"));
             }
             NEXT_BUFFER | READONLY_BUFFER => {
                 return Err(PickleFault::OutOfBand);
@@ -295,12 +306,19 @@ impl<'a> Vm<'a> {
             EMPTY_DICT => self.push_node(Node::Dict(Vec::new())),
             DICT => {
                 let items = self.pop_mark()?;
-                let pairs = keys::dict_of(self.graph, pairs(items)?)?;
+                let pairs = pairs(items)?;
+                for (k, _) in &pairs {
+                    containers::hashable(self.graph, k)?;
+                }
+                let pairs = keys::dict_of(self.graph, pairs)?;
                 self.push_node(Node::Dict(pairs));
             }
             EMPTY_SET => self.push_node(Node::Set(Vec::new())),
             FROZENSET => {
                 let items = self.pop_mark()?;
+                for x in &items {
+                    containers::hashable(self.graph, x)?;
+                }
                 self.push_node(Node::FrozenSet(items));
             }
             APPEND => {
@@ -313,6 +331,9 @@ impl<'a> Vm<'a> {
             }
             ADDITEMS => {
                 let items = self.pop_mark()?;
+                for x in &items {
+                    containers::hashable(self.graph, x)?;
+                }
                 let target = self.top()?.clone();
                 match target.node().map(|id| self.graph.node_mut(id)) {
                     Some(Node::Set(s)) => s.extend(items),
@@ -410,7 +431,7 @@ impl<'a> Vm<'a> {
                     .graph
                     .dict(&kwargs)
                     .map(|d| d.to_vec())
-                    .unwrap_or_default();
+                    .ok_or(PickleFault::KwargsNotDict)?;
                 let v = self.construct(cls, args, kwargs, Call::NewObj)?;
                 self.push(v);
             }
@@ -514,7 +535,7 @@ impl<'a> Vm<'a> {
         match target.node().map(|id| self.graph.node_mut(id)) {
             Some(Node::List(l)) => l.extend(items),
             Some(Node::Object(o)) => o.items.extend(items),
-            Some(Node::Set(s)) => s.extend(items),
+            // A set has neither `extend` nor `append`: Python raises AttributeError.
             other => {
                 let kind = other.map(|n| n.kind()).unwrap_or("scalar");
                 return Err(PickleFault::AppendTo(kind));
@@ -531,6 +552,11 @@ impl<'a> Vm<'a> {
             return Err(PickleFault::SetItemOn("scalar"));
         };
         // Taken out while the keys are compared: a key's equality reads other nodes.
+        if matches!(self.graph.node(id), Node::Dict(_)) {
+            for (k, _) in &entries {
+                containers::hashable(self.graph, k)?;
+            }
+        }
         let mut items = match self.graph.node_mut(id) {
             Node::Dict(d) => std::mem::take(d),
             Node::Object(o) => std::mem::take(&mut o.entries),
@@ -542,31 +568,6 @@ impl<'a> Vm<'a> {
             node => *node = Node::Dict(items),
         }
         set
-    }
-
-    fn build(&mut self, target: &Value, state: Value) -> R<()> {
-        let Some(id) = target.node() else {
-            return Err(PickleFault::BuildOn("scalar"));
-        };
-        if record::build(self.graph, target) {
-            // Setting attributes of a global is recorded for the judge; the graph keeps it as is.
-            return Ok(());
-        }
-        if let Some(v) = reconstruct::build_special(self.graph, target, &state) {
-            self.graph.node_mut(id).clone_from(&v);
-            return Ok(());
-        }
-        match self.graph.node_mut(id) {
-            Node::Object(o) => o.state = Some(state),
-            // An OrderedDict's attributes (a state dict's `_metadata`): kept aside for writers.
-            Node::Dict(_) | Node::Set(_) | Node::List(_) => {
-                self.graph.set_container_state(id, state)
-            }
-            // A parameter's extra state: nothing in it affects the data.
-            Node::Tensor(_) => {}
-            other => return Err(PickleFault::BuildOn(other.kind())),
-        }
-        Ok(())
     }
 }
 
