@@ -7,93 +7,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use common::{fixture, run};
-use fuse_ema::onnx::proto::{Attr, ElemType, Model, Node, TensorProto};
-
-fn load(p: &Path) -> Model {
-    fuse_ema::onnx::read::parse(&std::fs::read(p).unwrap(), None).unwrap()
-}
-
-fn save(m: &Model, p: &Path) {
-    std::fs::write(p, m.encode()).unwrap();
-}
-
-fn tensor(name: &str, dims: &[i64], raw: Vec<u8>, elem: ElemType) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        elem,
-        dims: dims.to_vec(),
-        raw,
-    }
-}
-
-fn f32s(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
-    let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    tensor(name, dims, raw, ElemType::Float)
-}
-
-fn i64s(name: &str, v: &[i64]) -> TensorProto {
-    let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    tensor(name, &[v.len() as i64], raw, ElemType::Int64)
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<(String, Attr)>) -> Node {
-    Node {
-        op: op.into(),
-        name: format!("doctor/{output}"),
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        outputs: vec![output.into()],
-        attrs,
-    }
-}
-
-/// Renames the value `output0` inside the graph to `output0_raw` (its producer and consumers),
-/// so appended nodes can compute a new `output0` from it.
-fn detach_output0(m: &mut Model) {
-    for n in &mut m.nodes {
-        for v in n.outputs.iter_mut().chain(n.inputs.iter_mut()) {
-            if v == "output0" {
-                *v = "output0_raw".into();
-            }
-        }
-    }
-}
-
-/// Exports `ckpt` into `dir` with `extra` options (the export's own parity check passing).
-fn export(dir: &Path, ckpt: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let out = dir.join(name);
-    let o = common::golden::export(ckpt, &out, extra);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
-
-/// `verify ONNX --checkpoint CKPT --runtime ort --json EXTRA…`: exit code, stdout + stderr.
-fn verify(onnx: &Path, ckpt: &Path, extra: &[&str]) -> (i32, String) {
-    let mut args = vec![
-        "verify",
-        onnx.to_str().unwrap(),
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--runtime",
-        "ort",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let o = run(&args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().expect("exited"), text)
-}
+use common::fixture;
+use common::onnx_edit::{detach_output0, export, f32s, i64s, load, node, save, verify};
+use fuse_ema::onnx::proto::{Attr, Model};
 
 /// Appends to an NMS export: `score` (B, K, 1), the score column of `output0_raw`, and `pad`,
 /// true on its zero (padding) rows.

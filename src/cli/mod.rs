@@ -259,6 +259,11 @@ struct ParityArgs {
     /// Seeded uniform [0,1) input batches to compare on.
     #[arg(long, default_value_t = 1, value_name = "N")]
     parity_samples: usize,
+    /// The first seeded batch's seed (the others follow it). verify draws a fresh one per run
+    /// unless given, so an ONNX cannot recognise its inputs, and reports it so a failure can be
+    /// rerun; export's own check uses 0.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
     /// Stop checking further seeded batches once parity has run this long (the first batch
     /// always runs; the report says how many were checked; no default: every batch runs), e.g.
     /// `--parity-samples 8 --parity-budget 30`.
