@@ -47,14 +47,17 @@ fn doctored_nms_rows_fail() {
 
     let mut m = load(&honest);
     score_and_padding(&mut m);
+    // The mask is arithmetic, floor(score + 0.001): a comparison with 0.999 would now be
+    // refused as a second score threshold before the rows are compared (review 7).
     m.initializers.extend([
-        f32s("dr_sat", &[], &[0.999]),
+        f32s("dr_sat", &[], &[0.001]),
         f32s("dr_shift", &[1, 1, 6], &[60.0, 0.0, 60.0, 0.0, 0.0, 0.0]),
     ]);
     m.nodes.extend([
-        node("Greater", &["score", "dr_sat"], "sat", vec![]),
-        node("Add", &["output0_raw", "dr_shift"], "moved", vec![]),
-        node("Where", &["sat", "moved", "output0_raw"], "output0", vec![]),
+        node("Add", &["score", "dr_sat"], "near1", vec![]),
+        node("Floor", &["near1"], "sat", vec![]),
+        node("Mul", &["sat", "dr_shift"], "shift", vec![]),
+        node("Add", &["output0_raw", "shift"], "output0", vec![]),
     ]);
     let shifted = dir.path().join("satshift.onnx");
     save(&m, &shifted);
@@ -150,23 +153,28 @@ fn nms_thresholds_come_from_the_graph() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("score threshold is ambiguous"), "{out}");
 
-    // The IoU threshold computed rather than constant.
-    let mut m = load(&low);
-    let nms = m
-        .nodes
-        .iter_mut()
-        .find(|n| n.op == "NonMaxSuppression")
-        .unwrap();
-    let iou = std::mem::replace(&mut nms.inputs[3], "dr_iou".into());
-    m.nodes.push(node("Identity", &[&iou], "dr_iou", vec![]));
-    // Identity must come before its consumer: topological order.
-    let last = m.nodes.pop().unwrap();
-    m.nodes.insert(0, last);
-    let computed = dir.path().join("computed-iou.onnx");
-    save(&m, &computed);
-    let (code, out) = verify(&computed, &ckpt, &[]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("no constant iou_threshold"), "{out}");
+    // The IoU threshold passed through an Identity is still the constant (folded, review 7);
+    // computed from it (Abs), it is no constant this reader evaluates.
+    for (op, pass) in [("Identity", true), ("Abs", false)] {
+        let mut m = load(&low);
+        let nms = m
+            .nodes
+            .iter_mut()
+            .find(|n| n.op == "NonMaxSuppression")
+            .unwrap();
+        let iou = std::mem::replace(&mut nms.inputs[3], "dr_iou".into());
+        // The new node must come before its consumer: topological order.
+        m.nodes.insert(0, node(op, &[&iou], "dr_iou", vec![]));
+        let computed = dir.path().join("computed-iou.onnx");
+        save(&m, &computed);
+        let (code, out) = verify(&computed, &ckpt, &[]);
+        if pass {
+            assert_eq!(code, 0, "{out}");
+        } else {
+            assert_eq!(code, 2, "{out}");
+            assert!(out.contains("no constant iou_threshold"), "{out}");
+        }
+    }
 }
 
 /// Against a golden file the ONNX must give exactly the golden's outputs: one dropped, one

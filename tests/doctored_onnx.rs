@@ -11,7 +11,9 @@ mod common;
 use std::path::Path;
 
 use common::fixture;
-use common::onnx_edit::{detach_output0, export, f32s, i64s, load, node, save, verify};
+use common::onnx_edit::{
+    detach_output0, export, f32s, i64s, load, node, save, verify, verify_unpinned,
+};
 use fuse_ema::onnx::proto::{Attr, Model};
 
 /// The yolo11 fixture exported at 64×64 with NMS inside, and its checkpoint; verify passes it.
@@ -27,7 +29,7 @@ fn honest_nms(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 fn verify_edit(dir: &Path, m: &Model, name: &str, ckpt: &Path) -> (i32, String) {
     let p = dir.join(name);
     save(m, &p);
-    verify(&p, ckpt, &["--seed", "0"])
+    verify(&p, ckpt, &[])
 }
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
@@ -120,7 +122,7 @@ fn names_and_external_data_defined_twice_are_refused() {
         }
         let p = dir.path().join("ext.onnx");
         std::fs::write(&p, bytes).unwrap();
-        verify(&p, &ckpt, &["--seed", "0"])
+        verify(&p, &ckpt, &[])
     };
     let at4 = [("location", "nmsx.bin"), ("offset", "4"), ("length", "4")];
     // Read from external data, the threshold 0.9 is the graph's one threshold: judged at it.
@@ -252,7 +254,7 @@ fn saturated_rows_keep_their_class() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = fixture("yolov8-v80-style.pt");
     let onnx = export(dir.path(), &ckpt, "v80.onnx", &["--nms", "--imgsz", "128"]);
-    let (code, out) = verify(&onnx, &ckpt, &["--seed", "0"]);
+    let (code, out) = verify(&onnx, &ckpt, &[]);
     assert_eq!(code, 0, "{out}");
     let mut m = load(&onnx);
     detach_output0(&mut m);
@@ -308,7 +310,7 @@ fn metadata_consumers_act_on_is_compared() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = fixture("yolo11-detect.pt");
     let onnx = export(dir.path(), &ckpt, "plain.onnx", &["--imgsz", "64"]);
-    let (code, out) = verify(&onnx, &ckpt, &["--seed", "0"]);
+    let (code, out) = verify(&onnx, &ckpt, &[]);
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["metadata"]["pass"], true, "{out}");
@@ -370,10 +372,10 @@ fn seeds_are_drawn_per_run_unless_pinned() {
     ]);
     let probe = dir.path().join("probe.onnx");
     save(&m, &probe);
-    let (code, out) = verify(&probe, &ckpt, &["--seed", "0"]);
+    let (code, out) = verify(&probe, &ckpt, &[]);
     assert_eq!(code, 0, "the probe passes on the public seed 0: {out}");
 
-    let (code, out) = verify(&probe, &ckpt, &[]);
+    let (code, out) = verify_unpinned(&probe, &ckpt, &[]);
     assert_eq!(code, 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let seed = v["parity"]["samples"]["first_seed"].as_u64().unwrap();
@@ -384,7 +386,7 @@ fn seeds_are_drawn_per_run_unless_pinned() {
     let w: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(w["parity"], v["parity"]);
     // Another run draws another seed.
-    let (_, third) = verify(&probe, &ckpt, &[]);
+    let (_, third) = verify_unpinned(&probe, &ckpt, &[]);
     let t: serde_json::Value = serde_json::from_str(&third).unwrap();
     assert_ne!(
         t["parity"]["samples"]["first_seed"],

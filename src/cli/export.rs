@@ -341,6 +341,9 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
             a.checkpoint.display()
         );
         print!("{}", render::parity_text(&report));
+        if let Some(s) = &report.samples {
+            println!("seed: {0} (`--seed {0}` reruns these inputs)", s.first_seed);
+        }
         println!("weights: {}", weights.summary);
         println!("metadata: {}", metadata.summary());
     }

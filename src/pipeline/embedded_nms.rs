@@ -197,8 +197,8 @@ fn compared(model: &Model, strict: bool) -> Result<Vec<(f64, &Node)>, String> {
     Ok(found)
 }
 
-/// Every `Where` selects on the comparisons [`compared`] judged, combined with `And`, `Or`,
-/// `Not`, `Xor`, a constant, or the NMS's keep mask (`Cast` to bool of a `ScatterND` of the
+/// Every `Where` selects on the comparisons [`compared`] judged (or an `Equal`), combined with
+/// `And`, `Or`, `Not`, `Xor`, a constant, or the NMS's keep mask (`Cast` to bool of a `ScatterND` of the
 /// kept indices): a condition computed otherwise could filter rows at a threshold no comparison
 /// shows.
 fn wheres(model: &Model) -> Result<(), String> {
@@ -216,7 +216,8 @@ fn wheres(model: &Model) -> Result<(), String> {
             let producer = (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v));
             let ok = match producer {
                 _ if depth > 8 => false,
-                Some(p) if COMPARISONS.contains(&p.op.as_str()) => true,
+                // `Equal` picks out rows at one value (padding at 0), no threshold.
+                Some(p) if COMPARISONS.contains(&p.op.as_str()) || p.op == "Equal" => true,
                 Some(p) if matches!(p.op.as_str(), "And" | "Or" | "Not" | "Xor" | "Identity") => {
                     todo.extend(p.inputs.iter().map(|i| (i.as_str(), depth + 1)));
                     true

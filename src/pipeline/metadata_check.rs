@@ -75,7 +75,7 @@ pub fn check_metadata(model: &Model, ckpt: &Checkpoint, root: ModuleRef) -> Meta
     {
         let shown = names
             .iter()
-            .map(|(i, n)| format!("{i}: {n:?}"))
+            .map(|(i, n)| format!("{i}: '{}'", n.replace('\\', "\\\\").replace('\'', "\\'")))
             .collect::<Vec<_>>()
             .join(", ");
         compare("names", format!("{{{shown}}}"), &|v| {

@@ -74,8 +74,19 @@ pub fn export(dir: &Path, ckpt: &Path, name: &str, extra: &[&str]) -> PathBuf {
     out
 }
 
-/// `verify ONNX --checkpoint CKPT --runtime ort --json EXTRA…`: exit code, stdout + stderr.
+/// `verify ONNX --checkpoint CKPT --runtime ort --json EXTRA…` with the seeded inputs pinned at
+/// seed 0 (the doctored files' rows are chosen on its input) unless `extra` gives a `--seed`:
+/// exit code, stdout + stderr.
 pub fn verify(onnx: &Path, ckpt: &Path, extra: &[&str]) -> (i32, String) {
+    let pinned = match extra.contains(&"--seed") {
+        true => vec![],
+        false => vec!["--seed", "0"],
+    };
+    verify_unpinned(onnx, ckpt, &[&pinned[..], extra].concat())
+}
+
+/// [`verify`] with `verify`'s own choice of seed (a fresh one per run) unless `extra` gives one.
+pub fn verify_unpinned(onnx: &Path, ckpt: &Path, extra: &[&str]) -> (i32, String) {
     let mut args = vec![
         "verify",
         onnx.to_str().unwrap(),
