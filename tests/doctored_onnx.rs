@@ -215,6 +215,33 @@ fn every_score_comparison_must_agree() {
     let (code, out) = verify_edit(dir.path(), &m, "computed.onnx", &ckpt);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("compares two computed values"), "{out}");
+
+    // The final rows selected on a mask computed arithmetically, Cast(Floor(score + 0.1)) to
+    // bool (a threshold of 0.9 no comparison shows).
+    let mut m = load(&onnx);
+    let last = *greaters(&m).last().unwrap();
+    let (scores, mask) = (
+        m.nodes[last].inputs[0].clone(),
+        m.nodes[last].outputs[0].clone(),
+    );
+    m.initializers.push(f32s("dr_tenth", &[1], &[0.1]));
+    let to_bool = vec![("to".to_string(), Attr::Int(9))];
+    m.nodes
+        .insert(last, node("Cast", &["dr_floor"], "dr_mask", to_bool));
+    m.nodes
+        .insert(last, node("Floor", &["dr_up"], "dr_floor", vec![]));
+    m.nodes
+        .insert(last, node("Add", &[&scores, "dr_tenth"], "dr_up", vec![]));
+    for n in m
+        .nodes
+        .iter_mut()
+        .filter(|n| n.op == "Where" && n.inputs[0] == mask)
+    {
+        n.inputs[0] = "dr_mask".into();
+    }
+    let (code, out) = verify_edit(dir.path(), &m, "arith-mask.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("Where node"), "{out}");
 }
 
 /// F11: a per-class cap below the rows per image, and centre-format boxes, change what ONNX

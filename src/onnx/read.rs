@@ -340,24 +340,10 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
 }
 
 /// External data as ONNX Runtime reads it: with `data_location = EXTERNAL` (1) and nothing
-/// inline, each key once, and only the keys it knows.
+/// inline (its keys are checked where they are read, [`External`]).
 fn check_external(name: &str, kv: &[(String, String)], location: u64, no_inline: bool) -> R<()> {
     if (location == 1) == kv.is_empty() || (location == 1 && !no_inline) {
         return Err(OnnxReadError::ExternalLocation(name.to_string()));
-    }
-    for (i, (k, _)) in kv.iter().enumerate() {
-        if !matches!(k.as_str(), "location" | "offset" | "length" | "checksum") {
-            return Err(OnnxReadError::ExternalKey {
-                name: name.to_string(),
-                key: k.clone(),
-            });
-        }
-        if kv[..i].iter().any(|(o, _)| o == k) {
-            return Err(OnnxReadError::ExternalKeyTwice {
-                name: name.to_string(),
-                key: k.clone(),
-            });
-        }
     }
     Ok(())
 }

@@ -77,6 +77,20 @@ impl<'p> External<'p> {
     /// (opened and mapped on first use). Each key is read once: the reader refuses repeated
     /// keys, which ONNX Runtime would read as the last.
     fn locate(&mut self, name: &str, kv: &[(String, String)]) -> R<(String, usize, usize)> {
+        for (i, (k, _)) in kv.iter().enumerate() {
+            if !matches!(k.as_str(), "location" | "offset" | "length" | "checksum") {
+                return Err(OnnxReadError::ExternalKey {
+                    name: name.to_string(),
+                    key: k.clone(),
+                });
+            }
+            if kv[..i].iter().any(|(o, _)| o == k) {
+                return Err(OnnxReadError::ExternalKeyTwice {
+                    name: name.to_string(),
+                    key: k.clone(),
+                });
+            }
+        }
         let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
         let loc = get("location").ok_or_else(|| OnnxReadError::NoLocation(name.to_string()))?;
         if !self.files.contains_key(loc) {
