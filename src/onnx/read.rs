@@ -553,4 +553,7 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
 mod constant;
 #[path = "read_external.rs"]
 mod external;
+#[cfg(test)]
+#[path = "read_tests.rs"]
+mod tests;
 pub(crate) use external::External;
