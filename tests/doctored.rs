@@ -7,93 +7,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use common::{fixture, run};
-use fuse_ema::onnx::proto::{Attr, ElemType, Model, Node, TensorProto};
-
-fn load(p: &Path) -> Model {
-    fuse_ema::onnx::read::parse(&std::fs::read(p).unwrap(), None).unwrap()
-}
-
-fn save(m: &Model, p: &Path) {
-    std::fs::write(p, m.encode()).unwrap();
-}
-
-fn tensor(name: &str, dims: &[i64], raw: Vec<u8>, elem: ElemType) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        elem,
-        dims: dims.to_vec(),
-        raw,
-    }
-}
-
-fn f32s(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
-    let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    tensor(name, dims, raw, ElemType::Float)
-}
-
-fn i64s(name: &str, v: &[i64]) -> TensorProto {
-    let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    tensor(name, &[v.len() as i64], raw, ElemType::Int64)
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<(String, Attr)>) -> Node {
-    Node {
-        op: op.into(),
-        name: format!("doctor/{output}"),
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        outputs: vec![output.into()],
-        attrs,
-    }
-}
-
-/// Renames the value `output0` inside the graph to `output0_raw` (its producer and consumers),
-/// so appended nodes can compute a new `output0` from it.
-fn detach_output0(m: &mut Model) {
-    for n in &mut m.nodes {
-        for v in n.outputs.iter_mut().chain(n.inputs.iter_mut()) {
-            if v == "output0" {
-                *v = "output0_raw".into();
-            }
-        }
-    }
-}
-
-/// Exports `ckpt` into `dir` with `extra` options (the export's own parity check passing).
-fn export(dir: &Path, ckpt: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let out = dir.join(name);
-    let o = common::golden::export(ckpt, &out, extra);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
-
-/// `verify ONNX --checkpoint CKPT --runtime ort --json EXTRA…`: exit code, stdout + stderr.
-fn verify(onnx: &Path, ckpt: &Path, extra: &[&str]) -> (i32, String) {
-    let mut args = vec![
-        "verify",
-        onnx.to_str().unwrap(),
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--runtime",
-        "ort",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let o = run(&args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().expect("exited"), text)
-}
+use common::fixture;
+use common::onnx_edit::{detach_output0, export, f32s, i64s, load, node, save, verify};
+use fuse_ema::onnx::proto::{Attr, Model};
 
 /// Appends to an NMS export: `score` (B, K, 1), the score column of `output0_raw`, and `pad`,
 /// true on its zero (padding) rows.
@@ -131,14 +47,17 @@ fn doctored_nms_rows_fail() {
 
     let mut m = load(&honest);
     score_and_padding(&mut m);
+    // The mask is arithmetic, floor(score + 0.001): a comparison with 0.999 would now be
+    // refused as a second score threshold before the rows are compared (review 7).
     m.initializers.extend([
-        f32s("dr_sat", &[], &[0.999]),
+        f32s("dr_sat", &[], &[0.001]),
         f32s("dr_shift", &[1, 1, 6], &[60.0, 0.0, 60.0, 0.0, 0.0, 0.0]),
     ]);
     m.nodes.extend([
-        node("Greater", &["score", "dr_sat"], "sat", vec![]),
-        node("Add", &["output0_raw", "dr_shift"], "moved", vec![]),
-        node("Where", &["sat", "moved", "output0_raw"], "output0", vec![]),
+        node("Add", &["score", "dr_sat"], "near1", vec![]),
+        node("Floor", &["near1"], "sat", vec![]),
+        node("Mul", &["sat", "dr_shift"], "shift", vec![]),
+        node("Add", &["output0_raw", "shift"], "output0", vec![]),
     ]);
     let shifted = dir.path().join("satshift.onnx");
     save(&m, &shifted);
@@ -234,23 +153,28 @@ fn nms_thresholds_come_from_the_graph() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("score threshold is ambiguous"), "{out}");
 
-    // The IoU threshold computed rather than constant.
-    let mut m = load(&low);
-    let nms = m
-        .nodes
-        .iter_mut()
-        .find(|n| n.op == "NonMaxSuppression")
-        .unwrap();
-    let iou = std::mem::replace(&mut nms.inputs[3], "dr_iou".into());
-    m.nodes.push(node("Identity", &[&iou], "dr_iou", vec![]));
-    // Identity must come before its consumer: topological order.
-    let last = m.nodes.pop().unwrap();
-    m.nodes.insert(0, last);
-    let computed = dir.path().join("computed-iou.onnx");
-    save(&m, &computed);
-    let (code, out) = verify(&computed, &ckpt, &[]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("no constant iou_threshold"), "{out}");
+    // The IoU threshold passed through an Identity is still the constant (folded, review 7);
+    // computed from it (Abs), it is no constant this reader evaluates.
+    for (op, pass) in [("Identity", true), ("Abs", false)] {
+        let mut m = load(&low);
+        let nms = m
+            .nodes
+            .iter_mut()
+            .find(|n| n.op == "NonMaxSuppression")
+            .unwrap();
+        let iou = std::mem::replace(&mut nms.inputs[3], "dr_iou".into());
+        // The new node must come before its consumer: topological order.
+        m.nodes.insert(0, node(op, &[&iou], "dr_iou", vec![]));
+        let computed = dir.path().join("computed-iou.onnx");
+        save(&m, &computed);
+        let (code, out) = verify(&computed, &ckpt, &[]);
+        if pass {
+            assert_eq!(code, 0, "{out}");
+        } else {
+            assert_eq!(code, 2, "{out}");
+            assert!(out.contains("no constant iou_threshold"), "{out}");
+        }
+    }
 }
 
 /// Against a golden file the ONNX must give exactly the golden's outputs: one dropped, one

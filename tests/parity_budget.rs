@@ -63,6 +63,7 @@ fn the_json_report_counts_the_samples_checked() {
             serde_json::json!({
                 "requested": requested,
                 "checked": checked,
+                "first_seed": 0,
                 "budget_seconds": budget,
                 "cut_by_budget": cut
             }),

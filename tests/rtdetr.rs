@@ -210,6 +210,9 @@ fn verify(model: &std::path::Path, seed: u64) -> (i32, serde_json::Value) {
     run_json(&[
         "verify",
         model.to_str().unwrap(),
+        // Seeds 0..=seed: the batches whose query cuts are studied above.
+        "--seed",
+        "0",
         "--parity-samples",
         &samples(seed),
         "--checkpoint",

@@ -91,7 +91,7 @@ enum Command {
     Export(ExportArgs),
     /// Check an ONNX model against a checkpoint's EMA: outputs, and which weights it holds.
     #[command(
-        after_help = "Examples:\n  fuse-ema verify model.onnx --checkpoint best.pt\n  fuse-ema verify yolo-exported.onnx --checkpoint last.pt --json\n  fuse-ema verify model.onnx --checkpoint last.pt --golden io.npz\n\nRuns the ONNX in ONNX Runtime and the checkpoint's EMA in the reference interpreter on the\nONNX's input shape; compares outputs and detections; compares the ONNX initializers with the EMA\nand raw weights (BatchNorm folded) and says plainly when the ONNX holds the raw weights.\nExit codes: 0 verified, 1 parity failed or not the EMA's weights, 2 bad input."
+        after_help = "Examples:\n  fuse-ema verify model.onnx --checkpoint best.pt\n  fuse-ema verify yolo-exported.onnx --checkpoint last.pt --json\n  fuse-ema verify model.onnx --checkpoint last.pt --golden io.npz\n  fuse-ema verify model.onnx --checkpoint best.pt --parity-samples 8 --seed 1234\n\nRuns the ONNX in ONNX Runtime and the checkpoint's EMA in the reference interpreter on the\nONNX's input shape (seeded inputs from a fresh seed each run, printed; --seed reruns one);\ncompares outputs and detections; compares the ONNX initializers with the EMA and raw weights\n(BatchNorm folded) and says plainly when the ONNX holds the raw weights; compares the metadata\nUltralytics acts on (names, stride, task, imgsz, kpt_shape). A graph this reader cannot read\nexactly (a name defined twice, an NMS threshold that is not one constant) is refused.\nExit codes: 0 verified, 1 parity failed, not the EMA's weights or metadata differs, 2 bad input."
     )]
     Verify(VerifyArgs),
     /// Put a checkpoint's EMA into an ONNX model exported from its raw weights (any exporter, any architecture).
@@ -259,6 +259,11 @@ struct ParityArgs {
     /// Seeded uniform [0,1) input batches to compare on.
     #[arg(long, default_value_t = 1, value_name = "N")]
     parity_samples: usize,
+    /// The first seeded batch's seed (the others follow it). verify draws a fresh one per run
+    /// unless given, so an ONNX cannot recognise its inputs, and reports it so a failure can be
+    /// rerun; export's own check uses 0.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
     /// Stop checking further seeded batches once parity has run this long (the first batch
     /// always runs; the report says how many were checked; no default: every batch runs), e.g.
     /// `--parity-samples 8 --parity-budget 30`.

@@ -122,6 +122,44 @@ pub enum OnnxReadError {
     /// A data file that is not a regular file.
     #[error("{}: external data is not a regular file", .0.display())]
     ExternalNotFile(PathBuf),
+    /// A name that initializers, node outputs (`Constant` nodes' among them) and graph inputs
+    /// define twice: ONNX Runtime takes one copy (the last initializer), the reader could take
+    /// another, so neither is trusted (review 7).
+    #[error("'{0}' is defined twice (as an initializer, a node output or a graph input)")]
+    DefinedTwice(String),
+    /// A metadata key given twice (ONNX Runtime keeps the last).
+    #[error("metadata key '{0}' is given twice")]
+    MetadataTwice(String),
+    /// An external data key given twice (ONNX Runtime takes the last).
+    #[error("initializer '{name}': external data key '{key}' is given twice")]
+    ExternalKeyTwice {
+        /// The initializer.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// An external data key ONNX Runtime does not take.
+    #[error("initializer '{name}': unknown external data key '{key}'")]
+    ExternalKey {
+        /// The initializer.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// External data entries without `data_location = EXTERNAL`, or that location with
+    /// inline data: ONNX Runtime reads one, the reader could read the other.
+    #[error("initializer '{0}': its data location and its external data entries disagree")]
+    ExternalLocation(String),
+    /// Two initializers whose external bytes overlap.
+    #[error(
+        "initializer '{name}': its external data range overlaps another initializer's in {location}"
+    )]
+    ExternalRangesOverlap {
+        /// The initializer.
+        name: String,
+        /// The data file.
+        location: String,
+    },
     /// The bytes hold no graph.
     #[error("no graph: not an ONNX model")]
     NoGraph,
@@ -256,6 +294,7 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
     let (mut name, mut dims, mut code, mut raw) = (String::new(), Vec::new(), 0u64, Vec::new());
     let (mut floats, mut ints, mut small) = (Vec::new(), Vec::new(), Vec::new());
     let mut external: Vec<(String, String)> = Vec::new();
+    let mut location = 0u64;
     while let Some((f, v)) = p.next()? {
         match (f, v) {
             (1, Field::Bytes(d)) => dims.extend(packed_varints(d)?),
@@ -271,6 +310,7 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
             (7, Field::Bytes(d)) => ints.extend(packed_varints(d)?),
             (7, Field::Varint(d)) => ints.push(d as i64),
             (13, Field::Bytes(kv)) => external.push(string_pair(kv)?),
+            (14, Field::Varint(l)) => location = l,
             _ => {}
         }
     }
@@ -278,6 +318,8 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
         name: name.clone(),
         source: Box::new(source),
     })?;
+    let inline = !(raw.is_empty() && floats.is_empty() && ints.is_empty() && small.is_empty());
+    check_external(&name, &external, location, !inline)?;
     if raw.is_empty() {
         if !floats.is_empty() {
             raw = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
@@ -295,6 +337,43 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
         dims,
         raw,
     })
+}
+
+/// External data as ONNX Runtime reads it: with `data_location = EXTERNAL` (1) and nothing
+/// inline (its keys are checked where they are read, [`External`]).
+fn check_external(name: &str, kv: &[(String, String)], location: u64, no_inline: bool) -> R<()> {
+    if (location == 1) == kv.is_empty() || (location == 1 && !no_inline) {
+        return Err(OnnxReadError::ExternalLocation(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Refuses a name defined twice among initializers, node outputs and graph inputs (a graph
+/// input may share an initializer's name: older exporters list initializers as inputs), and a
+/// metadata key given twice.
+fn check_unique(m: &Model) -> R<()> {
+    let mut seen = std::collections::HashSet::new();
+    let init: std::collections::HashSet<&str> =
+        m.initializers.iter().map(|t| t.name.as_str()).collect();
+    let defined = (m.initializers.iter().map(|t| t.name.as_str()))
+        .chain(
+            m.nodes
+                .iter()
+                .flat_map(|n| n.outputs.iter().map(String::as_str)),
+        )
+        .chain((m.inputs.iter().map(|i| i.name.as_str())).filter(|n| !init.contains(n)));
+    for name in defined.filter(|n| !n.is_empty()) {
+        if !seen.insert(name) {
+            return Err(OnnxReadError::DefinedTwice(name.to_string()));
+        }
+    }
+    let mut keys = std::collections::HashSet::new();
+    for (k, _) in &m.metadata {
+        if !keys.insert(k.as_str()) {
+            return Err(OnnxReadError::MetadataTwice(k.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
@@ -458,6 +537,7 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
     if !has_graph {
         return Err(OnnxReadError::NoGraph);
     }
+    check_unique(&m)?;
     // Graph inputs that are initializers (older exporters list them) are not model inputs.
     let init: std::collections::HashSet<&str> =
         m.initializers.iter().map(|t| t.name.as_str()).collect();
@@ -473,4 +553,7 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
 mod constant;
 #[path = "read_external.rs"]
 mod external;
+#[cfg(test)]
+#[path = "read_tests.rs"]
+mod tests;
 pub(crate) use external::External;

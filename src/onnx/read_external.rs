@@ -17,6 +17,8 @@ pub(crate) struct External<'p> {
     mapped: u64,
     /// Bytes copied out of them so far.
     used: u64,
+    /// The ranges handed out, per file: start → end.
+    ranges: HashMap<String, std::collections::BTreeMap<usize, usize>>,
 }
 
 impl<'p> External<'p> {
@@ -26,12 +28,30 @@ impl<'p> External<'p> {
             files: HashMap::new(),
             mapped: 0,
             used: 0,
+            ranges: HashMap::new(),
         }
     }
 
     /// The initializer's bytes at `location`, `offset`, `length`.
     pub(super) fn bytes(&mut self, name: &str, kv: &[(String, String)]) -> R<Vec<u8>> {
-        let len = self.slice(name, kv)?.len();
+        let (loc, off, len) = self.locate(name, kv)?;
+        // Two initializers sharing bytes are no layout an exporter writes; where they do,
+        // a doctored file could let two readers see different values for one name.
+        let taken = self.ranges.entry(loc.clone()).or_default();
+        let before = taken
+            .range(..=off)
+            .next_back()
+            .is_some_and(|(_, end)| *end > off);
+        let after = (taken.range(off..).next()).is_some_and(|(start, _)| *start < off + len);
+        if len > 0 && (before || after) {
+            return Err(OnnxReadError::ExternalRangesOverlap {
+                name: name.to_string(),
+                location: loc,
+            });
+        }
+        if len > 0 {
+            taken.insert(off, off + len);
+        }
         // Exporters lay initializers end to end; ranges that overlap (every initializer naming
         // the whole file) would multiply memory by their count.
         self.used += len as u64;
@@ -48,6 +68,29 @@ impl<'p> External<'p> {
     /// The initializer's bytes in place, in the mapped data file (checked like [`Self::bytes`],
     /// but not counted: the caller copies out one tensor at a time).
     pub(crate) fn slice(&mut self, name: &str, kv: &[(String, String)]) -> R<&[u8]> {
+        let (loc, off, len) = self.locate(name, kv)?;
+        let data: &[u8] = self.files[&loc].as_ref().map_or(&[], |(_, m)| &m[..]);
+        Ok(&data[off..off + len])
+    }
+
+    /// The data file, offset and length of an initializer's bytes, checked to lie in the file
+    /// (opened and mapped on first use). Each key is read once: the reader refuses repeated
+    /// keys, which ONNX Runtime would read as the last.
+    fn locate(&mut self, name: &str, kv: &[(String, String)]) -> R<(String, usize, usize)> {
+        for (i, (k, _)) in kv.iter().enumerate() {
+            if !matches!(k.as_str(), "location" | "offset" | "length" | "checksum") {
+                return Err(OnnxReadError::ExternalKey {
+                    name: name.to_string(),
+                    key: k.clone(),
+                });
+            }
+            if kv[..i].iter().any(|(o, _)| o == k) {
+                return Err(OnnxReadError::ExternalKeyTwice {
+                    name: name.to_string(),
+                    key: k.clone(),
+                });
+            }
+        }
         let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
         let loc = get("location").ok_or_else(|| OnnxReadError::NoLocation(name.to_string()))?;
         if !self.files.contains_key(loc) {
@@ -66,17 +109,16 @@ impl<'p> External<'p> {
                 .map_err(|_| OnnxReadError::BadLength(name.to_string()))?,
             None => data.len().saturating_sub(off),
         };
-        let bytes = off
-            .checked_add(len)
-            .and_then(|end| data.get(off..end))
-            .ok_or_else(|| OnnxReadError::RangePastEnd {
+        if off.checked_add(len).is_none_or(|end| end > data.len()) {
+            return Err(OnnxReadError::RangePastEnd {
                 name: name.to_string(),
                 offset: off,
                 len,
                 location: loc.to_string(),
                 size: data.len(),
-            })?;
-        Ok(bytes)
+            });
+        }
+        Ok((loc.to_string(), off, len))
     }
 
     /// Opens and maps `loc`, which must be a regular file inside the model's folder.

@@ -27,10 +27,12 @@ pub fn seeded_images(shape: &[usize], seed: u64) -> RefTensor {
 
 /// What the reference comparison runs on.
 pub enum Inputs<'a> {
-    /// `samples` seeded uniform batches of `shape`.
+    /// `samples` seeded uniform batches of `shape`, seeds `first`, `first + 1`, ….
     Seeded {
         /// Input shape.
         shape: &'a [usize],
+        /// The first batch's seed.
+        first: u64,
         /// How many batches.
         samples: usize,
         /// `--parity-budget`: after each batch, stop when the parity run has taken longer than
@@ -48,6 +50,8 @@ pub struct SampleCount {
     pub requested: usize,
     /// Batches compared (the first `checked` seeds).
     pub checked: usize,
+    /// The first batch's seed (`--seed`; `verify` draws one per run unless given).
+    pub first_seed: u64,
     /// `--parity-budget` in seconds, when given.
     pub budget_seconds: Option<f64>,
     /// Whether the budget stopped the run before every requested batch was checked.
@@ -88,6 +92,7 @@ impl<'a> Batches<'a> {
         let t = match &mut self.inputs {
             Inputs::Seeded {
                 shape,
+                first,
                 samples,
                 budget,
             } => {
@@ -98,7 +103,7 @@ impl<'a> Batches<'a> {
                     self.cut = true;
                     return None;
                 }
-                seeded_images(shape, self.given as u64)
+                seeded_images(shape, first.wrapping_add(self.given as u64))
             }
             Inputs::Image(t, _) if self.given == 0 => {
                 std::mem::replace(t, RefTensor::new(vec![], vec![0]))
@@ -114,6 +119,7 @@ impl<'a> Batches<'a> {
         match self.inputs {
             Inputs::Seeded {
                 shape,
+                first,
                 samples,
                 budget,
             } => {
@@ -121,20 +127,22 @@ impl<'a> Batches<'a> {
                 let count = SampleCount {
                     requested,
                     checked: self.given,
+                    first_seed: first,
                     budget_seconds: budget.map(|b| b.as_secs_f64()),
                     cut_by_budget: self.cut,
                 };
                 let described = if self.cut {
                     format!(
-                        "{} of {requested} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds 0..{}; the --parity-budget of {} s cut the other {})",
+                        "{} of {requested} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds {first}..{}; the --parity-budget of {} s cut the other {})",
                         self.given,
-                        self.given,
+                        first.wrapping_add(self.given as u64),
                         count.budget_seconds.unwrap_or_default(),
                         requested - self.given
                     )
                 } else {
                     format!(
-                        "{requested} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds 0..{requested})"
+                        "{requested} seeded uniform [0,1) batch(es) of shape {shape:?} (splitmix64, seeds {first}..{})",
+                        first.wrapping_add(requested as u64)
                     )
                 };
                 (described, Some(count))

@@ -5,6 +5,10 @@ use super::rows::{self, RowsTolerance};
 use super::{Tolerance, channel_noise};
 use crate::reference::ops::RefTensor;
 
+/// How near 1 a score counts as saturated when listing the classes tied at an anchor: wider
+/// than the comparison's own limit (which decides, with the rows' columns, what matches).
+const SATURATED: f32 = 0.01;
+
 /// An `--nms` export: its `output0` holds detection rows, which the reference makes by running
 /// its own NMS on the model's output, and which are compared as sets ([`rows_check`]).
 #[derive(Clone, Copy, Debug)]
@@ -72,10 +76,13 @@ impl NmsOutput {
         groups
     }
 
-    /// The reference's candidates before suppression, as rows of the output's width (B, anchors,
+    /// The reference's candidates before suppression, as rows of the output's width (B, N,
     /// 6 + extra): each anchor whose best score is above the threshold less 0.05 (OBB: every
     /// anchor, those at or below the threshold with score 0, as its NMS keeps them), zero rows
-    /// for the others. An ONNX row that only one side keeps must be one of these.
+    /// for the others; then, for each anchor, a row for every other class whose score also
+    /// saturates (within [`SATURATED`] of 1): the classes a tie at 1.0 may pick, and the only
+    /// ones a row of another class may be matched with. An ONNX row that only one side keeps
+    /// must be one of these.
     pub(super) fn candidates(&self, raw: &RefTensor, task: &str, nc: usize) -> RefTensor {
         let (b, rows, a) = match raw.shape[..] {
             [b, rows, a] if rows >= 4 + nc && nc > 0 => (b, rows, a),
@@ -84,9 +91,11 @@ impl NmsOutput {
         let extra = rows - 4 - nc;
         let width = 6 + extra;
         let rotated = task == "obb";
-        let mut out = vec![0f32; b * a * width];
+        let mut per_image: Vec<(Vec<f32>, Vec<f32>)> = Vec::with_capacity(b);
         for img in 0..b {
             let at = |r: usize, k: usize| raw.data[(img * rows + r) * a + k];
+            let mut best_rows = vec![0f32; a * width];
+            let mut ties = Vec::new();
             for k in 0..a {
                 let best = (1..nc).fold((0, at(4, k)), |m, c| match at(4 + c, k) > m.1 {
                     true => (c, at(4 + c, k)),
@@ -97,7 +106,7 @@ impl NmsOutput {
                     continue;
                 }
                 let (cx, cy, w, h) = (at(0, k), at(1, k), at(2, k), at(3, k));
-                let o = &mut out[(img * a + k) * width..][..width];
+                let o = &mut best_rows[k * width..][..width];
                 o[..4].copy_from_slice(&match rotated {
                     true => [cx, cy, w, h],
                     false => [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
@@ -107,9 +116,26 @@ impl NmsOutput {
                 for e in 0..extra {
                     o[6 + e] = at(4 + nc + e, k);
                 }
+                let row = o.to_vec();
+                for c in (0..nc).filter(|&c| c != best.0 && 1.0 - at(4 + c, k) <= SATURATED) {
+                    ties.extend_from_slice(&row[..4]);
+                    ties.extend_from_slice(&[at(4 + c, k), c as f32]);
+                    ties.extend_from_slice(&row[6..]);
+                }
             }
+            per_image.push((best_rows, ties));
         }
-        RefTensor::new(out, vec![b, a, width])
+        let n = a
+            + (per_image.iter().map(|(_, t)| t.len() / width))
+                .max()
+                .unwrap_or(0);
+        let mut out = vec![0f32; b * n * width];
+        for (img, (best, ties)) in per_image.into_iter().enumerate() {
+            let o = &mut out[img * n * width..][..n * width];
+            o[..best.len()].copy_from_slice(&best);
+            o[best.len()..best.len() + ties.len()].copy_from_slice(&ties);
+        }
+        RefTensor::new(out, vec![b, n, width])
     }
 
     /// The tolerance of the rows of a model of `task`.

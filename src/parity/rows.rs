@@ -186,9 +186,8 @@ fn sets(
     };
     let saturation = limits(want, (b * k, c), &base)[SCORE];
     let saturated = |s: f32| ((1.0 - s) as f64) <= saturation;
-    let close = |x: &[f32], y: &[f32]| {
-        (x[CLASS] == y[CLASS] || (saturated(x[SCORE]) && saturated(y[SCORE])))
-            && (0..c).all(|j| j == CLASS || ((x[j] - y[j]).abs() as f64) <= limit[j])
+    let within = |x: &[f32], y: &[f32]| {
+        (0..c).all(|j| j == CLASS || ((x[j] - y[j]).abs() as f64) <= limit[j])
     };
     let near = |s: f32, at: f32| ((s - at).abs() as f64) <= 2.0 * limit[SCORE];
     let mut acc = Accumulator::new(c);
@@ -203,6 +202,21 @@ fn sets(
         };
         let (g, w) = (rows(got, k), rows(want, k));
         let cands = candidates.map(|t| rows(&t.data, t.shape[1]));
+        // Two rows of different classes match only where both classes saturate at that box in
+        // the reference's own candidates (a tie at 1.0 that rounding breaks either way); a
+        // saturated row alone is no licence to relabel it (review 7: every confident detection
+        // relabelled passed). Without candidates the class must agree.
+        let backed = |r: &[f32]| {
+            (cands.as_deref()).is_some_and(|cs| {
+                cs.iter()
+                    .any(|o| o[CLASS] == r[CLASS] && saturated(o[SCORE]) && within(r, o))
+            })
+        };
+        let close = |x: &[f32], y: &[f32]| {
+            within(x, y)
+                && (x[CLASS] == y[CLASS]
+                    || (saturated(x[SCORE]) && saturated(y[SCORE]) && backed(x) && backed(y)))
+        };
         let mut matched = 0usize;
         let mut used = vec![false; g.len()];
         let mut lost = Vec::new();

@@ -117,12 +117,18 @@ impl Rules<'_> {
             let near_tie = |r: &[f32], o: &[f32]| {
                 known && o[CLASS] == r[CLASS] && (self.near)(o[SCORE], r[SCORE]) && overlaps(r, o)
             };
+            // Per-class NMS never lets one class suppress another: a saturated suppressor of
+            // another class is only the same detection with its class tied at 1.0, which
+            // `close` accepts only where the candidates show both classes saturated there.
+            let kin = |r: &[f32], o: &[f32]| o[CLASS] == r[CLASS] || (self.close)(r, o);
             for &j in &rest_g {
                 let r = &got[j];
                 tied_g[j] = real(r)
                     && lone(r, got)
                     && want.iter().any(|o| {
-                        (sat(r) && sat(o) && overlaps(r, o)) || near_tie(r, o) || at_iou(r, o)
+                        (sat(r) && sat(o) && overlaps(r, o) && kin(r, o))
+                            || near_tie(r, o)
+                            || at_iou(r, o)
                     });
             }
             let standing: Vec<bool> = (0..got.len())
@@ -130,8 +136,8 @@ impl Rules<'_> {
                 .collect();
             for &i in &rest_w {
                 let r = &want[i];
-                let by_row =
-                    (got.iter().zip(&standing)).any(|(o, ok)| *ok && sat(o) && overlaps(r, o));
+                let by_row = (got.iter().zip(&standing))
+                    .any(|(o, ok)| *ok && sat(o) && overlaps(r, o) && kin(r, o));
                 // OBB's fast NMS lets any better candidate suppress, kept or not: there the
                 // suppressor may be a saturated candidate that is no row on either side.
                 let by_candidate = s.centred

@@ -79,14 +79,29 @@ fn a_missing_or_extra_row_fails_unless_at_the_threshold() {
 }
 
 #[test]
-fn classes_tied_at_a_saturated_score_match() {
+fn classes_tied_at_a_saturated_score_match_only_where_the_candidates_tie() {
     let mut s = scene();
     s[0][4] = 1.0;
     let want = rows(&s, 5);
-    s[0][5] = 1.0;
-    s[0][4] = 0.999_99;
-    let c = rows_check(&rows(&s, 5), &want, TOL);
+    let mut tied = s[0];
+    tied[5] = 1.0;
+    tied[4] = 0.999_99;
+    s[0] = tied;
+    let got = rows(&s, 5);
+    // Without candidates nothing shows class 1 saturated there (review 7: every saturated row
+    // relabelled passed).
+    let c = rows_check(&got, &want, TOL);
+    assert!(!c[0].pass, "{}", c[0].detail);
+    // The reference's candidates: the anchor's class 1 saturates too.
+    let mut cands = scene();
+    cands[0][4] = 1.0;
+    cands.push(tied);
+    let c = nms_rows_check(&got, &want, Some(&rows(&cands, 6)), TOL);
     assert!(c[0].pass, "{}", c[0].detail);
+    // … but not below saturation.
+    cands[3][4] = 0.9;
+    let c = nms_rows_check(&got, &want, Some(&rows(&cands, 6)), TOL);
+    assert!(!c[0].pass, "{}", c[0].detail);
 }
 
 #[test]

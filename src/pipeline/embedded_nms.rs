@@ -2,22 +2,37 @@
 //! thresholds and its rows per image. Ultralytics' metadata does not record the thresholds
 //! (`yolo export nms=True conf=0.1` bakes 0.1 into the graph and says only `'nms': True`), so
 //! assuming its defaults judged an export made at conf 0.001 against an NMS at 0.25 (review 6).
-//! Where the graph does not say them unambiguously `verify` refuses to judge the rows.
+//! Where the graph does not say them unambiguously `verify` refuses to judge the rows: the
+//! verdict must not rest on what this reader thinks the graph does where ONNX Runtime would do
+//! something else (review 7: a threshold behind an `Identity`, a second filter after the NMS,
+//! a per-class cap of 2 boxes or centre-format boxes all passed).
 
 use crate::onnx::nms::Nms;
-use crate::onnx::proto::{Attr, Dim, ElemType, Model};
+use crate::onnx::proto::{Attr, Dim, Model, Node};
 use crate::parity::NmsOutput;
+
+#[path = "embedded_nms_fold.rs"]
+mod fold;
+
+/// The comparisons a score filter can be written with (either operand order).
+const COMPARISONS: [&str; 4] = ["Greater", "Less", "GreaterOrEqual", "LessOrEqual"];
 
 /// The NMS `model` embeds: `Ok(None)` when its metadata (`args` with `'nms': True`, as
 /// `yolo export nms=True` and `--nms` write) says it has none; an error saying what could not
-/// be determined when it has one whose thresholds or row count the graph does not give.
+/// be determined when it has one whose parameters the graph does not give exactly.
 ///
 /// - With one `NonMaxSuppression` node (every detection NMS either exporter writes): the IoU
-///   threshold is its `iou_threshold` input, a constant (initializer or `Constant` node); the
-///   confidence threshold is the one constant every `Greater` compares with (the score filter)
-///   and, where given, the node's `score_threshold` — these must agree.
+///   threshold is its `iou_threshold` input; the confidence threshold is the one value every
+///   comparison in the graph (`Greater`, `Less`, `GreaterOrEqual`, `LessOrEqual`, before or
+///   after the NMS) compares with and, where given, the node's `score_threshold` — these must
+///   agree. Each is a constant folded through `Identity`, `Cast`, `Reshape`, `Squeeze`,
+///   `Unsqueeze` and `Expand`; a comparison of two computed values is refused. Its
+///   `max_output_boxes_per_class` must be at least the rows per image (the reference caps
+///   nothing per class) and its `center_point_box` 0 (corner boxes, as the reference reads
+///   them); every `Where` must select on those comparisons (or on the NMS's keep mask).
 /// - Without one (fuse-ema's rotated NMS for OBB, built from plain operators): the constants
-///   `nms/conf` and `nms/iou` that its `Greater` nodes compare with.
+///   `nms/conf` and `nms/iou` that its `Greater` nodes compare with; no comparison may use
+///   another constant but 0.
 /// - Rows per image (`max_det`): `output0`'s fixed second dimension.
 ///
 /// Class-agnostic NMS cannot be told from the graph; per class is assumed (an agnostic file
@@ -33,66 +48,67 @@ pub(super) fn embedded_nms(model: &Model) -> Result<Option<NmsOutput>, String> {
         Some(Dim::Fixed(n)) if *n > 0 => *n as usize,
         _ => return Err("its output0 has no fixed number of rows (max_det)".into()),
     };
+    // Control flow hides a subgraph this reader does not look into.
+    if let Some(n) = (model.nodes.iter()).find(|n| matches!(n.op.as_str(), "If" | "Loop" | "Scan"))
+    {
+        return Err(format!("it has a {} node ('{}')", n.op, n.name));
+    }
     let nms_nodes: Vec<_> = (model.nodes.iter())
         .filter(|n| n.op == "NonMaxSuppression")
         .collect();
-    // The scalar constants that `Greater` nodes compare with, in order, without repeats: all of
-    // them, or those comparing a value that a node in `within` computes.
-    let compared = |within: Option<&[bool]>| {
-        let mut found: Vec<f32> = Vec::new();
-        for n in &model.nodes {
-            let counts = |w: &[bool]| {
-                let compared = n.inputs.first().map(String::as_str).unwrap_or_default();
-                (model.nodes.iter().enumerate())
-                    .any(|(j, p)| w[j] && p.outputs.iter().any(|o| o == compared))
-            };
-            if n.op != "Greater" || within.is_some_and(|w| !counts(w)) {
-                continue;
-            }
-            if let Some(v) = n.inputs.get(1).and_then(|i| scalar(model, i))
-                && !found.iter().any(|c| c.to_bits() == v.to_bits())
-            {
-                found.push(v);
-            }
-        }
-        found
-    };
     let (conf, iou) = match nms_nodes[..] {
         [n] => {
-            let iou = (n.inputs.get(3).and_then(|i| scalar(model, i)))
+            let iou = (n.inputs.get(3).and_then(|i| fold::uniform(model, i)))
                 .ok_or("its NonMaxSuppression has no constant iou_threshold")?;
-            // The score filter compares the candidates' scores, computed upstream of the NMS
-            // (its mask may be applied before or after it): a Greater on values computed from
-            // the NMS's result (the rows) is no threshold of it.
-            let mut confs = compared(Some(&upstream(model, &n.inputs)));
-            if let Some(v) = n.inputs.get(4).and_then(|i| scalar(model, i))
-                && !confs.iter().any(|c| c.to_bits() == v.to_bits())
-            {
-                confs.push(v);
+            per_class_cap(model, n, max_det)?;
+            let mut confs = Vec::new();
+            for (v, _) in compared(model, true)? {
+                push_new(&mut confs, v);
             }
+            if let Some(i) = n.inputs.get(4).filter(|i| !i.is_empty()) {
+                let v = fold::uniform(model, i)
+                    .ok_or("its NonMaxSuppression's score_threshold is not a constant")?;
+                // The NMS's own threshold is the float32 one (it takes only float32).
+                confs.retain(|c| !agree(*c, v));
+                confs.insert(0, v);
+            }
+            wheres(model)?;
             match confs[..] {
                 [conf] => (conf, iou),
                 [] => return Err("no constant score threshold was found".into()),
                 _ => {
+                    let shown: Vec<f32> = confs.iter().map(|&c| c as f32).collect();
                     return Err(format!(
-                        "its score threshold is ambiguous (constants {confs:?})"
+                        "its score threshold is ambiguous (constants {shown:?})"
                     ));
                 }
             }
         }
         [] => {
-            let all = compared(None);
-            let named = |name: &str| scalar(model, name).filter(|v| all.contains(v));
-            match (named("nms/conf"), named("nms/iou")) {
-                (Some(conf), Some(iou)) => (conf, iou),
-                _ => {
-                    return Err(
-                        "it has no NonMaxSuppression node and is not fuse-ema's rotated NMS \
-                         (constants nms/conf, nms/iou), so its thresholds are unknown"
-                            .into(),
-                    );
-                }
+            let all: Vec<f64> = compared(model, false)?
+                .into_iter()
+                .map(|(v, _)| v)
+                .collect();
+            let named = |name: &str| {
+                fold::uniform(model, name).filter(|v| all.iter().any(|a| agree(*a, *v)))
+            };
+            let (Some(conf), Some(iou)) = (named("nms/conf"), named("nms/iou")) else {
+                return Err(
+                    "it has no NonMaxSuppression node and is not fuse-ema's rotated NMS \
+                     (constants nms/conf, nms/iou), so its thresholds are unknown"
+                        .into(),
+                );
+            };
+            if let Some(v) = all
+                .iter()
+                .find(|&&v| !(agree(v, conf) || agree(v, iou) || v == 0.0))
+            {
+                return Err(format!(
+                    "a comparison uses the constant {}, neither its score threshold {} nor its IoU threshold {}",
+                    *v as f32, conf as f32, iou as f32
+                ));
             }
+            (conf, iou)
         }
         _ => {
             return Err(format!(
@@ -101,6 +117,7 @@ pub(super) fn embedded_nms(model: &Model) -> Result<Option<NmsOutput>, String> {
             ));
         }
     };
+    let (conf, iou) = (conf as f32, iou as f32);
     for (what, v) in [("score", conf), ("IoU", iou)] {
         if !(0.0..=1.0).contains(&v) {
             return Err(format!("its {what} threshold {v} is not in [0, 1]"));
@@ -117,35 +134,125 @@ pub(super) fn embedded_nms(model: &Model) -> Result<Option<NmsOutput>, String> {
     }))
 }
 
-/// Which nodes of `model` compute (directly or not) any of `values`.
-fn upstream(model: &Model, values: &[String]) -> Vec<bool> {
-    let mut marked = vec![false; model.nodes.len()];
-    let mut todo: Vec<&str> = values.iter().map(String::as_str).collect();
-    while let Some(v) = todo.pop() {
-        for (i, n) in model.nodes.iter().enumerate() {
-            if !marked[i] && n.outputs.iter().any(|o| o == v) {
-                marked[i] = true;
-                todo.extend(n.inputs.iter().map(String::as_str));
+/// The NonMaxSuppression's parameters the reference does not take: its per-class cap must not
+/// bind (at least `max_det`; ONNX's default 0 keeps nothing) and its boxes must be corners.
+fn per_class_cap(model: &Model, n: &Node, max_det: usize) -> Result<(), String> {
+    let cap = (n.inputs.get(2).and_then(|i| fold::uniform(model, i)))
+        .ok_or("its NonMaxSuppression has no constant max_output_boxes_per_class")?;
+    if cap < max_det as f64 {
+        return Err(format!(
+            "its NonMaxSuppression keeps at most {cap} boxes per class (max_output_boxes_per_class), \
+             fewer than its {max_det} rows, a cap the reference does not apply"
+        ));
+    }
+    for (k, a) in &n.attrs {
+        match (k.as_str(), a) {
+            ("center_point_box", Attr::Int(0)) => {}
+            ("center_point_box", _) => {
+                return Err(
+                    "its NonMaxSuppression reads boxes as centre, width, height \
+                     (center_point_box), which the reference does not"
+                        .into(),
+                );
+            }
+            (other, _) => {
+                return Err(format!(
+                    "its NonMaxSuppression has the unknown attribute '{other}'"
+                ));
             }
         }
     }
-    marked
+    Ok(())
 }
 
-/// The value of `name` when it is a one-element float32 constant: an initializer or the output
-/// of a `Constant` node.
-fn scalar(model: &Model, name: &str) -> Option<f32> {
-    if let Some(t) = model.initializers.iter().find(|t| t.name == name) {
-        return match (t.elem, t.raw.as_slice()) {
-            (ElemType::Float, [a, b, c, d]) => Some(f32::from_le_bytes([*a, *b, *c, *d])),
-            _ => None,
+/// The constant every comparison node compares a computed value with, in graph order, with its
+/// node. A comparison of two computed values is an error when `strict` (it is no threshold this
+/// reader can read), skipped otherwise (the rotated NMS orders candidates that way); one of two
+/// constants is a constant itself and ignored.
+fn compared(model: &Model, strict: bool) -> Result<Vec<(f64, &Node)>, String> {
+    let mut found = Vec::new();
+    for n in (model.nodes.iter()).filter(|n| COMPARISONS.contains(&n.op.as_str())) {
+        let side = |i: usize| n.inputs.get(i).and_then(|v| fold::constant(model, v));
+        let c = match (side(0), side(1)) {
+            (Some(_), Some(_)) => continue,
+            (None, None) if !strict => continue,
+            (None, None) => {
+                return Err(format!(
+                    "its {} node '{}' compares two computed values, so its threshold cannot be read",
+                    n.op, n.name
+                ));
+            }
+            (Some(c), None) | (None, Some(c)) => c,
         };
+        match c.first() {
+            Some(&v) if c.iter().all(|x| x.to_bits() == v.to_bits()) => found.push((v, n)),
+            _ => {
+                return Err(format!(
+                    "its {} node '{}' compares with a constant that is not one value",
+                    n.op, n.name
+                ));
+            }
+        }
     }
-    let node =
-        (model.nodes.iter()).find(|n| n.op == "Constant" && n.outputs.iter().any(|o| o == name))?;
-    node.attrs.iter().find_map(|(k, a)| match (k.as_str(), a) {
-        ("value_float", Attr::Float(v)) => Some(*v),
-        ("value_floats", Attr::Floats(v)) if v.len() == 1 => Some(v[0]),
-        _ => None,
-    })
+    Ok(found)
+}
+
+/// Every `Where` selects on the comparisons [`compared`] judged (or an `Equal`), combined with
+/// `And`, `Or`, `Not`, `Xor`, a constant, or the NMS's keep mask (`Cast` to bool of a `ScatterND` of the
+/// kept indices): a condition computed otherwise could filter rows at a threshold no comparison
+/// shows.
+fn wheres(model: &Model) -> Result<(), String> {
+    for w in model.nodes.iter().filter(|n| n.op == "Where") {
+        let mut todo: Vec<(&str, usize)> = w
+            .inputs
+            .first()
+            .map(|c| (c.as_str(), 0))
+            .into_iter()
+            .collect();
+        while let Some((v, depth)) = todo.pop() {
+            if fold::constant(model, v).is_some() {
+                continue;
+            }
+            let producer = (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v));
+            let ok = match producer {
+                _ if depth > 8 => false,
+                // `Equal` picks out rows at one value (padding at 0), no threshold.
+                Some(p) if COMPARISONS.contains(&p.op.as_str()) || p.op == "Equal" => true,
+                Some(p) if matches!(p.op.as_str(), "And" | "Or" | "Not" | "Xor" | "Identity") => {
+                    todo.extend(p.inputs.iter().map(|i| (i.as_str(), depth + 1)));
+                    true
+                }
+                Some(p) if p.op == "Cast" => {
+                    let to_bool =
+                        (p.attrs.iter()).any(|(k, a)| k == "to" && matches!(a, Attr::Int(9)));
+                    let from = p.inputs.first().map(String::as_str).unwrap_or_default();
+                    to_bool
+                        && (model.nodes.iter())
+                            .any(|s| s.op == "ScatterND" && s.outputs.iter().any(|o| o == from))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "its Where node '{}' selects on '{v}', which is no comparison with its score threshold",
+                    w.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two thresholds that are the same number, or the same in float16 where one of them is a
+/// float16 number (an f16 model's filter compares with the f16 rounding of the NMS's f32
+/// threshold).
+fn agree(a: f64, b: f64) -> bool {
+    let h = |x: f64| half::f16::from_f64(x).to_f64();
+    a == b || ((h(a) == a || h(b) == b) && h(a) == h(b))
+}
+
+fn push_new(found: &mut Vec<f64>, v: f64) {
+    if !found.iter().any(|c| agree(*c, v)) {
+        found.push(v);
+    }
 }

@@ -389,6 +389,8 @@ pub struct ParityPlan<'a> {
     pub image: Option<&'a Path>,
     /// Seeded input batches.
     pub samples: usize,
+    /// The first seeded batch's seed.
+    pub seed: u64,
     /// `--parity-budget`: stop after the batch during which the parity run exceeded this.
     pub budget: Option<std::time::Duration>,
     /// The user's `atol` and `rtol`, when given.
@@ -452,6 +454,7 @@ impl ParityPlan<'_> {
                 }
                 None => parity::Inputs::Seeded {
                     shape,
+                    first: self.seed,
                     samples: self.samples,
                     budget: self.budget,
                 },

@@ -5,6 +5,7 @@
 
 mod embedded_nms;
 pub mod export;
+pub mod metadata_check;
 pub mod open;
 
 pub use open::{OpenError, open_checked};

@@ -74,6 +74,7 @@ complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l opset -d 'O
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l source -d 'Which weights: ema (default) or raw' -r -f -a "ema\t''
 raw\t''"
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l parity-samples -d 'Seeded uniform [0,1) input batches to compare on' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l seed -d 'The first seeded batch\'s seed (the others follow it). verify draws a fresh one per run unless given, so an ONNX cannot recognise its inputs, and reports it so a failure can be rerun; export\'s own check uses 0' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l parity-budget -d 'Stop checking further seeded batches once parity has run this long (the first batch always runs; the report says how many were checked; no default: every batch runs), e.g. `--parity-samples 8 --parity-budget 30`' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l parity-input -d 'Compare on this image (jpg/png), letterboxed as Ultralytics does, instead of random inputs' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l golden -d 'Compare with a golden .npz holding `images` and PyTorch\'s `output0`, `output1`, … instead' -r -F
@@ -98,6 +99,7 @@ complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -l strict -d '
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand export" -s h -l help -d 'Print help'
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l checkpoint -d 'The training checkpoint it should come from' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l parity-samples -d 'Seeded uniform [0,1) input batches to compare on' -r
+complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l seed -d 'The first seeded batch\'s seed (the others follow it). verify draws a fresh one per run unless given, so an ONNX cannot recognise its inputs, and reports it so a failure can be rerun; export\'s own check uses 0' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l parity-budget -d 'Stop checking further seeded batches once parity has run this long (the first batch always runs; the report says how many were checked; no default: every batch runs), e.g. `--parity-samples 8 --parity-budget 30`' -r
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l parity-input -d 'Compare on this image (jpg/png), letterboxed as Ultralytics does, instead of random inputs' -r -F
 complete -c fuse-ema -n "__fish_fuse_ema_using_subcommand verify" -l golden -d 'Compare with a golden .npz holding `images` and PyTorch\'s `output0`, `output1`, … instead' -r -F
