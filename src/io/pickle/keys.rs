@@ -5,7 +5,10 @@
 //! A reader that kept the first (or both) would hand the user other weights than torch does. Keys
 //! are compared the way Python compares them (`1 == 1.0 == True`, tuples by content, a class by
 //! identity); where that cannot be decided without running the key's own `__eq__`, the file is
-//! refused rather than guessed.
+//! refused rather than guessed: an instance key (`decimal.Decimal('1') == 1`, `complex(1, 0) == 1`,
+//! two paths of sibling classes, an enum member that is an int) may only stand alone in its dict.
+//! numpy's `str_`/`bytes_` scalars, which are `str`/`bytes` to Python, are decoded to text and
+//! bytes before they get here (`reconstruct::numpy_scalar`).
 
 use std::collections::HashMap;
 
@@ -35,8 +38,9 @@ pub(super) enum Key {
     Global(String),
     /// A tensor or storage: hashed by identity.
     Identity(NodeId),
-    /// An instance of this class: equality is the class's own, so two of one class are refused.
-    Instance(String),
+    /// An instance (this node): its class's own `__eq__`/`__hash__` decide what it equals, so it
+    /// is one key with itself (Python checks identity first) and undecidable beside any other.
+    Instance(NodeId),
 }
 
 /// The key `v` is, or why Python's answer cannot be known (or would be an error).
@@ -67,19 +71,32 @@ fn key_at(graph: &Graph, v: &Value, depth: usize) -> Result<Key, PickleFault> {
                     .collect::<Result<Vec<_>, _>>()?;
                 ks.sort();
                 ks.dedup();
+                if ks.len() > 1 && ks.iter().any(holds_instance) {
+                    return Err(PickleFault::UndecidableKey(
+                        "a frozenset key holding an instance beside other members (the instance's own __eq__ decides)",
+                    ));
+                }
                 Key::FrozenSet(ks)
             }
             Node::Bytes(b) => Key::Bytes(b.to_vec()),
             Node::Global(g) => Key::Global(g.dotted()),
             Node::Tensor(_) | Node::Storage(_) => Key::Identity(*id),
-            Node::Object(o) => {
-                Key::Instance((o.class.as_ref()).map(|c| c.dotted()).unwrap_or_default())
-            }
+            Node::Object(_) => Key::Instance(*id),
             n @ (Node::List(_) | Node::Dict(_) | Node::Set(_)) => {
                 return Err(PickleFault::UnhashableKey(n.kind()));
             }
         },
     })
+}
+
+/// Whether an instance (whose equality is its class's own) sits anywhere in `k`: then `k` may equal
+/// keys of any other form, and Python's answer is not known without running that `__eq__`.
+fn holds_instance(k: &Key) -> bool {
+    match k {
+        Key::Instance(_) => true,
+        Key::Tuple(items) | Key::FrozenSet(items) => items.iter().any(holds_instance),
+        _ => false,
+    }
 }
 
 fn float_key(f: f64) -> Result<Key, PickleFault> {
@@ -103,7 +120,27 @@ fn float_key(f: f64) -> Result<Key, PickleFault> {
 /// The positions of a dict's keys, kept per dict so that one SETITEM at a time stays linear.
 #[derive(Default)]
 pub(super) struct KeyIndex {
-    dicts: HashMap<NodeId, HashMap<Key, usize>>,
+    dicts: HashMap<NodeId, Positions>,
+}
+
+/// One dict's keys and where they sit.
+#[derive(Default)]
+struct Positions {
+    at: HashMap<Key, usize>,
+    /// Some key holds an instance: no other key may join it.
+    instance: bool,
+}
+
+impl Positions {
+    fn of(graph: &Graph, entries: &[(Value, Value)]) -> Result<Positions, PickleFault> {
+        let mut p = Positions::default();
+        for (i, (k, _)) in entries.iter().enumerate() {
+            let k = key(graph, k)?;
+            p.instance |= holds_instance(&k);
+            p.at.insert(k, i);
+        }
+        Ok(p)
+    }
 }
 
 impl KeyIndex {
@@ -118,19 +155,12 @@ impl KeyIndex {
         let index = match self.dicts.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let mut index = HashMap::with_capacity(entries.len());
-                for (i, (k, _)) in entries.iter().enumerate() {
-                    index.insert(key(graph, k)?, i);
-                }
-                e.insert(index)
+                e.insert(Positions::of(graph, entries)?)
             }
         };
         // Entries set by other means (a BUILD, a reconstructor) since the index was made.
-        if index.len() != entries.len() {
-            index.clear();
-            for (i, (k, _)) in entries.iter().enumerate() {
-                index.insert(key(graph, k)?, i);
-            }
+        if index.at.len() != entries.len() {
+            *index = Positions::of(graph, entries)?;
         }
         set_into(graph, index, entries, new)
     }
@@ -142,27 +172,29 @@ pub(super) fn dict_of(
     pairs: Vec<(Value, Value)>,
 ) -> Result<Vec<(Value, Value)>, PickleFault> {
     let mut entries = Vec::with_capacity(pairs.len());
-    set_into(graph, &mut HashMap::new(), &mut entries, pairs)?;
+    set_into(graph, &mut Positions::default(), &mut entries, pairs)?;
     Ok(entries)
 }
 
 fn set_into(
     graph: &Graph,
-    index: &mut HashMap<Key, usize>,
+    index: &mut Positions,
     entries: &mut Vec<(Value, Value)>,
     new: Vec<(Value, Value)>,
 ) -> Result<(), PickleFault> {
     for (k, v) in new {
         let kk = key(graph, &k)?;
-        match index.get(&kk) {
-            Some(_) if matches!(kk, Key::Instance(_)) => {
-                return Err(PickleFault::UndecidableKey(
-                    "two instance keys of one class (their own __eq__ decides)",
-                ));
-            }
+        match index.at.get(&kk) {
             Some(&i) => entries[i].1 = v,
             None => {
-                index.insert(kk, entries.len());
+                let instance = holds_instance(&kk);
+                if !index.at.is_empty() && (instance || index.instance) {
+                    return Err(PickleFault::UndecidableKey(
+                        "an instance key beside other keys (its class's own __eq__ and __hash__ decide whether they are one key)",
+                    ));
+                }
+                index.instance |= instance;
+                index.at.insert(kk, entries.len());
                 entries.push((k, v));
             }
         }
@@ -204,5 +236,47 @@ mod tests {
             d,
             vec![(s("ema"), Value::Int(3)), (s("model"), Value::Int(2))]
         );
+    }
+
+    #[test]
+    fn an_instance_key_stands_alone() {
+        let mut g = Graph::default();
+        let a = g.add(Node::Object(Box::default()));
+        let b = g.add(Node::Object(Box::default()));
+        let s = Value::Str("ema".into());
+        // The same object twice is one key (identity); alone it is fine.
+        let d = dict_of(
+            &g,
+            vec![(a.clone(), Value::Int(1)), (a.clone(), Value::Int(2))],
+        )
+        .unwrap();
+        assert_eq!(d, vec![(a.clone(), Value::Int(2))]);
+        // Beside a str, an int or another instance it might be equal: refused.
+        assert!(
+            dict_of(
+                &g,
+                vec![(s.clone(), Value::Int(1)), (a.clone(), Value::Int(2))]
+            )
+            .is_err()
+        );
+        assert!(
+            dict_of(
+                &g,
+                vec![(a.clone(), Value::Int(1)), (Value::Int(1), Value::Int(2))]
+            )
+            .is_err()
+        );
+        assert!(
+            dict_of(
+                &g,
+                vec![(a.clone(), Value::Int(1)), (b.clone(), Value::Int(2))]
+            )
+            .is_err()
+        );
+        // Inside a tuple too.
+        let t = g.add(Node::Tuple(vec![a.clone()]));
+        assert!(dict_of(&g, vec![(t, Value::Int(1)), (s, Value::Int(2))]).is_err());
+        let fs = g.add(Node::FrozenSet(vec![a, b]));
+        assert!(key(&g, &fs).is_err());
     }
 }

@@ -192,11 +192,7 @@ impl<'a> Vm<'a> {
                         len: line.len(),
                     });
                 }
-                let v = match line.trim() {
-                    "00" => Value::Bool(false),
-                    "01" => Value::Bool(true),
-                    s => parse_decimal(s)?,
-                };
+                let v = parse_int(&line)?;
                 self.push(v);
             }
             LONG => {
@@ -207,9 +203,7 @@ impl<'a> Vm<'a> {
                         len: line.len(),
                     });
                 }
-                let s = line.trim();
-                let s = s.strip_suffix('L').unwrap_or(s);
-                let v = parse_decimal(s)?;
+                let v = parse_long(&line)?;
                 self.push(v);
             }
             FLOAT => {
@@ -227,24 +221,23 @@ impl<'a> Vm<'a> {
                 self.push(Value::Float(f64::from_be_bytes(a)));
             }
             STRING => {
-                let line = self.line()?;
-                let s = unquote_py_string(line.trim_end())?;
-                self.push(Value::Str(bytes_to_str(&s)));
+                // CPython takes the line as it is: a blank after the closing quote is an error.
+                let s = unquote_py_string(self.line_bytes()?)?;
+                self.push(Value::Str(bytes_to_str(&s)?));
             }
             BINSTRING => {
                 let n = self.len4()?;
                 let b = self.take(n)?;
-                self.push(Value::Str(bytes_to_str(b)));
+                self.push(Value::Str(bytes_to_str(b)?));
             }
             SHORT_BINSTRING => {
                 let n = self.take(1)?[0] as usize;
                 let b = self.take(n)?;
-                self.push(Value::Str(bytes_to_str(b)));
+                self.push(Value::Str(bytes_to_str(b)?));
             }
             UNICODE => {
                 // raw-unicode-escape: code points below 256 are written as single latin-1 bytes.
-                let line: String = self.line_bytes()?.iter().map(|&b| b as char).collect();
-                let s = raw_unicode_unescape(&line)?;
+                let s = raw_unicode_unescape(self.line_bytes()?)?;
                 self.push(Value::Str(s.into()));
             }
             BINUNICODE => {
