@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from pickleasm import Build, Call, G, Persid, Raw, dumps  # noqa: E402
+from pickleasm import Build, Call, G, Persid, Raw, dumps, ops  # noqa: E402
 from writers import torch_zip  # noqa: E402
 
 
@@ -100,6 +100,14 @@ def cases():
     # numpy complex scalars are not decoded: the same as any instance.
     npc = np_scalar("c16", (3, "<", None, None, None, -1, -1, 0), struct.pack("<dd", 1.0, 0.0))
     yield "r7-npcomplex-key.pt", checkpoint([("model", w("0")), ("ema", w("1")), (1, 0), (npc, 1)], FULL), "error", "instance key"
+    # Set members are hashed and compared as keys: a list cannot be one (torch.load raises), an
+    # instance beside other members is undecidable.
+    listset = Call(G("builtins", "set"), [[1, 2]])
+    yield "r7-set-list-member.pt", checkpoint([("model", w("0")), ("ema", w("1")), ("tags", listset)], FULL), "error", "set member"
+    added = Raw(b"\x8f(" + ops([1], 2) + b"\x90")
+    yield "r7-additems-list-member.pt", checkpoint([("model", w("0")), ("ema", w("1")), ("tags", added)], FULL), "error", "set member"
+    fs = Call(G("builtins", "frozenset"), [Call(G("decimal", "Decimal"), "1"), 1])
+    yield "r7-frozenset-instance-member.pt", checkpoint([("model", w("0")), ("ema", w("1")), ("tags", fs)], FULL), "error", "instance key"
     # ---- F15: protocol-0 INT is strtol(base 0) in CPython's C unpickler: 010 is 8 ----
     yield "r7-int-octal-offset.pt", offset_file(b"I010\n"), "error", "INT literal"
     yield "r7-int-plus-offset.pt", offset_file(b"I+8\n"), "error", "INT literal"

@@ -69,10 +69,10 @@ pub enum PickleFault {
     #[error("ambiguous: {0} (CPython's C and Python unpicklers read it differently)")]
     FrameAmbiguous(FrameConflict),
     /// A dict key Python cannot hash (a list, dict or set): `torch.load` fails on it.
-    #[error("a {0} used as a dict key (Python cannot hash it; torch.load fails)")]
+    #[error("a {0} used as a dict key or set member (Python cannot hash it; torch.load fails)")]
     UnhashableKey(&'static str),
     /// A dict key whose equality with another key cannot be known without running code.
-    #[error("ambiguous dict key: {0}")]
+    #[error("ambiguous dict key or set member: {0}")]
     UndecidableKey(&'static str),
     /// A PROTO above 5.
     #[error("unsupported pickle protocol {0}")]

@@ -132,14 +132,31 @@ struct Positions {
 }
 
 impl Positions {
-    fn of(graph: &Graph, entries: &[(Value, Value)]) -> Result<Positions, PickleFault> {
+    fn of<'v>(
+        graph: &Graph,
+        keys: impl Iterator<Item = &'v Value>,
+    ) -> Result<Positions, PickleFault> {
         let mut p = Positions::default();
-        for (i, (k, _)) in entries.iter().enumerate() {
+        for (i, k) in keys.enumerate() {
             let k = key(graph, k)?;
             p.instance |= holds_instance(&k);
             p.at.insert(k, i);
         }
         Ok(p)
+    }
+
+    /// Takes `k` as a new key at position `at`, unless an instance key would then sit beside
+    /// another key: Python's answer would rest on that instance's own `__eq__`.
+    fn admit(&mut self, k: Key, at: usize) -> Result<(), PickleFault> {
+        let instance = holds_instance(&k);
+        if !self.at.is_empty() && (instance || self.instance) {
+            return Err(PickleFault::UndecidableKey(
+                "an instance key beside other keys (its class's own __eq__ and __hash__ decide whether they are one key)",
+            ));
+        }
+        self.instance |= instance;
+        self.at.insert(k, at);
+        Ok(())
     }
 }
 
@@ -152,18 +169,64 @@ impl KeyIndex {
         entries: &mut Vec<(Value, Value)>,
         new: Vec<(Value, Value)>,
     ) -> Result<(), PickleFault> {
+        let index = self.index(graph, id, entries.iter().map(|(k, _)| k))?;
+        set_into(graph, index, entries, new)
+    }
+
+    /// Adds `new` to `members` (the items of set node `id`) as `set.update` does: a member equal
+    /// to one present is dropped, the first stays; members are hashed and compared as keys.
+    pub(super) fn add_members(
+        &mut self,
+        graph: &Graph,
+        id: NodeId,
+        members: &mut Vec<Value>,
+        new: Vec<Value>,
+    ) -> Result<(), PickleFault> {
+        let index = self.index(graph, id, members.iter())?;
+        add_into(graph, index, members, new)
+    }
+
+    fn index<'v>(
+        &mut self,
+        graph: &Graph,
+        id: NodeId,
+        keys: impl ExactSizeIterator<Item = &'v Value> + Clone,
+    ) -> Result<&mut Positions, PickleFault> {
         let index = match self.dicts.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Positions::of(graph, entries)?)
+                e.insert(Positions::of(graph, keys.clone())?)
             }
         };
-        // Entries set by other means (a BUILD, a reconstructor) since the index was made.
-        if index.at.len() != entries.len() {
-            *index = Positions::of(graph, entries)?;
+        // Keys set by other means (a BUILD, a reconstructor) since the index was made.
+        if index.at.len() != keys.len() {
+            *index = Positions::of(graph, keys)?;
         }
-        set_into(graph, index, entries, new)
+        Ok(index)
     }
+}
+
+/// `items` as the set Python builds from them: the first of equal members stays.
+pub(super) fn set_of(graph: &Graph, items: Vec<Value>) -> Result<Vec<Value>, PickleFault> {
+    let mut members = Vec::with_capacity(items.len());
+    add_into(graph, &mut Positions::default(), &mut members, items)?;
+    Ok(members)
+}
+
+fn add_into(
+    graph: &Graph,
+    index: &mut Positions,
+    members: &mut Vec<Value>,
+    new: Vec<Value>,
+) -> Result<(), PickleFault> {
+    for v in new {
+        let k = key(graph, &v)?;
+        if !index.at.contains_key(&k) {
+            index.admit(k, members.len())?;
+            members.push(v);
+        }
+    }
+    Ok(())
 }
 
 /// `pairs` as the dict Python builds from them, first positions and last values.
@@ -187,14 +250,7 @@ fn set_into(
         match index.at.get(&kk) {
             Some(&i) => entries[i].1 = v,
             None => {
-                let instance = holds_instance(&kk);
-                if !index.at.is_empty() && (instance || index.instance) {
-                    return Err(PickleFault::UndecidableKey(
-                        "an instance key beside other keys (its class's own __eq__ and __hash__ decide whether they are one key)",
-                    ));
-                }
-                index.instance |= instance;
-                index.at.insert(kk, entries.len());
+                index.admit(kk, entries.len())?;
                 entries.push((k, v));
             }
         }
@@ -276,7 +332,13 @@ mod tests {
         // Inside a tuple too.
         let t = g.add(Node::Tuple(vec![a.clone()]));
         assert!(dict_of(&g, vec![(t, Value::Int(1)), (s, Value::Int(2))]).is_err());
-        let fs = g.add(Node::FrozenSet(vec![a, b]));
+        let fs = g.add(Node::FrozenSet(vec![a.clone(), b.clone()]));
         assert!(key(&g, &fs).is_err());
+        // Set members follow the same rule; equal members are one.
+        assert!(set_of(&g, vec![a.clone(), b]).is_err());
+        let one = Value::Int(1);
+        let set = set_of(&g, vec![one.clone(), Value::Bool(true), Value::Float(1.0)]).unwrap();
+        assert_eq!(set, vec![one]);
+        assert_eq!(set_of(&g, vec![a.clone(), a.clone()]).unwrap(), vec![a]);
     }
 }

@@ -55,13 +55,13 @@ pub fn construct(
             Ok(d)
         }
         ("builtins", "set") | ("__builtin__", "set") => {
-            let items = first_seq(graph, &args);
+            let items = super::keys::set_of(graph, first_seq(graph, &args))?;
             let v = graph.add(Node::Set(items));
             graph.set_made_by(&v, g);
             Ok(v)
         }
         ("builtins", "frozenset") | ("__builtin__", "frozenset") => {
-            let items = first_seq(graph, &args);
+            let items = super::keys::set_of(graph, first_seq(graph, &args))?;
             let v = graph.add(Node::FrozenSet(items));
             graph.set_made_by(&v, g);
             Ok(v)

@@ -294,7 +294,8 @@ impl<'a> Vm<'a> {
             EMPTY_SET => self.push_node(Node::Set(Vec::new())),
             FROZENSET => {
                 let items = self.pop_mark()?;
-                self.push_node(Node::FrozenSet(items));
+                let members = keys::set_of(self.graph, items)?;
+                self.push_node(Node::FrozenSet(members));
             }
             APPEND => {
                 let v = self.pop()?;
@@ -307,10 +308,17 @@ impl<'a> Vm<'a> {
             ADDITEMS => {
                 let items = self.pop_mark()?;
                 let target = self.top()?.clone();
-                match target.node().map(|id| self.graph.node_mut(id)) {
-                    Some(Node::Set(s)) => s.extend(items),
-                    _ => return Err(PickleFault::AddItemsNotSet),
-                }
+                let Some(id) = target.node() else {
+                    return Err(PickleFault::AddItemsNotSet);
+                };
+                let Node::Set(s) = self.graph.node_mut(id) else {
+                    return Err(PickleFault::AddItemsNotSet);
+                };
+                // Taken out while members are compared (as `extend_map` does for dicts).
+                let mut members = std::mem::take(s);
+                let added = self.keys.add_members(self.graph, id, &mut members, items);
+                *self.graph.node_mut(id) = Node::Set(members);
+                added?;
             }
             SETITEM => {
                 let v = self.pop()?;
