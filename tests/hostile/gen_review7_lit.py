@@ -116,6 +116,9 @@ def cases():
     yield "r7-long-octal-offset.pt", offset_file(b"L010L\n"), "error", "LONG literal"
     yield "r7-int-decimal-offset.pt", offset_file(b"I8\n"), "clean", "", [8.0, 9.0, 10.0]
     yield "r7-long-decimal-offset.pt", offset_file(b"L8L\n"), "clean", "", [8.0, 9.0, 10.0]
+    # FLOAT: CPython's C unpickler takes no blanks and raises on an overflow (Rust would give inf).
+    yield "r7-float-blank.pt", checkpoint([("model", w("0")), ("ema", w("1")), ("lr", Raw(b"F 0.5\n"))], FULL), "error", "FLOAT literal"
+    yield "r7-float-overflow.pt", checkpoint([("model", w("0")), ("ema", w("1")), ("lr", Raw(b"F1e999\n"))], FULL), "error", "FLOAT literal"
     # ---- F16/F13: protocol-0 STRING is escape_decode'd, then UTF-8 (strict) ----
     yield "r7-string-unknown-escape.pt", key_file(b"S'e\\ma'\n"), "error", "escape"
     yield "r7-string-trailing-blank.pt", key_file(b"S'ema' \n"), "error", "not quoted"

@@ -19,11 +19,43 @@ pub(super) fn bytes_to_str(b: &[u8]) -> R<Arc<str>> {
         .map_err(|_| PickleFault::NotUtf8("a protocol 0-2 string"))
 }
 
+/// A GET/PUT memo index: decimal digits only. CPython reads it with `int(text, 10)`, which also
+/// takes blanks, a sign and `_` between digits; pickle writes none of them, so they are refused
+/// rather than matched (Rust's and Python's ideas of a blank differ).
 pub(super) fn parse_index(line: &str) -> R<u32> {
-    line.trim().parse().map_err(|_| PickleFault::BadLiteral {
-        what: "memo index",
+    let digits = !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| line.parse().ok())
+        .flatten()
+        .ok_or_else(|| PickleFault::BadLiteral {
+            what: "memo index",
+            text: line.to_string(),
+        })
+}
+
+/// Protocol-0 FLOAT text. CPython's C unpickler reads it with `PyOS_string_to_double`: no blanks,
+/// an overflow (`1e999`) is an error, `inf`/`infinity`/`nan` with a sign are taken; its Python
+/// unpickler with `float()`, which also takes blanks and `_`. Only digits, signs, `.`, `e` and
+/// the inf/nan words are read (Rust's parser reads those alike); an overflow is refused.
+pub(super) fn parse_float(line: &str) -> R<f64> {
+    let bad = || PickleFault::BadLiteral {
+        what: "FLOAT literal",
         text: line.to_string(),
-    })
+    };
+    let word = line
+        .strip_prefix(['+', '-'])
+        .unwrap_or(line)
+        .to_ascii_lowercase();
+    let special = matches!(word.as_str(), "inf" | "infinity" | "nan");
+    let plain = (line.bytes()).all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
+    if !special && !plain {
+        return Err(bad());
+    }
+    let f: f64 = line.parse().map_err(|_| bad())?;
+    if f.is_infinite() && !special {
+        return Err(bad());
+    }
+    Ok(f)
 }
 
 /// Protocol-0 INT text (the line without its newline). CPython's C unpickler reads it with
@@ -305,6 +337,21 @@ mod tests {
         assert_eq!(u(b"\\U0001F600").unwrap(), "\u{1F600}");
         for bad in [&b"\\ud800"[..], b"\\u+041", b"\\u004", b"\\U00110000"] {
             assert!(u(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn protocol0_floats_and_memo_indices() {
+        assert_eq!(parse_float("0.5").unwrap(), 0.5);
+        assert_eq!(parse_float("-1e-3").unwrap(), -1e-3);
+        assert_eq!(parse_float("-inf").unwrap(), f64::NEG_INFINITY);
+        assert!(parse_float("nan").unwrap().is_nan());
+        for bad in [" 1.0", "1.0 ", "1e999", "1_0.5", "0x1p3", "", "1.0\0"] {
+            assert!(parse_float(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_index("007").unwrap(), 7);
+        for bad in ["", " 7", "+7", "1_0", "-1", "4294967296"] {
+            assert!(parse_index(bad).is_err(), "{bad:?}");
         }
     }
 

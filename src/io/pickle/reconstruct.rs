@@ -398,6 +398,10 @@ fn numpy_text(graph: &mut Graph, args: &[Value]) -> Option<Value> {
 /// The dtype of a pickled `numpy.dtype('<code>', ...)` object.
 fn numpy_dtype(graph: &Graph, v: &Value) -> Option<DType> {
     let obj = graph.object(v)?;
+    // Only numpy's own dtype class means this; any other class's arguments are its own business.
+    if !obj.class.as_ref()?.is("numpy", "dtype") {
+        return None;
+    }
     let code = obj.args.first()?.as_str()?;
     // A big-endian byte order in the dtype's state would need swapping; refuse it instead.
     if let Some(state) = obj.state.as_ref().and_then(|s| graph.seq(s))

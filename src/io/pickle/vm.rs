@@ -208,11 +208,7 @@ impl<'a> Vm<'a> {
             }
             FLOAT => {
                 let line = self.line()?;
-                let f: f64 = line.trim().parse().map_err(|_| PickleFault::BadLiteral {
-                    what: "FLOAT literal",
-                    text: line.clone(),
-                })?;
-                self.push(Value::Float(f));
+                self.push(Value::Float(parse_float(&line)?));
             }
             BINFLOAT => {
                 let b = self.take(8)?;
