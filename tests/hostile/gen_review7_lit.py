@@ -100,6 +100,11 @@ def cases():
     # numpy complex scalars are not decoded: the same as any instance.
     npc = np_scalar("c16", (3, "<", None, None, None, -1, -1, 0), struct.pack("<dd", 1.0, 0.0))
     yield "r7-npcomplex-key.pt", checkpoint([("model", w("0")), ("ema", w("1")), (1, 0), (npc, 1)], FULL), "error", "instance key"
+    # A bytearray is unhashable: torch.load raises on one used as a key.
+    ba = Call(G("builtins", "bytearray"), Raw(b"C\x02ab"))
+    yield "r7-bytearray-key.pt", checkpoint([("model", w("0")), ("ema", w("1")), (ba, 1)], FULL), "error", "bytearray"
+    ba8 = Raw(b"\x96" + struct.pack("<Q", 2) + b"ab")
+    yield "r7-bytearray8-key.pt", checkpoint([("model", w("0")), ("ema", w("1")), (ba8, 1)], FULL), "error", "bytearray"
     # Set members are hashed and compared as keys: a list cannot be one (torch.load raises), an
     # instance beside other members is undecidable.
     listset = Call(G("builtins", "set"), [[1, 2]])

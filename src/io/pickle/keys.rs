@@ -56,7 +56,7 @@ fn key_at(graph: &Graph, v: &Value, depth: usize) -> Result<Key, PickleFault> {
         Value::None => Key::None,
         Value::Bool(b) => Key::Int(*b as i64),
         Value::Int(i) => Key::Int(*i),
-        Value::BigInt(s) => Key::Big(s.to_string()),
+        Value::BigInt(s) => big_key(s)?,
         Value::Float(f) => float_key(*f)?,
         Value::Str(s) => Key::Str(s.to_string()),
         Value::Node(id) => match graph.node(*id) {
@@ -78,6 +78,9 @@ fn key_at(graph: &Graph, v: &Value, depth: usize) -> Result<Key, PickleFault> {
                 }
                 Key::FrozenSet(ks)
             }
+            Node::Bytes(_) if graph.made_by(*id).is_some_and(|c| &*c.name == "bytearray") => {
+                return Err(PickleFault::UnhashableKey("bytearray"));
+            }
             Node::Bytes(b) => Key::Bytes(b.to_vec()),
             Node::Global(g) => Key::Global(g.dotted()),
             Node::Tensor(_) | Node::Storage(_) => Key::Identity(*id),
@@ -97,6 +100,23 @@ fn holds_instance(k: &Key) -> bool {
         Key::Tuple(items) | Key::FrozenSet(items) => items.iter().any(holds_instance),
         _ => false,
     }
+}
+
+/// Integer keys of this many digits (10^152 and beyond) are refused: LONG1/LONG4 literals from
+/// 2^511 on are held in hexadecimal (`literal::long_from_le`), INT/LONG text in decimal, so one
+/// number could be spelled two ways; below, every spelling is the same decimal text.
+const MAX_KEY_DIGITS: usize = 153;
+
+/// An integer beyond 64 bits as a key: by its decimal text, which is one spelling per number
+/// below [`MAX_KEY_DIGITS`] digits; longer ones are refused.
+fn big_key(s: &str) -> Result<Key, PickleFault> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.len() >= MAX_KEY_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(PickleFault::UndecidableKey(
+            "an integer key of more than 500 bits (held in two spellings)",
+        ));
+    }
+    Ok(Key::Big(s.to_string()))
 }
 
 fn float_key(f: f64) -> Result<Key, PickleFault> {
@@ -273,6 +293,13 @@ mod tests {
         assert_ne!(k(Value::Float(0.5)), k(Value::Float(0.25)));
         assert!(key(&g, &Value::Float(f64::NAN)).is_err());
         assert!(key(&g, &Value::Float(1e300)).is_err());
+        let big = |s: &str| key(&g, &Value::BigInt(s.into()));
+        assert_eq!(
+            big("18446744073709551616").unwrap(),
+            big("18446744073709551616").unwrap()
+        );
+        assert!(big(&"9".repeat(153)).is_err());
+        assert!(big("0x1000").is_err());
     }
 
     #[test]

@@ -87,14 +87,15 @@ pub fn construct(
             let bytes: Arc<[u8]> = s.chars().map(|c| c as u32 as u8).collect::<Vec<_>>().into();
             Ok(graph.add(Node::Bytes(bytes)))
         }
-        ("builtins", "bytearray") | ("builtins", "bytes") | ("__builtin__", "bytearray") => {
-            match args.first() {
-                Some(v @ Value::Node(_)) if matches!(graph.get(v), Some(Node::Bytes(_))) => {
-                    Ok(v.clone())
-                }
-                _ => Ok(graph.add(Node::Bytes(Arc::from(&[][..])))),
+        ("builtins", "bytearray") | ("__builtin__", "bytearray") => Ok(
+            bytearray(graph, g, args).unwrap_or_else(|(args, g)| inert(graph, &g, args, kwargs))
+        ),
+        ("builtins", "bytes") => match args.first() {
+            Some(v @ Value::Node(_)) if matches!(graph.get(v), Some(Node::Bytes(_))) => {
+                Ok(v.clone())
             }
-        }
+            _ => Ok(graph.add(Node::Bytes(Arc::from(&[][..])))),
+        },
         ("numpy.core.multiarray", "scalar") | ("numpy._core.multiarray", "scalar") => {
             if let Some(v) = numpy_text(graph, &args) {
                 return Ok(v);
@@ -218,6 +219,33 @@ pub fn build_special(graph: &Graph, target: &Value, state: &Value) -> Option<Nod
     let storage = crate::tensor::Buffer::Owned(raw);
     let t = Tensor::new_view(dtype, shape, strides, 0, storage, "numpy".into()).ok()?;
     Some(Node::Tensor(Box::new(t)))
+}
+
+/// `bytearray()`, `bytearray(bytes)` (a copy) or `bytearray(latin-1 text, 'latin-1')` (how
+/// protocol 2 writes one): a bytes node marked as made by `bytearray`, which Python cannot hash
+/// (`keys` refuses it as a key). Other arguments are handed back.
+fn bytearray(
+    graph: &mut Graph,
+    g: &Global,
+    args: Vec<Value>,
+) -> Result<Value, (Vec<Value>, Global)> {
+    let data: Option<Arc<[u8]>> = match args.as_slice() {
+        [] => Some(Arc::from(&[][..])),
+        [b] => match graph.get(b) {
+            Some(Node::Bytes(b)) => Some(b.clone()),
+            _ => None,
+        },
+        [Value::Str(s), enc] if matches!(enc.as_str(), Some("latin-1" | "latin1")) => (s.chars())
+            .map(|c| u8::try_from(u32::from(c)).ok())
+            .collect(),
+        _ => None,
+    };
+    let Some(data) = data else {
+        return Err((args, g.clone()));
+    };
+    let v = graph.add(Node::Bytes(data));
+    graph.set_made_by(&v, g);
+    Ok(v)
 }
 
 fn inert(graph: &mut Graph, g: &Global, args: Vec<Value>, kwargs: Vec<(Value, Value)>) -> Value {

@@ -256,9 +256,20 @@ impl<'a> Vm<'a> {
                 let n = self.take(1)?[0] as usize;
                 self.push_bytes(n)?;
             }
-            BINBYTES8 | BYTEARRAY8 => {
+            BINBYTES8 => {
                 let n = self.len8()?;
                 self.push_bytes(n)?;
+            }
+            BYTEARRAY8 => {
+                let n = self.len8()?;
+                self.push_bytes(n)?;
+                // Marked as a bytearray: Python cannot hash one (see `keys`).
+                let v = self.top()?.clone();
+                let class = Global {
+                    module: "builtins".into(),
+                    name: "bytearray".into(),
+                };
+                self.graph.set_made_by(&v, &class);
             }
             NEXT_BUFFER | READONLY_BUFFER => {
                 return Err(PickleFault::OutOfBand);
