@@ -457,7 +457,7 @@ def check_clean_twins():
 
 def main_():
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    for other in ("gen_container.py", "gen_resources.py", "gen_review7_vm.py"):
+    for other in ("gen_container.py", "gen_resources.py", "gen_review7_vm.py", "gen_review7_lit.py"):
         if (HERE / other).exists():
             subprocess.run([sys.executable, str(HERE / other)], check=True, cwd=HERE.parent.parent)
     # The 7z writer (py7zr) is not among the fixture requirements: without it the committed 7z

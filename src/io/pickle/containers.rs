@@ -70,11 +70,15 @@ pub(super) fn make(
         (Kind::Tuple, []) => Node::Tuple(Vec::new()),
         (_, [arg]) => {
             let items = items_from(graph, arg, kind).map_err(refuse)?;
-            if matches!(kind, Kind::Set | Kind::FrozenSet) {
+            let items = if matches!(kind, Kind::Set | Kind::FrozenSet) {
                 for x in &items {
                     hashable(graph, x)?;
                 }
-            }
+                // Equal members are one member in Python (`set([1, 1.0])` has one).
+                keys::set_of(graph, items)?
+            } else {
+                items
+            };
             match kind {
                 Kind::List => Node::List(items),
                 Kind::Set => Node::Set(items),

@@ -69,10 +69,10 @@ pub enum PickleFault {
     #[error("ambiguous: {0} (CPython's C and Python unpicklers read it differently)")]
     FrameAmbiguous(FrameConflict),
     /// A dict key Python cannot hash (a list, dict or set): `torch.load` fails on it.
-    #[error("a {0} used as a dict key (Python cannot hash it; torch.load fails)")]
+    #[error("a {0} used as a dict key or set member (Python cannot hash it; torch.load fails)")]
     UnhashableKey(&'static str),
     /// A dict key whose equality with another key cannot be known without running code.
-    #[error("ambiguous dict key: {0}")]
+    #[error("ambiguous dict key or set member: {0}")]
     UndecidableKey(&'static str),
     /// A PROTO above 5.
     #[error("unsupported pickle protocol {0}")]
@@ -113,6 +113,21 @@ pub enum PickleFault {
     /// A malformed escape in a STRING or UNICODE literal (the text says which).
     #[error("{0}")]
     BadEscape(&'static str),
+    /// String bytes that are not strict UTF-8 (the text says which opcode's): torch.load fails on
+    /// them, or (lone surrogates) holds text no UTF-8 string can.
+    #[error("{0} that is not UTF-8 (torch.load decodes it strictly)")]
+    NotUtf8(&'static str),
+    /// `_rebuild_tensor_v2` metadata torch applies to the values (a negative or conjugate view).
+    #[error(
+        "tensor metadata {0} (torch applies it to the values: a negative or conjugate view); not read"
+    )]
+    TensorMetadata(String),
+    /// A parameter or tensor subclass rebuilt with a state torch applies (its items become
+    /// attributes: `data` replaces the values).
+    #[error(
+        "{0} with a non-empty state (torch sets its items on the tensor; `data` replaces the values); not read"
+    )]
+    ObjectState(&'static str),
     /// An opcode needs more values than the stack holds.
     #[error("stack underflow")]
     StackUnderflow,

@@ -23,15 +23,20 @@ pub fn construct(
     let module = &*g.module;
     let name = &*g.name;
     match (module, name) {
-        ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-            rebuild_tensor(graph, &args)
-        }
+        ("torch._utils", "_rebuild_tensor_v2") => rebuild_tensor(graph, &args, 6..=7),
+        ("torch._utils", "_rebuild_tensor") => rebuild_tensor(graph, &args, 4..=4),
         ("torch._utils", "_rebuild_parameter")
         | ("torch._utils", "_rebuild_parameter_with_state") => {
-            let data = args.first().ok_or(PickleFault::ReconstructorArgs(
-                "_rebuild_parameter without data",
-            ))?;
-            let p = mark_parameter(graph, data)?;
+            // (data, requires_grad, backward_hooks[, state]): torch sets each item of the state
+            // as an attribute of the parameter (`data` replaces its values).
+            let with_state = name == "_rebuild_parameter_with_state";
+            if args.len() != 3 + usize::from(with_state) {
+                return Err(PickleFault::RebuildArgCount(args.len()));
+            }
+            if with_state && !no_state(graph, &args[3]) {
+                return Err(PickleFault::ObjectState("_rebuild_parameter_with_state"));
+            }
+            let p = mark_parameter(graph, &args[0])?;
             graph.set_requires_grad(&p, args.get(1) == Some(&Value::Bool(true)));
             Ok(p)
         }
@@ -64,6 +69,9 @@ pub fn construct(
             containers::bytes(graph, g, &args, is_new)
         }
         ("numpy.core.multiarray", "scalar") | ("numpy._core.multiarray", "scalar") => {
+            if let Some(v) = numpy_text(graph, &args) {
+                return Ok(v);
+            }
             Ok(numpy_scalar(graph, &args).unwrap_or_else(|| inert(graph, g, args, kwargs)))
         }
         ("copyreg", "_reconstructor") | ("copy_reg", "_reconstructor") => {
@@ -122,6 +130,14 @@ fn rebuild_from_type(graph: &mut Graph, mut args: Vec<Value>) -> R<Value> {
                 ));
             }
         };
+        // torch sets the state's items as attributes of the tensor (or passes them to the
+        // subclass's own __setstate__): anything but an empty state may change its values.
+        if args.len() != 4 {
+            return Err(PickleFault::RebuildArgCount(args.len()));
+        }
+        if !no_state(graph, &args[3]) {
+            return Err(PickleFault::ObjectState("_rebuild_from_type_v2"));
+        }
         is_param |= matches!(
             args.get(1).and_then(|v| graph.get(v)),
             Some(Node::Global(c)) if c.is("torch.nn.parameter", "Parameter")
@@ -208,10 +224,36 @@ fn usize_list(graph: &Graph, v: &Value, what: &'static str) -> R<Vec<usize>> {
         .collect()
 }
 
-/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
-fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
-    if args.len() < 4 {
+/// Whether a tensor's pickled state is one torch applies as nothing: `None`, `{}`, or a
+/// `(dict state, slots state)` pair of those (`torch._utils._set_obj_state`).
+fn no_state(graph: &Graph, state: &Value) -> bool {
+    let empty = |v: &Value| match v {
+        Value::None => true,
+        v => matches!(graph.get(v), Some(Node::Dict(d)) if d.is_empty()),
+    };
+    match graph.get(state) {
+        Some(Node::Tuple(pair)) => pair.len() == 2 && pair.iter().all(empty),
+        _ => empty(state),
+    }
+}
+
+/// `_rebuild_tensor(storage, storage_offset, size, stride)` and `_rebuild_tensor_v2(…,
+/// requires_grad, backward_hooks[, metadata])`, with the argument counts Python accepts.
+fn rebuild_tensor(
+    graph: &mut Graph,
+    args: &[Value],
+    count: std::ops::RangeInclusive<usize>,
+) -> R<Value> {
+    if !count.contains(&args.len()) {
         return Err(PickleFault::RebuildArgCount(args.len()));
+    }
+    // torch applies the metadata (`{'neg': True}`, `{'conj': True}`) to the values; only "none"
+    // is read.
+    if let Some(m) = args.get(6)
+        && !matches!(m, Value::None)
+        && !matches!(graph.get(m), Some(Node::Dict(d)) if d.is_empty())
+    {
+        return Err(PickleFault::TensorMetadata(metadata_text(graph, m)));
     }
     let storage = match graph.get(&args[0]) {
         Some(Node::Storage(s)) => s.clone(),
@@ -251,9 +293,77 @@ fn rebuild_tensor(graph: &mut Graph, args: &[Value]) -> R<Value> {
     Ok(v)
 }
 
+/// The metadata argument as the message shows it: a dict's keys, or the kind of value.
+fn metadata_text(graph: &Graph, m: &Value) -> String {
+    match graph.get(m) {
+        Some(Node::Dict(d)) => {
+            let keys: Vec<String> = d
+                .iter()
+                .map(|(k, _)| crate::checkpoint::sets::key_text(k))
+                .collect();
+            format!("with keys {}", keys.join(", "))
+        }
+        Some(n) => format!("of kind {}", n.kind()),
+        None => "that is not a dict".into(),
+    }
+}
+
+/// `numpy.core.multiarray.scalar(dtype('U<n>' or 'S<n>'), raw)`: a `numpy.str_` or
+/// `numpy.bytes_`, which Python compares and hashes as the `str`/`bytes` they are (a dict key
+/// `numpy.str_('ema')` is the key `'ema'`), so they are read as text and bytes. numpy drops the
+/// trailing NULs of the fixed-width value. `None` for anything else (or any doubt: the dtype's
+/// class, its arguments, byte order and item size must be what numpy writes).
+fn numpy_text(graph: &mut Graph, args: &[Value]) -> Option<Value> {
+    let [dtype, raw] = args else {
+        return None;
+    };
+    let obj = graph.object(dtype)?;
+    if !obj.class.as_ref()?.is("numpy", "dtype")
+        || obj.args.get(1..) != Some(&[Value::Bool(false), Value::Bool(true)][..])
+    {
+        return None;
+    }
+    let code = obj.args.first()?.as_str()?;
+    let (unicode, n) = match code.split_at_checked(1)? {
+        ("U", n) => (true, n),
+        ("S", n) => (false, n),
+        _ => return None,
+    };
+    if n.is_empty() || n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: usize = n.parse().ok()?;
+    let width = if unicode { n.checked_mul(4)? } else { n };
+    let state = graph.seq(obj.state.as_ref()?)?;
+    let order = if unicode { "<" } else { "|" };
+    if state.get(1)?.as_str()? != order || state.get(5)?.as_int()? != i64::try_from(width).ok()? {
+        return None;
+    }
+    let Node::Bytes(raw) = graph.get(raw)? else {
+        return None;
+    };
+    if raw.len() != width {
+        return None;
+    }
+    if unicode {
+        let text: String = (raw.chunks_exact(4))
+            .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect::<Option<_>>()?;
+        Some(Value::Str(text.trim_end_matches('\0').into()))
+    } else {
+        let keep = raw.len() - raw.iter().rev().take_while(|&&b| b == 0).count();
+        let bytes: Arc<[u8]> = raw[..keep].into();
+        Some(graph.add(Node::Bytes(bytes)))
+    }
+}
+
 /// The dtype of a pickled `numpy.dtype('<code>', ...)` object.
 fn numpy_dtype(graph: &Graph, v: &Value) -> Option<DType> {
     let obj = graph.object(v)?;
+    // Only numpy's own dtype class means this; any other class's arguments are its own business.
+    if !obj.class.as_ref()?.is("numpy", "dtype") {
+        return None;
+    }
     let code = obj.args.first()?.as_str()?;
     // A big-endian byte order in the dtype's state would need swapping; refuse it instead.
     if let Some(state) = obj.state.as_ref().and_then(|s| graph.seq(s))

@@ -33,8 +33,13 @@ impl<'a> Vm<'a> {
 
     pub(super) fn push_utf8(&mut self, n: usize) -> R<()> {
         let b = self.take(n)?;
-        // Python writes surrogates with 'surrogatepass'; keep going with a replacement character.
-        let s: Arc<str> = String::from_utf8_lossy(b).into();
+        // Python reads lone surrogates ('surrogatepass'), which no Rust string holds: read lossily,
+        // two distinct keys would become one, so text that is not strict UTF-8 is refused.
+        let s: Arc<str> = std::str::from_utf8(b)
+            .map_err(|_| {
+                PickleFault::NotUtf8("a BINUNICODE string (or one holding a lone surrogate)")
+            })?
+            .into();
         self.push(Value::Str(s));
         Ok(())
     }

@@ -196,11 +196,7 @@ impl<'a> Vm<'a> {
                         len: line.len(),
                     });
                 }
-                let v = match line.trim() {
-                    "00" => Value::Bool(false),
-                    "01" => Value::Bool(true),
-                    s => parse_decimal(s)?,
-                };
+                let v = parse_int(&line)?;
                 self.push(v);
             }
             LONG => {
@@ -211,18 +207,12 @@ impl<'a> Vm<'a> {
                         len: line.len(),
                     });
                 }
-                let s = line.trim();
-                let s = s.strip_suffix('L').unwrap_or(s);
-                let v = parse_decimal(s)?;
+                let v = parse_long(&line)?;
                 self.push(v);
             }
             FLOAT => {
                 let line = self.line()?;
-                let f: f64 = line.trim().parse().map_err(|_| PickleFault::BadLiteral {
-                    what: "FLOAT literal",
-                    text: line.clone(),
-                })?;
-                self.push(Value::Float(f));
+                self.push(Value::Float(parse_float(&line)?));
             }
             BINFLOAT => {
                 let b = self.take(8)?;
@@ -231,24 +221,23 @@ impl<'a> Vm<'a> {
                 self.push(Value::Float(f64::from_be_bytes(a)));
             }
             STRING => {
-                let line = self.line()?;
-                let s = unquote_py_string(line.trim_end())?;
-                self.push(Value::Str(bytes_to_str(&s)));
+                // CPython takes the line as it is: a blank after the closing quote is an error.
+                let s = unquote_py_string(self.line_bytes()?)?;
+                self.push(Value::Str(bytes_to_str(&s)?));
             }
             BINSTRING => {
                 let n = self.len4()?;
                 let b = self.take(n)?;
-                self.push(Value::Str(bytes_to_str(b)));
+                self.push(Value::Str(bytes_to_str(b)?));
             }
             SHORT_BINSTRING => {
                 let n = self.take(1)?[0] as usize;
                 let b = self.take(n)?;
-                self.push(Value::Str(bytes_to_str(b)));
+                self.push(Value::Str(bytes_to_str(b)?));
             }
             UNICODE => {
                 // raw-unicode-escape: code points below 256 are written as single latin-1 bytes.
-                let line: String = self.line_bytes()?.iter().map(|&b| b as char).collect();
-                let s = raw_unicode_unescape(&line)?;
+                let s = raw_unicode_unescape(self.line_bytes()?)?;
                 self.push(Value::Str(s.into()));
             }
             BINUNICODE => {
@@ -319,7 +308,8 @@ impl<'a> Vm<'a> {
                 for x in &items {
                     containers::hashable(self.graph, x)?;
                 }
-                self.push_node(Node::FrozenSet(items));
+                let members = keys::set_of(self.graph, items)?;
+                self.push_node(Node::FrozenSet(members));
             }
             APPEND => {
                 let v = self.pop()?;
@@ -335,10 +325,17 @@ impl<'a> Vm<'a> {
                     containers::hashable(self.graph, x)?;
                 }
                 let target = self.top()?.clone();
-                match target.node().map(|id| self.graph.node_mut(id)) {
-                    Some(Node::Set(s)) => s.extend(items),
-                    _ => return Err(PickleFault::AddItemsNotSet),
-                }
+                let Some(id) = target.node() else {
+                    return Err(PickleFault::AddItemsNotSet);
+                };
+                let Node::Set(s) = self.graph.node_mut(id) else {
+                    return Err(PickleFault::AddItemsNotSet);
+                };
+                // Taken out while members are compared (as `extend_map` does for dicts).
+                let mut members = std::mem::take(s);
+                let added = self.keys.add_members(self.graph, id, &mut members, items);
+                *self.graph.node_mut(id) = Node::Set(members);
+                added?;
             }
             SETITEM => {
                 let v = self.pop()?;
