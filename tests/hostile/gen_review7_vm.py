@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from pickleasm import Build, Call, G, NewObj, Persid, Raw, dumps, ops  # noqa: E402
+from pickleasm import Build, Call, G, Inst, NewObj, Persid, Raw, dumps, ops  # noqa: E402
 from writers import torch_zip  # noqa: E402
 
 LINEAR = G("torch.nn.modules.linear", "Linear")
@@ -163,6 +163,10 @@ def cases():
     b = Builder()
     ema = Raw(ops(G("builtins", "dict"), 2) + b")" + ops({"w": b.t([7.0] * 3)}, 2) + b"\x92")  # NEWOBJ_EX
     yield "r7vm-newobj-ex-dict-kwargs.pt", b.zip({"model": {"w": b.t([0.0] * 3)}, "ema": ema}), "error", "NEWOBJ", None
+    # INST with arguments calls the class (as REDUCE does), so these pairs fill it.
+    b = Builder()
+    ema = Inst("collections", "OrderedDict", [("w", b.t([7.0] * 3))])
+    yield "r7vm-inst-odict-args.pt", b.zip({"model": {"w": b.t([0.0] * 3)}, "ema": ema}), "clean", "", {"w": [7.0] * 3}
     b = Builder()
     ema = Raw(ops(NewObj(OD), 2) + b"(" + s("w") + ops(b.t([7.0] * 3), 2) + b"u")
     yield "r7vm-newobj-odict-noargs.pt", b.zip({"model": {"w": b.t([0.0] * 3)}, "ema": ema}), "clean", "", {"w": [7.0] * 3}

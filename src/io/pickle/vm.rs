@@ -504,7 +504,13 @@ impl<'a> Vm<'a> {
             Some(Node::Global(g)) => Some(g.clone()),
             _ => None,
         };
-        let is_new = how != Call::Reduce;
+        // INST / OBJ call the class when they have arguments (`cls(*args)`, like REDUCE) and
+        // only then; without, they make it with `cls.__new__(cls)`, like NEWOBJ.
+        let is_new = match how {
+            Call::Reduce => false,
+            Call::NewObj => true,
+            Call::Inst => args.is_empty(),
+        };
         let before = self.graph.len();
         let v = match global {
             Some(g) => reconstruct::construct(self.graph, &g, args, kwargs, is_new)?,
