@@ -82,13 +82,13 @@ fn tiled_convolutions_match_the_definition() {
         // channel: doubling plus the channel number tells a missed or repeated run.
         let then = |ch: usize, run: &mut [f32]| map_run(run, |v| 2.0 * v + ch as f32);
         for budget in [1, 40, 1 << 20] {
-            let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (budget, None));
+            let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (budget, None, 1));
             let post = conv2d_tiled(
                 &x,
                 (&w, &ws),
                 (Some(&bias), Some(&then)),
                 &s,
-                (budget, None),
+                (budget, None, 1),
             );
             assert_eq!(got.data.len(), want.len(), "case {i}");
             assert_eq!(post.data.len(), want.len(), "case {i}");
