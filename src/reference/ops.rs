@@ -340,6 +340,9 @@ fn depthwise_plane(
                 let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
                 // Output columns whose tap ix = ox·stride + off lies in [0, wd).
                 let (lo, hi) = taps_inside(off, s.stride.1, wd, ow);
+                if lo == hi {
+                    continue;
+                }
                 if s.stride.1 == 1 {
                     // Contiguous taps: a plain zip of two slices, which vectorises.
                     let start = (lo as isize + off) as usize;
@@ -422,7 +425,9 @@ fn im2col_channel(
                 let src = &x[iy as usize * w..(iy as usize + 1) * w];
                 dst[..lo].fill(0.0);
                 dst[hi..].fill(0.0);
-                if s.stride.1 == 1 {
+                // With no tap inside (a kernel wider than a small map), `lo + off` may lie
+                // before the row: nothing to copy.
+                if s.stride.1 == 1 && lo < hi {
                     let start = (lo as isize + off) as usize;
                     dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                 } else {

@@ -107,3 +107,34 @@ fn tiled_convolutions_match_the_definition() {
         }
     }
 }
+
+#[test]
+fn kernels_wider_than_the_map_match_the_definition() {
+    // YOLO12's 7×7 position convolutions (pad 3) meet 2×2 maps at small input sizes: for the
+    // outer taps no output column reads inside the row (a stride-1 run once started before it).
+    // (channels, out, kernel, stride, pad, groups, h, w) on 1×C×h×w maps.
+    let cases = [
+        (4, 4, 7, 1, 3, 4, 2, 2),
+        (4, 4, 7, 1, 3, 1, 2, 2),
+        (4, 4, 7, 2, 3, 4, 1, 3),
+        (4, 4, 7, 2, 3, 1, 3, 1),
+        (3, 3, 5, 1, 2, 3, 1, 1),
+    ];
+    for (i, &(c, o, k, st, p, g, h, w)) in cases.iter().enumerate() {
+        let x = RefTensor::new(values(c * h * w, i as u32), vec![1, c, h, w]);
+        let ws = [o, c / g, k, k];
+        let wt = values(ws.iter().product(), 3 + i as u32);
+        let s = ConvSpec {
+            stride: (st, st),
+            pad: (p, p),
+            dil: (1, 1),
+            groups: g,
+        };
+        let want = direct(&x, &wt, ws, &s);
+        let got = conv2d(&x, &wt, &ws, None, &s);
+        assert_eq!(got.data.len(), want.len(), "case {i}");
+        for (a, b) in got.data.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "case {i}: {a} vs {b}");
+        }
+    }
+}
