@@ -16,7 +16,7 @@ const ROUND: f32 = 12_582_912.0;
 /// log₂ e.
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2's leading bits (9 significant bits: `n · LN2_HI` is exact for |n| < 2¹⁵).
-const LN2_HI: f32 = 0.693_359_375;
+const LN2_HI: f32 = 0.693_359_4; // exactly 355 / 512
 /// ln 2 − [`LN2_HI`].
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// Inputs are clamped here first: below, the result is 0 anyway; above, ∞; inside, `n` fits the
