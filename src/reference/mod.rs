@@ -5,11 +5,13 @@
 //! emission in `src/models/layers/`; this module holds the interpreter, its kernels (`ops.rs`)
 //! and its shape checks (`shape.rs`). The layer wiring is [`crate::models::Net`]'s.
 
+mod maps;
 pub mod nms;
 pub mod ops;
 pub mod selection;
 pub mod seq;
 pub(crate) mod shape;
+mod vmath;
 mod winograd;
 
 use ops::RefTensor;

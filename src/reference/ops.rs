@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+pub use super::maps::{add, cat_channels, channels, max_pool, upsample_nearest};
 use super::winograd::WINO_BUDGET;
 
 /// The fewest elements worth one task on the pool: below this, handing work to another thread
@@ -21,7 +22,7 @@ pub(super) fn min_items(per: usize) -> usize {
 }
 
 /// The interpreter's tensor: dense, row-major f32 with its shape.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RefTensor {
     /// Elements.
     pub data: Vec<f32>,
@@ -39,6 +40,17 @@ impl RefTensor {
     /// (N, C, H, W) of a feature map.
     pub fn nchw(&self) -> (usize, usize, usize, usize) {
         (self.shape[0], self.shape[1], self.shape[2], self.shape[3])
+    }
+}
+
+impl Clone for RefTensor {
+    /// A copy made on the pool (layers hand their inputs on by value, so the blocks that reuse
+    /// a map copy it: `C2f`'s chain, `SPPF`'s pools).
+    fn clone(&self) -> RefTensor {
+        RefTensor {
+            data: super::maps::concat(&[&self.data]),
+            shape: self.shape.clone(),
+        }
     }
 }
 
@@ -122,16 +134,33 @@ pub(super) fn gemm_strided(
     }
 }
 
-/// The most floats one im2col tile holds (16 MiB). Unbounded, the column matrix of an early
-/// layer at 640 is kdim × oh × ow floats (yolo11x's second conv: 864 × 160 × 160, 88 MB, over
-/// twice its largest activation); a tile of whole output rows keeps it bounded and
-/// cache-friendlier, and each GEMM still hundreds of columns wide.
-const COLS_BUDGET: usize = 4 << 20;
+/// The most floats one im2col tile holds (4 MiB), unless [`MIN_WIDTH`] asks for more. Unbounded,
+/// the column matrix of an early layer at 640 is kdim × oh × ow floats (yolo11x's second conv:
+/// 864 × 160 × 160, 88 MB, over twice its largest activation); a tile of whole output rows keeps
+/// it bounded and cache-friendlier. Every float of scratch is a fresh page the first time it is
+/// touched (a page fault and the kernel zeroing it), and the interpreter runs once per check, so
+/// the scratch's size is paid for directly: at 16 MiB (with Winograd's 2 × 8 MiB) the faults
+/// were ~10 % of yolo11n's interpreter time (docs/benchmarks.md, issue 14).
+const COLS_BUDGET: usize = 1 << 20;
+
+/// The fewest GEMM columns (output pixels, or Winograd tiles) one tile of work holds whatever
+/// the budget: below a few hundred, the GEMM repacks the weights for too little work.
+const MIN_WIDTH: usize = 512;
 
 thread_local! {
     /// The im2col scratch, reused across convolutions of one thread: a fresh buffer per layer
     /// costs a page fault per 4 KiB touched.
     static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Makes `buf` at least `len` floats long. Its contents are scratch, overwritten by the caller:
+/// a buffer too short is replaced (freed first, so old and new are never both held), not grown,
+/// because growing copies the old contents to the new allocation.
+pub(super) fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        drop(std::mem::take(buf));
+        *buf = vec![0.0; len];
+    }
 }
 
 /// What a convolution applies to its output, channel by channel, in the same pass that adds
@@ -152,7 +181,7 @@ pub fn conv2d(
         (w, wshape),
         (bias, None),
         s,
-        (COLS_BUDGET, Some(WINO_BUDGET)),
+        (COLS_BUDGET, Some(WINO_BUDGET), MIN_WIDTH),
     )
 }
 
@@ -169,7 +198,7 @@ pub fn conv2d_then(
         (w, wshape),
         (bias, Some(then)),
         s,
-        (COLS_BUDGET, Some(WINO_BUDGET)),
+        (COLS_BUDGET, Some(WINO_BUDGET), MIN_WIDTH),
     )
 }
 
@@ -207,14 +236,15 @@ pub(super) fn channel_finish(
     }
 }
 
-/// [`conv2d`] with im2col tiles of at most `budget` floats (at least one output row), and
-/// Winograd chunks of at most `wino` floats where it applies (`None`: never, for tests).
+/// [`conv2d`] with im2col tiles of at most `budget` floats, and Winograd chunks of at most
+/// `wino` floats where it applies (`None`: never, for tests); either at least one output row
+/// and at least `min_width` GEMM columns.
 pub(super) fn conv2d_tiled(
     x: &RefTensor,
     (w, wshape): (&[f32], &[usize]),
     post: (Option<&[f32]>, Option<Epilogue>),
     s: &ConvSpec,
-    (budget, wino): (usize, Option<usize>),
+    (budget, wino, min_width): (usize, Option<usize>, usize),
 ) -> RefTensor {
     let (n, c, h, wd) = x.nchw();
     let (o, cg, kh, kw) = (wshape[0], wshape[1], wshape[2], wshape[3]);
@@ -227,7 +257,9 @@ pub(super) fn conv2d_tiled(
     let kdim = cg * kh * kw;
     let pointwise = kh == 1 && kw == 1 && s.stride == (1, 1) && s.pad == (0, 0);
     // Output rows per im2col tile.
-    let rows = (budget / (kdim * ow).max(1)).clamp(1, oh.max(1));
+    let rows = (budget / (kdim * ow).max(1))
+        .max(min_width.div_ceil(ow.max(1)))
+        .clamp(1, oh.max(1));
     for b in 0..n {
         let xb = &x.data[b * c * h * wd..(b + 1) * c * h * wd];
         let ob = &mut out[b * o * plane..(b + 1) * o * plane];
@@ -245,7 +277,7 @@ pub(super) fn conv2d_tiled(
         }
         if let Some(wino) = wino.filter(|_| super::winograd::applies(wshape, s)) {
             let (xw, pad) = ((w, o), s.pad);
-            super::winograd::conv3x3(xb, (c, h, wd), xw, pad, ob, post, wino);
+            super::winograd::conv3x3(xb, (c, h, wd), xw, pad, ob, post, (wino, min_width));
             continue;
         }
         for g in 0..s.groups {
@@ -263,7 +295,7 @@ pub(super) fn conv2d_tiled(
                 while oy < oh {
                     let oy1 = (oy + rows).min(oh);
                     let cols_n = (oy1 - oy) * ow;
-                    cols.resize(kdim * cols_n, 0.0);
+                    grow(cols, kdim * cols_n);
                     let tile = &mut cols[..kdim * cols_n];
                     im2col(xg, (cg, h, wd), (kh, kw), (oy, oy1, ow), s, tile);
                     gemm_strided(
@@ -308,6 +340,18 @@ fn depthwise_plane(
                 let off = (kx * s.dil.1) as isize - s.pad.1 as isize;
                 // Output columns whose tap ix = ox·stride + off lies in [0, wd).
                 let (lo, hi) = taps_inside(off, s.stride.1, wd, ow);
+                if lo == hi {
+                    continue;
+                }
+                if s.stride.1 == 1 {
+                    // Contiguous taps: a plain zip of two slices, which vectorises.
+                    let start = (lo as isize + off) as usize;
+                    let taps = &src[start..start + (hi - lo)];
+                    for (o, v) in orow[lo..hi].iter_mut().zip(taps) {
+                        *o += v * wv;
+                    }
+                    continue;
+                }
                 for (ox, o) in (lo..hi).zip(&mut orow[lo..hi]) {
                     *o += src[((ox * s.stride.1) as isize + off) as usize] * wv;
                 }
@@ -381,7 +425,9 @@ fn im2col_channel(
                 let src = &x[iy as usize * w..(iy as usize + 1) * w];
                 dst[..lo].fill(0.0);
                 dst[hi..].fill(0.0);
-                if s.stride.1 == 1 {
+                // With no tap inside (a kernel wider than a small map), `lo + off` may lie
+                // before the row: nothing to copy.
+                if s.stride.1 == 1 && lo < hi {
                     let start = (lo as isize + off) as usize;
                     dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                 } else {
@@ -423,17 +469,36 @@ pub fn batch_norm_run(
     act: impl Fn(f32) -> f32,
 ) {
     let inv = 1.0 / (var + eps).sqrt();
-    for v in xs {
-        *v = act((*v - mean) * inv * gamma + beta);
-    }
+    map_run(xs, |v| act((v - mean) * inv * gamma + beta));
 }
 
 /// Applies `f` to each value of a run in place.
 #[inline]
 pub fn map_run(xs: &mut [f32], f: impl Fn(f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { map_run_avx2(xs, &f) };
+        return;
+    }
+    map_loop(xs, &f);
+}
+
+/// The loop of [`map_run`], for the compiler to vectorise at whatever width its caller allows.
+#[inline(always)]
+fn map_loop(xs: &mut [f32], f: &impl Fn(f32) -> f32) {
     for v in xs {
         *v = f(*v);
     }
+}
+
+/// [`map_loop`] compiled for AVX2: 8 floats a step where the baseline build has SSE2's 4. Not
+/// FMA, which would fuse a multiply and an add into one rounding: the results are the same
+/// bits as the baseline loop's, on every CPU.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn map_run_avx2(xs: &mut [f32], f: &impl Fn(f32) -> f32) {
+    map_loop(xs, f);
 }
 
 /// Applies an elementwise function in place.
@@ -443,87 +508,11 @@ pub fn map(x: &mut RefTensor, f: impl Fn(f32) -> f32 + Sync) {
         .for_each(|xs| map_run(xs, &f));
 }
 
-/// Logistic sigmoid.
+/// Logistic sigmoid, on the interpreter's vectorisable `exp` (within 2 ulp of eˣ; see
+/// `vmath.rs`), so an activation pass over a run of values compiles to SIMD.
+#[inline(always)]
 pub fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
-/// Max pooling with −∞ padding.
-pub fn max_pool(x: &RefTensor, k: usize, stride: usize, pad: usize) -> RefTensor {
-    let (n, c, h, w) = x.nchw();
-    let oh = (h + 2 * pad - k) / stride + 1;
-    let ow = (w + 2 * pad - k) / stride + 1;
-    let mut out = vec![f32::NEG_INFINITY; n * c * oh * ow];
-    for p in 0..n * c {
-        let src = &x.data[p * h * w..(p + 1) * h * w];
-        let dst = &mut out[p * oh * ow..(p + 1) * oh * ow];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut m = f32::NEG_INFINITY;
-                for ky in 0..k {
-                    let iy = (oy * stride + ky) as isize - pad as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let ix = (ox * stride + kx) as isize - pad as isize;
-                        if ix >= 0 && ix < w as isize {
-                            m = m.max(src[iy as usize * w + ix as usize]);
-                        }
-                    }
-                }
-                dst[oy * ow + ox] = m;
-            }
-        }
-    }
-    RefTensor::new(out, vec![n, c, oh, ow])
-}
-
-/// Nearest-neighbour upsampling by an integer factor.
-pub fn upsample_nearest(x: &RefTensor, f: usize) -> RefTensor {
-    let (n, c, h, w) = x.nchw();
-    let (oh, ow) = (h * f, w * f);
-    let mut out = vec![0.0; n * c * oh * ow];
-    for p in 0..n * c {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                out[p * oh * ow + oy * ow + ox] = x.data[p * h * w + (oy / f) * w + ox / f];
-            }
-        }
-    }
-    RefTensor::new(out, vec![n, c, oh, ow])
-}
-
-/// Concatenation of feature maps along channels.
-pub fn cat_channels(xs: &[&RefTensor]) -> RefTensor {
-    let (n, _, h, w) = xs[0].nchw();
-    let c: usize = xs.iter().map(|x| x.shape[1]).sum();
-    let mut out = Vec::with_capacity(n * c * h * w);
-    for b in 0..n {
-        for x in xs {
-            let per = x.shape[1] * h * w;
-            out.extend_from_slice(&x.data[b * per..(b + 1) * per]);
-        }
-    }
-    RefTensor::new(out, vec![n, c, h, w])
-}
-
-/// Channels `[from, to)` of a feature map.
-pub fn channels(x: &RefTensor, from: usize, to: usize) -> RefTensor {
-    let (n, c, h, w) = x.nchw();
-    let mut out = Vec::with_capacity(n * (to - from) * h * w);
-    for b in 0..n {
-        out.extend_from_slice(&x.data[(b * c + from) * h * w..(b * c + to) * h * w]);
-    }
-    RefTensor::new(out, vec![n, to - from, h, w])
-}
-
-/// Elementwise sum.
-pub fn add(a: &RefTensor, b: &RefTensor) -> RefTensor {
-    RefTensor::new(
-        a.data.par_iter().zip(&b.data).map(|(x, y)| x + y).collect(),
-        a.shape.clone(),
-    )
+    super::vmath::sigmoid(v)
 }
 
 /// Softmax over `len` contiguous values starting at each `stride`-spaced offset group.

@@ -1,5 +1,5 @@
-//! Tests of the interpreter's kernels (`ops.rs`): the tiled im2col convolution against its
-//! definition.
+//! Tests of the interpreter's kernels (`ops.rs`, `maps.rs`): the convolutions against their
+//! definition, and every pass's bits against the thread count.
 
 use super::*;
 
@@ -82,13 +82,13 @@ fn tiled_convolutions_match_the_definition() {
         // channel: doubling plus the channel number tells a missed or repeated run.
         let then = |ch: usize, run: &mut [f32]| map_run(run, |v| 2.0 * v + ch as f32);
         for budget in [1, 40, 1 << 20] {
-            let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (budget, None));
+            let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (budget, None, 1));
             let post = conv2d_tiled(
                 &x,
                 (&w, &ws),
                 (Some(&bias), Some(&then)),
                 &s,
-                (budget, None),
+                (budget, None, 1),
             );
             assert_eq!(got.data.len(), want.len(), "case {i}");
             assert_eq!(post.data.len(), want.len(), "case {i}");
@@ -104,6 +104,83 @@ fn tiled_convolutions_match_the_definition() {
                     "case {i}, budget {budget}, epilogue"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn kernels_wider_than_the_map_match_the_definition() {
+    // YOLO12's 7×7 position convolutions (pad 3) meet 2×2 maps at small input sizes: for the
+    // outer taps no output column reads inside the row (a stride-1 run once started before it).
+    // (channels, out, kernel, stride, pad, groups, h, w) on 1×C×h×w maps.
+    let cases = [
+        (4, 4, 7, 1, 3, 4, 2, 2),
+        (4, 4, 7, 1, 3, 1, 2, 2),
+        (4, 4, 7, 2, 3, 4, 1, 3),
+        (4, 4, 7, 2, 3, 1, 3, 1),
+        (3, 3, 5, 1, 2, 3, 1, 1),
+    ];
+    for (i, &(c, o, k, st, p, g, h, w)) in cases.iter().enumerate() {
+        let x = RefTensor::new(values(c * h * w, i as u32), vec![1, c, h, w]);
+        let ws = [o, c / g, k, k];
+        let wt = values(ws.iter().product(), 3 + i as u32);
+        let s = ConvSpec {
+            stride: (st, st),
+            pad: (p, p),
+            dil: (1, 1),
+            groups: g,
+        };
+        let want = direct(&x, &wt, ws, &s);
+        let got = conv2d(&x, &wt, &ws, None, &s);
+        assert_eq!(got.data.len(), want.len(), "case {i}");
+        for (a, b) in got.data.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "case {i}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    // Large enough that every pass splits into several tasks: the convolutions (im2col + GEMM,
+    // Winograd, depthwise) with an SiLU-like epilogue, pooling, upsampling, concatenation.
+    let x = RefTensor::new(values(16 * 48 * 40, 5), vec![1, 16, 48, 40]);
+    let run = || {
+        let mut outs = Vec::new();
+        for (k, st, g) in [(3, 1, 1), (3, 2, 1), (1, 1, 1), (5, 1, 16)] {
+            let o = if g == 1 { 24 } else { 16 };
+            let ws = [o, 16 / g, k, k];
+            let w = values(ws.iter().product(), 11);
+            let s = ConvSpec {
+                stride: (st, st),
+                pad: (k / 2, k / 2),
+                dil: (1, 1),
+                groups: g,
+            };
+            let then = |_: usize, run: &mut [f32]| map_run(run, |v| v * sigmoid(v));
+            outs.push(conv2d_then(&x, (&w, &ws), None, &s, &then).data);
+        }
+        let pooled = max_pool(&x, 5, 1, 2);
+        outs.push(pooled.data.clone());
+        outs.push(upsample_nearest(&x, 2).data);
+        outs.push(cat_channels(&[&x, &pooled, &x]).data);
+        outs.push(channels(&x, 3, 11).data);
+        outs
+    };
+    let bits = |outs: Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+        outs.iter()
+            .map(|o| o.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    let mut first = None;
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool");
+        let got = bits(pool.install(run));
+        match &first {
+            None => first = Some(got),
+            Some(want) => assert!(&got == want, "{threads} threads differ from one"),
         }
     }
 }

@@ -20,9 +20,11 @@ use rayon::prelude::*;
 use super::ops::{ConvSpec, Epilogue, channel_finish, min_items};
 
 /// The most floats the transformed input of one chunk holds, and separately its products
-/// (8 MiB each): large enough for GEMMs hundreds of tiles wide, small enough that a wide early
-/// layer (yolo11x at 640: 160 channels × 6400 tiles × 16) does not allocate 65 MB at once.
-pub(super) const WINO_BUDGET: usize = 2 << 20;
+/// (2 MiB each), unless the chunk's minimum width asks for more: large enough for GEMMs hundreds
+/// of tiles wide, small enough that a wide early layer (yolo11x at 640: 160 channels × 6400
+/// tiles × 16) does not allocate 65 MB at once, and that the scratch's first-touch page faults
+/// stay small (see `ops::COLS_BUDGET`).
+pub(super) const WINO_BUDGET: usize = 1 << 19;
 
 thread_local! {
     /// Scratch for V (transformed input) and M (products), reused across layers: a fresh
@@ -82,7 +84,7 @@ fn filter_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
 
 /// 3×3 stride-1 convolution of one image `x` (C × h × w) into `out` (O × oh × ow), bias and
 /// epilogue applied; the caller checked [`applies`]. `budget` bounds each chunk's scratch
-/// (floats; at least one tile row).
+/// (floats), unless a chunk of at least one tile row and `min_width` tiles needs more.
 pub(super) fn conv3x3(
     x: &[f32],
     (c, h, w): (usize, usize, usize),
@@ -90,7 +92,7 @@ pub(super) fn conv3x3(
     pad: (usize, usize),
     out: &mut [f32],
     post: (Option<&[f32]>, Option<Epilogue>),
-    budget: usize,
+    (budget, min_width): (usize, usize),
 ) {
     let oh = (h + 2 * pad.0).saturating_sub(2);
     let ow = (w + 2 * pad.1).saturating_sub(2);
@@ -99,14 +101,16 @@ pub(super) fn conv3x3(
     }
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let u = filter_transform(wt, o, c);
-    let rows = (budget / (16 * c.max(o) * tw)).clamp(1, th);
+    let rows = (budget / (16 * c.max(o) * tw))
+        .max(min_width.div_ceil(tw))
+        .clamp(1, th);
     let (mut v, mut m) = SCRATCH.take();
     let mut ty = 0;
     while ty < th {
         let ty1 = (ty + rows).min(th);
         let t = (ty1 - ty) * tw;
-        v.resize(16 * c * t, 0.0);
-        m.resize(16 * o * t, 0.0);
+        super::ops::grow(&mut v, 16 * c * t);
+        super::ops::grow(&mut m, 16 * o * t);
         input_transform(x, (h, w), pad, (ty, ty1, tw), &mut v[..16 * c * t]);
         products(&u, &v[..16 * c * t], &mut m[..16 * o * t], (o, c, t));
         output_transform(&m[..16 * o * t], (o, t), (ty, ty1, tw), (oh, ow), out, post);
@@ -380,12 +384,12 @@ mod tests {
                 groups: 1,
             };
             assert!(applies(&ws, &s), "case {i} should take the Winograd path");
-            let direct = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (1 << 22, None));
+            let direct = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (1 << 22, None, 1));
             let direct_err = worst(&direct.data, &want, plane);
             let then = |ch: usize, run: &mut [f32]| map_run(run, |v| 2.0 * v + ch as f32);
             // One tile row per chunk, a few, and the whole map at once.
             for budget in [1, 16 * 64 * 12, 1 << 22] {
-                let budgets = (1 << 22, Some(budget));
+                let budgets = (1 << 22, Some(budget), 1);
                 let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, budgets);
                 let post = conv2d_tiled(&x, (&w, &ws), (Some(&bias), Some(&then)), &s, budgets);
                 assert_eq!(got.shape, direct.shape, "case {i}");
