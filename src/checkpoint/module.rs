@@ -93,6 +93,33 @@ pub enum ModuleError {
     /// More state-dict entries than the limit.
     #[error("state dict larger than {MAX_ENTRIES} entries")]
     TooManyEntries,
+    /// `_non_persistent_buffers_set` of a type whose `in` test is not plain member equality.
+    #[error(
+        "module '{path}' has a _non_persistent_buffers_set that is a {kind}: torch's state_dict() \
+         asks `name in` it, which this reader cannot answer as Python does"
+    )]
+    NonPersistentSet {
+        /// The module's dotted path.
+        path: String,
+        /// What the attribute is.
+        kind: &'static str,
+    },
+    /// A name registered twice, in `_parameters` and `_buffers` (or `_modules`): `state_dict()`
+    /// keeps one under that name and `forward()` may use the other.
+    #[error(
+        "module '{path}' registers '{name}' in both {first} and {second} \
+         (state_dict() and forward() would read different tensors)"
+    )]
+    RegisteredTwice {
+        /// The module's dotted path.
+        path: String,
+        /// The name.
+        name: String,
+        /// The first registry holding it.
+        first: &'static str,
+        /// The second registry holding it.
+        second: &'static str,
+    },
     /// An instance attribute with the name of a parameter, buffer or child: Python's attribute
     /// lookup finds it first, so `forward()` uses it while `state_dict()` holds the other.
     #[error(
@@ -138,18 +165,48 @@ pub fn children<'g>(graph: &'g Graph, v: &Value) -> Vec<(&'g str, &'g Value)> {
         .collect()
 }
 
-/// The names of buffers registered with `persistent=False`.
-fn non_persistent(graph: &Graph, v: &Value) -> Vec<String> {
+/// The names of buffers registered with `persistent=False`, read as torch's
+/// `_save_to_state_dict` asks `name in self._non_persistent_buffers_set`: a set, list, tuple or
+/// dict (its keys) answers by member equality. A string would answer by substring and anything
+/// else by its own `__contains__`, so those are refused, as are members other than str and int
+/// (an instance could compare equal to a name).
+fn non_persistent(graph: &Graph, v: &Value, prefix: &str) -> Result<Vec<String>, ModuleError> {
     let Some(set) = graph.attr(v, "_non_persistent_buffers_set") else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    match graph.get(set) {
-        Some(Node::Set(items) | Node::FrozenSet(items) | Node::List(items)) => items
-            .iter()
-            .filter_map(|i| i.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
+    let refuse = |kind: &'static str| ModuleError::NonPersistentSet {
+        path: module_path(prefix),
+        kind,
+    };
+    let members: Vec<&Value> = match graph.get(set) {
+        Some(
+            Node::Set(items) | Node::FrozenSet(items) | Node::List(items) | Node::Tuple(items),
+        ) => items.iter().collect(),
+        Some(Node::Dict(entries)) => entries.iter().map(|(k, _)| k).collect(),
+        Some(other) => return Err(refuse(other.kind())),
+        None => {
+            return Err(refuse(match set {
+                Value::Str(_) => "str",
+                Value::None => "None",
+                _ => "number",
+            }));
+        }
+    };
+    let mut names = Vec::with_capacity(members.len());
+    for m in members {
+        match m {
+            Value::Str(s) => names.push(s.to_string()),
+            Value::Int(_) | Value::Bool(_) => {}
+            _ => return Err(refuse("collection with a member that is not a str")),
+        }
     }
+    Ok(names)
+}
+
+/// A module's dotted path for messages (`<root>` for the weight set's top module).
+fn module_path(prefix: &str) -> String {
+    let path = prefix.strip_suffix('.').unwrap_or(prefix);
+    if path.is_empty() { "<root>" } else { path }.to_string()
 }
 
 /// `module.state_dict()`: each module's parameters, then its persistent buffers, then its
@@ -202,7 +259,7 @@ fn walk(
     path.push(id);
     budget.step(1)?;
     check_shadows(graph, v, prefix, budget)?;
-    let skip = non_persistent(graph, v);
+    let skip = non_persistent(graph, v, prefix)?;
     for (attr, is_buffer) in [("_parameters", false), ("_buffers", true)] {
         let Some(d) = graph.attr(v, attr).and_then(|d| graph.dict(d)) else {
             continue;
@@ -251,6 +308,32 @@ fn check_shadows(
     budget.step(attrs.len())?;
     let names: std::collections::HashSet<&str> =
         attrs.iter().filter_map(|(k, _)| k.as_str()).collect();
+    let registries = ["_parameters", "_buffers", "_modules"];
+    for (i, first) in registries.iter().enumerate() {
+        let Some(a) = graph.attr(v, first).and_then(|d| graph.dict(d)) else {
+            continue;
+        };
+        for second in &registries[i + 1..] {
+            let Some(b) = graph.attr(v, second).and_then(|d| graph.dict(d)) else {
+                continue;
+            };
+            budget.step(a.len() + b.len())?;
+            let in_a: std::collections::HashSet<&str> =
+                a.iter().filter_map(|(k, _)| k.as_str()).collect();
+            if let Some(name) = b
+                .iter()
+                .filter_map(|(k, _)| k.as_str())
+                .find(|k| in_a.contains(k))
+            {
+                return Err(ModuleError::RegisteredTwice {
+                    path: module_path(prefix),
+                    name: name.to_string(),
+                    first,
+                    second,
+                });
+            }
+        }
+    }
     for registry in ["_parameters", "_buffers", "_modules"] {
         let Some(d) = graph.attr(v, registry).and_then(|d| graph.dict(d)) else {
             continue;
@@ -261,9 +344,8 @@ fn check_shadows(
             .filter_map(|(k, _)| k.as_str())
             .find(|k| names.contains(k))
         {
-            let path = prefix.strip_suffix('.').unwrap_or(prefix);
             return Err(ModuleError::Shadowed {
-                path: if path.is_empty() { "<root>" } else { path }.to_string(),
+                path: module_path(prefix),
                 attr: name.to_string(),
                 registry,
             });

@@ -193,6 +193,26 @@ def cases():
     top = {"model": Build(NewObj(SEQUENTIAL), linear_state(od([]), modules=od([("0", linear(b, *A))]))), "ema": Build(NewObj(SEQUENTIAL), seq_state)}
     yield "r7vm-attr-shadows-child.pt", b.zip(top), "error", "shadows", None
 
+    # ---- review 8: how torch's state_dict() reads _non_persistent_buffers_set (`name in it`),
+    # and a name registered as both a parameter and a buffer ----
+    def with_hidden(nonpersistent):
+        b = Builder()
+        bufs = od([("scale", b.t([9.0, 9.0]))])
+        params = od([("weight", b.p(B[0])), ("bias", b.p(B[1]))])
+        state = linear_state(params, [("_non_persistent_buffers_set", nonpersistent)], buffers=bufs)
+        return b, {"model": linear(b, *A), "ema": Build(NewObj(LINEAR), state)}
+
+    b, top = with_hidden(Call(G("builtins", "set"), ["scale"]))
+    yield "r8vm-nonpersistent-set.pt", b.zip(top), "clean", "", folds(B)
+    b, top = with_hidden(("scale",))
+    yield "r8vm-nonpersistent-tuple.pt", b.zip(top), "clean", "", folds(B)
+    b, top = with_hidden("xscalex")  # `"scale" in "xscalex"` is True in Python: a substring test
+    yield "r8vm-nonpersistent-str.pt", b.zip(top), "error", "_non_persistent_buffers_set", None
+    b = Builder()
+    params = od([("weight", b.p(B[0])), ("bias", b.p(B[1]))])
+    state = linear_state(params, buffers=od([("weight", b.t([-x for x in B[0]]))]))
+    yield "r8vm-param-and-buffer.pt", b.zip({"model": linear(b, *A), "ema": Build(NewObj(LINEAR), state)}), "error", "registers 'weight' in both", None
+
     # ---- states Module.__setstate__ cannot take, slot states ----
     b = Builder()
     params = od([("weight", b.p(B[0])), ("bias", b.p(B[1]))])
@@ -236,6 +256,10 @@ class StubModule:
         out = {}
         for k, v in self.__dict__["_parameters"].items():
             out[k] = v.vals
+        skip = self.__dict__.get("_non_persistent_buffers_set", set())
+        for k, v in self.__dict__["_buffers"].items():
+            if k not in skip:
+                out[k] = v.vals
         return out
 
 
@@ -259,6 +283,7 @@ def python_reads(zip_bytes):
         ("torch.nn.modules.linear", "Linear"): StubModule,
         ("torch.nn.modules.container", "Sequential"): StubModule,
         ("torch", "FloatStorage"): "FloatStorage",
+        ("builtins", "set"): set,
     }
 
     class Stubs(pickle.Unpickler):

@@ -118,6 +118,14 @@ pub(super) fn long_from_le(b: &[u8]) -> Value {
         return Value::Int(i64::from_le_bytes(a));
     }
     let neg = b[b.len() - 1] & 0x80 != 0;
+    // A long spelling of a small number (`5` padded to 9 bytes) is the same int to Python: read
+    // it as one, or it would be a different dict key from the short spelling.
+    let fill = if neg { 0xff } else { 0 };
+    if b[8..].iter().all(|&x| x == fill) && (b[7] & 0x80 != 0) == neg {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[..8]);
+        return Value::Int(i64::from_le_bytes(a));
+    }
     // Magnitude, big-endian, in base 256.
     let mut mag: Vec<u8> = b.iter().rev().copied().collect();
     if neg {
@@ -295,6 +303,23 @@ mod tests {
         assert_eq!(v, Value::BigInt("18446744073709551616".into()));
         let v = long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff]);
         assert_eq!(v, Value::BigInt("-18446744073709551616".into()));
+        // Review 8 G1: a long spelling of a small number is that number (one dict key with it).
+        assert_eq!(long_from_le(&[5, 0, 0, 0, 0, 0, 0, 0, 0]), Value::Int(5));
+        let mut minus_two = [0xffu8; 12];
+        minus_two[0] = 0xfe;
+        assert_eq!(long_from_le(&minus_two), Value::Int(-2));
+        let mut top = [0u8; 9];
+        top[7] = 0x80; // 2**63: beyond i64
+        assert_eq!(
+            long_from_le(&top),
+            Value::BigInt("9223372036854775808".into())
+        );
+        let mut low = [0xffu8; 9];
+        low[7] = 0x7f; // -(2**63) - 1: beyond i64
+        assert_eq!(
+            long_from_le(&low),
+            Value::BigInt("-9223372036854775809".into())
+        );
     }
 
     #[test]
