@@ -17,7 +17,7 @@ pub const ULTRALYTICS_LICENSE: &str = "AGPL-3.0 License (https://ultralytics.com
 pub const ULTRALYTICS_DOCS: &str = "https://docs.ultralytics.com";
 
 /// Python `repr` of JSON-like data, for metadata Ultralytics reads with `ast.literal_eval`.
-fn py_repr(v: &serde_json::Value) -> String {
+pub fn py_repr(v: &serde_json::Value) -> String {
     use serde_json::Value as J;
     match v {
         J::Null => "None".into(),

@@ -22,7 +22,7 @@ use crate::checkpoint::Checkpoint;
 use crate::checkpoint::module;
 use crate::models::layers::heads::{self, HeadOptions};
 pub use error::{ExportError, ExportErrorKind};
-pub use metadata::{ULTRALYTICS_DOCS, ULTRALYTICS_LICENSE, training_imgsz};
+pub use metadata::{ULTRALYTICS_DOCS, ULTRALYTICS_LICENSE, py_repr, training_imgsz};
 
 /// Opsets the builder's operators are valid in (Split with a sizes input, Softmax over one axis,
 /// Resize with scales: 13 and later).

@@ -83,10 +83,17 @@ pub fn check_metadata(model: &Model, ckpt: &Checkpoint, root: ModuleRef) -> Meta
         });
     }
     let head = (root.child("model").ok()).and_then(|l| l.children().pop().map(|(_, h)| h));
-    if let Some(k) = head.and_then(|h| h.ints("kpt_shape")) {
+    let kpt_shape = head.and_then(|h| h.ints("kpt_shape"));
+    if let Some(k) = kpt_shape.clone() {
         compare("kpt_shape", format!("{k:?}"), &|v| {
             int_list(v).as_ref() == Some(&k)
         });
+    }
+    // Ultralytics' AutoBackend literal_evals `kpt_names` and labels keypoints with it; export
+    // writes it as Python's repr of the checkpoint's dict, so an honest file holds exactly that.
+    if let Some(names) = kpt_shape.and_then(|_| root.attr("kpt_names")) {
+        let want = crate::onnx::py_repr(&crate::checkpoint::metadata::to_json(&ckpt.graph, names));
+        compare("kpt_names", want.clone(), &|v| v == want);
     }
     if let Some(input) = model.inputs.first()
         && let [_, _, Dim::Fixed(h), Dim::Fixed(w)] = input.dims[..]
