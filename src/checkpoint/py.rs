@@ -57,6 +57,17 @@ pub enum AttrError {
         #[source]
         source: std::io::Error,
     },
+    /// A flag whose Python truth value this reader cannot decide (an object with its own
+    /// `__bool__`/`__len__`, a tensor of several elements): torch's `if self.add:` would use it.
+    #[error("{class}.{name} is a {kind}, whose truth value this reader cannot decide")]
+    NoTruthValue {
+        /// The module's class.
+        class: String,
+        /// The attribute.
+        name: String,
+        /// What it holds.
+        kind: &'static str,
+    },
     /// A required parameter or buffer that is absent (or None).
     #[error("{class} has no tensor '{name}'")]
     NoTensor {
@@ -114,13 +125,38 @@ impl<'g> ModuleRef<'g> {
         self.attr(name)?.as_f64()
     }
 
-    /// A bool attribute.
-    pub fn bool(&self, name: &str) -> Option<bool> {
-        match self.attr(name)? {
+    /// A flag as `if self.<name>:` reads it: Python's truth value (`None`, zero and empty are
+    /// false; `1.0`, a non-empty string or list true). `Ok(None)` when the attribute is absent;
+    /// an error where the truth value is not decidable here (an object's own `__bool__`).
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, AttrError> {
+        let Some(v) = self.attr(name) else {
+            return Ok(None);
+        };
+        let truth = match v {
+            Value::None => Some(false),
             Value::Bool(b) => Some(*b),
             Value::Int(i) => Some(*i != 0),
-            _ => None,
-        }
+            // Beyond 64 bits, so never zero.
+            Value::BigInt(_) => Some(true),
+            Value::Float(f) => Some(*f != 0.0),
+            Value::Str(t) => Some(!t.is_empty()),
+            Value::Node(_) => match self.g.get(v) {
+                Some(
+                    Node::List(items)
+                    | Node::Tuple(items)
+                    | Node::Set(items)
+                    | Node::FrozenSet(items),
+                ) => Some(!items.is_empty()),
+                Some(Node::Dict(entries)) => Some(!entries.is_empty()),
+                Some(Node::Bytes(b)) => Some(!b.is_empty()),
+                _ => None,
+            },
+        };
+        truth.map(Some).ok_or_else(|| AttrError::NoTruthValue {
+            class: self.class(),
+            name: name.to_string(),
+            kind: self.g.get(v).map(|n| n.kind()).unwrap_or("value"),
+        })
     }
 
     /// An int, or a tuple/list of ints (kernel sizes, strides, `f`).

@@ -140,7 +140,7 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
-        let add = m.bool("add").unwrap_or(true);
+        let add = m.bool("add")?.unwrap_or(true);
         let a = self.attention(&format!("{scope}.attn"), m.child("attn")?, x)?;
         let x = if add { self.add(scope, x, &a) } else { a };
         let f = self.sub(scope, m, "ffn", &x)?;
@@ -211,7 +211,7 @@ impl Reference<'_> {
     }
 
     pub(crate) fn psablock(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
-        let add = m.bool("add").unwrap_or(true);
+        let add = m.bool("add")?.unwrap_or(true);
         let a = self.attention(m.child("attn")?, x)?;
         if add {
             shape::same_shape(x, &a, "PSABlock")?;

@@ -139,7 +139,7 @@ impl MaxPoolParams {
         };
         let pad = check::pair(&m, "padding", 0)?;
         let dil = check::pair(&m, "dilation", 1)?;
-        if m.bool("ceil_mode") == Some(true) {
+        if m.bool("ceil_mode")? == Some(true) {
             return Err(LayerError::unsupported("MaxPool2d", "ceil_mode=True"));
         }
         check::check_geometry(&m, &[kernel, stride, dil], &[pad])?;

@@ -75,7 +75,7 @@ impl Builder<'_> {
     ) -> BuildResult<GraphValue> {
         let a = self.sub(scope, m, "cv1", x)?;
         let y = self.sub(scope, m, "cv2", &a)?;
-        Ok(self.residual(scope, m, x, y))
+        self.residual(scope, m, x, y)
     }
 
     /// `y`, plus the block's input `x` when its `add` flag is set (`x + y if self.add else y`).
@@ -85,12 +85,12 @@ impl Builder<'_> {
         m: ModuleRef,
         x: &GraphValue,
         y: GraphValue,
-    ) -> GraphValue {
-        if m.bool("add").unwrap_or(false) {
+    ) -> BuildResult<GraphValue> {
+        Ok(if m.bool("add")?.unwrap_or(false) {
             self.add(scope, x, &y)
         } else {
             y
-        }
+        })
     }
 
     /// cv1 of `m` on `x`, split into two halves of `self.c` channels (`chunk(2, 1)` /
@@ -200,7 +200,7 @@ impl Builder<'_> {
         }
         let cat = self.cat(scope, &ys, 1)?;
         let y = self.sub_conv(scope, m, "cv2", &cat)?;
-        Ok(self.residual(scope, m, x, y))
+        self.residual(scope, m, x, y)
     }
 }
 
@@ -287,7 +287,7 @@ pub(crate) fn residual(
     y: RefTensor,
     what: &str,
 ) -> BuildResult<RefTensor> {
-    Ok(if m.bool("add").unwrap_or(false) {
+    Ok(if m.bool("add")?.unwrap_or(false) {
         shape::same_shape(x, &y, what)?;
         ops::add(x, &y)
     } else {

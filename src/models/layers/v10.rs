@@ -103,7 +103,7 @@ impl Builder<'_> {
         x: &GraphValue,
     ) -> BuildResult<GraphValue> {
         let y = self.sub(scope, m, "cv1", x)?;
-        if !m.bool("add").unwrap_or(false) {
+        if !m.bool("add")?.unwrap_or(false) {
             return Ok(y);
         }
         if y.shape != x.shape {
@@ -139,7 +139,7 @@ impl Reference<'_> {
 
     pub(crate) fn cib(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let y = self.module(m.child("cv1")?, LayerInput::One(x.clone()))?;
-        if !m.bool("add").unwrap_or(false) {
+        if !m.bool("add")?.unwrap_or(false) {
             return Ok(y);
         }
         shape::same_shape(x, &y, "CIB")?;

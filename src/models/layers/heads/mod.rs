@@ -161,7 +161,7 @@ impl HeadSpec {
     /// real head has.
     pub fn parse(m: ModuleRef, inputs: usize, opts: HeadOptions) -> BuildResult<HeadSpec> {
         let class = m.class();
-        if m.bool("xyxy") == Some(true) {
+        if m.bool("xyxy")? == Some(true) {
             return Err(LayerError::unsupported(class, "xyxy output"));
         }
         // `yolo export` takes the one-to-many branches unless asked for end-to-end output

@@ -91,7 +91,7 @@ impl Builder<'_> {
         let cat = self.cat(scope, &ys, 1)?;
         let y = self.sub_conv(scope, m, "sc", &cat)?;
         let y = self.sub_conv(scope, m, "ec", &y)?;
-        Ok(self.residual(scope, m, x, y))
+        self.residual(scope, m, x, y)
     }
 
     /// `LightConv`: conv1 then conv2.

@@ -75,7 +75,7 @@ impl Head {
                 format!("for {levels} inputs"),
             ));
         }
-        if m.bool("learnt_init_query") == Some(true) {
+        if m.bool("learnt_init_query")? == Some(true) {
             return Err(LayerError::unsupported(
                 "RTDETRDecoder",
                 "learnt_init_query=True",

@@ -211,7 +211,7 @@ struct Aifi {
 
 impl Aifi {
     fn parse(m: ModuleRef, c: usize) -> BuildResult<Aifi> {
-        if m.bool("normalize_before") == Some(true) {
+        if m.bool("normalize_before")? == Some(true) {
             return Err(LayerError::unsupported("AIFI", "normalize_before=True"));
         }
         pos_dim(c)?;

@@ -252,8 +252,8 @@ impl Mha {
                 ),
             ));
         }
-        if m.bool("_qkv_same_embed_dim") == Some(false)
-            || m.bool("add_zero_attn") == Some(true)
+        if m.bool("_qkv_same_embed_dim")? == Some(false)
+            || m.bool("add_zero_attn")? == Some(true)
             || m.tensor_f32("bias_k")?.is_some()
         {
             return Err(LayerError::unsupported(
@@ -312,7 +312,7 @@ pub struct Mlp {
 impl Mlp {
     /// Reads `m` taking `inp` values; refuses the variants the RT-DETR head never builds.
     pub fn parse(m: ModuleRef, inp: usize) -> BuildResult<Mlp> {
-        if m.bool("residual") == Some(true) || m.bool("sigmoid") == Some(true) {
+        if m.bool("residual")? == Some(true) || m.bool("sigmoid")? == Some(true) {
             return Err(LayerError::unsupported(
                 "MLP",
                 "a residual or sigmoid output",
