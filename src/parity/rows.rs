@@ -237,6 +237,7 @@ fn sets(
             near: &near,
             saturated: &saturated,
             close: &close,
+            box_limit: [limit[0], limit[1], limit[2], limit[3]],
             suppression: tol.suppression,
         };
         let (ambiguous, problems) = rules.judge((&g, &extra), (&w, &lost), cands.as_deref());

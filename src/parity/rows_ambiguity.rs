@@ -24,8 +24,10 @@ use super::{CLASS, SCORE, Suppression};
 /// The overlap asked of rotated (OBB) rows at a saturated tie, read axis-aligned.
 const ROTATED_OVERLAP: f64 = 0.3;
 
-/// Slack on IoU comparisons: box columns carry rounding of ~1e-3 relative, which moves an IoU
-/// by a few thousandths.
+/// Slack on the IoU of two rows of one side (`lone`): that side's NMS saw those very boxes, so
+/// only the rounding of its output columns (~1e-3 relative) separates what it compared from what
+/// it wrote. Rows of different sides differ by up to the box columns' limits instead, and their
+/// IoU is judged over the range those limits reach ([`iou_range`]).
 const IOU_SLACK: f64 = 0.01;
 
 /// The rules, with the comparison's own notions of near, saturated and close.
@@ -40,6 +42,9 @@ pub(super) struct Rules<'a> {
     pub saturated: &'a dyn Fn(f32) -> bool,
     /// Two rows alike in every column (the class too, unless both saturated).
     pub close: &'a dyn Fn(&[f32], &[f32]) -> bool,
+    /// How far each box column of an ONNX row may honestly lie from the reference's (the
+    /// columns' limits, f16 allowance included): what an IoU across the sides may move by.
+    pub box_limit: [f64; 4],
     /// NMS rows: the suppression that made them.
     pub suppression: Option<Suppression>,
 }
@@ -93,15 +98,19 @@ impl Rules<'_> {
             let sat = |r: &[f32]| (self.saturated)(r[SCORE]);
             // Rotated boxes: the rows' axis-aligned reading is no probabilistic IoU, so only a
             // plain overlap (the IoU ≥ 0.3 of before) is asked there.
-            let bound = match s.centred {
-                true => ROTATED_OVERLAP,
-                false => s.iou as f64 - IOU_SLACK,
+            // Axis-aligned rows of the two sides: the IoU each side saw may be any in the range
+            // the box limits reach, so `o` could have suppressed `r` where that range reaches the
+            // NMS IoU.
+            let overlaps = |r: &[f32], o: &[f32]| match s.centred {
+                true => iou(r, o, true) >= ROTATED_OVERLAP,
+                false => iou_range(r, o, self.box_limit).1 >= s.iou as f64,
             };
-            let overlaps = |r: &[f32], o: &[f32]| iou(r, o, s.centred) >= bound;
-            // At the NMS IoU: `o`, of `r`'s class and scoring at least as high, overlaps it
-            // within the slack of the IoU, so rounding alone decides whether `o` suppresses `r`
-            // (yolo11-detect `--nms --half` at 2×64×96: IoU 0.6996 in f32, above 0.7 in f16,
-            // 34 vs 35 rows). Axis-aligned rows only: OBB's NMS uses the probabilistic IoU.
+            // At the NMS IoU: `o`, of `r`'s class and scoring at least as high, overlaps it at
+            // an IoU whose range under the box limits holds the NMS IoU, so rounding alone
+            // decides whether `o` suppresses `r` (yolo11-detect `--nms --half` at 2×64×96: IoU
+            // 0.6996 in f32, above 0.7 in f16, 34 vs 35 rows; yolov8-seg `--nms --half` at 64:
+            // IoU 0.685 of 120 px boxes whose columns may move by 3.9 px, 18 vs 19 rows).
+            // Axis-aligned rows only: OBB's NMS uses the probabilistic IoU.
             // Both this and `near_tie` need the reference's candidates: without them a row
             // moved a little (or with a wrong keypoint) would pass as its own tie partner.
             let known = candidates.is_some();
@@ -110,7 +119,10 @@ impl Rules<'_> {
                     && !s.centred
                     && o[CLASS] == r[CLASS]
                     && (o[SCORE] >= r[SCORE] || (self.near)(o[SCORE], r[SCORE]))
-                    && (iou(r, o, false) - s.iou as f64).abs() <= IOU_SLACK
+                    && {
+                        let (lo, hi) = iou_range(r, o, self.box_limit);
+                        (lo..=hi).contains(&(s.iou as f64))
+                    }
             };
             // Near-equal scores of one class overlapping above the IoU: which suppresses the
             // other is the order rounding leaves them in, as with saturated ties.
@@ -200,4 +212,38 @@ pub(super) fn iou(a: &[f32], b: &[f32], centred: bool) -> f64 {
     let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let union = area(a) + area(b) - w * h;
     if union > 0.0 { w * h / union } else { 0.0 }
+}
+
+/// Bounds of the IoU of two `x1 y1 x2 y2` rows when each box column of both may move by up to
+/// its `limit`: (lowest, highest). Each edge of the intersection and each side of a box moves by
+/// at most the sum of its two columns' limits, so the intersection and the areas have ranges,
+/// and the IoU, rising with the intersection and falling with either area, lies between the
+/// worst and the best of them (a bound: the extremes need not be reachable together).
+pub(super) fn iou_range(a: &[f32], b: &[f32], limit: [f64; 4]) -> (f64, f64) {
+    let v = |r: &[f32]| [r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64];
+    let (a, b) = (v(a), v(b));
+    // Spans along x (columns 0, 2) and y (1, 3), each moving by the sum of its edges' limits.
+    let span = |lo: usize, hi: usize, len: f64| {
+        let d = limit[lo] + limit[hi];
+        ((len - d).max(0.0), (len + d).max(0.0))
+    };
+    let (wl, wh) = span(0, 2, a[2].min(b[2]) - a[0].max(b[0]));
+    let (hl, hh) = span(1, 3, a[3].min(b[3]) - a[1].max(b[1]));
+    let area = |r: [f64; 4]| {
+        let (w, h) = (span(0, 2, r[2] - r[0]), span(1, 3, r[3] - r[1]));
+        (w.0 * h.0, w.1 * h.1)
+    };
+    let ((al, ah), (bl, bh)) = (area(a), area(b));
+    let (il, ih) = (wl * hl, wh * hh);
+    let lo = match ah + bh - il {
+        u if u > 0.0 => il / u,
+        _ => 0.0,
+    };
+    // The union is at least either area, and at least both less the largest intersection.
+    let union = (al + bl - ih).max(al).max(bl);
+    let hi = match union > 0.0 {
+        true => (ih / union).min(1.0),
+        false => 1.0,
+    };
+    (lo.min(hi), hi)
 }
