@@ -265,7 +265,12 @@ pub fn against_reference(
                 row_noise = p.noise(raw, e, nc).map(|n| k * n);
             }
             let rows = p.rows(raw, task, nc, &input_shape)?;
-            candidates = Some(p.candidates(raw, task, nc));
+            let rt = RowsTolerance {
+                noise: row_noise,
+                ..p.tolerance(tol, task)
+            };
+            let near = 2.0 * rows::score_limit(&rows, &rt);
+            candidates = Some(p.candidates(raw, task, nc, near as f32));
             *raw = rows;
         }
         if got.len() != want.len() {

@@ -270,6 +270,17 @@ fn sets(
     (stats, checks)
 }
 
+/// The score column's limit for the NMS rows `rows` (B, K, C) under `tol`: how far an ONNX score
+/// may honestly lie from the reference's.
+pub fn score_limit(rows: &RefTensor, tol: &RowsTolerance) -> f64 {
+    match rows.shape[..] {
+        [b, k, c] if c >= 6 && rows.data.len() == b * k * c => {
+            limits(&rows.data, (b * k, c), tol)[SCORE]
+        }
+        _ => tol.atol,
+    }
+}
+
 /// Each column's limit: atol + rtol · the largest reference magnitude of its group (or of the
 /// column itself, for extras of unknown kind) + the group's f16 allowance.
 fn limits(want: &[f32], (rows, c): (usize, usize), tol: &RowsTolerance) -> Vec<f64> {

@@ -129,6 +129,26 @@ impl Rules<'_> {
             let near_tie = |r: &[f32], o: &[f32]| {
                 known && o[CLASS] == r[CLASS] && (self.near)(o[SCORE], r[SCORE]) && overlaps(r, o)
             };
+            // Classes near-tied at an anchor: where the reference's best class there is
+            // another, its NMS of this class never saw the anchor, so the ONNX, whose rounding
+            // picked this class, may keep a row the reference lacks — and suppress with it a
+            // row of this class the reference keeps. `twin` finds the reference's candidates of
+            // other classes at the very anchor of `c` (the same box).
+            let cands = candidates.unwrap_or(&[]);
+            let twin = |c: &[f32], o: &[f32]| o[..4] == c[..4] && o[CLASS] != c[CLASS];
+            let alternative = |r: &[f32]| {
+                cands.iter().any(|c| {
+                    (self.close)(r, c) && cands.iter().any(|o| twin(c, o) && o[SCORE] >= c[SCORE])
+                })
+            };
+            // A reference row whose anchor the ONNX reads as another near-tied class: the ONNX
+            // row of that class at the anchor stands in its place.
+            let flipped = |r: &[f32], o: &[f32]| {
+                o[CLASS] != r[CLASS]
+                    && cands.iter().any(|c| {
+                        (self.close)(r, c) && cands.iter().any(|t| twin(c, t) && (self.close)(o, t))
+                    })
+            };
             // Per-class NMS never lets one class suppress another: a saturated suppressor of
             // another class is only the same detection with its class tied at 1.0, which
             // `close` accepts only where the candidates show both classes saturated there.
@@ -141,7 +161,8 @@ impl Rules<'_> {
                         (sat(r) && sat(o) && overlaps(r, o) && kin(r, o))
                             || near_tie(r, o)
                             || at_iou(r, o)
-                    });
+                    })
+                    || (lone(r, got) && alternative(r));
             }
             let standing: Vec<bool> = (0..got.len())
                 .map(|j| !rest_g.contains(&j) || tied_g[j])
@@ -159,7 +180,14 @@ impl Rules<'_> {
                     });
                 let by_iou = (got.iter().zip(&standing))
                     .any(|(o, ok)| *ok && (at_iou(r, o) || near_tie(r, o)));
-                tied_w[i] = (sat(r) && (by_row || by_candidate)) || by_iou;
+                let by_class = (got.iter().zip(&standing)).any(|(o, ok)| {
+                    *ok && (flipped(r, o)
+                        || (o[CLASS] == r[CLASS]
+                            && (o[SCORE] >= r[SCORE] || (self.near)(o[SCORE], r[SCORE]))
+                            && overlaps(r, o)
+                            && alternative(o)))
+                });
+                tied_w[i] = (sat(r) && (by_row || by_candidate)) || by_iou || by_class;
             }
             excused += tied_w.iter().chain(&tied_g).filter(|t| **t).count();
         }
