@@ -7,7 +7,6 @@ mod common;
 
 use common::fixture;
 use common::onnx_edit::{detach_output0, export, f32s, i64s, load, node, save, verify};
-use fuse_ema::onnx::proto::Attr;
 
 /// Seeds measured failing (exit 1) on honest exports before the IoU test followed the box
 /// limits and near-tied classes became candidates.
@@ -35,6 +34,9 @@ fn honest_half_nms_exports_pass_on_the_seeds_that_failed() {
     }
 }
 
+/// Columns of yolov8-seg's NMS rows: box, score, class, 32 mask coefficients.
+const WIDTH: usize = 38;
+
 /// The yolov8-seg export with every row's class swapped (0 ↔ 1, padding left alone) or every
 /// box moved 8 px right: the near-tied classes and the IoU range excuse no such file.
 #[test]
@@ -46,55 +48,48 @@ fn doctored_half_nms_rows_still_fail() {
     let (_, seeds) = FAILED[0];
     let mut m = load(&onnx);
     detach_output0(&mut m);
+    // output0 = the rows + Sign(score) · a change: padding rows (score 0) stay zero.
     m.initializers.extend([
-        i64s("f_s0", &[0]),
-        i64s("f_s4", &[4]),
-        i64s("f_s5", &[5]),
-        i64s("f_s6", &[6]),
-        i64s("f_end", &[i64::MAX]),
-        i64s("f_ax", &[2]),
-        f32s("f_one", &[], &[1.0]),
-        f32s("f_two", &[], &[2.0]),
+        i64s("d_from", &[4]),
+        i64s("d_to", &[5]),
+        i64s("d_axis", &[2]),
     ]);
-    let slice = |from: &str, to: &str, out: &str| {
-        node("Slice", &["output0_raw", from, to, "f_ax"], out, vec![])
-    };
-    let concat = |parts: &[&str]| {
+    let gate = [
         node(
-            "Concat",
-            parts,
-            "output0",
-            vec![("axis".into(), Attr::Int(2))],
-        )
+            "Slice",
+            &["output0_raw", "d_from", "d_to", "d_axis"],
+            "d_score",
+            vec![],
+        ),
+        node("Sign", &["d_score"], "d_on", vec![]),
+        node("Mul", &["d_on", "d_change"], "d_delta", vec![]),
+        node("Add", &["output0_raw", "d_delta"], "output0", vec![]),
+    ];
+    let column = |j: usize, v: f32| {
+        let mut c = [0f32; WIDTH];
+        c[j] = v;
+        c
     };
-    // class c → 1 − c on rows with a score (padding rows stay zero).
+    // Class c → 1 − c: the change is (1 − 2c) in the class column.
     let mut relabel = m.clone();
-    relabel.nodes.extend([
-        slice("f_s0", "f_s5", "f_head"),
-        slice("f_s4", "f_s5", "f_score"),
-        slice("f_s5", "f_s6", "f_cls"),
-        slice("f_s6", "f_end", "f_tail"),
-        node("Sign", &["f_score"], "f_on", vec![]),
-        node("Mul", &["f_cls", "f_two"], "f_2c", vec![]),
-        node("Sub", &["f_one", "f_2c"], "f_d", vec![]),
-        node("Mul", &["f_on", "f_d"], "f_delta", vec![]),
-        node("Add", &["f_cls", "f_delta"], "f_new", vec![]),
-        concat(&["f_head", "f_new", "f_tail"]),
+    relabel.initializers.extend([
+        f32s("d_class", &[1, 1, WIDTH as i64], &column(5, 1.0)),
+        f32s("d_minus2", &[], &[-2.0]),
     ]);
-    // x1 and x2 + 8 px on rows with a score.
+    relabel.nodes.extend([
+        node("Mul", &["output0_raw", "d_class"], "d_c", vec![]),
+        node("Mul", &["d_c", "d_minus2"], "d_m2c", vec![]),
+        node("Add", &["d_m2c", "d_class"], "d_change", vec![]),
+    ]);
+    relabel.nodes.extend(gate.clone());
+    // x1 and x2 + 8 px.
     let mut moved = m;
+    let mut dx = column(0, 8.0);
+    dx[2] = 8.0;
     moved
         .initializers
-        .push(f32s("f_dx", &[1, 1, 4], &[8.0, 0.0, 8.0, 0.0]));
-    moved.nodes.extend([
-        slice("f_s0", "f_s4", "f_box"),
-        slice("f_s4", "f_s5", "f_score"),
-        slice("f_s4", "f_end", "f_rest"),
-        node("Sign", &["f_score"], "f_on", vec![]),
-        node("Mul", &["f_on", "f_dx"], "f_shift", vec![]),
-        node("Add", &["f_box", "f_shift"], "f_moved", vec![]),
-        concat(&["f_moved", "f_rest"]),
-    ]);
+        .push(f32s("d_change", &[1, 1, WIDTH as i64], &dx));
+    moved.nodes.extend(gate);
     for (name, doctored) in [("relabel.onnx", relabel), ("moved.onnx", moved)] {
         let p = dir.path().join(name);
         save(&doctored, &p);
