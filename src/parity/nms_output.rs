@@ -150,8 +150,20 @@ impl NmsOutput {
         RefTensor::new(out, vec![b, n, width])
     }
 
-    /// The tolerance of the rows of a model of `task`.
-    pub(super) fn tolerance(&self, tol: Tolerance, task: &str) -> RowsTolerance {
+    /// The tolerance of the rows of a model of `task`, run on inputs of shape `input` (B, C, H,
+    /// W) when known: the export's NMS tells classes apart by shifting each class's boxes by
+    /// the input's larger side, so boxes larger than the input reach across classes.
+    pub(super) fn tolerance(
+        &self,
+        tol: Tolerance,
+        task: &str,
+        input: Option<&[usize]>,
+    ) -> RowsTolerance {
+        let class_shift = match (self.nms.agnostic, input) {
+            (true, _) => Some(0.0),
+            (false, Some(&[_, _, h, w])) => Some(h.max(w) as f32),
+            (false, _) => None,
+        };
         RowsTolerance {
             atol: tol.atol,
             rtol: tol.rtol,
@@ -161,6 +173,7 @@ impl NmsOutput {
             suppression: Some(rows::Suppression {
                 iou: self.nms.iou,
                 centred: task == "obb",
+                class_shift,
             }),
         }
     }

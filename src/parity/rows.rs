@@ -50,6 +50,10 @@ pub struct Suppression {
     /// Boxes are `cx cy w h` (OBB rows, whose NMS compares rotated boxes; the comparison reads
     /// them axis-aligned), else `x1 y1 x2 y2`.
     pub centred: bool,
+    /// How far the NMS shifts each class's boxes from the previous class's (Ultralytics: the
+    /// input's larger side; 0 when class-agnostic), so that boxes larger than that suppress
+    /// across classes. `None` where unknown: then only rows of one class are taken to compete.
+    pub class_shift: Option<f32>,
 }
 
 impl RowsTolerance {
