@@ -6,8 +6,10 @@
 //! candidates fills the last place), and two candidates tied at a saturated score of 1 whose
 //! boxes overlap above the NMS IoU (the order of ties decides which suppresses the other), the
 //! same for two rows of one class at near-equal scores (within twice the score limit: f16
-//! rounding reorders them), and a row overlapping a better one of its class at the NMS IoU
-//! (rounding decides the suppression). Each
+//! rounding reorders them), a row overlapping a better one of its class at the NMS IoU
+//! (rounding decides the suppression; "at" meaning within the IoU's range when every box column
+//! moves by its limit, [`iou_range`]), a row of a class near-tied with the best at its anchor
+//! (rounding picks the class), and one step of a chain of suppressions those set off. Each
 //! excuse is written so that what it lets through is bounded by what such a tie can produce:
 //! a row excused at the cut needs the OTHER list to be full (a list cannot have dropped a row
 //! for want of room while it had room; review 6: padding filled with copies of the lowest row
@@ -282,12 +284,92 @@ pub(super) fn iou(a: &[f32], b: &[f32], centred: bool) -> f64 {
     if union > 0.0 { w * h / union } else { 0.0 }
 }
 
-/// Bounds of the IoU of two `x1 y1 x2 y2` rows when each box column of both may move by up to
-/// its `limit`: (lowest, highest). Each edge of the intersection and each side of a box moves by
-/// at most the sum of its two columns' limits, so the intersection and the areas have ranges,
-/// and the IoU, rising with the intersection and falling with either area, lies between the
-/// worst and the best of them (a bound: the extremes need not be reachable together).
+/// The range of the IoU of two `x1 y1 x2 y2` rows when each box column of both may move by up
+/// to its `limit`: (lowest, highest).
+///
+/// Along one axis the four edges decide the intersection's length and both boxes' lengths,
+/// each piecewise linear with breaks where two edges meet; for fixed lengths along the other
+/// axis the IoU is a ratio of two linear functions on each piece, so its extremes lie at
+/// corners of the pieces, where every edge sits at a bound of its own range or on another
+/// edge that does. Each edge is therefore tried at every such value within its own range, per
+/// axis; the IoU rises with the intersection and falls with either box's length, so only the
+/// axis triples no other triple betters are paired up. Where that grows large (tiny boxes
+/// under large limits) the looser [`iou_bound`] stands in.
 pub(super) fn iou_range(a: &[f32], b: &[f32], limit: [f64; 4]) -> (f64, f64) {
+    let (Some(x), Some(y)) = (lengths(a, b, limit, 0, 2), lengths(a, b, limit, 1, 3)) else {
+        return iou_bound(a, b, limit);
+    };
+    let iou = |p: &[f64; 3], q: &[f64; 3]| {
+        let (i, u) = (p[0] * q[0], p[1] * q[1] + p[2] * q[2] - p[0] * q[0]);
+        if u > 0.0 { i / u } else { 0.0 }
+    };
+    // Best triples for the highest IoU (long intersection, short boxes) and the lowest.
+    let (xh, yh) = (front(&x, 1.0), front(&y, 1.0));
+    let (xl, yl) = (front(&x, -1.0), front(&y, -1.0));
+    let over = |p: &[[f64; 3]], q: &[[f64; 3]], pick: fn(f64, f64) -> f64, from: f64| {
+        p.iter()
+            .flat_map(|p| q.iter().map(move |q| (p, q)))
+            .fold(from, |m, (p, q)| pick(m, iou(p, q)))
+    };
+    (over(&xl, &yl, f64::min, 1.0), over(&xh, &yh, f64::max, 0.0))
+}
+
+/// Along one axis (the columns `lo`, `hi` of both rows): every (intersection, length of `a`,
+/// length of `b`) at the corners described in [`iou_range`]; `None` past a few hundred.
+fn lengths(a: &[f32], b: &[f32], limit: [f64; 4], lo: usize, hi: usize) -> Option<Vec<[f64; 3]>> {
+    let edge = [a[lo], a[hi], b[lo], b[hi]].map(|v| v as f64);
+    let d = [limit[lo], limit[hi], limit[lo], limit[hi]];
+    let ends: Vec<f64> = (0..4)
+        .flat_map(|i| [edge[i] - d[i], edge[i] + d[i]])
+        .collect();
+    let values: Vec<Vec<f64>> = (0..4)
+        .map(|i| {
+            let mut v: Vec<f64> = (ends.iter().copied())
+                .filter(|e| (edge[i] - d[i]..=edge[i] + d[i]).contains(e))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v.dedup();
+            v
+        })
+        .collect();
+    if values.iter().map(Vec::len).product::<usize>() > 512 {
+        return None;
+    }
+    let mut out = Vec::new();
+    for &a0 in &values[0] {
+        for &a1 in &values[1] {
+            for &b0 in &values[2] {
+                for &b1 in &values[3] {
+                    let inter = (a1.min(b1) - a0.max(b0)).max(0.0);
+                    out.push([inter, (a1 - a0).max(0.0), (b1 - b0).max(0.0)]);
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The triples no other betters: `sign` 1 for a long intersection and short boxes, −1 for the
+/// opposite.
+fn front(all: &[[f64; 3]], sign: f64) -> Vec<[f64; 3]> {
+    let better = |p: &[f64; 3], q: &[f64; 3]| {
+        sign * p[0] >= sign * q[0] && sign * p[1] <= sign * q[1] && sign * p[2] <= sign * q[2]
+    };
+    let mut out: Vec<[f64; 3]> = Vec::new();
+    for p in all {
+        if out.iter().any(|q| better(q, p)) {
+            continue;
+        }
+        out.retain(|q| !better(p, q));
+        out.push(*p);
+    }
+    out
+}
+
+/// A cheaper, looser [`iou_range`]: each edge of the intersection and each side of a box moves
+/// by at most the sum of its two columns' limits, so the intersection and the areas have
+/// ranges, and the IoU lies between the worst and the best of them taken together.
+pub(super) fn iou_bound(a: &[f32], b: &[f32], limit: [f64; 4]) -> (f64, f64) {
     let v = |r: &[f32]| [r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64];
     let (a, b) = (v(a), v(b));
     // Spans along x (columns 0, 2) and y (1, 3), each moving by the sum of its edges' limits.
