@@ -105,7 +105,7 @@ impl Rules<'_> {
             // NMS IoU.
             let overlaps = |r: &[f32], o: &[f32]| match s.centred {
                 true => iou(r, o, true) >= ROTATED_OVERLAP,
-                false => iou_range(r, o, self.box_limit).1 >= s.iou as f64,
+                false => iou_around(r, o, self.box_limit, s.iou).1 >= s.iou as f64,
             };
             // At the NMS IoU: `o`, of `r`'s class and scoring at least as high, overlaps it at
             // an IoU whose range under the box limits holds the NMS IoU, so rounding alone
@@ -122,7 +122,7 @@ impl Rules<'_> {
                     && o[CLASS] == r[CLASS]
                     && (o[SCORE] >= r[SCORE] || (self.near)(o[SCORE], r[SCORE]))
                     && {
-                        let (lo, hi) = iou_range(r, o, self.box_limit);
+                        let (lo, hi) = iou_around(r, o, self.box_limit, s.iou);
                         (lo..=hi).contains(&(s.iou as f64))
                     }
             };
@@ -204,7 +204,7 @@ impl Rules<'_> {
                 (false, Some(shift)) => {
                     let at = |x: &[f32]| x[..4].iter().map(|v| v + x[CLASS] * shift).collect();
                     let (r, o): (Vec<f32>, Vec<f32>) = (at(r), at(o));
-                    iou_range(&r, &o, self.box_limit).1 >= s.iou as f64
+                    iou_around(&r, &o, self.box_limit, s.iou).1 >= s.iou as f64
                 }
                 _ => o[CLASS] == r[CLASS] && overlaps(r, o),
             };
@@ -284,6 +284,17 @@ pub(super) fn iou(a: &[f32], b: &[f32], centred: bool) -> f64 {
     if union > 0.0 { w * h / union } else { 0.0 }
 }
 
+/// [`iou_range`] where it matters to a threshold `t`: where the cheap [`iou_bound`] lies wholly
+/// on one side of `t`, so does the exact range, and the bound answers for it (where the cost
+/// would otherwise be paid for every pair of rows, e.g. hundreds of rows of one class).
+fn iou_around(a: &[f32], b: &[f32], limit: [f64; 4], t: f32) -> (f64, f64) {
+    let (lo, hi) = iou_bound(a, b, limit);
+    match lo > t as f64 || hi < t as f64 {
+        true => (lo, hi),
+        false => iou_range(a, b, limit),
+    }
+}
+
 /// The range of the IoU of two `x1 y1 x2 y2` rows when each box column of both may move by up
 /// to its `limit`: (lowest, highest).
 ///
@@ -315,7 +326,8 @@ pub(super) fn iou_range(a: &[f32], b: &[f32], limit: [f64; 4]) -> (f64, f64) {
 }
 
 /// Along one axis (the columns `lo`, `hi` of both rows): every (intersection, length of `a`,
-/// length of `b`) at the corners described in [`iou_range`]; `None` past a few hundred.
+/// length of `b`) at the corners described in [`iou_range`]; `None` past 256 (each edge with
+/// its own two bounds and its partner's is 4⁴).
 fn lengths(a: &[f32], b: &[f32], limit: [f64; 4], lo: usize, hi: usize) -> Option<Vec<[f64; 3]>> {
     let edge = [a[lo], a[hi], b[lo], b[hi]].map(|v| v as f64);
     let d = [limit[lo], limit[hi], limit[lo], limit[hi]];
@@ -332,7 +344,7 @@ fn lengths(a: &[f32], b: &[f32], limit: [f64; 4], lo: usize, hi: usize) -> Optio
             v
         })
         .collect();
-    if values.iter().map(Vec::len).product::<usize>() > 512 {
+    if values.iter().map(Vec::len).product::<usize>() > 256 {
         return None;
     }
     let mut out = Vec::new();
