@@ -192,6 +192,7 @@ fn nms_matches_ultralytics_nmsmodel() {
                     suppression: Some(Suppression {
                         iou: 0.7,
                         centred: name == "yolov8-obb",
+                        class_shift: None,
                     }),
                     ..tol
                 };

@@ -95,6 +95,7 @@ fn compare_outputs(what: &str, variant: &str, got: &[(String, ArrayD<f32>)], npz
                 suppression: Some(fuse_ema::parity::Suppression {
                     iou: 0.7,
                     centred: false,
+                    class_shift: None,
                 }),
             };
             let got_t = fuse_ema::reference::ops::RefTensor::new(g.clone(), want.shape.clone());

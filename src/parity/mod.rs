@@ -265,7 +265,12 @@ pub fn against_reference(
                 row_noise = p.noise(raw, e, nc).map(|n| k * n);
             }
             let rows = p.rows(raw, task, nc, &input_shape)?;
-            candidates = Some(p.candidates(raw, task, nc));
+            let rt = RowsTolerance {
+                noise: row_noise,
+                ..p.tolerance(tol, task, Some(&input_shape))
+            };
+            let near = 2.0 * rows::score_limit(&rows, &rt);
+            candidates = Some(p.candidates(raw, task, nc, near as f32));
             *raw = rows;
         }
         if got.len() != want.len() {
@@ -332,7 +337,7 @@ pub fn against_reference(
         if let (Some(p), Some((_, g)), Some(w)) = (&nms, got.first(), want.first()) {
             let rt = RowsTolerance {
                 noise: row_noise,
-                ..p.tolerance(tol, task)
+                ..p.tolerance(tol, task, Some(&input_shape))
             };
             tasks.extend(nms_rows_check(g, w, candidates.as_ref(), rt));
         } else if let (Some((_, g)), Some(w)) = (got.first(), want.first())
@@ -446,7 +451,7 @@ pub fn against_golden(
         if name == "output0"
             && let Some(p) = &nms
         {
-            tasks.extend(rows_check(g, w, p.tolerance(tol, task)));
+            tasks.extend(rows_check(g, w, p.tolerance(tol, task, None)));
             continue;
         }
         // A class map is compared as labels, judged by the golden's `logits` where it has them.

@@ -81,9 +81,18 @@ impl NmsOutput {
     /// anchor, those at or below the threshold with score 0, as its NMS keeps them), zero rows
     /// for the others; then, for each anchor, a row for every other class whose score also
     /// saturates (within [`SATURATED`] of 1): the classes a tie at 1.0 may pick, and the only
-    /// ones a row of another class may be matched with. An ONNX row that only one side keeps
-    /// must be one of these.
-    pub(super) fn candidates(&self, raw: &RefTensor, task: &str, nc: usize) -> RefTensor {
+    /// ones a row of another class may be matched with; and a row for every other class
+    /// above the threshold less 0.05 whose score is within `near` of the best (twice the rows'
+    /// score limit): the classes rounding may make the best there (yolov8-seg `--nms --half`
+    /// at 64: classes 0.5146 and 0.5148 at one anchor, the f16 ONNX picks the other). An ONNX
+    /// row that only one side keeps must be one of these.
+    pub(super) fn candidates(
+        &self,
+        raw: &RefTensor,
+        task: &str,
+        nc: usize,
+        near: f32,
+    ) -> RefTensor {
         let (b, rows, a) = match raw.shape[..] {
             [b, rows, a] if rows >= 4 + nc && nc > 0 => (b, rows, a),
             _ => return RefTensor::new(Vec::new(), vec![0, 0, 6]),
@@ -117,7 +126,10 @@ impl NmsOutput {
                     o[6 + e] = at(4 + nc + e, k);
                 }
                 let row = o.to_vec();
-                for c in (0..nc).filter(|&c| c != best.0 && 1.0 - at(4 + c, k) <= SATURATED) {
+                let contender = |s: f32| {
+                    1.0 - s <= SATURATED || (best.1 - s <= near && s > self.nms.conf - 0.05)
+                };
+                for c in (0..nc).filter(|&c| c != best.0 && contender(at(4 + c, k))) {
                     ties.extend_from_slice(&row[..4]);
                     ties.extend_from_slice(&[at(4 + c, k), c as f32]);
                     ties.extend_from_slice(&row[6..]);
@@ -138,8 +150,20 @@ impl NmsOutput {
         RefTensor::new(out, vec![b, n, width])
     }
 
-    /// The tolerance of the rows of a model of `task`.
-    pub(super) fn tolerance(&self, tol: Tolerance, task: &str) -> RowsTolerance {
+    /// The tolerance of the rows of a model of `task`, run on inputs of shape `input` (B, C, H,
+    /// W) when known: the export's NMS tells classes apart by shifting each class's boxes by
+    /// the input's larger side, so boxes larger than the input reach across classes.
+    pub(super) fn tolerance(
+        &self,
+        tol: Tolerance,
+        task: &str,
+        input: Option<&[usize]>,
+    ) -> RowsTolerance {
+        let class_shift = match (self.nms.agnostic, input) {
+            (true, _) => Some(0.0),
+            (false, Some(&[_, _, h, w])) => Some(h.max(w) as f32),
+            (false, _) => None,
+        };
         RowsTolerance {
             atol: tol.atol,
             rtol: tol.rtol,
@@ -149,6 +173,7 @@ impl NmsOutput {
             suppression: Some(rows::Suppression {
                 iou: self.nms.iou,
                 centred: task == "obb",
+                class_shift,
             }),
         }
     }

@@ -50,6 +50,10 @@ pub struct Suppression {
     /// Boxes are `cx cy w h` (OBB rows, whose NMS compares rotated boxes; the comparison reads
     /// them axis-aligned), else `x1 y1 x2 y2`.
     pub centred: bool,
+    /// How far the NMS shifts each class's boxes from the previous class's (Ultralytics: the
+    /// input's larger side; 0 when class-agnostic), so that boxes larger than that suppress
+    /// across classes. `None` where unknown: then only rows of one class are taken to compete.
+    pub class_shift: Option<f32>,
 }
 
 impl RowsTolerance {
@@ -237,6 +241,7 @@ fn sets(
             near: &near,
             saturated: &saturated,
             close: &close,
+            box_limit: [limit[0], limit[1], limit[2], limit[3]],
             suppression: tol.suppression,
         };
         let (ambiguous, problems) = rules.judge((&g, &extra), (&w, &lost), cands.as_deref());
@@ -267,6 +272,17 @@ fn sets(
     acc.finish(&mut stats, &limit);
     stats.pass = checks.iter().all(|t| t.pass);
     (stats, checks)
+}
+
+/// The score column's limit for the NMS rows `rows` (B, K, C) under `tol`: how far an ONNX score
+/// may honestly lie from the reference's.
+pub fn score_limit(rows: &RefTensor, tol: &RowsTolerance) -> f64 {
+    match rows.shape[..] {
+        [b, k, c] if c >= 6 && rows.data.len() == b * k * c => {
+            limits(&rows.data, (b * k, c), tol)[SCORE]
+        }
+        _ => tol.atol,
+    }
 }
 
 /// Each column's limit: atol + rtol · the largest reference magnitude of its group (or of the
