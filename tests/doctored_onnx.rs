@@ -420,3 +420,134 @@ fn seeds_are_drawn_per_run_unless_pinned() {
         v["parity"]["samples"]["first_seed"]
     );
 }
+
+fn field_f32(f: u64, v: f32, out: &mut Vec<u8>) {
+    varint(f << 3 | 5, out);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A float32 scalar `TensorProto` (named `name` when not empty) holding `v` as `raw_data`.
+fn scalar_tensor(name: &str, v: f32) -> Vec<u8> {
+    let mut t = Vec::new();
+    field_int(2, 1, &mut t);
+    if !name.is_empty() {
+        field(8, name.as_bytes(), &mut t);
+    }
+    field(9, &v.to_le_bytes(), &mut t);
+    t
+}
+
+/// A `Constant` node `name` (its output too) with the attributes `attrs` (encoded).
+fn constant_node(name: &str, attrs: &[Vec<u8>]) -> Vec<u8> {
+    let mut n = Vec::new();
+    field(2, name.as_bytes(), &mut n);
+    field(3, name.as_bytes(), &mut n);
+    field(4, b"Constant", &mut n);
+    for a in attrs {
+        field(5, a, &mut n);
+    }
+    n
+}
+
+/// An `AttributeProto` `name` of type `ty` with the encoded fields `body`.
+fn attribute(name: &str, ty: u64, body: &[u8]) -> Vec<u8> {
+    let mut a = Vec::new();
+    field(1, name.as_bytes(), &mut a);
+    a.extend_from_slice(body);
+    field_int(20, ty, &mut a);
+    a
+}
+
+/// Review 8 G3, G4/G4b, G6: what ONNX Runtime reads otherwise than the reader's one copy —
+/// a singular field given twice (protobuf merges the copies), a sparse initializer (densified,
+/// it replaces a dense one of its name), a `Constant` with two value attributes (ONNX Runtime
+/// takes the first) or a sparse one — is refused (exit 2), naming the file, node and field.
+/// Each is a second `graph` field appended to an honest export (protobuf merges it in).
+#[test]
+fn fields_onnx_runtime_reads_otherwise_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, ckpt) = honest_nms(dir.path());
+    let appended = |name: &str, graph: Vec<u8>| -> (i32, String) {
+        let mut bytes = std::fs::read(&onnx).unwrap();
+        field(7, &graph, &mut bytes);
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        verify(&p, &ckpt, &[])
+    };
+    let in_graph = |f: u64, msg: &[u8]| {
+        let mut g = Vec::new();
+        field(f, msg, &mut g);
+        g
+    };
+    let t = |v: f32| {
+        let mut b = Vec::new();
+        field(5, &scalar_tensor("", v), &mut b);
+        b
+    };
+
+    // G6: `value` 0.95 then `value_float` 0.25.
+    let mut f = Vec::new();
+    field_f32(2, 0.25, &mut f);
+    let two = constant_node(
+        "dr_band",
+        &[
+            attribute("value", 4, &t(0.95)),
+            attribute("value_float", 1, &f),
+        ],
+    );
+    let (code, out) = appended("g6.onnx", in_graph(1, &two));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("g6.onnx"), "{out}");
+    assert!(
+        out.contains(
+            "node 'dr_band': a Constant needs exactly one value attribute, not value, value_float"
+        ),
+        "{out}"
+    );
+
+    // G3: `t` given twice (raw_data 0.95, then float_data 0.25: merged, ONNX Runtime reads 0.95).
+    let mut second = Vec::new();
+    field_int(2, 1, &mut second);
+    field_f32(4, 0.25, &mut second);
+    let mut body = t(0.95);
+    field(5, &second, &mut body);
+    let merged = constant_node("dr_merged", &[attribute("value", 4, &body)]);
+    let (code, out) = appended("g3.onnx", in_graph(1, &merged));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("node 'dr_merged': AttributeProto.t is given twice"),
+        "{out}"
+    );
+    // The graph's own singular fields count over both copies.
+    let (code, out) = appended("g3-name.onnx", in_graph(2, b"other"));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("GraphProto.name is given twice"), "{out}");
+
+    // G4b: a sparse initializer of the threshold's name.
+    let mut sparse = Vec::new();
+    field(1, &scalar_tensor("nms/conf", 0.95), &mut sparse);
+    let mut idx = Vec::new();
+    field_int(1, 1, &mut idx);
+    field_int(2, 7, &mut idx);
+    field(9, &0i64.to_le_bytes(), &mut idx);
+    field(2, &idx, &mut sparse);
+    field_int(3, 1, &mut sparse);
+    let (code, out) = appended("g4b.onnx", in_graph(15, &sparse));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("sparse initializer 'nms/conf' is not read"),
+        "{out}"
+    );
+    // … and a Constant whose value is sparse.
+    let mut body = Vec::new();
+    field(22, &sparse, &mut body);
+    let node = constant_node("dr_sparse", &[attribute("sparse_value", 11, &body)]);
+    let (code, out) = appended("g4-const.onnx", in_graph(1, &node));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(
+            "node 'dr_sparse': a Constant needs exactly one value attribute, not a sparse_value"
+        ),
+        "{out}"
+    );
+}
