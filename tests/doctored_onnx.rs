@@ -551,3 +551,76 @@ fn fields_onnx_runtime_reads_otherwise_are_refused() {
         "{out}"
     );
 }
+
+/// Review 8 G9: the weights check read every initializer, used or not. The EMA export's
+/// weights are left in the file unused while every node reads the raw weights — as
+/// initializers of other names, or as `Constant` nodes (placed first, as protobuf merges a
+/// `graph` fragment given before the model's own). ONNX Runtime runs the raw weights; the
+/// report must say so, not "exported from the EMA".
+#[test]
+fn weights_the_graph_does_not_read_do_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = fixture("yolov8-v80-style.pt");
+    let raw = load(&fixture("yolo-export-raw.onnx"));
+    let rewired = || {
+        let mut m = load(&fixture("yolo-export-ema.onnx"));
+        let weights: Vec<_> = (raw.initializers.iter())
+            .filter(|t| t.raw.len() >= 64 && m.initializers.iter().any(|e| e.name == t.name))
+            .cloned()
+            .collect();
+        for n in &mut m.nodes {
+            for i in &mut n.inputs {
+                if weights.iter().any(|t| &t.name == i) {
+                    *i = format!("{i}/raw");
+                }
+            }
+        }
+        assert!(weights.len() > 100, "{}", weights.len());
+        (m, weights)
+    };
+    let claims = |out: &str| out.contains("exported from the EMA");
+
+    let (mut m, weights) = rewired();
+    m.initializers.extend(weights.into_iter().map(|mut t| {
+        t.name = format!("{}/raw", t.name);
+        t
+    }));
+    let p = dir.path().join("unused.onnx");
+    save(&m, &p);
+    let (code, out) = verify(&p, &ckpt, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        !claims(&out) && out.contains("exported from the raw weights"),
+        "{out}"
+    );
+
+    let (m, weights) = rewired();
+    let mut g = Vec::new();
+    for t in &weights {
+        let mut tensor = Vec::new();
+        for &d in &t.dims {
+            field_int(1, d as u64, &mut tensor);
+        }
+        field_int(2, 1, &mut tensor);
+        field(9, &t.raw, &mut tensor);
+        let mut body = Vec::new();
+        field(5, &tensor, &mut body);
+        let name = format!("{}/raw", t.name);
+        field(
+            1,
+            &constant_node(&name, &[attribute("value", 4, &body)]),
+            &mut g,
+        );
+    }
+    let mut bytes = Vec::new();
+    field(7, &g, &mut bytes);
+    bytes.extend(m.encode());
+    let p = dir.path().join("constants.onnx");
+    std::fs::write(&p, bytes).unwrap();
+    let (code, out) = verify(&p, &ckpt, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        !claims(&out) && out.contains("exported from the raw weights"),
+        "{out}"
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::proto::{Dim, ElemType, Model, TensorProto, ValueInfo};
+use super::proto::{Dim, ElemType, Model, Node, TensorProto, ValueInfo};
 
 type R<T> = Result<T, OnnxReadError>;
 
@@ -499,7 +499,13 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
                 while let Some((f, x)) = q.next()? {
                     graph_once.see(f)?;
                     match (f, x) {
-                        (1, Field::Bytes(n)) => m.nodes.push(node(n, m.nodes.len())?),
+                        (1, Field::Bytes(n)) => {
+                            let (node, t) = node::node_and_tensor(n, m.nodes.len())?;
+                            match constant_tensor(&node, t, &mut ext)? {
+                                Some(t) => m.initializers.push(t),
+                                None => m.nodes.push(node),
+                            }
+                        }
                         (2, Field::Bytes(s)) => m.graph_name = text(s),
                         (5, Field::Bytes(t)) => m.initializers.push(tensor(t, &mut ext)?),
                         (11, Field::Bytes(v)) => m.inputs.push(value_info(v)?),
@@ -542,6 +548,33 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
         .filter(|i| !init.contains(i.name.as_str()))
         .collect();
     Ok(m)
+}
+
+/// A `Constant` node's float tensor `t` (not kept as a scalar or list attribute) as the
+/// initializer it is equivalent to, so that weights given this way are weights to every check
+/// (review 8 G9). Other element types stay unread, as before.
+fn constant_tensor(
+    node: &Node,
+    t: Option<&[u8]>,
+    ext: &mut External<'_>,
+) -> R<Option<TensorProto>> {
+    let Some(t) = t else { return Ok(None) };
+    let mut p = Buf::new(t);
+    let mut code = 0;
+    while let Some((f, v)) = p.next()? {
+        if let (2, Field::Varint(c)) = (f, v) {
+            code = c;
+        }
+    }
+    if code != 1 && code != 10 {
+        return Ok(None);
+    }
+    let mut tensor = tensor(t, ext).map_err(|e| OnnxReadError::Node {
+        node: node.name.clone(),
+        source: Box::new(e),
+    })?;
+    tensor.name = node.outputs.first().cloned().unwrap_or_default();
+    Ok(Some(tensor))
 }
 
 /// A `SparseTensorProto`'s refusal, naming it by its `values` tensor's name.

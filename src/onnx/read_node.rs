@@ -48,10 +48,28 @@ const CONSTANT_VALUES: [&str; 8] = [
 
 /// A node; an error names it (by name, else by its position `index` in the graph).
 pub(crate) fn node(b: &[u8], index: usize) -> R<Node> {
+    node_and_tensor(b, index).map(|(n, _)| n)
+}
+
+/// A node and, for a `Constant` whose `value` tensor is not kept as a scalar or list
+/// attribute, that tensor's bytes: weights can reach the graph there (review 8 G9).
+pub(crate) fn node_and_tensor(b: &[u8], index: usize) -> R<(Node, Option<&[u8]>)> {
     node_fields(b).map_err(|e| OnnxReadError::Node {
         node: node_label(b).unwrap_or_else(|| format!("#{index}")),
         source: Box::new(e),
     })
+}
+
+/// The `t` field of an attribute.
+fn tensor_field(a: &[u8]) -> R<Option<&[u8]>> {
+    let mut p = Buf::new(a);
+    let mut t = None;
+    while let Some((f, v)) = p.next()? {
+        if let (5, Field::Bytes(x)) = (f, v) {
+            t = Some(x);
+        }
+    }
+    Ok(t)
 }
 
 /// A node's name, read leniently for an error message.
@@ -65,7 +83,7 @@ fn node_label(b: &[u8]) -> Option<String> {
     None
 }
 
-fn node_fields(b: &[u8]) -> R<Node> {
+fn node_fields(b: &[u8]) -> R<(Node, Option<&[u8]>)> {
     let mut p = Buf::new(b);
     let mut n = Node {
         op: String::new(),
@@ -75,6 +93,7 @@ fn node_fields(b: &[u8]) -> R<Node> {
         attrs: vec![],
     };
     let mut tensors = Vec::new();
+    let mut unkept = None;
     let mut names = Vec::new();
     let mut once = Once::new(&once::NODE);
     while let Some((f, v)) = p.next()? {
@@ -91,6 +110,8 @@ fn node_fields(b: &[u8]) -> R<Node> {
                     n.attrs.push((name, a));
                 } else if let Some(a) = constant::value(a)? {
                     tensors.push(a);
+                } else if name == "value" {
+                    unkept = tensor_field(a)?;
                 }
             }
             _ => {}
@@ -113,6 +134,7 @@ fn node_fields(b: &[u8]) -> R<Node> {
             return Err(OnnxReadError::ConstantValues("a sparse_value".into()));
         }
         n.attrs.extend(tensors);
+        return Ok((n, unkept));
     }
-    Ok(n)
+    Ok((n, None))
 }
