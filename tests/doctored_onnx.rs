@@ -624,3 +624,54 @@ fn weights_the_graph_does_not_read_do_not_count() {
         "{out}"
     );
 }
+
+/// Review 8 G7/G14: a comparison was read for its constant only. `Less(score, conf)` is an
+/// upper bound, not a threshold, and `Greater(Sub(score, 0.7), conf)` compares no score: both
+/// refused (exit 2), naming the node.
+#[test]
+fn score_comparisons_must_keep_scores_above_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, ckpt) = honest_nms(dir.path());
+    let last_greater = |m: &Model| {
+        (m.nodes.iter())
+            .rposition(|n| n.op == "Greater" && n.inputs[1] == "nms/conf")
+            .unwrap()
+    };
+
+    // A band: the final rows' filter And'ed with Less(score, conf).
+    let mut m = load(&onnx);
+    let last = last_greater(&m);
+    let (scores, mask) = (
+        m.nodes[last].inputs[0].clone(),
+        m.nodes[last].outputs[0].clone(),
+    );
+    for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
+        n.inputs[0] = "dr_band".into();
+    }
+    let band = [
+        node("Less", &[&scores, "nms/conf"], "dr_below", vec![]),
+        node("And", &[&mask, "dr_below"], "dr_band", vec![]),
+    ];
+    m.nodes.splice(last + 1..last + 1, band);
+    let (code, out) = verify_edit(dir.path(), &m, "band.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("its Less node 'doctor/dr_below' keeps scores below its constant"),
+        "{out}"
+    );
+
+    // The threshold applied to a shifted score.
+    let mut m = load(&onnx);
+    let last = last_greater(&m);
+    let scores = m.nodes[last].inputs[0].clone();
+    m.initializers.push(f32s("dr_shift", &[1], &[0.7]));
+    m.nodes[last].inputs[0] = "dr_shifted".into();
+    let shift = node("Sub", &[&scores, "dr_shift"], "dr_shifted", vec![]);
+    m.nodes.insert(last, shift);
+    let (code, out) = verify_edit(dir.path(), &m, "shifted.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("compares 'dr_shifted', computed by a Sub node, not the scores themselves"),
+        "{out}"
+    );
+}

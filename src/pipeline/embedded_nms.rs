@@ -184,6 +184,9 @@ fn compared(model: &Model, strict: bool) -> Result<Vec<(f64, &Node)>, String> {
             }
             (Some(c), None) | (None, Some(c)) => c,
         };
+        if strict {
+            scores_above(model, n)?;
+        }
         match c.first() {
             Some(&v) if c.iter().all(|x| x.to_bits() == v.to_bits()) => found.push((v, n)),
             _ => {
@@ -195,6 +198,73 @@ fn compared(model: &Model, strict: bool) -> Result<Vec<(f64, &Node)>, String> {
         }
     }
     Ok(found)
+}
+
+/// Operators a score passes through unchanged in value on its way from the head to a
+/// comparison (selection, layout, sorting); anything else computes a new value.
+const SELECTIONS: [&str; 16] = [
+    "Identity",
+    "Cast",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Expand",
+    "TopK",
+    "ReduceMax",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Slice",
+    "Split",
+    "Transpose",
+    "Where",
+];
+
+/// A comparison with the score threshold must keep the scores above it, as the exporters'
+/// `score > conf` does: `Greater(score, c)` / `Less(c, score)` (or the `OrEqual` forms). The
+/// other direction is an upper bound, not a threshold (review 8 G7/G14: `Less(score, c)` with
+/// c hidden or the score shifted dropped every confident detection). And what is compared must
+/// be the scores themselves: traced back through selections only (to the head's `Concat` or
+/// `Sigmoid`), so `Greater(Sub(score, 0.7), 0.25)` is refused.
+fn scores_above(model: &Model, n: &Node) -> Result<(), String> {
+    let score = match (n.op.as_str(), n.inputs.as_slice()) {
+        ("Greater" | "GreaterOrEqual", [s, c]) | ("Less" | "LessOrEqual", [c, s])
+            if fold::constant(model, c).is_some() =>
+        {
+            s
+        }
+        _ => {
+            return Err(format!(
+                "its {} node '{}' keeps scores below its constant: an upper bound, not the exporter's score threshold",
+                n.op, n.name
+            ));
+        }
+    };
+    let mut todo = vec![(score.as_str(), 0)];
+    while let Some((v, depth)) = todo.pop() {
+        if fold::constant(model, v).is_some() {
+            continue;
+        }
+        let p = (model.nodes.iter()).find(|p| p.outputs.iter().any(|o| o == v));
+        match p {
+            Some(p) if depth < 24 && matches!(p.op.as_str(), "Concat" | "Sigmoid") => {}
+            Some(p) if depth < 24 && p.op == "Where" => {
+                todo.extend(p.inputs.iter().skip(1).map(|i| (i.as_str(), depth + 1)));
+            }
+            Some(p) if depth < 24 && SELECTIONS.contains(&p.op.as_str()) => {
+                todo.extend(p.inputs.first().map(|i| (i.as_str(), depth + 1)));
+            }
+            _ => {
+                let what = p.map_or("no node".to_string(), |p| format!("a {} node", p.op));
+                return Err(format!(
+                    "its {} node '{}' compares '{v}', computed by {what}, not the scores themselves",
+                    n.op, n.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every `Where` selects on the comparisons [`compared`] judged (or an `Equal`), combined with
