@@ -625,9 +625,10 @@ fn weights_the_graph_does_not_read_do_not_count() {
     );
 }
 
-/// Review 8 G7/G14: a comparison was read for its constant only. `Less(score, conf)` is an
-/// upper bound, not a threshold, and `Greater(Sub(score, 0.7), conf)` compares no score: both
-/// refused (exit 2), naming the node.
+/// Review 8 G7/G13/G14: a comparison was read for its constant only. `Less(score, conf)` is
+/// an upper bound, not a threshold, `Greater(Sub(score, 0.7), conf)` compares no score, and an
+/// `Equal` of scores filters at a value no comparison shows: all refused (exit 2), naming the
+/// node or value.
 #[test]
 fn score_comparisons_must_keep_scores_above_the_threshold() {
     let dir = tempfile::tempdir().unwrap();
@@ -657,6 +658,33 @@ fn score_comparisons_must_keep_scores_above_the_threshold() {
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("its Less node 'doctor/dr_below' keeps scores below its constant"),
+        "{out}"
+    );
+
+    // G13: a band hidden in an `Equal`: And(mask, Not(Equal(Floor(score * 20), 19))).
+    let mut m = load(&onnx);
+    let last = last_greater(&m);
+    let (scores, mask) = (
+        m.nodes[last].inputs[0].clone(),
+        m.nodes[last].outputs[0].clone(),
+    );
+    for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
+        n.inputs[0] = "dr_keep".into();
+    }
+    m.initializers
+        .extend([f32s("dr_20", &[1], &[20.0]), f32s("dr_19", &[1], &[19.0])]);
+    let band = [
+        node("Mul", &[&scores, "dr_20"], "dr_x20", vec![]),
+        node("Floor", &["dr_x20"], "dr_floor", vec![]),
+        node("Equal", &["dr_floor", "dr_19"], "dr_top", vec![]),
+        node("Not", &["dr_top"], "dr_not_top", vec![]),
+        node("And", &[&mask, "dr_not_top"], "dr_keep", vec![]),
+    ];
+    m.nodes.splice(last + 1..last + 1, band);
+    let (code, out) = verify_edit(dir.path(), &m, "equal.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("selects on 'dr_top', which is no comparison with its score threshold"),
         "{out}"
     );
 

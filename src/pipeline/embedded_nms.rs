@@ -267,7 +267,7 @@ fn scores_above(model: &Model, n: &Node) -> Result<(), String> {
     Ok(())
 }
 
-/// Every `Where` selects on the comparisons [`compared`] judged (or an `Equal`), combined with
+/// Every `Where` selects on the comparisons [`compared`] judged (or an `Equal` of shapes), combined with
 /// `And`, `Or`, `Not`, `Xor`, a constant, or the NMS's keep mask (`Cast` to bool of a `ScatterND` of the
 /// kept indices): a condition computed otherwise could filter rows at a threshold no comparison
 /// shows.
@@ -286,8 +286,10 @@ fn wheres(model: &Model) -> Result<(), String> {
             let producer = (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v));
             let ok = match producer {
                 _ if depth > 8 => false,
-                // `Equal` picks out rows at one value (padding at 0), no threshold.
-                Some(p) if COMPARISONS.contains(&p.op.as_str()) || p.op == "Equal" => true,
+                Some(p) if COMPARISONS.contains(&p.op.as_str()) => true,
+                // `Equal` of shapes (torch's exports test a shape for -1), never of scores:
+                // `Equal(Floor(score * 20), 19)` is a threshold no comparison shows (review 8 G13).
+                Some(p) if p.op == "Equal" => p.inputs.iter().all(|i| shape_only(model, i)),
                 Some(p) if matches!(p.op.as_str(), "And" | "Or" | "Not" | "Xor" | "Identity") => {
                     todo.extend(p.inputs.iter().map(|i| (i.as_str(), depth + 1)));
                     true
@@ -311,6 +313,25 @@ fn wheres(model: &Model) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether `v` is computed from constants and tensor shapes only (`Shape`, `Size`,
+/// `ConstantOfShape`), whatever the operators in between. Each value is visited once (a
+/// hostile graph of diamonds must not make this exponential).
+fn shape_only(model: &Model, v: &str) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        if v.is_empty() || !seen.insert(v) || fold::constant(model, v).is_some() {
+            continue;
+        }
+        match (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v)) {
+            Some(p) if matches!(p.op.as_str(), "Shape" | "Size" | "ConstantOfShape") => {}
+            Some(p) if seen.len() < 256 => todo.extend(p.inputs.iter().map(String::as_str)),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Two thresholds that are the same number, or the same in float16 where one of them is a
