@@ -11,6 +11,9 @@ mod common;
 use std::path::Path;
 
 use common::fixture;
+use common::onnx_edit::wire::{
+    attribute, constant_node, field, field_f32, field_int, scalar_tensor,
+};
 use common::onnx_edit::{
     detach_output0, export, f32s, i64s, load, node, save, verify, verify_unpinned,
 };
@@ -30,29 +33,6 @@ fn verify_edit(dir: &Path, m: &Model, name: &str, ckpt: &Path) -> (i32, String) 
     let p = dir.join(name);
     save(m, &p);
     verify(&p, ckpt, &[])
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn field(f: u64, bytes: &[u8], out: &mut Vec<u8>) {
-    varint(f << 3 | 2, out);
-    varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
-}
-
-fn field_int(f: u64, v: u64, out: &mut Vec<u8>) {
-    varint(f << 3, out);
-    varint(v, out);
 }
 
 /// A `ModelProto` fragment: a second `graph` field holding one float32 initializer `name` of
@@ -421,43 +401,6 @@ fn seeds_are_drawn_per_run_unless_pinned() {
     );
 }
 
-fn field_f32(f: u64, v: f32, out: &mut Vec<u8>) {
-    varint(f << 3 | 5, out);
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-/// A float32 scalar `TensorProto` (named `name` when not empty) holding `v` as `raw_data`.
-fn scalar_tensor(name: &str, v: f32) -> Vec<u8> {
-    let mut t = Vec::new();
-    field_int(2, 1, &mut t);
-    if !name.is_empty() {
-        field(8, name.as_bytes(), &mut t);
-    }
-    field(9, &v.to_le_bytes(), &mut t);
-    t
-}
-
-/// A `Constant` node `name` (its output too) with the attributes `attrs` (encoded).
-fn constant_node(name: &str, attrs: &[Vec<u8>]) -> Vec<u8> {
-    let mut n = Vec::new();
-    field(2, name.as_bytes(), &mut n);
-    field(3, name.as_bytes(), &mut n);
-    field(4, b"Constant", &mut n);
-    for a in attrs {
-        field(5, a, &mut n);
-    }
-    n
-}
-
-/// An `AttributeProto` `name` of type `ty` with the encoded fields `body`.
-fn attribute(name: &str, ty: u64, body: &[u8]) -> Vec<u8> {
-    let mut a = Vec::new();
-    field(1, name.as_bytes(), &mut a);
-    a.extend_from_slice(body);
-    field_int(20, ty, &mut a);
-    a
-}
-
 /// Review 8 G3, G4/G4b, G6: what ONNX Runtime reads otherwise than the reader's one copy —
 /// a singular field given twice (protobuf merges the copies), a sparse initializer (densified,
 /// it replaces a dense one of its name), a `Constant` with two value attributes (ONNX Runtime
@@ -639,21 +582,26 @@ fn score_comparisons_must_keep_scores_above_the_threshold() {
             .unwrap()
     };
 
-    // A band: the final rows' filter And'ed with Less(score, conf).
-    let mut m = load(&onnx);
-    let last = last_greater(&m);
-    let (scores, mask) = (
-        m.nodes[last].inputs[0].clone(),
-        m.nodes[last].outputs[0].clone(),
-    );
-    for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
-        n.inputs[0] = "dr_band".into();
-    }
-    let band = [
-        node("Less", &[&scores, "nms/conf"], "dr_below", vec![]),
-        node("And", &[&mask, "dr_below"], "dr_band", vec![]),
-    ];
-    m.nodes.splice(last + 1..last + 1, band);
+    // The final rows' filter And'ed with `extra(scores)` (its last node's output `dr_keep`).
+    let and_filter = |extra: &dyn Fn(&str) -> Vec<fuse_ema::onnx::proto::Node>| {
+        let mut m = load(&onnx);
+        let last = last_greater(&m);
+        let (scores, mask) = (
+            m.nodes[last].inputs[0].clone(),
+            m.nodes[last].outputs[0].clone(),
+        );
+        for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
+            n.inputs[0] = "dr_keep".into();
+        }
+        let mut band = extra(&scores);
+        let cond = band.last().unwrap().outputs[0].clone();
+        band.push(node("And", &[&mask, &cond], "dr_keep", vec![]));
+        m.nodes.splice(last + 1..last + 1, band);
+        m
+    };
+
+    // A band: Less(score, conf).
+    let m = and_filter(&|scores| vec![node("Less", &[scores, "nms/conf"], "dr_below", vec![])]);
     let (code, out) = verify_edit(dir.path(), &m, "band.onnx", &ckpt);
     assert_eq!(code, 2, "{out}");
     assert!(
@@ -662,25 +610,16 @@ fn score_comparisons_must_keep_scores_above_the_threshold() {
     );
 
     // G13: a band hidden in an `Equal`: And(mask, Not(Equal(Floor(score * 20), 19))).
-    let mut m = load(&onnx);
-    let last = last_greater(&m);
-    let (scores, mask) = (
-        m.nodes[last].inputs[0].clone(),
-        m.nodes[last].outputs[0].clone(),
-    );
-    for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
-        n.inputs[0] = "dr_keep".into();
-    }
+    let mut m = and_filter(&|scores| {
+        vec![
+            node("Mul", &[scores, "dr_20"], "dr_x20", vec![]),
+            node("Floor", &["dr_x20"], "dr_floor", vec![]),
+            node("Equal", &["dr_floor", "dr_19"], "dr_top", vec![]),
+            node("Not", &["dr_top"], "dr_not_top", vec![]),
+        ]
+    });
     m.initializers
         .extend([f32s("dr_20", &[1], &[20.0]), f32s("dr_19", &[1], &[19.0])]);
-    let band = [
-        node("Mul", &[&scores, "dr_20"], "dr_x20", vec![]),
-        node("Floor", &["dr_x20"], "dr_floor", vec![]),
-        node("Equal", &["dr_floor", "dr_19"], "dr_top", vec![]),
-        node("Not", &["dr_top"], "dr_not_top", vec![]),
-        node("And", &[&mask, "dr_not_top"], "dr_keep", vec![]),
-    ];
-    m.nodes.splice(last + 1..last + 1, band);
     let (code, out) = verify_edit(dir.path(), &m, "equal.onnx", &ckpt);
     assert_eq!(code, 2, "{out}");
     assert!(
