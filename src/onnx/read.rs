@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::proto::{Dim, ElemType, Model, Node, TensorProto, ValueInfo};
+use super::proto::{Dim, ElemType, Model, TensorProto, ValueInfo};
 
 type R<T> = Result<T, OnnxReadError>;
 
@@ -550,53 +550,10 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
     Ok(m)
 }
 
-/// A `Constant` node's float tensor `t` (not kept as a scalar or list attribute) as the
-/// initializer it is equivalent to, so that weights given this way are weights to every check
-/// (review 8 G9). Other element types stay unread, as before.
-fn constant_tensor(
-    node: &Node,
-    t: Option<&[u8]>,
-    ext: &mut External<'_>,
-) -> R<Option<TensorProto>> {
-    let Some(t) = t else { return Ok(None) };
-    let mut p = Buf::new(t);
-    let mut code = 0;
-    while let Some((f, v)) = p.next()? {
-        if let (2, Field::Varint(c)) = (f, v) {
-            code = c;
-        }
-    }
-    if code != 1 && code != 10 {
-        return Ok(None);
-    }
-    let mut tensor = tensor(t, ext).map_err(|e| OnnxReadError::Node {
-        node: node.name.clone(),
-        source: Box::new(e),
-    })?;
-    tensor.name = node.outputs.first().cloned().unwrap_or_default();
-    Ok(Some(tensor))
-}
-
-/// A `SparseTensorProto`'s refusal, naming it by its `values` tensor's name.
-fn sparse(b: &[u8]) -> OnnxReadError {
-    let mut p = Buf::new(b);
-    let mut name = String::new();
-    while let Ok(Some((f, v))) = p.next() {
-        if let (1, Field::Bytes(values)) = (f, v) {
-            let mut q = Buf::new(values);
-            while let Ok(Some((f, x))) = q.next() {
-                if let (8, Field::Bytes(s)) = (f, x) {
-                    name = text(s);
-                }
-            }
-        }
-    }
-    OnnxReadError::SparseInitializer(name)
-}
-
 #[path = "read_node.rs"]
 mod node;
 pub(crate) use node::node;
+use node::{constant_tensor, sparse};
 #[path = "read_constant.rs"]
 mod constant;
 #[path = "read_once.rs"]

@@ -1,7 +1,9 @@
 //! Nodes and their attributes; a `Constant` must give exactly one value (review 8 G6).
 
-use super::{Buf, Field, Once, OnnxReadError, R, constant, once, packed_varints, text};
-use crate::onnx::proto::{Attr, Node};
+use super::{
+    Buf, External, Field, Once, OnnxReadError, R, constant, once, packed_varints, tensor, text,
+};
+use crate::onnx::proto::{Attr, Node, TensorProto};
 
 fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
     let mut p = Buf::new(b);
@@ -137,4 +139,48 @@ fn node_fields(b: &[u8]) -> R<(Node, Option<&[u8]>)> {
         return Ok((n, unkept));
     }
     Ok((n, None))
+}
+
+/// A `Constant` node's float tensor `t` (not kept as a scalar or list attribute) as the
+/// initializer it is equivalent to, so that weights given this way are weights to every check
+/// (review 8 G9). Other element types stay unread, as before.
+pub(super) fn constant_tensor(
+    node: &Node,
+    t: Option<&[u8]>,
+    ext: &mut External<'_>,
+) -> R<Option<TensorProto>> {
+    let Some(t) = t else { return Ok(None) };
+    let mut p = Buf::new(t);
+    let mut code = 0;
+    while let Some((f, v)) = p.next()? {
+        if let (2, Field::Varint(c)) = (f, v) {
+            code = c;
+        }
+    }
+    if code != 1 && code != 10 {
+        return Ok(None);
+    }
+    let mut tensor = tensor(t, ext).map_err(|e| OnnxReadError::Node {
+        node: node.name.clone(),
+        source: Box::new(e),
+    })?;
+    tensor.name = node.outputs.first().cloned().unwrap_or_default();
+    Ok(Some(tensor))
+}
+
+/// A `SparseTensorProto`'s refusal, naming it by its `values` tensor's name.
+pub(super) fn sparse(b: &[u8]) -> OnnxReadError {
+    let mut p = Buf::new(b);
+    let mut name = String::new();
+    while let Ok(Some((f, v))) = p.next() {
+        if let (1, Field::Bytes(values)) = (f, v) {
+            let mut q = Buf::new(values);
+            while let Ok(Some((f, x))) = q.next() {
+                if let (8, Field::Bytes(s)) = (f, x) {
+                    name = text(s);
+                }
+            }
+        }
+    }
+    OnnxReadError::SparseInitializer(name)
 }
