@@ -200,10 +200,11 @@ fn compared(model: &Model, strict: bool) -> Result<Vec<(f64, &Node)>, String> {
     Ok(found)
 }
 
-/// Operators a score passes through unchanged in value on its way from the head to a
+/// Operators a score passes through unchanged in value (or padded) on its way from the head to a
 /// comparison (selection, layout, sorting); anything else computes a new value.
-const SELECTIONS: [&str; 16] = [
+const SELECTIONS: [&str; 17] = [
     "Identity",
+    "Pad",
     "Cast",
     "Reshape",
     "Squeeze",
@@ -241,26 +242,34 @@ fn scores_above(model: &Model, n: &Node) -> Result<(), String> {
             ));
         }
     };
-    let mut todo = vec![(score.as_str(), 0)];
-    while let Some((v, depth)) = todo.pop() {
-        if fold::constant(model, v).is_some() {
+    selected(model, score).map_err(|(v, what)| {
+        format!(
+            "its {} node '{}' compares '{v}', computed by {what}, not the scores themselves",
+            n.op, n.name
+        )
+    })
+}
+
+/// Whether `v` is the head's values (`Concat` or `Sigmoid` output) through [`SELECTIONS`] only;
+/// otherwise the value and what computes it. Each value is visited once.
+fn selected(model: &Model, v: &str) -> Result<(), (String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        if !seen.insert(v) || fold::constant(model, v).is_some() {
             continue;
         }
         let p = (model.nodes.iter()).find(|p| p.outputs.iter().any(|o| o == v));
         match p {
-            Some(p) if depth < 24 && matches!(p.op.as_str(), "Concat" | "Sigmoid") => {}
-            Some(p) if depth < 24 && p.op == "Where" => {
-                todo.extend(p.inputs.iter().skip(1).map(|i| (i.as_str(), depth + 1)));
-            }
-            Some(p) if depth < 24 && SELECTIONS.contains(&p.op.as_str()) => {
-                todo.extend(p.inputs.first().map(|i| (i.as_str(), depth + 1)));
+            _ if seen.len() > 64 => return Err((v.into(), "too long a chain".into())),
+            Some(p) if matches!(p.op.as_str(), "Concat" | "Sigmoid") => {}
+            Some(p) if p.op == "Where" => todo.extend(p.inputs.iter().skip(1).map(String::as_str)),
+            Some(p) if SELECTIONS.contains(&p.op.as_str()) => {
+                todo.extend(p.inputs.first().map(String::as_str));
             }
             _ => {
                 let what = p.map_or("no node".to_string(), |p| format!("a {} node", p.op));
-                return Err(format!(
-                    "its {} node '{}' compares '{v}', computed by {what}, not the scores themselves",
-                    n.op, n.name
-                ));
+                return Err((v.into(), what));
             }
         }
     }
@@ -289,7 +298,10 @@ fn wheres(model: &Model) -> Result<(), String> {
                 Some(p) if COMPARISONS.contains(&p.op.as_str()) => true,
                 // `Equal` of shapes (torch's exports test a shape for -1), never of scores:
                 // `Equal(Floor(score * 20), 19)` is a threshold no comparison shows (review 8 G13).
-                Some(p) if p.op == "Equal" => p.inputs.iter().all(|i| shape_only(model, i)),
+                // … or of the scores with 0 (padding rows).
+                Some(p) if p.op == "Equal" => {
+                    p.inputs.iter().all(|i| shape_only(model, i)) || padding(model, p)
+                }
                 Some(p) if matches!(p.op.as_str(), "And" | "Or" | "Not" | "Xor" | "Identity") => {
                     todo.extend(p.inputs.iter().map(|i| (i.as_str(), depth + 1)));
                     true
@@ -313,6 +325,16 @@ fn wheres(model: &Model) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `Equal(x, 0)` (either order) with `x` the scores themselves: picks out padding rows.
+fn padding(model: &Model, eq: &Node) -> bool {
+    let zero = |v: &str| fold::constant(model, v).is_some_and(|c| c.iter().all(|&x| x == 0.0));
+    match eq.inputs.as_slice() {
+        [a, b] if zero(b) => selected(model, a).is_ok(),
+        [a, b] if zero(a) => selected(model, b).is_ok(),
+        _ => false,
+    }
 }
 
 /// Whether `v` is computed from constants and tensor shapes only (`Shape`, `Size`,
