@@ -11,6 +11,9 @@ mod common;
 use std::path::Path;
 
 use common::fixture;
+use common::onnx_edit::wire::{
+    attribute, constant_node, field, field_f32, field_int, scalar_tensor,
+};
 use common::onnx_edit::{
     detach_output0, export, f32s, i64s, load, node, save, verify, verify_unpinned,
 };
@@ -30,29 +33,6 @@ fn verify_edit(dir: &Path, m: &Model, name: &str, ckpt: &Path) -> (i32, String) 
     let p = dir.join(name);
     save(m, &p);
     verify(&p, ckpt, &[])
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn field(f: u64, bytes: &[u8], out: &mut Vec<u8>) {
-    varint(f << 3 | 2, out);
-    varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
-}
-
-fn field_int(f: u64, v: u64, out: &mut Vec<u8>) {
-    varint(f << 3, out);
-    varint(v, out);
 }
 
 /// A `ModelProto` fragment: a second `graph` field holding one float32 initializer `name` of
@@ -418,5 +398,247 @@ fn seeds_are_drawn_per_run_unless_pinned() {
     assert_ne!(
         t["parity"]["samples"]["first_seed"],
         v["parity"]["samples"]["first_seed"]
+    );
+}
+
+/// Review 8 G3, G4/G4b, G6: what ONNX Runtime reads otherwise than the reader's one copy —
+/// a singular field given twice (protobuf merges the copies), a sparse initializer (densified,
+/// it replaces a dense one of its name), a `Constant` with two value attributes (ONNX Runtime
+/// takes the first) or a sparse one — is refused (exit 2), naming the file, node and field.
+/// Each is a second `graph` field appended to an honest export (protobuf merges it in).
+#[test]
+fn fields_onnx_runtime_reads_otherwise_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, ckpt) = honest_nms(dir.path());
+    let appended = |name: &str, graph: Vec<u8>| -> (i32, String) {
+        let mut bytes = std::fs::read(&onnx).unwrap();
+        field(7, &graph, &mut bytes);
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        verify(&p, &ckpt, &[])
+    };
+    let in_graph = |f: u64, msg: &[u8]| {
+        let mut g = Vec::new();
+        field(f, msg, &mut g);
+        g
+    };
+    let t = |v: f32| {
+        let mut b = Vec::new();
+        field(5, &scalar_tensor("", v), &mut b);
+        b
+    };
+
+    // G6: `value` 0.95 then `value_float` 0.25.
+    let mut f = Vec::new();
+    field_f32(2, 0.25, &mut f);
+    let two = constant_node(
+        "dr_band",
+        &[
+            attribute("value", 4, &t(0.95)),
+            attribute("value_float", 1, &f),
+        ],
+    );
+    let (code, out) = appended("g6.onnx", in_graph(1, &two));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("g6.onnx"), "{out}");
+    assert!(
+        out.contains(
+            "node 'dr_band': a Constant needs exactly one value attribute, not value, value_float"
+        ),
+        "{out}"
+    );
+
+    // G3: `t` given twice (raw_data 0.95, then float_data 0.25: merged, ONNX Runtime reads 0.95).
+    let mut second = Vec::new();
+    field_int(2, 1, &mut second);
+    field_f32(4, 0.25, &mut second);
+    let mut body = t(0.95);
+    field(5, &second, &mut body);
+    let merged = constant_node("dr_merged", &[attribute("value", 4, &body)]);
+    let (code, out) = appended("g3.onnx", in_graph(1, &merged));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("node 'dr_merged': AttributeProto.t is given twice"),
+        "{out}"
+    );
+    // The graph's own singular fields count over both copies.
+    let (code, out) = appended("g3-name.onnx", in_graph(2, b"other"));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("GraphProto.name is given twice"), "{out}");
+
+    // G4b: a sparse initializer of the threshold's name.
+    let mut sparse = Vec::new();
+    field(1, &scalar_tensor("nms/conf", 0.95), &mut sparse);
+    let mut idx = Vec::new();
+    field_int(1, 1, &mut idx);
+    field_int(2, 7, &mut idx);
+    field(9, &0i64.to_le_bytes(), &mut idx);
+    field(2, &idx, &mut sparse);
+    field_int(3, 1, &mut sparse);
+    let (code, out) = appended("g4b.onnx", in_graph(15, &sparse));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("sparse initializer 'nms/conf' is not read"),
+        "{out}"
+    );
+    // … and a Constant whose value is sparse.
+    let mut body = Vec::new();
+    field(22, &sparse, &mut body);
+    let node = constant_node("dr_sparse", &[attribute("sparse_value", 11, &body)]);
+    let (code, out) = appended("g4-const.onnx", in_graph(1, &node));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(
+            "node 'dr_sparse': a Constant needs exactly one value attribute, not a sparse_value"
+        ),
+        "{out}"
+    );
+}
+
+/// Review 8 G9: the weights check read every initializer, used or not. The EMA export's
+/// weights are left in the file unused while every node reads the raw weights — as
+/// initializers of other names, or as `Constant` nodes (placed first, as protobuf merges a
+/// `graph` fragment given before the model's own). ONNX Runtime runs the raw weights; the
+/// report must say so, not "exported from the EMA".
+#[test]
+fn weights_the_graph_does_not_read_do_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = fixture("yolov8-v80-style.pt");
+    let raw = load(&fixture("yolo-export-raw.onnx"));
+    let rewired = || {
+        let mut m = load(&fixture("yolo-export-ema.onnx"));
+        let weights: Vec<_> = (raw.initializers.iter())
+            .filter(|t| t.raw.len() >= 64 && m.initializers.iter().any(|e| e.name == t.name))
+            .cloned()
+            .collect();
+        for n in &mut m.nodes {
+            for i in &mut n.inputs {
+                if weights.iter().any(|t| &t.name == i) {
+                    *i = format!("{i}/raw");
+                }
+            }
+        }
+        assert!(weights.len() > 100, "{}", weights.len());
+        (m, weights)
+    };
+    let claims = |out: &str| out.contains("exported from the EMA");
+
+    let (mut m, weights) = rewired();
+    m.initializers.extend(weights.into_iter().map(|mut t| {
+        t.name = format!("{}/raw", t.name);
+        t
+    }));
+    let p = dir.path().join("unused.onnx");
+    save(&m, &p);
+    let (code, out) = verify(&p, &ckpt, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        !claims(&out) && out.contains("exported from the raw weights"),
+        "{out}"
+    );
+
+    let (m, weights) = rewired();
+    let mut g = Vec::new();
+    for t in &weights {
+        let mut tensor = Vec::new();
+        for &d in &t.dims {
+            field_int(1, d as u64, &mut tensor);
+        }
+        field_int(2, 1, &mut tensor);
+        field(9, &t.raw, &mut tensor);
+        let mut body = Vec::new();
+        field(5, &tensor, &mut body);
+        let name = format!("{}/raw", t.name);
+        field(
+            1,
+            &constant_node(&name, &[attribute("value", 4, &body)]),
+            &mut g,
+        );
+    }
+    let mut bytes = Vec::new();
+    field(7, &g, &mut bytes);
+    bytes.extend(m.encode());
+    let p = dir.path().join("constants.onnx");
+    std::fs::write(&p, bytes).unwrap();
+    let (code, out) = verify(&p, &ckpt, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        !claims(&out) && out.contains("exported from the raw weights"),
+        "{out}"
+    );
+}
+
+/// Review 8 G7/G13/G14: a comparison was read for its constant only. `Less(score, conf)` is
+/// an upper bound, not a threshold, `Greater(Sub(score, 0.7), conf)` compares no score, and an
+/// `Equal` of scores filters at a value no comparison shows: all refused (exit 2), naming the
+/// node or value.
+#[test]
+fn score_comparisons_must_keep_scores_above_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, ckpt) = honest_nms(dir.path());
+    let last_greater = |m: &Model| {
+        (m.nodes.iter())
+            .rposition(|n| n.op == "Greater" && n.inputs[1] == "nms/conf")
+            .unwrap()
+    };
+
+    // The final rows' filter And'ed with `extra(scores)` (its last node's output `dr_keep`).
+    let and_filter = |extra: &dyn Fn(&str) -> Vec<fuse_ema::onnx::proto::Node>| {
+        let mut m = load(&onnx);
+        let last = last_greater(&m);
+        let (scores, mask) = (
+            m.nodes[last].inputs[0].clone(),
+            m.nodes[last].outputs[0].clone(),
+        );
+        for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
+            n.inputs[0] = "dr_keep".into();
+        }
+        let mut band = extra(&scores);
+        let cond = band.last().unwrap().outputs[0].clone();
+        band.push(node("And", &[&mask, &cond], "dr_keep", vec![]));
+        m.nodes.splice(last + 1..last + 1, band);
+        m
+    };
+
+    // A band: Less(score, conf).
+    let m = and_filter(&|scores| vec![node("Less", &[scores, "nms/conf"], "dr_below", vec![])]);
+    let (code, out) = verify_edit(dir.path(), &m, "band.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("its Less node 'doctor/dr_below' keeps scores below its constant"),
+        "{out}"
+    );
+
+    // G13: a band hidden in an `Equal`: And(mask, Not(Equal(Floor(score * 20), 19))).
+    let mut m = and_filter(&|scores| {
+        vec![
+            node("Mul", &[scores, "dr_20"], "dr_x20", vec![]),
+            node("Floor", &["dr_x20"], "dr_floor", vec![]),
+            node("Equal", &["dr_floor", "dr_19"], "dr_top", vec![]),
+            node("Not", &["dr_top"], "dr_not_top", vec![]),
+        ]
+    });
+    m.initializers
+        .extend([f32s("dr_20", &[1], &[20.0]), f32s("dr_19", &[1], &[19.0])]);
+    let (code, out) = verify_edit(dir.path(), &m, "equal.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("selects on 'dr_top', which is no comparison with its score threshold"),
+        "{out}"
+    );
+
+    // The threshold applied to a shifted score.
+    let mut m = load(&onnx);
+    let last = last_greater(&m);
+    let scores = m.nodes[last].inputs[0].clone();
+    m.initializers.push(f32s("dr_shift", &[1], &[0.7]));
+    m.nodes[last].inputs[0] = "dr_shifted".into();
+    let shift = node("Sub", &[&scores, "dr_shift"], "dr_shifted", vec![]);
+    m.nodes.insert(last, shift);
+    let (code, out) = verify_edit(dir.path(), &m, "shifted.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("compares 'dr_shifted', computed by a Sub node, not the scores themselves"),
+        "{out}"
     );
 }

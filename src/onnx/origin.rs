@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::graft::{GraftError, GraftFault};
-use super::proto::{ElemType, Model, TensorProto};
+use super::proto::{Attr, ElemType, Model, TensorProto};
 use super::{ExportError, ExportOptions, export};
 use crate::checkpoint::Checkpoint;
 use crate::ema::Located;
@@ -117,13 +117,28 @@ pub fn weights_origin(
         .any(|t| t.elem == ElemType::Float16);
     let tol = if half { 5e-3 } else { 1e-3 };
     let mut w = WeightsOrigin::counting();
-    for t in &model.initializers {
-        let Some(v) = floats(t) else { continue };
+    // Only what the graph computes with says which weights it runs: an initializer no node
+    // reads proves nothing, however well it matches (review 8 G9). Constant nodes' float
+    // tensors are initializers to the reader, so they are compared too.
+    let used: std::collections::HashSet<&str> = (model.nodes.iter())
+        .flat_map(|n| n.inputs.iter().map(String::as_str))
+        .collect();
+    let initializers = (model.initializers.iter())
+        .filter(|t| used.contains(t.name.as_str()))
+        .filter_map(|t| floats(t).map(|v| (t.dims.clone(), v)));
+    // Small one-dimensional Constant tensors are read as `value_floats`: a bias can be one.
+    let constants = (model.nodes.iter().filter(|n| n.op == "Constant"))
+        .flat_map(|n| n.attrs.iter())
+        .filter_map(|(_, a)| match a {
+            Attr::Floats(v) => Some((vec![v.len() as i64], v.clone())),
+            _ => None,
+        });
+    for (dims, v) in initializers.chain(constants) {
         if v.len() < 16 {
             continue;
         }
-        let de = nearest(&v, &t.dims, &ema);
-        let dr = raw.as_ref().and_then(|r| nearest(&v, &t.dims, r));
+        let de = nearest(&v, &dims, &ema);
+        let dr = raw.as_ref().and_then(|r| nearest(&v, &dims, r));
         if de.is_none() && dr.is_none() {
             continue;
         }
@@ -148,7 +163,7 @@ pub fn weights_origin(
             w.closer_to_raw, w.compared, w.matching_raw
         ),
         "ema" => format!(
-            "exported from the EMA: {} of {} weight tensors match it{}",
+            "exported from the EMA: {} of {} weight tensors the graph reads match it{}",
             w.matching_ema,
             w.compared,
             if raw.is_some() {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::proto::{Attr, Dim, ElemType, Model, Node, TensorProto, ValueInfo};
+use super::proto::{Dim, ElemType, Model, TensorProto, ValueInfo};
 
 type R<T> = Result<T, OnnxReadError>;
 
@@ -166,6 +166,31 @@ pub enum OnnxReadError {
     /// The bytes hold two graphs, which readers resolve differently.
     #[error("two graphs in one model")]
     TwoGraphs,
+    /// A singular field given twice: protobuf merges the copies (review 8 G3).
+    #[error("{message}.{field} is given twice (ONNX Runtime would merge the copies)")]
+    FieldTwice {
+        /// The message type.
+        message: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// A sparse initializer: ONNX Runtime densifies it (and lets it replace a dense one of the
+    /// same name); fuse-ema never writes one and does not read them (review 8 G4).
+    #[error("sparse initializer '{0}' is not read")]
+    SparseInitializer(String),
+    /// A `Constant` whose value is not exactly one of its value attributes: ONNX Runtime builds
+    /// it from the first attribute, whatever follows (review 8 G6); or its value is sparse.
+    #[error("a Constant needs exactly one value attribute, not {0}")]
+    ConstantValues(String),
+    /// Something wrong inside a node.
+    #[error("node '{node}': {source}")]
+    Node {
+        /// The node's name (or its position when it has none).
+        node: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<OnnxReadError>,
+    },
 }
 
 pub(crate) struct Buf<'a> {
@@ -251,7 +276,9 @@ pub(crate) fn text(b: &[u8]) -> String {
 pub(crate) fn string_pair(b: &[u8]) -> R<(String, String)> {
     let mut q = Buf::new(b);
     let (mut k, mut v) = (String::new(), String::new());
+    let mut once = Once::new(&once::ENTRY);
     while let Some((f, x)) = q.next()? {
+        once.see(f)?;
         match (f, x) {
             (1, Field::Bytes(s)) => k = text(s),
             (2, Field::Bytes(s)) => v = text(s),
@@ -295,7 +322,9 @@ fn tensor(b: &[u8], ext: &mut External<'_>) -> R<TensorProto> {
     let (mut floats, mut ints, mut small) = (Vec::new(), Vec::new(), Vec::new());
     let mut external: Vec<(String, String)> = Vec::new();
     let mut location = 0u64;
+    let mut once = Once::new(&once::TENSOR);
     while let Some((f, v)) = p.next()? {
+        once.see(f)?;
         match (f, v) {
             (1, Field::Bytes(d)) => dims.extend(packed_varints(d)?),
             (1, Field::Varint(d)) => dims.push(d as i64),
@@ -376,69 +405,6 @@ fn check_unique(m: &Model) -> R<()> {
     Ok(())
 }
 
-fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
-    let mut p = Buf::new(b);
-    let (mut name, mut f, mut i, mut s, mut ty) = (String::new(), None, None, None, 0u64);
-    let (mut floats, mut ints) = (Vec::new(), Vec::new());
-    while let Some((fnum, v)) = p.next()? {
-        match (fnum, v) {
-            (1, Field::Bytes(x)) => name = text(x),
-            (2, Field::Fixed32(x)) => f = Some(f32::from_le_bytes(x)),
-            (3, Field::Varint(x)) => i = Some(x as i64),
-            (4, Field::Bytes(x)) => s = Some(text(x)),
-            (7, Field::Bytes(x)) => floats.extend(crate::convert::f32s_le(x)),
-            (7, Field::Fixed32(x)) => floats.push(f32::from_le_bytes(x)),
-            (8, Field::Bytes(x)) => ints.extend(packed_varints(x)?),
-            (8, Field::Varint(x)) => ints.push(x as i64),
-            (20, Field::Varint(x)) => ty = x,
-            _ => {}
-        }
-    }
-    let a = match ty {
-        1 => f.map(Attr::Float),
-        2 => i.map(Attr::Int),
-        3 => s.map(Attr::Str),
-        6 => Some(Attr::Floats(floats)),
-        7 => Some(Attr::Ints(ints)),
-        _ => None,
-    };
-    Ok((name, a))
-}
-
-pub(crate) fn node(b: &[u8]) -> R<Node> {
-    let mut p = Buf::new(b);
-    let mut n = Node {
-        op: String::new(),
-        name: String::new(),
-        inputs: vec![],
-        outputs: vec![],
-        attrs: vec![],
-    };
-    let mut tensors = Vec::new();
-    while let Some((f, v)) = p.next()? {
-        match (f, v) {
-            (1, Field::Bytes(s)) => n.inputs.push(text(s)),
-            (2, Field::Bytes(s)) => n.outputs.push(text(s)),
-            (3, Field::Bytes(s)) => n.name = text(s),
-            (4, Field::Bytes(s)) => n.op = text(s),
-            (5, Field::Bytes(a)) => {
-                if let (name, Some(a)) = attribute(a)? {
-                    n.attrs.push((name, a));
-                } else if let Some(a) = constant::value(a)? {
-                    tensors.push(a);
-                }
-            }
-            _ => {}
-        }
-    }
-    // Only `Constant` may take its tensor as `value_float(s)` / `value_int(s)` (the same value);
-    // another operator's tensor attribute (ConstantOfShape's `value`) stays out, as before.
-    if n.op == "Constant" {
-        n.attrs.extend(tensors);
-    }
-    Ok(n)
-}
-
 pub(crate) fn value_info(b: &[u8]) -> R<ValueInfo> {
     let mut p = Buf::new(b);
     let mut v = ValueInfo {
@@ -446,42 +412,62 @@ pub(crate) fn value_info(b: &[u8]) -> R<ValueInfo> {
         elem: ElemType::Float,
         dims: Vec::new(),
     };
+    let mut once = Once::new(&once::VALUE_INFO);
     while let Some((f, x)) = p.next()? {
+        once.see(f)?;
         match (f, x) {
             (1, Field::Bytes(s)) => v.name = text(s),
-            (2, Field::Bytes(ty)) => {
-                let mut t = Buf::new(ty);
-                while let Some((1, Field::Bytes(tt))) = t.next()? {
-                    let mut q = Buf::new(tt);
-                    while let Some((f, y)) = q.next()? {
-                        match (f, y) {
-                            (1, Field::Varint(c)) => {
-                                v.elem = value_elem(c).unwrap_or(ElemType::Float)
-                            }
-                            (2, Field::Bytes(shape)) => {
-                                let mut sh = Buf::new(shape);
-                                while let Some((1, Field::Bytes(dim))) = sh.next()? {
-                                    let mut d = Buf::new(dim);
-                                    let mut got = Dim::Param("?".into());
-                                    while let Some((f, z)) = d.next()? {
-                                        match (f, z) {
-                                            (1, Field::Varint(n)) => got = Dim::Fixed(n as i64),
-                                            (2, Field::Bytes(s)) => got = Dim::Param(text(s)),
-                                            _ => {}
-                                        }
-                                    }
-                                    v.dims.push(got);
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
+            (2, Field::Bytes(ty)) => type_proto(ty, &mut v)?,
             _ => {}
         }
     }
     Ok(v)
+}
+
+/// A `TypeProto`: a tensor type's element type and shape into `v`.
+fn type_proto(ty: &[u8], v: &mut ValueInfo) -> R<()> {
+    let mut t = Buf::new(ty);
+    let mut once = Once::new(&once::TYPE);
+    while let Some((f, tt)) = t.next()? {
+        once.see(f)?;
+        let (1, Field::Bytes(tt)) = (f, tt) else {
+            continue;
+        };
+        let mut q = Buf::new(tt);
+        let mut once = Once::new(&once::TYPE_TENSOR);
+        while let Some((f, y)) = q.next()? {
+            once.see(f)?;
+            match (f, y) {
+                (1, Field::Varint(c)) => v.elem = value_elem(c).unwrap_or(ElemType::Float),
+                (2, Field::Bytes(shape)) => {
+                    let mut sh = Buf::new(shape);
+                    while let Some((f, dim)) = sh.next()? {
+                        if let (1, Field::Bytes(dim)) = (f, dim) {
+                            v.dims.push(dimension(dim)?);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `TensorShapeProto.Dimension`.
+fn dimension(dim: &[u8]) -> R<Dim> {
+    let mut d = Buf::new(dim);
+    let mut got = Dim::Param("?".into());
+    let mut once = Once::new(&once::DIMENSION);
+    while let Some((f, z)) = d.next()? {
+        once.see(f)?;
+        match (f, z) {
+            (1, Field::Varint(n)) => got = Dim::Fixed(n as i64),
+            (2, Field::Bytes(s)) => got = Dim::Param(text(s)),
+            _ => {}
+        }
+    }
+    Ok(got)
 }
 
 /// Parses an ONNX model; `path` (the model file) locates external data.
@@ -499,19 +485,32 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
         producer_version: String::new(),
     };
     let mut has_graph = false;
+    let mut once = Once::new(&once::MODEL);
+    // Protobuf merges a graph given twice: its repeated fields append (as here), its singular
+    // fields are counted over every copy.
+    let mut graph_once = Once::new(&once::GRAPH);
     while let Some((f, v)) = p.next()? {
+        once.see(f)?;
         match (f, v) {
             (3, Field::Bytes(s)) => m.producer_version = text(s),
             (7, Field::Bytes(g)) => {
                 has_graph = true;
                 let mut q = Buf::new(g);
                 while let Some((f, x)) = q.next()? {
+                    graph_once.see(f)?;
                     match (f, x) {
-                        (1, Field::Bytes(n)) => m.nodes.push(node(n)?),
+                        (1, Field::Bytes(n)) => {
+                            let (node, t) = node::node_and_tensor(n, m.nodes.len())?;
+                            match constant_tensor(&node, t, &mut ext)? {
+                                Some(t) => m.initializers.push(t),
+                                None => m.nodes.push(node),
+                            }
+                        }
                         (2, Field::Bytes(s)) => m.graph_name = text(s),
                         (5, Field::Bytes(t)) => m.initializers.push(tensor(t, &mut ext)?),
                         (11, Field::Bytes(v)) => m.inputs.push(value_info(v)?),
                         (12, Field::Bytes(v)) => m.outputs.push(value_info(v)?),
+                        (15, Field::Bytes(t)) => return Err(sparse(t)),
                         _ => {}
                     }
                 }
@@ -519,7 +518,9 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
             (8, Field::Bytes(o)) => {
                 let mut q = Buf::new(o);
                 let (mut domain, mut version) = (String::new(), 0);
+                let mut once = Once::new(&once::OPSET);
                 while let Some((f, x)) = q.next()? {
+                    once.see(f)?;
                     match (f, x) {
                         (1, Field::Bytes(s)) => domain = text(s),
                         (2, Field::Varint(n)) => version = n as i64,
@@ -549,8 +550,15 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
     Ok(m)
 }
 
+#[path = "read_node.rs"]
+mod node;
+pub(crate) use node::node;
+use node::{constant_tensor, sparse};
 #[path = "read_constant.rs"]
 mod constant;
+#[path = "read_once.rs"]
+mod once;
+use once::Once;
 #[path = "read_external.rs"]
 mod external;
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `Constant` nodes' tensor values, read as the equivalent scalar or list attributes.
 
-use super::{Buf, Field, R, packed_varints, text};
+use super::{Buf, Field, Once, R, packed_varints, text};
 use crate::onnx::proto::Attr;
 
 /// A `Constant`'s `value` tensor attribute (type TENSOR) of float32 or int64 with at most one
@@ -24,7 +24,9 @@ pub(super) fn value(b: &[u8]) -> R<Option<(String, Attr)>> {
     let mut p = Buf::new(t);
     let (mut dims, mut code, mut raw) = (Vec::new(), 0u64, Vec::new());
     let (mut floats, mut ints) = (Vec::new(), Vec::new());
+    let mut once = Once::new(&super::once::TENSOR);
     while let Some((f, v)) = p.next()? {
+        once.see(f)?;
         match (f, v) {
             (1, Field::Bytes(d)) => dims.extend(packed_varints(d)?),
             (1, Field::Varint(d)) => dims.push(d as i64),

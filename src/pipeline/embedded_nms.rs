@@ -184,6 +184,9 @@ fn compared(model: &Model, strict: bool) -> Result<Vec<(f64, &Node)>, String> {
             }
             (Some(c), None) | (None, Some(c)) => c,
         };
+        if strict {
+            scores_above(model, n)?;
+        }
         match c.first() {
             Some(&v) if c.iter().all(|x| x.to_bits() == v.to_bits()) => found.push((v, n)),
             _ => {
@@ -197,7 +200,83 @@ fn compared(model: &Model, strict: bool) -> Result<Vec<(f64, &Node)>, String> {
     Ok(found)
 }
 
-/// Every `Where` selects on the comparisons [`compared`] judged (or an `Equal`), combined with
+/// Operators a score passes through unchanged in value (or padded) on its way from the head to a
+/// comparison (selection, layout, sorting); anything else computes a new value.
+const SELECTIONS: [&str; 17] = [
+    "Identity",
+    "Pad",
+    "Cast",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Expand",
+    "TopK",
+    "ReduceMax",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Slice",
+    "Split",
+    "Transpose",
+    "Where",
+];
+
+/// A comparison with the score threshold must keep the scores above it, as the exporters'
+/// `score > conf` does: `Greater(score, c)` / `Less(c, score)` (or the `OrEqual` forms). The
+/// other direction is an upper bound, not a threshold (review 8 G7/G14: `Less(score, c)` with
+/// c hidden or the score shifted dropped every confident detection). And what is compared must
+/// be the scores themselves: traced back through selections only (to the head's `Concat` or
+/// `Sigmoid`), so `Greater(Sub(score, 0.7), 0.25)` is refused.
+fn scores_above(model: &Model, n: &Node) -> Result<(), String> {
+    let score = match (n.op.as_str(), n.inputs.as_slice()) {
+        ("Greater" | "GreaterOrEqual", [s, c]) | ("Less" | "LessOrEqual", [c, s])
+            if fold::constant(model, c).is_some() =>
+        {
+            s
+        }
+        _ => {
+            return Err(format!(
+                "its {} node '{}' keeps scores below its constant: an upper bound, not the exporter's score threshold",
+                n.op, n.name
+            ));
+        }
+    };
+    selected(model, score).map_err(|(v, what)| {
+        format!(
+            "its {} node '{}' compares '{v}', computed by {what}, not the scores themselves",
+            n.op, n.name
+        )
+    })
+}
+
+/// Whether `v` is the head's values (`Concat` or `Sigmoid` output) through [`SELECTIONS`] only;
+/// otherwise the value and what computes it. Each value is visited once.
+fn selected(model: &Model, v: &str) -> Result<(), (String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        if !seen.insert(v) || fold::constant(model, v).is_some() {
+            continue;
+        }
+        let p = (model.nodes.iter()).find(|p| p.outputs.iter().any(|o| o == v));
+        match p {
+            _ if seen.len() > 64 => return Err((v.into(), "too long a chain".into())),
+            Some(p) if matches!(p.op.as_str(), "Concat" | "Sigmoid") => {}
+            Some(p) if p.op == "Where" => todo.extend(p.inputs.iter().skip(1).map(String::as_str)),
+            Some(p) if SELECTIONS.contains(&p.op.as_str()) => {
+                todo.extend(p.inputs.first().map(String::as_str));
+            }
+            _ => {
+                let what = p.map_or("no node".to_string(), |p| format!("a {} node", p.op));
+                return Err((v.into(), what));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every `Where` selects on the comparisons [`compared`] judged (or an `Equal` of shapes), combined with
 /// `And`, `Or`, `Not`, `Xor`, a constant, or the NMS's keep mask (`Cast` to bool of a `ScatterND` of the
 /// kept indices): a condition computed otherwise could filter rows at a threshold no comparison
 /// shows.
@@ -216,8 +295,13 @@ fn wheres(model: &Model) -> Result<(), String> {
             let producer = (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v));
             let ok = match producer {
                 _ if depth > 8 => false,
-                // `Equal` picks out rows at one value (padding at 0), no threshold.
-                Some(p) if COMPARISONS.contains(&p.op.as_str()) || p.op == "Equal" => true,
+                Some(p) if COMPARISONS.contains(&p.op.as_str()) => true,
+                // `Equal` of shapes (torch's exports test a shape for -1), never of scores:
+                // `Equal(Floor(score * 20), 19)` is a threshold no comparison shows (review 8 G13).
+                // … or of the scores with 0 (padding rows).
+                Some(p) if p.op == "Equal" => {
+                    p.inputs.iter().all(|i| shape_only(model, i)) || padding(model, p)
+                }
                 Some(p) if matches!(p.op.as_str(), "And" | "Or" | "Not" | "Xor" | "Identity") => {
                     todo.extend(p.inputs.iter().map(|i| (i.as_str(), depth + 1)));
                     true
@@ -241,6 +325,35 @@ fn wheres(model: &Model) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `Equal(x, 0)` (either order) with `x` the scores themselves: picks out padding rows.
+fn padding(model: &Model, eq: &Node) -> bool {
+    let zero = |v: &str| fold::constant(model, v).is_some_and(|c| c.iter().all(|&x| x == 0.0));
+    match eq.inputs.as_slice() {
+        [a, b] if zero(b) => selected(model, a).is_ok(),
+        [a, b] if zero(a) => selected(model, b).is_ok(),
+        _ => false,
+    }
+}
+
+/// Whether `v` is computed from constants and tensor shapes only (`Shape`, `Size`,
+/// `ConstantOfShape`), whatever the operators in between. Each value is visited once (a
+/// hostile graph of diamonds must not make this exponential).
+fn shape_only(model: &Model, v: &str) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        if v.is_empty() || !seen.insert(v) || fold::constant(model, v).is_some() {
+            continue;
+        }
+        match (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v)) {
+            Some(p) if matches!(p.op.as_str(), "Shape" | "Size" | "ConstantOfShape") => {}
+            Some(p) if seen.len() < 256 => todo.extend(p.inputs.iter().map(String::as_str)),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Two thresholds that are the same number, or the same in float16 where one of them is a

@@ -105,3 +105,71 @@ pub fn verify_unpinned(onnx: &Path, ckpt: &Path, extra: &[&str]) -> (i32, String
     );
     (o.status.code().expect("exited"), text)
 }
+
+/// Protobuf at the byte level, for what the crate's encoder cannot write (a field given twice,
+/// sparse tensors, a `Constant` with two values): the doctoring these tests need.
+pub mod wire {
+    /// Appends `v` as a protobuf varint.
+    pub fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    /// Appends a length-delimited field.
+    pub fn field(f: u64, bytes: &[u8], out: &mut Vec<u8>) {
+        varint(f << 3 | 2, out);
+        varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    }
+
+    /// Appends a varint field.
+    pub fn field_int(f: u64, v: u64, out: &mut Vec<u8>) {
+        varint(f << 3, out);
+        varint(v, out);
+    }
+
+    /// Appends a fixed32 float field.
+    pub fn field_f32(f: u64, v: f32, out: &mut Vec<u8>) {
+        varint(f << 3 | 5, out);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A float32 scalar `TensorProto` (named `name` when not empty) holding `v` as `raw_data`.
+    pub fn scalar_tensor(name: &str, v: f32) -> Vec<u8> {
+        let mut t = Vec::new();
+        field_int(2, 1, &mut t);
+        if !name.is_empty() {
+            field(8, name.as_bytes(), &mut t);
+        }
+        field(9, &v.to_le_bytes(), &mut t);
+        t
+    }
+
+    /// A `Constant` node `name` (its output too) with the attributes `attrs` (encoded).
+    pub fn constant_node(name: &str, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut n = Vec::new();
+        field(2, name.as_bytes(), &mut n);
+        field(3, name.as_bytes(), &mut n);
+        field(4, b"Constant", &mut n);
+        for a in attrs {
+            field(5, a, &mut n);
+        }
+        n
+    }
+
+    /// An `AttributeProto` `name` of type `ty` with the encoded fields `body`.
+    pub fn attribute(name: &str, ty: u64, body: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        field(1, name.as_bytes(), &mut a);
+        a.extend_from_slice(body);
+        field_int(20, ty, &mut a);
+        a
+    }
+}

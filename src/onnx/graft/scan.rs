@@ -186,7 +186,7 @@ pub fn scan(file: &[u8], path: &Path) -> Result<Scanned, read::OnnxReadError> {
                 s.graph = s.top.len();
                 for (gf, gv, grange) in fields(file, g)? {
                     match (gf, gv) {
-                        (1, Field::Bytes(n)) => s.nodes.push(read::node(n)?),
+                        (1, Field::Bytes(n)) => s.nodes.push(read::node(n, s.nodes.len())?),
                         (5, Field::Bytes(t)) => s.inits.push(tensor(file, t, grange.clone())?),
                         (11, Field::Bytes(v)) => all_inputs.push(read::value_info(v)?),
                         _ => {}
