@@ -307,6 +307,31 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    let mut report = report;
+    if let Some(nms) = &check.nms {
+        // The NMS tail alone, on synthetic predictions over the whole score range (review 8).
+        let strides = ema_root.attr_tensor_f64("stride").ok().flatten();
+        let tail = parity::nms_tail::TailModel {
+            bytes: &bytes,
+            model: &model,
+            input: shape,
+            strides: strides.as_deref().unwrap_or(&[]),
+            task: (&task, crate::onnx::task_and_classes(ema_root).1),
+            half: check.half,
+        };
+        match parity::nms_tail::check(&engine, &tail, nms, plan.tolerance(check.half), plan.seed) {
+            Ok(failed) => {
+                report.pass &= failed.is_empty();
+                report.task.extend(failed);
+            }
+            Err(what) => {
+                return fail(format_args!(
+                    "{}: the NMS tail cannot be checked on its own: {what}",
+                    a.model.display()
+                ));
+            }
+        }
+    }
     let weights = match crate::onnx::origin::weights_origin(&ckpt, &located, &model) {
         Ok(w) => w,
         Err(e) => return fail(e),
