@@ -217,6 +217,21 @@ pub(super) fn cut(
                 }
                 node_at += 1;
             }
+            // Only the tail's own constants: the weights may live in an external data file
+            // that a model run from memory cannot reach.
+            5 => {
+                let name = (fields(&graph[f.payload.clone()])?.into_iter())
+                    .find(|t| t.num == 8)
+                    .map(|t| {
+                        String::from_utf8_lossy(&graph[f.payload.start..][t.payload]).into_owned()
+                    });
+                let used = name.is_some_and(|name| {
+                    (tail.nodes.iter()).any(|&k| model.nodes[k].inputs.contains(&name))
+                });
+                if used {
+                    out_graph.extend_from_slice(whole);
+                }
+            }
             12 => {
                 let v = crate::onnx::read::value_info(&graph[f.payload.clone()])
                     .map_err(|e| e.to_string())?;
