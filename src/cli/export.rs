@@ -185,8 +185,14 @@ pub(super) fn export(a: ExportArgs) -> i32 {
                     Err(m) => return fail(format_args!("{}: {m}", path.display())),
                 };
                 let tail = (&bytes[..], &parsed, &shape[..], a.half);
-                if let Err(m) = nms_tail(&a.file, tail, (plan.engine, plan), root, nms, &mut report)
-                {
+                if let Err(m) = nms_tail(
+                    (&a.file, path),
+                    tail,
+                    (plan.engine, plan),
+                    root,
+                    nms,
+                    &mut report,
+                ) {
                     return fail(m);
                 }
             }
@@ -260,12 +266,12 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     if passed { EXIT_OK } else { EXIT_CHECK_FAILED }
 }
 
-/// Runs the NMS tail of the ONNX `file` (its bytes, parsed model, input shape, and whether it
+/// Runs the NMS tail of the ONNX at `onnx` (its bytes, parsed model, input shape, and whether it
 /// computes in f16) alone on synthetic predictions over the whole score range (review 8: seeded
 /// images never score above ~0.9) and adds what disagrees to `report`; the error line when the
-/// tail cannot be run on its own.
+/// tail cannot be run on its own, naming `file`.
 fn nms_tail(
-    file: &Path,
+    (file, onnx): (&Path, &Path),
     (bytes, model, shape, half): (&[u8], &crate::onnx::proto::Model, &[usize], bool),
     (engine, plan): (&crate::runtime::Engine, &ParityPlan),
     root: crate::checkpoint::py::ModuleRef,
@@ -281,6 +287,7 @@ fn nms_tail(
         strides: strides.as_deref().unwrap_or(&[]),
         task: (&task, nc),
         half,
+        dir: Some(onnx.parent().unwrap_or(Path::new("."))),
     };
     let failed = parity::nms_tail::check(engine, &tail, nms, plan.tolerance(half), plan.seed)
         .map_err(|what| {
@@ -363,7 +370,14 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
     let mut report = report;
     if let Some(nms) = &check.nms {
         let tail = (&bytes[..], &model, &shape[..], check.half);
-        if let Err(m) = nms_tail(&a.model, tail, (&engine, &plan), ema_root, nms, &mut report) {
+        if let Err(m) = nms_tail(
+            (&a.model, &a.model),
+            tail,
+            (&engine, &plan),
+            ema_root,
+            nms,
+            &mut report,
+        ) {
             return fail(m);
         }
     }

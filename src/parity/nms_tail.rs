@@ -26,6 +26,8 @@ pub struct TailModel<'a> {
     pub task: (&'a str, usize),
     /// Whether the head computes in float16.
     pub half: bool,
+    /// The ONNX's directory (its external data files are named relative to it).
+    pub dir: Option<&'a std::path::Path>,
 }
 
 /// Runs the tail of `m` on synthetic predictions made from `seed` and compares its rows with the
@@ -57,7 +59,7 @@ pub fn check(
     }
     let tail = cut::find_tail(m.model)?;
     let dims = [1, channels, anchors];
-    let (sub, input) = cut::cut(m.bytes, m.model, &tail, &dims, m.half)?;
+    let sub = cut::cut(m.bytes, m.model, &tail, &dims, m.half)?;
     let mut raw = synthetic(&dims, nms.nms.conf, nc, (h, w), seed);
     if m.half {
         // The tail then reads the f16 rounding of what it is given; the reference must too.
@@ -79,8 +81,22 @@ pub fn check(
     let images = ndarray::ArrayD::zeros(vec![1, m.input[1], h, w]);
     let preds = ndarray::ArrayD::from_shape_vec(dims.to_vec(), fed).map_err(|e| e.to_string())?;
     let image_name = (m.model.inputs.first()).map_or("images", |i| i.name.as_str());
-    let outs = (rt.run(&sub, &[(image_name, images), (&input, preds)]))
-        .map_err(|e| format!("its NMS tail, cut at '{}', does not run: {e}", tail.pred))?;
+    let inputs = [(image_name, images), (sub.input.as_str(), preds)];
+    let outs = match (sub.external, m.dir) {
+        // External data is named relative to the ONNX: the sub-model runs from a file beside it
+        // (removed when dropped).
+        (true, Some(dir)) => {
+            let mut f = (tempfile::Builder::new().prefix(".fuse-ema-nms-tail-"))
+                .suffix(".onnx")
+                .tempfile_in(dir)
+                .map_err(|e| format!("cannot write its NMS tail beside it: {e}"))?;
+            std::io::Write::write_all(&mut f, &sub.bytes)
+                .map_err(|e| format!("cannot write its NMS tail beside it: {e}"))?;
+            rt.run_file(f.path(), &inputs)
+        }
+        _ => rt.run(&sub.bytes, &inputs),
+    }
+    .map_err(|e| format!("its NMS tail, cut at '{}', does not run: {e}", tail.pred))?;
     let (_, got) = outs
         .into_iter()
         .next()

@@ -11,6 +11,8 @@ use crate::onnx::proto::{Attr, Dim, ElemType, Model, Node, ValueInfo};
 /// of its payload (length-delimited fields; empty otherwise).
 struct Field {
     num: u64,
+    /// The value of a varint field.
+    value: u64,
     whole: Range<usize>,
     payload: Range<usize>,
 }
@@ -34,9 +36,10 @@ fn fields(b: &[u8]) -> Result<Vec<Field>, String> {
     while at < b.len() {
         let start = at;
         let tag = varint(b, &mut at)?;
+        let mut value = 0;
         let payload = match tag & 7 {
             0 => {
-                varint(b, &mut at)?;
+                value = varint(b, &mut at)?;
                 at..at
             }
             1 => (at + 8)..(at + 8),
@@ -53,6 +56,7 @@ fn fields(b: &[u8]) -> Result<Vec<Field>, String> {
         }
         out.push(Field {
             num: tag >> 3,
+            value,
             whole: start..at,
             payload,
         });
@@ -137,21 +141,31 @@ pub(super) fn find_tail(model: &Model) -> Result<Tail, String> {
     })
 }
 
+/// The sub-model of the tail.
+pub(super) struct Cut {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// The name of its predictions input.
+    pub input: String,
+    /// Whether one of its initializers is in an external data file (named relative to the
+    /// ONNX's directory, where the sub-model must then be run from).
+    pub external: bool,
+}
+
 /// The name the sub-model's prediction input gets where the head computes in float16 (a `Cast`
 /// then makes the head's own tensor from it).
 pub(super) const PRED_INPUT: &str = "nms_tail/predictions";
 
 /// The bytes of the sub-model of `bytes` (parsed as `model`) that computes `output0` from
 /// `tail.pred`, given as a float32 input of `dims` (through a `Cast` when the head is `half`),
-/// beside the original image input (read for its shape only). Returns the bytes and the name of
-/// the predictions input.
+/// beside the original image input (read for its shape only).
 pub(super) fn cut(
     bytes: &[u8],
     model: &Model,
     tail: &Tail,
     dims: &[usize],
     half: bool,
-) -> Result<(Vec<u8>, String), String> {
+) -> Result<Cut, String> {
     let input_name = if half { PRED_INPUT } else { &tail.pred };
     // The new input (and Cast) encoded by our writer, then lifted out of its graph.
     let extra = Model {
@@ -178,25 +192,26 @@ pub(super) fn cut(
         producer_version: String::new(),
     }
     .encode();
-    let graph_of = |b: &[u8]| -> Result<Range<usize>, String> {
+    // A message given twice is merged: the same as one holding both payloads in turn.
+    let graph_of = |b: &[u8]| -> Result<Vec<u8>, String> {
         let top = fields(b)?;
-        match &top.iter().filter(|f| f.num == 7).collect::<Vec<_>>()[..] {
-            [g] => Ok(g.payload.clone()),
-            _ => Err("its graph is not given exactly once".into()),
-        }
+        let graphs: Vec<u8> = (top.iter().filter(|f| f.num == 7))
+            .flat_map(|f| b[f.payload.clone()].iter().copied())
+            .collect();
+        Ok(graphs)
     };
     let eg = graph_of(&extra)?;
-    let extra_fields = fields(&extra[eg.clone()])?;
+    let extra_fields = fields(&eg)?;
     let piece = |num: u64| -> Vec<u8> {
         (extra_fields.iter().filter(|f| f.num == num))
-            .flat_map(|f| extra[eg.start + f.whole.start..eg.start + f.whole.end].to_vec())
+            .flat_map(|f| eg[f.whole.clone()].to_vec())
             .collect()
     };
     let (new_nodes, new_input) = (piece(1), piece(11));
 
-    let g = graph_of(bytes)?;
-    let graph = &bytes[g.clone()];
+    let graph = &graph_of(bytes)?[..];
     let gf = fields(graph)?;
+    let mut external = false;
     if gf.iter().filter(|f| f.num == 1).count() != model.nodes.len() {
         return Err("its nodes are not read the same way twice".into());
     }
@@ -220,15 +235,16 @@ pub(super) fn cut(
             // Only the tail's own constants: the weights may live in an external data file
             // that a model run from memory cannot reach.
             5 => {
-                let name = (fields(&graph[f.payload.clone()])?.into_iter())
-                    .find(|t| t.num == 8)
-                    .map(|t| {
-                        String::from_utf8_lossy(&graph[f.payload.start..][t.payload]).into_owned()
-                    });
+                let t = fields(&graph[f.payload.clone()])?;
+                let name = (t.iter().find(|t| t.num == 8)).map(|n| {
+                    String::from_utf8_lossy(&graph[f.payload.start..][n.payload.clone()])
+                        .into_owned()
+                });
                 let used = name.is_some_and(|name| {
                     (tail.nodes.iter()).any(|&k| model.nodes[k].inputs.contains(&name))
                 });
                 if used {
+                    external |= (t.iter()).any(|t| t.num == 13 || (t.num == 14 && t.value == 1));
                     out_graph.extend_from_slice(whole);
                 }
             }
@@ -244,11 +260,20 @@ pub(super) fn cut(
     }
     out_graph.extend_from_slice(&new_input);
     let mut out = Vec::with_capacity(bytes.len());
+    let mut graph_written = false;
     for f in fields(bytes)? {
         match f.num {
-            7 => put_len(&mut out, 7, &out_graph),
+            7 if graph_written => {}
+            7 => {
+                put_len(&mut out, 7, &out_graph);
+                graph_written = true;
+            }
             _ => out.extend_from_slice(&bytes[f.whole]),
         }
     }
-    Ok((out, input_name.to_string()))
+    Ok(Cut {
+        bytes: out,
+        input: input_name.to_string(),
+        external,
+    })
 }
