@@ -41,7 +41,7 @@ pub fn check(
     seed: u64,
 ) -> Result<Vec<TaskCheck>, String> {
     let (task, nc) = m.task;
-    let [_, _, h, w] = m.input[..] else {
+    let [b, _, h, w] = m.input[..] else {
         return Err(format!("its input shape {:?} is not B×C×H×W", m.input));
     };
     let width = match m.model.outputs.first().and_then(|o| o.dims.get(2)) {
@@ -58,9 +58,14 @@ pub fn check(
         anchors += (h / s) * (w / s);
     }
     let tail = cut::find_tail(m.model)?;
-    let dims = [1, channels, anchors];
+    let dims = [b.max(1), channels, anchors];
     let sub = cut::cut(m.bytes, m.model, &tail, &dims, m.half)?;
-    let mut raw = synthetic(&dims, nms.nms.conf, nc, (h, w), seed);
+    // One set of predictions per image of the batch, each from its own seed.
+    let per_image = [1, channels, anchors];
+    let data = (0..dims[0] as u64)
+        .flat_map(|i| synthetic(&per_image, nms.nms.conf, nc, (h, w), seed.wrapping_add(i)).data)
+        .collect();
+    let mut raw = RefTensor::new(data, dims.to_vec());
     if m.half {
         // The tail then reads the f16 rounding of what it is given; the reference must too.
         for v in &mut raw.data {
@@ -70,15 +75,17 @@ pub fn check(
     let mut fed = raw.data.clone();
     if corners(m.model, task) {
         let a = anchors;
-        for k in 0..a {
-            let (cx, cy, bw, bh) = (fed[k], fed[a + k], fed[2 * a + k], fed[3 * a + k]);
-            fed[k] = cx - bw / 2.0;
-            fed[a + k] = cy - bh / 2.0;
-            fed[2 * a + k] = cx + bw / 2.0;
-            fed[3 * a + k] = cy + bh / 2.0;
+        for img in fed.chunks_mut(channels * a) {
+            for k in 0..a {
+                let (cx, cy, bw, bh) = (img[k], img[a + k], img[2 * a + k], img[3 * a + k]);
+                img[k] = cx - bw / 2.0;
+                img[a + k] = cy - bh / 2.0;
+                img[2 * a + k] = cx + bw / 2.0;
+                img[3 * a + k] = cy + bh / 2.0;
+            }
         }
     }
-    let images = ndarray::ArrayD::zeros(vec![1, m.input[1], h, w]);
+    let images = ndarray::ArrayD::zeros(vec![dims[0], m.input[1], h, w]);
     let preds = ndarray::ArrayD::from_shape_vec(dims.to_vec(), fed).map_err(|e| e.to_string())?;
     let image_name = (m.model.inputs.first()).map_or("images", |i| i.name.as_str());
     let inputs = [(image_name, images), (sub.input.as_str(), preds)];
@@ -102,7 +109,7 @@ pub fn check(
         .next()
         .ok_or("its NMS tail gives no output")?;
     let got = RefTensor::new(got.iter().copied().collect(), got.shape().to_vec());
-    let input_shape = [1, m.input[1], h, w];
+    let input_shape = [dims[0], m.input[1], h, w];
     let want = nms
         .rows(&raw, task, nc, &input_shape)
         .map_err(|e| e.to_string())?;
