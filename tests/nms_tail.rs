@@ -98,6 +98,9 @@ fn arithmetic_mask(m: &mut Model) {
     ]);
 }
 
+/// An edit of an honest export.
+type Doctor = fn(&mut Model);
+
 fn honest(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     let ckpt = fixture(&format!("{name}.pt"));
     let args = [&["--nms", "--imgsz", "64"][..], extra].concat();
@@ -111,7 +114,7 @@ fn tails_that_drop_confident_rows_fail() {
     let (onnx, ckpt) = honest(dir.path(), "yolo11-detect", &[]);
     let (code, out) = verify(&onnx, &ckpt, &[]);
     assert_eq!(code, 0, "the honest export: {out}");
-    let doctorings: [(&str, fn(&mut Model)); 3] = [
+    let doctorings: [(&str, Doctor); 3] = [
         ("g13-equal-floor", equal_floor),
         ("g14-sub-less", sub_less),
         ("g16-arith-mask", arithmetic_mask),
