@@ -101,6 +101,68 @@ fn arithmetic_mask(m: &mut Model) {
 /// An edit of an honest export.
 type Doctor = fn(&mut Model);
 
+/// The mask behind a second `Concat`: the head's class scores ≥ 0.95 zeroed before the NMS,
+/// `Concat(boxes, scores · Clip((0.95 − scores) · 1e6, 0, 1))` along axis 1 in place of the
+/// head's own output, which then is no longer the last such `Concat` before the tail.
+fn masked_behind_concat(m: &mut Model) {
+    let t = (m.nodes.iter_mut())
+        .find(|n| n.op == "Transpose" && n.name.starts_with("nms/"))
+        .expect("the NMS's first node");
+    let pred = t.inputs[0].clone();
+    t.inputs[0] = "doctor/pred".into();
+    m.initializers.extend([
+        f32s("doctor/top", &[], &[0.95]),
+        f32s("doctor/gain", &[], &[1e6]),
+        f32s("doctor/lo", &[], &[0.0]),
+        f32s("doctor/hi", &[], &[1.0]),
+        i64s("doctor/i0", &[0]),
+        i64s("doctor/i4", &[4]),
+        i64s("doctor/end", &[i64::MAX]),
+        i64s("doctor/axis", &[1]),
+    ]);
+    let at = (m.nodes.iter())
+        .position(|n| n.name.starts_with("nms/"))
+        .expect("the NMS");
+    let concat = vec![("axis".to_string(), Attr::Int(1))];
+    let nodes = [
+        node(
+            "Slice",
+            &[&pred, "doctor/i0", "doctor/i4", "doctor/axis"],
+            "doctor/boxes",
+            vec![],
+        ),
+        node(
+            "Slice",
+            &[&pred, "doctor/i4", "doctor/end", "doctor/axis"],
+            "doctor/scores",
+            vec![],
+        ),
+        node("Sub", &["doctor/top", "doctor/scores"], "doctor/d", vec![]),
+        node("Mul", &["doctor/d", "doctor/gain"], "doctor/dg", vec![]),
+        node(
+            "Clip",
+            &["doctor/dg", "doctor/lo", "doctor/hi"],
+            "doctor/mask",
+            vec![],
+        ),
+        node(
+            "Mul",
+            &["doctor/scores", "doctor/mask"],
+            "doctor/kept",
+            vec![],
+        ),
+        node(
+            "Concat",
+            &["doctor/boxes", "doctor/kept"],
+            "doctor/pred",
+            concat,
+        ),
+    ];
+    for n in nodes.into_iter().rev() {
+        m.nodes.insert(at, n);
+    }
+}
+
 fn honest(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     let ckpt = fixture(&format!("{name}.pt"));
     let args = [&["--nms", "--imgsz", "64"][..], extra].concat();
@@ -114,10 +176,11 @@ fn tails_that_drop_confident_rows_fail() {
     let (onnx, ckpt) = honest(dir.path(), "yolo11-detect", &[]);
     let (code, out) = verify(&onnx, &ckpt, &[]);
     assert_eq!(code, 0, "the honest export: {out}");
-    let doctorings: [(&str, Doctor); 3] = [
+    let doctorings: [(&str, Doctor); 4] = [
         ("g13-equal-floor", equal_floor),
         ("g14-sub-less", sub_less),
         ("g16-arith-mask", arithmetic_mask),
+        ("mask-behind-concat", masked_behind_concat),
     ];
     for (name, doctor) in doctorings {
         let mut m = load(&onnx);

@@ -57,8 +57,10 @@ pub fn check(
         }
         anchors += (h / s) * (w / s);
     }
-    let tail = cut::find_tail(m.model)?;
+    let tails = cut::candidates(m.model)?;
     let dims = [b.max(1), channels, anchors];
+    let image_name = (m.model.inputs.first()).map_or("images", |i| i.name.as_str());
+    let tail = pick(rt, m, tails, &dims, (image_name, seed))?;
     let sub = cut::cut(m.bytes, m.model, &tail, &dims, m.half)?;
     // One set of predictions per image of the batch, each from its own seed.
     let per_image = [1, channels, anchors];
@@ -87,23 +89,9 @@ pub fn check(
     }
     let images = ndarray::ArrayD::zeros(vec![dims[0], m.input[1], h, w]);
     let preds = ndarray::ArrayD::from_shape_vec(dims.to_vec(), fed).map_err(|e| e.to_string())?;
-    let image_name = (m.model.inputs.first()).map_or("images", |i| i.name.as_str());
     let inputs = [(image_name, images), (sub.input.as_str(), preds)];
-    let outs = match (sub.external, m.dir) {
-        // External data is named relative to the ONNX: the sub-model runs from a file beside it
-        // (removed when dropped).
-        (true, Some(dir)) => {
-            let mut f = (tempfile::Builder::new().prefix(".fuse-ema-nms-tail-"))
-                .suffix(".onnx")
-                .tempfile_in(dir)
-                .map_err(|e| format!("cannot write its NMS tail beside it: {e}"))?;
-            std::io::Write::write_all(&mut f, &sub.bytes)
-                .map_err(|e| format!("cannot write its NMS tail beside it: {e}"))?;
-            rt.run_file(f.path(), &inputs)
-        }
-        _ => rt.run(&sub.bytes, &inputs),
-    }
-    .map_err(|e| format!("its NMS tail, cut at '{}', does not run: {e}", tail.pred))?;
+    let outs = run(rt, &sub.bytes, sub.external, m.dir, &inputs)
+        .map_err(|e| format!("its NMS tail, cut at '{}', does not run: {e}", tail.pred))?;
     let (_, got) = outs
         .into_iter()
         .next()
@@ -122,6 +110,65 @@ pub fn check(
             ..c
         })
         .collect())
+}
+
+/// Runs `bytes`, from a file beside the ONNX (in `dir`, removed when dropped) where it names
+/// `external` data files, which are relative to the ONNX.
+fn run(
+    rt: &Engine,
+    bytes: &[u8],
+    external: bool,
+    dir: Option<&std::path::Path>,
+    inputs: &[(&str, ndarray::ArrayD<f32>)],
+) -> Result<Vec<(String, ndarray::ArrayD<f32>)>, String> {
+    match (external, dir) {
+        (true, Some(dir)) => {
+            let mut f = (tempfile::Builder::new().prefix(".fuse-ema-nms-tail-"))
+                .suffix(".onnx")
+                .tempfile_in(dir)
+                .map_err(|e| format!("cannot write beside it: {e}"))?;
+            std::io::Write::write_all(&mut f, bytes)
+                .map_err(|e| format!("cannot write beside it: {e}"))?;
+            rt.run_file(f.path(), inputs).map_err(|e| e.to_string())
+        }
+        _ => rt.run(bytes, inputs).map_err(|e| e.to_string()),
+    }
+}
+
+/// The candidate that holds the head's predictions: the earliest whose value, on a seeded
+/// image, has their shape (`dims`). The earliest, so that operators an edited graph puts
+/// between the head and a later `Concat` are part of the tail that is exercised.
+fn pick(
+    rt: &Engine,
+    m: &TailModel,
+    tails: Vec<cut::Tail>,
+    dims: &[usize; 3],
+    (image_name, seed): (&str, u64),
+) -> Result<cut::Tail, String> {
+    let probe = cut::probe(m.model, m.bytes, &tails)?;
+    let image = super::seeded_images(m.input, seed);
+    let image =
+        ndarray::ArrayD::from_shape_vec(image.shape, image.data).map_err(|e| e.to_string())?;
+    let outs = run(
+        rt,
+        &probe,
+        cut::external(m.bytes)?,
+        m.dir,
+        &[(image_name, image)],
+    )
+    .map_err(|e| format!("it does not run with its Concat outputs as outputs: {e}"))?;
+    let shape_of = |i: usize| {
+        let name = cut::probe_name(i);
+        (outs.iter().find(|(n, _)| *n == name)).map(|(_, a)| a.shape().to_vec())
+    };
+    let at = (0..tails.len()).find(|&i| shape_of(i).as_deref() == Some(&dims[..]));
+    match at {
+        Some(i) => Ok(tails.into_iter().nth(i).ok_or("no candidate")?),
+        None => Err(format!(
+            "no Concat along axis 1 that separates its output0 from the image holds the head's \
+             predictions (shape {dims:?})"
+        )),
+    }
 }
 
 /// Whether the head hands the NMS corner boxes: Ultralytics' own `nms=True` exports set the

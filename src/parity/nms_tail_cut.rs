@@ -114,31 +114,99 @@ fn closure(model: &Model, pred: &str) -> Result<Vec<usize>, String> {
     Ok((0..keep.len()).filter(|&k| keep[k]).collect())
 }
 
-/// The head's raw predictions feeding the NMS: the output of the last `Concat` along axis 1
+/// The tensors the head's raw predictions could be: the output of every `Concat` along axis 1
 /// that every path from the image's values to `output0` passes through (every Ultralytics head
-/// ends by concatenating boxes, scores and extras along axis 1), with the nodes after it.
-pub(super) fn find_tail(model: &Model) -> Result<Tail, String> {
-    let mut best: Option<Tail> = None;
+/// ends by concatenating boxes, scores and extras along axis 1), with the nodes after it;
+/// earliest first (most nodes after it). Which one holds the predictions is told by running
+/// the model ([`probe`]).
+pub(super) fn candidates(model: &Model) -> Result<Vec<Tail>, String> {
+    let mut found = Vec::new();
     for n in model.nodes.iter().filter(|n| n.op == "Concat") {
         let axis1 = (n.attrs.iter()).any(|(k, a)| k == "axis" && matches!(a, Attr::Int(1 | -2)));
         let Some(out) = n.outputs.first().filter(|_| axis1 && n.outputs.len() == 1) else {
             continue;
         };
-        let Ok(nodes) = closure(model, out) else {
-            continue;
-        };
-        if best.as_ref().is_none_or(|b| nodes.len() < b.nodes.len()) {
-            best = Some(Tail {
+        if let Ok(nodes) = closure(model, out) {
+            found.push(Tail {
                 pred: out.clone(),
                 nodes,
             });
         }
     }
-    best.ok_or_else(|| {
-        "no Concat along axis 1 separates its output0 from the image (the head's predictions \
-         that feed the NMS cannot be identified)"
-            .into()
-    })
+    found.sort_by_key(|t| std::cmp::Reverse(t.nodes.len()));
+    if found.is_empty() {
+        return Err(
+            "no Concat along axis 1 separates its output0 from the image (the head's predictions \
+             that feed the NMS cannot be identified)"
+                .into(),
+        );
+    }
+    Ok(found)
+}
+
+/// The name of the probe output of candidate `i`.
+pub(super) fn probe_name(i: usize) -> String {
+    format!("nms_tail/probe/{i}")
+}
+
+/// `bytes` with each candidate's tensor also an output (as float32, through a `Cast`), named
+/// [`probe_name`]: a second `graph` field, which protobuf merges into the first.
+pub(super) fn probe(model: &Model, bytes: &[u8], tails: &[Tail]) -> Result<Vec<u8>, String> {
+    let nodes = (tails.iter().enumerate())
+        .map(|(i, t)| Node {
+            op: "Cast".into(),
+            name: format!("{}/Cast", probe_name(i)),
+            inputs: vec![t.pred.clone()],
+            outputs: vec![probe_name(i)],
+            attrs: vec![("to".into(), Attr::Int(ElemType::Float as i64))],
+        })
+        .collect();
+    let extra = Model {
+        opset: model.opset,
+        graph_name: String::new(),
+        nodes,
+        initializers: vec![],
+        inputs: vec![],
+        outputs: vec![],
+        metadata: vec![],
+        producer_version: String::new(),
+    }
+    .encode();
+    let mut graph = Vec::new();
+    for f in fields(&extra)?.iter().filter(|f| f.num == 7) {
+        for n in fields(&extra[f.payload.clone()])?
+            .iter()
+            .filter(|n| n.num == 1)
+        {
+            graph.extend_from_slice(&extra[f.payload.start..][n.whole.clone()]);
+        }
+    }
+    for i in 0..tails.len() {
+        // ValueInfoProto { name, type { tensor_type { elem_type FLOAT } } }, no shape.
+        let (mut tensor, mut ty, mut vi) = (vec![0x08, 0x01], Vec::new(), Vec::new());
+        put_len(&mut ty, 1, std::mem::take(&mut tensor).as_slice());
+        put_len(&mut vi, 1, probe_name(i).as_bytes());
+        put_len(&mut vi, 2, &ty);
+        put_len(&mut graph, 12, &vi);
+    }
+    let mut out = bytes.to_vec();
+    put_len(&mut out, 7, &graph);
+    Ok(out)
+}
+
+/// Whether an initializer of `bytes` is in external data (named relative to the ONNX's
+/// directory, where the model must then be run from).
+pub(super) fn external(bytes: &[u8]) -> Result<bool, String> {
+    for g in fields(bytes)?.iter().filter(|f| f.num == 7) {
+        let graph = &bytes[g.payload.clone()];
+        for i in fields(graph)?.iter().filter(|f| f.num == 5) {
+            let t = fields(&graph[i.payload.clone()])?;
+            if (t.iter()).any(|t| t.num == 13 || (t.num == 14 && t.value == 1)) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The sub-model of the tail.
