@@ -183,8 +183,8 @@ pub(super) fn probe(model: &Model, bytes: &[u8], tails: &[Tail]) -> Result<Vec<u
     }
     for i in 0..tails.len() {
         // ValueInfoProto { name, type { tensor_type { elem_type FLOAT } } }, no shape.
-        let (mut tensor, mut ty, mut vi) = (vec![0x08, 0x01], Vec::new(), Vec::new());
-        put_len(&mut ty, 1, std::mem::take(&mut tensor).as_slice());
+        let (mut ty, mut vi) = (Vec::new(), Vec::new());
+        put_len(&mut ty, 1, &[0x08, ElemType::Float as u8]);
         put_len(&mut vi, 1, probe_name(i).as_bytes());
         put_len(&mut vi, 2, &ty);
         put_len(&mut graph, 12, &vi);
