@@ -167,11 +167,36 @@ pub(super) fn export(a: ExportArgs) -> i32 {
                 end2end: a.end2end,
                 max_det: a.max_det,
             };
-            let model = OnnxModel::File(model);
-            match plan.run(&a.file, model, root, &shape, (a.half, head), nms_output) {
-                Ok(r) => Some(r),
-                Err(e) => return fail(e),
+            let path = model;
+            let model = OnnxModel::File(path);
+            let mut report =
+                match plan.run(&a.file, model, root, &shape, (a.half, head), nms_output) {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
+            if let Some(nms) = &nms_output {
+                // The file just written, read back as `verify` reads it.
+                let bytes = match crate::io::read_regular(path, 2 << 30) {
+                    Ok(b) => b,
+                    Err(e) => return fail(e),
+                };
+                let parsed = match crate::onnx::read::parse(&bytes, Some(path)) {
+                    Ok(m) => m,
+                    Err(m) => return fail(format_args!("{}: {m}", path.display())),
+                };
+                let tail = (&bytes[..], &parsed, &shape[..], a.half);
+                if let Err(m) = nms_tail(
+                    (&a.file, path),
+                    tail,
+                    (plan.engine, plan),
+                    root,
+                    nms,
+                    &mut report,
+                ) {
+                    return fail(m);
+                }
             }
+            Some(report)
         }
         _ => None,
     };
@@ -241,6 +266,41 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     if passed { EXIT_OK } else { EXIT_CHECK_FAILED }
 }
 
+/// Runs the NMS tail of the ONNX at `onnx` (its bytes, parsed model, input shape, and whether it
+/// computes in f16) alone on synthetic predictions over the whole score range (review 8: seeded
+/// images never score above ~0.9) and adds what disagrees to `report`; the error line when the
+/// tail cannot be run on its own, naming `file`.
+fn nms_tail(
+    (file, onnx): (&Path, &Path),
+    (bytes, model, shape, half): (&[u8], &crate::onnx::proto::Model, &[usize], bool),
+    (engine, plan): (&crate::runtime::Engine, &ParityPlan),
+    root: crate::checkpoint::py::ModuleRef,
+    nms: &parity::NmsOutput,
+    report: &mut ParityReport,
+) -> Result<(), String> {
+    let strides = root.attr_tensor_f64("stride").ok().flatten();
+    let (task, nc) = crate::onnx::task_and_classes(root);
+    let tail = parity::nms_tail::TailModel {
+        bytes,
+        model,
+        input: shape,
+        strides: strides.as_deref().unwrap_or(&[]),
+        task: (&task, nc),
+        half,
+        dir: Some(onnx.parent().unwrap_or(Path::new("."))),
+    };
+    let failed = parity::nms_tail::check(engine, &tail, nms, plan.tolerance(half), plan.seed)
+        .map_err(|what| {
+            format!(
+                "{}: the NMS tail cannot be checked on its own: {what}",
+                file.display()
+            )
+        })?;
+    report.pass &= failed.is_empty();
+    report.task.extend(failed);
+    Ok(())
+}
+
 /// A seed no one can know before the run: the process's randomly keyed hasher over the time.
 /// 48 bits keep it short to type back as `--seed`.
 fn random_seed() -> u64 {
@@ -307,6 +367,20 @@ pub(super) fn verify(a: VerifyArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    let mut report = report;
+    if let Some(nms) = &check.nms {
+        let tail = (&bytes[..], &model, &shape[..], check.half);
+        if let Err(m) = nms_tail(
+            (&a.model, &a.model),
+            tail,
+            (&engine, &plan),
+            ema_root,
+            nms,
+            &mut report,
+        ) {
+            return fail(m);
+        }
+    }
     let weights = match crate::onnx::origin::weights_origin(&ckpt, &located, &model) {
         Ok(w) => w,
         Err(e) => return fail(e),

@@ -8,6 +8,7 @@ mod inputs;
 pub mod labels;
 pub mod letterbox;
 mod nms_output;
+pub mod nms_tail;
 pub mod npy;
 pub mod npz;
 pub mod reselect;
