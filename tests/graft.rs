@@ -331,6 +331,64 @@ fn with_missing_external_data(model: &[u8], path: &Path) -> Vec<u8> {
     out
 }
 
+/// `model` with a sparse initializer named `name` appended to its graph.
+fn with_sparse_initializer(model: &[u8], path: &Path, name: &str) -> Vec<u8> {
+    let s = fuse_ema::onnx::graft::scan::scan(model, path).unwrap();
+    let mut values = vec![0x08, 0x01, 0x10, 0x01]; // dims [1], FLOAT
+    field(&mut values, 0x42, name.as_bytes());
+    field(&mut values, 0x4a, &9.0f32.to_le_bytes()); // raw_data
+    let mut indices = vec![0x08, 0x01, 0x10, 0x07]; // dims [1], INT64
+    field(&mut indices, 0x4a, &0i64.to_le_bytes());
+    let mut sparse = Vec::new();
+    field(&mut sparse, 0x0a, &values);
+    field(&mut sparse, 0x12, &indices);
+    sparse.extend_from_slice(&[0x18, 0x01]); // dims [1]
+    let mut graph: Vec<u8> = s
+        .graph_fields
+        .iter()
+        .flat_map(|f| model[f.range.clone()].to_vec())
+        .collect();
+    field(&mut graph, 0x7a, &sparse); // GraphProto.sparse_initializer (15)
+    let mut out = Vec::new();
+    for (i, top) in s.top.iter().enumerate() {
+        if i == s.graph {
+            field(&mut out, 0x3a, &graph);
+        } else {
+            out.extend_from_slice(&model[top.range.clone()]);
+        }
+    }
+    out
+}
+
+/// A sparse initializer (review 8 G4, in graft's own scanner): ONNX Runtime densifies it and
+/// lets it replace the dense initializer of its name, so a grafted EMA weight would not be what
+/// runs. Refused (exit 2, no output), naming the tensor.
+#[test]
+fn a_sparse_initializer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = graft_dir();
+    let model = dir.path().join("sparse.onnx");
+    let bytes = std::fs::read(g.join("cnn.ts.onnx")).unwrap();
+    let s = fuse_ema::onnx::graft::scan::scan(&bytes, &model).unwrap();
+    let name = s.inits[0].name.clone();
+    std::fs::write(&model, with_sparse_initializer(&bytes, &model, &name)).unwrap();
+    let out = dir.path().join("o.onnx");
+    let o = run(&[
+        "graft",
+        model.to_str().unwrap(),
+        "--checkpoint",
+        g.join("cnn.pt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let want = format!("sparse initializer '{name}' is not read");
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!out.exists());
+}
+
 /// An initializer whose external data cannot be read is an error naming the model (exit 2, no
 /// output), never a reference copied into an output that may live elsewhere.
 #[test]

@@ -552,8 +552,8 @@ pub fn parse(bytes: &[u8], path: Option<&Path>) -> R<Model> {
 
 #[path = "read_node.rs"]
 mod node;
-pub(crate) use node::node;
-use node::{constant_tensor, sparse};
+use node::constant_tensor;
+pub(crate) use node::{node, sparse};
 #[path = "read_constant.rs"]
 mod constant;
 #[path = "read_once.rs"]

@@ -169,7 +169,7 @@ pub(super) fn constant_tensor(
 }
 
 /// A `SparseTensorProto`'s refusal, naming it by its `values` tensor's name.
-pub(super) fn sparse(b: &[u8]) -> OnnxReadError {
+pub(crate) fn sparse(b: &[u8]) -> OnnxReadError {
     let mut p = Buf::new(b);
     let mut name = String::new();
     while let Ok(Some((f, v))) = p.next() {

@@ -189,6 +189,9 @@ pub fn scan(file: &[u8], path: &Path) -> Result<Scanned, read::OnnxReadError> {
                         (1, Field::Bytes(n)) => s.nodes.push(read::node(n, s.nodes.len())?),
                         (5, Field::Bytes(t)) => s.inits.push(tensor(file, t, grange.clone())?),
                         (11, Field::Bytes(v)) => all_inputs.push(read::value_info(v)?),
+                        // ONNX Runtime densifies a sparse initializer and lets it replace a
+                        // dense one of its name: a grafted EMA weight would not be what runs.
+                        (15, Field::Bytes(t)) => return Err(read::sparse(t)),
                         _ => {}
                     }
                     s.graph_fields.push(Span {
