@@ -314,12 +314,22 @@ fn with_missing_external_data(model: &[u8], path: &Path) -> Vec<u8> {
     field(&mut t, 0x42, b"ext_ids");
     field(&mut t, 0x6a, &entry);
     t.extend_from_slice(&[0x70, 0x01]); // data_location EXTERNAL
+    with_graph_field(model, &s, 0x2a, &t)
+}
+
+/// `model` (laid out as `s`) with one more field `key` appended to its graph.
+fn with_graph_field(
+    model: &[u8],
+    s: &fuse_ema::onnx::graft::scan::Scanned,
+    key: u8,
+    body: &[u8],
+) -> Vec<u8> {
     let mut graph: Vec<u8> = s
         .graph_fields
         .iter()
         .flat_map(|f| model[f.range.clone()].to_vec())
         .collect();
-    field(&mut graph, 0x2a, &t);
+    field(&mut graph, key, body);
     let mut out = Vec::new();
     for (i, top) in s.top.iter().enumerate() {
         if i == s.graph {
@@ -343,21 +353,8 @@ fn with_sparse_initializer(model: &[u8], path: &Path, name: &str) -> Vec<u8> {
     field(&mut sparse, 0x0a, &values);
     field(&mut sparse, 0x12, &indices);
     sparse.extend_from_slice(&[0x18, 0x01]); // dims [1]
-    let mut graph: Vec<u8> = s
-        .graph_fields
-        .iter()
-        .flat_map(|f| model[f.range.clone()].to_vec())
-        .collect();
-    field(&mut graph, 0x7a, &sparse); // GraphProto.sparse_initializer (15)
-    let mut out = Vec::new();
-    for (i, top) in s.top.iter().enumerate() {
-        if i == s.graph {
-            field(&mut out, 0x3a, &graph);
-        } else {
-            out.extend_from_slice(&model[top.range.clone()]);
-        }
-    }
-    out
+    // GraphProto.sparse_initializer (15)
+    with_graph_field(model, &s, 0x7a, &sparse)
 }
 
 /// A sparse initializer (review 8 G4, in graft's own scanner): ONNX Runtime densifies it and

@@ -20,14 +20,10 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `add = 1.0` is true to Python: the export keeps the shortcut, so the ONNX computes what the
-/// unchanged checkpoint's forward computes — `verify` against that checkpoint passes (without
-/// the shortcut the outputs differ by up to 12, far beyond the tolerance).
-#[test]
-fn a_float_flag_is_true_as_in_python() {
-    let dir = tempfile::tempdir().unwrap();
-    let onnx = dir.path().join("m.onnx");
-    let src = flags("add-float.pt");
+/// `fuse-ema export tests/flags/NAME -o DIR/m.onnx --imgsz 64`: the ONNX path and the output.
+fn export(dir: &Path, name: &str) -> (PathBuf, std::process::Output) {
+    let onnx = dir.join("m.onnx");
+    let src = flags(name);
     let o = run(&[
         "export",
         src.to_str().unwrap(),
@@ -36,6 +32,16 @@ fn a_float_flag_is_true_as_in_python() {
         "--imgsz",
         "64",
     ]);
+    (onnx, o)
+}
+
+/// `add = 1.0` is true to Python: the export keeps the shortcut, so the ONNX computes what the
+/// unchanged checkpoint's forward computes — `verify` against that checkpoint passes (without
+/// the shortcut the outputs differ by up to 12, far beyond the tolerance).
+#[test]
+fn a_float_flag_is_true_as_in_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, o) = export(dir.path(), "add-float.pt");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let original = common::fixture("yolo11-detect.pt");
     for seed in ["0", "1", "2"] {
@@ -55,16 +61,7 @@ fn a_float_flag_is_true_as_in_python() {
 #[test]
 fn a_tensor_flag_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let onnx = dir.path().join("m.onnx");
-    let src = flags("add-tensor.pt");
-    let o = run(&[
-        "export",
-        src.to_str().unwrap(),
-        "-o",
-        onnx.to_str().unwrap(),
-        "--imgsz",
-        "64",
-    ]);
+    let (onnx, o) = export(dir.path(), "add-tensor.pt");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("Bottleneck.add is a tensor"), "{e}");
@@ -76,16 +73,7 @@ fn a_tensor_flag_is_refused() {
 #[test]
 fn a_none_flag_is_false_as_in_python() {
     let dir = tempfile::tempdir().unwrap();
-    let onnx = dir.path().join("m.onnx");
-    let src = flags("mha-none.pt");
-    let o = run(&[
-        "export",
-        src.to_str().unwrap(),
-        "-o",
-        onnx.to_str().unwrap(),
-        "--imgsz",
-        "64",
-    ]);
+    let (onnx, o) = export(dir.path(), "mha-none.pt");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("separate q/k/v"), "{e}");
