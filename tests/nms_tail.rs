@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use common::fixture;
 use common::onnx_edit::{detach_output0, export, f32s, i64s, load, node, save, verify};
-use fuse_ema::onnx::proto::{Attr, Model};
+use fuse_ema::onnx::proto::{Attr, Model, TensorProto};
 
 /// The post-NMS row filter of fuse-ema's `--nms` export: the `Where` selecting on the
 /// `Greater(score, conf)` … `nms/Greater_1`, its index, and that comparison's inputs.
@@ -71,14 +71,21 @@ fn sub_less(m: &mut Model) {
     band(m, nodes, "doctor/keep");
 }
 
-/// G16: `output0 = rows · Clip((0.95 − score) · 1e6, 0, 1)`: no comparison, no `Where`.
-fn arithmetic_mask(m: &mut Model) {
-    detach_output0(m);
-    m.initializers.extend([
+/// The constants of `Clip((0.95 − score) · 1e6, 0, 1)`, a mask that is 0 from a score of 0.95.
+fn mask_constants() -> [TensorProto; 4] {
+    [
         f32s("doctor/top", &[], &[0.95]),
         f32s("doctor/gain", &[], &[1e6]),
         f32s("doctor/lo", &[], &[0.0]),
         f32s("doctor/hi", &[], &[1.0]),
+    ]
+}
+
+/// G16: `output0 = rows · Clip((0.95 − score) · 1e6, 0, 1)`: no comparison, no `Where`.
+fn arithmetic_mask(m: &mut Model) {
+    detach_output0(m);
+    m.initializers.extend(mask_constants());
+    m.initializers.extend([
         i64s("doctor/i4", &[4]),
         i64s("doctor/i5", &[5]),
         i64s("doctor/axis", &[2]),
@@ -110,11 +117,8 @@ fn masked_behind_concat(m: &mut Model) {
         .expect("the NMS's first node");
     let pred = t.inputs[0].clone();
     t.inputs[0] = "doctor/pred".into();
+    m.initializers.extend(mask_constants());
     m.initializers.extend([
-        f32s("doctor/top", &[], &[0.95]),
-        f32s("doctor/gain", &[], &[1e6]),
-        f32s("doctor/lo", &[], &[0.0]),
-        f32s("doctor/hi", &[], &[1.0]),
         i64s("doctor/i0", &[0]),
         i64s("doctor/i4", &[4]),
         i64s("doctor/end", &[i64::MAX]),
