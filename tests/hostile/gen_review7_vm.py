@@ -213,6 +213,12 @@ def cases():
     state = linear_state(params, buffers=od([("weight", b.t([-x for x in B[0]]))]))
     yield "r8vm-param-and-buffer.pt", b.zip({"model": linear(b, *A), "ema": Build(NewObj(LINEAR), state)}), "error", "registers 'weight' in both", None
 
+    # ---- session 9: bytearray(text, 'latin-1'), protocol 2's own spelling of a bytearray (other
+    # picklers than torch.save write it so); the `container` role allowed one argument only ----
+    b = Builder()
+    extra = Call(G("builtins", "bytearray"), "caf\u00e9", "latin-1")
+    yield "r9vm-bytearray-latin1.pt", b.zip({**two_linears(b), "extra": extra}), "clean", "", folds(B)
+
     # ---- states Module.__setstate__ cannot take, slot states ----
     b = Builder()
     params = od([("weight", b.p(B[0])), ("bias", b.p(B[1]))])
@@ -284,6 +290,7 @@ def python_reads(zip_bytes):
         ("torch.nn.modules.container", "Sequential"): StubModule,
         ("torch", "FloatStorage"): "FloatStorage",
         ("builtins", "set"): set,
+        ("builtins", "bytearray"): bytearray,
     }
 
     class Stubs(pickle.Unpickler):

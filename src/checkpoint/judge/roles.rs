@@ -36,6 +36,10 @@ pub enum Role {
     /// A container type (`OrderedDict`, `set`, `torch.Size`, …): called with at most one
     /// argument, created, filled, given state.
     Container,
+    /// `builtins.bytearray`: called with no argument, one, or two constants (protocol 2 writes
+    /// `bytearray(text, 'latin-1')`; the VM reads only bytes or latin-1 text), created with no
+    /// arguments; never filled or given state (Python's bytearray has no `__dict__`).
+    Bytes,
     /// A value that is only referenced (`torch.float16`, `builtins.object` as a base).
     Value,
 }
@@ -53,6 +57,7 @@ impl Role {
             Role::Namespace => "namespace",
             Role::Enum => "enum",
             Role::Container => "container",
+            Role::Bytes => "bytes",
             Role::Value => "value",
         }
     }
@@ -69,6 +74,7 @@ impl Role {
             Role::Namespace,
             Role::Enum,
             Role::Container,
+            Role::Bytes,
             Role::Value,
         ]
         .into_iter()
@@ -79,7 +85,11 @@ impl Role {
     pub fn user_may_grant(self) -> bool {
         !matches!(
             self,
-            Role::SubclassRebuild | Role::Reconstructor | Role::Getattr | Role::Tensor
+            Role::SubclassRebuild
+                | Role::Reconstructor
+                | Role::Getattr
+                | Role::Tensor
+                | Role::Bytes
         )
     }
 
@@ -87,7 +97,7 @@ impl Role {
     fn is_type(self) -> bool {
         matches!(
             self,
-            Role::Class | Role::Tensor | Role::Namespace | Role::Container
+            Role::Class | Role::Tensor | Role::Namespace | Role::Container | Role::Bytes
         )
     }
 
@@ -100,6 +110,7 @@ impl Role {
                 Namespace => a.count == 0,
                 Enum => a.count == 1 && a.constants,
                 Container => a.count <= 1,
+                Bytes => a.count <= 1 || (a.count == 2 && a.constants),
                 Class | Tensor => {
                     return Some(format!("{} called by REDUCE (runs __init__)", self.name()));
                 }
@@ -131,7 +142,7 @@ impl Role {
                     self.name()
                 )
             }),
-            Use::StateSet => (!(self.is_type() || self == Rebuild)).then(|| {
+            Use::StateSet => (!((self.is_type() && self != Bytes) || self == Rebuild)).then(|| {
                 format!(
                     "BUILD on what it made runs __setstate__, which its role ({}) does not allow",
                     self.name()
@@ -211,6 +222,25 @@ mod tests {
         assert!(ok(Role::Container, Use::Called(ONE_NODE)));
         assert!(ok(Role::Container, Use::Filled));
         assert!(!ok(Role::Container, Use::Called(TWO)));
+        // bytearray(text, 'latin-1'), as protocol 2 writes it, and bytearray(<bytes>).
+        assert!(ok(Role::Bytes, Use::Called(TWO)));
+        assert!(ok(Role::Bytes, Use::Called(ONE_NODE)));
+        assert!(ok(Role::Bytes, Use::Created));
+        let two_nodes = Args {
+            count: 2,
+            constants: false,
+        };
+        assert!(!ok(Role::Bytes, Use::Called(two_nodes)));
+        assert!(!ok(
+            Role::Bytes,
+            Use::Called(Args {
+                count: 3,
+                constants: true
+            })
+        ));
+        assert!(!ok(Role::Bytes, Use::Filled));
+        assert!(!ok(Role::Bytes, Use::StateSet));
+        assert!(!Role::Bytes.user_may_grant());
         assert!(ok(Role::Value, Use::Referenced));
         assert!(!ok(Role::Value, Use::Called(NONE)));
         assert!(!ok(Role::Value, Use::Created));
