@@ -219,6 +219,18 @@ def cases():
     extra = Call(G("builtins", "bytearray"), "caf\u00e9", "latin-1")
     yield "r9vm-bytearray-latin1.pt", b.zip({**two_linears(b), "extra": extra}), "clean", "", folds(B)
 
+    # ---- session 9: lines CPython decodes strictly (torch.load fails; a lossy reader would not):
+    # GLOBAL's module and name as UTF-8; INST's module and name and a PERSID as ASCII ----
+    b = Builder()
+    extra = Raw(b"cbuiltins\nse\xfft\n)\x85R")  # GLOBAL 'builtins' 'se\xfft', (), REDUCE
+    yield "r9vm-global-not-utf8.pt", b.zip({**two_linears(b), "extra": extra}), "error", "GLOBAL name that is not UTF-8", None
+    b = Builder()
+    extra = Raw(b"(ibuiltins\ns\xc3\xa9t\n")  # MARK INST with a UTF-8 but not ASCII name
+    yield "r9vm-inst-not-ascii.pt", b.zip({**two_linears(b), "extra": extra}), "error", "INST name that is not ASCII", None
+    b = Builder()
+    extra = Raw(b"Pcaf\xc3\xa9\n")  # PERSID with a non-ASCII id
+    yield "r9vm-persid-not-ascii.pt", b.zip({**two_linears(b), "extra": extra}), "error", "not ASCII", None
+
     # ---- states Module.__setstate__ cannot take, slot states ----
     b = Builder()
     params = od([("weight", b.p(B[0])), ("bias", b.p(B[1]))])

@@ -117,6 +117,10 @@ pub enum PickleFault {
     /// them, or (lone surrogates) holds text no UTF-8 string can.
     #[error("{0} that is not UTF-8 (torch.load decodes it strictly)")]
     NotUtf8(&'static str),
+    /// A line CPython decodes as strict ASCII (INST's module and name, a PERSID) with a byte
+    /// above 127: torch.load fails on it.
+    #[error("{0} that is not ASCII (torch.load decodes it strictly)")]
+    NotAscii(&'static str),
     /// `_rebuild_tensor_v2` metadata torch applies to the values (a negative or conjugate view).
     #[error(
         "tensor metadata {0} (torch applies it to the values: a negative or conjugate view); not read"

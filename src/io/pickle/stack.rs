@@ -124,4 +124,23 @@ impl<'a> Vm<'a> {
     pub(super) fn line(&mut self) -> R<String> {
         Ok(String::from_utf8_lossy(self.line_bytes()?).into_owned())
     }
+
+    /// A line CPython decodes as strict UTF-8 (GLOBAL's module and name): other bytes make
+    /// torch.load fail, so reading them any other way would disagree with it.
+    pub(super) fn line_utf8(&mut self, what: &'static str) -> R<String> {
+        let b = self.line_bytes()?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| PickleFault::NotUtf8(what))
+    }
+
+    /// A line CPython decodes as strict ASCII: INST's module and name, and a PERSID
+    /// ("persistent IDs in protocol 0 must be ASCII strings").
+    pub(super) fn line_ascii(&mut self, what: &'static str) -> R<String> {
+        let b = self.line_bytes()?;
+        if !b.is_ascii() {
+            return Err(PickleFault::NotAscii(what));
+        }
+        Ok(String::from_utf8_lossy(b).into_owned())
+    }
 }

@@ -378,8 +378,8 @@ impl<'a> Vm<'a> {
                 self.put(i)?;
             }
             GLOBAL => {
-                let module = self.line()?;
-                let name = self.line()?;
+                let module = self.line_utf8("a GLOBAL module name")?;
+                let name = self.line_utf8("a GLOBAL name")?;
                 self.push_global(module, name);
             }
             STACK_GLOBAL => {
@@ -433,8 +433,8 @@ impl<'a> Vm<'a> {
                 self.push(v);
             }
             INST => {
-                let module = self.line()?;
-                let name = self.line()?;
+                let module = self.line_ascii("an INST module name")?;
+                let name = self.line_ascii("an INST name")?;
                 let args = self.pop_mark()?;
                 let g = Global {
                     module: module.into(),
@@ -460,7 +460,7 @@ impl<'a> Vm<'a> {
                 self.build(&target, state)?;
             }
             PERSID => {
-                let line = self.line()?;
+                let line = self.line_ascii("a PERSID persistent id")?;
                 let pid = Value::Str(line.into());
                 let v = self
                     .loader
