@@ -231,6 +231,18 @@ def cases():
     extra = Raw(b"Pcaf\xc3\xa9\n")  # PERSID with a non-ASCII id
     yield "r9vm-persid-not-ascii.pt", b.zip({**two_linears(b), "extra": extra}), "error", "not ASCII", None
 
+    # ---- session 9: an instance as the only key of a dict: torch.load raises where its class
+    # does not hash (SimpleNamespace, argparse.Namespace), and slice hashes only from Python 3.12 ----
+    for cls, args, name in [
+        (G("types", "SimpleNamespace"), (), "simplenamespace"),
+        (G("argparse", "Namespace"), None, "namespace"),
+        (G("builtins", "slice"), (1, 2, None), "slice"),
+    ]:
+        b = Builder()
+        k = NewObj(cls) if args is None else Call(cls, *args)
+        extra = Raw(b"}" + ops(k, 2) + ops(1, 2) + b"s")
+        yield f"r9vm-{name}-key.pt", b.zip({**two_linears(b), "extra": extra}), "error", "not known to hash", None
+
     # ---- states Module.__setstate__ cannot take, slot states ----
     b = Builder()
     params = od([("weight", b.p(B[0])), ("bias", b.p(B[1]))])

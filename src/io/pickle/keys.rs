@@ -84,13 +84,45 @@ fn key_at(graph: &Graph, v: &Value, depth: usize) -> Result<Key, PickleFault> {
             Node::Bytes(b) => Key::Bytes(b.to_vec()),
             Node::Global(g) => Key::Global(g.dotted()),
             Node::Tensor(_) | Node::Storage(_) => Key::Identity(*id),
-            Node::Object(_) => Key::Instance(*id),
+            Node::Object(o) => match &o.class {
+                Some(c) if HASHABLE.iter().any(|(m, n)| c.is(m, n)) => Key::Instance(*id),
+                _ => {
+                    return Err(PickleFault::UndecidableKey(
+                        "an instance key whose class is not known to hash (SimpleNamespace, argparse.Namespace, numpy arrays and dataclasses raise; slice only from Python 3.12)",
+                    ));
+                }
+            },
             n @ (Node::List(_) | Node::Dict(_) | Node::Set(_)) => {
                 return Err(PickleFault::UnhashableKey(n.kind()));
             }
         },
     })
 }
+
+/// The classes an instance key may have: those every Python torch supports hashes (they define
+/// `__hash__`, or are immutable values). Any other class is refused as a key, since torch.load
+/// raises where its class sets `__eq__` without `__hash__` (`SimpleNamespace`, `Namespace`,
+/// dataclasses), and `slice` hashes only from Python 3.12 on: two Pythons would disagree.
+const HASHABLE: &[(&str, &str)] = &[
+    ("builtins", "complex"),
+    ("builtins", "range"),
+    ("datetime", "datetime"),
+    ("datetime", "date"),
+    ("datetime", "time"),
+    ("datetime", "timedelta"),
+    ("datetime", "timezone"),
+    ("decimal", "Decimal"),
+    ("fractions", "Fraction"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("uuid", "UUID"),
+    ("torch", "device"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+];
 
 /// Whether an instance (whose equality is its class's own) sits anywhere in `k`: then `k` may equal
 /// keys of any other form, and Python's answer is not known without running that `__eq__`.
@@ -324,8 +356,14 @@ mod tests {
     #[test]
     fn an_instance_key_stands_alone() {
         let mut g = Graph::default();
-        let a = g.add(Node::Object(Box::default()));
-        let b = g.add(Node::Object(Box::default()));
+        let decimal = || {
+            Node::Object(Box::new(crate::checkpoint::value::Object {
+                class: Some(crate::checkpoint::value::Global::new("decimal", "Decimal")),
+                ..Default::default()
+            }))
+        };
+        let a = g.add(decimal());
+        let b = g.add(decimal());
         let s = Value::Str("ema".into());
         // The same object twice is one key (identity); alone it is fine.
         let d = dict_of(
@@ -363,6 +401,18 @@ mod tests {
         assert!(key(&g, &fs).is_err());
         // Set members follow the same rule; equal members are one.
         assert!(set_of(&g, vec![a.clone(), b]).is_err());
+        // A class not known to hash (SimpleNamespace: torch.load raises), or none, is refused
+        // even alone.
+        let ns = g.add(Node::Object(Box::new(crate::checkpoint::value::Object {
+            class: Some(crate::checkpoint::value::Global::new(
+                "types",
+                "SimpleNamespace",
+            )),
+            ..Default::default()
+        })));
+        assert!(key(&g, &ns).is_err());
+        let bare = g.add(Node::Object(Box::default()));
+        assert!(key(&g, &bare).is_err());
         let one = Value::Int(1);
         let set = set_of(&g, vec![one.clone(), Value::Bool(true), Value::Float(1.0)]).unwrap();
         assert_eq!(set, vec![one]);
