@@ -135,6 +135,17 @@ fn read_into(
                     ),
                 )
             })?;
+        if let Some(&want) = storages.numels.get(key)
+            && want != numel
+        {
+            return Err(storage_err(
+                path,
+                format!(
+                    "storage '{key}' at offset {pos} holds {numel} {dtype} elements, but its \
+                     persistent id says {want} (torch.load refuses a storage of the wrong size)"
+                ),
+            ));
+        }
         let start = pos + 8;
         located.insert(
             key,
@@ -260,6 +271,9 @@ fn storage_err(path: &Path, m: String) -> ReadError {
 #[derive(Default)]
 struct LegacyStorages {
     dtypes: HashMap<String, DType>,
+    /// The element count the first persistent id of each key gave: torch allocates the storage
+    /// with it and refuses a stored size that differs ("storage has wrong byte size").
+    numels: HashMap<String, i64>,
     nodes: HashMap<String, Value>,
 }
 
@@ -278,7 +292,7 @@ impl PersistentLoad for LegacyStorages {
                 }),
             };
         }
-        let [kind, ty, key, _loc, _numel, view] = fields.as_slice() else {
+        let [kind, ty, key, _loc, numel, view] = fields.as_slice() else {
             return Err(PersistentIdError::Fields {
                 got: fields.len(),
                 expected: Some(6),
@@ -292,6 +306,11 @@ impl PersistentLoad for LegacyStorages {
             return Ok(v.clone());
         }
         let dtype = storage_dtype(graph, ty)?;
+        let numel = match numel {
+            Value::Int(n) if *n >= 0 => *n,
+            _ => return Err(PersistentIdError::BadSize),
+        };
+        self.numels.insert(key.clone(), numel);
         let t = Tensor::pending(
             dtype,
             vec![0],

@@ -28,8 +28,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from pickleasm import Build, Call, G, Inst, NewObj, Persid, Raw, dumps, ops  # noqa: E402
-from writers import torch_zip  # noqa: E402
+from pickleasm import Build, Call, G, Inst, NewObj, Persid, Raw, dumps, legacy_tensor, ops  # noqa: E402
+from writers import legacy, torch_zip  # noqa: E402
 
 LINEAR = G("torch.nn.modules.linear", "Linear")
 SEQUENTIAL = G("torch.nn.modules.container", "Sequential")
@@ -242,6 +242,11 @@ def cases():
         k = NewObj(cls) if args is None else Call(cls, *args)
         extra = Raw(b"}" + ops(k, 2) + ops(1, 2) + b"s")
         yield f"r9vm-{name}-key.pt", b.zip({**two_linears(b), "extra": extra}), "error", "not known to hash", None
+
+    # ---- session 9: a legacy storage whose stored element count differs from its persistent
+    # id's (torch allocates by the id and refuses the file: "storage has wrong byte size") ----
+    main = {"weight": legacy_tensor("0", 4, [2, 2], [2, 1])}
+    yield "r9vm-legacy-numel-mismatch.pt", legacy(main, storages=(b"\0" * 20,)), "error", "persistent id says 4", None
 
     # ---- states Module.__setstate__ cannot take, slot states ----
     b = Builder()
