@@ -12,7 +12,7 @@ use crate::ema::Located;
 /// The finding.
 #[derive(Clone, Debug, Serialize)]
 pub struct WeightsOrigin {
-    /// `ema`, `raw`, `neither` or `unknown`.
+    /// `ema`, `raw`, `mixed`, `neither` or `unknown`.
     pub verdict: &'static str,
     /// Initializers that had a same-shaped counterpart.
     pub compared: usize,
@@ -24,6 +24,11 @@ pub struct WeightsOrigin {
     pub closer_to_ema: usize,
     /// Of which nearer the raw weights.
     pub closer_to_raw: usize,
+    /// Of which within tolerance of the EMA only (not of the raw weights).
+    pub only_ema: usize,
+    /// Of which within tolerance of the raw weights only: one such tensor is raw weights in
+    /// the graph, whatever the others hold.
+    pub only_raw: usize,
     /// One sentence for people.
     pub summary: String,
 }
@@ -38,6 +43,8 @@ impl WeightsOrigin {
             matching_raw: 0,
             closer_to_ema: 0,
             closer_to_raw: 0,
+            only_ema: 0,
+            only_raw: 0,
             summary: String::new(),
         }
     }
@@ -143,8 +150,11 @@ pub fn weights_origin(
             continue;
         }
         w.compared += 1;
-        w.matching_ema += de.is_some_and(|d| d <= tol) as usize;
-        w.matching_raw += dr.is_some_and(|d| d <= tol) as usize;
+        let (e, r) = (de.is_some_and(|d| d <= tol), dr.is_some_and(|d| d <= tol));
+        w.matching_ema += e as usize;
+        w.matching_raw += r as usize;
+        w.only_ema += (e && !r) as usize;
+        w.only_raw += (r && !e) as usize;
         if let (Some(de), Some(dr)) = (de, dr)
             && (de - dr).abs() > 1e-7
         {
@@ -158,6 +168,7 @@ pub fn weights_origin(
     w.verdict = verdict(&w);
     w.summary = match w.verdict {
         "unknown" => "no initializer has the shape of a checkpoint weight: cannot tell which weights were exported".to_string(),
+        "mixed" => mixed_summary(&w),
         "raw" => format!(
             "this ONNX was exported from the raw weights, not the EMA ({} of {} tensors nearer the raw weights, {} match them)",
             w.closer_to_raw, w.compared, w.matching_raw
@@ -219,10 +230,13 @@ pub fn weights_origin_matched(
         w.matching_raw += r as usize;
         w.closer_to_ema += (e && !r) as usize;
         w.closer_to_raw += (r && !e) as usize;
+        w.only_ema += (e && !r) as usize;
+        w.only_raw += (r && !e) as usize;
     }
     w.verdict = verdict(&w);
     w.summary = match w.verdict {
         "unknown" => "no initializer matches the EMA or the raw weights: cannot tell which weights were exported (another checkpoint?)".to_string(),
+        "mixed" => mixed_summary(&w),
         "raw" => format!(
             "this ONNX holds the raw weights, not the EMA ({} of {} weight tensors match only the raw weights; `fuse-ema graft` puts the EMA in)",
             w.closer_to_raw, w.compared
@@ -239,13 +253,24 @@ pub fn weights_origin_matched(
     Ok(w)
 }
 
-/// The verdict from the counts, one rule for both ways of matching: nothing compared, more
-/// tensors nearer the raw weights than the EMA (never without raw weights: then nothing is
-/// nearer them), at least half matching the EMA, else neither.
+fn mixed_summary(w: &WeightsOrigin) -> String {
+    format!(
+        "this ONNX mixes the EMA and the raw weights: {} of {} weight tensors match only the raw weights, {} only the EMA",
+        w.only_raw, w.compared, w.only_ema
+    )
+}
+
+/// The verdict from the counts, one rule for both ways of matching: nothing compared; tensors
+/// that only the raw weights explain beside tensors only the EMA explains (a graph partly
+/// swapped: however few, they are not the EMA's); more tensors nearer the raw weights than the
+/// EMA (never without raw weights: then nothing is nearer them); at least half matching the
+/// EMA; else neither.
 fn verdict(w: &WeightsOrigin) -> &'static str {
     if w.compared == 0 {
         "unknown"
-    } else if w.closer_to_raw > w.closer_to_ema {
+    } else if w.only_raw > 0 && w.only_ema > 0 {
+        "mixed"
+    } else if w.only_raw > 0 || w.closer_to_raw > w.closer_to_ema {
         "raw"
     } else if w.matching_ema * 2 >= w.compared {
         "ema"
