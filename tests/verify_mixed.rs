@@ -1,20 +1,22 @@
-//! `verify` on an ONNX whose weights are partly the EMA's and partly the raw ones: a quarter of the
-//! weight tensors of a grafted (EMA) file put back to the raw export's. By count most tensors
-//! still match the EMA, which the earlier majority rule called `ema` (exit 0); one tensor only the
-//! raw weights explain is raw weights in the graph, so the verdict is `mixed`, exit 1.
+//! `verify` and `graft` on ONNX files whose weights the weights check cannot take at their word:
+//! - a quarter of the weight tensors of a grafted (EMA) file put back to the raw export's. By
+//!   count most tensors still match the EMA, which the earlier majority rule called `ema` (exit
+//!   0); one tensor only the raw weights explain is raw weights in the graph: `mixed`, exit 1;
+//! - a node with a subgraph (`If`), whose initializers neither reads: `verify` says `unknown`
+//!   (exit 1) and `graft` refuses the model (exit 2) instead of leaving the branch's weights raw.
 
 mod common;
 
 use std::path::Path;
 
+use common::onnx_edit::{load, save, wire};
 use common::{fixture, run_json};
 use fuse_ema::onnx::proto::ElemType;
 
 /// `ema` with every fourth float tensor of at least 16 values replaced by `raw`'s tensor of the
 /// same name (both are the same graph: one grafted from the other).
 fn mixed(ema: &Path, raw: &Path, out: &Path) -> usize {
-    let read = |p: &Path| fuse_ema::onnx::read::parse(&std::fs::read(p).unwrap(), Some(p)).unwrap();
-    let (mut model, raw) = (read(ema), read(raw));
+    let (mut model, raw) = (load(ema), load(raw));
     let mut swapped = 0;
     let weighty = (model.initializers.iter_mut())
         .filter(|t| t.elem == ElemType::Float && t.raw.len() >= 64)
@@ -26,8 +28,90 @@ fn mixed(ema: &Path, raw: &Path, out: &Path) -> usize {
             swapped += 1;
         }
     }
-    std::fs::write(out, model.encode()).unwrap();
+    save(&model, out);
     swapped
+}
+
+/// `model` with one more node: an `If` whose `then_branch` is an (empty) subgraph.
+fn with_if_node(model: &[u8], path: &Path) -> Vec<u8> {
+    let s = fuse_ema::onnx::graft::scan::scan(model, path).unwrap();
+    let (mut branch, mut attr, mut node) = (Vec::new(), Vec::new(), Vec::new());
+    wire::field(2, b"then", &mut branch);
+    wire::field(1, b"then_branch", &mut attr);
+    wire::field(6, &branch, &mut attr);
+    wire::field_int(20, 5, &mut attr); // GRAPH
+    wire::field(1, b"if_cond", &mut node);
+    wire::field(2, b"if_out", &mut node);
+    wire::field(3, b"if0", &mut node);
+    wire::field(4, b"If", &mut node);
+    wire::field(5, &attr, &mut node);
+    let mut graph: Vec<u8> = (s.graph_fields.iter())
+        .flat_map(|f| model[f.range.clone()].to_vec())
+        .collect();
+    wire::field(1, &node, &mut graph);
+    let mut out = Vec::new();
+    for (i, top) in s.top.iter().enumerate() {
+        match i == s.graph {
+            true => wire::field(7, &graph, &mut out),
+            false => out.extend_from_slice(&model[top.range.clone()]),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_subgraph_is_not_judged_or_grafted() {
+    let dir = tempfile::tempdir().unwrap();
+    let graft = fixture("graft");
+    let (src, ckpt) = (graft.join("cnn.ts-nofold.onnx"), graft.join("cnn.pt"));
+    let ema = dir.path().join("cnn.ema.onnx");
+    let args = |m: &Path, o: &Path| {
+        run_json(&[
+            "graft",
+            m.to_str().unwrap(),
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "-o",
+            o.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let (code, r) = args(&src, &ema);
+    assert_eq!(code, 0, "{r}");
+    let with_if = dir.path().join("cnn.if.onnx");
+    std::fs::write(&with_if, with_if_node(&std::fs::read(&ema).unwrap(), &ema)).unwrap();
+    let (code, v) = verify(&with_if, &ckpt);
+    assert_eq!(
+        (code, v["weights"]["verdict"].as_str()),
+        (1, Some("unknown")),
+        "{v}"
+    );
+    assert!(
+        v["weights"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("'if0' (If) holds a subgraph"),
+        "{v}"
+    );
+    // graft refuses it, naming the model, and writes nothing.
+    let raw_if = dir.path().join("cnn.raw-if.onnx");
+    std::fs::write(&raw_if, with_if_node(&std::fs::read(&src).unwrap(), &src)).unwrap();
+    let out = dir.path().join("never.onnx");
+    let o = common::run(&[
+        "graft",
+        raw_if.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cnn.raw-if.onnx") && err.contains("holds a subgraph"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 fn verify(file: &Path, ckpt: &Path) -> (i32, serde_json::Value) {

@@ -223,6 +223,12 @@ fn attribute(s: &mut dyn Sink, name: &str, a: &Attr) -> R {
             packed_ints(s, 8, v)?;
             7
         }
+        // Only the reader makes one; the exporters never do.
+        Attr::Graph => {
+            return Err(std::io::Error::other(format!(
+                "attribute '{name}' is a subgraph, which this encoder does not write"
+            )));
+        }
     };
     int(s, 20, kind)
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::graft::{GraftError, GraftFault};
-use super::proto::{Attr, ElemType, Model, TensorProto};
+use super::proto::{Attr, ElemType, Model, Node, TensorProto};
 use super::{ExportError, ExportOptions, export};
 use crate::checkpoint::Checkpoint;
 use crate::ema::Located;
@@ -107,12 +107,30 @@ fn nearest(t: &[f32], dims: &[i64], pool: &Pool) -> Option<f64> {
         .min_by(f64::total_cmp)
 }
 
+/// The verdict `unknown` for a graph with a subgraph (`If`, `Loop`, `Scan`, …): its nodes and
+/// initializers are not read here, and a branch may compute with other weights than the main
+/// graph holds, so no count of the main graph's tensors says which weights run.
+fn with_subgraph(nodes: &[Node]) -> Option<WeightsOrigin> {
+    let n = nodes
+        .iter()
+        .find(|n| n.attrs.iter().any(|(_, a)| matches!(a, Attr::Graph)))?;
+    let mut w = WeightsOrigin::counting();
+    w.summary = format!(
+        "node '{}' ({}) holds a subgraph, whose weights this check does not read: cannot tell which weights run",
+        n.name, n.op
+    );
+    Some(w)
+}
+
 /// Compares `model`'s initializers with the EMA and (when the file keeps them) raw weights.
 pub fn weights_origin(
     ckpt: &Checkpoint,
     located: &Located,
     model: &Model,
 ) -> Result<WeightsOrigin, ExportError> {
+    if let Some(w) = with_subgraph(&model.nodes) {
+        return Ok(w);
+    }
     let ema = folded(ckpt, &located.ema.origin)?;
     let raw = match &located.raw {
         Some(r) => Some(folded(ckpt, &r.origin)?),
@@ -203,6 +221,9 @@ pub fn weights_origin_matched(
 ) -> Result<WeightsOrigin, GraftError> {
     use super::graft::{self, Source, weights::Weights};
     let src = Source::open(model)?;
+    if let Some(w) = with_subgraph(&src.scanned.nodes) {
+        return Ok(w);
+    }
     let replaced = |raw: &crate::ema::Named, avg: &crate::ema::Named| {
         let w = Weights::new(raw, avg)?;
         let plan = graft::plan(&src, &w)?;

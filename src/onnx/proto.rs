@@ -65,6 +65,10 @@ pub enum Attr {
     Floats(Vec<f32>),
     /// `STRING`
     Str(String),
+    /// `GRAPH` / `GRAPHS` (`If`, `Loop`, `Scan` and some contrib operators): a subgraph, whose
+    /// nodes and initializers this reader does not read. Read only so that the checks that rest
+    /// on the graph's weights can refuse to judge one; never written.
+    Graph,
 }
 
 /// An operator application.

@@ -8,7 +8,7 @@ use crate::onnx::proto::{Attr, Node, TensorProto};
 fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
     let mut p = Buf::new(b);
     let (mut name, mut f, mut i, mut s, mut ty) = (String::new(), None, None, None, 0u64);
-    let (mut floats, mut ints) = (Vec::new(), Vec::new());
+    let (mut floats, mut ints, mut graph) = (Vec::new(), Vec::new(), false);
     let mut once = Once::new(&once::ATTRIBUTE);
     while let Some((fnum, v)) = p.next()? {
         once.see(fnum)?;
@@ -22,8 +22,13 @@ fn attribute(b: &[u8]) -> R<(String, Option<Attr>)> {
             (8, Field::Bytes(x)) => ints.extend(packed_varints(x)?),
             (8, Field::Varint(x)) => ints.push(x as i64),
             (20, Field::Varint(x)) => ty = x,
+            // `g` and `graphs`: a subgraph, whatever the type field says.
+            (6 | 11, Field::Bytes(_)) => graph = true,
             _ => {}
         }
+    }
+    if graph || matches!(ty, 5 | 10) {
+        return Ok((name, Some(Attr::Graph)));
     }
     let a = match ty {
         1 => f.map(Attr::Float),

@@ -169,6 +169,15 @@ pub enum GraftFault {
         #[source]
         source: ndarray::ShapeError,
     },
+    /// A node holds a subgraph (`If`, `Loop`, `Scan`, …), whose initializers graft does not
+    /// read: the grafted file would still compute with the raw weights in it.
+    #[error("node '{node}' ({op}) holds a subgraph, whose weights graft does not read or replace")]
+    Subgraph {
+        /// The node.
+        node: String,
+        /// Its operator.
+        op: String,
+    },
     /// The grafted model fails in the runtime where the original runs.
     #[error("the grafted model does not run (the original does): {0}")]
     GraftedFails(#[source] crate::runtime::RuntimeError),
@@ -183,6 +192,7 @@ impl GraftFault {
             GraftFault::InitializerRead { .. }
                 | GraftFault::External(_)
                 | GraftFault::InitializerSize { .. }
+                | GraftFault::Subgraph { .. }
         )
     }
 

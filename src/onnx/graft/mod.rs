@@ -295,6 +295,15 @@ fn in_weight_slot(uses: &[(String, usize)]) -> bool {
 /// Identifies every initializer of `src` against `w`.
 pub fn plan(src: &Source, w: &Weights) -> Result<Plan, GraftFault> {
     let s = &src.scanned;
+    let with_graph = |n: &&crate::onnx::proto::Node| {
+        (n.attrs.iter()).any(|(_, a)| matches!(a, crate::onnx::proto::Attr::Graph))
+    };
+    if let Some(n) = s.nodes.iter().find(with_graph) {
+        return Err(GraftFault::Subgraph {
+            node: n.name.clone(),
+            op: n.op.clone(),
+        });
+    }
     let uses = uses(s);
     let bns = bnfold::groups(&w.raw);
     let mut entries = Vec::with_capacity(s.inits.len());
