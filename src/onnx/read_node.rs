@@ -103,9 +103,11 @@ fn node_fields(b: &[u8]) -> R<(Node, Option<&[u8]>)> {
     let mut unkept = None;
     let mut names = Vec::new();
     let mut once = Once::new(&once::NODE);
+    let mut domain = String::new();
     while let Some((f, v)) = p.next()? {
         once.see(f)?;
         match (f, v) {
+            (7, Field::Bytes(s)) => domain = text(s),
             (1, Field::Bytes(s)) => n.inputs.push(text(s)),
             (2, Field::Bytes(s)) => n.outputs.push(text(s)),
             (3, Field::Bytes(s)) => n.name = text(s),
@@ -123,6 +125,11 @@ fn node_fields(b: &[u8]) -> R<(Node, Option<&[u8]>)> {
             }
             _ => {}
         }
+    }
+    // An operator of another domain is another operator, whatever its name: `com.microsoft`'s
+    // `Gelu` is not ONNX's. Qualified, it matches none of the names the checks look for.
+    if !matches!(domain.as_str(), "" | "ai.onnx") {
+        n.op = format!("{domain}.{}", n.op);
     }
     // Only `Constant` may take its tensor as `value_float(s)` / `value_int(s)` (the same value);
     // another operator's tensor attribute (ConstantOfShape's `value`) stays out, as before.

@@ -121,3 +121,18 @@ fn external_data_read_otherwise_by_onnx_runtime_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn an_operator_of_another_domain_keeps_its_domain() {
+    // NodeProto: input x, output y, op_type Sigmoid, domain com.microsoft.
+    let mut ms = Vec::new();
+    field(1, b"x", &mut ms);
+    field(2, b"y", &mut ms);
+    field(4, b"Sigmoid", &mut ms);
+    field(7, b"com.microsoft", &mut ms);
+    assert_eq!(node(&ms, 0).unwrap().op, "com.microsoft.Sigmoid");
+    let mut plain = Vec::new();
+    field(4, b"Sigmoid", &mut plain);
+    field(7, b"ai.onnx", &mut plain);
+    assert_eq!(node(&plain, 0).unwrap().op, "Sigmoid");
+}
