@@ -7,6 +7,8 @@
 //! ambiguous: its score at or below the confidence threshold (NMS), at the lowest score of a full
 //! list (the `max_det` / top-k cut), or tied with another at a saturated score of 1.
 
+use std::f32::consts::FRAC_PI_2;
+
 use super::{OutputStats, TaskCheck, Tolerance};
 use crate::reference::ops::RefTensor;
 
@@ -16,6 +18,8 @@ const MAX_LISTED: usize = 8;
 const SCORE: usize = 4;
 /// The class column; compared exactly (but see saturated scores).
 const CLASS: usize = 5;
+/// An OBB row's angle column (radians).
+const ANGLE: usize = 6;
 /// The column group of extras whose kind is unknown (mask coefficients, an angle, keypoints when
 /// `kpt_dim` is not given): each such column takes its own scale.
 const OWN_SCALE: usize = 4;
@@ -182,6 +186,8 @@ fn sets(
         _ => return (stats, vec![shape_failure(shape, shape)]),
     };
     let limit = limits(want, (b * k, c), &tol);
+    // OBB rows: `cx cy w h score class angle`.
+    let rotated = c == ANGLE + 1 && tol.suppression.is_some_and(|s| s.centred);
     // Two classes whose sigmoid saturates at 1.0 tie; which one is "best" is then rounding. The
     // f16 allowance stays out of this: a score 0.5 from 1 is not saturated however noisy.
     let base = RowsTolerance {
@@ -191,7 +197,18 @@ fn sets(
     let saturation = limits(want, (b * k, c), &base)[SCORE];
     let saturated = |s: f32| ((1.0 - s) as f64) <= saturation;
     let within = |x: &[f32], y: &[f32]| {
-        (0..c).all(|j| j == CLASS || ((x[j] - y[j]).abs() as f64) <= limit[j])
+        let col = |j: usize, a: f32, b: f32| ((a - b).abs() as f64) <= limit[j];
+        if !rotated {
+            return (0..c).all(|j| j == CLASS || col(j, x[j], y[j]));
+        }
+        // One rotated box has two spellings a half turn apart, and each again a quarter turn
+        // on with width and height exchanged: the anchors of a near-square object predict
+        // either, and rounding may keep the other one (yolov8-obb `--nms --half`).
+        let angle = |turn: f32| half_turns_apart(x[ANGLE], y[ANGLE] + turn) <= limit[ANGLE];
+        let rest = |j: usize| matches!(j, CLASS | 2 | 3 | ANGLE) || col(j, x[j], y[j]);
+        (0..c).all(rest)
+            && ((col(2, x[2], y[2]) && col(3, x[3], y[3]) && angle(0.0))
+                || (col(2, x[2], y[3]) && col(3, x[3], y[2]) && angle(FRAC_PI_2)))
     };
     let near = |s: f32, at: f32| ((s - at).abs() as f64) <= 2.0 * limit[SCORE];
     let mut acc = Accumulator::new(c);
@@ -283,6 +300,13 @@ pub fn score_limit(rows: &RefTensor, tol: &RowsTolerance) -> f64 {
         }
         _ => tol.atol,
     }
+}
+
+/// How far angle `a` lies from `b` modulo a half turn (a rotated box is the same box turned by
+/// π), in radians: at most π/2.
+fn half_turns_apart(a: f32, b: f32) -> f64 {
+    let d = (a as f64 - b as f64).rem_euclid(std::f64::consts::PI);
+    d.min(std::f64::consts::PI - d)
 }
 
 /// Each column's limit: atol + rtol · the largest reference magnitude of its group (or of the
