@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::reference::ops::RefTensor;
-use crate::runtime::{Engine, RuntimeError};
+use crate::runtime::{Engine, ModelSource, Prepared, RuntimeError};
 
 /// Deterministic uniform [0, 1) images (splitmix64), the same for every runtime and run.
 pub fn seeded_images(shape: &[usize], seed: u64) -> RefTensor {
@@ -160,16 +160,57 @@ pub enum OnnxModel<'a> {
     File(&'a std::path::Path),
 }
 
+/// The largest ONNX whose ONNX Runtime session is created while the interpreter runs rather
+/// than after it. Beside the interpreter, a session holds about twice the model's weights (its
+/// initializers and their prepacked copies): for yolo11n (10.6 MB) that stays under the peak of
+/// the run that follows, while for yolo11x (~230 MB) it would put ORT's ~700 MB beside the
+/// interpreter's ~200 MB (docs/benchmarks.md, issue 14, "nano").
+const OVERLAP_MAX: u64 = 48 << 20;
+
+/// Below this the ONNX holds its weights elsewhere (external data) or is too small for its
+/// session to take any time worth hiding.
+const OVERLAP_MIN: u64 = 1 << 20;
+
+impl OnnxModel<'_> {
+    /// The model as the runtime takes it.
+    pub(super) fn source(&self) -> ModelSource<'_> {
+        match self {
+            OnnxModel::Bytes(b) => ModelSource::Bytes(b),
+            OnnxModel::File(p) => ModelSource::File(p),
+        }
+    }
+
+    /// Whether the runtime should get the model ready while the interpreter runs: a
+    /// self-contained model of [`OVERLAP_MIN`] to [`OVERLAP_MAX`] bytes. A file's size is read
+    /// from the file system (one it cannot read is not overlapped).
+    pub(super) fn overlaps(&self) -> bool {
+        let len = match self {
+            OnnxModel::Bytes(b) => b.len() as u64,
+            OnnxModel::File(p) => match std::fs::metadata(p) {
+                Ok(m) => m.len(),
+                Err(_) => return false,
+            },
+        };
+        (OVERLAP_MIN..=OVERLAP_MAX).contains(&len)
+    }
+}
+
+/// Runs the ONNX on `images` (made ready once, run once).
 pub(super) fn run_onnx(
     rt: &Engine,
     model: &OnnxModel,
     images: &RefTensor,
 ) -> Result<Vec<(String, RefTensor)>, RuntimeError> {
+    run_prepared(&mut rt.prepare(model.source())?, images)
+}
+
+/// Runs a prepared ONNX on `images`.
+pub(super) fn run_prepared(
+    model: &mut Prepared,
+    images: &RefTensor,
+) -> Result<Vec<(String, RefTensor)>, RuntimeError> {
     let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())?;
-    let outs = match model {
-        OnnxModel::Bytes(b) => rt.run(b, &[("images", a)])?,
-        OnnxModel::File(p) => rt.run_file(p, &[("images", a)])?,
-    };
+    let outs = model.run(&[("images", a)])?;
     Ok(outs
         .into_iter()
         .map(|(n, a)| {
