@@ -208,6 +208,9 @@ pub(super) fn export(a: ExportArgs) -> i32 {
             };
             let path = model;
             let model = OnnxModel::File(path);
+            if model.keeps_session() {
+                crate::runtime::alloc::keep_freed_memory();
+            }
             let mut report =
                 match plan.run(&a.file, model, root, &shape, (a.half, head), nms_output) {
                     Ok(r) => r,

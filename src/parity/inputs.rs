@@ -160,16 +160,17 @@ pub enum OnnxModel<'a> {
     File(&'a std::path::Path),
 }
 
-/// The largest ONNX whose ONNX Runtime session is created while the interpreter runs rather
-/// than after it. Beside the interpreter, a session holds about twice the model's weights (its
-/// initializers and their prepacked copies): for yolo11n (10.6 MB) that stays under the peak of
-/// the run that follows, while for yolo11x (~230 MB) it would put ORT's ~700 MB beside the
-/// interpreter's ~200 MB (docs/benchmarks.md, issue 14, "nano").
-const OVERLAP_MAX: u64 = 48 << 20;
+/// The largest ONNX whose ONNX Runtime session is kept from one batch to the next. Beside the
+/// interpreter, a session holds about twice the model's weights (its initializers and their
+/// prepacked copies): for yolo11n (10.6 MB) that is little, for yolo11x (~230 MB) it would put
+/// ORT's ~700 MB beside the interpreter's ~200 MB. (Creating the session beside the reference,
+/// on a third thread, was measured and not kept: on 2 cores it slowed the reference by as much
+/// as it hid; docs/benchmarks.md, issue 14, "nano".)
+const KEEP_MAX: u64 = 48 << 20;
 
-/// Below this the ONNX holds its weights elsewhere (external data) or is too small for its
-/// session to take any time worth hiding.
-const OVERLAP_MIN: u64 = 1 << 20;
+/// Below this the ONNX holds its weights elsewhere (external data), which the size above
+/// would not count.
+const KEEP_MIN: u64 = 1 << 20;
 
 impl OnnxModel<'_> {
     /// The model as the runtime takes it.
@@ -180,10 +181,10 @@ impl OnnxModel<'_> {
         }
     }
 
-    /// Whether the runtime should get the model ready while the interpreter runs: a
-    /// self-contained model of [`OVERLAP_MIN`] to [`OVERLAP_MAX`] bytes. A file's size is read
-    /// from the file system (one it cannot read is not overlapped).
-    pub(super) fn overlaps(&self) -> bool {
+    /// Whether the runtime's session is kept for the next batch: a self-contained model of
+    /// [`KEEP_MIN`] to [`KEEP_MAX`] bytes. A file's size is read from the file system (one it
+    /// cannot read is not kept).
+    pub fn keeps_session(&self) -> bool {
         let len = match self {
             OnnxModel::Bytes(b) => b.len() as u64,
             OnnxModel::File(p) => match std::fs::metadata(p) {
@@ -191,7 +192,7 @@ impl OnnxModel<'_> {
                 Err(_) => return false,
             },
         };
-        (OVERLAP_MIN..=OVERLAP_MAX).contains(&len)
+        (KEEP_MIN..=KEEP_MAX).contains(&len)
     }
 }
 

@@ -238,38 +238,30 @@ pub fn against_reference(
     let mut batch = 0;
     // A small model's session, made ready once for every batch.
     let mut session = None;
-    let overlap = model.overlaps();
+    let keep = model.keeps_session();
     while let Some(images) = batches.next() {
         batch += 1;
         let input_shape = images.shape.clone();
-        // The reference first, then the runtime's inference: each one's working memory is
-        // freed before the other starts, so the peak is the larger of the two, not their sum.
-        // Side by side they took as long on the 2-core benchmark machine (docs/benchmarks.md)
-        // and held ~130 MB more. A small model's session is created beside the reference,
-        // though: its creation is mostly one thread's work, which the interpreter leaves room
-        // for, and it holds little memory. The f16 emulation runs beside the exact reference:
-        // same work, no shared state.
-        let (want, emulated, early) = std::thread::scope(|s| {
+        // The reference first, then the runtime: each one's memory is freed before the other
+        // starts, so the peak is the larger of the two, not their sum. Side by side they took
+        // as long on the 2-core benchmark machine (docs/benchmarks.md) and held ~130 MB more.
+        // The f16 emulation runs beside the exact reference: same work, no shared state.
+        let (want, emulated) = std::thread::scope(|s| {
             let e16 = r16.as_mut().map(|r16| {
                 let images = images.clone();
                 s.spawn(move || timing::phase("reference (f16 emulation)", || r16.run(images)))
             });
-            let early = (overlap && session.is_none()).then(|| {
-                let source = model.source();
-                s.spawn(move || rt.prepare(source))
-            });
             let want = timing::phase("reference", || r.run(images.clone()));
-            (want, e16.map(join), early.map(join))
+            (want, e16.map(join))
         });
         let got = timing::phase("ONNX", || {
-            let mut ready = match (session.take(), early) {
-                (Some(p), _) => p,
-                (None, Some(early)) => early?,
-                (None, None) => rt.prepare(model.source())?,
+            let mut ready = match session.take() {
+                Some(p) => p,
+                None => rt.prepare(model.source())?,
             };
             let got = run_prepared(&mut ready, &images);
             // A large model's session goes before the next batch's reference starts.
-            if overlap {
+            if keep {
                 session = Some(ready);
             }
             got

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::ArrayD;
 
+pub mod alloc;
 pub mod timing;
 pub mod tract;
 
