@@ -1,4 +1,4 @@
 fn main() {
     fuse_ema::signals::install();
-    std::process::exit(fuse_ema::cli::run());
+    fuse_ema::runtime::exit(fuse_ema::cli::run());
 }

@@ -264,6 +264,52 @@ fn forcing_a_missing_runtime_is_an_error_and_auto_falls_back_to_tract() {
     assert!(String::from_utf8_lossy(&r.stdout).contains("parity: PASS — tract"));
 }
 
+/// `export` loads the runtime while it reads the checkpoint, but reports as if it had settled
+/// the runtime first: a runtime that cannot be had is the error (exit 2), not the unreadable or
+/// refused checkpoint, which is reported as such when the runtime is there.
+#[test]
+fn a_missing_runtime_is_reported_before_what_the_checkpoint_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    let bin = env!("CARGO_BIN_EXE_fuse-ema");
+    let junk = dir.path().join("junk.pt");
+    std::fs::write(&junk, b"not a checkpoint at all").unwrap();
+    let hostile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/hostile/files/builtins-exec.pt");
+    let cases: [(&std::path::Path, &[&str], i32); 2] =
+        [(&junk, &[], 2), (&hostile, &["--strict"], 1)];
+    for (ckpt, extra, alone) in cases {
+        let export = |runtime: &str| {
+            std::process::Command::new(bin)
+                .args([
+                    "export",
+                    ckpt.to_str().unwrap(),
+                    "-o",
+                    out.to_str().unwrap(),
+                ])
+                .args(["--runtime", runtime, "--imgsz", "64"])
+                .args(extra)
+                .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+                .output()
+                .unwrap()
+        };
+        let r = export("ort");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{}: {err}", ckpt.display());
+        assert_eq!(
+            err.trim_end(),
+            "fuse-ema: error: --runtime ort: ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so is not a file"
+        );
+        assert!(!out.exists());
+        // With a runtime (tract) the checkpoint's own failure is what is reported.
+        let r = export("tract");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(alone), "{}: {err}", ckpt.display());
+        assert!(!err.contains("ORT_DYLIB_PATH"), "{err}");
+        assert!(!out.exists());
+    }
+}
+
 #[test]
 fn tract_and_onnx_runtime_agree_on_every_architecture() {
     let dir = tempfile::tempdir().unwrap();

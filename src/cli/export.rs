@@ -31,6 +31,47 @@ fn runtime(p: &ParityArgs) -> Result<crate::runtime::Engine, String> {
         .map_err(|e| format!("--runtime {}: {e}", p.runtime))
 }
 
+/// The runtime, chosen and loaded on a thread while the checkpoint is read and exported
+/// (loading ONNX Runtime, ~25 ms of one core, then overlaps that work). Its outcome is settled
+/// before any failure of that work is reported, so the errors and exit codes are those of
+/// settling it first: a runtime that cannot be had is reported, and the other failure is not.
+struct PendingRuntime {
+    thread: Option<std::thread::JoinHandle<Result<crate::runtime::Engine, String>>>,
+    engine: Option<crate::runtime::Engine>,
+}
+
+impl PendingRuntime {
+    /// Starts choosing the runtime (nothing with `--no-parity`).
+    fn start(no_parity: bool, p: &ParityArgs) -> PendingRuntime {
+        let p = p.clone();
+        PendingRuntime {
+            thread: (!no_parity).then(|| std::thread::spawn(move || runtime(&p))),
+            engine: None,
+        }
+    }
+
+    /// The runtime (`None` with `--no-parity`), or the exit code of its error, printed.
+    fn settle(&mut self) -> Result<Option<crate::runtime::Engine>, i32> {
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(Ok(e)) => self.engine = Some(e),
+                Ok(Err(m)) => return Err(fail(m)),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        Ok(self.engine)
+    }
+
+    /// The exit code for a failure whose report `report` prints: the runtime's error instead
+    /// when it has one.
+    fn first(&mut self, report: impl FnOnce() -> i32) -> i32 {
+        match self.settle() {
+            Ok(_) => report(),
+            Err(code) => code,
+        }
+    }
+}
+
 /// The files a parity check reads besides the checkpoint and the model (never written over,
 /// with or without `--no-parity`).
 fn parity_inputs(p: &ParityArgs) -> Vec<PathBuf> {
@@ -73,15 +114,9 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     if a.batch < 1 {
         return fail("--batch must be at least 1");
     }
-    // Settle the runtime before any work, so a missing one fails fast.
-    let engine = if a.no_parity {
-        None
-    } else {
-        match runtime(&a.parity) {
-            Ok(e) => Some(e),
-            Err(m) => return fail(m),
-        }
-    };
+    // The runtime is settled before the export is staged, and before any earlier failure is
+    // reported, so a missing one still fails first.
+    let mut pending = PendingRuntime::start(a.no_parity, &a.parity);
     let paths = export::ExportPaths::new(&a.output);
     if let Some(report) = &a.parity.report {
         // The checkpoint's shards are checked again when the report is written.
@@ -89,16 +124,16 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         early.push(a.file.clone());
         let early: Vec<&Path> = early.iter().map(PathBuf::as_path).collect();
         if let Err(e) = paths.check_report(report, &early) {
-            return fail(e);
+            return pending.first(|| fail(e));
         }
     }
-    let ckpt = match super::open_checked(&a.file, &a.strict) {
+    let ckpt = match super::open_deferred(&a.file, &a.strict) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(report) => return pending.first(report),
     };
     let located = match ema::locate(&ckpt, &Selectors::default()) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(e) => return pending.first(|| fail(e)),
     };
     let source = if a.source == "raw" {
         WeightSource::Raw
@@ -107,7 +142,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     };
     let module_key = match export::module_key(&a.file, &located, source) {
         Ok(k) => k,
-        Err(e) => return fail(e),
+        Err(e) => return pending.first(|| fail(e)),
     };
     let nms = crate::onnx::nms::Nms {
         conf: a.conf,
@@ -135,7 +170,11 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     };
     let exported = match crate::onnx::export(&ckpt, &opts) {
         Ok(e) => e,
-        Err(e) => return fail(e),
+        Err(e) => return pending.first(|| fail(e)),
+    };
+    let engine = match pending.settle() {
+        Ok(e) => e,
+        Err(code) => return code,
     };
     // export checks the ONNX it has just built: fixed seeds keep its verdict reproducible.
     let parity_plan = engine.as_ref().map(|e| plan(&a.parity, e, 0));
@@ -169,6 +208,9 @@ pub(super) fn export(a: ExportArgs) -> i32 {
             };
             let path = model;
             let model = OnnxModel::File(path);
+            if model.keeps_session() {
+                crate::runtime::alloc::keep_freed_memory();
+            }
             let mut report =
                 match plan.run(&a.file, model, root, &shape, (a.half, head), nms_output) {
                     Ok(r) => r,

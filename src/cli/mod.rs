@@ -501,25 +501,34 @@ fn open_checked(
     path: &std::path::Path,
     s: &StrictArgs,
 ) -> Result<crate::checkpoint::Checkpoint, i32> {
+    open_deferred(path, s).map_err(|report| report())
+}
+
+/// [`open_checked`], its failure reported only when the caller runs what it returns (which
+/// prints the error and gives the exit code): `export` reports a runtime error first.
+fn open_deferred(
+    path: &std::path::Path,
+    s: &StrictArgs,
+) -> Result<crate::checkpoint::Checkpoint, Box<dyn FnOnce() -> i32>> {
     let allow = crate::checkpoint::judge::AllowList::with_user(&s.allow);
     let strict = allow.as_ref().ok().filter(|_| s.strict);
     match crate::pipeline::open_checked(path, strict) {
         Ok(c) => match allow {
             Ok(_) => Ok(c),
-            Err(e) => Err(fail(e)),
+            Err(e) => Err(Box::new(move || fail(e))),
         },
-        Err(crate::pipeline::OpenError::Read(e)) => Err(fail(e)),
+        Err(crate::pipeline::OpenError::Read(e)) => Err(Box::new(move || fail(e))),
         Err(crate::pipeline::OpenError::Refused {
             path,
             findings,
             read_error,
-        }) => {
+        }) => Err(Box::new(move || {
             if let Some(e) = read_error {
                 eprintln!("fuse-ema: error: {e}");
             }
             strict_message(&path, &findings);
-            Err(EXIT_CHECK_FAILED)
-        }
+            EXIT_CHECK_FAILED
+        })),
     }
 }
 

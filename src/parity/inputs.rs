@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::reference::ops::RefTensor;
-use crate::runtime::{Engine, RuntimeError};
+use crate::runtime::{Engine, ModelSource, Prepared, RuntimeError};
 
 /// Deterministic uniform [0, 1) images (splitmix64), the same for every runtime and run.
 pub fn seeded_images(shape: &[usize], seed: u64) -> RefTensor {
@@ -160,16 +160,58 @@ pub enum OnnxModel<'a> {
     File(&'a std::path::Path),
 }
 
+/// The largest ONNX whose ONNX Runtime session is kept from one batch to the next. Beside the
+/// interpreter, a session holds about twice the model's weights (its initializers and their
+/// prepacked copies): for yolo11n (10.6 MB) that is little, for yolo11x (~230 MB) it would put
+/// ORT's ~700 MB beside the interpreter's ~200 MB. (Creating the session beside the reference,
+/// on a third thread, was measured and not kept: on 2 cores it slowed the reference by as much
+/// as it hid; docs/benchmarks.md, issue 14, "nano".)
+const KEEP_MAX: u64 = 48 << 20;
+
+/// Below this the ONNX holds its weights elsewhere (external data), which the size above
+/// would not count.
+const KEEP_MIN: u64 = 1 << 20;
+
+impl OnnxModel<'_> {
+    /// The model as the runtime takes it.
+    pub(super) fn source(&self) -> ModelSource<'_> {
+        match self {
+            OnnxModel::Bytes(b) => ModelSource::Bytes(b),
+            OnnxModel::File(p) => ModelSource::File(p),
+        }
+    }
+
+    /// Whether the runtime's session is kept for the next batch: a self-contained model of
+    /// [`KEEP_MIN`] to [`KEEP_MAX`] bytes. A file's size is read from the file system (one it
+    /// cannot read is not kept).
+    pub fn keeps_session(&self) -> bool {
+        let len = match self {
+            OnnxModel::Bytes(b) => b.len() as u64,
+            OnnxModel::File(p) => match std::fs::metadata(p) {
+                Ok(m) => m.len(),
+                Err(_) => return false,
+            },
+        };
+        (KEEP_MIN..=KEEP_MAX).contains(&len)
+    }
+}
+
+/// Runs the ONNX on `images` (made ready once, run once).
 pub(super) fn run_onnx(
     rt: &Engine,
     model: &OnnxModel,
     images: &RefTensor,
 ) -> Result<Vec<(String, RefTensor)>, RuntimeError> {
+    run_prepared(&mut rt.prepare(model.source())?, images)
+}
+
+/// Runs a prepared ONNX on `images`.
+pub(super) fn run_prepared(
+    model: &mut Prepared,
+    images: &RefTensor,
+) -> Result<Vec<(String, RefTensor)>, RuntimeError> {
     let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())?;
-    let outs = match model {
-        OnnxModel::Bytes(b) => rt.run(b, &[("images", a)])?,
-        OnnxModel::File(p) => rt.run_file(p, &[("images", a)])?,
-    };
+    let outs = model.run(&[("images", a)])?;
     Ok(outs
         .into_iter()
         .map(|(n, a)| {

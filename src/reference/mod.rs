@@ -11,7 +11,7 @@ pub mod ops;
 pub mod selection;
 pub mod seq;
 pub(crate) mod shape;
-mod vmath;
+pub(crate) mod vmath;
 mod winograd;
 
 use ops::RefTensor;

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::ArrayD;
 
+pub mod alloc;
 pub mod timing;
 pub mod tract;
 
@@ -78,10 +79,7 @@ impl Engine {
         model: &[u8],
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        match self {
-            Engine::Ort(rt, ep) => rt.run_source(Source::Bytes(model), inputs, *ep),
-            Engine::Tract => tract::run(Some(model), None, inputs),
-        }
+        self.prepare(ModelSource::Bytes(model))?.run(inputs)
     }
 
     /// Runs a model file (external data beside it).
@@ -90,9 +88,47 @@ impl Engine {
         path: &Path,
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        match self {
-            Engine::Ort(rt, ep) => rt.run_source(Source::File(path), inputs, *ep),
-            Engine::Tract => tract::run(None, Some(path), inputs),
+        self.prepare(ModelSource::File(path))?.run(inputs)
+    }
+
+    /// Makes `model` ready to run, once for any number of runs: ONNX Runtime creates its
+    /// session here (the `ONNX Runtime session` timing phase); tract, which optimises for the
+    /// inputs' shapes, keeps the source and does its work in each run.
+    pub fn prepare<'a>(&self, model: ModelSource<'a>) -> Result<Prepared<'a>, RuntimeError> {
+        Ok(Prepared(match self {
+            Engine::Ort(rt, ep) => Ready::Ort(rt.session(model, *ep)?),
+            Engine::Tract => Ready::Tract(model),
+        }))
+    }
+}
+
+/// Where an ONNX model comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelSource<'a> {
+    /// Serialised bytes.
+    Bytes(&'a [u8]),
+    /// A file (external data beside it).
+    File(&'a Path),
+}
+
+/// A model made ready by [`Engine::prepare`]. It can be made on one thread and run on another.
+pub struct Prepared<'a>(Ready<'a>);
+
+enum Ready<'a> {
+    Ort(ort::session::Session),
+    Tract(ModelSource<'a>),
+}
+
+impl Prepared<'_> {
+    /// Runs the model on named f32 inputs and returns every output as f32, in the model's order.
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, ArrayD<f32>)],
+    ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
+        match &mut self.0 {
+            Ready::Ort(session) => OrtRuntime::run_session(session, inputs),
+            Ready::Tract(ModelSource::Bytes(b)) => tract::run(Some(b), None, inputs),
+            Ready::Tract(ModelSource::File(p)) => tract::run(None, Some(p), inputs),
         }
     }
 }
@@ -223,11 +259,6 @@ impl fmt::Debug for OrtRuntime {
     }
 }
 
-enum Source<'a> {
-    Bytes(&'a [u8]),
-    File(&'a Path),
-}
-
 static ORT: OnceLock<Result<OrtRuntime, RuntimeError>> = OnceLock::new();
 
 /// The shared library's version, from its file name (`libonnxruntime.so.1.32.0`).
@@ -318,6 +349,25 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
     Err(RuntimeError::NotFound)
 }
 
+/// Ends the process with exit status `code`, once stdout and stderr are flushed. When ONNX
+/// Runtime was loaded this skips the C library's exit handlers: ONNX Runtime's free its
+/// globals and join its threads (~10 ms on a 2-core machine), work the kernel does anyway when
+/// the process ends. Nothing of fuse-ema's own needs them: outputs are renamed into place or
+/// removed by their guards before the command returns, and the signal handlers' registries are
+/// in memory only. Without ONNX Runtime it is `std::process::exit`.
+pub fn exit(code: i32) -> ! {
+    use std::io::Write;
+    if matches!(ORT.get(), Some(Ok(_))) {
+        // A flush that fails (a closed pipe) is no reason to change the status: what could be
+        // written was, as `std::process::exit` would have left it.
+        let _ = std::io::stdout().lock().flush();
+        let _ = std::io::stderr().lock().flush();
+        // SAFETY: `_exit` ends the process at once; every buffer we own is flushed above.
+        unsafe { libc::_exit(code) }
+    }
+    std::process::exit(code)
+}
+
 /// The process-wide ONNX Runtime, loaded on first use.
 pub fn ort() -> Result<&'static OrtRuntime, RuntimeError> {
     ORT.get_or_init(|| {
@@ -350,7 +400,8 @@ impl OrtRuntime {
         path: &Path,
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        self.run_source(Source::File(path), inputs, None)
+        self.session(ModelSource::File(path), None)
+            .and_then(|mut s| Self::run_session(&mut s, inputs))
     }
 
     /// Runs `model` on named f32 inputs and returns every output as f32, in the model's order.
@@ -359,21 +410,17 @@ impl OrtRuntime {
         model: &[u8],
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        self.run_source(Source::Bytes(model), inputs, None)
+        self.session(ModelSource::Bytes(model), None)
+            .and_then(|mut s| Self::run_session(&mut s, inputs))
     }
 
-    fn run_source(
+    /// A session for `model` with execution provider `ep`, refused when a graph output is one
+    /// of its inputs.
+    fn session(
         &self,
-        model: Source,
-        inputs: &[(&str, ArrayD<f32>)],
+        model: ModelSource,
         ep: Option<Ep>,
-    ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        fn e(step: &'static str) -> impl Fn(ort::Error) -> RuntimeError {
-            move |err| RuntimeError::Ort {
-                step,
-                source: Arc::new(err),
-            }
-        }
+    ) -> Result<ort::session::Session, RuntimeError> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -398,9 +445,9 @@ impl OrtRuntime {
                     message: err.to_string(),
                 })?;
         }
-        let mut session = timing::phase("ONNX Runtime session", || match model {
-            Source::Bytes(b) => builder.commit_from_memory(b),
-            Source::File(p) => builder.commit_from_file(p),
+        let session = timing::phase("ONNX Runtime session", || match model {
+            ModelSource::Bytes(b) => builder.commit_from_memory(b),
+            ModelSource::File(p) => builder.commit_from_file(p),
         })
         .map_err(e("cannot load the model"))?;
         // A graph output that is a graph input is the input's own buffer, which ONNX Runtime
@@ -413,6 +460,14 @@ impl OrtRuntime {
                 name: o.name().to_string(),
             });
         }
+        Ok(session)
+    }
+
+    /// Runs `session` on named f32 inputs and returns every output as f32, in the model's order.
+    fn run_session(
+        session: &mut ort::session::Session,
+        inputs: &[(&str, ArrayD<f32>)],
+    ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         // The tensors outlive `outputs`: an output may still point into an input's buffer.
         let mut tensors = Vec::new();
         for (name, a) in inputs {
@@ -441,6 +496,14 @@ impl OrtRuntime {
             out.push((name.to_string(), a));
         }
         Ok(out)
+    }
+}
+
+/// The error of ONNX Runtime step `step`.
+fn e(step: &'static str) -> impl Fn(ort::Error) -> RuntimeError {
+    move |err| RuntimeError::Ort {
+        step,
+        source: Arc::new(err),
     }
 }
 

@@ -245,6 +245,9 @@ impl Reference<'_> {
         let a = self.sub(m, "cv1", x)?;
         let c = shape::nchw(&a, "C2f")?.1 / 2;
         shape::channels(&a, c, 2 * c, "C2f")?;
+        if a.shape[0] == 1 {
+            return self.c2f_one(m, a, c);
+        }
         let mut ys = vec![ops::channels(&a, 0, c), ops::channels(&a, c, 2 * c)];
         for (_, b) in m.child("m")?.children() {
             let last = ys.last().expect("halves").clone();
@@ -254,6 +257,48 @@ impl Reference<'_> {
         shape::same_maps(&refs, "C2f")?;
         let cat = ops::cat_channels(&refs);
         self.sub(m, "cv2", &cat)
+    }
+
+    /// [`Reference::c2f`] on one image (`a`, cv1's output of `2·c` channels), whose
+    /// concatenation is its parts one after the other: it starts as `a` itself and each block's
+    /// output is appended as it comes, then handed on to the next block, so no half, input or
+    /// output is copied but into the concatenation. Shapes are judged as the general path does:
+    /// after every block has run.
+    fn c2f_one(&mut self, m: ModuleRef, a: RefTensor, c: usize) -> BuildResult<RefTensor> {
+        let (h, w) = (a.shape[2], a.shape[3]);
+        let first = [1, c, h, w];
+        let mut next = ops::channels(&a, c, 2 * c);
+        let blocks = m.child("m")?.children();
+        let mut cat = a.data;
+        cat.reserve(blocks.len() * c * h * w);
+        let (mut channels, mut misfit) = (2 * c, None);
+        for (_, b) in blocks {
+            let y = self.module(b, LayerInput::One(next))?;
+            match shape::nchw(&y, "C2f") {
+                Ok((1, yc, yh, yw)) if (yh, yw) == (h, w) => {
+                    if misfit.is_none() {
+                        cat.extend_from_slice(&y.data);
+                        channels += yc;
+                    }
+                }
+                Ok(_) => {
+                    misfit.get_or_insert_with(|| {
+                        LayerError::shape(
+                            "C2f",
+                            format!("cannot concatenate {first:?} with {:?}", y.shape),
+                        )
+                    });
+                }
+                Err(e) => {
+                    misfit.get_or_insert(e);
+                }
+            }
+            next = y;
+        }
+        if let Some(e) = misfit {
+            return Err(e);
+        }
+        self.sub(m, "cv2", &RefTensor::new(cat, vec![1, channels, h, w]))
     }
 
     pub(crate) fn c3(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
@@ -268,8 +313,8 @@ impl Reference<'_> {
     pub(crate) fn sppf(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let mut ys = vec![self.sub(m, "cv1", x)?];
         for _ in 0..m.int("n").unwrap_or(3) {
-            let last = ys.last().expect("cv1").clone();
-            ys.push(self.sub(m, "m", &last)?);
+            let y = self.sub(m, "m", ys.last().expect("cv1"))?;
+            ys.push(y);
         }
         let refs = ys.iter().collect::<Vec<_>>();
         shape::same_maps(&refs, "SPPF")?;

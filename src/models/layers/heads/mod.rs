@@ -4,6 +4,7 @@
 //! graph, `run.rs` is the reference, `topk.rs` the end-to-end (one-to-one) post-processing of
 //! both.
 
+mod decode;
 mod emit;
 mod run;
 mod topk;
