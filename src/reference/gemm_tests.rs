@@ -17,11 +17,16 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// (m, k, n) of a product.
+type Dims = (usize, usize, usize);
+/// (lda, ldb, ldc): how many floats apart the rows of a, b and c lie.
+type Strides = (usize, usize, usize);
+
 /// Shapes in the interpreter's ranges: narrow m (yolo11n's 16–64), m past the AVX-512 kernel's
 /// 64-row tile with a ragged edge, k past one cache block (several partial sums per element),
 /// n ragged against every column tile, and the strided layouts of im2col tiles (ldc > n) and
 /// Winograd (ldb > n).
-const SHAPES: &[((usize, usize, usize), (usize, usize, usize))] = &[
+const SHAPES: &[(Dims, Strides)] = &[
     ((16, 27, 1000), (27, 1000, 1200)),
     ((48, 48, 640), (48, 1280, 640)),
     ((64, 576, 330), (576, 330, 400)),
@@ -29,11 +34,7 @@ const SHAPES: &[((usize, usize, usize), (usize, usize, usize))] = &[
     ((200, 64, 1301), (70, 1301, 1400)),
 ];
 
-fn product(
-    (m, k, n): (usize, usize, usize),
-    (lda, ldb, ldc): (usize, usize, usize),
-    parallel: bool,
-) -> Vec<f32> {
+fn product((m, k, n): Dims, (lda, ldb, ldc): Strides, parallel: bool) -> Vec<f32> {
     let a = values((m - 1) * lda + k, 1);
     let b = values((k - 1) * ldb + n, 2);
     // NaN outside the product: the GEMM must leave the gaps of a strided c alone.
