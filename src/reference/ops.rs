@@ -1,7 +1,8 @@
 //! Kernels of the reference interpreter, on plain row-major f32 buffers: convolution (im2col +
 //! GEMM, direct loops for depthwise), batch norm, activations, pooling, resizing.
 //!
-//! Threads: the GEMM is the `gemm` crate's, on rayon's pool (docs/benchmarks.md says why that
+//! Threads: the GEMM is the `gemm` crate's (its AVX-512 kernel where the CPU has it, chosen by
+//! CPU feature, never by thread count), on rayon's pool (docs/benchmarks.md says why that
 //! one); every other pass over a feature map (im2col, depthwise, bias, batch norm, activations,
 //! sums) is split over channels or chunks on the same pool. The GEMM splits only the output
 //! (never the sum over k), and every other element is computed by the same expression in the
@@ -72,7 +73,9 @@ fn gemm(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
 }
 
 /// `c = a · b` (c overwritten) for row-major operands whose rows lie `lda`, `ldb`, `ldc` floats
-/// apart: a is m×k, b k×n, c m×n; on the pool when `parallel` and the product is large enough.
+/// apart: a is m×k, b k×n, c m×n; on the pool when `parallel` and the product is large enough,
+/// else on the calling thread alone (`gemm`'s `Parallelism::None` spawns nothing). The bits do
+/// not depend on which (gemm_tests.rs).
 pub(super) fn gemm_strided(
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
@@ -541,3 +544,7 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 #[cfg(test)]
 #[path = "ops_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "gemm_tests.rs"]
+mod gemm_tests;
