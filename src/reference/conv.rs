@@ -32,8 +32,8 @@ const SHARED_BUDGET: usize = 1 << 20;
 const MIN_WIDTH: usize = 128;
 
 /// How many tiles a layer is cut into when its size allows: enough that two or three threads
-/// balance (8 tiles on 2 threads: at worst 5 against 4... only when sizes differ, and rayon
-/// steals the rest). Fewer possible tiles than this and the layer splits over output channels.
+/// balance (rayon hands out whole tiles; 8 on 2 or 3 threads leave at most one tile's worth
+/// idle). A layer too small for this many splits over blocks of output channels instead.
 pub(super) const TARGET_TILES: usize = 8;
 
 /// How a convolution divides its work, from its shapes alone.
