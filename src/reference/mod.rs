@@ -5,6 +5,7 @@
 //! emission in `src/models/layers/`; this module holds the interpreter, its kernels (`ops.rs`)
 //! and its shape checks (`shape.rs`). The layer wiring is [`crate::models::Net`]'s.
 
+mod conv;
 mod maps;
 pub mod nms;
 pub mod ops;

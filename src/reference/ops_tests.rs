@@ -1,7 +1,20 @@
 //! Tests of the interpreter's kernels (`ops.rs`, `maps.rs`): the convolutions against their
 //! definition, and every pass's bits against the thread count.
 
+use super::super::conv::{TILING, Tiling, conv2d_tiled};
 use super::*;
+
+/// The default tiling with another scratch budget and minimum tile count, no Winograd, tiles
+/// as narrow as one column.
+fn tiling(budget: usize, min_tiles: usize) -> Tiling {
+    Tiling {
+        budget,
+        shared: budget,
+        wino: false,
+        min_width: 1,
+        min_tiles,
+    }
+}
 
 /// Convolution by its definition, one output at a time.
 fn direct(x: &RefTensor, w: &[f32], ws: [usize; 4], s: &ConvSpec) -> Vec<f32> {
@@ -51,7 +64,8 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 #[test]
 fn tiled_convolutions_match_the_definition() {
     // (channels, out, kernel, stride, pad, dilation, groups) over a 2×C×13×11 input; tiles
-    // of one to a few output rows, and the whole map at once.
+    // of one to a few output rows, and the whole map at once; split by columns, and (with
+    // `min_tiles` out of reach) over blocks of 16 output channels.
     let cases = [
         (6, 4, 3, 1, 1, 1, 1),
         (6, 4, 3, 2, 1, 1, 1),
@@ -61,6 +75,9 @@ fn tiled_convolutions_match_the_definition() {
         (6, 4, 1, 1, 0, 1, 1),
         (6, 4, 1, 2, 0, 1, 1),
         (4, 8, 2, 2, 0, 1, 1),
+        (5, 40, 3, 1, 1, 1, 1),
+        (6, 36, 1, 1, 0, 1, 1),
+        (6, 34, 3, 2, 1, 1, 2),
     ];
     for (i, &(c, o, k, st, p, d, g)) in cases.iter().enumerate() {
         let x = RefTensor::new(values(2 * c * 13 * 11, i as u32), vec![2, c, 13, 11]);
@@ -81,15 +98,16 @@ fn tiled_convolutions_match_the_definition() {
         // The epilogue must see every output exactly once, after the bias, with its
         // channel: doubling plus the channel number tells a missed or repeated run.
         let then = |ch: usize, run: &mut [f32]| map_run(run, |v| 2.0 * v + ch as f32);
-        for budget in [1, 40, 1 << 20] {
-            let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (budget, None, 1));
-            let post = conv2d_tiled(
-                &x,
-                (&w, &ws),
-                (Some(&bias), Some(&then)),
-                &s,
-                (budget, None, 1),
-            );
+        for (budget, min_tiles) in [
+            (1, 1),
+            (40, 1),
+            (1 << 20, 1),
+            (1, usize::MAX),
+            (1 << 20, usize::MAX),
+        ] {
+            let t = tiling(budget, min_tiles);
+            let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, &t);
+            let post = conv2d_tiled(&x, (&w, &ws), (Some(&bias), Some(&then)), &s, &t);
             assert_eq!(got.data.len(), want.len(), "case {i}");
             assert_eq!(post.data.len(), want.len(), "case {i}");
             for (j, ((a, p), b)) in got.data.iter().zip(&post.data).zip(&want).enumerate() {
@@ -142,12 +160,13 @@ fn kernels_wider_than_the_map_match_the_definition() {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     // Large enough that every pass splits into several tasks: the convolutions (im2col + GEMM,
-    // Winograd, depthwise) with an SiLU-like epilogue, pooling, upsampling, concatenation.
+    // Winograd, depthwise) with an SiLU-like epilogue, each divided by tiles of columns and
+    // over blocks of output channels; pooling, upsampling, concatenation.
     let x = RefTensor::new(values(16 * 48 * 40, 5), vec![1, 16, 48, 40]);
     let run = || {
         let mut outs = Vec::new();
         for (k, st, g) in [(3, 1, 1), (3, 2, 1), (1, 1, 1), (5, 1, 16)] {
-            let o = if g == 1 { 24 } else { 16 };
+            let o = if g == 1 { 40 } else { 16 };
             let ws = [o, 16 / g, k, k];
             let w = values(ws.iter().product(), 11);
             let s = ConvSpec {
@@ -158,6 +177,14 @@ fn results_do_not_depend_on_the_thread_count() {
             };
             let then = |_: usize, run: &mut [f32]| map_run(run, |v| v * sigmoid(v));
             outs.push(conv2d_then(&x, (&w, &ws), None, &s, &then).data);
+            for min_tiles in [1, usize::MAX] {
+                let t = Tiling {
+                    min_tiles,
+                    ..TILING
+                };
+                let post = (None, Some(&then as Epilogue));
+                outs.push(conv2d_tiled(&x, (&w, &ws), post, &s, &t).data);
+            }
         }
         let pooled = max_pool(&x, 5, 1, 2);
         outs.push(pooled.data.clone());

@@ -11,27 +11,16 @@
 //! convolution's by a few rounding steps (the unit tests below measure it against an f64
 //! direct convolution; docs/benchmarks.md records the end-to-end margins).
 //!
-//! The work goes in chunks of whole tile rows so the transformed input and the products stay
-//! bounded (as the direct path's im2col tiles do); bias and the `Conv` block's epilogue are
-//! applied to each chunk's output rows right after its output transform, while they are in cache.
+//! The work is one parallel loop over chunks of whole tile rows (see `conv.rs`): each task
+//! transforms its chunk's input, runs the 16 GEMMs on one thread and transforms, biases and
+//! finishes its output rows while they are in cache. A map with too few tile rows for that
+//! (20×20 and 40×40 outputs) shares one transformed input per chunk among tasks that each take a
+//! block of output channels.
 
 use rayon::prelude::*;
 
-use super::ops::{ConvSpec, Epilogue, channel_finish, min_items};
-
-/// The most floats the transformed input of one chunk holds, and separately its products
-/// (2 MiB each), unless the chunk's minimum width asks for more: large enough for GEMMs hundreds
-/// of tiles wide, small enough that a wide early layer (yolo11x at 640: 160 channels × 6400
-/// tiles × 16) does not allocate 65 MB at once, and that the scratch's first-touch page faults
-/// stay small (see `ops::COLS_BUDGET`).
-pub(super) const WINO_BUDGET: usize = 1 << 19;
-
-thread_local! {
-    /// Scratch for V (transformed input) and M (products), reused across layers: a fresh
-    /// buffer per layer costs a page fault per 4 KiB touched.
-    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
-}
+use super::conv::{ACC, COLS, Epilogue, Split, Tiling, channel_finish, grow, split_columns};
+use super::ops::{ConvSpec, min_items};
 
 /// Whether a convolution of this shape takes the Winograd path: 3×3, stride 1, dilation 1, one
 /// group, and enough channels that the transforms (whose cost grows with Cin + Cout, not their
@@ -82,9 +71,16 @@ fn filter_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     u
 }
 
+/// One image's geometry: input (C, h, w), padding, output (O, oh, ow), tiles per row.
+struct Geo {
+    chw: (usize, usize, usize),
+    pad: (usize, usize),
+    out: (usize, usize, usize),
+    tw: usize,
+}
+
 /// 3×3 stride-1 convolution of one image `x` (C × h × w) into `out` (O × oh × ow), bias and
-/// epilogue applied; the caller checked [`applies`]. `budget` bounds each chunk's scratch
-/// (floats), unless a chunk of at least one tile row and `min_width` tiles needs more.
+/// epilogue applied; the caller checked [`applies`]. `t` divides the work (see `conv.rs`).
 pub(super) fn conv3x3(
     x: &[f32],
     (c, h, w): (usize, usize, usize),
@@ -92,7 +88,7 @@ pub(super) fn conv3x3(
     pad: (usize, usize),
     out: &mut [f32],
     post: (Option<&[f32]>, Option<Epilogue>),
-    (budget, min_width): (usize, usize),
+    t: &Tiling,
 ) {
     let oh = (h + 2 * pad.0).saturating_sub(2);
     let ow = (w + 2 * pad.1).saturating_sub(2);
@@ -101,65 +97,118 @@ pub(super) fn conv3x3(
     }
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let u = filter_transform(wt, o, c);
-    let rows = (budget / (16 * c.max(o) * tw))
-        .max(min_width.div_ceil(tw))
-        .clamp(1, th);
-    let (mut v, mut m) = SCRATCH.take();
-    let mut ty = 0;
-    while ty < th {
-        let ty1 = (ty + rows).min(th);
-        let t = (ty1 - ty) * tw;
-        super::ops::grow(&mut v, 16 * c * t);
-        super::ops::grow(&mut m, 16 * o * t);
-        input_transform(x, (h, w), pad, (ty, ty1, tw), &mut v[..16 * c * t]);
-        products(&u, &v[..16 * c * t], &mut m[..16 * o * t], (o, c, t));
-        output_transform(&m[..16 * o * t], (o, t), (ty, ty1, tw), (oh, ow), out, post);
-        ty = ty1;
+    let geo = Geo {
+        chw: (c, h, w),
+        pad,
+        out: (o, oh, ow),
+        tw,
+    };
+    let plane = oh * ow;
+    match t.split((th, tw), (16 * (c + o), 16 * c), o) {
+        Split::Tiles(rows) => {
+            let chunks = split_columns(&mut out[..o * plane], plane, 2 * rows * ow);
+            chunks
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(i, mut runs)| {
+                    let (ty0, ty1) = (i * rows, ((i + 1) * rows).min(th));
+                    let n = (ty1 - ty0) * tw;
+                    let (mut v, mut m) = (COLS.take(), ACC.take());
+                    grow(&mut v, 16 * c * n);
+                    grow(&mut m, 16 * o * n);
+                    input_transform(x, &geo, (ty0, ty1), &mut v[..16 * c * n], false);
+                    products(
+                        (&u, o, 0),
+                        &v[..16 * c * n],
+                        &mut m[..16 * o * n],
+                        (o, c, n),
+                    );
+                    for (oc, run) in runs.iter_mut().enumerate() {
+                        output_channel(&m[..16 * o * n], (o, oc, n), &geo, (ty0, ty1), run);
+                        channel_finish(run, oc, post);
+                    }
+                    COLS.set(v);
+                    ACC.set(m);
+                });
+        }
+        Split::Channels { span, block } => {
+            let mut v = COLS.take();
+            for ty0 in (0..th).step_by(span) {
+                let ty1 = (ty0 + span).min(th);
+                let n = (ty1 - ty0) * tw;
+                grow(&mut v, 16 * c * n);
+                input_transform(x, &geo, (ty0, ty1), &mut v[..16 * c * n], true);
+                let v = &v[..16 * c * n];
+                let (r0, r1) = (2 * ty0, (2 * ty1).min(oh));
+                out[..o * plane]
+                    .par_chunks_mut(block * plane)
+                    .enumerate()
+                    .for_each(|(i, ob)| {
+                        let (o0, mb) = (i * block, ob.len() / plane);
+                        let mut m = ACC.take();
+                        grow(&mut m, 16 * mb * n);
+                        products((&u, o, o0), v, &mut m[..16 * mb * n], (mb, c, n));
+                        for (j, op) in ob.chunks_exact_mut(plane).enumerate() {
+                            let run = &mut op[r0 * ow..r1 * ow];
+                            output_channel(&m[..16 * mb * n], (mb, j, n), &geo, (ty0, ty1), run);
+                            channel_finish(run, o0 + j, post);
+                        }
+                        ACC.set(m);
+                    });
+            }
+            COLS.set(v);
+        }
     }
-    SCRATCH.set((v, m));
 }
 
 /// `V = Bᵀ d B` for every channel and every tile of tile rows `[ty0, ty1)`, laid out `[c][ξ][t]`
-/// (t = tile within the chunk), one channel per task. Tile (ty, tx) reads input rows
-/// `2ty − pad.0 ..+4` and columns `2tx − pad.1 ..+4`, zeros outside the image.
-fn input_transform(
-    x: &[f32],
-    (h, w): (usize, usize),
-    pad: (usize, usize),
-    (ty0, ty1, tw): (usize, usize, usize),
-    v: &mut [f32],
-) {
+/// (t = tile within the chunk), with `par` one channel per task on the pool. Tile (ty, tx) reads
+/// input rows `2ty − pad.0 ..+4` and columns `2tx − pad.1 ..+4`, zeros outside the image.
+fn input_transform(x: &[f32], geo: &Geo, (ty0, ty1): (usize, usize), v: &mut [f32], par: bool) {
+    let ((_, h, w), tw) = (geo.chw, geo.tw);
+    let t = (ty1 - ty0) * tw;
+    let one = |(ch, vc): (usize, &mut [f32])| {
+        let xc = &x[ch * h * w..(ch + 1) * h * w];
+        input_channel(xc, geo, (ty0, ty1), vc);
+    };
+    if par {
+        v.par_chunks_mut(16 * t)
+            .with_min_len(min_items(16 * t))
+            .enumerate()
+            .for_each(one);
+    } else {
+        v.chunks_mut(16 * t).enumerate().for_each(one);
+    }
+}
+
+/// One channel's part of [`input_transform`]: `vc` is its `[ξ][t]`.
+fn input_channel(xc: &[f32], geo: &Geo, (ty0, ty1): (usize, usize), vc: &mut [f32]) {
+    let ((_, h, w), pad, tw) = (geo.chw, geo.pad, geo.tw);
     let t = (ty1 - ty0) * tw;
     let line = 2 * tw + 2;
-    v.par_chunks_mut(16 * t)
-        .with_min_len(min_items(16 * t))
-        .enumerate()
-        .for_each(|(ch, vc)| {
-            let xc = &x[ch * h * w..(ch + 1) * h * w];
-            // The tile row's four input rows, zero-padded to whole tiles, so the tile loop
-            // below reads without bounds tests.
-            let mut buf = vec![0.0f32; 4 * line];
-            let mut scratch = Vec::new();
-            for ty in ty0..ty1 {
-                for (r, dst) in buf.chunks_exact_mut(line).enumerate() {
-                    dst.fill(0.0);
-                    let iy = (2 * ty + r) as isize - pad.0 as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let src = &xc[iy as usize * w..(iy as usize + 1) * w];
-                    // dst[j] = src[j − pad.1] where that lies inside the row.
-                    let lo = pad.1.min(line);
-                    let n = w.min(line - lo);
-                    dst[lo..lo + n].copy_from_slice(&src[..n]);
-                }
-                tile_row(&buf, tw, &mut scratch);
-                let base = (ty - ty0) * tw;
-                for (xi, src) in scratch[..16 * tw].chunks_exact(tw).enumerate() {
-                    vc[xi * t + base..xi * t + base + tw].copy_from_slice(src);
-                }
+    // The tile row's four input rows, zero-padded to whole tiles, so the tile loop below reads
+    // without bounds tests.
+    let mut buf = vec![0.0f32; 4 * line];
+    let mut scratch = Vec::new();
+    for ty in ty0..ty1 {
+        for (r, dst) in buf.chunks_exact_mut(line).enumerate() {
+            dst.fill(0.0);
+            let iy = (2 * ty + r) as isize - pad.0 as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
             }
-        });
+            let src = &xc[iy as usize * w..(iy as usize + 1) * w];
+            // dst[j] = src[j − pad.1] where that lies inside the row.
+            let lo = pad.1.min(line);
+            let n = w.min(line - lo);
+            dst[lo..lo + n].copy_from_slice(&src[..n]);
+        }
+        tile_row(&buf, tw, &mut scratch);
+        let base = (ty - ty0) * tw;
+        for (xi, src) in scratch[..16 * tw].chunks_exact(tw).enumerate() {
+            vc[xi * t + base..xi * t + base + tw].copy_from_slice(src);
+        }
+    }
 }
 
 /// `V = Bᵀ d B` of one tile row's `tw` tiles from its four zero-padded input rows (`buf`,
@@ -213,76 +262,74 @@ fn tile_row(buf: &[f32], tw: usize, out: &mut Vec<f32>) {
     }
 }
 
-/// `M[ξ] = U[ξ] · V[ξ]` for the 16 ξ, one GEMM per task on the pool (each on one thread, so the
-/// sums' order, and the results, do not depend on the thread count). `m` is laid out `[ξ][o][t]`.
-fn products(u: &[f32], v: &[f32], m: &mut [f32], (o, c, t): (usize, usize, usize)) {
-    m.par_chunks_mut(o * t).enumerate().for_each(|(xi, mx)| {
-        let ux = &u[xi * o * c..(xi + 1) * o * c];
+/// `M[ξ] = U[ξ] · V[ξ]` for the 16 ξ, on the calling thread, for the `mb` output channels from
+/// `o0` of U's `o`: `m` is laid out `[ξ][mb][t]`. Each product is the same single-threaded call
+/// whatever thread runs it, so the results do not depend on the thread count.
+fn products(
+    (u, o, o0): (&[f32], usize, usize),
+    v: &[f32],
+    m: &mut [f32],
+    (mb, c, t): (usize, usize, usize),
+) {
+    for (xi, mx) in m.chunks_exact_mut(mb * t).enumerate() {
+        let ux = &u[(xi * o + o0) * c..];
         // Row ci of V[ξ] is at ci·16t + ξ·t: V is channel-major for the input transform.
-        super::ops::gemm_strided((ux, c), (&v[xi * t..], 16 * t), (mx, t), (o, c, t), false);
-    });
+        super::ops::gemm_strided((ux, c), (&v[xi * t..], 16 * t), (mx, t), (mb, c, t), false);
+    }
 }
 
-/// `Y = Aᵀ m A` for every output channel and tile of the chunk, written to output rows
-/// `[2·ty0, min(2·ty1, oh))` of `out` (O × oh × ow), then bias and epilogue on those rows; one
-/// output channel per task. Aᵀ = [1 1 1 0; 0 1 −1 −1]; a tile's second row or column past the
-/// edge of an odd-sized output is dropped.
-fn output_transform(
+/// `Y = Aᵀ m A` for output channel `oc` of the `mb` in `m` (`[ξ][mb][t]`) over tile rows
+/// `[ty0, ty1)`, written to `run`: that channel's output rows `[2·ty0, min(2·ty1, oh))`.
+/// Aᵀ = [1 1 1 0; 0 1 −1 −1]; a tile's second row or column past the edge of an odd-sized
+/// output is dropped.
+fn output_channel(
     m: &[f32],
-    (o, t): (usize, usize),
-    (ty0, ty1, tw): (usize, usize, usize),
-    (oh, ow): (usize, usize),
-    out: &mut [f32],
-    post: (Option<&[f32]>, Option<Epilogue>),
+    (mb, oc, t): (usize, usize, usize),
+    geo: &Geo,
+    (ty0, ty1): (usize, usize),
+    run: &mut [f32],
 ) {
-    let plane = oh * ow;
-    let (r0, r1) = (2 * ty0, (2 * ty1).min(oh));
-    out[..o * plane]
-        .par_chunks_mut(plane)
-        .with_min_len(min_items(16 * t))
-        .enumerate()
-        .for_each(|(oc, op)| {
-            let mo = |xi: usize| &m[(xi * o + oc) * t..(xi * o + oc + 1) * t];
-            let mx: [&[f32]; 16] = std::array::from_fn(mo);
-            let mut a = vec![0.0f32; 8 * tw];
-            for ty in ty0..ty1 {
-                let base = (ty - ty0) * tw;
-                let mi = |xi: usize| &mx[xi][base..base + tw];
-                // Rows of Aᵀ m, a row of tiles at a time: a[4·dy + k] (dy = output row).
-                for k in 0..4 {
-                    let (m0, m1, m2, m3) = (mi(k), mi(4 + k), mi(8 + k), mi(12 + k));
-                    let (a0, a1) = a.split_at_mut(4 * tw);
-                    let (a0, a1) = (&mut a0[k * tw..(k + 1) * tw], &mut a1[k * tw..(k + 1) * tw]);
-                    for tx in 0..tw {
-                        a0[tx] = m0[tx] + m1[tx] + m2[tx];
-                        a1[tx] = m1[tx] - m2[tx] - m3[tx];
-                    }
-                }
-                // (Aᵀ m) A into the output rows; a tile's column past an odd width is dropped.
-                for dy in 0..2 {
-                    let y = 2 * ty + dy;
-                    if y >= oh {
-                        break;
-                    }
-                    let r = |k: usize| &a[(4 * dy + k) * tw..(4 * dy + k + 1) * tw];
-                    let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-                    let row = &mut op[y * ow..(y + 1) * ow];
-                    for (tx, pair) in row.chunks_exact_mut(2).enumerate() {
-                        pair[0] = r0[tx] + r1[tx] + r2[tx];
-                        pair[1] = r1[tx] - r2[tx] - r3[tx];
-                    }
-                    if ow % 2 == 1 {
-                        row[ow - 1] = r0[tw - 1] + r1[tw - 1] + r2[tw - 1];
-                    }
-                }
+    let ((_, oh, ow), tw) = (geo.out, geo.tw);
+    let mo = |xi: usize| &m[(xi * mb + oc) * t..(xi * mb + oc + 1) * t];
+    let mx: [&[f32]; 16] = std::array::from_fn(mo);
+    let mut a = vec![0.0f32; 8 * tw];
+    for ty in ty0..ty1 {
+        let base = (ty - ty0) * tw;
+        let mi = |xi: usize| &mx[xi][base..base + tw];
+        // Rows of Aᵀ m, a row of tiles at a time: a[4·dy + k] (dy = output row).
+        for k in 0..4 {
+            let (m0, m1, m2, m3) = (mi(k), mi(4 + k), mi(8 + k), mi(12 + k));
+            let (a0, a1) = a.split_at_mut(4 * tw);
+            let (a0, a1) = (&mut a0[k * tw..(k + 1) * tw], &mut a1[k * tw..(k + 1) * tw]);
+            for tx in 0..tw {
+                a0[tx] = m0[tx] + m1[tx] + m2[tx];
+                a1[tx] = m1[tx] - m2[tx] - m3[tx];
             }
-            channel_finish(&mut op[r0 * ow..r1 * ow], oc, post);
-        });
+        }
+        // (Aᵀ m) A into the output rows; a tile's column past an odd width is dropped.
+        for dy in 0..2 {
+            let y = 2 * ty + dy;
+            if y >= oh {
+                break;
+            }
+            let r = |k: usize| &a[(4 * dy + k) * tw..(4 * dy + k + 1) * tw];
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let row = &mut run[(y - 2 * ty0) * ow..(y - 2 * ty0 + 1) * ow];
+            for (tx, pair) in row.chunks_exact_mut(2).enumerate() {
+                pair[0] = r0[tx] + r1[tx] + r2[tx];
+                pair[1] = r1[tx] - r2[tx] - r3[tx];
+            }
+            if ow % 2 == 1 {
+                row[ow - 1] = r0[tw - 1] + r1[tw - 1] + r2[tw - 1];
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::ops::{RefTensor, conv2d_tiled, map_run};
+    use super::super::conv::{TILING, conv2d_tiled};
+    use super::super::ops::{RefTensor, map_run};
     use super::*;
 
     /// Convolution by its definition in f64: the truth both paths are measured against.
@@ -384,17 +431,35 @@ mod tests {
                 groups: 1,
             };
             assert!(applies(&ws, &s), "case {i} should take the Winograd path");
-            let direct = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, (1 << 22, None, 1));
+            let whole = Tiling {
+                budget: 1 << 22,
+                wino: false,
+                min_width: 1,
+                ..TILING
+            };
+            let direct = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, &whole);
             let direct_err = worst(&direct.data, &want, plane);
             let then = |ch: usize, run: &mut [f32]| map_run(run, |v| 2.0 * v + ch as f32);
-            // One tile row per chunk, a few, and the whole map at once.
-            for budget in [1, 16 * 64 * 12, 1 << 22] {
-                let budgets = (1 << 22, Some(budget), 1);
-                let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, budgets);
-                let post = conv2d_tiled(&x, (&w, &ws), (Some(&bias), Some(&then)), &s, budgets);
+            // One tile row per chunk, a few, and the whole map at once; by chunks of tile rows,
+            // and (with `min_tiles` out of reach) over blocks of 16 output channels.
+            let splits = [1, 16 * 64 * 12, 1 << 22].into_iter().flat_map(|budget| {
+                [1, usize::MAX].map(|min_tiles| Tiling {
+                    budget,
+                    shared: budget,
+                    wino: true,
+                    min_width: 1,
+                    min_tiles,
+                })
+            });
+            for t in splits {
+                let budget = (t.budget, t.min_tiles);
+                let got = conv2d_tiled(&x, (&w, &ws), (Some(&bias), None), &s, &t);
+                let post = conv2d_tiled(&x, (&w, &ws), (Some(&bias), Some(&then)), &s, &t);
                 assert_eq!(got.shape, direct.shape, "case {i}");
                 let err = worst(&got.data, &want, plane);
-                eprintln!("case {i}, budget {budget}: winograd {err:.2e}, direct {direct_err:.2e}");
+                eprintln!(
+                    "case {i}, budget {budget:?}: winograd {err:.2e}, direct {direct_err:.2e}"
+                );
                 // Parity allows 1e-4 on this scale; the kernel may use at most 2 % of it, and
                 // round at most 3× worse than the direct path (F(2×2, 3×3) measures ≤ 2×).
                 assert!(
@@ -403,7 +468,7 @@ mod tests {
                 );
                 assert!(
                     err < 2e-6,
-                    "case {i}, budget {budget}: {err:e} of the channel scale"
+                    "case {i}, budget {budget:?}: {err:e} of the channel scale"
                 );
                 // The epilogue sees every output exactly once, after the bias, with its channel.
                 for (j, (a, p)) in got.data.iter().zip(&post.data).enumerate() {
@@ -411,7 +476,7 @@ mod tests {
                     assert_eq!(
                         *p,
                         2.0 * a + ch as f32,
-                        "case {i}, budget {budget}, epilogue"
+                        "case {i}, budget {budget:?}, epilogue"
                     );
                 }
             }
