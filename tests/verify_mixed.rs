@@ -65,19 +65,7 @@ fn a_subgraph_is_not_judged_or_grafted() {
     let graft = fixture("graft");
     let (src, ckpt) = (graft.join("cnn.ts-nofold.onnx"), graft.join("cnn.pt"));
     let ema = dir.path().join("cnn.ema.onnx");
-    let args = |m: &Path, o: &Path| {
-        run_json(&[
-            "graft",
-            m.to_str().unwrap(),
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "-o",
-            o.to_str().unwrap(),
-            "--json",
-        ])
-    };
-    let (code, r) = args(&src, &ema);
-    assert_eq!(code, 0, "{r}");
+    grafted(&src, &ckpt, &ema);
     let with_if = dir.path().join("cnn.if.onnx");
     std::fs::write(&with_if, with_if_node(&std::fs::read(&ema).unwrap(), &ema)).unwrap();
     let (code, v) = verify(&with_if, &ckpt);
@@ -114,6 +102,20 @@ fn a_subgraph_is_not_judged_or_grafted() {
     assert!(!out.exists());
 }
 
+/// Grafts `ckpt`'s EMA into `src`, written to `out` (which must succeed).
+fn grafted(src: &Path, ckpt: &Path, out: &Path) {
+    let (code, r) = run_json(&[
+        "graft",
+        src.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{r}");
+}
+
 fn verify(file: &Path, ckpt: &Path) -> (i32, serde_json::Value) {
     run_json(&[
         "verify",
@@ -130,16 +132,7 @@ fn a_graph_partly_swapped_to_raw_weights_is_mixed() {
     let graft = fixture("graft");
     let (src, ckpt) = (graft.join("cnn.ts-nofold.onnx"), graft.join("cnn.pt"));
     let ema = dir.path().join("cnn.ema.onnx");
-    let (code, r) = run_json(&[
-        "graft",
-        src.to_str().unwrap(),
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "-o",
-        ema.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{r}");
+    grafted(&src, &ckpt, &ema);
     // The grafted file itself is the EMA; the untouched export is raw.
     let (code, v) = verify(&ema, &ckpt);
     assert_eq!(
@@ -171,16 +164,7 @@ fn an_ultralytics_export_partly_swapped_is_mixed() {
         fixture("yolov8-v80-style.pt"),
     );
     let ema = dir.path().join("ema.onnx");
-    let (code, r) = run_json(&[
-        "graft",
-        src.to_str().unwrap(),
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "-o",
-        ema.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{r}");
+    grafted(&src, &ckpt, &ema);
     let mix = dir.path().join("mixed.onnx");
     let swapped = mixed(&ema, &src, &mix);
     assert!(swapped >= 3, "{swapped} tensors swapped");

@@ -446,5 +446,8 @@ impl Accumulator {
 mod ambiguity;
 
 #[cfg(test)]
+#[path = "rows_obb_tests.rs"]
+mod obb_tests;
+#[cfg(test)]
 #[path = "rows_tests.rs"]
 mod tests;
