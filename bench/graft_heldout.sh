@@ -3,6 +3,9 @@
 # the result with PyTorch's EMA output (max |Δ|, and the raw model's distance for scale).
 # PYORT: a Python with onnxruntime and numpy.
 set -uo pipefail
+# Python's onnxruntime without its telemetry, as fuse-ema runs it (ONNX Runtime 1.32 sends it
+# from Linux by default; runtime::opt_out_of_telemetry).
+export ORT_DISABLE_TELEMETRY=1
 cd "$(dirname "$0")/.."
 DIR=${DIR:-/tmp/graft-held}
 PYORT=${PYORT:-/tmp/h4-venv/bin/python}

@@ -9,6 +9,9 @@
 #   BIN=target/release/fuse-ema  IMGSZ=640  PYTHON=a Python with onnxruntime and numpy
 #   (default $BENCH_VENV/bin/python, bench/scaling.sh's environment). Needs perf.
 set -euo pipefail
+# Python's onnxruntime without its telemetry, as fuse-ema runs it (ONNX Runtime 1.32 sends it
+# from Linux by default; runtime::opt_out_of_telemetry).
+export ORT_DISABLE_TELEMETRY=1
 cd "$(dirname "$0")/.."
 CK=${1:?usage: bench/op_profile.sh CHECKPOINT [OUT_DIR]}
 OUT=${2:-$(mktemp -d)}

@@ -3,6 +3,9 @@
 # the reference interpreter) for a yolov8n-sized checkpoint at 640, beside the Python way:
 # `yolo export` plus a torch-vs-onnxruntime check of the same model. Medians of $RUNS.
 set -euo pipefail
+# Python's onnxruntime without its telemetry, as fuse-ema runs it (ONNX Runtime 1.32 sends it
+# from Linux by default; runtime::opt_out_of_telemetry).
+export ORT_DISABLE_TELEMETRY=1
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 RUNS=${RUNS:-5}

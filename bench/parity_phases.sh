@@ -16,6 +16,9 @@
 # The integrator's one command on the idle machine:
 #   BASE=/path/to/old/fuse-ema bench/parity_phases.sh
 set -euo pipefail
+# Python's onnxruntime without its telemetry, as fuse-ema runs it (ONNX Runtime 1.32 sends it
+# from Linux by default; runtime::opt_out_of_telemetry).
+export ORT_DISABLE_TELEMETRY=1
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 BIN=${BIN:-target/release/fuse-ema}

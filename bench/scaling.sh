@@ -19,6 +19,9 @@
 #   BENCH_VENV=${TMPDIR:-/tmp}/bench-venv    Python environment, created here when missing with the
 #                     pinned versions below (torch ~4 GB with its CUDA wheels; CPU is used)
 set -euo pipefail
+# Python's onnxruntime without its telemetry, as fuse-ema runs it (ONNX Runtime 1.32 sends it
+# from Linux by default; runtime::opt_out_of_telemetry).
+export ORT_DISABLE_TELEMETRY=1
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/scaling.sh OUT_DIR}
 TORCH_VERSION=2.15.0

@@ -11,6 +11,29 @@ pub mod alloc;
 pub mod timing;
 pub mod tract;
 
+/// The environment variable with which ONNX Runtime (1.32 and later, official builds) turns off
+/// its telemetry on Linux and macOS: with it unset, loading the library creates a device id under
+/// `~/.cache/Microsoft/DeveloperTools` and a 1DS uploader that resolves and contacts Microsoft's
+/// collector, sending the models' producer, graph names and metadata among other events
+/// (docs/Privacy.md of onnxruntime). A checker run in CI must not do that behind its user's back.
+pub const TELEMETRY_OPT_OUT: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Sets [`TELEMETRY_OPT_OUT`] to `1` for this process unless the user set it (to anything, `0`
+/// included: their choice stands). The library reads it when it initialises, before any API call
+/// could turn telemetry off, so it must be in the environment before ONNX Runtime loads.
+///
+/// # Safety
+///
+/// Changes the process environment: call it while the process has ONE thread (first thing in
+/// `main`), as [`std::env::set_var`] requires; no other thread may read or write the
+/// environment meanwhile.
+pub unsafe fn opt_out_of_telemetry() {
+    if std::env::var_os(TELEMETRY_OPT_OUT).is_none() {
+        // SAFETY: the caller guarantees no other thread exists yet.
+        unsafe { std::env::set_var(TELEMETRY_OPT_OUT, "1") };
+    }
+}
+
 /// Execution providers that can be requested from ONNX Runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ep {
@@ -378,6 +401,9 @@ pub fn ort() -> Result<&'static OrtRuntime, RuntimeError> {
         })?;
         let env = env
             .with_name("fuse-ema")
+            // Where the process environment could not be set first (fuse-ema used as a library),
+            // this at least stops the events after initialisation.
+            .with_telemetry(false)
             .build()
             .map_err(|e| RuntimeError::Environment {
                 path: path.clone(),
