@@ -8,32 +8,15 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::fixture;
 use common::onnx_edit::wire::{
     attribute, constant_node, field, field_f32, field_int, scalar_tensor,
 };
 use common::onnx_edit::{
-    detach_output0, export, f32s, i64s, load, node, save, verify, verify_unpinned,
+    detach_output0, export, f32s, honest_nms, i64s, load, node, save, verify, verify_edit,
+    verify_unpinned,
 };
 use fuse_ema::onnx::proto::{Attr, Model};
-
-/// The yolo11 fixture exported at 64×64 with NMS inside, and its checkpoint; verify passes it.
-fn honest_nms(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let ckpt = fixture("yolo11-detect.pt");
-    let onnx = export(dir, &ckpt, "nms.onnx", &["--nms", "--imgsz", "64"]);
-    let (code, out) = verify(&onnx, &ckpt, &[]);
-    assert_eq!(code, 0, "{out}");
-    (onnx, ckpt)
-}
-
-/// Saves `m` as `name` in `dir` and verifies it (seed 0): exit code and output.
-fn verify_edit(dir: &Path, m: &Model, name: &str, ckpt: &Path) -> (i32, String) {
-    let p = dir.join(name);
-    save(m, &p);
-    verify(&p, ckpt, &[])
-}
 
 /// A `ModelProto` fragment: a second `graph` field holding one float32 initializer `name` of
 /// shape [1] in external data with `entries` (key, value) in this order. Protobuf merges it

@@ -311,8 +311,11 @@ fn wheres(model: &Model) -> Result<(), String> {
                         (p.attrs.iter()).any(|(k, a)| k == "to" && matches!(a, Attr::Int(9)));
                     let from = p.inputs.first().map(String::as_str).unwrap_or_default();
                     to_bool
-                        && (model.nodes.iter())
-                            .any(|s| s.op == "ScatterND" && s.outputs.iter().any(|o| o == from))
+                        && (model.nodes.iter()).any(|s| {
+                            s.op == "ScatterND"
+                                && s.outputs.iter().any(|o| o == from)
+                                && keep_mask(model, s)
+                        })
                 }
                 _ => false,
             };
@@ -325,6 +328,58 @@ fn wheres(model: &Model) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether `s` (a `ScatterND`) is the NMS's keep mask as an NMS export builds it: [`zeros`]
+/// with values computed from shapes and constants alone, scattered at indices that are the
+/// `NonMaxSuppression`'s selected triples moved only by indexing at constant or shape-only
+/// positions. Anything else lets the mask hide a filter: values such as `Floor(score · 1.05)`
+/// keep only the rows where they are not zero, indices from a `TopK` keep the rows it picks
+/// (review 9).
+fn keep_mask(model: &Model, s: &Node) -> bool {
+    let [data, at, values] = s.inputs.as_slice() else {
+        return false;
+    };
+    zeros(model, data) && shape_only(model, values) && from_nms(model, at)
+}
+
+/// Whether `v` is zeros: a constant of zeros, or a `ConstantOfShape`. The reader does not keep
+/// a `ConstantOfShape`'s tensor `value`, so one filled with ones passes here; such a mask keeps
+/// the rows the NMS suppressed, which the tail check run (`nms_tail.rs`) shows as extra rows.
+fn zeros(model: &Model, v: &str) -> bool {
+    if let Some(c) = fold::constant(model, v) {
+        return c.iter().all(|&x| x == 0.0);
+    }
+    (model.nodes.iter()).any(|p| p.op == "ConstantOfShape" && p.outputs.iter().any(|o| o == v))
+}
+
+/// Whether every value `v` is computed from is a `NonMaxSuppression` output or a constant,
+/// through indexing operators whose other inputs (positions, shapes, axes) are shape-only.
+fn from_nms(model: &Model, v: &str) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        if !seen.insert(v) || fold::constant(model, v).is_some() {
+            continue;
+        }
+        let Some(p) = (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v)) else {
+            return false;
+        };
+        let rest_shape_only = || p.inputs.iter().skip(1).all(|i| shape_only(model, i));
+        match p.op.as_str() {
+            _ if seen.len() > 64 => return false,
+            "NonMaxSuppression" => {}
+            "Concat" => todo.extend(p.inputs.iter().map(String::as_str)),
+            "Gather" | "Slice" | "Reshape" | "Squeeze" | "Unsqueeze" | "Cast" | "Identity"
+            | "Transpose"
+                if rest_shape_only() =>
+            {
+                todo.extend(p.inputs.first().map(String::as_str));
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// `Equal(x, 0)` (either order) with `x` the scores themselves: picks out padding rows.

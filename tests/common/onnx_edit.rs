@@ -173,3 +173,19 @@ pub mod wire {
         a
     }
 }
+
+/// The yolo11 fixture exported at 64×64 with NMS inside, and its checkpoint; verify passes it.
+pub fn honest_nms(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ckpt = super::fixture("yolo11-detect.pt");
+    let onnx = export(dir, &ckpt, "nms.onnx", &["--nms", "--imgsz", "64"]);
+    let (code, out) = verify(&onnx, &ckpt, &[]);
+    assert_eq!(code, 0, "{out}");
+    (onnx, ckpt)
+}
+
+/// Saves `m` as `name` in `dir` and verifies it (seed 0): exit code and output.
+pub fn verify_edit(dir: &Path, m: &Model, name: &str, ckpt: &Path) -> (i32, String) {
+    let p = dir.join(name);
+    save(m, &p);
+    verify(&p, ckpt, &[])
+}
