@@ -13,6 +13,8 @@ use crate::parity::NmsOutput;
 
 #[path = "embedded_nms_fold.rs"]
 mod fold;
+#[path = "embedded_nms_shapes.rs"]
+mod shapes;
 
 /// The comparisons a score filter can be written with (either operand order).
 const COMPARISONS: [&str; 4] = ["Greater", "Less", "GreaterOrEqual", "LessOrEqual"];
@@ -297,10 +299,13 @@ fn wheres(model: &Model) -> Result<(), String> {
                 _ if depth > 8 => false,
                 Some(p) if COMPARISONS.contains(&p.op.as_str()) => true,
                 // `Equal` of shapes (torch's exports test a shape for -1), never of scores:
-                // `Equal(Floor(score * 20), 19)` is a threshold no comparison shows (review 8 G13).
+                // `Equal(Floor(score * 20), 19)` is a threshold no comparison shows (review 8 G13),
+                // and nor of a shape the data decides (`NonZero`'s, review 9).
                 // … or of the scores with 0 (padding rows).
                 Some(p) if p.op == "Equal" => {
-                    p.inputs.iter().all(|i| shape_only(model, i)) || padding(model, p)
+                    p.inputs.iter().all(|i| shapes::static_value(model, i))
+                        || shapes::never_true(model, p)
+                        || padding(model, p)
                 }
                 Some(p) if matches!(p.op.as_str(), "And" | "Or" | "Not" | "Xor" | "Identity") => {
                     todo.extend(p.inputs.iter().map(|i| (i.as_str(), depth + 1)));

@@ -1,0 +1,112 @@
+//! `verify`'s reading of an embedded NMS lets a `Where` select only on comparisons with the
+//! score threshold, on shape tests and on the NMS's keep mask (`Cast` to bool of a
+//! `ScatterND`). Before review 9 ANY `ScatterND` passed as that mask, and any `Equal` of two
+//! shapes as a shape test, so either could carry a filter no comparison shows: a mask of ones
+//! only where `Floor(score · 1.05)` is not zero (a hidden threshold at 0.952), indices computed
+//! by arithmetic, or an `Equal` on the row count of `NonZero(Floor(score · 1.05))` that drops
+//! every row of an image with such a score. Now the mask must be zeros with shape-only values
+//! scattered at the `NonMaxSuppression`'s own selected indices, moved only by indexing, and a
+//! shape test must compare shapes the data does not decide (or a moved shape with a negative
+//! constant, torch's reshape guard). Each file is an honest `--nms` export edited with the
+//! crate's reader and encoder (tests/common/onnx_edit.rs); ONNX Runtime must be available;
+//! these tests never skip.
+
+mod common;
+
+use common::onnx_edit::{f32s, honest_nms, i64s, load, node, verify_edit};
+use fuse_ema::onnx::proto::Model;
+
+/// The keep mask's `ScatterND` (its position) and the scores its zeros take their shape from.
+fn keep_mask(m: &Model) -> (usize, String) {
+    let at = (m.nodes.iter()).position(|n| n.op == "ScatterND").unwrap();
+    let producer = |v: &str| (m.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v));
+    let zeros = producer(&m.nodes[at].inputs[0]).unwrap();
+    assert_eq!(zeros.op, "ConstantOfShape");
+    let shape = producer(&zeros.inputs[0]).unwrap();
+    assert_eq!(shape.op, "Shape");
+    (at, shape.inputs[0].clone())
+}
+
+#[test]
+fn a_keep_mask_that_hides_a_filter_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, ckpt) = honest_nms(dir.path());
+    let refused = |code: i32, out: &str| {
+        assert_eq!(code, 2, "{out}");
+        assert!(
+            out.contains("which is no comparison with its score threshold"),
+            "{out}"
+        );
+    };
+
+    // Values from the scores: the mask is 1 only where Floor(score · 1.05) is, score ≥ 0.952.
+    let mut m = load(&onnx);
+    let (at, scores) = keep_mask(&m);
+    let indices = m.nodes[at].inputs[1].clone();
+    m.initializers.push(f32s("dr_k", &[1], &[1.05]));
+    m.nodes[at].inputs[2] = "dr_band".into();
+    let band = vec![
+        node("GatherND", &[&scores, &indices], "dr_picked", vec![]),
+        node("Mul", &["dr_picked", "dr_k"], "dr_scaled", vec![]),
+        node("Floor", &["dr_scaled"], "dr_band", vec![]),
+    ];
+    m.nodes.splice(at..at, band);
+    let (code, out) = verify_edit(dir.path(), &m, "values.onnx", &ckpt);
+    refused(code, &out);
+
+    // The selected indices passed through `op` on their way to the mask.
+    let through = |op: &str, name: &str| {
+        let mut m = load(&onnx);
+        let (at, _) = keep_mask(&m);
+        let indices = m.nodes[at].inputs[1].clone();
+        m.nodes[at].inputs[1] = "dr_moved".into();
+        m.nodes
+            .insert(at, node(op, &[&indices], "dr_moved", vec![]));
+        verify_edit(dir.path(), &m, name, &ckpt)
+    };
+    // Computed by arithmetic rather than moved: refused.
+    let (code, out) = through("Abs", "indices.onnx");
+    refused(code, &out);
+    // Moved by an `Identity`: still the NMS's own, still verified.
+    let (code, out) = through("Identity", "identity.onnx");
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn a_shape_test_on_a_row_count_the_data_decides_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, ckpt) = honest_nms(dir.path());
+    let mut m = load(&onnx);
+    let last = (m.nodes.iter())
+        .rposition(|n| n.op == "Greater" && n.inputs[1] == "nms/conf")
+        .unwrap();
+    let (scores, mask) = (
+        m.nodes[last].inputs[0].clone(),
+        m.nodes[last].outputs[0].clone(),
+    );
+    for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
+        n.inputs[0] = "dr_keep".into();
+    }
+    // Rows are kept only while no score reaches 0.952: And(mask, Equal(count, 0)).
+    m.initializers.extend([
+        f32s("dr_k", &[1], &[1.05]),
+        i64s("dr_second", &[1]),
+        i64s("dr_zero", &[0]),
+    ]);
+    let switch = vec![
+        node("Mul", &[&scores, "dr_k"], "dr_scaled", vec![]),
+        node("Floor", &["dr_scaled"], "dr_band", vec![]),
+        node("NonZero", &["dr_band"], "dr_where", vec![]),
+        node("Shape", &["dr_where"], "dr_shape", vec![]),
+        node("Gather", &["dr_shape", "dr_second"], "dr_count", vec![]),
+        node("Equal", &["dr_count", "dr_zero"], "dr_none", vec![]),
+        node("And", &[&mask, "dr_none"], "dr_keep", vec![]),
+    ];
+    m.nodes.splice(last + 1..last + 1, switch);
+    let (code, out) = verify_edit(dir.path(), &m, "count.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("selects on 'dr_none', which is no comparison with its score threshold"),
+        "{out}"
+    );
+}
