@@ -361,30 +361,17 @@ fn zeros(model: &Model, v: &str) -> bool {
 /// Whether every value `v` is computed from is a `NonMaxSuppression` output or a constant,
 /// through indexing operators whose other inputs (positions, shapes, axes) are shape-only.
 fn from_nms(model: &Model, v: &str) -> bool {
-    let mut seen = std::collections::HashSet::new();
-    let mut todo = vec![v];
-    while let Some(v) = todo.pop() {
-        if !seen.insert(v) || fold::constant(model, v).is_some() {
-            continue;
+    shapes::walk(model, v, 64, |p| match p.op.as_str() {
+        "NonMaxSuppression" => Some(&[][..]),
+        "Concat" => Some(&p.inputs[..]),
+        "Gather" | "Slice" | "Reshape" | "Squeeze" | "Unsqueeze" | "Cast" | "Identity"
+        | "Transpose"
+            if p.inputs.iter().skip(1).all(|i| shape_only(model, i)) =>
+        {
+            Some(p.inputs.get(..1).unwrap_or_default())
         }
-        let Some(p) = (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v)) else {
-            return false;
-        };
-        let rest_shape_only = || p.inputs.iter().skip(1).all(|i| shape_only(model, i));
-        match p.op.as_str() {
-            _ if seen.len() > 64 => return false,
-            "NonMaxSuppression" => {}
-            "Concat" => todo.extend(p.inputs.iter().map(String::as_str)),
-            "Gather" | "Slice" | "Reshape" | "Squeeze" | "Unsqueeze" | "Cast" | "Identity"
-            | "Transpose"
-                if rest_shape_only() =>
-            {
-                todo.extend(p.inputs.first().map(String::as_str));
-            }
-            _ => return false,
-        }
-    }
-    true
+        _ => None,
+    })
 }
 
 /// `Equal(x, 0)` (either order) with `x` the scores themselves: picks out padding rows.
@@ -398,22 +385,12 @@ fn padding(model: &Model, eq: &Node) -> bool {
 }
 
 /// Whether `v` is computed from constants and tensor shapes only (`Shape`, `Size`,
-/// `ConstantOfShape`), whatever the operators in between. Each value is visited once (a
-/// hostile graph of diamonds must not make this exponential).
+/// `ConstantOfShape`), whatever the operators in between.
 fn shape_only(model: &Model, v: &str) -> bool {
-    let mut seen = std::collections::HashSet::new();
-    let mut todo = vec![v];
-    while let Some(v) = todo.pop() {
-        if v.is_empty() || !seen.insert(v) || fold::constant(model, v).is_some() {
-            continue;
-        }
-        match (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v)) {
-            Some(p) if matches!(p.op.as_str(), "Shape" | "Size" | "ConstantOfShape") => {}
-            Some(p) if seen.len() < 256 => todo.extend(p.inputs.iter().map(String::as_str)),
-            _ => return false,
-        }
-    }
-    true
+    shapes::walk(model, v, 256, |p| match p.op.as_str() {
+        "Shape" | "Size" | "ConstantOfShape" => Some(&[][..]),
+        _ => Some(&p.inputs[..]),
+    })
 }
 
 /// Two thresholds that are the same number, or the same in float16 where one of them is a

@@ -5,7 +5,7 @@
 //! inputs are fine: they are the image's size, not its values.
 
 use super::fold;
-use crate::onnx::proto::Model;
+use crate::onnx::proto::{Model, Node};
 
 /// Operators whose output shape depends on their inputs' values whatever the shapes given.
 const DATA_SHAPED: [&str; 5] = ["NonZero", "NonMaxSuppression", "Compress", "Unique", "Loop"];
@@ -92,7 +92,7 @@ pub(super) fn static_value(model: &Model, v: &str) -> bool {
 /// A dimension is never negative, so each element compares a constant with a constant, or is
 /// false. torch's exports guard a dynamic reshape so: `Where(Equal(shape, -1), 1, shape)`, also
 /// on shapes after an NMS, whose row count the data decides.
-pub(super) fn never_true(model: &Model, eq: &crate::onnx::proto::Node) -> bool {
+pub(super) fn never_true(model: &Model, eq: &Node) -> bool {
     let negative = |v: &str| fold::constant(model, v).is_some_and(|c| c.iter().all(|&x| x < 0.0));
     match eq.inputs.as_slice() {
         [a, b] if negative(b) => moved_shapes(model, a),
@@ -104,26 +104,42 @@ pub(super) fn never_true(model: &Model, eq: &crate::onnx::proto::Node) -> bool {
 /// Whether every element of `v` is a dimension of some value or a constant, moved but never
 /// computed.
 fn moved_shapes(model: &Model, v: &str) -> bool {
+    walk(model, v, 256, |p| match p.op.as_str() {
+        "Shape" | "Size" => Some(&[][..]),
+        "Concat" => Some(&p.inputs[..]),
+        // Positions, starts and shapes pick elements; only the first input's are moved.
+        "Gather" | "Slice" | "Squeeze" | "Unsqueeze" | "Cast" | "Identity" | "Reshape" => {
+            Some(p.inputs.get(..1).unwrap_or_default())
+        }
+        _ => None,
+    })
+}
+
+/// Walks back from `v` through the values `step` names for each producing node, every value
+/// once (a hostile graph of diamonds must not make this exponential): true when every value
+/// reached is a constant or its producer's step says `Some` (the values to follow); false at a
+/// graph input, at a `None`, or past `limit` values.
+pub(super) fn walk<'m>(
+    model: &'m Model,
+    v: &'m str,
+    limit: usize,
+    step: impl Fn(&'m Node) -> Option<&'m [String]>,
+) -> bool {
     let mut seen = std::collections::HashSet::new();
     let mut todo = vec![v];
     while let Some(v) = todo.pop() {
         if v.is_empty() || !seen.insert(v) || fold::constant(model, v).is_some() {
             continue;
         }
-        match (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v)) {
-            _ if seen.len() > 256 => return false,
-            Some(p) if matches!(p.op.as_str(), "Shape" | "Size") => {}
-            Some(p) if p.op == "Concat" => todo.extend(p.inputs.iter().map(String::as_str)),
-            // Positions, starts and shapes pick elements; only the first input's are moved.
-            Some(p)
-                if matches!(
-                    p.op.as_str(),
-                    "Gather" | "Slice" | "Squeeze" | "Unsqueeze" | "Cast" | "Identity" | "Reshape"
-                ) =>
-            {
-                todo.extend(p.inputs.first().map(String::as_str));
-            }
-            _ => return false,
+        if seen.len() > limit {
+            return false;
+        }
+        let Some(p) = (model.nodes.iter()).find(|n| n.outputs.iter().any(|o| o == v)) else {
+            return false;
+        };
+        match step(p) {
+            Some(next) => todo.extend(next.iter().map(String::as_str)),
+            None => return false,
         }
     }
     true
