@@ -143,7 +143,7 @@ pub fn add(a: &RefTensor, b: &RefTensor) -> RefTensor {
     RefTensor::new(out, a.shape.clone())
 }
 
-/// `acc = x + acc` elementwise, in place: the same sum, operand for operand, as [`add`]`(x, acc)`
+/// `acc += x` elementwise, in place: the same sums as [`add`]`(x, acc)` (addition commutes)
 /// without a new map.
 pub fn add_to(acc: &mut RefTensor, x: &RefTensor) {
     acc.data
@@ -151,7 +151,7 @@ pub fn add_to(acc: &mut RefTensor, x: &RefTensor) {
         .zip(x.data.par_chunks(COPY_RUN))
         .for_each(|(o, x)| {
             for (o, x) in o.iter_mut().zip(x) {
-                *o = x + *o;
+                *o += x;
             }
         });
 }
