@@ -214,8 +214,8 @@ fn results_do_not_depend_on_the_thread_count() {
 
 #[test]
 fn the_in_place_sum_is_the_sum() {
-    // Longer than a copy task, with values of every sign and magnitude, so rounding shows if
-    // the in-place sum added in another order or missed a run.
+    // Several copy tasks long and not a multiple of one, with values of every sign and
+    // magnitude, so a run the in-place sum missed or misaligned shows in the bits.
     let n = 200_003;
     let big: Vec<f32> = values(n, 7).iter().map(|v| v * 1e3).collect();
     let a = RefTensor::new(big, vec![1, 1, 1, n]);
