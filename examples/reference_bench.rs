@@ -1,19 +1,23 @@
 //! Times the reference interpreter: `cargo run --release --example reference_bench -- CKPT [SIZE]
 //! [RUNS]`. Runs one 1×3×SIZE×SIZE seeded image through the checkpoint's EMA RUNS times (default
-//! 5) and prints, per run, wall time, the process's CPU time and its minor page faults over the
-//! run (the first run is what `export`'s parity check pays: it runs the interpreter once), then
-//! the median, and a checksum of the outputs' bits (equal between builds or thread counts iff
-//! the results are bit-identical).
+//! 5) and prints, per run, wall time, the process's CPU time (and the kernel's share of it:
+//! mostly page faults) and its minor page faults over the run (the first run is what `export`'s
+//! parity check pays: it runs the interpreter once), then the median, and a checksum of the
+//! outputs' bits (equal between builds or thread counts iff the results are bit-identical).
 
-/// (user + system CPU seconds, minor page faults) of the process so far.
-fn usage() -> (f64, i64) {
+/// (user + system CPU seconds, system CPU seconds, minor page faults) of the process so far.
+fn usage() -> (f64, f64, i64) {
     // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return (f64::NAN, -1);
+        return (f64::NAN, f64::NAN, -1);
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (secs(u.ru_utime) + secs(u.ru_stime), u.ru_minflt)
+    (
+        secs(u.ru_utime) + secs(u.ru_stime),
+        secs(u.ru_stime),
+        u.ru_minflt,
+    )
 }
 
 fn main() {
@@ -38,14 +42,15 @@ fn main() {
     let mut sum = 0u64;
     for i in 0..runs {
         let input = images.clone();
-        let (c0, f0) = usage();
+        let (c0, s0, f0) = usage();
         let t = std::time::Instant::now();
         let out = r.run(input).expect("runs");
         let wall = t.elapsed().as_secs_f64();
-        let (c1, f1) = usage();
+        let (c1, s1, f1) = usage();
         println!(
-            "run {i}: {wall:.4} s wall, {:.4} s CPU, {} minor faults",
+            "run {i}: {wall:.4} s wall, {:.4} s CPU ({:.4} s system), {} minor faults",
             c1 - c0,
+            s1 - s0,
             f1 - f0
         );
         times.push(wall);

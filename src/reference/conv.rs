@@ -123,7 +123,7 @@ thread_local! {
 pub(super) fn grow(buf: &mut Vec<f32>, len: usize) {
     if buf.len() < len {
         drop(std::mem::take(buf));
-        *buf = vec![0.0; len];
+        *buf = super::pages::zeros(len);
     }
 }
 
@@ -209,7 +209,7 @@ pub(super) fn conv2d_tiled(
     let oh = (h + 2 * s.pad.0 - s.dil.0 * (kh - 1) - 1) / s.stride.0 + 1;
     let ow = (wd + 2 * s.pad.1 - s.dil.1 * (kw - 1) - 1) / s.stride.1 + 1;
     let plane = oh * ow;
-    let mut out = vec![0.0f32; n * o * plane];
+    let mut out = super::pages::zeros(n * o * plane);
     let og = o / s.groups;
     let depthwise = s.groups == c && cg == 1 && og == 1;
     let kdim = cg * kh * kw;

@@ -19,7 +19,7 @@ pub(super) fn concat(parts: &[&[f32]]) -> Vec<f32> {
     if len < 2 * COPY_RUN {
         return parts.concat();
     }
-    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let mut out: Vec<f32> = super::pages::with_capacity(len);
     let mut rest = &mut out.spare_capacity_mut()[..len];
     let mut jobs: Vec<(&mut [MaybeUninit<f32>], &[f32])> = Vec::new();
     for part in parts {
@@ -45,8 +45,10 @@ pub fn max_pool(x: &RefTensor, k: usize, stride: usize, pad: usize) -> RefTensor
     let (n, c, h, w) = x.nchw();
     let oh = (h + 2 * pad - k) / stride + 1;
     let ow = (w + 2 * pad - k) / stride + 1;
-    let mut out = vec![f32::NEG_INFINITY; n * c * oh * ow];
+    // Every output is written below but for an empty input's: −∞.
+    let mut out = super::pages::zeros(n * c * oh * ow);
     if oh * ow == 0 || h * w == 0 {
+        out.fill(f32::NEG_INFINITY);
         return RefTensor::new(out, vec![n, c, oh, ow]);
     }
     out.par_chunks_mut(oh * ow)
@@ -86,7 +88,7 @@ fn max_pool_plane(
 pub fn upsample_nearest(x: &RefTensor, f: usize) -> RefTensor {
     let (n, c, h, w) = x.nchw();
     let (oh, ow) = (h * f, w * f);
-    let mut out = vec![0.0; n * c * oh * ow];
+    let mut out = super::pages::zeros(n * c * oh * ow);
     if oh * ow == 0 {
         return RefTensor::new(out, vec![n, c, oh, ow]);
     }
@@ -130,8 +132,26 @@ pub fn channels(x: &RefTensor, from: usize, to: usize) -> RefTensor {
 
 /// Elementwise sum.
 pub fn add(a: &RefTensor, b: &RefTensor) -> RefTensor {
-    RefTensor::new(
-        a.data.par_iter().zip(&b.data).map(|(x, y)| x + y).collect(),
-        a.shape.clone(),
-    )
+    let mut out = super::pages::zeros(a.data.len());
+    out.par_chunks_mut(COPY_RUN)
+        .zip(a.data.par_chunks(COPY_RUN).zip(b.data.par_chunks(COPY_RUN)))
+        .for_each(|(o, (x, y))| {
+            for (o, (x, y)) in o.iter_mut().zip(x.iter().zip(y)) {
+                *o = x + y;
+            }
+        });
+    RefTensor::new(out, a.shape.clone())
+}
+
+/// `acc += x` elementwise, in place: the same sums as [`add`]`(x, acc)` (addition commutes)
+/// without a new map.
+pub fn add_to(acc: &mut RefTensor, x: &RefTensor) {
+    acc.data
+        .par_chunks_mut(COPY_RUN)
+        .zip(x.data.par_chunks(COPY_RUN))
+        .for_each(|(o, x)| {
+            for (o, x) in o.iter_mut().zip(x) {
+                *o += x;
+            }
+        });
 }

@@ -9,6 +9,7 @@ mod conv;
 mod maps;
 pub mod nms;
 pub mod ops;
+pub(crate) mod pages;
 pub mod selection;
 pub mod seq;
 pub(crate) mod shape;
@@ -149,6 +150,16 @@ impl<'g> Reference<'g> {
             return Ok(self.round(y));
         }
         self.module(c, LayerInput::One(x.clone()))
+    }
+
+    /// [`Reference::sub`] on a value the caller no longer needs: a child that is not a `Conv`
+    /// gets it as it is, not a copy.
+    pub(crate) fn sub_owned(&mut self, m: ModuleRef, name: &str, x: RefTensor) -> R<RefTensor> {
+        let c = m.child(name)?;
+        if c.class() == "Conv" {
+            return self.sub(m, name, &x);
+        }
+        self.module(c, LayerInput::One(x))
     }
 }
 

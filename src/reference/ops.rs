@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 pub use super::conv::{Epilogue, conv2d, conv2d_then};
-pub use super::maps::{add, cat_channels, channels, max_pool, upsample_nearest};
+pub use super::maps::{add, add_to, cat_channels, channels, max_pool, upsample_nearest};
 
 /// The fewest elements worth one task on the pool: below this, handing work to another thread
 /// costs more than the work (a few microseconds).
@@ -231,7 +231,7 @@ pub fn softmax_strided(v: &mut [f32], offset: usize, len: usize, stride: usize) 
 
 /// Row-major matrix product helper for the attention blocks.
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0.0; m * n];
+    let mut out = super::pages::zeros(m * n);
     gemm(a, b, &mut out, m, k, n);
     out
 }

@@ -211,3 +211,24 @@ fn results_do_not_depend_on_the_thread_count() {
         }
     }
 }
+
+#[test]
+fn the_in_place_sum_is_the_sum() {
+    // Several copy tasks long and not a multiple of one, with values of every sign and
+    // magnitude, so a run the in-place sum missed or misaligned shows in the bits.
+    let n = 200_003;
+    let big: Vec<f32> = values(n, 7).iter().map(|v| v * 1e3).collect();
+    let a = RefTensor::new(big, vec![1, 1, 1, n]);
+    let b = RefTensor::new(values(n, 8), vec![1, 1, 1, n]);
+    let want = add(&a, &b);
+    let mut got = RefTensor::new(b.data.clone(), b.shape.clone());
+    add_to(&mut got, &a);
+    assert_eq!(got.shape, want.shape);
+    assert!(
+        got.data
+            .iter()
+            .zip(&want.data)
+            .all(|(g, w)| g.to_bits() == w.to_bits()),
+        "add_to differs from add"
+    );
+}

@@ -49,7 +49,7 @@ fn forced_direct() -> bool {
 /// The filters' transforms `U = G g Gᵀ`, laid out `[ξ][o][c]` (one Cout × Cin matrix per ξ).
 /// `w` is (O, C, 3, 3). Done once per call: 16·O·C values, negligible beside the convolution.
 fn filter_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut u = vec![0.0f32; 16 * o * c];
+    let mut u = super::pages::zeros(16 * o * c);
     for (oc_c, g) in w.chunks_exact(9).enumerate() {
         // G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]: rows first (G g), then columns ((G g) Gᵀ).
         let mut t = [[0.0f32; 3]; 4];

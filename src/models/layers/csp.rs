@@ -224,7 +224,7 @@ impl Reference<'_> {
         }
         let c = ac / 2;
         shape::channels(&a, c, 2 * c, "C2")?;
-        let y = self.sub(m, "m", &ops::channels(&a, 0, c))?;
+        let y = self.sub_owned(m, "m", ops::channels(&a, 0, c))?;
         let b = ops::channels(&a, c, 2 * c);
         shape::same_maps(&[&y, &b], "C2")?;
         self.sub(m, "cv2", &ops::cat_channels(&[&y, &b]))
@@ -260,17 +260,21 @@ impl Reference<'_> {
     }
 
     /// [`Reference::c2f`] on one image (`a`, cv1's output of `2·c` channels), whose
-    /// concatenation is its parts one after the other: it starts as `a` itself and each block's
-    /// output is appended as it comes, then handed on to the next block, so no half, input or
-    /// output is copied but into the concatenation. Shapes are judged as the general path does:
-    /// after every block has run.
+    /// concatenation is its parts one after the other: it starts as a copy of `a` in a buffer
+    /// with room for every block's output, each block's output is appended as it comes, then
+    /// handed on to the next block, so no half, input or output is copied but into the
+    /// concatenation. (Growing `a`'s own buffer instead saved that one copy but not the ~9 000
+    /// page faults of moving and extending it on yolo11x; the new buffer takes huge pages, see
+    /// `reference/pages.rs`.) Shapes are judged as the general path does: after every block has
+    /// run.
     fn c2f_one(&mut self, m: ModuleRef, a: RefTensor, c: usize) -> BuildResult<RefTensor> {
         let (h, w) = (a.shape[2], a.shape[3]);
         let first = [1, c, h, w];
         let mut next = ops::channels(&a, c, 2 * c);
         let blocks = m.child("m")?.children();
-        let mut cat = a.data;
-        cat.reserve(blocks.len() * c * h * w);
+        let mut cat = crate::reference::pages::with_capacity((2 + blocks.len()) * c * h * w);
+        cat.extend_from_slice(&a.data);
+        drop(a);
         let (mut channels, mut misfit) = (2 * c, None);
         for (_, b) in blocks {
             let y = self.module(b, LayerInput::One(next))?;
@@ -303,7 +307,7 @@ impl Reference<'_> {
 
     pub(crate) fn c3(&mut self, m: ModuleRef, x: &RefTensor) -> BuildResult<RefTensor> {
         let a = self.sub(m, "cv1", x)?;
-        let a = self.sub(m, "m", &a)?;
+        let a = self.sub_owned(m, "m", a)?;
         let b = self.sub(m, "cv2", x)?;
         shape::same_maps(&[&a, &b], "C3")?;
         let cat = ops::cat_channels(&[&a, &b]);
@@ -332,10 +336,11 @@ pub(crate) fn residual(
     y: RefTensor,
     what: &str,
 ) -> BuildResult<RefTensor> {
-    Ok(if m.bool("add")?.unwrap_or(false) {
+    let mut y = y;
+    if m.bool("add")?.unwrap_or(false) {
         shape::same_shape(x, &y, what)?;
-        ops::add(x, &y)
-    } else {
-        y
-    })
+        // Into `y`'s own buffer, which nothing else holds: no new map.
+        ops::add_to(&mut y, x);
+    }
+    Ok(y)
 }
