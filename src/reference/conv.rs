@@ -223,7 +223,15 @@ pub(super) fn conv2d_tiled(
                 .for_each(|(ch, oc)| {
                     let xc = &xb[ch * h * wd..(ch + 1) * h * wd];
                     let wc = &w[ch * kh * kw..(ch + 1) * kh * kw];
-                    depthwise_plane(xc, (h, wd), wc, (kh, kw), s, oc, ow);
+                    let dw = DwChannel {
+                        x: xc,
+                        hw: (h, wd),
+                        w: wc,
+                        k: (kh, kw),
+                        s,
+                        ow,
+                    };
+                    depthwise_plane(&dw, oc);
                     channel_finish(oc, ch, post);
                 });
             continue;
@@ -339,17 +347,49 @@ fn gemm_conv(
     }
 }
 
-/// One channel of a depthwise convolution; the taps that fall inside the input are found once
-/// per output row and column range, so the inner loop has no bounds tests.
-fn depthwise_plane(
-    xc: &[f32],
-    (h, wd): (usize, usize),
-    wc: &[f32],
-    (kh, kw): (usize, usize),
-    s: &ConvSpec,
-    oc: &mut [f32],
+/// One channel of a depthwise convolution: its input `x` (h × w), its filter `w` (kh × kw),
+/// and the output width.
+struct DwChannel<'a> {
+    x: &'a [f32],
+    hw: (usize, usize),
+    w: &'a [f32],
+    k: (usize, usize),
+    s: &'a ConvSpec,
     ow: usize,
-) {
+}
+
+/// One channel of a depthwise convolution into `oc`: [`depthwise_loops`] compiled for AVX2
+/// where the CPU has it (8 floats a step where the baseline build has SSE2's 4; multiply and
+/// add stay separate, not FMA, so the bits are the baseline's on every CPU).
+fn depthwise_plane(ch: &DwChannel, oc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { depthwise_avx2(ch, oc) };
+        return;
+    }
+    depthwise_loops(ch, oc);
+}
+
+/// [`depthwise_loops`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn depthwise_avx2(ch: &DwChannel, oc: &mut [f32]) {
+    depthwise_loops(ch, oc);
+}
+
+/// The loops of [`depthwise_plane`]; the taps that fall inside the input are found once per
+/// output row and column range, so the inner loop has no bounds tests.
+#[inline(always)]
+fn depthwise_loops(ch: &DwChannel, oc: &mut [f32]) {
+    let DwChannel {
+        x: xc,
+        hw: (h, wd),
+        w: wc,
+        k: (kh, kw),
+        s,
+        ow,
+    } = *ch;
     if ow == 0 {
         return;
     }
@@ -461,6 +501,8 @@ fn im2col_channel(
                 if s.stride.1 == 1 && lo < hi {
                     let start = (lo as isize + off) as usize;
                     dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                } else if s.stride.1 == 2 && lo < hi {
+                    every_other(&mut dst[lo..hi], &src[(2 * lo as isize + off) as usize..]);
                 } else {
                     for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
                         *d = src[((ox * s.stride.1) as isize + off) as usize];
@@ -468,5 +510,20 @@ fn im2col_channel(
                 }
             }
         }
+    }
+}
+
+/// `dst[j] = src[2·j]`: a stride-2 convolution's taps from one input row (`src` holds at
+/// least `2·dst.len() − 1` values). Whole pairs first, a loop the compiler turns into SIMD
+/// loads and shuffles (the plain strided index loop stays scalar: it was most of im2col's
+/// time on the stride-2 layers), then the last tap alone when it ends on an unpaired value.
+fn every_other(dst: &mut [f32], src: &[f32]) {
+    let pairs = dst.len().min(src.len() / 2);
+    let (head, tail) = dst.split_at_mut(pairs);
+    for (d, pair) in head.iter_mut().zip(src.chunks_exact(2)) {
+        *d = pair[0];
+    }
+    for (j, d) in tail.iter_mut().enumerate() {
+        *d = src[2 * (pairs + j)];
     }
 }
