@@ -1,5 +1,6 @@
-//! `verify`'s reading of an embedded NMS lets a `Where` select only on comparisons with the
-//! score threshold, on shape tests and on the NMS's keep mask (`Cast` to bool of a
+//! `verify`'s reading of an embedded NMS lets a `Where` select only on comparisons that keep
+//! scores above the score threshold (review 8: an upper bound, a shifted score and an `Equal` of
+//! scores were refused), on shape tests and on the NMS's keep mask (`Cast` to bool of a
 //! `ScatterND`). Before review 9 ANY `ScatterND` passed as that mask, and any `Equal` of two
 //! shapes as a shape test, so either could carry a filter no comparison shows: a mask of ones
 //! only where `Floor(score · 1.05)` is not zero (a hidden threshold at 0.952), indices computed
@@ -107,6 +108,81 @@ fn a_shape_test_on_a_row_count_the_data_decides_is_refused() {
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("selects on 'dr_none', which is no comparison with its score threshold"),
+        "{out}"
+    );
+}
+
+/// Review 8 G7/G13/G14: a comparison was read for its constant only. `Less(score, conf)` is
+/// an upper bound, not a threshold, `Greater(Sub(score, 0.7), conf)` compares no score, and an
+/// `Equal` of scores filters at a value no comparison shows: all refused (exit 2), naming the
+/// node or value.
+#[test]
+fn score_comparisons_must_keep_scores_above_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, ckpt) = honest_nms(dir.path());
+    let last_greater = |m: &Model| {
+        (m.nodes.iter())
+            .rposition(|n| n.op == "Greater" && n.inputs[1] == "nms/conf")
+            .unwrap()
+    };
+
+    // The final rows' filter And'ed with `extra(scores)` (its last node's output `dr_keep`).
+    let and_filter = |extra: &dyn Fn(&str) -> Vec<fuse_ema::onnx::proto::Node>| {
+        let mut m = load(&onnx);
+        let last = last_greater(&m);
+        let (scores, mask) = (
+            m.nodes[last].inputs[0].clone(),
+            m.nodes[last].outputs[0].clone(),
+        );
+        for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
+            n.inputs[0] = "dr_keep".into();
+        }
+        let mut band = extra(&scores);
+        let cond = band.last().unwrap().outputs[0].clone();
+        band.push(node("And", &[&mask, &cond], "dr_keep", vec![]));
+        m.nodes.splice(last + 1..last + 1, band);
+        m
+    };
+
+    // A band: Less(score, conf).
+    let m = and_filter(&|scores| vec![node("Less", &[scores, "nms/conf"], "dr_below", vec![])]);
+    let (code, out) = verify_edit(dir.path(), &m, "band.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("its Less node 'doctor/dr_below' keeps scores below its constant"),
+        "{out}"
+    );
+
+    // G13: a band hidden in an `Equal`: And(mask, Not(Equal(Floor(score * 20), 19))).
+    let mut m = and_filter(&|scores| {
+        vec![
+            node("Mul", &[scores, "dr_20"], "dr_x20", vec![]),
+            node("Floor", &["dr_x20"], "dr_floor", vec![]),
+            node("Equal", &["dr_floor", "dr_19"], "dr_top", vec![]),
+            node("Not", &["dr_top"], "dr_not_top", vec![]),
+        ]
+    });
+    m.initializers
+        .extend([f32s("dr_20", &[1], &[20.0]), f32s("dr_19", &[1], &[19.0])]);
+    let (code, out) = verify_edit(dir.path(), &m, "equal.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("selects on 'dr_top', which is no comparison with its score threshold"),
+        "{out}"
+    );
+
+    // The threshold applied to a shifted score.
+    let mut m = load(&onnx);
+    let last = last_greater(&m);
+    let scores = m.nodes[last].inputs[0].clone();
+    m.initializers.push(f32s("dr_shift", &[1], &[0.7]));
+    m.nodes[last].inputs[0] = "dr_shifted".into();
+    let shift = node("Sub", &[&scores, "dr_shift"], "dr_shifted", vec![]);
+    m.nodes.insert(last, shift);
+    let (code, out) = verify_edit(dir.path(), &m, "shifted.onnx", &ckpt);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("compares 'dr_shifted', computed by a Sub node, not the scores themselves"),
         "{out}"
     );
 }
