@@ -15,7 +15,9 @@
 mod common;
 
 use common::onnx_edit::{f32s, honest_nms, i64s, load, node, verify_edit};
-use fuse_ema::onnx::proto::Model;
+use std::path::Path;
+
+use fuse_ema::onnx::proto::{Model, Node};
 
 /// The keep mask's `ScatterND` (its position) and the scores its zeros take their shape from.
 fn keep_mask(m: &Model) -> (usize, String) {
@@ -26,6 +28,32 @@ fn keep_mask(m: &Model) -> (usize, String) {
     let shape = producer(&zeros.inputs[0]).unwrap();
     assert_eq!(shape.op, "Shape");
     (at, shape.inputs[0].clone())
+}
+
+/// The position of the final rows' score filter, `Greater(score, nms/conf)`.
+fn last_greater(m: &Model) -> usize {
+    (m.nodes.iter())
+        .rposition(|n| n.op == "Greater" && n.inputs[1] == "nms/conf")
+        .unwrap()
+}
+
+/// `onnx` with its final rows' filter And'ed with `extra(scores)` (the last of those nodes
+/// gives the condition; the `And`'s output is `dr_keep`).
+fn and_filter(onnx: &Path, extra: &dyn Fn(&str) -> Vec<Node>) -> Model {
+    let mut m = load(onnx);
+    let last = last_greater(&m);
+    let (scores, mask) = (
+        m.nodes[last].inputs[0].clone(),
+        m.nodes[last].outputs[0].clone(),
+    );
+    for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
+        n.inputs[0] = "dr_keep".into();
+    }
+    let mut band = extra(&scores);
+    let cond = band.last().unwrap().outputs[0].clone();
+    band.push(node("And", &[&mask, &cond], "dr_keep", vec![]));
+    m.nodes.splice(last + 1..last + 1, band);
+    m
 }
 
 #[test]
@@ -77,33 +105,22 @@ fn a_keep_mask_that_hides_a_filter_is_refused() {
 fn a_shape_test_on_a_row_count_the_data_decides_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (onnx, ckpt) = honest_nms(dir.path());
-    let mut m = load(&onnx);
-    let last = (m.nodes.iter())
-        .rposition(|n| n.op == "Greater" && n.inputs[1] == "nms/conf")
-        .unwrap();
-    let (scores, mask) = (
-        m.nodes[last].inputs[0].clone(),
-        m.nodes[last].outputs[0].clone(),
-    );
-    for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
-        n.inputs[0] = "dr_keep".into();
-    }
     // Rows are kept only while no score reaches 0.952: And(mask, Equal(count, 0)).
+    let mut m = and_filter(&onnx, &|scores| {
+        vec![
+            node("Mul", &[scores, "dr_k"], "dr_scaled", vec![]),
+            node("Floor", &["dr_scaled"], "dr_band", vec![]),
+            node("NonZero", &["dr_band"], "dr_where", vec![]),
+            node("Shape", &["dr_where"], "dr_shape", vec![]),
+            node("Gather", &["dr_shape", "dr_second"], "dr_count", vec![]),
+            node("Equal", &["dr_count", "dr_zero"], "dr_none", vec![]),
+        ]
+    });
     m.initializers.extend([
         f32s("dr_k", &[1], &[1.05]),
         i64s("dr_second", &[1]),
         i64s("dr_zero", &[0]),
     ]);
-    let switch = vec![
-        node("Mul", &[&scores, "dr_k"], "dr_scaled", vec![]),
-        node("Floor", &["dr_scaled"], "dr_band", vec![]),
-        node("NonZero", &["dr_band"], "dr_where", vec![]),
-        node("Shape", &["dr_where"], "dr_shape", vec![]),
-        node("Gather", &["dr_shape", "dr_second"], "dr_count", vec![]),
-        node("Equal", &["dr_count", "dr_zero"], "dr_none", vec![]),
-        node("And", &[&mask, "dr_none"], "dr_keep", vec![]),
-    ];
-    m.nodes.splice(last + 1..last + 1, switch);
     let (code, out) = verify_edit(dir.path(), &m, "count.onnx", &ckpt);
     assert_eq!(code, 2, "{out}");
     assert!(
@@ -120,32 +137,11 @@ fn a_shape_test_on_a_row_count_the_data_decides_is_refused() {
 fn score_comparisons_must_keep_scores_above_the_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let (onnx, ckpt) = honest_nms(dir.path());
-    let last_greater = |m: &Model| {
-        (m.nodes.iter())
-            .rposition(|n| n.op == "Greater" && n.inputs[1] == "nms/conf")
-            .unwrap()
-    };
-
-    // The final rows' filter And'ed with `extra(scores)` (its last node's output `dr_keep`).
-    let and_filter = |extra: &dyn Fn(&str) -> Vec<fuse_ema::onnx::proto::Node>| {
-        let mut m = load(&onnx);
-        let last = last_greater(&m);
-        let (scores, mask) = (
-            m.nodes[last].inputs[0].clone(),
-            m.nodes[last].outputs[0].clone(),
-        );
-        for n in (m.nodes.iter_mut()).filter(|n| n.op == "Where" && n.inputs[0] == mask) {
-            n.inputs[0] = "dr_keep".into();
-        }
-        let mut band = extra(&scores);
-        let cond = band.last().unwrap().outputs[0].clone();
-        band.push(node("And", &[&mask, &cond], "dr_keep", vec![]));
-        m.nodes.splice(last + 1..last + 1, band);
-        m
-    };
 
     // A band: Less(score, conf).
-    let m = and_filter(&|scores| vec![node("Less", &[scores, "nms/conf"], "dr_below", vec![])]);
+    let m = and_filter(&onnx, &|scores| {
+        vec![node("Less", &[scores, "nms/conf"], "dr_below", vec![])]
+    });
     let (code, out) = verify_edit(dir.path(), &m, "band.onnx", &ckpt);
     assert_eq!(code, 2, "{out}");
     assert!(
@@ -154,7 +150,7 @@ fn score_comparisons_must_keep_scores_above_the_threshold() {
     );
 
     // G13: a band hidden in an `Equal`: And(mask, Not(Equal(Floor(score * 20), 19))).
-    let mut m = and_filter(&|scores| {
+    let mut m = and_filter(&onnx, &|scores| {
         vec![
             node("Mul", &[scores, "dr_20"], "dr_x20", vec![]),
             node("Floor", &["dr_x20"], "dr_floor", vec![]),

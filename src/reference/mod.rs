@@ -16,6 +16,8 @@ pub(crate) mod shape;
 pub(crate) mod vmath;
 mod winograd;
 
+use std::borrow::Cow;
+
 use ops::RefTensor;
 
 use crate::checkpoint::py::ModuleRef;
@@ -144,22 +146,24 @@ impl<'g> Reference<'g> {
     /// Runs `m`'s child `name` on `x`.
     pub(crate) fn sub(&mut self, m: ModuleRef, name: &str, x: &RefTensor) -> R<RefTensor> {
         let c = m.child(name)?;
-        // A `Conv` (most children) reads its input by reference: no copy of `x` to wrap it.
-        if c.class() == "Conv" {
-            let y = self.conv_bn_act(c, x)?;
-            return Ok(self.round(y));
-        }
-        self.module(c, LayerInput::One(x.clone()))
+        self.child(c, Cow::Borrowed(x))
     }
 
     /// [`Reference::sub`] on a value the caller no longer needs: a child that is not a `Conv`
     /// gets it as it is, not a copy.
     pub(crate) fn sub_owned(&mut self, m: ModuleRef, name: &str, x: RefTensor) -> R<RefTensor> {
         let c = m.child(name)?;
+        self.child(c, Cow::Owned(x))
+    }
+
+    /// Runs child module `c` on `x`. A `Conv` (most children) reads its input by reference;
+    /// any other takes it by value, a copy only where `x` is borrowed.
+    fn child(&mut self, c: ModuleRef, x: Cow<'_, RefTensor>) -> R<RefTensor> {
         if c.class() == "Conv" {
-            return self.sub(m, name, &x);
+            let y = self.conv_bn_act(c, &x)?;
+            return Ok(self.round(y));
         }
-        self.module(c, LayerInput::One(x))
+        self.module(c, LayerInput::One(x.into_owned()))
     }
 }
 
