@@ -9,6 +9,7 @@ use crate::ema::{self, Selectors};
 use crate::models::layers::heads::HeadOptions;
 use crate::parity::{self, OnnxModel, ParityReport};
 use crate::pipeline::export::{self, ParityPlan, WeightSource};
+use crate::runtime::timing;
 use crate::write;
 
 fn parse_imgsz(s: &str) -> Option<(i64, i64)> {
@@ -131,6 +132,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         Ok(c) => c,
         Err(report) => return pending.first(report),
     };
+    timing::mark("checkpoint read");
     let located = match ema::locate(&ckpt, &Selectors::default()) {
         Ok(l) => l,
         Err(e) => return pending.first(|| fail(e)),
@@ -168,11 +170,11 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         scratch_dir: Some(write::output_dir(&a.output)),
         end2end: a.end2end,
     };
-    let exported = match crate::onnx::export(&ckpt, &opts) {
+    let exported = match timing::phase("export", || crate::onnx::export(&ckpt, &opts)) {
         Ok(e) => e,
         Err(e) => return pending.first(|| fail(e)),
     };
-    let engine = match pending.settle() {
+    let engine = match timing::phase("runtime wait", || pending.settle()) {
         Ok(e) => e,
         Err(code) => return code,
     };
@@ -181,7 +183,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
     let mut input_paths = write::checkpoint_inputs(&a.file, &ckpt);
     input_paths.extend(parity_inputs(&a.parity));
     let inputs: Vec<&Path> = input_paths.iter().map(PathBuf::as_path).collect();
-    let staged = match export::stage(&exported, &paths, &inputs) {
+    let staged = match timing::phase("stage", || export::stage(&exported, &paths, &inputs)) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -238,6 +240,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
                     return fail(m);
                 }
             }
+            timing::mark("parity done");
             Some(report)
         }
         _ => None,
@@ -256,7 +259,7 @@ pub(super) fn export(a: ExportArgs) -> i32 {
         },
         _ => None,
     };
-    let committed = match staged.commit(passed, &exported) {
+    let committed = match timing::phase("commit", || staged.commit(passed, &exported)) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

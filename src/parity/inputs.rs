@@ -210,13 +210,17 @@ pub(super) fn run_prepared(
     model: &mut Prepared,
     images: &RefTensor,
 ) -> Result<Vec<(String, RefTensor)>, RuntimeError> {
-    let a = ndarray::ArrayD::from_shape_vec(images.shape.clone(), images.data.clone())?;
+    let a = ndarray::ArrayViewD::from_shape(images.shape.clone(), &images.data)?;
     let outs = model.run(&[("images", a)])?;
     Ok(outs
         .into_iter()
         .map(|(n, a)| {
             let shape = a.shape().to_vec();
-            (n, RefTensor::new(a.iter().copied().collect(), shape))
+            let data = match a.is_standard_layout() {
+                true => a.into_raw_vec_and_offset().0,
+                false => a.iter().copied().collect(),
+            };
+            (n, RefTensor::new(data, shape))
         })
         .collect())
 }

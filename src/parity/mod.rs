@@ -220,6 +220,7 @@ pub fn against_reference(
     inputs: Inputs,
     tol: Tolerance,
 ) -> Result<ParityReport, ParityError> {
+    timing::mark("parity starts");
     let mut r = Reference::new(reference)
         .map_err(ParityError::Reference)?
         .with_head(head)

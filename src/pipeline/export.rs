@@ -12,7 +12,7 @@ use crate::models::layers::heads::HeadOptions;
 use crate::onnx::proto::{Dim, ElemType, Model};
 use crate::parity::{self, NmsOutput, OnnxModel, ParityReport, Tolerance};
 use crate::runtime::Engine;
-use crate::write::{self, AtomicFile, WriteError};
+use crate::write::{self, AtomicFile, WriteError, Writeback, WritebackFile};
 
 /// Why an export or verify pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -174,15 +174,18 @@ impl ExportPaths {
     }
 }
 
-/// Writes to `file` through a buffer (the encoder's small writes would each be a system call)
-/// and flushes; returns what `write` reports.
+/// Writes to `file` through a buffer (the encoder's small writes would each be a system call),
+/// flushes and starts the disk writeback of every byte (the fsync at the commit then finds them
+/// written, after the parity check); returns what `write` reports.
 fn stream(
     file: &mut std::fs::File,
-    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<u64>,
+    write: impl FnOnce(&mut std::io::BufWriter<WritebackFile>) -> std::io::Result<u64>,
 ) -> std::io::Result<u64> {
-    let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+    let mut writeback = Writeback::default();
+    let mut w =
+        std::io::BufWriter::with_capacity(1 << 16, WritebackFile::new(file, &mut writeback)?);
     let n = write(&mut w)?;
-    std::io::Write::flush(&mut w)?;
+    w.into_inner().map_err(|e| e.into_error())?.finish();
     Ok(n)
 }
 
@@ -242,6 +245,7 @@ pub fn stage(
             }
         })?;
         data_name = Some(file_name(f.path()));
+        f.sync_ahead();
         staged.data = Some(f);
     }
     let mut f = AtomicFile::create(&paths.model, inputs)?;
@@ -253,6 +257,7 @@ pub fn stage(
         path: paths.model.clone(),
         source,
     })?;
+    f.sync_ahead();
     staged.model = Some(f);
     Ok(staged)
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 
 pub mod alloc;
 pub mod timing;
@@ -102,7 +102,7 @@ impl Engine {
         model: &[u8],
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        self.prepare(ModelSource::Bytes(model))?.run(inputs)
+        self.prepare(ModelSource::Bytes(model))?.run(&views(inputs))
     }
 
     /// Runs a model file (external data beside it).
@@ -111,7 +111,7 @@ impl Engine {
         path: &Path,
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        self.prepare(ModelSource::File(path))?.run(inputs)
+        self.prepare(ModelSource::File(path))?.run(&views(inputs))
     }
 
     /// Makes `model` ready to run, once for any number of runs: ONNX Runtime creates its
@@ -134,6 +134,11 @@ pub enum ModelSource<'a> {
     File(&'a Path),
 }
 
+/// Borrowed views of named inputs.
+fn views<'a>(inputs: &'a [(&'a str, ArrayD<f32>)]) -> Vec<(&'a str, ArrayViewD<'a, f32>)> {
+    inputs.iter().map(|(n, a)| (*n, a.view())).collect()
+}
+
 /// A model made ready by [`Engine::prepare`]. It can be made on one thread and run on another.
 pub struct Prepared<'a>(Ready<'a>);
 
@@ -144,9 +149,10 @@ enum Ready<'a> {
 
 impl Prepared<'_> {
     /// Runs the model on named f32 inputs and returns every output as f32, in the model's order.
+    /// ONNX Runtime reads the inputs where they are, without a copy.
     pub fn run(
         &mut self,
-        inputs: &[(&str, ArrayD<f32>)],
+        inputs: &[(&str, ArrayViewD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         match &mut self.0 {
             Ready::Ort(session) => OrtRuntime::run_session(session, inputs),
@@ -380,6 +386,7 @@ pub fn find_library() -> Result<PathBuf, RuntimeError> {
 /// in memory only. Without ONNX Runtime it is `std::process::exit`.
 pub fn exit(code: i32) -> ! {
     use std::io::Write;
+    timing::mark("exit");
     if matches!(ORT.get(), Some(Ok(_))) {
         // A flush that fails (a closed pipe) is no reason to change the status: what could be
         // written was, as `std::process::exit` would have left it.
@@ -427,7 +434,7 @@ impl OrtRuntime {
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         self.session(ModelSource::File(path), None)
-            .and_then(|mut s| Self::run_session(&mut s, inputs))
+            .and_then(|mut s| Self::run_session(&mut s, &views(inputs)))
     }
 
     /// Runs `model` on named f32 inputs and returns every output as f32, in the model's order.
@@ -437,7 +444,7 @@ impl OrtRuntime {
         inputs: &[(&str, ArrayD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         self.session(ModelSource::Bytes(model), None)
-            .and_then(|mut s| Self::run_session(&mut s, inputs))
+            .and_then(|mut s| Self::run_session(&mut s, &views(inputs)))
     }
 
     /// A session for `model` with execution provider `ep`, refused when a graph output is one
@@ -492,22 +499,20 @@ impl OrtRuntime {
     /// Runs `session` on named f32 inputs and returns every output as f32, in the model's order.
     fn run_session(
         session: &mut ort::session::Session,
-        inputs: &[(&str, ArrayD<f32>)],
+        inputs: &[(&str, ArrayViewD<f32>)],
     ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
-        // The tensors outlive `outputs`: an output may still point into an input's buffer.
-        let mut tensors = Vec::new();
-        for (name, a) in inputs {
-            let t = ort::value::Tensor::from_array(a.clone()).map_err(e("input"))?;
-            tensors.push((name.to_string(), t));
+        // The buffers outlive `outputs`: an output may still point into an input's buffer.
+        // ONNX Runtime reads them where they are (it does not write its inputs); one that is
+        // not contiguous is copied into a standard layout first.
+        let buffers: Vec<_> = inputs.iter().map(|(_, a)| a.as_standard_layout()).collect();
+        let mut values = Vec::new();
+        for ((name, _), a) in inputs.iter().zip(&buffers) {
+            let t = ort::value::TensorRef::from_array_view(a.view()).map_err(e("input"))?;
+            values.push((
+                std::borrow::Cow::from(*name),
+                ort::session::SessionInputValue::from(t),
+            ));
         }
-        let values: Vec<_> = (tensors.iter())
-            .map(|(name, t)| {
-                (
-                    std::borrow::Cow::from(name.as_str()),
-                    ort::session::SessionInputValue::from(t),
-                )
-            })
-            .collect();
         let outputs =
             timing::phase("ONNX Runtime run", || session.run(values)).map_err(e("run"))?;
         let mut out = Vec::new();

@@ -1,11 +1,30 @@
 //! Per-phase figures for benchmarking the parity check: with `FUSE_EMA_TIMING` set in the
 //! environment, each timed phase prints `fuse-ema: timing: <phase>: <wall> s wall, <cpu> s CPU
-//! (process), peak RSS <MB> MB` on stderr when it ends (the peak is the process's so far, so a
-//! phase's own peak shows where it rises). Off (the default) it costs one environment look-up
+//! (process), peak RSS <MB> MB, ends at <t> s` on stderr when it ends (the peak is the process's so
+//! far, so a phase's own peak shows where it rises; `t` counts from the process's start). Off (the default) it costs one environment look-up
 //! per process.
 
 use std::sync::OnceLock;
 use std::time::Instant;
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Notes the process's start, from which each phase's end is reported; `main` calls it first.
+pub fn start() {
+    START.get_or_init(Instant::now);
+}
+
+/// Seconds since [`start`] (or since the first phase, when `start` was not called).
+fn since_start() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// Reports the time since the process started as point `name` when timing is enabled.
+pub fn mark(name: &str) {
+    if enabled() {
+        eprintln!("fuse-ema: timing: {name}: at {:.3} s", since_start());
+    }
+}
 
 /// Whether `FUSE_EMA_TIMING` is set (read once).
 pub fn enabled() -> bool {
@@ -46,8 +65,10 @@ pub fn phase<R>(name: &str, f: impl FnOnce() -> R) -> R {
     let wall = start.elapsed().as_secs_f64();
     let (cpu1, rss) = usage();
     eprintln!(
-        "fuse-ema: timing: {name}: {wall:.3} s wall, {:.3} s CPU (process), peak RSS {rss:.0} MB",
-        cpu1 - cpu0
+        "fuse-ema: timing: {name}: {wall:.3} s wall, {:.3} s CPU (process), peak RSS {rss:.0} MB, \
+         ends at {:.3} s",
+        cpu1 - cpu0,
+        since_start()
     );
     out
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 use tract_onnx::prelude::*;
 
 use super::RuntimeError;
@@ -31,7 +31,7 @@ fn has_f16(model: &TypedModel) -> bool {
 pub fn run(
     bytes: Option<&[u8]>,
     path: Option<&Path>,
-    inputs: &[(&str, ArrayD<f32>)],
+    inputs: &[(&str, ArrayViewD<f32>)],
 ) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
     let onnx = tract_onnx::onnx();
     let mut model = match (bytes, path) {
@@ -73,7 +73,7 @@ pub fn run(
         .map_err(err("plan"))?;
     let values: TVec<TValue> = inputs
         .iter()
-        .map(|(_, a)| Tensor::from(a.clone()).into())
+        .map(|(_, a)| Tensor::from(a.to_owned()).into())
         .collect();
     let out = super::timing::phase("tract run", || runnable.run(values)).map_err(err("run"))?;
     out.iter()

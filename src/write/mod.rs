@@ -13,6 +13,7 @@ mod repickle_tests;
 pub mod safetensors;
 mod target;
 pub mod torch_zip;
+mod writeback;
 mod zip_stored;
 
 use std::io::Write;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use crate::convert::convert_float;
 use crate::tensor::{DType, Tensor};
 pub use target::{check_target, checkpoint_inputs, same_target};
-pub(crate) use zip_stored::{Writeback, WritebackFile};
+pub(crate) use writeback::{Writeback, WritebackFile};
 
 /// The writer layer's error: which output, and what went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +222,8 @@ pub struct AtomicFile {
     tmp: tempfile::NamedTempFile,
     target: PathBuf,
     inputs: Vec<PathBuf>,
+    /// The flush to disk started by [`AtomicFile::sync_ahead`], if any.
+    ahead: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     // Declared after `tmp`: the file is removed before its path leaves the signal registry.
     _guard: crate::signals::TempGuard,
 }
@@ -276,8 +279,24 @@ impl AtomicFile {
             tmp,
             target: target.to_path_buf(),
             inputs: inputs.iter().map(|p| p.to_path_buf()).collect(),
+            ahead: None,
             _guard: guard,
         })
+    }
+
+    /// Starts flushing what has been written to disk on a thread, so the flush [`commit`]
+    /// must wait for overlaps whatever comes between (export's parity check). `commit` still
+    /// flushes once more, which finds nothing left to write unless more was written since.
+    ///
+    /// [`commit`]: AtomicFile::commit
+    pub fn sync_ahead(&mut self) {
+        if self.ahead.is_some() {
+            return;
+        }
+        // A descriptor that cannot be duplicated only loses the head start.
+        if let Ok(f) = self.tmp.as_file().try_clone() {
+            self.ahead = Some(std::thread::spawn(move || f.sync_all()));
+        }
     }
 
     /// The file being written.
@@ -311,11 +330,16 @@ impl AtomicFile {
             tmp,
             target,
             inputs,
+            ahead,
             _guard,
         } = self;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| WriteError::new(&target, WriteErrorKind::Sync(e)))?;
+        let sync = |e| WriteError::new(&target, WriteErrorKind::Sync(e));
+        if let Some(t) = ahead {
+            t.join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                .map_err(sync)?;
+        }
+        tmp.as_file().sync_all().map_err(sync)?;
         // Checked again just before the rename: the target may have changed since the start.
         let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
         check_target(&target, &inputs)?;

@@ -15,13 +15,15 @@
 //! page two partial copies — measured on a 397 MB strip, 0.17–0.18 s of system time against
 //! 0.10–0.12 s in phase, the same as `cp`. The padding is under a page per entry.
 //!
-//! The disk writeback of what has been written is started every [`WRITEBACK_STEP`] bytes
-//! ([`Writeback`]), so the fsync before the rename waits for the last few megabytes only instead
+//! The disk writeback of what has been written is started as it goes
+//! ([`super::Writeback`]), so the fsync before the rename waits for the last few megabytes only instead
 //! of the whole file: the writes to disk overlap the copying.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::os::unix::fs::FileExt;
+
+use super::Writeback;
 
 /// Data alignment: what `torch.save` uses, so `torch.load(mmap=True)` can map storages in place.
 const ALIGN: u64 = 64;
@@ -45,81 +47,6 @@ const MARK32: u32 = u32::MAX;
 /// storages of typical checkpoints keep the 64-byte layout earlier outputs had.
 const PAGE: u64 = 4096;
 const PHASED_MIN: u64 = 256 << 10;
-
-/// Bytes written between two starts of their writeback.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// Starts the disk writeback of an output's bytes as they are written, [`WRITEBACK_STEP`] at a
-/// time (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`: it queues the writes and does not wait
-/// for them). Only a head start: durability still comes from the fsync before the rename, which
-/// also reports any write error, so a failure to start is ignored here.
-#[derive(Debug, Default)]
-pub(crate) struct Writeback {
-    from: u64,
-}
-
-impl Writeback {
-    /// Bytes up to `to` have been written to `file`: starts the writeback of the ones not yet
-    /// started once there are enough of them.
-    pub(crate) fn written(&mut self, file: &File, to: u64) {
-        if to < self.from + WRITEBACK_STEP {
-            return;
-        }
-        start_writeback(file, self.from, to - self.from);
-        self.from = to;
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, from: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: a plain system call on an open descriptor this process owns; it reads no memory.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _from: u64, _len: u64) {}
-
-/// A writer to a file at its position that starts the writeback of what it wrote as it goes
-/// ([`Writeback`], which may outlive it and serve the next part of the file).
-pub(crate) struct WritebackFile<'f> {
-    file: &'f mut File,
-    pos: u64,
-    writeback: &'f mut Writeback,
-}
-
-impl<'f> WritebackFile<'f> {
-    /// Writes to `file` from its current position.
-    pub(crate) fn new(
-        file: &'f mut File,
-        writeback: &'f mut Writeback,
-    ) -> io::Result<WritebackFile<'f>> {
-        let pos = file.stream_position()?;
-        Ok(WritebackFile {
-            file,
-            pos,
-            writeback,
-        })
-    }
-}
-
-impl Write for WritebackFile<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.pos += n as u64;
-        self.writeback.written(self.file, self.pos);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
 
 struct Central {
     name: Vec<u8>,
