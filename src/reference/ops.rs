@@ -106,13 +106,65 @@ pub(super) fn gemm_strided(
         ldc >= n && c.len() >= (m - 1) * ldc + n,
         "gemm: c too short"
     );
+    // SAFETY: the asserts above keep every element the call touches inside the three slices.
+    unsafe { gemm_unchecked((a, lda), (b, ldb, 1), (c, ldc), (m, k, n), parallel) }
+}
+
+/// `c = a · wᵀ` (c overwritten) for row-major a (m×k) and w (n×k, as `nn.Linear` stores its
+/// weight, or attention its keys), rows `lda`, `ldw`, `ldc` floats apart: the GEMM reads w
+/// through its strides, so no transposed copy is made. The bits are those of [`gemm_strided`] on
+/// the transposed copy (gemm_tests.rs).
+pub(crate) fn gemm_bt(
+    (a, lda): (&[f32], usize),
+    (w, ldw): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    (m, k, n): (usize, usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        lda >= k && a.len() >= (m - 1) * lda + k,
+        "gemm: a too short"
+    );
+    assert!(
+        ldw >= k && w.len() >= (n - 1) * ldw + k,
+        "gemm: w too short"
+    );
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "gemm: c too short"
+    );
+    // SAFETY: the asserts above keep every element the call touches inside the three slices
+    // (the right operand's element (i, j) is w[j·ldw + i]).
+    unsafe { gemm_unchecked((a, lda), (w, 1, ldw), (c, ldc), (m, k, n), true) }
+}
+
+/// The `gemm` crate's call: a's rows `lda` apart (columns adjacent), b's element (i, j) at
+/// `b[i·rs + j·cs]`, c's rows `ldc` apart; on the pool when `parallel` and the product is large
+/// enough.
+///
+/// # Safety
+/// Every element those strides reach for the given extents lies inside its slice.
+unsafe fn gemm_unchecked(
+    (a, lda): (&[f32], usize),
+    (b, rs, cs): (&[f32], usize, usize),
+    (c, ldc): (&mut [f32], usize),
+    (m, k, n): (usize, usize, usize),
+    parallel: bool,
+) {
     let threads = if !parallel || m * k * n < PAR_MIN * 16 {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     };
-    // SAFETY: the asserts above keep every element the call touches inside the three slices
-    // (column stride 1, row strides as given); `c` is borrowed mutably, so nothing aliases it.
+    // SAFETY: the caller's promise; `c` is borrowed mutably, so nothing aliases it.
     unsafe {
         gemm::gemm(
             m,
@@ -126,8 +178,8 @@ pub(super) fn gemm_strided(
             1,
             lda as isize,
             b.as_ptr(),
-            1,
-            ldb as isize,
+            cs as isize,
+            rs as isize,
             0.0,
             1.0,
             false,

@@ -7,13 +7,8 @@ use super::ops;
 /// `x · Wᵀ + b` for `rows` rows of `w`'s input width; `w` is (out, in) as `nn.Linear` stores it.
 pub fn linear(x: &[f32], rows: usize, w: &[f32], out: usize, b: Option<&[f32]>) -> Vec<f32> {
     let inp = w.len() / out.max(1);
-    let mut wt = vec![0.0f32; w.len()];
-    for o in 0..out {
-        for i in 0..inp {
-            wt[i * out + o] = w[o * inp + i];
-        }
-    }
-    let mut y = ops::matmul(x, &wt, rows, inp, out);
+    let mut y = super::pages::zeros(rows * out);
+    ops::gemm_bt((x, inp), (w, inp), (&mut y, out), (rows, inp, out));
     if let Some(b) = b {
         for row in y.chunks_exact_mut(out) {
             for (v, bv) in row.iter_mut().zip(b) {
@@ -83,24 +78,13 @@ pub fn attention_head(
             qt[i * d + j] = q[i * qs + j] * scale;
         }
     }
-    let mut kt = vec![0.0f32; d * nk];
-    for i in 0..nk {
-        for j in 0..d {
-            kt[j * nk + i] = k[i * ks + j];
-        }
-    }
-    let mut vv = vec![0.0f32; nk * dv];
-    for i in 0..nk {
-        vv[i * dv..(i + 1) * dv].copy_from_slice(&v[i * vs..i * vs + dv]);
-    }
-    let mut a = ops::matmul(&qt, &kt, nq, d, nk);
+    // The keys, values and output are read and written through their strides: no copies.
+    let mut a = super::pages::zeros(nq * nk);
+    ops::gemm_bt((&qt, d), (k, ks), (&mut a, nk), (nq, d, nk));
     for row in a.chunks_exact_mut(nk) {
         ops::softmax_strided(row, 0, nk, 1);
     }
-    let o = ops::matmul(&a, &vv, nq, nk, dv);
-    for i in 0..nq {
-        out[i * os..i * os + dv].copy_from_slice(&o[i * dv..(i + 1) * dv]);
-    }
+    ops::gemm_strided((&a, nk), (v, vs), (out, os), (nq, nk, dv), true);
 }
 
 /// `grid_sample` (bilinear, zeros padding, `align_corners=False`) of one point: adds `weight` ×

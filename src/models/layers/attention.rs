@@ -1,5 +1,7 @@
 //! YOLO11's attention blocks: `Attention`, `PSABlock`, `C2PSA`, `PSA`.
 
+use rayon::prelude::*;
+
 use crate::checkpoint::py::ModuleRef;
 use crate::models::registry::{Layer, layer};
 use crate::models::{BuildResult, LayerError};
@@ -258,19 +260,13 @@ impl Reference<'_> {
                     }
                 }
                 let mut attn = ops::matmul(&qt, k, hw, kd, hw);
-                for i in 0..hw {
-                    ops::softmax_strided(&mut attn[i * hw..(i + 1) * hw], 0, hw, 1);
-                }
-                // out[d][i] = Σ_j v[d][j]·attn[i][j]
-                let mut at = vec![0.0f32; hw * hw];
-                for i in 0..hw {
-                    for j in 0..hw {
-                        at[j * hw + i] = attn[i * hw + j];
-                    }
-                }
-                let o = ops::matmul(v, &at, hd, hw, hw);
+                attn.par_chunks_mut(hw)
+                    .for_each(|row| ops::softmax_strided(row, 0, hw, 1));
+                // out[d][i] = Σ_j v[d][j]·attn[i][j]: attn read through its strides as attnᵀ,
+                // the product written in place.
                 let dst = (b * c + hh * hd) * hw;
-                out[dst..dst + hd * hw].copy_from_slice(&o);
+                let o = &mut out[dst..dst + hd * hw];
+                ops::gemm_bt((v, hw), (&attn, hw), (o, hw), (hd, hw, hw));
                 v_all[dst..dst + hd * hw].copy_from_slice(v);
             }
         }
