@@ -78,8 +78,34 @@ fn gemm(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
 /// else on the calling thread alone (`gemm`'s `Parallelism::None` spawns nothing). The bits do
 /// not depend on which (gemm_tests.rs).
 pub(super) fn gemm_strided(
-    (a, lda): (&[f32], usize),
+    a: (&[f32], usize),
     (b, ldb): (&[f32], usize),
+    c: (&mut [f32], usize),
+    dims: (usize, usize, usize),
+    parallel: bool,
+) {
+    gemm_checked(a, (b, ldb, 1), c, dims, parallel);
+}
+
+/// `c = a · wᵀ` (c overwritten) for row-major a (m×k) and w (n×k, as `nn.Linear` stores its
+/// weight, or attention its keys), rows `lda`, `ldw`, `ldc` floats apart: the GEMM reads w
+/// through its strides, so no transposed copy is made. The bits are those of [`gemm_strided`] on
+/// the transposed copy (gemm_tests.rs).
+pub(crate) fn gemm_bt(
+    a: (&[f32], usize),
+    (w, ldw): (&[f32], usize),
+    c: (&mut [f32], usize),
+    dims: (usize, usize, usize),
+) {
+    gemm_checked(a, (w, 1, ldw), c, dims, true);
+}
+
+/// [`gemm_unchecked`] after checking that every element it reads or writes lies inside its
+/// slice (and that c's rows do not overlap); an empty product writes nothing, an empty sum
+/// zeros.
+fn gemm_checked(
+    (a, lda): (&[f32], usize),
+    (b, rs, cs): (&[f32], usize, usize),
     (c, ldc): (&mut [f32], usize),
     (m, k, n): (usize, usize, usize),
     parallel: bool,
@@ -93,57 +119,17 @@ pub(super) fn gemm_strided(
         }
         return;
     }
-    // The raw-pointer call below reads and writes exactly these extents.
     assert!(
         lda >= k && a.len() >= (m - 1) * lda + k,
         "gemm: a too short"
     );
-    assert!(
-        ldb >= n && b.len() >= (k - 1) * ldb + n,
-        "gemm: b too short"
-    );
+    assert!(b.len() > (k - 1) * rs + (n - 1) * cs, "gemm: b too short");
     assert!(
         ldc >= n && c.len() >= (m - 1) * ldc + n,
         "gemm: c too short"
     );
     // SAFETY: the asserts above keep every element the call touches inside the three slices.
-    unsafe { gemm_unchecked((a, lda), (b, ldb, 1), (c, ldc), (m, k, n), parallel) }
-}
-
-/// `c = a · wᵀ` (c overwritten) for row-major a (m×k) and w (n×k, as `nn.Linear` stores its
-/// weight, or attention its keys), rows `lda`, `ldw`, `ldc` floats apart: the GEMM reads w
-/// through its strides, so no transposed copy is made. The bits are those of [`gemm_strided`] on
-/// the transposed copy (gemm_tests.rs).
-pub(crate) fn gemm_bt(
-    (a, lda): (&[f32], usize),
-    (w, ldw): (&[f32], usize),
-    (c, ldc): (&mut [f32], usize),
-    (m, k, n): (usize, usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for row in c.chunks_mut(ldc).take(m) {
-            row[..n].fill(0.0);
-        }
-        return;
-    }
-    assert!(
-        lda >= k && a.len() >= (m - 1) * lda + k,
-        "gemm: a too short"
-    );
-    assert!(
-        ldw >= k && w.len() >= (n - 1) * ldw + k,
-        "gemm: w too short"
-    );
-    assert!(
-        ldc >= n && c.len() >= (m - 1) * ldc + n,
-        "gemm: c too short"
-    );
-    // SAFETY: the asserts above keep every element the call touches inside the three slices
-    // (the right operand's element (i, j) is w[j·ldw + i]).
-    unsafe { gemm_unchecked((a, lda), (w, 1, ldw), (c, ldc), (m, k, n), true) }
+    unsafe { gemm_unchecked((a, lda), (b, rs, cs), (c, ldc), (m, k, n), parallel) }
 }
 
 /// The `gemm` crate's call: a's rows `lda` apart (columns adjacent), b's element (i, j) at
