@@ -210,15 +210,25 @@ pub(super) fn run_prepared(
     model: &mut Prepared,
     images: &RefTensor,
 ) -> Result<Vec<(String, RefTensor)>, RuntimeError> {
+    // A view accepts a longer buffer than its shape; the input must be exactly the batch.
+    if images.data.len() != images.shape.iter().product::<usize>() {
+        return Err(ndarray::ShapeError::from_kind(ndarray::ErrorKind::IncompatibleShape).into());
+    }
     let a = ndarray::ArrayViewD::from_shape(images.shape.clone(), &images.data)?;
     let outs = model.run(&[("images", a)])?;
     Ok(outs
         .into_iter()
         .map(|(n, a)| {
             let shape = a.shape().to_vec();
-            let data = match a.is_standard_layout() {
-                true => a.into_raw_vec_and_offset().0,
-                false => a.iter().copied().collect(),
+            // The array's own vector when it holds exactly the values in order, else a copy.
+            let len = a.len();
+            let data = if a.is_standard_layout() {
+                match a.into_raw_vec_and_offset() {
+                    (v, None | Some(0)) if v.len() == len => v,
+                    (v, o) => v[o.unwrap_or(0)..o.unwrap_or(0) + len].to_vec(),
+                }
+            } else {
+                a.iter().copied().collect()
             };
             (n, RefTensor::new(data, shape))
         })

@@ -257,7 +257,10 @@ pub fn stage(
         path: paths.model.clone(),
         source,
     })?;
-    f.sync_ahead();
+    // With external data the commit writes the model again, naming the data's final file.
+    if data_name.is_none() {
+        f.sync_ahead();
+    }
     staged.model = Some(f);
     Ok(staged)
 }

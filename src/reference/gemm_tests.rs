@@ -117,5 +117,37 @@ fn transposed_weights_give_the_bits_of_a_transposed_copy() {
         gemm_bt((&a, k), (&w, k), (&mut got, n), (m, k, n));
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert!(bits(&got) == bits(&want), "{m}×{k}×{n}: bits differ");
+        for (i, row) in got.chunks(n).enumerate() {
+            for (j, &g) in row.iter().enumerate() {
+                let d: f64 = (0..k)
+                    .map(|p| f64::from(a[i * k + p]) * f64::from(w[j * k + p]))
+                    .sum();
+                assert!((f64::from(g) - d).abs() <= 1e-5 * (k as f64).sqrt() * 4.0);
+            }
+        }
     }
+}
+
+#[test]
+#[should_panic(expected = "gemm: b too short")]
+fn a_short_transposed_operand_is_refused() {
+    let (m, k, n) = (20, 30, 40);
+    let (a, w) = (values(m * k, 5), values(n * k - 1, 6));
+    let mut c = vec![0.0; m * n];
+    gemm_bt((&a, k), (&w, k), (&mut c, n), (m, k, n));
+}
+
+#[test]
+#[should_panic(expected = "gemm: a too short")]
+fn strides_that_wrap_are_refused() {
+    // (m − 1)·lda overflows usize: a wrapping check would pass and the call read anywhere.
+    let (a, b) = (values(4, 7), values(4, 8));
+    let mut c = vec![0.0; 4];
+    gemm_strided(
+        (&a, usize::MAX / 2 + 2),
+        (&b, 2),
+        (&mut c, 2),
+        (3, 2, 2),
+        false,
+    );
 }

@@ -84,6 +84,7 @@ pub(super) fn gemm_strided(
     dims: (usize, usize, usize),
     parallel: bool,
 ) {
+    assert!(ldb >= dims.2, "gemm: b's rows overlap");
     gemm_checked(a, (b, ldb, 1), c, dims, parallel);
 }
 
@@ -95,9 +96,22 @@ pub(crate) fn gemm_bt(
     a: (&[f32], usize),
     (w, ldw): (&[f32], usize),
     c: (&mut [f32], usize),
-    dims: (usize, usize, usize),
+    (m, k, n): (usize, usize, usize),
 ) {
-    gemm_checked(a, (w, 1, ldw), c, dims, true);
+    // For small or degenerate products the `gemm` crate may pick its kernel by the operands'
+    // layout (a horizontal-reduction kernel for m·n ≤ 256, a row-major GEMV for one row or
+    // column, its own loop for k ≤ 2), which would round differently: those go through the
+    // copy, so the bits never depend on how w is stored. They are small, and so is the copy.
+    if m * n <= 256 || m <= 1 || n <= 1 || k <= 2 {
+        let mut wt = vec![0.0; k * n];
+        for (j, row) in w.chunks(ldw.max(1)).take(n).enumerate() {
+            for (i, &v) in row[..k].iter().enumerate() {
+                wt[i * n + j] = v;
+            }
+        }
+        return gemm_checked(a, (&wt, n, 1), c, (m, k, n), true);
+    }
+    gemm_checked(a, (w, 1, ldw), c, (m, k, n), true);
 }
 
 /// [`gemm_unchecked`] after checking that every element it reads or writes lies inside its
@@ -119,13 +133,24 @@ fn gemm_checked(
         }
         return;
     }
+    // The last element each operand's strides reach, without wrapping (release builds do not
+    // check overflow), and strides the crate's `isize` offsets can hold.
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        (rows - 1)
+            .checked_mul(rs)
+            .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)))
+            .filter(|_| rs <= isize::MAX as usize && cs <= isize::MAX as usize)
+    };
     assert!(
-        lda >= k && a.len() >= (m - 1) * lda + k,
+        lda >= k && last(m, lda, k, 1).is_some_and(|e| e < a.len()),
         "gemm: a too short"
     );
-    assert!(b.len() > (k - 1) * rs + (n - 1) * cs, "gemm: b too short");
     assert!(
-        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        last(k, rs, n, cs).is_some_and(|e| e < b.len()),
+        "gemm: b too short"
+    );
+    assert!(
+        ldc >= n && last(m, ldc, n, 1).is_some_and(|e| e < c.len()),
         "gemm: c too short"
     );
     // SAFETY: the asserts above keep every element the call touches inside the three slices.
@@ -145,7 +170,7 @@ unsafe fn gemm_unchecked(
     (m, k, n): (usize, usize, usize),
     parallel: bool,
 ) {
-    let threads = if !parallel || m * k * n < PAR_MIN * 16 {
+    let threads = if !parallel || m.saturating_mul(k).saturating_mul(n) < PAR_MIN * 16 {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(rayon::current_num_threads())

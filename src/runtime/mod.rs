@@ -526,6 +526,10 @@ impl OrtRuntime {
             };
             out.push((name.to_string(), a));
         }
+        // Every output is copied out above; they go before the input buffers they may point
+        // into (an output ONNX Runtime hands back without a copy).
+        drop(outputs);
+        drop(buffers);
         Ok(out)
     }
 }

@@ -22,7 +22,7 @@ fn since_start() -> f64 {
 /// Reports the time since the process started as point `name` when timing is enabled.
 pub fn mark(name: &str) {
     if enabled() {
-        eprintln!("fuse-ema: timing: {name}: at {:.3} s", since_start());
+        say(format_args!("{name}: at {:.3} s", since_start()));
     }
 }
 
@@ -64,11 +64,17 @@ pub fn phase<R>(name: &str, f: impl FnOnce() -> R) -> R {
     let out = f();
     let wall = start.elapsed().as_secs_f64();
     let (cpu1, rss) = usage();
-    eprintln!(
-        "fuse-ema: timing: {name}: {wall:.3} s wall, {:.3} s CPU (process), peak RSS {rss:.0} MB, \
-         ends at {:.3} s",
+    say(format_args!(
+        "{name}: {wall:.3} s wall, {:.3} s CPU (process), peak RSS {rss:.0} MB, ends at {:.3} s",
         cpu1 - cpu0,
         since_start()
-    );
+    ));
     out
+}
+
+/// One timing line on stderr; a stderr that cannot be written (a closed pipe) loses the line,
+/// never the run.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "fuse-ema: timing: {line}");
 }

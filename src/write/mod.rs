@@ -5,6 +5,8 @@
 //! replace an input, or a target that is not a regular file, is refused.
 //! Tensor bytes are streamed from the input's memory map in order; memory stays flat.
 
+#[cfg(test)]
+mod atomic_tests;
 mod pickle;
 pub mod reemit;
 pub mod repickle;
@@ -224,6 +226,8 @@ pub struct AtomicFile {
     inputs: Vec<PathBuf>,
     /// The flush to disk started by [`AtomicFile::sync_ahead`], if any.
     ahead: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Whether the file was handed out for writing since [`AtomicFile::sync_ahead`].
+    touched: bool,
     // Declared after `tmp`: the file is removed before its path leaves the signal registry.
     _guard: crate::signals::TempGuard,
 }
@@ -280,27 +284,36 @@ impl AtomicFile {
             target: target.to_path_buf(),
             inputs: inputs.iter().map(|p| p.to_path_buf()).collect(),
             ahead: None,
+            touched: false,
             _guard: guard,
         })
     }
 
     /// Starts flushing what has been written to disk on a thread, so the flush [`commit`]
-    /// must wait for overlaps whatever comes between (export's parity check). `commit` still
-    /// flushes once more, which finds nothing left to write unless more was written since.
+    /// must wait for overlaps whatever comes between (export's parity check); `commit` waits
+    /// for it and reports its error. A file written again after this call is flushed once more
+    /// at the commit. Where no thread can be started, the commit flushes as it would have.
     ///
     /// [`commit`]: AtomicFile::commit
     pub fn sync_ahead(&mut self) {
         if self.ahead.is_some() {
             return;
         }
-        // A descriptor that cannot be duplicated only loses the head start.
-        if let Ok(f) = self.tmp.as_file().try_clone() {
-            self.ahead = Some(std::thread::spawn(move || f.sync_all()));
+        let Ok(f) = self.tmp.as_file().try_clone() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("fuse-ema-fsync".into())
+            .spawn(move || f.sync_all());
+        if let Ok(t) = spawned {
+            self.ahead = Some(t);
+            self.touched = false;
         }
     }
 
     /// The file being written.
     pub fn file(&mut self) -> &mut std::fs::File {
+        self.touched = true;
         self.tmp.as_file_mut()
     }
 
@@ -331,15 +344,23 @@ impl AtomicFile {
             target,
             inputs,
             ahead,
+            touched,
             _guard,
         } = self;
         let sync = |e| WriteError::new(&target, WriteErrorKind::Sync(e));
-        if let Some(t) = ahead {
-            t.join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-                .map_err(sync)?;
+        let synced = match ahead {
+            Some(t) => {
+                t.join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                    .map_err(sync)?;
+                !touched
+            }
+            None => false,
+        };
+        // A second flush of a file with nothing new would still cost a device cache flush.
+        if !synced {
+            tmp.as_file().sync_all().map_err(sync)?;
         }
-        tmp.as_file().sync_all().map_err(sync)?;
         // Checked again just before the rename: the target may have changed since the start.
         let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
         check_target(&target, &inputs)?;

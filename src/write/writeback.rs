@@ -94,3 +94,37 @@ impl Write for WritebackFile<'_> {
         self.file.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writeback_starts_per_step_and_finishes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("f")).unwrap();
+        let mut w = Writeback::default();
+        w.written(&f, WRITEBACK_STEP - 1);
+        assert_eq!(w.from, 0, "less than a step waits");
+        w.written(&f, WRITEBACK_STEP + 5);
+        assert_eq!(w.from, WRITEBACK_STEP + 5, "a step or more starts");
+        w.finish(&f, WRITEBACK_STEP + 9);
+        assert_eq!(w.from, WRITEBACK_STEP + 9, "finish starts however few");
+        w.finish(&f, WRITEBACK_STEP + 9);
+        assert_eq!(w.from, WRITEBACK_STEP + 9, "nothing new, nothing started");
+    }
+
+    #[test]
+    fn a_writeback_file_writes_at_its_position_and_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = File::create(&path).unwrap();
+        f.write_all(b"head ").unwrap();
+        let mut w = Writeback::default();
+        let mut wf = WritebackFile::new(&mut f, &mut w).unwrap();
+        wf.write_all(b"tail").unwrap();
+        wf.finish();
+        assert_eq!(w.from, 9);
+        assert_eq!(std::fs::read(&path).unwrap(), b"head tail");
+    }
+}

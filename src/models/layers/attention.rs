@@ -260,7 +260,7 @@ impl Reference<'_> {
                     }
                 }
                 let mut attn = ops::matmul(&qt, k, hw, kd, hw);
-                attn.par_chunks_mut(hw)
+                attn.par_chunks_mut(hw.max(1))
                     .for_each(|row| ops::softmax_strided(row, 0, hw, 1));
                 // out[d][i] = Σ_j v[d][j]·attn[i][j]: attn read through its strides as attnᵀ,
                 // the product written in place.
